@@ -1,0 +1,26 @@
+# make run: the daemon on the built-in simulator.  make test: the whole suite.
+# Each target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/evsed run -c config/simulator.toml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/reaction.py
+	$(VENV)/bin/python bench/footprint.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
