@@ -1,0 +1,556 @@
+"""The charging core: a pure, synchronous state machine for one connector.
+
+step(config, state, event, now) -> (state, actions). Time is an argument; nothing here
+reads a clock, sleeps, logs or does I/O. Several connectors are several states.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from evsed import events as ev
+from evsed.events import ConnectorStatus, Fault, StopReason
+from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
+
+CHARGING_STATES = (PilotState.C, PilotState.D)
+PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
+DIODE_FAILURES_TO_FAULT = 3  # consecutive readings without the -12 V low level
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """What the core needs to know of the charger. Times in seconds, currents in A."""
+
+    max_current_a: float = 32.0  # hardware: min of the charger rating and the cable
+    ventilation: bool = False  # state D (ventilation required) may charge
+    free_vend: bool = False  # every plugged EV is authorized
+    free_vend_id_tag: str = "FREEVEND"
+    has_meter: bool = True  # closing needs a fresh meter reading
+    has_feedback: bool = False  # the contactor reports its real state
+    auth_timeout_s: float = 60.0  # tap-then-plug: how long an authorization waits for an EV
+    stop_grace_s: float = 6.0  # EVSE-initiated stop: EV's time to drop to B before opening
+    current_change_grace_s: float = 5.0  # EV's time to follow a lower PWM offer
+    overcurrent_margin_a: float = 2.0  # tolerated excess (or 10 %, the larger)
+    rcd_retry_s: float = 300.0
+    rcd_max_retries: int = 6
+    contactor_settle_s: float = 0.5  # feedback may lag the command this long
+    pilot_lost_s: float = 0.25  # no valid pilot reading this long: pilot lost
+    meter_timeout_s: float = 10.0  # no good meter reading this long: open
+    wakeup_after_s: float = 30.0  # EV stays in B under PWM this long: wake-up (0: never)
+    wakeup_off_s: float = 4.0  # PWM off for this long during the wake-up
+    min_pause_s: float = 0.0  # after a pause for lack of current, resume no sooner
+
+
+@dataclass(frozen=True, slots=True)
+class FaultState:
+    since: float
+    retry_at: float | None  # None: cleared by a person (lock-out) or by an unplug
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Connector:
+    """Everything the core remembers about one connector."""
+
+    pilot: PilotState | None = None  # None: not read yet, lost, or hidden by our own F
+    pilot_seen_at: float | None = None
+    diode_ok: bool = False
+    diode_failures: int = 0
+    output: str = "off"  # pilot output: "off" (+12 V), "pwm", "f" (-12 V)
+    duty_pct: float | None = None
+    offered_a: float = 0.0
+    offered_changed_at: float = -math.inf
+    contactor_closed: bool = False
+    contactor_changed_at: float = -math.inf
+    feedback_closed: bool | None = None
+    feedback_changed_at: float = -math.inf
+    id_tag: str | None = None  # the authorized card or remote id
+    auth_source: str = ""
+    auth_expires_at: float | None = None
+    pending_tag: str | None = None  # waiting for an authorization answer
+    session: bool = False
+    finishing: bool = False  # session ended, EV still plugged
+    faults: dict = field(default_factory=dict)  # Fault -> FaultState; replaced, never mutated
+    rcd_tripped: bool = False
+    rcd_trips: int = 0
+    limits: dict = field(default_factory=dict)  # source -> A; replaced, never mutated
+    meter_ok_at: float | None = None
+    meter_error: str = ""
+    overcurrent_since: float | None = None
+    stopping_since: float | None = None
+    paused_until: float = -math.inf
+    b_since: float | None = None  # PWM offered and EV in B since
+    wakeup_until: float | None = None
+    wakeups: int = 0
+    operative: bool = True
+    reservation: tuple[str, float] | None = None
+    shutting_down: bool = False
+    status: ConnectorStatus = ConnectorStatus.AVAILABLE
+    reason: str = ""  # why not charging, for people
+    refusal: str = ""  # why the last card was refused
+
+
+def allowed_current_a(cfg: CoreConfig, s: Connector) -> float:
+    """The minimum of the hardware maximum and every current ceiling, in A."""
+    return min([cfg.max_current_a, *s.limits.values()])
+
+
+def locked_out(s: Connector) -> bool:
+    return any(f in ev.LOCKOUT_FAULTS or (f is Fault.RCD and st.retry_at is None)
+               for f, st in s.faults.items())
+
+
+def pilot_fresh(cfg: CoreConfig, s: Connector, now: float) -> bool:
+    return s.pilot_seen_at is not None and now - s.pilot_seen_at <= cfg.pilot_lost_s
+
+
+def safety_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
+    """Why the contactor may not be closed at all right now (None: it may)."""
+    if s.faults:
+        return "fault: " + ", ".join(sorted(f.value for f in s.faults))
+    if s.shutting_down:
+        return "shutting down"
+    if s.pilot is None or not pilot_fresh(cfg, s, now):
+        return "pilot lost"
+    if s.pilot is PilotState.D and not cfg.ventilation:
+        return "EV requests ventilation (state D), not allowed here"
+    if s.pilot not in CHARGING_STATES:
+        return f"EV not requesting power (state {s.pilot.value})"
+    if not s.diode_ok:
+        return "diode check not passed"
+    if cfg.has_meter and (s.meter_ok_at is None or now - s.meter_ok_at > cfg.meter_timeout_s):
+        return "meter not responding" + (f": {s.meter_error}" if s.meter_error else "")
+    return None
+
+
+def offer_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
+    """Why no PWM is offered (None: PWM at the allowed current)."""
+    if s.faults:
+        return "fault: " + ", ".join(sorted(f.value for f in s.faults))
+    if s.shutting_down:
+        return "shutting down"
+    if not s.session:
+        if s.finishing:
+            return "session ended; unplug the EV"
+        if s.id_tag is not None:
+            return "authorized; waiting for the EV"
+        if s.refusal:
+            return f"card refused: {s.refusal}"
+        if s.pending_tag is not None:
+            return "waiting for authorization"
+        if not s.operative:
+            return "connector unavailable"
+        return "waiting for a card" if s.pilot in PLUGGED_STATES else "no EV"
+    if allowed_current_a(cfg, s) < MIN_CURRENT_A:
+        return f"current limit {allowed_current_a(cfg, s):g} A is below 6 A"
+    if now < s.paused_until:
+        return "paused after a current limit"
+    if s.wakeup_until is not None:
+        return "waking the EV up"
+    return None
+
+
+def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
+    """The safety invariant; returns what is violated, or None.
+
+    A closed contactor implies: state C (or D where allowed), fresh pilot, no latched
+    fault, diode check passed, and either (authorized, PWM on, allowed >= 6 A) or an
+    EVSE-initiated stop still inside its grace period.
+    """
+    if not s.contactor_closed:
+        return None
+    why = safety_blocker(cfg, s, now)
+    if why is not None:
+        return why
+    offering = s.output == "pwm" and s.session and allowed_current_a(cfg, s) >= MIN_CURRENT_A
+    if offering and s.duty_pct is not None and s.duty_pct >= 10.0:
+        return None
+    if s.stopping_since is not None and now - s.stopping_since < cfg.stop_grace_s:
+        return None
+    return "closed without an offer and outside the stop grace"
+
+
+def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
+    """The earliest time at which a Tick may change something (None: nothing pending)."""
+    times = [s.auth_expires_at, s.wakeup_until]
+    if s.reservation is not None:
+        times.append(s.reservation[1])
+    times += [f.retry_at for f in s.faults.values()]
+    if s.pilot is not None and s.pilot_seen_at is not None:
+        times.append(s.pilot_seen_at + cfg.pilot_lost_s + 1e-6)
+    if s.contactor_closed:
+        if s.stopping_since is not None:
+            times.append(s.stopping_since + cfg.stop_grace_s)
+        if cfg.has_meter and s.meter_ok_at is not None:
+            times.append(s.meter_ok_at + cfg.meter_timeout_s + 1e-6)
+        if s.overcurrent_since is not None:
+            times.append(max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s)
+    if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
+        times.append(max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s)
+    if s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0:
+        times.append(s.b_since + cfg.wakeup_after_s)
+    if s.paused_until > -math.inf:
+        times.append(s.paused_until)
+    due = [t for t in times if t is not None and t > -math.inf]
+    return min(due) if due else None
+
+
+def step(cfg: CoreConfig, s: Connector, event: ev.Event, now: float) -> tuple[Connector, list[ev.Action]]:
+    """Apply one event at time `now` (seconds, monotonic); return the new state and actions.
+
+    Actions are ordered: contactor opens first, contactor closes last.
+    """
+    out: list[ev.Action] = []
+    s = _apply(cfg, s, event, now, out)
+    s = _timers(cfg, s, now, out)
+    s = _reconcile(cfg, s, now, out)
+    opens = [a for a in out if isinstance(a, ev.OpenContactor)]
+    closes = [a for a in out if isinstance(a, ev.CloseContactor)]
+    rest = [a for a in out if not isinstance(a, (ev.OpenContactor, ev.CloseContactor))]
+    return s, opens + rest + closes
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _apply(cfg: CoreConfig, s: Connector, e: ev.Event, now: float, out: list) -> Connector:
+    handler = _HANDLERS.get(type(e))
+    return handler(cfg, s, e, now, out) if handler else s
+
+
+def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
+    if s.output == "f":  # our own -12 V hides the EV; only the reading's arrival counts
+        return replace(s, pilot_seen_at=now)
+    state = classify(e.high_v)
+    if state is None:  # between bands: keep the last state; staleness ends it
+        return s
+    s = replace(s, pilot_seen_at=now)
+    if s.output == "pwm" and state in PLUGGED_STATES:
+        ok = diode_present(e.low_v)
+        failures = 0 if ok else s.diode_failures + 1
+        s = replace(s, diode_ok=ok, diode_failures=failures)
+        if failures >= DIODE_FAILURES_TO_FAULT and Fault.DIODE not in s.faults:
+            s = _raise(s, Fault.DIODE, None, now, out, "no -12 V low level under PWM")
+    if state is not s.pilot:
+        s = _pilot_changed(cfg, s, state, now, out)
+    return s
+
+
+def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Connector:
+    out.append(ev.PilotChanged(state.value if state else None, s.pilot.value if s.pilot else None))
+    s = replace(s, pilot=state)
+    if state is PilotState.A:
+        if s.session:
+            s = _stop_session(s, StopReason.EV_DISCONNECTED, out)
+        cleared = tuple(f for f in (Fault.DIODE, Fault.OVERCURRENT) if f in s.faults)
+        faults = {f: st for f, st in s.faults.items() if f not in cleared}
+        if cleared:
+            out.append(ev.FaultsCleared(cleared))
+        rcd_trips = s.rcd_trips if Fault.RCD in faults else 0
+        s = replace(s, faults=faults, finishing=False, diode_ok=False, diode_failures=0,
+                    wakeups=0, rcd_trips=rcd_trips, refusal="")
+        if s.id_tag is not None and s.auth_expires_at is None:
+            s = replace(s, id_tag=None)  # an authorization used by an EV ends with it
+    elif state in PLUGGED_STATES and s.id_tag is not None and not s.session:
+        s = replace(s, auth_expires_at=None)
+    return s
+
+
+def _on_card(cfg, s: Connector, e: ev.CardPresented, now, out) -> Connector:
+    tag = e.id_tag
+    if s.session:
+        if tag == s.id_tag:
+            return _stop_session(s, StopReason.LOCAL, out)
+        return _refuse(s, tag, "connector in use by another card", out)
+    if s.id_tag == tag:  # tapped again before plugging in: cancel
+        return replace(s, id_tag=None, auth_expires_at=None, refusal="")
+    refusal = _start_refusal(s, tag)
+    if refusal:
+        return _refuse(s, tag, refusal, out)
+    if cfg.free_vend:
+        return _authorize(cfg, s, tag, "free_vend", now)
+    out.append(ev.RequestAuthorization(tag))
+    return replace(s, pending_tag=tag, refusal="")
+
+
+def _start_refusal(s: Connector, tag: str) -> str:
+    if not s.operative:
+        return "connector unavailable"
+    if locked_out(s):
+        return "charger locked out by a fault"
+    if s.reservation is not None and s.reservation[0] != tag:
+        return "connector reserved"
+    return ""
+
+
+def _refuse(s: Connector, tag: str, reason: str, out) -> Connector:
+    out.append(ev.CardRefused(tag, reason))
+    return replace(s, refusal=reason)
+
+
+def _on_auth(cfg, s: Connector, e: ev.AuthorizationResult, now, out) -> Connector:
+    if s.pending_tag != e.id_tag or s.session:
+        return s  # stale answer
+    s = replace(s, pending_tag=None)
+    if not e.accepted:
+        return _refuse(s, e.id_tag, e.reason or "not authorized", out)
+    return _authorize(cfg, s, e.id_tag, e.source, now)
+
+
+def _authorize(cfg, s: Connector, tag: str, source: str, now) -> Connector:
+    plugged = s.pilot in PLUGGED_STATES
+    return replace(s, id_tag=tag, auth_source=source, refusal="",
+                   auth_expires_at=None if plugged else now + cfg.auth_timeout_s)
+
+
+def _on_remote_start(cfg, s: Connector, e: ev.RemoteStart, now, out) -> Connector:
+    if s.session:
+        return _refuse(s, e.id_tag, "connector in use", out)
+    refusal = _start_refusal(s, e.id_tag)
+    return _refuse(s, e.id_tag, refusal, out) if refusal else _authorize(cfg, s, e.id_tag, "remote", now)
+
+
+def _on_stop(cfg, s: Connector, e: ev.StopRequested, now, out) -> Connector:
+    if s.session:
+        return _stop_session(s, e.reason, out)
+    return replace(s, id_tag=None, auth_expires_at=None, pending_tag=None)
+
+
+def _stop_session(s: Connector, reason: StopReason, out) -> Connector:
+    out.append(ev.StopSession(reason))
+    return replace(s, session=False, id_tag=None, auth_expires_at=None, b_since=None,
+                   wakeup_until=None, finishing=s.pilot in PLUGGED_STATES)
+
+
+def _on_limit(cfg, s: Connector, e: ev.LimitChanged, now, out) -> Connector:
+    limits = {k: v for k, v in s.limits.items() if k != e.source}
+    if e.current_a is not None and not math.isnan(e.current_a):
+        limits[e.source] = max(0.0, e.current_a)
+    return replace(s, limits=limits)
+
+
+def _on_meter(cfg, s: Connector, e: ev.MeterSampled, now, out) -> Connector:
+    s = replace(s, meter_ok_at=now, meter_error="")
+    if not s.contactor_closed or s.offered_a <= 0 or not e.current_a:
+        return replace(s, overcurrent_since=None)
+    threshold = s.offered_a + max(cfg.overcurrent_margin_a, 0.1 * s.offered_a)
+    if max(e.current_a) > threshold:
+        return replace(s, overcurrent_since=s.overcurrent_since if s.overcurrent_since is not None else now)
+    return replace(s, overcurrent_since=None)
+
+
+def _on_meter_failed(cfg, s: Connector, e: ev.MeterFailed, now, out) -> Connector:
+    return replace(s, meter_error=e.detail)
+
+
+def _on_fault_input(cfg, s: Connector, e: ev.FaultInputChanged, now, out) -> Connector:
+    s = replace(s, rcd_tripped=e.tripped)
+    if not e.tripped or Fault.RCD in s.faults:
+        return s
+    trips = s.rcd_trips + 1
+    retry_at = now + cfg.rcd_retry_s if trips <= cfg.rcd_max_retries else None
+    return _raise(replace(s, rcd_trips=trips), Fault.RCD, retry_at, now, out,
+                  f"trip {trips}" + ("" if retry_at else ", locked out"))
+
+
+def _on_self_test(cfg, s: Connector, e: ev.SelfTestFailed, now, out) -> Connector:
+    return _raise(s, Fault.RCD_SELF_TEST, None, now, out, e.detail)
+
+
+def _on_feedback(cfg, s: Connector, e: ev.ContactorFeedback, now, out) -> Connector:
+    if e.closed == s.feedback_closed:
+        return s
+    return replace(s, feedback_closed=e.closed, feedback_changed_at=now)
+
+
+def _on_availability(cfg, s: Connector, e: ev.SetAvailability, now, out) -> Connector:
+    return replace(s, operative=e.operative)
+
+
+def _on_reserve(cfg, s: Connector, e: ev.Reserve, now, out) -> Connector:
+    if s.session or not s.operative or s.faults or e.expires_at <= now:
+        return s
+    return replace(s, reservation=(e.id_tag, e.expires_at))
+
+
+def _on_cancel_reservation(cfg, s, e, now, out) -> Connector:
+    return replace(s, reservation=None)
+
+
+def _on_clear_faults(cfg, s: Connector, e: ev.ClearFaults, now, out) -> Connector:
+    if s.faults:
+        out.append(ev.FaultsCleared(tuple(s.faults)))
+    s = replace(s, faults={}, rcd_trips=0, diode_failures=0)
+    if s.rcd_tripped:  # the input still trips: the person's clear does not hold
+        s = _on_fault_input(cfg, replace(s, rcd_tripped=False), ev.FaultInputChanged(True), now, out)
+    return s
+
+
+def _on_shutdown(cfg, s: Connector, e: ev.Shutdown, now, out) -> Connector:
+    if s.session:
+        s = _stop_session(s, StopReason.REBOOT, out)
+    return replace(s, shutting_down=True)
+
+
+_HANDLERS = {
+    ev.PilotMeasured: _on_pilot,
+    ev.CardPresented: _on_card,
+    ev.AuthorizationResult: _on_auth,
+    ev.RemoteStart: _on_remote_start,
+    ev.StopRequested: _on_stop,
+    ev.LimitChanged: _on_limit,
+    ev.MeterSampled: _on_meter,
+    ev.MeterFailed: _on_meter_failed,
+    ev.FaultInputChanged: _on_fault_input,
+    ev.SelfTestFailed: _on_self_test,
+    ev.ContactorFeedback: _on_feedback,
+    ev.SetAvailability: _on_availability,
+    ev.Reserve: _on_reserve,
+    ev.CancelReservation: _on_cancel_reservation,
+    ev.ClearFaults: _on_clear_faults,
+    ev.Shutdown: _on_shutdown,
+}
+
+
+def _raise(s: Connector, fault: Fault, retry_at, now, out, detail="") -> Connector:
+    lockout = retry_at is None and (fault in ev.LOCKOUT_FAULTS or fault is Fault.RCD)
+    out.append(ev.FaultRaised(fault, lockout, detail))
+    s = replace(s, faults={**s.faults, fault: FaultState(now, retry_at, detail)})
+    if lockout and s.session:  # a lock-out needs a person: the session cannot resume
+        ground = fault in (Fault.RCD, Fault.RCD_SELF_TEST)
+        s = _stop_session(s, StopReason.GROUND_FAULT if ground else StopReason.EMERGENCY_STOP, out)
+    return s
+
+
+# --- timers --------------------------------------------------------------------------------
+
+
+def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+    if s.auth_expires_at is not None and now >= s.auth_expires_at and not s.session:
+        s = replace(s, id_tag=None, auth_expires_at=None, refusal="authorization expired: no EV plugged in")
+    if s.reservation is not None and now >= s.reservation[1]:
+        s = replace(s, reservation=None)
+    rcd = s.faults.get(Fault.RCD)
+    if rcd is not None and rcd.retry_at is not None and now >= rcd.retry_at and not s.rcd_tripped:
+        out.append(ev.FaultsCleared((Fault.RCD,)))
+        s = replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.RCD})
+    if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
+        if now - max(s.contactor_changed_at, s.feedback_changed_at) >= cfg.contactor_settle_s:
+            fault = Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH
+            if fault not in s.faults:
+                s = _raise(s, fault, None, now, out, "feedback disagrees with the command")
+    if (s.overcurrent_since is not None and s.contactor_closed and Fault.OVERCURRENT not in s.faults
+            and now - max(s.overcurrent_since, s.offered_changed_at) >= cfg.current_change_grace_s):
+        s = _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
+                   f"drew more than {s.offered_a:g} A")
+    if s.pilot is not None and s.output != "f" and not pilot_fresh(cfg, s, now):
+        s = _pilot_changed(cfg, s, None, now, out)
+    if s.wakeup_until is not None and now >= s.wakeup_until:
+        s = replace(s, wakeup_until=None)
+    if (s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0 and s.session
+            and now - s.b_since >= cfg.wakeup_after_s):
+        s = replace(s, wakeup_until=now + cfg.wakeup_off_s, wakeups=1, b_since=None)
+    return s
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def _reconcile(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+    s = _start_session_if_due(cfg, s, out)
+    s = _set_output(cfg, s, now, out)
+    s = _set_contactor(cfg, s, now, out)
+    if s.output == "pwm" and s.pilot is PilotState.B and not s.contactor_closed:
+        s = replace(s, b_since=s.b_since if s.b_since is not None else now)
+    else:
+        s = replace(s, b_since=None)
+    return _set_status(cfg, s, now, out)
+
+
+def _start_session_if_due(cfg: CoreConfig, s: Connector, out: list) -> Connector:
+    if s.session or s.pilot not in PLUGGED_STATES or s.faults or s.shutting_down:
+        return s
+    if s.id_tag is None and cfg.free_vend and not s.finishing and s.operative and s.reservation is None:
+        s = replace(s, id_tag=cfg.free_vend_id_tag, auth_source="free_vend")
+    if s.id_tag is None:
+        return s
+    out.append(ev.StartSession(s.id_tag, s.auth_source))
+    reservation = None if s.reservation and s.reservation[0] == s.id_tag else s.reservation
+    return replace(s, session=True, finishing=False, auth_expires_at=None, refusal="",
+                   reservation=reservation, wakeups=0)
+
+
+def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+    blocker = offer_blocker(cfg, s, now)
+    if locked_out(s) or (not s.operative and not s.session):
+        mode, duty, offered = "f", None, 0.0
+    elif blocker is None:
+        duty = duty_for_current(allowed_current_a(cfg, s))
+        mode, offered = "pwm", current_for_duty(duty)
+    else:
+        mode, duty, offered = "off", None, 0.0
+    if (mode == "off" and s.output == "pwm" and s.session and not s.faults
+            and allowed_current_a(cfg, s) < MIN_CURRENT_A):
+        s = replace(s, paused_until=now + cfg.min_pause_s)
+    if (mode, duty) != (s.output, s.duty_pct):
+        out.append(ev.SetPilot(mode, duty, offered))
+        changed_at = now if offered < s.offered_a else s.offered_changed_at
+        s = replace(s, output=mode, duty_pct=duty, offered_a=offered, offered_changed_at=changed_at)
+        if mode == "f":
+            s = replace(s, pilot=None, diode_ok=False)
+        elif mode != "pwm":
+            s = replace(s, diode_ok=s.diode_ok and s.contactor_closed)
+    return s
+
+
+def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+    unsafe = safety_blocker(cfg, s, now)
+    if s.contactor_closed:
+        if unsafe is not None:
+            return _open(s, unsafe, now, out)
+        if s.output == "pwm" and s.session:
+            return replace(s, stopping_since=None)
+        since = s.stopping_since if s.stopping_since is not None else now
+        if now - since >= cfg.stop_grace_s:
+            return _open(s, "EV did not stop within the grace; opened under load", now, out)
+        return replace(s, stopping_since=since)
+    if unsafe is None and s.output == "pwm" and s.session:
+        out.append(ev.CloseContactor())
+        return replace(s, contactor_closed=True, contactor_changed_at=now, stopping_since=None,
+                       overcurrent_since=None)
+    return s
+
+
+def _open(s: Connector, reason: str, now: float, out: list) -> Connector:
+    out.append(ev.OpenContactor(reason))
+    return replace(s, contactor_closed=False, contactor_changed_at=now, stopping_since=None,
+                   overcurrent_since=None)
+
+
+def _set_status(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+    reason = offer_blocker(cfg, s, now) or (safety_blocker(cfg, s, now) if not s.contactor_closed else None) or ""
+    if s.faults:
+        status = ConnectorStatus.FAULTED
+    elif not s.operative and not s.session:
+        status = ConnectorStatus.UNAVAILABLE
+    elif s.session:
+        if s.contactor_closed and s.output == "pwm":
+            status = ConnectorStatus.CHARGING
+        elif s.output != "pwm":
+            status = ConnectorStatus.SUSPENDED_EVSE
+        elif s.pilot is PilotState.B:
+            status = ConnectorStatus.SUSPENDED_EV
+        else:
+            status = ConnectorStatus.PREPARING
+    elif s.finishing:
+        status = ConnectorStatus.FINISHING
+    elif s.reservation is not None:
+        status = ConnectorStatus.RESERVED
+    elif s.pilot in PLUGGED_STATES or s.id_tag is not None or s.pending_tag is not None:
+        status = ConnectorStatus.PREPARING
+    else:
+        status = ConnectorStatus.AVAILABLE
+    if status is not s.status:
+        out.append(ev.StatusChanged(status, reason))
+    return replace(s, status=status, reason=reason)

@@ -1,0 +1,263 @@
+"""Events into the charging core and actions out of it: small immutable values.
+
+They carry what a network uplink needs too (remote start/stop, availability,
+reservations, an external current limit, transaction points), so OCPP is an adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class StopReason(str, enum.Enum):
+    """Why a session ended; the OCPP 1.6 Reason values in snake case."""
+
+    EV_DISCONNECTED = "ev_disconnected"
+    LOCAL = "local"  # the same card tapped again, or a local stop
+    REMOTE = "remote"
+    DEAUTHORIZED = "deauthorized"
+    EMERGENCY_STOP = "emergency_stop"  # a contactor lock-out (welded, mismatch) ended it
+    GROUND_FAULT = "ground_fault"  # an RCD lock-out ended it (OCPP 2.0.1 GroundFault)
+    POWER_LOSS = "power_loss"  # found open at start after a crash or power cut
+    REBOOT = "reboot"  # the daemon was stopped while the session ran
+    OTHER = "other"
+
+
+class Fault(str, enum.Enum):
+    """Latched faults. Each opens the contactor at once and blocks closing until cleared."""
+
+    RCD = "rcd"  # residual current trip: retried after a back-off, then locked out
+    RCD_SELF_TEST = "rcd_self_test"  # the RCD failed its test before a close: locked out
+    WELDED = "welded"  # contactor still closed after an open command: locked out
+    CONTACTOR_MISMATCH = "contactor_mismatch"  # did not close when commanded: locked out
+    DIODE = "diode"  # no -12 V low level under PWM: cleared when the EV unplugs
+    OVERCURRENT = "overcurrent"  # EV drew more than offered beyond the grace: cleared on unplug
+
+
+LOCKOUT_FAULTS = frozenset({Fault.RCD_SELF_TEST, Fault.WELDED, Fault.CONTACTOR_MISMATCH})
+
+
+class ConnectorStatus(str, enum.Enum):
+    """The OCPP 1.6 connector status values, which the core keeps up to date."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EV = "SuspendedEV"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    FINISHING = "Finishing"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+# --- events: what happened -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PilotMeasured:
+    """The pilot's high and low plateau in volts (one PWM period)."""
+
+    high_v: float
+    low_v: float
+
+
+@dataclass(frozen=True, slots=True)
+class PilotUnreadable:
+    """The pilot could not be read (ADC error); detail is for the log."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CardPresented:
+    id_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationResult:
+    """The answer to RequestAuthorization: local list, OCPP cache, or the CSMS."""
+
+    id_tag: str
+    accepted: bool
+    reason: str = ""  # why refused: unknown, expired, blocked, disabled...
+    source: str = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStart:
+    """Start for id_tag without a card (OCPP RemoteStartTransaction, already accepted)."""
+
+    id_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """End the running session: remote stop, deauthorization, a local stop button."""
+
+    reason: StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged:
+    """A current ceiling from one source (window, load, ocpp...); None lifts it."""
+
+    source: str
+    current_a: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSampled:
+    """A good meter reading: per-phase current in A and the import register in Wh."""
+
+    current_a: tuple[float, ...]
+    power_w: float
+    energy_wh: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeterFailed:
+    """A meter read failed or returned garbage (timeout, NaN, energy going backwards)."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInputChanged:
+    """The RCD (residual current) input level: tripped or not."""
+
+    tripped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTestFailed:
+    """The RCD module failed its test before a close."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContactorFeedback:
+    """The auxiliary contact / mains sense of the contactor reads closed or open."""
+
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetAvailability:
+    """Operative or inoperative (OCPP ChangeAvailability); takes effect after a session."""
+
+    operative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    id_tag: str
+    expires_at: float  # same clock as `now`
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReservation:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClearFaults:
+    """A person cleared the latched faults (lock-outs included) after an inspection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; timers due at `now` fire."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The daemon is stopping: contactor open, session ended."""
+
+
+Event = (
+    PilotMeasured | PilotUnreadable | CardPresented | AuthorizationResult | RemoteStart
+    | StopRequested | LimitChanged | MeterSampled | MeterFailed | FaultInputChanged
+    | SelfTestFailed | ContactorFeedback | SetAvailability | Reserve | CancelReservation
+    | ClearFaults | Tick | Shutdown
+)
+
+
+# --- actions: what the shell must do ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenContactor:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseContactor:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SetPilot:
+    """mode: "pwm" (with duty_pct), "off" (steady +12 V) or "f" (steady -12 V)."""
+
+    mode: str
+    duty_pct: float | None = None
+    current_a: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthorization:
+    id_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardRefused:
+    id_tag: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    """A transaction starts: authorized and an EV plugged in."""
+
+    id_tag: str
+    auth_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopSession:
+    reason: StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class PilotChanged:
+    """The IEC 61851 state changed (None: not readable)."""
+
+    state: str | None
+    previous: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRaised:
+    fault: Fault
+    lockout: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultsCleared:
+    faults: tuple[Fault, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    status: ConnectorStatus
+    reason: str
+
+
+Action = (
+    OpenContactor | CloseContactor | SetPilot | RequestAuthorization | CardRefused
+    | StartSession | StopSession | PilotChanged | FaultRaised | FaultsCleared | StatusChanged
+)

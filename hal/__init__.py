@@ -1,0 +1,147 @@
+"""Hardware abstraction: one small interface per device kind, and the errors they raise.
+
+hal imports nothing from evsed or simulator; backends live in submodules and are
+loaded by name through hal.registry, so hardware-only packages load only when configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+class HalError(Exception):
+    """Base of every hardware error evsed handles."""
+
+
+class DeviceUnavailable(HalError, OSError):
+    """The device cannot be used (missing package, device file, permission): do not retry blindly."""
+
+
+class TryAgain(HalError, TimeoutError):
+    """A transient failure (timeout, bad frame, bus busy): the next attempt may succeed."""
+
+
+# --- values crossing the interfaces --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PilotReading:
+    """Control pilot voltages measured over one PWM period, in volts at the connector.
+
+    high_v is the positive plateau (state A-E), low_v the negative one (-12 V when the
+    EV's diode is present and PWM runs; equal to high_v with a steady output).
+    """
+
+    high_v: float
+    low_v: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One read of an energy meter. Lists are per phase (L1, L2, L3 or just L1).
+
+    Anything the meter model lacks is None. Energy is integer Wh, import direction.
+    """
+
+    energy_import_wh: int
+    power_total_w: float
+    current_a: tuple[float, ...] = ()
+    voltage_v: tuple[float, ...] = ()
+    power_w: tuple[float, ...] = ()
+    frequency_hz: float | None = None
+
+
+# --- device interfaces ---------------------------------------------------------------
+
+
+@runtime_checkable
+class Pilot(Protocol):
+    """Control pilot output (+/-12 V, 1 kHz PWM) and its voltage measurement.
+
+    Named after EVerest's board-support interface: pwm_on, pwm_off (steady +12 V,
+    state X1), pwm_f (steady -12 V, state F: EVSE not available).
+    """
+
+    def pwm_on(self, duty_pct: float) -> None: ...
+
+    def pwm_off(self) -> None: ...
+
+    def pwm_f(self) -> None: ...
+
+    def read(self) -> PilotReading: ...
+
+
+@runtime_checkable
+class Contactor(Protocol):
+    """The main relay. Wired fail-safe: energized to close, open when unpowered."""
+
+    def close(self) -> None: ...
+
+    def open(self) -> None: ...
+
+
+@runtime_checkable
+class ContactorFeedback(Protocol):
+    """Optional capability: an auxiliary contact or mains sense reports the real state."""
+
+    def feedback_closed(self) -> bool: ...
+
+
+@runtime_checkable
+class FaultInput(Protocol):
+    """Residual-current (RCD) module or any other trip input."""
+
+    def tripped(self) -> bool: ...
+
+
+@runtime_checkable
+class SelfTest(Protocol):
+    """Optional capability: a fault input that can test itself before every close."""
+
+    def self_test(self) -> bool: ...
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """An energy meter. read() may take tens of milliseconds on a bus, hence async."""
+
+    async def read(self) -> MeterReading: ...
+
+
+@runtime_checkable
+class CardReader(Protocol):
+    """An RFID reader. next_tap() waits for the next card presented and returns its UID
+    in canonical form: upper-case hex, no separators. A card held on the reader is one tap.
+    """
+
+    async def next_tap(self) -> str: ...
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """Optional capability: a device that can call back as soon as its input changes, so
+    the daemon reacts without waiting for the next poll. The callback may run in any
+    thread; the daemon makes it thread-safe."""
+
+    def on_change(self, callback) -> None: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """Optional capability: a device holding a resource (bus, file, thread) to release."""
+
+    def release(self) -> None: ...
+
+
+def canonical_uid(raw: str | bytes) -> str:
+    """A card UID as upper-case hex without separators; raises ValueError on non-hex."""
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).hex().upper()
+    text = raw.strip().replace(":", "").replace("-", "").replace(" ", "")
+    if not text or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ValueError(f"not a hex card UID: {raw!r}")
+    return text.upper()
