@@ -1,0 +1,398 @@
+"""The one TOML config file, parsed once into frozen dataclasses through bounded getters.
+
+Every key has a default documented here; unknown keys, wrong types and out-of-range
+values raise ConfigError naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from evsed import backends
+from evsed.core import CoreConfig
+from evsed.tomlines import key_lines
+from hal import canonical_uid
+
+DEFAULT_PATH = Path("/etc/evsed/evsed.toml")
+
+
+class ConfigError(Exception):
+    """A config problem; str() is 'file:line: [table] key: message'."""
+
+    def __init__(self, path: Path | str, line: int | None, where: str, message: str):
+        self.path, self.line, self.where, self.message = str(path), line, where, message
+        loc = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
+
+
+@dataclass(frozen=True)
+class Device:
+    backend: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    id: int
+    cable_a: float  # fixed cable rating, or the charger maximum when cable = "socket"
+    pilot: Device
+    contactor: Device
+    rcd: Device | None
+    meter: Device | None
+
+
+@dataclass(frozen=True)
+class ChargerConfig:
+    id: str = "evsed"
+    phases: int = 3
+    max_current_a: float = 32.0
+    voltage_v: float = 230.0
+    timezone: str = "UTC"
+    free_vend: bool = False
+    free_vend_id_tag: str = "FREEVEND"
+    ventilation: bool = False
+
+
+@dataclass(frozen=True)
+class Card:
+    uid: str
+    name: str = ""
+    group: str = ""
+    expires: dt.date | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Timing:
+    auth_timeout_s: float = 60.0
+    stop_grace_s: float = 6.0
+    current_change_grace_s: float = 5.0
+    rcd_retry_s: float = 300.0
+    rcd_max_retries: int = 6
+    contactor_settle_s: float = 0.5
+    pilot_poll_s: float = 0.05
+    pilot_lost_s: float = 0.25
+    meter_interval_s: float = 1.0
+    meter_timeout_s: float = 10.0
+    wakeup_after_s: float = 30.0
+    min_pause_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    state_dir: Path
+    runtime_dir: Path
+    checkpoint_s: float = 60.0  # how often a running session's meter reading is made durable
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    ev_max_current_a: float = 32.0
+    ev_phases: int = 3
+    voltage_v: float = 230.0
+    meter_start_wh: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    charger: ChargerConfig
+    connectors: tuple[ConnectorConfig, ...]
+    rfid: Device | None
+    cards: tuple[Card, ...]
+    timing: Timing
+    store: StoreConfig
+    log: LogConfig
+    simulator: SimulatorConfig
+
+    def core_config(self, connector: ConnectorConfig) -> CoreConfig:
+        t = self.timing
+        return CoreConfig(
+            max_current_a=min(self.charger.max_current_a, connector.cable_a),
+            ventilation=self.charger.ventilation, free_vend=self.charger.free_vend,
+            free_vend_id_tag=self.charger.free_vend_id_tag, has_meter=connector.meter is not None,
+            has_feedback=connector.contactor.options.get("feedback", False) is True,
+            auth_timeout_s=t.auth_timeout_s, stop_grace_s=t.stop_grace_s,
+            current_change_grace_s=t.current_change_grace_s, rcd_retry_s=t.rcd_retry_s,
+            rcd_max_retries=t.rcd_max_retries, contactor_settle_s=t.contactor_settle_s,
+            pilot_lost_s=t.pilot_lost_s, meter_timeout_s=t.meter_timeout_s,
+            wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s)
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/evsed")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "evsed"
+
+
+def default_runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/evsed")
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "evsed" if base else Path(f"/tmp/evsed-{os.geteuid()}")
+
+
+class _Table:
+    """Typed, bounded reads of one TOML table that remember which keys were used."""
+
+    def __init__(self, path: Path, lines: dict[str, int], data: dict, where: str):
+        self.path, self.lines, self.data, self.where = path, lines, data, where
+        self.used: set[str] = set()
+
+    def line(self, key: str | None = None) -> int | None:
+        if key is not None and f"{self.where}.{key}" in self.lines:
+            return self.lines[f"{self.where}.{key}"]
+        return self.lines.get(self.where)
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        name = _display(self.where)
+        return ConfigError(self.path, self.line(key), f"{name} {key}" if key else name, message)
+
+    def get(self, key: str, kind, default=backends.REQUIRED, *, min=None, max=None, choices=None):
+        self.used.add(key)
+        if key not in self.data:
+            if default is backends.REQUIRED:
+                raise self.error(key, "missing (required)")
+            return default
+        return _check(self, key, self.data[key], kind, min, max, choices)
+
+    def table(self, key: str) -> _Table | None:
+        self.used.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_type_name(value)}")
+        return _Table(self.path, self.lines, value, f"{self.where}.{key}" if self.where else key)
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                hint = difflib.get_close_matches(key, sorted(self.used), n=1)
+                raise self.error(key, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _display(where: str) -> str:
+    where = re.sub(r"\[\d+\]", "", where)  # the line number tells which [[connector]]
+    head, _, rest = where.partition(".")
+    return f"[{head}{'.' + rest if rest else ''}]" if where else "top level"
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check(t: _Table, key: str, value, kind, lo, hi, choices):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(_type_name(k()) if k in (bool, int, float, str, list, dict) else k.__name__
+                           for k in kinds)
+        raise t.error(key, f"expected {want}, got {_type_name(value)} {value!r}")
+    if choices is not None and value not in choices:
+        raise t.error(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise t.error(key, f"{value!r} out of range {lo}..{hi}")
+    return value
+
+
+def load(path: Path | str) -> Config:
+    """Read and check the config file; raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, None, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, "", f"not UTF-8 text: {exc}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path | str = "<config>") -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        line = None
+        if "(at line " in msg:
+            line = int(msg.split("(at line ")[1].split(",")[0])
+            msg = msg.split(" (at line ")[0]
+        raise ConfigError(path, line, "", f"TOML syntax: {msg}") from None
+    top = _Table(path, key_lines(text), data, "")
+    charger = _charger(top)
+    connectors = _connectors(top, charger)
+    rfid_table = top.table("rfid")
+    rfid = _device(rfid_table, "rfid") if rfid_table else None
+    cards = _cards(top)
+    config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
+                    _simulator(top))
+    top.done()
+    return config
+
+
+def _charger(top: _Table) -> ChargerConfig:
+    t = top.table("charger") or _Table(top.path, top.lines, {}, "charger")
+    d = ChargerConfig()
+    tz = t.get("timezone", str, d.timezone)
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise t.error("timezone", f"unknown time zone {tz!r}") from None
+    c = ChargerConfig(
+        id=t.get("id", str, d.id), phases=t.get("phases", int, d.phases, choices=(1, 3)),
+        max_current_a=t.get("max_current_a", float, d.max_current_a, min=6, max=80),
+        voltage_v=t.get("voltage_v", float, d.voltage_v, min=100, max=480), timezone=tz,
+        free_vend=t.get("free_vend", bool, d.free_vend),
+        free_vend_id_tag=t.get("free_vend_id_tag", str, d.free_vend_id_tag),
+        ventilation=t.get("ventilation", bool, d.ventilation))
+    t.done()
+    return c
+
+
+def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, ...]:
+    top.used.add("connector")
+    raw = top.data.get("connector", [{}])
+    if not isinstance(raw, list) or not raw:
+        raise top.error("connector", "expected [[connector]] tables")
+    out = []
+    for index, item in enumerate(raw):
+        t = _Table(top.path, top.lines, item, f"connector[{index}]")
+        cable = t.get("cable_a", (float, str), "socket")
+        if isinstance(cable, str):
+            if cable != "socket":
+                raise t.error("cable_a", f"expected a rating in A or \"socket\", got {cable!r}")
+            cable = charger.max_current_a
+        elif not 6 <= cable <= 80:
+            raise t.error("cable_a", f"{cable!r} out of range 6..80")
+        pilot, contactor = t.table("pilot"), t.table("contactor")
+        rcd, meter = t.table("rcd"), t.table("meter")
+        conn = ConnectorConfig(
+            id=t.get("id", int, index + 1, min=1, max=99), cable_a=cable,
+            pilot=_device(_required(t, pilot, "pilot"), "pilot"),
+            contactor=_device(_required(t, contactor, "contactor"), "contactor"),
+            rcd=_device(rcd, "rcd") if rcd else None, meter=_device(meter, "meter") if meter else None)
+        t.done()
+        out.append(conn)
+    ids = [c.id for c in out]
+    if len(set(ids)) != len(ids):
+        raise top.error("connector", f"connector ids repeat: {ids}")
+    return tuple(out)
+
+
+def _required(parent: _Table, table: _Table | None, key: str) -> _Table:
+    # No default backend for what switches mains: a forgotten table must not mean "simulator".
+    if table is None:
+        raise parent.error(key, f"missing (required): [{_display(parent.where)[1:-1]}.{key}] with a backend")
+    return table
+
+
+def _device(t: _Table, kind: str) -> Device:
+    name = t.get("backend", str, choices=tuple(backends.names(kind)))
+    spec = backends.backend(kind, name)
+    options = {key: t.get(key, opt.type, opt.default, min=opt.min, max=opt.max, choices=opt.choices)
+               for key, opt in spec.options.items()}
+    t.done()
+    return Device(name, MappingProxyType(options))
+
+
+def _cards(top: _Table) -> tuple[Card, ...]:
+    top.used.add("card")
+    raw = top.data.get("card", [])
+    if not isinstance(raw, list):
+        raise top.error("card", "expected [[card]] tables")
+    cards, seen = [], {}
+    for index, item in enumerate(raw):
+        t = _Table(top.path, top.lines, item, f"card[{index}]")
+        uid_text = t.get("uid", str)
+        try:
+            uid = canonical_uid(uid_text)
+        except ValueError as exc:
+            raise t.error("uid", str(exc)) from None
+        if uid in seen:
+            raise t.error("uid", f"card {uid} is listed twice")
+        seen[uid] = index
+        expires = t.get("expires", (dt.date, dt.datetime), None)
+        card = Card(uid=uid, name=t.get("name", str, ""), group=t.get("group", str, ""),
+                    expires=expires.date() if isinstance(expires, dt.datetime) else expires,
+                    enabled=t.get("enabled", bool, True))
+        t.done()
+        cards.append(card)
+    return tuple(cards)
+
+
+def _timing(top: _Table) -> Timing:
+    t = top.table("timing") or _Table(top.path, top.lines, {}, "timing")
+    d = Timing()
+    timing = Timing(
+        auth_timeout_s=t.get("auth_timeout_s", float, d.auth_timeout_s, min=5, max=3600),
+        stop_grace_s=t.get("stop_grace_s", float, d.stop_grace_s, min=1, max=10),
+        current_change_grace_s=t.get("current_change_grace_s", float, d.current_change_grace_s, min=5, max=30),
+        rcd_retry_s=t.get("rcd_retry_s", float, d.rcd_retry_s, min=10, max=3600),
+        rcd_max_retries=t.get("rcd_max_retries", int, d.rcd_max_retries, min=0, max=20),
+        contactor_settle_s=t.get("contactor_settle_s", float, d.contactor_settle_s, min=0.02, max=5),
+        pilot_poll_s=t.get("pilot_poll_s", float, d.pilot_poll_s, min=0.005, max=0.1),
+        pilot_lost_s=t.get("pilot_lost_s", float, d.pilot_lost_s, min=0.02, max=1),
+        meter_interval_s=t.get("meter_interval_s", float, d.meter_interval_s, min=0.2, max=60),
+        meter_timeout_s=t.get("meter_timeout_s", float, d.meter_timeout_s, min=1, max=300),
+        wakeup_after_s=t.get("wakeup_after_s", float, d.wakeup_after_s, min=0, max=600),
+        min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600))
+    t.done()
+    if timing.pilot_lost_s < 2 * timing.pilot_poll_s:
+        raise t.error("pilot_lost_s", "must be at least twice pilot_poll_s")
+    return timing
+
+
+def _store(top: _Table) -> StoreConfig:
+    t = top.table("store") or _Table(top.path, top.lines, {}, "store")
+    state = t.get("state_dir", str, "")
+    runtime = t.get("runtime_dir", str, "")
+    store = StoreConfig(
+        state_dir=_dir(top.path, state) if state else default_state_dir(),
+        runtime_dir=_dir(top.path, runtime) if runtime else default_runtime_dir(),
+        checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600))
+    t.done()
+    return store
+
+
+def _dir(config_path: Path, text: str) -> Path:
+    path = Path(os.path.expanduser(text))
+    return path if path.is_absolute() else (config_path.parent / path).resolve()
+
+
+def _log(top: _Table) -> LogConfig:
+    t = top.table("log") or _Table(top.path, top.lines, {}, "log")
+    log = LogConfig(level=t.get("level", str, "info", choices=("debug", "info", "warning", "error")),
+                    format=t.get("format", str, "auto", choices=("auto", "text", "json")))
+    t.done()
+    return log
+
+
+def _simulator(top: _Table) -> SimulatorConfig:
+    t = top.table("simulator") or _Table(top.path, top.lines, {}, "simulator")
+    d = SimulatorConfig()
+    sim = SimulatorConfig(
+        ev_max_current_a=t.get("ev_max_current_a", float, d.ev_max_current_a, min=0, max=80),
+        ev_phases=t.get("ev_phases", int, d.ev_phases, choices=(1, 2, 3)),
+        voltage_v=t.get("voltage_v", float, d.voltage_v, min=100, max=480),
+        meter_start_wh=t.get("meter_start_wh", int, d.meter_start_wh, min=0))
+    t.done()
+    return sim

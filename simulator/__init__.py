@@ -1,0 +1,1 @@
+"""A simulated EV and charger hardware behind the hal interfaces."""
