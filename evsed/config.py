@@ -121,12 +121,12 @@ class Config:
     simulator: SimulatorConfig
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
+        """The core's view; has_meter and has_feedback follow the devices actually built."""
         t = self.timing
         return CoreConfig(
             max_current_a=min(self.charger.max_current_a, connector.cable_a),
             ventilation=self.charger.ventilation, free_vend=self.charger.free_vend,
-            free_vend_id_tag=self.charger.free_vend_id_tag, has_meter=connector.meter is not None,
-            has_feedback=connector.contactor.options.get("feedback", False) is True,
+            free_vend_id_tag=self.charger.free_vend_id_tag,
             auth_timeout_s=t.auth_timeout_s, stop_grace_s=t.stop_grace_s,
             current_change_grace_s=t.current_change_grace_s, rcd_retry_s=t.rcd_retry_s,
             rcd_max_retries=t.rcd_max_retries, contactor_settle_s=t.contactor_settle_s,
@@ -237,7 +237,13 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
             line = int(msg.split("(at line ")[1].split(",")[0])
             msg = msg.split(" (at line ")[0]
         raise ConfigError(path, line, "", f"TOML syntax: {msg}") from None
-    top = _Table(path, key_lines(text), data, "")
+    return build(data, path, key_lines(text))
+
+
+def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> Config:
+    """The Config from already-parsed TOML data (lines: key paths -> line numbers)."""
+    path = Path(path)
+    top = _Table(path, lines or {}, data, "")
     charger = _charger(top)
     connectors = _connectors(top, charger)
     rfid_table = top.table("rfid")

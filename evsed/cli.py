@@ -1,0 +1,263 @@
+"""The `evsed` command: run the daemon, ask it for status, list sessions, drive the simulator.
+
+Config errors exit with status 2 and one line naming file, line and key; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from evsed import config as configmod
+from evsed import control
+
+EXIT_FAILURE, EXIT_CONFIG = 1, 2
+
+
+def _config_path(args) -> tuple[Path, bool]:
+    """The config file and whether the user named it (-c or $EVSED_CONFIG)."""
+    if args.config:
+        return Path(args.config), True
+    if os.environ.get("EVSED_CONFIG"):
+        return Path(os.environ["EVSED_CONFIG"]), True
+    return configmod.DEFAULT_PATH, False
+
+
+def load_config(args, required: bool) -> configmod.Config | None:
+    path, named = _config_path(args)
+    if not named and not required and not path.exists():
+        return None
+    return configmod.load(path)
+
+
+def _runtime_dir(cfg: configmod.Config | None) -> Path:
+    return cfg.store.runtime_dir if cfg else configmod.default_runtime_dir()
+
+
+def _state_dir(cfg: configmod.Config | None) -> Path:
+    return cfg.store.state_dir if cfg else configmod.default_state_dir()
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    cfg = load_config(args, required=True)
+    from evsed import logs
+    from evsed.daemon import Daemon, StartError
+    from hal import DeviceUnavailable
+    logs.configure(cfg.log.level, cfg.log.format)
+    try:
+        return asyncio.run(Daemon(cfg).run())
+    except (StartError, DeviceUnavailable) as exc:
+        logs.flush()
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        logs.flush()
+
+
+def cmd_status(args) -> int:
+    cfg = load_config(args, required=False)
+    reply = control.request(_runtime_dir(cfg), {"cmd": "status"})
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    for c in reply["connectors"]:
+        print(format_status(c))
+    return 0
+
+
+def format_status(c: dict) -> str:
+    lines = [f"connector {c['id']}: {c['status']}"]
+    out = c["pilot_output"]
+    pwm = f"PWM {c['duty_pct']} % = {c['offered_a']:g} A offered" if out == "pwm" else (
+        "steady +12 V (no PWM)" if out == "off" else "steady -12 V (state F: not available)")
+    lines.append(f"  pilot       state {c['state'] or '?'}, {pwm}")
+    lines.append(f"  contactor   {c['contactor']}")
+    m = c["measured"]
+    if m:
+        amps = " / ".join(f"{a:.1f}" for a in m["current_a"])
+        lines.append(f"  measured    {amps} A, {m['power_w']:.0f} W, meter {m['energy_wh']} Wh")
+    s = c["session"]
+    if s:
+        who = f"{s['card_name']} ({s['id_tag']})" if s["card_name"] else s["id_tag"]
+        lines.append(f"  session     {who} since {s['started_at']}: {s['energy_wh']} Wh, "
+                     f"peak {s['peak_power_w']:.0f} W")
+    for f in c["faults"]:
+        when = "locked out: clear with `evsed clear-faults`" if f["lockout"] else (
+            f"retry in {f['retry_in_s']} s" if f["retry_in_s"] is not None else "clears when the EV unplugs")
+        lines.append(f"  fault       {f['fault']} ({f['detail']}); {when}")
+    if c["last_refusal"]:
+        r = c["last_refusal"]
+        lines.append(f"  refused     card {r['id_tag']}: {r['reason']} (at {r['at']})")
+    if c["reason"]:
+        lines.append(f"  why         {c['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_clear_faults(args) -> int:
+    cfg = load_config(args, required=False)
+    reply = control.request(_runtime_dir(cfg), {"cmd": "clear-faults", "connector": args.connector})
+    return _reply(reply, f"faults cleared on connector {reply.get('connector')}")
+
+
+def _reply(reply: dict, message: str) -> int:
+    if not reply.get("ok"):
+        print(f"evsed: {reply.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(message)
+    return 0
+
+
+def cmd_sim(args) -> int:
+    if args.sim_action == "scenario":
+        from evsed.scenario import run_files
+        return run_files([Path(f) for f in args.files], verbose=not args.quiet)
+    cfg = load_config(args, required=False)
+    req: dict = {"cmd": "sim", "action": args.sim_action, "connector": args.connector}
+    if args.sim_action == "tap":
+        req["card"] = args.card
+    elif args.sim_action == "ev":
+        for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy", "ignore_stop",
+                    "obey_pwm"):
+            value = getattr(args, key)
+            if value is not None:
+                req[key] = value
+    elif args.sim_action == "fault":
+        req["kind"], req["clear"] = args.kind, args.clear
+    reply = control.request(_runtime_dir(cfg), req)
+    return _reply(reply, "ok" + (f": card {reply['card']}" if "card" in reply else ""))
+
+
+SESSION_FIELDS = ("id", "connector_id", "id_tag", "card_name", "started_at", "stopped_at", "meter_start_wh",
+                  "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason")
+
+
+def _day_utc(text: str | None, tz: dt.tzinfo) -> str | None:
+    if not text:
+        return None
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"evsed: expected a date YYYY-MM-DD, got {text!r}") from None
+    return dt.datetime.combine(day, dt.time(), tz).astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def cmd_sessions(args) -> int:
+    from evsed.store import Store
+    cfg = load_config(args, required=False)
+    tz = ZoneInfo(cfg.charger.timezone) if cfg else dt.timezone.utc
+    path = _state_dir(cfg) / "sessions.db"
+    rows = []
+    if path.exists():
+        store = Store.open_readonly(path)
+        rows = list(store.sessions(since=_day_utc(args.since, tz), until=_day_utc(args.until, tz), card=args.card))
+        store.close()
+    rows = [{k: r[k] for k in SESSION_FIELDS} for r in rows]
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=SESSION_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        print(format_sessions(rows, tz))
+    return 0
+
+
+def format_sessions(rows: list[dict], tz: dt.tzinfo) -> str:
+    def local(iso):
+        return dt.datetime.fromisoformat(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if iso else "running"
+    head = ("id", "conn", "card", "start", "stop", "meter start Wh", "meter stop Wh", "energy Wh", "peak W", "stop reason")
+    table = [head] + [(str(r["id"]), str(r["connector_id"]), r["card_name"] or r["id_tag"], local(r["started_at"]),
+                       local(r["stopped_at"]), str(r["meter_start_wh"]),
+                       "" if r["meter_stop_wh"] is None else str(r["meter_stop_wh"]), str(r["energy_wh"]),
+                       f"{r['peak_power_w']:.0f}", r["stop_reason"] or "") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    if not rows:
+        lines.append("(no sessions)")
+    return "\n".join(lines)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evsed", description="Controller daemon for a stand-alone EV charger.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("-c", "--config", help="config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)")
+        sp.set_defaults(func=func)
+        return sp
+
+    add("run", cmd_run, "run the daemon")
+    sp = add("status", cmd_status, "live status of the running daemon")
+    sp.add_argument("--json", action="store_true")
+    sp = add("sessions", cmd_sessions, "list session records")
+    sp.add_argument("--since", help="first day, YYYY-MM-DD (charger's local time)")
+    sp.add_argument("--until", help="day after the last, YYYY-MM-DD")
+    sp.add_argument("--card", help="card UID or name")
+    sp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sp = add("clear-faults", cmd_clear_faults, "clear latched faults and lock-outs after an inspection")
+    sp.add_argument("--connector", type=int, default=1)
+
+    sim = add("sim", cmd_sim, "drive the simulator of a running daemon, or run scenario files")
+    sim_sub = sim.add_subparsers(dest="sim_action", required=True)
+    for name, help_ in (("plug", "plug the simulated EV in"), ("unplug", "unplug it")):
+        sim_sub.add_parser(name, help=help_).add_argument("--connector", type=int, default=1)
+    tap = sim_sub.add_parser("tap", help="tap a card on the simulated reader")
+    tap.add_argument("card")
+    tap.add_argument("--connector", type=int, default=1)
+    evp = sim_sub.add_parser("ev", help="change the simulated EV")
+    evp.add_argument("--connector", type=int, default=1)
+    evp.add_argument("--max-current", dest="max_current_a", type=float)
+    evp.add_argument("--phases", type=int, choices=(1, 2, 3))
+    for flag in ("ventilation", "asleep", "wants-energy", "ignore-stop", "obey-pwm"):
+        evp.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=_bool, metavar="yes|no")
+    fault = sim_sub.add_parser("fault", help="inject (or --clear) a hardware fault")
+    from simulator.hardware import FAULT_KINDS
+    fault.add_argument("kind", choices=FAULT_KINDS)
+    fault.add_argument("--clear", action="store_true")
+    fault.add_argument("--connector", type=int, default=1)
+    scen = sim_sub.add_parser("scenario", help="run scenario files on a virtual clock")
+    scen.add_argument("files", nargs="+")
+    scen.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
+    return p
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except configmod.ConfigError as exc:
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except control.ControlError as exc:
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The imperative shell around the core for one connector: inputs -> events -> actions.
+
+Synchronous and clock-injected, so the asyncio daemon and the scenario runner (virtual
+clock) drive the same code. Contactor commands happen inside feed(), before anything slow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any, Callable
+
+import structlog
+
+from evsed import core
+from evsed import events as ev
+from evsed.auth import LocalAuthorizer
+from evsed.store import LiveSession, utc_iso
+from hal import ContactorFeedback, HalError, MeterReading, SelfTest
+
+log = structlog.get_logger("evsed")
+
+
+class ConnectorControl:
+    def __init__(self, connector_id: int, cfg: core.CoreConfig, devices: dict[str, Any], *,
+                 clock: Callable[[], float], wallclock: Callable[[], dt.datetime],
+                 authorizer: LocalAuthorizer, writer, timezone: dt.tzinfo,
+                 schedule: Callable[[float | None], None] = lambda when: None,
+                 checkpoint_s: float = 60.0):
+        self.id = connector_id
+        self.pilot, self.contactor = devices["pilot"], devices["contactor"]
+        self.rcd, self.meter = devices.get("rcd"), devices.get("meter")
+        self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
+                           has_meter=self.meter is not None)
+        self.state = core.Connector()
+        self.clock, self.wallclock, self.timezone = clock, wallclock, timezone
+        self.authorizer, self.writer, self.schedule = authorizer, writer, schedule
+        self.checkpoint_s = checkpoint_s
+        self.log = log.bind(connector=connector_id)
+        self.session: LiveSession | None = None
+        self.last_reading: MeterReading | None = None
+        self.last_refusal: dict | None = None
+        self._inbox: deque[ev.Event] = deque()
+        self._busy = False
+        self._rcd_tripped: bool | None = None
+        self._feedback: bool | None = None
+        self._checkpointed_at = -float("inf")
+        self.input_at: float | None = None  # perf_counter of the input being handled
+        self.open_latencies_s: list[float] = []
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """The contactor starts open and the pilot at +12 V, whatever state the pins had."""
+        self.contactor.open()
+        self.pilot.pwm_off()
+        self.log.info("contactor.opened", reason="start")
+        self.poll_inputs()
+
+    def shutdown(self) -> None:
+        """Stop the session and open the contactor; also called on crash paths."""
+        try:
+            self.feed(ev.Shutdown())
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Open the contactor and stop PWM without asking the core: the last line of defence."""
+        try:
+            self.contactor.open()
+        finally:
+            self.pilot.pwm_off()
+
+    # --- inputs -----------------------------------------------------------------------------
+    def feed(self, event: ev.Event) -> None:
+        """Run the core on an event, then on any events its actions produced, in order."""
+        self._inbox.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._inbox:
+                self._step(self._inbox.popleft())
+        finally:
+            self._busy = False
+        self.schedule(core.next_deadline(self.cfg, self.state))
+
+    def poll_inputs(self) -> None:
+        """Read pilot, RCD and contactor feedback once and feed what they say."""
+        self.input_at = time.perf_counter()
+        if self.rcd is not None:
+            tripped = bool(self.rcd.tripped())
+            if tripped != self._rcd_tripped:
+                self._rcd_tripped = tripped
+                self.feed(ev.FaultInputChanged(tripped))
+        try:
+            reading = self.pilot.read()
+        except HalError as exc:
+            self.feed(ev.PilotUnreadable(str(exc)))
+        else:
+            self.feed(ev.PilotMeasured(reading.high_v, reading.low_v))
+        if self.cfg.has_feedback:
+            closed = bool(self.contactor.feedback_closed())
+            if closed != self._feedback:
+                self._feedback = closed
+                self.feed(ev.ContactorFeedback(closed))
+        self.input_at = None
+
+    def tick(self) -> None:
+        self.feed(ev.Tick())
+
+    def meter_sampled(self, reading: MeterReading) -> None:
+        self.last_reading = reading
+        self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
+        s = self.session
+        if s is not None:
+            s.meter_last_wh = max(s.meter_last_wh, reading.energy_import_wh)
+            s.power_w = reading.power_total_w
+            s.peak_power_w = max(s.peak_power_w, reading.power_total_w)
+            now = self.clock()
+            if now - self._checkpointed_at >= self.checkpoint_s:
+                self._checkpointed_at = now
+                row = (s, s.meter_last_wh, s.peak_power_w, utc_iso(self.wallclock()))
+                self.writer.submit(lambda st, r=row: r[0].row_id and st.checkpoint(r[0].row_id, *r[1:]))
+
+    def meter_failed(self, detail: str) -> None:
+        self.feed(ev.MeterFailed(detail))
+
+    # --- the step ---------------------------------------------------------------------------
+    def _step(self, event: ev.Event) -> None:
+        now = self.clock()
+        self.state, actions = core.step(self.cfg, self.state, event, now)
+        for action in actions:
+            self._perform(action, now)
+        violated = core.check_invariant(self.cfg, self.state, now)
+        if violated is not None:  # defence in depth: never keep a closed contactor the core can't justify
+            self.contactor.open()
+            self.log.critical("safety.invariant_violated", detail=violated)
+
+    def _perform(self, a: ev.Action, now: float) -> None:
+        if isinstance(a, ev.OpenContactor):
+            self.contactor.open()
+            if self.input_at is not None:
+                self.open_latencies_s.append(time.perf_counter() - self.input_at)
+            self.log.info("contactor.opened", reason=a.reason)
+        elif isinstance(a, ev.CloseContactor):
+            if isinstance(self.rcd, SelfTest) and not self.rcd.self_test():
+                self._inbox.append(ev.SelfTestFailed("RCD did not trip on its test"))
+                return
+            self.contactor.close()
+            self.log.info("contactor.closed", offered_a=self.state.offered_a)
+        elif isinstance(a, ev.SetPilot):
+            if a.mode == "pwm":
+                self.pilot.pwm_on(a.duty_pct)
+            elif a.mode == "f":
+                self.pilot.pwm_f()
+            else:
+                self.pilot.pwm_off()
+            self.log.info("pilot.output", mode=a.mode, duty_pct=a.duty_pct, offered_a=round(a.current_a, 1))
+        elif isinstance(a, ev.RequestAuthorization):
+            result = self.authorizer.authorize(a.id_tag, self.wallclock().astimezone(self.timezone).date())
+            self._inbox.append(result)
+        elif isinstance(a, ev.CardRefused):
+            card = self.authorizer.card(a.id_tag)
+            self.last_refusal = {"id_tag": a.id_tag, "reason": a.reason, "at": utc_iso(self.wallclock()),
+                                 "card_name": card.name if card else ""}
+            self.log.warning("card.refused", id_tag=a.id_tag, reason=a.reason)
+        elif isinstance(a, ev.StartSession):
+            self._start_session(a)
+        elif isinstance(a, ev.StopSession):
+            self._stop_session(a)
+        elif isinstance(a, ev.PilotChanged):
+            self.log.info("pilot.state_changed", state=a.state, previous=a.previous)
+        elif isinstance(a, ev.FaultRaised):
+            self.log.error("fault.raised", fault=a.fault.value, lockout=a.lockout, detail=a.detail)
+        elif isinstance(a, ev.FaultsCleared):
+            self.log.info("fault.cleared", faults=[f.value for f in a.faults])
+        elif isinstance(a, ev.StatusChanged):
+            self.log.info("connector.status", status=a.status.value, reason=a.reason)
+
+    def _start_session(self, a: ev.StartSession) -> None:
+        card = self.authorizer.card(a.id_tag)
+        energy = self.last_reading.energy_import_wh if self.last_reading else 0
+        s = LiveSession(self.id, a.id_tag, card.name if card else "", card.group if card else "",
+                        a.auth_source, utc_iso(self.wallclock()), energy, energy)
+        self.session = s
+        self._checkpointed_at = self.clock()
+        self.writer.submit(lambda st: st.start(s))
+        self.last_refusal = None
+        self.log.info("session.started", id_tag=a.id_tag, card_name=s.card_name, meter_start_wh=energy)
+
+    def _stop_session(self, a: ev.StopSession) -> None:
+        s, self.session = self.session, None
+        if s is None:
+            return
+        when = utc_iso(self.wallclock())
+        stop_wh, peak, reason = s.meter_last_wh, s.peak_power_w, a.reason.value
+        self.writer.submit(lambda st: s.row_id and st.stop(s.row_id, stop_wh, peak, reason, when))
+        self.log.info("session.stopped", id_tag=s.id_tag, reason=reason, energy_wh=s.energy_wh,
+                      meter_stop_wh=stop_wh, peak_power_w=peak)
+
+    # --- status -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        st, now = self.state, self.clock()
+        reading, session = self.last_reading, self.session
+        return {
+            "id": self.id,
+            "status": st.status.value,
+            "state": st.pilot.value if st.pilot else None,
+            "pilot_output": st.output,
+            "duty_pct": st.duty_pct,
+            "allowed_a": core.allowed_current_a(self.cfg, st),
+            "offered_a": round(st.offered_a, 2),
+            "contactor": "closed" if st.contactor_closed else "open",
+            "measured": None if reading is None else {
+                "current_a": list(reading.current_a), "power_w": reading.power_total_w,
+                "energy_wh": reading.energy_import_wh},
+            "session": None if session is None else {
+                "id_tag": session.id_tag, "card_name": session.card_name, "started_at": session.started_at,
+                "energy_wh": session.energy_wh, "power_w": session.power_w,
+                "peak_power_w": session.peak_power_w},
+            "faults": [{"fault": f.value, "detail": fs.detail, "lockout": fs.retry_at is None,
+                        "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
+                       for f, fs in st.faults.items()],
+            "reason": st.reason,
+            "last_refusal": self.last_refusal,
+            "limits": dict(st.limits),
+        }
+
+
+def route_card(ctrls: list[ConnectorControl], uid: str) -> int:
+    """Give a tap to the connector it is meant for: the one whose session it started, else
+    one with an EV waiting for a card, else the first free one. Returns that connector's id."""
+    chosen = (next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
+              or next((c for c in ctrls if not c.state.session and c.state.pilot in core.PLUGGED_STATES), None)
+              or next((c for c in ctrls if not c.state.session), ctrls[0]))
+    chosen.log.info("card.presented", id_tag=uid)
+    chosen.feed(ev.CardPresented(uid))
+    return chosen.id

@@ -1,0 +1,140 @@
+"""The control socket: JSON lines over a Unix socket (mode 0660) in the runtime directory.
+
+Server side answers status, sim and clear-faults requests from the running daemon;
+client side is what `evsed status` and `evsed sim` use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from evsed import events as ev
+
+log = structlog.get_logger("evsed")
+MAX_REQUEST = 64 * 1024
+
+
+def socket_path(runtime_dir: Path) -> Path:
+    return runtime_dir / "control.sock"
+
+
+async def serve(runtime_dir: Path, daemon) -> asyncio.AbstractServer:
+    path = socket_path(runtime_dir)
+    runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if path.exists():
+        try:
+            request(runtime_dir, {"cmd": "ping"}, timeout_s=0.5)
+        except ControlError:
+            path.unlink()  # stale socket of a daemon that died
+        else:
+            from evsed.daemon import StartError
+            raise StartError(f"another evsed answers on {path}")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("expected a JSON object")
+                    reply = dispatch(daemon, req)
+                except (ValueError, KeyError, TypeError) as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, path=str(path), limit=MAX_REQUEST)
+    os.chmod(path, 0o660)
+    return server
+
+
+def _connector(daemon, req: dict):
+    cid = int(req.get("connector", next(iter(daemon.connectors))))
+    if cid not in daemon.connectors:
+        raise ValueError(f"no connector {cid}")
+    return daemon.connectors[cid]
+
+
+def dispatch(daemon, req: dict) -> dict[str, Any]:
+    cmd = req.get("cmd")
+    if cmd == "ping":
+        return {"ok": True}
+    if cmd == "status":
+        return {"ok": True, "charger": daemon.config.charger.id,
+                "connectors": [c.status() for c in daemon.connectors.values()]}
+    if cmd == "clear-faults":
+        ctrl = _connector(daemon, req)
+        log.warning("fault.cleared_by_person", connector=ctrl.id)
+        ctrl.feed(ev.ClearFaults())
+        return {"ok": True, "connector": ctrl.id}
+    if cmd == "sim":
+        return _sim(daemon, req)
+    raise ValueError(f"unknown command {cmd!r}")
+
+
+def _sim(daemon, req: dict) -> dict[str, Any]:
+    world = daemon.world
+    if world is None:
+        raise ValueError("this daemon runs no simulated hardware")
+    action = req.get("action")
+    if action == "tap":
+        uid = world.reader.tap(str(req["card"]))
+        return {"ok": True, "card": uid}
+    ctrl = _connector(daemon, req)
+    bench = world.connector(ctrl.id)
+    if action == "plug":
+        bench.plug()
+    elif action == "unplug":
+        bench.unplug()
+    elif action == "ev":
+        settings = {k: req[k] for k in ("max_current_a", "phases", "wants_energy", "ventilation",
+                                          "asleep", "obey_pwm", "ignore_stop") if k in req}
+        bench.set_ev(**settings)
+    elif action == "fault":
+        bench.inject(str(req["kind"]), active=not req.get("clear", False))
+    else:
+        raise ValueError(f"unknown sim action {action!r}")
+    return {"ok": True, "connector": ctrl.id}
+
+
+class ControlError(Exception):
+    pass
+
+
+def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
+    """Send one request to the running daemon and return its reply."""
+    path = socket_path(runtime_dir)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(path))
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except FileNotFoundError:
+        raise ControlError(f"no evsed daemon is running (no socket at {path})") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no evsed daemon answers on {path}") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: join the daemon's group") from None
+    except (OSError, TimeoutError) as exc:
+        raise ControlError(f"control socket {path}: {exc}") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ControlError(f"garbled reply from {path}") from None

@@ -1,0 +1,81 @@
+"""structlog set-up: JSON lines off a terminal, readable text on one, written off the loop.
+
+Rendering happens in the caller (cheap); the write to stderr happens in a thread, so a
+slow journal or terminal never delays the safety path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from typing import TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _QueuedWriter:
+    """A file-like sink whose writes are queued and done by one background thread."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="evsed-log", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        self._queue.put(text)
+
+    def flush(self) -> None:
+        pass
+
+    def _run(self) -> None:
+        while (text := self._queue.get()) is not None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stderr must not take the daemon down
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(2.0)
+
+
+_writer: _QueuedWriter | None = None
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog once per process. fmt: auto, text or json."""
+    global _writer
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "text" if stream.isatty() else "json"
+    if _writer is not None:
+        _writer.close()
+    _writer = _QueuedWriter(stream)
+    renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty())
+                if fmt == "text" else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=_writer),
+        cache_logger_on_first_use=True,
+    )
+
+
+def flush() -> None:
+    """Write out everything logged so far (at exit)."""
+    global _writer
+    if _writer is not None:
+        _writer.close()
+        _writer = None

@@ -1,0 +1,259 @@
+"""Scripted scenarios: timed driver, EV and hardware actions plus expectations, on a virtual clock.
+
+The same ConnectorControl as the daemon runs against the simulated hardware; time jumps
+from one due thing (action, poll, meter read, core timer) to the next, far faster than real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from evsed import backends, config as configmod, events as ev
+from evsed.auth import LocalAuthorizer
+from evsed.connector import ConnectorControl, route_card
+from evsed.store import InlineWriter, Store
+from hal import canonical_uid
+from simulator.hardware import SimWorld
+
+EPOCH = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)  # a Monday, for time-of-use windows
+ACTIONS = ("plug", "unplug", "tap", "ev", "fault", "clear-fault", "limit", "remote-start", "remote-stop",
+           "availability", "reserve", "cancel-reservation", "clear-faults")
+
+
+class ScenarioError(Exception):
+    """The scenario file itself is wrong (not a failed expectation)."""
+
+
+@dataclass
+class Result:
+    name: str
+    passed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def base_config_data() -> dict:
+    return tomllib.loads(resources.files("simulator").joinpath("base.toml").read_text())
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Runner:
+    def __init__(self, path: Path, data: dict):
+        self.path = path
+        self.description = data.get("description", path.stem)
+        self.steps = sorted(data.get("step", []), key=lambda s: float(s.get("t", 0.0)))
+        self.config = configmod.build(_merge(base_config_data(), data.get("config", {})), path)
+        self.now = 0.0
+        self.world = SimWorld(lambda: self.now, voltage_v=self.config.simulator.voltage_v,
+                              ev_max_current_a=self.config.simulator.ev_max_current_a,
+                              ev_phases=self.config.simulator.ev_phases,
+                              meter_start_wh=self.config.simulator.meter_start_wh)
+        self.store = Store(":memory:")
+        self.deadlines: dict[int, float | None] = {}
+        self.dirty = False
+        tz = ZoneInfo(self.config.charger.timezone)
+        self.ctrls: list[ConnectorControl] = []
+        for conn in self.config.connectors:
+            ctx = backends.BackendContext(conn.id, {"sim": self.world})
+            devices = {key: backends.create(key, d.backend, dict(d.options), ctx)
+                       for key in ("pilot", "contactor", "rcd", "meter") if (d := getattr(conn, key))}
+            for device in devices.values():
+                if hasattr(device, "on_change"):
+                    device.on_change(self._input_changed)
+            self.ctrls.append(ConnectorControl(
+                conn.id, self.config.core_config(conn), devices, clock=lambda: self.now,
+                wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
+                authorizer=LocalAuthorizer(self.config.cards), writer=InlineWriter(self.store), timezone=tz,
+                checkpoint_s=self.config.store.checkpoint_s,
+                schedule=lambda when, cid=conn.id: self.deadlines.__setitem__(cid, when)))
+
+    def _input_changed(self) -> None:
+        self.dirty = True
+
+    def ctrl(self, step: dict) -> ConnectorControl:
+        cid = int(step.get("connector", self.ctrls[0].id))
+        for c in self.ctrls:
+            if c.id == cid:
+                return c
+        raise ScenarioError(f"no connector {cid}")
+
+    async def run(self, verbose: bool) -> Result:
+        result = Result(self.description)
+        timing = self.config.timing
+        for c in self.ctrls:
+            c.start()
+        end = float(self.steps[-1].get("t", 0.0)) if self.steps else 0.0
+        next_poll, next_meter, i = 0.0, 0.0, 0
+        while True:
+            pending = [d for d in self.deadlines.values() if d is not None]
+            step_t = float(self.steps[i].get("t", 0.0)) if i < len(self.steps) else math.inf
+            t = min([next_poll, next_meter, step_t, *pending])
+            if t > end:
+                break
+            self.now = max(self.now, t)
+            for c in self.ctrls:
+                if self.deadlines.get(c.id) is not None and self.deadlines[c.id] <= self.now:
+                    self.deadlines[c.id] = None
+                    c.tick()
+            if next_poll <= self.now:
+                self._poll()
+                next_poll = self.now + timing.pilot_poll_s
+            if next_meter <= self.now:
+                await self._read_meters()
+                next_meter = self.now + timing.meter_interval_s
+            while i < len(self.steps) and float(self.steps[i].get("t", 0.0)) <= self.now:
+                step = self.steps[i]
+                i += 1
+                if "do" in step:
+                    self._do(step)
+                    self._poll()
+                if "expect" in step:
+                    self._expect(step, result, verbose)
+        return result
+
+    def _poll(self) -> None:
+        self.dirty = False
+        for c in self.ctrls:
+            c.poll_inputs()
+        if self.dirty:  # an output change moved the EV: read again, as the daemon's callbacks do
+            self.dirty = False
+            for c in self.ctrls:
+                c.poll_inputs()
+
+    async def _read_meters(self) -> None:
+        for c in self.ctrls:
+            if c.meter is None:
+                continue
+            try:
+                c.meter_sampled(await c.meter.read())
+            except Exception as exc:  # a simulated meter fault
+                c.meter_failed(str(exc))
+
+    def _do(self, step: dict) -> None:
+        action, c = step["do"], self.ctrl(step)
+        bench = self.world.connector(c.id)
+        if action == "plug":
+            bench.plug()
+        elif action == "unplug":
+            bench.unplug()
+        elif action == "tap":
+            route_card(self.ctrls, canonical_uid(step["card"]))
+        elif action == "ev":
+            bench.set_ev(**{k: v for k, v in step.items() if k not in ("t", "do", "connector", "expect")})
+        elif action in ("fault", "clear-fault"):
+            bench.inject(step["kind"], active=action == "fault")
+        elif action == "limit":
+            c.feed(ev.LimitChanged(step.get("source", "scenario"), step.get("current_a")))
+        elif action == "remote-start":
+            c.feed(ev.RemoteStart(step["card"]))
+        elif action == "remote-stop":
+            c.feed(ev.StopRequested(ev.StopReason.REMOTE))
+        elif action == "availability":
+            c.feed(ev.SetAvailability(bool(step["operative"])))
+        elif action == "reserve":
+            c.feed(ev.Reserve(step["card"], self.now + float(step.get("for_s", 600))))
+        elif action == "cancel-reservation":
+            c.feed(ev.CancelReservation())
+        elif action == "clear-faults":
+            c.feed(ev.ClearFaults())
+        else:
+            raise ScenarioError(f"t={step.get('t')}: unknown action {action!r}; one of {', '.join(ACTIONS)}")
+
+    def _expect(self, step: dict, result: Result, verbose: bool) -> None:
+        status = self.ctrl(step).status()
+        for key, want in step["expect"].items():
+            got, ok = _observe(self, status, key, want)
+            line = f"t={self.now:g}s {key} = {want!r}" if ok else f"t={self.now:g}s {key}: expected {want!r}, got {got!r}"
+            (result.passed if ok else result.failed).append(line)
+            if verbose or not ok:
+                print(f"  {'ok  ' if ok else 'FAIL'} {line}")
+
+
+def _observe(runner: Runner, st: dict, key: str, want: Any) -> tuple[Any, bool]:
+    """The observed value for an expectation key, and whether it matches `want`."""
+    if key in ("state", "contactor", "status", "pilot_output"):
+        got = st[key]
+        return got, got == (None if want == "none" else want)
+    if key in ("offered_a", "duty_pct", "allowed_a"):
+        got = st[key]
+        return got, got is not None and abs(got - want) <= 0.15
+    if key == "current_a":
+        got = max(st["measured"]["current_a"]) if st["measured"] else None
+        return got, got is not None and abs(got - want) <= 0.5
+    if key == "faults":
+        got = sorted(f["fault"] for f in st["faults"])
+        return got, got == sorted(want)
+    if key == "lockout":
+        got = any(f["lockout"] for f in st["faults"])
+        return got, got == want
+    if key == "reason_contains":
+        return st["reason"], want.lower() in st["reason"].lower()
+    if key == "refused_contains":
+        got = (st["last_refusal"] or {}).get("reason", "")
+        return got, want.lower() in got.lower()
+    if key == "session_energy_wh_min":
+        got = st["session"]["energy_wh"] if st["session"] else None
+        return got, got is not None and got >= want
+    if key == "sessions":
+        got = len([r for r in runner.store.sessions() if r["stopped_at"]])
+        return got, got == want
+    if key == "last_session":
+        rows = list(runner.store.sessions())
+        got = rows[-1] if rows else None
+        return got, got is not None and all(_session_match(got, k, v) for k, v in want.items())
+    raise ScenarioError(f"unknown expectation {key!r}")
+
+
+def _session_match(row: dict, key: str, want: Any) -> bool:
+    if key == "energy_wh_min":
+        return row["energy_wh"] >= want
+    if key == "energy_wh_max":
+        return row["energy_wh"] <= want
+    if key == "card":
+        return want in (row["id_tag"], row["card_name"])
+    if key == "running":
+        return (row["stopped_at"] is None) == want
+    if key not in row:
+        raise ScenarioError(f"unknown session field {key!r}")
+    return row[key] == want
+
+
+def load(path: Path) -> Runner:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return Runner(path, data)
+
+
+def run_files(paths: list[Path], verbose: bool = True) -> int:
+    """Run scenario files, report each expectation; exit status 1 if any failed."""
+    from evsed import logs
+    logs.configure("error", "text")  # the expectations are the report; the log would drown them
+    passed = failed = 0
+    for path in paths:
+        try:
+            runner = load(path)
+            print(f"{path}: {runner.description}")
+            result = asyncio.run(runner.run(verbose))
+        except (ScenarioError, configmod.ConfigError) as exc:
+            print(f"  ERROR {exc}")
+            failed += 1
+            continue
+        passed += len(result.passed)
+        failed += len(result.failed)
+    print(f"scenarios: {passed} expectations met, {failed} not met")
+    return 0 if failed == 0 else 1

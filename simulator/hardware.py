@@ -1,0 +1,244 @@
+"""Simulated charger hardware behind the hal interfaces: pilot, contactor, RCD, meter, reader.
+
+One SimWorld holds a SimEV per connector and a clock; the meter integrates power over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from hal import MeterReading, PilotReading, TryAgain, canonical_uid
+from simulator.ev import SimEV
+
+FAULT_KINDS = ("rcd", "welded", "stuck-open", "pilot-short", "pilot-lost", "meter", "diode",
+               "ev-error", "self-test")
+
+
+class SimConnector:
+    """The simulated bench of one connector: EV, pilot generator, contactor, RCD, meter."""
+
+    def __init__(self, world: SimWorld, connector_id: int):
+        self.world, self.id = world, connector_id
+        self.ev = SimEV(max_current_a=world.ev_max_current_a, phases=world.ev_phases)
+        self.pilot_mode = "off"  # "off" | "pwm" | "f"
+        self.duty_pct: float | None = None
+        self.contactor_closed = False
+        self.faults: set[str] = set()
+        self.energy_wh_exact = float(world.meter_start_wh)
+        self._integrated_at = world.clock()
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- what the hardware sees --
+    def pwm_duty(self) -> float | None:
+        return self.duty_pct if self.pilot_mode == "pwm" else None
+
+    def current_a(self) -> tuple[float, ...]:
+        return self.ev.draw_a(self.pwm_duty(), self.contactor_closed)
+
+    def power_w(self) -> float:
+        return sum(self.current_a()) * self.world.voltage_v
+
+    def integrate(self) -> None:
+        """Account energy up to now at the power that held since the last change."""
+        now = self.world.clock()
+        self.energy_wh_exact += self.power_w() * max(0.0, now - self._integrated_at) / 3600.0
+        self._integrated_at = now
+
+    def change(self, apply: Callable[[], None]) -> None:
+        """Apply a change to the bench and tell listeners (the daemon reads at once)."""
+        self.integrate()
+        apply()
+        self.ev.see_pilot(self.pwm_duty())
+        for listener in list(self._listeners):
+            listener()
+
+    # -- driver and test actions --
+    def plug(self) -> None:
+        self.change(lambda: setattr(self.ev, "plugged", True))
+
+    def unplug(self) -> None:
+        self.change(self.ev.unplug)
+
+    def set_ev(self, **attrs) -> None:
+        def apply():
+            for key, value in attrs.items():
+                if not hasattr(self.ev, key) or key.startswith("_"):
+                    raise ValueError(f"the simulated EV has no setting {key!r}")
+                setattr(self.ev, key, value)
+        self.change(apply)
+
+    def inject(self, kind: str, active: bool = True) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
+
+        def apply():
+            (self.faults.add if active else self.faults.discard)(kind)
+            if kind == "diode":
+                self.ev.diode_fault = active
+            elif kind == "ev-error":
+                self.ev.error = active
+        self.change(apply)
+
+
+class SimWorld:
+    """All simulated connectors and the card reader, on one clock (real or virtual)."""
+
+    def __init__(self, clock: Callable[[], float], *, voltage_v: float = 230.0,
+                 ev_max_current_a: float = 16.0, ev_phases: int = 3, meter_start_wh: int = 0):
+        self.clock, self.voltage_v = clock, voltage_v
+        self.ev_max_current_a, self.ev_phases, self.meter_start_wh = ev_max_current_a, ev_phases, meter_start_wh
+        self.connectors: dict[int, SimConnector] = {}
+        self.reader = SimCardReader()
+
+    def connector(self, connector_id: int) -> SimConnector:
+        if connector_id not in self.connectors:
+            self.connectors[connector_id] = SimConnector(self, connector_id)
+        return self.connectors[connector_id]
+
+
+# --- the hal devices ----------------------------------------------------------------------
+
+
+class SimPilot:
+    def __init__(self, bench: SimConnector):
+        self.bench = bench
+
+    def pwm_on(self, duty_pct: float) -> None:
+        self.bench.change(lambda: self._set("pwm", duty_pct))
+
+    def pwm_off(self) -> None:
+        self.bench.change(lambda: self._set("off", None))
+
+    def pwm_f(self) -> None:
+        self.bench.change(lambda: self._set("f", None))
+
+    def _set(self, mode: str, duty: float | None) -> None:
+        self.bench.pilot_mode, self.bench.duty_pct = mode, duty
+
+    def read(self) -> PilotReading:
+        b = self.bench
+        if "pilot-lost" in b.faults:
+            raise TryAgain("simulated ADC not answering")
+        if "pilot-short" in b.faults or b.pilot_mode == "f":
+            level = 0.0 if "pilot-short" in b.faults else -12.0
+            return PilotReading(level, level if b.pilot_mode != "pwm" else -12.0)
+        high = b.ev.pilot_high_v(b.pwm_duty())
+        if b.pilot_mode != "pwm":
+            return PilotReading(high, high)
+        low = -high if (b.ev.plugged and b.ev.diode_fault) else -12.0
+        return PilotReading(high, low)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self.bench._listeners.append(callback)
+
+
+class SimContactor:
+    def __init__(self, bench: SimConnector):
+        self.bench = bench
+
+    def close(self) -> None:
+        if "stuck-open" not in self.bench.faults:
+            self.bench.change(lambda: setattr(self.bench, "contactor_closed", True))
+
+    def open(self) -> None:
+        if "welded" not in self.bench.faults:
+            self.bench.change(lambda: setattr(self.bench, "contactor_closed", False))
+
+
+class SimContactorWithFeedback(SimContactor):
+    """The contactor with an auxiliary contact reporting its real state."""
+
+    def feedback_closed(self) -> bool:
+        return self.bench.contactor_closed
+
+
+class SimRcd:
+    def __init__(self, bench: SimConnector):
+        self.bench = bench
+
+    def tripped(self) -> bool:
+        return "rcd" in self.bench.faults
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self.bench._listeners.append(callback)
+
+
+class SimRcdWithSelfTest(SimRcd):
+    def self_test(self) -> bool:
+        return "self-test" not in self.bench.faults
+
+
+class SimMeter:
+    """A three-phase meter integrating the bench's power over the world's clock."""
+
+    def __init__(self, bench: SimConnector):
+        self.bench = bench
+
+    async def read(self) -> MeterReading:
+        b = self.bench
+        if "meter" in b.faults:
+            raise TryAgain("simulated meter timeout")
+        b.integrate()
+        current = b.current_a()
+        voltage = b.world.voltage_v
+        return MeterReading(
+            energy_import_wh=int(b.energy_wh_exact), power_total_w=sum(current) * voltage,
+            current_a=current, voltage_v=(voltage,) * 3, power_w=tuple(c * voltage for c in current),
+            frequency_hz=50.0)
+
+
+class SimCardReader:
+    """Cards tapped through the control socket (`evsed sim tap`) or a scenario."""
+
+    def __init__(self):
+        self._taps: asyncio.Queue[str] | None = None
+        self._pending: list[str] = []
+
+    def tap(self, uid: str) -> str:
+        uid = canonical_uid(uid)
+        if self._taps is None:
+            self._pending.append(uid)
+        else:
+            self._taps.put_nowait(uid)
+        return uid
+
+    async def next_tap(self) -> str:
+        if self._taps is None:
+            self._taps = asyncio.Queue()
+            for uid in self._pending:
+                self._taps.put_nowait(uid)
+            self._pending.clear()
+        return await self._taps.get()
+
+
+# --- registry factories (evsed.backends names them) -----------------------------------------
+
+
+def _world(ctx) -> SimWorld:
+    world = ctx.shared.get("sim")
+    if world is None:
+        raise RuntimeError("the simulator backends need the daemon to create a SimWorld")
+    return world
+
+
+def sim_pilot(options, ctx) -> SimPilot:
+    return SimPilot(_world(ctx).connector(ctx.connector_id))
+
+
+def sim_contactor(options, ctx) -> SimContactor:
+    kind = SimContactorWithFeedback if options.get("feedback", True) else SimContactor
+    return kind(_world(ctx).connector(ctx.connector_id))
+
+
+def sim_rcd(options, ctx) -> SimRcd:
+    kind = SimRcdWithSelfTest if options.get("self_test", False) else SimRcd
+    return kind(_world(ctx).connector(ctx.connector_id))
+
+
+def sim_meter(options, ctx) -> SimMeter:
+    return SimMeter(_world(ctx).connector(ctx.connector_id))
+
+
+def sim_card_reader(options, ctx) -> SimCardReader:
+    return _world(ctx).reader
