@@ -231,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
     fault.add_argument("kind", choices=FAULT_KINDS)
     fault.add_argument("--clear", action="store_true")
     fault.add_argument("--connector", type=int, default=1)
+    for action_parser in (*sim_sub.choices.values(),):
+        action_parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     scen = sim_sub.add_parser("scenario", help="run scenario files on a virtual clock")
     scen.add_argument("files", nargs="+")
     scen.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
