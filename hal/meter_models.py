@@ -1,0 +1,223 @@
+"""Energy-meter register maps as data: per model, quantity -> register, function code, type,
+scale and word order, each table naming the manufacturer document it was taken from.
+
+Addresses are 0-based, as sent on the wire (a document's "register 3028" is address 3027).
+A field's scale turns the raw value into the unit in its quantity's name (kWh -> Wh: 1000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Quantities a model may map; per-phase ones repeat with phase 1..3.
+PER_PHASE = ("voltage_v", "current_a", "power_w")
+TOTALS = ("power_total_w", "energy_import_wh", "frequency_hz")
+
+# Register type -> (struct format code, registers it spans).
+TYPES: dict[str, tuple[str, int]] = {
+    "int16": ("h", 1), "uint16": ("H", 1),
+    "int32": ("i", 2), "uint32": ("I", 2),
+    "int64": ("q", 4), "uint64": ("Q", 4),
+    "float32": ("f", 2),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One quantity in one register run. phase is 1..3 for per-phase quantities, 0 for totals."""
+
+    quantity: str
+    phase: int
+    address: int
+    type: str
+    scale: float = 1.0
+
+    @property
+    def count(self) -> int:
+        return TYPES[self.type][1]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterModel:
+    """A meter's Modbus map. word_order "big": high word first; "little": low word first.
+
+    not_available_sentinels: the model marks a missing value with the type's all-ones
+    (unsigned) or maximum (signed) integer, which decoding turns into NaN.
+    """
+
+    name: str
+    title: str
+    source: str  # the manufacturer's document the registers come from
+    function_code: int  # 3: holding registers, 4: input registers
+    word_order: str
+    fields: tuple[Field, ...]
+    not_available_sentinels: bool = False
+    phases: int = 3
+
+    def quantities(self) -> set[str]:
+        return {f.quantity for f in self.fields}
+
+
+def _phases(quantity: str, addresses: tuple[int, ...], type_: str, scale: float = 1.0) -> tuple[Field, ...]:
+    return tuple(Field(quantity, n, a, type_, scale) for n, a in enumerate(addresses, start=1))
+
+
+def _total(quantity: str, address: int, type_: str, scale: float = 1.0) -> Field:
+    return Field(quantity, 0, address, type_, scale)
+
+
+F32 = "float32"
+KWH = 1000.0  # kWh -> Wh
+KW = 1000.0  # kW -> W
+
+# --- Eastron: input registers (FC4), IEEE 754 float32, high word first, energy in kWh ---------
+
+_SDM_1P = (
+    _phases("voltage_v", (0x0000,), F32) + _phases("current_a", (0x0006,), F32)
+    + _phases("power_w", (0x000C,), F32)
+    + (_total("power_total_w", 0x000C, F32), _total("frequency_hz", 0x0046, F32),
+       _total("energy_import_wh", 0x0048, F32, KWH)))
+
+_SDM_3P = (
+    _phases("voltage_v", (0x0000, 0x0002, 0x0004), F32)
+    + _phases("current_a", (0x0006, 0x0008, 0x000A), F32)
+    + _phases("power_w", (0x000C, 0x000E, 0x0010), F32)
+    + (_total("power_total_w", 0x0034, F32), _total("frequency_hz", 0x0046, F32),
+       _total("energy_import_wh", 0x0048, F32, KWH)))
+
+SDM120 = MeterModel(
+    "sdm120", "Eastron SDM120-Modbus (single phase)",
+    "Eastron SDM120-Modbus Smart Energy Meter, Modbus Protocol Implementation "
+    "(sdm120modbus_manual), input register table",
+    4, "big", _SDM_1P, phases=1)
+
+SDM230 = MeterModel(
+    "sdm230", "Eastron SDM230-Modbus (single phase)",
+    "Eastron SDM230-Modbus, Modbus Protocol Implementation (SDM230-register), "
+    "input register table",
+    4, "big", _SDM_1P, phases=1)
+
+SDM630 = MeterModel(
+    "sdm630", "Eastron SDM630-Modbus (three phase)",
+    "Eastron SDM630 Modbus Protocol (SDM630 register map, V1.x), input register table",
+    4, "big", _SDM_3P)
+
+SDM72D = MeterModel(
+    "sdm72d", "Eastron SDM72D-M, first version (totals only)",
+    "Eastron SDM72D-M User Manual (SDM72DM-manual), Modbus input registers: "
+    "total system power 30053, import active energy 30073",
+    4, "big", (_total("power_total_w", 0x0034, F32), _total("energy_import_wh", 0x0048, F32, KWH)))
+
+SDM72D_V2 = MeterModel(
+    "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
+    "Eastron SDM72D-M-2 User Manual (sdm72dm-v2), Modbus input register table",
+    4, "big", _SDM_3P)
+
+# --- ABB B series: holding registers (FC3), integers high word first ---------------------------
+# 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
+
+_ABB_SOURCE = ("ABB B21/B23/B24 User Manual (2CMC485003M0201), chapter 'Communication with "
+               "Modbus', mapping tables: instantaneous values 5B00h-5B2Ch, energy 5000h")
+_ABB_COMMON = (_total("power_total_w", 0x5B14, "int32", 0.01),
+               _total("frequency_hz", 0x5B2C, "uint16", 0.01),
+               _total("energy_import_wh", 0x5000, "uint64", 10.0))
+
+ABB_B21 = MeterModel(
+    "abb-b21", "ABB B21 (single phase)", _ABB_SOURCE, 3, "big",
+    _phases("voltage_v", (0x5B00,), "uint32", 0.1) + _phases("current_a", (0x5B0C,), "uint32", 0.01)
+    + _phases("power_w", (0x5B16,), "int32", 0.01) + _ABB_COMMON,
+    not_available_sentinels=True, phases=1)
+
+_ABB_3P = (
+    _phases("voltage_v", (0x5B00, 0x5B02, 0x5B04), "uint32", 0.1)
+    + _phases("current_a", (0x5B0C, 0x5B0E, 0x5B10), "uint32", 0.01)
+    + _phases("power_w", (0x5B16, 0x5B18, 0x5B1A), "int32", 0.01) + _ABB_COMMON)
+
+ABB_B23 = MeterModel("abb-b23", "ABB B23 (three phase, direct)", _ABB_SOURCE, 3, "big", _ABB_3P,
+                     not_available_sentinels=True)
+ABB_B24 = MeterModel("abb-b24", "ABB B24 (three phase, CT connected)", _ABB_SOURCE, 3, "big",
+                     _ABB_3P, not_available_sentinels=True)
+
+# --- Carlo Gavazzi EM340: input registers (FC4), int32 low word first --------------------------
+# 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh).
+
+EM340 = MeterModel(
+    "em340", "Carlo Gavazzi EM340 (three phase)",
+    "Carlo Gavazzi EM330/EM340/ET330/ET340 Communication Protocol (EM330_EM340_ET330_ET340_CP), "
+    "instantaneous variables 0000h-0034h",
+    4, "little",
+    _phases("voltage_v", (0x00, 0x02, 0x04), "int32", 0.1)
+    + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
+    + _phases("power_w", (0x12, 0x14, 0x16), "int32", 0.1)
+    + (_total("power_total_w", 0x28, "int32", 0.1), _total("frequency_hz", 0x33, "int16", 0.1),
+       _total("energy_import_wh", 0x34, "int32", 100.0)))
+
+# --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
+# Power in kW, energy in kWh.
+
+_ORNO_SOURCE = ("ORNO OR-WE-516 / OR-WE-517 Modbus register description (manufacturer's register "
+                "list): real-time values 000Eh-003Bh, energy 0100h-012Eh")
+_ORNO = (
+    _phases("voltage_v", (0x0E, 0x10, 0x12), F32) + _phases("current_a", (0x16, 0x18, 0x1A), F32)
+    + _phases("power_w", (0x1E, 0x20, 0x22), F32, KW)
+    + (_total("power_total_w", 0x1C, F32, KW), _total("frequency_hz", 0x14, F32),
+       _total("energy_import_wh", 0x0108, F32, KWH)))  # 0108h: forward (import) active energy
+
+OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO)
+OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO)
+
+# --- Schneider iEM3155: holding registers (FC3), float32 high word first -----------------------
+# The document numbers registers from 1: register 3028 is address 3027. Power in kW, energy kWh.
+
+IEM3155 = MeterModel(
+    "iem3155", "Schneider Electric iEM3155 (three phase)",
+    "Schneider Electric iEM3100/iEM3200/iEM3300 series User Manual (DOCA0005EN), "
+    "Modbus register list: meter data 3000-3110, energy (float) 45100",
+    3, "big",
+    _phases("voltage_v", (3027, 3029, 3031), F32) + _phases("current_a", (2999, 3001, 3003), F32)
+    + _phases("power_w", (3053, 3055, 3057), F32, KW)
+    + (_total("power_total_w", 3059, F32, KW), _total("frequency_hz", 3109, F32),
+       _total("energy_import_wh", 45099, F32, KWH)))
+
+# --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
+
+FINDER_7M38 = MeterModel(
+    "finder-7m38", "Finder 7M.38 (three phase)",
+    "Finder Modbus Protocol Guide 7M.24 / 7M.38 (Modbus-7M24-7M38_v2_30062021), input registers",
+    4, "big",
+    _phases("voltage_v", (2500, 2502, 2504), F32) + _phases("current_a", (2516, 2518, 2520), F32)
+    + _phases("power_w", (2530, 2532, 2534), F32)
+    + (_total("power_total_w", 2536, F32), _total("energy_import_wh", 2638, F32)))
+
+# --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
+# 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh).
+
+EEM_350 = MeterModel(
+    "eem-350-d-mcb", "Phoenix Contact EEM-350-D-MCB (three phase)",
+    "Phoenix Contact EEM-350-D-MCB data sheet, Modbus register table (input registers)",
+    4, "little",
+    _phases("voltage_v", (0x00, 0x02, 0x04), "int32", 0.1)
+    + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
+    + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)))
+
+MODELS: dict[str, MeterModel] = {m.name: m for m in (
+    SDM120, SDM230, SDM630, SDM72D, SDM72D_V2, ABB_B21, ABB_B23, ABB_B24, EM340,
+    OR_WE_516, OR_WE_517, IEM3155, FINDER_7M38, EEM_350)}
+
+
+def blocks(model: MeterModel, max_registers: int = 100) -> list[tuple[int, int, tuple[Field, ...]]]:
+    """The reads a model needs: (address, count, fields) over runs of adjacent registers.
+
+    Only registers the document defines are read: many meters answer a read that spans
+    an undefined register with an illegal-address exception.
+    """
+    out: list[tuple[int, int, tuple[Field, ...]]] = []
+    for field in sorted(set(model.fields), key=lambda f: (f.address, f.count)):
+        if out:
+            start, count, fields = out[-1]
+            end = start + count
+            if field.address <= end and max(end, field.address + field.count) - start <= max_registers:
+                out[-1] = (start, max(end, field.address + field.count) - start, fields + (field,))
+                continue
+        out.append((field.address, field.count, (field,)))
+    return out

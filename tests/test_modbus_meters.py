@@ -1,0 +1,392 @@
+"""Modbus meters against a real pymodbus server: TCP on loopback and RTU over a pty pair.
+
+Each model's table is served as registers encoded from known values; the backend must read
+them back in V, A, W, integer Wh and Hz, and report faults as TryAgain / DeviceUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import pty
+import struct
+import tty
+
+import pytest
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from evsed import backends
+from evsed.backends import BackendContext
+from hal import DeviceUnavailable, Meter, TryAgain
+from hal.meter_models import MODELS, TYPES, Field, MeterModel, blocks
+from hal.modbus import modbus_meter
+
+TIMEOUT_S = 0.2
+
+# What the simulated meters measure; chosen to be exact at every model's resolution.
+KNOWN = {
+    "voltage_v": (230.1, 231.2, 229.3),
+    "current_a": (15.25, 14.5, 16.25),
+    "power_w": (3201.5, 3100.0, 3350.7),
+    "power_total_w": 9652.2,
+    "energy_import_wh": 1_234_500,
+    "frequency_hz": 49.9,
+}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def encode(field: Field, value: float, word_order: str) -> list[int]:
+    code, count = TYPES[field.type]
+    raw = value / field.scale
+    data = struct.pack(f">{code}", raw if code == "f" else round(raw))
+    words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, 2 * count, 2)]
+    return words if word_order == "big" else words[::-1]
+
+
+def known_value(field: Field) -> float:
+    value = KNOWN[field.quantity]
+    return value[field.phase - 1] if field.phase else value
+
+
+class SimulatedMeter:
+    """One unit: its model's registers, a log of the requests it answered, injectable faults."""
+
+    def __init__(self, model: MeterModel, unit: int = 1, log: list | None = None):
+        self.model, self.unit = model, unit
+        self.log = log if log is not None else []
+        self.exception: ExcCodes | None = None
+        self.registers: dict[int, int] = {}
+        for field in sorted(model.fields, key=lambda f: f.phase > 0):  # per phase wins a shared register
+            self.set(field.quantity, field.phase, known_value(field))
+
+    def set(self, quantity: str, phase: int, value: float) -> None:
+        for f in self.model.fields:
+            if f.quantity == quantity and f.phase == phase:
+                words = encode(f, value, self.model.word_order)
+                self.registers.update(zip(range(f.address, f.address + f.count), words))
+
+    def set_raw(self, quantity: str, phase: int, words: list[int]) -> None:
+        (f,) = [f for f in self.model.fields if (f.quantity, f.phase) == (quantity, phase)]
+        self.registers.update(zip(range(f.address, f.address + f.count), words))
+
+    def device(self) -> SimDevice:
+        # Only the mapped registers exist: a read across a gap gets "illegal data address".
+        simdata = [SimData(a, values=[w], datatype=DataType.REGISTERS) for a, w in sorted(self.registers.items())]
+        return SimDevice(self.unit, simdata=simdata, action=self._action)
+
+    async def _action(self, function_code, start_address, address, count, registers, _values):
+        self.log.append((self.unit, function_code, address, count))
+        if function_code != self.model.function_code:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if self.exception is not None:
+            return self.exception
+        for a in range(address, address + count):
+            registers[a - start_address] = self.registers[a]
+        return None
+
+
+def expected(model: MeterModel) -> dict:
+    has = model.quantities()
+    phases = model.phases
+    total = KNOWN["power_total_w"]
+    shared = {f.address for f in model.fields if f.quantity == "power_w"}
+    if any(f.quantity == "power_total_w" and f.address in shared for f in model.fields):
+        total = KNOWN["power_w"][0]  # a single-phase meter's only power register
+    return {
+        "energy_import_wh": KNOWN["energy_import_wh"],
+        "power_total_w": pytest.approx(total, rel=1e-6),
+        "voltage_v": pytest.approx(KNOWN["voltage_v"][:phases], rel=1e-6) if "voltage_v" in has else (),
+        "current_a": pytest.approx(KNOWN["current_a"][:phases], rel=1e-6) if "current_a" in has else (),
+        "power_w": pytest.approx(KNOWN["power_w"][:phases], rel=1e-6) if "power_w" in has else (),
+        "frequency_hz": pytest.approx(KNOWN["frequency_hz"], rel=1e-6) if "frequency_hz" in has else None,
+    }
+
+
+def as_dict(reading) -> dict:
+    return {k: getattr(reading, k) for k in
+            ("energy_import_wh", "power_total_w", "voltage_v", "current_a", "power_w", "frequency_hz")}
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(*meters: SimulatedMeter):
+    server = ModbusTcpServer([m.device() for m in meters], address=("127.0.0.1", 0))
+    await server.serve_forever(background=True)
+    port = server.transport.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        await server.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def null_modem():
+    """Two pty pairs joined like a crossed cable: yields (server_path, client_path)."""
+    loop = asyncio.get_running_loop()
+    ends = [pty.openpty() for _ in range(2)]
+    for master, slave in ends:
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+    (m1, s1), (m2, s2) = ends
+
+    def pump(src: int, dst: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(dst, os.read(src, 4096))
+
+    loop.add_reader(m1, pump, m1, m2)
+    loop.add_reader(m2, pump, m2, m1)
+    try:
+        yield os.ttyname(s1), os.ttyname(s2)
+    finally:
+        loop.remove_reader(m1)
+        loop.remove_reader(m2)
+        for fd in (m1, s1, m2, s2):
+            os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def rtu_server(*meters: SimulatedMeter):
+    """An RS-485 line with these units on it; a request for any other unit gets no answer."""
+    units = {m.unit for m in meters}
+
+    def only_present_units_answer(sending: bool, frame: bytes) -> bytes:
+        # pymodbus 3.16's SimDevice server answers an unknown unit with an exception
+        # (it ignores ignore_missing_devices); a real bus stays silent.
+        return b"" if sending and frame and frame[0] not in units else frame
+
+    async with null_modem() as (server_path, client_path):
+        server = ModbusSerialServer([m.device() for m in meters], framer=FramerType.RTU,
+                                    port=server_path, baudrate=9600,
+                                    trace_packet=only_present_units_answer)
+        await server.serve_forever(background=True)
+        try:
+            yield client_path
+        finally:
+            await server.shutdown()
+
+
+def options(model: str, **kw) -> dict:
+    spec = backends.backend("meter", "modbus")
+    opts = {k: o.default for k, o in spec.options.items()}
+    opts.update(model=model, timeout_s=TIMEOUT_S, **kw)
+    return opts
+
+
+def ctx() -> BackendContext:
+    return BackendContext(connector_id=1, shared={})
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+# --- every model reads back what it serves -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_reads_known_values_over_tcp(name):
+    async def scenario():
+        async with tcp_server(SimulatedMeter(MODELS[name])) as port:
+            meter = modbus_meter(options(name, transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            assert isinstance(meter, Meter)
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    reading = run(scenario())
+    assert isinstance(reading.energy_import_wh, int)
+    assert as_dict(reading) == expected(MODELS[name])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_reads_known_values_over_rtu(name):
+    async def scenario():
+        async with rtu_server(SimulatedMeter(MODELS[name], unit=7)) as port:
+            meter = modbus_meter(options(name, port=port, unit=7), ctx())
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    assert as_dict(run(scenario())) == expected(MODELS[name])
+
+
+def test_every_model_names_its_source_document():
+    for model in MODELS.values():
+        assert len(model.source) > 20, model.name
+        assert model.function_code in (3, 4) and model.word_order in ("big", "little")
+        assert {"energy_import_wh", "power_total_w"} <= model.quantities()
+
+
+def test_reads_cover_only_mapped_registers_in_few_requests():
+    for model in MODELS.values():
+        reads = blocks(model)
+        covered = {a for start, count, _ in reads for a in range(start, start + count)}
+        mapped = {a for f in model.fields for a in range(f.address, f.address + f.count)}
+        assert covered == mapped, model.name
+        assert len(reads) <= 5, model.name
+
+
+# --- one RS-485 bus, two meters ------------------------------------------------------------------
+
+
+def test_two_meters_on_one_rtu_bus_never_interleave_frames():
+    log: list = []
+    charger = SimulatedMeter(MODELS["sdm630"], unit=1, log=log)
+    site = SimulatedMeter(MODELS["em340"], unit=2, log=log)
+
+    async def scenario():
+        async with rtu_server(charger, site) as port:
+            shared = ctx()
+            m1 = modbus_meter(options("sdm630", port=port, unit=1), shared)
+            m2 = modbus_meter(options("em340", port=port, unit=2), shared)
+            assert m1.bus is m2.bus
+            results = await asyncio.gather(*(m.read() for _ in range(5) for m in (m1, m2)))
+            m1.release()
+            m2.release()
+            return results
+
+    results = run(scenario())
+    assert all(as_dict(r) == expected(MODELS["sdm630"]) for r in results[0::2])
+    assert all(as_dict(r) == expected(MODELS["em340"]) for r in results[1::2])
+    runs: list[list] = []
+    for entry in log:
+        if runs and runs[-1][-1][0] == entry[0]:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    per_read = {1: len(blocks(MODELS["sdm630"])), 2: len(blocks(MODELS["em340"]))}
+    assert all(len(r) % per_read[r[0][0]] == 0 for r in runs), runs
+    assert len(runs) > 2  # the two meters did take turns
+
+
+def test_meters_on_one_port_must_agree_on_serial_settings():
+    shared = ctx()
+    modbus_meter(options("sdm630", port="/dev/ttyS9", unit=1), shared)
+    with pytest.raises(DeviceUnavailable, match="same settings"):
+        modbus_meter(options("sdm630", port="/dev/ttyS9", unit=2, baudrate=19200), shared)
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+def test_unit_not_answering_is_try_again_naming_the_unit():
+    async def scenario():
+        async with rtu_server(SimulatedMeter(MODELS["sdm630"], unit=1)) as port:
+            meter = modbus_meter(options("sdm630", port=port, unit=9), ctx())
+            with pytest.raises(TryAgain, match=r"unit 9.*no answer"):
+                await meter.read()
+
+    run(scenario())
+
+
+def test_silent_rtu_line_is_try_again():
+    async def scenario():
+        async with null_modem() as (_nobody, port):
+            meter = modbus_meter(options("abb-b23", port=port), ctx())
+            with pytest.raises(TryAgain, match="no answer"):
+                await meter.read()
+
+    run(scenario())
+
+
+def test_modbus_exception_response_is_try_again_with_context():
+    sim = SimulatedMeter(MODELS["iem3155"])
+    sim.exception = ExcCodes.DEVICE_BUSY
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(options("iem3155", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            with pytest.raises(TryAgain, match=r"127\.0\.0\.1:\d+ unit 1: FC3 .* exception 6 \(server device busy\)"):
+                await meter.read()
+
+    run(scenario())
+
+
+def test_nan_value_is_try_again_naming_the_quantity():
+    sim = SimulatedMeter(MODELS["sdm630"])
+    sim.set("voltage_v", 2, math.nan)
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            with pytest.raises(TryAgain, match="voltage_v L2"):
+                await meter.read()
+
+    run(scenario())
+
+
+def test_abb_not_available_marker_is_try_again():
+    sim = SimulatedMeter(MODELS["abb-b23"])
+    sim.set_raw("current_a", 3, [0xFFFF, 0xFFFF])
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(options("abb-b23", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            with pytest.raises(TryAgain, match="current_a L3"):
+                await meter.read()
+
+    run(scenario())
+
+
+def test_energy_going_backwards_is_try_again_then_retried_after_back_off():
+    sim = SimulatedMeter(MODELS["sdm630"])
+    clock = FakeClock()
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port),
+                                 ctx(), clock=clock)
+            first = await meter.read()
+            sim.set("energy_import_wh", 0, 1_234_000)
+            with pytest.raises(TryAgain, match="backwards from 1234500 Wh to 1234000 Wh"):
+                await meter.read()
+            asked = len(sim.log)
+            with pytest.raises(TryAgain, match="next attempt in"):
+                await meter.read()
+            assert len(sim.log) == asked  # backing off: the meter was not asked
+            clock.now += 10
+            sim.set("energy_import_wh", 0, 1_235_000)
+            return first, await meter.read()
+
+    first, later = run(scenario())
+    assert (first.energy_import_wh, later.energy_import_wh) == (1_234_500, 1_235_000)
+
+
+def test_missing_serial_device_is_unavailable_naming_the_path():
+    async def scenario():
+        meter = modbus_meter(options("sdm630", port="/dev/ttyUSB-evsed-missing"), ctx())
+        with pytest.raises(DeviceUnavailable, match="/dev/ttyUSB-evsed-missing: no such device file"):
+            await meter.read()
+
+    run(scenario())
+
+
+def test_refused_tcp_connection_is_unavailable_naming_the_host():
+    async def scenario():
+        async with tcp_server(SimulatedMeter(MODELS["sdm630"])) as port:
+            pass  # the port is free again: nothing listens
+        meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+        with pytest.raises(DeviceUnavailable, match=f"127.0.0.1:{port}: .*refused"):
+            await meter.read()
+
+    run(scenario())
+
+
+def test_backend_is_registered_with_every_model():
+    spec = backends.backend("meter", "modbus")
+    assert spec.options["model"].choices == tuple(MODELS)
+    assert spec.target == "hal.modbus:modbus_meter"
