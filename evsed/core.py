@@ -176,7 +176,8 @@ def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
     times = [s.auth_expires_at, s.wakeup_until]
     if s.reservation is not None:
         times.append(s.reservation[1])
-    times += [f.retry_at for f in s.faults.values()]
+    if not s.rcd_tripped:  # a retry waits for the input to clear: that is an event, not a time
+        times += [f.retry_at for f in s.faults.values()]
     if s.pilot is not None and s.pilot_seen_at is not None:
         times.append(s.pilot_seen_at + cfg.pilot_lost_s + 1e-6)
     if s.contactor_closed:
@@ -187,7 +188,8 @@ def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
         if s.overcurrent_since is not None:
             times.append(max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s)
     if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
-        times.append(max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s)
+        if (Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH) not in s.faults:
+            times.append(max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s)
     if s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0:
         times.append(s.b_since + cfg.wakeup_after_s)
     if s.paused_until > -math.inf:
@@ -235,6 +237,12 @@ def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
     if state is not s.pilot:
         s = _pilot_changed(cfg, s, state, now, out)
     return s
+
+
+def _on_pilot_unreadable(cfg, s: Connector, e: ev.PilotUnreadable, now, out) -> Connector:
+    if s.pilot is None or s.output == "f":
+        return s
+    return _pilot_changed(cfg, s, None, now, out)  # an explicit read error: lost at once
 
 
 def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Connector:
@@ -325,8 +333,8 @@ def _stop_session(s: Connector, reason: StopReason, out) -> Connector:
 
 def _on_limit(cfg, s: Connector, e: ev.LimitChanged, now, out) -> Connector:
     limits = {k: v for k, v in s.limits.items() if k != e.source}
-    if e.current_a is not None and not math.isnan(e.current_a):
-        limits[e.source] = max(0.0, e.current_a)
+    if e.current_a is not None:  # NaN is garbage: pause (0 A) rather than lift the ceiling
+        limits[e.source] = 0.0 if math.isnan(e.current_a) else max(0.0, e.current_a)
     return replace(s, limits=limits)
 
 
@@ -395,6 +403,7 @@ def _on_shutdown(cfg, s: Connector, e: ev.Shutdown, now, out) -> Connector:
 
 _HANDLERS = {
     ev.PilotMeasured: _on_pilot,
+    ev.PilotUnreadable: _on_pilot_unreadable,
     ev.CardPresented: _on_card,
     ev.AuthorizationResult: _on_auth,
     ev.RemoteStart: _on_remote_start,
@@ -446,6 +455,8 @@ def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
                    f"drew more than {s.offered_a:g} A")
     if s.pilot is not None and s.output != "f" and not pilot_fresh(cfg, s, now):
         s = _pilot_changed(cfg, s, None, now, out)
+    if s.paused_until > -math.inf and now >= s.paused_until:
+        s = replace(s, paused_until=-math.inf)
     if s.wakeup_until is not None and now >= s.wakeup_until:
         s = replace(s, wakeup_until=None)
     if (s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0 and s.session
@@ -490,16 +501,17 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connect
         mode, offered = "pwm", current_for_duty(duty)
     else:
         mode, duty, offered = "off", None, 0.0
-    if (mode == "off" and s.output == "pwm" and s.session and not s.faults
+    if (mode == "off" and s.output == "pwm" and s.session and not s.faults and cfg.min_pause_s > 0
             and allowed_current_a(cfg, s) < MIN_CURRENT_A):
         s = replace(s, paused_until=now + cfg.min_pause_s)
     if (mode, duty) != (s.output, s.duty_pct):
         out.append(ev.SetPilot(mode, duty, offered))
         changed_at = now if offered < s.offered_a else s.offered_changed_at
+        previous = s.output
         s = replace(s, output=mode, duty_pct=duty, offered_a=offered, offered_changed_at=changed_at)
         if mode == "f":
             s = replace(s, pilot=None, diode_ok=False)
-        elif mode != "pwm":
+        elif mode != previous:  # PWM stopped or (re)started: an open contactor needs a new check
             s = replace(s, diode_ok=s.diode_ok and s.contactor_closed)
     return s
 
