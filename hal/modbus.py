@@ -154,9 +154,9 @@ class Bus:
             code = getattr(response, "exception_code", None)
             raise TryAgain(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
         registers = list(response.registers)
-        if len(registers) < count:
+        if len(registers) != count:  # e.g. a late answer to an earlier request on RS-485
             raise TryAgain(f"{what}: answer has {len(registers)} registers")
-        return registers[:count]
+        return registers
 
     def release(self) -> None:
         self.users -= 1

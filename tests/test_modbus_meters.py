@@ -20,7 +20,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from evsed import backends
+from evsed import backends, config
 from evsed.backends import BackendContext
 from hal import DeviceUnavailable, Meter, TryAgain
 from hal.meter_models import MODELS, TYPES, Field, MeterModel, blocks
@@ -123,8 +123,8 @@ def as_dict(reading) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(*meters: SimulatedMeter):
-    server = ModbusTcpServer([m.device() for m in meters], address=("127.0.0.1", 0))
+async def tcp_server(*meters: SimulatedMeter, port: int = 0):
+    server = ModbusTcpServer([m.device() for m in meters], address=("127.0.0.1", port))
     await server.serve_forever(background=True)
     port = server.transport.sockets[0].getsockname()[1]
     try:
@@ -384,6 +384,54 @@ def test_refused_tcp_connection_is_unavailable_naming_the_host():
             await meter.read()
 
     run(scenario())
+
+
+def test_tcp_meter_recovers_after_the_server_restarts_and_the_back_off_passes():
+    sim = SimulatedMeter(MODELS["or-we-517"])
+    clock = FakeClock()
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(options("or-we-517", transport="tcp", host="127.0.0.1", tcp_port=port),
+                                 ctx(), clock=clock)
+            await meter.read()
+        with pytest.raises((TryAgain, DeviceUnavailable)):
+            await meter.read()
+        async with tcp_server(sim, port=port):
+            with pytest.raises((TryAgain, DeviceUnavailable), match="next attempt in"):
+                await meter.read()
+            clock.now += 60
+            return await meter.read()
+
+    assert as_dict(run(scenario())) == expected(MODELS["or-we-517"])
+
+
+CONFIG = """
+[[connector]]
+[connector.pilot]
+backend = "sim"
+[connector.contactor]
+backend = "sim"
+[connector.meter]
+backend = "modbus"
+model = "{model}"
+transport = "tcp"
+host = "192.0.2.7"
+unit = 3
+"""
+
+
+def test_config_takes_a_modbus_meter_with_documented_defaults():
+    meter = config.parse(CONFIG.format(model="sdm630"), "evsed.toml").connectors[0].meter
+    assert meter.backend == "modbus"
+    assert dict(meter.options) == {
+        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "N",
+        "stopbits": 1, "host": "192.0.2.7", "tcp_port": 502, "unit": 3, "timeout_s": 0.5}
+
+
+def test_config_names_file_line_and_key_for_an_unknown_model():
+    with pytest.raises(config.ConfigError, match=r"evsed.toml:9: \[connector.meter\] model: expected one of"):
+        config.parse(CONFIG.format(model="sdm360"), "evsed.toml")
 
 
 def test_backend_is_registered_with_every_model():
