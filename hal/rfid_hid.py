@@ -135,7 +135,8 @@ def _import_evdev():
     try:
         import evdev
     except ImportError as exc:
-        raise DeviceUnavailable(f"rfid hid: needs the Python package evdev: pip install evdev ({exc})") from exc
+        raise DeviceUnavailable(
+            f"rfid hid: needs the Python package evdev: pip install evdev ({exc})") from exc
     return evdev
 
 
@@ -175,7 +176,10 @@ def hid_reader(options: dict[str, Any], ctx) -> HidReader:
     evdev = _import_evdev()
     if bool(options["device"]) == bool(options["name"]):
         raise DeviceUnavailable("rfid hid: set exactly one of device (an /dev/input path) or name")
-    device = _open(evdev, options["device"]) if options["device"] else _find_by_name(evdev, options["name"])
+    if options["device"]:
+        device = _open(evdev, options["device"])
+    else:
+        device = _find_by_name(evdev, options["name"])
     if options["grab"]:
         try:
             device.grab()  # keystrokes reach only evsed, not a console or a desktop

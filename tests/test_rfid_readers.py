@@ -349,6 +349,69 @@ def test_hid_without_evdev_is_device_unavailable_naming_evdev(monkeypatch):
         build("hid", {"device": "/dev/input/event0"})
 
 
+class FakeInputDevice:
+    """Stands in for evdev.InputDevice (not installable here): a pipe gives it a real fd for
+    loop.add_reader; read() hands out the queued events."""
+
+    devices: dict = {}
+
+    def __init__(self, path):
+        if path not in self.devices:
+            raise FileNotFoundError(errno.ENOENT, "No such file", path)
+        self.path, self.name = path, self.devices[path]
+        self._r, self._w = os.pipe()
+        self.fd, self.grabbed, self._events = self._r, False, []
+
+    def capabilities(self):
+        return {EV_KEY: [2, 3, 28]}
+
+    def grab(self):
+        self.grabbed = True
+
+    def type_(self, events):
+        self._events += [types.SimpleNamespace(type=t, code=c, value=v) for t, c, v in events]
+        os.write(self._w, b"x")
+
+    def read(self):
+        os.read(self._r, 64)
+        events, self._events = self._events, []
+        return iter(events)
+
+    def close(self):
+        for fd in (self._r, self._w):
+            os.close(fd)
+
+
+@pytest.fixture
+def fake_evdev(monkeypatch):
+    FakeInputDevice.devices = {"/dev/input/event3": "AT keyboard",
+                               "/dev/input/event7": "Sycreader USB Reader"}
+    module = types.SimpleNamespace(InputDevice=FakeInputDevice,
+                                   list_devices=lambda: sorted(FakeInputDevice.devices))
+    monkeypatch.setitem(sys.modules, "evdev", module)
+
+
+def test_hid_reader_found_by_name_is_grabbed_and_reads_taps(fake_evdev):
+    reader = build("hid", {"name": "usb reader", "format": "decimal"})
+    try:
+        device = reader._device
+        assert (device.path, device.grabbed) == ("/dev/input/event7", True)
+
+        async def scenario():
+            asyncio.get_running_loop().call_soon(device.type_, list(typed("0012345678\n")))
+            return await asyncio.wait_for(reader.next_tap(), GUARD_S)
+        assert asyncio.run(scenario()) == "00BC614E"
+    finally:
+        reader.release()
+
+
+def test_hid_device_not_found_lists_the_devices_seen(fake_evdev):
+    with pytest.raises(DeviceUnavailable, match="AT keyboard"):
+        build("hid", {"name": "nfc"})
+    with pytest.raises(DeviceUnavailable, match="event9: no such device file"):
+        build("hid", {"device": "/dev/input/event9"})
+
+
 # --- RC522 ----------------------------------------------------------------------------
 
 
@@ -427,3 +490,33 @@ def test_rc522_that_does_not_answer_on_spi_fails_at_start(fake_mfrc522):
     fake_mfrc522.version = 0x00
     with pytest.raises(DeviceUnavailable, match="no MFRC522 answers on /dev/spidev0.1"):
         build("rc522", {"spi_device": 1})
+
+
+# --- config ---------------------------------------------------------------------------
+
+CONFIG = """
+[[connector]]
+[connector.pilot]
+backend = "sim"
+[connector.contactor]
+backend = "sim"
+
+[rfid]
+backend = "rdm6300"
+port = "/dev/ttyUSB0"
+{extra}
+"""
+
+
+def test_rfid_options_are_checked_at_config_load_with_defaults_filled():
+    from evsed.config import parse
+    rfid = parse(CONFIG.format(extra=""), "evsed.toml").rfid
+    assert (rfid.backend, dict(rfid.options)) == (
+        "rdm6300", {"port": "/dev/ttyUSB0", "baudrate": 9600, "hold_off_s": 1.0})
+
+
+def test_a_misspelt_rfid_option_is_a_config_error_naming_the_line():
+    from evsed.config import ConfigError, parse
+    expected = r"evsed.toml:11: \[rfid\] hold_of_s: unknown key \(did you mean 'hold_off_s'\?\)"
+    with pytest.raises(ConfigError, match=expected):
+        parse(CONFIG.format(extra="hold_of_s = 2"), "evsed.toml")
