@@ -1,0 +1,549 @@
+"""Raspberry Pi class GPIO backends: contactor, RCD, pilot PWM (sysfs, gpiozero) and the SPI ADC.
+
+Real: gpiozero with its MockFactory pins and mock SPI slave, our sysfs writer on a temp tree, the
+config schema. Emulated: the kernel's PWM export, the MCP3x08 chip, and the CP waveform it samples.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockConnectedPin, MockPin, MockPWMPin, MockSPIDevice
+
+from evsed import backends, config
+from evsed.pilot import PilotState, classify, diode_present
+from hal import (Closable, ContactorFeedback, DeviceUnavailable, Notifying, PilotReading, SelfTest,
+                 TryAgain)
+from hal.adc import BurstSampler, GpiozeroADC, Scale, SpidevADC
+from hal.gpio import SPI_CLASS_KEY, pin_factory
+from hal.pwm import SysfsPWM, sysfs_error
+
+OFFSET_V, GAIN = 1.65, 8.0  # a board mapping -13.2..+13.2 V on CP to 0..3.3 V at the ADC
+
+
+def device_options(kind: str, toml: str) -> dict:
+    """Options for one device, validated by the real config loader."""
+    tables = {"pilot": '[connector.pilot]\nbackend = "sim"\n',
+              "contactor": '[connector.contactor]\nbackend = "sim"\n', "rcd": ""}
+    tables[kind] = f'[connector.{kind}]\nbackend = "gpio"\npin_factory = "mock"\n{toml}\n'
+    cfg = config.parse("[[connector]]\n" + "".join(tables.values()))
+    return dict(getattr(cfg.connectors[0], kind).options)
+
+
+def build(kind: str, toml: str, shared: dict):
+    ctx = backends.BackendContext(connector_id=1, shared=shared)
+    return backends.create(kind, "gpio", device_options(kind, toml), ctx)
+
+
+@pytest.fixture
+def shared():
+    return {}
+
+
+@pytest.fixture
+def mock(shared):
+    factory = pin_factory("mock", shared)
+    yield factory
+    factory.close()
+
+
+# --- contactor ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("active_high", [True, False])
+def test_contactor_starts_open_at_its_active_level(mock, shared, active_high):
+    build("contactor", f"pin = 17\nactive_high = {str(active_high).lower()}", shared)
+    assert mock.pin(17).state == (not active_high)
+
+
+@pytest.mark.parametrize("active_high", [True, False])
+def test_contactor_closes_and_opens_with_the_active_level(mock, shared, active_high):
+    contactor = build("contactor", f"pin = 17\nactive_high = {str(active_high).lower()}", shared)
+    contactor.close()
+    assert mock.pin(17).state == active_high
+    contactor.open()
+    assert mock.pin(17).state == (not active_high)
+
+
+def test_contactor_without_feedback_pin_offers_no_feedback(mock, shared):
+    contactor = build("contactor", "pin = 17", shared)
+    assert not isinstance(contactor, ContactorFeedback)
+    assert not isinstance(contactor, Notifying)
+
+
+def test_feedback_reads_an_aux_contact_pulling_low_when_closed(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27", shared)  # defaults: active low, pull up
+    assert isinstance(contactor, ContactorFeedback)
+    assert contactor.feedback_closed() is False  # the pull-up holds the input high
+    mock.pin(27).drive_low()
+    assert contactor.feedback_closed() is True
+
+
+def test_feedback_active_high_without_pull(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27\nfeedback_active_high = true\n"
+                      'feedback_pull = "none"', shared)
+    mock.pin(27).drive_high()
+    assert contactor.feedback_closed() is True
+    mock.pin(27).drive_low()
+    assert contactor.feedback_closed() is False
+
+
+def test_feedback_change_calls_on_change(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27", shared)
+    calls = []
+    contactor.on_change(lambda: calls.append(contactor.feedback_closed()))
+    mock.pin(27).drive_low()
+    mock.pin(27).drive_high()
+    assert calls == [True, False]
+
+
+def test_release_leaves_the_contactor_open_and_frees_the_pins(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27", shared)
+    contactor.close()
+    assert isinstance(contactor, Closable)
+    contactor.release()
+    assert mock.pin(17).state is False
+    assert mock.pin(17).function == "input"
+    build("contactor", "pin = 17\nfeedback_pin = 27", shared)  # the pins are free again
+
+
+def test_pin_already_in_use_is_device_unavailable_naming_it(mock, shared):
+    contactor = build("contactor", "pin = 17", shared)
+    with pytest.raises(DeviceUnavailable, match="RCD trip input on GPIO17"):
+        build("rcd", "pin = 17", shared)
+    contactor.release()
+
+
+# --- residual-current module ---------------------------------------------------------------------
+
+
+def test_rcd_trip_input_reads_and_notifies(mock, shared):
+    rcd = build("rcd", "pin = 22", shared)  # defaults: active high, pull down
+    calls = []
+    rcd.on_change(lambda: calls.append(rcd.tripped()))
+    assert rcd.tripped() is False
+    mock.pin(22).drive_high()
+    assert rcd.tripped() is True
+    assert calls == [True]
+    assert not isinstance(rcd, SelfTest)
+
+
+def wire_test_to_trip(mock, test_pin=23, trip_pin=22):
+    """The test output injects a residual current: the trip input follows it."""
+    return mock.pin(test_pin, pin_class=MockConnectedPin, input_pin=mock.pin(trip_pin))
+
+
+def test_self_test_passes_when_the_trip_follows_the_test_output(mock, shared):
+    wire_test_to_trip(mock)
+    rcd = build("rcd", "pin = 22\ntest_pin = 23", shared)
+    assert isinstance(rcd, SelfTest)
+    assert rcd.self_test() is True
+    assert mock.pin(23).state is False  # the test current is off again
+    assert rcd.tripped() is False
+
+
+def test_self_test_does_not_report_its_own_trip(mock, shared):
+    wire_test_to_trip(mock)
+    rcd = build("rcd", "pin = 22\ntest_pin = 23", shared)
+    calls = []
+    rcd.on_change(lambda: calls.append(rcd.tripped()))
+    assert rcd.self_test() is True
+    assert calls == []
+
+
+def test_self_test_fails_when_the_trip_never_asserts(mock, shared):
+    rcd = build("rcd", "pin = 22\ntest_pin = 23\ntest_timeout_s = 0.01", shared)  # test pin not wired
+    assert rcd.self_test() is False
+    assert mock.pin(23).state is False
+
+
+def test_self_test_fails_when_already_tripped(mock, shared):
+    wire_test_to_trip(mock)
+    rcd = build("rcd", "pin = 22\ntest_pin = 23", shared)
+    mock.pin(22).drive_high()
+    assert rcd.self_test() is False
+
+
+class LatchingTestPin(MockPin):
+    """A module whose trip latches: the test trips it and nothing releases it."""
+
+    def __init__(self, factory, info, input_pin=None):
+        super().__init__(factory, info)
+        self.input_pin = input_pin
+
+    def _change_state(self, value):
+        if value and self.input_pin is not None:
+            self.input_pin.drive_high()
+        return super()._change_state(value)
+
+
+def test_self_test_fails_and_reports_a_trip_that_does_not_release(mock, shared):
+    mock.pin(23, pin_class=LatchingTestPin, input_pin=mock.pin(22))
+    rcd = build("rcd", "pin = 22\ntest_pin = 23\nrelease_timeout_s = 0.01", shared)
+    calls = []
+    rcd.on_change(lambda: calls.append(rcd.tripped()))
+    assert rcd.self_test() is False
+    assert calls == [True]  # still tripped after the test: reported like any trip
+
+
+class CtTestPin(MockPin):
+    """A wire through the CT: the module sees AC only, and trips after `trip_after` rising edges."""
+
+    def __init__(self, factory, info, input_pin=None, trip_after=3):
+        super().__init__(factory, info)
+        self.input_pin, self.trip_after, self.rising = input_pin, trip_after, 0
+
+    def _change_state(self, value):
+        if value and not self.state:
+            self.rising += 1
+            if self.rising == self.trip_after:
+                self.input_pin.drive_high()
+        elif not value and self.input_pin.state:
+            self.input_pin.drive_low()  # the residual current stops with the test
+        return super()._change_state(value)
+
+
+def test_pulsed_self_test_toggles_until_the_ct_trips(mock, shared):
+    pin = mock.pin(23, pin_class=CtTestPin, input_pin=mock.pin(22))
+    rcd = build("rcd", "pin = 22\ntest_pin = 23\ntest_frequency_hz = 1000", shared)
+    assert rcd.self_test() is True
+    assert pin.rising == 3
+
+
+def test_level_self_test_holds_the_output_instead_of_toggling(mock, shared):
+    pin = mock.pin(23, pin_class=CtTestPin, input_pin=mock.pin(22))
+    rcd = build("rcd", "pin = 22\ntest_pin = 23\ntest_timeout_s = 0.02", shared)
+    assert rcd.self_test() is False  # a CT needs AC: a level never trips it
+    assert pin.rising == 1
+
+
+def test_rcd_release_turns_the_test_output_off_and_frees_pins(mock, shared):
+    wire_test_to_trip(mock)
+    rcd = build("rcd", "pin = 22\ntest_pin = 23", shared)
+    rcd.release()
+    assert mock.pin(23).state is False
+    assert mock.pin(23).function == "input"
+
+
+# --- pilot PWM: sysfs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pwm_root(tmp_path):
+    """A /sys/class/pwm with one chip of two channels, none exported."""
+    chip = tmp_path / "pwmchip0"
+    chip.mkdir()
+    for name, text in (("export", ""), ("unexport", ""), ("npwm", "2\n")):
+        (chip / name).write_text(text)
+    return tmp_path
+
+
+def kernel(root: Path):
+    """Plays the kernel's part after an export, in place of sleep: creates pwmN/ and its files."""
+    def sleep(_s: float) -> None:
+        chip = root / "pwmchip0"
+        channel = chip / f"pwm{(chip / 'export').read_text().strip()}"
+        channel.mkdir(exist_ok=True)
+        for name, text in (("period", "0\n"), ("duty_cycle", "0\n"), ("enable", "0\n"),
+                           ("polarity", "inversed\n")):
+            (channel / name).write_text(text)
+    return sleep
+
+
+def attr(root: Path, name: str, channel: int = 0) -> str:
+    return (root / "pwmchip0" / f"pwm{channel}" / name).read_text().strip()
+
+
+def test_sysfs_pwm_exports_the_channel_and_sets_a_1_khz_period(pwm_root):
+    SysfsPWM(pwm_root, chip=0, channel=1, sleep=kernel(pwm_root))
+    assert (pwm_root / "pwmchip0" / "export").read_text() == "1"
+    assert attr(pwm_root, "period", 1) == "1000000"
+    assert attr(pwm_root, "polarity", 1) == "normal"
+    assert attr(pwm_root, "enable", 1) == "0"  # enabled by the first duty, not before
+
+
+def test_sysfs_pwm_times_out_when_the_export_never_appears(pwm_root):
+    with pytest.raises(DeviceUnavailable, match=r"pwmchip0/pwm0/enable"):
+        SysfsPWM(pwm_root, export_timeout_s=0.05, sleep=lambda _s: None)
+
+
+def test_missing_pwm_chip_names_the_path_and_the_overlay(tmp_path):
+    with pytest.raises(DeviceUnavailable) as info:
+        SysfsPWM(tmp_path, chip=2)
+    assert str(tmp_path / "pwmchip2") in str(info.value)
+    assert "dtoverlay=pwm" in str(info.value)
+
+
+def test_permission_denied_names_the_file_and_the_gpio_group():
+    exc = sysfs_error(Path("/sys/class/pwm/pwmchip0/export"),
+                      PermissionError(errno.EACCES, "Permission denied"), "export a channel through")
+    assert "/sys/class/pwm/pwmchip0/export" in str(exc)
+    assert "gpio group" in str(exc) and "udev" in str(exc)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_read_only_export_file_is_device_unavailable(pwm_root):
+    (pwm_root / "pwmchip0" / "export").chmod(0o444)
+    with pytest.raises(DeviceUnavailable, match="gpio group"):
+        SysfsPWM(pwm_root, sleep=kernel(pwm_root))
+
+
+class FakeMCP3x08:
+    """The spidev.SpiDev interface of an MCP3008/MCP3208 sampling a CP waveform.
+
+    Decodes the request bit by bit as the datasheet describes (start bit, SGL, D2..D0,
+    a sample clock, a null bit, then the result MSB first), so it checks the encoding.
+    Each transfer advances emulated time by `dt_s`; `cp_v(t)` is the connector voltage.
+    """
+
+    def __init__(self, bits=10, dt_s=37e-6, vref_v=3.3, channel=0):
+        self.bits, self.dt_s, self.vref_v, self.channel = bits, dt_s, vref_v, channel
+        self.t, self.opened, self.closed, self.spikes = 0.0, None, False, []
+        self.cp_v = lambda t: 12.0
+
+    def __call__(self):  # used as the class: SpiDev()
+        return self
+
+    def open(self, bus, device):
+        self.opened = (bus, device)
+
+    def close(self):
+        self.closed = True
+
+    def counts_at(self, t: float) -> int:
+        adc_v = self.cp_v(t) / GAIN + OFFSET_V
+        full = (1 << self.bits) - 1
+        return max(0, min(full, round(adc_v / self.vref_v * full)))
+
+    def xfer2(self, data):
+        bits = [(byte >> (7 - i)) & 1 for byte in data for i in range(8)]
+        start = bits.index(1)
+        assert bits[start + 1] == 1, "single-ended"
+        assert int("".join(map(str, bits[start + 2:start + 5])), 2) == self.channel
+        value = self.spikes.pop() if self.spikes else self.counts_at(self.t)
+        self.t += self.dt_s
+        first = start + 7  # after D0: one sample clock, one null bit
+        assert first + self.bits <= len(bits)
+        out = [0] * len(bits)
+        for i in range(self.bits):
+            out[first + i] = (value >> (self.bits - 1 - i)) & 1
+        return [int("".join(map(str, out[k:k + 8])), 2) for k in range(0, len(out), 8)]
+
+
+def cp_wave(duty_pct: float, high_v: float, low_v: float, period_s: float = 0.001):
+    return lambda t: high_v if (t % period_s) < duty_pct / 100 * period_s else low_v
+
+
+def sampler_on(adc: FakeMCP3x08, chip="mcp3008", **kw) -> BurstSampler:
+    source = SpidevADC(chip, 0, 0, adc.channel, 1_000_000, spi_class=adc)
+    return BurstSampler(source, Scale(3.3, OFFSET_V, GAIN, adc.bits), clock=lambda: adc.t, **kw)
+
+
+@pytest.mark.parametrize("state, duty, high_v, low_v", [
+    (PilotState.A, 100.0, 12.0, 12.0),   # pwm_off, no EV: steady +12 V
+    (PilotState.B, 53.3, 9.0, -12.0),    # 32 A offered, EV connected
+    (PilotState.C, 10.0, 6.0, -12.0),    # 6 A: the shortest high plateau
+    (PilotState.C, 96.0, 6.0, -12.0),    # 80 A: the shortest low plateau
+    (PilotState.D, 26.6, 3.0, -12.0),
+    (PilotState.E, 53.3, 0.0, 0.0),      # CP shorted to PE
+    (PilotState.F, 0.0, -12.0, -12.0),   # pwm_f: steady -12 V
+])
+def test_adc_burst_gives_the_cp_levels_of_each_state(state, duty, high_v, low_v):
+    adc = FakeMCP3x08()
+    adc.cp_v = cp_wave(duty, high_v, low_v)
+    reading = sampler_on(adc).read()
+    assert reading.high_v == pytest.approx(high_v, abs=0.05)
+    assert reading.low_v == pytest.approx(low_v, abs=0.05)
+    assert classify(reading.high_v) is state
+    assert diode_present(reading.low_v) is (low_v == -12.0)
+
+
+def test_mcp3208_reads_12_bit_counts_on_its_channel():
+    adc = FakeMCP3x08(bits=12, channel=5)
+    adc.cp_v = cp_wave(50.0, 6.0, -12.0)
+    reading = sampler_on(adc, chip="mcp3208").read()
+    assert reading == PilotReading(pytest.approx(6.0, abs=0.01), pytest.approx(-12.0, abs=0.01))
+
+
+def test_burst_spans_at_least_one_pwm_period():
+    adc = FakeMCP3x08(dt_s=100e-6)
+    sampler = sampler_on(adc, samples=4)
+    assert len(sampler.burst()) == 10  # conversions at 0, 0.1 .. 0.9 ms: the whole period
+    assert adc.t >= 0.001
+
+
+def test_a_single_spike_does_not_move_the_plateaus():
+    adc = FakeMCP3x08()
+    adc.cp_v = cp_wave(53.3, 9.0, -12.0)
+    adc.spikes = [1000, 20]  # two stray conversions near the rails
+    reading = sampler_on(adc).read()
+    assert reading.high_v == pytest.approx(9.0, abs=0.05)
+    assert reading.low_v == pytest.approx(-12.0, abs=0.05)
+
+
+def test_adc_at_a_rail_is_try_again():
+    adc = FakeMCP3x08()
+    adc.cp_v = lambda t: -20.0  # beyond the divider's range, as a stuck MISO reads
+    with pytest.raises(TryAgain, match="rail"):
+        sampler_on(adc).read()
+
+
+def test_spidev_not_found_names_the_device_and_spi_overlay():
+    class Missing(FakeMCP3x08):
+        def open(self, bus, device):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    with pytest.raises(DeviceUnavailable, match=r"/dev/spidev0\.1.*dtparam=spi=on"):
+        SpidevADC("mcp3008", 0, 1, 0, 1_000_000, spi_class=Missing())
+
+
+class MockMCP3x08(MockSPIDevice):
+    """The slave side of an MCP3x08 on gpiozero's mock SPI pins (GPIO11/10/9/8 = SPI0 CE0)."""
+
+    def __init__(self, factory, bits, counts):
+        super().__init__(11, 10, 9, 8, pin_factory=factory)
+        self.bits, self.counts, self.state, self.channel = bits, counts, "idle", None
+
+    def on_start(self):
+        super().on_start()
+        self.state = "idle"
+
+    def on_bit(self):
+        if self.state == "idle" and self.rx_buf[-1]:
+            self.state, self.rx_buf = "mode", []
+        elif self.state == "mode":
+            self.state, self.rx_buf = "channel", []
+        elif self.state == "channel" and len(self.rx_buf) == 3:
+            self.channel, self.state = self.rx_word(), "result"
+            self.tx_word(self.counts(), self.bits + 2)  # sample clock + null bit, then the result
+
+
+def test_gpiozero_adc_reads_the_cp_through_gpiozeros_mcp3008(mock):
+    t = [0.0]
+    wave = cp_wave(53.3, 6.0, -12.0)
+
+    def counts():
+        t[0] += 37e-6
+        return round((wave(t[0]) / GAIN + OFFSET_V) / 3.3 * 1023)
+
+    slave = MockMCP3x08(mock, 10, counts)
+    source = GpiozeroADC("mcp3008", 0, 0, 3, mock)
+    reading = BurstSampler(source, Scale(3.3, OFFSET_V, GAIN, 10), clock=lambda: t[0]).read()
+    assert slave.channel == 3
+    assert reading.high_v == pytest.approx(6.0, abs=0.05)
+    assert reading.low_v == pytest.approx(-12.0, abs=0.05)
+    source.close()
+
+
+# --- the pilot backend --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pilot_toml(pwm_root):
+    (pwm_root / "pwmchip0" / "export").write_text("0")
+    kernel(pwm_root)(0)  # channel 0 already exported
+    return f'offset_v = {OFFSET_V}\ngain = {GAIN}\nsysfs_root = "{pwm_root}"'
+
+
+def test_pilot_duty_reaches_the_sysfs_channel(pwm_root, pilot_toml, shared):
+    shared[SPI_CLASS_KEY] = FakeMCP3x08()
+    pilot = build("pilot", pilot_toml, shared)
+    assert attr(pwm_root, "duty_cycle") == "1000000"  # starts in pwm_off: steady +12 V
+    assert attr(pwm_root, "enable") == "1"
+    pilot.pwm_on(53.3)
+    assert attr(pwm_root, "duty_cycle") == "533000"
+    pilot.pwm_on(10.0)
+    assert attr(pwm_root, "duty_cycle") == "100000"
+    pilot.pwm_off()
+    assert attr(pwm_root, "duty_cycle") == "1000000"
+    pilot.pwm_f()
+    assert attr(pwm_root, "duty_cycle") == "0"
+    assert attr(pwm_root, "enable") == "1"
+
+
+def test_inverting_output_stage_gets_the_complement(pwm_root, pilot_toml, shared):
+    shared[SPI_CLASS_KEY] = FakeMCP3x08()
+    pilot = build("pilot", pilot_toml + "\ninvert = true", shared)
+    pilot.pwm_on(53.3)
+    assert attr(pwm_root, "duty_cycle") == "467000"
+    pilot.pwm_f()
+    assert attr(pwm_root, "duty_cycle") == "1000000"
+
+
+def test_pilot_reads_the_adc_it_was_configured_with(pwm_root, pilot_toml, shared):
+    adc = FakeMCP3x08(channel=2)
+    adc.cp_v = cp_wave(53.3, 9.0, -12.0)
+    shared[SPI_CLASS_KEY] = adc
+    pilot = build("pilot", pilot_toml + "\nadc_channel = 2\nspi_device = 1", shared)
+    reading = pilot.read()
+    assert adc.opened == (0, 1)
+    assert classify(reading.high_v) is PilotState.B and diode_present(reading.low_v)
+
+
+def test_pilot_release_leaves_minus_12_v_and_closes_the_adc(pwm_root, pilot_toml, shared):
+    adc = shared[SPI_CLASS_KEY] = FakeMCP3x08()
+    pilot = build("pilot", pilot_toml, shared)
+    pilot.pwm_on(53.3)
+    pilot.release()
+    assert attr(pwm_root, "duty_cycle") == "0"
+    assert attr(pwm_root, "enable") == "0"
+    assert adc.closed
+
+
+def test_gpiozero_pwm_fallback_runs_1_khz_on_the_pin(mock, shared):
+    mock.pin_class = MockPWMPin  # gpiozero asks for PWM-capable pins through the default class
+    pin = mock.pin(18)
+    adc = shared[SPI_CLASS_KEY] = FakeMCP3x08()
+    adc.cp_v = cp_wave(53.3, 9.0, -12.0)
+    pilot = build("pilot", f'offset_v = {OFFSET_V}\ngain = {GAIN}\npwm = "gpiozero"\npwm_pin = 18', shared)
+    assert pin.frequency == 1000 and pin.state == 1.0  # pwm_off: steady +12 V
+    pilot.pwm_on(53.3)
+    assert pin.state == pytest.approx(0.533)
+    pilot.pwm_f()
+    assert pin.state == 0.0
+    assert classify(pilot.read().high_v) is PilotState.B
+    pilot.release()
+    assert pin.frequency is None and pin.state == 0.0
+
+
+def test_gpiozero_pwm_without_a_pin_is_refused(shared, mock):
+    with pytest.raises(DeviceUnavailable, match="pwm_pin"):
+        build("pilot", f'offset_v = 1.65\ngain = 8\npwm = "gpiozero"\nadc_driver = "gpiozero"', shared)
+
+
+# --- no silent fallback, lazy imports -------------------------------------------------------------------
+
+
+def test_a_missing_pin_factory_package_is_named(shared):
+    pytest.importorskip("gpiozero")
+    if "lgpio" in sys.modules or _importable("lgpio"):
+        pytest.skip("lgpio is installed here")
+    ctx = backends.BackendContext(1, shared)
+    with pytest.raises(DeviceUnavailable, match="pip install lgpio"):
+        backends.create("contactor", "gpio", {**device_options("contactor", "pin = 17"),
+                                              "pin_factory": "lgpio"}, ctx)
+
+
+def test_a_missing_spidev_package_is_named(pwm_root, pilot_toml, shared):
+    if _importable("spidev"):
+        pytest.skip("spidev is installed here")
+    with pytest.raises(DeviceUnavailable, match="pip install spidev"):
+        build("pilot", pilot_toml, shared)
+    assert attr(pwm_root, "enable") == "0"  # the PWM opened first was released again
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def test_importing_the_registry_loads_no_gpio_library():
+    code = "import sys, evsed.backends, evsed.config; print(sorted(m for m in sys.modules " \
+           "if m.split('.')[0] in ('gpiozero', 'spidev', 'lgpio', 'RPi', 'pigpio') " \
+           "or m in ('hal.gpio', 'hal.pwm', 'hal.adc')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
