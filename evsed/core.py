@@ -246,7 +246,8 @@ def _on_pilot_unreadable(cfg, s: Connector, e: ev.PilotUnreadable, now, out) -> 
 
 
 def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Connector:
-    out.append(ev.PilotChanged(state.value if state else None, s.pilot.value if s.pilot else None))
+    previous = s.pilot
+    out.append(ev.PilotChanged(state.value if state else None, previous.value if previous else None))
     s = replace(s, pilot=state)
     if state is PilotState.A:
         if s.session:
@@ -260,7 +261,9 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
                     wakeups=0, rcd_trips=rcd_trips, refusal="")
         if s.id_tag is not None and s.auth_expires_at is None:
             s = replace(s, id_tag=None)  # an authorization used by an EV ends with it
-    elif state in PLUGGED_STATES and s.id_tag is not None and not s.session:
+    elif state in PLUGGED_STATES and previous in (PilotState.A, None):
+        s = replace(s, refusal="")  # a new plug-in: an earlier refusal no longer applies
+    if state in PLUGGED_STATES and s.id_tag is not None and not s.session:
         s = replace(s, auth_expires_at=None)
     return s
 

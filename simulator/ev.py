@@ -39,6 +39,7 @@ class SimEV:
     ignore_stop: bool = False  # stays in C and keeps drawing when PWM goes off
     _first_offer_a: float = 0.0
     _was_charging: bool = False
+    _seen_pwm: bool = False
 
     def requests_energy(self, pwm_duty: float | None) -> bool:
         """Whether S2 is closed (state C/D) given the pilot output (None: no PWM)."""
@@ -60,11 +61,12 @@ class SimEV:
     def see_pilot(self, pwm_duty: float | None) -> None:
         """The EV reacts to a new pilot output (PWM edges wake a sleeping EV)."""
         if pwm_duty is None:
-            if self.asleep and self.plugged:
-                self.asleep = False  # the off phase of a wake-up; it answers the next PWM
+            if self.asleep and self.plugged and self._seen_pwm:
+                self.asleep = False  # PWM went off after it was on: a wake-up; it answers the next PWM
             if not self.ignore_stop:
                 self._was_charging = False
             return
+        self._seen_pwm = self.plugged
         if self._first_offer_a == 0.0:
             self._first_offer_a = offered_current_a(pwm_duty)
         self._was_charging = self.requests_energy(pwm_duty) or self._was_charging
@@ -84,3 +86,4 @@ class SimEV:
         self.plugged = False
         self._first_offer_a = 0.0
         self._was_charging = False
+        self._seen_pwm = False
