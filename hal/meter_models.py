@@ -116,8 +116,8 @@ SDM72D_V2 = MeterModel(
 # --- ABB B series: holding registers (FC3), integers high word first ---------------------------
 # 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
 
-_ABB_SOURCE = ("ABB B21/B23/B24 User Manual (2CMC485003M0201), chapter 'Communication with "
-               "Modbus', mapping tables: instantaneous values 5B00h-5B2Ch, energy 5000h")
+_ABB_SOURCE = ("ABB B21/B23/B24 energy meters User Manual, chapter 'Communication with Modbus', "
+               "mapping tables: instantaneous values 5B00h-5B2Ch, active import energy 5000h")
 _ABB_COMMON = (_total("power_total_w", 0x5B14, "int32", 0.01),
                _total("frequency_hz", 0x5B2C, "uint16", 0.01),
                _total("energy_import_wh", 0x5000, "uint64", 10.0))
@@ -153,7 +153,8 @@ EM340 = MeterModel(
        _total("energy_import_wh", 0x34, "int32", 100.0)))
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
-# Power in kW, energy in kWh.
+# Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
+# the ya-modbus OR-WE-516 driver). Factory serial settings differ from Eastron's: check parity.
 
 _ORNO_SOURCE = ("ORNO OR-WE-516 / OR-WE-517 Modbus register description (manufacturer's register "
                 "list): real-time values 000Eh-003Bh, energy 0100h-012Eh")
@@ -180,6 +181,8 @@ IEM3155 = MeterModel(
        _total("energy_import_wh", 45099, F32, KWH)))
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
+# The energy register (2638, float Wh) is SmartEVSE's reading of the guide; mbmd reads a counter
+# at 2752 instead, and sources disagree on frequency (2498 / 2584), so frequency is left out.
 
 FINDER_7M38 = MeterModel(
     "finder-7m38", "Finder 7M.38 (three phase)",
@@ -190,7 +193,8 @@ FINDER_7M38 = MeterModel(
     + (_total("power_total_w", 2536, F32), _total("energy_import_wh", 2638, F32)))
 
 # --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
-# 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh).
+# 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh). Checked against SmartEVSE's meter table
+# only; per-phase power and frequency are not mapped until confirmed from the data sheet.
 
 EEM_350 = MeterModel(
     "eem-350-d-mcb", "Phoenix Contact EEM-350-D-MCB (three phase)",

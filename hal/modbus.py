@@ -207,7 +207,8 @@ class ModbusMeter:
                             self.model.not_available_sentinels)
             reading = self._reading(values)
         except HalError as exc:
-            raise self.backoff.failed(exc) from exc
+            self.backoff.failed(exc)
+            raise
         self.backoff.succeeded()
         self.last_energy_wh = reading.energy_import_wh
         return reading

@@ -186,6 +186,10 @@ def options(model: str, **kw) -> dict:
     return opts
 
 
+def tcp(model: str, port: int) -> dict:
+    return options(model, transport="tcp", host="127.0.0.1", tcp_port=port)
+
+
 def ctx() -> BackendContext:
     return BackendContext(connector_id=1, shared={})
 
@@ -201,7 +205,7 @@ def run(coro):
 def test_model_reads_known_values_over_tcp(name):
     async def scenario():
         async with tcp_server(SimulatedMeter(MODELS[name])) as port:
-            meter = modbus_meter(options(name, transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            meter = modbus_meter(tcp(name, port), ctx())
             assert isinstance(meter, Meter)
             reading = await meter.read()
             meter.release()
@@ -309,7 +313,7 @@ def test_modbus_exception_response_is_try_again_with_context():
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(options("iem3155", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            meter = modbus_meter(tcp("iem3155", port), ctx())
             with pytest.raises(TryAgain, match=r"127\.0\.0\.1:\d+ unit 1: FC3 .* exception 6 \(server device busy\)"):
                 await meter.read()
 
@@ -322,7 +326,7 @@ def test_nan_value_is_try_again_naming_the_quantity():
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            meter = modbus_meter(tcp("sdm630", port), ctx())
             with pytest.raises(TryAgain, match="voltage_v L2"):
                 await meter.read()
 
@@ -335,7 +339,7 @@ def test_abb_not_available_marker_is_try_again():
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(options("abb-b23", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+            meter = modbus_meter(tcp("abb-b23", port), ctx())
             with pytest.raises(TryAgain, match="current_a L3"):
                 await meter.read()
 
@@ -348,7 +352,7 @@ def test_energy_going_backwards_is_try_again_then_retried_after_back_off():
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port),
+            meter = modbus_meter(tcp("sdm630", port),
                                  ctx(), clock=clock)
             first = await meter.read()
             sim.set("energy_import_wh", 0, 1_234_000)
@@ -379,7 +383,7 @@ def test_refused_tcp_connection_is_unavailable_naming_the_host():
     async def scenario():
         async with tcp_server(SimulatedMeter(MODELS["sdm630"])) as port:
             pass  # the port is free again: nothing listens
-        meter = modbus_meter(options("sdm630", transport="tcp", host="127.0.0.1", tcp_port=port), ctx())
+        meter = modbus_meter(tcp("sdm630", port), ctx())
         with pytest.raises(DeviceUnavailable, match=f"127.0.0.1:{port}: .*refused"):
             await meter.read()
 
@@ -392,7 +396,7 @@ def test_tcp_meter_recovers_after_the_server_restarts_and_the_back_off_passes():
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(options("or-we-517", transport="tcp", host="127.0.0.1", tcp_port=port),
+            meter = modbus_meter(tcp("or-we-517", port),
                                  ctx(), clock=clock)
             await meter.read()
         with pytest.raises((TryAgain, DeviceUnavailable)):
@@ -432,9 +436,3 @@ def test_config_takes_a_modbus_meter_with_documented_defaults():
 def test_config_names_file_line_and_key_for_an_unknown_model():
     with pytest.raises(config.ConfigError, match=r"evsed.toml:9: \[connector.meter\] model: expected one of"):
         config.parse(CONFIG.format(model="sdm360"), "evsed.toml")
-
-
-def test_backend_is_registered_with_every_model():
-    spec = backends.backend("meter", "modbus")
-    assert spec.options["model"].choices == tuple(MODELS)
-    assert spec.target == "hal.modbus:modbus_meter"
