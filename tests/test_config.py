@@ -1,0 +1,114 @@
+"""The config file: defaults, and errors that name file, line and key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evsed import config
+
+ROOT = Path(__file__).parent.parent
+MINIMAL = """
+[[connector]]
+[connector.pilot]
+backend = "sim"
+[connector.contactor]
+backend = "sim"
+"""
+
+
+def error_for(text: str) -> config.ConfigError:
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(text, "evsed.toml")
+    return info.value
+
+
+def test_simulator_config_loads_with_its_cards():
+    cfg = config.load(ROOT / "config" / "simulator.toml")
+    assert [c.uid for c in cfg.cards] == ["04A1B2C3", "04D4E5F6", "0A0B0C0D"]
+    assert cfg.connectors[0].pilot.backend == "sim"
+    assert cfg.connectors[0].meter.backend == "sim"
+
+
+def test_every_key_has_a_default_but_the_switching_backends():
+    cfg = config.parse(MINIMAL, "evsed.toml")
+    assert cfg.charger.max_current_a == 32.0
+    assert cfg.timing.stop_grace_s == 6.0
+    assert cfg.timing.rcd_retry_s == 300.0 and cfg.timing.rcd_max_retries == 6
+    assert cfg.connectors[0].cable_a == 32.0 and cfg.connectors[0].meter is None
+    assert cfg.rfid is None and cfg.cards == ()
+
+
+def test_missing_contactor_backend_is_an_error_not_a_simulator():
+    err = error_for('[[connector]]\n[connector.pilot]\nbackend = "sim"\n')
+    assert err.line == 1 and "contactor" in str(err) and "required" in str(err)
+
+
+def test_unknown_key_names_file_line_key_and_suggests():
+    err = error_for(MINIMAL + "[charger]\nmax_curent_a = 16\n")
+    assert str(err) == "evsed.toml:8: [charger] max_curent_a: unknown key (did you mean 'max_current_a'?)"
+
+
+def test_wrong_type_names_the_line():
+    err = error_for('[charger]\nfree_vend = "yes"\n' + MINIMAL)
+    assert str(err).startswith("evsed.toml:2: [charger] free_vend: expected a boolean, got a string")
+
+
+def test_out_of_range_value():
+    err = error_for(MINIMAL + "[charger]\nmax_current_a = 100\n")
+    assert err.line == 8 and "out of range 6..80" in str(err)
+
+
+def test_unknown_backend_lists_the_choices():
+    err = error_for(MINIMAL.replace('backend = "sim"\n[connector.contactor]', 'backend = "gpoi"\n[connector.contactor]'))
+    assert err.line == 4 and "[connector.pilot] backend" in str(err) and "'sim'" in str(err)
+
+
+def test_backend_option_typo_is_caught_at_load():
+    err = error_for(MINIMAL + "feedbak = true\n")
+    assert err.line == 7 and "did you mean 'feedback'" in str(err)
+
+
+def test_syntax_error_names_the_line():
+    err = error_for("[charger]\nid = \n")
+    assert err.line == 2 and "TOML syntax" in str(err)
+
+
+def test_bad_card_uid_and_duplicates():
+    err = error_for(MINIMAL + '[[card]]\nuid = "04:A1"\n[[card]]\nuid = "04a1"\n')
+    assert err.line == 10 and "listed twice" in str(err)
+    err = error_for(MINIMAL + '[[card]]\nuid = "xyz"\n')
+    assert err.line == 8 and "not a hex card UID" in str(err)
+
+
+def test_unknown_time_zone():
+    err = error_for('[charger]\ntimezone = "Mars/Olympus"\n' + MINIMAL)
+    assert err.line == 2 and "unknown time zone" in str(err)
+
+
+def test_pilot_lost_must_cover_two_polls():
+    err = error_for(MINIMAL + "[timing]\npilot_poll_s = 0.1\npilot_lost_s = 0.15\n")
+    assert "pilot_lost_s" in str(err)
+
+
+def test_second_connector_errors_point_at_its_own_lines():
+    text = MINIMAL + MINIMAL.replace("[[connector]]", "[[connector]]\nid = 2\ncable_a = 90")
+    err = error_for(text)
+    assert err.line == 10 and "[connector] cable_a" in str(err)
+
+
+def test_broken_config_exits_2_with_one_line_and_no_traceback(tmp_path):
+    path = tmp_path / "evsed.toml"
+    path.write_text(MINIMAL + "[store]\nretention = 5\n")
+    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "run", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention: unknown key"
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "run", "-c", str(tmp_path / "nope.toml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr

@@ -1,0 +1,201 @@
+"""The daemon end to end on the simulator: control socket, sessions, exit paths, the state lock."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evsed import config, control
+from evsed.daemon import Daemon, StartError
+
+ROOT = Path(__file__).parent.parent
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    text = (ROOT / "config" / "simulator.toml").read_text()
+    text += f'\n[store]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n' + extra
+    path = tmp_path / "evsed.toml"
+    path.write_text(text)
+    return path
+
+
+async def until(predicate, timeout_s: float = 5.0):
+    """Yield to the loop until predicate() holds; the timeout only guards against a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0)
+
+
+async def ask(cfg, req: dict) -> dict:
+    return await asyncio.to_thread(control.request, cfg.store.runtime_dir, req)
+
+
+def test_plug_tap_charge_unplug_over_the_control_socket(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        sock = control.socket_path(cfg.store.runtime_dir)
+        assert oct(sock.stat().st_mode & 0o777) == "0o660"
+        assert (await ask(cfg, {"cmd": "sim", "action": "plug"}))["ok"]
+        assert (await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04a1b2c3"}))["card"] == "04A1B2C3"
+        ctrl = daemon.connectors[1]
+        await until(lambda: ctrl.state.contactor_closed)
+        status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
+        assert status["state"] == "C" and status["contactor"] == "closed" and status["status"] == "Charging"
+        assert status["session"]["card_name"] == "Alice"
+        await until(lambda: ctrl.last_reading is not None and ctrl.last_reading.power_total_w > 0)
+        assert (await ask(cfg, {"cmd": "sim", "action": "unplug"}))["ok"]
+        await until(lambda: not ctrl.state.contactor_closed and ctrl.session is None)
+        assert not daemon.world.connector(1).contactor_closed
+        daemon.stopping.set()
+        assert await run == 0
+        assert not sock.exists()
+
+    asyncio.run(scenario())
+    from evsed.store import Store
+    (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
+    assert row["card_name"] == "Alice" and row["stop_reason"] == "ev_disconnected"
+
+
+def test_unknown_card_is_refused_and_status_says_why(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        await ask(cfg, {"cmd": "sim", "action": "plug"})
+        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
+        ctrl = daemon.connectors[1]
+        await until(lambda: ctrl.last_refusal is not None)
+        status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
+        assert status["state"] == "B" and status["contactor"] == "open"
+        assert status["last_refusal"]["reason"] == "unknown card"
+        assert "card refused: unknown card" in status["reason"]
+        daemon.stopping.set()
+        await run
+
+    asyncio.run(scenario())
+
+
+def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_lives(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
+        for junk in (b"not json\n", b"[1,2]\n", b'{"cmd": "launch"}\n', b'{"cmd": "sim", "action": "fault", "kind": "x"}\n'):
+            writer.write(junk)
+            reply = json.loads(await reader.readline())
+            assert reply["ok"] is False and reply["error"]
+        writer.close()
+        assert (await ask(cfg, {"cmd": "ping"}))["ok"]
+        daemon.stopping.set()
+        await run
+
+    asyncio.run(scenario())
+
+
+def test_a_crashing_input_task_opens_the_contactor_and_exits_1(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        await ask(cfg, {"cmd": "sim", "action": "plug"})
+        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        await until(lambda: daemon.connectors[1].state.contactor_closed)
+        bench = daemon.world.connector(1)
+        assert bench.contactor_closed
+
+        def broken_read():
+            raise RuntimeError("ADC driver bug")
+        daemon.connectors[1].pilot.read = broken_read
+        assert await run == 1
+        assert not bench.contactor_closed and bench.pilot_mode == "off"
+        assert isinstance(daemon.fatal, RuntimeError)
+
+    asyncio.run(scenario())
+
+
+def test_second_daemon_on_the_same_state_directory_refuses(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        first = Daemon(cfg)
+        run = asyncio.create_task(first.run())
+        await first.ready.wait()
+        with pytest.raises(StartError, match="another evsed"):
+            await Daemon(cfg).run()
+        assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # the refused one did not take the socket
+        first.stopping.set()
+        await run
+
+    asyncio.run(scenario())
+
+
+def start_process(path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "evsed.cli", "run", "-c", str(path)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stderr:  # JSON lines: not a terminal
+        if json.loads(line)["event"] == "daemon.ready":
+            return proc
+    raise AssertionError(f"daemon did not start: {proc.wait()}")
+
+
+def charge(cfg) -> None:
+    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug"})
+    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+    for _ in range(500):  # a bounded wait for the daemon's own loop, no sleeping here
+        st = control.request(cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]
+        if st["contactor"] == "closed":
+            return
+    raise AssertionError("never closed")
+
+
+def test_sigterm_opens_the_contactor_and_ends_the_session_as_reboot(tmp_path):
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    proc = start_process(path)
+    charge(cfg)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=10) == 0
+    events = [json.loads(line) for line in rest.splitlines()]
+    opened = [e for e in events if e["event"] == "contactor.opened"]
+    assert opened and opened[0]["reason"] == "shutting down"
+    assert all(e["timestamp"].endswith("Z") for e in events)
+    from evsed.store import Store
+    (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
+    assert row["stop_reason"] == "reboot"
+
+
+def test_kill_9_loses_no_session_and_the_next_start_closes_it_as_power_loss(tmp_path):
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    proc = start_process(path)
+    charge(cfg)
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    proc = start_process(path)  # also proves the stale socket and lock do not block a restart
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    proc.wait(timeout=10)
+    from evsed.store import Store
+    (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
+    assert row["stop_reason"] == "power_loss" and row["stopped_at"] is not None
