@@ -102,9 +102,10 @@ class TapFeed:
         self._queue.put_nowait(item)
 
     def _deliver_threadsafe(self, item: str | HalError) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._deliver, item)
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, item)
+        except RuntimeError:  # the loop has closed: nobody is waiting for taps any more
+            pass
 
 
 class PollingReader(TapFeed):
@@ -134,6 +135,10 @@ class PollingReader(TapFeed):
             except TryAgain as exc:
                 if self._on_failure(exc):
                     self._deliver_threadsafe(exc)
+            except Exception as exc:  # a bug or an unforeseen driver error: report, stop
+                log.exception("rfid.poll_crashed", reader=self.name)
+                self._deliver_threadsafe(DeviceUnavailable(f"rfid {self.name}: reader stopped: {exc!r}"))
+                return
             else:
                 if uid is None:
                     self._on_ok()

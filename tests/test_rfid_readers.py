@@ -14,8 +14,9 @@ from structlog.testing import capture_logs
 
 from evsed import backends
 from evsed.backends import BackendContext
-from hal import DeviceUnavailable
-from hal.rfid import Rdm6300Parser, rdm6300_checksum, rdm6300_frame, serial_unavailable
+from hal import DeviceUnavailable, TryAgain
+from hal.rfid import (FAILURES_BEFORE_RAISE, PollingReader, Rdm6300Parser, rdm6300_checksum,
+                      rdm6300_frame, serial_unavailable)
 from hal.rfid_hid import HidDecoder, uid_from_typed
 from hal.rfid_pn532 import ACK, frame, parse_target
 
@@ -54,6 +55,45 @@ def pty_pair():
             os.close(fd)
         except OSError:
             pass
+
+
+# --- the polling worker shared by PN532 and RC522 ----------------------------------------
+
+
+def test_polling_reader_raises_try_again_once_per_streak_then_reads_on():
+    results = iter([TryAgain("no answer")] * (FAILURES_BEFORE_RAISE + 2) + ["DEADBEEF"])
+
+    def poll():
+        result = next(results, None)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    reader = PollingReader("test", poll, interval_s=0.0, hold_off_s=1.0, clock=FakeClock())
+
+    async def scenario():
+        with pytest.raises(TryAgain):
+            await asyncio.wait_for(reader.next_tap(), GUARD_S)
+        return await asyncio.wait_for(reader.next_tap(), GUARD_S)
+    try:
+        with capture_logs() as logs:
+            assert asyncio.run(scenario()) == "DEADBEEF"
+    finally:
+        reader.release()
+    events = [e["event"] for e in logs]
+    assert events.count("rfid.read_failed") == 1
+    assert events.count("rfid.read_recovered") == 1
+
+
+def test_polling_reader_reports_a_crashed_poll_as_unavailable():
+    def poll():
+        raise KeyError("driver bug")
+    reader = PollingReader("test", poll, interval_s=0.0, hold_off_s=1.0)
+    try:
+        with capture_logs(), pytest.raises(DeviceUnavailable, match="reader stopped"):
+            asyncio.run(asyncio.wait_for(reader.next_tap(), GUARD_S))
+    finally:
+        reader.release()
 
 
 # --- RDM6300 ---------------------------------------------------------------------------
