@@ -66,6 +66,8 @@ def _open(what: str, build: Callable[[], Any]):
 
     try:
         return build()
+    except DeviceUnavailable:
+        raise
     except (GPIOZeroError, OSError) as exc:
         raise DeviceUnavailable(f"{what}: {exc}") from exc
 
@@ -275,19 +277,24 @@ class GpioRcdWithSelfTest(GpioRcd):
         self.test_timeout_s, self.release_timeout_s = test_timeout_s, release_timeout_s
         self.test_frequency_hz, self.clock = test_frequency_hz, clock
         self._lock = threading.Lock()
+        self._testing = False
+
+    def tripped(self) -> bool:
+        # The test's own trip is not a fault; a trip that outlasts the test is reported after it.
+        return self.trip.is_active and not self._testing
 
     def self_test(self) -> bool:
         """True when the trip input asserts while the test runs and releases after it."""
         with self._lock:
             if self.trip.is_active:
                 return False  # tripped already: a test proves nothing
-            self._listeners.muted = True  # the test's own trip is not a fault
+            self._testing = self._listeners.muted = True
             try:
                 tripped = self._inject()
                 released = self.trip.wait_for_inactive(self.release_timeout_s)
             finally:
                 self.test.off()
-                self._listeners.muted = False
+                self._testing = self._listeners.muted = False
             if self.trip.is_active:
                 self._listeners.fire()  # still tripped after the test: report it as any trip
             return tripped and released

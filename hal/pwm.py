@@ -57,13 +57,16 @@ class SysfsPWM:
         if not self.dir.is_dir():
             self._write(self.chip_dir / "export", str(channel), "export a channel through")
             self._wait_for_export(export_timeout_s, sleep)
-        # Disabled while the period changes: some drivers refuse a new period or
-        # polarity on a running channel, and a duty longer than the period is EINVAL.
-        self._write(self.dir / "enable", "0", "disable")
-        self._write(self.dir / "duty_cycle", "0", "set the duty of")
-        self._write(self.dir / "period", str(self.period_ns), "set the period of")
+        # The kernel (pwm_apply_state, up to 6.x) refuses every write that leaves a zero
+        # period or a duty longer than the period, and a fresh export has period 0:
+        # so the period goes first, after shortening a leftover longer duty.
+        if int(self._read(self.dir / "duty_cycle") or 0) > self.period_ns:
+            self._write(self.dir / "duty_cycle", "0", "set the duty of")
+        if int(self._read(self.dir / "period") or 0) != self.period_ns:
+            self._write(self.dir / "period", str(self.period_ns), "set the period of")
         polarity = self.dir / "polarity"
         if polarity.exists() and self._read(polarity) != "normal":
+            self._write(self.dir / "enable", "0", "disable")  # drivers change polarity only when off
             self._write(polarity, "normal", "set the polarity of")
 
     def _wait_for_export(self, timeout_s: float, sleep: Callable[[float], None]) -> None:
@@ -79,16 +82,14 @@ class SysfsPWM:
             sleep(step_s)
             waited_s += step_s
 
-    @staticmethod
-    def _write(path: Path, text: str, action: str) -> None:
+    def _write(self, path: Path, text: str, action: str) -> None:
         try:
             with open(path, "w") as f:
                 f.write(text)
         except OSError as exc:
             raise sysfs_error(path, exc, action) from exc
 
-    @staticmethod
-    def _read(path: Path) -> str:
+    def _read(self, path: Path) -> str:
         try:
             return path.read_text().strip()
         except OSError as exc:

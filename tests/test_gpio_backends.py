@@ -133,9 +133,21 @@ def test_rcd_trip_input_reads_and_notifies(mock, shared):
     assert not isinstance(rcd, SelfTest)
 
 
+class InjectingPin(MockConnectedPin):
+    """The test output injecting a residual current: the trip input follows it; `probe`
+    runs after each change, while the self-test is still in progress."""
+
+    probe = None
+
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        if changed and self.probe is not None:
+            self.probe()
+        return changed
+
+
 def wire_test_to_trip(mock, test_pin=23, trip_pin=22):
-    """The test output injects a residual current: the trip input follows it."""
-    return mock.pin(test_pin, pin_class=MockConnectedPin, input_pin=mock.pin(trip_pin))
+    return mock.pin(test_pin, pin_class=InjectingPin, input_pin=mock.pin(trip_pin))
 
 
 def test_self_test_passes_when_the_trip_follows_the_test_output(mock, shared):
@@ -150,10 +162,12 @@ def test_self_test_passes_when_the_trip_follows_the_test_output(mock, shared):
 def test_self_test_does_not_report_its_own_trip(mock, shared):
     wire_test_to_trip(mock)
     rcd = build("rcd", "pin = 22\ntest_pin = 23", shared)
-    calls = []
+    calls, seen_during_test = [], []
     rcd.on_change(lambda: calls.append(rcd.tripped()))
+    mock.pin(23).probe = lambda: seen_during_test.append((mock.pin(22).state, rcd.tripped()))
     assert rcd.self_test() is True
     assert calls == []
+    assert seen_during_test == [(True, False), (False, False)]  # a poll while testing reads no trip
 
 
 def test_self_test_fails_when_the_trip_never_asserts(mock, shared):
@@ -255,6 +269,12 @@ def kernel(root: Path):
     return sleep
 
 
+def exported(root: Path, channel: int = 0) -> None:
+    """The channel as a previous run left it exported."""
+    (root / "pwmchip0" / "export").write_text(str(channel))
+    kernel(root)(0)
+
+
 def attr(root: Path, name: str, channel: int = 0) -> str:
     return (root / "pwmchip0" / f"pwm{channel}" / name).read_text().strip()
 
@@ -265,6 +285,34 @@ def test_sysfs_pwm_exports_the_channel_and_sets_a_1_khz_period(pwm_root):
     assert attr(pwm_root, "period", 1) == "1000000"
     assert attr(pwm_root, "polarity", 1) == "normal"
     assert attr(pwm_root, "enable", 1) == "0"  # enabled by the first duty, not before
+
+
+class KernelRulesPWM(SysfsPWM):
+    """SysfsPWM on the temp tree, refusing what the kernel's pwm_apply_state refuses:
+    any write leaving a zero period or a duty longer than the period (EINVAL)."""
+
+    def _write(self, path, text, action):
+        if path.parent == self.dir:
+            period = int(text if path.name == "period" else (self.dir / "period").read_text())
+            duty = int(text if path.name == "duty_cycle" else (self.dir / "duty_cycle").read_text())
+            if period == 0 or duty > period:
+                raise sysfs_error(path, OSError(errno.EINVAL, "Invalid argument"), action)
+        super()._write(path, text, action)
+
+
+def test_fresh_export_sets_the_period_before_anything_else(pwm_root):
+    pwm = KernelRulesPWM(pwm_root, sleep=kernel(pwm_root))  # period 0 after export
+    pwm.set_duty(0.5)
+    assert (attr(pwm_root, "period"), attr(pwm_root, "duty_cycle")) == ("1000000", "500000")
+    assert attr(pwm_root, "enable") == "1"
+
+
+def test_a_leftover_longer_duty_is_cleared_before_the_period_shrinks(pwm_root):
+    exported(pwm_root)
+    (pwm_root / "pwmchip0" / "pwm0" / "period").write_text("20000000")
+    (pwm_root / "pwmchip0" / "pwm0" / "duty_cycle").write_text("10000000")
+    KernelRulesPWM(pwm_root, sleep=kernel(pwm_root)).set_duty(1.0)
+    assert (attr(pwm_root, "period"), attr(pwm_root, "duty_cycle")) == ("1000000", "1000000")
 
 
 def test_sysfs_pwm_times_out_when_the_export_never_appears(pwm_root):
@@ -444,8 +492,7 @@ def test_gpiozero_adc_reads_the_cp_through_gpiozeros_mcp3008(mock):
 
 @pytest.fixture
 def pilot_toml(pwm_root):
-    (pwm_root / "pwmchip0" / "export").write_text("0")
-    kernel(pwm_root)(0)  # channel 0 already exported
+    exported(pwm_root)
     return f'offset_v = {OFFSET_V}\ngain = {GAIN}\nsysfs_root = "{pwm_root}"'
 
 
