@@ -136,7 +136,8 @@ class GpioPilot:
         return self.sampler.read()
 
     def release(self) -> None:
-        """Leave the pilot at -12 V (state F) with the PWM disabled, and close the ADC."""
+        """Disable the PWM (the pin idles low: -12 V, state F, through a non-inverting stage;
+        +12 V through an inverting one: no current offered either way) and close the ADC."""
         try:
             self._set(0.0)
             self.output.release()

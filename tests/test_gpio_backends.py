@@ -1,8 +1,17 @@
 """Raspberry Pi class GPIO backends: contactor, RCD, pilot PWM (sysfs, gpiozero) and the SPI ADC.
 
-Real: gpiozero with its MockFactory pins and mock SPI slave, our sysfs writer on a temp tree, the
-config schema. Emulated: the kernel's PWM export, the MCP3x08 chip, and the CP waveform it samples.
+Real code under test: the backends, the config schema, gpiozero's devices on its MockFactory pins.
 """
+# What is emulated, and how far:
+# - pins: gpiozero's MockFactory (real gpiozero devices and edge callbacks, mock pin states);
+#   the RCD's reaction to its test current is a MockPin subclass driving the trip input.
+# - SPI ADC, spidev path: FakeMCP3x08 implements spidev.SpiDev's open/xfer2/close and decodes
+#   each request bit by bit as the datasheet describes, answering from an emulated CP waveform
+#   on an emulated clock (one conversion per dt_s).
+# - SPI ADC, gpiozero path: gpiozero's real MCP3008 class over its mock (bit-banged) SPI, with
+#   MockMCP3x08, a MockSPIDevice slave, answering the conversions.
+# - sysfs PWM: a temp tree; kernel() plays the kernel creating pwmN/ after an export, and
+#   KernelRulesPWM refuses what pwm_apply_state refuses (zero period, duty > period).
 
 from __future__ import annotations
 
@@ -13,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from gpiozero.pins.mock import MockConnectedPin, MockPin, MockPWMPin, MockSPIDevice
 
 from evsed import backends, config
@@ -409,6 +420,20 @@ def test_adc_burst_gives_the_cp_levels_of_each_state(state, duty, high_v, low_v)
     assert reading.low_v == pytest.approx(low_v, abs=0.05)
     assert classify(reading.high_v) is state
     assert diode_present(reading.low_v) is (low_v == -12.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(duty=st.floats(10.0, 96.0), high_v=st.sampled_from([12.0, 9.0, 6.0, 3.0]),
+       dt_s=st.floats(5e-6, 37e-6), phase_s=st.floats(0.0, 0.001))
+def test_plateaus_are_found_at_any_duty_the_core_offers(duty, high_v, dt_s, phase_s):
+    # Spacing up to 37 us puts a sample on even the 40 us low plateau of 96 % in every period.
+    adc = FakeMCP3x08(dt_s=dt_s)
+    adc.t = phase_s
+    adc.cp_v = cp_wave(duty, high_v, -12.0)
+    reading = sampler_on(adc).read()
+    step_v = 3.3 / 1023 * GAIN
+    assert abs(reading.high_v - high_v) <= step_v
+    assert abs(reading.low_v + 12.0) <= step_v
 
 
 def test_mcp3208_reads_12_bit_counts_on_its_channel():
