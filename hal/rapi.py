@@ -1,0 +1,363 @@
+"""RAPI, the OpenEVSE board's serial protocol: frames, checksums, the board's state codes, one link.
+
+A link owns the port, a reader thread that sorts answers from async notifications, and one lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from hal import DeviceUnavailable, PilotReading, TryAgain
+
+log = structlog.get_logger("hal.rapi")
+
+SOC = "$"  # start of every frame
+EOC = b"\r"  # end of every frame
+MAX_FRAME_CHARS = 80  # the firmware's buffers are 32-40 characters; anything longer is noise
+
+
+# --- framing (facts from the firmware's rapi_proc.h; the code is ours) ------------------
+
+
+def xor_checksum(text: str) -> int:
+    """The 8-bit XOR of every character, '$' included: the form after '^'."""
+    value = 0
+    for char in text.encode("ascii"):
+        value ^= char
+    return value
+
+
+def additive_checksum(text: str) -> int:
+    """The 8-bit sum of every character, '$' included: the legacy form after '*'."""
+    return sum(text.encode("ascii")) & 0xFF
+
+
+def encode(command: str, seq: int | None = None) -> bytes:
+    """A command such as 'SC 16 V' framed as '$SC 16 V :1A^xx\\r'; seq is 1-255 or None."""
+    body = SOC + command + (f" :{seq:02X}" if seq is not None else "")
+    return f"{body}^{xor_checksum(body):02X}\r".encode("ascii")
+
+
+class FrameError(ValueError):
+    """A line that is not a valid RAPI frame (no '$', bad checksum, not ASCII)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One parsed frame: '$OK 03 12 03 0100 :1A^xx' -> name 'OK', args ('03', '12', '03', '0100'), seq 26."""
+
+    name: str
+    args: tuple[str, ...]
+    seq: int | None = None
+
+    @property
+    def is_answer(self) -> bool:
+        return self.name in ("OK", "NK")
+
+
+def decode(line: bytes | str) -> Frame:
+    """Parse one line (without its CR); noise before the last '$' is dropped.
+
+    Frames from firmware before RAPI 2.0 carry no checksum and are accepted as such.
+    """
+    try:
+        text = line.decode("ascii") if isinstance(line, (bytes, bytearray)) else line
+    except UnicodeDecodeError:
+        raise FrameError(f"not ASCII: {bytes(line)!r}") from None
+    start = text.rfind(SOC)
+    if start < 0:
+        raise FrameError(f"no '$' in {text!r}")
+    body = text[start:].strip("\n")
+    for mark, checksum in (("^", xor_checksum), ("*", additive_checksum)):
+        if mark in body:
+            body, _, given = body.partition(mark)
+            if len(given) != 2 or any(c not in "0123456789abcdefABCDEF" for c in given):
+                raise FrameError(f"malformed checksum in {text!r}")
+            if int(given, 16) != checksum(body):
+                raise FrameError(f"bad checksum in {text!r}: expected {checksum(body):02X}")
+            break
+    tokens = body[1:].split()
+    if not tokens or len(tokens[0]) != 2:
+        raise FrameError(f"no command in {text!r}")
+    seq = None
+    if len(tokens) > 1 and tokens[-1].startswith(":"):
+        try:
+            seq = int(tokens.pop()[1:], 16)
+        except ValueError:
+            raise FrameError(f"bad sequence id in {text!r}") from None
+    return Frame(tokens[0], tuple(tokens[1:]), seq)
+
+
+def looks_like_answer(line: bytes) -> bool:
+    """True when a line that failed to parse was meant as $OK/$NK (so a pending request fails)."""
+    start = line.rfind(b"$")
+    return start >= 0 and line[start + 1:start + 3] in (b"OK", b"NK")
+
+
+class Refused(TryAgain):
+    """The board answered $NK; .frame holds its answer (some carry a value, e.g. $SC's clamp)."""
+
+    def __init__(self, message: str, frame: Frame):
+        super().__init__(message)
+        self.frame = frame
+
+
+@dataclass(frozen=True, slots=True)
+class _Garbled:
+    line: bytes
+    reason: str
+
+
+# --- the board's state (J1772EvseController.h and rapi_proc.h: $GS, $AT, $ST) ---------------
+
+# EVSE states as the firmware numbers them (J1772EvseController.h), and volatile flags (m_wVFlags)
+STATE_UNKNOWN, STATE_A, STATE_B, STATE_C, STATE_D = 0x00, 0x01, 0x02, 0x03, 0x04
+DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY = 0x05, 0x06, 0x07, 0x08
+GFI_TEST_FAILED, OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT = 0x09, 0x0A, 0x0B, 0x0E
+SLEEPING, DISABLED = 0xFE, 0xFF
+VF_CHARGING_ON, VF_EV_CONNECTED = 0x0040, 0x0100
+TRIP_STATES = frozenset({GFCI_FAULT, NO_GROUND, GFI_TEST_FAILED})  # what evsed's RCD input reports
+_LEVEL_V = {STATE_A: 12.0, STATE_B: 9.0, STATE_C: 6.0, STATE_D: 3.0}  # IEC 61851 nominal high levels
+
+
+@dataclass(frozen=True, slots=True)
+class BoardState:
+    """The board's last report. pilot_state and vflags are None from firmware that lacks them."""
+
+    evse_state: int
+    pilot_state: int | None
+    vflags: int | None
+    seen_at: float  # time.monotonic() of the report
+
+    def key(self) -> tuple:
+        return (self.evse_state, self.pilot_state, self.vflags)
+
+
+def ev_connected(state: BoardState) -> bool:
+    if state.vflags is not None:
+        return bool(state.vflags & VF_EV_CONNECTED)
+    return state.evse_state in (STATE_B, STATE_C, STATE_D)
+
+
+def relay_closed(state: BoardState) -> bool:
+    """The board's relay as it reports it; a stuck relay counts as closed."""
+    if state.evse_state == STUCK_RELAY:
+        return True
+    if state.vflags is not None:
+        return bool(state.vflags & VF_CHARGING_ON)
+    return state.evse_state == STATE_C
+
+
+def parse_state(frame: Frame, now: float) -> BoardState:
+    """A $GS answer (evsestate elapsed [pilotstate vflags]) or an async $AT/$ST as a BoardState."""
+    a = frame.args
+    try:
+        if frame.name == "AT":  # evsestate pilotstate currentcapacity vflags
+            return BoardState(int(a[0], 16), int(a[1], 16), int(a[3], 16), now)
+        if frame.name == "ST":  # legacy: evsestate only
+            return BoardState(int(a[0], 16), None, None, now)
+        return BoardState(int(a[0], 16), int(a[2], 16) if len(a) > 2 else None,
+                          int(a[3], 16) if len(a) > 3 else None, now)
+    except (IndexError, ValueError):
+        raise TryAgain(f"unreadable OpenEVSE state ${frame.name} {' '.join(a)}") from None
+
+
+def pilot_reading(state: BoardState) -> PilotReading | None:
+    """Representative CP voltages for the board's state, so the core classifies it unchanged.
+
+    A: +12/+12. B, C, D (board enabled, PWM on): level/-12. Sleeping (steady +12 V output): the
+    EV's level on both plateaus. Diode check failed: a plateau without the -12 V low level (the
+    core's own diode check trips). Disabled and other faults: -12/-12 (F). Unknown: None.
+    """
+    s = state.evse_state
+    if s == STATE_A:
+        return PilotReading(12.0, 12.0)
+    if s in (STATE_B, STATE_C, STATE_D):
+        return PilotReading(_LEVEL_V[s], -12.0)
+    if s == SLEEPING:
+        seen = state.pilot_state if state.pilot_state in _LEVEL_V else None
+        level = _LEVEL_V[seen] if seen else (9.0 if ev_connected(state) else 12.0)
+        return PilotReading(level, level)
+    if s == DIODE_CHECK_FAILED:
+        level = _LEVEL_V[state.pilot_state] if state.pilot_state in (STATE_B, STATE_C, STATE_D) else 9.0
+        return PilotReading(level, level)
+    if s == DISABLED or DIODE_CHECK_FAILED < s < SLEEPING:
+        return PilotReading(-12.0, -12.0)
+    return None
+
+
+def _duty_for_amps(amps: int) -> float:
+    """IEC 61851-1 duty in percent for whole amperes, rounded down to 0.1 % as evsed does."""
+    duty = amps / 0.6 if amps <= 51 else amps / 2.5 + 64.0
+    return math.floor(duty * 10.0 + 1e-6) / 10.0
+
+
+def _ev_current_a(duty_pct: float) -> float:
+    """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 where none is allowed."""
+    if math.isnan(duty_pct) or duty_pct < 8.0 or duty_pct > 97.0:
+        return 0.0
+    if duty_pct < 10.0:
+        return 6.0
+    return duty_pct * 0.6 if duty_pct <= 85.0 else min((duty_pct - 64.0) * 2.5, 80.0)
+
+
+def amps_for_duty(duty_pct: float) -> int:
+    """The whole amperes for $SC (6-80) whose duty gives the EV the most current without
+    exceeding what duty_pct gives it; 0 when duty_pct allows no charging.
+
+    Rounded down, but not below what the duty means: 26.6 % came from 16 A (16 / 0.6 = 26.67,
+    cut to 0.1 %), so it is 16 A, not the 15.96 A the bare formula gives. hal may not import
+    evsed.pilot; the tests check this against it.
+    """
+    offered_a = _ev_current_a(duty_pct)
+    fits = [(_ev_current_a(_duty_for_amps(a)), -a) for a in range(6, 81)]
+    best = max((f for f in fits if f[0] <= offered_a + 1e-9), default=None)
+    return -best[1] if best is not None and offered_a >= 6.0 else 0
+
+
+# --- the link ----------------------------------------------------------------------------------
+
+
+def open_serial(port: str, baudrate: int):
+    """Open the port with pyserial; a missing device or permission is DeviceUnavailable naming it."""
+    try:
+        import serial
+    except ImportError as exc:  # pyserial is a base dependency; say so if it went missing
+        raise DeviceUnavailable(f"the OpenEVSE backend needs pyserial: pip install pyserial ({exc})") from exc
+    try:
+        return serial.Serial(port, baudrate=baudrate, timeout=0.05, write_timeout=1.0)
+    except serial.SerialException as exc:
+        code = exc.errno if isinstance(exc.errno, int) else None
+        if code == errno.ENOENT:
+            why = "no such device file (is the board's USB serial adapter plugged in?)"
+        elif code in (errno.EACCES, errno.EPERM):
+            why = "permission denied: add the evsed user to the 'dialout' group"
+        else:
+            why = str(exc)
+        raise DeviceUnavailable(f"OpenEVSE serial port {port}: {why}") from exc
+
+
+class RapiLink:
+    """One serial port to one board. request() is thread-safe and blocks up to timeout_s.
+
+    Answers ($OK/$NK) go to the one pending request; every other frame (async $AT, $ST,
+    $AB...) goes to on_notify(frame) in the reader thread.
+    """
+
+    def __init__(self, port: str, baudrate: int = 115200, timeout_s: float = 0.5,
+                 sequence_ids: bool = True, on_notify: Callable[[Frame], None] | None = None):
+        self.port, self.timeout_s, self.sequence_ids = port, timeout_s, sequence_ids
+        self.on_notify = on_notify
+        self.garbage_lines = 0  # noise and corrupt frames seen, for `evsed check` and the log
+        self._serial = open_serial(port, baudrate)
+        self._lock = threading.Lock()  # one request on the wire at a time
+        self._answers: queue.Queue = queue.Queue()
+        self._seq = itertools.cycle(range(1, 256))  # 00 is reserved by the protocol
+        self._stop = threading.Event()
+        self._lost: str | None = None
+        self._reader = threading.Thread(target=self._read_loop, name=f"rapi-read {port}", daemon=True)
+        self._reader.start()
+
+    def request(self, command: str, timeout_s: float | None = None) -> Frame:
+        """Send '$<command>' and return the $OK answer; $NK raises Refused, silence or a corrupt
+        answer TryAgain, a lost port DeviceUnavailable."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            self._check_open()
+            while not self._answers.empty():  # late answers to requests that timed out
+                self._answers.get_nowait()
+            seq = next(self._seq) if self.sequence_ids else None
+            try:
+                self._serial.write(encode(command, seq))
+            except Exception as exc:  # pyserial raises SerialException or OSError subclasses
+                raise TryAgain(f"OpenEVSE {self.port}: writing ${command} failed: {exc}") from exc
+            deadline = time.monotonic() + timeout_s
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._answers.get(timeout=max(remaining, 0.0)) if remaining > 0 else None
+                except queue.Empty:
+                    item = None
+                if item is None:
+                    self._check_open()
+                    raise TryAgain(f"OpenEVSE {self.port}: no answer to ${command} within {timeout_s:g} s")
+                if isinstance(item, _Garbled):
+                    raise TryAgain(f"OpenEVSE {self.port}: corrupt answer to ${command}: {item.reason}")
+                if seq is not None and item.seq is not None and item.seq != seq:
+                    log.debug("rapi.stale_answer", port=self.port, command=command, seq=item.seq)
+                    continue
+                if item.name == "NK":
+                    raise Refused(f"OpenEVSE {self.port}: board refused ${command} "
+                                  f"($NK{' ' + ' '.join(item.args) if item.args else ''})", item)
+                return item
+
+    @property
+    def lost(self) -> str | None:
+        """Why the port stopped working (unplugged adapter...), or None while it works."""
+        return self._lost
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=1.0)
+        try:
+            self._serial.close()
+        except Exception as exc:  # closing a vanished port: nothing left to do but say so
+            log.debug("rapi.close_failed", port=self.port, error=str(exc))
+
+    def _check_open(self) -> None:
+        if self._lost is not None:
+            raise DeviceUnavailable(f"OpenEVSE {self.port}: serial link lost: {self._lost}")
+        if self._stop.is_set():
+            raise DeviceUnavailable(f"OpenEVSE {self.port}: link closed")
+
+    def _read_loop(self) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            try:
+                chunk = self._serial.read(self._serial.in_waiting or 1)
+            except Exception as exc:  # the adapter was unplugged or the port closed under us
+                if not self._stop.is_set():
+                    self._lost = str(exc)
+                    log.error("rapi.link_lost", port=self.port, error=str(exc))
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(EOC)
+            if len(buffer) > MAX_FRAME_CHARS:
+                self._garbage(buffer, "line too long")
+                buffer = b""
+            for line in lines:
+                line = line.strip(b"\n\x00")
+                if line:
+                    self._dispatch(line)
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            frame = decode(line)
+        except FrameError as exc:
+            self._garbage(line, str(exc))
+            if looks_like_answer(line):
+                self._answers.put(_Garbled(line, str(exc)))
+            return
+        if frame.is_answer:
+            self._answers.put(frame)
+        elif self.on_notify is not None:
+            try:
+                self.on_notify(frame)
+            except Exception:  # a consumer's bug must not kill the reader
+                log.exception("rapi.notify_failed", port=self.port, frame=frame.name)
+
+    def _garbage(self, line: bytes, reason: str) -> None:
+        self.garbage_lines += 1
+        if self.garbage_lines & (self.garbage_lines - 1):  # log the 1st, 2nd, 4th, 8th...: a noisy line stays quiet
+            return
+        log.warning("rapi.garbage", port=self.port, line=line[:MAX_FRAME_CHARS].decode("ascii", "replace"),
+                    reason=reason, count=self.garbage_lines)

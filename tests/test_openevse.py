@@ -1,0 +1,429 @@
+"""The OpenEVSE backend against the RAPI board emulator on a pty: framing, outputs, state mapping,
+meter, errors and async notifications. Real pyserial on a real pty; no mocks of the library."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from evsed import backends
+from evsed.pilot import PilotState, classify, current_for_duty, diode_present, duty_for_current
+from hal import Contactor, ContactorFeedback, DeviceUnavailable, FaultInput, Meter, Notifying, Pilot, TryAgain
+from hal import openevse, rapi
+from hal.rapi import BoardState, FrameError, additive_checksum, decode, encode, pilot_reading, xor_checksum
+from simulator import openevse_rapi as emu_mod
+from simulator.openevse_rapi import OpenEvseEmulator
+
+
+class Ctx:
+    def __init__(self):
+        self.connector_id, self.shared = 1, {}
+
+
+@pytest.fixture
+def emu():
+    with OpenEvseEmulator(current_a=32, total_wh=1000) as board:
+        yield board
+
+
+@pytest.fixture
+def devices(emu):
+    ctx, made = Ctx(), []
+
+    def make(kind, **options):
+        device = getattr(openevse, kind)({"port": emu.port, **options}, ctx)
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        device.release()
+
+
+def until(predicate, timeout_s=3.0, what="condition"):
+    """Wait for a condition the board reaches on its own; the timeout is a guard, not a pace."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.01)
+
+
+def safe_read(pilot):
+    try:
+        return pilot.read()
+    except TryAgain:
+        return None
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+
+def test_checksums_match_the_examples_in_rapi_proc_h():
+    assert additive_checksum("$FD") == 0xAE and additive_checksum("$FE") == 0xAF
+    assert xor_checksum("$GS") == 0x30 and xor_checksum("$G0") == 0x53 and xor_checksum("$F0 1") == 0x43
+    assert encode("GS") == b"$GS^30\r"
+    assert encode("SC 16 V", seq=0x1A) == f"$SC 16 V :1A^{xor_checksum('$SC 16 V :1A'):02X}\r".encode()
+
+
+def test_decode_takes_args_and_sequence_id_and_drops_leading_noise():
+    body = "$OK 03 12 03 0140 :1A"
+    frame = decode(f"\x00junk{body}^{xor_checksum(body):02X}")
+    assert (frame.name, frame.args, frame.seq) == ("OK", ("03", "12", "03", "0140"), 0x1A)
+    assert decode(f"$NK*{additive_checksum('$NK'):02X}").name == "NK"
+    assert decode("$OK 1").args == ("1",)  # firmware before RAPI 2.0: no checksum
+
+
+@pytest.mark.parametrize("line", ["$OK 1^00", "$OK 1^G1", "no frame at all", "$", b"$OK \xff^00"])
+def test_decode_rejects_bad_frames(line):
+    with pytest.raises(FrameError):
+        decode(line)
+
+
+def test_emulator_refuses_a_bad_checksum_and_takes_both_forms(emu):
+    import serial
+
+    with serial.Serial(emu.port, 115200, timeout=2.0) as port:
+        port.write(b"$GS^31\r")  # the XOR is 30
+        assert decode(port.read_until(b"\r")[:-1]).name == "NK"
+        port.write(f"$GS*{additive_checksum('$GS'):02X}\r".encode())
+        assert decode(port.read_until(b"\r")[:-1]).name == "OK"
+        port.write(encode("GS"))
+        assert decode(port.read_until(b"\r")[:-1]).args[0] == "01"
+
+
+def test_answers_echo_the_sequence_id(emu):
+    link = rapi.RapiLink(emu.port)
+    try:
+        first, second = link.request("GV"), link.request("GV")
+        assert first.seq is not None and second.seq == first.seq + 1
+    finally:
+        link.close()
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def test_board_is_put_to_sleep_when_opened(emu, devices):
+    devices("pilot")
+    until(lambda: emu.mode == "sleeping", what="$FS")
+    assert emu.commands[:2] == ["GS", "FS"]
+
+
+def test_pwm_on_sets_the_current_volatile_then_enables(emu, devices):
+    pilot = devices("pilot")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled" and emu.current_a == 16, what="16 A enabled")
+    sent = [c for c in emu.commands if c != "GS"]
+    assert sent[-2:] == ["SC 16 V", "FE"]
+    assert emu.eeprom_writes == 0
+
+
+def test_pwm_off_sleeps_and_pwm_f_disables(emu, devices):
+    pilot = devices("pilot")
+    pilot.pwm_on(duty_for_current(10))
+    until(lambda: emu.mode == "enabled")
+    pilot.pwm_f()
+    until(lambda: emu.mode == "disabled", what="$FD")
+    pilot.pwm_off()
+    until(lambda: emu.mode == "sleeping", what="$FS")
+
+
+def test_current_change_while_enabled_sends_only_sc(emu, devices):
+    pilot = devices("pilot")
+    pilot.pwm_on(duty_for_current(32))
+    until(lambda: emu.mode == "enabled" and emu.current_a == 32)
+    count = len(emu.commands)
+    pilot.pwm_on(duty_for_current(20))
+    until(lambda: emu.current_a == 20)
+    assert "FE" not in emu.commands[count:]
+
+
+def test_firmware_without_volatile_current_gets_plain_sc(devices):
+    with OpenEvseEmulator(volatile_supported=False) as old:
+        pilot = openevse.pilot({"port": old.port}, Ctx())
+        try:
+            pilot.pwm_on(duty_for_current(13))
+            until(lambda: old.current_a == 13 and old.mode == "enabled")
+            assert ["SC 13 V", "SC 13"] == [c for c in old.commands if c.startswith("SC")]
+            assert old.eeprom_writes == 1
+        finally:
+            pilot.release()
+
+
+@pytest.mark.parametrize("amps", range(6, 81))
+def test_whole_amperes_survive_the_duty_round_trip(amps):
+    assert openevse.amps_for_duty(duty_for_current(amps)) == amps
+
+
+def test_amps_for_duty_never_offers_the_ev_more_than_the_duty_does():
+    for tenth in range(80, 971):
+        duty = tenth / 10
+        amps = openevse.amps_for_duty(duty)
+        assert current_for_duty(duty_for_current(amps)) <= current_for_duty(duty) + 1e-9, duty
+        # rounded down, not further (2 A: IEC leaves no whole ampere between 51 A at 85 % and 53 A at 85.2 %)
+        assert current_for_duty(duty_for_current(amps)) > current_for_duty(duty) - 2.0, duty
+
+
+@pytest.mark.parametrize("duty", [0.0, 5.0, 7.9, 97.1, 100.0, float("nan")])
+def test_duty_that_allows_no_charging_is_no_current(duty):
+    assert openevse.amps_for_duty(duty) == 0
+
+
+def test_released_board_is_left_asleep(emu):
+    pilot = openevse.pilot({"port": emu.port}, Ctx())
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    pilot.release()
+    assert emu.mode == "sleeping"
+
+
+# --- state mapping -------------------------------------------------------------------------------
+
+A, B, C, D, E, F = (PilotState.A, PilotState.B, PilotState.C, PilotState.D, PilotState.E, PilotState.F)
+S = emu_mod
+
+
+@pytest.mark.parametrize("evse_state, pilot_state, vflags, iec, diode", [
+    (S.STATE_A, S.STATE_A, 0, A, False),
+    (S.STATE_B, S.STATE_B, S.VF_EV_CONNECTED, B, True),
+    (S.STATE_C, S.STATE_C, S.VF_EV_CONNECTED | S.VF_CHARGING_ON, C, True),
+    (S.STATE_D, S.STATE_D, S.VF_EV_CONNECTED, D, True),
+    (S.SLEEPING, S.STATE_A, 0, A, False),
+    (S.SLEEPING, S.STATE_B, S.VF_EV_CONNECTED, B, False),
+    (S.SLEEPING, S.STATE_C, S.VF_EV_CONNECTED, C, False),
+    (S.SLEEPING, None, S.VF_EV_CONNECTED, B, False),  # firmware without the pilot state field
+    (S.SLEEPING, None, None, A, False),
+    (S.DISABLED, S.DISABLED, 0, F, False),
+    (S.DIODE_CHECK_FAILED, S.STATE_C, 0, C, False),  # no -12 V low: the core's diode check trips
+    *[(fault, fault, 0, F, False) for fault in S.FAULT_STATES if fault != S.DIODE_CHECK_FAILED],
+])
+def test_every_board_state_reads_as_its_iec_state(evse_state, pilot_state, vflags, iec, diode):
+    reading = pilot_reading(BoardState(evse_state, pilot_state, vflags, 0.0))
+    assert classify(reading.high_v) is iec
+    if iec is not F:  # at -12 V steady there is no diode to check
+        assert diode_present(reading.low_v) is diode
+
+
+def test_unknown_state_is_no_reading():
+    assert pilot_reading(BoardState(0x00, None, None, 0.0)) is None
+
+
+@pytest.mark.parametrize("ev, iec", [("A", A), ("B", B), ("C", C), ("D", D)])
+def test_ev_states_reach_the_reading_over_the_wire(emu, devices, ev, iec):
+    pilot = devices("pilot")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    emu.set_ev(ev)
+    until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is iec, what=f"state {iec}")
+    assert diode_present(pilot.read().low_v) is (iec is not A)
+
+
+@pytest.mark.parametrize("fault", S.FAULT_STATES)
+def test_fault_states_reach_the_reading_over_the_wire(emu, devices, fault):
+    pilot, rcd = devices("pilot"), devices("rcd")
+    emu.set_ev("B")
+    emu.set_fault(fault)
+    want = B if fault == S.DIODE_CHECK_FAILED else F
+    until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is want, what=f"fault {fault:02x}")
+    assert rcd.tripped() is (fault in (S.GFCI_FAULT, S.NO_GROUND, S.GFI_TEST_FAILED))
+
+
+def test_disabled_board_reads_as_f(emu, devices):
+    pilot = devices("pilot")
+    pilot.pwm_f()
+    until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is F)
+
+
+# --- contactor -----------------------------------------------------------------------------------
+
+
+def test_feedback_follows_the_boards_relay(emu, devices):
+    pilot, relay = devices("pilot"), devices("contactor")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    emu.set_ev("C")
+    until(lambda: relay.feedback_closed(), what="relay closed")
+    relay.close()
+    emu.set_ev("B")
+    until(lambda: not relay.feedback_closed(), what="relay open")
+    assert emu.mode == "enabled"  # the EV stopped; nothing was forced
+
+
+def test_open_while_the_relay_is_closed_opens_it_at_once(emu, devices):
+    pilot, relay = devices("pilot"), devices("contactor")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    emu.set_ev("C")
+    until(lambda: relay.feedback_closed())
+    relay.close()
+    count = len(emu.commands)
+    relay.open()
+    until(lambda: not relay.feedback_closed() and emu.mode == "sleeping", what="forced open, then asleep")
+    sent = [c for c in emu.commands[count:] if c != "GS"]
+    assert sent[:2] == ["FD", "FS"]
+
+
+def test_relay_closed_without_consent_is_forced_open_after_the_grace(emu, devices):
+    pilot, relay = devices("pilot", relay_grace_s=0.05), devices("contactor", relay_grace_s=0.05)
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    emu.set_ev("C")  # the board closes by itself; the core never calls close()
+    until(lambda: "FD" in emu.commands, what="$FD")
+    until(lambda: emu.mode == "sleeping" and not relay.feedback_closed())
+
+
+def test_stuck_relay_reads_as_closed(emu, devices):
+    relay = devices("contactor")
+    emu.set_fault(S.STUCK_RELAY)
+    until(lambda: relay.feedback_closed(), what="stuck relay")
+
+
+def test_board_leaving_its_mode_gets_it_again(emu, devices):
+    pilot = devices("pilot")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    count = len(emu.commands)
+    with emu._lock:  # someone pressed the board's button: it went to sleep
+        emu.mode = "sleeping"
+        emu._notify_if_changed()
+    until(lambda: emu.mode == "enabled" and "FE" in emu.commands[count:], what="$FE again")
+
+
+# --- meter -------------------------------------------------------------------------------------------
+
+
+def test_meter_reads_current_voltage_and_energy(emu, devices):
+    pilot, meter = devices("pilot"), devices("meter")
+    pilot.pwm_on(duty_for_current(16))
+    until(lambda: emu.mode == "enabled")
+    emu.set_ev("C")
+    until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is C)
+    emu.advance(3600)  # one hour at 16 A, 240 V: 3840 Wh
+    reading = asyncio.run(meter.read())
+    assert reading.current_a == (16.0,) and reading.voltage_v == (240.0,)
+    assert reading.power_total_w == pytest.approx(3840.0)
+    assert reading.energy_import_wh == 1000 + 3840
+    emu.set_ev("A")  # the firmware adds the session to its total now: no double count
+    until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is A)
+    assert asyncio.run(meter.read()).energy_import_wh == 1000 + 3840
+
+
+def test_meter_without_an_ammeter_is_unavailable(devices):
+    with OpenEvseEmulator(ammeter=False) as bare:
+        meter = openevse.meter({"port": bare.port}, Ctx())
+        try:
+            with pytest.raises(DeviceUnavailable, match="no ammeter"):
+                asyncio.run(meter.read())
+        finally:
+            meter.release()
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+def test_nk_is_try_again_naming_the_command(emu, devices):
+    meter = devices("meter")
+    emu.nak_next.add("GG")
+    with pytest.raises(TryAgain, match=r"refused \$GG"):
+        asyncio.run(meter.read())
+    assert asyncio.run(meter.read()).voltage_v == (240.0,)
+
+
+def test_corrupt_answer_is_try_again_and_the_link_survives(emu, devices):
+    meter = devices("meter")
+    emu.corrupt_next = True
+    with pytest.raises(TryAgain, match="corrupt answer"):
+        asyncio.run(meter.read())
+    assert asyncio.run(meter.read()).voltage_v == (240.0,)
+
+
+def test_garbage_lines_are_counted_and_survived(emu, devices):
+    meter = devices("meter")
+    emu.send_raw(b"\x00\xffline noise\r$AT zz^00\r\n\r")
+    assert asyncio.run(meter.read()).voltage_v == (240.0,)
+    until(lambda: meter.board.link.garbage_lines >= 2, what="garbage counted")
+
+
+def test_silent_board_is_try_again_and_the_state_goes_stale(emu, devices):
+    pilot, meter = devices("pilot", stale_s=0.3, timeout_s=0.1), devices("meter", stale_s=0.3, timeout_s=0.1)
+    until(lambda: safe_read(pilot) is not None)
+    emu.mute = True
+    with pytest.raises(TryAgain, match="no answer"):
+        asyncio.run(meter.read())
+    until(lambda: safe_read(pilot) is None, what="stale state")
+    with pytest.raises(TryAgain, match="no state from the board"):
+        pilot.read()
+    emu.mute = False
+    until(lambda: safe_read(pilot) is not None, what="recovery")
+
+
+def test_missing_port_is_unavailable_naming_the_file():
+    with pytest.raises(DeviceUnavailable, match=r"/dev/ttyEVSED-missing.*no such device file"):
+        openevse.pilot({"port": "/dev/ttyEVSED-missing"}, Ctx())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root opens any file")
+def test_port_without_permission_names_the_dialout_group(tmp_path):
+    path = tmp_path / "ttyS9"
+    path.touch(mode=0o000)
+    with pytest.raises(DeviceUnavailable, match=r"ttyS9.*dialout"):
+        openevse.pilot({"port": str(path)}, Ctx())
+
+
+# --- notifications and sharing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["AT", "ST"])
+def test_async_state_notification_calls_on_change(legacy):
+    with OpenEvseEmulator(legacy_async=legacy, legacy_state=legacy) as board:
+        # polls far apart: only the board's own notification can bring the change in time
+        pilot = openevse.pilot({"port": board.port, "poll_interval_s": 2.0, "stale_s": 10.0}, Ctx())
+
+        async def main():
+            loop, changed = asyncio.get_running_loop(), asyncio.Event()
+            pilot.on_change(lambda: loop.call_soon_threadsafe(changed.set))
+            board.set_ev("B")
+            await asyncio.wait_for(changed.wait(), timeout=1.5)
+
+        try:
+            until(lambda: board.mode == "sleeping")
+            asyncio.run(main())
+            assert classify(pilot.read().high_v) is B
+        finally:
+            pilot.release()
+
+
+def test_devices_share_one_link_per_port(emu):
+    ctx = Ctx()
+    made = [openevse.pilot({"port": emu.port}, ctx), openevse.contactor({"port": emu.port}, ctx),
+            openevse.rcd({"port": emu.port}, ctx), openevse.meter({"port": emu.port}, ctx)]
+    try:
+        assert len({id(d.board) for d in made}) == 1
+        with pytest.raises(DeviceUnavailable, match="timeout_s"):
+            openevse.rcd({"port": emu.port, "timeout_s": 2.0}, ctx)
+    finally:
+        for device in made:
+            device.release()
+    assert made[0].board.closed
+
+
+def test_devices_satisfy_the_hal_interfaces(emu, devices):
+    pilot, relay, rcd, meter = devices("pilot"), devices("contactor"), devices("rcd"), devices("meter")
+    assert isinstance(pilot, Pilot) and isinstance(pilot, Notifying)
+    assert isinstance(relay, Contactor) and isinstance(relay, ContactorFeedback)
+    assert isinstance(rcd, FaultInput) and isinstance(meter, Meter)
+
+
+def test_registered_in_the_backend_registry(emu):
+    ctx = backends.BackendContext(connector_id=1, shared={})
+    for kind in ("pilot", "contactor", "rcd", "meter"):
+        spec = backends.backend(kind, "openevse")
+        assert spec.options["port"].default is backends.REQUIRED
+        options = {k: (emu.port if k == "port" else o.default) for k, o in spec.options.items()}
+        device = backends.create(kind, "openevse", options, ctx)
+        device.release()
