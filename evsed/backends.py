@@ -183,6 +183,34 @@ register(Backend("rfid", "hid", "hal.rfid_hid:hid_reader",
                  packages=("evdev",)))
 
 # --- OpenEVSE boards over RAPI (hal/openevse.py) --------------------------------------------
+# The four devices share one link per port; they must agree on the link options below.
+_OPENEVSE = "hal.openevse"
+_OPENEVSE_LINK = {
+    "port": Option(str, doc="the board's serial device, e.g. /dev/ttyUSB0 (user in group dialout)"),
+    "baudrate": Option(int, 115200, "RAPI serial speed", choices=(9600, 19200, 38400, 57600, 115200)),
+    "timeout_s": Option(float, 0.5, "answer timeout per RAPI command", min=0.05, max=5.0),
+    "poll_interval_s": Option(float, 0.2, "how often $GS refreshes the cached state (async $AT comes at once)",
+                              min=0.02, max=2.0),
+    "stale_s": Option(float, 1.5, "a cached state older than this reads as 'try again' (pilot lost)",
+                      min=0.1, max=10.0),
+    "relay_grace_s": Option(float, 0.25, "the board's relay closed without the core's consent this long: "
+                            "force it open; keep below [timing] contactor_settle_s", min=0.0, max=5.0),
+    "sequence_ids": Option(bool, True, "tag commands with RAPI sequence ids (firmware with RAPI >= 3.0)"),
+    "volatile_current": Option(bool, True, "$SC ... V: current changes do not wear the EEPROM "
+                               "(falls back by itself on firmware without it)"),
+}
+register(Backend("pilot", "openevse", f"{_OPENEVSE}:pilot",
+                 "OpenEVSE board's pilot: $SC current + $FE enable, $FS sleep, $FD disable; state from $GS/$AT",
+                 _OPENEVSE_LINK, packages=("pyserial",)))
+register(Backend("contactor", "openevse", f"{_OPENEVSE}:contactor",
+                 "OpenEVSE board's relay (the board closes it when the EV asks); feedback from its state",
+                 _OPENEVSE_LINK, packages=("pyserial",)))
+register(Backend("rcd", "openevse", f"{_OPENEVSE}:rcd",
+                 "OpenEVSE board's GFCI and ground check: tripped in those fault states",
+                 _OPENEVSE_LINK, packages=("pyserial",)))
+register(Backend("meter", "openevse", f"{_OPENEVSE}:meter",
+                 "OpenEVSE board's ammeter: $GG current and voltage, $GU energy (one phase)",
+                 _OPENEVSE_LINK, packages=("pyserial",)))
 
 
 def backend(kind: str, name: str) -> Backend | None:
