@@ -71,7 +71,7 @@ def dispatch(daemon, req: dict) -> dict[str, Any]:
     if cmd == "ping":
         return {"ok": True}
     if cmd == "status":
-        return {"ok": True, "charger": daemon.config.charger.id,
+        return {"ok": True, "charger": daemon.config.charger.id, "card_reader_error": daemon.reader_error,
                 "connectors": [c.status() for c in daemon.connectors.values()]}
     if cmd == "clear-faults":
         ctrl = _connector(daemon, req)

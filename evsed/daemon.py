@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from evsed import backends, control
+from evsed import backends, control, sdnotify
 from evsed.auth import LocalAuthorizer
 from evsed.config import Config
 from evsed.connector import ConnectorControl, route_card
@@ -102,6 +102,7 @@ class Daemon:
         self.connectors: dict[int, ConnectorControl] = {}
         self.world = None
         self.reader = None
+        self.reader_error = ""
         self.writer: StoreWriter | None = None
         self.server: asyncio.AbstractServer | None = None
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -144,6 +145,8 @@ class Daemon:
         self.server = await control.serve(self.config.store.runtime_dir, self)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
+        self._spawn(sdnotify.watchdog(), "watchdog")
         self.ready.set()
         log.info("daemon.ready", connectors=list(self.connectors), state_dir=str(self.config.store.state_dir),
                  socket=str(control.socket_path(self.config.store.runtime_dir)),
@@ -203,9 +206,13 @@ class Daemon:
         while True:
             try:
                 uid = await self.reader.next_tap()
+            except DeviceUnavailable as exc:  # charging stays safe; only cards are lost
+                self.reader_error = str(exc)
+                log.error("rfid.unavailable", error=str(exc))
+                await self.stopping.wait()
+                return
             except HalError as exc:
                 log.warning("rfid.read_failed", error=str(exc))
-                await asyncio.sleep(1.0)
                 continue
             self.route_card(uid)
 
@@ -235,10 +242,13 @@ class Daemon:
         if self.server is not None:
             self.server.close()
             control.socket_path(self.config.store.runtime_dir).unlink(missing_ok=True)
-        for devices in ([c.pilot, c.contactor, c.rcd, c.meter] for c in self.connectors.values()):
-            for device in devices:
-                if isinstance(device, Closable):
+        devices = [d for c in self.connectors.values() for d in (c.pilot, c.contactor, c.rcd, c.meter)]
+        for device in [*devices, self.reader]:
+            if isinstance(device, Closable):
+                try:
                     device.release()
+                except (HalError, OSError) as exc:
+                    log.warning("device.release_failed", device=type(device).__name__, error=str(exc))
         if self.writer is not None:
             self.writer.close()
         self.lock.release()

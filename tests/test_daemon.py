@@ -199,3 +199,25 @@ def test_kill_9_loses_no_session_and_the_next_start_closes_it_as_power_loss(tmp_
     from evsed.store import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["stop_reason"] == "power_loss" and row["stopped_at"] is not None
+
+
+def test_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(tmp_path, monkeypatch):
+    import socket as socketmod
+    cfg = config.load(write_config(tmp_path))
+    listener = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        messages = [await asyncio.to_thread(listener.recv, 64) for _ in range(3)]
+        daemon.stopping.set()
+        await run
+        return messages
+
+    messages = asyncio.run(scenario())
+    assert messages[0] == b"READY=1" and messages[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"]
