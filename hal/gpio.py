@@ -5,6 +5,7 @@ gpiozero is imported when a backend is built, on the pin factory the config name
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from typing import Any, Callable
@@ -44,8 +45,6 @@ def pin_factory(name: str, shared: dict[str, Any]):
     if name not in _FACTORY_SPECS:
         raise DeviceUnavailable(f"unknown pin_factory {name!r}; one of {', '.join(PIN_FACTORIES)}")
     module_name, class_name, package, hint = _FACTORY_SPECS[name]
-    import importlib
-
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -72,15 +71,47 @@ def _open(what: str, build: Callable[[], Any]):
         raise DeviceUnavailable(f"{what}: {exc}") from exc
 
 
-def _input(what: str, pin: int, active_high: bool, pull: str, factory):
-    """A DigitalInputDevice whose active level and pull are set independently."""
+class _Input:
+    """A digital input with its own active level and pull.
+
+    gpiozero couples the two (pull-up means active-low) and setting a pull after the
+    edge callback is armed re-claims the line without it on lgpio, so a mismatched pair
+    (e.g. a trip output that opens on a trip, with a pull-up) is read inverted here.
+    """
+
+    def __init__(self, device, inverted: bool):
+        self.device, self.inverted = device, inverted
+
+    @property
+    def is_active(self) -> bool:
+        return self.device.is_active != self.inverted
+
+    def wait_for_active(self, timeout_s: float) -> bool:
+        wait = self.device.wait_for_inactive if self.inverted else self.device.wait_for_active
+        return wait(timeout_s)
+
+    def wait_for_inactive(self, timeout_s: float) -> bool:
+        wait = self.device.wait_for_active if self.inverted else self.device.wait_for_inactive
+        return wait(timeout_s)
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        self.device.when_activated = callback
+        self.device.when_deactivated = callback
+
+    def close(self) -> None:
+        self.device.close()
+
+
+def _input(what: str, pin: int, active_high: bool, pull: str, factory) -> _Input:
     from gpiozero import DigitalInputDevice
 
+    if pull == "none":
+        return _Input(_open(f"{what} on GPIO{pin}", lambda: DigitalInputDevice(
+            pin, pull_up=None, active_state=active_high, pin_factory=factory)), inverted=False)
+    pull_up = pull == "up"
     device = _open(f"{what} on GPIO{pin}", lambda: DigitalInputDevice(
-        pin, pull_up=None, active_state=active_high, pin_factory=factory))
-    if pull != "none":
-        device.pin.pull = pull  # gpiozero ties the pull to the active level; boards need both free
-    return device
+        pin, pull_up=pull_up, pin_factory=factory))
+    return _Input(device, inverted=active_high == pull_up)
 
 
 class _Listeners:
@@ -97,10 +128,6 @@ class _Listeners:
         if not self.muted:
             for callback in list(self.callbacks):
                 callback()
-
-    def watch(self, device) -> None:
-        device.when_activated = self.fire
-        device.when_deactivated = self.fire
 
 
 # --- pilot ---------------------------------------------------------------------------------
@@ -208,7 +235,7 @@ class GpioContactorWithFeedback(GpioContactor):
         super().__init__(relay)
         self.feedback = feedback
         self._listeners = _Listeners()
-        self._listeners.watch(feedback)
+        feedback.watch(self._listeners.fire)
 
     def feedback_closed(self) -> bool:
         return self.feedback.is_active
@@ -250,7 +277,7 @@ class GpioRcd:
     def __init__(self, trip):
         self.trip = trip
         self._listeners = _Listeners()
-        self._listeners.watch(trip)
+        trip.watch(self._listeners.fire)
 
     def tripped(self) -> bool:
         return self.trip.is_active

@@ -157,6 +157,41 @@ class InjectingPin(MockConnectedPin):
         return changed
 
 
+@pytest.mark.parametrize("active_high, pull, idle, tripped_level", [
+    (True, "down", False, True),
+    (False, "up", True, False),
+    (True, "up", False, True),     # an output that opens on a trip: a cut wire reads tripped
+    (False, "down", True, False),
+    (True, "none", False, True),
+])
+def test_trip_level_and_pull_are_independent(mock, shared, active_high, pull, idle, tripped_level):
+    rcd = build("rcd", f'pin = 22\nactive_high = {str(active_high).lower()}\npull = "{pull}"', shared)
+    calls = []
+    rcd.on_change(lambda: calls.append(rcd.tripped()))
+    pin = mock.pin(22)
+    (pin.drive_high if idle else pin.drive_low)()
+    assert rcd.tripped() is False
+    (pin.drive_high if tripped_level else pin.drive_low)()
+    assert rcd.tripped() is True
+    assert calls[-1] is True
+
+
+@pytest.mark.parametrize("active_high, pull", [(False, "up"), (True, "up"), (False, "down")])
+def test_self_test_with_any_trip_level_and_pull(mock, shared, active_high, pull):
+    class DrivesTrip(InjectingPin):  # test current on: the trip line goes to its tripped level
+        def _change_state(self, value):
+            high = value == active_high
+            (self.input_pin.drive_high if high else self.input_pin.drive_low)()
+            return MockPin._change_state(self, value)
+
+    mock.pin(23, pin_class=DrivesTrip, input_pin=mock.pin(22))
+    rcd = build("rcd", f'pin = 22\nactive_high = {str(active_high).lower()}\npull = "{pull}"\n'
+                'test_pin = 23', shared)
+    assert rcd.tripped() is False
+    assert rcd.self_test() is True
+    assert rcd.tripped() is False
+
+
 def wire_test_to_trip(mock, test_pin=23, trip_pin=22):
     return mock.pin(test_pin, pin_class=InjectingPin, input_pin=mock.pin(trip_pin))
 
