@@ -166,7 +166,6 @@ class GpioPilot:
         """Disable the PWM (the pin idles low: -12 V, state F, through a non-inverting stage;
         +12 V through an inverting one: no current offered either way) and close the ADC."""
         try:
-            self._set(0.0)
             self.output.release()
         finally:
             self.sampler.close()
@@ -184,6 +183,7 @@ def gpio_pilot(options: dict, ctx) -> GpioPilot:
             raise DeviceUnavailable("pilot pwm = \"gpiozero\" needs pwm_pin (a BCM GPIO number)")
         output = _open(f"pilot PWM on GPIO{o['pwm_pin']}",
                        lambda: GpiozeroPWM(o["pwm_pin"], factory, PILOT_FREQUENCY_HZ))
+    source = None
     try:
         if o["adc_driver"] == "spidev":
             source = SpidevADC(o["adc"], o["spi_bus"], o["spi_device"], o["adc_channel"], o["spi_speed_hz"],
@@ -192,13 +192,18 @@ def gpio_pilot(options: dict, ctx) -> GpioPilot:
             source = _open(f"pilot ADC {o['adc']} on SPI {o['spi_bus']}.{o['spi_device']}",
                            lambda: GpiozeroADC(o["adc"], o["spi_bus"], o["spi_device"], o["adc_channel"],
                                                factory))
+        scale = Scale(o["vref_v"], o["offset_v"], o["gain"], ADC_BITS[o["adc"]])
+        sampler = BurstSampler(source, scale, samples=o["samples"], high_pct=o["high_percentile"],
+                               low_pct=o["low_percentile"], window_s=1.0 / PILOT_FREQUENCY_HZ)
+        return GpioPilot(output, sampler, invert=o["invert"])
     except BaseException:
-        output.release()
+        # Whatever opened is closed again: a half-built pilot must not hold the PWM or the bus.
+        try:
+            output.release()
+        finally:
+            if source is not None:
+                source.close()
         raise
-    scale = Scale(o["vref_v"], o["offset_v"], o["gain"], ADC_BITS[o["adc"]])
-    sampler = BurstSampler(source, scale, samples=o["samples"], high_pct=o["high_percentile"],
-                           low_pct=o["low_percentile"], window_s=1.0 / PILOT_FREQUENCY_HZ)
-    return GpioPilot(output, sampler, invert=o["invert"])
 
 
 # --- contactor -----------------------------------------------------------------------------
