@@ -63,7 +63,7 @@ class Board:
         self._unallowed_since: float | None = None
         self._acked_mode: str | None = None
         self._acked_amps: int | None = None
-        self._acked_at = 0.0
+        self._acked_at = self._polled_at = 0.0
         self._errors: dict[str, str] = {}  # step -> the last error it logged
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -182,7 +182,9 @@ class Board:
             log.info("openevse.link_recovered", port=self.port, step=name.strip("_"))
 
     def _poll(self) -> None:
+        sent_at = time.monotonic()
         self._update(parse_state(self.link.request("GS"), time.monotonic()))
+        self._polled_at = sent_at  # an async $AT may be older than a command; a poll sent after it is not
 
     def _effective_mode(self, now: float) -> str:
         """The output to drive: the pilot's wish, unless the relay must be forced open."""
@@ -205,7 +207,7 @@ class Board:
         if mode == "enable" and amps is not None and amps != self._acked_amps:
             self._set_current(amps)
             self._acked_amps = amps
-        if (mode == self._acked_mode and state is not None and state.seen_at > self._acked_at
+        if (mode == self._acked_mode and state is not None and self._polled_at > self._acked_at
                 and _drifted(mode, state.evse_state)):
             log.warning("openevse.mode_drift", port=self.port, mode=mode, evse_state=f"{state.evse_state:02x}")
             self._acked_mode = None  # the board left the mode (button, reboot, timer): send it again

@@ -34,8 +34,8 @@ class OpenEvseEmulator:
     """One board: EVSE mode (enabled, sleeping, disabled), current capacity, energy counters,
     and the simulated EV's pilot state (set_ev). Start it, open .port with pyserial, stop it.
 
-    Test hooks: nak_next (command names to refuse once), corrupt_next (spoil the next
-    answer's checksum), mute (answer nothing), send_raw(bytes), commands (what it received).
+    Test hooks: nak_next (command names to refuse once), corrupt_next (command names whose next
+    answer gets a bad checksum), mute (answer nothing), send_raw(bytes), commands (what it received).
     """
 
     def __init__(self, *, current_a: int = 16, min_current_a: int = 6, max_current_a: int = 40,
@@ -53,7 +53,7 @@ class OpenEvseEmulator:
         self.eeprom_writes = 0  # non-volatile $SC writes: EEPROM wear
         self.commands: list[str] = []  # every command received, checksum and sequence id removed
         self.nak_next: set[str] = set()
-        self.corrupt_next = False
+        self.corrupt_next: set[str] = set()
         self.mute = False
         self._lock = threading.RLock()
         self._last_sent = self._snapshot()
@@ -215,7 +215,8 @@ class OpenEvseEmulator:
             self._answer(False, "", seq)
             return
         ok, value = self._execute(name, tokens[1:])
-        self._answer(ok, value, seq)
+        self._answer(ok, value, seq, corrupt=name in self.corrupt_next)
+        self.corrupt_next.discard(name)
         self._notify_if_changed()  # the firmware sends its state after each command
 
     def _execute(self, name: str, args: list[str]) -> tuple[bool, str]:
@@ -254,14 +255,11 @@ class OpenEvseEmulator:
             self.eeprom_writes += 1
         return self.current_a == wanted, str(self.current_a)
 
-    def _answer(self, ok: bool, value: str, seq: str | None) -> None:
+    def _answer(self, ok: bool, value: str, seq: str | None, corrupt: bool = False) -> None:
         text = "$OK" if ok else "$NK"
         if value:
             text += " " + value
         if seq is not None:
             text += " :" + seq
-        checksum = _xor(text)
-        if self.corrupt_next:
-            self.corrupt_next = False
-            checksum ^= 0x5A
+        checksum = _xor(text) ^ (0x5A if corrupt else 0)
         os.write(self._master, f"{text}^{checksum:02X}\r".encode("ascii"))

@@ -53,6 +53,12 @@ def until(predicate, timeout_s=3.0, what="condition"):
         threading.Event().wait(0.01)
 
 
+def offer(emu, pilot, amps):
+    """pwm_on for amps, and wait until the board took it (it boots enabled, so wait for $FE)."""
+    pilot.pwm_on(duty_for_current(amps))
+    until(lambda: "FE" in emu.commands and emu.mode == "enabled" and emu.current_a == amps, what=f"{amps} A")
+
+
 def safe_read(pilot):
     try:
         return pilot.read()
@@ -116,8 +122,7 @@ def test_board_is_put_to_sleep_when_opened(emu, devices):
 
 def test_pwm_on_sets_the_current_volatile_then_enables(emu, devices):
     pilot = devices("pilot")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled" and emu.current_a == 16, what="16 A enabled")
+    offer(emu, pilot, 16)
     sent = [c for c in emu.commands if c != "GS"]
     assert sent[-2:] == ["SC 16 V", "FE"]
     assert emu.eeprom_writes == 0
@@ -125,8 +130,7 @@ def test_pwm_on_sets_the_current_volatile_then_enables(emu, devices):
 
 def test_pwm_off_sleeps_and_pwm_f_disables(emu, devices):
     pilot = devices("pilot")
-    pilot.pwm_on(duty_for_current(10))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 10)
     pilot.pwm_f()
     until(lambda: emu.mode == "disabled", what="$FD")
     pilot.pwm_off()
@@ -135,8 +139,7 @@ def test_pwm_off_sleeps_and_pwm_f_disables(emu, devices):
 
 def test_current_change_while_enabled_sends_only_sc(emu, devices):
     pilot = devices("pilot")
-    pilot.pwm_on(duty_for_current(32))
-    until(lambda: emu.mode == "enabled" and emu.current_a == 32)
+    offer(emu, pilot, 32)
     count = len(emu.commands)
     pilot.pwm_on(duty_for_current(20))
     until(lambda: emu.current_a == 20)
@@ -176,8 +179,7 @@ def test_duty_that_allows_no_charging_is_no_current(duty):
 
 def test_released_board_is_left_asleep(emu):
     pilot = openevse.pilot({"port": emu.port}, Ctx())
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     pilot.release()
     assert emu.mode == "sleeping"
 
@@ -216,8 +218,7 @@ def test_unknown_state_is_no_reading():
 @pytest.mark.parametrize("ev, iec", [("A", A), ("B", B), ("C", C), ("D", D)])
 def test_ev_states_reach_the_reading_over_the_wire(emu, devices, ev, iec):
     pilot = devices("pilot")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     emu.set_ev(ev)
     until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is iec, what=f"state {iec}")
     assert diode_present(pilot.read().low_v) is (iec is not A)
@@ -244,8 +245,7 @@ def test_disabled_board_reads_as_f(emu, devices):
 
 def test_feedback_follows_the_boards_relay(emu, devices):
     pilot, relay = devices("pilot"), devices("contactor")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     emu.set_ev("C")
     until(lambda: relay.feedback_closed(), what="relay closed")
     relay.close()
@@ -256,8 +256,7 @@ def test_feedback_follows_the_boards_relay(emu, devices):
 
 def test_open_while_the_relay_is_closed_opens_it_at_once(emu, devices):
     pilot, relay = devices("pilot"), devices("contactor")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     emu.set_ev("C")
     until(lambda: relay.feedback_closed())
     relay.close()
@@ -270,8 +269,7 @@ def test_open_while_the_relay_is_closed_opens_it_at_once(emu, devices):
 
 def test_relay_closed_without_consent_is_forced_open_after_the_grace(emu, devices):
     pilot, relay = devices("pilot", relay_grace_s=0.05), devices("contactor", relay_grace_s=0.05)
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     emu.set_ev("C")  # the board closes by itself; the core never calls close()
     until(lambda: "FD" in emu.commands, what="$FD")
     until(lambda: emu.mode == "sleeping" and not relay.feedback_closed())
@@ -285,8 +283,7 @@ def test_stuck_relay_reads_as_closed(emu, devices):
 
 def test_board_leaving_its_mode_gets_it_again(emu, devices):
     pilot = devices("pilot")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     count = len(emu.commands)
     with emu._lock:  # someone pressed the board's button: it went to sleep
         emu.mode = "sleeping"
@@ -299,8 +296,7 @@ def test_board_leaving_its_mode_gets_it_again(emu, devices):
 
 def test_meter_reads_current_voltage_and_energy(emu, devices):
     pilot, meter = devices("pilot"), devices("meter")
-    pilot.pwm_on(duty_for_current(16))
-    until(lambda: emu.mode == "enabled")
+    offer(emu, pilot, 16)
     emu.set_ev("C")
     until(lambda: (r := safe_read(pilot)) is not None and classify(r.high_v) is C)
     emu.advance(3600)  # one hour at 16 A, 240 V: 3840 Wh
@@ -336,7 +332,7 @@ def test_nk_is_try_again_naming_the_command(emu, devices):
 
 def test_corrupt_answer_is_try_again_and_the_link_survives(emu, devices):
     meter = devices("meter")
-    emu.corrupt_next = True
+    emu.corrupt_next.add("GG")
     with pytest.raises(TryAgain, match="corrupt answer"):
         asyncio.run(meter.read())
     assert asyncio.run(meter.read()).voltage_v == (240.0,)
@@ -391,7 +387,7 @@ def test_async_state_notification_calls_on_change(legacy):
             await asyncio.wait_for(changed.wait(), timeout=1.5)
 
         try:
-            until(lambda: board.mode == "sleeping")
+            offer(board, pilot, 16)  # enabled, so the EV's arrival changes the EVSE state itself
             asyncio.run(main())
             assert classify(pilot.read().high_v) is B
         finally:
