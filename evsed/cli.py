@@ -64,6 +64,16 @@ def cmd_run(args) -> int:
         logs.flush()
 
 
+def cmd_check(args) -> int:
+    cfg = load_config(args, required=True)
+    from evsed import check, logs
+    logs.configure("error", "text")  # the report is the output
+    try:
+        return check.main(cfg, args.json)
+    finally:
+        logs.flush()
+
+
 def cmd_status(args) -> int:
     cfg = load_config(args, required=False)
     reply = control.request(_runtime_dir(cfg), {"cmd": "status"})
@@ -203,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("run", cmd_run, "run the daemon")
+    sp = add("check", cmd_check, "validate the config and open every configured device once")
+    sp.add_argument("--json", action="store_true")
     sp = add("status", cmd_status, "live status of the running daemon")
     sp.add_argument("--json", action="store_true")
     sp = add("sessions", cmd_sessions, "list session records")
@@ -259,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `evsed sessions | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

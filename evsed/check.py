@@ -1,0 +1,152 @@
+"""`evsed check`: open every configured device once and report what it read.
+
+For installers: run it before starting the service. It never closes the contactor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any
+
+from evsed import backends
+from evsed.config import Config
+from evsed.daemon import StartError, StateLock, build_world
+from evsed.pilot import classify, diode_present
+from hal import Closable, ContactorFeedback, HalError, MeterReading
+
+METER_TIMEOUT_S = 5.0
+
+
+def _phase_list(values: tuple[float, ...]) -> list[float] | None:
+    return [round(v, 3) for v in values] if values else None
+
+
+def meter_json(r: MeterReading) -> dict[str, Any]:
+    return {"voltage_v": _phase_list(r.voltage_v), "current_a": _phase_list(r.current_a),
+            "power_w": _phase_list(r.power_w), "power_total_w": round(r.power_total_w, 1),
+            "energy_import_wh": r.energy_import_wh,
+            "frequency_hz": None if r.frequency_hz is None else round(r.frequency_hz, 2)}
+
+
+def _fail(exc: BaseException) -> dict[str, Any]:
+    return {"ok": False, "error": str(exc) or type(exc).__name__}
+
+
+async def _check_device(kind: str, device_cfg, ctx) -> tuple[Any, dict[str, Any]]:
+    try:
+        device = backends.create(kind, device_cfg.backend, dict(device_cfg.options), ctx)
+    except (HalError, OSError, ValueError, RuntimeError) as exc:
+        return None, {"backend": device_cfg.backend, **_fail(exc)}
+    try:
+        report = await _read(kind, device)
+    except (HalError, OSError, TimeoutError, ValueError) as exc:
+        report = _fail(exc)
+    return device, {"backend": device_cfg.backend, **report}
+
+
+async def _read(kind: str, device) -> dict[str, Any]:
+    if kind == "pilot":
+        device.pwm_off()  # steady +12 V: with nothing plugged in this reads state A
+        r = device.read()
+        state = classify(r.high_v)
+        return {"ok": not math.isnan(r.high_v), "high_v": round(r.high_v, 2), "low_v": round(r.low_v, 2),
+                "state": state.value if state else None, "diode": diode_present(r.low_v)}
+    if kind == "contactor":
+        device.open()
+        if isinstance(device, ContactorFeedback):
+            closed = device.feedback_closed()
+            ok = not closed
+            return {"ok": ok, "feedback": "closed" if closed else "open",
+                    **({} if ok else {"error": "feedback reads closed after an open command: welded?"})}
+        return {"ok": True, "feedback": None}
+    if kind == "rcd":
+        tripped = device.tripped()
+        return {"ok": not tripped, "tripped": tripped, **({"error": "RCD input is tripped"} if tripped else {})}
+    if kind == "meter":
+        reading = await asyncio.wait_for(device.read(), METER_TIMEOUT_S)
+        return {"ok": True, **meter_json(reading)}
+    return {"ok": True, "found": True}
+
+
+def _release(device) -> None:
+    if isinstance(device, Closable):
+        try:
+            device.release()
+        except (HalError, OSError):
+            pass
+
+
+async def run_check(config: Config) -> dict[str, Any]:
+    shared: dict[str, Any] = {}
+    world = build_world(config, time.monotonic)
+    if world is not None:
+        shared["sim"] = world
+    report: dict[str, Any] = {"config": str(config.path), "connectors": [], "meter": None, "rfid": None}
+    opened = []
+    try:
+        for conn in config.connectors:
+            ctx = backends.BackendContext(conn.id, shared)
+            entry: dict[str, Any] = {"id": conn.id}
+            for kind in ("contactor", "pilot", "rcd", "meter"):  # contactor first: make sure it is open
+                device_cfg = getattr(conn, kind)
+                if device_cfg is None:
+                    entry[kind] = None
+                    continue
+                device, entry[kind] = await _check_device(kind, device_cfg, ctx)
+                if device is not None:
+                    opened.append(device)
+            report["connectors"].append(entry)
+            if report["meter"] is None and entry["meter"] is not None:
+                report["meter"] = entry["meter"]
+        if config.rfid is not None:
+            device, report["rfid"] = await _check_device("rfid", config.rfid, backends.BackendContext(0, shared))
+            if device is not None:
+                opened.append(device)
+    finally:
+        for device in reversed(opened):
+            _release(device)
+    parts = [d for c in report["connectors"] for d in (c["pilot"], c["contactor"], c["rcd"], c["meter"]) if d]
+    parts += [report["rfid"]] if report["rfid"] else []
+    report["ok"] = all(p["ok"] for p in parts)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"config {report['config']}: valid"]
+
+    def line(name: str, d: dict | None) -> None:
+        if d is None:
+            return
+        mark = "ok  " if d["ok"] else "FAIL"
+        detail = {k: v for k, v in d.items() if k not in ("ok", "backend", "error")}
+        text = ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None)
+        err = f" -- {d['error']}" if d.get("error") else ""
+        lines.append(f"  {mark} {name:20s} {d['backend']}: {text}{err}")
+
+    for c in report["connectors"]:
+        for kind in ("pilot", "contactor", "rcd", "meter"):
+            line(f"connector {c['id']} {kind}", c[kind])
+    line("card reader", report["rfid"])
+    lines.append("all devices answered" if report["ok"] else "some devices failed")
+    return "\n".join(lines)
+
+
+def main(config: Config, as_json: bool) -> int:
+    lock = StateLock(config.store.state_dir)
+    try:
+        lock.acquire()  # the daemon holds the devices while it runs
+    except StartError as exc:
+        print(f"evsed check: {exc}; stop it first (systemctl stop evsed)")
+        return 1
+    except OSError:
+        lock = None  # no writable state directory yet: nothing to collide with
+    try:
+        report = asyncio.run(run_check(config))
+    finally:
+        if lock is not None:
+            lock.release()
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+    return 0 if report["ok"] else 1

@@ -1,0 +1,69 @@
+"""`evsed check`: every configured device opened once, a JSON report, exit 1 on a failure."""
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from evsed import check, config
+from hal.meter_models import MODELS
+from test_modbus_meters import KNOWN, SimulatedMeter, tcp_server
+
+ROOT = Path(__file__).parent.parent
+
+
+def sim_config(tmp_path: Path, meter: str = "") -> Path:
+    text = (ROOT / "config" / "simulator.toml").read_text()
+    if meter:
+        text = text.replace('[connector.meter]\nbackend = "sim"', meter)
+    text += f'\n[store]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+    path = tmp_path / "evsed.toml"
+    path.write_text(text)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_simulator_check_passes_and_reports_every_device(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "check", "-c", str(sim_config(tmp_path)), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    conn = report["connectors"][0]
+    assert conn["pilot"]["state"] == "A" and conn["pilot"]["high_v"] == 12.0
+    assert conn["contactor"]["feedback"] == "open" and conn["rcd"]["tripped"] is False
+    assert report["rfid"]["ok"] and report["ok"]
+    assert set(report["meter"]) >= {"voltage_v", "current_a", "power_w", "power_total_w", "energy_import_wh",
+                                    "frequency_hz"}
+
+
+def test_modbus_meter_is_read_in_units_with_null_where_the_model_lacks_it(tmp_path):
+    async def scenario():
+        async with tcp_server(SimulatedMeter(MODELS["sdm72d"])) as port:
+            meter = (f'[connector.meter]\nbackend = "modbus"\nmodel = "sdm72d"\ntransport = "tcp"\n'
+                     f'host = "127.0.0.1"\ntcp_port = {port}\ntimeout_s = 0.5')
+            return await check.run_check(config.load(sim_config(tmp_path, meter)))
+
+    report = asyncio.run(scenario())
+    assert report["ok"]
+    meter = report["meter"]
+    assert meter["energy_import_wh"] == KNOWN["energy_import_wh"]
+    assert meter["power_total_w"] == KNOWN["power_total_w"]
+    assert meter["voltage_v"] is None and meter["current_a"] is None and meter["frequency_hz"] is None
+
+
+def test_a_meter_that_does_not_answer_fails_the_check_with_the_reason(tmp_path):
+    meter = (f'[connector.meter]\nbackend = "modbus"\nmodel = "sdm630"\ntransport = "tcp"\n'
+             f'host = "127.0.0.1"\ntcp_port = {free_port()}\ntimeout_s = 0.2')
+    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "check", "-c", str(sim_config(tmp_path, meter))],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    line = next(l for l in proc.stdout.splitlines() if "connector 1 meter" in l)
+    assert line.lstrip().startswith("FAIL") and "127.0.0.1" in line
+    assert proc.stdout.rstrip().endswith("some devices failed")
