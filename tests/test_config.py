@@ -112,3 +112,9 @@ def test_missing_file_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evsed.cli", "run", "-c", str(tmp_path / "nope.toml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot read" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    cfg = config.load(path)
+    assert cfg.connectors and cfg.connectors[0].contactor.backend
