@@ -7,6 +7,7 @@ clock) drive the same code. Contactor commands happen inside feed(), before anyt
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections import deque
 from dataclasses import replace
@@ -18,7 +19,7 @@ from evsed import core
 from evsed import events as ev
 from evsed.auth import LocalAuthorizer
 from evsed.store import LiveSession, utc_iso
-from hal import ContactorFeedback, HalError, MeterReading, SelfTest
+from hal import ContactorFeedback, HalError, MeterReading, Notifying, PilotReading, SelfTest
 
 log = structlog.get_logger("evsed")
 
@@ -35,6 +36,7 @@ class ConnectorControl:
         self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
                            has_meter=self.meter is not None)
         self.state = core.Connector()
+        self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
         self.clock, self.wallclock, self.timezone = clock, wallclock, timezone
         self.authorizer, self.writer, self.schedule = authorizer, writer, schedule
         self.checkpoint_s = checkpoint_s
@@ -86,20 +88,31 @@ class ConnectorControl:
             self._busy = False
         self.schedule(core.next_deadline(self.cfg, self.state))
 
-    def poll_inputs(self) -> None:
-        """Read pilot, RCD and contactor feedback once and feed what they say."""
+    def read_pilot(self) -> PilotReading | HalError:
+        """One pilot reading, or the error; may run in a worker thread (an ADC burst takes ms)."""
+        try:
+            return self.pilot.read()
+        except HalError as exc:
+            return exc
+
+    def poll_inputs(self, pilot: PilotReading | HalError | None = None) -> None:
+        """Feed the RCD, the pilot and the contactor feedback as they read now.
+
+        pilot: a reading taken off the loop; None reads it here when the pilot is a pushing
+        (Notifying) device whose reads are instant, and skips it otherwise.
+        """
         self.input_at = time.perf_counter()
         if self.rcd is not None:
             tripped = bool(self.rcd.tripped())
             if tripped != self._rcd_tripped:
                 self._rcd_tripped = tripped
                 self.feed(ev.FaultInputChanged(tripped))
-        try:
-            reading = self.pilot.read()
-        except HalError as exc:
-            self.feed(ev.PilotUnreadable(str(exc)))
-        else:
-            self.feed(ev.PilotMeasured(reading.high_v, reading.low_v))
+        if pilot is None and self.pilot_reads_instantly:
+            pilot = self.read_pilot()
+        if isinstance(pilot, HalError):
+            self.feed(ev.PilotUnreadable(str(pilot)))
+        elif pilot is not None:
+            self.feed(ev.PilotMeasured(pilot.high_v, pilot.low_v))
         if self.cfg.has_feedback:
             closed = bool(self.contactor.feedback_closed())
             if closed != self._feedback:
@@ -111,6 +124,11 @@ class ConnectorControl:
         self.feed(ev.Tick())
 
     def meter_sampled(self, reading: MeterReading) -> None:
+        problem = _implausible(reading, self.last_reading)
+        if problem:  # garbage from a backend that did not catch it itself: a failed read
+            self.log.warning("meter.garbage", detail=problem)
+            self.meter_failed(problem)
+            return
         self.last_reading = reading
         self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
         s = self.session
@@ -227,6 +245,18 @@ class ConnectorControl:
             "last_refusal": self.last_refusal,
             "limits": dict(st.limits),
         }
+
+
+def _implausible(reading: MeterReading, previous: MeterReading | None) -> str:
+    numbers = [reading.power_total_w, *reading.current_a]
+    if any(not math.isfinite(x) for x in numbers):
+        return "meter returned a non-finite value"
+    if reading.energy_import_wh < 0:
+        return f"meter energy {reading.energy_import_wh} Wh is negative"
+    if previous is not None and reading.energy_import_wh < previous.energy_import_wh:
+        return (f"meter energy went backwards: {previous.energy_import_wh} Wh -> "
+                f"{reading.energy_import_wh} Wh")
+    return ""
 
 
 def route_card(ctrls: list[ConnectorControl], uid: str) -> int:

@@ -180,7 +180,10 @@ class Daemon:
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
         interval = self.config.timing.pilot_poll_s
         while True:
-            ctrl.poll_inputs()
+            if ctrl.pilot_reads_instantly:
+                ctrl.poll_inputs()
+            else:  # an ADC burst: read in a worker so the loop stays free for safety events
+                ctrl.poll_inputs(await asyncio.to_thread(ctrl.read_pilot))
             await asyncio.sleep(interval)
 
     async def _poll_meter(self, ctrl: ConnectorControl) -> None:

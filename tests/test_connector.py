@@ -1,0 +1,150 @@
+"""The connector shell: devices driven from core actions, meter garbage, SD-card friendly writes."""
+
+import datetime as dt
+
+from evsed import core, events as ev
+from evsed.auth import LocalAuthorizer
+from evsed.config import Card
+from evsed.connector import ConnectorControl
+from evsed.store import InlineWriter, Store
+from hal import MeterReading, PilotReading, TryAgain
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class Pilot:
+    """A plain pilot device (no on_change): its reads are slow, the daemon takes them off the loop."""
+
+    def __init__(self):
+        self.high_v, self.low_v, self.reads, self.output = 12.0, 12.0, 0, "off"
+
+    def pwm_on(self, duty_pct):
+        self.output = f"pwm {duty_pct}"
+
+    def pwm_off(self):
+        self.output = "off"
+
+    def pwm_f(self):
+        self.output = "f"
+
+    def read(self):
+        self.reads += 1
+        if self.high_v is None:
+            raise TryAgain("ADC timeout")
+        return PilotReading(self.high_v, self.low_v)
+
+
+class Contactor:
+    def __init__(self):
+        self.closed, self.commands = False, []
+
+    def close(self):
+        self.closed = True
+        self.commands.append("close")
+
+    def open(self):
+        self.closed = False
+        self.commands.append("open")
+
+
+class Meter:
+    async def read(self):
+        raise AssertionError("the shell does not read the meter itself")
+
+
+def make(tmp_path, clock, checkpoint_s=60.0):
+    store = Store(tmp_path / "s.db")
+    pilot, contactor = Pilot(), Contactor()
+    ctrl = ConnectorControl(1, core.CoreConfig(), {"pilot": pilot, "contactor": contactor, "meter": Meter()},
+                            clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
+                            authorizer=LocalAuthorizer((Card("04A1B2C3", "Alice"),)),
+                            writer=InlineWriter(store), timezone=dt.timezone.utc, checkpoint_s=checkpoint_s)
+    return ctrl, pilot, contactor, store
+
+
+def reading(energy_wh, amps=16.0):
+    return MeterReading(energy_import_wh=energy_wh, power_total_w=amps * 230 * 3, current_a=(amps,) * 3)
+
+
+def charge(ctrl, pilot, clock):
+    ctrl.start()
+    ctrl.meter_sampled(reading(1000, 0.0))
+    pilot.high_v = 9.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.feed(ev.CardPresented("04A1B2C3"))
+    pilot.high_v, pilot.low_v = 6.0, -12.0
+    clock.now += 0.05
+    ctrl.poll_inputs(ctrl.read_pilot())
+
+
+def test_slow_pilot_is_only_read_when_the_caller_passes_a_reading(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, _ = make(tmp_path, clock)
+    ctrl.start()
+    assert contactor.commands == ["open"] and pilot.output == "off"
+    ctrl.poll_inputs()
+    assert pilot.reads == 0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    assert pilot.reads == 1 and ctrl.state.pilot.value == "A"
+    pilot.high_v = None
+    ctrl.poll_inputs(ctrl.read_pilot())
+    assert ctrl.state.pilot is None  # an unreadable pilot is a lost pilot
+
+
+def test_plug_tap_closes_and_unplug_stores_the_session(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    assert contactor.closed and pilot.output.startswith("pwm 53.3")
+    clock.now += 600
+    ctrl.meter_sampled(reading(2840))
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    assert not contactor.closed
+    (row,) = store.sessions()
+    assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (1000, 2840, 1840)
+    assert row["peak_power_w"] == 16.0 * 230 * 3 and row["stop_reason"] == "ev_disconnected"
+
+
+def test_meter_going_backwards_is_a_failed_read_not_a_reading(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, _ = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    ctrl.meter_sampled(reading(5000))
+    ctrl.meter_sampled(reading(4000))
+    assert ctrl.last_reading.energy_import_wh == 5000
+    assert "backwards" in ctrl.state.meter_error
+    ctrl.meter_sampled(MeterReading(6000, float("nan"), (16.0,) * 3))
+    assert ctrl.session.meter_last_wh == 5000 and "non-finite" in ctrl.state.meter_error
+
+
+def test_running_session_is_checkpointed_at_most_once_per_checkpoint_period(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock, checkpoint_s=60.0)
+    writes = []
+    original = store.checkpoint
+    store.checkpoint = lambda *a: (writes.append(a), original(*a))
+    charge(ctrl, pilot, clock)
+    for second in range(1, 601):  # ten minutes of meter samples, one a second
+        clock.now += 1.0
+        ctrl.meter_sampled(reading(1000 + second))
+    assert 9 <= len(writes) <= 10  # one a minute, never one a sample
+    (row,) = store.sessions()
+    assert row["stopped_at"] is None and row["energy_wh"] >= 540
+
+
+def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, _ = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    assert contactor.closed
+    ctrl.state = ctrl.state.__class__(**{**{f: getattr(ctrl.state, f) for f in ctrl.state.__dataclass_fields__},
+                                         "diode_ok": False})
+    ctrl.feed(ev.LimitChanged("test", 16.0))
+    assert not contactor.closed
