@@ -15,8 +15,8 @@ from typing import Any, Callable
 import structlog
 
 from hal import DeviceUnavailable, HalError, MeterReading, PilotReading, TryAgain
-from hal.rapi import (DIODE_CHECK_FAILED, DISABLED, SLEEPING, STATE_UNKNOWN, TRIP_STATES, BoardState, Frame,
-                      RapiLink, Refused, amps_for_duty, ev_connected, parse_state, pilot_reading, relay_closed)
+from hal.rapi import (TRIP_STATES, BoardState, Frame, RapiLink, Refused, amps_for_duty, ev_connected,
+                      left_mode, parse_state, pilot_reading, relay_closed)
 
 # How it fits evsed's interfaces (the design choice):
 # - One Board per serial port, shared by the four devices through ctx.shared. A worker thread
@@ -208,7 +208,7 @@ class Board:
             self._set_current(amps)
             self._acked_amps = amps
         if (mode == self._acked_mode and state is not None and self._polled_at > self._acked_at
-                and _drifted(mode, state.evse_state)):
+                and left_mode(mode, state.evse_state)):
             log.warning("openevse.mode_drift", port=self.port, mode=mode, evse_state=f"{state.evse_state:02x}")
             self._acked_mode = None  # the board left the mode (button, reboot, timer): send it again
         if mode != self._acked_mode:
@@ -230,10 +230,8 @@ class Board:
             if not value.isdigit() or int(value) > amps:
                 raise
             log.warning("openevse.current_clamped", port=self.port, wanted_a=amps, set_a=int(value))
-            self.board_current_a = int(value)
-            return None
+            frame = exc.frame
         self.board_current_a = int(frame.args[0]) if frame.args and frame.args[0].isdigit() else amps
-        return None
 
     # --- the reader thread's notifications --------------------------------------------------------
 
@@ -264,14 +262,6 @@ class Board:
                 callback()
             except Exception:  # a consumer's bug must not stop the board's updates
                 log.exception("openevse.callback_failed", port=self.port)
-
-
-def _drifted(mode: str, evse_state: int) -> bool:
-    if DIODE_CHECK_FAILED <= evse_state < SLEEPING or evse_state == STATE_UNKNOWN:
-        return False  # a fault: the board decides, resending would not help
-    if mode == "enable":
-        return evse_state in (SLEEPING, DISABLED)
-    return evse_state != (SLEEPING if mode == "sleep" else DISABLED)
 
 
 # --- the devices ------------------------------------------------------------------------------------

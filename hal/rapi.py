@@ -201,6 +201,15 @@ def _duty_for_amps(amps: int) -> float:
     return math.floor(duty * 10.0 + 1e-6) / 10.0
 
 
+def left_mode(mode: str, evse_state: int) -> bool:
+    """True when the board's state says it is not in mode (enable, sleep, disable); faults never count."""
+    if DIODE_CHECK_FAILED <= evse_state < SLEEPING or evse_state == STATE_UNKNOWN:
+        return False  # a fault: the board decides, resending would not help
+    if mode == "enable":
+        return evse_state in (SLEEPING, DISABLED)
+    return evse_state != (SLEEPING if mode == "sleep" else DISABLED)
+
+
 def _ev_current_a(duty_pct: float) -> float:
     """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 where none is allowed."""
     if math.isnan(duty_pct) or duty_pct < 8.0 or duty_pct > 97.0:
