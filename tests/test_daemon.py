@@ -1,6 +1,7 @@
 """The daemon end to end on the simulator: control socket, sessions, exit paths, the state lock."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,19 @@ async def ask(cfg, req: dict) -> dict:
     return await asyncio.to_thread(control.request, cfg.store.runtime_dir, req)
 
 
+@contextlib.asynccontextmanager
+async def running(cfg):
+    """A daemon started in this loop; stopped (SIGTERM's path) when the block ends."""
+    daemon = Daemon(cfg)
+    run = asyncio.create_task(daemon.run())
+    await daemon.ready.wait()
+    try:
+        yield daemon
+    finally:
+        daemon.stopping.set()
+        daemon.exit_status = await run
+
+
 def test_plug_tap_charge_unplug_over_the_control_socket(tmp_path):
     cfg = config.load(write_config(tmp_path))
 
@@ -72,19 +86,15 @@ def test_unknown_card_is_refused_and_status_says_why(tmp_path):
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        daemon = Daemon(cfg)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        await ask(cfg, {"cmd": "sim", "action": "plug"})
-        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
-        ctrl = daemon.connectors[1]
-        await until(lambda: ctrl.last_refusal is not None)
-        status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
-        assert status["state"] == "B" and status["contactor"] == "open"
-        assert status["last_refusal"]["reason"] == "unknown card"
-        assert "card refused: unknown card" in status["reason"]
-        daemon.stopping.set()
-        await run
+        async with running(cfg) as daemon:
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
+            ctrl = daemon.connectors[1]
+            await until(lambda: ctrl.last_refusal is not None)
+            status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
+            assert status["state"] == "B" and status["contactor"] == "open"
+            assert status["last_refusal"]["reason"] == "unknown card"
+            assert "card refused: unknown card" in status["reason"]
 
     asyncio.run(scenario())
 
@@ -93,18 +103,15 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_lives(tmp_pa
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        daemon = Daemon(cfg)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
-        for junk in (b"not json\n", b"[1,2]\n", b'{"cmd": "launch"}\n', b'{"cmd": "sim", "action": "fault", "kind": "x"}\n'):
-            writer.write(junk)
-            reply = json.loads(await reader.readline())
-            assert reply["ok"] is False and reply["error"]
-        writer.close()
-        assert (await ask(cfg, {"cmd": "ping"}))["ok"]
-        daemon.stopping.set()
-        await run
+        async with running(cfg):
+            reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
+            for junk in (b"not json\n", b"[1,2]\n", b'{"cmd": "launch"}\n',
+                         b'{"cmd": "sim", "action": "fault", "kind": "x"}\n'):
+                writer.write(junk)
+                reply = json.loads(await reader.readline())
+                assert reply["ok"] is False and reply["error"]
+            writer.close()
+            assert (await ask(cfg, {"cmd": "ping"}))["ok"]
 
     asyncio.run(scenario())
 
@@ -136,14 +143,10 @@ def test_second_daemon_on_the_same_state_directory_refuses(tmp_path):
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        first = Daemon(cfg)
-        run = asyncio.create_task(first.run())
-        await first.ready.wait()
-        with pytest.raises(StartError, match="another evsed"):
-            await Daemon(cfg).run()
-        assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # the refused one did not take the socket
-        first.stopping.set()
-        await run
+        async with running(cfg):
+            with pytest.raises(StartError, match="another evsed"):
+                await Daemon(cfg).run()
+            assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # the refused one did not take the socket
 
     asyncio.run(scenario())
 
@@ -211,13 +214,8 @@ def test_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(tmp_path, monke
     monkeypatch.setenv("WATCHDOG_USEC", "20000")
 
     async def scenario():
-        daemon = Daemon(cfg)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        messages = [await asyncio.to_thread(listener.recv, 64) for _ in range(3)]
-        daemon.stopping.set()
-        await run
-        return messages
+        async with running(cfg):
+            return [await asyncio.to_thread(listener.recv, 64) for _ in range(3)]
 
     messages = asyncio.run(scenario())
     assert messages[0] == b"READY=1" and messages[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"]
