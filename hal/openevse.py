@@ -313,22 +313,23 @@ class OpenEvseContactor(_Device):
         self.board.allow_relay(False)
 
     def feedback_closed(self) -> bool:
-        return relay_closed(self.board.state())
+        # The last report however old: a silent board is the pilot's TryAgain (pilot lost), once.
+        state = self.board.last_state
+        return state is not None and relay_closed(state)
 
 
 class OpenEvseRcd(_Device):
     """The board's GFCI (and ground check): tripped while the board is in one of those fault states."""
 
     def tripped(self) -> bool:
-        return self.board.state().evse_state in TRIP_STATES
+        state = self.board.last_state  # as feedback_closed(): staleness is the pilot's to report
+        return state is not None and state.evse_state in TRIP_STATES
 
 
 class OpenEvseMeter(_Device):
     """The board's ammeter: $GG (mA, mV) and $GU (session W*s, total Wh), one phase."""
 
-    def __init__(self, board: Board):
-        super().__init__(board)
-        self._energy_wh = 0
+    _energy_wh = 0  # the highest import register reported, per instance once set
 
     async def _ask(self, command: str) -> Frame:
         # The worker answers within timeout_s; the guard only covers a worker that is gone.

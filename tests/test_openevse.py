@@ -358,6 +358,16 @@ def test_silent_board_is_try_again_and_the_state_goes_stale(emu, devices):
     until(lambda: safe_read(pilot) is not None, what="recovery")
 
 
+def test_rcd_and_feedback_keep_the_last_report_while_only_the_pilot_goes_stale(emu, devices):
+    pilot = devices("pilot", stale_s=0.3, timeout_s=0.1)
+    relay, rcd = devices("contactor", stale_s=0.3, timeout_s=0.1), devices("rcd", stale_s=0.3, timeout_s=0.1)
+    emu.set_fault(S.GFCI_FAULT)
+    until(lambda: rcd.tripped(), what="GFCI trip")
+    emu.mute = True
+    until(lambda: safe_read(pilot) is None, what="stale state")
+    assert rcd.tripped() and not relay.feedback_closed()  # no exception into the daemon's input poll
+
+
 def test_missing_port_is_unavailable_naming_the_file():
     with pytest.raises(DeviceUnavailable, match=r"/dev/ttyEVSED-missing.*no such device file"):
         openevse.pilot({"port": "/dev/ttyEVSED-missing"}, Ctx())
