@@ -24,7 +24,7 @@ from hal.rapi import (TRIP_STATES, BoardState, Frame, RapiLink, Refused, amps_fo
 #   the board to the *desired* output (enable + $SC amps, sleep, disable) the pilot and contactor
 #   record. The reader thread turns async $AT/$ST into cache updates and on_change callbacks.
 #   So pwm_on()/read()/tripped() never wait on the serial line: they set a wish or read a cache
-#   (a stale cache raises TryAgain), and a failed command is simply retried on the next round.
+#   (stale: read() raises TryAgain), and a failed command is simply retried on the next round.
 # - The board closes its relay by itself when the EV asks (state C) and the board is enabled.
 #   close()/open() record what the core allows; feedback_closed() reports the board's relay. If
 #   the relay is closed while the core does not allow it (open() called, or longer than
