@@ -342,6 +342,8 @@ def _on_limit(cfg, s: Connector, e: ev.LimitChanged, now, out) -> Connector:
 
 
 def _on_meter(cfg, s: Connector, e: ev.MeterSampled, now, out) -> Connector:
+    if any(math.isnan(a) for a in e.current_a):  # garbage must not feed the meter watchdog
+        return replace(s, meter_error="NaN current")
     s = replace(s, meter_ok_at=now, meter_error="")
     if not s.contactor_closed or s.offered_a <= 0 or not e.current_a:
         return replace(s, overcurrent_since=None)
@@ -497,8 +499,9 @@ def _start_session_if_due(cfg: CoreConfig, s: Connector, out: list) -> Connector
 
 def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
     blocker = offer_blocker(cfg, s, now)
-    if locked_out(s) or (not s.operative and not s.session):
-        mode, duty, offered = "f", None, 0.0
+    in_grace = s.contactor_closed and safety_blocker(cfg, s, now) is None  # may stay closed
+    if locked_out(s) or (not s.operative and not s.session and not in_grace):
+        mode, duty, offered = "f", None, 0.0  # not during a stop grace: -12 V hides the EV
     elif blocker is None:
         duty = duty_for_current(allowed_current_a(cfg, s))
         mode, offered = "pwm", current_for_duty(duty)

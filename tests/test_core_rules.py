@@ -358,6 +358,17 @@ def test_meter_silence_opens():
     assert "meter" in r.s.reason
 
 
+def test_nan_meter_samples_do_not_count_as_readings():
+    r = Rig()
+    r.charge(0.0)
+    log = []
+    for i in range(1, 13):
+        log += r.at(float(i), ev.MeterSampled((math.nan,) * 3, math.nan, 1000))
+        log += r.ev(float(i), C)
+    assert ev.OpenContactor in kinds(log)
+    assert not r.s.contactor_closed
+
+
 def test_meter_failures_do_not_count_as_readings():
     r = Rig()
     r.charge(0.0)
@@ -661,6 +672,19 @@ def test_availability_change_waits_for_session_end():
     assert ev.CardRefused(CARD, "connector unavailable") in r.at(11.0, ev.CardPresented(CARD))
     r.at(12.0, ev.SetAvailability(True))
     assert r.s.output == "off" and r.s.status is ConnectorStatus.AVAILABLE
+
+
+def test_stop_on_an_unavailable_connector_still_gives_the_grace():
+    r = Rig()
+    r.charge(0.0)
+    r.at(0.2, ev.SetAvailability(False))
+    actions = r.at(0.25, ev.StopRequested(StopReason.LOCAL))
+    assert ev.OpenContactor not in kinds(actions)
+    assert ev.SetPilot("off", None, 0.0) in actions  # not -12 V: that would hide the EV
+    actions = r.ev(1.0, B)
+    assert isinstance(actions[0], ev.OpenContactor)
+    r.ev(1.1, B)
+    assert r.s.output == "f" and r.s.status is ConnectorStatus.UNAVAILABLE
 
 
 def test_no_session_starts_on_an_unavailable_connector():
