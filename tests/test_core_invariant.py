@@ -119,7 +119,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.limits.pop(e.source, None)
             if e.current_a is not None:
                 self.limits[e.source] = 0.0 if math.isnan(e.current_a) else max(0.0, e.current_a)
-        elif isinstance(e, ev.MeterSampled):
+        elif isinstance(e, ev.MeterSampled) and not any(map(math.isnan, e.current_a)):
             self.meter_at = self.now
         elif isinstance(e, ev.ContactorFeedback) and e.closed != self.feedback:
             self.feedback, self.feedback_at = e.closed, self.now
@@ -262,10 +262,10 @@ class CoreMachine(RuleBasedStateMachine):
         self.advance(dt)
         self.feed(ev.LimitChanged(source, current))
 
-    @rule(factor=st.sampled_from([0.0, 0.5, 1.0, 1.05, 1.2, 2.0]), dt=dts)
+    @rule(factor=st.sampled_from([0.0, 0.5, 1.0, 1.05, 1.2, 2.0, math.nan]), dt=dts)
     def meter(self, factor, dt):
         self.advance(dt)
-        a = self.s.offered_a * factor if self.physical else 0.0
+        a = self.s.offered_a * factor if self.physical or math.isnan(factor) else 0.0
         self.feed(ev.MeterSampled((a, a, a), a * 690.0, 1000))
 
     @rule(dt=dts)
