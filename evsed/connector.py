@@ -132,6 +132,10 @@ class ConnectorControl:
         self.last_reading = reading
         self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
         s = self.session
+        if s is not None and s.meter_start_unknown:  # started before the meter first answered
+            s.meter_start_unknown = False
+            s.meter_start_wh = s.meter_last_wh = reading.energy_import_wh
+            self.writer.submit(lambda st, wh=reading.energy_import_wh: s.row_id and st.set_meter_start(s.row_id, wh))
         if s is not None:
             s.meter_last_wh = max(s.meter_last_wh, reading.energy_import_wh)
             s.power_w = reading.power_total_w
@@ -201,7 +205,8 @@ class ConnectorControl:
         card = self.authorizer.card(a.id_tag)
         energy = self.last_reading.energy_import_wh if self.last_reading else 0
         s = LiveSession(self.id, a.id_tag, card.name if card else "", card.group if card else "",
-                        a.auth_source, utc_iso(self.wallclock()), energy, energy)
+                        a.auth_source, utc_iso(self.wallclock()), energy, energy,
+                        meter_start_unknown=self.meter is not None and self.last_reading is None)
         self.session = s
         self._checkpointed_at = self.clock()
         self.writer.submit(lambda st: st.start(s))

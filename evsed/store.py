@@ -59,6 +59,7 @@ class LiveSession:
     peak_power_w: float = 0.0
     power_w: float = 0.0
     row_id: int | None = None
+    meter_start_unknown: bool = False  # no meter reading yet: the first one sets the start
 
     @property
     def energy_wh(self) -> int:
@@ -93,6 +94,10 @@ class Store:
             (s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
              s.started_at, s.meter_start_wh, s.meter_last_wh))
         s.row_id = cur.lastrowid
+
+    def set_meter_start(self, row_id: int, meter_wh: int) -> None:
+        self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=? WHERE id=?",
+                        (meter_wh, meter_wh, row_id))
 
     def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str) -> None:
         self.db.execute(

@@ -148,3 +148,19 @@ def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path):
                                          "diode_ok": False})
     ctrl.feed(ev.LimitChanged("test", 16.0))
     assert not contactor.closed
+
+
+def test_session_started_before_the_first_meter_reading_starts_at_that_reading(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    ctrl.start()
+    pilot.high_v = 9.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.feed(ev.CardPresented("04A1B2C3"))  # the meter has not answered yet
+    assert ctrl.session is not None and not contactor.closed
+    ctrl.meter_sampled(reading(5000, 0.0))
+    ctrl.meter_sampled(reading(5300, 0.0))
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    (row,) = store.sessions()
+    assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (5000, 5300, 300)

@@ -1,0 +1,64 @@
+"""The daemon on an OpenEVSE board (RAPI emulator on a pty): evsed decides, the board switches."""
+
+import asyncio
+from pathlib import Path
+
+from evsed import config
+from evsed.daemon import Daemon
+from simulator.openevse_rapi import OpenEvseEmulator
+from test_daemon import until
+
+
+def board_config(tmp_path: Path, port: str) -> Path:
+    link = f'backend = "openevse"\nport = "{port}"\npoll_interval_s = 0.05\n'
+    text = f"""
+[charger]
+phases = 1
+max_current_a = 32
+[[connector]]
+cable_a = 32
+[connector.pilot]
+{link}[connector.contactor]
+{link}[connector.rcd]
+{link}[connector.meter]
+{link}[rfid]
+backend = "sim"
+[[card]]
+uid = "04A1B2C3"
+name = "Alice"
+[store]
+state_dir = "{tmp_path / 'state'}"
+runtime_dir = "{tmp_path / 'run'}"
+"""
+    path = tmp_path / "evsed.toml"
+    path.write_text(text)
+    return path
+
+
+def test_card_and_plug_charge_through_the_board_and_unplug_ends_the_session(tmp_path):
+    with OpenEvseEmulator(current_a=10, total_wh=5000) as board:
+        cfg = config.load(board_config(tmp_path, board.port))
+
+        async def scenario():
+            daemon = Daemon(cfg)
+            run = asyncio.create_task(daemon.run())
+            await daemon.ready.wait()
+            ctrl = daemon.connectors[1]
+            await until(lambda: board.mode == "sleeping")  # no session: the board may not charge
+            board.set_ev("B")
+            await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
+            daemon.world.reader.tap("04A1B2C3")
+            await until(lambda: board.mode == "enabled" and board.current_a == 32)
+            board.set_ev("C")
+            await until(lambda: ctrl.state.contactor_closed and board.relay_closed)
+            assert ctrl.session is not None and ctrl.session.card_name == "Alice"
+            board.set_ev("A")
+            await until(lambda: ctrl.session is None and not ctrl.state.contactor_closed)
+            await until(lambda: board.mode == "sleeping")
+            daemon.stopping.set()
+            assert await run == 0
+
+        asyncio.run(scenario())
+    from evsed.store import Store
+    (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
+    assert row["stop_reason"] == "ev_disconnected" and row["meter_start_wh"] >= 5000
