@@ -306,7 +306,8 @@ def _on_auth(cfg, s: Connector, e: ev.AuthorizationResult, now, out) -> Connecto
     s = replace(s, pending_tag=None)
     if not e.accepted:
         return _refuse(s, e.id_tag, e.reason or "not authorized", out)
-    return _authorize(cfg, s, e.id_tag, e.source, now)
+    refusal = _start_refusal(s, e.id_tag)  # reserved, unavailable or locked out meanwhile
+    return _refuse(s, e.id_tag, refusal, out) if refusal else _authorize(cfg, s, e.id_tag, e.source, now)
 
 
 def _authorize(cfg, s: Connector, tag: str, source: str, now) -> Connector:

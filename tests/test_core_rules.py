@@ -642,6 +642,16 @@ def test_reservation_refuses_other_cards():
     assert r.s.reservation is None
 
 
+def test_reservation_made_while_a_card_is_checked_refuses_that_card():
+    r = Rig()
+    r.ev(0.0, B)
+    r.at(0.0, ev.CardPresented(CARD))
+    r.at(0.05, ev.Reserve(OTHER, 900.0))
+    actions = r.at(0.1, ev.AuthorizationResult(CARD, True))
+    assert ev.CardRefused(CARD, "connector reserved") in actions
+    assert not r.s.session and r.s.reservation == (OTHER, 900.0)
+
+
 def test_reservation_expires():
     r = Rig()
     r.at(0.0, ev.Reserve(CARD, 600.0))
@@ -694,8 +704,10 @@ def test_no_session_starts_on_an_unavailable_connector():
     r.at(0.0, ev.CardPresented(CARD))
     r.at(0.05, ev.SetAvailability(False))
     actions = r.at(0.1, ev.AuthorizationResult(CARD, True))
-    assert ev.StartSession not in kinds(actions)
-    assert not r.s.session
+    assert ev.CardRefused(CARD, "connector unavailable") in actions
+    assert not r.s.session and r.s.id_tag is None
+    r.at(0.2, ev.SetAvailability(True))
+    assert ev.StartSession not in kinds(r.ev(0.3, B))
 
 
 def test_shutdown_opens_and_stops_session():
