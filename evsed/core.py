@@ -166,7 +166,7 @@ def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     offering = s.output == "pwm" and s.session and allowed_current_a(cfg, s) >= MIN_CURRENT_A
     if offering and s.duty_pct is not None and s.duty_pct >= 10.0:
         return None
-    if s.stopping_since is not None and now - s.stopping_since < cfg.stop_grace_s:
+    if s.stopping_since is not None and now < s.stopping_since + cfg.stop_grace_s:
         return None
     return "closed without an offer and outside the stop grace"
 
@@ -451,12 +451,12 @@ def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
         out.append(ev.FaultsCleared((Fault.RCD,)))
         s = replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.RCD})
     if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
-        if now - max(s.contactor_changed_at, s.feedback_changed_at) >= cfg.contactor_settle_s:
+        if now >= max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s:
             fault = Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH
             if fault not in s.faults:
                 s = _raise(s, fault, None, now, out, "feedback disagrees with the command")
     if (s.overcurrent_since is not None and s.contactor_closed and Fault.OVERCURRENT not in s.faults
-            and now - max(s.overcurrent_since, s.offered_changed_at) >= cfg.current_change_grace_s):
+            and now >= max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s):
         s = _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
                    f"drew more than {s.offered_a:g} A")
     if s.pilot is not None and s.output != "f" and not pilot_fresh(cfg, s, now):
@@ -466,7 +466,7 @@ def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
     if s.wakeup_until is not None and now >= s.wakeup_until:
         s = replace(s, wakeup_until=None)
     if (s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0 and s.session
-            and now - s.b_since >= cfg.wakeup_after_s):
+            and now >= s.b_since + cfg.wakeup_after_s):
         s = replace(s, wakeup_until=now + cfg.wakeup_off_s, wakeups=1, b_since=None)
     return s
 
@@ -531,7 +531,7 @@ def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: list) -> Conn
         if s.output == "pwm" and s.session:
             return replace(s, stopping_since=None)
         since = s.stopping_since if s.stopping_since is not None else now
-        if now - since >= cfg.stop_grace_s:
+        if now >= since + cfg.stop_grace_s:  # the same sum as next_deadline: no float gap
             return _open(s, "EV did not stop within the grace; opened under load", now, out)
         return replace(s, stopping_since=since)
     if unsafe is None and s.output == "pwm" and s.session:

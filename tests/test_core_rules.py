@@ -746,6 +746,23 @@ def test_close_comes_after_session_start_and_pwm():
     assert kinds(actions).index(ev.PilotChanged) < len(actions) - 1
 
 
+def test_tick_at_the_overcurrent_deadline_raises_despite_float_rounding():
+    # 10.799999985 - 5.799999985 < 5.0 in floats, while 5.799999985 + 5.0 == 10.799999985.
+    r = Rig(max_current_a=6.0, has_meter=False, free_vend=True)
+    r.ev(0.2, B)
+    r.ev(0.3, C)
+    assert r.s.contactor_closed
+    r.run(0.4, 5.799999985)
+    r.ev(5.799999985, C)
+    r.meter(5.799999985, 9.0)
+    r.ev(10.7, C)
+    due = next_deadline(r.cfg, r.s)
+    assert due == 5.799999985 + 5.0
+    actions = r.at(due, ev.Tick())
+    assert isinstance(actions[0], ev.OpenContactor)
+    assert Fault.OVERCURRENT in r.s.faults
+
+
 def test_welded_contactor_leaves_no_past_deadline():
     r = Rig(has_feedback=True)
     r.charge(0.0)
