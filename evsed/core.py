@@ -102,7 +102,7 @@ def locked_out(s: Connector) -> bool:
 
 
 def pilot_fresh(cfg: CoreConfig, s: Connector, now: float) -> bool:
-    return s.pilot_seen_at is not None and now - s.pilot_seen_at <= cfg.pilot_lost_s
+    return s.pilot_seen_at is not None and now < s.pilot_seen_at + cfg.pilot_lost_s
 
 
 def safety_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
@@ -119,7 +119,7 @@ def safety_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
         return f"EV not requesting power (state {s.pilot.value})"
     if not s.diode_ok:
         return "diode check not passed"
-    if cfg.has_meter and (s.meter_ok_at is None or now - s.meter_ok_at > cfg.meter_timeout_s):
+    if cfg.has_meter and (s.meter_ok_at is None or now >= s.meter_ok_at + cfg.meter_timeout_s):
         return "meter not responding" + (f": {s.meter_error}" if s.meter_error else "")
     return None
 
@@ -179,12 +179,12 @@ def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
     if not s.rcd_tripped:  # a retry waits for the input to clear: that is an event, not a time
         times += [f.retry_at for f in s.faults.values()]
     if s.pilot is not None and s.pilot_seen_at is not None:
-        times.append(s.pilot_seen_at + cfg.pilot_lost_s + 1e-6)
+        times.append(s.pilot_seen_at + cfg.pilot_lost_s)
     if s.contactor_closed:
         if s.stopping_since is not None:
             times.append(s.stopping_since + cfg.stop_grace_s)
         if cfg.has_meter and s.meter_ok_at is not None:
-            times.append(s.meter_ok_at + cfg.meter_timeout_s + 1e-6)
+            times.append(s.meter_ok_at + cfg.meter_timeout_s)
         if s.overcurrent_since is not None:
             times.append(max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s)
     if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
