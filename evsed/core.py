@@ -28,6 +28,7 @@ class CoreConfig:
     free_vend_id_tag: str = "FREEVEND"
     has_meter: bool = True  # closing needs a fresh meter reading
     has_feedback: bool = False  # the contactor reports its real state
+    has_self_test: bool = False  # the RCD module is tested before every close
     auth_timeout_s: float = 60.0  # tap-then-plug: how long an authorization waits for an EV
     stop_grace_s: float = 6.0  # EVSE-initiated stop: EV's time to drop to B before opening
     current_change_grace_s: float = 5.0  # EV's time to follow a lower PWM offer
@@ -86,6 +87,7 @@ class Connector:
     operative: bool = True
     reservation: tuple[str, float] | None = None
     shutting_down: bool = False
+    self_test: str = "none"  # RCD test for the next close: "none", "running", "passed"
     status: ConnectorStatus = ConnectorStatus.AVAILABLE
     reason: str = ""  # why not charging, for people
     refusal: str = ""  # why the last card was refused
@@ -368,8 +370,10 @@ def _on_fault_input(cfg, s: Connector, e: ev.FaultInputChanged, now, out) -> Con
                   f"trip {trips}" + ("" if retry_at else ", locked out"))
 
 
-def _on_self_test(cfg, s: Connector, e: ev.SelfTestFailed, now, out) -> Connector:
-    return _raise(s, Fault.RCD_SELF_TEST, None, now, out, e.detail)
+def _on_self_test(cfg, s: Connector, e: ev.SelfTestResult, now, out) -> Connector:
+    if e.passed:
+        return replace(s, self_test="passed") if s.self_test == "running" else s
+    return _raise(replace(s, self_test="none"), Fault.RCD_SELF_TEST, None, now, out, e.detail)
 
 
 def _on_feedback(cfg, s: Connector, e: ev.ContactorFeedback, now, out) -> Connector:
@@ -418,7 +422,7 @@ _HANDLERS = {
     ev.MeterSampled: _on_meter,
     ev.MeterFailed: _on_meter_failed,
     ev.FaultInputChanged: _on_fault_input,
-    ev.SelfTestFailed: _on_self_test,
+    ev.SelfTestResult: _on_self_test,
     ev.ContactorFeedback: _on_feedback,
     ev.SetAvailability: _on_availability,
     ev.Reserve: _on_reserve,
@@ -535,9 +539,15 @@ def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: list) -> Conn
             return _open(s, "EV did not stop within the grace; opened under load", now, out)
         return replace(s, stopping_since=since)
     if unsafe is None and s.output == "pwm" and s.session:
+        if cfg.has_self_test and s.self_test != "passed":  # test the RCD before every close
+            if s.self_test == "none":
+                out.append(ev.RunSelfTest())
+            return replace(s, self_test="running")
         out.append(ev.CloseContactor())
         return replace(s, contactor_closed=True, contactor_changed_at=now, stopping_since=None,
-                       overcurrent_since=None)
+                       overcurrent_since=None, self_test="none")
+    if s.self_test == "passed":  # the conditions went before the close: test again next time
+        return replace(s, self_test="none")
     return s
 
 
@@ -548,7 +558,8 @@ def _open(s: Connector, reason: str, now: float, out: list) -> Connector:
 
 
 def _set_status(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
-    reason = offer_blocker(cfg, s, now) or (safety_blocker(cfg, s, now) if not s.contactor_closed else None) or ""
+    reason = offer_blocker(cfg, s, now) or (safety_blocker(cfg, s, now) if not s.contactor_closed else None) or (
+        "testing the RCD before closing" if s.self_test == "running" else "")
     if s.faults:
         status = ConnectorStatus.FAULTED
     elif not s.operative and not s.session:

@@ -131,7 +131,7 @@ class Daemon:
                 conn.id, self.config.core_config(conn), devices[conn.id], clock=time.monotonic,
                 wallclock=lambda: dt.datetime.now(dt.timezone.utc), authorizer=authorizer,
                 writer=self.writer, timezone=self.tz, checkpoint_s=self.config.store.checkpoint_s,
-                schedule=lambda when, cid=conn.id: self._schedule(cid, when))
+                schedule=lambda when, cid=conn.id: self._schedule(cid, when), offload=self._offload)
             self.connectors[conn.id] = ctrl
             ctrl.start()
             for device in devices[conn.id].values():
@@ -164,6 +164,20 @@ class Daemon:
         self.release_all()  # at once, before the orderly shutdown runs
         log.critical("daemon.task_failed", task=task.get_name(), error=repr(self.fatal))
         self.stopping.set()
+
+    def _offload(self, work, done) -> None:
+        """Run slow device work (an RCD self-test) in a worker; hand its result back on the loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, work)
+
+        def finished(f: asyncio.Future) -> None:
+            if f.cancelled() or self.stopping.is_set():
+                return
+            exc = f.exception()
+            if exc is not None:  # a test that cannot run is a failed test: the core locks out
+                log.error("device.offloaded_work_failed", error=repr(exc))
+            done(False if exc is not None else f.result())
+        future.add_done_callback(finished)
 
     def _schedule(self, connector_id: int, when: float | None) -> None:
         handle = self._timers.get(connector_id)

@@ -131,9 +131,10 @@ class FaultInputChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class SelfTestFailed:
-    """The RCD module failed its test before a close."""
+class SelfTestResult:
+    """The answer to RunSelfTest: the RCD module tripped on its test current (or did not)."""
 
+    passed: bool
     detail: str = ""
 
 
@@ -180,7 +181,7 @@ class Shutdown:
 Event = (
     PilotMeasured | PilotUnreadable | CardPresented | AuthorizationResult | RemoteStart
     | StopRequested | LimitChanged | MeterSampled | MeterFailed | FaultInputChanged
-    | SelfTestFailed | ContactorFeedback | SetAvailability | Reserve | CancelReservation
+    | SelfTestResult | ContactorFeedback | SetAvailability | Reserve | CancelReservation
     | ClearFaults | Tick | Shutdown
 )
 
@@ -205,6 +206,11 @@ class SetPilot:
     mode: str
     duty_pct: float | None = None
     current_a: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSelfTest:
+    """Test the RCD module now (it takes up to seconds: off the event loop), answer SelfTestResult."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +264,6 @@ class StatusChanged:
 
 
 Action = (
-    OpenContactor | CloseContactor | SetPilot | RequestAuthorization | CardRefused
+    OpenContactor | CloseContactor | SetPilot | RunSelfTest | RequestAuthorization | CardRefused
     | StartSession | StopSession | PilotChanged | FaultRaised | FaultsCleared | StatusChanged
 )

@@ -8,7 +8,7 @@ import math
 
 from hypothesis import event, note
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from evsed import events as ev
 from evsed.core import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker, step
@@ -25,6 +25,7 @@ configs = st.builds(
     free_vend=st.booleans(),
     has_meter=st.booleans(),
     has_feedback=st.booleans(),
+    has_self_test=st.sampled_from([False, False, True]),
     rcd_max_retries=st.sampled_from([0, 1, 6]),
     wakeup_after_s=st.sampled_from([0.0, 30.0]),
     min_pause_s=st.sampled_from([0.0, 0.0, 60.0]),
@@ -74,6 +75,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.feedback: bool | None = None
         self.feedback_at = -math.inf
         self.shut_down = False
+        self.test_asked = False  # a RunSelfTest waits for its answer
 
     # --- the machinery ------------------------------------------------------------------------
 
@@ -99,6 +101,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.shadow_event(e)
         for a in actions:
             self.shadow_action(a)
+            if isinstance(a, ev.RunSelfTest):
+                assert self.cfg.has_self_test and not self.closed
+                self.test_asked = True
         self.check_step(e, actions, was_closed)
         if self.closed:
             event("contactor closed")
@@ -175,7 +180,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert safety_blocker(cfg, s, now) is None
         if was_closed and ev.FaultRaised in kinds:
             assert kinds[0] is ev.OpenContactor, "a fault opens in the same step, first"
-        if was_closed and isinstance(e, (ev.PilotUnreadable, ev.FaultInputChanged, ev.SelfTestFailed,
+        if was_closed and isinstance(e, (ev.PilotUnreadable, ev.FaultInputChanged, ev.SelfTestResult,
                                          ev.Shutdown)) and (not getattr(e, "tripped", True) is False):
             assert not self.closed, f"{e!r} left the contactor closed"
         if was_closed and isinstance(e, ev.PilotMeasured):
@@ -235,6 +240,19 @@ class CoreMachine(RuleBasedStateMachine):
     def pilot_unreadable(self, dt):
         self.advance(dt)
         self.feed(ev.PilotUnreadable("adc"))
+
+    @precondition(lambda self: self.test_asked)
+    @rule(passed=st.sampled_from([True, True, True, False]), dt=st.sampled_from([0.0, 0.05, 0.1, 2.0]))
+    def answer_self_test(self, passed, dt):
+        """The shell's worker answers the RCD test: usually a pass, sometimes late."""
+        self.test_asked = False
+        self.advance(dt)
+        was_closed = self.closed
+        self.feed(ev.SelfTestResult(passed, "" if passed else "no trip"))
+        if not passed:
+            assert not self.closed and Fault.RCD_SELF_TEST in self.s.faults
+        elif self.closed and not was_closed:
+            event("closed after a passed self-test")
 
     @rule(tag=st.sampled_from(TAGS), dt=dts)
     def card(self, tag, dt):
@@ -324,7 +342,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.feed(ev.Shutdown())
             assert not self.closed
         elif which == "self_test":
-            self.feed(ev.SelfTestFailed("no trip"))
+            self.feed(ev.SelfTestResult(False, "no trip"))
             assert not self.closed
         else:
             self.feed(ev.Tick())
@@ -368,6 +386,8 @@ class CoreMachine(RuleBasedStateMachine):
             shown = PilotState.B if follows and self.mode != "pwm" and state is not PilotState.A else state
             high = -12.0 if self.mode == "f" else NOMINAL_V[shown]
             self.feed(ev.PilotMeasured(high, -12.0 if self.mode == "pwm" else high))
+            if self.test_asked:  # the shell's worker passes the RCD test within a poll
+                self.answer_self_test(True, 0.0)
             if self.now >= next_meter:
                 a = self.s.offered_a * draw if self.physical else 0.0
                 self.feed(ev.MeterSampled((a, a, a), a * 690.0, 1000))

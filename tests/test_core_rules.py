@@ -479,10 +479,53 @@ def test_contactor_feedback_within_the_settle_time_is_fine():
 def test_rcd_self_test_failure_locks_out():
     r = Rig()
     r.charge(0.0)
-    actions = r.at(1.0, ev.SelfTestFailed("no trip at 30 mA"))
+    actions = r.at(1.0, ev.SelfTestResult(False, "no trip at 30 mA"))
     assert isinstance(actions[0], ev.OpenContactor)
     assert ev.FaultRaised(Fault.RCD_SELF_TEST, True, "no trip at 30 mA") in actions
     assert ev.StopSession(StopReason.GROUND_FAULT) in actions
+
+
+def test_rcd_is_tested_before_every_close_and_the_close_waits_for_the_result():
+    r = Rig(has_self_test=True)
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.0, ev.CardPresented(CARD))
+    r.at(0.0, ev.AuthorizationResult(CARD, True))
+    actions = r.ev(0.1, C)
+    assert ev.RunSelfTest() in actions and ev.CloseContactor() not in actions
+    assert not r.s.contactor_closed and "testing the RCD" in r.s.reason
+    assert ev.RunSelfTest() not in r.ev(0.15, C)  # one test at a time
+    actions = r.at(0.3, ev.SelfTestResult(True))
+    assert ev.CloseContactor() in actions and r.s.contactor_closed
+    r.ev(1.0, B)
+    assert not r.s.contactor_closed
+    actions = r.ev(2.0, C)
+    assert ev.RunSelfTest() in actions and not r.s.contactor_closed  # tested again for this close
+
+
+def test_failed_self_test_never_closes_and_locks_out():
+    r = Rig(has_self_test=True)
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.0, ev.CardPresented(CARD))
+    r.at(0.0, ev.AuthorizationResult(CARD, True))
+    r.ev(0.1, C)
+    actions = r.at(0.5, ev.SelfTestResult(False, "no trip"))
+    assert ev.CloseContactor() not in actions and not r.s.contactor_closed
+    assert ev.FaultRaised(Fault.RCD_SELF_TEST, True, "no trip") in actions
+    assert r.s.output == "f"
+
+
+def test_a_pass_that_arrives_after_the_ev_left_c_does_not_close_later_untested():
+    r = Rig(has_self_test=True)
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.0, ev.CardPresented(CARD))
+    r.at(0.0, ev.AuthorizationResult(CARD, True))
+    r.ev(0.1, C)
+    r.ev(0.2, B)
+    assert ev.CloseContactor() not in r.at(0.3, ev.SelfTestResult(True))
+    assert ev.RunSelfTest() in r.ev(5.0, C)
 
 
 # --- wake-up ---------------------------------------------------------------------------------
@@ -725,7 +768,7 @@ def test_shutdown_opens_and_stops_session():
 def test_fault_step_opens_first():
     r = Rig()
     r.charge(0.0)
-    actions = r.at(1.0, ev.SelfTestFailed())
+    actions = r.at(1.0, ev.SelfTestResult(False))
     assert kinds(actions)[0] is ev.OpenContactor
     assert kinds(actions).index(ev.FaultRaised) > 0
 

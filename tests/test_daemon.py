@@ -192,6 +192,12 @@ def test_kill_9_loses_no_session_and_the_next_start_closes_it_as_power_loss(tmp_
     cfg = config.load(path)
     proc = start_process(path)
     charge(cfg)
+    from evsed.store import Store
+    for _ in range(1000):  # the start row is written by the store thread: wait until it is durable
+        if list(Store.open_readonly(cfg.store.state_dir / "sessions.db").sessions()):
+            break
+    else:
+        raise AssertionError("the running session was never stored")
     proc.kill()
     proc.wait(timeout=10)
     proc.stderr.close()
