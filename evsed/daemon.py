@@ -136,13 +136,14 @@ class Daemon:
             ctrl.start()
             for device in devices[conn.id].values():
                 if isinstance(device, Notifying):
-                    device.on_change(lambda c=ctrl: loop.call_soon_threadsafe(c.poll_inputs))
+                    device.on_change(lambda c=ctrl: loop.call_soon_threadsafe(self._input_changed, c))
             self._spawn(self._poll_pilot(ctrl), f"pilot-{conn.id}")
             if ctrl.meter is not None:
                 self._spawn(self._poll_meter(ctrl), f"meter-{conn.id}")
         if self.reader is not None:
             self._spawn(self._read_cards(), "cards")
         self.server = await control.serve(self.config.store.runtime_dir, self)
+        loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
@@ -151,6 +152,10 @@ class Daemon:
         log.info("daemon.ready", connectors=list(self.connectors), state_dir=str(self.config.store.state_dir),
                  socket=str(control.socket_path(self.config.store.runtime_dir)),
                  start_s=round(time.perf_counter() - started, 3))
+
+    def _input_changed(self, ctrl: ConnectorControl) -> None:
+        if not self.stopping.is_set():  # once stopping, the outputs are released and stay so
+            ctrl.poll_inputs()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -179,6 +184,21 @@ class Daemon:
             done(False if exc is not None else f.result())
         future.add_done_callback(finished)
 
+    def _loop_exception(self, loop, context: dict) -> None:
+        """An exception escaped a callback (device callback, timer, offloaded result): the state
+        of the outputs is unknown, so release everything and stop, as for a crashed task."""
+        exc = context.get("exception")
+        if exc is None:  # a message only (a slow callback, an unclosed transport)
+            log.warning("daemon.loop_warning", message=context.get("message"))
+            return
+        if self.stopping.is_set():  # already released and stopping: do not release in a loop
+            log.error("daemon.callback_failed_while_stopping", error=repr(exc))
+            return
+        self.fatal = exc
+        self.release_all()
+        log.critical("daemon.callback_failed", message=context.get("message"), error=repr(exc))
+        self.stopping.set()
+
     def _schedule(self, connector_id: int, when: float | None) -> None:
         handle = self._timers.get(connector_id)
         if handle is not None:
@@ -188,7 +208,11 @@ class Daemon:
             del self._timers[connector_id]
         if when is not None:
             loop = asyncio.get_running_loop()
-            self._timers[connector_id] = loop.call_at(max(when, loop.time()), self.connectors[connector_id].tick)
+            self._timers[connector_id] = loop.call_at(max(when, loop.time()), self._timer_due, connector_id)
+
+    def _timer_due(self, connector_id: int) -> None:
+        self._timers.pop(connector_id, None)
+        self.connectors[connector_id].tick()
 
     # --- input loops ------------------------------------------------------------------------
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
@@ -205,7 +229,9 @@ class Daemon:
         failures = 0
         while True:
             try:
-                reading = await asyncio.wait_for(ctrl.meter.read(), timeout=max(2.0, 2 * interval))
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of a stop
+                async with asyncio.timeout(max(2.0, 2 * interval)):
+                    reading = await ctrl.meter.read()
             except (HalError, TimeoutError) as exc:
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
@@ -253,7 +279,10 @@ class Daemon:
         self.release_all()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            if stuck:  # never hang a stop: the contactors are open already
+                log.error("daemon.tasks_did_not_stop", tasks=[t.get_name() for t in stuck])
         for handle in self._timers.values():
             handle.cancel()
         if self.server is not None:

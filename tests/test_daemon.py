@@ -225,3 +225,27 @@ def test_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(tmp_path, monke
 
     messages = asyncio.run(scenario())
     assert messages[0] == b"READY=1" and messages[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+
+
+def test_an_exception_in_a_device_callback_opens_the_contactor_and_exits_1(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        daemon = Daemon(cfg)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        await ask(cfg, {"cmd": "sim", "action": "plug"})
+        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        ctrl = daemon.connectors[1]
+        await until(lambda: ctrl.state.contactor_closed)
+        bench = daemon.world.connector(1)
+
+        def broken_pwm_off():
+            raise RuntimeError("sysfs write failed")
+        ctrl.pilot.pwm_off = broken_pwm_off
+        bench.unplug()  # the change callback runs poll_inputs -> the core stops PWM -> raises
+        assert await run == 1
+        assert not bench.contactor_closed
+        assert isinstance(daemon.fatal, RuntimeError)
+
+    asyncio.run(scenario())
