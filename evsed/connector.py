@@ -54,6 +54,8 @@ class ConnectorControl:
         self._inbox: deque[ev.Event] = deque()
         self._busy = False
         self._rcd_tripped: bool | None = None
+        self._reading_at = -math.inf
+        self._rejected: list[tuple[float, MeterReading]] = []  # consecutive implausible readings
         self._feedback: bool | None = None
         self._checkpointed_at = -float("inf")
         self.input_at: float | None = None  # perf_counter of the input being handled
@@ -131,12 +133,17 @@ class ConnectorControl:
         self.feed(ev.Tick())
 
     def meter_sampled(self, reading: MeterReading) -> None:
-        problem = _implausible(reading, self.last_reading)
+        now = self.clock()
+        problem = _implausible(reading, self.last_reading, now - self._reading_at)
+        if problem and self._rebaseline(reading, now):
+            problem = ""
         if problem:  # garbage from a backend that did not catch it itself: a failed read
-            self.log.warning("meter.garbage", detail=problem)
+            if not self._rejected[:-1]:
+                self.log.warning("meter.garbage", detail=problem)
             self.meter_failed(problem)
             return
-        self.last_reading = reading
+        self._rejected.clear()
+        self.last_reading, self._reading_at = reading, now
         self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
         s = self.session
         if s is not None and s.meter_start_unknown:  # started before the meter first answered
@@ -152,6 +159,25 @@ class ConnectorControl:
                 self._checkpointed_at = now
                 row = (s, s.meter_last_wh, s.peak_power_w, utc_iso(self.wallclock()))
                 self.writer.submit(lambda st, r=row: r[0].row_id and st.checkpoint(r[0].row_id, *r[1:]))
+
+    def _rebaseline(self, reading: MeterReading, now: float) -> bool:
+        """A meter reset or replaced reads consistently, just not like before: after
+        REBASELINE_AFTER such readings take it as the new baseline (a session keeps its energy)."""
+        self._rejected.append((now, reading))
+        if len(self._rejected) < REBASELINE_AFTER:
+            return False
+        pairs = zip(self._rejected, self._rejected[1:])
+        if any(_implausible(b, a, tb - ta) for (ta, a), (tb, b) in pairs):
+            self._rejected = self._rejected[1:]
+            return False
+        old = self.last_reading.energy_import_wh if self.last_reading else 0
+        first = self._rejected[0][1].energy_import_wh
+        if self.session is not None:
+            self.session.meter_start_wh += first - old
+            self.session.meter_last_wh += first - old
+        self.log.warning("meter.rebaselined", previous_wh=old, now_wh=first)
+        self._rejected.clear()
+        return True
 
     def meter_failed(self, detail: str) -> None:
         self.feed(ev.MeterFailed(detail))
@@ -260,15 +286,23 @@ class ConnectorControl:
         }
 
 
-def _implausible(reading: MeterReading, previous: MeterReading | None) -> str:
+REBASELINE_AFTER = 5
+MAX_PLAUSIBLE_POWER_W = 250_000.0  # 3 x 80 A x 480 V with margin: no charger meter sees more
+
+
+def _implausible(reading: MeterReading, previous: MeterReading | None, elapsed_s: float) -> str:
     numbers = [reading.power_total_w, *reading.current_a]
     if any(not math.isfinite(x) for x in numbers):
         return "meter returned a non-finite value"
     if reading.energy_import_wh < 0:
         return f"meter energy {reading.energy_import_wh} Wh is negative"
-    if previous is not None and reading.energy_import_wh < previous.energy_import_wh:
-        return (f"meter energy went backwards: {previous.energy_import_wh} Wh -> "
-                f"{reading.energy_import_wh} Wh")
+    if previous is None:
+        return ""
+    step_wh = reading.energy_import_wh - previous.energy_import_wh
+    if step_wh < 0:
+        return f"meter energy went backwards: {previous.energy_import_wh} Wh -> {reading.energy_import_wh} Wh"
+    if step_wh > 10 + MAX_PLAUSIBLE_POWER_W * max(elapsed_s, 0.0) / 3600.0:
+        return f"meter energy jumped by {step_wh} Wh in {elapsed_s:.1f} s"
     return ""
 
 

@@ -116,6 +116,7 @@ def test_meter_going_backwards_is_a_failed_read_not_a_reading(tmp_path):
     clock = Clock()
     ctrl, pilot, contactor, _ = make(tmp_path, clock)
     charge(ctrl, pilot, clock)
+    clock.now += 3600
     ctrl.meter_sampled(reading(5000))
     ctrl.meter_sampled(reading(4000))
     assert ctrl.last_reading.energy_import_wh == 5000
@@ -159,8 +160,39 @@ def test_session_started_before_the_first_meter_reading_starts_at_that_reading(t
     ctrl.feed(ev.CardPresented("04A1B2C3"))  # the meter has not answered yet
     assert ctrl.session is not None and not contactor.closed
     ctrl.meter_sampled(reading(5000, 0.0))
+    clock.now += 0.2
+    pilot.high_v = 9.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    clock.now += 120
     ctrl.meter_sampled(reading(5300, 0.0))
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
     (row,) = store.sessions()
     assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (5000, 5300, 300)
+
+
+def test_a_garbage_energy_jump_is_refused_and_does_not_poison_later_readings(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 1
+    ctrl.meter_sampled(reading(1003))
+    clock.now += 1
+    ctrl.meter_sampled(reading(4_000_000_000))  # one bad frame
+    assert "jumped" in ctrl.state.meter_error and ctrl.last_reading.energy_import_wh == 1003
+    clock.now += 1
+    ctrl.meter_sampled(reading(1006))
+    assert ctrl.state.meter_error == "" and ctrl.session.meter_last_wh == 1006
+
+
+def test_a_replaced_meter_is_taken_as_the_new_baseline_after_consistent_readings(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 60
+    ctrl.meter_sampled(reading(1100))  # 100 Wh into the session
+    for i in range(5):  # the meter was swapped: it now counts from 20 Wh
+        clock.now += 1
+        ctrl.meter_sampled(reading(20 + 3 * i))
+    assert ctrl.last_reading.energy_import_wh == 32 and ctrl.state.meter_error == ""
+    assert ctrl.session.energy_wh == 100 + 12
