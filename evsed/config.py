@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -135,17 +136,26 @@ class Config:
 
 
 def default_state_dir() -> Path:
-    if os.geteuid() == 0:
+    if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=, as the service user
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0 or _usable(Path("/var/lib/evsed")):
         return Path("/var/lib/evsed")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "evsed"
 
 
 def default_runtime_dir() -> Path:
-    if os.geteuid() == 0:
+    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0 or _usable(Path("/run/evsed")):
         return Path("/run/evsed")
     base = os.environ.get("XDG_RUNTIME_DIR")
     return Path(base) / "evsed" if base else Path(f"/tmp/evsed-{os.geteuid()}")
+
+
+def _usable(path: Path) -> bool:
+    """The service's directory exists and this user may use it (a member of its group)."""
+    return path.is_dir() and os.access(path, os.R_OK | os.X_OK)
 
 
 class _Table:
@@ -156,8 +166,9 @@ class _Table:
         self.used: set[str] = set()
 
     def line(self, key: str | None = None) -> int | None:
-        if key is not None and f"{self.where}.{key}" in self.lines:
-            return self.lines[f"{self.where}.{key}"]
+        path = f"{self.where}.{key}" if self.where else key
+        if key is not None and path in self.lines:
+            return self.lines[path]
         return self.lines.get(self.where)
 
     def error(self, key: str | None, message: str) -> ConfigError:
@@ -207,6 +218,8 @@ def _check(t: _Table, key: str, value, kind, lo, hi, choices):
         want = " or ".join(_type_name(k()) if k in (bool, int, float, str, list, dict) else k.__name__
                            for k in kinds)
         raise t.error(key, f"expected {want}, got {_type_name(value)} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise t.error(key, f"expected a finite number, got {value!r}")
     if choices is not None and value not in choices:
         raise t.error(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
     if lo is not None and value < lo or hi is not None and value > hi:
@@ -281,6 +294,8 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
         raise top.error("connector", "expected [[connector]] tables")
     out = []
     for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise top.error("connector", f"expected [[connector]] tables, got {_type_name(item)} {item!r}")
         t = _Table(top.path, top.lines, item, f"connector[{index}]")
         cable = t.get("cable_a", (float, str), "socket")
         if isinstance(cable, str):
@@ -327,6 +342,8 @@ def _cards(top: _Table) -> tuple[Card, ...]:
         raise top.error("card", "expected [[card]] tables")
     cards, seen = [], {}
     for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise top.error("card", f"expected [[card]] tables, got {_type_name(item)} {item!r}")
         t = _Table(top.path, top.lines, item, f"card[{index}]")
         uid_text = t.get("uid", str)
         try:

@@ -118,3 +118,24 @@ def test_missing_file_exits_2(tmp_path):
 def test_every_example_config_is_valid(path):
     cfg = config.load(path)
     assert cfg.connectors and cfg.connectors[0].contactor.backend
+
+
+def test_nan_and_infinity_are_refused():
+    err = error_for(MINIMAL + "[timing]\nmeter_timeout_s = nan\n")
+    assert err.line == 8 and "finite" in str(err)
+    err = error_for("[charger]\nmax_current_a = inf\n" + MINIMAL)
+    assert err.line == 2 and "finite" in str(err)
+
+
+def test_array_items_must_be_tables():
+    err = error_for("connector = [1]\n")
+    assert err.line == 1 and "expected [[connector]] tables" in str(err)
+    err = error_for(MINIMAL + 'card = ["04A1B2C3"]\n')
+    assert "expected [[card]] tables" in str(err)
+
+
+def test_systemd_directories_are_the_defaults_under_the_service(monkeypatch, tmp_path):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    cfg = config.parse(MINIMAL, "evsed.toml")
+    assert cfg.store.state_dir == tmp_path / "state" and cfg.store.runtime_dir == tmp_path / "run"
