@@ -130,7 +130,7 @@ def test_nan_and_infinity_are_refused():
 def test_array_items_must_be_tables():
     err = error_for("connector = [1]\n")
     assert err.line == 1 and "expected [[connector]] tables" in str(err)
-    err = error_for(MINIMAL + 'card = ["04A1B2C3"]\n')
+    err = error_for('card = ["04A1B2C3"]\n' + MINIMAL)
     assert "expected [[card]] tables" in str(err)
 
 
