@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -271,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a state or runtime directory that cannot be made or used
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:
+        print(f"evsed: session database: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:  # `evsed sessions | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -253,7 +253,11 @@ class ConnectorControl:
             return
         when = utc_iso(self.wallclock())
         stop_wh, peak, reason = s.meter_last_wh, s.peak_power_w, a.reason.value
-        self.writer.submit(lambda st: s.row_id and st.stop(s.row_id, stop_wh, peak, reason, when))
+        def store_stop(st):
+            if s.row_id is None:  # the start write failed: the finished session is still recorded
+                st.start(s)
+            st.stop(s.row_id, stop_wh, peak, reason, when)
+        self.writer.submit(store_stop)
         self.log.info("session.stopped", id_tag=s.id_tag, reason=reason, energy_wh=s.energy_wh,
                       meter_stop_wh=stop_wh, peak_power_w=peak)
 

@@ -98,14 +98,35 @@ def _sim(daemon, req: dict) -> dict[str, Any]:
     elif action == "unplug":
         bench.unplug()
     elif action == "ev":
-        settings = {k: req[k] for k in ("max_current_a", "phases", "wants_energy", "ventilation",
-                                          "asleep", "obey_pwm", "ignore_stop") if k in req}
-        bench.set_ev(**settings)
+        bench.set_ev(**_ev_settings(req))
     elif action == "fault":
         bench.inject(str(req["kind"]), active=not req.get("clear", False))
     else:
         raise ValueError(f"unknown sim action {action!r}")
     return {"ok": True, "connector": ctrl.id}
+
+
+_EV_FLAGS = ("wants_energy", "ventilation", "asleep", "obey_pwm", "ignore_stop")
+
+
+def _ev_settings(req: dict) -> dict[str, Any]:
+    """The simulated EV's settings from a request, type-checked: a bad client changes nothing."""
+    out: dict[str, Any] = {}
+    if "max_current_a" in req:
+        value = req["max_current_a"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 80:
+            raise ValueError(f"max_current_a: expected a number 0..80, got {value!r}")
+        out["max_current_a"] = float(value)
+    if "phases" in req:
+        if req["phases"] not in (1, 2, 3) or isinstance(req["phases"], bool):
+            raise ValueError(f"phases: expected 1, 2 or 3, got {req['phases']!r}")
+        out["phases"] = req["phases"]
+    for flag in _EV_FLAGS:
+        if flag in req:
+            if not isinstance(req[flag], bool):
+                raise ValueError(f"{flag}: expected true or false, got {req[flag]!r}")
+            out[flag] = req[flag]
+    return out
 
 
 class ControlError(Exception):

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import structlog
+
+log = structlog.get_logger("evsed")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
@@ -157,8 +161,9 @@ class StoreWriter:
         while (op := self._queue.get()) is not None:
             try:
                 op(self.store)
-            except sqlite3.Error as exc:  # kept for the log; the next operation still runs
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive one bad write
                 self.errors.append(exc)
+                log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Finish every queued write, then stop."""
@@ -174,7 +179,11 @@ class InlineWriter:
         self.errors: list[BaseException] = []
 
     def submit(self, op: Callable[[Store], None]) -> None:
-        op(self.store)
+        try:
+            op(self.store)
+        except Exception as exc:  # noqa: BLE001 - as the threaded writer: logged, survived
+            self.errors.append(exc)
+            log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
 
     def close(self, timeout_s: float = 0.0) -> None:
         pass

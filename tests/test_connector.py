@@ -196,3 +196,26 @@ def test_a_replaced_meter_is_taken_as_the_new_baseline_after_consistent_readings
         ctrl.meter_sampled(reading(20 + 3 * i))
     assert ctrl.last_reading.energy_import_wh == 32 and ctrl.state.meter_error == ""
     assert ctrl.session.energy_wh == 100 + 12
+
+
+def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
+    import sqlite3
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    real_start = store.start
+    calls = []
+
+    def start_fails_once(s):
+        calls.append(s)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_start(s)
+    store.start = start_fails_once
+    charge(ctrl, pilot, clock)
+    assert list(store.sessions()) == [] and ctrl.writer.errors
+    clock.now += 60
+    ctrl.meter_sampled(reading(1150))
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    (row,) = store.sessions()
+    assert row["energy_wh"] == 150 and row["stop_reason"] == "ev_disconnected"
