@@ -138,9 +138,9 @@ async def measure(cycles: int) -> dict[str, list[float]]:
         await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "A")
         bench.plug()
         await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
+    result["reference"] = await reference_wakeups(cycles)  # same loop, same load, daemon running
     stop_load.set()
     await load
-    result["reference"] = await reference_wakeups(cycles)
     daemon.stopping.set()
     await run
     logs.flush()
