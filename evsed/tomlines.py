@@ -38,7 +38,7 @@ def key_lines(text: str) -> dict[str, int]:
                 multiline = None
             continue
         if depth > 0:  # inside a multi-line array
-            depth += line.count("[") - line.count("]")
+            depth += _brackets(line)
             continue
         header = _HEADER.match(line)
         if header:
@@ -66,8 +66,14 @@ def key_lines(text: str) -> dict[str, int]:
             for inner in _INLINE_KEY.findall(value):
                 lines.setdefault(f"{path}.{'.'.join(_split_key(inner))}", number)
         elif value.lstrip().startswith("["):
-            depth = value.count("[") - value.count("]")
+            depth = _brackets(value)
     return lines
+
+
+def _brackets(text: str) -> int:
+    """Net [ minus ] outside strings and comments."""
+    code = re.sub(_QUOTED, "", text).split("#", 1)[0]
+    return code.count("[") - code.count("]")
 
 
 def _indexed(parts: list[str], counts: dict[str, int], current: list[str]) -> list[str]:

@@ -139,3 +139,10 @@ def test_systemd_directories_are_the_defaults_under_the_service(monkeypatch, tmp
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
     cfg = config.parse(MINIMAL, "evsed.toml")
     assert cfg.store.state_dir == tmp_path / "state" and cfg.store.runtime_dir == tmp_path / "run"
+
+
+def test_brackets_inside_strings_of_a_multiline_array_keep_later_lines_right():
+    from evsed.tomlines import key_lines
+    text = '[charger]\nid = "x"\nnote = [\n  "a ] b",  # ] too\n  "c",\n]\nphases = 2\n[[card]]\nuid = "01"\n'
+    lines = key_lines(text)
+    assert lines["charger.note"] == 3 and lines["charger.phases"] == 7 and lines["card[0].uid"] == 9
