@@ -53,13 +53,16 @@ def diode_present(low_v: float) -> bool:
 def duty_for_current(current_a: float) -> float | None:
     """PWM duty in percent that offers current_a, rounded down to 0.1 %.
 
-    6-51 A: duty = A / 0.6; 51-80 A: duty = A / 2.5 + 64. Below 6 A: None (no PWM).
+    6-51 A: duty = A / 0.6; 51-80 A: duty = A / 2.5 + 64 (never under 85 %). Below 6 A: None.
     Above 80 A the offer is capped at 80 A.
     """
     if math.isnan(current_a) or current_a < MIN_CURRENT_A:
         return None
     current_a = min(current_a, MAX_CURRENT_A)
-    duty = current_a / 0.6 if current_a <= 51.0 else current_a / 2.5 + 64.0
+    if current_a <= 51.0:
+        duty = current_a / 0.6
+    else:  # 51-52.5 A: the upper formula gives under 85 %, which reads below 51 A; 85 % is 51 A
+        duty = max(current_a / 2.5 + 64.0, 85.0)
     # Round down (never offer more than allowed); the epsilon absorbs float noise
     # such as 6 / 0.6 == 10.000000000000002.
     return math.floor(duty * 10.0 + 1e-6) / 10.0

@@ -197,7 +197,7 @@ def pilot_reading(state: BoardState) -> PilotReading | None:
 
 def _duty_for_amps(amps: int) -> float:
     """IEC 61851-1 duty in percent for whole amperes, rounded down to 0.1 % as evsed does."""
-    duty = amps / 0.6 if amps <= 51 else amps / 2.5 + 64.0
+    duty = amps / 0.6 if amps <= 51 else max(amps / 2.5 + 64.0, 85.0)  # 52 A reads as 51 A
     return math.floor(duty * 10.0 + 1e-6) / 10.0
 
 

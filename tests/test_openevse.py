@@ -158,9 +158,13 @@ def test_firmware_without_volatile_current_gets_plain_sc(devices):
             pilot.release()
 
 
-@pytest.mark.parametrize("amps", range(6, 81))
+@pytest.mark.parametrize("amps", [a for a in range(6, 81) if a != 52])
 def test_whole_amperes_survive_the_duty_round_trip(amps):
     assert openevse.amps_for_duty(duty_for_current(amps)) == amps
+
+
+def test_52_a_has_no_duty_of_its_own_and_is_offered_as_51_a():
+    assert duty_for_current(52) == 85.0 and openevse.amps_for_duty(85.0) == 51
 
 
 def test_amps_for_duty_never_offers_the_ev_more_than_the_duty_does():

@@ -80,7 +80,7 @@ def test_duty_in_the_low_range_is_current_over_0_6(current_a, duty):
 
 
 @pytest.mark.parametrize("current_a, duty", [
-    (52.0, 84.8), (55.0, 86.0), (60.0, 88.0), (63.0, 89.2), (70.0, 92.0), (75.0, 94.0), (80.0, 96.0),
+    (52.0, 85.0), (52.5, 85.0), (55.0, 86.0), (60.0, 88.0), (63.0, 89.2), (70.0, 92.0), (75.0, 94.0), (80.0, 96.0),
 ])
 def test_duty_in_the_high_range_is_current_over_2_5_plus_64(current_a, duty):
     assert duty_for_current(current_a) == duty
