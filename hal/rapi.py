@@ -5,7 +5,6 @@ A link owns the port, a reader thread that sorts answers from async notification
 
 from __future__ import annotations
 
-import errno
 import itertools
 import math
 import queue
@@ -17,6 +16,7 @@ from typing import Callable
 import structlog
 
 from hal import DeviceUnavailable, PilotReading, TryAgain
+from hal.serialport import open_serial
 
 log = structlog.get_logger("hal.rapi")
 
@@ -236,25 +236,6 @@ def amps_for_duty(duty_pct: float) -> int:
 # --- the link ----------------------------------------------------------------------------------
 
 
-def open_serial(port: str, baudrate: int):
-    """Open the port with pyserial; a missing device or permission is DeviceUnavailable naming it."""
-    try:
-        import serial
-    except ImportError as exc:  # pyserial is a base dependency; say so if it went missing
-        raise DeviceUnavailable(f"the OpenEVSE backend needs pyserial: pip install pyserial ({exc})") from exc
-    try:
-        return serial.Serial(port, baudrate=baudrate, timeout=0.05, write_timeout=1.0)
-    except serial.SerialException as exc:
-        code = exc.errno if isinstance(exc.errno, int) else None
-        if code == errno.ENOENT:
-            why = "no such device file (is the board's USB serial adapter plugged in?)"
-        elif code in (errno.EACCES, errno.EPERM):
-            why = "permission denied: add the evsed user to the 'dialout' group"
-        else:
-            why = str(exc)
-        raise DeviceUnavailable(f"OpenEVSE serial port {port}: {why}") from exc
-
-
 class RapiLink:
     """One serial port to one board. request() is thread-safe and blocks up to timeout_s.
 
@@ -267,7 +248,7 @@ class RapiLink:
         self.port, self.timeout_s, self.sequence_ids = port, timeout_s, sequence_ids
         self.on_notify = on_notify
         self.garbage_lines = 0  # noise and corrupt frames seen, for `evsed check` and the log
-        self._serial = open_serial(port, baudrate)
+        self._serial = open_serial(port, baudrate, device="OpenEVSE", timeout=0.05, write_timeout=1.0)
         self._lock = threading.Lock()  # one request on the wire at a time
         self._answers: queue.Queue = queue.Queue()
         self._seq = itertools.cycle(range(1, 256))  # 00 is reserved by the protocol

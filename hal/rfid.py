@@ -6,7 +6,6 @@ PN532, RC522 and keyboard (HID) readers live in hal/rfid_pn532.py, rfid_rc522.py
 from __future__ import annotations
 
 import asyncio
-import errno
 import threading
 import time
 from typing import Any, Callable
@@ -14,6 +13,7 @@ from typing import Any, Callable
 import structlog
 
 from hal import DeviceUnavailable, HalError, TryAgain, canonical_uid
+from hal.serialport import open_serial
 
 log = structlog.get_logger()
 
@@ -156,35 +156,6 @@ class PollingReader(TapFeed):
             close()
 
 
-# --- serial ports ---------------------------------------------------------------------
-
-
-def open_serial(port: str, baudrate: int, timeout: float | None, backend: str):
-    """Open a serial port 8N1, mapping failures to DeviceUnavailable with the fix in the message."""
-    import serial  # pyserial is a base dependency; imported here to keep `import hal.rfid` light
-
-    try:
-        return serial.Serial(port=port, baudrate=baudrate, bytesize=8, parity="N", stopbits=1,
-                             timeout=timeout, exclusive=True)
-    except serial.SerialException as exc:
-        raise serial_unavailable(exc, port, backend) from exc
-    except ValueError as exc:
-        raise DeviceUnavailable(f"rfid {backend}: cannot open {port} at {baudrate} baud: {exc}") from exc
-
-
-def serial_unavailable(exc: BaseException, port: str, backend: str) -> DeviceUnavailable:
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOENT:
-        why = "no such device file (check the port option; see ls /dev/serial/by-id)"
-    elif code == errno.EACCES:
-        why = "permission denied: add the evsed user to the dialout group"
-    elif code in (errno.EBUSY, errno.EAGAIN):
-        why = "port in use by another process (a serial console or getty?)"
-    else:
-        why = str(exc)
-    return DeviceUnavailable(f"rfid {backend}: cannot open {port}: {why}")
-
-
 # --- RDM6300: 125 kHz EM4100 readers sending ASCII frames ---------------------------------
 #
 # Frame: STX 0x02, 10 ASCII hex chars (version/customer byte + 4 ID bytes), 2 ASCII hex
@@ -308,7 +279,7 @@ class Rdm6300Reader(TapFeed):
 
 def rdm6300_reader(options: dict[str, Any], ctx) -> Rdm6300Reader:
     """Factory for the "rdm6300" backend: options port, baudrate, hold_off_s."""
-    port = open_serial(options["port"], options["baudrate"], 0, "rdm6300")
+    port = open_serial(options["port"], options["baudrate"], device="rfid rdm6300", timeout=0)
     return Rdm6300Reader(port, options["hold_off_s"], _clock(ctx), name="rdm6300")
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 
 from hal import DeviceUnavailable, TryAgain, canonical_uid
-from hal.rfid import PollingReader, _clock, open_serial, serial_unavailable
+from hal.rfid import PollingReader, _clock
+from hal.serialport import open_serial, unavailable
 
 log = structlog.get_logger()
 
@@ -137,7 +138,7 @@ class Pn532:
         except TryAgain:
             raise  # a TimeoutError, hence an OSError: not a lost port
         except serial.SerialException as exc:
-            raise serial_unavailable(exc, self.port.port, "pn532") from exc
+            raise unavailable(exc, self.port.port, "rfid pn532") from exc
         except OSError as exc:
             raise DeviceUnavailable(f"rfid pn532: {self.port.port}: {exc}") from exc
         if body == ERROR_FRAME_BODY:
@@ -165,7 +166,7 @@ class Pn532:
 def pn532_reader(options: dict[str, Any], ctx) -> PollingReader:
     """Factory for the "pn532" backend: options port, baudrate, poll_interval_s, hold_off_s."""
     port_name, baudrate = options["port"], options["baudrate"]
-    port = open_serial(port_name, baudrate, 0.05, "pn532")
+    port = open_serial(port_name, baudrate, device="rfid pn532", timeout=0.05)
     chip = Pn532(port)
     try:
         ic, version, revision = chip.begin()

@@ -16,7 +16,8 @@ from evsed import backends
 from evsed.backends import BackendContext
 from hal import DeviceUnavailable, TryAgain
 from hal.rfid import (FAILURES_BEFORE_RAISE, PollingReader, Rdm6300Parser, rdm6300_checksum,
-                      rdm6300_frame, serial_unavailable)
+                      rdm6300_frame)
+from hal.serialport import unavailable as serial_unavailable
 from hal.rfid_hid import HidDecoder, uid_from_typed
 from hal.rfid_pn532 import ACK, frame, parse_target
 
@@ -214,7 +215,7 @@ def test_serial_port_without_permission_mentions_the_dialout_group(pty_pair):
 def test_serial_permission_error_mentions_the_dialout_group():
     import serial
     denied = serial.SerialException(errno.EACCES, "could not open port /dev/ttyAMA0: [Errno 13]")
-    assert "dialout" in str(serial_unavailable(denied, "/dev/ttyAMA0", "pn532"))
+    assert "dialout" in str(serial_unavailable(denied, "/dev/ttyAMA0", "rfid pn532"))
 
 
 # --- PN532 over HSU --------------------------------------------------------------------
