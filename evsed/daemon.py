@@ -23,6 +23,7 @@ from evsed import backends, control, sdnotify
 from evsed.auth import LocalAuthorizer
 from evsed.config import Config
 from evsed.connector import ConnectorControl, route_card
+from evsed.pilot import PilotState
 from evsed.store import Store, StoreWriter
 from hal import Closable, DeviceUnavailable, HalError, Notifying
 
@@ -216,13 +217,16 @@ class Daemon:
 
     # --- input loops ------------------------------------------------------------------------
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
-        interval = self.config.timing.pilot_poll_s
+        timing = self.config.timing
+        idle_interval = max(timing.pilot_poll_s, timing.pilot_lost_s / 2)
         while True:
             if ctrl.pilot_reads_instantly:
                 ctrl.poll_inputs()
             else:  # an ADC burst: read in a worker so the loop stays free for safety events
                 ctrl.poll_inputs(await asyncio.to_thread(ctrl.read_pilot))
-            await asyncio.sleep(interval)
+            st = ctrl.state  # full rate while an EV is there; an empty connector idles
+            busy = st.contactor_closed or st.session or st.pilot is not PilotState.A
+            await asyncio.sleep(timing.pilot_poll_s if busy else idle_interval)
 
     async def _poll_meter(self, ctrl: ConnectorControl) -> None:
         interval = self.config.timing.meter_interval_s
