@@ -138,7 +138,7 @@ class Config:
 def default_state_dir() -> Path:
     if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=, as the service user
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0 or _usable(Path("/var/lib/evsed")):
+    if os.geteuid() == 0:
         return Path("/var/lib/evsed")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "evsed"
@@ -147,15 +147,10 @@ def default_state_dir() -> Path:
 def default_runtime_dir() -> Path:
     if os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0 or _usable(Path("/run/evsed")):
+    if os.geteuid() == 0:
         return Path("/run/evsed")
     base = os.environ.get("XDG_RUNTIME_DIR")
     return Path(base) / "evsed" if base else Path(f"/tmp/evsed-{os.geteuid()}")
-
-
-def _usable(path: Path) -> bool:
-    """The service's directory exists and this user may use it (a member of its group)."""
-    return path.is_dir() and os.access(path, os.R_OK | os.X_OK)
 
 
 class _Table:
