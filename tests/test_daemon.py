@@ -52,6 +52,17 @@ async def running(cfg):
         daemon.exit_status = await run
 
 
+@contextlib.asynccontextmanager
+async def charging(cfg):
+    """A running daemon whose simulated EV charges on Alice's card."""
+    async with running(cfg) as daemon:
+        await ask(cfg, {"cmd": "sim", "action": "plug"})
+        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        await until(lambda: daemon.connectors[1].state.contactor_closed)
+        assert daemon.world.connector(1).contactor_closed
+        yield daemon
+
+
 def test_plug_tap_charge_unplug_over_the_control_socket(tmp_path):
     cfg = config.load(write_config(tmp_path))
 
@@ -121,19 +132,13 @@ def test_a_crashing_input_task_opens_the_contactor_and_exits_1(tmp_path):
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        daemon = Daemon(cfg)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        await ask(cfg, {"cmd": "sim", "action": "plug"})
-        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
-        await until(lambda: daemon.connectors[1].state.contactor_closed)
+        async with charging(cfg) as daemon:
+            def broken_read():
+                raise RuntimeError("ADC driver bug")
+            daemon.connectors[1].pilot.read = broken_read
+            await daemon.stopping.wait()
         bench = daemon.world.connector(1)
-        assert bench.contactor_closed
-
-        def broken_read():
-            raise RuntimeError("ADC driver bug")
-        daemon.connectors[1].pilot.read = broken_read
-        assert await run == 1
+        assert daemon.exit_status == 1
         assert not bench.contactor_closed and bench.pilot_mode == "off"
         assert isinstance(daemon.fatal, RuntimeError)
 
@@ -232,21 +237,14 @@ def test_an_exception_in_a_device_callback_opens_the_contactor_and_exits_1(tmp_p
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        daemon = Daemon(cfg)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        await ask(cfg, {"cmd": "sim", "action": "plug"})
-        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
-        ctrl = daemon.connectors[1]
-        await until(lambda: ctrl.state.contactor_closed)
-        bench = daemon.world.connector(1)
-
-        def broken_pwm_off():
-            raise RuntimeError("sysfs write failed")
-        ctrl.pilot.pwm_off = broken_pwm_off
-        bench.unplug()  # the change callback runs poll_inputs -> the core stops PWM -> raises
-        assert await run == 1
-        assert not bench.contactor_closed
+        async with charging(cfg) as daemon:
+            def broken_pwm_off():
+                raise RuntimeError("sysfs write failed")
+            daemon.connectors[1].pilot.pwm_off = broken_pwm_off
+            daemon.world.connector(1).unplug()  # the callback polls -> the core stops PWM -> raises
+            await daemon.stopping.wait()
+        assert daemon.exit_status == 1
+        assert not daemon.world.connector(1).contactor_closed
         assert isinstance(daemon.fatal, RuntimeError)
 
     asyncio.run(scenario())
