@@ -55,6 +55,7 @@ class ConnectorControl:
         self._busy = False
         self._rcd_tripped: bool | None = None
         self._reading_at = -math.inf
+        self._last_session: LiveSession | None = None  # stopped, its final reading still to come
         self._rejected: list[tuple[float, MeterReading]] = []  # consecutive implausible readings
         self._feedback: bool | None = None
         self._checkpointed_at = -float("inf")
@@ -144,6 +145,13 @@ class ConnectorControl:
             return
         self._rejected.clear()
         self.last_reading, self._reading_at = reading, now
+        done = self._last_session
+        if done is not None:  # the energy drawn between the last sample and the open belongs to it
+            if reading.energy_import_wh > done.meter_last_wh:
+                done.meter_last_wh = reading.energy_import_wh
+                self._store_stop(done)
+            if not self.state.contactor_closed:
+                self._last_session = None
         self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
         s = self.session
         if s is not None and s.meter_start_unknown:  # started before the meter first answered
@@ -251,15 +259,21 @@ class ConnectorControl:
         s, self.session = self.session, None
         if s is None:
             return
-        when = utc_iso(self.wallclock())
-        stop_wh, peak, reason = s.meter_last_wh, s.peak_power_w, a.reason.value
+        s.stopped = (a.reason.value, utc_iso(self.wallclock()))
+        self._store_stop(s)
+        self._last_session = s  # the next reading after the contactor opened completes its energy
+        self.log.info("session.stopped", id_tag=s.id_tag, reason=a.reason.value, energy_wh=s.energy_wh,
+                      meter_stop_wh=s.meter_last_wh, peak_power_w=s.peak_power_w)
+
+    def _store_stop(self, s: LiveSession) -> None:
+        """Write (or rewrite) a finished session's stop: durable at once, exact a reading later."""
+        stop_wh, peak, (reason, when) = s.meter_last_wh, s.peak_power_w, s.stopped
+
         def store_stop(st):
             if s.row_id is None:  # the start write failed: the finished session is still recorded
                 st.start(s)
             st.stop(s.row_id, stop_wh, peak, reason, when)
         self.writer.submit(store_stop)
-        self.log.info("session.stopped", id_tag=s.id_tag, reason=reason, energy_wh=s.energy_wh,
-                      meter_stop_wh=stop_wh, peak_power_w=peak)
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:

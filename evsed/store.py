@@ -64,6 +64,7 @@ class LiveSession:
     power_w: float = 0.0
     row_id: int | None = None
     meter_start_unknown: bool = False  # no meter reading yet: the first one sets the start
+    stopped: tuple[str, str] | None = None  # (stop reason, stop time) once it ended
 
     @property
     def energy_wh(self) -> int:

@@ -219,3 +219,20 @@ def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
     ctrl.poll_inputs(ctrl.read_pilot())
     (row,) = store.sessions()
     assert row["energy_wh"] == 150 and row["stop_reason"] == "ev_disconnected"
+
+
+def test_the_first_reading_after_the_stop_completes_the_sessions_energy(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 0.9
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())  # unplugged 0.9 s in: the last sample was at the start
+    (row,) = store.sessions()
+    assert row["energy_wh"] == 0  # written at once, from the last sample
+    clock.now += 0.1
+    ctrl.meter_sampled(reading(1003, 0.0))  # the meter's next answer holds the last second
+    clock.now += 1.0
+    ctrl.meter_sampled(reading(1003, 0.0))
+    (row,) = store.sessions()
+    assert (row["meter_stop_wh"], row["energy_wh"], row["stop_reason"]) == (1003, 3, "ev_disconnected")
