@@ -16,6 +16,8 @@ from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, d
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
 DIODE_FAILURES_TO_FAULT = 3  # consecutive readings without the -12 V low level
+DIODE_SETTLE_S = 1.0  # after PWM starts, readings may still show the old output (an ADC burst
+#                       straddling the switch, a board applying the command): no fault yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Connector:
     pilot_seen_at: float | None = None
     diode_ok: bool = False
     diode_failures: int = 0
+    pwm_since: float = -math.inf  # when the output last switched to PWM
     output: str = "off"  # pilot output: "off" (+12 V), "pwm", "f" (-12 V)
     duty_pct: float | None = None
     offered_a: float = 0.0
@@ -232,7 +235,8 @@ def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
     s = replace(s, pilot_seen_at=now)
     if s.output == "pwm" and state in PLUGGED_STATES:
         ok = diode_present(e.low_v)
-        failures = 0 if ok else s.diode_failures + 1
+        settled = now >= s.pwm_since + DIODE_SETTLE_S
+        failures = 0 if ok else s.diode_failures + 1 if settled else 0
         s = replace(s, diode_ok=ok, diode_failures=failures)
         if failures >= DIODE_FAILURES_TO_FAULT and Fault.DIODE not in s.faults:
             s = _raise(s, Fault.DIODE, None, now, out, "no -12 V low level under PWM")
@@ -523,7 +527,8 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connect
         if mode == "f":
             s = replace(s, pilot=None, diode_ok=False)
         elif mode != previous:  # PWM stopped or (re)started: an open contactor needs a new check
-            s = replace(s, diode_ok=s.diode_ok and s.contactor_closed)
+            s = replace(s, diode_ok=s.diode_ok and s.contactor_closed,
+                        pwm_since=now if mode == "pwm" else s.pwm_since)
     return s
 
 

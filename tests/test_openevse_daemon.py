@@ -45,6 +45,9 @@ def test_card_and_plug_charge_through_the_board_and_unplug_ends_the_session(tmp_
             await daemon.ready.wait()
             ctrl = daemon.connectors[1]
             await until(lambda: board.mode == "sleeping")  # no session: the board may not charge
+            # The board closes its relay itself once enabled and the EV asks; evsed must consent
+            # within relay_grace_s, which needs a fresh meter reading: wait for the first one.
+            await until(lambda: ctrl.last_reading is not None)
             board.set_ev("B")
             await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
             daemon.world.reader.tap("04A1B2C3")
