@@ -826,3 +826,15 @@ def test_stuck_rcd_leaves_no_past_deadline():
     r.at(300.0, ev.Tick())
     deadline = next_deadline(r.cfg, r.s)
     assert deadline is None or deadline > 300.0
+
+
+def test_one_noisy_reading_without_the_diode_does_not_switch_a_closed_contactor():
+    r = Rig()
+    r.charge(0.0)
+    r.ev(2.0, C, diode=False)
+    assert r.s.contactor_closed
+    r.ev(2.05, C)
+    assert r.s.contactor_closed and r.s.faults == {}
+    for i in range(3):
+        r.ev(2.1 + 0.05 * i, C, diode=False)
+    assert not r.s.contactor_closed and Fault.DIODE in r.s.faults
