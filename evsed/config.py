@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evsed import backends
-from evsed.core import CoreConfig
+from evsed.state import CoreConfig
 from evsed.tomlines import key_lines
 from hal import canonical_uid
 

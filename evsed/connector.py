@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
-from evsed import core
+from evsed import core, state
 from evsed import events as ev
 from evsed.auth import LocalAuthorizer
 from evsed.store import LiveSession, utc_iso
@@ -30,7 +30,7 @@ def _inline(work: Callable[[], Any], done: Callable[[Any], None]) -> None:
 
 
 class ConnectorControl:
-    def __init__(self, connector_id: int, cfg: core.CoreConfig, devices: dict[str, Any], *,
+    def __init__(self, connector_id: int, cfg: state.CoreConfig, devices: dict[str, Any], *,
                  clock: Callable[[], float], wallclock: Callable[[], dt.datetime],
                  authorizer: LocalAuthorizer, writer, timezone: dt.tzinfo,
                  schedule: Callable[[float | None], None] = lambda when: None,
@@ -42,7 +42,7 @@ class ConnectorControl:
         self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
                            has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest))
         self.offload = offload
-        self.state = core.Connector()
+        self.state = state.Connector()
         self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
         self.clock, self.wallclock, self.timezone = clock, wallclock, timezone
         self.authorizer, self.writer, self.schedule = authorizer, writer, schedule
@@ -96,7 +96,7 @@ class ConnectorControl:
                 self._step(self._inbox.popleft())
         finally:
             self._busy = False
-        self.schedule(core.next_deadline(self.cfg, self.state))
+        self.schedule(state.next_deadline(self.cfg, self.state))
 
     def read_pilot(self) -> PilotReading | HalError:
         """One pilot reading, or the error; may run in a worker thread (an ADC burst takes ms)."""
@@ -196,7 +196,7 @@ class ConnectorControl:
         self.state, actions = core.step(self.cfg, self.state, event, now)
         for action in actions:
             self._perform(action, now)
-        violated = core.check_invariant(self.cfg, self.state, now)
+        violated = state.check_invariant(self.cfg, self.state, now)
         if violated is not None:  # defence in depth: never keep a closed contactor the core can't justify
             self.contactor.open()
             self.log.critical("safety.invariant_violated", detail=violated)
@@ -285,7 +285,7 @@ class ConnectorControl:
             "state": st.pilot.value if st.pilot else None,
             "pilot_output": st.output,
             "duty_pct": st.duty_pct,
-            "allowed_a": core.allowed_current_a(self.cfg, st),
+            "allowed_a": state.allowed_current_a(self.cfg, st),
             "offered_a": round(st.offered_a, 2),
             "contactor": "closed" if st.contactor_closed else "open",
             "measured": None if reading is None else {
@@ -328,7 +328,7 @@ def route_card(ctrls: list[ConnectorControl], uid: str) -> int:
     """Give a tap to the connector it is meant for: the one whose session it started, else
     one with an EV waiting for a card, else the first free one. Returns that connector's id."""
     chosen = (next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
-              or next((c for c in ctrls if not c.state.session and c.state.pilot in core.PLUGGED_STATES), None)
+              or next((c for c in ctrls if not c.state.session and c.state.pilot in state.PLUGGED_STATES), None)
               or next((c for c in ctrls if not c.state.session), ctrls[0]))
     chosen.log.info("card.presented", id_tag=uid)
     chosen.feed(ev.CardPresented(uid))

@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from evsed import core, events as ev
+from evsed import events as ev, state
 from evsed.auth import LocalAuthorizer
 from evsed.config import Card
 from evsed.connector import ConnectorControl
@@ -61,7 +61,7 @@ class Meter:
 def make(tmp_path, clock, checkpoint_s=60.0):
     store = Store(tmp_path / "s.db")
     pilot, contactor = Pilot(), Contactor()
-    ctrl = ConnectorControl(1, core.CoreConfig(), {"pilot": pilot, "contactor": contactor, "meter": Meter()},
+    ctrl = ConnectorControl(1, state.CoreConfig(), {"pilot": pilot, "contactor": contactor, "meter": Meter()},
                             clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
                             authorizer=LocalAuthorizer((Card("04A1B2C3", "Alice"),)),
                             writer=InlineWriter(store), timezone=dt.timezone.utc, checkpoint_s=checkpoint_s)
@@ -140,13 +140,20 @@ def test_running_session_is_checkpointed_at_most_once_per_checkpoint_period(tmp_
     assert row["stopped_at"] is None and row["energy_wh"] >= 540
 
 
-def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path):
+def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path, monkeypatch):
+    import dataclasses
+    from evsed import core
+    from evsed.pilot import PilotState
     clock = Clock()
     ctrl, pilot, contactor, _ = make(tmp_path, clock)
     charge(ctrl, pilot, clock)
     assert contactor.closed
-    ctrl.state = ctrl.state.__class__(**{**{f: getattr(ctrl.state, f) for f in ctrl.state.__dataclass_fields__},
-                                         "diode_ok": False})
+    real_step = core.step
+
+    def faulty_step(cfg, s, event, now):  # a core bug: it forgets the EV left and keeps closed
+        s, actions = real_step(cfg, s, event, now)
+        return dataclasses.replace(s, contactor_closed=True, pilot=PilotState.A), []
+    monkeypatch.setattr(core, "step", faulty_step)
     ctrl.feed(ev.LimitChanged("test", 16.0))
     assert not contactor.closed
 

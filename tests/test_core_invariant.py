@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from evsed import events as ev
-from evsed.core import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker, step
+from evsed.core import step
+from evsed.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
 from evsed.events import Fault, StopReason
 from evsed.pilot import MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty, diode_present
 

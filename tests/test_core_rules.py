@@ -5,7 +5,8 @@ import math
 import pytest
 
 from evsed import events as ev
-from evsed.core import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker, step
+from evsed.core import step
+from evsed.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
 from evsed.events import ConnectorStatus, Fault, StopReason
 from evsed.pilot import NOMINAL_V, PilotState
 
