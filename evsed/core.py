@@ -12,7 +12,7 @@ from dataclasses import replace
 from evsed import events as ev
 from evsed.events import ConnectorStatus, Fault, StopReason
 from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, Connector,
+from evsed.state import (DIODE_FAILURES_TO_FAULT, RCD_TRIPS_FORGOTTEN_S, DIODE_SETTLE_S, PLUGGED_STATES, Connector,
                          CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker, pilot_fresh,
                          safety_blocker)
 
@@ -76,9 +76,8 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
         faults = {f: st for f, st in s.faults.items() if f not in cleared}
         if cleared:
             out.append(ev.FaultsCleared(cleared))
-        rcd_trips = s.rcd_trips if Fault.RCD in faults else 0
         s = replace(s, faults=faults, finishing=False, diode_ok=False, diode_failures=0,
-                    wakeups=0, rcd_trips=rcd_trips, refusal="")
+                    wakeups=0, refusal="")
         if s.id_tag is not None and s.auth_expires_at is None:
             s = replace(s, id_tag=None)  # an authorization used by an EV ends with it
     elif state in PLUGGED_STATES and previous in (PilotState.A, None):
@@ -182,9 +181,11 @@ def _on_fault_input(cfg, s: Connector, e: ev.FaultInputChanged, now, out) -> Con
     s = replace(s, rcd_tripped=e.tripped)
     if not e.tripped or Fault.RCD in s.faults:
         return s
-    trips = s.rcd_trips + 1
+    # Trips count until a person clears them or a day passes without one; unplugging does not
+    # reset them, or re-plugging between trips would dodge the lock-out.
+    trips = (s.rcd_trips if now < s.rcd_tripped_at + RCD_TRIPS_FORGOTTEN_S else 0) + 1
     retry_at = now + cfg.rcd_retry_s if trips <= cfg.rcd_max_retries else None
-    return _raise(replace(s, rcd_trips=trips), Fault.RCD, retry_at, now, out,
+    return _raise(replace(s, rcd_trips=trips, rcd_tripped_at=now), Fault.RCD, retry_at, now, out,
                   f"trip {trips}" + ("" if retry_at else ", locked out"))
 
 

@@ -15,6 +15,7 @@ from evsed.pilot import MIN_CURRENT_A, PilotState
 
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
+RCD_TRIPS_FORGOTTEN_S = 86_400.0  # a day without an RCD trip starts the retry count afresh
 DIODE_FAILURES_TO_FAULT = 3  # consecutive readings without the -12 V low level
 DIODE_SETTLE_S = 1.0  # after PWM starts, readings may still show the old output (an ADC burst
 #                       straddling the switch, a board applying the command): no fault yet
@@ -78,6 +79,7 @@ class Connector:
     faults: dict = field(default_factory=dict)  # Fault -> FaultState; replaced, never mutated
     rcd_tripped: bool = False
     rcd_trips: int = 0
+    rcd_tripped_at: float = -math.inf
     limits: dict = field(default_factory=dict)  # source -> A; replaced, never mutated
     meter_ok_at: float | None = None
     meter_error: str = ""

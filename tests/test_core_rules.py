@@ -839,3 +839,25 @@ def test_one_noisy_reading_without_the_diode_does_not_switch_a_closed_contactor(
     for i in range(3):
         r.ev(2.1 + 0.05 * i, C, diode=False)
     assert not r.s.contactor_closed and Fault.DIODE in r.s.faults
+
+
+def test_unplugging_between_rcd_trips_does_not_reset_the_count():
+    r = Rig(rcd_max_retries=1)
+    r.charge(0.0)
+    r.at(1.0, ev.FaultInputChanged(True))
+    r.at(2.0, ev.FaultInputChanged(False))
+    r.ev(3.0, A)  # the driver unplugs and plugs again
+    r.ev(4.0, B)
+    r.at(301.0, ev.Tick())
+    assert r.s.faults == {}
+    actions = r.at(302.0, ev.FaultInputChanged(True))
+    assert ev.FaultRaised(Fault.RCD, True, "trip 2, locked out") in actions
+
+
+def test_a_day_without_a_trip_starts_the_rcd_count_afresh():
+    r = Rig(rcd_max_retries=1)
+    r.at(1.0, ev.FaultInputChanged(True))
+    r.at(2.0, ev.FaultInputChanged(False))
+    r.at(301.0, ev.Tick())
+    actions = r.at(1.0 + 86_400.0, ev.FaultInputChanged(True))
+    assert ev.FaultRaised(Fault.RCD, False, "trip 1") in actions
