@@ -12,9 +12,9 @@ from dataclasses import replace
 from evsed import events as ev
 from evsed.events import ConnectorStatus, Fault, StopReason
 from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.state import (DIODE_FAILURES_TO_FAULT, RCD_TRIPS_FORGOTTEN_S, DIODE_SETTLE_S, PLUGGED_STATES, Connector,
-                         CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker, pilot_fresh,
-                         safety_blocker)
+from evsed.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
+                         Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
+                         pilot_fresh, safety_blocker)
 
 
 def step(cfg: CoreConfig, s: Connector, event: ev.Event, now: float) -> tuple[Connector, list[ev.Action]]:
