@@ -49,6 +49,18 @@ class _QueuedWriter:
 _writer: _QueuedWriter | None = None
 
 
+class _ToStructlog(logging.Handler):
+    """Libraries log through the standard logging module (pymodbus, gpiozero): their records go
+    through structlog too, so the journal stays one JSON object per line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger("evsed").log(record.levelno, "library.log", logger=record.name,
+                                              message=record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog once per process. fmt: auto, text or json."""
     global _writer
@@ -72,6 +84,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(file=_writer),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))  # libraries: warnings and worse
 
 
 def flush() -> None:

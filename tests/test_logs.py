@@ -1,0 +1,27 @@
+"""Logs: JSON lines with ISO timestamps off a terminal, library records included."""
+
+import io
+import json
+import logging
+
+import structlog
+
+from evsed import logs
+
+
+def test_json_lines_carry_iso_timestamps_and_library_warnings_become_json_too():
+    stream = io.StringIO()
+    try:
+        logs.configure("info", "json", stream=stream)
+        structlog.get_logger("evsed").info("contactor.opened", connector=1, reason="test")
+        logging.getLogger("pymodbus.logging").warning("Failed to connect %s", "[Errno 111]")
+        logs.flush()
+        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:  # leave structlog and the root logger as other tests expect them
+        logs.flush()
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
+    assert records[0]["event"] == "contactor.opened" and records[0]["timestamp"].endswith("Z")
+    assert records[1]["event"] == "library.log" and records[1]["logger"] == "pymodbus.logging"
+    assert records[1]["message"] == "Failed to connect [Errno 111]" and records[1]["level"] == "warning"
