@@ -619,7 +619,7 @@ def test_gpiozero_pwm_fallback_runs_1_khz_on_the_pin(mock, shared):
 
 def test_gpiozero_pwm_without_a_pin_is_refused(shared, mock):
     with pytest.raises(DeviceUnavailable, match="pwm_pin"):
-        build("pilot", f'offset_v = 1.65\ngain = 8\npwm = "gpiozero"\nadc_driver = "gpiozero"', shared)
+        build("pilot", 'offset_v = 1.65\ngain = 8\npwm = "gpiozero"\nadc_driver = "gpiozero"', shared)
 
 
 # --- no silent fallback, lazy imports -------------------------------------------------------------------
