@@ -157,7 +157,7 @@ class ConnectorControl:
         if s is not None and s.meter_start_unknown:  # started before the meter first answered
             s.meter_start_unknown = False
             s.meter_start_wh = s.meter_last_wh = reading.energy_import_wh
-            self.writer.submit(lambda st, wh=reading.energy_import_wh: s.row_id and st.set_meter_start(s.row_id, wh))
+            self.writer.submit(lambda st, wh=reading.energy_import_wh: s.row_id and st.set_meter(s.row_id, wh, wh))
         if s is not None:
             s.meter_last_wh = max(s.meter_last_wh, reading.energy_import_wh)
             s.power_w = reading.power_total_w
@@ -180,9 +180,12 @@ class ConnectorControl:
             return False
         old = self.last_reading.energy_import_wh if self.last_reading else 0
         first = self._rejected[0][1].energy_import_wh
-        if self.session is not None:
-            self.session.meter_start_wh += first - old
-            self.session.meter_last_wh += first - old
+        s = self.session
+        if s is not None:
+            s.meter_start_wh += first - old
+            s.meter_last_wh += first - old
+            self.writer.submit(lambda st, a=s.meter_start_wh, b=s.meter_last_wh: s.row_id and st.set_meter(s.row_id, a, b))
+        self._last_session = None  # a finished session's energy is not on the new counter
         self.log.warning("meter.rebaselined", previous_wh=old, now_wh=first)
         self._rejected.clear()
         return True
@@ -250,6 +253,7 @@ class ConnectorControl:
                         a.auth_source, utc_iso(self.wallclock()), energy, energy,
                         meter_start_unknown=self.meter is not None and self.last_reading is None)
         self.session = s
+        self._last_session = None  # from here on, energy belongs to the new session
         self._checkpointed_at = self.clock()
         self.writer.submit(lambda st: st.start(s))
         self.last_refusal = None
@@ -261,7 +265,8 @@ class ConnectorControl:
             return
         s.stopped = (a.reason.value, utc_iso(self.wallclock()))
         self._store_stop(s)
-        self._last_session = s  # the next reading after the contactor opened completes its energy
+        # the next reading after the contactor opened completes its energy (if it had a start)
+        self._last_session = None if s.meter_start_unknown else s
         self.log.info("session.stopped", id_tag=s.id_tag, reason=a.reason.value, energy_wh=s.energy_wh,
                       meter_stop_wh=s.meter_last_wh, peak_power_w=s.peak_power_w)
 
@@ -306,6 +311,7 @@ class ConnectorControl:
 
 REBASELINE_AFTER = 5
 MAX_PLAUSIBLE_POWER_W = 250_000.0  # 3 x 80 A x 480 V with margin: no charger meter sees more
+COARSE_STEP_WH = 200  # meters counting in 0.1 kWh (EM340, EEM-350) move in 100 Wh steps
 
 
 def _implausible(reading: MeterReading, previous: MeterReading | None, elapsed_s: float) -> str:
@@ -319,7 +325,7 @@ def _implausible(reading: MeterReading, previous: MeterReading | None, elapsed_s
     step_wh = reading.energy_import_wh - previous.energy_import_wh
     if step_wh < 0:
         return f"meter energy went backwards: {previous.energy_import_wh} Wh -> {reading.energy_import_wh} Wh"
-    if step_wh > 10 + MAX_PLAUSIBLE_POWER_W * max(elapsed_s, 0.0) / 3600.0:
+    if step_wh > COARSE_STEP_WH + MAX_PLAUSIBLE_POWER_W * max(elapsed_s, 0.0) / 3600.0:
         return f"meter energy jumped by {step_wh} Wh in {elapsed_s:.1f} s"
     return ""
 

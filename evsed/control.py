@@ -47,6 +47,9 @@ async def serve(runtime_dir: Path, daemon) -> asyncio.AbstractServer:
                     reply = dispatch(daemon, req)
                 except (ValueError, KeyError, TypeError) as exc:
                     reply = {"ok": False, "error": str(exc)}
+                except Exception as exc:  # noqa: BLE001 - a client's request must never stop charging
+                    log.error("control.request_failed", error=repr(exc))
+                    reply = {"ok": False, "error": f"internal error: {exc!r}"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):

@@ -13,6 +13,7 @@ from evsed import events as ev
 from evsed.events import ConnectorStatus, Fault, StopReason
 from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
 from evsed.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
+                         SELF_TEST_TIMEOUT_S,
                          Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
                          pilot_fresh, safety_blocker)
 
@@ -269,6 +270,9 @@ def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
         s = replace(s, id_tag=None, auth_expires_at=None, refusal="authorization expired: no EV plugged in")
     if s.reservation is not None and now >= s.reservation[1]:
         s = replace(s, reservation=None)
+    if s.self_test == "running" and now >= s.self_test_since + SELF_TEST_TIMEOUT_S:
+        s = _raise(replace(s, self_test="none"), Fault.RCD_SELF_TEST, None, now, out,
+                   f"no test result within {SELF_TEST_TIMEOUT_S:g} s")
     rcd = s.faults.get(Fault.RCD)
     if rcd is not None and rcd.retry_at is not None and now >= rcd.retry_at and not s.rcd_tripped:
         out.append(ev.FaultsCleared((Fault.RCD,)))
@@ -362,7 +366,8 @@ def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: list) -> Conn
         if cfg.has_self_test and s.self_test != "passed":  # test the RCD before every close
             if s.self_test == "none":
                 out.append(ev.RunSelfTest())
-            return replace(s, self_test="running")
+                return replace(s, self_test="running", self_test_since=now)
+            return s
         out.append(ev.CloseContactor())
         return replace(s, contactor_closed=True, contactor_changed_at=now, stopping_since=None,
                        overcurrent_since=None, self_test="none")

@@ -213,13 +213,14 @@ class Daemon:
 
     def _timer_due(self, connector_id: int) -> None:
         self._timers.pop(connector_id, None)
-        self.connectors[connector_id].tick()
+        if not self.stopping.is_set():
+            self.connectors[connector_id].tick()
 
     # --- input loops ------------------------------------------------------------------------
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
         timing = self.config.timing
         idle_interval = max(timing.pilot_poll_s, timing.pilot_lost_s / 2)
-        while True:
+        while not self.stopping.is_set():
             if ctrl.pilot_reads_instantly:
                 ctrl.poll_inputs()
             else:  # an ADC burst: read in a worker so the loop stays free for safety events
@@ -231,18 +232,22 @@ class Daemon:
     async def _poll_meter(self, ctrl: ConnectorControl) -> None:
         interval = self.config.timing.meter_interval_s
         failures = 0
-        while True:
+        while not self.stopping.is_set():
             try:
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of a stop
                 async with asyncio.timeout(max(2.0, 2 * interval)):
                     reading = await ctrl.meter.read()
             except (HalError, TimeoutError) as exc:
+                if self.stopping.is_set():
+                    return
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
                     log.warning("meter.read_failed", connector=ctrl.id, error=str(exc) or type(exc).__name__,
                                 failures=failures)
                 ctrl.meter_failed(str(exc) or type(exc).__name__)
             else:
+                if self.stopping.is_set():
+                    return
                 if failures:
                     log.info("meter.recovered", connector=ctrl.id, after_failures=failures)
                 failures = 0

@@ -16,6 +16,7 @@ from evsed.pilot import MIN_CURRENT_A, PilotState
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
 RCD_TRIPS_FORGOTTEN_S = 86_400.0  # a day without an RCD trip starts the retry count afresh
+SELF_TEST_TIMEOUT_S = 10.0  # an RCD test with no answer by then failed (a hung worker or driver)
 DIODE_FAILURES_TO_FAULT = 3  # consecutive readings without the -12 V low level
 DIODE_SETTLE_S = 1.0  # after PWM starts, readings may still show the old output (an ADC burst
 #                       straddling the switch, a board applying the command): no fault yet
@@ -93,6 +94,7 @@ class Connector:
     reservation: tuple[str, float] | None = None
     shutting_down: bool = False
     self_test: str = "none"  # RCD test for the next close: "none", "running", "passed"
+    self_test_since: float = -math.inf  # when the running test was asked for
     status: ConnectorStatus = ConnectorStatus.AVAILABLE
     reason: str = ""  # why not charging, for people
     refusal: str = ""  # why the last card was refused
@@ -203,5 +205,7 @@ def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
         times.append(s.b_since + cfg.wakeup_after_s)
     if s.paused_until > -math.inf:
         times.append(s.paused_until)
+    if s.self_test == "running":
+        times.append(s.self_test_since + SELF_TEST_TIMEOUT_S)
     due = [t for t in times if t is not None and t > -math.inf]
     return min(due) if due else None

@@ -100,9 +100,10 @@ class Store:
              s.started_at, s.meter_start_wh, s.meter_last_wh))
         s.row_id = cur.lastrowid
 
-    def set_meter_start(self, row_id: int, meter_wh: int) -> None:
-        self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=? WHERE id=?",
-                        (meter_wh, meter_wh, row_id))
+    def set_meter(self, row_id: int, meter_start_wh: int, meter_last_wh: int) -> None:
+        """A running session's meter values anew (first reading, or a replaced meter)."""
+        self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=?, energy_wh=MAX(0, ?-?) WHERE id=?",
+                        (meter_start_wh, meter_last_wh, meter_last_wh, meter_start_wh, row_id))
 
     def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str) -> None:
         self.db.execute(

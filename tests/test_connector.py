@@ -203,6 +203,10 @@ def test_a_replaced_meter_is_taken_as_the_new_baseline_after_consistent_readings
         ctrl.meter_sampled(reading(20 + 3 * i))
     assert ctrl.last_reading.energy_import_wh == 32 and ctrl.state.meter_error == ""
     assert ctrl.session.energy_wh == 100 + 12
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    (row,) = store.sessions()
+    assert row["energy_wh"] == 112 and row["meter_stop_wh"] == 32
 
 
 def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
@@ -243,3 +247,42 @@ def test_the_first_reading_after_the_stop_completes_the_sessions_energy(tmp_path
     ctrl.meter_sampled(reading(1003, 0.0))
     (row,) = store.sessions()
     assert (row["meter_stop_wh"], row["energy_wh"], row["stop_reason"]) == (1003, 3, "ev_disconnected")
+
+
+def test_back_to_back_sessions_do_not_share_energy(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 60
+    ctrl.meter_sampled(reading(1120))
+    ctrl.feed(ev.CardPresented("04A1B2C3"))  # stop, and within the grace start again
+    ctrl.feed(ev.CardPresented("04A1B2C3"))
+    for i in range(1, 11):
+        clock.now += 6
+        ctrl.poll_inputs(ctrl.read_pilot())
+        ctrl.meter_sampled(reading(1120 + 20 * i))
+    first, second = store.sessions()
+    assert first["energy_wh"] == 120 and second["meter_start_wh"] == 1120
+
+
+def test_a_session_that_never_saw_the_meter_is_not_given_its_total_later(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    ctrl.start()
+    pilot.high_v = 9.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.feed(ev.CardPresented("04A1B2C3"))
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.meter_sampled(reading(12_345_678, 0.0))
+    (row,) = store.sessions()
+    assert row["energy_wh"] == 0
+
+
+def test_coarse_meters_stepping_100_wh_are_not_garbage(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 1
+    ctrl.meter_sampled(reading(1100))  # an EM340 counts in 0.1 kWh
+    assert ctrl.state.meter_error == "" and ctrl.last_reading.energy_import_wh == 1100

@@ -861,3 +861,14 @@ def test_a_day_without_a_trip_starts_the_rcd_count_afresh():
     r.at(301.0, ev.Tick())
     actions = r.at(1.0 + 86_400.0, ev.FaultInputChanged(True))
     assert ev.FaultRaised(Fault.RCD, False, "trip 1") in actions
+
+
+def test_an_rcd_test_that_never_answers_locks_out_after_its_timeout():
+    r = Rig(has_self_test=True)
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.0, ev.RemoteStart(CARD))
+    assert ev.RunSelfTest() in r.ev(0.1, C)
+    assert next_deadline(r.cfg, r.s) <= 10.1
+    r.run(0.1, 10.2)
+    assert Fault.RCD_SELF_TEST in r.s.faults and not r.s.contactor_closed

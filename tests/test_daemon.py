@@ -118,6 +118,7 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_lives(tmp_pa
             reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
             for junk in (b"not json\n", b"[1,2]\n", b'{"cmd": "launch"}\n',
                          b'{"cmd": "sim", "action": "ev", "max_current_a": "abc"}\n',
+                         b'{"cmd": "clear-faults", "connector": 1e999}\n',
                          b'{"cmd": "sim", "action": "fault", "kind": "x"}\n'):
                 writer.write(junk)
                 reply = json.loads(await reader.readline())
