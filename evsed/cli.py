@@ -83,6 +83,8 @@ def cmd_status(args) -> int:
         return 0
     for c in reply["connectors"]:
         print(format_status(c))
+    if reply.get("card_reader_error"):
+        print(f"card reader: unavailable: {reply['card_reader_error']}")
     return 0
 
 
