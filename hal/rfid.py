@@ -236,7 +236,40 @@ class Rdm6300Parser:
             self._noise = 0
 
 
-class Rdm6300Reader(TapFeed):
+class FdReader(TapFeed):
+    """A reader whose device file is watched by the event loop (loop.add_reader): the device
+    only ever talks, so nothing waits and no thread is needed."""
+
+    def __init__(self, name: str, hold_off_s: float, clock: Clock):
+        super().__init__(name, hold_off_s, clock)
+        self._fd: int | None = None
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._fd = fd
+        loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        raise NotImplementedError
+
+    def _offer(self, uid: str | None) -> None:
+        """A decoded UID: delivered when it is a new tap."""
+        if uid is not None and self._on_read(uid):
+            self._deliver(uid)
+
+    def _lost(self, message: str) -> None:
+        """The device went away (unplugged): stop watching and tell next_tap() once."""
+        self._stop_reading()
+        lost = DeviceUnavailable(message)
+        self._on_failure(lost)
+        self._deliver(lost)
+
+    def _stop_reading(self) -> None:
+        if self._fd is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._fd = None
+
+
+class Rdm6300Reader(FdReader):
     """RDM6300 on a serial port. Reads run on the event loop through loop.add_reader on the
     port's file descriptor: the reader only ever talks, so there is no request/response to
     wait for and no thread is needed; a read never blocks (the port has timeout=0)."""
@@ -246,11 +279,9 @@ class Rdm6300Reader(TapFeed):
         super().__init__(name, hold_off_s, clock)
         self._port = port
         self._parser = Rdm6300Parser(name)
-        self._fd: int | None = None
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._fd = self._port.fileno()
-        loop.add_reader(self._fd, self._on_readable)
+        self._watch(loop, self._port.fileno())
 
     def _on_readable(self) -> None:
         import serial
@@ -258,19 +289,10 @@ class Rdm6300Reader(TapFeed):
         try:
             data = self._port.read(max(1, self._port.in_waiting))
         except (serial.SerialException, OSError) as exc:
-            self._stop_reading()
-            lost = DeviceUnavailable(f"rfid {self.name}: {self._port.port} disconnected: {exc}")
-            self._on_failure(lost)
-            self._deliver(lost)
+            self._lost(f"rfid {self.name}: {self._port.port} disconnected: {exc}")
             return
         for uid in self._parser.feed(data):
-            if self._on_read(uid):
-                self._deliver(uid)
-
-    def _stop_reading(self) -> None:
-        if self._fd is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        self._fd = None
+            self._offer(uid)
 
     def release(self) -> None:
         self._stop_reading()

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from hal import DeviceUnavailable
-from hal.rfid import Clock, TapFeed, _clock
+from hal.rfid import Clock, FdReader, _clock
 
 log = structlog.get_logger()
 
@@ -89,18 +89,16 @@ class HidDecoder:
             return None
 
 
-class HidReader(TapFeed):
+class HidReader(FdReader):
     """An evdev InputDevice read on the event loop through loop.add_reader on its fd."""
 
     def __init__(self, device, decoder: HidDecoder, hold_off_s: float = 1.0,
                  clock: Clock = time.monotonic, name: str = "hid"):
         super().__init__(name, hold_off_s, clock)
         self._device, self._decoder = device, decoder
-        self._fd: int | None = None
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._fd = self._device.fd
-        loop.add_reader(self._fd, self._on_readable)
+        self._watch(loop, self._device.fd)
 
     def _on_readable(self) -> None:
         try:
@@ -108,20 +106,10 @@ class HidReader(TapFeed):
         except BlockingIOError:
             return
         except OSError as exc:  # ENODEV: unplugged
-            self._stop_reading()
-            lost = DeviceUnavailable(f"rfid hid: {self._device.path} disconnected: {exc}")
-            self._on_failure(lost)
-            self._deliver(lost)
+            self._lost(f"rfid hid: {self._device.path} disconnected: {exc}")
             return
         for event in events:
-            uid = self._decoder.feed(event.type, event.code, event.value)
-            if uid is not None and self._on_read(uid):
-                self._deliver(uid)
-
-    def _stop_reading(self) -> None:
-        if self._fd is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        self._fd = None
+            self._offer(self._decoder.feed(event.type, event.code, event.value))
 
     def release(self) -> None:
         self._stop_reading()
