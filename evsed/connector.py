@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 from collections import deque
 from dataclasses import replace
 from typing import Any, Callable
@@ -59,8 +58,6 @@ class ConnectorControl:
         self._rejected: list[tuple[float, MeterReading]] = []  # consecutive implausible readings
         self._feedback: bool | None = None
         self._checkpointed_at = -float("inf")
-        self.input_at: float | None = None  # perf_counter of the input being handled
-        self.open_latencies_s: list[float] = []
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -111,7 +108,6 @@ class ConnectorControl:
         pilot: a reading taken off the loop; None reads it here when the pilot is a pushing
         (Notifying) device whose reads are instant, and skips it otherwise.
         """
-        self.input_at = time.perf_counter()
         if self.rcd is not None:
             tripped = bool(self.rcd.tripped())
             if tripped != self._rcd_tripped:
@@ -128,7 +124,6 @@ class ConnectorControl:
             if closed != self._feedback:
                 self._feedback = closed
                 self.feed(ev.ContactorFeedback(closed))
-        self.input_at = None
 
     def tick(self) -> None:
         self.feed(ev.Tick())
@@ -207,8 +202,6 @@ class ConnectorControl:
     def _perform(self, a: ev.Action, now: float) -> None:
         if isinstance(a, ev.OpenContactor):
             self.contactor.open()
-            if self.input_at is not None:
-                self.open_latencies_s.append(time.perf_counter() - self.input_at)
             self.log.info("contactor.opened", reason=a.reason)
         elif isinstance(a, ev.CloseContactor):
             self.contactor.close()

@@ -266,10 +266,7 @@ class Daemon:
             except HalError as exc:
                 log.warning("rfid.read_failed", error=str(exc))
                 continue
-            self.route_card(uid)
-
-    def route_card(self, uid: str) -> int:
-        return route_card(list(self.connectors.values()), uid)
+            route_card(list(self.connectors.values()), uid)
 
     # --- stop -------------------------------------------------------------------------------
     def release_all(self) -> None:
