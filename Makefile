@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/evsed run -c config/simulator.toml
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

@@ -50,7 +50,7 @@ def bare_rss() -> float:
 def daemon_run(config: Path, idle_s: float) -> tuple[float, float, float]:
     """(start-to-ready s, RSS MB after idling, idle CPU % of one core)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "evsed.cli", "run", "-c", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(config)],
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         for line in proc.stderr:

@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evsed import config, logs  # noqa: E402
-from evsed.daemon import Daemon  # noqa: E402
-from evsed.events import ClearFaults  # noqa: E402
+from evsed import config  # noqa: E402
+from evsed.shell import logs  # noqa: E402
+from evsed.shell.daemon import Daemon  # noqa: E402
+from evsed.core.events import ClearFaults  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

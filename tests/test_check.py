@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evsed import check, config
+from evsed import config
+from evsed.cli import check
 from hal.meter_models import MODELS
 from test_modbus_meters import KNOWN, SimulatedMeter, tcp_server
 
@@ -31,7 +32,7 @@ def free_port() -> int:
 
 
 def test_simulator_check_passes_and_reports_every_device(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "check", "-c", str(sim_config(tmp_path)), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "evsed", "check", "-c", str(sim_config(tmp_path)), "--json"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
@@ -61,7 +62,7 @@ def test_modbus_meter_is_read_in_units_with_null_where_the_model_lacks_it(tmp_pa
 def test_a_meter_that_does_not_answer_fails_the_check_with_the_reason(tmp_path):
     meter = (f'[connector.meter]\nbackend = "modbus"\nmodel = "sdm630"\ntransport = "tcp"\n'
              f'host = "127.0.0.1"\ntcp_port = {free_port()}\ntimeout_s = 0.2')
-    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "check", "-c", str(sim_config(tmp_path, meter))],
+    proc = subprocess.run([sys.executable, "-m", "evsed", "check", "-c", str(sim_config(tmp_path, meter))],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     line = next(l for l in proc.stdout.splitlines() if "connector 1 meter" in l)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from evsed import cli
-from evsed.store import LiveSession, Store
+from evsed.store.sessions import LiveSession, Store
 
 ROOT = Path(__file__).parent.parent
 
@@ -29,7 +29,7 @@ def config_with_sessions(tmp_path: Path) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evsed.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "evsed", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_sessions_as_table_csv_and_json(tmp_path):

@@ -101,7 +101,7 @@ def test_second_connector_errors_point_at_its_own_lines():
 def test_broken_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "evsed.toml"
     path.write_text(MINIMAL + "[store]\nretention = 5\n")
-    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "run", "-c", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "evsed", "run", "-c", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention: unknown key"
@@ -109,7 +109,7 @@ def test_broken_config_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 
 def test_missing_file_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "evsed.cli", "run", "-c", str(tmp_path / "nope.toml")],
+    proc = subprocess.run([sys.executable, "-m", "evsed", "run", "-c", str(tmp_path / "nope.toml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot read" in proc.stderr
 
@@ -142,7 +142,7 @@ def test_systemd_directories_are_the_defaults_under_the_service(monkeypatch, tmp
 
 
 def test_brackets_inside_strings_of_a_multiline_array_keep_later_lines_right():
-    from evsed.tomlines import key_lines
+    from evsed.config.tomlines import key_lines
     text = '[charger]\nid = "x"\nnote = [\n  "a ] b",  # ] too\n  "c",\n]\nphases = 2\n[[card]]\nuid = "01"\n'
     lines = key_lines(text)
     assert lines["charger.note"] == 3 and lines["charger.phases"] == 7 and lines["card[0].uid"] == 9

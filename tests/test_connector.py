@@ -2,11 +2,11 @@
 
 import datetime as dt
 
-from evsed import events as ev, state
-from evsed.auth import LocalAuthorizer
+from evsed.core import events as ev, state
+from evsed.shell.auth import LocalAuthorizer
 from evsed.config import Card
-from evsed.connector import ConnectorControl
-from evsed.store import InlineWriter, Store
+from evsed.shell.connector import ConnectorControl
+from evsed.store.sessions import InlineWriter, Store
 from hal import MeterReading, PilotReading, TryAgain
 
 
@@ -142,18 +142,18 @@ def test_running_session_is_checkpointed_at_most_once_per_checkpoint_period(tmp_
 
 def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path, monkeypatch):
     import dataclasses
-    from evsed import core
-    from evsed.pilot import PilotState
+    from evsed.shell import connector as connmod
+    from evsed.core.pilot import PilotState
     clock = Clock()
     ctrl, pilot, contactor, _ = make(tmp_path, clock)
     charge(ctrl, pilot, clock)
     assert contactor.closed
-    real_step = core.step
+    real_step = connmod.step
 
     def faulty_step(cfg, s, event, now):  # a core bug: it forgets the EV left and keeps closed
         s, actions = real_step(cfg, s, event, now)
         return dataclasses.replace(s, contactor_closed=True, pilot=PilotState.A), []
-    monkeypatch.setattr(core, "step", faulty_step)
+    monkeypatch.setattr(connmod, "step", faulty_step)
     ctrl.feed(ev.LimitChanged("test", 16.0))
     assert not contactor.closed
 

@@ -10,11 +10,11 @@ from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from evsed import events as ev
-from evsed.core import step
-from evsed.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
-from evsed.events import Fault, StopReason
-from evsed.pilot import MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty, diode_present
+from evsed.core import events as ev
+from evsed.core.step import step
+from evsed.core.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
+from evsed.core.events import Fault, StopReason
+from evsed.core.pilot import MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty, diode_present
 
 TAGS = ("CARD1", "CARD2", "REMOTE")
 SIM_SETTLE_S = 0.1  # the simulated contactor follows its command after this long

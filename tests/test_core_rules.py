@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from evsed import events as ev
-from evsed.core import step
-from evsed.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
-from evsed.events import ConnectorStatus, Fault, StopReason
-from evsed.pilot import NOMINAL_V, PilotState
+from evsed.core import events as ev
+from evsed.core.step import step
+from evsed.core.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
+from evsed.core.events import ConnectorStatus, Fault, StopReason
+from evsed.core.pilot import NOMINAL_V, PilotState
 
 A, B, C, D, E, F = (PilotState.A, PilotState.B, PilotState.C, PilotState.D, PilotState.E,
                     PilotState.F)

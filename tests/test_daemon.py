@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from evsed import config, control
-from evsed.daemon import Daemon, StartError
+from evsed import config
+from evsed.control import client as control
+from evsed.errors import StartError
+from evsed.shell.daemon import Daemon
 
 ROOT = Path(__file__).parent.parent
 
@@ -88,7 +90,7 @@ def test_plug_tap_charge_unplug_over_the_control_socket(tmp_path):
         assert not sock.exists()
 
     asyncio.run(scenario())
-    from evsed.store import Store
+    from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["card_name"] == "Alice" and row["stop_reason"] == "ev_disconnected"
 
@@ -159,7 +161,7 @@ def test_second_daemon_on_the_same_state_directory_refuses(tmp_path):
 
 
 def start_process(path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "evsed.cli", "run", "-c", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stderr:  # JSON lines: not a terminal
         if json.loads(line)["event"] == "daemon.ready":
@@ -189,7 +191,7 @@ def test_sigterm_opens_the_contactor_and_ends_the_session_as_reboot(tmp_path):
     opened = [e for e in events if e["event"] == "contactor.opened"]
     assert opened and opened[0]["reason"] == "shutting down"
     assert all(e["timestamp"].endswith("Z") for e in events)
-    from evsed.store import Store
+    from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["stop_reason"] == "reboot"
 
@@ -199,7 +201,7 @@ def test_kill_9_loses_no_session_and_the_next_start_closes_it_as_power_loss(tmp_
     cfg = config.load(path)
     proc = start_process(path)
     charge(cfg)
-    from evsed.store import Store
+    from evsed.store.sessions import Store
     for _ in range(1000):  # the start row is written by the store thread: wait until it is durable
         if list(Store.open_readonly(cfg.store.state_dir / "sessions.db").sessions()):
             break
@@ -212,7 +214,7 @@ def test_kill_9_loses_no_session_and_the_next_start_closes_it_as_power_loss(tmp_
     proc.send_signal(signal.SIGTERM)
     proc.stderr.read()
     proc.wait(timeout=10)
-    from evsed.store import Store
+    from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["stop_reason"] == "power_loss" and row["stopped_at"] is not None
 

@@ -26,8 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from gpiozero.pins.mock import MockConnectedPin, MockPin, MockPWMPin, MockSPIDevice
 
-from evsed import backends, config
-from evsed.pilot import PilotState, classify, diode_present
+from evsed import config
+from evsed.config import backends
+from evsed.core.pilot import PilotState, classify, diode_present
 from hal import (Closable, ContactorFeedback, DeviceUnavailable, Notifying, PilotReading, SelfTest,
                  TryAgain)
 from hal.adc import BurstSampler, GpiozeroADC, Scale, SpidevADC
@@ -649,7 +650,7 @@ def _importable(name: str) -> bool:
 
 
 def test_importing_the_registry_loads_no_gpio_library():
-    code = "import sys, evsed.backends, evsed.config; print(sorted(m for m in sys.modules " \
+    code = "import sys, evsed.config.backends, evsed.config; print(sorted(m for m in sys.modules " \
            "if m.split('.')[0] in ('gpiozero', 'spidev', 'lgpio', 'RPi', 'pigpio') " \
            "or m in ('hal.gpio', 'hal.pwm', 'hal.adc')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

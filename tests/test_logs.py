@@ -6,7 +6,7 @@ import logging
 
 import structlog
 
-from evsed import logs
+from evsed.shell import logs
 
 
 def test_json_lines_carry_iso_timestamps_and_library_warnings_become_json_too():

@@ -20,8 +20,9 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from evsed import backends, config
-from evsed.backends import BackendContext
+from evsed import config
+from evsed.config import backends
+from evsed.config.backends import BackendContext
 from hal import DeviceUnavailable, Meter, TryAgain
 from hal.meter_models import MODELS, TYPES, Field, MeterModel, blocks
 from hal.modbus import modbus_meter

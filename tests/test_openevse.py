@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from evsed import backends
-from evsed.pilot import PilotState, classify, current_for_duty, diode_present, duty_for_current
+from evsed.config import backends
+from evsed.core.pilot import PilotState, classify, current_for_duty, diode_present, duty_for_current
 from hal import Contactor, ContactorFeedback, DeviceUnavailable, FaultInput, Meter, Notifying, Pilot, TryAgain
 from hal import openevse, rapi
 from hal.rapi import BoardState, FrameError, additive_checksum, decode, encode, pilot_reading, xor_checksum

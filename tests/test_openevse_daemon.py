@@ -4,7 +4,7 @@ import asyncio
 from pathlib import Path
 
 from evsed import config
-from evsed.daemon import Daemon
+from evsed.shell.daemon import Daemon
 from simulator.openevse_rapi import OpenEvseEmulator
 from test_daemon import until
 
@@ -62,6 +62,6 @@ def test_card_and_plug_charge_through_the_board_and_unplug_ends_the_session(tmp_
             assert await run == 0
 
         asyncio.run(scenario())
-    from evsed.store import Store
+    from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["stop_reason"] == "ev_disconnected" and row["meter_start_wh"] >= 5000

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from evsed.pilot import (BAND_V, MAX_CURRENT_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify,
+from evsed.core.pilot import (BAND_V, MAX_CURRENT_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify,
                          current_for_duty, diode_present, duty_for_current)
 
 # Float noise allowance when reading a duty back as a current (far below any meter's resolution).

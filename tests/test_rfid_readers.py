@@ -12,8 +12,8 @@ import types
 import pytest
 from structlog.testing import capture_logs
 
-from evsed import backends
-from evsed.backends import BackendContext
+from evsed.config import backends
+from evsed.config.backends import BackendContext
 from hal import DeviceUnavailable, TryAgain
 from hal.rfid import (FAILURES_BEFORE_RAISE, PollingReader, Rdm6300Parser, rdm6300_checksum,
                       rdm6300_frame)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from evsed import scenario
+from evsed.shell import scenario
 
 SCENARIOS = sorted((Path(__file__).parent.parent / "simulator" / "scenarios").glob("*.toml"))
 

@@ -1,6 +1,6 @@
 """Session records: durable start/checkpoint/stop, power-loss recovery, filters."""
 
-from evsed.store import LiveSession, Store
+from evsed.store.sessions import LiveSession, Store
 
 
 def live(**kw) -> LiveSession:

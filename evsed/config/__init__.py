@@ -18,9 +18,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evsed import backends
-from evsed.state import CoreConfig
-from evsed.tomlines import key_lines
+from evsed.config import backends
+from evsed.core.state import CoreConfig
+from evsed.config.tomlines import key_lines
 from hal import canonical_uid
 
 DEFAULT_PATH = Path("/etc/evsed/evsed.toml")

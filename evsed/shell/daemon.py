@@ -19,19 +19,18 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from evsed import backends, control, sdnotify
-from evsed.auth import LocalAuthorizer
+from evsed.config import backends
+from evsed.control import server as control
+from evsed.shell import sdnotify
+from evsed.shell.auth import LocalAuthorizer
 from evsed.config import Config
-from evsed.connector import ConnectorControl, route_card
-from evsed.pilot import PilotState
-from evsed.store import Store, StoreWriter
+from evsed.errors import StartError
+from evsed.shell.connector import ConnectorControl, route_card
+from evsed.core.pilot import PilotState
+from evsed.store.sessions import Store, StoreWriter
 from hal import Closable, DeviceUnavailable, HalError, Notifying
 
 log = structlog.get_logger("evsed")
-
-
-class StartError(Exception):
-    """The daemon cannot start (lock held, device unavailable); the message says why."""
 
 
 class StateLock:

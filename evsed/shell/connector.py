@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 import structlog
 
-from evsed import core, state
-from evsed import events as ev
-from evsed.auth import LocalAuthorizer
-from evsed.store import LiveSession, utc_iso
+from evsed.core import state
+from evsed.core.step import step
+from evsed.core import events as ev
+from evsed.shell.auth import LocalAuthorizer
+from evsed.store.sessions import LiveSession, utc_iso
 from hal import ContactorFeedback, HalError, MeterReading, Notifying, PilotReading, SelfTest
 
 log = structlog.get_logger("evsed")
@@ -191,7 +192,7 @@ class ConnectorControl:
     # --- the step ---------------------------------------------------------------------------
     def _step(self, event: ev.Event) -> None:
         now = self.clock()
-        self.state, actions = core.step(self.cfg, self.state, event, now)
+        self.state, actions = step(self.cfg, self.state, event, now)
         for action in actions:
             self._perform(action, now)
         violated = state.check_invariant(self.cfg, self.state, now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 from evsed.config import Card
-from evsed.events import AuthorizationResult
+from evsed.core.events import AuthorizationResult
 
 
 class LocalAuthorizer:

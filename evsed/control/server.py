@@ -1,7 +1,6 @@
-"""The control socket: JSON lines over a Unix socket (mode 0660) in the runtime directory.
+"""The control socket's server: JSON lines over a Unix socket (mode 0660) in the runtime directory.
 
-Server side answers status, sim and clear-faults requests from the running daemon;
-client side is what `evsed status` and `evsed sim` use.
+It answers status, sim and clear-faults requests inside the running daemon.
 """
 
 from __future__ import annotations
@@ -9,20 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from evsed import events as ev
+from evsed.control.client import ControlError, request, socket_path
+from evsed.core import events as ev
+from evsed.errors import StartError
 
 log = structlog.get_logger("evsed")
 MAX_REQUEST = 64 * 1024
-
-
-def socket_path(runtime_dir: Path) -> Path:
-    return runtime_dir / "control.sock"
 
 
 async def serve(runtime_dir: Path, daemon) -> asyncio.AbstractServer:
@@ -34,7 +30,6 @@ async def serve(runtime_dir: Path, daemon) -> asyncio.AbstractServer:
         except ControlError:
             path.unlink()  # stale socket of a daemon that died
         else:
-            from evsed.daemon import StartError
             raise StartError(f"another evsed answers on {path}")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -130,35 +125,3 @@ def _ev_settings(req: dict) -> dict[str, Any]:
                 raise ValueError(f"{flag}: expected true or false, got {req[flag]!r}")
             out[flag] = req[flag]
     return out
-
-
-class ControlError(Exception):
-    pass
-
-
-def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
-    """Send one request to the running daemon and return its reply."""
-    path = socket_path(runtime_dir)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(str(path))
-            sock.sendall(json.dumps(req).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except FileNotFoundError:
-        raise ControlError(f"no evsed daemon is running (no socket at {path})") from None
-    except ConnectionRefusedError:
-        raise ControlError(f"no evsed daemon answers on {path}") from None
-    except PermissionError:
-        raise ControlError(f"permission denied on {path}: join the daemon's group") from None
-    except (OSError, TimeoutError) as exc:
-        raise ControlError(f"control socket {path}: {exc}") from None
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise ControlError(f"garbled reply from {path}") from None

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from evsed import backends, config as configmod, events as ev
-from evsed.auth import LocalAuthorizer
-from evsed.connector import ConnectorControl, route_card
-from evsed.store import InlineWriter, Store
+from evsed import config as configmod
+from evsed.config import backends
+from evsed.core import events as ev
+from evsed.shell.auth import LocalAuthorizer
+from evsed.shell.connector import ConnectorControl, route_card
+from evsed.store.sessions import InlineWriter, Store
 from hal import canonical_uid
 from simulator.hardware import SimWorld
 
@@ -241,8 +243,6 @@ def load(path: Path) -> Runner:
 
 def run_files(paths: list[Path], verbose: bool = True) -> int:
     """Run scenario files, report each expectation; exit status 1 if any failed."""
-    from evsed import logs
-    logs.configure("critical", "text")  # the expectations are the report; the log would drown them
     passed = failed = 0
     for path in paths:
         try:

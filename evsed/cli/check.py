@@ -11,10 +11,11 @@ import math
 import time
 from typing import Any
 
-from evsed import backends
+from evsed.config import backends
 from evsed.config import Config
-from evsed.daemon import StartError, StateLock, build_world
-from evsed.pilot import classify, diode_present
+from evsed.errors import StartError
+from evsed.shell.daemon import StateLock, build_world
+from evsed.core.pilot import classify, diode_present
 from hal import Closable, ContactorFeedback, HalError, MeterReading
 
 METER_TIMEOUT_S = 5.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from evsed import events as ev
-from evsed.events import ConnectorStatus, Fault
-from evsed.pilot import MIN_CURRENT_A, PilotState
+from evsed.core import events as ev
+from evsed.core.events import ConnectorStatus, Fault
+from evsed.core.pilot import MIN_CURRENT_A, PilotState
 
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)

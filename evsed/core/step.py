@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from evsed import events as ev
-from evsed.events import ConnectorStatus, Fault, StopReason
-from evsed.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
+from evsed.core import events as ev
+from evsed.core.events import ConnectorStatus, Fault, StopReason
+from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
+from evsed.core.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
                          SELF_TEST_TIMEOUT_S,
                          Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
                          pilot_fresh, safety_blocker)

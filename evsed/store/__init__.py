@@ -1,0 +1,1 @@
+"""Durable records in SQLite under the state directory: sessions, and the event outbox."""
