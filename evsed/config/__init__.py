@@ -109,6 +109,23 @@ class SimulatorConfig:
     meter_start_wh: int = 0
 
 
+SERVICE_SECTIONS = ("ocpp", "mqtt", "web")  # tables the service processes check themselves
+
+
+@dataclass(frozen=True)
+class Section:
+    """A service's own table ([ocpp], [mqtt], [web]), kept raw here and checked by that service's
+    parser through table(), so errors name file, line and key like every other table."""
+
+    path: Path
+    name: str
+    data: Mapping[str, Any]
+    lines: Mapping[str, int]
+
+    def table(self) -> Table:
+        return Table(self.path, dict(self.lines), dict(self.data), self.name)
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -120,6 +137,7 @@ class Config:
     store: StoreConfig
     log: LogConfig
     simulator: SimulatorConfig
+    sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
@@ -257,8 +275,13 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
     rfid_table = top.table("rfid")
     rfid = _device(rfid_table, "rfid") if rfid_table else None
     cards = _cards(top)
+    sections = {}
+    for name in SERVICE_SECTIONS:
+        table = top.table(name)
+        if table is not None:
+            sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
     config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top))
+                    _simulator(top), MappingProxyType(sections))
     top.done()
     return config
 
@@ -414,3 +437,6 @@ def _simulator(top: _Table) -> SimulatorConfig:
         meter_start_wh=t.get("meter_start_wh", int, d.meter_start_wh, min=0))
     t.done()
     return sim
+
+
+Table = _Table  # for the services' parsers of their own sections
