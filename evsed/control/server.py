@@ -80,6 +80,9 @@ class Connection:
             except TimeoutError:
                 self.send({"ok": False, "error": f"idle for {IDLE_S:g} s: closing"})
                 return
+            except ValueError:  # longer than the limit: the rest of it cannot be framed
+                self.send({"ok": False, "error": f"request longer than {MAX_REQUEST // 1024} KiB: closing"})
+                return
             if not line:
                 return
             reply = self.handle(line)
