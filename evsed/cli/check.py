@@ -130,7 +130,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(config: Config, as_json: bool) -> int:
-    lock = StateLock(config.store.state_dir)
+    lock: StateLock | None = StateLock(config.store.state_dir)
+    assert lock is not None
     try:
         lock.acquire()  # the daemon holds the devices while it runs
     except StartError as exc:

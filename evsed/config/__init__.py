@@ -363,7 +363,7 @@ def _required(parent: _Table, table: _Table | None, key: str) -> _Table:
 
 def _device(t: _Table, kind: str) -> Device:
     name = t.get("backend", str, choices=tuple(backends.names(kind)))
-    spec = backends.backend(kind, name)
+    spec = backends.BACKENDS[(kind, name)]  # the name is one of backends.names(kind)
     options = {key: t.get(key, opt.type, opt.default, min=opt.min, max=opt.max, choices=opt.choices)
                for key, opt in spec.options.items()}
     t.done()

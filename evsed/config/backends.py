@@ -68,7 +68,7 @@ register(Backend("rfid", "sim", f"{_SIM}:sim_card_reader", "cards tapped with `e
 
 # --- Raspberry Pi class GPIO: pilot, contactor, RCD (hal/gpio.py, hal/pwm.py, hal/adc.py) ---
 _GPIO = "hal.gpio"
-_BCM = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
+_BCM: dict[str, Any] = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
 _PIN_FACTORY = Option(str, "lgpio", "gpiozero pin factory, named so it never falls back to another; "
                       "\"mock\" is for tests", choices=("lgpio", "rpigpio", "pigpio", "native", "mock"))
 _PULL = ("up", "down", "none")

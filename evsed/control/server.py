@@ -133,13 +133,16 @@ class Connection:
         try:
             while True:  # the backlog from the outbox, in pages, then the live events
                 page = await self.server.host.backlog(self.sent_seq)
-                for event in page:
-                    self.send(event)
-                    self.sent_seq = event["seq"]
+                for stored in page:
+                    self.send(stored)
+                    self.sent_seq = stored["seq"]
                 await self.writer.drain()
                 if len(page) < 1000:
                     break
-            while (event := await self.outbox.get()) is not None:
+            while True:
+                event = await self.outbox.get()
+                if event is None:
+                    break
                 seq = event.get("seq")
                 if seq is not None:
                     if seq <= self.sent_seq:

@@ -48,8 +48,11 @@ class Charger:
             self.connectors[conn.id] = ConnectorControl(
                 conn.id, config.core_config(conn), devices.connectors[conn.id], clock=clock, wallclock=wallclock,
                 bus=self.bus, authorize=self.auth.request, card_name=self.auth.card_name,
-                next_session_id=self._session_id, schedule=lambda when, cid=conn.id: schedule(cid, when),
-                offload=offload)
+                next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload)
+
+    @staticmethod
+    def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
+        return lambda when: schedule(cid, when)
 
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
 
@@ -115,7 +115,7 @@ class Daemon:
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
-            stored=lambda event: loop.call_soon_threadsafe(self.server.push, event))
+            stored=lambda event: self._stored(loop, event))
         charger.bus.subscribe(self._live)
         charger.start()
         for ctrl in charger.connectors.values():
@@ -162,6 +162,10 @@ class Daemon:
                     "energy_wh": row["energy_wh"], "peak_power_w": row["peak_power_w"], "reason": "power_loss",
                     "stopped_at": row["stopped_at"]})
 
+    def _stored(self, loop: asyncio.AbstractEventLoop, event: dict[str, Any]) -> None:
+        """A durable event is committed (the store's thread): stream it from the loop."""
+        loop.call_soon_threadsafe(self.server.push, event)
+
     def _live(self, event: ChargerEvent) -> None:
         if not event.durable:
             self.server.push(event.wire())
@@ -170,8 +174,8 @@ class Daemon:
         if not self.stopping.is_set():  # once stopping, the outputs are released and stay so
             ctrl.poll_inputs()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
 
@@ -330,8 +334,14 @@ class Daemon:
         assert self.writer is not None
         while True:
             older = utc_iso_ms(_wallclock() - OUTBOX_RETENTION)
-            self.writer.submit(lambda st: outbox.prune(st.db, older) and None)
+            self.writer.submit(lambda st: self._prune(st, older))
             await asyncio.sleep(3600)
+
+    @staticmethod
+    def _prune(store: Store, older_than: str) -> None:
+        gone = outbox.prune(store.db, older_than)
+        if gone:
+            log.info("outbox.pruned", events=gone)
 
     # --- stop -------------------------------------------------------------------------------
     def release_all(self) -> None:
@@ -387,6 +397,7 @@ class _SocketAuthorizer:
         answer = await self._ask(id_tag, connector)
         result = answer.get("result")
         limit = answer.get("max_current_a")
-        ok_limit = isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 <= limit <= 1000
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1000:
+            limit = None
         return Verdict(result if isinstance(result, str) else "unknown", str(answer.get("reason", ""))[:200],
-                       str(answer.get("group", ""))[:64], float(limit) if ok_limit else None)
+                       str(answer.get("group", ""))[:64], None if limit is None else float(limit))

@@ -92,7 +92,8 @@ class Runner:
                 break
             self.now = max(self.now, t)
             for c in self.ctrls:
-                if self.deadlines.get(c.id) is not None and self.deadlines[c.id] <= self.now:
+                due = self.deadlines.get(c.id)
+                if due is not None and due <= self.now:
                     self.deadlines[c.id] = None
                     c.tick()
             if next_poll <= self.now:

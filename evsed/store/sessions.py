@@ -188,12 +188,14 @@ class StoreWriter:
         savepoint so that one bad write loses only itself."""
         stop = False
         while not stop:
-            batch = [self._queue.get()]
-            while not self._queue.empty() and batch[-1] is not None:
-                batch.append(self._queue.get_nowait())
-            if batch[-1] is None:
-                stop = True
-                batch.pop()
+            batch: list[tuple[Op, Callable[[], None] | None]] = []
+            item = self._queue.get()
+            while item is not None:
+                batch.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            stop = item is None
             if batch:
                 self._write(batch)
 
