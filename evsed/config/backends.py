@@ -111,6 +111,11 @@ register(Backend("contactor", "gpio", f"{_GPIO}:gpio_contactor",
                            **_BCM),
     "feedback_active_high": Option(bool, False, "the feedback input reads high when the contactor is closed"),
     "feedback_pull": Option(str, "up", "pull resistor on the feedback input", choices=_PULL),
+    "heartbeat_pin": Option(int, None, "BCM pin toggled by the safety loop into a retriggerable monostable "
+                            "in series with the relay driver (none: no drop-out circuit fitted)", **_BCM),
+    "heartbeat_hz": Option(float, 10.0, "rising edges per second on heartbeat_pin", min=1.0, max=50.0),
+    "dropout_s": Option(float, 0.5, "the circuit's drop-out: the relay opens this long after the last "
+                        "rising edge (at least 3 heartbeat periods)", min=0.05, max=2.0),
 }, packages=("gpiozero",)))
 
 register(Backend("rcd", "gpio", f"{_GPIO}:gpio_rcd",
