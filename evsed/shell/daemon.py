@@ -21,7 +21,7 @@ import structlog
 
 from evsed.config import backends
 from evsed.control import server as control
-from evsed.shell import sdnotify
+from evsed.shell import safety_loop
 from evsed.shell.auth import LocalAuthorizer
 from evsed.config import Config
 from evsed.errors import StartError
@@ -147,7 +147,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
-        self._spawn(sdnotify.watchdog(), "watchdog")
+        self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
         self.ready.set()
         log.info("daemon.ready", connectors=list(self.connectors), state_dir=str(self.config.store.state_dir),
                  socket=str(control.socket_path(self.config.store.runtime_dir)),
