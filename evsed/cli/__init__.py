@@ -66,6 +66,21 @@ def cmd_run(args) -> int:
         logs.flush()
 
 
+def cmd_service(args) -> int:
+    cfg = load_config(args, required=True)
+    from evsed.services.run import ServiceError, run
+    from evsed.shell import logs
+    logs.configure(cfg.log.level, cfg.log.format)
+    try:
+        return asyncio.run(run(cfg, args.name))
+    except ServiceError as exc:
+        logs.flush()
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        logs.flush()
+
+
 def cmd_check(args) -> int:
     cfg = load_config(args, required=True)
     from evsed.cli import check
@@ -222,6 +237,8 @@ def parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon")
     sp = add("check", cmd_check, "validate the config and open every configured device once")
     sp.add_argument("--json", action="store_true")
+    sp = add("service", cmd_service, "run one service process (ocpp, mqtt, web) beside the daemon")
+    sp.add_argument("name", choices=("ocpp", "mqtt", "web"))
     sp = add("status", cmd_status, "live status of the running daemon")
     sp.add_argument("--json", action="store_true")
     sp = add("sessions", cmd_sessions, "list session records")
