@@ -27,7 +27,7 @@ from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
 from evsed.errors import StartError
-from evsed.shell import commands, sdnotify
+from evsed.shell import commands, safety_loop
 from evsed.shell.auth import Verdict
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.shell.charger import Charger
@@ -138,7 +138,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
-        self._spawn(sdnotify.watchdog(), "watchdog")
+        self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
         self._spawn(self._prune_outbox(), "outbox-prune")
         if self.services is not None:
             self.services.start(self.stopping)
