@@ -292,7 +292,8 @@ def test_evaluate_matches_the_minute_by_minute_reference_around_dst(tz, windows,
     d = evaluate(Schedule(tz, tuple(windows)), group, when)
     warm = when - timedelta(hours=6)
     end = when + SCAN if d.until_utc is None else min(d.until_utc, when + SCAN)
-    minutes = [warm + timedelta(minutes=i) for i in range(int((end - warm).total_seconds()) // 60 + 1)]
+    count = int((end - warm).total_seconds()) // 60 + 1
+    minutes = [warm + timedelta(minutes=i) for i in range(count)]
     ref = reference(tz, windows, group, minutes)
     expected = ref[minutes.index(when)]
     assert (d.allowed, d.cap_a, d.reason) == expected

@@ -94,7 +94,8 @@ def cable_from_pp(resistance_ohm: float | None) -> Limit:
     if resistance_ohm is None or math.isnan(resistance_ohm):
         return Limit("cable", None, "", "proximity pilot not readable")
     if resistance_ohm > PP_OPEN_OHM:
-        return Limit("cable", None, f"PP {resistance_ohm:.0f} Ω", "no cable in the socket (PP open)")
+        return Limit("cable", None, f"PP {resistance_ohm:.0f} Ω",
+                     "no cable in the socket (PP open)")
     if resistance_ohm <= PP_SHORT_OHM:
         return Limit("cable", None, f"PP {resistance_ohm:.0f} Ω",
                      "proximity pilot shorted or out of range")
