@@ -155,6 +155,18 @@ def test_a_new_session_starts_only_after_the_others_were_lowered_for_the_grace()
     assert s.at(6.0, [s.demand("1"), s.demand("2")], reading=False)["2"].current_a == 10.0
 
 
+def test_a_paused_evs_room_goes_to_another_only_after_the_stop_grace():
+    s = Site(SiteConfig(share="priority", stop_grace_s=6.0), house=(14.0, 14.0, 14.0))
+    assert s.at(0, [s.demand("1")])["1"].current_a == 10.0
+    offers = s.at(1, [s.demand("1"), s.demand("2", priority=1)], reading=False)
+    assert offers["1"].current_a == 0.0 and "paused" in offers["1"].reason
+    assert offers["2"].current_a == 0.0 and offers["2"].until == 7.0
+    assert s.at(6.5, [s.demand("1"), s.demand("2", priority=1)], reading=False)["2"].current_a \
+        == 0.0
+    assert s.at(7, [s.demand("1"), s.demand("2", priority=1)], reading=False)["2"].current_a \
+        == 10.0
+
+
 def test_when_three_cannot_all_have_6_a_the_newest_waits():
     s = Site(house=(9.0, 9.0, 9.0))  # room 15 A
     s.at(0, [s.demand("1"), s.demand("2")])
@@ -184,6 +196,7 @@ def scenarios(draw):
                      headroom_a=draw(st.sampled_from([0.0, 1.0, 2.0])),
                      fallback_a=draw(st.sampled_from([0.0, 6.0, 10.0])),
                      meter_timeout_s=10.0, grace_s=5.0,
+                     stop_grace_s=draw(st.sampled_from([5.0, 6.0])),
                      raise_interval_s=draw(st.sampled_from([0.0, 10.0, 30.0])),
                      raise_step_a=draw(st.sampled_from([0.0, 1.0])),
                      min_pause_s=draw(st.sampled_from([60.0, 120.0])),
@@ -206,23 +219,25 @@ def scenarios(draw):
 
 @given(scenarios())
 def test_the_evs_never_draw_more_than_the_budget_of_the_last_grace(scenario):
-    """The EVs follow a lower offer as late as allowed (grace_s) and a higher one at once.
-    Their draw per phase never exceeds the budget in force at some time in the last grace_s:
+    """The EVs follow a lower offer as late as allowed (grace_s; stop_grace_s to stop) and a
+    higher one at once. Their draw per phase never exceeds the budget in force at some time in the last grace_s:
     the room at the last reading (breaker - other loads - headroom), or the fallback when the
     meter was silent. So the breaker is exceeded only when other loads rose by more than the
     headroom since a reading, and for at most one meter period + grace_s. Offers are 0 or
     >= 6 A, a pause lasts min_pause_s, and raises are raise_interval_s apart."""
     cfg, steps, cars, period, silent = scenario
-    grace_ticks = int(cfg.grace_s / TICK)
+    grace_ticks, stop_ticks = int(cfg.grace_s / TICK), int(cfg.stop_grace_s / TICK)
     state, house, deadline, last_reading = DlmState(), (0.0, 0.0, 0.0), None, None
     names = [str(i) for i in range(len(cars))]
-    history = {n: [0.0] * grace_ticks for n in names}  # the offers of the last grace_s
+    history = {n: [0.0] * stop_ticks for n in names}  # the offers of the last grace
     offers, wanted, paused_at, raised_at, budgets = {n: 0.0 for n in names}, {}, {}, {}, []
 
-    def draws(window):
+    def draws(past: int):
+        """What the EVs draw: the highest offer of the grace, past ticks back from now."""
         out = {}
         for n, (plug, unplug, phases, ev_max, _) in zip(names, cars):
-            a = min(ev_max, max(history[n][-window:])) if plugged(n) else 0.0
+            window = stop_ticks if history[n][-1] == 0 else grace_ticks
+            a = min(ev_max, max(history[n][-window - past:])) if plugged(n) else 0.0
             out[n] = tuple(a if p in phases else 0.0 for p in range(3))
         return out
 
@@ -230,7 +245,7 @@ def test_the_evs_never_draw_more_than_the_budget_of_the_last_grace(scenario):
         now = tick * TICK
         house = next((load for at, load in reversed(steps) if at <= tick), (0.0, 0.0, 0.0))
         plugged = lambda n: min(cars[int(n)][:2]) <= tick < max(cars[int(n)][:2])  # noqa: E731
-        before = draws(grace_ticks)
+        before = draws(0)
         demands = [Demand(n, 32.0 if plugged(n) else 0.0, lm.phases_in_use(before[n]),
                           before[n], cars[int(n)][4]) for n in names]
         reading = tick % int(period / TICK) == 0 and not any(s <= tick < s + k for s, k in silent)
@@ -262,10 +277,10 @@ def test_the_evs_never_draw_more_than_the_budget_of_the_last_grace(scenario):
         else:
             budgets.append([min(cfg.fallback_a, cfg.breaker_a[p] - cfg.headroom_a)
                             for p in range(3)])
-        after = draws(grace_ticks + 1)
+        after = draws(1)
         for p in range(3):
             drawn = sum(dr[p] for dr in after.values())
-            allowed = max(b[p] for b in budgets[-grace_ticks - 1:])
+            allowed = max(b[p] for b in budgets[-stop_ticks - 1:])
             assert drawn <= allowed + 1e-6, (now, p, drawn, allowed)
 
 

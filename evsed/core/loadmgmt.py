@@ -11,16 +11,19 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
   - A connector whose share falls under 6 A pauses (offer 0) for min_pause_s, and resumes
     when its share reaches 6 A plus resume_margin_a.
   - No raise or start spends room an EV may still be using: a lowered EV may draw its old
-    offer for grace_s (IEC 61851-1 gives it 5 s), so a new session waits for the others'
-    grace to end ("waiting for ... until t") and only then starts: never over, even briefly.
+    offer for grace_s (IEC 61851-1 gives it 5 s; stop_grace_s when paused), so a new session
+    waits for the others' grace to end ("waiting for ... to lower", until) and only then
+    starts: never over the budget, even briefly.
   - The site meter silent for meter_timeout_s: the budget becomes fallback_a per phase for
     all EVs together, so the EVs are at it at most meter_timeout_s + grace_s after the
     last reading. Status says so.
   - Sharing: "equal" (max-min fair over the phases each EV uses; if that leaves someone
     under 6 A, the lowest-ranked of those pauses) or "priority" (by rank, each takes what it
     can). Rank: priority, then already charging, then connector id.
-So the site exceeds the breaker only when other loads rose by more than the headroom since
-a reading, and for at most one meter period plus grace_s.
+So the EVs never draw more than the budget in force at some moment of the last grace, and
+the site exceeds the breaker only when other loads rose by more than the headroom since a
+reading: for at most one meter period plus the grace (with the meter silent, until the
+fallback plus the grace), unless the other loads alone exceed it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class SiteConfig:
     headroom_a: float = 1.0
     fallback_a: float = 6.0  # all EVs together, per phase, while the site meter is silent
     meter_timeout_s: float = 10.0
-    grace_s: float = 5.0  # an EV's time to follow a lower offer
+    grace_s: float = 5.0  # an EV's time to follow a lower offer (the core's current grace)
+    stop_grace_s: float = 6.0  # ... and to stop for a pause (the core's stop grace)
     raise_interval_s: float = 30.0
     raise_step_a: float = 1.0
     min_pause_s: float = 120.0  # peers use 60-300 s
@@ -210,10 +214,12 @@ def _fill(budget: list[float], demands: list[Demand]) -> dict[str, float]:
 
 
 def _lowered(cfg: SiteConfig, sh: Share, new_a: float, now: float) -> Share:
-    """sh lowered to new_a now: its EV may draw the old offer for grace_s more."""
+    """sh lowered to new_a now: its EV may draw the old offer for the grace (stop_grace_s
+    when stopping it) more."""
     held = sh.committed_a if now < sh.committed_until else 0.0
+    grace = cfg.stop_grace_s if new_a == 0 else cfg.grace_s
     return replace(sh, offer_a=new_a, committed_a=max(held, sh.offer_a),
-                   committed_until=now + cfg.grace_s)
+                   committed_until=max(sh.committed_until, now + grace))
 
 
 def _raise(cfg, shares: dict, d: Demand, target: float, budget: list[float], now: float):
