@@ -170,7 +170,8 @@ def phases_in_use(measured_a: Sequence[float], threshold_a: float = 1.0) -> tupl
 
 def _budget(cfg: SiteConfig, state: DlmState, now: float) -> tuple[list[float], float | None]:
     """The room our EVs may use per phase, and since when the meter is silent (None: not)."""
-    if state.reading_at is None or now - state.reading_at >= cfg.meter_timeout_s:
+    if state.room_a is None or state.reading_at is None \
+            or now - state.reading_at >= cfg.meter_timeout_s:
         since = state.reading_at if state.reading_at is not None else -math.inf
         return [min(cfg.fallback_a, max(0.0, b - cfg.headroom_a)) for b in cfg.breaker_a], since
     return [max(0.0, r) for r in state.room_a], None
