@@ -109,3 +109,16 @@ def test_sessions_ocmf_prints_a_document_pyocmf_verifies_and_the_public_key(conf
 def test_sessions_ocmf_of_an_unknown_session_fails(config, capsys):
     assert cli.main(["sessions", "-c", str(config), "--ocmf", "99"]) == 1
     assert "no session 99" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("zone", ["Europe/Amsterdam", "America/St_Johns", "Australia/Lord_Howe"])
+def test_export_times_are_right_around_every_offset_change(zone):
+    from zoneinfo import ZoneInfo
+    from evsed.store.reports import _LocalTime
+    tz = ZoneInfo(zone)
+    local = _LocalTime(tz)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    while t.year == 2026:
+        iso = t.isoformat(timespec="seconds")
+        assert local(iso) == t.astimezone(tz).isoformat(timespec="seconds"), iso
+        t += dt.timedelta(minutes=7, seconds=13)

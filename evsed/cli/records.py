@@ -77,7 +77,8 @@ def cmd_report(args) -> int:
         print(f"{first} to {end - dt.timedelta(days=1)}" + (f", by {args.by}" if args.by else ""))
         print(format_report(rows))
     else:
-        reports.write(iter(rows), reports.REPORT_FIELDS, args.format, sys.stdout)
+        reports.write((tuple(r[f] for f in reports.REPORT_FIELDS) for r in rows), reports.REPORT_FIELDS, args.format,
+                      sys.stdout)
     return 0
 
 

@@ -37,6 +37,7 @@ ALTER TABLE sessions ADD COLUMN charging_s INTEGER;            -- time the EV dr
 ALTER TABLE sessions ADD COLUMN idle_s INTEGER;                -- from the last draw to the stop
 ALTER TABLE sessions ADD COLUMN stop_final INTEGER NOT NULL DEFAULT 0;  -- 1: the stop reading is fixed
 ALTER TABLE sessions ADD COLUMN tariff TEXT NOT NULL DEFAULT '';        -- Pricing JSON, as at the start
+ALTER TABLE sessions ADD COLUMN tariff_name TEXT NOT NULL DEFAULT '';   -- "tariff/driver price", for reports
 ALTER TABLE sessions ADD COLUMN currency TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN money_decimals INTEGER NOT NULL DEFAULT 2;
 ALTER TABLE sessions ADD COLUMN cost_minor INTEGER;            -- host's energy cost, minor units

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from evsed.core.tariff import format_money
 from evsed.store.sessions import Store
@@ -82,40 +82,61 @@ SESSION_EXPORT = ("id", "connector", "card_uid", "card_name", "group", "start", 
 SAMPLE_EXPORT = ("session_id", "time", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
 
 
-def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[dict]:
-    """Finished and running sessions started in [since, until), oldest first, one at a time."""
+def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
+    """Finished and running sessions started in [since, until), oldest first, one at a time, as
+    tuples in SESSION_EXPORT order."""
     sql = ("SELECT id, connector_id, id_tag, card_name, card_group, started_at, stopped_at, duration_s, charging_s,"
-           " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason,"
-           " CASE WHEN tariff = '' THEN '' ELSE json_extract(tariff, '$.tariff') || '/' ||"
-           " json_extract(tariff, '$.price.name') END, currency, cost_minor, revenue_minor, money_decimals"
+           " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason, tariff_name, currency,"
+           " cost_minor, revenue_minor, money_decimals"
            " FROM sessions WHERE started_at >= ? AND started_at < ? ORDER BY started_at, id")
-    for r in store.db.execute(sql, (since or "", until or "9999")):
-        cost, rev, dec = r[17], r[18], r[19]
-        yield dict(zip(SESSION_EXPORT, (
-            r[0], r[1], r[2], r[3], r[4], _local(r[5], tz), _local(r[6], tz), r[7], r[8], r[9], r[10], r[11],
-            r[12], _kwh(r[12]), round(r[13]), r[14] or "", r[15], r[16],
-            _money(cost, dec), _money(rev, dec), _money(None if cost is None or rev is None else rev - cost, dec))))
+    local = _LocalTime(tz)
+    for (i, conn, tag, name, group, start, stop, dur, chg, idle, m0, m1, wh, peak, reason, tariff, cur,
+         cost, rev, dec) in store.db.execute(sql, (since or "", until or "9999")):
+        margin = None if cost is None or rev is None else rev - cost
+        yield (i, conn, tag, name, group, local(start), local(stop), dur, chg, idle, m0, m1, wh,
+               f"{wh // 1000}.{wh % 1000:03d}", round(peak), reason or "", tariff, cur,
+               _money(cost, dec), _money(rev, dec), _money(margin, dec))
 
 
-def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[dict]:
-    """Meter samples of the sessions started in [since, until), by session, then time."""
+def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
+    """Meter samples of the sessions started in [since, until), by session, then time, as tuples
+    in SAMPLE_EXPORT order."""
     sql = ("SELECT m.session_id, m.t_ms, m.energy_wh, m.power_w, m.l1_a, m.l2_a, m.l3_a, m.l1_v, m.l2_v, m.l3_v"
            " FROM sessions s JOIN samples m ON m.session_id = s.id"
            " WHERE s.started_at >= ? AND s.started_at < ? ORDER BY s.started_at, s.id, m.t_ms")
     for r in store.db.execute(sql, (since or "", until or "9999")):
-        when = dt.datetime.fromtimestamp(r[1] / 1000, tz).isoformat(timespec="milliseconds")
-        yield dict(zip(SAMPLE_EXPORT, (r[0], when, *r[2:])))
+        yield (r[0], dt.datetime.fromtimestamp(r[1] / 1000, tz).isoformat(timespec="milliseconds"), *r[2:])
 
 
-def _local(iso: str | None, tz: dt.tzinfo) -> str:
-    return "" if not iso else dt.datetime.fromisoformat(iso).astimezone(tz).isoformat(timespec="seconds")
+class _LocalTime:
+    """Stored ISO 8601 UTC text as local time with its offset; the offset is looked up once per
+    UTC hour; an hour with an offset change in it (or text of another form) takes the slow way."""
+
+    def __init__(self, tz: dt.tzinfo):
+        self.tz, self._hours = tz, {}
+
+    def __call__(self, iso: str | None) -> str:
+        if not iso:
+            return ""
+        hour = iso[:13]
+        found = self._hours.get(hour)
+        if found is None:
+            if len(self._hours) > 64:  # rows come in time order: old hours are not asked again
+                self._hours.clear()
+            utc = dt.datetime.fromisoformat(hour + ":00:00+00:00")
+            a, b = utc.astimezone(self.tz).utcoffset(), (utc + dt.timedelta(minutes=59)).astimezone(self.tz).utcoffset()
+            found = self._hours[hour] = (a, dt.datetime(2000, 1, 1, tzinfo=dt.timezone(a)).isoformat()[19:]) \
+                if a == b else False
+        if found is False or len(iso) != 25 or not iso.endswith("+00:00"):  # an offset change, or not ours
+            return dt.datetime.fromisoformat(iso).astimezone(self.tz).isoformat(timespec="seconds")
+        return (dt.datetime.fromisoformat(iso[:19]) + found[0]).isoformat(timespec="seconds") + found[1]
 
 
 def _money(minor: int | None, decimals: int) -> str:
     return "" if minor is None else format_money(minor, decimals)
 
 
-def write(rows: Iterator[dict], fields: tuple[str, ...], fmt: str, out: IO[str]) -> int:
+def write(rows: Iterable[tuple], fields: tuple[str, ...], fmt: str, out: IO[str]) -> int:
     """Stream rows as CSV (a header, RFC 4180 CRLF lines, empty cells for none) or as a JSON array
     with one object per line; returns the number of rows."""
     n = 0
@@ -123,10 +144,10 @@ def write(rows: Iterator[dict], fields: tuple[str, ...], fmt: str, out: IO[str])
         w = csv.writer(out)
         w.writerow(fields)
         for n, row in enumerate(rows, 1):
-            w.writerow(["" if v is None else v for v in row.values()])
+            w.writerow(row)  # None is written as an empty cell
         return n
     out.write("[")
     for n, row in enumerate(rows, 1):
-        out.write(("\n" if n == 1 else ",\n") + json.dumps(row, separators=(",", ":")))
+        out.write(("\n" if n == 1 else ",\n") + json.dumps(dict(zip(fields, row)), separators=(",", ":")))
     out.write("\n]\n")
     return n

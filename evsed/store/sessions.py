@@ -29,7 +29,7 @@ log = structlog.get_logger("evsed")
 
 COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_source", "started_at",
            "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason",
-           "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "currency", "money_decimals",
+           "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "tariff_name", "currency", "money_decimals",
            "cost_minor", "revenue_minor", "meter_id", "meter_signed_format", "meter_signed_data", "ocmf",
            "ocmf_public_key")
 SAMPLE_COLUMNS = ("session_id", "t_ms", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
@@ -129,10 +129,11 @@ class Store:
             p = tariffs.Pricing.from_json(s.pricing) if s.pricing else None
             cur = self.db.execute(
                 "INSERT INTO sessions (connector_id, id_tag, card_name, card_group, auth_source, started_at,"
-                " updated_at, meter_start_wh, meter_last_wh, tariff, currency, money_decimals, meter_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated_at, meter_start_wh, meter_last_wh, tariff, tariff_name, currency, money_decimals, meter_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
-                 s.started_at, s.meter_start_wh, s.meter_last_wh, s.pricing, p.currency if p else "",
+                 s.started_at, s.meter_start_wh, s.meter_last_wh, s.pricing,
+                 f"{p.tariff}/{p.price.name}" if p else "", p.currency if p else "",
                  p.decimals if p else 2, s.meter_id))
         s.row_id = cur.lastrowid
 
