@@ -83,3 +83,24 @@ def test_stop_reasons_map_to_ocmf_transaction_codes(tmp_path, reason, tx):
     store.stop(s.row_id, 600, 1.0, reason, "2026-01-05T10:00:00+00:00")
     payload = json.loads(store.session(s.row_id)["ocmf"].split("|")[1])
     assert payload["RD"][1]["TX"] == tx and payload["IT"] == "LOCAL"
+
+
+def test_a_session_run_by_the_connector_shell_gets_a_document_pyocmf_verifies(tmp_path):
+    # today's shell writes the stop at once and raises it with the next reading: both are signed
+    from test_connector import Clock, charge, make, reading
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    store.signer = ocmf.Signer.load_or_create(tmp_path)
+    charge(ctrl, pilot, clock)
+    for wh in (1200, 1400, 1650):
+        clock.now += 60
+        ctrl.meter_sampled(reading(wh))
+    clock.now += 0.5
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())  # unplugged
+    clock.now += 0.5
+    ctrl.meter_sampled(reading(1652, 0.0))  # the first answer after the contactor opened
+    (row,) = store.sessions()
+    doc = OCMF.from_string(row["ocmf"], strict=True)
+    assert doc.verify_signature(row["ocmf_public_key"]) is True
+    assert (doc.payload.RD[0].RV, doc.payload.RD[1].RV) == (D("1"), D("1.652"))
