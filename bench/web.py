@@ -42,7 +42,9 @@ async def child(state_dir: Path) -> None:
 
     config = demo_config(state_dir, f'password_hash = "{hash_password(PASSWORD)}"')
     link = DemoLink()
-    service = WebService(config, link, parse(config))
+    settings = parse(config)
+    assert settings is not None
+    service = WebService(config, link, settings)
     await service.start(port=0)
     print(json.dumps({"url": service.url}), flush=True)
     live = asyncio.create_task(service.live.run())

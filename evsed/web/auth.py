@@ -55,7 +55,7 @@ class Sessions:
         return self._sign("csrf:" + nonce)
 
     def csrf_ok(self, nonce: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(token, self.csrf(nonce))  # type: ignore[arg-type]
+        return token is not None and hmac.compare_digest(token, self.csrf(nonce))
 
 
 @dataclass

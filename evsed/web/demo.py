@@ -40,7 +40,7 @@ class DemoLink:
     # --- the Link interface -----------------------------------------------------------
     async def command(self, req: dict) -> dict:
         self.commands.append(req)
-        cmd, cid = req.get("cmd"), req.get("connector")
+        cmd, cid = req.get("cmd"), int(req.get("connector") or 0)
         if cmd == "status":
             return {"ok": True, "charger": self.hello["charger"], "card_reader_error": None, "mode": self.mode,
                     "connectors": [dict(s) for s in self.status.values()]}
@@ -66,7 +66,8 @@ class DemoLink:
             return {"ok": True, "result": "Accepted"}
         return {"ok": False, "error": f"the demo charger does not do {cmd!r} now"}
 
-    async def events(self, after: int) -> AsyncIterator[dict]:
+    async def events(self, after: int | None = None) -> AsyncIterator[dict]:
+        after = self.acked if after is None else after  # as the daemon: resume after the last ack
         while True:
             wake = self._wake
             pending = [e for e in self.log if e["seq"] > after]

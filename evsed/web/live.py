@@ -21,7 +21,8 @@ log = structlog.get_logger("evsed.web")
 MAX_POINTS = 1800  # per connector; at the limit every other point goes (the plot keeps its span)
 MAX_SUBSCRIBERS = 32
 QUEUE_SIZE = 256  # a browser this far behind is dropped; it reconnects and gets everything anew
-REFRESH_S = 30.0  # status is fetched on every event; this is only the safety net
+REFRESH_S = 30.0
+STORE_RETRIES, STORE_RETRY_S = 20, 0.5  # status is fetched on every event; this is only the safety net
 
 
 class Live:
@@ -34,6 +35,8 @@ class Live:
         self.month_rows: list[dict] = []  # finished sessions of this month
         self._month = ""
         self._records_stale = True
+        self.records_version = 0  # goes up with every new read of the records: browsers reload theirs
+        self._unstored: dict[int, int] = {}  # stopped session id -> reads left before giving up on it
         self._changed = asyncio.Event()
         self._subscribers: set[asyncio.Queue] = set()
         self.last_seq = 0
@@ -77,11 +80,13 @@ class Live:
                 self.publish("sample", {"connector": cid, **point})
         elif kind == "session.stopped":
             self._records_stale = True
+            if isinstance(event.get("session"), int):
+                self._unstored[event["session"]] = STORE_RETRIES
         self.changed()
 
     def _point(self, cid: int, event: dict) -> dict | None:
         at = parse_time(event.get("at"))
-        start = self.sample_start.setdefault(cid, at or dt.datetime.now(dt.timezone.utc))
+        start = self.sample_start.setdefault(cid, self._running_since(cid) or at or dt.datetime.now(dt.timezone.utc))
         power = event.get("power_w")
         currents = event.get("current_a") or []
         if at is None or not isinstance(power, (int, float)) or not isinstance(currents, list):
@@ -95,12 +100,20 @@ class Live:
             self.samples[cid] = points[::2]
         return point
 
+    def _running_since(self, cid: int) -> dt.datetime | None:
+        """The running session's start from the status: a service started mid-session plots from there."""
+        for conn in (self.status or {}).get("connectors", []):
+            if conn.get("id") == cid and conn.get("session"):
+                return parse_time(conn["session"].get("started_at"))
+        return None
+
     async def consume(self) -> None:
         """Follow the daemon's event stream for ever, resuming after the last event seen."""
         backoff = 0.5
         while True:
             try:
-                async for event in self.link.events(self.last_seq):
+                # None at first: resume after what this service acknowledged before a restart
+                async for event in self.link.events(self.last_seq or None):
                     backoff = 0.5
                     self.apply(event)
                     seq = event.get("seq")
@@ -138,6 +151,19 @@ class Live:
             since = records.iso_utc(records.month_bounds(self._month, self.tz)[0])
             rows = await asyncio.to_thread(records.read_sessions, self.db_path, since=since)
             self.month_rows = [r for r in rows if r.get("stopped_at")]
+            self.records_version += 1
+            self._wait_for_the_store({r["id"] for r in self.month_rows})
+
+    def _wait_for_the_store(self, stored: set[int]) -> None:
+        """The daemon writes a stop through its store thread, so the row may lag the event: read
+        again shortly until every stopped session is there (or STORE_RETRIES reads went by)."""
+        for sid in list(self._unstored):
+            self._unstored[sid] -= 1
+            if sid in stored or self._unstored[sid] <= 0:
+                del self._unstored[sid]
+        if self._unstored:
+            self._records_stale = True
+            asyncio.get_running_loop().call_later(STORE_RETRY_S, self.changed)
 
     async def updater(self) -> None:
         """Turn changes into fresh views for every browser."""

@@ -114,8 +114,10 @@ class WebService:
 
     def _page(self, logged_in: bool) -> dict:
         now = dt.datetime.fromtimestamp(self.clock(), self.tz)
-        return page_view(self.link.hello, self.live.status, self.live.totals(), now, self.tz,
+        view = page_view(self.link.hello, self.live.status, self.live.totals(), now, self.tz,
                          show_tags=logged_in, online=self.live.online, title=self.settings.title)
+        view["records_version"] = self.live.records_version
+        return view
 
     # --- read-only pages ----------------------------------------------------------------
     async def index(self, request: web.Request) -> web.Response:

@@ -33,12 +33,13 @@ class WebSettings:
 
 
 def parse(config: Config) -> WebSettings | None:
-    """The [web] settings, or None when there is no [web] section (the service is off)."""
+    """The [web] settings, or None when there is no [web] section or enabled = false (off)."""
     section: Section | None = config.sections.get("web")
     if section is None:
         return None
     t = section.table()
     d = WebSettings()
+    enabled = t.get("enabled", bool, True)  # `evsed run` starts the service unless false
     bind = t.get("bind", str, d.bind)
     try:
         ipaddress.ip_address(bind)
@@ -60,7 +61,7 @@ def parse(config: Config) -> WebSettings | None:
         session_hours=t.get("session_hours", float, d.session_hours, min=0.1, max=24 * 30),
         title=t.get("title", str, d.title))
     t.done()
-    return settings
+    return settings if enabled else None
 
 
 def load_secret(settings: WebSettings) -> bytes:

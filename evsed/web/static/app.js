@@ -2,7 +2,7 @@
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
-  const state = { view: null, samples: {}, me: { logged_in: false, csrf: null }, source: null, monthSessions: null };
+  const state = { view: null, samples: {}, me: { logged_in: false, csrf: null }, source: null, records: null };
   const cards = new Map();
 
   function el(tag, text, cls) {
@@ -138,8 +138,6 @@
     $("#today-n").textContent = plural(t.today_sessions, "session");
     $("#month-kwh").textContent = kwh(t.month_wh);
     $("#month-n").textContent = plural(t.month_sessions, "session");
-    if (state.monthSessions !== null && state.monthSessions !== t.month_sessions) loadRecords();
-    state.monthSessions = t.month_sessions;
   }
 
   function render(view) {
@@ -151,6 +149,9 @@
     link.className = "link " + (view.online ? "on" : "off");
     view.connectors.forEach(renderConnector);
     renderTotals(view.totals);
+    // the service read the records anew (a session was stored): the table and charts follow
+    if (state.records !== null && state.records !== view.records_version) loadRecords();
+    state.records = view.records_version;
     if (view.mode) $("#mode").value = view.mode;
   }
 
