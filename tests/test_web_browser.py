@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from evsed import config
+from evsed.services.link import Link
 from evsed.store.sessions import LiveSession, Store
 from evsed.web.demo import DemoLink, demo_config
 from evsed.web.settings import hash_password, parse
+from evsed.web.service import WebService
+from evsed.shell.daemon import Daemon
+from test_daemon import ask, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,8 +33,6 @@ class Server:
     """The web service on its own event loop thread, with the demo charger behind it."""
 
     def __init__(self, state_dir: Path):
-        from evsed.web.service import WebService
-
         self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"')
         self.loop = asyncio.new_event_loop()
         self.link: DemoLink
@@ -83,14 +86,20 @@ def server(tmp_path):
     srv.close()
 
 
-@pytest.fixture
-def page(tmp_path):
+def _need_browser() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install -y chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright  # noqa: F401
     except ImportError:
         pytest.fail("the playwright package is missing: `make test` installs '.[test]' into .venv")
+
+
+@pytest.fixture
+def page(tmp_path):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
@@ -187,3 +196,58 @@ def test_charging_page_screenshot(server, page, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("EVSED_WEB_SCREENSHOT"):  # `make web-screenshot` refreshes docs/web.png
         shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT"])
+
+
+def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
+    """End to end: the daemon on the simulator, the web service on the real Link and the browser,
+    all on this thread's loop (the daemon wants the main thread for its signal handlers)."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+
+    cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n'))
+
+    async def scenario():
+        daemon = Daemon(cfg, start_services=False)  # this test runs the web service itself
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        async with async_playwright() as p:
+            link = await Link.connect(cfg.store.runtime_dir, "web")
+            settings = parse(cfg)
+            assert settings is not None
+            service = WebService(cfg, link, settings)
+            await service.start(port=0)
+            live = asyncio.create_task(service.live.run())
+            browser = await p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(service.url)
+                headline = page.locator("[data-connector='1'] .headline")
+                await expect(headline).to_have_text("Available")
+                await page.evaluate("window.notReloaded = true")
+                await ask(cfg, {"cmd": "sim", "action": "plug"})
+                await expect(headline).to_have_text("Waiting for a card")
+                await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+                await expect(headline).to_have_text(re.compile(r"^Charging 11\.\d kW, \d+\.\d kWh so far$"))
+                await expect(page.locator("[data-connector='1'] .detail")).to_contain_text("Card Alice")
+                await expect(page.locator("[data-connector='1'] .plot-box")).to_be_visible()  # live samples
+
+                await page.get_by_role("button", name="Log in").click()
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").last.click()
+                await page.get_by_role("button", name="Stop charging").click()
+                await expect(headline).to_have_text("Session ended; unplug the EV")
+                await ask(cfg, {"cmd": "sim", "action": "unplug"})
+                await expect(headline).to_have_text("Available")
+                await expect(page.locator("#sessions tr")).to_have_count(2)  # header, the stored session
+                await expect(page.locator("#sessions tr").nth(1)).to_contain_text("remote")
+                assert await page.evaluate("window.notReloaded") is True
+            finally:
+                await browser.close()
+                live.cancel()
+                await service.stop()
+                await link.close()
+                daemon.stopping.set()
+                await run
+
+    asyncio.run(scenario())
