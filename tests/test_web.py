@@ -37,6 +37,10 @@ def test_no_web_section_means_the_page_is_off(tmp_path):
     assert parse(config) is None
 
 
+def test_enabled_false_turns_the_page_off(tmp_path):
+    assert parse(demo_config(tmp_path, "enabled = false")) is None
+
+
 def test_unknown_web_key_names_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"evsed.toml:14: \[web\] prot: unknown key \(did you mean 'port'\?\)"):
         parse(demo_config(tmp_path, "prot = 8081"))
