@@ -100,11 +100,11 @@ def test_second_connector_errors_point_at_its_own_lines():
 
 def test_broken_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "evsed.toml"
-    path.write_text(MINIMAL + "[store]\nretention = 5\n")
+    path.write_text(MINIMAL + "[store]\nretention_days = 5\n")
     proc = subprocess.run([sys.executable, "-m", "evsed", "run", "-c", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention: unknown key"
+    assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention_days: unknown key (did you mean 'sample_retention_days'?)"
     assert "Traceback" not in proc.stderr
 
 

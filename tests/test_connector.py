@@ -144,7 +144,7 @@ def test_running_session_is_checkpointed_at_most_once_per_checkpoint_period(tmp_
     ctrl, pilot, contactor, store = make(tmp_path, clock, checkpoint_s=60.0)
     writes = []
     original = store.checkpoint
-    store.checkpoint = lambda *a: (writes.append(a), original(*a))
+    store.checkpoint = lambda *a, **kw: (writes.append(a), original(*a, **kw))
     charge(ctrl, pilot, clock)
     for second in range(1, 601):  # ten minutes of meter samples, one a second
         clock.now += 1.0

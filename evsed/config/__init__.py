@@ -19,6 +19,8 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evsed.config import backends
+from evsed.config import tariff as tariff_config
+from evsed.core import tariff as tariffs
 from evsed.core.state import CoreConfig
 from evsed.config.tomlines import key_lines
 from hal import canonical_uid
@@ -93,6 +95,8 @@ class StoreConfig:
     state_dir: Path
     runtime_dir: Path
     checkpoint_s: float = 60.0  # how often a running session's meter reading is made durable
+    sample_interval_s: float = 10.0  # one meter sample kept per interval while charging
+    sample_retention_days: int = 400  # samples of older sessions are deleted; sessions are kept
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class Config:
     simulator: SimulatorConfig
     site: SiteConfig = SiteConfig()
     authorization: AuthConfig = AuthConfig()
+    tariff: tariffs.Tariff | None = None  # None: sessions carry no cost or revenue
     sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
@@ -298,7 +303,8 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
         if table is not None:
             sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
     config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top), _site(top), _authorization(top), MappingProxyType(sections))
+                    _simulator(top), _site(top), _authorization(top), tariff_config.parse(top),
+                    sections=MappingProxyType(sections))
     top.done()
     return config
 
@@ -426,7 +432,9 @@ def _store(top: _Table) -> StoreConfig:
     store = StoreConfig(
         state_dir=_dir(top.path, state) if state else default_state_dir(),
         runtime_dir=_dir(top.path, runtime) if runtime else default_runtime_dir(),
-        checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600))
+        checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600),
+        sample_interval_s=t.get("sample_interval_s", float, 10.0, min=1, max=3600),
+        sample_retention_days=t.get("sample_retention_days", int, 400, min=1, max=36_500))
     t.done()
     return store
 

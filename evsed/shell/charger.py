@@ -33,7 +33,8 @@ class Charger:
         self.tz = ZoneInfo(config.charger.timezone)
         self.bus = Bus()
         self.bus.subscribe(log_event)
-        self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s, stored=stored)
+        self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
+                                 sample_interval_s=config.store.sample_interval_s, pricing=self._pricing, stored=stored)
         self.bus.subscribe(self.recorder)
         self.auth = Chain(LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date()),
                           config.authorization)
@@ -53,6 +54,10 @@ class Charger:
     @staticmethod
     def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
         return lambda when: schedule(cid, when)
+
+    def _pricing(self, group: str) -> str:
+        tariff = self.config.tariff
+        return tariff.pricing(group, self.config.charger.timezone).to_json() if tariff is not None else ""
 
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1

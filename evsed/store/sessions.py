@@ -161,13 +161,13 @@ class Store:
                 " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
                 (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
 
-    def finish(self, s: LiveSession) -> None:
+    def finish(self, s: LiveSession, samples: Sequence[MeterSample] = ()) -> None:
         """A finished session, whole: completes its row, or writes it anew when the start write failed."""
         assert s.stopped is not None and s.row_id is not None
         if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
             self.start(s)
         reason, when = s.stopped
-        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when)
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples)
 
     def add_samples(self, row_id: int, samples: Sequence[MeterSample]) -> None:
         """Samples of a session in one commit (for a caller that batches them apart from checkpoints)."""
