@@ -146,3 +146,15 @@ def test_brackets_inside_strings_of_a_multiline_array_keep_later_lines_right():
     text = '[charger]\nid = "x"\nnote = [\n  "a ] b",  # ] too\n  "c",\n]\nphases = 2\n[[card]]\nuid = "01"\n'
     lines = key_lines(text)
     assert lines["charger.note"] == 3 and lines["charger.phases"] == 7 and lines["card[0].uid"] == 9
+
+
+def test_card_repeat_time_is_a_timing_key_passed_to_the_core():
+    cfg = config.parse(MINIMAL, "evsed.toml")
+    assert cfg.timing.card_repeat_s == 2.0
+    cfg = config.parse(MINIMAL + "[timing]\ncard_repeat_s = 0.5\n", "evsed.toml")
+    assert cfg.core_config(cfg.connectors[0]).card_repeat_s == 0.5
+
+
+def test_meter_timeout_must_leave_room_for_the_pause_and_its_grace():
+    err = error_for(MINIMAL + "[timing]\nmeter_timeout_s = 7\n")
+    assert err.line == 8 and "[timing] meter_timeout_s: must be at least stop_grace_s" in str(err)

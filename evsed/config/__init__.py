@@ -86,6 +86,7 @@ class Timing:
     meter_timeout_s: float = 10.0
     wakeup_after_s: float = 30.0
     min_pause_s: float = 0.0
+    card_repeat_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Config:
             current_change_grace_s=t.current_change_grace_s, rcd_retry_s=t.rcd_retry_s,
             rcd_max_retries=t.rcd_max_retries, contactor_settle_s=t.contactor_settle_s,
             pilot_lost_s=t.pilot_lost_s, meter_timeout_s=t.meter_timeout_s,
-            wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s)
+            wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s, card_repeat_s=t.card_repeat_s)
 
 
 def default_state_dir() -> Path:
@@ -372,10 +373,15 @@ def _timing(top: _Table) -> Timing:
         meter_interval_s=t.get("meter_interval_s", float, d.meter_interval_s, min=0.2, max=60),
         meter_timeout_s=t.get("meter_timeout_s", float, d.meter_timeout_s, min=1, max=300),
         wakeup_after_s=t.get("wakeup_after_s", float, d.wakeup_after_s, min=0, max=600),
-        min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600))
+        min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600),
+        card_repeat_s=t.get("card_repeat_s", float, d.card_repeat_s, min=0, max=10))
     t.done()
     if timing.pilot_lost_s < 2 * timing.pilot_poll_s:
         raise t.error("pilot_lost_s", "must be at least twice pilot_poll_s")
+    # A silent meter pauses PWM stop_grace_s before meter_timeout_s: leave two readings before that.
+    if timing.meter_timeout_s < timing.stop_grace_s + 2 * timing.meter_interval_s:
+        raise t.error("meter_timeout_s", f"must be at least stop_grace_s + 2 x meter_interval_s "
+                      f"({timing.stop_grace_s + 2 * timing.meter_interval_s:g} s)")
     return timing
 
 
