@@ -70,6 +70,59 @@ def key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+MAX_NESTING = 16  # arrays and inline tables inside each other; a config needs 3 (tomllib recurses)
+MAX_DIGITS = 40  # digits in one number; more is no setting (tomllib refuses 4300+ with a traceback)
+MAX_KEY_PARTS = 32  # dotted parts of one table header or key
+MAX_LINE = 1 << 20  # characters in one line; tomllib takes seconds over a 10 MB string
+
+
+def beyond_limits(text: str) -> tuple[int, list[str], str] | None:
+    """The first line that is too long, nests too deep, or holds too long a number or dotted name:
+    (line, key path parts, problem), or None. Run before tomllib, which would recurse or raise."""
+    table: list[str] = []
+    key: list[str] = []
+    multiline: str | None = None
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if multiline is not None:
+            if multiline in line:
+                multiline = None
+            continue
+        code = line
+        if len(line) > MAX_LINE:
+            assign = _ASSIGN.match(line[:4096]) if depth == 0 else None
+            name = [*table, *_split_key(assign.group(1))] if assign else key or table
+            return number, name, f"a line of {len(line)} characters, at most {MAX_LINE}"
+        if depth == 0:
+            header = _HEADER.match(line)
+            if header:
+                table, key = _split_key(header.group(2)), []
+                if len(table) > MAX_KEY_PARTS:
+                    return number, table[:1], f"table header with {len(table)} dotted parts, at most {MAX_KEY_PARTS}"
+                continue
+            assign = _ASSIGN.match(line)
+            if not assign:
+                continue
+            key = [*table, *_split_key(assign.group(1))]
+            if len(key) > MAX_KEY_PARTS:
+                return number, key[:1], f"key with {len(key)} dotted parts, at most {MAX_KEY_PARTS}"
+            code = assign.group(2)
+            for quote in ('"""', "'''"):
+                if code.count(quote) == 1:
+                    multiline = quote
+        code = re.sub(_QUOTED, "", code).split("#", 1)[0]
+        if re.search(rf"\d(?:_?\d){{{MAX_DIGITS}}}", code):
+            return number, key, f"a number with more than {MAX_DIGITS} digits"
+        for char in code:
+            if char in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    return number, key, f"arrays or inline tables nested more than {MAX_NESTING} deep"
+            elif char in "]}":
+                depth = max(depth - 1, 0)
+    return None
+
+
 def _brackets(text: str) -> int:
     """Net [ minus ] outside strings and comments."""
     code = re.sub(_QUOTED, "", text).split("#", 1)[0]
