@@ -248,3 +248,12 @@ def test_a_default_directory_that_cannot_work_is_a_config_error_too(monkeypatch,
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "file"))
     err = error_for(MINIMAL)
     assert "[store] state_dir: the default" in str(err) and "not a directory" in str(err)
+
+
+def test_line_scanning_is_linear_in_a_line_full_of_quotes_and_backslashes():
+    # A regex that strips strings retried from every quote: an 80 kB comment took 30 s (O(n^2)).
+    text = MINIMAL + '[charger]\nid = "x"\nnote = [\n  # ' + '"\\' * 200_000 + '\n  1,\n]\nphases = 1\n'
+    err = error_for(text)  # `note` is no key; reaching the check at all is the point
+    assert err.line == 9 and "[charger] note: unknown key" in str(err)
+    from evsed.config.tomlines import key_lines
+    assert key_lines(text)["charger.phases"] == 13

@@ -81,19 +81,15 @@ def beyond_limits(text: str) -> tuple[int, list[str], str] | None:
     (line, key path parts, problem), or None. Run before tomllib, which would recurse or raise."""
     table: list[str] = []
     key: list[str] = []
-    multiline: str | None = None
+    quote: str | None = None  # a multi-line string open across lines
     depth = 0
     for number, line in enumerate(text.splitlines(), start=1):
-        if multiline is not None:
-            if multiline in line:
-                multiline = None
-            continue
-        code = line
         if len(line) > MAX_LINE:
-            assign = _ASSIGN.match(line[:4096]) if depth == 0 else None
+            assign = _ASSIGN.match(line) if depth == 0 and quote is None else None
             name = [*table, *_split_key(assign.group(1))] if assign else key or table
             return number, name, f"a line of {len(line)} characters, at most {MAX_LINE}"
-        if depth == 0:
+        value = line
+        if depth == 0 and quote is None:
             header = _HEADER.match(line)
             if header:
                 table, key = _split_key(header.group(2)), []
@@ -106,26 +102,63 @@ def beyond_limits(text: str) -> tuple[int, list[str], str] | None:
             key = [*table, *_split_key(assign.group(1))]
             if len(key) > MAX_KEY_PARTS:
                 return number, key[:1], f"key with {len(key)} dotted parts, at most {MAX_KEY_PARTS}"
-            code = assign.group(2)
-            for quote in ('"""', "'''"):
-                if code.count(quote) == 1:
-                    multiline = quote
-        code = re.sub(_QUOTED, "", code).split("#", 1)[0]
-        if re.search(rf"\d(?:_?\d){{{MAX_DIGITS}}}", code):
+            value = assign.group(2)
+        code, quote = _code(value, quote)
+        if _LONG_NUMBER.search(code):
             return number, key, f"a number with more than {MAX_DIGITS} digits"
-        for char in code:
-            if char in "[{":
-                depth += 1
-                if depth > MAX_NESTING:
-                    return number, key, f"arrays or inline tables nested more than {MAX_NESTING} deep"
-            elif char in "]}":
-                depth = max(depth - 1, 0)
+        for bracket in _BRACKET.findall(code):
+            depth = depth + 1 if bracket in "[{" else max(depth - 1, 0)
+            if depth > MAX_NESTING:
+                return number, key, f"arrays or inline tables nested more than {MAX_NESTING} deep"
     return None
+
+
+_LONG_NUMBER = re.compile(rf"\d(?:_?\d){{{MAX_DIGITS}}}")
+_BRACKET = re.compile(r"[\[\]{}]")
+_OUTSIDE = re.compile(r"[#\"']")
+_IN_BASIC = re.compile(r'[\\"]')
+
+
+def _code(line: str, quote: str | None) -> tuple[str, str | None]:
+    """The part of a line outside strings and comments, and the multi-line string ('\'\'\'' or
+    '\"\"\"') still open at its end. One pass: linear in the line, whatever it holds."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        if quote is None:
+            found = _OUTSIDE.search(line, i)
+            if found is None:
+                out.append(line[i:])
+                break
+            out.append(line[i:found.start()])
+            char, i = found.group(), found.start()
+            if char == "#":
+                break
+            quote = char * 3 if line.startswith(char * 3, i) else char
+            i += len(quote)
+        elif quote[0] == "'":  # literal: no escapes
+            end = line.find(quote, i)
+            if end < 0:
+                break
+            i, quote = end + len(quote), None
+        else:  # basic: a backslash escapes the next character
+            found = _IN_BASIC.search(line, i)
+            while found is not None and found.group() == "\\":
+                found = _IN_BASIC.search(line, found.start() + 2)
+            if found is None:
+                break
+            if line.startswith(quote, found.start()):
+                i, quote = found.start() + len(quote), None
+            else:
+                i = found.start() + 1
+    if quote is not None and len(quote) == 1:
+        quote = None  # a one-line string left open is a syntax error; tomllib names it
+    return "".join(out), quote
 
 
 def _brackets(text: str) -> int:
     """Net [ minus ] outside strings and comments."""
-    code = re.sub(_QUOTED, "", text).split("#", 1)[0]
+    code, _ = _code(text, None)
     return code.count("[") - code.count("]")
 
 
