@@ -65,7 +65,7 @@ class Connector:
     pilot: PilotState | None = None  # None: not read yet, lost, or hidden by our own F
     pilot_seen_at: float | None = None
     invalid_since: float | None = None  # first of the readings outside every band since a valid one
-    invalid_high_v: float = math.nan  # the last such reading, for people
+    invalid_high_v: float | None = None  # the last such reading, for people
     diode_ok: bool = False
     diode_failures: int = 0
     pwm_since: float = -math.inf  # when the output last switched to PWM
@@ -159,7 +159,7 @@ def safety_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     if s.shutting_down:
         return "shutting down"
     if s.pilot is None or not pilot_fresh(cfg, s, now):
-        if s.invalid_since is not None and not math.isnan(s.invalid_high_v):
+        if s.invalid_since is not None and s.invalid_high_v is not None and math.isfinite(s.invalid_high_v):
             return f"pilot lost: {s.invalid_high_v:.1f} V is outside every state's band"
         return "pilot lost"
     if s.pilot is PilotState.D and not cfg.ventilation:

@@ -48,7 +48,7 @@ def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
     if state is None:  # outside every band: keep the last state for PILOT_INVALID_S (debounce)
         since = s.invalid_since if s.invalid_since is not None else now
         return replace(s, invalid_since=since, invalid_high_v=e.high_v)
-    s = replace(s, pilot_seen_at=now, invalid_since=None, invalid_high_v=math.nan)
+    s = replace(s, pilot_seen_at=now, invalid_since=None, invalid_high_v=None)
     if s.output == "pwm" and state in PLUGGED_STATES:
         ok = diode_present(e.low_v)
         settled = now >= s.pwm_since + DIODE_SETTLE_S
