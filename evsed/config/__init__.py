@@ -103,6 +103,21 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    """Charger-level devices: the site (grid) meter; load limits on it come with load management."""
+
+    meter: Device | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The authorizer chain: the host's card list first, then links the services register."""
+
+    timeout_s: float = 5.0  # a link that has not answered by then counts as "unknown"
+    unanswered: str = "reject"  # when every link says "unknown": "reject" or "accept"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
@@ -116,6 +131,23 @@ class SimulatorConfig:
     meter_start_wh: int = 0
 
 
+SERVICE_SECTIONS = ("ocpp", "mqtt", "web")  # tables the service processes check themselves
+
+
+@dataclass(frozen=True)
+class Section:
+    """A service's own table ([ocpp], [mqtt], [web]), kept raw here and checked by that service's
+    parser through table(), so errors name file, line and key like every other table."""
+
+    path: Path
+    name: str
+    data: Mapping[str, Any]
+    lines: Mapping[str, int]
+
+    def table(self) -> Table:
+        return Table(self.path, dict(self.lines), dict(self.data), self.name)
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -127,6 +159,9 @@ class Config:
     store: StoreConfig
     log: LogConfig
     simulator: SimulatorConfig
+    site: SiteConfig = SiteConfig()
+    authorization: AuthConfig = AuthConfig()
+    sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
@@ -322,8 +357,13 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
     rfid_table = top.table("rfid")
     rfid = _device(rfid_table, "rfid") if rfid_table else None
     cards = _cards(top)
+    sections = {}
+    for name in SERVICE_SECTIONS:
+        table = top.table(name)
+        if table is not None:
+            sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
     config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top))
+                    _simulator(top), _site(top), _authorization(top), MappingProxyType(sections))
     top.done()
     return config
 
@@ -390,7 +430,7 @@ def _required(parent: _Table, table: _Table | None, key: str) -> _Table:
 
 def _device(t: _Table, kind: str) -> Device:
     name = t.get("backend", str, choices=tuple(backends.names(kind)))
-    spec = backends.backend(kind, name)
+    spec = backends.BACKENDS[(kind, name)]  # the name is one of backends.names(kind)
     options = {key: t.get(key, opt.type, opt.default, min=opt.min, max=opt.max, choices=opt.choices)
                for key, opt in spec.options.items()}
     t.done()
@@ -478,6 +518,25 @@ def _dir(t: _Table, key: str, default, socket: bool = False) -> Path:
     return path
 
 
+def _site(top: _Table) -> SiteConfig:
+    t = top.table("site")
+    if t is None:
+        return SiteConfig()
+    meter = t.table("meter")
+    site = SiteConfig(meter=_device(meter, "meter") if meter else None)
+    t.done()
+    return site
+
+
+def _authorization(top: _Table) -> AuthConfig:
+    t = top.table("authorization") or _Table(top.path, top.lines, {}, "authorization")
+    d = AuthConfig()
+    auth = AuthConfig(timeout_s=t.get("timeout_s", float, d.timeout_s, min=0.5, max=60),
+                      unanswered=t.get("unanswered", str, d.unanswered, choices=("reject", "accept")))
+    t.done()
+    return auth
+
+
 def _log(top: _Table) -> LogConfig:
     t = top.table("log") or _Table(top.path, top.lines, {}, "log")
     log = LogConfig(level=t.get("level", str, "info", choices=("debug", "info", "warning", "error")),
@@ -496,3 +555,6 @@ def _simulator(top: _Table) -> SimulatorConfig:
         meter_start_wh=t.get("meter_start_wh", int, d.meter_start_wh, min=0, max=10**12))
     t.done()
     return sim
+
+
+Table = _Table  # for the services' parsers of their own sections
