@@ -203,9 +203,8 @@ class _Table:
         self.used: set[str] = set()
 
     def line(self, key: str | None = None) -> int | None:
-        path = f"{self.where}.{key}" if self.where else key
         if key is not None:
-            found = _line_of(self.lines, path)
+            found = _line_of(self.lines, f"{self.where}.{key}" if self.where else key)
             if found is not None:
                 return found
         return _line_of(self.lines, self.where) if self.where else None
@@ -331,9 +330,9 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
     path = Path(path)
     too_much = beyond_limits(text)
     if too_much is not None:  # tomllib would recurse or raise on these, without a line
-        line, parts, problem = too_much
+        at, parts, problem = too_much
         where = _display(".".join(parts[:-1])) if len(parts) > 1 else "top level"
-        raise ConfigError(path, line, f"{where} {_short(parts[-1])}" if parts else "", problem)
+        raise ConfigError(path, at, f"{where} {_short(parts[-1])}" if parts else "", problem)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -393,7 +392,8 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
     raw = top.data.get("connector", [{}])
     if not isinstance(raw, list) or not raw:
         raise top.error("connector", "expected [[connector]] tables")
-    out, seen = [], {}
+    out: list[ConnectorConfig] = []
+    seen: dict[int, int | None] = {}  # connector id -> line of its id key
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
             raise top.error("connector", f"expected [[connector]] tables, got {_type_name(item)} {_echo(item)}")
