@@ -150,6 +150,12 @@ def meter_missing(cfg: CoreConfig, s: Connector, now: float) -> bool:
     return cfg.has_meter and (s.meter_ok_at is None or now >= s.meter_ok_at + meter_pause_after_s(cfg))
 
 
+def card_repeated(cfg: CoreConfig, s: Connector, id_tag: str, now: float) -> bool:
+    """This UID was read here less than card_repeat_s ago: the same tap (the card is held on
+    the reader, or read twice). The charger routes such a read back here, where step() ignores it."""
+    return s.last_card is not None and s.last_card[0] == id_tag and now < s.last_card[1] + cfg.card_repeat_s
+
+
 def pilot_fresh(cfg: CoreConfig, s: Connector, now: float) -> bool:
     return s.pilot_seen_at is not None and now < s.pilot_seen_at + cfg.pilot_lost_s
 

@@ -14,7 +14,7 @@ from evsed.core.events import ConnectorStatus, Fault, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
 from evsed.core.state import (AUTH_LIMIT, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
-                              Connector, CoreConfig, FaultState, allowed_current_a, clears_by, locked_out,
+                              Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
                               offer_blocker, pilot_fresh, safety_blocker)
 
 
@@ -95,10 +95,10 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
 
 
 def _on_card(cfg, s: Connector, e: ev.CardPresented, now, out) -> Connector:
-    tag, last = e.id_tag, s.last_card
-    s = replace(s, last_card=(tag, now))
-    if last is not None and last[0] == tag and now < last[1] + cfg.card_repeat_s:
-        return s  # the same card still on the reader, or read twice: one tap (timed from the last read)
+    tag, repeated = e.id_tag, card_repeated(cfg, s, e.id_tag, now)
+    s = replace(s, last_card=(tag, now))  # a held card keeps extending its one tap
+    if repeated:
+        return s
     if s.session:
         if tag == s.id_tag:
             return _stop_session(s, StopReason.LOCAL, out)
