@@ -270,6 +270,7 @@ def test_back_to_back_sessions_do_not_share_energy(tmp_path):
     clock.now += 60
     ctrl.meter_sampled(reading(1120))
     ctrl.feed(ev.CardPresented("04A1B2C3"))  # stop, and within the grace start again
+    clock.now += 2.5  # a new tap, not the same one read twice (card_repeat_s)
     ctrl.feed(ev.CardPresented("04A1B2C3"))
     for i in range(1, 11):
         clock.now += 6

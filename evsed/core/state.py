@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from evsed.core import events as ev
-from evsed.core.events import ConnectorStatus, Fault
+from evsed.core.events import ChargePointErrorCode, Clearance, ConnectorStatus, Fault
 from evsed.core.pilot import MIN_CURRENT_A, PilotState
 
 AUTH_LIMIT = "authorization"  # the limit source of a per-session ceiling that came with the authorization
@@ -21,6 +21,9 @@ SELF_TEST_TIMEOUT_S = 10.0  # an RCD test with no answer by then failed (a hung 
 DIODE_FAILURES_TO_FAULT = 3  # consecutive readings without the -12 V low level
 DIODE_SETTLE_S = 1.0  # after PWM starts, readings may still show the old output (an ADC burst
 #                       straddling the switch, a board applying the command): no fault yet
+PILOT_INVALID_S = 0.075  # readings outside every band this long: pilot lost. Inside the 100 ms
+#                          IEC 61851-1 allows for C->B, leaving room for the shell's tick latency;
+#                          a single reading during an EV's resistor switch is debounced
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class CoreConfig:
     wakeup_after_s: float = 30.0  # EV stays in B under PWM this long: wake-up (0: never)
     wakeup_off_s: float = 4.0  # PWM off for this long during the wake-up
     min_pause_s: float = 0.0  # after a pause for lack of current, resume no sooner
+    card_repeat_s: float = 2.0  # the same UID read again within this of its last read: one tap
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class Connector:
 
     pilot: PilotState | None = None  # None: not read yet, lost, or hidden by our own F
     pilot_seen_at: float | None = None
+    invalid_since: float | None = None  # first of the readings outside every band since a valid one
+    invalid_high_v: float | None = None  # the last such reading, for people
     diode_ok: bool = False
     diode_failures: int = 0
     pwm_since: float = -math.inf  # when the output last switched to PWM
@@ -100,6 +106,7 @@ class Connector:
     status: ConnectorStatus = ConnectorStatus.AVAILABLE
     reason: str = ""  # why not charging, for people
     refusal: str = ""  # why the last card was refused
+    last_card: tuple[str, float] | None = None  # the last UID read and when: repeats are one tap
 
 
 def allowed_current_a(cfg: CoreConfig, s: Connector) -> float:
@@ -107,9 +114,46 @@ def allowed_current_a(cfg: CoreConfig, s: Connector) -> float:
     return min([cfg.max_current_a, *s.limits.values()])
 
 
+def clears_by(fault: Fault, fs: FaultState) -> Clearance:
+    """What clears this raised fault: the EV unplugging, a retry after a back-off, or a person."""
+    if fault is Fault.RCD and fs.retry_at is None:  # retries used up
+        return Clearance.PERSON
+    return ev.FAULT_CLEARANCE[fault]
+
+
 def locked_out(s: Connector) -> bool:
-    return any(f in ev.LOCKOUT_FAULTS or (f is Fault.RCD and st.retry_at is None)
-               for f, st in s.faults.items())
+    """A fault only a person can clear is latched: the connector refuses to start (pilot F)."""
+    return any(clears_by(f, fs) is Clearance.PERSON for f, fs in s.faults.items())
+
+
+def error_code(cfg: CoreConfig, s: Connector, now: float) -> ChargePointErrorCode:
+    """The OCPP 1.6 errorCode for the connector's status now: the first fault's, a silent meter's
+    (the status is then SuspendedEVSE), else NoError. vendorErrorCode: the fault's value."""
+    if s.faults:
+        return ev.OCPP16_ERROR_CODE[min(s.faults, key=lambda f: (s.faults[f].since, f.value))]
+    if s.session and meter_missing(cfg, s, now):
+        return ChargePointErrorCode.POWER_METER_FAILURE
+    return ChargePointErrorCode.NO_ERROR
+
+
+def meter_pause_after_s(cfg: CoreConfig) -> float:
+    """Meter silence after which PWM goes off (an EVSE-initiated pause), in s.
+
+    The stop grace earlier than the timeout, so that an EV that keeps drawing is still cut off
+    by meter_timeout_s after the last good reading (defaults: PWM off after 4 s, open by 10 s).
+    """
+    return max(cfg.meter_timeout_s - cfg.stop_grace_s, 0.0)
+
+
+def meter_missing(cfg: CoreConfig, s: Connector, now: float) -> bool:
+    """A fresh meter reading is needed to offer PWM and there is none."""
+    return cfg.has_meter and (s.meter_ok_at is None or now >= s.meter_ok_at + meter_pause_after_s(cfg))
+
+
+def card_repeated(cfg: CoreConfig, s: Connector, id_tag: str, now: float) -> bool:
+    """This UID was read here less than card_repeat_s ago: the same tap (the card is held on
+    the reader, or read twice). The charger routes such a read back here, where step() ignores it."""
+    return s.last_card is not None and s.last_card[0] == id_tag and now < s.last_card[1] + cfg.card_repeat_s
 
 
 def pilot_fresh(cfg: CoreConfig, s: Connector, now: float) -> bool:
@@ -123,6 +167,8 @@ def safety_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     if s.shutting_down:
         return "shutting down"
     if s.pilot is None or not pilot_fresh(cfg, s, now):
+        if s.invalid_since is not None and s.invalid_high_v is not None and math.isfinite(s.invalid_high_v):
+            return f"pilot lost: {s.invalid_high_v:.1f} V is outside every state's band"
         return "pilot lost"
     if s.pilot is PilotState.D and not cfg.ventilation:
         return "EV requests ventilation (state D), not allowed here"
@@ -155,6 +201,8 @@ def offer_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
         if not s.operative:
             return "connector unavailable"
         return "waiting for a card" if s.pilot in PLUGGED_STATES else "no EV"
+    if meter_missing(cfg, s, now):  # an OpenEVSE board closes its relay by itself under PWM
+        return "meter not responding" + (f": {s.meter_error}" if s.meter_error else "")
     if allowed_current_a(cfg, s) < MIN_CURRENT_A:
         return f"current limit {allowed_current_a(cfg, s):g} A is below 6 A"
     if now < s.paused_until:
@@ -182,8 +230,11 @@ def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
 
     A closed contactor implies: state C (or D where allowed), fresh pilot, no latched
     fault, diode check passed, and either (authorized, PWM on, allowed >= 6 A) or an
-    EVSE-initiated stop still inside its grace period.
+    EVSE-initiated stop still inside its grace period. And PWM is never offered while a
+    fresh meter reading is needed and missing (some boards close by themselves under PWM).
     """
+    if s.output == "pwm" and meter_missing(cfg, s, now):
+        return "PWM offered without a fresh meter reading"
     if not s.contactor_closed:
         return None
     why = safety_blocker(cfg, s, now)
@@ -206,6 +257,10 @@ def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
         times += [f.retry_at for f in s.faults.values()]
     if s.pilot is not None and s.pilot_seen_at is not None:
         times.append(s.pilot_seen_at + cfg.pilot_lost_s)
+    if s.pilot is not None and s.invalid_since is not None:
+        times.append(s.invalid_since + PILOT_INVALID_S)
+    if s.output == "pwm" and cfg.has_meter and s.meter_ok_at is not None:
+        times.append(s.meter_ok_at + meter_pause_after_s(cfg))
     if s.contactor_closed:
         if s.stopping_since is not None:
             times.append(s.stopping_since + cfg.stop_grace_s)

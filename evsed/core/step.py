@@ -12,10 +12,10 @@ from dataclasses import replace
 from evsed.core import events as ev
 from evsed.core.events import ConnectorStatus, Fault, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (AUTH_LIMIT, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
-                         SELF_TEST_TIMEOUT_S,
-                         Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
-                         pilot_fresh, safety_blocker)
+from evsed.core.state import (AUTH_LIMIT, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
+                              RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
+                              Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
+                              offer_blocker, pilot_fresh, safety_blocker)
 
 
 def step(cfg: CoreConfig, s: Connector, event: ev.Event, now: float) -> tuple[Connector, list[ev.Action]]:
@@ -43,11 +43,12 @@ def _apply(cfg: CoreConfig, s: Connector, e: ev.Event, now: float, out: list) ->
 
 def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
     if s.output == "f":  # our own -12 V hides the EV; only the reading's arrival counts
-        return replace(s, pilot_seen_at=now)
+        return replace(s, pilot_seen_at=now, invalid_since=None)
     state = classify(e.high_v)
-    if state is None:  # between bands: keep the last state; staleness ends it
-        return s
-    s = replace(s, pilot_seen_at=now)
+    if state is None:  # outside every band: keep the last state for PILOT_INVALID_S (debounce)
+        since = s.invalid_since if s.invalid_since is not None else now
+        return replace(s, invalid_since=since, invalid_high_v=e.high_v)
+    s = replace(s, pilot_seen_at=now, invalid_since=None, invalid_high_v=None)
     if s.output == "pwm" and state in PLUGGED_STATES:
         ok = diode_present(e.low_v)
         settled = now >= s.pwm_since + DIODE_SETTLE_S
@@ -57,6 +58,11 @@ def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
             s = _raise(s, Fault.DIODE, None, now, out, "no -12 V low level under PWM")
     if state is not s.pilot:
         s = _pilot_changed(cfg, s, state, now, out)
+    if state is PilotState.E and Fault.CP_SHORT not in s.faults:
+        s = _raise(s, Fault.CP_SHORT, None, now, out, "pilot high level 0 V: CP shorted to PE (state E)")
+    elif state is PilotState.B and Fault.CP_SHORT in s.faults:  # A clears it in _pilot_changed
+        out.append(ev.FaultsCleared((Fault.CP_SHORT,)))
+        s = replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.CP_SHORT})
     return s
 
 
@@ -73,7 +79,7 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
     if state is PilotState.A:
         if s.session:
             s = _stop_session(s, StopReason.EV_DISCONNECTED, out)
-        cleared = tuple(f for f in (Fault.DIODE, Fault.OVERCURRENT) if f in s.faults)
+        cleared = tuple(f for f, st in s.faults.items() if clears_by(f, st) is ev.Clearance.UNPLUG)
         faults = {f: st for f, st in s.faults.items() if f not in cleared}
         if cleared:
             out.append(ev.FaultsCleared(cleared))
@@ -89,7 +95,10 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
 
 
 def _on_card(cfg, s: Connector, e: ev.CardPresented, now, out) -> Connector:
-    tag = e.id_tag
+    tag, repeated = e.id_tag, card_repeated(cfg, s, e.id_tag, now)
+    s = replace(s, last_card=(tag, now))  # a held card keeps extending its one tap
+    if repeated:
+        return s
     if s.session:
         if tag == s.id_tag:
             return _stop_session(s, StopReason.LOCAL, out)
@@ -263,7 +272,7 @@ _HANDLERS = {
 
 
 def _raise(s: Connector, fault: Fault, retry_at, now, out, detail="") -> Connector:
-    lockout = retry_at is None and (fault in ev.LOCKOUT_FAULTS or fault is Fault.RCD)
+    lockout = clears_by(fault, FaultState(now, retry_at)) is ev.Clearance.PERSON
     out.append(ev.FaultRaised(fault, lockout, detail))
     s = replace(s, faults={**s.faults, fault: FaultState(now, retry_at, detail)})
     if lockout and s.session:  # a lock-out needs a person: the session cannot resume
@@ -296,7 +305,9 @@ def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
             and now >= max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s):
         s = _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
                    f"drew more than {s.offered_a:g} A")
-    if s.pilot is not None and s.output != "f" and not pilot_fresh(cfg, s, now):
+    if s.pilot is not None and s.output != "f" and (
+            not pilot_fresh(cfg, s, now)
+            or s.invalid_since is not None and now >= s.invalid_since + PILOT_INVALID_S):
         s = _pilot_changed(cfg, s, None, now, out)
     if s.paused_until > -math.inf and now >= s.paused_until:
         s = replace(s, paused_until=-math.inf)

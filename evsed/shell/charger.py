@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from evsed.config import Config
 from evsed.core.events import CardPresented
-from evsed.core.state import PLUGGED_STATES
+from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
 from evsed.shell.bus import Bus, ChargerEvent, log_event
 from evsed.shell.connector import ConnectorControl, Offload, _inline
@@ -102,9 +102,11 @@ class Charger:
 
     def present_card(self, uid: str) -> int:
         """Give a tap to the connector it is meant for: the one whose session it started, else
-        one with an EV waiting for a card, else the first free one. Returns that connector's id."""
+        one with an EV waiting for a card, else the first free one. Returns that connector's id.
+        The same card read again within card_repeat_s goes where it went, which ignores it."""
         ctrls = list(self.connectors.values())
-        chosen = (next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
+        chosen = (next((c for c in ctrls if card_repeated(c.cfg, c.state, uid, c.clock())), None)
+                  or next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
                   or next((c for c in ctrls if not c.state.session and c.state.pilot in PLUGGED_STATES), None)
                   or next((c for c in ctrls if not c.state.session), ctrls[0]))
         chosen.publish("card.presented", id_tag=uid)

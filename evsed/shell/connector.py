@@ -279,7 +279,8 @@ class ConnectorControl:
                 "group": session.card_group, "started_at": session.started_at,
                 "energy_wh": session.energy_wh, "power_w": session.power_w,
                 "peak_power_w": session.peak_power_w},
-            "faults": [{"fault": f.value, "detail": fs.detail, "lockout": fs.retry_at is None,
+            "faults": [{"fault": f.value, "detail": fs.detail, "clears_by": state.clears_by(f, fs).value,
+                        "lockout": state.clears_by(f, fs) is ev.Clearance.PERSON,
                         "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
                        for f, fs in st.faults.items()],
             "reason": st.reason,
