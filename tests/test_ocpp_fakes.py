@@ -87,7 +87,8 @@ def settings_for(port: int, state_file: Path, **overrides) -> Settings:
 async def running(csms: CentralSystem, tmp_path: Path, link: FakeLink | None = None, keys=None,
                   port: int | None = None, **overrides):
     """An Uplink on a started CSMS; yields (uplink, link); stops both after."""
-    port = port or await csms.start()
+    if csms.server is None:
+        port = await csms.start(port=port or 0)
     link = link or FakeLink()
     settings = settings_for(port, tmp_path / "ocpp.sqlite", **overrides)
     if keys:
