@@ -106,8 +106,12 @@ async def running(csms: CentralSystem, tmp_path: Path, link: FakeLink | None = N
         await csms.stop()
 
 
-async def booted(csms: CentralSystem, identity: str = "CP1") -> None:
-    await csms.wait_for(lambda: any(a == "BootNotification" for _, a, _, _ in csms.messages) and identity in csms.stations)
+async def booted(csms: CentralSystem, uplink=None, identity: str = "CP1") -> None:
+    """Until the CSMS has a booted charge point (and, given uplink, it knows its boot was accepted)."""
+    await csms.wait_for(lambda: any(a == "BootNotification" for _, a, _, _ in csms.messages)
+                        and identity in csms.stations)
+    if uplink is not None:
+        await until(lambda: uplink.booted, what="boot accepted")
 
 
 async def until(predicate, timeout: float = 10, what: str = "") -> None:
