@@ -100,8 +100,8 @@ async def running(csms: CentralSystem, tmp_path: Path, link: FakeLink | None = N
         yield uplink, link
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the uplink did not stop when cancelled"
         uplink.close()
         await csms.stop()
 

@@ -80,9 +80,9 @@ class Authorizer:
 
     async def authorize_online(self, cp, tag: str) -> dict | None:
         try:
-            result = await asyncio.wait_for(cp.call(call.Authorize(id_tag=tag), suppress=False),
-                                            self.timeout_s)
-        except (asyncio.TimeoutError, OCPPError, ConnectionError) as exc:
+            async with asyncio.timeout(self.timeout_s):
+                result = await cp.call(call.Authorize(id_tag=tag), suppress=False)
+        except (TimeoutError, OCPPError, ConnectionError) as exc:
             log.info("ocpp.authorize_unanswered", error=type(exc).__name__)
             return None
         except Exception as exc:  # a closed socket or an unreadable answer: treat as offline

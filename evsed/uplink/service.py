@@ -26,16 +26,17 @@ from evsed.uplink.keys import KEYS, Values, check
 from evsed.uplink.outbox import Outbox
 from evsed.uplink.settings import Settings
 from evsed.uplink.smart_service import SmartCharging
-from evsed.uplink.state import State
+from evsed.uplink.state import State, wait_event
 
 log = structlog.get_logger("evsed.uplink")
 
 
-class HardReset(SystemExit):
-    """Reset type Hard: the service exits (code 75) so that its service manager restarts it."""
+class HardReset(Exception):
+    """Reset type Hard: serve() exits the process with EXIT_HARD_RESET so that its service
+    manager (systemd Restart=) starts it again."""
 
-    def __init__(self):
-        super().__init__(75)
+
+EXIT_HARD_RESET = 75
 
 
 class _SoftReset(Exception):
@@ -48,9 +49,11 @@ async def first_of(*coros) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        while pending:  # cancelled again until gone: a library's wait_for may swallow one cancel
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1)
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()
@@ -61,6 +64,8 @@ async def serve(config, link) -> None:
     uplink = Uplink(settings_mod.parse(config), link, auth_timeout_s=config.timing.auth_timeout_s)
     try:
         await uplink.run()
+    except HardReset:
+        raise SystemExit(EXIT_HARD_RESET) from None
     finally:
         uplink.close()
 
@@ -196,19 +201,13 @@ class Uplink(SmartCharging):
                 return
             wait = interval if interval > 0 else self.settings.heartbeat_s
             log.info("ocpp.boot_not_accepted", status=status, retry_s=wait)
-            try:
-                await asyncio.wait_for(self.boot_now.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self.boot_now, wait)
 
     async def _heartbeat(self, cp) -> None:
         while True:
             self.rebeat.clear()
-            try:
-                await asyncio.wait_for(self.rebeat.wait(), self.keys.int("HeartbeatInterval"))
+            if await wait_event(self.rebeat, self.keys.int("HeartbeatInterval")):
                 continue  # the interval changed: start over with the new one
-            except asyncio.TimeoutError:
-                pass
             await self._heartbeat_once(cp)
 
     async def _heartbeat_once(self, cp) -> None:
@@ -226,10 +225,7 @@ class Uplink(SmartCharging):
                 continue
             wait = item.next_at - self.clock()
             if wait > 0:
-                try:
-                    await asyncio.wait_for(self.wake.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self.wake, wait)
                 continue
             result = await self.outbox.send_head(cp, item)
             if result is not None and item.action in ("StartTransaction", "StopTransaction"):
@@ -256,8 +252,9 @@ class Uplink(SmartCharging):
     async def command(self, request: dict, timeout_s: float = 10.0) -> dict:
         """One daemon command; a failure is a reply with ok false, never an exception."""
         try:
-            return await asyncio.wait_for(self.link.command(request), timeout_s)
-        except (asyncio.TimeoutError, OSError, ConnectionError, ValueError) as exc:
+            async with asyncio.timeout(timeout_s):
+                return await self.link.command(request)
+        except (TimeoutError, OSError, ConnectionError, ValueError) as exc:
             log.warning("ocpp.daemon_command_failed", cmd=request.get("cmd"), error=type(exc).__name__)
             return {"ok": False, "error": f"daemon: {type(exc).__name__}"}
 
@@ -336,10 +333,7 @@ class Uplink(SmartCharging):
             times = list(next_sample.values()) + ([next_aligned] if next_aligned else [])
             self.retime.clear()
             timeout = min(times) - self.clock() if times else 3600
-            try:
-                await asyncio.wait_for(self.retime.wait(), max(0.0, min(timeout, 3600)))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self.retime, min(timeout, 3600))
 
     def keys_changed(self, key: str) -> None:
         self.retime.set()

@@ -4,12 +4,12 @@ limit source ("ocpp") whenever it changes, waking at the next change time."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import structlog
 
 from evsed.uplink import smart
+from evsed.uplink.state import wait_event
 
 log = structlog.get_logger("evsed.uplink")
 
@@ -110,7 +110,4 @@ class SmartCharging:
                 else:
                     failed = True
             timeout = 3600.0 if change_at is None else max(0.0, change_at - self.clock())
-            try:
-                await asyncio.wait_for(self.reprofile.wait(), min(timeout, 5.0 if failed else 3600.0))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self.reprofile, min(timeout, 5.0 if failed else 3600.0))
