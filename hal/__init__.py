@@ -92,6 +92,23 @@ class ContactorFeedback(Protocol):
 
 
 @runtime_checkable
+class Heartbeat(Protocol):
+    """Optional capability: the contactor's driver drops out by itself unless refreshed.
+
+    A retriggerable monostable or charge pump in series with the relay driver holds the
+    coil only while heartbeat() keeps toggling its input: call it every
+    heartbeat_interval_s (half the square wave's period) from the loop that keeps the
+    contactor safe. When the calls stop (a crash, kill -9, a hung loop), the relay opens
+    within dropout_s of the last rising edge, whatever level the command output kept.
+    """
+
+    heartbeat_interval_s: float
+    dropout_s: float
+
+    def heartbeat(self) -> None: ...
+
+
+@runtime_checkable
 class FaultInput(Protocol):
     """Residual-current (RCD) module or any other trip input."""
 

@@ -60,7 +60,13 @@ def register(backend: Backend) -> None:
 # --- simulator (simulator/) ----------------------------------------------------------------
 register(Backend("pilot", "sim", f"{_SIM}:sim_pilot", "pilot of the simulated EV"))
 register(Backend("contactor", "sim", f"{_SIM}:sim_contactor", "simulated contactor",
-                 {"feedback": Option(bool, True, "report the contact state (auxiliary contact)")}))
+                 {"feedback": Option(bool, True, "report the contact state (auxiliary contact)"),
+                  "heartbeat": Option(bool, False, "model a drop-out circuit: the contactor opens by itself "
+                                      "dropout_s after the last heartbeat"),
+                  "heartbeat_hz": Option(float, 10.0, "rising edges per second", min=1.0, max=50.0),
+                  "dropout_s": Option(float, 0.5, "drop-out after the last rising edge", min=0.05, max=2.0),
+                  "board": Option(str, "", "pin file shared with `python -m simulator.board`, which models "
+                                  "the relay in its own process (its state outlives evsed)")}))
 register(Backend("rcd", "sim", f"{_SIM}:sim_rcd", "simulated residual-current module",
                  {"self_test": Option(bool, False, "test before every close")}))
 register(Backend("meter", "sim", f"{_SIM}:sim_meter", "meter integrating the simulated EV's power"))
@@ -68,7 +74,7 @@ register(Backend("rfid", "sim", f"{_SIM}:sim_card_reader", "cards tapped with `e
 
 # --- Raspberry Pi class GPIO: pilot, contactor, RCD (hal/gpio.py, hal/pwm.py, hal/adc.py) ---
 _GPIO = "hal.gpio"
-_BCM = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
+_BCM: dict[str, Any] = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
 _PIN_FACTORY = Option(str, "lgpio", "gpiozero pin factory, named so it never falls back to another; "
                       "\"mock\" is for tests", choices=("lgpio", "rpigpio", "pigpio", "native", "mock"))
 _PULL = ("up", "down", "none")
@@ -111,6 +117,11 @@ register(Backend("contactor", "gpio", f"{_GPIO}:gpio_contactor",
                            **_BCM),
     "feedback_active_high": Option(bool, False, "the feedback input reads high when the contactor is closed"),
     "feedback_pull": Option(str, "up", "pull resistor on the feedback input", choices=_PULL),
+    "heartbeat_pin": Option(int, None, "BCM pin toggled by the safety loop into a retriggerable monostable "
+                            "in series with the relay driver (none: no drop-out circuit fitted)", **_BCM),
+    "heartbeat_hz": Option(float, 10.0, "rising edges per second on heartbeat_pin", min=1.0, max=50.0),
+    "dropout_s": Option(float, 0.5, "the circuit's drop-out: the relay opens this long after the last "
+                        "rising edge (at least 3 heartbeat periods)", min=0.05, max=2.0),
 }, packages=("gpiozero",)))
 
 register(Backend("rcd", "gpio", f"{_GPIO}:gpio_rcd",

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 
 import structlog
 
+from evsed.store import outbox
+
 log = structlog.get_logger("evsed")
 
 SCHEMA = """
@@ -80,6 +82,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a finished session survives a power cut
         self.db.executescript(SCHEMA)
+        outbox.create(self.db)
 
     @classmethod
     def open_readonly(cls, path: Path | str) -> Store:
@@ -92,11 +95,15 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def next_session_id(self) -> int:
+        """The id the next session gets; the shell numbers sessions itself, so events can name them."""
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM sessions").fetchone()[0])
+
     def start(self, s: LiveSession) -> None:
         cur = self.db.execute(
-            "INSERT INTO sessions (connector_id, id_tag, card_name, card_group, auth_source, started_at,"
-            " updated_at, meter_start_wh, meter_last_wh) VALUES (?,?,?,?,?,?,?,?,?)",
-            (s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
+            "INSERT INTO sessions (id, connector_id, id_tag, card_name, card_group, auth_source, started_at,"
+            " updated_at, meter_start_wh, meter_last_wh) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (s.row_id, s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
              s.started_at, s.meter_start_wh, s.meter_last_wh))
         s.row_id = cur.lastrowid
 
@@ -111,11 +118,24 @@ class Store:
             " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
             (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
 
-    def stop(self, row_id: int, meter_stop_wh: int, peak_power_w: float, reason: str, when: str) -> None:
+    def finish(self, s: LiveSession) -> None:
+        """A finished session, whole: completes its row, or writes it anew when the start write failed."""
+        assert s.stopped is not None
+        if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
+            self.start(s)
+        reason, when = s.stopped
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when)
+
+    def stop(self, row_id: int | None, meter_stop_wh: int, peak_power_w: float, reason: str, when: str) -> None:
         self.db.execute(
             "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
             " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=? WHERE id=?",
             (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
+
+    def set_stop_meter(self, row_id: int, meter_stop_wh: int) -> None:
+        """A finished session's stop reading completed by the first reading after the open."""
+        self.db.execute("UPDATE sessions SET meter_last_wh=?, meter_stop_wh=?, energy_wh=MAX(0, ?-meter_start_wh)"
+                        " WHERE id=? AND stopped_at IS NOT NULL", (meter_stop_wh, meter_stop_wh, meter_stop_wh, row_id))
 
     def recover(self) -> list[int]:
         """Close sessions left open by a crash or power cut; returns their ids."""
@@ -146,26 +166,70 @@ class Store:
             yield dict(zip(COLUMNS, row))
 
 
+Op = Callable[["Store"], None]
+
+
 class StoreWriter:
     """Runs store operations in order on one thread, so SQLite never blocks the event loop."""
 
     def __init__(self, store: Store):
         self.store = store
-        self._queue: queue.Queue[Callable[[Store], None] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Op, Callable[[], None] | None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="evsed-store", daemon=True)
         self.errors: list[BaseException] = []
         self._thread.start()
 
-    def submit(self, op: Callable[[Store], None]) -> None:
-        self._queue.put(op)
+    def submit(self, op: Op, after_commit: Callable[[], None] | None = None) -> None:
+        """Queue a write; after_commit runs in the writer thread once it is durable."""
+        self._queue.put((op, after_commit))
 
     def _run(self) -> None:
-        while (op := self._queue.get()) is not None:
+        """Everything queued meanwhile goes into one transaction (one fsync), each write in its own
+        savepoint so that one bad write loses only itself."""
+        stop = False
+        while not stop:
+            batch: list[tuple[Op, Callable[[], None] | None]] = []
+            item = self._queue.get()
+            while item is not None:
+                batch.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            stop = item is None
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[tuple[Op, Callable[[], None] | None]]) -> None:
+        db = self.store.db
+        try:
+            db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        done = []
+        for op, after in batch:
+            db.execute("SAVEPOINT op")
             try:
                 op(self.store)
             except Exception as exc:  # noqa: BLE001 - the writer must outlive one bad write
-                self.errors.append(exc)
-                log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
+                db.execute("ROLLBACK TO op")
+                self._failed(exc)
+            else:
+                done.append(after)
+            db.execute("RELEASE op")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            db.execute("ROLLBACK") if db.in_transaction else None
+            return
+        for after in done:
+            if after is not None:
+                after()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Finish every queued write, then stop."""
@@ -180,12 +244,15 @@ class InlineWriter:
         self.store = store
         self.errors: list[BaseException] = []
 
-    def submit(self, op: Callable[[Store], None]) -> None:
+    def submit(self, op: Op, after_commit: Callable[[], None] | None = None) -> None:
         try:
             op(self.store)
         except Exception as exc:  # noqa: BLE001 - as the threaded writer: logged, survived
             self.errors.append(exc)
             log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
+            return
+        if after_commit is not None:
+            after_commit()
 
     def close(self, timeout_s: float = 0.0) -> None:
         pass
