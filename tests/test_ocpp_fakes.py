@@ -18,6 +18,9 @@ def iso(moment: dt.datetime | None = None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+LIVE = ("session.sample", "pilot.state_changed", "pilot.output", "card.presented")
+
+
 class FakeLink:
     """The daemon as the uplink sees it: a durable event stream, commands, an authorizer seat."""
 
@@ -32,7 +35,9 @@ class FakeLink:
         self.changed = asyncio.Condition()
 
     def emit(self, type: str, connector: int = 1, **fields) -> dict:
-        seq = (self.events_list[-1]["seq"] if self.events_list else 0) + 1
+        """A durable event with the next seq; session.sample and other live events get seq null."""
+        durable = [e["seq"] for e in self.events_list if e["seq"] is not None]
+        seq = None if type in LIVE else (durable[-1] if durable else 0) + 1
         event = {"seq": seq, "at": iso(), "type": type, "connector": connector, **fields}
         self.events_list.append(event)
         asyncio.get_running_loop().create_task(self._notify())
@@ -60,7 +65,7 @@ class FakeLink:
             while index < len(self.events_list):
                 event = self.events_list[index]
                 index += 1
-                if event["seq"] > after:
+                if event["seq"] is None or event["seq"] > after:
                     yield dict(event)
 
     async def ack(self, seq: int) -> None:

@@ -183,7 +183,7 @@ async def test_authorization_key_is_written_0600_and_never_logged(tmp_path):
 async def test_every_trigger_message_is_answered_and_sent(tmp_path):
     csms = CentralSystem()
     link = FakeLink()
-    link.emit("status", status="Available", error_code="NoError")
+    link.emit("connector.status", status="Available", error_code="NoError")
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
         link.emit("session.sample", session="x", energy_wh=5, power_w=0.0, current_a=[], voltage_v=[], offered_a=0)

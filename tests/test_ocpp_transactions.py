@@ -17,18 +17,18 @@ SAMPLE = dict(power_w=7200.0, current_a=[10.4, 10.5, 10.3], voltage_v=[230.1, 22
 
 
 def session_events(link: FakeLink, session="s1", tag="04A1B2C3") -> None:
-    link.emit("status", status="Preparing", error_code="NoError")
+    link.emit("connector.status", status="Preparing", error_code="NoError")
     link.emit("session.started", session=session, id_tag=tag, card_name="Alice", group="family",
               auth_source="local", meter_start_wh=1000, started_at="2026-11-28T16:20:00.123456Z")
-    link.emit("status", status="Charging", error_code="NoError")
+    link.emit("connector.status", status="Charging", error_code="NoError")
     link.emit("session.sample", session=session, energy_wh=1250, **SAMPLE)
 
 
 def stop_events(link: FakeLink, session="s1", tag="04A1B2C3") -> None:
     link.emit("session.stopped", session=session, id_tag=tag, meter_stop_wh=1500, energy_wh=500,
               reason="ev_disconnected", stopped_at="2026-11-28T16:50:00Z")
-    link.emit("status", status="Finishing", error_code="NoError")
-    link.emit("status", status="Available", error_code="NoError")
+    link.emit("connector.status", status="Finishing", error_code="NoError")
+    link.emit("connector.status", status="Available", error_code="NoError")
 
 
 def flow(csms: CentralSystem) -> list[str]:
@@ -39,8 +39,8 @@ def flow(csms: CentralSystem) -> list[str]:
 async def test_a_full_session_arrives_message_by_message(tmp_path):
     csms = CentralSystem()
     link = FakeLink()
-    link.emit("status", connector=0, status="Available", error_code="NoError")
-    link.emit("status", status="Available", error_code="NoError")
+    link.emit("connector.status", connector=0, status="Available", error_code="NoError")
+    link.emit("connector.status", status="Available", error_code="NoError")
     async with running(csms, tmp_path, link=link, keys={"MeterValueSampleInterval": "1"}) as (uplink, _):
         await booted(csms)
         await csms.wait_for(lambda: len(csms.actions("StatusNotification")) == 2)
@@ -153,7 +153,7 @@ async def test_queued_messages_survive_kill_9_and_arrive_exactly_once_in_order(t
                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         for line in child.stdout:
-            if line.split() == ["acked", "7"]:
+            if line.split() == ["acked", "6"]:
                 break
     finally:
         child.send_signal(signal.SIGKILL)

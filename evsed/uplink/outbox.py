@@ -27,6 +27,9 @@ ERROR_CODES = {"ConnectorLockFailure", "EVCommunicationError", "GroundFailure", 
                "InternalError", "LocalListConflict", "NoError", "OtherError", "OverCurrentFailure",
                "PowerMeterFailure", "PowerSwitchFailure", "ReaderFailure", "ResetFailure",
                "UnderVoltage", "OverVoltage", "WeakSignal"}
+FAULT_CODES = {"rcd": "GroundFailure", "rcd_self_test": "GroundFailure", "overcurrent": "OverCurrentFailure",
+               "welded": "PowerSwitchFailure", "contactor_mismatch": "PowerSwitchFailure",
+               "diode": "EVCommunicationError", "meter": "PowerMeterFailure", "pilot": "EVCommunicationError"}
 CALLS = {"StartTransaction": call.StartTransaction, "StopTransaction": call.StopTransaction,
          "MeterValues": call.MeterValues, "StatusNotification": call.StatusNotification}
 
@@ -70,19 +73,23 @@ class Outbox:
         self.samples: dict[int, dict] = {}         # the newest session.sample per connector
         self.reservations: dict[int, dict] = {}    # reservation_id -> connector, id_tag
         self.stop_reasons: dict[int, str] = {}     # connector -> Reason the uplink caused
+        self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
         self.dropped = int(state.meta("dropped", "0"))
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
 
     def on_event(self, event: dict) -> bool:
-        """Apply one event; True when it was made durable (with its seq), False for a sample."""
+        """Apply one event; True when it was made durable with its seq (live events: False)."""
         kind, connector = event.get("type"), int(event.get("connector") or 0)
         if kind == "session.sample":
             self.samples[connector] = event
+        if event.get("seq") is None:
             return False
         with self.state.transaction():
-            if kind == "status":
+            if kind in ("connector.status", "status"):
                 self._status(connector, event)
+            elif kind in ("fault.raised", "fault.cleared"):
+                self._fault(connector, event)
             elif kind == "session.started":
                 self._started(connector, event)
             elif kind == "session.stopped":
@@ -94,10 +101,29 @@ class Outbox:
             self.on_stopped(connector, str(event["session"]))
         return True
 
+    def _fault(self, connector: int, event: dict) -> None:
+        """Faults give the error code of the connector's StatusNotification (sent when it changes)."""
+        faults = self.faults.setdefault(connector, {})
+        if event["type"] == "fault.raised":
+            faults[str(event.get("fault"))] = str(event.get("detail") or event.get("fault"))[:50]
+        else:
+            for name in event.get("faults") or []:
+                faults.pop(str(name), None)
+        before = self.state.statuses().get(connector)
+        if before is not None and before[1] != self.error_code(connector):
+            self._status(connector, {"status": before[0]})
+
+    def error_code(self, connector: int) -> str:
+        for fault in self.faults.get(connector, {}):
+            return FAULT_CODES.get(fault, "OtherError")
+        return "NoError"
+
     def _status(self, connector: int, event: dict) -> None:
         status = event.get("status") if event.get("status") in STATUSES else "Faulted"
-        error = event.get("error_code") if event.get("error_code") in ERROR_CODES else "OtherError"
-        info = str(event.get("info") or event.get("reason") or "")[:50] or None
+        error = event.get("error_code") if event.get("error_code") in ERROR_CODES else self.error_code(connector)
+        faults = self.faults.get(connector)
+        info = str(event.get("info") or (next(iter(faults.values())) if faults else "")
+                   or event.get("reason") or "")[:50] or None
         self.state.set_status(connector, status, error, info)
         self.state.enqueue("StatusNotification", self.status_payload(connector, status, error, info,
                                                                      event.get("at")),

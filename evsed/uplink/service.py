@@ -264,11 +264,12 @@ class Uplink(SmartCharging):
             after = int(self.state.meta("seq", "0"))
             try:
                 async for event in self.link.events(after):
-                    if int(event.get("seq", 0)) <= int(self.state.meta("seq", "0")):
+                    seq = event.get("seq")
+                    if seq is not None and int(seq) <= int(self.state.meta("seq", "0")):
                         continue  # already queued before a restart
-                    self.outbox.on_event(event)
-                    await self.link.ack(int(event["seq"]))  # only once its messages are durable
-                    self.wake.set()
+                    if self.outbox.on_event(event):
+                        await self.link.ack(int(seq))  # only once its messages are durable
+                        self.wake.set()
                     failures = 0
             except (OSError, ConnectionError, ValueError, KeyError) as exc:
                 log.warning("ocpp.event_stream_lost", error=f"{type(exc).__name__}: {exc}"[:200])
