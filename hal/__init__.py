@@ -76,6 +76,15 @@ class Pilot(Protocol):
 
 
 @runtime_checkable
+class OfferedCurrent(Protocol):
+    """Optional capability: a pilot whose board sets the PWM itself and may offer less than asked
+    (an OpenEVSE caps a volatile $SC at its stored maximum) reports what the EV is really offered,
+    in A; None while it offers nothing. Status shows this beside the core's own figure."""
+
+    def offered_current_a(self) -> float | None: ...
+
+
+@runtime_checkable
 class Contactor(Protocol):
     """The main relay. Wired fail-safe: energized to close, open when unpowered."""
 

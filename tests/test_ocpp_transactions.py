@@ -169,3 +169,13 @@ async def test_queued_messages_survive_kill_9_and_arrive_exactly_once_in_order(t
     assert [a for a, _ in again.actions("StartTransaction", "StopTransaction")] == [
         "StartTransaction", "StopTransaction"]
     assert again.actions("StopTransaction")[0][1]["transactionId"] == 1001
+
+
+def test_a_second_uplink_on_the_same_state_file_is_refused(tmp_path):
+    import pytest
+    from evsed.uplink.state import State, StateBusy
+    first = State(tmp_path / "ocpp.sqlite")
+    with pytest.raises(StateBusy):
+        State(tmp_path / "ocpp.sqlite")
+    first.close()
+    State(tmp_path / "ocpp.sqlite").close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
+from evsed.cli import records
 from evsed.control import client as control
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
@@ -193,6 +194,8 @@ def cmd_sessions(args) -> int:
     cfg = load_config_if_any(args)
     tz = ZoneInfo(cfg.charger.timezone) if cfg else dt.timezone.utc
     path = _state_dir(cfg) / "sessions.db"
+    if args.ocmf is not None:
+        return records.cmd_ocmf(args, path)
     rows = []
     if path.exists():
         store = Store.open_readonly(path)
@@ -251,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", help="day after the last, YYYY-MM-DD")
     sp.add_argument("--card", help="card UID or name")
     sp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sp.add_argument("--ocmf", type=records.ocmf_id, metavar="ID",
+                    help="print session ID's signed OCMF document and the public key (hex DER)")
+    records.add_commands(add)
     sp = add("clear-faults", cmd_clear_faults, "clear latched faults and lock-outs after an inspection")
     sp.add_argument("--connector", type=int, default=1)
 

@@ -34,6 +34,7 @@ from evsed.shell.charger import Charger
 from evsed.shell.connector import ConnectorControl
 from evsed.shell.devices import Devices, build
 from evsed.shell.services import Services
+from evsed.shell.timers import WallTimers
 from evsed.store import outbox
 from evsed.store.sessions import Store, StoreWriter
 from hal import DeviceUnavailable, HalError, Meter, Notifying
@@ -112,6 +113,7 @@ class Daemon:
         self.writer = StoreWriter(store)
         self._reader_db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
         self.devices = build(self.config, time.monotonic)
+        self.wall_timers = WallTimers(_wallclock, loop.time, loop.call_at)
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
@@ -140,6 +142,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
         self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
         self._spawn(self._prune_outbox(), "outbox-prune")
+        self._spawn(self._watch_clock(), "clock")
         if self.services is not None:
             self.services.start(self.stopping)
         self.ready.set()
@@ -329,6 +332,12 @@ class Daemon:
                 log.warning("rfid.read_failed", error=str(exc))
                 continue
             self.charger.present_card(uid)
+
+    async def _watch_clock(self) -> None:
+        """Wall-clock deadlines (windows, tariffs) are re-armed when NTP steps the clock."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.wall_timers.check_clock()
 
     async def _prune_outbox(self) -> None:
         assert self.writer is not None

@@ -51,6 +51,7 @@ class Settings:
 def parse(config: Config) -> Settings:
     """Settings from config.sections["ocpp"]; raises ConfigError naming file, line and key."""
     t = config.sections["ocpp"].table()
+    t.get("enabled", bool, True)  # read by the daemon: false, and `evsed run` does not start the uplink
     version = t.get("version", str, "1.6", choices=("1.6",))
     url = t.get("url", str)
     scheme = urlsplit(url).scheme

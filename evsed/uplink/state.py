@@ -4,6 +4,7 @@ configuration keys, local list, authorization cache, charging profiles and the e
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import sqlite3
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS profiles (id INTEGER PRIMARY KEY, connector INTEGER N
 """
 
 
+class StateBusy(Exception):
+    """Another uplink holds the state file."""
+
+
 @dataclass(frozen=True)
 class Queued:
     id: int
@@ -49,6 +54,13 @@ class State:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        # One uplink per state file: a second would send every queued message again.
+        self._lock = open(f"{path}.lock", "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StateBusy(f"{path} is in use by another OCPP uplink") from None
         self.db = sqlite3.connect(str(path), isolation_level=None)
         os.chmod(path, 0o600)  # holds id tags
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -57,6 +69,7 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+        self._lock.close()
 
     def transaction(self):
         """A context manager: everything inside commits together, or nothing does."""
