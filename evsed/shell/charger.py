@@ -69,8 +69,13 @@ class Charger:
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Every connector starts open; then every status is told once (connector 0 is the charger),
+        so a service that comes up sees where things stand."""
         for ctrl in self.connectors.values():
             ctrl.start()
+        self.publish("connector.status", status="Available", reason="")
+        for ctrl in self.connectors.values():
+            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason)
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
         """End every session and open every contactor; one connector's failure spares the others."""

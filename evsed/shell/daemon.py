@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 import structlog
 
 import evsed
-from evsed.config import Config
+from evsed.config import Config, dirs
 from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
@@ -52,7 +52,10 @@ class StateLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # 0700 whatever the umask; refused when another user could tamper with it
+            dirs.ensure_dir(self.path.parent, dirs.STATE_DIR_MODE)
+        except dirs.DirectoryError as exc:
+            raise StartError(f"state directory: {exc}") from None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -136,7 +139,10 @@ class Daemon:
         if self.devices.reader is not None:
             charger.reading_cards = True
             self._spawn(self._read_cards(), "cards")
-        self.config.store.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            dirs.ensure_dir(self.config.store.runtime_dir, dirs.RUNTIME_DIR_MODE)
+        except dirs.DirectoryError as exc:
+            raise StartError(f"runtime directory: {exc}") from None
         await self.server.start(self.config.store.runtime_dir)
         loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
