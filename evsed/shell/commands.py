@@ -156,6 +156,14 @@ def _fault(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _pilot(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    high, low = args.get("high_v"), args.get("low_v")
+    if (high is None) != (low is None):
+        raise CommandError("pilot: give both high_v and low_v, or neither to let the EV speak again")
+    _sim_connector(charger, args).inject_pilot(None if high is None else (float(high), float(low)))
+    return {}
+
+
 def _clear_fault(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     _sim_connector(charger, args).inject(args["kind"], active=False)
     return {}
@@ -267,6 +275,9 @@ COMMANDS: dict[str, Command] = {
     "fault": Command({"connector": CONNECTOR, "kind": Field("str"), "clear": Field("bool", False)}, _fault,
                      sim=True, doc="inject (or clear) a hardware fault"),
     "clear-fault": Command({"connector": CONNECTOR, "kind": Field("str")}, _clear_fault, sim=True),
+    "pilot": Command({"connector": CONNECTOR, "high_v": Field("number", False, -15, 15),
+                      "low_v": Field("number", False, -15, 15)}, _pilot, sim=True,
+                     doc="the pilot reads exactly these volts (both), or the EV again (neither)"),
     # the charger
     "clear-faults": Command({"connector": CONNECTOR}, _clear_faults, doc="a person cleared latched faults"),
     "remote-start": Command({"connector": CONNECTOR, "id_tag": Field("id_tag")}, _remote_start),
