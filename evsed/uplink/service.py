@@ -391,7 +391,8 @@ class Uplink(SmartCharging):
         while self.state.sessions() and self.clock() < deadline:  # their StopTransactions get queued
             await asyncio.sleep(0.05)
         log.warning("ocpp.reset", type=kind)
-        if kind == "Hard":
+        if kind == "Hard":  # the whole charger restarts: the daemon, through its service manager
+            await self.command({"cmd": "restart"})
             self._hard.set()
             return
         if self.cp is not None:
