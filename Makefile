@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/evsed run -c config/simulator.toml
 
-test: $(STAMP)
+test: $(STAMP) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q
+
+# The MQTT tests run a real broker on loopback: Debian's mosquitto, installed when missing (as root).
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq mosquitto; }; }
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/reaction.py

@@ -61,8 +61,8 @@ def test_an_inoperative_connector_reads_unavailable():
 
 
 def test_garbage_in_a_status_reply_publishes_no_empty_payload():
-    reply = {"ok": True, "connectors": [{"id": 1, "measured": {"power_w": float("nan"), "current_a": "x"}},
-                                        {"id": "two"}, "junk"]}
+    reply = {"ok": True, "connectors": [{"id": 1, "measured": {"power_w": float("nan"), "current_a": "x"},
+                                         "limits": ["mqtt"]}, {"id": "two"}, "junk"]}
     out = tp.state_messages(T, reply)
     assert all(m.payload != "" for m in out)  # an empty retained payload would delete the topic
     assert "evsed/garage/connector/1/power_w" not in published(out)

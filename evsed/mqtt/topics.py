@@ -56,6 +56,10 @@ def _number(value: Any, digits: int = 0) -> str:
     return str(round(value)) if digits == 0 else str(round(float(value), digits))
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -76,7 +80,7 @@ def state_messages(topics: Topics, reply: dict) -> list[Message]:
     if reply.get("mode") in MODES:
         out.append(Message(topics.charger("mode"), reply["mode"]))
     if connectors:
-        limits = [c.get("limits") or {} for c in connectors]
+        limits = [_dict(c.get("limits")) for c in connectors]
         paused = any(isinstance(m.get(PAUSE_SOURCE), (int, float)) for m in limits)
         out.append(Message(topics.charger("paused"), ON if paused else OFF))
         own = next((m[LIMIT_SOURCE] for m in limits if m.get(LIMIT_SOURCE) is not None), None)
@@ -89,9 +93,8 @@ def state_messages(topics: Topics, reply: dict) -> list[Message]:
 
 def _connector_state(topics: Topics, c: dict) -> list[Message]:
     n = c["id"]
-    measured = c.get("measured") if isinstance(c.get("measured"), dict) else {}
+    measured, limits = _dict(c.get("measured")), _dict(c.get("limits"))
     session = c.get("session") if isinstance(c.get("session"), dict) else None
-    limits = c.get("limits") if isinstance(c.get("limits"), dict) else {}
     out = [
         Message(topics.connector(n, "status"), str(c.get("status") or "")),
         Message(topics.connector(n, "state"), str(c.get("state") or "")),
