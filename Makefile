@@ -22,7 +22,7 @@ test: $(STAMP) mosquitto
 # The MQTT tests run a real broker on loopback: Debian's mosquitto, installed when missing (as root).
 mosquitto:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
-	  apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq mosquitto; }; }
 
 bench: $(STAMP)
