@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean mosquitto
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test bench clean web-screenshot mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/evsed run -c config/simulator.toml
 
-test: $(STAMP) mosquitto
+# The web page tests drive Debian's chromium (never a downloaded browser build).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
+	else echo "make test: the web page tests need Debian's chromium: sudo apt-get install chromium" >&2; fi
+
+test: $(STAMP) $(CHROMIUM) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q
 
@@ -28,6 +35,10 @@ mosquitto:
 bench: $(STAMP)
 	$(VENV)/bin/python bench/reaction.py
 	$(VENV)/bin/python bench/footprint.py
+	$(VENV)/bin/python bench/web.py
+
+web-screenshot: $(STAMP) $(CHROMIUM)
+	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -76,6 +76,15 @@ class Pilot(Protocol):
 
 
 @runtime_checkable
+class OfferedCurrent(Protocol):
+    """Optional capability: a pilot whose board sets the PWM itself and may offer less than asked
+    (an OpenEVSE caps a volatile $SC at its stored maximum) reports what the EV is really offered,
+    in A; None while it offers nothing. Status shows this beside the core's own figure."""
+
+    def offered_current_a(self) -> float | None: ...
+
+
+@runtime_checkable
 class Contactor(Protocol):
     """The main relay. Wired fail-safe: energized to close, open when unpowered."""
 
@@ -89,6 +98,23 @@ class ContactorFeedback(Protocol):
     """Optional capability: an auxiliary contact or mains sense reports the real state."""
 
     def feedback_closed(self) -> bool: ...
+
+
+@runtime_checkable
+class Heartbeat(Protocol):
+    """Optional capability: the contactor's driver drops out by itself unless refreshed.
+
+    A retriggerable monostable or charge pump in series with the relay driver holds the
+    coil only while heartbeat() keeps toggling its input: call it every
+    heartbeat_interval_s (half the square wave's period) from the loop that keeps the
+    contactor safe. When the calls stop (a crash, kill -9, a hung loop), the relay opens
+    within dropout_s of the last rising edge, whatever level the command output kept.
+    """
+
+    heartbeat_interval_s: float
+    dropout_s: float
+
+    def heartbeat(self) -> None: ...
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from hal import DeviceUnavailable, PilotReading, TryAgain
 
@@ -50,7 +50,7 @@ class SpidevADC:
     """
 
     def __init__(self, chip: str, bus: int, device: int, channel: int, speed_hz: int,
-                 spi_class: Callable[[], object] | None = None):
+                 spi_class: Callable[[], Any] | None = None):
         self.chip, self.channel, self.bits = chip, channel, ADC_BITS[chip]
         path = f"/dev/spidev{bus}.{device}"
         if spi_class is None:

@@ -1,4 +1,5 @@
-"""Raspberry Pi class GPIO backends: pilot (PWM + SPI ADC), contactor with feedback, RCD with self-test.
+"""Raspberry Pi class GPIO backends: pilot (PWM + SPI ADC), contactor with feedback and a heartbeat
+drop-out output, RCD with self-test.
 
 gpiozero is imported when a backend is built, on the pin factory the config names: never a silent fallback.
 """
@@ -255,22 +256,80 @@ class GpioContactorWithFeedback(GpioContactor):
             self.feedback.close()
 
 
+class _HeartbeatOutput:
+    """The Heartbeat capability: the input of a retriggerable monostable (or charge pump) that
+    holds the relay driver only while it keeps toggling. Mixed in before a contactor class."""
+
+    pulse: Any
+    heartbeat_interval_s: float
+    dropout_s: float
+
+    def _attach(self, pulse, heartbeat_hz: float, dropout_s: float) -> None:
+        self.pulse = pulse
+        self.heartbeat_interval_s = 0.5 / heartbeat_hz  # one toggle per half period: edges at heartbeat_hz
+        self.dropout_s = dropout_s
+
+    def heartbeat(self) -> None:
+        """Toggle the heartbeat output once; every other call is a rising edge that retriggers."""
+        self.pulse.toggle()
+
+    def release(self) -> None:
+        try:
+            super().release()  # the coil first
+        finally:
+            try:
+                self.pulse.off()
+            finally:
+                self.pulse.close()
+
+
+class GpioContactorWithHeartbeat(_HeartbeatOutput, GpioContactor):
+    """The contactor behind a drop-out circuit: it opens by itself when the heartbeat stops."""
+
+
+class GpioContactorWithFeedbackAndHeartbeat(_HeartbeatOutput, GpioContactorWithFeedback):
+    """Feedback and a drop-out circuit."""
+
+
+MIN_EDGES_PER_DROPOUT = 3  # a heartbeat late by up to two periods must not drop the relay
+
+
 def gpio_contactor(options: dict, ctx) -> GpioContactor:
     from gpiozero import DigitalOutputDevice
 
     o = options
+    hb_pin = o["heartbeat_pin"]
+    if hb_pin is not None and o["dropout_s"] * o["heartbeat_hz"] < MIN_EDGES_PER_DROPOUT:
+        raise DeviceUnavailable(
+            f"contactor dropout_s = {o['dropout_s']} s with heartbeat_hz = {o['heartbeat_hz']} leaves "
+            f"fewer than {MIN_EDGES_PER_DROPOUT} heartbeat edges per drop-out: raise heartbeat_hz to at "
+            f"least {MIN_EDGES_PER_DROPOUT / o['dropout_s']:g} or dropout_s (and the circuit's R*C) to at "
+            f"least {MIN_EDGES_PER_DROPOUT / o['heartbeat_hz']:g} s")
     factory = pin_factory(o["pin_factory"], ctx.shared)
     relay = _open(f"contactor on GPIO{o['pin']}", lambda: DigitalOutputDevice(
         o["pin"], active_high=o["active_high"], initial_value=False, pin_factory=factory))
-    if o["feedback_pin"] is None:
-        return GpioContactor(relay)
+    opened = [relay]
     try:
-        feedback = _input("contactor feedback", o["feedback_pin"], o["feedback_active_high"],
-                          o["feedback_pull"], factory)
+        pulse = None
+        if hb_pin is not None:
+            pulse = _open(f"contactor heartbeat on GPIO{hb_pin}", lambda: DigitalOutputDevice(
+                hb_pin, initial_value=False, pin_factory=factory))
+            opened.append(pulse)
+        if o["feedback_pin"] is None:
+            contactor = GpioContactor(relay) if pulse is None else GpioContactorWithHeartbeat(relay)
+        else:
+            feedback = _input("contactor feedback", o["feedback_pin"], o["feedback_active_high"],
+                              o["feedback_pull"], factory)
+            opened.append(feedback)
+            contactor = (GpioContactorWithFeedback(relay, feedback) if pulse is None
+                         else GpioContactorWithFeedbackAndHeartbeat(relay, feedback))
     except BaseException:
-        relay.close()
+        for device in reversed(opened):
+            device.close()
         raise
-    return GpioContactorWithFeedback(relay, feedback)
+    if pulse is not None:
+        contactor._attach(pulse, o["heartbeat_hz"], o["dropout_s"])
+    return contactor
 
 
 # --- residual-current module ---------------------------------------------------------------

@@ -43,6 +43,8 @@ class MeterModel:
 
     not_available_sentinels: the model marks a missing value with the type's all-ones
     (unsigned) or maximum (signed) integer, which decoding turns into NaN.
+    parity: the factory default of the serial line (N, E, O), named in its manual; the config's
+    parity overrides it.
     """
 
     name: str
@@ -53,6 +55,7 @@ class MeterModel:
     fields: tuple[Field, ...]
     not_available_sentinels: bool = False
     phases: int = 3
+    parity: str = "N"
 
     def quantities(self) -> set[str]:
         return {f.quantity for f in self.fields}
@@ -105,8 +108,9 @@ SDM630 = MeterModel(
 SDM72D = MeterModel(
     "sdm72d", "Eastron SDM72D-M, first version (totals only)",
     "Eastron SDM72D-M User Manual (SDM72DM-manual), Modbus input registers: "
-    "total system power 30053, import active energy 30073",
-    4, "big", (_total("power_total_w", 0x0034, F32), _total("energy_import_wh", 0x0048, F32, KWH)))
+    "total system power 30053, import active energy 30073; factory serial setting: even parity",
+    4, "big", (_total("power_total_w", 0x0034, F32), _total("energy_import_wh", 0x0048, F32, KWH)),
+    parity="E")
 
 SDM72D_V2 = MeterModel(
     "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
@@ -122,10 +126,13 @@ _ABB_COMMON = (_total("power_total_w", 0x5B14, "int32", 0.01),
                _total("frequency_hz", 0x5B2C, "uint16", 0.01),
                _total("energy_import_wh", 0x5000, "uint64", 10.0))
 
+# A B21 answers "not supported" (0x7FFFFFFF) at 5B16h, the L1 power of the three-phase models:
+# its one phase's power is the total at 5B14h (mbmd abb.go maps Power 0x5B14, PowerL1 0x5B16).
 ABB_B21 = MeterModel(
-    "abb-b21", "ABB B21 (single phase)", _ABB_SOURCE, 3, "big",
+    "abb-b21", "ABB B21 (single phase)", _ABB_SOURCE + "; single phase: power is the total at 5B14h",
+    3, "big",
     _phases("voltage_v", (0x5B00,), "uint32", 0.1) + _phases("current_a", (0x5B0C,), "uint32", 0.01)
-    + _phases("power_w", (0x5B16,), "int32", 0.01) + _ABB_COMMON,
+    + _phases("power_w", (0x5B14,), "int32", 0.01) + _ABB_COMMON,
     not_available_sentinels=True, phases=1)
 
 _ABB_3P = (
@@ -139,7 +146,8 @@ ABB_B24 = MeterModel("abb-b24", "ABB B24 (three phase, CT connected)", _ABB_SOUR
                      _ABB_3P, not_available_sentinels=True)
 
 # --- Carlo Gavazzi EM340: input registers (FC4), int32 low word first --------------------------
-# 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh).
+# 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh). An overflowed
+# or missing value reads 7FFFFFFFh (7FFFh for int16): not a reading (2,147,483 A, 214 GWh).
 
 EM340 = MeterModel(
     "em340", "Carlo Gavazzi EM340 (three phase)",
@@ -150,11 +158,13 @@ EM340 = MeterModel(
     + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
     + _phases("power_w", (0x12, 0x14, 0x16), "int32", 0.1)
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("frequency_hz", 0x33, "int16", 0.1),
-       _total("energy_import_wh", 0x34, "int32", 100.0)))
+       _total("energy_import_wh", 0x34, "int32", 100.0)),
+    not_available_sentinels=True)
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
 # Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
-# the ya-modbus OR-WE-516 driver). Factory serial settings differ from Eastron's: check parity.
+# the ya-modbus OR-WE-516 driver). Factory serial settings differ from Eastron's and from each
+# other: OR-WE-516 odd parity, OR-WE-517 even (their manuals' communication defaults).
 
 _ORNO_SOURCE = ("ORNO OR-WE-516 / OR-WE-517 Modbus register description (manufacturer's register "
                 "list): real-time values 000Eh-003Bh, energy 0100h-012Eh")
@@ -164,37 +174,46 @@ _ORNO = (
     + (_total("power_total_w", 0x1C, F32, KW), _total("frequency_hz", 0x14, F32),
        _total("energy_import_wh", 0x0108, F32, KWH)))  # 0108h: forward (import) active energy
 
-OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO)
-OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO)
+OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)",
+                       _ORNO_SOURCE + "; OR-WE-516 user manual: factory parity odd", 3, "big", _ORNO, parity="O")
+OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)",
+                       _ORNO_SOURCE + "; OR-WE-517 user manual: factory parity even", 3, "big", _ORNO, parity="E")
 
-# --- Schneider iEM3155: holding registers (FC3), float32 high word first -----------------------
-# The document numbers registers from 1: register 3028 is address 3027. Power in kW, energy kWh.
+# --- Schneider iEM3155: holding registers (FC3), high word first ---------------------------------
+# The document numbers registers from 1: register 3028 is address 3027. Power in kW (float). The
+# float energy register's unit is disputed (Wh in the manual, kWh in captures): the energy is the
+# 64-bit total active energy import counter in Wh, register 3204 (mbmd iem3000.go: 0x0C83, int64).
 
 IEM3155 = MeterModel(
     "iem3155", "Schneider Electric iEM3155 (three phase)",
     "Schneider Electric iEM3100/iEM3200/iEM3300 series User Manual (DOCA0005EN), "
-    "Modbus register list: meter data 3000-3110, energy (float) 45100",
+    "Modbus register list: meter data 3000-3110, total active energy import 3204 (INT64, Wh)",
     3, "big",
     _phases("voltage_v", (3027, 3029, 3031), F32) + _phases("current_a", (2999, 3001, 3003), F32)
     + _phases("power_w", (3053, 3055, 3057), F32, KW)
     + (_total("power_total_w", 3059, F32, KW), _total("frequency_hz", 3109, F32),
-       _total("energy_import_wh", 45099, F32, KWH)))
+       _total("energy_import_wh", 3203, "int64")))
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
-# The energy register (2638, float Wh) is SmartEVSE's reading of the guide; mbmd reads a counter
-# at 2752 instead, and sources disagree on frequency (2498 / 2584), so frequency is left out.
+# Import energy at 2752 (float, Wh): mbmd finder7m38.go, a transcription of Finder's guide and a
+# working user setup agree (2638, SmartEVSE's, has no source). Frequency at 2498 by Finder's own
+# tutorial (mbmd has 2584).
 
 FINDER_7M38 = MeterModel(
     "finder-7m38", "Finder 7M.38 (three phase)",
-    "Finder Modbus Protocol Guide 7M.24 / 7M.38 (Modbus-7M24-7M38_v2_30062021), input registers",
+    "Finder Modbus Protocol Guide 7M.24 / 7M.38 (Modbus-7M24-7M38_v2_30062021), input registers: "
+    "energy import 2752 (float Wh, as mbmd finder7m38.go); frequency 2498 (Finder 7M tutorial)",
     4, "big",
     _phases("voltage_v", (2500, 2502, 2504), F32) + _phases("current_a", (2516, 2518, 2520), F32)
     + _phases("power_w", (2530, 2532, 2534), F32)
-    + (_total("power_total_w", 2536, F32), _total("energy_import_wh", 2638, F32)))
+    + (_total("power_total_w", 2536, F32), _total("frequency_hz", 2498, F32),
+       _total("energy_import_wh", 2752, F32)))
 
 # --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
 # 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh). Checked against SmartEVSE's meter table
-# only; per-phase power and frequency are not mapped until confirmed from the data sheet.
+# only; per-phase power and frequency are not mapped until confirmed from the data sheet. The
+# layout is EM340's; its 7FFFFFFFh marker is not confirmed from the data sheet, but no value
+# these registers can hold is 7FFFFFFFh (214 GWh, 214 MV), so it is never taken as a reading.
 
 EEM_350 = MeterModel(
     "eem-350-d-mcb", "Phoenix Contact EEM-350-D-MCB (three phase)",
@@ -202,7 +221,8 @@ EEM_350 = MeterModel(
     4, "little",
     _phases("voltage_v", (0x00, 0x02, 0x04), "int32", 0.1)
     + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
-    + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)))
+    + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)),
+    not_available_sentinels=True)
 
 MODELS: dict[str, MeterModel] = {m.name: m for m in (
     SDM120, SDM230, SDM630, SDM72D, SDM72D_V2, ABB_B21, ABB_B23, ABB_B24, EM340,

@@ -2,7 +2,9 @@
 register decoding per hal.meter_models, validation, and back-off after failures.
 
 Faults reach the caller as hal errors with context: TryAgain for a timeout, an exception
-response, NaN or energy running backwards; DeviceUnavailable for a missing device or host.
+response, a "not available" marker or NaN; DeviceUnavailable for a missing device or host.
+What a meter says is reported as said: whether a reading is plausible (a counter that ran
+back, a jump) is judged in one place, in evsed.
 """
 
 from __future__ import annotations
@@ -186,7 +188,6 @@ class ModbusMeter:
         self.model, self.bus, self.unit = model, bus, unit
         self.blocks = blocks(model)
         self.backoff = Backoff(*READ_BACKOFF_S, clock)
-        self.last_energy_wh: int | None = None
         bus.users += 1
 
     def __repr__(self) -> str:
@@ -210,7 +211,6 @@ class ModbusMeter:
             self.backoff.failed(exc)
             raise
         self.backoff.succeeded()
-        self.last_energy_wh = reading.energy_import_wh
         return reading
 
     def _reading(self, values: dict[tuple[str, int], float]) -> MeterReading:
@@ -219,11 +219,8 @@ class ModbusMeter:
         if bad:
             raise TryAgain(f"{where}: no valid value for {', '.join(bad)} (NaN or infinite)")
         energy_wh = round(values[("energy_import_wh", 0)])
-        if energy_wh < 0:
+        if energy_wh < 0:  # an import counter has no sign: a garbled register, not a reading
             raise TryAgain(f"{where}: negative import energy {energy_wh} Wh")
-        if self.last_energy_wh is not None and energy_wh < self.last_energy_wh:
-            raise TryAgain(f"{where}: import energy went backwards from {self.last_energy_wh} Wh "
-                           f"to {energy_wh} Wh")
         phases = {q: tuple(values[(q, n)] for n in range(1, self.model.phases + 1))
                   if (q, 1) in values else () for q in PER_PHASE}
         return MeterReading(
@@ -244,6 +241,7 @@ def modbus_meter(options: dict[str, Any], ctx, *, clock: Callable[[], float] = t
         if not options["port"]:
             raise DeviceUnavailable("meter backend modbus: transport \"rtu\" needs port (e.g. /dev/ttyUSB0)")
         settings = {k: options[k] for k in ("port", "baudrate", "parity", "stopbits")}
+        settings["parity"] = settings["parity"] or model.parity  # unset: the model's factory default
         key = f"modbus:rtu:{options['port']}"
     else:
         if not options["host"]:

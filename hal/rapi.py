@@ -124,25 +124,28 @@ STATE_UNKNOWN, STATE_A, STATE_B, STATE_C, STATE_D = 0x00, 0x01, 0x02, 0x03, 0x04
 DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY = 0x05, 0x06, 0x07, 0x08
 GFI_TEST_FAILED, OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT = 0x09, 0x0A, 0x0B, 0x0E
 SLEEPING, DISABLED = 0xFE, 0xFF
-VF_CHARGING_ON, VF_EV_CONNECTED = 0x0040, 0x0100
+VF_AUTH_LOCKED, VF_CHARGING_ON, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0100
 TRIP_STATES = frozenset({GFCI_FAULT, NO_GROUND, GFI_TEST_FAILED})  # what evsed's RCD input reports
 _LEVEL_V = {STATE_A: 12.0, STATE_B: 9.0, STATE_C: 6.0, STATE_D: 3.0}  # IEC 61851 nominal high levels
 
 
 @dataclass(frozen=True, slots=True)
 class BoardState:
-    """The board's last report. pilot_state and vflags are None from firmware that lacks them."""
+    """The board's last report. pilot_state and vflags are None from firmware that lacks them;
+    current_a (the pilot's current capacity) comes only with an $AT."""
 
     evse_state: int
     pilot_state: int | None
     vflags: int | None
     seen_at: float  # time.monotonic() of the report
+    current_a: int | None = None
 
     def key(self) -> tuple:
         return (self.evse_state, self.pilot_state, self.vflags)
 
 
 def ev_connected(state: BoardState) -> bool:
+    """The EV-connected flag: ReadPilot() keeps it right even asleep (not while disabled, at -12 V)."""
     if state.vflags is not None:
         return bool(state.vflags & VF_EV_CONNECTED)
     return state.evse_state in (STATE_B, STATE_C, STATE_D)
@@ -157,12 +160,22 @@ def relay_closed(state: BoardState) -> bool:
     return state.evse_state == STATE_C
 
 
+def auth_locked(state: BoardState) -> bool:
+    """The auth lock ($S4 1): the board holds the EV out of C and keeps the pilot at steady +12 V."""
+    return state.vflags is not None and bool(state.vflags & VF_AUTH_LOCKED)
+
+
+def in_fault(state: BoardState) -> bool:
+    """A fault state: the board runs its own recovery (GFCI retry, unplug), mode commands disturb it."""
+    return DIODE_CHECK_FAILED <= state.evse_state < SLEEPING
+
+
 def parse_state(frame: Frame, now: float) -> BoardState:
     """A $GS answer (evsestate elapsed [pilotstate vflags]) or an async $AT/$ST as a BoardState."""
     a = frame.args
     try:
         if frame.name == "AT":  # evsestate pilotstate currentcapacity vflags
-            return BoardState(int(a[0], 16), int(a[1], 16), int(a[3], 16), now)
+            return BoardState(int(a[0], 16), int(a[1], 16), int(a[3], 16), now, int(a[2]))
         if frame.name == "ST":  # legacy: evsestate only
             return BoardState(int(a[0], 16), None, None, now)
         return BoardState(int(a[0], 16), int(a[2], 16) if len(a) > 2 else None,
@@ -172,21 +185,30 @@ def parse_state(frame: Frame, now: float) -> BoardState:
 
 
 def pilot_reading(state: BoardState) -> PilotReading | None:
-    """Representative CP voltages for the board's state, so the core classifies it unchanged.
+    """Representative CP voltages for the board's state as the firmware means it, so the core
+    classifies it unchanged.
 
-    A: +12/+12. B, C, D (board enabled, PWM on): level/-12. Sleeping (steady +12 V output): the
-    EV's level on both plateaus. Diode check failed: a plateau without the -12 V low level (the
-    core's own diode check trips). Disabled and other faults: -12/-12 (F). Unknown: None.
+    A: +12/+12. B, C, D with PWM: level/-12. Auth-locked (steady +12 V, Update() still runs): the
+    EV's level from pilotstate on both plateaus. Sleeping: Update() returns before it sets either
+    state field, so only the EV-connected flag and the relay are current: a relay still closed
+    means the board is waiting for the EV to leave C; else B when connected, A when not. Diode
+    check failed: a plateau without the -12 V low level (the core's own diode check trips).
+    Disabled and other faults: -12/-12 (F). Unknown: None.
     """
     s = state.evse_state
+    if s in (STATE_A, STATE_B) and auth_locked(state) and state.pilot_state in _LEVEL_V:
+        level = _LEVEL_V[state.pilot_state]
+        return PilotReading(level, level)
     if s == STATE_A:
         return PilotReading(12.0, 12.0)
     if s in (STATE_B, STATE_C, STATE_D):
         return PilotReading(_LEVEL_V[s], -12.0)
     if s == SLEEPING:
-        seen = state.pilot_state if state.pilot_state in _LEVEL_V else None
-        level = _LEVEL_V[seen] if seen else (9.0 if ev_connected(state) else 12.0)
-        return PilotReading(level, level)
+        if state.vflags is None:  # firmware without vflags: its stale pilot state is all there is
+            seen = state.pilot_state if state.pilot_state in _LEVEL_V else STATE_A
+        else:
+            seen = STATE_C if relay_closed(state) else STATE_B if ev_connected(state) else STATE_A
+        return PilotReading(_LEVEL_V[seen], _LEVEL_V[seen])
     if s == DIODE_CHECK_FAILED:
         level = _LEVEL_V[state.pilot_state] if state.pilot_state in (STATE_B, STATE_C, STATE_D) else 9.0
         return PilotReading(level, level)

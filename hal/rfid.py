@@ -99,9 +99,11 @@ class TapFeed:
 
     def _deliver(self, item: str | HalError) -> None:
         """Runs on the loop."""
+        assert self._queue is not None, "set up by next_tap() before the worker starts"
         self._queue.put_nowait(item)
 
     def _deliver_threadsafe(self, item: str | HalError) -> None:
+        assert self._loop is not None, "set up by next_tap() before the worker starts"
         try:
             self._loop.call_soon_threadsafe(self._deliver, item)
         except RuntimeError:  # the loop has closed: nobody is waiting for taps any more

@@ -1,6 +1,7 @@
 """Simulated charger hardware behind the hal interfaces: pilot, contactor, RCD, meter, reader.
 
-One SimWorld holds a SimEV per connector and a clock; the meter integrates power over it.
+One SimWorld holds a SimEV per connector and a clock; the meter integrates power over it. A
+contactor may sit behind a heartbeat drop-out circuit, modelled here or by a separate board process.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 from typing import Callable
 
 from hal import MeterReading, PilotReading, TryAgain, canonical_uid
+from simulator.board import Monostable, PinFile, rose_between
 from simulator.ev import SimEV
 
 FAULT_KINDS = ("rcd", "welded", "stuck-open", "pilot-short", "pilot-lost", "meter", "diode",
@@ -23,13 +25,40 @@ class SimConnector:
         self.ev = SimEV(max_current_a=world.ev_max_current_a, phases=world.ev_phases)
         self.pilot_mode = "off"  # "off" | "pwm" | "f"
         self.duty_pct: float | None = None
-        self.contactor_closed = False
+        self._coil = False  # what the contactor output commands
+        self.dropout: Monostable | None = None  # a drop-out circuit in series with the coil driver
+        self.heartbeat_toggles = 0
+        self.board: PinFile | None = None  # the relay modelled by a board process instead
         self.faults: set[str] = set()
         self.energy_wh_exact = float(world.meter_start_wh)
         self._integrated_at = world.clock()
         self._listeners: list[Callable[[], None]] = []
 
     # -- what the hardware sees --
+    @property
+    def contactor_closed(self) -> bool:
+        """The contacts: closed while the coil is commanded and any drop-out circuit holds."""
+        if self.board is not None:
+            return self.board.relay()
+        return self._coil and (self.dropout is None or self.dropout.high())
+
+    @contactor_closed.setter
+    def contactor_closed(self, energized: bool) -> None:
+        self._coil = energized
+        if self.board is not None:
+            self.board.set_coil(energized)
+
+    def toggle_heartbeat(self) -> None:
+        """One toggle of the heartbeat output; a rising edge retriggers the drop-out circuit."""
+        self.heartbeat_toggles += 1
+        if self.board is not None:
+            self.board.toggle()
+        elif self.dropout is not None and rose_between(self.heartbeat_toggles - 1, self.heartbeat_toggles):
+            if self._coil and not self.dropout.high():  # the edge closes a dropped relay again
+                self.change(self.dropout.trigger)
+            else:
+                self.dropout.trigger()
+
     def pwm_duty(self) -> float | None:
         return self.duty_pct if self.pilot_mode == "pwm" else None
 
@@ -42,7 +71,12 @@ class SimConnector:
     def integrate(self) -> None:
         """Account energy up to now at the power that held since the last change."""
         now = self.world.clock()
-        self.energy_wh_exact += self.power_w() * max(0.0, now - self._integrated_at) / 3600.0
+        end, power_w = now, self.power_w()
+        if self.dropout is not None and self.board is None and self._coil:
+            # the circuit may have dropped the relay since the last account: power until it fell
+            end = min(now, max(self._integrated_at, self.dropout.falls_at()))
+            power_w = sum(self.ev.draw_a(self.pwm_duty(), True)) * self.world.voltage_v
+        self.energy_wh_exact += power_w * max(0.0, end - self._integrated_at) / 3600.0
         self._integrated_at = now
 
     def change(self, apply: Callable[[], None]) -> None:
@@ -153,6 +187,25 @@ class SimContactorWithFeedback(SimContactor):
         return self.bench.contactor_closed
 
 
+class _SimHeartbeat:
+    """The Heartbeat capability of a simulated contactor behind a drop-out circuit."""
+
+    bench: SimConnector
+    heartbeat_interval_s: float
+    dropout_s: float
+
+    def heartbeat(self) -> None:
+        self.bench.toggle_heartbeat()
+
+
+class SimContactorWithHeartbeat(_SimHeartbeat, SimContactor):
+    pass
+
+
+class SimContactorWithFeedbackAndHeartbeat(_SimHeartbeat, SimContactorWithFeedback):
+    pass
+
+
 class SimRcd:
     def __init__(self, bench: SimConnector):
         self.bench = bench
@@ -227,8 +280,19 @@ def sim_pilot(options, ctx) -> SimPilot:
 
 
 def sim_contactor(options, ctx) -> SimContactor:
-    kind = SimContactorWithFeedback if options.get("feedback", True) else SimContactor
-    return kind(_world(ctx).connector(ctx.connector_id))
+    bench = _world(ctx).connector(ctx.connector_id)
+    feedback, heartbeat = options.get("feedback", True), options.get("heartbeat", False)
+    if options.get("board"):
+        bench.board = PinFile(options["board"], create=True)
+        bench.contactor_closed = False
+    if not heartbeat:
+        return (SimContactorWithFeedback if feedback else SimContactor)(bench)
+    contactor = (SimContactorWithFeedbackAndHeartbeat if feedback else SimContactorWithHeartbeat)(bench)
+    contactor.heartbeat_interval_s = 0.5 / options.get("heartbeat_hz", 10.0)
+    contactor.dropout_s = options.get("dropout_s", 0.5)
+    if bench.board is None:
+        bench.dropout = Monostable(bench.world.clock, contactor.dropout_s)
+    return contactor
 
 
 def sim_rcd(options, ctx) -> SimRcd:

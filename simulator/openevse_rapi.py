@@ -1,6 +1,7 @@
 """An OpenEVSE board emulator speaking RAPI on the master side of a pty, for tests and demos.
 
-Written from the published protocol (firmware rapi_proc.h); standard library only, no evsed.
+Behaviour follows the firmware (open_evse 8.2.x: J1772EvseController.cpp, Gfi.cpp, EnergyMeter.cpp,
+rapi_proc.cpp); the code is ours. Standard library only, no evsed. Time is virtual: advance().
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import threading
 import tty
 
 # EVSE states as the firmware numbers them (J1772EvseController.h)
-STATE_A, STATE_B, STATE_C, STATE_D = 0x01, 0x02, 0x03, 0x04
+STATE_UNKNOWN, STATE_A, STATE_B, STATE_C, STATE_D = 0x00, 0x01, 0x02, 0x03, 0x04
 DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY = 0x05, 0x06, 0x07, 0x08
 GFI_TEST_FAILED, OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT = 0x09, 0x0A, 0x0B, 0x0E
 SLEEPING, DISABLED = 0xFE, 0xFF
 FAULT_STATES = (DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY, GFI_TEST_FAILED,
                 OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT)
-# volatile flags (m_wVFlags) the emulator keeps
-VF_CHARGING_ON, VF_GFI_TRIPPED, VF_EV_CONNECTED = 0x0040, 0x0080, 0x0100
+# volatile flags (m_wVFlags)
+VF_AUTH_LOCKED, VF_CHARGING_ON, VF_GFI_TRIPPED, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0080, 0x0100
+_AT_TEST = VF_AUTH_LOCKED | VF_EV_CONNECTED  # ECVF_CHANGED_TEST: vflag changes that send an $AT
+
+GFI_TIMEOUT_S = 300.0  # open_evse.h GFI_TIMEOUT: the board retries a GFCI trip after 5 min
+SLEEP_RELAY_TIMEOUT_S = 3.0  # Update(): asleep, the relay opens when the EV lets go, or after 3 s
+HS_ACK_COOKIE = 165  # $SY 165 acknowledges a missed heartbeat
+FIRMWARE = "8.2.3"
 
 _EV_CODES = {"A": STATE_A, "B": STATE_B, "C": STATE_C, "D": STATE_D}
 
@@ -31,36 +38,49 @@ def _xor(text: str) -> int:
 
 
 class OpenEvseEmulator:
-    """One board: EVSE mode (enabled, sleeping, disabled), current capacity, energy counters,
-    and the simulated EV's pilot state (set_ev). Start it, open .port with pyserial, stop it.
+    """One board. current_a is the capacity stored in EEPROM (what the board boots with and the
+    ceiling of a volatile $SC), max_current_a the hardware maximum. auth_lock: None for firmware
+    built without AUTH_LOCK (the stock builds: $S4/$G4 refused), else the lock at boot.
 
-    Test hooks: nak_next (command names to refuse once), corrupt_next (command names whose next
-    answer gets a bad checksum), mute (answer nothing), send_raw(bytes), commands (what it received).
+    Test hooks: nak_next (command names to refuse once), corrupt_next (answers with a bad checksum),
+    garble_next (requests hit by a bit error on the line), before_answer (name -> callable run just
+    before that command is carried out), mute (answer nothing), quiet (send no $AT), send_raw(),
+    commands (what it received).
     """
 
     def __init__(self, *, current_a: int = 16, min_current_a: int = 6, max_current_a: int = 40,
                  voltage_mv: int = 240_000, total_wh: int = 0, ammeter: bool = True,
-                 volatile_supported: bool = True, legacy_async: bool = False, legacy_state: bool = False):
-        self.current_a, self.min_current_a, self.max_current_a = current_a, min_current_a, max_current_a
-        self.voltage_mv, self.total_wh, self.session_ws = voltage_mv, total_wh, 0
-        self.ammeter, self.volatile_supported = ammeter, volatile_supported
+                 volatile_supported: bool = True, legacy_async: bool = False, legacy_state: bool = False,
+                 auth_lock: bool | None = None, heartbeat: bool = True):
+        self.eeprom_current_a, self.min_current_a, self.max_current_a = current_a, min_current_a, max_current_a
+        self.voltage_mv, self.total_wh = voltage_mv, total_wh
+        self.ammeter, self.volatile_supported, self.heartbeat = ammeter, volatile_supported, heartbeat
         self.legacy_async, self.legacy_state = legacy_async, legacy_state  # $ST / two-field $GS
-        self.mode = "enabled"  # as a board boots: enabled, steady +12 V until an EV arrives
+        self.auth_lock_default = auth_lock
+        self.now_s = 0.0
         self.ev = "A"
         self.ev_max_current_a = 32.0
-        self.fault: int | None = None
-        self.gfi_tripped = False
-        self.eeprom_writes = 0  # non-volatile $SC writes: EEPROM wear
+        self.gfi_pin = False  # the GFCI sensor's output: high while leakage flows
+        self.fault: int | None = None  # a fault state forced by the test (other than the GFCI's)
+        self.gfi_trip_count = self.gfi_retries = 0
+        self.eeprom_writes = 0  # $SC without V: EEPROM wear (and the stored maximum changed)
+        self.hs_writes = 0  # $SY settings that changed what EEPROM holds
+        self.hs_interval_s, self.hs_current_a = 0, 0  # kept in EEPROM
         self.commands: list[str] = []  # every command received, checksum and sequence id removed
         self.nak_next: set[str] = set()
+        self.nak_always: set[str] = set()  # command names refused until removed (a failing ammeter: GG)
         self.corrupt_next: set[str] = set()
+        self.garble_next: set[str] = set()
+        self.before_answer: dict = {}
         self.mute = False
+        self.quiet = False  # no async notifications: an $AT lost on the line
         self._lock = threading.RLock()
-        self._last_sent = self._snapshot()
         self._master = self._slave = -1
         self._stop_r = self._stop_w = -1
         self._thread: threading.Thread | None = None
         self.port = ""
+        self._sent: tuple | None = None
+        self._boot()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -88,32 +108,73 @@ class OpenEvseEmulator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _boot(self) -> None:
+        """What survives a reset is in EEPROM; the rest starts afresh (Init(), EnergyMeter)."""
+        self.mode = "enabled"  # a board boots enabled: steady +12 V until an EV arrives
+        self.current_a = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
+        self.locked = bool(self.auth_lock_default)
+        self.evse_state = self.pilot_state = STATE_UNKNOWN
+        self.relay_closed = self.pwm_on = False
+        self.relay_since_s = 0.0
+        self.gfi_latched, self.gfi_fault_since_s = self.gfi_pin, 0.0
+        self.gfi_tripped_flag = False
+        self.ev_connected = False
+        self.session_ws, self.in_session = 0, False
+        self.hs_trigger, self.hs_last_pulse_s = 0, self.now_s
+
+    def reboot(self, announce: bool = True) -> None:
+        """A watchdog reset or brown-out; announce=False: the $AB is lost on the line."""
+        with self._lock:
+            self._boot()
+            self._sent = None
+            self._update()
+            if announce and self._master >= 0:
+                self.send_frame(f"$AB 00 {FIRMWARE}")
+            self._notify()
+
     # --- what the test drives ---------------------------------------------------------------------
 
     def set_ev(self, state: str) -> None:
         """The simulated EV's state: 'A' unplugged, 'B' plugged, 'C' requests power, 'D' with ventilation."""
         with self._lock:
-            was_connected = self.ev != "A"
             self.ev = state
-            if not was_connected and state != "A":
-                self.session_ws = 0  # the firmware's session starts when the EV connects
-            elif was_connected and state == "A":
-                self.total_wh += self.session_ws // 3600  # and is added to the total when it leaves
-            self._notify_if_changed()
+            self._update()
+            self._notify()
 
     def set_fault(self, state: int | None) -> None:
-        """Put the board into a fault state (GFCI_FAULT...) or clear it with None."""
+        """A GFCI trip (GFCI_FAULT: a leakage pulse that latches) or another fault state; None clears
+        the forced fault (a GFCI latch stays until the board resets it, as Gfi.cpp does)."""
         with self._lock:
-            self.fault = state
-            if state in (GFCI_FAULT, GFI_TEST_FAILED):
-                self.gfi_tripped = True
-            self._notify_if_changed()
+            if state == GFCI_FAULT:
+                self.gfi_trip()
+            else:
+                self.fault = state
+                self._update()
+                self._notify()
+
+    def gfi_trip(self, persists: bool = False) -> None:
+        """gfi_isr(): the relay opens and the fault latches, asleep or not; persists: leakage goes on."""
+        with self._lock:
+            self.gfi_pin = persists
+            self.gfi_latched = self.gfi_tripped_flag = True
+            self.relay_closed = False
+            self._update()
+            self._notify()
+
+    def press_button(self) -> None:
+        """A short press of the front button while enabled: the board goes to sleep."""
+        with self._lock:
+            self._sleep()
+            self._notify()
 
     def advance(self, seconds: float) -> None:
-        """Let time pass for the energy counter: the EV draws while the relay is closed."""
+        """Let virtual time pass: the EV draws while the relay is closed; the board's timers run."""
         with self._lock:
-            if self.relay_closed:
+            if self.relay_closed and self.in_session:
                 self.session_ws += round(self.voltage_mv / 1000 * self.charging_current_a * seconds)
+            self.now_s += seconds
+            self._update()
+            self._notify()
 
     def send_raw(self, data: bytes) -> None:
         with self._lock:
@@ -123,47 +184,111 @@ class OpenEvseEmulator:
         """Send '$xx ...' with its XOR checksum, as the firmware frames every message."""
         self.send_raw(f"{text}^{_xor(text):02X}\r".encode("ascii"))
 
-    # --- the board's state as the firmware reports it ---------------------------------------------
-
-    @property
-    def evse_state(self) -> int:
-        if self.fault is not None:
-            return self.fault
-        if self.mode == "disabled":
-            return DISABLED
-        if self.mode == "sleeping":
-            return SLEEPING
-        return _EV_CODES[self.ev]
-
-    @property
-    def pilot_state(self) -> int:
-        if self.mode == "disabled" or self.fault is not None:
-            return self.evse_state  # pilot at -12 V: the EV cannot be seen
-        return _EV_CODES[self.ev]
-
-    @property
-    def relay_closed(self) -> bool:
-        return self.fault is None and self.mode == "enabled" and self.ev == "C"
+    # --- the board's state as the firmware keeps it -----------------------------------------------
 
     @property
     def charging_current_a(self) -> float:
-        return min(self.current_a, self.ev_max_current_a) if self.relay_closed else 0.0
+        return min(self.current_a, self.ev_max_current_a) if self.relay_closed and self.ev in "CD" else 0.0
 
     @property
     def vflags(self) -> int:
         flags = VF_CHARGING_ON if self.relay_closed else 0
-        if self.ev != "A" and self.mode != "disabled" and self.fault is None:
-            flags |= VF_EV_CONNECTED
-        return flags | (VF_GFI_TRIPPED if self.gfi_tripped else 0)
+        flags |= VF_EV_CONNECTED if self.ev_connected else 0
+        flags |= VF_AUTH_LOCKED if self.locked else 0
+        return flags | (VF_GFI_TRIPPED if self.gfi_tripped_flag else 0)
+
+    def _sleep(self) -> None:
+        if self.evse_state != SLEEPING:  # Sleep(): steady +12 V; the relay waits for the EV in Update()
+            self.mode, self.evse_state, self.relay_since_s = "sleeping", SLEEPING, self.now_s
+            self.pwm_on = False
+
+    def _update(self) -> None:
+        """J1772EVSEController::Update(), without the debounce; run until the state settles."""
+        for _ in range(3):
+            before = (self.evse_state, self.pwm_on, self.relay_closed)
+            self._update_once()
+            if (self.evse_state, self.pwm_on, self.relay_closed) == before:
+                return
+
+    def _update_once(self) -> None:
+        if self.mode == "disabled":
+            return  # the pilot is at -12 V: not even the EV connection is read
+        self.ev_connected = self.ev != "A"  # ReadPilot()
+        if self.ev_connected and not self.in_session:
+            self.in_session, self.session_ws = True, 0  # EnergyMeter: a session starts on connect
+        elif not self.ev_connected and self.in_session:
+            self._end_session()
+        if self.mode == "sleeping":
+            if self.relay_closed and (self.ev not in "CD" or self.now_s - self.relay_since_s >= SLEEP_RELAY_TIMEOUT_S):
+                self.relay_closed = False
+            return  # the early return: evse_state and pilot_state keep their values from before
+        self._heartbeat_check()
+        previous = self.evse_state
+        if self.gfi_latched:
+            self.relay_closed = self.pwm_on = False
+            if previous != GFCI_FAULT:  # a transition into the fault counts a trip, retry timer afresh
+                self.gfi_trip_count += 1
+                self.gfi_retries, self.gfi_fault_since_s = 0, self.now_s
+                self.evse_state = GFCI_FAULT
+                return
+            if not self.ev_connected:
+                self.gfi_latched = self.gfi_pin  # Gfi::Reset() on unplug
+            elif self.now_s - self.gfi_fault_since_s >= GFI_TIMEOUT_S:
+                self.gfi_retries += 1  # Gfi::Reset() after GFI_TIMEOUT: latched again if leakage goes on
+                self.gfi_latched, self.gfi_fault_since_s = self.gfi_pin, self.now_s
+            if self.gfi_latched:
+                return
+        if self.fault is not None:
+            self.evse_state, self.relay_closed, self.pwm_on = self.fault, False, False
+            return
+        if previous in FAULT_STATES:
+            previous = self.evse_state = STATE_UNKNOWN  # out of the fault: evaluated afresh
+        level = _EV_CODES[self.ev]
+        self.pilot_state = level
+        state = level if level != STATE_C or self.pwm_on else STATE_B  # no PWM: cannot charge
+        if self.locked and state == STATE_C:
+            state = STATE_B  # AUTH_LOCK: held out of C until unlocked
+        self._transition(state, force=state != previous)
+
+    def _transition(self, state: int, force: bool) -> None:
+        """Update()'s state transition: the pilot output and the relay for the new state."""
+        self.evse_state = state
+        if not force:
+            return
+        if state == STATE_A:
+            self.relay_closed = self.pwm_on = False
+            if self.auth_lock_default is not None:
+                self.locked = bool(self.auth_lock_default)  # AUTH_LOCK 1 locks again on every unplug
+        elif state == STATE_B:
+            self.relay_closed, self.pwm_on = False, not self.locked
+        elif state in (STATE_C, STATE_D):
+            self.pwm_on = True
+            if not self.relay_closed:
+                self.relay_closed, self.relay_since_s = True, self.now_s
+
+    def _end_session(self) -> None:
+        self.in_session = False
+        self.total_wh += self.session_ws // 3600  # session_ws is kept until the next session starts
+
+    def _heartbeat_check(self) -> None:
+        """HsExpirationCheck(); interval * 1000 is 16-bit unsigned arithmetic on the AVR."""
+        interval_ms = (self.hs_interval_s * 1000) & 0xFFFF
+        if self.hs_interval_s and (self.now_s - self.hs_last_pulse_s) * 1000 > interval_ms:
+            if self.hs_current_a < self.current_a:
+                self.current_a = max(self.min_current_a, self.hs_current_a)  # SetCurrentCapacity clamps to 6 A
+            self.hs_trigger, self.hs_last_pulse_s = 2, self.now_s
 
     def _snapshot(self) -> tuple:
-        return (self.evse_state, self.pilot_state, self.current_a, self.vflags)
+        return (self.evse_state, self.pilot_state, self.current_a, self.vflags & _AT_TEST)
 
-    def _notify_if_changed(self) -> None:
-        now = self._snapshot()
-        if now == self._last_sent or self._master < 0:
+    def _notify(self) -> None:
+        """RapiSendEvseState(): an $AT when state, pilot state, capacity or a test flag changed."""
+        if self._master < 0 or self.evse_state == STATE_UNKNOWN or self.quiet:
             return
-        self._last_sent = now
+        now = self._snapshot()
+        if now == self._sent:
+            return
+        self._sent = now
         if self.legacy_async:
             self.send_frame(f"$ST {self.evse_state:02x}")
         else:
@@ -173,6 +298,9 @@ class OpenEvseEmulator:
 
     def _serve(self) -> None:
         buffer = b""
+        with self._lock:  # the board has been running before anyone listens: nothing to announce
+            self._update()
+            self._sent = self._snapshot()
         while True:
             ready, _, _ = select.select([self._master, self._stop_r], [], [])
             if self._stop_r in ready:
@@ -191,6 +319,10 @@ class OpenEvseEmulator:
         if start < 0:
             return  # the firmware ignores everything before a '$'
         body = line[start:]
+        name = body[1:3]
+        if name in self.garble_next:  # one bit flipped on the way in: the checksum no longer fits
+            self.garble_next.discard(name)
+            body = body[:1] + chr(ord(body[1]) ^ 0x20) + body[2:]
         for mark, check in (("^", _xor), ("*", lambda t: sum(t.encode("ascii")) & 0xFF)):
             if mark in body:
                 body, _, given = body.partition(mark)
@@ -199,7 +331,7 @@ class OpenEvseEmulator:
                 except ValueError:
                     good = False
                 if not good:
-                    self._answer(False, "", None)
+                    self._answer(False, "", None)  # tokenize() failed: $NK, no value, no sequence id
                     return
                 break
         tokens = body[1:].split()
@@ -210,50 +342,98 @@ class OpenEvseEmulator:
         if self.mute:
             return
         name = tokens[0]
-        if name in self.nak_next:
+        if name in self.nak_next or name in self.nak_always:
             self.nak_next.discard(name)
             self._answer(False, "", seq)
             return
+        if name in self.before_answer:
+            self.before_answer.pop(name)()
         ok, value = self._execute(name, tokens[1:])
+        self._update()
         self._answer(ok, value, seq, corrupt=name in self.corrupt_next)
         self.corrupt_next.discard(name)
-        self._notify_if_changed()  # the firmware sends its state after each command
+        self._notify()  # the firmware sends its state after each command
 
     def _execute(self, name: str, args: list[str]) -> tuple[bool, str]:
-        if name in ("FE", "FS", "FD"):
-            self.mode = {"FE": "enabled", "FS": "sleeping", "FD": "disabled"}[name]
+        if name == "FE":
+            if self.mode != "enabled":  # Enable(): state unknown, evaluated afresh by Update()
+                self.mode, self.evse_state, self.pwm_on = "enabled", STATE_UNKNOWN, False
+            return True, ""
+        if name == "FS":
+            self._sleep()
+            return True, ""
+        if name == "FD":
+            self.mode, self.evse_state, self.relay_closed, self.pwm_on = "disabled", DISABLED, False, False
             return True, ""
         if name == "SC" and len(args) in (1, 2):
             return self._set_current(args)
+        if name in ("S4", "G4") and self.auth_lock_default is None:
+            return False, ""  # built without AUTH_LOCK: no such command
+        if name == "S4" and len(args) == 1:  # AuthLock(tf, 1): Update(1) unless in a fault
+            self.locked = args[0] != "0"
+            if self.mode == "enabled" and self.evse_state not in FAULT_STATES:
+                self._update_once()
+                self._transition(self.evse_state, force=True)
+            return True, ""
+        if name == "G4":
+            return True, "1" if self.locked else "0"
+        if name in ("SY", "GY") and self.heartbeat:
+            return self._heartbeat(name, args)
         if name == "GS":
-            elapsed_s = 0
             if self.legacy_state:
-                return True, f"{self.evse_state:02x} {elapsed_s}"
-            return True, f"{self.evse_state:02x} {elapsed_s} {self.pilot_state:02x} {self.vflags:04x}"
+                return True, f"{self.evse_state:02x} 0"
+            return True, f"{self.evse_state:02x} 0 {self.pilot_state:02x} {self.vflags:04x}"
         if name == "GG":
             current_ma = round(self.charging_current_a * 1000) if self.ammeter else -1
             return True, f"{current_ma} {self.voltage_mv}"
         if name == "GU":
             return True, f"{self.session_ws} {self.total_wh}"
         if name == "GC":
-            return True, f"{self.min_current_a} {self.max_current_a} {self.current_a} {self.max_current_a}"
+            stored = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
+            return True, f"{self.min_current_a} {self.max_current_a} {self.current_a} {stored}"
+        if name == "GF":
+            return True, f"{self.gfi_trip_count:x} 0 0"
         if name == "GV":
-            return True, "8.2.2 5.2.0"
+            return True, f"{FIRMWARE} 5.2.1"
         if name == "G0":
-            return True, "2" if self.mode == "disabled" else ("0" if self.ev == "A" else "1")
+            return True, "2" if self.mode == "disabled" else ("1" if self.ev_connected else "0")
         return False, ""
 
     def _set_current(self, args: list[str]) -> tuple[bool, str]:
+        """$SC amps [V]: clamped to 6..max; volatile may not exceed the EEPROM value (D5.0.0)."""
         if len(args) == 2 and not self.volatile_supported:
             return False, ""  # firmware before the V flag refuses the extra token
         try:
             wanted = int(args[0])
         except ValueError:
             return False, ""
-        self.current_a = max(self.min_current_a, min(wanted, self.max_current_a))
+        ceiling = self.max_current_a
+        if len(args) == 2:
+            ceiling = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
+        self.current_a = max(self.min_current_a, min(wanted, ceiling))
         if len(args) == 1:
+            self.eeprom_current_a = self.current_a
             self.eeprom_writes += 1
         return self.current_a == wanted, str(self.current_a)
+
+    def _heartbeat(self, name: str, args: list[str]) -> tuple[bool, str]:
+        ok = True
+        if name == "SY" and not args:  # a pulse; $NK while a missed pulse is not acknowledged
+            ok, self.hs_last_pulse_s = self.hs_trigger != 2, self.now_s
+        elif name == "SY" and len(args) == 1:  # the acknowledgement restores the stored capacity
+            ok = int(args[0]) == HS_ACK_COOKIE
+            if ok and self.hs_trigger == 2:
+                self.current_a = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
+                self.hs_trigger = 1
+        elif name == "SY" and len(args) == 2:
+            interval_s, current_a = int(args[0]), int(args[1])
+            if (interval_s, current_a) != (self.hs_interval_s, self.hs_current_a):
+                self.hs_writes += 1
+            self.hs_interval_s, self.hs_current_a = interval_s, current_a
+            self.hs_trigger, self.hs_last_pulse_s = 0, self.now_s
+        elif name == "SY":
+            ok = False
+        return ok, f"{self.hs_interval_s} {self.hs_current_a} {self.hs_trigger}"
 
     def _answer(self, ok: bool, value: str, seq: str | None, corrupt: bool = False) -> None:
         text = "$OK" if ok else "$NK"

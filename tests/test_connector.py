@@ -2,10 +2,10 @@
 
 import datetime as dt
 
-from evsed.core import events as ev, state
-from evsed.shell.auth import LocalAuthorizer
-from evsed.config import Card
-from evsed.shell.connector import ConnectorControl
+from evsed import config as configmod
+from evsed.core import events as ev
+from evsed.shell.charger import Charger
+from evsed.shell.devices import ConnectorDevices, Devices
 from evsed.store.sessions import InlineWriter, Store
 from hal import MeterReading, PilotReading, TryAgain
 
@@ -58,14 +58,28 @@ class Meter:
         raise AssertionError("the shell does not read the meter itself")
 
 
+CONFIG = """
+[[connector]]
+pilot = { backend = "sim" }
+contactor = { backend = "sim" }
+meter = { backend = "sim" }
+[[card]]
+uid = "04A1B2C3"
+name = "Alice"
+[store]
+checkpoint_s = %s
+"""
+
+
 def make(tmp_path, clock, checkpoint_s=60.0):
+    """One connector of a Charger on plain fake devices, writing inline to a store in tmp_path."""
     store = Store(tmp_path / "s.db")
     pilot, contactor = Pilot(), Contactor()
-    ctrl = ConnectorControl(1, state.CoreConfig(), {"pilot": pilot, "contactor": contactor, "meter": Meter()},
-                            clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
-                            authorizer=LocalAuthorizer((Card("04A1B2C3", "Alice"),)),
-                            writer=InlineWriter(store), timezone=dt.timezone.utc, checkpoint_s=checkpoint_s)
-    return ctrl, pilot, contactor, store
+    cfg = configmod.parse(CONFIG % checkpoint_s, tmp_path / "evsed.toml")
+    devices = Devices(connectors={1: ConnectorDevices(pilot, contactor, meter=Meter())})
+    charger = Charger(cfg, devices, clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
+                      writer=InlineWriter(store), first_session_id=1)
+    return charger.connectors[1], pilot, contactor, store
 
 
 def reading(energy_wh, amps=16.0):
@@ -223,7 +237,7 @@ def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
         real_start(s)
     store.start = start_fails_once
     charge(ctrl, pilot, clock)
-    assert list(store.sessions()) == [] and ctrl.writer.errors
+    assert list(store.sessions()) == [] and ctrl.bus._subscribers[1].writer.errors
     clock.now += 60
     ctrl.meter_sampled(reading(1150))
     pilot.high_v = 12.0

@@ -29,8 +29,8 @@ from gpiozero.pins.mock import MockConnectedPin, MockPin, MockPWMPin, MockSPIDev
 from evsed import config
 from evsed.config import backends
 from evsed.core.pilot import PilotState, classify, diode_present
-from hal import (Closable, ContactorFeedback, DeviceUnavailable, Notifying, PilotReading, SelfTest,
-                 TryAgain)
+from hal import (Closable, ContactorFeedback, DeviceUnavailable, Heartbeat, Notifying, PilotReading,
+                 SelfTest, TryAgain)
 from hal.adc import BurstSampler, GpiozeroADC, Scale, SpidevADC
 from hal.gpio import SPI_CLASS_KEY, pin_factory
 from hal.pwm import SysfsPWM, sysfs_error
@@ -129,6 +129,69 @@ def test_pin_already_in_use_is_device_unavailable_naming_it(mock, shared):
     with pytest.raises(DeviceUnavailable, match="RCD trip input on GPIO17"):
         build("rcd", "pin = 17", shared)
     contactor.release()
+
+
+# --- contactor heartbeat (drop-out circuit) -----------------------------------------------------
+
+
+def test_contactor_without_heartbeat_pin_has_no_heartbeat(mock, shared):
+    assert not isinstance(build("contactor", "pin = 17", shared), Heartbeat)
+
+
+def test_heartbeat_toggles_its_pin_once_per_call_and_leaves_the_coil_alone(mock, shared):
+    contactor = build("contactor", "pin = 17\nheartbeat_pin = 22", shared)
+    assert isinstance(contactor, Heartbeat)
+    contactor.close()
+    levels = []
+    for _ in range(4):
+        contactor.heartbeat()
+        levels.append(mock.pin(22).state)
+    assert levels == [True, False, True, False]
+    assert mock.pin(17).state is True
+
+
+def test_heartbeat_rate_and_dropout_come_from_the_config(mock, shared):
+    contactor = build("contactor", "pin = 17\nheartbeat_pin = 22\nheartbeat_hz = 20\ndropout_s = 0.3", shared)
+    assert contactor.heartbeat_interval_s == pytest.approx(0.025)  # a toggle each half period
+    assert contactor.dropout_s == pytest.approx(0.3)
+
+
+def test_heartbeat_and_feedback_together_offer_both_capabilities(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27\nheartbeat_pin = 22", shared)
+    assert isinstance(contactor, Heartbeat) and isinstance(contactor, ContactorFeedback)
+    mock.pin(27).drive_low()
+    assert contactor.feedback_closed() is True
+
+
+def test_release_opens_the_coil_idles_the_heartbeat_and_frees_both_pins(mock, shared):
+    contactor = build("contactor", "pin = 17\nfeedback_pin = 27\nheartbeat_pin = 22", shared)
+    contactor.close()
+    contactor.heartbeat()
+    contactor.release()
+    assert mock.pin(17).state is False and mock.pin(22).state is False
+    assert mock.pin(22).function == "input"
+    build("contactor", "pin = 17\nfeedback_pin = 27\nheartbeat_pin = 22", shared)  # free again
+
+
+def test_heartbeat_pin_in_use_frees_the_coil_pin_and_names_the_heartbeat(mock, shared):
+    rcd = build("rcd", "pin = 22", shared)
+    with pytest.raises(DeviceUnavailable, match="contactor heartbeat on GPIO22"):
+        build("contactor", "pin = 17\nheartbeat_pin = 22", shared)
+    build("contactor", "pin = 17", shared)  # the coil's pin was closed again
+    rcd.release()
+
+
+def test_dropout_shorter_than_three_heartbeat_periods_is_refused(mock, shared):
+    with pytest.raises(DeviceUnavailable, match=r"heartbeat_hz.*at least 6.*dropout_s.*at least 1\.5 s"):
+        build("contactor", "pin = 17\nheartbeat_pin = 22\nheartbeat_hz = 2\ndropout_s = 0.5", shared)
+    build("contactor", "pin = 17\nheartbeat_pin = 22", shared)  # nothing was left claimed
+
+
+@pytest.mark.parametrize("option", ["heartbeat_hz = 0.5", "heartbeat_hz = 51", "dropout_s = 0.01",
+                                    "dropout_s = 2.5"])
+def test_heartbeat_options_are_bounded(option):
+    with pytest.raises(config.ConfigError, match=option.split()[0]):
+        device_options("contactor", f"pin = 17\nheartbeat_pin = 22\n{option}")
 
 
 # --- residual-current module ---------------------------------------------------------------------

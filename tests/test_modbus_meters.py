@@ -221,7 +221,8 @@ def test_model_reads_known_values_over_tcp(name):
 def test_model_reads_known_values_over_rtu(name):
     async def scenario():
         async with rtu_server(SimulatedMeter(MODELS[name], unit=7)) as port:
-            meter = modbus_meter(options(name, port=port, unit=7), ctx())
+            # a pty takes no parity (EINVAL): the line runs 8N1 whatever the model's default
+            meter = modbus_meter(options(name, port=port, unit=7, parity="N"), ctx())
             reading = await meter.read()
             meter.release()
             return reading
@@ -347,28 +348,89 @@ def test_abb_not_available_marker_is_try_again():
     run(scenario())
 
 
-def test_energy_going_backwards_is_try_again_then_retried_after_back_off():
+def test_counter_that_comes_back_lower_is_reported_as_read():
+    # Plausibility is judged once, in evsed (which re-baselines); the backend reports the meter.
     sim = SimulatedMeter(MODELS["sdm630"])
-    clock = FakeClock()
 
     async def scenario():
         async with tcp_server(sim) as port:
-            meter = modbus_meter(tcp("sdm630", port),
-                                 ctx(), clock=clock)
+            meter = modbus_meter(tcp("sdm630", port), ctx())
             first = await meter.read()
             sim.set("energy_import_wh", 0, 1_234_000)
-            with pytest.raises(TryAgain, match="backwards from 1234500 Wh to 1234000 Wh"):
-                await meter.read()
-            asked = len(sim.log)
-            with pytest.raises(TryAgain, match="next attempt in"):
-                await meter.read()
-            assert len(sim.log) == asked  # backing off: the meter was not asked
-            clock.now += 10
-            sim.set("energy_import_wh", 0, 1_235_000)
-            return first, await meter.read()
+            lower = await meter.read()
+            meter.release()
+            return first, lower
 
-    first, later = run(scenario())
-    assert (first.energy_import_wh, later.energy_import_wh) == (1_234_500, 1_235_000)
+    first, lower = run(scenario())
+    assert (first.energy_import_wh, lower.energy_import_wh) == (1_234_500, 1_234_000)
+
+
+def test_abb_b21_reads_its_power_from_the_total_not_the_unsupported_l1_register():
+    # A B21 answers 0x7FFFFFFF ("not supported") at 5B16h, the three-phase models' L1 power.
+    sim = SimulatedMeter(MODELS["abb-b21"])
+    sim.registers.update({0x5B16: 0x7FFF, 0x5B17: 0xFFFF})
+    sim.set("power_total_w", 0, 3201.5)
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(tcp("abb-b21", port), ctx())
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    reading = run(scenario())
+    assert reading.power_w == pytest.approx((3201.5,)) and reading.power_total_w == pytest.approx(3201.5)
+
+
+@pytest.mark.parametrize("name, quantity, phase", [
+    ("em340", "current_a", 1), ("em340", "energy_import_wh", 0),
+    ("eem-350-d-mcb", "voltage_v", 2), ("eem-350-d-mcb", "energy_import_wh", 0),
+])
+def test_int32_overflow_marker_is_never_a_reading(name, quantity, phase):
+    sim = SimulatedMeter(MODELS[name])
+    sim.set_raw(quantity, phase, [0xFFFF, 0x7FFF])  # 7FFFFFFFh, low word first
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(tcp(name, port), ctx())
+            with pytest.raises(TryAgain, match=f"{quantity}{f' L{phase}' if phase else ''}"):
+                await meter.read()
+            meter.release()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("name, quantity, address, type_", [
+    ("finder-7m38", "energy_import_wh", 2752, "float32"),  # Finder guide, mbmd finder7m38.go
+    ("finder-7m38", "frequency_hz", 2498, "float32"),  # Finder's 7M tutorial
+    ("iem3155", "energy_import_wh", 3203, "int64"),  # DOCA0005EN register 3204, Wh; mbmd iem3000.go
+    ("abb-b21", "power_w", 0x5B14, "int32"),  # ABB B2x manual: total power; 5B16h is L1 of 3-phase
+])
+def test_register_maps_follow_their_sources(name, quantity, address, type_):
+    (field,) = [f for f in MODELS[name].fields if f.quantity == quantity]
+    assert (field.address, field.type, field.scale) == (address, type_, 1.0 if name != "abb-b21" else 0.01)
+
+
+def test_iem3155_energy_comes_from_the_64_bit_wh_counter():
+    sim = SimulatedMeter(MODELS["iem3155"])
+    sim.registers.update(zip(range(3203, 3207), (0, 0, 0x0012, 0xD687)))  # 1_234_567 Wh
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(tcp("iem3155", port), ctx())
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    assert run(scenario()).energy_import_wh == 1_234_567
+
+
+@pytest.mark.parametrize("name, parity", [("or-we-516", "O"), ("or-we-517", "E"), ("sdm72d", "E"),
+                                          ("sdm630", "N"), ("sdm120", "N")])
+def test_serial_parity_defaults_to_the_models_factory_setting(name, parity):
+    meter = modbus_meter(options(name, port="/dev/ttyS9"), ctx())
+    assert meter.bus.settings["parity"] == parity
+    assert modbus_meter(options(name, port="/dev/ttyS8", parity="N"), ctx()).bus.settings["parity"] == "N"
 
 
 def test_missing_serial_device_is_unavailable_naming_the_path():
@@ -430,7 +492,7 @@ def test_config_takes_a_modbus_meter_with_documented_defaults():
     meter = config.parse(CONFIG.format(model="sdm630"), "evsed.toml").connectors[0].meter
     assert meter.backend == "modbus"
     assert dict(meter.options) == {
-        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "N",
+        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": None,
         "stopbits": 1, "host": "192.0.2.7", "tcp_port": 502, "unit": 3, "timeout_s": 0.5}
 
 

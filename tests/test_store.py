@@ -57,3 +57,190 @@ def test_readonly_store_reads_beside_a_writer(tmp_path):
     writer.start(s)
     reader = Store.open_readonly(tmp_path / "s.db")
     assert [r["id"] for r in reader.sessions()] == [s.row_id]
+
+
+# --- schema versions ---------------------------------------------------------------------------
+
+import datetime as dt  # noqa: E402
+import sqlite3  # noqa: E402
+from decimal import Decimal as D  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from evsed.core.tariff import DriverPrice, EnergyRate, Tariff, Window  # noqa: E402
+from evsed.store import migrations  # noqa: E402
+from evsed.store.samples import MeterSample, SampleBatcher  # noqa: E402
+
+FIXTURE_V0 = Path(__file__).parent / "fixtures" / "sessions-v0.sql"
+V0_COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_source", "started_at", "stopped_at",
+              "updated_at", "meter_start_wh", "meter_last_wh", "meter_stop_wh", "energy_wh", "peak_power_w",
+              "stop_reason")
+
+
+def v0_database(path: Path) -> list[tuple]:
+    db = sqlite3.connect(path)
+    db.executescript(FIXTURE_V0.read_text())
+    rows = db.execute(f"SELECT {', '.join(V0_COLUMNS)} FROM sessions ORDER BY id").fetchall()
+    db.close()
+    return rows
+
+
+def test_a_database_of_the_first_release_upgrades_in_place_with_nothing_lost(tmp_path):
+    before = v0_database(tmp_path / "s.db")
+    store = Store(tmp_path / "s.db")
+    assert migrations.version(store.db) == migrations.VERSION
+    after = store.db.execute(f"SELECT {', '.join(V0_COLUMNS)} FROM sessions ORDER BY id").fetchall()
+    assert after == before
+    first = store.session(1)
+    assert (first["duration_s"], first["stop_final"], first["cost_minor"]) == (72 * 60, 1, None)
+    assert store.session(4)["stopped_at"] is None  # the crashed session is still open, as it was
+    assert store.recover() == [4]
+    assert store.session(4)["meter_stop_wh"] == 9400 and store.session(4)["duration_s"] == 300
+
+
+def test_a_reader_of_a_database_an_older_daemon_still_writes_sees_the_new_columns_empty(tmp_path):
+    v0_database(tmp_path / "s.db")
+    rows = list(Store.open_readonly(tmp_path / "s.db").sessions())
+    assert [r["energy_wh"] for r in rows] == [7123, 877, 1500, 400] and rows[0]["cost_minor"] is None
+
+
+def test_a_database_from_a_newer_evsed_is_refused_untouched(tmp_path):
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute(f"PRAGMA user_version = {migrations.VERSION + 1}")
+    db.close()
+    with pytest.raises(migrations.SchemaTooNew):
+        Store(tmp_path / "s.db")
+
+
+# --- samples, totals, durability ---------------------------------------------------------------
+
+def t_ms(hh, mm=0):
+    return int(dt.datetime(2026, 1, 5, hh, mm, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def priced(**kw) -> LiveSession:
+    tariff = Tariff(name="t", currency="EUR", decimals=2, energy_per_kwh=D("0.30"),
+                    energy=(EnergyRate("cheap", Window.parse(["mon"], "09:30", "12:00"), D("0.10")),),
+                    prices={"family": DriverPrice("family", per_kwh=D("0.40"), per_session=D("1"))})
+    return live(pricing=tariff.pricing("family", "UTC").to_json(), **kw)
+
+
+def count_commits(store: Store) -> list[str]:
+    seen: list[str] = []
+    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    return seen
+
+
+def test_a_checkpoint_stores_its_batch_of_samples_in_one_commit(tmp_path):
+    store = Store(tmp_path / "s.db")
+    s = live()
+    store.start(s)
+    commits = count_commits(store)
+    batch = [MeterSample(t_ms(9, m), 1000 + 10 * m, 7000, (10.0, 10.1, 9.9), (230.0, 231.0, 229.5)) for m in range(6)]
+    store.checkpoint(s.row_id, 1050, 7000.0, "2026-01-05T09:05:00+00:00", batch)
+    assert len(commits) == 1
+    assert list(store.samples(s.row_id)) == batch
+
+
+def test_the_batcher_keeps_one_sample_per_interval_until_taken():
+    b = SampleBatcher(interval_s=10)
+    wall = dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)
+    kept = [b.offer(t, wall + dt.timedelta(seconds=t), 1000 + t, 7000.4) for t in range(0, 60)]
+    assert sum(kept) == 6 and len(b) == 6
+    rows = b.take()
+    assert [r.energy_wh for r in rows] == [1000, 1010, 1020, 1030, 1040, 1050] and rows[0].power_w == 7000
+    assert b.take() == []
+
+
+def test_a_finished_session_has_its_totals_cost_and_revenue_from_its_samples(tmp_path):
+    store = Store(tmp_path / "s.db")
+    s = priced()  # starts 09:00 at 1000 Wh
+    store.start(s)
+    # 2 kWh by 09:30 (0.30), 1 kWh more by 10:00 (cheap from 09:30, 0.10), then idle till 10:30
+    store.checkpoint(s.row_id, 3000, 7000.0, "2026-01-05T09:30:00+00:00", [MeterSample(t_ms(9, 30), 3000, 7000)])
+    store.stop(s.row_id, 4000, 7000.0, "ev_disconnected", "2026-01-05T10:30:00+00:00",
+               [MeterSample(t_ms(10), 4000, 2000), MeterSample(t_ms(10, 15), 4000, 0)])
+    del store  # no close: durable at return
+    row = Store(tmp_path / "s.db").session(s.row_id)
+    assert (row["energy_wh"], row["charging_s"], row["idle_s"], row["duration_s"]) == (3000, 3600, 1800, 5400)
+    assert (row["cost_minor"], row["revenue_minor"], row["currency"]) == (70, 220, "EUR")  # 60+10; 120+100
+
+
+def test_a_session_without_a_tariff_has_times_but_no_money(tmp_path):
+    store = Store(tmp_path / "s.db")
+    s = live()
+    store.start(s)
+    store.stop(s.row_id, 2000, 7000.0, "local", "2026-01-05T10:00:00+00:00")
+    row = store.session(s.row_id)
+    assert row["charging_s"] == 3600 and row["cost_minor"] is None and row["revenue_minor"] is None
+
+
+def test_samples_are_pruned_after_retention_and_sessions_kept(tmp_path):
+    store = Store(tmp_path / "s.db")
+    old, new = live(), live(started_at="2026-03-01T09:00:00+00:00")
+    for s, day in ((old, "2026-01-05"), (new, "2026-03-01")):
+        store.start(s)
+        store.checkpoint(s.row_id, 1100, 1.0, f"{day}T09:30:00+00:00", [MeterSample(t_ms(9, 30), 1100)])
+        store.stop(s.row_id, 1200, 1.0, "local", f"{day}T10:00:00+00:00")
+    assert store.prune_samples("2026-02-01T00:00:00+00:00") == 1
+    assert list(store.samples(old.row_id)) == [] and len(list(store.samples(new.row_id))) == 1
+    assert len(list(store.sessions())) == 2
+
+
+def test_a_meters_own_signature_is_kept_as_the_meter_gave_it(tmp_path):
+    store = Store(tmp_path / "s.db")
+    s = live()
+    store.start(s)
+    store.set_meter_signed(s.row_id, "OCMF", "OCMF|{...meter...}|{...}")
+    assert store.session(s.row_id)["meter_signed_data"] == "OCMF|{...meter...}|{...}"
+
+
+# --- no energy counted twice -------------------------------------------------------------------
+
+def test_a_stop_reading_is_raised_until_the_next_session_starts_then_fixed(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = live()
+    store.start(first)
+    store.stop(first.row_id, 2000, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    assert store.stop(first.row_id, 2003, 1.0, "local", "2026-01-05T10:00:00+00:00")  # the next answer
+    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=2003, meter_last_wh=2003)
+    store.start(second)
+    assert not store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")  # late: refused
+    assert store.session(first.row_id)["meter_stop_wh"] == 2003
+
+
+def test_a_start_reading_older_than_the_previous_stop_starts_at_that_stop(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = live()
+    store.start(first)
+    store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=2000, meter_last_wh=2000)
+    store.start(second)
+    store.stop(second.row_id, 2500, 1.0, "local", "2026-01-05T11:00:00+00:00")
+    a, b = store.session(first.row_id), store.session(second.row_id)
+    assert a["meter_stop_wh"] <= b["meter_start_wh"]
+    assert a["energy_wh"] + b["energy_wh"] == 2500 - 1000
+
+
+def test_sessions_on_one_meter_never_overlap_in_energy_whatever_the_order_of_writes():
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30), st.booleans()), min_size=1, max_size=8))
+    def check(plan):
+        store = Store(":memory:")
+        meter, prev = 1000, None
+        for gap, late, amend in plan:
+            start = live(meter_start_wh=meter - min(late, 50), meter_last_wh=meter - min(late, 50))
+            store.start(start)
+            if prev is not None and amend:
+                store.stop(prev, meter + late, 1.0, "local", "2026-01-05T10:00:00+00:00")  # too late
+            meter += gap
+            store.stop(start.row_id, meter, 1.0, "local", "2026-01-05T10:00:00+00:00")
+            prev = start.row_id
+        rows = list(store.sessions())
+        for a, b in zip(rows, rows[1:]):
+            assert a["meter_stop_wh"] <= b["meter_start_wh"]
+        store.close()
+    check()

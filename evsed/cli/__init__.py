@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
+from evsed.cli import records
 from evsed.control import client as control
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
@@ -31,9 +32,14 @@ def _config_path(args) -> tuple[Path, bool]:
     return configmod.DEFAULT_PATH, False
 
 
-def load_config(args, required: bool) -> configmod.Config | None:
+def load_config(args) -> configmod.Config:
+    return configmod.load(_config_path(args)[0])
+
+
+def load_config_if_any(args) -> configmod.Config | None:
+    """The config when one is named or the default exists (status and sessions work without)."""
     path, named = _config_path(args)
-    if not named and not required and not path.exists():
+    if not named and not path.exists():
         return None
     return configmod.load(path)
 
@@ -50,7 +56,7 @@ def _state_dir(cfg: configmod.Config | None) -> Path:
 
 
 def cmd_run(args) -> int:
-    cfg = load_config(args, required=True)
+    cfg = load_config(args)
     from evsed.shell import logs
     from evsed.errors import StartError
     from evsed.shell.daemon import Daemon
@@ -66,8 +72,23 @@ def cmd_run(args) -> int:
         logs.flush()
 
 
+def cmd_service(args) -> int:
+    cfg = load_config(args)
+    from evsed.services.run import ServiceError, run
+    from evsed.shell import logs
+    logs.configure(cfg.log.level, cfg.log.format)
+    try:
+        return asyncio.run(run(cfg, args.name))
+    except ServiceError as exc:
+        logs.flush()
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        logs.flush()
+
+
 def cmd_check(args) -> int:
-    cfg = load_config(args, required=True)
+    cfg = load_config(args)
     from evsed.cli import check
     from evsed.shell import logs
     logs.configure("error", "text")  # the report is the output
@@ -78,7 +99,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_status(args) -> int:
-    cfg = load_config(args, required=False)
+    cfg = load_config_if_any(args)
     reply = control.request(_runtime_dir(cfg), {"cmd": "status"})
     if args.json:
         print(json.dumps(reply, indent=2))
@@ -119,7 +140,7 @@ def format_status(c: dict) -> str:
 
 
 def cmd_clear_faults(args) -> int:
-    cfg = load_config(args, required=False)
+    cfg = load_config_if_any(args)
     reply = control.request(_runtime_dir(cfg), {"cmd": "clear-faults", "connector": args.connector})
     return _reply(reply, f"faults cleared on connector {reply.get('connector')}")
 
@@ -138,7 +159,7 @@ def cmd_sim(args) -> int:
         from evsed.shell.scenario import run_files
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
         return run_files([Path(f) for f in args.files], verbose=not args.quiet)
-    cfg = load_config(args, required=False)
+    cfg = load_config_if_any(args)
     req: dict = {"cmd": "sim", "action": args.sim_action, "connector": args.connector}
     if args.sim_action == "tap":
         req["card"] = args.card
@@ -170,9 +191,11 @@ def _day_utc(text: str | None, tz: dt.tzinfo) -> str | None:
 
 def cmd_sessions(args) -> int:
     from evsed.store.sessions import Store
-    cfg = load_config(args, required=False)
+    cfg = load_config_if_any(args)
     tz = ZoneInfo(cfg.charger.timezone) if cfg else dt.timezone.utc
     path = _state_dir(cfg) / "sessions.db"
+    if args.ocmf is not None:
+        return records.cmd_ocmf(args, path)
     rows = []
     if path.exists():
         store = Store.open_readonly(path)
@@ -222,6 +245,8 @@ def parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon")
     sp = add("check", cmd_check, "validate the config and open every configured device once")
     sp.add_argument("--json", action="store_true")
+    sp = add("service", cmd_service, "run one service process (ocpp, mqtt, web) beside the daemon")
+    sp.add_argument("name", choices=("ocpp", "mqtt", "web"))
     sp = add("status", cmd_status, "live status of the running daemon")
     sp.add_argument("--json", action="store_true")
     sp = add("sessions", cmd_sessions, "list session records")
@@ -229,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", help="day after the last, YYYY-MM-DD")
     sp.add_argument("--card", help="card UID or name")
     sp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sp.add_argument("--ocmf", type=records.ocmf_id, metavar="ID",
+                    help="print session ID's signed OCMF document and the public key (hex DER)")
+    records.add_commands(add)
     sp = add("clear-faults", cmd_clear_faults, "clear latched faults and lock-outs after an inspection")
     sp.add_argument("--connector", type=int, default=1)
 

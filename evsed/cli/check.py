@@ -11,10 +11,10 @@ import math
 import time
 from typing import Any
 
-from evsed.config import backends
 from evsed.config import Config
 from evsed.errors import StartError
-from evsed.shell.daemon import StateLock, build_world
+from evsed.shell import devices
+from evsed.shell.daemon import StateLock
 from evsed.core.pilot import classify, diode_present
 from hal import Closable, ContactorFeedback, HalError, MeterReading
 
@@ -36,9 +36,9 @@ def _fail(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
-async def _check_device(kind: str, device_cfg, ctx) -> tuple[Any, dict[str, Any]]:
+async def _check_device(kind: str, device_cfg, connector_id: int, shared: dict) -> tuple[Any, dict[str, Any]]:
     try:
-        device = backends.create(kind, device_cfg.backend, dict(device_cfg.options), ctx)
+        device = devices.create(kind, device_cfg, connector_id, shared)
     except (HalError, OSError, ValueError, RuntimeError) as exc:
         return None, {"backend": device_cfg.backend, **_fail(exc)}
     try:
@@ -66,7 +66,7 @@ async def _read(kind: str, device) -> dict[str, Any]:
     if kind == "rcd":
         tripped = device.tripped()
         return {"ok": not tripped, "tripped": tripped, **({"error": "RCD input is tripped"} if tripped else {})}
-    if kind == "meter":
+    if kind in ("meter", "site_meter"):
         reading = await asyncio.wait_for(device.read(), METER_TIMEOUT_S)
         return {"ok": True, **meter_json(reading)}
     return {"ok": True, "found": True}
@@ -81,36 +81,29 @@ def _release(device) -> None:
 
 
 async def run_check(config: Config) -> dict[str, Any]:
-    shared: dict[str, Any] = {}
-    world = build_world(config, time.monotonic)
-    if world is not None:
-        shared["sim"] = world
-    report: dict[str, Any] = {"config": str(config.path), "connectors": [], "meter": None, "rfid": None}
+    world = devices.build_world(config, time.monotonic)
+    shared: dict[str, Any] = {"sim": world} if world is not None else {}
+    report: dict[str, Any] = {"config": str(config.path), "meter": None, "rfid": None, "site_meter": None,
+                              "connectors": [{"id": c.id, **{k: None for k in devices.CONNECTOR_KINDS}}
+                                             for c in config.connectors]}
+    entries = {e["id"]: e for e in report["connectors"]}
     opened = []
     try:
-        for conn in config.connectors:
-            ctx = backends.BackendContext(conn.id, shared)
-            entry: dict[str, Any] = {"id": conn.id}
-            for kind in ("contactor", "pilot", "rcd", "meter"):  # contactor first: make sure it is open
-                device_cfg = getattr(conn, kind)
-                if device_cfg is None:
-                    entry[kind] = None
-                    continue
-                device, entry[kind] = await _check_device(kind, device_cfg, ctx)
-                if device is not None:
-                    opened.append(device)
-            report["connectors"].append(entry)
-            if report["meter"] is None and entry["meter"] is not None:
-                report["meter"] = entry["meter"]
-        if config.rfid is not None:
-            device, report["rfid"] = await _check_device("rfid", config.rfid, backends.BackendContext(0, shared))
+        for connector_id, kind, device_cfg in devices.configured(config):  # contactors first of each
+            device, result = await _check_device(kind, device_cfg, connector_id, shared)
+            if connector_id:
+                entries[connector_id][kind] = result
+                if kind == "meter" and report["meter"] is None:
+                    report["meter"] = result
+            else:
+                report[kind] = result
             if device is not None:
                 opened.append(device)
     finally:
         for device in reversed(opened):
             _release(device)
     parts = [d for c in report["connectors"] for d in (c["pilot"], c["contactor"], c["rcd"], c["meter"]) if d]
-    parts += [report["rfid"]] if report["rfid"] else []
+    parts += [report[k] for k in ("rfid", "site_meter") if report[k]]
     report["ok"] = all(p["ok"] for p in parts)
     return report
 
@@ -131,12 +124,14 @@ def format_report(report: dict[str, Any]) -> str:
         for kind in ("pilot", "contactor", "rcd", "meter"):
             line(f"connector {c['id']} {kind}", c[kind])
     line("card reader", report["rfid"])
+    line("site meter", report["site_meter"])
     lines.append("all devices answered" if report["ok"] else "some devices failed")
     return "\n".join(lines)
 
 
 def main(config: Config, as_json: bool) -> int:
-    lock = StateLock(config.store.state_dir)
+    lock: StateLock | None = StateLock(config.store.state_dir)
+    assert lock is not None
     try:
         lock.acquire()  # the daemon holds the devices while it runs
     except StartError as exc:

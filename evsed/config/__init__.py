@@ -96,6 +96,21 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    """Charger-level devices: the site (grid) meter; load limits on it come with load management."""
+
+    meter: Device | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The authorizer chain: the host's card list first, then links the services register."""
+
+    timeout_s: float = 5.0  # a link that has not answered by then counts as "unknown"
+    unanswered: str = "reject"  # when every link says "unknown": "reject" or "accept"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
@@ -137,6 +152,8 @@ class Config:
     store: StoreConfig
     log: LogConfig
     simulator: SimulatorConfig
+    site: SiteConfig = SiteConfig()
+    authorization: AuthConfig = AuthConfig()
     sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
@@ -281,7 +298,7 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
         if table is not None:
             sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
     config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top), MappingProxyType(sections))
+                    _simulator(top), _site(top), _authorization(top), MappingProxyType(sections))
     top.done()
     return config
 
@@ -346,7 +363,7 @@ def _required(parent: _Table, table: _Table | None, key: str) -> _Table:
 
 def _device(t: _Table, kind: str) -> Device:
     name = t.get("backend", str, choices=tuple(backends.names(kind)))
-    spec = backends.backend(kind, name)
+    spec = backends.BACKENDS[(kind, name)]  # the name is one of backends.names(kind)
     options = {key: t.get(key, opt.type, opt.default, min=opt.min, max=opt.max, choices=opt.choices)
                for key, opt in spec.options.items()}
     t.done()
@@ -417,6 +434,25 @@ def _store(top: _Table) -> StoreConfig:
 def _dir(config_path: Path, text: str) -> Path:
     path = Path(os.path.expanduser(text))
     return path if path.is_absolute() else (config_path.parent / path).resolve()
+
+
+def _site(top: _Table) -> SiteConfig:
+    t = top.table("site")
+    if t is None:
+        return SiteConfig()
+    meter = t.table("meter")
+    site = SiteConfig(meter=_device(meter, "meter") if meter else None)
+    t.done()
+    return site
+
+
+def _authorization(top: _Table) -> AuthConfig:
+    t = top.table("authorization") or _Table(top.path, top.lines, {}, "authorization")
+    d = AuthConfig()
+    auth = AuthConfig(timeout_s=t.get("timeout_s", float, d.timeout_s, min=0.5, max=60),
+                      unanswered=t.get("unanswered", str, d.unanswered, choices=("reject", "accept")))
+    t.done()
+    return auth
 
 
 def _log(top: _Table) -> LogConfig:

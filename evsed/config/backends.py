@@ -60,7 +60,13 @@ def register(backend: Backend) -> None:
 # --- simulator (simulator/) ----------------------------------------------------------------
 register(Backend("pilot", "sim", f"{_SIM}:sim_pilot", "pilot of the simulated EV"))
 register(Backend("contactor", "sim", f"{_SIM}:sim_contactor", "simulated contactor",
-                 {"feedback": Option(bool, True, "report the contact state (auxiliary contact)")}))
+                 {"feedback": Option(bool, True, "report the contact state (auxiliary contact)"),
+                  "heartbeat": Option(bool, False, "model a drop-out circuit: the contactor opens by itself "
+                                      "dropout_s after the last heartbeat"),
+                  "heartbeat_hz": Option(float, 10.0, "rising edges per second", min=1.0, max=50.0),
+                  "dropout_s": Option(float, 0.5, "drop-out after the last rising edge", min=0.05, max=2.0),
+                  "board": Option(str, "", "pin file shared with `python -m simulator.board`, which models "
+                                  "the relay in its own process (its state outlives evsed)")}))
 register(Backend("rcd", "sim", f"{_SIM}:sim_rcd", "simulated residual-current module",
                  {"self_test": Option(bool, False, "test before every close")}))
 register(Backend("meter", "sim", f"{_SIM}:sim_meter", "meter integrating the simulated EV's power"))
@@ -68,7 +74,7 @@ register(Backend("rfid", "sim", f"{_SIM}:sim_card_reader", "cards tapped with `e
 
 # --- Raspberry Pi class GPIO: pilot, contactor, RCD (hal/gpio.py, hal/pwm.py, hal/adc.py) ---
 _GPIO = "hal.gpio"
-_BCM = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
+_BCM: dict[str, Any] = {"min": 0, "max": 53}  # BCM GPIO numbers (a Pi has 0..27 on its header)
 _PIN_FACTORY = Option(str, "lgpio", "gpiozero pin factory, named so it never falls back to another; "
                       "\"mock\" is for tests", choices=("lgpio", "rpigpio", "pigpio", "native", "mock"))
 _PULL = ("up", "down", "none")
@@ -111,6 +117,11 @@ register(Backend("contactor", "gpio", f"{_GPIO}:gpio_contactor",
                            **_BCM),
     "feedback_active_high": Option(bool, False, "the feedback input reads high when the contactor is closed"),
     "feedback_pull": Option(str, "up", "pull resistor on the feedback input", choices=_PULL),
+    "heartbeat_pin": Option(int, None, "BCM pin toggled by the safety loop into a retriggerable monostable "
+                            "in series with the relay driver (none: no drop-out circuit fitted)", **_BCM),
+    "heartbeat_hz": Option(float, 10.0, "rising edges per second on heartbeat_pin", min=1.0, max=50.0),
+    "dropout_s": Option(float, 0.5, "the circuit's drop-out: the relay opens this long after the last "
+                        "rising edge (at least 3 heartbeat periods)", min=0.05, max=2.0),
 }, packages=("gpiozero",)))
 
 register(Backend("rcd", "gpio", f"{_GPIO}:gpio_rcd",
@@ -138,7 +149,8 @@ register(Backend("meter", "modbus", "hal.modbus:modbus_meter",
                      "port": Option(str, "/dev/ttyUSB0", "serial device (rtu)"),
                      "baudrate": Option(int, 9600, "bit/s (rtu)",
                                         choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
-                     "parity": Option(str, "N", "N, E or O (rtu)", choices=("N", "E", "O")),
+                     "parity": Option(str, None, "N, E or O (rtu); unset: the model's factory default "
+                                      "(N; E for sdm72d, or-we-517; O for or-we-516)", choices=("N", "E", "O")),
                      "stopbits": Option(int, 1, "1 or 2 (rtu)", choices=(1, 2)),
                      "host": Option(str, "", "meter or gateway address (tcp)"),
                      "tcp_port": Option(int, 502, "TCP port (tcp)", min=1, max=65535),
@@ -196,20 +208,29 @@ _OPENEVSE_LINK = {
     "relay_grace_s": Option(float, 0.25, "the board's relay closed without the core's consent this long: "
                             "force it open; keep below [timing] contactor_settle_s", min=0.0, max=5.0),
     "sequence_ids": Option(bool, True, "tag commands with RAPI sequence ids (firmware with RAPI >= 3.0)"),
-    "volatile_current": Option(bool, True, "$SC ... V: current changes do not wear the EEPROM "
-                               "(falls back by itself on firmware without it)"),
+    "volatile_current": Option(bool, True, "$SC ... V: current changes do not wear the EEPROM (falls back "
+                               "by itself after 3 bare refusals in a row; a plain $SC never exceeds the "
+                               "board's stored maximum)"),
+    "heartbeat_s": Option(int, 10, "heartbeat supervision ($SY): if evsed stops pulsing for this long the "
+                          "board lowers its offer to 6 A (it does not stop charging); 0 turns it off. At "
+                          "most 65: the firmware computes the interval in 16-bit milliseconds",
+                          min=0, max=65),
 }
 register(Backend("pilot", "openevse", f"{_OPENEVSE}:pilot",
-                 "OpenEVSE board's pilot: $SC current + $FE enable, $FS sleep, $FD disable; state from $GS/$AT",
+                 "OpenEVSE board's pilot: $SC current (volatile) + $FE enable; no offer is the auth lock "
+                 "$S4 (firmware built with AUTH_LOCK) or else $FS sleep; $FD disable; state from $GS/$AT; "
+                 "reports the board's real offer (hal.OfferedCurrent)",
                  _OPENEVSE_LINK, packages=("pyserial",)))
 register(Backend("contactor", "openevse", f"{_OPENEVSE}:contactor",
                  "OpenEVSE board's relay (the board closes it when the EV asks); feedback from its state",
                  _OPENEVSE_LINK, packages=("pyserial",)))
 register(Backend("rcd", "openevse", f"{_OPENEVSE}:rcd",
-                 "OpenEVSE board's GFCI and ground check: tripped in those fault states",
+                 "OpenEVSE board's GFCI and ground check: tripped in those fault states; the board's own "
+                 "retry (5 min, reset on unplug) is left to run",
                  _OPENEVSE_LINK, packages=("pyserial",)))
 register(Backend("meter", "openevse", f"{_OPENEVSE}:meter",
-                 "OpenEVSE board's ammeter: $GG current and voltage, $GU energy (one phase)",
+                 "OpenEVSE board's ammeter: $GG current and voltage; an import register built from $GU's "
+                 "session and total counters, right across board reboots and unplugs (one phase)",
                  _OPENEVSE_LINK, packages=("pyserial",)))
 
 

@@ -83,6 +83,8 @@ class AuthorizationResult:
     accepted: bool
     reason: str = ""  # why refused: unknown, expired, blocked, disabled...
     source: str = "local"
+    group: str = ""  # the card's group, recorded with the session
+    max_current_a: float | None = None  # a per-session ceiling, in force from the session's first second
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from evsed.core import events as ev
 from evsed.core.events import ConnectorStatus, Fault
 from evsed.core.pilot import MIN_CURRENT_A, PilotState
 
+AUTH_LIMIT = "authorization"  # the limit source of a per-session ceiling that came with the authorization
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
 RCD_TRIPS_FORGOTTEN_S = 86_400.0  # a day without an RCD trip starts the retry count afresh
@@ -73,6 +74,7 @@ class Connector:
     feedback_changed_at: float = -math.inf
     id_tag: str | None = None  # the authorized card or remote id
     auth_source: str = ""
+    group: str = ""  # the authorized card's group
     auth_expires_at: float | None = None
     pending_tag: str | None = None  # waiting for an authorization answer
     session: bool = False
@@ -160,6 +162,19 @@ def offer_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     if s.wakeup_until is not None:
         return "waking the EV up"
     return None
+
+
+def reservation_answer(s: Connector) -> str:
+    """What a reservation of this connector would get now, in OCPP's words."""
+    if s.faults:
+        return "Faulted"
+    if not s.operative:
+        return "Unavailable"
+    if s.session or s.finishing or s.pilot in PLUGGED_STATES or s.id_tag is not None or s.pending_tag is not None:
+        return "Occupied"
+    if s.reservation is not None:
+        return "Occupied"
+    return "Accepted"
 
 
 def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:

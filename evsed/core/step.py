@@ -12,7 +12,7 @@ from dataclasses import replace
 from evsed.core import events as ev
 from evsed.core.events import ConnectorStatus, Fault, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
+from evsed.core.state import (AUTH_LIMIT, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
                          SELF_TEST_TIMEOUT_S,
                          Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
                          pilot_fresh, safety_blocker)
@@ -80,7 +80,7 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
         s = replace(s, faults=faults, finishing=False, diode_ok=False, diode_failures=0,
                     wakeups=0, refusal="")
         if s.id_tag is not None and s.auth_expires_at is None:
-            s = replace(s, id_tag=None)  # an authorization used by an EV ends with it
+            s = _drop_authorization(s)  # an authorization used by an EV ends with it
     elif state in PLUGGED_STATES and previous in (PilotState.A, None):
         s = replace(s, refusal="")  # a new plug-in: an earlier refusal no longer applies
     if state in PLUGGED_STATES and s.id_tag is not None and not s.session:
@@ -95,7 +95,7 @@ def _on_card(cfg, s: Connector, e: ev.CardPresented, now, out) -> Connector:
             return _stop_session(s, StopReason.LOCAL, out)
         return _refuse(s, tag, "connector in use by another card", out)
     if s.id_tag == tag:  # tapped again before plugging in: cancel
-        return replace(s, id_tag=None, auth_expires_at=None, refusal="")
+        return _drop_authorization(s, refusal="")
     refusal = _start_refusal(s, tag)
     if refusal:
         return _refuse(s, tag, refusal, out)
@@ -127,13 +127,23 @@ def _on_auth(cfg, s: Connector, e: ev.AuthorizationResult, now, out) -> Connecto
     if not e.accepted:
         return _refuse(s, e.id_tag, e.reason or "not authorized", out)
     refusal = _start_refusal(s, e.id_tag)  # reserved, unavailable or locked out meanwhile
-    return _refuse(s, e.id_tag, refusal, out) if refusal else _authorize(cfg, s, e.id_tag, e.source, now)
+    if refusal:
+        return _refuse(s, e.id_tag, refusal, out)
+    return _authorize(cfg, s, e.id_tag, e.source, now, e.group, e.max_current_a)
 
 
-def _authorize(cfg, s: Connector, tag: str, source: str, now) -> Connector:
+def _authorize(cfg, s: Connector, tag: str, source: str, now, group: str = "",
+               max_current_a: float | None = None) -> Connector:
     plugged = s.pilot in PLUGGED_STATES
-    return replace(s, id_tag=tag, auth_source=source, refusal="",
+    s = _on_limit(cfg, s, ev.LimitChanged(AUTH_LIMIT, max_current_a), now, [])
+    return replace(s, id_tag=tag, auth_source=source, group=group, refusal="",
                    auth_expires_at=None if plugged else now + cfg.auth_timeout_s)
+
+
+def _drop_authorization(s: Connector, **changes) -> Connector:
+    """The authorization ends (used, cancelled, expired): its group and per-session ceiling with it."""
+    limits = {k: v for k, v in s.limits.items() if k != AUTH_LIMIT}
+    return replace(s, id_tag=None, auth_expires_at=None, group="", limits=limits, **changes)
 
 
 def _on_remote_start(cfg, s: Connector, e: ev.RemoteStart, now, out) -> Connector:
@@ -146,13 +156,13 @@ def _on_remote_start(cfg, s: Connector, e: ev.RemoteStart, now, out) -> Connecto
 def _on_stop(cfg, s: Connector, e: ev.StopRequested, now, out) -> Connector:
     if s.session:
         return _stop_session(s, e.reason, out)
-    return replace(s, id_tag=None, auth_expires_at=None, pending_tag=None)
+    return _drop_authorization(s, pending_tag=None)
 
 
 def _stop_session(s: Connector, reason: StopReason, out) -> Connector:
     out.append(ev.StopSession(reason))
-    return replace(s, session=False, id_tag=None, auth_expires_at=None, b_since=None,
-                   wakeup_until=None, finishing=s.pilot in PLUGGED_STATES)
+    return _drop_authorization(s, session=False, b_since=None, wakeup_until=None,
+                               finishing=s.pilot in PLUGGED_STATES)
 
 
 def _on_limit(cfg, s: Connector, e: ev.LimitChanged, now, out) -> Connector:
@@ -267,7 +277,7 @@ def _raise(s: Connector, fault: Fault, retry_at, now, out, detail="") -> Connect
 
 def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
     if s.auth_expires_at is not None and now >= s.auth_expires_at and not s.session:
-        s = replace(s, id_tag=None, auth_expires_at=None, refusal="authorization expired: no EV plugged in")
+        s = _drop_authorization(s, refusal="authorization expired: no EV plugged in")
     if s.reservation is not None and now >= s.reservation[1]:
         s = replace(s, reservation=None)
     if s.self_test == "running" and now >= s.self_test_since + SELF_TEST_TIMEOUT_S:

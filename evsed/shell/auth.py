@@ -1,30 +1,134 @@
-"""Local authorization: the host's card list from the config (whitelist).
+"""Who may charge: a chain of authorizers asked in order, the host's card list first.
 
-Pure lookups; the uplink adds OCPP's local list, cache and online Authorize later.
+Each link answers accept, reject or unknown (with optional per-session limits). A link that
+has not answered within the timeout counts as unknown; when every link says unknown, the
+configured rule decides. The local list answers at once, so a known card costs no wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
-from evsed.config import Card
+import structlog
+
+from evsed.config import AuthConfig, Card
 from evsed.core.events import AuthorizationResult
 
+log = structlog.get_logger("evsed")
 
-class LocalAuthorizer:
-    def __init__(self, cards: tuple[Card, ...]):
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A link's answer: "accept", "reject" or "unknown", with what came with it."""
+
+    result: str
+    reason: str = ""
+    group: str = ""
+    max_current_a: float | None = None
+
+    def as_result(self, id_tag: str, source: str) -> AuthorizationResult:
+        return AuthorizationResult(id_tag, self.result == "accept", self.reason, source, self.group,
+                                   self.max_current_a)
+
+
+UNKNOWN = Verdict("unknown")
+
+
+class Authorizer(Protocol):
+    """One link of the chain. authorize() may be slow (a CSMS): the chain bounds it."""
+
+    name: str
+
+    async def authorize(self, id_tag: str, connector: int) -> Verdict: ...
+
+
+class LocalList:
+    """The host's card list from the config (whitelist): known cards only, answered at once."""
+
+    name = "local"
+
+    def __init__(self, cards: tuple[Card, ...], today: Callable[[], dt.date]):
         self.cards = {card.uid: card for card in cards}
+        self.today = today
 
     def card(self, id_tag: str) -> Card | None:
         return self.cards.get(id_tag)
 
-    def authorize(self, id_tag: str, today: dt.date) -> AuthorizationResult:
-        """Accept a known, enabled, unexpired card; `today` is the charger's local date."""
+    def verdict(self, id_tag: str) -> Verdict:
+        """Accept a known, enabled, unexpired card; the rest of the chain decides an unknown one."""
         card = self.cards.get(id_tag)
         if card is None:
-            return AuthorizationResult(id_tag, False, "unknown card")
+            return UNKNOWN
         if not card.enabled:
-            return AuthorizationResult(id_tag, False, "card disabled")
-        if card.expires is not None and today > card.expires:
-            return AuthorizationResult(id_tag, False, f"card expired on {card.expires.isoformat()}")
-        return AuthorizationResult(id_tag, True, "", "local")
+            return Verdict("reject", "card disabled")
+        if card.expires is not None and self.today() > card.expires:
+            return Verdict("reject", f"card expired on {card.expires.isoformat()}")
+        return Verdict("accept", group=card.group)
+
+    async def authorize(self, id_tag: str, connector: int) -> Verdict:
+        return self.verdict(id_tag)
+
+
+class Chain:
+    """The links in order. request() answers through `done`: at once when the local list
+    decides (or no later link exists), else from a task on the running loop."""
+
+    def __init__(self, local: LocalList, config: AuthConfig):
+        self.local, self.config = local, config
+        self.links: list[Authorizer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, link: Authorizer) -> Callable[[], None]:
+        """Append a link (a service on the control socket); returns the function that removes it."""
+        self.links.append(link)
+        return lambda: self.links.remove(link) if link in self.links else None
+
+    def card_name(self, id_tag: str) -> str:
+        card = self.local.card(id_tag)
+        return card.name if card else ""
+
+    def request(self, id_tag: str, connector: int, done: Callable[[AuthorizationResult], None]) -> None:
+        verdict = self.local.verdict(id_tag)
+        if verdict.result != "unknown":
+            done(verdict.as_result(id_tag, self.local.name))
+        elif not self.links:
+            done(self._unanswered(id_tag))
+        else:
+            task = asyncio.get_running_loop().create_task(self._ask_links(id_tag, connector, done))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ask_links(self, id_tag: str, connector: int, done: Callable[[AuthorizationResult], None]) -> None:
+        for link in list(self.links):
+            verdict = await self._ask(link, id_tag, connector)
+            if verdict.result in ("accept", "reject"):
+                done(verdict.as_result(id_tag, link.name))
+                return
+        done(self._unanswered(id_tag))
+
+    async def _ask(self, link: Authorizer, id_tag: str, connector: int) -> Verdict:
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                verdict = await link.authorize(id_tag, connector)
+        except TimeoutError:
+            log.warning("authorization.timeout", link=link.name, id_tag=id_tag)
+            return UNKNOWN
+        except Exception as exc:  # noqa: BLE001 - a broken link is a link that does not know
+            log.error("authorization.link_failed", link=link.name, error=repr(exc))
+            return UNKNOWN
+        if verdict.result not in ("accept", "reject", "unknown"):
+            log.warning("authorization.garbage", link=link.name, result=verdict.result)
+            return UNKNOWN
+        return verdict
+
+    def _unanswered(self, id_tag: str) -> AuthorizationResult:
+        accept = self.config.unanswered == "accept"
+        return AuthorizationResult(id_tag, accept, "" if accept else "unknown card", "unanswered")
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+

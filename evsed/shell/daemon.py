@@ -1,7 +1,9 @@
-"""The asyncio daemon: builds devices from the config, polls inputs, runs the control socket.
+"""The asyncio safety daemon: builds the charger from the config, polls its inputs, runs the
+control socket and the service processes.
 
-It turns hardware input into core events through ConnectorControl and never decides
-policy; every exit path (signal, error, crash) opens the contactors.
+It turns hardware input into core events through the Charger and never decides policy;
+every exit path (signal, error, crash) opens the contactors. It listens on no network socket:
+the services that face the network are child processes on the control socket.
 """
 
 from __future__ import annotations
@@ -12,25 +14,33 @@ import fcntl
 import math
 import os
 import signal
+import sqlite3
+import threading
 import time
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
 
-from evsed.config import backends
-from evsed.control import server as control
-from evsed.shell import sdnotify
-from evsed.shell.auth import LocalAuthorizer
 from evsed.config import Config
-from evsed.errors import StartError
-from evsed.shell.connector import ConnectorControl, route_card
+from evsed.control.server import ControlServer
+from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
+from evsed.errors import StartError
+from evsed.shell import commands, safety_loop
+from evsed.shell.auth import Verdict
+from evsed.shell.bus import ChargerEvent, utc_iso_ms
+from evsed.shell.charger import Charger
+from evsed.shell.connector import ConnectorControl
+from evsed.shell.devices import Devices, build
+from evsed.shell.services import Services
+from evsed.shell.timers import WallTimers
+from evsed.store import outbox
 from evsed.store.sessions import Store, StoreWriter
-from hal import Closable, DeviceUnavailable, HalError, Notifying
+from hal import DeviceUnavailable, HalError, Meter, Notifying
 
 log = structlog.get_logger("evsed")
+OUTBOX_RETENTION = dt.timedelta(days=7)
 
 
 class StateLock:
@@ -59,110 +69,120 @@ class StateLock:
             self.fd = None
 
 
-def build_world(config: Config, clock) -> Any | None:
-    """The simulated world, when any configured backend is the simulator."""
-    devices = [d for c in config.connectors for d in (c.pilot, c.contactor, c.rcd, c.meter) if d]
-    if config.rfid:
-        devices.append(config.rfid)
-    if not any(d.backend == "sim" for d in devices):
-        return None
-    from simulator.hardware import SimWorld
-    s = config.simulator
-    return SimWorld(clock, voltage_v=s.voltage_v, ev_max_current_a=s.ev_max_current_a,
-                    ev_phases=s.ev_phases, meter_start_wh=s.meter_start_wh)
-
-
-def create_devices(config: Config, shared: dict) -> tuple[dict[int, dict[str, Any]], Any | None]:
-    """Every configured device, by connector; raises DeviceUnavailable naming the device."""
-    out: dict[int, dict[str, Any]] = {}
-    for conn in config.connectors:
-        ctx = backends.BackendContext(conn.id, shared)
-        out[conn.id] = {}
-        for kind, key in (("pilot", "pilot"), ("contactor", "contactor"), ("rcd", "rcd"), ("meter", "meter")):
-            device = getattr(conn, key)
-            if device is None:
-                continue
-            try:
-                out[conn.id][key] = backends.create(kind, device.backend, dict(device.options), ctx)
-            except (DeviceUnavailable, OSError) as exc:
-                raise DeviceUnavailable(f"connector {conn.id} {kind} ({device.backend}): {exc}") from exc
-    reader = None
-    if config.rfid is not None:
-        ctx = backends.BackendContext(0, shared)
-        reader = backends.create("rfid", config.rfid.backend, dict(config.rfid.options), ctx)
-    return out, reader
+def _wallclock() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, start_services: bool = True):
         self.config = config
-        self.tz = ZoneInfo(config.charger.timezone)
         self.lock = StateLock(config.store.state_dir)
         self.stopping = asyncio.Event()
-        self.connectors: dict[int, ConnectorControl] = {}
-        self.world = None
-        self.reader = None
-        self.reader_error = ""
+        self.charger: Charger | None = None
+        self.devices: Devices | None = None
         self.writer: StoreWriter | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server = ControlServer(self)
+        self.services = Services(config) if start_services else None
+        self._reader_db: sqlite3.Connection | None = None
+        self._acked: dict[str, int] = {}
+        self._reader_lock = threading.Lock()
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.fatal: BaseException | None = None
         self.ready = asyncio.Event()
+
+    @property
+    def connectors(self) -> dict[int, ConnectorControl]:
+        return self.charger.connectors if self.charger else {}
+
+    @property
+    def world(self) -> Any:
+        return self.devices.world if self.devices else None
 
     # --- start ------------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         self.lock.acquire()
-        store = Store(self.config.store.state_dir / "sessions.db")
+        db_path = self.config.store.state_dir / "sessions.db"
+        store = Store(db_path)
         recovered = store.recover()
-        if recovered:
-            log.warning("session.recovered", ids=recovered, stop_reason="power_loss")
+        self._record_recovered(store, recovered)
+        first_id = store.next_session_id()
+        self._acked = dict(store.db.execute("SELECT service, seq FROM service_acks").fetchall())
         self.writer = StoreWriter(store)
-        shared: dict[str, Any] = {}
-        self.world = build_world(self.config, time.monotonic)
-        if self.world is not None:
-            shared["sim"] = self.world
-        devices, self.reader = create_devices(self.config, shared)
-        authorizer = LocalAuthorizer(self.config.cards)
-        for conn in self.config.connectors:
-            ctrl = ConnectorControl(
-                conn.id, self.config.core_config(conn), devices[conn.id], clock=time.monotonic,
-                wallclock=lambda: dt.datetime.now(dt.timezone.utc), authorizer=authorizer,
-                writer=self.writer, timezone=self.tz, checkpoint_s=self.config.store.checkpoint_s,
-                schedule=lambda when, cid=conn.id: self._schedule(cid, when), offload=self._offload)
-            self.connectors[conn.id] = ctrl
-            ctrl.start()
-            for device in devices[conn.id].values():
+        self._reader_db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+        self.devices = build(self.config, time.monotonic)
+        self.wall_timers = WallTimers(_wallclock, loop.time, loop.call_at)
+        self.charger = charger = Charger(
+            self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
+            first_session_id=first_id, schedule=self._schedule, offload=self._offload,
+            stored=lambda event: self._stored(loop, event))
+        charger.bus.subscribe(self._live)
+        charger.start()
+        for ctrl in charger.connectors.values():
+            for device in ctrl.devices.all():
                 if isinstance(device, Notifying):
                     device.on_change(lambda c=ctrl: loop.call_soon_threadsafe(self._input_changed, c))
-            self._spawn(self._poll_pilot(ctrl), f"pilot-{conn.id}")
+            self._spawn(self._poll_pilot(ctrl), f"pilot-{ctrl.id}")
             if ctrl.meter is not None:
-                self._spawn(self._poll_meter(ctrl), f"meter-{conn.id}")
-        if self.reader is not None:
+                self._spawn(self._poll_meter(ctrl.meter, ctrl.meter_sampled, ctrl.meter_failed, ctrl.id),
+                            f"meter-{ctrl.id}")
+        if self.devices.site_meter is not None:
+            self._spawn(self._poll_meter(self.devices.site_meter, charger.site_sampled,
+                                         lambda detail: None, 0), "site-meter")
+        if self.devices.reader is not None:
+            charger.reading_cards = True
             self._spawn(self._read_cards(), "cards")
-        self.server = await control.serve(self.config.store.runtime_dir, self)
+        self.config.store.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        await self.server.start(self.config.store.runtime_dir)
         loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
-        self._spawn(sdnotify.watchdog(), "watchdog")
+        self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
+        self._spawn(self._prune_outbox(), "outbox-prune")
+        self._spawn(self._watch_clock(), "clock")
+        if self.services is not None:
+            self.services.start(self.stopping)
         self.ready.set()
-        log.info("daemon.ready", connectors=list(self.connectors), state_dir=str(self.config.store.state_dir),
-                 socket=str(control.socket_path(self.config.store.runtime_dir)),
+        log.info("daemon.ready", connectors=list(charger.connectors), state_dir=str(self.config.store.state_dir),
+                 socket=str(socket_path(self.config.store.runtime_dir)),
                  start_s=round(time.perf_counter() - started, 3))
+
+    def _record_recovered(self, store: Store, ids: list[int]) -> None:
+        """Sessions a crash or power cut left open are closed as power_loss, and services hear of it."""
+        if not ids:
+            return
+        log.warning("session.recovered", ids=ids, stop_reason="power_loss")
+        now = utc_iso_ms(_wallclock())
+        for row in store.sessions():
+            if row["id"] in ids:
+                outbox.append(store.db, now, "session.stopped", row["connector_id"], {
+                    "session": row["id"], "id_tag": row["id_tag"], "card_name": row["card_name"],
+                    "group": row["card_group"], "auth_source": row["auth_source"], "started_at": row["started_at"],
+                    "meter_start_wh": row["meter_start_wh"], "meter_stop_wh": row["meter_stop_wh"],
+                    "energy_wh": row["energy_wh"], "peak_power_w": row["peak_power_w"], "reason": "power_loss",
+                    "stopped_at": row["stopped_at"]})
+
+    def _stored(self, loop: asyncio.AbstractEventLoop, event: dict[str, Any]) -> None:
+        """A durable event is committed (the store's thread): stream it from the loop."""
+        loop.call_soon_threadsafe(self.server.push, event)
+
+    def _live(self, event: ChargerEvent) -> None:
+        if not event.durable:
+            self.server.push(event.wire())
 
     def _input_changed(self, ctrl: ConnectorControl) -> None:
         if not self.stopping.is_set():  # once stopping, the outputs are released and stay so
             ctrl.poll_inputs()
 
-    def _spawn(self, coro, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or self.stopping.is_set():
             return
         self.fatal = task.exception() or RuntimeError(f"task {task.get_name()} ended")
@@ -170,12 +190,12 @@ class Daemon:
         log.critical("daemon.task_failed", task=task.get_name(), error=repr(self.fatal))
         self.stopping.set()
 
-    def _offload(self, work, done) -> None:
+    def _offload(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """Run slow device work (an RCD self-test) in a worker; hand its result back on the loop."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, work)
 
-        def finished(f: asyncio.Future) -> None:
+        def finished(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or self.stopping.is_set():
                 return
             exc = f.exception()
@@ -184,12 +204,17 @@ class Daemon:
             done(False if exc is not None else f.result())
         future.add_done_callback(finished)
 
-    def _loop_exception(self, loop, context: dict) -> None:
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An exception escaped a callback (device callback, timer, offloaded result): the state
         of the outputs is unknown, so release everything and stop, as for a crashed task."""
         exc = context.get("exception")
         if exc is None:  # a message only (a slow callback, an unclosed transport)
             log.warning("daemon.loop_warning", message=context.get("message"))
+            return
+        if "socket" in context or "transport" in context or "protocol" in context:
+            # the control socket's own trouble (out of file descriptors on accept, a client that
+            # vanished): asyncio retries the accept; charging is not concerned
+            log.warning("control.socket_error", message=context.get("message"), error=repr(exc))
             return
         if self.stopping.is_set():  # already released and stopping: do not release in a loop
             log.error("daemon.callback_failed_while_stopping", error=repr(exc))
@@ -215,6 +240,45 @@ class Daemon:
         if not self.stopping.is_set():
             self.connectors[connector_id].tick()
 
+    # --- the control socket's host ---------------------------------------------------------------
+    def hello(self, service: str) -> dict[str, Any]:
+        c = self.config.charger
+        return {"charger": c.id, "connectors": list(self.connectors), "phases": c.phases, "voltage_v": c.voltage_v,
+                "acked": self._acked.get(service, 0)}
+
+    def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.charger is not None
+        cmd = req["cmd"]
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            return self.charger.status()
+        if cmd == "sim":
+            action = req.get("action")
+            if not isinstance(action, str) or not commands.is_sim(action):
+                raise commands.CommandError(f"unknown sim action {action!r}")
+            return commands.run(self.charger, action, req, skip=frozenset({"cmd", "action"}))
+        return commands.run(self.charger, cmd, req, skip=frozenset({"cmd"}))
+
+    async def backlog(self, after: int) -> list[dict[str, Any]]:
+        db = self._reader_db
+        assert db is not None
+        def read() -> list[dict[str, Any]]:
+            with self._reader_lock:  # one connection, several subscribers' threads
+                return list(outbox.since(db, after))
+        return await asyncio.to_thread(read)
+
+    def ack(self, service: str, seq: int) -> None:
+        assert self.writer is not None
+        at = utc_iso_ms(_wallclock())
+        self._acked[service] = max(seq, self._acked.get(service, 0))
+        self.writer.submit(lambda st: outbox.ack(st.db, service, seq, at))
+
+    def add_authorizer(self, name: str, timeout_s: float,
+                       ask: Callable[[str, int], Awaitable[dict[str, Any]]]) -> Callable[[], None]:
+        assert self.charger is not None
+        return self.charger.auth.add(_SocketAuthorizer(name, ask))
+
     # --- input loops ------------------------------------------------------------------------
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
         timing = self.config.timing
@@ -228,59 +292,77 @@ class Daemon:
             busy = st.contactor_closed or st.session or st.pilot is not PilotState.A
             await asyncio.sleep(timing.pilot_poll_s if busy else idle_interval)
 
-    async def _poll_meter(self, ctrl: ConnectorControl) -> None:
+    async def _poll_meter(self, meter: Meter, sampled: Callable[[Any], None], failed: Callable[[str], None],
+                          connector: int) -> None:
         interval = self.config.timing.meter_interval_s
         failures = 0
         while not self.stopping.is_set():
             try:
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of a stop
                 async with asyncio.timeout(max(2.0, 2 * interval)):
-                    reading = await ctrl.meter.read()
+                    reading = await meter.read()
             except (HalError, TimeoutError) as exc:
                 if self.stopping.is_set():
                     return
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
-                    log.warning("meter.read_failed", connector=ctrl.id, error=str(exc) or type(exc).__name__,
+                    log.warning("meter.read_failed", connector=connector, error=str(exc) or type(exc).__name__,
                                 failures=failures)
-                ctrl.meter_failed(str(exc) or type(exc).__name__)
+                failed(str(exc) or type(exc).__name__)
             else:
                 if self.stopping.is_set():
                     return
                 if failures:
-                    log.info("meter.recovered", connector=ctrl.id, after_failures=failures)
+                    log.info("meter.recovered", connector=connector, after_failures=failures)
                 failures = 0
-                ctrl.meter_sampled(reading)
+                sampled(reading)
             await asyncio.sleep(interval)
 
     async def _read_cards(self) -> None:
+        assert self.devices is not None and self.devices.reader is not None and self.charger is not None
         while True:
             try:
-                uid = await self.reader.next_tap()
+                uid = await self.devices.reader.next_tap()
             except DeviceUnavailable as exc:  # charging stays safe; only cards are lost
-                self.reader_error = str(exc)
+                self.charger.reader_error = str(exc)
                 log.error("rfid.unavailable", error=str(exc))
                 await self.stopping.wait()
                 return
             except HalError as exc:
                 log.warning("rfid.read_failed", error=str(exc))
                 continue
-            route_card(list(self.connectors.values()), uid)
+            self.charger.present_card(uid)
+
+    async def _watch_clock(self) -> None:
+        """Wall-clock deadlines (windows, tariffs) are re-armed when NTP steps the clock."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.wall_timers.check_clock()
+
+    async def _prune_outbox(self) -> None:
+        assert self.writer is not None
+        while True:
+            older = utc_iso_ms(_wallclock() - OUTBOX_RETENTION)
+            self.writer.submit(lambda st: self._prune(st, older))
+            await asyncio.sleep(3600)
+
+    @staticmethod
+    def _prune(store: Store, older_than: str) -> None:
+        gone = outbox.prune(store.db, older_than)
+        if gone:
+            log.info("outbox.pruned", events=gone)
 
     # --- stop -------------------------------------------------------------------------------
     def release_all(self) -> None:
-        for ctrl in self.connectors.values():
-            try:
-                ctrl.release()
-            except Exception as exc:  # keep releasing the others
-                log.critical("contactor.release_failed", connector=ctrl.id, error=repr(exc))
+        if self.charger is not None:
+            self.charger.release_all(lambda ctrl, exc: log.critical(
+                "contactor.release_failed", connector=ctrl.id, error=repr(exc)))
 
     async def stop(self) -> None:
-        for ctrl in self.connectors.values():
-            try:
-                ctrl.shutdown()
-            except Exception as exc:
-                log.critical("connector.shutdown_failed", connector=ctrl.id, error=repr(exc))
+        if self.charger is not None:
+            self.charger.shutdown(lambda ctrl, exc: log.critical(
+                "connector.shutdown_failed", connector=ctrl.id, error=repr(exc)))
+            self.charger.auth.cancel()
         self.release_all()
         for task in self._tasks:
             task.cancel()
@@ -290,18 +372,16 @@ class Daemon:
                 log.error("daemon.tasks_did_not_stop", tasks=[t.get_name() for t in stuck])
         for handle in self._timers.values():
             handle.cancel()
-        if self.server is not None:
-            self.server.close()
-            control.socket_path(self.config.store.runtime_dir).unlink(missing_ok=True)
-        devices = [d for c in self.connectors.values() for d in (c.pilot, c.contactor, c.rcd, c.meter)]
-        for device in [*devices, self.reader]:
-            if isinstance(device, Closable):
-                try:
-                    device.release()
-                except (HalError, OSError) as exc:
-                    log.warning("device.release_failed", device=type(device).__name__, error=str(exc))
+        if self.services is not None:
+            await self.services.stop()
+        await self.server.close(self.config.store.runtime_dir)
+        if self.devices is not None:
+            self.devices.release(lambda device, exc: log.warning(
+                "device.release_failed", device=type(device).__name__, error=str(exc)))
         if self.writer is not None:
             self.writer.close()
+        if self._reader_db is not None:
+            self._reader_db.close()
         self.lock.release()
         log.info("daemon.stopped")
 
@@ -314,3 +394,19 @@ class Daemon:
             self.release_all()
             await self.stop()
         return 1 if self.fatal is not None else 0
+
+
+class _SocketAuthorizer:
+    """A link of the authorizer chain answered by a service over the control socket."""
+
+    def __init__(self, name: str, ask: Callable[[str, int], Awaitable[dict[str, Any]]]):
+        self.name, self._ask = name, ask
+
+    async def authorize(self, id_tag: str, connector: int) -> Verdict:
+        answer = await self._ask(id_tag, connector)
+        result = answer.get("result")
+        limit = answer.get("max_current_a")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1000:
+            limit = None
+        return Verdict(result if isinstance(result, str) else "unknown", str(answer.get("reason", ""))[:200],
+                       str(answer.get("group", ""))[:64], None if limit is None else float(limit))

@@ -81,7 +81,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=_writer),
+        logger_factory=structlog.PrintLoggerFactory(file=_writer),  # type: ignore[arg-type]  # write() is all it uses
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

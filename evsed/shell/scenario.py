@@ -14,20 +14,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
-from evsed.config import backends
-from evsed.core import events as ev
-from evsed.shell.auth import LocalAuthorizer
-from evsed.shell.connector import ConnectorControl, route_card
+from evsed.shell import commands, devices
+from evsed.shell.charger import Charger
+from evsed.shell.connector import ConnectorControl
 from evsed.store.sessions import InlineWriter, Store
-from hal import canonical_uid
-from simulator.hardware import SimWorld
+from hal import Notifying
 
 EPOCH = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)  # a Monday, for time-of-use windows
-ACTIONS = ("plug", "unplug", "tap", "ev", "fault", "clear-fault", "limit", "remote-start", "remote-stop",
-           "availability", "reserve", "cancel-reservation", "clear-faults")
 
 
 class ScenarioError(Exception):
@@ -59,28 +54,19 @@ class Runner:
         self.steps = sorted(data.get("step", []), key=lambda s: float(s.get("t", 0.0)))
         self.config = configmod.build(_merge(base_config_data(), data.get("config", {})), path)
         self.now = 0.0
-        self.world = SimWorld(lambda: self.now, voltage_v=self.config.simulator.voltage_v,
-                              ev_max_current_a=self.config.simulator.ev_max_current_a,
-                              ev_phases=self.config.simulator.ev_phases,
-                              meter_start_wh=self.config.simulator.meter_start_wh)
         self.store = Store(":memory:")
         self.deadlines: dict[int, float | None] = {}
         self.dirty = False
-        tz = ZoneInfo(self.config.charger.timezone)
-        self.ctrls: list[ConnectorControl] = []
-        for conn in self.config.connectors:
-            ctx = backends.BackendContext(conn.id, {"sim": self.world})
-            devices = {key: backends.create(key, d.backend, dict(d.options), ctx)
-                       for key in ("pilot", "contactor", "rcd", "meter") if (d := getattr(conn, key))}
-            for device in devices.values():
-                if hasattr(device, "on_change"):
-                    device.on_change(self._input_changed)
-            self.ctrls.append(ConnectorControl(
-                conn.id, self.config.core_config(conn), devices, clock=lambda: self.now,
-                wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
-                authorizer=LocalAuthorizer(self.config.cards), writer=InlineWriter(self.store), timezone=tz,
-                checkpoint_s=self.config.store.checkpoint_s,
-                schedule=lambda when, cid=conn.id: self.deadlines.__setitem__(cid, when)))
+        self.devices = devices.build(self.config, lambda: self.now)
+        self.world = self.devices.world
+        self.charger = Charger(self.config, self.devices, clock=lambda: self.now,
+                               wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
+                               writer=InlineWriter(self.store), first_session_id=1,
+                               schedule=self.deadlines.__setitem__)
+        self.ctrls: list[ConnectorControl] = list(self.charger.connectors.values())
+        for device in self.devices.all():
+            if isinstance(device, Notifying):
+                device.on_change(self._input_changed)
 
     def _input_changed(self) -> None:
         self.dirty = True
@@ -95,8 +81,7 @@ class Runner:
     async def run(self, verbose: bool) -> Result:
         result = Result(self.description)
         timing = self.config.timing
-        for c in self.ctrls:
-            c.start()
+        self.charger.start()
         end = float(self.steps[-1].get("t", 0.0)) if self.steps else 0.0
         next_poll, next_meter, i = 0.0, 0.0, 0
         while True:
@@ -107,7 +92,8 @@ class Runner:
                 break
             self.now = max(self.now, t)
             for c in self.ctrls:
-                if self.deadlines.get(c.id) is not None and self.deadlines[c.id] <= self.now:
+                due = self.deadlines.get(c.id)
+                if due is not None and due <= self.now:
                     self.deadlines[c.id] = None
                     c.tick()
             if next_poll <= self.now:
@@ -145,34 +131,15 @@ class Runner:
                 c.meter_failed(str(exc))
 
     def _do(self, step: dict) -> None:
-        action, c = step["do"], self.ctrl(step)
-        bench = self.world.connector(c.id)
-        if action == "plug":
-            bench.plug()
-        elif action == "unplug":
-            bench.unplug()
-        elif action == "tap":
-            route_card(self.ctrls, canonical_uid(step["card"]))
-        elif action == "ev":
-            bench.set_ev(**{k: v for k, v in step.items() if k not in ("t", "do", "connector", "expect")})
-        elif action in ("fault", "clear-fault"):
-            bench.inject(step["kind"], active=action == "fault")
-        elif action == "limit":
-            c.feed(ev.LimitChanged(step.get("source", "scenario"), step.get("current_a")))
-        elif action == "remote-start":
-            c.feed(ev.RemoteStart(step["card"]))
-        elif action == "remote-stop":
-            c.feed(ev.StopRequested(ev.StopReason.REMOTE))
-        elif action == "availability":
-            c.feed(ev.SetAvailability(bool(step["operative"])))
-        elif action == "reserve":
-            c.feed(ev.Reserve(step["card"], self.now + float(step.get("for_s", 600))))
-        elif action == "cancel-reservation":
-            c.feed(ev.CancelReservation())
-        elif action == "clear-faults":
-            c.feed(ev.ClearFaults())
-        else:
-            raise ScenarioError(f"t={step.get('t')}: unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        """One action, through the same command definitions as the control socket."""
+        args = {k: v for k, v in step.items() if k not in ("t", "do", "expect")}
+        if step["do"] not in commands.COMMANDS:
+            raise ScenarioError(f"t={step.get('t')}: unknown action {step['do']!r}; "
+                                f"one of {', '.join(commands.COMMANDS)}")
+        try:
+            commands.run(self.charger, step["do"], args)
+        except commands.CommandError as exc:
+            raise ScenarioError(f"t={step.get('t')}: {exc}; actions: {', '.join(commands.COMMANDS)}") from None
 
     def _expect(self, step: dict, result: Result, verbose: bool) -> None:
         status = self.ctrl(step).status()

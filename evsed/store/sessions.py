@@ -1,47 +1,40 @@
 """Session records in SQLite under the state directory, durable across power cuts.
 
-A session row is written at start, checkpointed with its last meter reading about once
-a minute (SD cards wear), and completed at stop; open rows found at start are closed
-with stop reason power_loss.
+A session row is written at start, checkpointed with its last meter reading and the meter
+samples since the last checkpoint about once a minute (one commit: SD cards wear), and
+completed at stop with its totals, cost, revenue and signed OCMF document in one commit.
+Open rows found at start are closed with stop reason power_loss. A stop reading may be
+raised (the meter's first answer after the contactor opened) until the connector's next
+session starts; from then on it is fixed, so no energy is counted in two sessions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import structlog
 
+from evsed.core import tariff as tariffs
+from evsed.store import migrations, ocmf, outbox
+from evsed.store.samples import MeterSample
+
 log = structlog.get_logger("evsed")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY,
-    connector_id INTEGER NOT NULL,
-    id_tag TEXT NOT NULL,
-    card_name TEXT NOT NULL DEFAULT '',
-    card_group TEXT NOT NULL DEFAULT '',
-    auth_source TEXT NOT NULL DEFAULT '',
-    started_at TEXT NOT NULL,          -- ISO 8601 UTC
-    stopped_at TEXT,                   -- NULL while running
-    updated_at TEXT NOT NULL,          -- last checkpoint
-    meter_start_wh INTEGER NOT NULL,
-    meter_last_wh INTEGER NOT NULL,
-    meter_stop_wh INTEGER,
-    energy_wh INTEGER NOT NULL DEFAULT 0,
-    peak_power_w REAL NOT NULL DEFAULT 0,
-    stop_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_at);
-"""
-
 COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_source", "started_at",
-           "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason")
+           "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason",
+           "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "tariff_name", "currency", "money_decimals",
+           "cost_minor", "revenue_minor", "meter_id", "meter_signed_format", "meter_signed_data", "ocmf",
+           "ocmf_public_key")
+SAMPLE_COLUMNS = ("session_id", "t_ms", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
+OVERLAP_LIMIT_WH = 100  # a new start below the previous stop by at most this is the same energy
+NO_PRICES = tariffs.Tariff(name="", currency="")
 
 
 def utc_iso(when: dt.datetime | None = None) -> str:
@@ -65,6 +58,8 @@ class LiveSession:
     row_id: int | None = None
     meter_start_unknown: bool = False  # no meter reading yet: the first one sets the start
     stopped: tuple[str, str] | None = None  # (stop reason, stop time) once it ended
+    pricing: str = ""  # tariffs.Pricing.to_json() of the tariff in force at the start; "" = none
+    meter_id: str = ""  # the meter's serial, when it tells
 
     @property
     def energy_wh(self) -> int:
@@ -72,32 +67,83 @@ class LiveSession:
 
 
 class Store:
-    """Synchronous access to the session database; one instance per thread."""
+    """Synchronous access to the session database; one instance per thread.
 
-    def __init__(self, path: Path | str):
+    signer: the charger's OCMF key; each finished session then gets a signed document.
+    """
+
+    def __init__(self, path: Path | str, *, signer: ocmf.Signer | None = None, charger_id: str = "evsed",
+                 timezone: str = "UTC", version: str = "0"):
         self.path = Path(path)
+        self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
         self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a finished session survives a power cut
-        self.db.executescript(SCHEMA)
+        before, after = migrations.migrate(self.db)
+        if before != after:
+            log.info("store.migrated", path=str(self.path), from_version=before, to_version=after)
+        self._columns = COLUMNS
+        outbox.create(self.db)
 
     @classmethod
     def open_readonly(cls, path: Path | str) -> Store:
-        """For readers (reports, export) beside a running daemon; never writes."""
+        """For readers (reports, export) beside a running daemon; never writes. A database an
+        older daemon still writes reads with the newer columns empty."""
         self = cls.__new__(cls)
         self.path = Path(path)
-        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        self.signer = None
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                  check_same_thread=False)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
+        self._columns = tuple(c if c in have else f"NULL AS {c}" for c in COLUMNS)
         return self
 
     def close(self) -> None:
         self.db.close()
 
+    def next_session_id(self) -> int:
+        """The id the next session gets; the shell numbers sessions itself, so events can name them."""
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM sessions").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """One transaction, one commit: one fsync of the WAL. Inside the writer's batch (already
+        in a transaction, each write in a savepoint) the batch's commit is that one."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- the writer's operations ------------------------------------------------------------
+
     def start(self, s: LiveSession) -> None:
-        cur = self.db.execute(
-            "INSERT INTO sessions (connector_id, id_tag, card_name, card_group, auth_source, started_at,"
-            " updated_at, meter_start_wh, meter_last_wh) VALUES (?,?,?,?,?,?,?,?,?)",
-            (s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
-             s.started_at, s.meter_start_wh, s.meter_last_wh))
+        """Store a new session. Earlier sessions on the connector get their stop fixed, and a start
+        reading below the previous stop (a reading older than the stop's) starts at that stop."""
+        with self._tx():
+            prev = self.db.execute(
+                "SELECT id, meter_stop_wh FROM sessions WHERE connector_id=? AND stopped_at IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1", (s.connector_id,)).fetchone()
+            if prev and prev[1] is not None and 0 < prev[1] - s.meter_start_wh <= OVERLAP_LIMIT_WH:
+                log.warning("session.start_raised_to_previous_stop", connector=s.connector_id,
+                            previous=prev[0], meter_start_wh=s.meter_start_wh, previous_stop_wh=prev[1])
+                s.meter_start_wh, s.meter_last_wh = prev[1], max(s.meter_last_wh, prev[1])
+            self.db.execute("UPDATE sessions SET stop_final=1 WHERE connector_id=? AND stopped_at IS NOT NULL"
+                            " AND stop_final=0", (s.connector_id,))
+            p = tariffs.Pricing.from_json(s.pricing) if s.pricing else None
+            cur = self.db.execute(
+                "INSERT INTO sessions (id, connector_id, id_tag, card_name, card_group, auth_source, started_at,"
+                " updated_at, meter_start_wh, meter_last_wh, tariff, tariff_name, currency, money_decimals, meter_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (s.row_id, s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
+                 s.started_at, s.meter_start_wh, s.meter_last_wh, s.pricing,
+                 f"{p.tariff}/{p.price.name}" if p else "", p.currency if p else "",
+                 p.decimals if p else 2, s.meter_id))
         s.row_id = cur.lastrowid
 
     def set_meter(self, row_id: int, meter_start_wh: int, meter_last_wh: int) -> None:
@@ -105,26 +151,130 @@ class Store:
         self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=?, energy_wh=MAX(0, ?-?) WHERE id=?",
                         (meter_start_wh, meter_last_wh, meter_last_wh, meter_start_wh, row_id))
 
-    def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str) -> None:
-        self.db.execute(
-            "UPDATE sessions SET meter_last_wh=?, energy_wh=MAX(0, ?-meter_start_wh),"
-            " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
-            (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
+    def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str,
+                   samples: Sequence[MeterSample] = ()) -> None:
+        """A running session's last reading and the samples since the last checkpoint, in one commit."""
+        with self._tx():
+            self._insert_samples(row_id, samples)
+            self.db.execute(
+                "UPDATE sessions SET meter_last_wh=?, energy_wh=MAX(0, ?-meter_start_wh),"
+                " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
+                (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
 
-    def stop(self, row_id: int, meter_stop_wh: int, peak_power_w: float, reason: str, when: str) -> None:
-        self.db.execute(
-            "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
-            " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=? WHERE id=?",
-            (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
+    def finish(self, s: LiveSession) -> None:
+        """A finished session, whole: completes its row, or writes it anew when the start write failed."""
+        assert s.stopped is not None and s.row_id is not None
+        if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
+            self.start(s)
+        reason, when = s.stopped
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when)
+
+    def add_samples(self, row_id: int, samples: Sequence[MeterSample]) -> None:
+        """Samples of a session in one commit (for a caller that batches them apart from checkpoints)."""
+        with self._tx():
+            self._insert_samples(row_id, samples)
+
+    def _insert_samples(self, row_id: int, samples: Iterable[MeterSample]) -> None:
+        self.db.executemany(f"INSERT OR REPLACE INTO samples ({', '.join(SAMPLE_COLUMNS)}) VALUES"
+                            f" ({', '.join('?' * len(SAMPLE_COLUMNS))})", (s.row(row_id) for s in samples))
+
+    def stop(self, row_id: int, meter_stop_wh: int, peak_power_w: float, reason: str, when: str,
+             samples: Sequence[MeterSample] = ()) -> bool:
+        """Finish a session with its totals, cost, revenue and OCMF document: durable on return.
+
+        Called again for a finished session, it raises the stop reading (the first reading after
+        the contactor opened), unless the stop is fixed (the connector's next session started, or
+        finalize()); returns whether it wrote.
+        """
+        with self._tx():
+            self._insert_samples(row_id, samples)
+            row = self.db.execute("SELECT stopped_at, stop_final, meter_stop_wh FROM sessions WHERE id=?",
+                                  (row_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None and (row[1] or meter_stop_wh < (row[2] or 0)):
+                return False
+            self.db.execute(
+                "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
+                " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=? WHERE id=?",
+                (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
+            self._complete(row_id)
+        return True
+
+    def finalize(self, row_id: int) -> None:
+        """Fix a finished session's stop reading: later stop() calls for it change nothing."""
+        self.db.execute("UPDATE sessions SET stop_final=1 WHERE id=? AND stopped_at IS NOT NULL", (row_id,))
+
+    def set_stop_meter(self, row_id: int, meter_stop_wh: int) -> bool:
+        """A finished session's stop reading raised by the first reading after the open, with its
+        totals anew, unless the stop is fixed (the connector's next session started)."""
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE sessions SET meter_last_wh=?, meter_stop_wh=?, energy_wh=MAX(0, ?-meter_start_wh)"
+                " WHERE id=? AND stopped_at IS NOT NULL AND stop_final=0 AND meter_stop_wh < ?",
+                (meter_stop_wh, meter_stop_wh, meter_stop_wh, row_id, meter_stop_wh))
+            if cur.rowcount:
+                self._complete(row_id)
+        return cur.rowcount > 0
 
     def recover(self) -> list[int]:
-        """Close sessions left open by a crash or power cut; returns their ids."""
+        """Close sessions left open by a crash or power cut at their last checkpoint, with totals
+        and a signed document; returns their ids."""
         rows = [r[0] for r in self.db.execute("SELECT id FROM sessions WHERE stopped_at IS NULL")]
-        self.db.execute(
-            "UPDATE sessions SET stopped_at=updated_at, meter_stop_wh=meter_last_wh,"
-            " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss'"
-            " WHERE stopped_at IS NULL")
+        for row_id in rows:
+            with self._tx():
+                self.db.execute(
+                    "UPDATE sessions SET stopped_at=updated_at, meter_stop_wh=meter_last_wh,"
+                    " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss', stop_final=1"
+                    " WHERE id=?", (row_id,))
+                self._complete(row_id)
         return rows
+
+    def set_meter_signed(self, row_id: int, fmt: str, data: str) -> None:
+        """Keep a meter's own signed data for the session exactly as the meter gave it
+        (fmt e.g. "OCMF"); the controller's document is kept beside it, never instead."""
+        self.db.execute("UPDATE sessions SET meter_signed_format=?, meter_signed_data=? WHERE id=?",
+                        (fmt, data, row_id))
+
+    def prune_samples(self, before: str) -> int:
+        """Delete the samples of sessions that stopped before `before` (ISO 8601 UTC); sessions
+        are kept. Returns the number of samples deleted."""
+        with self._tx():
+            cur = self.db.execute("DELETE FROM samples WHERE session_id IN"
+                                  " (SELECT id FROM sessions WHERE stopped_at IS NOT NULL AND stopped_at < ?)",
+                                  (before,))
+        return cur.rowcount
+
+    def _complete(self, row_id: int) -> None:
+        """Totals, money and the OCMF document of a stopped row, inside the caller's transaction."""
+        r = self.session(row_id)
+        pricing = (tariffs.Pricing.from_json(r["tariff"]) if r["tariff"]
+                   else NO_PRICES.pricing("", self.timezone or "UTC"))
+        start, stop = dt.datetime.fromisoformat(r["started_at"]), dt.datetime.fromisoformat(r["stopped_at"])
+        c = tariffs.charge(pricing, start, max(start, stop), r["meter_start_wh"], r["meter_stop_wh"],
+                           (tariffs.Sample(s.at, s.energy_wh, s.power_w) for s in self.samples(row_id)))
+        priced = bool(r["tariff"])
+        values = {"duration_s": c.duration_s, "charging_s": c.charging_s, "idle_s": c.idle_s,
+                  "cost_minor": c.cost if priced else None, "revenue_minor": c.revenue if priced else None}
+        if self.signer is not None:
+            doc_row = {**r, **values, "tariff_text": _tariff_text(pricing) if priced else ""}
+            values["ocmf"] = ocmf.document(doc_row, self.signer, charger_id=self.charger_id, version=self.version,
+                                           timezone=pricing.timezone if priced else self.timezone)
+            values["ocmf_public_key"] = self.signer.public_key_hex
+        sets = ", ".join(f"{k}=?" for k in values)
+        self.db.execute(f"UPDATE sessions SET {sets} WHERE id=?", (*values.values(), row_id))
+
+    # --- readers ----------------------------------------------------------------------------
+
+    def session(self, row_id: int) -> dict | None:
+        row = self.db.execute(f"SELECT {', '.join(self._columns)} FROM sessions WHERE id=?", (row_id,)).fetchone()
+        return None if row is None else dict(zip(COLUMNS, row))
+
+    def samples(self, session_id: int) -> Iterator[MeterSample]:
+        for r in self.db.execute(f"SELECT {', '.join(SAMPLE_COLUMNS[1:])} FROM samples WHERE session_id=?"
+                                 " ORDER BY t_ms", (session_id,)):
+            yield MeterSample(r[0], r[1], r[2], tuple(x for x in r[3:6] if x is not None),
+                              tuple(x for x in r[6:9] if x is not None))
 
     def sessions(self, *, since: str | None = None, until: str | None = None,
                  card: str | None = None) -> Iterator[dict]:
@@ -139,11 +289,24 @@ class Store:
         if card:
             where.append("(id_tag = ? OR card_name = ?)")
             args += [card, card]
-        sql = f"SELECT {', '.join(COLUMNS)} FROM sessions"
+        sql = f"SELECT {', '.join(self._columns)} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         for row in self.db.execute(sql + " ORDER BY started_at, id", args):
             yield dict(zip(COLUMNS, row))
+
+
+Op = Callable[["Store"], None]
+
+
+def _tariff_text(p: tariffs.Pricing) -> str:
+    """OCMF TT: the driver's price in words (at most 250 characters)."""
+    d, cur = p.price, p.currency
+    parts = [f"{d.per_kwh} {cur}/kWh", f"{d.per_hour} {cur}/h", f"{d.per_session} {cur}/session"]
+    if d.idle_per_hour:
+        cap = f", max {d.idle_cap} {cur}" if d.idle_cap is not None else ""
+        parts.append(f"idle {d.idle_per_hour} {cur}/h after {d.idle_grace_s // 60} min{cap}")
+    return f"{p.tariff}/{d.name}: " + ", ".join(parts)
 
 
 class StoreWriter:
@@ -151,21 +314,62 @@ class StoreWriter:
 
     def __init__(self, store: Store):
         self.store = store
-        self._queue: queue.Queue[Callable[[Store], None] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Op, Callable[[], None] | None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="evsed-store", daemon=True)
         self.errors: list[BaseException] = []
         self._thread.start()
 
-    def submit(self, op: Callable[[Store], None]) -> None:
-        self._queue.put(op)
+    def submit(self, op: Op, after_commit: Callable[[], None] | None = None) -> None:
+        """Queue a write; after_commit runs in the writer thread once it is durable."""
+        self._queue.put((op, after_commit))
 
     def _run(self) -> None:
-        while (op := self._queue.get()) is not None:
+        """Everything queued meanwhile goes into one transaction (one fsync), each write in its own
+        savepoint so that one bad write loses only itself."""
+        stop = False
+        while not stop:
+            batch: list[tuple[Op, Callable[[], None] | None]] = []
+            item = self._queue.get()
+            while item is not None:
+                batch.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            stop = item is None
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[tuple[Op, Callable[[], None] | None]]) -> None:
+        db = self.store.db
+        try:
+            db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        done = []
+        for op, after in batch:
+            db.execute("SAVEPOINT op")
             try:
                 op(self.store)
             except Exception as exc:  # noqa: BLE001 - the writer must outlive one bad write
-                self.errors.append(exc)
-                log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
+                db.execute("ROLLBACK TO op")
+                self._failed(exc)
+            else:
+                done.append(after)
+            db.execute("RELEASE op")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            db.execute("ROLLBACK") if db.in_transaction else None
+            return
+        for after in done:
+            if after is not None:
+                after()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Finish every queued write, then stop."""
@@ -180,12 +384,15 @@ class InlineWriter:
         self.store = store
         self.errors: list[BaseException] = []
 
-    def submit(self, op: Callable[[Store], None]) -> None:
+    def submit(self, op: Op, after_commit: Callable[[], None] | None = None) -> None:
         try:
             op(self.store)
         except Exception as exc:  # noqa: BLE001 - as the threaded writer: logged, survived
             self.errors.append(exc)
             log.error("store.write_failed", error=repr(exc), path=str(self.store.path))
+            return
+        if after_commit is not None:
+            after_commit()
 
     def close(self, timeout_s: float = 0.0) -> None:
         pass

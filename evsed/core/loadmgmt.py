@@ -1,0 +1,361 @@
+"""Dynamic load management and solar surplus: how much of the site each connector may use.
+
+step() shares the room a site (grid) meter leaves under the main breaker between the
+connectors; solar_step() turns export into an offer. Pure: monotonic seconds, no I/O.
+
+The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 on the rest):
+  - room = breaker - (site current - our EVs' measured current) - headroom, at each reading;
+    the EVs' offers together never get more than the room (their budget).
+  - An overload is answered at the reading that shows it: offers drop at once. A raise waits
+    raise_interval_s after the last raise and must be worth raise_step_a (damping).
+  - A connector whose share falls under 6 A pauses (offer 0) for min_pause_s, and resumes
+    when its share reaches 6 A plus resume_margin_a.
+  - No raise or start spends room an EV may still be using: a lowered EV may draw its old
+    offer for grace_s (IEC 61851-1 gives it 5 s; stop_grace_s when paused), so a new session
+    waits for the others' grace to end ("waiting for ... to lower", until) and only then
+    starts: never over the budget, even briefly.
+  - The site meter silent for meter_timeout_s: the budget becomes fallback_a per phase for
+    all EVs together, so the EVs are at it at most meter_timeout_s + grace_s after the
+    last reading. Status says so.
+  - Sharing: "equal" (max-min fair over the phases each EV uses; if that leaves someone
+    under 6 A, the lowest-ranked of those pauses) or "priority" (by rank, each takes what it
+    can). Rank: priority, then already charging, then connector id.
+So the EVs never draw more than the budget in force at some moment of the last grace, and
+the site exceeds the breaker only when other loads rose by more than the headroom since a
+reading: for at most one meter period plus the grace (with the meter silent, until the
+fallback plus the grace), unless the other loads alone exceed it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from evsed.core.pilot import MIN_CURRENT_A
+
+PHASES = 3
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """The site as load management sees it. Currents in A per phase, times in seconds."""
+
+    breaker_a: tuple[float, float, float] = (25.0, 25.0, 25.0)  # main fuse; 0: no such phase
+    headroom_a: float = 1.0
+    fallback_a: float = 6.0  # all EVs together, per phase, while the site meter is silent
+    meter_timeout_s: float = 10.0
+    grace_s: float = 5.0  # an EV's time to follow a lower offer (the core's current grace)
+    stop_grace_s: float = 6.0  # ... and to stop for a pause (the core's stop grace)
+    raise_interval_s: float = 30.0
+    raise_step_a: float = 1.0
+    min_pause_s: float = 120.0  # peers use 60-300 s
+    resume_margin_a: float = 1.0
+    share: str = "equal"  # or "priority"
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """One connector's wish. max_a: its chain limit without the site (under 6 A: it wants
+    nothing). phases: those its EV draws on, all the connector's until measured."""
+
+    connector: str
+    max_a: float
+    phases: tuple[int, ...] = (0, 1, 2)
+    measured_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What step() remembers of one connector."""
+
+    offer_a: float = 0.0
+    phases: tuple[int, ...] = (0, 1, 2)
+    committed_a: float = 0.0  # the EV may still draw this much (a lowered offer) ...
+    committed_until: float = -math.inf  # ... until then
+    raised_at: float = -math.inf
+    paused_until: float = -math.inf
+    paused: bool = False  # by load management, not resumed since: resuming needs the margin
+
+
+@dataclass(frozen=True, slots=True)
+class DlmState:
+    shares: dict = field(default_factory=dict)  # connector -> Share; replaced, never mutated
+    room_a: tuple[float, ...] | None = None  # for our EVs, from the last reading
+    reading_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A connector's site limit (0 or >= 6 A per phase), why, and when it may change by
+    itself (None: only with a reading or a demand)."""
+
+    connector: str
+    current_a: float
+    reason: str
+    until: float | None = None
+
+
+def room_a(cfg: SiteConfig, site_current_a: Sequence[float],
+           own_current_a: Sequence[float]) -> tuple[float, ...]:
+    """Per phase, A: breaker - (site - our EVs) - headroom; the room for all our EVs."""
+    return tuple(cfg.breaker_a[p] - (site_current_a[p] - own_current_a[p]) - cfg.headroom_a
+                 for p in range(PHASES))
+
+
+def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand],
+         site_current_a: Sequence[float] | None = None) -> tuple[DlmState, tuple[Offer, ...]]:
+    """One decision at `now` (monotonic s): with a site reading (A per phase, import
+    positive; the demands' measured_a taken with it), or without one (a demand changed,
+    a deadline came). Returns the new state and an Offer per demand."""
+    if site_current_a is not None:
+        own = [sum(d.measured_a[p] for d in demands) for p in range(PHASES)]
+        state = replace(state, room_a=room_a(cfg, site_current_a, own), reading_at=now)
+    budget, silent = _budget(cfg, state, now)
+    shares = dict(state.shares)
+    for d in demands:
+        shares[d.connector] = replace(shares.get(d.connector, Share()), phases=d.phases)
+    wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A]
+    for name, sh in shares.items():  # gone or wanting nothing: offer 0, keep what is committed
+        if name not in {d.connector for d in wanting} and sh.offer_a > 0:
+            shares[name] = _lowered(cfg, sh, 0.0, now)
+    ranked = sorted(wanting, key=lambda d: (-d.priority, shares[d.connector].offer_a == 0,
+                                            d.connector))
+    sharing = [d for d in ranked if now >= shares[d.connector].paused_until]
+    targets = _targets(cfg, budget, sharing)
+    reasons: dict[str, tuple[str, float | None]] = {
+        d.connector: ("not asking for current", None) for d in demands if d not in wanting}
+    for d in ranked:  # every lowering first, so raises see the room they leave
+        sh, t = shares[d.connector], targets.get(d.connector, 0.0)
+        if now < sh.paused_until:
+            reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+        elif t < MIN_CURRENT_A:
+            if sh.offer_a > 0:
+                sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
+                             paused=True)
+                reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+            else:
+                reasons[d.connector] = (f"waiting for room: {max(t, 0.0):.1f} A of 6 A", None)
+        elif t < sh.offer_a:
+            sh = _lowered(cfg, sh, t, now)
+        shares[d.connector] = sh
+    for d in ranked:
+        if d.connector not in reasons:
+            shares[d.connector], reasons[d.connector] = _raise(
+                cfg, shares, d, targets[d.connector], budget, now)
+    offers = tuple(_offer(d.connector, shares[d.connector].offer_a, reasons.get(d.connector),
+                          silent) for d in demands)
+    return replace(state, shares=shares), offers
+
+
+def next_deadline(cfg: SiteConfig, state: DlmState, now: float) -> float | None:
+    """The next time (monotonic s) step() should run without a reading or a new demand."""
+    times = [sh.paused_until for sh in state.shares.values()]
+    times += [sh.committed_until for sh in state.shares.values()]
+    times += [sh.raised_at + cfg.raise_interval_s for sh in state.shares.values()]
+    if state.reading_at is not None:
+        times.append(state.reading_at + cfg.meter_timeout_s)
+    future = [t for t in times if t > now]
+    return min(future) if future else None
+
+
+def phases_in_use(measured_a: Sequence[float], threshold_a: float = 1.0) -> tuple[int, ...]:
+    """The phases an EV draws on (more than threshold_a), all three when none does."""
+    used = tuple(p for p in range(PHASES) if measured_a[p] > threshold_a)
+    return used or tuple(range(PHASES))
+
+
+def _budget(cfg: SiteConfig, state: DlmState, now: float) -> tuple[list[float], float | None]:
+    """The room our EVs may use per phase, and since when the meter is silent (None: not)."""
+    if state.room_a is None or state.reading_at is None \
+            or now - state.reading_at >= cfg.meter_timeout_s:
+        since = state.reading_at if state.reading_at is not None else -math.inf
+        return [min(cfg.fallback_a, max(0.0, b - cfg.headroom_a)) for b in cfg.breaker_a], since
+    return [max(0.0, r) for r in state.room_a], None
+
+
+def _targets(cfg: SiteConfig, budget: list[float], ranked: list[Demand]) -> dict[str, float]:
+    """Each sharing connector's target (A, floored to 0.1), before the time rules."""
+    if cfg.share == "priority":
+        left, out = list(budget), {}
+        for d in ranked:
+            a = min(d.max_a, *(left[p] for p in d.phases))
+            out[d.connector] = a if a >= MIN_CURRENT_A else 0.0
+            for p in d.phases:
+                left[p] -= out[d.connector]
+        return {k: _floor(v) for k, v in out.items()}
+    ranked = list(ranked)
+    while True:
+        out = _fill(budget, ranked)
+        short = [d for d in ranked if _floor(out[d.connector]) < MIN_CURRENT_A]
+        if not short:
+            return {k: _floor(v) for k, v in out.items()}
+        ranked.remove(short[-1])  # the lowest-ranked of those under 6 A gives way
+
+
+def _fill(budget: list[float], demands: list[Demand]) -> dict[str, float]:
+    """Max-min fair water-filling: raise everyone alike until a phase or their max stops them."""
+    out = {d.connector: 0.0 for d in demands}
+    left, rising = list(budget), list(demands)
+    while rising:
+        users = [sum(1 for d in rising if p in d.phases) for p in range(PHASES)]
+        inc = min([d.max_a - out[d.connector] for d in rising]
+                  + [left[p] / users[p] for p in range(PHASES) if users[p]])
+        inc = max(0.0, inc)
+        for d in rising:
+            out[d.connector] += inc
+            for p in d.phases:
+                left[p] -= inc
+        rising = [d for d in rising if out[d.connector] < d.max_a - _EPS
+                  and all(left[p] > _EPS for p in d.phases)]
+    return out
+
+
+def _lowered(cfg: SiteConfig, sh: Share, new_a: float, now: float) -> Share:
+    """sh lowered to new_a now: its EV may draw the old offer for the grace (stop_grace_s
+    when stopping it) more."""
+    held = sh.committed_a if now < sh.committed_until else 0.0
+    grace = cfg.stop_grace_s if new_a == 0 else cfg.grace_s
+    return replace(sh, offer_a=new_a, committed_a=max(held, sh.offer_a),
+                   committed_until=max(sh.committed_until, now + grace))
+
+
+def _raise(cfg, shares: dict, d: Demand, target: float, budget: list[float], now: float):
+    """The time rules for a start or a raise: (the connector's Share, (reason, until))."""
+    sh = shares[d.connector]
+    if target <= sh.offer_a:
+        return sh, ("", None)
+    starting = sh.offer_a == 0
+    if sh.paused and target < min(d.max_a, MIN_CURRENT_A + cfg.resume_margin_a):
+        return sh, (f"waiting for room: {target:.1f} A of "
+                    f"{MIN_CURRENT_A + cfg.resume_margin_a:g} A to resume", None)
+    if not starting:
+        if now < sh.raised_at + cfg.raise_interval_s:
+            return sh, ("raise held", sh.raised_at + cfg.raise_interval_s)
+        if target - sh.offer_a < cfg.raise_step_a and target < d.max_a:
+            return sh, ("", None)
+    fits, busy = True, []
+    for p in d.phases:  # what the others may be drawing on my phases, lowered or not
+        others = [(n, o) for n, o in shares.items() if n != d.connector and p in o.phases]
+        if sum(_drawable(o, now) for _, o in others) + target > budget[p] + _EPS:
+            fits = False
+            busy += [(n, o.committed_until) for n, o in others if now < o.committed_until]
+    if fits:
+        return replace(sh, offer_a=target, raised_at=now, paused=False), ("", None)
+    if busy:
+        names = ", ".join(sorted({n for n, _ in busy}))
+        return sh, (f"waiting for {names} to lower", max(t for _, t in busy))
+    return sh, ("waiting for room", None)
+
+
+def _drawable(sh: Share, now: float) -> float:
+    return max(sh.offer_a, sh.committed_a if now < sh.committed_until else 0.0)
+
+
+def _offer(name: str, current_a: float, why: tuple[str, float | None] | None,
+           silent: float | None) -> Offer:
+    reason, until = why if why is not None else ("", None)
+    reason = reason or f"site share {current_a:.1f} A"
+    if silent is not None:
+        reason = f"site meter silent: fallback budget; {reason}"
+    return Offer(name, current_a, reason, until)
+
+
+def _floor(current_a: float) -> float:
+    return math.floor(current_a * 10 + 1e-6) / 10
+
+
+# --- solar surplus ---------------------------------------------------------------------
+
+class Mode(str, enum.Enum):
+    FAST = "fast"  # ignore the surplus: the chain's limit
+    SOLAR = "solar"  # export only (plus grid_allowance_a)
+    MIN_SOLAR = "min+solar"  # 6 A always, more when the surplus allows
+
+
+@dataclass(frozen=True, slots=True)
+class SolarConfig:
+    voltage_v: float = 230.0
+    start_delay_s: float = 60.0  # the surplus must cover 6 A this long to start
+    stop_delay_s: float = 300.0  # short this long (at 6 A meanwhile) to stop
+    grid_allowance_a: float = 0.0  # "solar" may also import this much per phase
+
+
+@dataclass(frozen=True, slots=True)
+class SolarState:
+    charging: bool = False
+    covered_since: float | None = None
+    short_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SolarOffer:
+    """The solar limit in A per phase (None: none, fast mode; 0: not now), why, and when
+    it changes by itself (the shell may re-run solar_step then)."""
+
+    current_a: float | None
+    reason: str
+    until: float | None = None
+
+
+def surplus_a(cfg: SolarConfig, grid_power_w: float, own_power_w: float, phases: int) -> float:
+    """The current per phase the EV could draw from export alone: what it draws now plus
+    what goes to the grid (grid_power_w: import positive, export negative)."""
+    return (own_power_w - grid_power_w) / (cfg.voltage_v * phases)
+
+
+def solar_step(cfg: SolarConfig, state: SolarState, now: float, mode: Mode,
+               grid_power_w: float, own_power_w: float,
+               phases: int) -> tuple[SolarState, SolarOffer]:
+    """One reading of the site meter (total W) and of this connector (W) at `now` (s)."""
+    if mode is Mode.FAST:
+        return SolarState(), SolarOffer(None, "fast mode")
+    surplus = surplus_a(cfg, grid_power_w, own_power_w, phases)
+    if mode is Mode.MIN_SOLAR:
+        return SolarState(), SolarOffer(max(MIN_CURRENT_A, _floor(surplus)),
+                                        f"min+solar: surplus {surplus:.1f} A")
+    avail = surplus + cfg.grid_allowance_a
+    if avail >= MIN_CURRENT_A:
+        if not state.charging:
+            since = state.covered_since if state.covered_since is not None else now
+            if now < since + cfg.start_delay_s:
+                return (SolarState(False, since), SolarOffer(
+                    0.0, f"surplus {avail:.1f} A: starting", since + cfg.start_delay_s))
+        return SolarState(True), SolarOffer(_floor(avail), f"following surplus {avail:.1f} A")
+    if not state.charging:
+        return SolarState(), SolarOffer(0.0, f"waiting for surplus: {avail:.1f} A of 6 A")
+    since = state.short_since if state.short_since is not None else now
+    if now < since + cfg.stop_delay_s:
+        return (SolarState(True, None, since), SolarOffer(
+            MIN_CURRENT_A, f"surplus short ({avail:.1f} A): 6 A meanwhile",
+            since + cfg.stop_delay_s))
+    return SolarState(), SolarOffer(0.0, f"surplus short for {cfg.stop_delay_s:g} s: stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class SurplusShare:
+    """Energy in Wh: what the EV took, how much of it was surplus, and the most surplus
+    it could have taken (min..max power, same total); the two shares of ev_energy_wh."""
+
+    ev_energy_wh: int
+    from_surplus_wh: int
+    ideal_from_surplus_wh: int
+    share: float
+    ideal_share: float
+
+
+def surplus_share(interval_s: float, pv_w: Sequence[float], house_w: Sequence[float],
+                  ev_w: Sequence[float], ev_min_w: float, ev_max_w: float) -> SurplusShare:
+    """For a bench: equal-length power profiles (W, one value per interval_s) of PV
+    production, house load and EV charging; surplus = PV beyond the house load."""
+    surplus = [max(0.0, pv - house) for pv, house in zip(pv_w, house_w, strict=True)]
+    ev_j = sum(ev_w) * interval_s
+    used_j = sum(min(ev, s) for ev, s in zip(ev_w, surplus, strict=True)) * interval_s
+    ideal_j = min(ev_j, sum(min(s, ev_max_w) for s in surplus if s >= ev_min_w) * interval_s)
+    share = used_j / ev_j if ev_j > 0 else 0.0
+    ideal = ideal_j / ev_j if ev_j > 0 else 0.0
+    return SurplusShare(round(ev_j / 3600), round(used_j / 3600), round(ideal_j / 3600),
+                        share, ideal)

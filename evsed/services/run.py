@@ -1,0 +1,61 @@
+"""`evsed service NAME`: one service process, connected to the running daemon.
+
+Each service module has `async def serve(config, link) -> None`, imported only when its
+section is configured, so a charger without OCPP never loads the ocpp package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from typing import Any
+
+import structlog
+
+from evsed.config import Config
+from evsed.services.link import Link, LinkError
+
+log = structlog.get_logger("evsed")
+MODULES = {"ocpp": "evsed.uplink.service", "mqtt": "evsed.mqtt.service", "web": "evsed.web.service"}
+
+
+class ServiceError(Exception):
+    pass
+
+
+async def connect(config: Config, name: str, wait_s: float = 30.0) -> Link:
+    """Connect to the daemon, waiting for it while it starts (a service may come up first)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.1
+    while True:
+        try:
+            return await Link.connect(config.store.runtime_dir, name)
+        except LinkError as exc:
+            if loop.time() > deadline:
+                raise ServiceError(f"service {name}: {exc}") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def run(config: Config, name: str) -> int:
+    if name not in MODULES:
+        raise ServiceError(f"unknown service {name!r}; one of {', '.join(MODULES)}")
+    if name not in config.sections:
+        raise ServiceError(f"service {name}: no [{name}] section in {config.path}")
+    module: Any = importlib.import_module(MODULES[name])
+    link = await connect(config, name)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("service.running", service=name, charger=link.hello.get("charger"))
+    try:
+        await module.serve(config, link)
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        await link.close()
+    return 0

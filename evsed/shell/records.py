@@ -1,0 +1,69 @@
+"""The store subscriber: session rows and the event outbox, written off the event loop.
+
+A session row is written at start, checkpointed about once a minute from its samples (SD
+cards wear), and completed at stop; every durable event goes to the outbox, and once it is
+committed its sequence number is handed to `stored` (the control socket's stream).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from evsed.shell.bus import ChargerEvent, utc_iso_ms
+from evsed.store import outbox
+from evsed.store.sessions import InlineWriter, LiveSession, Store, StoreWriter, utc_iso
+
+
+class Recorder:
+    def __init__(self, writer: StoreWriter | InlineWriter, *, clock: Callable[[], float], checkpoint_s: float,
+                 stored: Callable[[dict[str, Any]], None] = lambda event: None):
+        self.writer, self.clock, self.checkpoint_s, self.stored = writer, clock, checkpoint_s, stored
+        self._checkpointed_at: dict[int, float] = {}  # session id -> when its last checkpoint was queued
+
+    def __call__(self, e: ChargerEvent) -> None:
+        handler = getattr(self, "_" + e.type.replace(".", "_"), None)
+        if handler is not None:
+            handler(e)
+        if e.durable:
+            self._append(e)
+
+    def _append(self, e: ChargerEvent) -> None:
+        at, seq = utc_iso_ms(e.at), [0]
+
+        def write(st: Store) -> None:
+            seq[0] = outbox.append(st.db, at, e.type, e.connector, e.data)
+        self.writer.submit(write, lambda: self.stored(e.wire(seq[0])))
+
+    def _session_started(self, e: ChargerEvent) -> None:
+        connector, d = e.connector, e.data
+        s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
+                        d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"])
+        self._checkpointed_at[d["session"]] = self.clock()
+        self.writer.submit(lambda st: st.start(s))
+
+    def _session_meter_start(self, e: ChargerEvent) -> None:
+        connector, d = e.connector, e.data
+        start, last = d["meter_start_wh"], d.get("meter_last_wh", d["meter_start_wh"])
+        self.writer.submit(lambda st: st.set_meter(d["session"], start, last))
+
+    def _session_sample(self, e: ChargerEvent) -> None:
+        connector, d = e.connector, e.data
+        now = self.clock()
+        if now - self._checkpointed_at.get(d["session"], -float("inf")) < self.checkpoint_s:
+            return
+        self._checkpointed_at[d["session"]] = now
+        row = (d["session"], d["meter_last_wh"], d["peak_power_w"], utc_iso(e.at))
+        self.writer.submit(lambda st: st.checkpoint(*row))
+
+    def _session_stopped(self, e: ChargerEvent) -> None:
+        connector, d = e.connector, e.data
+        self._checkpointed_at.pop(d["session"], None)
+        s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
+                        d["meter_start_wh"], d["meter_stop_wh"], peak_power_w=d["peak_power_w"],
+                        row_id=d["session"], stopped=(d["reason"], d["stopped_at"]))
+        self.writer.submit(lambda st: st.finish(s))
+
+    def _session_final_reading(self, e: ChargerEvent) -> None:
+        connector, d = e.connector, e.data
+        """The first reading after the open completes a finished session's energy: rewrite its stop."""
+        self.writer.submit(lambda st: st.set_stop_meter(d["session"], d["meter_stop_wh"]))

@@ -1,0 +1,106 @@
+"""Versioned schema of the session database: PRAGMA user_version and the steps between versions.
+
+Version 0 is the schema evsed 0.1.0 wrote (it never set user_version). A new database is
+made the same way an old one upgrades: version 0, then every step, so the upgrade path runs
+in every test. Each step is one transaction: a power cut leaves the old version or the new.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+V0 = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    connector_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL,
+    card_name TEXT NOT NULL DEFAULT '',
+    card_group TEXT NOT NULL DEFAULT '',
+    auth_source TEXT NOT NULL DEFAULT '',
+    started_at TEXT NOT NULL,          -- ISO 8601 UTC
+    stopped_at TEXT,                   -- NULL while running
+    updated_at TEXT NOT NULL,          -- last checkpoint
+    meter_start_wh INTEGER NOT NULL,
+    meter_last_wh INTEGER NOT NULL,
+    meter_stop_wh INTEGER,
+    energy_wh INTEGER NOT NULL DEFAULT 0,
+    peak_power_w REAL NOT NULL DEFAULT 0,
+    stop_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_at);
+"""
+
+# 1: totals, the tariff used, money, signed meter data, a final stop, and meter samples.
+V1 = """
+ALTER TABLE sessions ADD COLUMN duration_s INTEGER;            -- stop - start, real seconds
+ALTER TABLE sessions ADD COLUMN charging_s INTEGER;            -- time the EV drew energy
+ALTER TABLE sessions ADD COLUMN idle_s INTEGER;                -- from the last draw to the stop
+ALTER TABLE sessions ADD COLUMN stop_final INTEGER NOT NULL DEFAULT 0;  -- 1: the stop reading is fixed
+ALTER TABLE sessions ADD COLUMN tariff TEXT NOT NULL DEFAULT '';        -- Pricing JSON, as at the start
+ALTER TABLE sessions ADD COLUMN tariff_name TEXT NOT NULL DEFAULT '';   -- "tariff/driver price", for reports
+ALTER TABLE sessions ADD COLUMN currency TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN money_decimals INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE sessions ADD COLUMN cost_minor INTEGER;            -- host's energy cost, minor units
+ALTER TABLE sessions ADD COLUMN revenue_minor INTEGER;         -- driver's price, minor units
+ALTER TABLE sessions ADD COLUMN meter_id TEXT NOT NULL DEFAULT '';      -- meter serial, when known
+ALTER TABLE sessions ADD COLUMN meter_signed_format TEXT;      -- a meter's own signed data (e.g. OCMF),
+ALTER TABLE sessions ADD COLUMN meter_signed_data TEXT;        --   kept exactly as the meter gave it
+ALTER TABLE sessions ADD COLUMN ocmf TEXT;                     -- the controller-signed OCMF document
+ALTER TABLE sessions ADD COLUMN ocmf_public_key TEXT;          -- hex DER of the key that signed it
+UPDATE sessions SET stop_final = 1,
+    duration_s = CAST(strftime('%s', stopped_at) AS INTEGER) - CAST(strftime('%s', started_at) AS INTEGER)
+    WHERE stopped_at IS NOT NULL;
+CREATE INDEX sessions_connector ON sessions(connector_id, id);
+CREATE TABLE samples (
+    session_id INTEGER NOT NULL,
+    t_ms INTEGER NOT NULL,             -- Unix time, ms
+    energy_wh INTEGER NOT NULL,        -- import register
+    power_w INTEGER,
+    l1_a REAL, l2_a REAL, l3_a REAL,   -- per phase, where the meter gives them
+    l1_v REAL, l2_v REAL, l3_v REAL,
+    PRIMARY KEY (session_id, t_ms)
+) WITHOUT ROWID;
+"""
+
+STEPS = (V1,)
+VERSION = len(STEPS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer evsed; this one must not touch it."""
+
+
+def version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the database to VERSION in place; returns (from, to). The connection must be in
+    autocommit mode (isolation_level=None)."""
+    found = version(db)
+    if found > VERSION:
+        raise SchemaTooNew(f"session database schema version {found} is newer than this evsed's ({VERSION})")
+    if found == 0:
+        db.executescript(V0)
+    for n in range(found, VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(STEPS[n]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {n + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return found, VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """A step's statements (sqlite3 runs one per execute; executescript would commit)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return out

@@ -1,0 +1,153 @@
+"""Reports (totals by card, group or local day) and the raw-data export, read from the store.
+
+Totals are summed by SQLite over the start-time index; the export streams row by row from a
+cursor, so memory stays flat however many sessions there are. Money stays integer minor
+units until it is printed in major units with its currency's decimals.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from typing import IO, Iterable, Iterator
+
+from evsed.core.tariff import format_money
+from evsed.store.sessions import Store
+
+BY = ("card", "group", "day")
+REPORT_FIELDS = ("key", "name", "currency", "sessions", "energy_kwh", "hours", "charging_hours", "cost",
+                 "revenue", "margin")
+
+
+def report(store: Store, since: str, until: str, by: str | None, tz: dt.tzinfo) -> list[dict]:
+    """Finished sessions started in [since, until) (ISO UTC), summed per `by` (None: one total)
+    and per currency. Values in display units: kWh, hours, money in major units as text."""
+    if by not in (None, *BY):
+        raise ValueError(f"by: expected one of {', '.join(BY)}, got {by!r}")
+    sums = ("COUNT(*), SUM(s.energy_wh), SUM(COALESCE(s.duration_s, 0)), SUM(COALESCE(s.charging_s, 0)),"
+            " SUM(s.cost_minor), SUM(s.revenue_minor), MAX(s.money_decimals)")
+    where = "s.stopped_at IS NOT NULL AND s.started_at >= ? AND s.started_at < ?"
+    args: list = [since, until]
+    if by == "day":
+        days = _local_days(since, until, tz)
+        values = ", ".join("(?, ?, ?)" for _ in days)
+        sql = (f"WITH d(day, lo, hi) AS (VALUES {values}) SELECT d.day, '', s.currency, {sums}"
+               f" FROM d JOIN sessions s ON s.started_at >= d.lo AND s.started_at < d.hi WHERE {where}"
+               " GROUP BY d.day, s.currency ORDER BY d.day, s.currency")
+        args = [x for day in days for x in day] + args
+    else:
+        key = {"card": "s.id_tag, MAX(s.card_name)", "group": "s.card_group, ''", None: "'total', ''"}[by]
+        group = {"card": "s.id_tag, ", "group": "s.card_group, ", None: ""}[by]
+        sql = (f"SELECT {key}, s.currency, {sums} FROM sessions s WHERE {where}"
+               f" GROUP BY {group}s.currency ORDER BY 1, 3")
+    out = []
+    for k, name, cur, n, wh, dur, chg, cost, rev, dec in store.db.execute(sql, args):
+        margin = None if cost is None or rev is None else rev - cost
+        out.append({"key": k, "name": name, "currency": cur, "sessions": n, "energy_kwh": _kwh(wh or 0),
+                     "hours": _hours(dur), "charging_hours": _hours(chg),
+                     **{f: "" if v is None else format_money(v, dec)
+                        for f, v in (("cost", cost), ("revenue", rev), ("margin", margin))}})
+    return out
+
+
+def _local_days(since: str, until: str, tz: dt.tzinfo) -> list[tuple[str, str, str]]:
+    """(local date, its start, the next day's start as ISO UTC) for each local day in the range."""
+    day = dt.datetime.fromisoformat(since).astimezone(tz).date()
+    end = dt.datetime.fromisoformat(until)
+    out = []
+    while True:
+        lo = dt.datetime.combine(day, dt.time(), tz).astimezone(dt.timezone.utc)
+        if lo >= end:
+            return out
+        nxt = day + dt.timedelta(days=1)
+        hi = dt.datetime.combine(nxt, dt.time(), tz).astimezone(dt.timezone.utc)
+        out.append((day.isoformat(), lo.isoformat(timespec="seconds"), hi.isoformat(timespec="seconds")))
+        day = nxt
+
+
+def _kwh(wh: int) -> str:
+    return f"{wh // 1000}.{wh % 1000:03d}"
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds / 3600:.2f}"
+
+
+# --- export --------------------------------------------------------------------------------------
+
+SESSION_EXPORT = ("id", "connector", "card_uid", "card_name", "group", "start", "stop", "duration_s", "charging_s",
+                  "idle_s", "meter_start_wh", "meter_stop_wh", "energy_wh", "energy_kwh", "peak_power_w",
+                  "stop_reason", "tariff", "currency", "cost", "revenue", "margin")
+SAMPLE_EXPORT = ("session_id", "time", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
+
+
+def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
+    """Finished and running sessions started in [since, until), oldest first, one at a time, as
+    tuples in SESSION_EXPORT order."""
+    sql = ("SELECT id, connector_id, id_tag, card_name, card_group, started_at, stopped_at, duration_s, charging_s,"
+           " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason, tariff_name, currency,"
+           " cost_minor, revenue_minor, money_decimals"
+           " FROM sessions WHERE started_at >= ? AND started_at < ? ORDER BY started_at, id")
+    local = _LocalTime(tz)
+    for (i, conn, tag, name, group, start, stop, dur, chg, idle, m0, m1, wh, peak, reason, tariff, cur,
+         cost, rev, dec) in store.db.execute(sql, (since or "", until or "9999")):
+        margin = None if cost is None or rev is None else rev - cost
+        yield (i, conn, tag, name, group, local(start), local(stop), dur, chg, idle, m0, m1, wh,
+               f"{wh // 1000}.{wh % 1000:03d}", round(peak), reason or "", tariff, cur,
+               _money(cost, dec), _money(rev, dec), _money(margin, dec))
+
+
+def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
+    """Meter samples of the sessions started in [since, until), by session, then time, as tuples
+    in SAMPLE_EXPORT order."""
+    sql = ("SELECT m.session_id, m.t_ms, m.energy_wh, m.power_w, m.l1_a, m.l2_a, m.l3_a, m.l1_v, m.l2_v, m.l3_v"
+           " FROM sessions s JOIN samples m ON m.session_id = s.id"
+           " WHERE s.started_at >= ? AND s.started_at < ? ORDER BY s.started_at, s.id, m.t_ms")
+    for r in store.db.execute(sql, (since or "", until or "9999")):
+        yield (r[0], dt.datetime.fromtimestamp(r[1] / 1000, tz).isoformat(timespec="milliseconds"), *r[2:])
+
+
+class _LocalTime:
+    """Stored ISO 8601 UTC text as local time with its offset; the offset is looked up once per
+    UTC hour; an hour with an offset change in it (or text of another form) takes the slow way."""
+
+    def __init__(self, tz: dt.tzinfo):
+        self.tz, self._hours = tz, {}
+
+    def __call__(self, iso: str | None) -> str:
+        if not iso:
+            return ""
+        hour = iso[:13]
+        found = self._hours.get(hour)
+        if found is None:
+            if len(self._hours) > 64:  # rows come in time order: old hours are not asked again
+                self._hours.clear()
+            utc = dt.datetime.fromisoformat(hour + ":00:00+00:00")
+            a, b = utc.astimezone(self.tz).utcoffset(), (utc + dt.timedelta(minutes=59)).astimezone(self.tz).utcoffset()
+            found = self._hours[hour] = (a, dt.datetime(2000, 1, 1, tzinfo=dt.timezone(a)).isoformat()[19:]) \
+                if a == b else False
+        if found is False or len(iso) != 25 or not iso.endswith("+00:00"):  # an offset change, or not ours
+            return dt.datetime.fromisoformat(iso).astimezone(self.tz).isoformat(timespec="seconds")
+        return (dt.datetime.fromisoformat(iso[:19]) + found[0]).isoformat(timespec="seconds") + found[1]
+
+
+def _money(minor: int | None, decimals: int) -> str:
+    return "" if minor is None else format_money(minor, decimals)
+
+
+def write(rows: Iterable[tuple], fields: tuple[str, ...], fmt: str, out: IO[str]) -> int:
+    """Stream rows as CSV (a header, RFC 4180 CRLF lines, empty cells for none) or as a JSON array
+    with one object per line; returns the number of rows."""
+    n = 0
+    if fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(fields)
+        for n, row in enumerate(rows, 1):
+            w.writerow(row)  # None is written as an empty cell
+        return n
+    out.write("[")
+    for n, row in enumerate(rows, 1):
+        out.write(("\n" if n == 1 else ",\n") + json.dumps(dict(zip(fields, row)), separators=(",", ":")))
+    out.write("\n]\n")
+    return n

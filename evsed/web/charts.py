@@ -1,0 +1,59 @@
+"""Server-side SVG bar charts for the usage section: no script, no library, a few KB each.
+
+Colours come from the page's stylesheet through classes, so the charts follow its theme.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Sequence
+
+WIDTH, HEIGHT = 640, 200
+PAD_LEFT, PAD_BOTTOM, PAD_TOP = 44, 22, 10
+
+
+def _nice_max(value: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above value: a readable axis top."""
+    if value <= 0:
+        return 1.0
+    candidates = [m * 10**e for e in range(-2, 9) for m in (1, 2, 2.5, 5) if m * 10**e >= value]
+    return min(candidates)
+
+
+def bar_chart(values: Sequence[float], labels: Sequence[str], *, title: str, unit: str,
+              label_every: int = 1) -> str:
+    """Bars for values (one per label), a y axis in unit, every label_every-th label shown."""
+    top = _nice_max(max(values, default=0))
+    plot_w, plot_h = WIDTH - PAD_LEFT - 4, HEIGHT - PAD_BOTTOM - PAD_TOP
+    slot = plot_w / max(1, len(values))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+           f'aria-label="{escape(title)}" class="chart">', f"<title>{escape(title)}</title>",
+           "<style>.g{stroke:#8884;stroke-width:1}.b{fill:#2a9d8f}.t{font:11px sans-serif;fill:#888}</style>"]
+    for frac in (0, 0.5, 1):
+        y = PAD_TOP + plot_h * (1 - frac)
+        out.append(f'<line class="g" x1="{PAD_LEFT}" x2="{WIDTH - 4}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<text class="t" x="{PAD_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">'
+                   f"{top * frac:g}{escape(unit) if frac == 1 else ''}</text>")
+    for i, (value, label) in enumerate(zip(values, labels)):
+        h = plot_h * max(0.0, value) / top
+        x = PAD_LEFT + i * slot
+        if h > 0:
+            out.append(f'<rect class="b" x="{x + slot * 0.15:.1f}" y="{PAD_TOP + plot_h - h:.1f}" '
+                       f'width="{slot * 0.7:.1f}" height="{h:.1f}"><title>{escape(label)}: {value:g} '
+                       f"{escape(unit)}</title></rect>")
+        if i % label_every == 0:
+            out.append(f'<text class="t" x="{x + slot / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+                       f"{escape(label)}</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def energy_by_day(energy_wh_by_day: Sequence[int], month: str) -> str:
+    kwh = [round(wh / 1000, 1) for wh in energy_wh_by_day]
+    return bar_chart(kwh, [str(d + 1) for d in range(len(kwh))], title=f"Energy per day, {month}",
+                     unit=" kWh", label_every=5 if len(kwh) > 20 else 1)
+
+
+def sessions_by_hour(counts: Sequence[int], month: str) -> str:
+    return bar_chart(counts, [f"{h:02d}" for h in range(24)], title=f"Sessions by hour of day, {month}",
+                     unit="", label_every=3)

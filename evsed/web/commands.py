@@ -1,0 +1,66 @@
+"""The actions a logged-in person may take on the page, checked and turned into control-socket
+requests (docs/protocol.md): nothing from the browser reaches the daemon unchecked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+
+ID_TAG = re.compile(r"^[A-Za-z0-9_:-]{1,20}$")  # an OCPP 1.6 IdToken is at most 20 characters
+MODES = ("fast", "solar", "min+solar")
+
+
+class CommandError(ValueError):
+    """The browser asked for something malformed; the message says what."""
+
+
+def _connector(body: dict, hello: dict, *, any_ok: bool) -> int:
+    cid = body.get("connector")
+    known = list(hello.get("connectors") or [])
+    if isinstance(cid, bool) or not isinstance(cid, int) or not (cid in known or (any_ok and cid == 0)):
+        raise CommandError(f"connector: expected one of {known + [0] if any_ok else known}, got {cid!r}")
+    return cid
+
+
+def _id_tag(body: dict) -> str:
+    tag = body.get("id_tag")
+    if not isinstance(tag, str) or not ID_TAG.match(tag.strip()):
+        raise CommandError("card: expected a card UID or id tag (letters, digits, at most 20)")
+    return tag.strip().upper()
+
+
+def to_request(body: object, hello: dict, now: dt.datetime) -> dict:
+    """The control-socket request for one page action; now (UTC) dates a reservation."""
+    if not isinstance(body, dict):
+        raise CommandError("expected a JSON object")
+    action = body.get("action")
+    if action == "stop":
+        return {"cmd": "remote-stop", "connector": _connector(body, hello, any_ok=False), "reason": "remote"}
+    if action == "start":
+        return {"cmd": "remote-start", "connector": _connector(body, hello, any_ok=False), "id_tag": _id_tag(body)}
+    if action == "availability":
+        operative = body.get("operative")
+        if not isinstance(operative, bool):
+            raise CommandError("operative: expected true or false")
+        return {"cmd": "availability", "connector": _connector(body, hello, any_ok=True), "operative": operative}
+    if action == "mode":
+        if body.get("mode") not in MODES:
+            raise CommandError(f"mode: expected one of {', '.join(MODES)}")
+        return {"cmd": "mode", "mode": body["mode"]}
+    if action == "reserve":
+        minutes = body.get("minutes")
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 24 * 60:
+            raise CommandError("minutes: expected a whole number from 1 to 1440")
+        until = (now + dt.timedelta(minutes=minutes)).astimezone(dt.timezone.utc)
+        return {"cmd": "reserve", "connector": _connector(body, hello, any_ok=True), "id_tag": _id_tag(body),
+                "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"), "reservation_id": secrets.randbelow(2**31 - 1) + 1}
+    if action == "cancel-reservation":
+        rid = body.get("reservation_id")
+        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
+            raise CommandError("reservation_id: expected a number")
+        return {"cmd": "cancel-reservation", "reservation_id": rid}
+    if action == "clear-faults":
+        return {"cmd": "clear-faults", "connector": _connector(body, hello, any_ok=False)}
+    raise CommandError(f"unknown action {action!r}")

@@ -1,0 +1,300 @@
+// The charger page: one view from /api/view, then live by server-sent events (/events).
+"use strict";
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const state = { view: null, samples: {}, me: { logged_in: false, csrf: null }, source: null, records: null };
+  const cards = new Map();
+
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = text;
+    if (cls) e.className = cls;
+    return e;
+  }
+  const kwh = (wh) => (wh / 1000).toFixed(1) + " kWh";
+  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
+
+  function toast(text) {
+    const t = $("#toast");
+    t.textContent = text;
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  // --- the connectors ---------------------------------------------------------------
+  function card(id) {
+    if (cards.has(id)) return cards.get(id);
+    const node = $("#connector-tpl").content.firstElementChild.cloneNode(true);
+    node.dataset.connector = id;
+    $(".cid", node).textContent = id;
+    $(".stop", node).addEventListener("click", () => act({ action: "stop", connector: id }, "Stopping"));
+    $(".clear", node).addEventListener("click", () => act({ action: "clear-faults", connector: id }, "Faults cleared"));
+    $(".avail", node).addEventListener("click", (e) =>
+      act({ action: "availability", connector: id, operative: e.target.dataset.operative === "true" }, "Done"));
+    $(".start", node).addEventListener("submit", (e) => {
+      e.preventDefault();
+      act({ action: "start", connector: id, id_tag: e.target.id_tag.value }, "Starting");
+    });
+    $(".reserve", node).addEventListener("submit", (e) => {
+      e.preventDefault();
+      act({ action: "reserve", connector: id, id_tag: e.target.id_tag.value,
+            minutes: parseInt(e.target.minutes.value, 10) }, "Reserved");
+    });
+    $("#connectors").appendChild(node);
+    cards.set(id, node);
+    return node;
+  }
+
+  function renderConnector(c) {
+    const node = card(c.id);
+    node.className = "connector " + c.tone;
+    $(".headline", node).textContent = c.headline;
+    $(".badge", node).textContent = [c.status, c.state ? "state " + c.state : ""].filter(Boolean).join(" · ");
+    const bits = [];
+    if (c.session) {
+      bits.push(c.session.card ? "Card " + c.session.card : "Session");
+      if (c.session.started) bits.push("since " + c.session.started);
+      if (c.offered_a) bits.push("offered " + c.offered_a + " A");
+      if (c.current_a && c.current_a.length) bits.push("drawing " + c.current_a.map((a) => a.toFixed(1)).join(" / ") + " A");
+    } else if (c.reason && c.tone !== "idle" && c.headline.toLowerCase() !== c.reason.toLowerCase()) {
+      bits.push(c.reason);
+    }
+    $(".detail", node).textContent = bits.join(" · ");
+    const body = $(".limits tbody", node);
+    body.replaceChildren(...c.limits.map((l) => {
+      const tr = el("tr");
+      if (l.binding) tr.className = "binding";
+      tr.append(el("td", l.label), el("td", l.current_a + " A" + (l.until ? " until " + l.until : ""), "n"));
+      return tr;
+    }));
+    const avail = $(".avail", node);
+    const off = c.status === "Unavailable";
+    avail.textContent = off ? "Make available" : "Make unavailable";
+    avail.dataset.operative = String(off);
+    $(".stop", node).hidden = !c.session;
+    $(".start", node).hidden = !!c.session;
+    $(".clear", node).hidden = c.tone !== "fault";
+    $(".actions", node).hidden = !state.me.logged_in;
+    drawPlot(c.id);
+  }
+
+  // --- the plot of the running session: power and current per phase -------------------
+  function drawPlot(id) {
+    const node = cards.get(id);
+    if (!node) return;
+    const canvas = $(".plot", node);
+    const points = state.samples[id] || [];
+    const box = $(".plot-box", node);
+    box.hidden = points.length === 0;
+    if (!points.length) return;
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || 600, h = canvas.clientHeight || 180;
+    canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
+    const g = canvas.getContext("2d");
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
+    const css = getComputedStyle(document.documentElement);
+    const color = (name) => css.getPropertyValue(name).trim();
+    const left = 38, right = 34, top = 8, bottom = 20;
+    const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 60);
+    const pMax = Math.max(1000, ...points.map((p) => p.p)) / 1000;
+    const iMax = Math.max(6, ...points.flatMap((p) => p.i));
+    const x = (t) => left + (w - left - right) * (t - t0) / (t1 - t0);
+    const yP = (kw) => top + (h - top - bottom) * (1 - kw / pMax);
+    const yI = (a) => top + (h - top - bottom) * (1 - a / iMax);
+    g.clearRect(0, 0, w, h);
+    g.font = "11px system-ui, sans-serif";
+    g.strokeStyle = color("--line"); g.fillStyle = color("--muted"); g.lineWidth = 1;
+    for (const f of [0, 0.5, 1]) {
+      const y = top + (h - top - bottom) * (1 - f);
+      g.beginPath(); g.moveTo(left, y); g.lineTo(w - right, y); g.stroke();
+      g.textAlign = "right"; g.fillText((pMax * f).toFixed(1), left - 4, y + 4);
+      g.textAlign = "left"; g.fillText((iMax * f).toFixed(0) + " A", w - right + 4, y + 4);
+    }
+    const minutes = Math.round((t1 - t0) / 60);
+    g.textAlign = "right"; g.fillText(minutes + " min", w - right, h - 4);
+    g.textAlign = "left"; g.fillText("start", left, h - 4);
+    const line = (stroke, yOf, width) => {
+      g.strokeStyle = stroke; g.lineWidth = width; g.beginPath();
+      points.forEach((p, k) => { const y = yOf(p); if (y === null) return; k ? g.lineTo(x(p.t), y) : g.moveTo(x(p.t), y); });
+      g.stroke();
+    };
+    // power as a filled area underneath, the phase currents as lines over it
+    g.beginPath();
+    g.moveTo(x(points[0].t), yP(0));
+    points.forEach((p) => g.lineTo(x(p.t), yP(p.p / 1000)));
+    g.lineTo(x(points[points.length - 1].t), yP(0));
+    g.closePath();
+    g.globalAlpha = 0.22; g.fillStyle = color("--accent"); g.fill(); g.globalAlpha = 1;
+    line(color("--accent"), (p) => yP(p.p / 1000), 1.5);
+    ["--l1", "--l2", "--l3"].forEach((name, phase) => {
+      if (points.some((p) => p.i.length > phase)) line(color(name), (p) => (p.i.length > phase ? yI(p.i[phase]) : null), 1.6);
+    });
+  }
+
+  // --- totals, records, charts ----------------------------------------------------------
+  function renderTotals(t) {
+    $("#today-kwh").textContent = kwh(t.today_wh);
+    $("#today-n").textContent = plural(t.today_sessions, "session");
+    $("#month-kwh").textContent = kwh(t.month_wh);
+    $("#month-n").textContent = plural(t.month_sessions, "session");
+  }
+
+  function render(view) {
+    state.view = view;
+    document.title = view.title;
+    $("#title").textContent = view.title;
+    const link = $("#link");
+    link.textContent = view.online ? "live" : "charger not answering";
+    link.className = "link " + (view.online ? "on" : "off");
+    view.connectors.forEach(renderConnector);
+    renderTotals(view.totals);
+    // the service read the records anew (a session was stored): the table and charts follow
+    if (state.records !== null && state.records !== view.records_version) loadRecords();
+    state.records = view.records_version;
+    if (view.mode) $("#mode").value = view.mode;
+  }
+
+  function table(node, head, rows) {
+    const thead = el("tr");
+    head.forEach(([label, numeric]) => thead.append(el("th", label, numeric ? "n" : "")));
+    node.replaceChildren(thead, ...rows.map((cells) => {
+      const tr = el("tr");
+      cells.forEach((v, k) => tr.append(el("td", v, head[k][1] ? "n" : "")));
+      return tr;
+    }));
+  }
+
+  async function loadSessions() {
+    const q = new URLSearchParams(new FormData($("#filter")));
+    for (const [k, v] of [...q]) if (!v) q.delete(k);
+    $("#csv").href = "/sessions.csv" + (q.toString() ? "?" + q : "");
+    const data = await (await fetch("/api/sessions?" + q)).json();
+    table($("#sessions"), [["Start"], ["Stop"], ["Conn", true], ["Card"], ["kWh", true], ["Peak kW", true], ["Reason"]],
+      data.sessions.map((s) => [s.started_local, s.stopped_local || "running", s.connector_id,
+        s.card_name || s.id_tag, (s.energy_wh / 1000).toFixed(2), (s.peak_power_w / 1000).toFixed(1),
+        (s.stop_reason || "").replaceAll("_", " ")]));
+  }
+
+  async function loadReport() {
+    const month = $("#month").value;
+    $("#report-month").textContent = month;
+    const stamp = Date.now();
+    $("#usage-day").src = "/usage/day.svg?month=" + month + "&t=" + stamp;
+    $("#usage-hour").src = "/usage/hour.svg?month=" + month + "&t=" + stamp;
+    const data = await (await fetch("/api/report?month=" + month)).json();
+    const line = (name, r) => [name, r.sessions, (r.energy_wh / 1000).toFixed(1), r.hours.toFixed(1)];
+    table($("#report"), [["Card"], ["Sessions", true], ["kWh", true], ["Hours", true]],
+      [...data.report.by_card.map((r) => line(r.card, r)), line("Total", data.report.total)]);
+  }
+
+  function loadRecords() { loadSessions(); loadReport(); }
+
+  function months() {
+    const sel = $("#month");
+    const now = new Date();
+    for (let k = 0; k < 12; k++) {
+      const d = new Date(now.getFullYear(), now.getMonth() - k, 1);
+      const v = d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0");
+      sel.append(new Option(v, v));
+    }
+    sel.addEventListener("change", loadReport);
+  }
+
+  // --- live updates -----------------------------------------------------------------
+  function connect() {
+    if (state.source) state.source.close();
+    const source = new EventSource("/events");
+    state.source = source;
+    source.addEventListener("full", (e) => {
+      const data = JSON.parse(e.data);
+      state.samples = data.samples;
+      render(data.view);
+    });
+    source.addEventListener("view", (e) => render(JSON.parse(e.data)));
+    source.addEventListener("reset", (e) => {
+      const id = JSON.parse(e.data).connector;
+      state.samples[id] = [];
+      drawPlot(id);
+    });
+    source.addEventListener("sample", (e) => {
+      const s = JSON.parse(e.data);
+      (state.samples[s.connector] ||= []).push({ t: s.t, p: s.p, i: s.i });
+      drawPlot(s.connector);
+    });
+    source.onerror = () => {
+      const link = $("#link");
+      link.textContent = "reconnecting…";
+      link.className = "link off";
+    };
+  }
+
+  // --- login and actions ----------------------------------------------------------------
+  function applyMe(me) {
+    state.me = me;
+    $("#login-btn").textContent = me.logged_in ? "Log out" : "Log in";
+    $("#login-btn").hidden = !me.logged_in && !me.login_possible;
+    $("#mode-box").hidden = !me.logged_in;
+    document.querySelectorAll(".actions").forEach((a) => { a.hidden = !me.logged_in; });
+  }
+
+  async function post(url, body) {
+    const headers = { "Content-Type": "application/json" };
+    if (state.me.csrf) headers["X-CSRF-Token"] = state.me.csrf;
+    const r = await fetch(url, { method: "POST", headers, body: JSON.stringify(body), credentials: "same-origin" });
+    let data = {};
+    try { data = await r.json(); } catch (err) { data = { ok: false, error: r.statusText }; }
+    return data;
+  }
+
+  async function act(body, done) {
+    const reply = await post("/api/command", body);
+    if (reply.ok && (!reply.result || reply.result === "Accepted")) toast(done + (reply.scheduled ? " after the session" : ""));
+    else toast(reply.error || "Refused: " + reply.result);
+  }
+
+  function loginSetup() {
+    const dialog = $("#login-dialog");
+    $("#login-btn").addEventListener("click", async () => {
+      if (state.me.logged_in) {
+        await post("/logout", {});
+        applyMe({ logged_in: false, csrf: null, login_possible: true });
+        connect();
+        loadRecords();
+        return;
+      }
+      $("#login-error").textContent = "";
+      dialog.showModal();
+    });
+    $("#login-cancel").addEventListener("click", () => dialog.close());
+    $("#login-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const button = $("button[type=submit]", e.target);
+      button.disabled = true;
+      const reply = await post("/login", { password: e.target.password.value });
+      button.disabled = false;
+      if (!reply.ok) { $("#login-error").textContent = reply.error; return; }
+      e.target.reset();
+      dialog.close();
+      applyMe({ logged_in: true, csrf: reply.csrf, login_possible: true });
+      connect();  // a logged-in stream shows card UIDs
+      loadRecords();
+      toast("Logged in");
+    });
+    $("#mode").addEventListener("change", (e) => act({ action: "mode", mode: e.target.value }, "Mode set"));
+  }
+
+  async function start() {
+    months();
+    loginSetup();
+    $("#filter").addEventListener("submit", (e) => { e.preventDefault(); loadSessions(); });
+    const data = await (await fetch("/api/view")).json();
+    applyMe(data.me);
+    state.samples = data.samples;
+    render(data.view);
+    loadRecords();
+    connect();
+    window.addEventListener("resize", () => cards.forEach((_, id) => drawPlot(id)));
+  }
+  start();
+})();

@@ -1,0 +1,302 @@
+"""The control socket as the services see it: the durable event stream, authorizers on the
+socket, and a socket that no client can use to stop the daemon."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from evsed import config
+from evsed.control import client as control
+from evsed.control import server as servermod
+from evsed.services.link import Link
+from test_daemon import ask, charging, running, start_process, until, write_config
+
+
+async def take(events, predicate, limit=500):
+    """Events from the stream until predicate(event) holds; returns them all (the last matched)."""
+    seen = []
+    async with asyncio.timeout(10):
+        async for event in events:
+            seen.append(event)
+            if predicate(event) or len(seen) >= limit:
+                return seen
+    raise AssertionError("the stream ended")
+
+
+def test_a_service_sees_a_session_as_durable_numbered_events_and_live_samples(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg):
+            link = await Link.connect(cfg.store.runtime_dir, "test")
+            stream = link.events(after=0)
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+            seen = await take(stream, lambda e: e["type"] == "session.sample" and e["power_w"] > 0)
+            await ask(cfg, {"cmd": "sim", "action": "unplug"})
+            seen += await take(stream, lambda e: e["type"] == "session.stopped")
+            await link.close()
+            return seen
+
+    seen = asyncio.run(scenario())
+    durable = [e for e in seen if e["seq"] is not None]
+    seqs = [e["seq"] for e in durable]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # contiguous, in order, none twice
+    types = [e["type"] for e in durable]
+    assert types.index("session.started") < types.index("contactor.closed") < types.index("session.stopped")
+    started = next(e for e in durable if e["type"] == "session.started")
+    assert started["id_tag"] == "04A1B2C3" and started["card_name"] == "Alice" and started["group"] == "family"
+    stopped = durable[-1]
+    assert stopped["reason"] == "ev_disconnected" and stopped["session"] == started["session"]
+    samples = [e for e in seen if e["type"] == "session.sample"]
+    assert samples and all(e["seq"] is None for e in samples)  # live only: never written to the SD card
+    assert all(e["at"].endswith("Z") and len(e["at"]) == 24 for e in seen)  # UTC, milliseconds
+
+
+def test_a_service_resumes_after_its_last_ack_and_sees_nothing_twice(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with charging(cfg):
+            link = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            first = [e async for e in _durable(link.events(after=0), count=4)]
+            await link.ack(first[1]["seq"])
+            await link.close()
+            await until(lambda: True)
+            again = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            for _ in range(200):  # the ack goes through the store thread
+                if again.hello["acked"] == first[1]["seq"]:
+                    break
+                await again.close()
+                again = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            resumed = [e async for e in _durable(again.events(), count=2)]
+            await again.close()
+            return first, resumed
+
+    first, resumed = asyncio.run(scenario())
+    assert [e["seq"] for e in resumed] == [first[2]["seq"], first[3]["seq"]]
+    assert resumed[0] == first[2]
+
+
+async def _durable(events, count):
+    got = 0
+    async with asyncio.timeout(10):
+        async for event in events:
+            if event["seq"] is not None:
+                yield event
+                got += 1
+                if got == count:
+                    return
+
+
+def test_kill_9_of_the_daemon_loses_no_event_and_repeats_none(tmp_path):
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    proc = start_process(path)
+
+    async def before_kill():
+        link = await Link.connect(cfg.store.runtime_dir, "mqtt")
+        await ask(cfg, {"cmd": "sim", "action": "plug"})
+        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        seen = []
+        async with asyncio.timeout(10):
+            async for event in link.events(after=0):
+                if event["seq"] is not None:
+                    seen.append(event)
+                if event["type"] == "contactor.closed":
+                    break
+        await link.ack(seen[-1]["seq"])
+        status = await ask(cfg, {"cmd": "ping"})  # a round trip after the ack: it has reached the daemon
+        await link.close()
+        return seen, status
+
+    seen, _ = asyncio.run(before_kill())
+    for _ in range(1000):  # the ack is made durable by the store thread
+        with control_db(cfg) as db:
+            if db.execute("SELECT seq FROM service_acks WHERE service='mqtt'").fetchone() == (seen[-1]["seq"],):
+                break
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    proc = start_process(path)
+
+    async def after_restart():
+        link = await Link.connect(cfg.store.runtime_dir, "mqtt")
+        acked = link.hello["acked"]
+        events = [e async for e in _durable(link.events(), count=1)]
+        await link.close()
+        return acked, events
+
+    acked, (next_event,) = asyncio.run(after_restart())
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    proc.wait(timeout=10)
+    assert acked == seen[-1]["seq"]
+    assert next_event["seq"] > acked  # nothing it acknowledged comes again
+    with control_db(cfg) as db:  # and nothing after the ack was lost: the outbox is gap-free from there
+        seqs = [r[0] for r in db.execute("SELECT seq FROM events WHERE seq > ? ORDER BY seq", (acked,))]
+        types = [r[0] for r in db.execute("SELECT type FROM events WHERE seq > ? ORDER BY seq", (acked,))]
+    assert seqs == list(range(acked + 1, acked + 1 + len(seqs))) and next_event["seq"] == acked + 1
+    assert "session.stopped" in types  # the killed session, closed as power_loss at the restart
+
+
+class control_db:
+    def __init__(self, cfg):
+        import sqlite3
+        self.db = sqlite3.connect(f"file:{cfg.store.state_dir / 'sessions.db'}?mode=ro", uri=True)
+
+    def __enter__(self):
+        return self.db
+
+    def __exit__(self, *exc):
+        self.db.close()
+
+
+def test_an_authorizer_on_the_socket_accepts_a_card_with_a_session_limit(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            link = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            asked = []
+
+            async def csms(request):
+                asked.append(request)
+                if request["id_tag"] == "CAFE0001":
+                    return {"result": "accept", "group": "fleet", "max_current_a": 10}
+                return {"result": "unknown"}
+            server = asyncio.create_task(link.authorize_with("ocpp", 2.0, csms))
+            await until(lambda: daemon.charger.auth.links)
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "CAFE0001"})
+            ctrl = daemon.connectors[1]
+            await until(lambda: ctrl.state.contactor_closed)
+            status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
+            await ask(cfg, {"cmd": "sim", "action": "unplug"})
+            await until(lambda: ctrl.session is None)
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
+            await until(lambda: ctrl.last_refusal is not None)
+            server.cancel()
+            await link.close()
+            return asked, status, ctrl.last_refusal
+
+    asked, status, refusal = asyncio.run(scenario())
+    assert [a["id_tag"] for a in asked] == ["CAFE0001", "DEADBEEF"]  # Alice's card never leaves the charger
+    assert status["allowed_a"] == 10 and status["limits"] == {"authorization": 10}
+    assert 9.9 <= status["offered_a"] <= 10  # duty rounds down: never more than allowed
+    assert status["session"]["group"] == "fleet"
+    assert refusal["reason"] == "unknown card"  # every link said unknown: the default rule refuses
+
+
+def test_an_authorizer_that_never_answers_costs_the_timeout_then_the_rule_decides(tmp_path):
+    cfg = config.load(write_config(tmp_path, '[authorization]\ntimeout_s = 0.5\nunanswered = "accept"\n'))
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
+            writer.write(b'{"cmd": "authorizer", "name": "hung", "timeout_s": 30}\n')
+            assert json.loads(await reader.readline())["ok"]
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
+            asked = json.loads(await reader.readline())  # the hung service is asked, and never answers
+            ctrl = daemon.connectors[1]
+            await until(lambda: ctrl.state.contactor_closed)
+            writer.close()
+            return asked, ctrl.session.auth_source
+
+    asked, source = asyncio.run(scenario())
+    assert asked["id_tag"] == "DEADBEEF" and source == "unanswered"
+
+
+def test_more_connections_than_the_cap_are_refused_and_charging_goes_on(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            path = str(control.socket_path(cfg.store.runtime_dir))
+            conns = [await asyncio.open_unix_connection(path) for _ in range(servermod.MAX_CONNECTIONS + 20)]
+            refused = 0
+            for reader, _ in conns[servermod.MAX_CONNECTIONS:]:
+                line = await reader.readline()
+                refused += b"too many connections" in line
+            closed = daemon.connectors[1].state.contactor_closed
+            for _, writer in conns:
+                writer.close()
+            await until(lambda: not daemon.server.connections)
+            reply = await ask(cfg, {"cmd": "status"})
+            return refused, closed, reply, daemon.fatal
+
+    refused, closed, reply, fatal = asyncio.run(scenario())
+    assert refused == 20 and closed and fatal is None
+    assert reply["connectors"][0]["contactor"] == "closed"
+
+
+def test_an_idle_command_connection_is_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(servermod, "IDLE_S", 0.05)
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg):
+            reader, writer = await asyncio.open_unix_connection(str(control.socket_path(cfg.store.runtime_dir)))
+            async with asyncio.timeout(5):
+                goodbye = json.loads(await reader.readline())
+                eof = await reader.readline()
+            writer.close()
+            return goodbye, eof
+
+    goodbye, eof = asyncio.run(scenario())
+    assert "idle" in goodbye["error"] and eof == b""
+
+
+def test_requests_with_wrong_types_are_refused_and_change_nothing(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    bad = [
+        {"cmd": "sim", "action": "tap", "card": 10**30},
+        {"cmd": "sim", "action": "tap", "card": "x" * 100_000},
+        {"cmd": "sim", "action": "plug", "connector": "1"},
+        {"cmd": "sim", "action": "plug", "connector": True},
+        {"cmd": "sim", "action": "plug", "connector": 1.5},
+        {"cmd": "sim", "action": "plug", "connector": 1, "extra": 1},
+        {"cmd": "remote-start", "connector": 1},
+        {"cmd": "limit", "current_a": float("nan")},
+        {"cmd": "hello", "version": 2, "service": "x"},
+        {"cmd": "hello", "version": 1, "service": "../../etc"},
+        {"cmd": "ack", "seq": 5},
+    ]
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            replies = [await ask(cfg, req) for req in bad]
+            return replies, daemon.world.connector(1).ev.plugged
+
+    replies, plugged = asyncio.run(scenario())
+    assert all(r["ok"] is False and r["error"] for r in replies), replies
+    assert not plugged
+    assert "expected an integer" in replies[2]["error"] and "unknown field" in replies[5]["error"]
+    assert "longer than 64 KiB" in replies[1]["error"]
+
+
+def test_evsed_run_starts_a_configured_service_and_restarts_it_when_it_dies(tmp_path):
+    path = write_config(tmp_path, '[web]\nport = 0\n')
+    cfg = config.load(path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    started = []
+    for line in proc.stderr:
+        event = json.loads(line)
+        if event["event"] == "service.started":
+            started.append(event["pid"])
+            if len(started) == 1:
+                os.kill(event["pid"], signal.SIGKILL)  # a dead service: the daemon starts it again
+            else:
+                break
+    charging_ok = control.request(cfg.store.runtime_dir, {"cmd": "ping"})["ok"]
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    assert proc.wait(timeout=10) == 0
+    assert len(started) == 2 and started[0] != started[1] and charging_ok

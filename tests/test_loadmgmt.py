@@ -1,0 +1,352 @@
+"""Dynamic load management and solar surplus: rules by hand with explicit times, and a
+simulated site under any load profile and event order (hypothesis)."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from evsed.core import loadmgmt as lm
+from evsed.core.loadmgmt import Demand, DlmState, Mode, SiteConfig, SolarConfig, SolarState
+
+CFG = SiteConfig(breaker_a=(25.0, 25.0, 25.0), headroom_a=1.0, fallback_a=6.0,
+                 meter_timeout_s=10.0, grace_s=5.0, raise_interval_s=30.0, raise_step_a=1.0,
+                 min_pause_s=120.0, resume_margin_a=1.0)
+ZERO = (0.0, 0.0, 0.0)
+
+
+class Site:
+    """One DLM state driven at explicit times; `house` is the other loads per phase."""
+
+    def __init__(self, cfg=CFG, house=(10.0, 10.0, 10.0)):
+        self.cfg, self.state, self.house = cfg, DlmState(), house
+        self.offers = {}
+
+    def demand(self, name, max_a=32.0, phases=(0, 1, 2), priority=0):
+        draw = self.offers.get(name, 0.0)
+        measured = tuple(draw if p in phases else 0.0 for p in range(3))
+        return Demand(name, max_a, phases, measured, priority)
+
+    def at(self, now, demands, reading=True):
+        site = None
+        if reading:
+            site = [self.house[p] + sum(d.measured_a[p] for d in demands) for p in range(3)]
+        self.state, offers = lm.step(self.cfg, self.state, now, demands, site)
+        for o in offers:
+            assert o.current_a == 0.0 or o.current_a >= 6.0
+        self.offers = {o.connector: o.current_a for o in offers}
+        return {o.connector: o for o in offers}
+
+
+def test_room_is_breaker_minus_other_loads_minus_headroom():
+    assert lm.room_a(CFG, (20.0, 12.0, 30.0), (10.0, 0.0, 10.0)) == (14.0, 12.0, 4.0)
+
+
+def test_a_lone_session_gets_the_room():
+    s = Site()
+    assert s.at(0, [s.demand("1")])["1"].current_a == 14.0
+
+
+def test_an_overload_lowers_the_offer_at_the_reading_that_shows_it():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (14.0, 10.0, 10.0)
+    assert s.at(1, [s.demand("1")])["1"].current_a == 10.0
+
+
+def test_raising_waits_the_raise_interval():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (14.0, 10.0, 10.0)
+    s.at(1, [s.demand("1")])
+    s.house = (10.0, 10.0, 10.0)
+    o = s.at(2, [s.demand("1")])["1"]
+    assert o.current_a == 10.0 and o.until == 30.0
+    assert s.at(30, [s.demand("1")])["1"].current_a == 14.0
+
+
+def test_raising_is_worth_at_least_the_raise_step():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (10.5, 10.0, 10.0)
+    s.at(1, [s.demand("1")])  # 13.5
+    s.house = (10.0, 10.0, 10.0)
+    assert s.at(40, [s.demand("1")])["1"].current_a == 13.5
+
+
+def test_under_6_a_it_pauses_for_the_minimum_pause_time():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (20.0, 10.0, 10.0)
+    o = s.at(1, [s.demand("1")])["1"]
+    assert o.current_a == 0.0 and o.until == 121.0 and "paused" in o.reason
+    s.house = (5.0, 5.0, 5.0)
+    assert s.at(60, [s.demand("1")])["1"].current_a == 0.0
+    assert s.at(121, [s.demand("1")])["1"].current_a == 19.0
+
+
+def test_it_resumes_only_with_room_for_6_a_plus_the_margin():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (20.0, 10.0, 10.0)
+    s.at(1, [s.demand("1")])
+    s.house = (17.5, 10.0, 10.0)  # room 6.5 A: not 7
+    assert s.at(200, [s.demand("1")])["1"].current_a == 0.0
+    s.house = (17.0, 10.0, 10.0)
+    assert s.at(201, [s.demand("1")])["1"].current_a == 7.0
+
+
+def test_a_one_phase_ev_is_limited_only_by_its_phase():
+    s = Site(house=(10.0, 22.0, 24.0))
+    assert s.at(0, [s.demand("1", phases=(0,))])["1"].current_a == 14.0
+
+
+def test_a_one_phase_supply_has_room_on_one_phase():
+    s = Site(SiteConfig(breaker_a=(32.0, 0.0, 0.0)), house=(6.0, 0.0, 0.0))
+    assert s.at(0, [s.demand("1", phases=(0,))])["1"].current_a == 25.0
+
+
+def test_phases_in_use_come_from_the_measured_currents():
+    assert lm.phases_in_use((0.2, 15.8, 0.0)) == (1,)
+    assert lm.phases_in_use((0.0, 0.0, 0.0)) == (0, 1, 2)
+
+
+def test_a_silent_site_meter_falls_back_after_the_timeout_and_says_so():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    assert s.at(9.9, [s.demand("1")], reading=False)["1"].current_a == 14.0
+    assert lm.next_deadline(CFG, s.state, 9.9) == 10.0
+    o = s.at(10, [s.demand("1")], reading=False)["1"]
+    assert o.current_a == 6.0 and "silent" in o.reason
+
+
+def test_without_any_reading_the_fallback_applies():
+    s = Site()
+    assert s.at(0, [s.demand("1")], reading=False)["1"].current_a == 6.0
+
+
+def test_two_sessions_share_equally():
+    s = Site()
+    offers = s.at(0, [s.demand("1"), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (7.0, 7.0)
+
+
+def test_priority_sharing_serves_the_higher_priority_first():
+    s = Site(SiteConfig(share="priority"), house=(4.0, 4.0, 4.0))
+    offers = s.at(0, [s.demand("1"), s.demand("2", priority=1)])
+    assert (offers["1"].current_a, offers["2"].current_a) == (0.0, 20.0)
+
+
+def test_a_one_phase_ev_leaves_the_other_phases_to_a_three_phase_one():
+    s = Site(house=(10.0, 4.0, 4.0))
+    offers = s.at(0, [s.demand("1", phases=(0,)), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (7.0, 7.0)
+    s = Site(house=(4.0, 4.0, 4.0))
+    offers = s.at(0, [s.demand("1", phases=(0,), max_a=8.0), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (8.0, 12.0)
+
+
+def test_a_new_session_starts_only_after_the_others_were_lowered_for_the_grace():
+    s = Site(house=(4.0, 4.0, 4.0))
+    assert s.at(0, [s.demand("1")])["1"].current_a == 20.0
+    offers = s.at(1, [s.demand("1"), s.demand("2")], reading=False)
+    assert offers["1"].current_a == 10.0
+    assert offers["2"].current_a == 0.0 and offers["2"].until == 6.0
+    assert "waiting for 1 to lower" in offers["2"].reason
+    assert s.at(5.9, [s.demand("1"), s.demand("2")], reading=False)["2"].current_a == 0.0
+    assert s.at(6.0, [s.demand("1"), s.demand("2")], reading=False)["2"].current_a == 10.0
+
+
+def test_a_paused_evs_room_goes_to_another_only_after_the_stop_grace():
+    s = Site(SiteConfig(share="priority", stop_grace_s=6.0), house=(14.0, 14.0, 14.0))
+    assert s.at(0, [s.demand("1")])["1"].current_a == 10.0
+    offers = s.at(1, [s.demand("1"), s.demand("2", priority=1)], reading=False)
+    assert offers["1"].current_a == 0.0 and "paused" in offers["1"].reason
+    assert offers["2"].current_a == 0.0 and offers["2"].until == 7.0
+    assert s.at(6.5, [s.demand("1"), s.demand("2", priority=1)], reading=False)["2"].current_a \
+        == 0.0
+    assert s.at(7, [s.demand("1"), s.demand("2", priority=1)], reading=False)["2"].current_a \
+        == 10.0
+
+
+def test_when_three_cannot_all_have_6_a_the_newest_waits():
+    s = Site(house=(9.0, 9.0, 9.0))  # room 15 A
+    s.at(0, [s.demand("1"), s.demand("2")])
+    offers = s.at(10, [s.demand("1"), s.demand("2"), s.demand("3")])
+    assert [offers[c].current_a for c in "123"] == [7.5, 7.5, 0.0]
+    assert "waiting for room" in offers["3"].reason
+
+
+def test_a_finished_session_frees_its_share_after_the_grace():
+    s = Site(house=(4.0, 4.0, 4.0))
+    s.at(0, [s.demand("1"), s.demand("2")])
+    s.at(6, [s.demand("1"), s.demand("2")])
+    s.at(7, [s.demand("1", max_a=0.0), s.demand("2")], reading=False)  # session 1 ends
+    o = s.at(8, [s.demand("1", max_a=0.0), s.demand("2")])["2"]
+    assert o.current_a == 10.0 and o.until == 30.0  # 2 started at 0: a raise waits 30 s
+    assert s.at(30, [s.demand("1", max_a=0.0), s.demand("2")])["2"].current_a == 20.0
+
+
+# --- any load profile, any event order --------------------------------------------------
+
+TICK = 0.5
+
+
+@st.composite
+def scenarios(draw):
+    cfg = SiteConfig(breaker_a=(draw(st.sampled_from([16.0, 25.0, 32.0])),) * 3,
+                     headroom_a=draw(st.sampled_from([0.0, 1.0, 2.0])),
+                     fallback_a=draw(st.sampled_from([0.0, 6.0, 10.0])),
+                     meter_timeout_s=10.0, grace_s=5.0,
+                     stop_grace_s=draw(st.sampled_from([5.0, 6.0])),
+                     raise_interval_s=draw(st.sampled_from([0.0, 10.0, 30.0])),
+                     raise_step_a=draw(st.sampled_from([0.0, 1.0])),
+                     min_pause_s=draw(st.sampled_from([60.0, 120.0])),
+                     share=draw(st.sampled_from(["equal", "priority"])))
+    level = st.sampled_from([0.0, 5.0, 10.0, 20.0, 30.0])
+    nudge = st.sampled_from([-3.0, -1.0, -0.5, 0.5, 1.0, 3.0, 15.0])
+    loads, steps = [draw(st.tuples(level, level, level))], []
+    for tick in sorted(draw(st.lists(st.integers(0, 600), max_size=12))):
+        loads.append(tuple(max(0.0, a + draw(nudge)) for a in loads[-1]))
+        steps.append((tick, loads[-1]))
+    steps = [(0, loads[0])] + steps
+    cars = draw(st.lists(st.tuples(
+        st.integers(0, 600), st.integers(0, 600),  # plug, unplug (ticks)
+        st.sampled_from([(0,), (1,), (0, 1, 2)]), st.sampled_from([6.0, 10.0, 16.0, 32.0]),
+        st.integers(0, 2)), min_size=1, max_size=3))
+    period = draw(st.sampled_from([1.0, 2.0, 5.0]))
+    silent = draw(st.lists(st.tuples(st.integers(0, 600), st.integers(1, 80)), max_size=2))
+    return cfg, steps, cars, period, silent
+
+
+@given(scenarios())
+def test_the_evs_never_draw_more_than_the_budget_of_the_last_grace(scenario):
+    """The EVs follow a lower offer as late as allowed (grace_s; stop_grace_s to stop) and a
+    higher one at once. Their draw per phase never exceeds the budget in force at some time in the last grace_s:
+    the room at the last reading (breaker - other loads - headroom), or the fallback when the
+    meter was silent. So the breaker is exceeded only when other loads rose by more than the
+    headroom since a reading, and for at most one meter period + grace_s. Offers are 0 or
+    >= 6 A, a pause lasts min_pause_s, and raises are raise_interval_s apart."""
+    cfg, steps, cars, period, silent = scenario
+    grace_ticks, stop_ticks = int(cfg.grace_s / TICK), int(cfg.stop_grace_s / TICK)
+    state, house, deadline, last_reading = DlmState(), (0.0, 0.0, 0.0), None, None
+    names = [str(i) for i in range(len(cars))]
+    history = {n: [0.0] * stop_ticks for n in names}  # the offers of the last grace
+    offers, wanted, paused_at, raised_at, budgets = {n: 0.0 for n in names}, {}, {}, {}, []
+
+    def draws(past: int):
+        """What the EVs draw: the highest offer of the grace, past ticks back from now."""
+        out = {}
+        for n, (plug, unplug, phases, ev_max, _) in zip(names, cars):
+            window = stop_ticks if history[n][-1] == 0 else grace_ticks
+            a = min(ev_max, max(history[n][-window - past:])) if plugged(n) else 0.0
+            out[n] = tuple(a if p in phases else 0.0 for p in range(3))
+        return out
+
+    for tick in range(601):
+        now = tick * TICK
+        house = next((load for at, load in reversed(steps) if at <= tick), (0.0, 0.0, 0.0))
+        plugged = lambda n: min(cars[int(n)][:2]) <= tick < max(cars[int(n)][:2])  # noqa: E731
+        before = draws(0)
+        demands = [Demand(n, 32.0 if plugged(n) else 0.0, lm.phases_in_use(before[n]),
+                          before[n], cars[int(n)][4]) for n in names]
+        reading = tick % int(period / TICK) == 0 and not any(s <= tick < s + k for s, k in silent)
+        changed = any((d.max_a > 0) != wanted.get(d.connector) for d in demands)
+        wanted = {d.connector: d.max_a > 0 for d in demands}
+        if reading or changed or (deadline is not None and now >= deadline):
+            site = None
+            if reading:
+                site = [house[p] + sum(dr[p] for dr in before.values()) for p in range(3)]
+                last_reading = (now, house)
+            state, out = lm.step(cfg, state, now, demands, site)
+            deadline = lm.next_deadline(cfg, state, now)
+            for o in out:
+                old, new = offers[o.connector], o.current_a
+                assert new == 0.0 or 6.0 <= new <= 32.0, o
+                if old > 0 and new == 0 and wanted[o.connector]:
+                    paused_at[o.connector] = now
+                if old == 0 and new > 0:
+                    assert now >= paused_at.get(o.connector, -1e9) + cfg.min_pause_s
+                if 0 < old < new:
+                    assert now >= raised_at.get(o.connector, -1e9) + cfg.raise_interval_s
+                    raised_at[o.connector] = now
+                offers[o.connector] = new
+        for n in names:
+            history[n].append(offers[n])
+        if last_reading is not None and now - last_reading[0] < cfg.meter_timeout_s:
+            budgets.append([max(0.0, cfg.breaker_a[p] - cfg.headroom_a - last_reading[1][p])
+                            for p in range(3)])
+        else:
+            budgets.append([min(cfg.fallback_a, cfg.breaker_a[p] - cfg.headroom_a)
+                            for p in range(3)])
+        after = draws(1)
+        for p in range(3):
+            drawn = sum(dr[p] for dr in after.values())
+            allowed = max(b[p] for b in budgets[-stop_ticks - 1:])
+            assert drawn <= allowed + 1e-6, (now, p, drawn, allowed)
+
+
+# --- solar surplus ------------------------------------------------------------------------
+
+SOLAR = SolarConfig(voltage_v=230.0, start_delay_s=60.0, stop_delay_s=300.0)
+W_PER_A_3P = 230.0 * 3
+
+
+def solar(state, now, mode, export_a, own_a=0.0, cfg=SOLAR):
+    """export_a: A per phase going to the grid beside the EV's own own_a."""
+    return lm.solar_step(cfg, state, now, mode, -export_a * W_PER_A_3P, own_a * W_PER_A_3P, 3)
+
+
+def test_fast_mode_sets_no_solar_limit():
+    assert solar(SolarState(), 0, Mode.FAST, 0.0)[1].current_a is None
+
+
+def test_solar_starts_once_the_surplus_covered_6_a_for_the_start_delay():
+    st1, o = solar(SolarState(), 0, Mode.SOLAR, 8.0)
+    assert o.current_a == 0.0 and o.until == 60.0
+    st1, o = solar(st1, 59, Mode.SOLAR, 8.0)
+    assert o.current_a == 0.0
+    st1, o = solar(st1, 60, Mode.SOLAR, 8.0)
+    assert o.current_a == 8.0 and st1.charging
+
+
+def test_a_dip_before_the_start_delay_restarts_the_wait():
+    st1, _ = solar(SolarState(), 0, Mode.SOLAR, 8.0)
+    st1, _ = solar(st1, 30, Mode.SOLAR, 3.0)
+    st1, o = solar(st1, 61, Mode.SOLAR, 8.0)
+    assert o.current_a == 0.0 and o.until == 121.0
+
+
+def test_solar_follows_the_surplus_including_what_the_ev_draws():
+    st1 = SolarState(charging=True)
+    assert solar(st1, 0, Mode.SOLAR, 2.0, own_a=8.0)[1].current_a == 10.0
+    assert solar(st1, 0, Mode.SOLAR, -1.0, own_a=8.0)[1].current_a == 7.0
+
+
+def test_solar_short_keeps_6_a_until_the_stop_delay_then_stops():
+    st1, o = solar(SolarState(charging=True), 0, Mode.SOLAR, -3.0, own_a=6.0)
+    assert o.current_a == 6.0 and o.until == 300.0
+    st1, o = solar(st1, 299, Mode.SOLAR, -3.0, own_a=6.0)
+    assert o.current_a == 6.0
+    st1, o = solar(st1, 300, Mode.SOLAR, -3.0, own_a=6.0)
+    assert o.current_a == 0.0 and not st1.charging and "stopped" in o.reason
+
+
+def test_solar_may_import_the_grid_allowance():
+    cfg = SolarConfig(start_delay_s=0.0, grid_allowance_a=2.0)
+    assert solar(SolarState(), 0, Mode.SOLAR, 4.5, cfg=cfg)[1].current_a == 6.5
+
+
+def test_min_solar_charges_6_a_always_and_more_with_surplus():
+    assert solar(SolarState(), 0, Mode.MIN_SOLAR, 0.0)[1].current_a == 6.0
+    assert solar(SolarState(), 0, Mode.MIN_SOLAR, 3.0, own_a=6.0)[1].current_a == 9.0
+
+
+def test_surplus_share_against_the_ideal():
+    pv = [0, 3000, 6000, 6000, 1000]
+    house = [500] * 5
+    ev = [4140, 4140, 4140, 4140, 0]  # 6 A three-phase from the start
+    r = lm.surplus_share(3600.0, pv, house, ev, ev_min_w=4140.0, ev_max_w=11040.0)
+    assert r.ev_energy_wh == 16560
+    assert r.from_surplus_wh == 0 + 2500 + 4140 + 4140
+    assert r.ideal_from_surplus_wh == 11000
+    assert r.share == pytest.approx(10780 / 16560)
+    assert r.ideal_share == pytest.approx(11000 / 16560)

@@ -1,0 +1,244 @@
+"""The web page's pure parts: [web] settings, password hashes, logins, what a person reads,
+the records' sums, and the checks on page actions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from evsed.config import ConfigError
+from evsed.web import auth, records
+from evsed.web.commands import CommandError, to_request
+from evsed.web.demo import demo_config
+from evsed.web.settings import WebSettings, hash_password, load_secret, parse, verify_password
+from evsed.web.view import connector_view, headline, limit_entries
+
+AMS = ZoneInfo("Europe/Amsterdam")
+NOW = dt.datetime(2026, 11, 28, 13, 0, tzinfo=dt.timezone.utc)  # 14:00 in Amsterdam
+HELLO = {"charger": "demo", "connectors": [1, 2]}
+
+
+def conn(**fields) -> dict:
+    base = {"id": 1, "status": "Available", "state": "A", "allowed_a": 32.0, "offered_a": 0.0, "contactor": "open",
+            "measured": None, "session": None, "faults": [], "reason": "no EV", "limits": {}}
+    return {**base, **fields}
+
+
+# --- settings -----------------------------------------------------------------------------
+def test_web_settings_default_to_loopback_port_8080_without_login(tmp_path):
+    assert parse(demo_config(tmp_path)) == WebSettings()
+
+
+def test_no_web_section_means_the_page_is_off(tmp_path):
+    config = demo_config(tmp_path)
+    config = type(config)(**{**config.__dict__, "sections": {}})
+    assert parse(config) is None
+
+
+def test_enabled_false_turns_the_page_off(tmp_path):
+    assert parse(demo_config(tmp_path, "enabled = false")) is None
+
+
+def test_unknown_web_key_names_file_line_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"evsed.toml:14: \[web\] prot: unknown key \(did you mean 'port'\?\)"):
+        parse(demo_config(tmp_path, "prot = 8081"))
+
+
+def test_bind_must_be_an_ip_address(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[web\] bind: expected an IP address"):
+        parse(demo_config(tmp_path, 'bind = "localhost; rm"'))
+
+
+def test_a_password_hash_that_is_not_one_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[web\] password_hash: expected a hash made by"):
+        parse(demo_config(tmp_path, 'password_hash = "hunter2"'))
+
+
+def test_session_secret_file_is_read_relative_to_the_config(tmp_path):
+    (tmp_path / "web.secret").write_text("x" * 32)
+    settings = parse(demo_config(tmp_path, 'session_secret_file = "web.secret"'))
+    assert load_secret(settings) == b"x" * 32
+
+
+def test_a_missing_session_secret_file_is_an_error_naming_it(tmp_path):
+    settings = parse(demo_config(tmp_path, 'session_secret_file = "nope"'))
+    with pytest.raises(ConfigError, match="nope: \\[web\\] session_secret_file: cannot read"):
+        load_secret(settings)
+
+
+@pytest.mark.parametrize("method", ["scrypt", "pbkdf2"])
+def test_password_hash_verifies_the_password_and_nothing_else(method):
+    stored = hash_password("correct horse", method)
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct hors", stored)
+    assert not verify_password("", stored)
+
+
+# --- logins -------------------------------------------------------------------------------
+def test_login_cookie_is_accepted_until_it_expires_or_is_logged_out():
+    sessions = auth.Sessions(b"k" * 32, lifetime_s=3600)
+    cookie = sessions.issue(now=1000)
+    assert sessions.nonce(cookie, now=1000)
+    assert sessions.nonce(cookie, now=1000 + 3601) is None
+    sessions.revoke(cookie, now=1001)
+    assert sessions.nonce(cookie, now=1002) is None
+
+
+def test_a_tampered_or_foreign_cookie_is_refused():
+    sessions = auth.Sessions(b"k" * 32, lifetime_s=3600)
+    cookie = sessions.issue(now=1000)
+    expires, nonce, sig = cookie.split(".")
+    assert sessions.nonce(f"{int(expires) + 10**6}.{nonce}.{sig}", now=1000) is None
+    assert auth.Sessions(b"other" * 8, 3600).nonce(cookie, now=1000) is None
+
+
+def test_csrf_token_belongs_to_one_login():
+    sessions = auth.Sessions(b"k" * 32, lifetime_s=3600)
+    a = sessions.nonce(sessions.issue(0), 0)
+    b = sessions.nonce(sessions.issue(0), 0)
+    assert sessions.csrf_ok(a, sessions.csrf(a))
+    assert not sessions.csrf_ok(a, sessions.csrf(b))
+    assert not sessions.csrf_ok(a, None)
+
+
+def test_each_wrong_password_doubles_the_wait_up_to_a_minute():
+    backoff = auth.Backoff()
+    delays = [backoff.failed("10.0.0.9", now=0) for _ in range(8)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff.wait_s("10.0.0.9", now=10) == 50
+    assert backoff.wait_s("10.0.0.8", now=10) == 0
+    backoff.succeeded("10.0.0.9")
+    assert backoff.wait_s("10.0.0.9", now=10) == 0
+
+
+def test_many_addresses_guessing_at_once_make_everyone_wait():
+    backoff = auth.Backoff()
+    for k in range(auth.GLOBAL_FAILURES_PER_MIN):
+        backoff.failed(f"10.0.{k}.1", now=k)
+    assert backoff.wait_s("10.9.9.9", now=25) == 35  # until the oldest failure is a minute old
+
+
+# --- what a person reads --------------------------------------------------------------------
+def test_idle_connector_reads_available():
+    assert headline(conn(), NOW, AMS) == ("Available", "idle")
+
+
+def test_plugged_ev_without_card_reads_waiting_for_a_card():
+    c = conn(status="Preparing", state="B", reason="waiting for a card")
+    assert headline(c, NOW, AMS)[0] == "Waiting for a card"
+
+
+def test_charging_reads_power_energy_and_price_so_far():
+    c = conn(status="Charging", state="C", session={"energy_wh": 12400, "power_w": 7210.0, "price": 3.1,
+                                                   "currency": "EUR", "started_at": "2026-11-28T12:00:00Z"})
+    assert headline(c, NOW, AMS) == ("Charging 7.2 kW, 12.4 kWh, €3.10 so far", "charging")
+
+
+def test_charging_without_a_tariff_reads_power_and_energy():
+    c = conn(status="Charging", session={"energy_wh": 500, "power_w": 3700.0})
+    assert headline(c, NOW, AMS)[0] == "Charging 3.7 kW, 0.5 kWh so far"
+
+
+def test_pause_by_time_window_reads_until_when_in_local_time():
+    c = conn(status="SuspendedEVSE", session={"energy_wh": 0}, allowed_a=0.0,
+             limits={"window": {"current_a": 0, "until": "2026-11-28T22:00:00Z"}, "site": 20},
+             reason="current limit 0 A is below 6 A")
+    assert headline(c, NOW, AMS) == ("Paused by time window until 23:00", "paused")
+
+
+def test_rcd_trip_reads_when_it_will_be_retried():
+    c = conn(status="Faulted", faults=[{"fault": "rcd", "lockout": False, "retry_in_s": 300.0}])
+    assert headline(c, NOW, AMS) == ("Fault: RCD tripped, retry at 14:05", "fault")
+
+
+def test_a_lockout_says_a_person_must_clear_it():
+    c = conn(status="Faulted", faults=[{"fault": "welded", "lockout": True, "retry_in_s": None}])
+    assert headline(c, NOW, AMS)[0] == "Fault: contactor welded, locked out until a person clears it"
+
+
+def test_the_lowest_limit_source_is_marked_binding():
+    entries = limit_entries(conn(allowed_a=16.0, limits={"site": 20.0, "group": 16.0}))
+    assert [(e["source"], e["binding"]) for e in entries] == [("group", True), ("site", False)]
+
+
+def test_the_rating_binds_when_no_source_is_lower():
+    entries = limit_entries(conn(allowed_a=32.0, limits={"site": 40.0}))
+    assert entries[0]["source"] == "rating" and entries[0]["binding"]
+
+
+def test_anonymous_viewers_see_card_names_but_not_whole_uids():
+    c = conn(status="Charging", session={"id_tag": "04A1B2C3", "card_name": "", "energy_wh": 0, "power_w": 0})
+    assert connector_view(c, NOW, AMS, show_tags=False)["session"]["card"] == "…B2C3"
+    assert connector_view(c, NOW, AMS, show_tags=True)["session"]["card"] == "04A1B2C3"
+
+
+# --- records ----------------------------------------------------------------------------
+def row(started: str, energy_wh: int, stopped: str | None = None, card: str = "Alice", tag: str = "04A1B2C3"):
+    return {"id": 1, "connector_id": 1, "id_tag": tag, "card_name": card, "card_group": "", "auth_source": "local",
+            "started_at": started, "stopped_at": stopped, "meter_start_wh": 0, "meter_stop_wh": energy_wh,
+            "energy_wh": energy_wh, "peak_power_w": 7000.0, "stop_reason": "ev_disconnected"}
+
+
+def test_totals_count_days_and_months_in_local_time():
+    rows = [row("2026-11-27T23:30:00+00:00", 5000),  # 00:30 on the 28th in Amsterdam: today
+            row("2026-11-27T22:30:00+00:00", 3000),  # 23:30 on the 27th: this month only
+            row("2026-10-31T23:30:00+00:00", 1000)]  # 00:30 on 1 November: this month
+    assert records.totals(rows, NOW, AMS) == {"today_wh": 5000, "today_sessions": 1,
+                                              "month_wh": 9000, "month_sessions": 3}
+
+
+def test_usage_sums_energy_per_local_day_and_counts_sessions_per_hour():
+    rows = [row("2026-11-01T06:10:00+00:00", 2000), row("2026-11-01T06:50:00+00:00", 1000),
+            row("2026-11-30T22:59:00+00:00", 4000)]  # 23:59 on the 30th in Amsterdam
+    usage = records.usage(rows, "2026-11", AMS)
+    assert len(usage["energy_wh_by_day"]) == 30
+    assert usage["energy_wh_by_day"][0] == 3000 and usage["energy_wh_by_day"][29] == 4000
+    assert usage["sessions_by_hour"][7] == 2 and usage["sessions_by_hour"][23] == 1
+
+
+def test_report_sums_sessions_energy_and_hours_per_card():
+    rows = [row("2026-11-01T06:00:00+00:00", 2000, "2026-11-01T08:00:00+00:00"),
+            row("2026-11-02T06:00:00+00:00", 1000, "2026-11-02T06:30:00+00:00", card="Bob")]
+    rep = records.report(rows, AMS)
+    assert rep["total"] == {"sessions": 2, "energy_wh": 3000, "hours": 2.5}
+    assert [r["card"] for r in rep["by_card"]] == ["Alice", "Bob"]
+
+
+def test_month_bounds_reject_a_malformed_month():
+    with pytest.raises(ValueError):
+        records.month_bounds("2026-13", AMS)
+    start, end = records.month_bounds("2026-12", AMS)
+    assert (start.month, end.year, end.month) == (12, 2027, 1)
+
+
+def test_csv_masks_uids_for_anonymous_viewers():
+    text = "".join(records.csv_text([row("2026-11-01T06:00:00+00:00", 2000)], show_tags=False))
+    lines = text.splitlines()
+    assert lines[0].startswith("id,connector_id,id_tag")
+    assert "…B2C3" in lines[1] and "04A1B2C3" not in text
+
+
+# --- page actions ------------------------------------------------------------------------
+def test_stop_becomes_a_remote_stop_request():
+    assert to_request({"action": "stop", "connector": 2}, HELLO, NOW) == {
+        "cmd": "remote-stop", "connector": 2, "reason": "remote"}
+
+
+def test_reserve_dates_the_reservation_from_now():
+    req = to_request({"action": "reserve", "connector": 0, "id_tag": "04a1b2c3", "minutes": 30}, HELLO, NOW)
+    assert req["cmd"] == "reserve" and req["until"] == "2026-11-28T13:30:00Z" and req["id_tag"] == "04A1B2C3"
+    assert isinstance(req["reservation_id"], int)
+
+
+@pytest.mark.parametrize("body", [
+    {"action": "stop", "connector": 3}, {"action": "stop", "connector": True}, {"action": "stop", "connector": 0},
+    {"action": "start", "connector": 1, "id_tag": "x" * 21}, {"action": "mode", "mode": "turbo"},
+    {"action": "availability", "connector": 1, "operative": "yes"}, {"action": "reserve", "connector": 1,
+                                                                      "id_tag": "A1", "minutes": 0},
+    {"action": "sim", "connector": 1}, ["stop"],
+])
+def test_malformed_actions_never_reach_the_daemon(body):
+    with pytest.raises(CommandError):
+        to_request(body, HELLO, NOW)

@@ -1,0 +1,253 @@
+"""The web page in a real headless chromium (Debian's), live from a simulated charger: the text
+follows a session without a reload, a logged-in person stops it, and a screenshot is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from evsed import config
+from evsed.services.link import Link
+from evsed.store.sessions import LiveSession, Store
+from evsed.web.demo import DemoLink, demo_config
+from evsed.web.settings import hash_password, parse
+from evsed.web.service import WebService
+from evsed.shell.daemon import Daemon
+from test_daemon import ask, write_config
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "correct horse"
+PASSWORD_HASH = hash_password(PASSWORD, "pbkdf2")
+
+
+class Server:
+    """The web service on its own event loop thread, with the demo charger behind it."""
+
+    def __init__(self, state_dir: Path):
+        self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"')
+        self.loop = asyncio.new_event_loop()
+        self.link: DemoLink
+        self.service: WebService
+        self._thread = threading.Thread(target=self.loop.run_forever, name="web-test", daemon=True)
+        self._thread.start()
+
+        async def start():
+            self.link = DemoLink(charger="Garage")
+            self.service = WebService(self.config, self.link, parse(self.config))
+            await self.service.start(port=0)
+            self._task = asyncio.create_task(self.service.live.run())
+
+        self.call(start)
+        self.url = self.service.url
+
+    def call(self, fn, *args, **kwargs):
+        """Run fn in the server's loop (the demo charger is not thread-safe) and wait for it."""
+        async def run():
+            result = fn(*args, **kwargs)
+            return await result if asyncio.iscoroutine(result) else result
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def close(self):
+        async def stop():
+            self._task.cancel()
+            await self.service.stop()
+        self.call(stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def _past_sessions(db: Path) -> None:
+    store = Store(db)
+    now = dt.datetime.now(dt.timezone.utc)
+    for k, (name, tag, wh) in enumerate([("Alice", "04A1B2C3", 18400), ("Bob", "04D4E5F6", 9100),
+                                         ("Alice", "04A1B2C3", 22700)]):
+        start = now - dt.timedelta(days=k, hours=3)
+        s = LiveSession(1, tag, name, "family", "local", start.isoformat(timespec="seconds"), 1000, 1000)
+        store.start(s)
+        store.stop(s.row_id, 1000 + wh, 7300.0, "ev_disconnected",
+                   (start + dt.timedelta(hours=2)).isoformat(timespec="seconds"))
+    store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    _past_sessions(tmp_path / "sessions.db")
+    srv = Server(tmp_path)
+    yield srv
+    srv.close()
+
+
+def _need_browser() -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install -y chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        pytest.fail("the playwright package is missing: `make test` installs '.[test]' into .venv")
+
+
+@pytest.fixture
+def page(tmp_path):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1100, "height": 900}, device_scale_factor=1)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def _charge(server: Server, minutes: int = 0) -> None:
+    """A session on connector 1 that has run for minutes, sampled every minute: a ramp, 16 A on
+    three phases, then the taper of a battery nearly full."""
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)
+    server.call(server.link.plug, 1)
+    server.call(server.link.start, 1, "04A1B2C3", "Alice", at=start)
+    energy_wh = 0.0
+    for m in range(minutes + 1):
+        amps = min(16.0, 8.0 * m, 16.0 - 0.6 * max(0, m - (minutes - 10)))
+        phases = [amps, round(amps - 0.3, 1) if amps else 0.0, round(amps + 0.2, 1) if amps else 0.0]
+        power = round(sum(a * 230 for a in phases))
+        energy_wh += power / 60
+        server.call(server.link.sample, 1, power, phases, int(energy_wh), at=start + dt.timedelta(minutes=m),
+                    price=round(0.32 * energy_wh / 1000, 2), currency="EUR")
+
+
+def test_page_follows_a_session_live_without_reload(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server.url)
+    headline = page.locator("[data-connector='1'] .headline")
+    expect(headline).to_have_text("Available")
+    expect(page.locator("#link")).to_have_text("live")
+    page.evaluate("window.notReloaded = true")
+
+    server.call(server.link.plug, 1)
+    expect(headline).to_have_text("Waiting for a card")
+    server.call(server.link.start, 1, "04A1B2C3", "Alice")
+    server.call(server.link.sample, 1, 7200.0, [10.4, 10.4, 10.4], 12400, price=3.10, currency="EUR")
+    expect(headline).to_have_text("Charging 7.2 kW, 12.4 kWh, €3.10 so far")
+    expect(page.locator("[data-connector='1'] .detail")).to_contain_text("Card Alice")
+    server.call(server.link.sample, 1, 11000.0, [16.0, 16.0, 15.8], 12600, price=3.15, currency="EUR")
+    expect(headline).to_have_text("Charging 11.0 kW, 12.6 kWh, €3.15 so far")
+    expect(page.locator("#today-kwh")).not_to_have_text("–")
+
+    server.call(server.link.limit, 1, "window", 0, until="2026-11-28T22:00:00Z")
+    server.call(server.link._set, 1, status="SuspendedEVSE", reason="current limit 0 A is below 6 A")
+    expect(headline).to_have_text("Paused by time window until 23:00")
+    server.call(server.link.stop, 1)
+    expect(headline).to_have_text("Session ended; unplug the EV")
+    server.call(server.link.unplug, 1)
+    expect(headline).to_have_text("Available")
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_logged_in_person_stops_a_session(server, page):
+    from playwright.sync_api import expect
+
+    _charge(server, minutes=5)
+    page.goto(server.url)
+    headline = page.locator("[data-connector='1'] .headline")
+    expect(headline).to_contain_text("Charging")
+    stop = page.get_by_role("button", name="Stop charging")
+    expect(stop).to_be_hidden()
+
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Log in").last.click()
+    expect(page.locator("#login-error")).to_have_text("wrong password")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").last.click()
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
+    expect(page.locator("[data-connector='1'] .detail")).to_contain_text("Card Alice")
+
+    stop.click()
+    expect(headline).to_have_text("Session ended; unplug the EV")
+    assert {"cmd": "remote-stop", "connector": 1, "reason": "remote"} in server.link.commands
+
+
+def test_charging_page_screenshot(server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    _charge(server, minutes=45)
+    server.call(server.link.limit, 1, "site", 24)
+    page.goto(server.url)
+    expect(page.locator("[data-connector='1'] .headline")).to_have_text(
+        re.compile(r"^Charging \d+\.\d kW, \d+\.\d kWh, €\d+\.\d\d so far$"))
+    expect(page.locator("#sessions tr")).to_have_count(4)  # header and the three past sessions (the demo stores none)
+    expect(page.locator("#report tr")).to_have_count(4)
+    page.wait_for_function("document.querySelector('#usage-day').complete && "
+                           "document.querySelector('#usage-hour').complete")
+    shot = tmp_path / "web-charging.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("EVSED_WEB_SCREENSHOT"):  # `make web-screenshot` refreshes docs/web.png
+        shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT"])
+
+
+def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
+    """End to end: the daemon on the simulator, the web service on the real Link and the browser,
+    all on this thread's loop (the daemon wants the main thread for its signal handlers)."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+
+    cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n'))
+
+    async def scenario():
+        daemon = Daemon(cfg, start_services=False)  # this test runs the web service itself
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        async with async_playwright() as p:
+            link = await Link.connect(cfg.store.runtime_dir, "web")
+            settings = parse(cfg)
+            assert settings is not None
+            service = WebService(cfg, link, settings)
+            await service.start(port=0)
+            live = asyncio.create_task(service.live.run())
+            browser = await p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(service.url)
+                headline = page.locator("[data-connector='1'] .headline")
+                await expect(headline).to_have_text("Available")
+                await page.evaluate("window.notReloaded = true")
+                await ask(cfg, {"cmd": "sim", "action": "plug"})
+                await expect(headline).to_have_text("Waiting for a card")
+                await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+                await expect(headline).to_have_text(re.compile(r"^Charging 11\.\d kW, \d+\.\d kWh so far$"))
+                await expect(page.locator("[data-connector='1'] .detail")).to_contain_text("Card Alice")
+                await expect(page.locator("[data-connector='1'] .plot-box")).to_be_visible()  # live samples
+
+                await page.get_by_role("button", name="Log in").click()
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").last.click()
+                await page.get_by_role("button", name="Stop charging").click()
+                await expect(headline).to_have_text("Session ended; unplug the EV")
+                await ask(cfg, {"cmd": "sim", "action": "unplug"})
+                await expect(headline).to_have_text("Available")
+                await expect(page.locator("#sessions tr")).to_have_count(2)  # header, the stored session
+                await expect(page.locator("#sessions tr").nth(1)).to_contain_text("remote")
+                assert await page.evaluate("window.notReloaded") is True
+            finally:
+                await browser.close()
+                live.cancel()
+                await service.stop()
+                await link.close()
+                daemon.stopping.set()
+                await run
+
+    asyncio.run(scenario())
