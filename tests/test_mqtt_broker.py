@@ -1,7 +1,6 @@
 """The MQTT service against a real mosquitto on loopback: retained state, discovery, commands, events,
-the last will on kill -9, a broker restart, credentials. The daemon's side is a small fake of the Link.
-
-Run as a script (python tests/test_mqtt_broker.py CONFIG) it is the service process the kill -9 test kills.
+a broker restart, a lost daemon, credentials. The daemon's side is a small fake of the Link
+(test_mqtt_daemon.py has the real one, and the last will on kill -9 of `evsed service mqtt`).
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,8 +28,9 @@ MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), None)
 WAIT_S = 15.0  # an upper bound for one awaited message; the tests wait for messages, never for time
 
-HELLO = {"ok": True, "version": 1, "charger": "garage", "connectors": [1], "phases": 3, "voltage_v": 230}
-IDLE = {"charger": "garage", "connectors": [{
+HELLO = {"ok": True, "version": 1, "charger": "garage", "connectors": [1], "phases": 3, "voltage_v": 230,
+         "acked": 0}
+IDLE = {"charger": "garage", "mode": "fast", "connectors": [{
     "id": 1, "status": "Available", "state": "A", "contactor": "open", "offered_a": 0.0, "allowed_a": 32.0,
     "measured": {"current_a": [0.0, 0.0, 0.0], "power_w": 0.0, "energy_wh": 1000},
     "session": None, "faults": [], "reason": "no EV", "limits": {}}]}
@@ -74,6 +72,8 @@ class FakeLink:
         if req["cmd"] == "status":
             return {"ok": True, **copy.deepcopy(self.status)}
         self.requests.append(req)
+        if req["cmd"] == "mode":
+            self.status["mode"] = req["mode"]
         self._poke()
         return {"ok": True}
 
@@ -291,27 +291,6 @@ def test_session_events_are_published_acknowledged_and_refresh_the_state(broker,
     asyncio.run(scenario())
 
 
-def test_last_will_marks_the_charger_offline_when_the_service_is_killed(broker, tmp_path):
-    service_config(tmp_path, broker.port)  # writes evsed.toml for the service process
-
-    async def scenario():
-        async with subscribed(broker.port, f"{BASE}/availability") as inbox:
-            with open(tmp_path / "service.log", "wb") as log:
-                proc = subprocess.Popen([sys.executable, __file__, str(tmp_path / "evsed.toml")],
-                                        stdout=log, stderr=log)
-            try:
-                await inbox.wait_for(f"{BASE}/availability", "online")
-                os.kill(proc.pid, signal.SIGKILL)
-                offline = await inbox.wait_for(f"{BASE}/availability", "offline")
-            finally:
-                proc.kill()
-                proc.wait()
-        async with subscribed(broker.port, f"{BASE}/availability") as later:
-            assert (await later.wait_for(f"{BASE}/availability")).payload == b"offline"  # retained
-        assert offline.payload == b"offline"
-    asyncio.run(scenario())
-
-
 def test_service_reconnects_after_a_broker_restart_and_resumes_the_event_stream(broker, tmp_path):
     async def scenario():
         link = FakeLink()
@@ -374,6 +353,3 @@ def test_credentials_from_the_password_file_reach_the_broker_and_are_never_logge
     finally:
         secure.stop()
 
-
-if __name__ == "__main__":  # the service process of the kill -9 test
-    asyncio.run(service.serve(config.load(sys.argv[1]), FakeLink()))

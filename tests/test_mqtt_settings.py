@@ -34,7 +34,7 @@ def test_an_empty_mqtt_table_has_documented_defaults():
     assert (s.host, s.port, s.tls) == ("localhost", 1883, False)
     assert s.base_topic == "evsed/garage"
     assert s.discovery and s.discovery_prefix == "homeassistant"
-    assert s.client_id == "evsed-mqtt-garage"
+    assert s.client_id == "evsed-mqtt-garage" and s.status_interval_s == 10
     assert s.username is None and s.password is None and s.ca_file is None
     assert s.max_current_a == 16
 
@@ -106,3 +106,8 @@ def test_a_missing_password_file_names_the_key(tmp_path):
 def test_bounded_numbers():
     err = error_for("keepalive_s = 1\n")
     assert "[mqtt] keepalive_s" in str(err) and "out of range" in str(err)
+
+
+def test_enabled_is_a_known_key_read_by_the_daemon():
+    assert parsed("enabled = false\n").base_topic == "evsed/garage"
+    assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))

@@ -18,11 +18,12 @@ from evsed.control.client import ControlError
 from evsed.mqtt import topics as tp
 from evsed.mqtt.discovery import discovery_payload, discovery_topic
 from evsed.mqtt.settings import MqttSettings, parse
+from evsed.services.link import LinkError
 
 log = structlog.get_logger("evsed")
 QOS = 1
 OFFLINE_TIMEOUT_S = 2.0   # the goodbye "offline" on a clean stop; the broker's will covers a crash
-LINK_ERRORS = (OSError, EOFError, ControlError)  # the daemon went away or answered garbage
+LINK_ERRORS = (LinkError, OSError, EOFError, ControlError)  # the daemon went away or answered garbage
 
 
 class Link(Protocol):
@@ -79,7 +80,7 @@ class Bridge:
         self.topics = tp.Topics(settings.base_topic)
         self.connectors = tuple(n for n in link.hello.get("connectors") or () if isinstance(n, int))
         self.retained: dict[str, str] = {}  # what a broker should hold; republished after every reconnect
-        self.seq = 0                         # the last event published and acknowledged
+        self.seq = int(link.hello.get("acked") or 0)  # the last event published and acknowledged
         self.ignored = 0                     # malformed commands, counted
         self.refresh = asyncio.Event()
         self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)
@@ -180,8 +181,6 @@ class Bridge:
             reply = await self._command(req)
             if reply.get("ok"):
                 log.info("mqtt.command", topic=topic, request=req)
-                if req["cmd"] == "mode":  # no event reports a mode change; the reply does
-                    await self._publish(client, tp.Message(self.topics.charger("mode"), req["mode"]))
             else:
                 log.warning("mqtt.command_refused", topic=topic, request=req, error=reply.get("error"))
             self.refresh.set()

@@ -34,7 +34,7 @@ class MqttSettings:
     discovery_prefix: str = "homeassistant"
     keepalive_s: int = 30
     reconnect_max_s: float = 60.0   # back-off cap after a lost broker or daemon
-    status_interval_s: float = 30.0  # state is refreshed at least this often without events
+    status_interval_s: float = 10.0  # state is refreshed at least this often without events
 
 
 def parse(config: Config) -> MqttSettings:
@@ -44,6 +44,7 @@ def parse(config: Config) -> MqttSettings:
         raise ConfigError(config.path, None, "[mqtt]", "missing: the MQTT service needs an [mqtt] table")
     t = section.table()
     charger = config.charger
+    t.get("enabled", bool, True)  # read by `evsed run`, which starts the service only when true
     url = t.get("url", str, DEFAULT_URL)
     host, port, tls = _broker(t, url)
     ca = t.get("ca_file", str, "")
@@ -67,7 +68,7 @@ def parse(config: Config) -> MqttSettings:
         discovery=t.get("discovery", bool, True), discovery_prefix=prefix,
         keepalive_s=t.get("keepalive_s", int, 30, min=5, max=3600),
         reconnect_max_s=t.get("reconnect_max_s", float, 60.0, min=1, max=3600),
-        status_interval_s=t.get("status_interval_s", float, 30.0, min=1, max=3600))
+        status_interval_s=t.get("status_interval_s", float, 10.0, min=1, max=3600))
     t.done()
     if settings.password and not settings.username:
         raise t.error("password_file", "needs a username")
