@@ -32,10 +32,11 @@ mosquitto:
 	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq mosquitto; }; }
 
-bench: $(STAMP)
+bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/reaction.py
 	$(VENV)/bin/python bench/footprint.py
 	$(VENV)/bin/python bench/web.py
+	$(VENV)/bin/python bench/mqtt.py
 
 web-screenshot: $(STAMP) $(CHROMIUM)
 	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot
