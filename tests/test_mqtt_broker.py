@@ -353,3 +353,66 @@ def test_credentials_from_the_password_file_reach_the_broker_and_are_never_logge
     finally:
         secure.stop()
 
+
+
+def make_ca(directory: Path, name: str):
+    """A CA and a server certificate for 127.0.0.1 signed by it, as PEM files: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(subject, issuer, public_key, signer, ca: bool, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca_cert = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), ca_name, key.public_key(),
+                  ca_key, False, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    paths = directory / f"{name}-ca.pem", directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_mqtts_trusts_the_configured_ca_and_refuses_another(tmp_path):
+    ca, cert, key = make_ca(tmp_path, "broker")
+    other_ca, _, _ = make_ca(tmp_path, "other")
+    tls = Mosquitto(tmp_path, f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    tls.start()
+
+    async def scenario():
+        import ssl
+        good = service_config(tmp_path, tls.port, f'ca_file = "{ca}"\n').path.read_text()
+        cfg = config.parse(good.replace("mqtt://", "mqtts://"), tmp_path / "evsed.toml")
+        bad = config.parse(good.replace("mqtt://", "mqtts://").replace(str(ca), str(other_ca)),
+                           tmp_path / "evsed.toml")
+        context = ssl.create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", tls.port, tls_context=context) as c:
+            await c.subscribe(f"{BASE}/availability", qos=1)
+            async with running(cfg, FakeLink()):
+                await Inbox(c).wait_for(f"{BASE}/availability", "online")
+        with capture_logs() as logs:
+            async with running(bad, FakeLink()), asyncio.timeout(WAIT_S):
+                while not any(e["event"] == "mqtt.disconnected" for e in logs):
+                    await asyncio.sleep(0.01)  # until the refusal is logged; nothing else to await
+        refusal = next(e for e in logs if e["event"] == "mqtt.disconnected")
+        assert "CERTIFICATE_VERIFY_FAILED" in refusal["reason"]
+    try:
+        asyncio.run(scenario())
+    finally:
+        tls.stop()

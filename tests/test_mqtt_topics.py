@@ -171,3 +171,8 @@ def test_a_two_connector_single_phase_charger_names_its_connectors():
 
 def test_a_charger_id_with_odd_characters_gives_a_valid_object_id():
     assert discovery.object_id("Garage West #2") == "evsed_Garage_West__2"
+
+
+def test_the_state_sensor_knows_every_status_the_core_reports():
+    from evsed.core.events import ConnectorStatus
+    assert set(discovery.STATUSES) == {s.value for s in ConnectorStatus}  # an unknown one makes HA log errors
