@@ -24,6 +24,7 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy --strict evsed/core
 	$(VENV)/bin/python -m pytest -q
 
 # The MQTT tests run a real broker on loopback: Debian's mosquitto, installed when missing (as root).
