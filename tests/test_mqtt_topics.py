@@ -38,6 +38,13 @@ def test_status_reply_publishes_retained_state_power_energy_and_current_per_phas
     assert out["evsed/garage/mode"] == ("solar", True)
 
 
+def test_a_stale_meter_reading_publishes_no_power_energy_or_current():
+    stale = dict(CHARGING["connectors"][0], measured=dict(CHARGING["connectors"][0]["measured"], stale=True))
+    out = published(tp.state_messages(T, {"ok": True, "connectors": [stale]}))
+    assert not [t for t in out if t.endswith(("power_w", "/energy_wh", "l1", "l2", "l3")) and "session" not in t]
+    assert out["evsed/garage/connector/1/status"][0] == "Charging"
+
+
 def test_the_binding_limit_is_the_lowest_source():
     out = published(tp.state_messages(T, CHARGING))
     limit = json.loads(out["evsed/garage/connector/1/limit"][0])

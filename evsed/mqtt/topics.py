@@ -107,13 +107,13 @@ def _connector_state(topics: Topics, c: dict) -> list[Message]:
         Message(topics.connector(n, "session"), _json(session)),
         Message(topics.connector(n, "faults"), _json(c.get("faults") or [])),
     ]
-    if measured:
+    if measured and not measured.get("stale"):  # a stale reading is not today's power: keep the last one
         out.append(Message(topics.connector(n, "power_w"), _number(measured.get("power_w"))))
         out.append(Message(topics.connector(n, "energy_wh"), _number(measured.get("energy_wh"))))
         currents = measured.get("current_a") or []
         for phase, value in zip(PHASES, currents if isinstance(currents, list) else []):
             out.append(Message(topics.connector(n, f"current_a/{phase}"), _number(value, 1)))
-    elif session is None:
+    elif not measured and session is None:
         out.append(Message(topics.connector(n, "power_w"), "0"))
     if session is not None:
         out.append(Message(topics.connector(n, "session/energy_wh"), _number(session.get("energy_wh"))))
