@@ -39,6 +39,8 @@ bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/footprint.py
 	$(VENV)/bin/python bench/web.py
 	$(VENV)/bin/python bench/mqtt.py
+	$(VENV)/bin/python bench/records.py
+	$(VENV)/bin/python bench/failsafe_dropout.py
 
 web-screenshot: $(STAMP) $(CHROMIUM)
 	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot
