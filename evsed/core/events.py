@@ -81,6 +81,14 @@ OCPP16_ERROR_CODE = {
 }
 
 
+class PilotOutput(str, enum.Enum):
+    """What the EVSE drives on the control pilot."""
+
+    OFF = "off"  # steady +12 V (state X1): no charging offered
+    PWM = "pwm"  # 1 kHz PWM whose duty offers a current (state X2)
+    F = "f"  # steady -12 V (state F): EVSE not available
+
+
 class ConnectorStatus(str, enum.Enum):
     """The OCPP 1.6 connector status values, which the core keeps up to date."""
 
@@ -249,9 +257,9 @@ class CloseContactor:
 
 @dataclass(frozen=True, slots=True)
 class SetPilot:
-    """mode: "pwm" (with duty_pct), "off" (steady +12 V) or "f" (steady -12 V)."""
+    """The pilot output; duty_pct with PWM."""
 
-    mode: str
+    mode: PilotOutput
     duty_pct: float | None = None
     current_a: float = 0.0
 

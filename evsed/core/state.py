@@ -6,11 +6,13 @@ deadline: pure queries that evsed.core's step() and the shell share.
 
 from __future__ import annotations
 
+import enum
 import math
+from typing import Callable
 from dataclasses import dataclass, field
 
 from evsed.core import events as ev
-from evsed.core.events import ChargePointErrorCode, Clearance, ConnectorStatus, Fault
+from evsed.core.events import ChargePointErrorCode, Clearance, ConnectorStatus, Fault, PilotOutput
 from evsed.core.pilot import MIN_CURRENT_A, PilotState
 
 AUTH_LIMIT = "authorization"  # the limit source of a per-session ceiling that came with the authorization
@@ -24,6 +26,14 @@ DIODE_SETTLE_S = 1.0  # after PWM starts, readings may still show the old output
 PILOT_INVALID_S = 0.075  # readings outside every band this long: pilot lost. Inside the 100 ms
 #                          IEC 61851-1 allows for C->B, leaving room for the shell's tick latency;
 #                          a single reading during an EV's resistor switch is debounced
+
+
+class SelfTestState(str, enum.Enum):
+    """The RCD test that the next close needs."""
+
+    NONE = "none"  # not asked for
+    RUNNING = "running"  # asked for, no answer yet
+    PASSED = "passed"  # passed: the close may go ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +80,7 @@ class Connector:
     diode_ok: bool = False
     diode_failures: int = 0
     pwm_since: float = -math.inf  # when the output last switched to PWM
-    output: str = "off"  # pilot output: "off" (+12 V), "pwm", "f" (-12 V)
+    output: PilotOutput = PilotOutput.OFF
     duty_pct: float | None = None
     offered_a: float = 0.0
     offered_changed_at: float = -math.inf
@@ -85,11 +95,11 @@ class Connector:
     pending_tag: str | None = None  # waiting for an authorization answer
     session: bool = False
     finishing: bool = False  # session ended, EV still plugged
-    faults: dict = field(default_factory=dict)  # Fault -> FaultState; replaced, never mutated
+    faults: dict[Fault, FaultState] = field(default_factory=dict)  # replaced, never mutated
     rcd_tripped: bool = False
     rcd_trips: int = 0
     rcd_tripped_at: float = -math.inf
-    limits: dict = field(default_factory=dict)  # source -> A; replaced, never mutated
+    limits: dict[str, float] = field(default_factory=dict)  # source -> A; replaced, never mutated
     meter_ok_at: float | None = None
     meter_error: str = ""
     overcurrent_since: float | None = None
@@ -101,7 +111,7 @@ class Connector:
     operative: bool = True
     reservation: tuple[str, float] | None = None
     shutting_down: bool = False
-    self_test: str = "none"  # RCD test for the next close: "none", "running", "passed"
+    self_test: SelfTestState = SelfTestState.NONE  # the RCD test the next close needs
     self_test_since: float = -math.inf  # when the running test was asked for
     status: ConnectorStatus = ConnectorStatus.AVAILABLE
     reason: str = ""  # why not charging, for people
@@ -111,7 +121,7 @@ class Connector:
 
 def allowed_current_a(cfg: CoreConfig, s: Connector) -> float:
     """The minimum of the hardware maximum and every current ceiling, in A."""
-    return min([cfg.max_current_a, *s.limits.values()])
+    return float(min([cfg.max_current_a, *s.limits.values()]))
 
 
 def clears_by(fault: Fault, fs: FaultState) -> Clearance:
@@ -233,14 +243,14 @@ def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     EVSE-initiated stop still inside its grace period. And PWM is never offered while a
     fresh meter reading is needed and missing (some boards close by themselves under PWM).
     """
-    if s.output == "pwm" and meter_missing(cfg, s, now):
+    if s.output is PilotOutput.PWM and meter_missing(cfg, s, now):
         return "PWM offered without a fresh meter reading"
     if not s.contactor_closed:
         return None
     why = safety_blocker(cfg, s, now)
     if why is not None:
         return why
-    offering = s.output == "pwm" and s.session and allowed_current_a(cfg, s) >= MIN_CURRENT_A
+    offering = s.output is PilotOutput.PWM and s.session and allowed_current_a(cfg, s) >= MIN_CURRENT_A
     if offering and s.duty_pct is not None and s.duty_pct >= 10.0:
         return None
     if s.stopping_since is not None and now < s.stopping_since + cfg.stop_grace_s:
@@ -248,34 +258,68 @@ def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     return "closed without an offer and outside the stop grace"
 
 
+def _feedback_due(cfg: CoreConfig, s: Connector) -> float | None:
+    if not cfg.has_feedback or s.feedback_closed is None or s.feedback_closed == s.contactor_closed:
+        return None
+    if (Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH) in s.faults:
+        return None
+    return max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s
+
+
+def _pilot_due(cfg: CoreConfig, s: Connector) -> float | None:
+    if s.pilot is None or s.output is PilotOutput.F:
+        return None
+    times = [s.pilot_seen_at + cfg.pilot_lost_s] if s.pilot_seen_at is not None else []
+    if s.invalid_since is not None:
+        times.append(s.invalid_since + PILOT_INVALID_S)
+    return min(times) if times else None
+
+
+def _rcd_retry_due(cfg: CoreConfig, s: Connector) -> float | None:
+    rcd = s.faults.get(Fault.RCD)
+    # a retry waits for the input to clear: that is an event, not a time
+    return rcd.retry_at if rcd is not None and not s.rcd_tripped else None
+
+
+def _overcurrent_due(cfg: CoreConfig, s: Connector) -> float | None:
+    if s.overcurrent_since is None or not s.contactor_closed or Fault.OVERCURRENT in s.faults:
+        return None
+    return max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s
+
+
+def _wakeup_due(cfg: CoreConfig, s: Connector) -> float | None:
+    if s.b_since is None or cfg.wakeup_after_s <= 0 or s.wakeups != 0 or not s.session:
+        return None
+    return s.b_since + cfg.wakeup_after_s
+
+
+Due = Callable[[CoreConfig, Connector], "float | None"]
+
+# Every timer of the core, each defined once: its name and when it is due. A timer with a name
+# in step.py's FIRE changes the state when due (in this order); the others are conditions the
+# step re-reads every time (a blocker that ends or begins), due so the shell ticks at that time.
+TIMERS: tuple[tuple[str, Due], ...] = (
+    ("auth_expiry", lambda cfg, s: s.auth_expires_at if not s.session else None),
+    ("reservation_expiry", lambda cfg, s: s.reservation[1] if s.reservation is not None else None),
+    ("self_test_timeout", lambda cfg, s: s.self_test_since + SELF_TEST_TIMEOUT_S
+     if s.self_test is SelfTestState.RUNNING else None),
+    ("rcd_retry", _rcd_retry_due),
+    ("feedback_mismatch", _feedback_due),
+    ("overcurrent", _overcurrent_due),
+    ("pilot_lost", _pilot_due),
+    ("pause_over", lambda cfg, s: s.paused_until if s.paused_until > -math.inf else None),
+    ("wakeup_over", lambda cfg, s: s.wakeup_until),
+    ("wakeup", _wakeup_due),
+    ("meter_pause", lambda cfg, s: s.meter_ok_at + meter_pause_after_s(cfg)
+     if s.output is PilotOutput.PWM and cfg.has_meter and s.meter_ok_at is not None else None),
+    ("stop_grace", lambda cfg, s: s.stopping_since + cfg.stop_grace_s
+     if s.contactor_closed and s.stopping_since is not None else None),
+    ("meter_timeout", lambda cfg, s: s.meter_ok_at + cfg.meter_timeout_s
+     if s.contactor_closed and cfg.has_meter and s.meter_ok_at is not None else None),
+)
+
+
 def next_deadline(cfg: CoreConfig, s: Connector) -> float | None:
     """The earliest time at which a Tick may change something (None: nothing pending)."""
-    times = [s.auth_expires_at, s.wakeup_until]
-    if s.reservation is not None:
-        times.append(s.reservation[1])
-    if not s.rcd_tripped:  # a retry waits for the input to clear: that is an event, not a time
-        times += [f.retry_at for f in s.faults.values()]
-    if s.pilot is not None and s.pilot_seen_at is not None:
-        times.append(s.pilot_seen_at + cfg.pilot_lost_s)
-    if s.pilot is not None and s.invalid_since is not None:
-        times.append(s.invalid_since + PILOT_INVALID_S)
-    if s.output == "pwm" and cfg.has_meter and s.meter_ok_at is not None:
-        times.append(s.meter_ok_at + meter_pause_after_s(cfg))
-    if s.contactor_closed:
-        if s.stopping_since is not None:
-            times.append(s.stopping_since + cfg.stop_grace_s)
-        if cfg.has_meter and s.meter_ok_at is not None:
-            times.append(s.meter_ok_at + cfg.meter_timeout_s)
-        if s.overcurrent_since is not None:
-            times.append(max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s)
-    if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
-        if (Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH) not in s.faults:
-            times.append(max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s)
-    if s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0:
-        times.append(s.b_since + cfg.wakeup_after_s)
-    if s.paused_until > -math.inf:
-        times.append(s.paused_until)
-    if s.self_test == "running":
-        times.append(s.self_test_since + SELF_TEST_TIMEOUT_S)
-    due = [t for t in times if t is not None and t > -math.inf]
+    due = [t for _, when in TIMERS if (t := when(cfg, s)) is not None and t > -math.inf]
     return min(due) if due else None

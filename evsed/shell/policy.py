@@ -137,8 +137,8 @@ class Policy:
             self._send(ctrl, "group", self._group_cap(ctrl))
             self._send(ctrl, "breaker", self.connector_config(cid).breaker_a)
             c.cable = self._cable(ctrl)
-            pp = self.connector_config(cid).socket and c.cable is not None  # a fixed cable is in the core's max
-            self._send(ctrl, "cable", None if not pp else (0.0 if c.cable.blocked else c.cable.current_a))
+            pp = c.cable if self.connector_config(cid).socket else None  # a fixed cable is in the core's max
+            self._send(ctrl, "cable", None if pp is None else (0.0 if pp.blocked else pp.current_a))
             ext = self._external(ctrl)
             self._send(ctrl, "external_cap", ext.current_a)
         if site is not None:
