@@ -152,7 +152,8 @@ def example_text(name: str) -> str:
 
 def _service_sections(cfg: configmod.Config) -> list[str]:
     """The services the config runs: every [ocpp], [mqtt], [web] section not `enabled = false`."""
-    return [name for name, s in cfg.sections.items() if s.data.get("enabled", True) is not False]
+    return [name for name, s in cfg.sections.items()
+            if name in configmod.SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
 
 
 def _venv() -> Path:
