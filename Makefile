@@ -24,6 +24,7 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy --strict evsed/core
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

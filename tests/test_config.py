@@ -100,11 +100,11 @@ def test_second_connector_errors_point_at_its_own_lines():
 
 def test_broken_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "evsed.toml"
-    path.write_text(MINIMAL + "[store]\nretention = 5\n")
+    path.write_text(MINIMAL + "[store]\nretention_days = 5\n")
     proc = subprocess.run([sys.executable, "-m", "evsed", "run", "-c", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention: unknown key"
+    assert proc.stderr.strip() == f"evsed: {path}:8: [store] retention_days: unknown key (did you mean 'sample_retention_days'?)"
     assert "Traceback" not in proc.stderr
 
 
@@ -146,3 +146,114 @@ def test_brackets_inside_strings_of_a_multiline_array_keep_later_lines_right():
     text = '[charger]\nid = "x"\nnote = [\n  "a ] b",  # ] too\n  "c",\n]\nphases = 2\n[[card]]\nuid = "01"\n'
     lines = key_lines(text)
     assert lines["charger.note"] == 3 and lines["charger.phases"] == 7 and lines["card[0].uid"] == 9
+
+
+def test_card_repeat_time_is_a_timing_key_passed_to_the_core():
+    cfg = config.parse(MINIMAL, "evsed.toml")
+    assert cfg.timing.card_repeat_s == 2.0
+    cfg = config.parse(MINIMAL + "[timing]\ncard_repeat_s = 0.5\n", "evsed.toml")
+    assert cfg.core_config(cfg.connectors[0]).card_repeat_s == 0.5
+
+
+def test_meter_timeout_must_leave_room_for_the_pause_and_its_grace():
+    err = error_for(MINIMAL + "[timing]\nmeter_timeout_s = 7\n")
+    assert err.line == 8 and "[timing] meter_timeout_s: must be at least stop_grace_s" in str(err)
+
+
+# --- configs that used to slip through (issue 8) -------------------------------------------
+
+SLIPS = {  # name: (text after MINIMAL, expected line, expected "[table] key", words in the message)
+    "huge integer for a float key": ("[charger]\nmax_current_a = " + "9" * 400 + "\n", 8, "[charger] max_current_a",
+                                     "more than 40 digits"),
+    "huge integer for an int key": ("[timing]\nrcd_max_retries = " + "9" * 5000 + "\n", 8,
+                                    "[timing] rcd_max_retries", "more than 40 digits"),
+    "arrays nested 500 deep": ("[charger]\nid = " + "[" * 500 + "]" * 500 + "\n", 8, "[charger] id", "nested"),
+    "inline tables nested 500 deep": ("[charger]\nid = " + "{a=" * 500 + "1" + "}" * 500 + "\n", 8,
+                                      "[charger] id", "nested"),
+    "a nested array spread over lines": ("[charger]\nid = [\n" + "[\n" * 40 + "]\n" * 40 + "]\n", 24,
+                                         "[charger] id", "nested"),
+    "duplicate connector id": (MINIMAL.replace("[[connector]]", "[[connector]]\nid = 1"), 9, "[connector] id",
+                               "connector id 1 is used twice (also at line 2)"),
+    "[[charger]] as an array": ("[[charger]]\nid = \"x\"\n", 7, "top level charger", "[[charger]]"),
+    "a very deep table header": ("[" + ".".join(["a"] * 1000) + "]\nx = 1\n", 7, "top level a", "dotted parts"),
+    "a 10 MB id": ("[charger]\nid = \"" + "x" * 10_000_000 + "\"\n", 8, "[charger] id",
+                   "a line of 10000007 characters, at most 1048576"),
+    "an id longer than OCPP allows": ("[charger]\nid = \"" + "x" * 49 + "\"\n", 8, "[charger] id",
+                                      "longer than 48 characters"),
+    "a 100,000-character card UID": ("[[card]]\nuid = \"" + "A" * 100_000 + "\"\n", 8, "[card] uid",
+                                     "longer than 64 characters"),
+    "a card UID longer than 10 bytes": ("[[card]]\nuid = \"" + "A" * 22 + "\"\n", 8, "[card] uid", "at most 20"),
+    "state_dir is a file": ("[store]\nstate_dir = \"/etc/passwd\"\n", 8, "[store] state_dir", "not a directory"),
+    "state_dir under a file": ("[store]\nstate_dir = \"/etc/passwd/evsed\"\n", 8, "[store] state_dir",
+                               "not a directory"),
+    "runtime_dir under /proc": ("[store]\nruntime_dir = \"/proc/evsed\"\n", 8, "[store] runtime_dir", "under /proc"),
+    "runtime_dir too long for the socket": ("[store]\nruntime_dir = \"/tmp/" + "d" * 90 + "\"\n", 8,
+                                            "[store] runtime_dir", "too long for the control socket"),
+}
+
+
+@pytest.mark.parametrize("name", SLIPS)
+def test_a_bad_config_gives_one_line_with_file_line_and_key_and_exit_2(name, tmp_path, capsys):
+    from evsed import cli
+    text, line, where, words = SLIPS[name]
+    path = tmp_path / "evsed.toml"
+    path.write_text(MINIMAL + text)
+    assert cli.main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"evsed: {path}:{line}: {where}"), err[:300]
+    assert words in err and len(err) < 400
+
+
+def test_runtime_dir_at_the_socket_path_limit_is_accepted():
+    room = 107 - len("/tmp/") - len("/control.sock")
+    cfg = config.parse(MINIMAL + f'[store]\nruntime_dir = "/tmp/{"d" * room}"\n', "evsed.toml")
+    assert len(str(cfg.store.runtime_dir / "control.sock")) == 107
+    err = error_for(MINIMAL + f'[store]\nruntime_dir = "/tmp/{"d" * (room + 1)}"\n')
+    assert "too long for the control socket" in str(err)
+
+
+def test_a_huge_integer_through_the_data_api_is_an_error_not_an_overflow():
+    err = None
+    with pytest.raises(config.ConfigError) as info:
+        config.build({"charger": {"max_current_a": 10 ** 400}, **config.tomllib.loads(MINIMAL)}, "evsed.toml")
+    err = info.value
+    assert "[charger] max_current_a" in str(err) and "too large" in str(err) and len(str(err)) < 200
+
+
+def test_a_one_megabyte_key_name_is_not_echoed_whole():
+    err = error_for(MINIMAL + "[charger]\n" + "k" * 1_000_000 + " = 1\n")
+    assert err.line == 8 and "unknown key" in str(err) and "(1000000 characters)" in str(err)
+    assert len(str(err)) < 200
+
+
+def test_one_sided_bounds_say_at_least_or_at_most_never_none():
+    assert config._range_text(0, None) == " must be at least 0"
+    assert config._range_text(None, 5) == " must be at most 5"
+    err = error_for(MINIMAL + "[simulator]\nmeter_start_wh = -1\n")
+    assert "None" not in str(err) and "out of range 0..1000000000000" in str(err)
+
+
+def test_a_fifo_as_the_config_path_is_refused_without_hanging(tmp_path):
+    import os
+    fifo = tmp_path / "evsed.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(fifo)  # no writer: a plain open() would block here for ever
+    assert str(info.value) == f"{fifo}: not a regular file"
+
+
+def test_a_default_directory_that_cannot_work_is_a_config_error_too(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "file"))
+    err = error_for(MINIMAL)
+    assert "[store] state_dir: the default" in str(err) and "not a directory" in str(err)
+
+
+def test_line_scanning_is_linear_in_a_line_full_of_quotes_and_backslashes():
+    # A regex that strips strings retried from every quote: an 80 kB comment took 30 s (O(n^2)).
+    text = MINIMAL + '[charger]\nid = "x"\nnote = [\n  # ' + '"\\' * 200_000 + '\n  1,\n]\nphases = 1\n'
+    err = error_for(text)  # `note` is no key; reaching the check at all is the point
+    assert err.line == 9 and "[charger] note: unknown key" in str(err)
+    from evsed.config.tomlines import key_lines
+    assert key_lines(text)["charger.phases"] == 13

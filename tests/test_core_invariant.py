@@ -12,12 +12,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from evsed.core import events as ev
 from evsed.core.step import step
-from evsed.core.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
-from evsed.core.events import Fault, StopReason
+from evsed.core.state import (Connector, CoreConfig, check_invariant, clears_by, meter_pause_after_s, next_deadline,
+                              safety_blocker)
+from evsed.core.events import Clearance, Fault, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty, diode_present
 
 TAGS = ("CARD1", "CARD2", "REMOTE")
 SIM_SETTLE_S = 0.1  # the simulated contactor follows its command after this long
+OUT_OF_BAND_OPEN_S = 0.1  # IEC 61851-1: open within 100 ms (as for C -> B)
 
 configs = st.builds(
     CoreConfig,
@@ -30,6 +32,8 @@ configs = st.builds(
     rcd_max_retries=st.sampled_from([0, 1, 6]),
     wakeup_after_s=st.sampled_from([0.0, 30.0]),
     min_pause_s=st.sampled_from([0.0, 0.0, 60.0]),
+    meter_timeout_s=st.sampled_from([10.0, 10.0, 6.5, 30.0]),
+    card_repeat_s=st.sampled_from([2.0, 2.0, 0.0]),
 )
 dts = st.one_of(
     st.just(0.0),
@@ -77,6 +81,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.feedback_at = -math.inf
         self.shut_down = False
         self.test_asked = False  # a RunSelfTest waits for its answer
+        self.cp_short = False  # a reading of E (0 V) since the last valid A or B
+        self.out_of_band_since: float | None = None  # readings outside every band since a valid one
+        self.last_card: tuple[str, float] | None = None
 
     # --- the machinery ------------------------------------------------------------------------
 
@@ -115,10 +122,23 @@ class CoreMachine(RuleBasedStateMachine):
     def shadow_event(self, e) -> None:
         if isinstance(e, ev.PilotMeasured) and self.mode != "f":
             state = classify(e.high_v)
+            if state is None and self.out_of_band_since is None:
+                self.out_of_band_since = self.now
             if state is not None:
+                self.out_of_band_since = None
                 self.last_pilot = (state, self.now)
                 if self.mode == "pwm" and state in plugged:
                     self.last_diode = diode_present(e.low_v)
+                if state is PilotState.E:
+                    self.cp_short = True
+                elif state in (PilotState.A, PilotState.B):
+                    self.cp_short = False
+        elif isinstance(e, ev.PilotMeasured):  # under our own F only the arrival counts
+            self.out_of_band_since = None
+        elif isinstance(e, ev.ClearFaults):
+            self.cp_short = False
+        elif isinstance(e, ev.CardPresented):
+            self.last_card = (e.id_tag, self.now)
         elif isinstance(e, ev.PilotUnreadable):
             self.last_pilot = None
         elif isinstance(e, ev.LimitChanged):
@@ -139,12 +159,15 @@ class CoreMachine(RuleBasedStateMachine):
         elif isinstance(a, ev.CloseContactor):
             assert not self.closed, "closed a closed contactor"
             assert self.last_diode is True, "closed without a diode reading under this PWM"
+            assert not self.cp_short, "closed straight from E, without a valid A or B first"
             self.closed, self.closed_at = True, self.now
         elif isinstance(a, ev.SetPilot):
             if a.mode == "pwm":
                 assert a.duty_pct is not None and 10.0 <= a.duty_pct <= 97.0, a
                 assert a.current_a == current_for_duty(a.duty_pct)
                 assert a.current_a <= self.allowed() + 1e-9, (a, self.allowed())
+                assert not self.cfg.has_meter or self.now - self.meter_at < meter_pause_after_s(self.cfg), \
+                    "PWM offered without a fresh meter reading"
                 if self.mode != "pwm" and not self.closed:
                     self.last_diode = None  # a new PWM: no reading under it yet
             else:
@@ -156,6 +179,8 @@ class CoreMachine(RuleBasedStateMachine):
             self.mode, self.duty = a.mode, a.duty_pct
         elif isinstance(a, ev.FaultRaised):
             self.faults.add(a.fault)
+            assert a.lockout == (clears_by(a.fault, self.s.faults[a.fault]) is Clearance.PERSON)
+            assert a.lockout or a.fault in (Fault.DIODE, Fault.OVERCURRENT, Fault.CP_SHORT, Fault.RCD)
         elif isinstance(a, ev.FaultsCleared):
             self.faults -= set(a.faults)
         elif isinstance(a, ev.StartSession):
@@ -192,6 +217,13 @@ class CoreMachine(RuleBasedStateMachine):
         assert due is None or due > now, f"deadline {due} not after {now}"
         if self.closed:
             self.check_closed_by_shadow()
+        if self.closed and self.out_of_band_since is not None:  # the shell ticks at the deadline
+            assert due is not None and due <= self.out_of_band_since + OUT_OF_BAND_OPEN_S, (due, self.out_of_band_since)
+        if self.mode == "pwm" and cfg.has_meter:  # a meter going silent ends the offer in time
+            assert now - self.meter_at < meter_pause_after_s(cfg)
+            assert due is not None and due <= self.meter_at + meter_pause_after_s(cfg)
+        if isinstance(e, ev.PilotMeasured) and self.mode != "f" and classify(e.high_v) is PilotState.E:
+            assert Fault.CP_SHORT in self.faults, "state E raised no fault"
         expected = self.expected_feedback_fault()
         if expected is not None:
             assert expected in self.faults, f"{expected} not raised"
@@ -256,10 +288,16 @@ class CoreMachine(RuleBasedStateMachine):
         elif self.closed and not was_closed:
             event("closed after a passed self-test")
 
-    @rule(tag=st.sampled_from(TAGS), dt=dts)
+    @rule(tag=st.sampled_from(TAGS), dt=st.one_of(dts, st.sampled_from([0.3, 1.0, 1.9, 2.1])))
     def card(self, tag, dt):
         self.advance(dt)
-        self.feed(ev.CardPresented(tag))
+        last = self.last_card
+        repeat = last is not None and last[0] == tag and self.now < last[1] + self.cfg.card_repeat_s
+        actions = self.feed(ev.CardPresented(tag))
+        if repeat:  # the same card read again: one tap, whatever else time brought
+            assert not any(isinstance(a, (ev.CardRefused, ev.RequestAuthorization)) for a in actions)
+            assert ev.StopSession(StopReason.LOCAL) not in actions
+            event("card read twice")
 
     @rule(accepted=st.booleans(), pending=st.booleans(), tag=st.sampled_from(TAGS), dt=dts)
     def answer(self, accepted, pending, tag, dt):

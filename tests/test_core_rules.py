@@ -6,8 +6,9 @@ import pytest
 
 from evsed.core import events as ev
 from evsed.core.step import step
-from evsed.core.state import Connector, CoreConfig, check_invariant, next_deadline, safety_blocker
-from evsed.core.events import ConnectorStatus, Fault, StopReason
+from evsed.core.state import (Connector, CoreConfig, FaultState, check_invariant, clears_by, error_code,
+                              next_deadline, safety_blocker)
+from evsed.core.events import ChargePointErrorCode, Clearance, ConnectorStatus, Fault, StopReason
 from evsed.core.pilot import NOMINAL_V, PilotState
 
 A, B, C, D, E, F = (PilotState.A, PilotState.B, PilotState.C, PilotState.D, PilotState.E,
@@ -155,14 +156,19 @@ def test_diode_check_repeats_when_pwm_resumes():
     assert actions[-1] == ev.CloseContactor()
 
 
-def test_contactor_waits_for_a_meter_reading():
+def test_no_pwm_and_no_close_until_the_meter_answers():
+    # An OpenEVSE board closes its own relay when the EV asks under PWM: no PWM without the meter.
     r = Rig()
     r.ev(0.0, B)
-    r.at(0.0, ev.RemoteStart(CARD))
+    actions = r.at(0.0, ev.RemoteStart(CARD))
+    assert ev.StartSession(CARD, "remote") in actions and not pilot_pwm(actions)
+    assert r.s.status is ConnectorStatus.SUSPENDED_EVSE and "meter" in r.s.reason
     actions = r.ev(0.1, C)
-    assert ev.CloseContactor() not in actions
-    assert "meter" in r.s.reason
-    assert r.meter(0.15, 0.0)[-1] == ev.CloseContactor()
+    assert ev.CloseContactor() not in actions and r.s.output == "off"
+    actions = r.meter(0.15, 0.0)
+    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.CloseContactor() not in actions  # the diode is checked under the new PWM first
+    assert r.ev(0.2, C)[-1] == ev.CloseContactor()
 
 
 def test_contactor_closes_without_a_meter_when_none_is_configured():
@@ -178,11 +184,11 @@ def test_contactor_closes_without_a_meter_when_none_is_configured():
 def test_contactor_opens_when_ev_returns_to_b():
     r = Rig()
     r.charge(0.0)
-    actions = r.ev(5.0, B)
+    actions = r.ev(2.0, B)
     assert isinstance(actions[0], ev.OpenContactor)
     assert not r.s.contactor_closed
     assert r.s.session and r.s.output == "pwm"  # the EV may ask again
-    assert r.ev(6.0, C)[-1] == ev.CloseContactor()
+    assert r.ev(3.0, C)[-1] == ev.CloseContactor()
 
 
 @pytest.mark.parametrize("state", [E, F])
@@ -216,15 +222,37 @@ def test_pilot_unreadable_opens_at_once():
     assert not r.s.contactor_closed
 
 
-def test_readings_between_bands_keep_the_state_until_the_pilot_is_lost():
+def test_one_reading_between_bands_is_debounced():
     r = Rig()
     r.charge(0.0)
-    assert r.at(0.15, ev.PilotMeasured(7.5, -12.0)) == []  # between B and C: noise
-    assert r.at(0.3, ev.PilotMeasured(math.nan, -12.0)) == []
+    assert r.at(0.15, ev.PilotMeasured(7.5, -12.0)) == []  # between B and C: an EV switching
+    assert r.ev(0.2, C) == []  # the next reading is valid: the state never changed
+    assert r.at(0.25, ev.PilotMeasured(math.nan, -12.0)) == []
+    assert r.ev(0.3, C) == []
     assert r.s.contactor_closed
-    actions = r.at(0.36, ev.PilotMeasured(4.5, -12.0))
+
+
+def test_a_pilot_reading_outside_every_band_opens_within_100_ms():
+    r = Rig()
+    r.charge(0.0)
+    r.run(0.2, 1.0)
+    assert r.at(1.0, ev.PilotMeasured(7.5, -12.0)) == []
+    deadline = next_deadline(r.cfg, r.s)
+    assert deadline == pytest.approx(1.075)  # not pilot_lost_s (0.25 s) after the last valid one
+    assert r.at(1.05, ev.PilotMeasured(7.5, -12.0)) == []  # still inside the debounce
+    actions = r.at(deadline, ev.Tick())
     assert isinstance(actions[0], ev.OpenContactor)
-    assert safety_blocker(r.cfg, r.s, r.now) == "pilot lost"
+    assert ev.PilotChanged(None, "C") in actions
+    assert safety_blocker(r.cfg, r.s, r.now) == "pilot lost: 7.5 V is outside every state's band"
+
+
+def test_readings_outside_every_band_open_on_the_next_reading_without_a_tick():
+    r = Rig(pilot_lost_s=1.0)
+    r.charge(0.0)
+    assert r.at(0.15, ev.PilotMeasured(7.5, -12.0)) == []
+    actions = r.at(0.24, ev.PilotMeasured(4.5, -12.0))
+    assert isinstance(actions[0], ev.OpenContactor)
+    assert r.ev(0.3, C)[-1] == ev.CloseContactor()  # a valid C again, diode seen: it may close
 
 
 def test_state_d_charges_only_with_ventilation():
@@ -320,6 +348,7 @@ def test_min_pause_holds_pwm_off_after_a_pause():
     assert r.s.reason == "paused after a current limit"
     assert next_deadline(r.cfg, r.s) == pytest.approx(61.0)
     r.ev(60.9, B)
+    r.meter(60.9)
     actions = r.at(61.0, ev.Tick())
     assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
 
@@ -352,14 +381,42 @@ def test_ev_that_follows_the_lower_offer_is_not_flagged():
     assert r.s.contactor_closed
 
 
-def test_meter_silence_opens():
+def test_a_silent_meter_is_an_evse_pause_pwm_off_first_then_open_after_the_grace():
     r = Rig()
     r.charge(0.0)
     r.meter(1.0)
-    log = r.run(1.0, 20.0, meter=False)
-    t = first_at(log, ev.OpenContactor)
-    assert t == 11.0  # exactly meter_timeout_s after the last good reading
-    assert "meter" in r.s.reason
+    log = r.run(1.0, 20.0, meter=False)  # the EV ignores the pause and stays in C
+    pwm_off = next(t for t, a in log if isinstance(a, ev.SetPilot) and a.mode == "off")
+    opened = first_at(log, ev.OpenContactor)
+    assert pwm_off == pytest.approx(5.0)  # meter_timeout_s - stop_grace_s after the last reading
+    assert opened == pytest.approx(pwm_off + r.cfg.stop_grace_s)  # the full grace, then open
+    assert opened <= 1.0 + 11.0  # within 11 s of the last good reading (the defaults)
+    assert ev.StatusChanged(ConnectorStatus.SUSPENDED_EVSE, "meter not responding") in [a for _, a in log]
+    assert r.s.session and r.s.status is ConnectorStatus.SUSPENDED_EVSE and "meter" in r.s.reason
+    assert error_code(r.cfg, r.s, r.now) is ChargePointErrorCode.POWER_METER_FAILURE
+
+
+def test_a_silent_meter_pause_opens_at_once_when_the_ev_drops_to_b():
+    r = Rig()
+    r.charge(0.0)
+    r.meter(1.0)
+    r.run(1.0, 5.5, meter=False)
+    assert r.s.output == "off" and r.s.contactor_closed
+    actions = r.ev(5.5, B)
+    assert isinstance(actions[0], ev.OpenContactor)
+
+
+def test_charging_resumes_when_the_meter_answers_again():
+    r = Rig()
+    r.charge(0.0)
+    r.meter(1.0)
+    r.run(1.0, 15.0, meter=False)
+    assert not r.s.contactor_closed
+    r.ev(15.0, B)
+    actions = r.meter(15.5)
+    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert r.ev(15.6, C)[-1] == ev.CloseContactor()
+    assert error_code(r.cfg, r.s, r.now) is ChargePointErrorCode.NO_ERROR
 
 
 def test_nan_meter_samples_do_not_count_as_readings():
@@ -385,6 +442,75 @@ def test_meter_failures_do_not_count_as_readings():
 
 
 # --- latched faults --------------------------------------------------------------------------
+
+
+def test_state_e_while_charging_raises_a_cp_short_fault_at_once():
+    r = Rig()
+    r.charge(0.0)
+    actions = r.ev(2.0, E)
+    assert isinstance(actions[0], ev.OpenContactor)
+    raised = [a for a in actions if isinstance(a, ev.FaultRaised)]
+    assert [(a.fault, a.lockout) for a in raised] == [(Fault.CP_SHORT, False)]
+    assert r.s.status is ConnectorStatus.FAULTED
+    assert ev.StatusChanged(ConnectorStatus.FAULTED, "fault: cp_short") in actions
+    assert r.s.output == "off"  # +12 V: the next readings tell when the short is gone
+    assert error_code(r.cfg, r.s, r.now) is ChargePointErrorCode.OTHER_ERROR
+
+
+def test_charging_never_resumes_straight_from_e():
+    r = Rig()
+    r.charge(0.0)
+    r.ev(1.0, E)
+    for t in (1.1, 1.2, 1.5):  # the short is gone, the EV still asks for power
+        assert ev.CloseContactor() not in r.ev(t, C)
+        assert Fault.CP_SHORT in r.s.faults and r.s.output == "off"
+    actions = r.ev(1.6, B)  # a valid B: the fault clears, the session offers PWM again
+    assert ev.FaultsCleared((Fault.CP_SHORT,)) in actions
+    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.CloseContactor() not in r.ev(1.7, C, diode=False)  # and the diode is checked again
+    assert r.ev(1.8, C)[-1] == ev.CloseContactor()
+
+
+def test_state_e_without_an_ev_is_a_fault_cleared_by_a():
+    r = Rig()
+    r.ev(0.0, A)
+    assert ev.FaultRaised(Fault.CP_SHORT, False, "pilot high level 0 V: CP shorted to PE (state E)") in r.ev(1.0, E)
+    assert r.s.status is ConnectorStatus.FAULTED
+    actions = r.ev(2.0, A)
+    assert ev.FaultsCleared((Fault.CP_SHORT,)) in actions and r.s.status is ConnectorStatus.AVAILABLE
+
+
+def test_every_fault_has_an_ocpp_error_code_and_a_clearance():
+    assert set(ev.OCPP16_ERROR_CODE) == set(Fault) == set(ev.FAULT_CLEARANCE)
+    assert all(code is not ChargePointErrorCode.NO_ERROR for code in ev.OCPP16_ERROR_CODE.values())
+
+
+@pytest.mark.parametrize("fault, retry_at, clearance", [
+    (Fault.DIODE, None, Clearance.UNPLUG),
+    (Fault.OVERCURRENT, None, Clearance.UNPLUG),
+    (Fault.CP_SHORT, None, Clearance.UNPLUG),
+    (Fault.RCD, 300.0, Clearance.RETRY),
+    (Fault.RCD, None, Clearance.PERSON),  # the retries are used up
+    (Fault.RCD_SELF_TEST, None, Clearance.PERSON),
+    (Fault.WELDED, None, Clearance.PERSON),
+    (Fault.CONTACTOR_MISMATCH, None, Clearance.PERSON),
+])
+def test_faults_that_clear_by_themselves_are_kept_apart_from_lockouts(fault, retry_at, clearance):
+    assert clears_by(fault, FaultState(0.0, retry_at)) is clearance
+    assert (clearance is Clearance.PERSON) == (fault in ev.LOCKOUT_FAULTS or retry_at is None and fault is Fault.RCD)
+
+
+def test_diode_and_overcurrent_faults_are_raised_as_no_lockout_and_clear_on_unplug():
+    r = Rig()
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.0, ev.RemoteStart(CARD))
+    log = []
+    for t in (1.1, 1.2, 1.3):
+        log += r.ev(t, C, diode=False)
+    raised = [a for a in log if isinstance(a, ev.FaultRaised)]
+    assert [(a.fault, a.lockout) for a in raised] == [(Fault.DIODE, False)]
+    assert ev.FaultsCleared((Fault.DIODE,)) in r.ev(2.0, A)
 
 
 def test_rcd_trip_opens_and_retries_after_five_minutes():
@@ -529,6 +655,7 @@ def test_a_pass_that_arrives_after_the_ev_left_c_does_not_close_later_untested()
     r.ev(0.1, C)
     r.ev(0.2, B)
     assert ev.CloseContactor() not in r.at(0.3, ev.SelfTestResult(True))
+    r.meter(5.0)
     assert ev.RunSelfTest() in r.ev(5.0, C)
 
 
@@ -626,6 +753,42 @@ def test_same_card_stops_session():
     assert ev.SetPilot("off", None, 0.0) in actions
     r.ev(6.1, B)
     assert not r.s.contactor_closed and r.s.status is ConnectorStatus.FINISHING
+
+
+def test_a_card_held_on_the_reader_is_one_tap():
+    r = Rig()
+    r.charge(0.0)  # the tap at 0.0 started it
+    previous = 0.2
+    for t in (0.5, 1.0, 2.0, 3.5, 5.0):  # the reader keeps reporting it: each read within 2 s
+        r.run(previous, t)
+        previous = t
+        assert r.at(t, ev.CardPresented(CARD)) == []
+    r.run(5.0, 7.5)
+    assert r.s.session and r.s.contactor_closed
+    assert ev.StopSession(StopReason.LOCAL) in r.at(7.5, ev.CardPresented(CARD))  # taken away, tapped again
+
+
+def test_a_card_read_twice_before_plugging_in_does_not_cancel_its_authorization():
+    r = Rig()
+    r.at(0.0, ev.CardPresented(CARD))
+    r.at(0.0, ev.AuthorizationResult(CARD, True))
+    assert r.at(0.9, ev.CardPresented(CARD)) == []
+    assert r.s.id_tag == CARD
+    r.at(3.0, ev.CardPresented(CARD))  # a second, deliberate tap cancels
+    assert r.s.id_tag is None
+
+
+def test_another_card_within_the_repeat_time_is_its_own_tap():
+    r = Rig()
+    r.charge(0.0)
+    assert ev.CardRefused(OTHER, "connector in use by another card") in r.at(0.5, ev.CardPresented(OTHER))
+    assert ev.StopSession(StopReason.LOCAL) in r.at(1.0, ev.CardPresented(CARD))
+
+
+def test_the_card_repeat_time_is_configurable():
+    r = Rig(card_repeat_s=0.0)
+    r.charge(0.0)
+    assert ev.StopSession(StopReason.LOCAL) in r.at(0.2, ev.CardPresented(CARD))
 
 
 def test_unplug_stops_session():

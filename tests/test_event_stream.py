@@ -300,3 +300,32 @@ def test_evsed_run_starts_a_configured_service_and_restarts_it_when_it_dies(tmp_
     proc.stderr.read()
     assert proc.wait(timeout=10) == 0
     assert len(started) == 2 and started[0] != started[1] and charging_ok
+
+
+def test_the_daemon_tells_every_status_at_start_so_a_new_service_knows_where_things_stand(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg):
+            link = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            seen = [e async for e in _durable(link.events(after=0), count=3)]
+            await link.close()
+            return seen
+
+    statuses = [(e["connector"], e["status"]) for e in asyncio.run(scenario()) if e["type"] == "connector.status"]
+    assert (0, "Available") in statuses and (1, "Available") in statuses
+
+
+def test_the_session_database_and_state_directory_are_private_whatever_the_umask(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    old = os.umask(0o000)
+    try:
+        async def scenario():
+            async with running(cfg):
+                pass
+        asyncio.run(scenario())
+    finally:
+        os.umask(old)
+    assert cfg.store.state_dir.stat().st_mode & 0o777 == 0o700
+    assert (cfg.store.state_dir / "sessions.db").stat().st_mode & 0o777 == 0o600
+    assert cfg.store.runtime_dir.stat().st_mode & 0o777 == 0o750

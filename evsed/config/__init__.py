@@ -11,6 +11,8 @@ import difflib
 import math
 import os
 import re
+import reprlib
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,18 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evsed.config import backends
+from evsed.config import backends, dirs
+from evsed.config import tariff as tariff_config
+from evsed.core import tariff as tariffs
 from evsed.core.state import CoreConfig
-from evsed.config.tomlines import key_lines
+from evsed.config.tomlines import beyond_limits, key_lines
 from hal import canonical_uid
 
 DEFAULT_PATH = Path("/etc/evsed/evsed.toml")
+MAX_FILE_BYTES = 32 << 20  # a config is kilobytes; this only stops a runaway file
+MAX_STR = 256  # characters in a string value unless the key says otherwise
+MAX_INT = 2**63 - 1
+UID_HEX_MAX = 20  # 10-byte ISO 14443 UIDs; OCPP's idTag is at most 20 characters
 
 
 class ConfigError(Exception):
@@ -86,6 +94,7 @@ class Timing:
     meter_timeout_s: float = 10.0
     wakeup_after_s: float = 30.0
     min_pause_s: float = 0.0
+    card_repeat_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,8 @@ class StoreConfig:
     state_dir: Path
     runtime_dir: Path
     checkpoint_s: float = 60.0  # how often a running session's meter reading is made durable
+    sample_interval_s: float = 10.0  # one meter sample kept per interval while charging
+    sample_retention_days: int = 400  # samples of older sessions are deleted; sessions are kept
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,7 @@ class Config:
     simulator: SimulatorConfig
     site: SiteConfig = SiteConfig()
     authorization: AuthConfig = AuthConfig()
+    tariff: tariffs.Tariff | None = None  # None: sessions carry no cost or revenue
     sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
@@ -168,7 +180,7 @@ class Config:
             current_change_grace_s=t.current_change_grace_s, rcd_retry_s=t.rcd_retry_s,
             rcd_max_retries=t.rcd_max_retries, contactor_settle_s=t.contactor_settle_s,
             pilot_lost_s=t.pilot_lost_s, meter_timeout_s=t.meter_timeout_s,
-            wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s)
+            wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s, card_repeat_s=t.card_repeat_s)
 
 
 def default_state_dir() -> Path:
@@ -197,28 +209,32 @@ class _Table:
         self.used: set[str] = set()
 
     def line(self, key: str | None = None) -> int | None:
-        path = f"{self.where}.{key}" if self.where else key
-        if key is not None and path in self.lines:
-            return self.lines[path]
-        return self.lines.get(self.where)
+        if key is not None:
+            found = _line_of(self.lines, f"{self.where}.{key}" if self.where else key)
+            if found is not None:
+                return found
+        return _line_of(self.lines, self.where) if self.where else None
 
     def error(self, key: str | None, message: str) -> ConfigError:
         name = _display(self.where)
-        return ConfigError(self.path, self.line(key), f"{name} {key}" if key else name, message)
+        return ConfigError(self.path, self.line(key), f"{name} {_short(key)}" if key else name, message)
 
-    def get(self, key: str, kind, default=backends.REQUIRED, *, min=None, max=None, choices=None):
+    def get(self, key: str, kind, default=backends.REQUIRED, *, min=None, max=None, choices=None,
+            max_len: int = MAX_STR):
         self.used.add(key)
         if key not in self.data:
             if default is backends.REQUIRED:
                 raise self.error(key, "missing (required)")
             return default
-        return _check(self, key, self.data[key], kind, min, max, choices)
+        return _check(self, key, self.data[key], kind, min, max, choices, max_len)
 
     def table(self, key: str) -> _Table | None:
         self.used.add(key)
         value = self.data.get(key)
         if value is None:
             return None
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            raise self.error(key, f"expected one table [{key}], got an array of tables [[{key}]]")
         if not isinstance(value, dict):
             raise self.error(key, f"expected a table, got {_type_name(value)}")
         return _Table(self.path, self.lines, value, f"{self.where}.{key}" if self.where else key)
@@ -226,14 +242,39 @@ class _Table:
     def done(self) -> None:
         for key in self.data:
             if key not in self.used:
-                hint = difflib.get_close_matches(key, sorted(self.used), n=1)
+                hint = difflib.get_close_matches(key, sorted(self.used), n=1) if len(key) <= 64 else []
                 raise self.error(key, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _line_of(lines: dict[str, int], path: str) -> int | None:
+    """The line of a key path; else of the first key under it (a [[table]] or a dotted header)."""
+    if path in lines:
+        return lines[path]
+    under = [n for k, n in lines.items() if k.startswith((path + ".", path + "["))]
+    return min(under) if under else None
 
 
 def _display(where: str) -> str:
     where = re.sub(r"\[\d+\]", "", where)  # the line number tells which [[connector]]
     head, _, rest = where.partition(".")
-    return f"[{head}{'.' + rest if rest else ''}]" if where else "top level"
+    return _short(f"[{head}{'.' + rest if rest else ''}]", 80) if where else "top level"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A name or value from the file, cut so that an error stays one readable line."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+_repr.maxlevel, _repr.maxlist, _repr.maxdict = 2, 4, 4
+
+
+def _echo(value) -> str:
+    """A value from the file for an error message: short, and safe for any size or depth."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"an integer of {value.bit_length()} bits"
+    return _repr.repr(value)
 
 
 def _type_name(value) -> str:
@@ -241,30 +282,51 @@ def _type_name(value) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
-def _check(t: _Table, key: str, value, kind, lo, hi, choices):
+def _check(t: _Table, key: str, value, kind, lo, hi, choices, max_len=MAX_STR):
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise t.error(key, f"{_echo(value)} is too large" + _range_text(lo, hi, ": expected "))
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         want = " or ".join(_type_name(k()) if k in (bool, int, float, str, list, dict) else k.__name__
                            for k in kinds)
-        raise t.error(key, f"expected {want}, got {_type_name(value)} {value!r}")
+        raise t.error(key, f"expected {want}, got {_type_name(value)} {_echo(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise t.error(key, f"expected a finite number, got {value!r}")
+    if isinstance(value, str) and len(value) > max_len:
+        raise t.error(key, f"longer than {max_len} characters (got {len(value)})")
     if choices is not None and value not in choices:
-        raise t.error(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise t.error(key, f"expected one of {', '.join(map(repr, choices))}, got {_echo(value)}")
     if lo is not None and value < lo or hi is not None and value > hi:
-        raise t.error(key, f"{value!r} out of range {lo}..{hi}")
+        raise t.error(key, f"{_echo(value)}{_range_text(lo, hi)}")
     return value
+
+
+def _range_text(lo, hi, lead=" ") -> str:
+    if lo is not None and hi is not None:
+        return f"{lead}out of range {lo}..{hi}"
+    if lo is not None:
+        return f"{lead}must be at least {lo}"
+    return f"{lead}must be at most {hi}" if hi is not None else ""
 
 
 def load(path: Path | str) -> Config:
     """Read and check the config file; raises ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO (or a device) must not hang the open; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ConfigError(path, None, "", "not a regular file")
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(path, None, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(path, None, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: not a config file")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, "", f"not UTF-8 text: {exc}") from None
     return parse(text, path)
@@ -272,6 +334,11 @@ def load(path: Path | str) -> Config:
 
 def parse(text: str, path: Path | str = "<config>") -> Config:
     path = Path(path)
+    too_much = beyond_limits(text)
+    if too_much is not None:  # tomllib would recurse or raise on these, without a line
+        at, parts, problem = too_much
+        where = _display(".".join(parts[:-1])) if len(parts) > 1 else "top level"
+        raise ConfigError(path, at, f"{where} {_short(parts[-1])}" if parts else "", problem)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -280,7 +347,9 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
         if "(at line " in msg:
             line = int(msg.split("(at line ")[1].split(",")[0])
             msg = msg.split(" (at line ")[0]
-        raise ConfigError(path, line, "", f"TOML syntax: {msg}") from None
+        raise ConfigError(path, line, "", f"TOML syntax: {_short(msg, 200)}") from None
+    except (RecursionError, ValueError, OverflowError, MemoryError) as exc:  # past the checks above
+        raise ConfigError(path, None, "", f"TOML cannot be read: {type(exc).__name__}") from None
     return build(data, path, key_lines(text))
 
 
@@ -299,7 +368,8 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
         if table is not None:
             sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
     config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top), _site(top), _authorization(top), MappingProxyType(sections))
+                    _simulator(top), _site(top), _authorization(top), tariff_config.parse(top),
+                    sections=MappingProxyType(sections))
     top.done()
     return config
 
@@ -313,11 +383,12 @@ def _charger(top: _Table) -> ChargerConfig:
     except (ZoneInfoNotFoundError, ValueError):
         raise t.error("timezone", f"unknown time zone {tz!r}") from None
     c = ChargerConfig(
-        id=t.get("id", str, d.id), phases=t.get("phases", int, d.phases, choices=(1, 3)),
+        id=t.get("id", str, d.id, max_len=48),  # OCPP 2.0.1 limits the identity to 48
+        phases=t.get("phases", int, d.phases, choices=(1, 3)),
         max_current_a=t.get("max_current_a", float, d.max_current_a, min=6, max=80),
         voltage_v=t.get("voltage_v", float, d.voltage_v, min=100, max=480), timezone=tz,
         free_vend=t.get("free_vend", bool, d.free_vend),
-        free_vend_id_tag=t.get("free_vend_id_tag", str, d.free_vend_id_tag),
+        free_vend_id_tag=t.get("free_vend_id_tag", str, d.free_vend_id_tag, max_len=20),  # OCPP idTag
         ventilation=t.get("ventilation", bool, d.ventilation))
     t.done()
     return c
@@ -328,10 +399,11 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
     raw = top.data.get("connector", [{}])
     if not isinstance(raw, list) or not raw:
         raise top.error("connector", "expected [[connector]] tables")
-    out = []
+    out: list[ConnectorConfig] = []
+    seen: dict[int, int | None] = {}  # connector id -> line of its id key
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise top.error("connector", f"expected [[connector]] tables, got {_type_name(item)} {item!r}")
+            raise top.error("connector", f"expected [[connector]] tables, got {_type_name(item)} {_echo(item)}")
         t = _Table(top.path, top.lines, item, f"connector[{index}]")
         cable = t.get("cable_a", (float, str), "socket")
         if isinstance(cable, str):
@@ -339,7 +411,7 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
                 raise t.error("cable_a", f"expected a rating in A or \"socket\", got {cable!r}")
             cable = charger.max_current_a
         elif not 6 <= cable <= 80:
-            raise t.error("cable_a", f"{cable!r} out of range 6..80")
+            raise t.error("cable_a", f"{_echo(cable)} out of range 6..80")
         pilot, contactor = t.table("pilot"), t.table("contactor")
         rcd, meter = t.table("rcd"), t.table("meter")
         conn = ConnectorConfig(
@@ -348,10 +420,11 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
             contactor=_device(_required(t, contactor, "contactor"), "contactor"),
             rcd=_device(rcd, "rcd") if rcd else None, meter=_device(meter, "meter") if meter else None)
         t.done()
+        if conn.id in seen:
+            first = seen[conn.id]
+            raise t.error("id", f"connector id {conn.id} is used twice" + (f" (also at line {first})" if first else ""))
+        seen[conn.id] = t.line("id")
         out.append(conn)
-    ids = [c.id for c in out]
-    if len(set(ids)) != len(ids):
-        raise top.error("connector", f"connector ids repeat: {ids}")
     return tuple(out)
 
 
@@ -379,18 +452,20 @@ def _cards(top: _Table) -> tuple[Card, ...]:
     cards, seen = [], {}
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise top.error("card", f"expected [[card]] tables, got {_type_name(item)} {item!r}")
+            raise top.error("card", f"expected [[card]] tables, got {_type_name(item)} {_echo(item)}")
         t = _Table(top.path, top.lines, item, f"card[{index}]")
-        uid_text = t.get("uid", str)
+        uid_text = t.get("uid", str, max_len=64)
         try:
             uid = canonical_uid(uid_text)
-        except ValueError as exc:
-            raise t.error("uid", str(exc)) from None
+        except ValueError:
+            raise t.error("uid", f"not a hex card UID: {_echo(uid_text)}") from None
+        if len(uid) > UID_HEX_MAX:
+            raise t.error("uid", f"{len(uid)} hex digits, at most {UID_HEX_MAX} (a 10-byte UID)")
         if uid in seen:
             raise t.error("uid", f"card {uid} is listed twice")
         seen[uid] = index
         expires = t.get("expires", (dt.date, dt.datetime), None)
-        card = Card(uid=uid, name=t.get("name", str, ""), group=t.get("group", str, ""),
+        card = Card(uid=uid, name=t.get("name", str, "", max_len=100), group=t.get("group", str, "", max_len=64),
                     expires=expires.date() if isinstance(expires, dt.datetime) else expires,
                     enabled=t.get("enabled", bool, True))
         t.done()
@@ -413,28 +488,43 @@ def _timing(top: _Table) -> Timing:
         meter_interval_s=t.get("meter_interval_s", float, d.meter_interval_s, min=0.2, max=60),
         meter_timeout_s=t.get("meter_timeout_s", float, d.meter_timeout_s, min=1, max=300),
         wakeup_after_s=t.get("wakeup_after_s", float, d.wakeup_after_s, min=0, max=600),
-        min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600))
+        min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600),
+        card_repeat_s=t.get("card_repeat_s", float, d.card_repeat_s, min=0, max=10))
     t.done()
     if timing.pilot_lost_s < 2 * timing.pilot_poll_s:
         raise t.error("pilot_lost_s", "must be at least twice pilot_poll_s")
+    # A silent meter pauses PWM stop_grace_s before meter_timeout_s: leave two readings before that.
+    if timing.meter_timeout_s < timing.stop_grace_s + 2 * timing.meter_interval_s:
+        raise t.error("meter_timeout_s", f"must be at least stop_grace_s + 2 x meter_interval_s "
+                      f"({timing.stop_grace_s + 2 * timing.meter_interval_s:g} s)")
     return timing
 
 
 def _store(top: _Table) -> StoreConfig:
     t = top.table("store") or _Table(top.path, top.lines, {}, "store")
-    state = t.get("state_dir", str, "")
-    runtime = t.get("runtime_dir", str, "")
     store = StoreConfig(
-        state_dir=_dir(top.path, state) if state else default_state_dir(),
-        runtime_dir=_dir(top.path, runtime) if runtime else default_runtime_dir(),
-        checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600))
+        state_dir=_dir(t, "state_dir", default_state_dir),
+        runtime_dir=_dir(t, "runtime_dir", default_runtime_dir, socket=True),
+        checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600),
+        sample_interval_s=t.get("sample_interval_s", float, 10.0, min=1, max=3600),
+        sample_retention_days=t.get("sample_retention_days", int, 400, min=1, max=36_500))
     t.done()
     return store
 
 
-def _dir(config_path: Path, text: str) -> Path:
-    path = Path(os.path.expanduser(text))
-    return path if path.is_absolute() else (config_path.parent / path).resolve()
+def _dir(t: _Table, key: str, default, socket: bool = False) -> Path:
+    """A directory the daemon will use, refused here (so `check` and `run` agree) when it is a
+    file, under a kernel file system, or too long for the control socket."""
+    text = t.get(key, str, "", max_len=dirs.PATH_MAX)
+    if text:
+        path = Path(os.path.expanduser(text))
+        path = path if path.is_absolute() else (t.path.parent / path).resolve()
+    else:
+        path = default()
+    problem = dirs.path_problem(path, socket=socket)
+    if problem is not None:
+        raise t.error(key, problem if text else f"the default {dirs._short(path)}: {problem}")
+    return path
 
 
 def _site(top: _Table) -> SiteConfig:
@@ -471,7 +561,7 @@ def _simulator(top: _Table) -> SimulatorConfig:
         ev_max_current_a=t.get("ev_max_current_a", float, d.ev_max_current_a, min=0, max=80),
         ev_phases=t.get("ev_phases", int, d.ev_phases, choices=(1, 2, 3)),
         voltage_v=t.get("voltage_v", float, d.voltage_v, min=100, max=480),
-        meter_start_wh=t.get("meter_start_wh", int, d.meter_start_wh, min=0))
+        meter_start_wh=t.get("meter_start_wh", int, d.meter_start_wh, min=0, max=10**12))
     t.done()
     return sim
 

@@ -70,9 +70,95 @@ def key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+MAX_NESTING = 16  # arrays and inline tables inside each other; a config needs 3 (tomllib recurses)
+MAX_DIGITS = 40  # digits in one number; more is no setting (tomllib refuses 4300+ with a traceback)
+MAX_KEY_PARTS = 32  # dotted parts of one table header or key
+MAX_LINE = 1 << 20  # characters in one line; tomllib takes seconds over a 10 MB string
+
+
+def beyond_limits(text: str) -> tuple[int, list[str], str] | None:
+    """The first line that is too long, nests too deep, or holds too long a number or dotted name:
+    (line, key path parts, problem), or None. Run before tomllib, which would recurse or raise."""
+    table: list[str] = []
+    key: list[str] = []
+    quote: str | None = None  # a multi-line string open across lines
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > MAX_LINE:
+            assign = _ASSIGN.match(line) if depth == 0 and quote is None else None
+            name = [*table, *_split_key(assign.group(1))] if assign else key or table
+            return number, name, f"a line of {len(line)} characters, at most {MAX_LINE}"
+        value = line
+        if depth == 0 and quote is None:
+            header = _HEADER.match(line)
+            if header:
+                table, key = _split_key(header.group(2)), []
+                if len(table) > MAX_KEY_PARTS:
+                    return number, table[:1], f"table header with {len(table)} dotted parts, at most {MAX_KEY_PARTS}"
+                continue
+            assign = _ASSIGN.match(line)
+            if not assign:
+                continue
+            key = [*table, *_split_key(assign.group(1))]
+            if len(key) > MAX_KEY_PARTS:
+                return number, key[:1], f"key with {len(key)} dotted parts, at most {MAX_KEY_PARTS}"
+            value = assign.group(2)
+        code, quote = _code(value, quote)
+        if _LONG_NUMBER.search(code):
+            return number, key, f"a number with more than {MAX_DIGITS} digits"
+        for bracket in _BRACKET.findall(code):
+            depth = depth + 1 if bracket in "[{" else max(depth - 1, 0)
+            if depth > MAX_NESTING:
+                return number, key, f"arrays or inline tables nested more than {MAX_NESTING} deep"
+    return None
+
+
+_LONG_NUMBER = re.compile(rf"\d(?:_?\d){{{MAX_DIGITS}}}")
+_BRACKET = re.compile(r"[\[\]{}]")
+_OUTSIDE = re.compile(r"[#\"']")
+_IN_BASIC = re.compile(r'[\\"]')
+
+
+def _code(line: str, quote: str | None) -> tuple[str, str | None]:
+    """The part of a line outside strings and comments, and the multi-line string ('\'\'\'' or
+    '\"\"\"') still open at its end. One pass: linear in the line, whatever it holds."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        if quote is None:
+            found = _OUTSIDE.search(line, i)
+            if found is None:
+                out.append(line[i:])
+                break
+            out.append(line[i:found.start()])
+            char, i = found.group(), found.start()
+            if char == "#":
+                break
+            quote = char * 3 if line.startswith(char * 3, i) else char
+            i += len(quote)
+        elif quote[0] == "'":  # literal: no escapes
+            end = line.find(quote, i)
+            if end < 0:
+                break
+            i, quote = end + len(quote), None
+        else:  # basic: a backslash escapes the next character
+            found = _IN_BASIC.search(line, i)
+            while found is not None and found.group() == "\\":
+                found = _IN_BASIC.search(line, found.start() + 2)
+            if found is None:
+                break
+            if line.startswith(quote, found.start()):
+                i, quote = found.start() + len(quote), None
+            else:
+                i = found.start() + 1
+    if quote is not None and len(quote) == 1:
+        quote = None  # a one-line string left open is a syntax error; tomllib names it
+    return "".join(out), quote
+
+
 def _brackets(text: str) -> int:
     """Net [ minus ] outside strings and comments."""
-    code = re.sub(_QUOTED, "", text).split("#", 1)[0]
+    code, _ = _code(text, None)
     return code.count("[") - code.count("]")
 
 

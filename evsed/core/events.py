@@ -33,9 +33,60 @@ class Fault(str, enum.Enum):
     CONTACTOR_MISMATCH = "contactor_mismatch"  # did not close when commanded: locked out
     DIODE = "diode"  # no -12 V low level under PWM: cleared when the EV unplugs
     OVERCURRENT = "overcurrent"  # EV drew more than offered beyond the grace: cleared on unplug
+    CP_SHORT = "cp_short"  # state E (high level 0 V: CP shorted to PE): cleared by a valid A or B
 
 
-LOCKOUT_FAULTS = frozenset({Fault.RCD_SELF_TEST, Fault.WELDED, Fault.CONTACTOR_MISMATCH})
+class Clearance(str, enum.Enum):
+    """What clears a latched fault: state.clears_by() tells for a raised one."""
+
+    UNPLUG = "unplug"  # clears by itself when the EV is unplugged (CP_SHORT: when A or B reads again)
+    RETRY = "retry"  # clears by itself after a back-off (the RCD, while retries remain)
+    PERSON = "person"  # a lock-out: only a person's ClearFaults clears it
+
+
+FAULT_CLEARANCE = {
+    Fault.RCD: Clearance.RETRY,  # until the retries run out: then PERSON
+    Fault.RCD_SELF_TEST: Clearance.PERSON,
+    Fault.WELDED: Clearance.PERSON,
+    Fault.CONTACTOR_MISMATCH: Clearance.PERSON,
+    Fault.DIODE: Clearance.UNPLUG,
+    Fault.OVERCURRENT: Clearance.UNPLUG,
+    Fault.CP_SHORT: Clearance.UNPLUG,
+}
+LOCKOUT_FAULTS = frozenset(f for f, c in FAULT_CLEARANCE.items() if c is Clearance.PERSON)
+
+
+class ChargePointErrorCode(str, enum.Enum):
+    """The OCPP 1.6 StatusNotification errorCode values evsed sends."""
+
+    NO_ERROR = "NoError"
+    GROUND_FAILURE = "GroundFailure"
+    OVER_CURRENT_FAILURE = "OverCurrentFailure"
+    POWER_METER_FAILURE = "PowerMeterFailure"
+    POWER_SWITCH_FAILURE = "PowerSwitchFailure"
+    OTHER_ERROR = "OtherError"  # details in vendorErrorCode: evsed sends the Fault value there
+
+
+# Each fault's errorCode for a Faulted StatusNotification (vendorErrorCode: fault.value). The pilot
+# faults are OtherError, not EVCommunicationError: OCPP 1.6 says that one is "not a real error"
+# (SuspendedEVSE), while these latch and show Faulted. EVerest maps its pilot fault the same way.
+OCPP16_ERROR_CODE = {
+    Fault.RCD: ChargePointErrorCode.GROUND_FAILURE,
+    Fault.RCD_SELF_TEST: ChargePointErrorCode.GROUND_FAILURE,
+    Fault.WELDED: ChargePointErrorCode.POWER_SWITCH_FAILURE,
+    Fault.CONTACTOR_MISMATCH: ChargePointErrorCode.POWER_SWITCH_FAILURE,
+    Fault.DIODE: ChargePointErrorCode.OTHER_ERROR,
+    Fault.OVERCURRENT: ChargePointErrorCode.OVER_CURRENT_FAILURE,
+    Fault.CP_SHORT: ChargePointErrorCode.OTHER_ERROR,
+}
+
+
+class PilotOutput(str, enum.Enum):
+    """What the EVSE drives on the control pilot."""
+
+    OFF = "off"  # steady +12 V (state X1): no charging offered
+    PWM = "pwm"  # 1 kHz PWM whose duty offers a current (state X2)
+    F = "f"  # steady -12 V (state F): EVSE not available
 
 
 class ConnectorStatus(str, enum.Enum):
@@ -72,6 +123,9 @@ class PilotUnreadable:
 
 @dataclass(frozen=True, slots=True)
 class CardPresented:
+    """A reader saw a card. The same UID again within CoreConfig.card_repeat_s of its last read
+    is the same tap (held on the reader, or read twice) and is ignored."""
+
     id_tag: str
 
 
@@ -203,9 +257,9 @@ class CloseContactor:
 
 @dataclass(frozen=True, slots=True)
 class SetPilot:
-    """mode: "pwm" (with duty_pct), "off" (steady +12 V) or "f" (steady -12 V)."""
+    """The pilot output; duty_pct with PWM."""
 
-    mode: str
+    mode: PilotOutput
     duty_pct: float | None = None
     current_a: float = 0.0
 

@@ -83,7 +83,7 @@ class Share:
 
 @dataclass(frozen=True, slots=True)
 class DlmState:
-    shares: dict = field(default_factory=dict)  # connector -> Share; replaced, never mutated
+    shares: dict[str, Share] = field(default_factory=dict)  # connector -> Share; replaced, never mutated
     room_a: tuple[float, ...] | None = None  # for our EVs, from the last reading
     reading_at: float | None = None
 
@@ -223,7 +223,8 @@ def _lowered(cfg: SiteConfig, sh: Share, new_a: float, now: float) -> Share:
                    committed_until=max(sh.committed_until, now + grace))
 
 
-def _raise(cfg, shares: dict, d: Demand, target: float, budget: list[float], now: float):
+def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, budget: list[float],
+           now: float) -> tuple[Share, tuple[str, float | None]]:
     """The time rules for a start or a raise: (the connector's Share, (reason, until))."""
     sh = shares[d.connector]
     if target <= sh.offer_a:

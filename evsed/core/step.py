@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any, Callable
 
 from evsed.core import events as ev
-from evsed.core.events import ConnectorStatus, Fault, StopReason
+from evsed.core.events import ConnectorStatus, Fault, PilotOutput, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (AUTH_LIMIT, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PLUGGED_STATES, RCD_TRIPS_FORGOTTEN_S,
-                         SELF_TEST_TIMEOUT_S,
-                         Connector, CoreConfig, FaultState, allowed_current_a, locked_out, offer_blocker,
-                         pilot_fresh, safety_blocker)
+from evsed.core.state import (AUTH_LIMIT, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
+                              RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
+                              Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
+                              offer_blocker, pilot_fresh, safety_blocker)
+
+
+Out = list[ev.Action]  # the actions a step has produced so far, in order
+Handler = Callable[[CoreConfig, Connector, Any, float, Out], Connector]
 
 
 def step(cfg: CoreConfig, s: Connector, event: ev.Event, now: float) -> tuple[Connector, list[ev.Action]]:
@@ -36,19 +41,20 @@ def step(cfg: CoreConfig, s: Connector, event: ev.Event, now: float) -> tuple[Co
 # --- events ------------------------------------------------------------------------------
 
 
-def _apply(cfg: CoreConfig, s: Connector, e: ev.Event, now: float, out: list) -> Connector:
+def _apply(cfg: CoreConfig, s: Connector, e: ev.Event, now: float, out: Out) -> Connector:
     handler = _HANDLERS.get(type(e))
     return handler(cfg, s, e, now, out) if handler else s
 
 
-def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
-    if s.output == "f":  # our own -12 V hides the EV; only the reading's arrival counts
-        return replace(s, pilot_seen_at=now)
+def _on_pilot(cfg: CoreConfig, s: Connector, e: ev.PilotMeasured, now: float, out: Out) -> Connector:
+    if s.output is PilotOutput.F:  # our own -12 V hides the EV; only the reading's arrival counts
+        return replace(s, pilot_seen_at=now, invalid_since=None)
     state = classify(e.high_v)
-    if state is None:  # between bands: keep the last state; staleness ends it
-        return s
-    s = replace(s, pilot_seen_at=now)
-    if s.output == "pwm" and state in PLUGGED_STATES:
+    if state is None:  # outside every band: keep the last state for PILOT_INVALID_S (debounce)
+        since = s.invalid_since if s.invalid_since is not None else now
+        return replace(s, invalid_since=since, invalid_high_v=e.high_v)
+    s = replace(s, pilot_seen_at=now, invalid_since=None, invalid_high_v=None)
+    if s.output is PilotOutput.PWM and state in PLUGGED_STATES:
         ok = diode_present(e.low_v)
         settled = now >= s.pwm_since + DIODE_SETTLE_S
         failures = 0 if ok else s.diode_failures + 1 if settled else 0
@@ -57,23 +63,28 @@ def _on_pilot(cfg, s: Connector, e: ev.PilotMeasured, now, out) -> Connector:
             s = _raise(s, Fault.DIODE, None, now, out, "no -12 V low level under PWM")
     if state is not s.pilot:
         s = _pilot_changed(cfg, s, state, now, out)
+    if state is PilotState.E and Fault.CP_SHORT not in s.faults:
+        s = _raise(s, Fault.CP_SHORT, None, now, out, "pilot high level 0 V: CP shorted to PE (state E)")
+    elif state is PilotState.B and Fault.CP_SHORT in s.faults:  # A clears it in _pilot_changed
+        out.append(ev.FaultsCleared((Fault.CP_SHORT,)))
+        s = replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.CP_SHORT})
     return s
 
 
-def _on_pilot_unreadable(cfg, s: Connector, e: ev.PilotUnreadable, now, out) -> Connector:
-    if s.pilot is None or s.output == "f":
+def _on_pilot_unreadable(cfg: CoreConfig, s: Connector, e: ev.PilotUnreadable, now: float, out: Out) -> Connector:
+    if s.pilot is None or s.output is PilotOutput.F:
         return s
     return _pilot_changed(cfg, s, None, now, out)  # an explicit read error: lost at once
 
 
-def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Connector:
+def _pilot_changed(cfg: CoreConfig, s: Connector, state: PilotState | None, now: float, out: Out) -> Connector:
     previous = s.pilot
     out.append(ev.PilotChanged(state.value if state else None, previous.value if previous else None))
     s = replace(s, pilot=state)
     if state is PilotState.A:
         if s.session:
             s = _stop_session(s, StopReason.EV_DISCONNECTED, out)
-        cleared = tuple(f for f in (Fault.DIODE, Fault.OVERCURRENT) if f in s.faults)
+        cleared = tuple(f for f, st in s.faults.items() if clears_by(f, st) is ev.Clearance.UNPLUG)
         faults = {f: st for f, st in s.faults.items() if f not in cleared}
         if cleared:
             out.append(ev.FaultsCleared(cleared))
@@ -88,8 +99,11 @@ def _pilot_changed(cfg, s: Connector, state: PilotState | None, now, out) -> Con
     return s
 
 
-def _on_card(cfg, s: Connector, e: ev.CardPresented, now, out) -> Connector:
-    tag = e.id_tag
+def _on_card(cfg: CoreConfig, s: Connector, e: ev.CardPresented, now: float, out: Out) -> Connector:
+    tag, repeated = e.id_tag, card_repeated(cfg, s, e.id_tag, now)
+    s = replace(s, last_card=(tag, now))  # a held card keeps extending its one tap
+    if repeated:
+        return s
     if s.session:
         if tag == s.id_tag:
             return _stop_session(s, StopReason.LOCAL, out)
@@ -115,12 +129,12 @@ def _start_refusal(s: Connector, tag: str) -> str:
     return ""
 
 
-def _refuse(s: Connector, tag: str, reason: str, out) -> Connector:
+def _refuse(s: Connector, tag: str, reason: str, out: Out) -> Connector:
     out.append(ev.CardRefused(tag, reason))
     return replace(s, refusal=reason)
 
 
-def _on_auth(cfg, s: Connector, e: ev.AuthorizationResult, now, out) -> Connector:
+def _on_auth(cfg: CoreConfig, s: Connector, e: ev.AuthorizationResult, now: float, out: Out) -> Connector:
     if s.pending_tag != e.id_tag or s.session:
         return s  # stale answer
     s = replace(s, pending_tag=None)
@@ -132,7 +146,7 @@ def _on_auth(cfg, s: Connector, e: ev.AuthorizationResult, now, out) -> Connecto
     return _authorize(cfg, s, e.id_tag, e.source, now, e.group, e.max_current_a)
 
 
-def _authorize(cfg, s: Connector, tag: str, source: str, now, group: str = "",
+def _authorize(cfg: CoreConfig, s: Connector, tag: str, source: str, now: float, group: str = "",
                max_current_a: float | None = None) -> Connector:
     plugged = s.pilot in PLUGGED_STATES
     s = _on_limit(cfg, s, ev.LimitChanged(AUTH_LIMIT, max_current_a), now, [])
@@ -140,39 +154,39 @@ def _authorize(cfg, s: Connector, tag: str, source: str, now, group: str = "",
                    auth_expires_at=None if plugged else now + cfg.auth_timeout_s)
 
 
-def _drop_authorization(s: Connector, **changes) -> Connector:
+def _drop_authorization(s: Connector, **changes: Any) -> Connector:
     """The authorization ends (used, cancelled, expired): its group and per-session ceiling with it."""
     limits = {k: v for k, v in s.limits.items() if k != AUTH_LIMIT}
     return replace(s, id_tag=None, auth_expires_at=None, group="", limits=limits, **changes)
 
 
-def _on_remote_start(cfg, s: Connector, e: ev.RemoteStart, now, out) -> Connector:
+def _on_remote_start(cfg: CoreConfig, s: Connector, e: ev.RemoteStart, now: float, out: Out) -> Connector:
     if s.session:
         return _refuse(s, e.id_tag, "connector in use", out)
     refusal = _start_refusal(s, e.id_tag)
     return _refuse(s, e.id_tag, refusal, out) if refusal else _authorize(cfg, s, e.id_tag, "remote", now)
 
 
-def _on_stop(cfg, s: Connector, e: ev.StopRequested, now, out) -> Connector:
+def _on_stop(cfg: CoreConfig, s: Connector, e: ev.StopRequested, now: float, out: Out) -> Connector:
     if s.session:
         return _stop_session(s, e.reason, out)
     return _drop_authorization(s, pending_tag=None)
 
 
-def _stop_session(s: Connector, reason: StopReason, out) -> Connector:
+def _stop_session(s: Connector, reason: StopReason, out: Out) -> Connector:
     out.append(ev.StopSession(reason))
     return _drop_authorization(s, session=False, b_since=None, wakeup_until=None,
                                finishing=s.pilot in PLUGGED_STATES)
 
 
-def _on_limit(cfg, s: Connector, e: ev.LimitChanged, now, out) -> Connector:
+def _on_limit(cfg: CoreConfig, s: Connector, e: ev.LimitChanged, now: float, out: Out) -> Connector:
     limits = {k: v for k, v in s.limits.items() if k != e.source}
     if e.current_a is not None:  # NaN is garbage: pause (0 A) rather than lift the ceiling
         limits[e.source] = 0.0 if math.isnan(e.current_a) else max(0.0, e.current_a)
     return replace(s, limits=limits)
 
 
-def _on_meter(cfg, s: Connector, e: ev.MeterSampled, now, out) -> Connector:
+def _on_meter(cfg: CoreConfig, s: Connector, e: ev.MeterSampled, now: float, out: Out) -> Connector:
     if any(math.isnan(a) for a in e.current_a):  # garbage must not feed the meter watchdog
         return replace(s, meter_error="NaN current")
     s = replace(s, meter_ok_at=now, meter_error="")
@@ -184,11 +198,11 @@ def _on_meter(cfg, s: Connector, e: ev.MeterSampled, now, out) -> Connector:
     return replace(s, overcurrent_since=None)
 
 
-def _on_meter_failed(cfg, s: Connector, e: ev.MeterFailed, now, out) -> Connector:
+def _on_meter_failed(cfg: CoreConfig, s: Connector, e: ev.MeterFailed, now: float, out: Out) -> Connector:
     return replace(s, meter_error=e.detail)
 
 
-def _on_fault_input(cfg, s: Connector, e: ev.FaultInputChanged, now, out) -> Connector:
+def _on_fault_input(cfg: CoreConfig, s: Connector, e: ev.FaultInputChanged, now: float, out: Out) -> Connector:
     s = replace(s, rcd_tripped=e.tripped)
     if not e.tripped or Fault.RCD in s.faults:
         return s
@@ -200,33 +214,33 @@ def _on_fault_input(cfg, s: Connector, e: ev.FaultInputChanged, now, out) -> Con
                   f"trip {trips}" + ("" if retry_at else ", locked out"))
 
 
-def _on_self_test(cfg, s: Connector, e: ev.SelfTestResult, now, out) -> Connector:
+def _on_self_test(cfg: CoreConfig, s: Connector, e: ev.SelfTestResult, now: float, out: Out) -> Connector:
     if e.passed:
-        return replace(s, self_test="passed") if s.self_test == "running" else s
-    return _raise(replace(s, self_test="none"), Fault.RCD_SELF_TEST, None, now, out, e.detail)
+        return replace(s, self_test=SelfTestState.PASSED) if s.self_test is SelfTestState.RUNNING else s
+    return _raise(replace(s, self_test=SelfTestState.NONE), Fault.RCD_SELF_TEST, None, now, out, e.detail)
 
 
-def _on_feedback(cfg, s: Connector, e: ev.ContactorFeedback, now, out) -> Connector:
+def _on_feedback(cfg: CoreConfig, s: Connector, e: ev.ContactorFeedback, now: float, out: Out) -> Connector:
     if e.closed == s.feedback_closed:
         return s
     return replace(s, feedback_closed=e.closed, feedback_changed_at=now)
 
 
-def _on_availability(cfg, s: Connector, e: ev.SetAvailability, now, out) -> Connector:
+def _on_availability(cfg: CoreConfig, s: Connector, e: ev.SetAvailability, now: float, out: Out) -> Connector:
     return replace(s, operative=e.operative)
 
 
-def _on_reserve(cfg, s: Connector, e: ev.Reserve, now, out) -> Connector:
+def _on_reserve(cfg: CoreConfig, s: Connector, e: ev.Reserve, now: float, out: Out) -> Connector:
     if s.session or not s.operative or s.faults or e.expires_at <= now:
         return s
     return replace(s, reservation=(e.id_tag, e.expires_at))
 
 
-def _on_cancel_reservation(cfg, s, e, now, out) -> Connector:
+def _on_cancel_reservation(cfg: CoreConfig, s: Connector, e: ev.Event, now: float, out: Out) -> Connector:
     return replace(s, reservation=None)
 
 
-def _on_clear_faults(cfg, s: Connector, e: ev.ClearFaults, now, out) -> Connector:
+def _on_clear_faults(cfg: CoreConfig, s: Connector, e: ev.ClearFaults, now: float, out: Out) -> Connector:
     if s.faults:
         out.append(ev.FaultsCleared(tuple(s.faults)))
     s = replace(s, faults={}, rcd_trips=0, diode_failures=0)
@@ -235,13 +249,13 @@ def _on_clear_faults(cfg, s: Connector, e: ev.ClearFaults, now, out) -> Connecto
     return s
 
 
-def _on_shutdown(cfg, s: Connector, e: ev.Shutdown, now, out) -> Connector:
+def _on_shutdown(cfg: CoreConfig, s: Connector, e: ev.Shutdown, now: float, out: Out) -> Connector:
     if s.session:
         s = _stop_session(s, StopReason.REBOOT, out)
     return replace(s, shutting_down=True)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Handler] = {
     ev.PilotMeasured: _on_pilot,
     ev.PilotUnreadable: _on_pilot_unreadable,
     ev.CardPresented: _on_card,
@@ -262,8 +276,8 @@ _HANDLERS = {
 }
 
 
-def _raise(s: Connector, fault: Fault, retry_at, now, out, detail="") -> Connector:
-    lockout = retry_at is None and (fault in ev.LOCKOUT_FAULTS or fault is Fault.RCD)
+def _raise(s: Connector, fault: Fault, retry_at: float | None, now: float, out: Out, detail: str = "") -> Connector:
+    lockout = clears_by(fault, FaultState(now, retry_at)) is ev.Clearance.PERSON
     out.append(ev.FaultRaised(fault, lockout, detail))
     s = replace(s, faults={**s.faults, fault: FaultState(now, retry_at, detail)})
     if lockout and s.session:  # a lock-out needs a person: the session cannot resume
@@ -275,54 +289,74 @@ def _raise(s: Connector, fault: Fault, retry_at, now, out, detail="") -> Connect
 # --- timers --------------------------------------------------------------------------------
 
 
-def _timers(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
-    if s.auth_expires_at is not None and now >= s.auth_expires_at and not s.session:
-        s = _drop_authorization(s, refusal="authorization expired: no EV plugged in")
-    if s.reservation is not None and now >= s.reservation[1]:
-        s = replace(s, reservation=None)
-    if s.self_test == "running" and now >= s.self_test_since + SELF_TEST_TIMEOUT_S:
-        s = _raise(replace(s, self_test="none"), Fault.RCD_SELF_TEST, None, now, out,
-                   f"no test result within {SELF_TEST_TIMEOUT_S:g} s")
-    rcd = s.faults.get(Fault.RCD)
-    if rcd is not None and rcd.retry_at is not None and now >= rcd.retry_at and not s.rcd_tripped:
-        out.append(ev.FaultsCleared((Fault.RCD,)))
-        s = replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.RCD})
-    if cfg.has_feedback and s.feedback_closed is not None and s.feedback_closed != s.contactor_closed:
-        if now >= max(s.contactor_changed_at, s.feedback_changed_at) + cfg.contactor_settle_s:
-            fault = Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH
-            if fault not in s.faults:
-                s = _raise(s, fault, None, now, out, "feedback disagrees with the command")
-    if (s.overcurrent_since is not None and s.contactor_closed and Fault.OVERCURRENT not in s.faults
-            and now >= max(s.overcurrent_since, s.offered_changed_at) + cfg.current_change_grace_s):
-        s = _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
-                   f"drew more than {s.offered_a:g} A")
-    if s.pilot is not None and s.output != "f" and not pilot_fresh(cfg, s, now):
-        s = _pilot_changed(cfg, s, None, now, out)
-    if s.paused_until > -math.inf and now >= s.paused_until:
-        s = replace(s, paused_until=-math.inf)
-    if s.wakeup_until is not None and now >= s.wakeup_until:
-        s = replace(s, wakeup_until=None)
-    if (s.b_since is not None and cfg.wakeup_after_s > 0 and s.wakeups == 0 and s.session
-            and now >= s.b_since + cfg.wakeup_after_s):
-        s = replace(s, wakeup_until=now + cfg.wakeup_off_s, wakeups=1, b_since=None)
+def _timers(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    """Fire every timer that is due, in the order of state.TIMERS."""
+    for name, when in TIMERS:
+        fire = FIRE.get(name)
+        due = when(cfg, s) if fire is not None else None
+        if due is not None and now >= due:
+            s = fire(cfg, s, now, out)  # type: ignore[misc]  # fire is not None here
     return s
+
+
+def _expire_auth(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    return _drop_authorization(s, refusal="authorization expired: no EV plugged in")
+
+
+def _self_test_timeout(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    return _raise(replace(s, self_test=SelfTestState.NONE), Fault.RCD_SELF_TEST, None, now, out,
+                  f"no test result within {SELF_TEST_TIMEOUT_S:g} s")
+
+
+def _rcd_retry(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    out.append(ev.FaultsCleared((Fault.RCD,)))
+    return replace(s, faults={f: st for f, st in s.faults.items() if f is not Fault.RCD})
+
+
+def _feedback_mismatch(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    fault = Fault.WELDED if s.feedback_closed else Fault.CONTACTOR_MISMATCH
+    return _raise(s, fault, None, now, out, "feedback disagrees with the command")
+
+
+def _overcurrent(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    return _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
+                  f"drew more than {s.offered_a:g} A")
+
+
+def _wakeup(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
+    return replace(s, wakeup_until=now + cfg.wakeup_off_s, wakeups=1, b_since=None)
+
+
+Fire = Callable[[CoreConfig, Connector, float, Out], Connector]
+FIRE: dict[str, Fire] = {
+    "auth_expiry": _expire_auth,
+    "reservation_expiry": lambda cfg, s, now, out: replace(s, reservation=None),
+    "self_test_timeout": _self_test_timeout,
+    "rcd_retry": _rcd_retry,
+    "feedback_mismatch": _feedback_mismatch,
+    "overcurrent": _overcurrent,
+    "pilot_lost": lambda cfg, s, now, out: _pilot_changed(cfg, s, None, now, out),
+    "pause_over": lambda cfg, s, now, out: replace(s, paused_until=-math.inf),
+    "wakeup_over": lambda cfg, s, now, out: replace(s, wakeup_until=None),
+    "wakeup": _wakeup,
+}
 
 
 # --- outputs -------------------------------------------------------------------------------
 
 
-def _reconcile(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+def _reconcile(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     s = _start_session_if_due(cfg, s, out)
     s = _set_output(cfg, s, now, out)
     s = _set_contactor(cfg, s, now, out)
-    if s.output == "pwm" and s.pilot is PilotState.B and not s.contactor_closed:
+    if s.output is PilotOutput.PWM and s.pilot is PilotState.B and not s.contactor_closed:
         s = replace(s, b_since=s.b_since if s.b_since is not None else now)
     else:
         s = replace(s, b_since=None)
     return _set_status(cfg, s, now, out)
 
 
-def _start_session_if_due(cfg: CoreConfig, s: Connector, out: list) -> Connector:
+def _start_session_if_due(cfg: CoreConfig, s: Connector, out: Out) -> Connector:
     if s.session or s.pilot not in PLUGGED_STATES or s.faults or s.shutting_down:
         return s
     if s.id_tag is None and cfg.free_vend and not s.finishing and s.operative and s.reservation is None:
@@ -335,17 +369,17 @@ def _start_session_if_due(cfg: CoreConfig, s: Connector, out: list) -> Connector
                    reservation=reservation, wakeups=0)
 
 
-def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     blocker = offer_blocker(cfg, s, now)
     in_grace = s.contactor_closed and safety_blocker(cfg, s, now) is None  # may stay closed
+    duty = duty_for_current(allowed_current_a(cfg, s)) if blocker is None else None
     if locked_out(s) or (not s.operative and not s.session and not in_grace):
-        mode, duty, offered = "f", None, 0.0  # not during a stop grace: -12 V hides the EV
-    elif blocker is None:
-        duty = duty_for_current(allowed_current_a(cfg, s))
-        mode, offered = "pwm", current_for_duty(duty)
+        mode, duty, offered = PilotOutput.F, None, 0.0  # not during a stop grace: -12 V hides the EV
+    elif duty is not None:  # (offer_blocker already refuses under 6 A, where there is no duty)
+        mode, offered = PilotOutput.PWM, current_for_duty(duty)
     else:
-        mode, duty, offered = "off", None, 0.0
-    if (mode == "off" and s.output == "pwm" and s.session and not s.faults and cfg.min_pause_s > 0
+        mode, duty, offered = PilotOutput.OFF, None, 0.0
+    if (mode is PilotOutput.OFF and s.output is PilotOutput.PWM and s.session and not s.faults and cfg.min_pause_s > 0
             and allowed_current_a(cfg, s) < MIN_CURRENT_A):
         s = replace(s, paused_until=now + cfg.min_pause_s)
     if (mode, duty) != (s.output, s.duty_pct):
@@ -353,56 +387,56 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connect
         changed_at = now if offered < s.offered_a else s.offered_changed_at
         previous = s.output
         s = replace(s, output=mode, duty_pct=duty, offered_a=offered, offered_changed_at=changed_at)
-        if mode == "f":
+        if mode is PilotOutput.F:
             s = replace(s, pilot=None, diode_ok=False)
         elif mode != previous:  # PWM stopped or (re)started: an open contactor needs a new check
             s = replace(s, diode_ok=s.diode_ok and s.contactor_closed,
-                        pwm_since=now if mode == "pwm" else s.pwm_since)
+                        pwm_since=now if mode is PilotOutput.PWM else s.pwm_since)
     return s
 
 
-def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     unsafe = safety_blocker(cfg, s, now)
     if s.contactor_closed:
         if unsafe is not None:
             return _open(s, unsafe, now, out)
-        if s.output == "pwm" and s.session:
+        if s.output is PilotOutput.PWM and s.session:
             return replace(s, stopping_since=None)
         since = s.stopping_since if s.stopping_since is not None else now
         if now >= since + cfg.stop_grace_s:  # the same sum as next_deadline: no float gap
             return _open(s, "EV did not stop within the grace; opened under load", now, out)
         return replace(s, stopping_since=since)
-    if unsafe is None and s.output == "pwm" and s.session:
-        if cfg.has_self_test and s.self_test != "passed":  # test the RCD before every close
-            if s.self_test == "none":
+    if unsafe is None and s.output is PilotOutput.PWM and s.session:
+        if cfg.has_self_test and s.self_test is not SelfTestState.PASSED:  # test the RCD before every close
+            if s.self_test is SelfTestState.NONE:
                 out.append(ev.RunSelfTest())
-                return replace(s, self_test="running", self_test_since=now)
+                return replace(s, self_test=SelfTestState.RUNNING, self_test_since=now)
             return s
         out.append(ev.CloseContactor())
         return replace(s, contactor_closed=True, contactor_changed_at=now, stopping_since=None,
-                       overcurrent_since=None, self_test="none")
-    if s.self_test == "passed":  # the conditions went before the close: test again next time
-        return replace(s, self_test="none")
+                       overcurrent_since=None, self_test=SelfTestState.NONE)
+    if s.self_test is SelfTestState.PASSED:  # the conditions went before the close: test again next time
+        return replace(s, self_test=SelfTestState.NONE)
     return s
 
 
-def _open(s: Connector, reason: str, now: float, out: list) -> Connector:
+def _open(s: Connector, reason: str, now: float, out: Out) -> Connector:
     out.append(ev.OpenContactor(reason))
     return replace(s, contactor_closed=False, contactor_changed_at=now, stopping_since=None,
                    overcurrent_since=None)
 
 
-def _set_status(cfg: CoreConfig, s: Connector, now: float, out: list) -> Connector:
+def _set_status(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     reason = offer_blocker(cfg, s, now) or (safety_blocker(cfg, s, now) if not s.contactor_closed else None) or (
-        "testing the RCD before closing" if s.self_test == "running" else "")
+        "testing the RCD before closing" if s.self_test is SelfTestState.RUNNING else "")
     if s.faults:
         status = ConnectorStatus.FAULTED
     elif not s.operative and not s.session:
         status = ConnectorStatus.UNAVAILABLE
     elif s.session:
-        if s.contactor_closed and s.output == "pwm":
+        if s.contactor_closed and s.output is PilotOutput.PWM:
             status = ConnectorStatus.CHARGING
-        elif s.output != "pwm":
+        elif s.output is not PilotOutput.PWM:
             status = ConnectorStatus.SUSPENDED_EVSE
         elif s.pilot is PilotState.B:
             status = ConnectorStatus.SUSPENDED_EV

@@ -63,7 +63,7 @@ class Window:
             return day in self.days and self.start <= t < self.end
         return (day in self.days and t >= self.start) or ((day - 1) % 7 in self.days and t < self.end)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {"days": [DAYS[d] for d in sorted(self.days)], "start": self.start.strftime("%H:%M"),
                 "end": self.end.strftime("%H:%M")}
 

@@ -26,6 +26,8 @@ Times: minutes after local midnight in Window, aware datetimes (any zone) in and
 
 from __future__ import annotations
 
+import math
+
 import enum
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone, tzinfo
@@ -154,11 +156,14 @@ def _wall(tz: tzinfo, instant: datetime) -> datetime:
     return instant.astimezone(tz).replace(tzinfo=None)
 
 
-def _occurrences(tz: tzinfo, windows: list[Window], when_utc: datetime):
+Span = tuple[int, "Window", datetime, datetime]  # index in the list, window, start, end (UTC)
+
+
+def _occurrences(tz: tzinfo, windows: list[Window], when_utc: datetime) -> tuple[list[Span], datetime]:
     """Every occurrence (index in windows, window, start, end in UTC) that can matter from
     when_utc up to the horizon, and the horizon: the local day _LOOK_AHEAD_DAYS ahead."""
     today = when_utc.astimezone(tz).date()
-    spans = []
+    spans: list[Span] = []
     for offset in range(-_LOOK_BACK_DAYS, _LOOK_AHEAD_DAYS):
         day = today + timedelta(days=offset)
         midnight = datetime.combine(day, time())
@@ -174,7 +179,7 @@ def _occurrences(tz: tzinfo, windows: list[Window], when_utc: datetime):
     return spans, horizon
 
 
-def _decide(spans, has_allow: bool, at: datetime) -> tuple[bool, float | None, str]:
+def _decide(spans: list[Span], has_allow: bool, at: datetime) -> tuple[bool, float | None, str]:
     """(allowed, cap_a, reason) at one instant, by the module's precedence rule; among
     equals, the window listed first gives the reason."""
     active = [w for _, w, start, end in sorted(spans, key=lambda s: s[0]) if start <= at < end]
@@ -186,7 +191,8 @@ def _decide(spans, has_allow: bool, at: datetime) -> tuple[bool, float | None, s
         return False, None, "outside the allowed windows"
     caps = [w for w in active if w.action is Action.CAP]
     if caps:
-        cap = min(caps, key=lambda w: w.max_current_a)  # min() keeps the first of equals
+        # a cap window always has max_current_a (Window checks it); min() keeps the first of equals
+        cap = min(caps, key=lambda w: w.max_current_a if w.max_current_a is not None else math.inf)
         return True, cap.max_current_a, f"capped at {cap.max_current_a:g} A by window {cap.name!r}"
     if allow is not None:
         return True, None, f"allowed by window {allow.name!r}"

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from evsed.config import Config
 from evsed.core.events import CardPresented
-from evsed.core.state import PLUGGED_STATES
+from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
 from evsed.shell.bus import Bus, ChargerEvent, log_event
 from evsed.shell.connector import ConnectorControl, Offload, _inline
@@ -33,7 +33,8 @@ class Charger:
         self.tz = ZoneInfo(config.charger.timezone)
         self.bus = Bus()
         self.bus.subscribe(log_event)
-        self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s, stored=stored)
+        self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
+                                 sample_interval_s=config.store.sample_interval_s, pricing=self._pricing, stored=stored)
         self.bus.subscribe(self.recorder)
         self.auth = Chain(LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date()),
                           config.authorization)
@@ -54,6 +55,10 @@ class Charger:
     def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
         return lambda when: schedule(cid, when)
 
+    def _pricing(self, group: str) -> str:
+        tariff = self.config.tariff
+        return tariff.pricing(group, self.config.charger.timezone).to_json() if tariff is not None else ""
+
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1
         return sid
@@ -64,8 +69,13 @@ class Charger:
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Every connector starts open; then every status is told once (connector 0 is the charger),
+        so a service that comes up sees where things stand."""
         for ctrl in self.connectors.values():
             ctrl.start()
+        self.publish("connector.status", status="Available", reason="")
+        for ctrl in self.connectors.values():
+            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason)
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
         """End every session and open every contactor; one connector's failure spares the others."""
@@ -97,9 +107,11 @@ class Charger:
 
     def present_card(self, uid: str) -> int:
         """Give a tap to the connector it is meant for: the one whose session it started, else
-        one with an EV waiting for a card, else the first free one. Returns that connector's id."""
+        one with an EV waiting for a card, else the first free one. Returns that connector's id.
+        The same card read again within card_repeat_s goes where it went, which ignores it."""
         ctrls = list(self.connectors.values())
-        chosen = (next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
+        chosen = (next((c for c in ctrls if card_repeated(c.cfg, c.state, uid, c.clock())), None)
+                  or next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
                   or next((c for c in ctrls if not c.state.session and c.state.pilot in PLUGGED_STATES), None)
                   or next((c for c in ctrls if not c.state.session), ctrls[0]))
         chosen.publish("card.presented", id_tag=uid)

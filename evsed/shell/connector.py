@@ -21,7 +21,7 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import ContactorFeedback, HalError, MeterReading, Notifying, PilotReading, SelfTest
+from hal import ContactorFeedback, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading, SelfTest
 
 log = structlog.get_logger("evsed")
 
@@ -258,6 +258,15 @@ class ConnectorControl:
                      meter_start_wh=s.meter_start_wh, meter_stop_wh=s.meter_last_wh, energy_wh=s.energy_wh,
                      peak_power_w=s.peak_power_w, reason=a.reason.value, stopped_at=s.stopped[1])
 
+    def _offered_a(self) -> float:
+        """What the EV is offered: the board's own figure where it sets the PWM itself (an OpenEVSE
+        caps at its stored maximum), else the core's."""
+        if isinstance(self.pilot, OfferedCurrent) and self.state.output == "pwm":
+            board = self.pilot.offered_current_a()
+            if board is not None:
+                return min(board, self.state.offered_a)
+        return self.state.offered_a
+
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         st, now = self.state, self.clock()
@@ -269,17 +278,19 @@ class ConnectorControl:
             "pilot_output": st.output,
             "duty_pct": st.duty_pct,
             "allowed_a": state.allowed_current_a(self.cfg, st),
-            "offered_a": round(st.offered_a, 2),
+            "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
             "measured": None if reading is None else {
                 "current_a": list(reading.current_a), "power_w": reading.power_total_w,
-                "energy_wh": reading.energy_import_wh},
+                "energy_wh": reading.energy_import_wh, "stale": state.meter_missing(self.cfg, st, now)},
+            "error_code": state.error_code(self.cfg, st, now).value,
             "session": None if session is None else {
                 "id": session.row_id, "id_tag": session.id_tag, "card_name": session.card_name,
                 "group": session.card_group, "started_at": session.started_at,
                 "energy_wh": session.energy_wh, "power_w": session.power_w,
                 "peak_power_w": session.peak_power_w},
-            "faults": [{"fault": f.value, "detail": fs.detail, "lockout": fs.retry_at is None,
+            "faults": [{"fault": f.value, "detail": fs.detail, "clears_by": state.clears_by(f, fs).value,
+                        "lockout": state.clears_by(f, fs) is ev.Clearance.PERSON,
                         "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
                        for f, fs in st.faults.items()],
             "reason": st.reason,

@@ -22,7 +22,8 @@ from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
 
-from evsed.config import Config
+import evsed
+from evsed.config import Config, dirs
 from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
@@ -35,8 +36,8 @@ from evsed.shell.connector import ConnectorControl
 from evsed.shell.devices import Devices, build
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
-from evsed.store import outbox
-from evsed.store.sessions import Store, StoreWriter
+from evsed.store import ocmf, outbox
+from evsed.store.sessions import Store, StoreWriter, utc_iso
 from hal import DeviceUnavailable, HalError, Meter, Notifying
 
 log = structlog.get_logger("evsed")
@@ -51,7 +52,10 @@ class StateLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # 0700 whatever the umask; refused when another user could tamper with it
+            dirs.ensure_dir(self.path.parent, dirs.STATE_DIR_MODE)
+        except dirs.DirectoryError as exc:
+            raise StartError(f"state directory: {exc}") from None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,7 +109,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.lock.acquire()
         db_path = self.config.store.state_dir / "sessions.db"
-        store = Store(db_path)
+        store = Store(db_path, signer=ocmf.LazySigner(self.config.store.state_dir), charger_id=self.config.charger.id,
+                      timezone=self.config.charger.timezone, version=evsed.__version__)
         recovered = store.recover()
         self._record_recovered(store, recovered)
         first_id = store.next_session_id()
@@ -134,14 +139,17 @@ class Daemon:
         if self.devices.reader is not None:
             charger.reading_cards = True
             self._spawn(self._read_cards(), "cards")
-        self.config.store.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            dirs.ensure_dir(self.config.store.runtime_dir, dirs.RUNTIME_DIR_MODE)
+        except dirs.DirectoryError as exc:
+            raise StartError(f"runtime directory: {exc}") from None
         await self.server.start(self.config.store.runtime_dir)
         loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
         self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
-        self._spawn(self._prune_outbox(), "outbox-prune")
+        self._spawn(self._prune(), "prune")
         self._spawn(self._watch_clock(), "clock")
         if self.services is not None:
             self.services.start(self.stopping)
@@ -339,18 +347,21 @@ class Daemon:
             await asyncio.sleep(1.0)
             self.wall_timers.check_clock()
 
-    async def _prune_outbox(self) -> None:
+    async def _prune(self) -> None:
+        """Old events and old sessions' samples go (sessions are kept), at start and hourly."""
         assert self.writer is not None
         while True:
-            older = utc_iso_ms(_wallclock() - OUTBOX_RETENTION)
-            self.writer.submit(lambda st: self._prune(st, older))
+            now = _wallclock()
+            events_before = utc_iso_ms(now - OUTBOX_RETENTION)
+            samples_before = utc_iso(now - dt.timedelta(days=self.config.store.sample_retention_days))
+            self.writer.submit(lambda st: self._prune_store(st, events_before, samples_before))
             await asyncio.sleep(3600)
 
     @staticmethod
-    def _prune(store: Store, older_than: str) -> None:
-        gone = outbox.prune(store.db, older_than)
-        if gone:
-            log.info("outbox.pruned", events=gone)
+    def _prune_store(store: Store, events_before: str, samples_before: str) -> None:
+        events, samples = outbox.prune(store.db, events_before), store.prune_samples(samples_before)
+        if events or samples:
+            log.info("store.pruned", events=events, samples=samples)
 
     # --- stop -------------------------------------------------------------------------------
     def release_all(self) -> None:

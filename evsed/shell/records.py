@@ -11,14 +11,20 @@ from typing import Any, Callable
 
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.store import outbox
+from evsed.store.samples import SampleBatcher
 from evsed.store.sessions import InlineWriter, LiveSession, Store, StoreWriter, utc_iso
 
 
 class Recorder:
+    """pricing(group) is the tariff a new session of that card group runs under, as stored JSON."""
+
     def __init__(self, writer: StoreWriter | InlineWriter, *, clock: Callable[[], float], checkpoint_s: float,
+                 sample_interval_s: float = 10.0, pricing: Callable[[str], str] = lambda group: "",
                  stored: Callable[[dict[str, Any]], None] = lambda event: None):
         self.writer, self.clock, self.checkpoint_s, self.stored = writer, clock, checkpoint_s, stored
+        self.sample_interval_s, self.pricing = sample_interval_s, pricing
         self._checkpointed_at: dict[int, float] = {}  # session id -> when its last checkpoint was queued
+        self._samples: dict[int, SampleBatcher] = {}  # session id -> its samples since the last write
 
     def __call__(self, e: ChargerEvent) -> None:
         handler = getattr(self, "_" + e.type.replace(".", "_"), None)
@@ -37,8 +43,9 @@ class Recorder:
     def _session_started(self, e: ChargerEvent) -> None:
         connector, d = e.connector, e.data
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
-                        d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"])
+                        d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"], pricing=self.pricing(d["group"]))
         self._checkpointed_at[d["session"]] = self.clock()
+        self._samples[d["session"]] = SampleBatcher(self.sample_interval_s)
         self.writer.submit(lambda st: st.start(s))
 
     def _session_meter_start(self, e: ChargerEvent) -> None:
@@ -49,19 +56,23 @@ class Recorder:
     def _session_sample(self, e: ChargerEvent) -> None:
         connector, d = e.connector, e.data
         now = self.clock()
+        batch = self._samples.setdefault(d["session"], SampleBatcher(self.sample_interval_s))
+        batch.offer(now, e.at, d["energy_wh"], d["power_w"], tuple(d["current_a"]), tuple(d["voltage_v"]))
         if now - self._checkpointed_at.get(d["session"], -float("inf")) < self.checkpoint_s:
             return
         self._checkpointed_at[d["session"]] = now
-        row = (d["session"], d["meter_last_wh"], d["peak_power_w"], utc_iso(e.at))
-        self.writer.submit(lambda st: st.checkpoint(*row))
+        row, samples = (d["session"], d["meter_last_wh"], d["peak_power_w"], utc_iso(e.at)), batch.take()
+        self.writer.submit(lambda st: st.checkpoint(*row, samples=samples))
 
     def _session_stopped(self, e: ChargerEvent) -> None:
         connector, d = e.connector, e.data
         self._checkpointed_at.pop(d["session"], None)
+        batch = self._samples.pop(d["session"], None)
+        samples = batch.take() if batch is not None else []
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
                         d["meter_start_wh"], d["meter_stop_wh"], peak_power_w=d["peak_power_w"],
-                        row_id=d["session"], stopped=(d["reason"], d["stopped_at"]))
-        self.writer.submit(lambda st: st.finish(s))
+                        row_id=d["session"], stopped=(d["reason"], d["stopped_at"]), pricing=self.pricing(d["group"]))
+        self.writer.submit(lambda st: st.finish(s, samples))
 
     def _session_final_reading(self, e: ChargerEvent) -> None:
         connector, d = e.connector, e.data

@@ -25,6 +25,28 @@ END_REASON = {"ev_disconnected": "E", "local": "L", "remote": "R", "deauthorized
               "emergency_stop": "A", "ground_fault": "A", "power_loss": "P", "reboot": "L", "other": "A"}
 
 
+class LazySigner:
+    """The charger's key, loaded (or made, on the first start that needs it) at its first use: the
+    cryptography import costs megabytes of RSS that a daemon with no finished session need not pay.
+    The store uses it in the writer's thread, never on the event loop."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self._signer: Signer | None = None
+
+    def _load(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer.load_or_create(self.state_dir)
+        return self._signer
+
+    @property
+    def public_key_hex(self) -> str:
+        return self._load().public_key_hex
+
+    def sign(self, data: bytes) -> str:
+        return self._load().sign(data)
+
+
 class Signer:
     """The charger's OCMF key. The private key never leaves this object and its 0600 file."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import queue
 import sqlite3
 import threading
@@ -76,6 +77,9 @@ class Store:
                  timezone: str = "UTC", version: str = "0"):
         self.path = Path(path)
         self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
+        if str(path) != ":memory:":  # card UIDs and names: 0600 whatever the umask (-wal, -shm follow it)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
         self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a finished session survives a power cut
@@ -161,13 +165,13 @@ class Store:
                 " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
                 (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
 
-    def finish(self, s: LiveSession) -> None:
+    def finish(self, s: LiveSession, samples: Sequence[MeterSample] = ()) -> None:
         """A finished session, whole: completes its row, or writes it anew when the start write failed."""
         assert s.stopped is not None and s.row_id is not None
         if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
             self.start(s)
         reason, when = s.stopped
-        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when)
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples)
 
     def add_samples(self, row_id: int, samples: Sequence[MeterSample]) -> None:
         """Samples of a session in one commit (for a caller that batches them apart from checkpoints)."""

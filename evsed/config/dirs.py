@@ -1,0 +1,121 @@
+"""The daemon's state and runtime directories: checked when the config loads, made safe at start.
+
+Plain os calls, no policy: path_problem() is what the config can tell without creating anything;
+ensure_dir() creates a directory with an exact mode or refuses one another user could tamper with.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+STATE_DIR_MODE = 0o700  # sessions.db holds card UIDs and names
+RUNTIME_DIR_MODE = 0o750  # the control socket (0660): the service group may reach it
+SOCKET_NAME = "control.sock"  # evsed.control.client.socket_path() puts the socket here
+SOCKET_PATH_MAX = 107  # bytes: sockaddr_un.sun_path is 108 bytes with the terminating NUL
+PATH_MAX = 4095
+VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")  # kernel file systems: no place for a database or a socket
+
+
+class DirectoryError(Exception):
+    """A directory evsed must not or cannot use; str() says which and why, for one log line."""
+
+
+def path_problem(path: Path, *, socket: bool = False) -> str | None:
+    """Why `path` cannot be the directory (None: it may be). Creates nothing.
+
+    socket: the directory will hold the control socket, whose path has a length limit.
+    """
+    text = os.fsencode(str(path))
+    if not path.is_absolute():
+        return f"{_short(path)} is not an absolute path"
+    if len(text) > PATH_MAX:
+        return f"the path is {len(text)} bytes long, at most {PATH_MAX}"
+    if socket and len(os.fsencode(str(path / SOCKET_NAME))) > SOCKET_PATH_MAX:
+        return (f"{_short(path)} is too long for the control socket: {SOCKET_NAME} in it takes "
+                f"{len(os.fsencode(str(path / SOCKET_NAME)))} bytes, a Unix socket path at most {SOCKET_PATH_MAX}")
+    real = os.path.realpath(path)
+    for root in VIRTUAL_ROOTS:
+        if real == root or real.startswith(root + "/"):
+            return f"{_short(path)} is under {root}, a kernel file system"
+    probe = path
+    while True:  # the nearest part that exists must be a directory
+        try:
+            st = os.stat(probe)
+        except (FileNotFoundError, NotADirectoryError):  # ENOTDIR: a file further up; find it
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
+            continue
+        except OSError as exc:
+            return f"cannot check {_short(probe)}: {exc.strerror or exc}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{_short(probe)} exists and is not a directory"
+        return None
+
+
+def ensure_dir(path: Path, mode: int) -> Path:
+    """Create `path` (and missing parents) with exactly `mode`, whatever the umask, or check it.
+
+    Refuses, with DirectoryError, a directory (new or old) that is not owned by this process's
+    user, is writable by group or others, or sits in a parent others may write without the
+    sticky bit (anyone could swap it); and a symlink owned by someone else (a /tmp fallback
+    planted by another user). Returns the path.
+    """
+    problem = path_problem(path)
+    if problem is not None:
+        raise DirectoryError(problem)
+    missing = []
+    probe = path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = probe.parent
+    for part in reversed(missing):
+        try:
+            os.mkdir(part, mode)
+        except FileExistsError:  # created meanwhile (by another process): checked below like any
+            continue
+        except OSError as exc:
+            raise DirectoryError(f"cannot create {_short(part)}: {exc.strerror or exc}") from None
+        os.chmod(part, mode)  # mkdir's mode passes through the umask
+    for part in reversed(missing) if missing else [path]:  # top down, `path` last
+        _check_owned(part)
+    _check_parent(path)
+    return path
+
+
+def _check_owned(path: Path) -> None:
+    uid = os.geteuid()
+    try:
+        link = os.lstat(path)
+        st = os.stat(path)
+    except OSError as exc:
+        raise DirectoryError(f"cannot check {_short(path)}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+        raise DirectoryError(f"{_short(path)} is a symlink owned by uid {link.st_uid}, not by this user "
+                             f"(uid {uid}) or root: refused")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DirectoryError(f"{_short(path)} exists and is not a directory")
+    if st.st_uid != uid:
+        raise DirectoryError(f"{_short(path)} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
+                             "another user could replace what evsed keeps there; remove it or fix its owner")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise DirectoryError(f"{_short(path)} is writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it")
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise DirectoryError(f"cannot check {_short(parent)}: {exc.strerror or exc}") from None
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise DirectoryError(f"{_short(parent)} is writable by others without the sticky bit: "
+                             f"anyone could swap {path.name} in it")
+
+
+def _short(path: Path | str, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

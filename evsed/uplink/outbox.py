@@ -1,0 +1,252 @@
+"""Charger events -> OCPP messages in the durable queue, and the sender that empties it in order:
+transaction messages survive offline periods and kill -9, retried per TransactionMessageAttempts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import structlog
+from ocpp.charge_point import camel_to_snake_case
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call
+
+from evsed.uplink.keys import Values
+from evsed.uplink.smart import iso, parse_time
+from evsed.uplink.state import Queued, State
+
+log = structlog.get_logger("evsed.uplink")
+
+REASONS = {"ev_disconnected": "EVDisconnected", "local": "Local", "remote": "Remote",
+           "deauthorized": "DeAuthorized", "emergency_stop": "EmergencyStop", "power_loss": "PowerLoss",
+           "reboot": "Reboot", "other": "Other", "hard_reset": "HardReset", "soft_reset": "SoftReset",
+           "unlock_command": "UnlockCommand"}  # ground_fault has no 1.6 Reason: Other
+STATUSES = {"Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing",
+            "Reserved", "Unavailable", "Faulted"}
+ERROR_CODES = {"ConnectorLockFailure", "EVCommunicationError", "GroundFailure", "HighTemperature",
+               "InternalError", "LocalListConflict", "NoError", "OtherError", "OverCurrentFailure",
+               "PowerMeterFailure", "PowerSwitchFailure", "ReaderFailure", "ResetFailure",
+               "UnderVoltage", "OverVoltage", "WeakSignal"}
+FAULT_CODES = {"rcd": "GroundFailure", "rcd_self_test": "GroundFailure", "overcurrent": "OverCurrentFailure",
+               "welded": "PowerSwitchFailure", "contactor_mismatch": "PowerSwitchFailure",
+               "diode": "EVCommunicationError", "meter": "PowerMeterFailure", "pilot": "EVCommunicationError"}
+CALLS = {"StartTransaction": call.StartTransaction, "StopTransaction": call.StopTransaction,
+         "MeterValues": call.MeterValues, "StatusNotification": call.StatusNotification}
+
+
+def id_tag(text: str) -> str:
+    """OCPP 1.6 IdToken: at most 20 characters."""
+    return str(text)[:20]
+
+
+def sampled_values(sample: dict, measurands: list[str], context: str) -> list[dict]:
+    """The sampledValue entries for one daemon session.sample, only the measurands asked for."""
+    out = []
+
+    def add(measurand, value, unit, phase=None):
+        entry = {"value": str(value), "context": context, "measurand": measurand, "unit": unit}
+        if phase:
+            entry["phase"] = phase
+        out.append(entry)
+
+    for m in measurands:
+        if m == "Energy.Active.Import.Register" and sample.get("energy_wh") is not None:
+            add(m, int(sample["energy_wh"]), "Wh")
+        elif m == "Power.Active.Import" and sample.get("power_w") is not None:
+            add(m, round(float(sample["power_w"]), 1), "W")
+        elif m == "Current.Offered" and sample.get("offered_a") is not None:
+            add(m, round(float(sample["offered_a"]), 1), "A")
+        elif m == "Current.Import":
+            for n, amps in enumerate(sample.get("current_a") or [], 1):
+                add(m, round(float(amps), 1), "A", f"L{n}")
+        elif m == "Voltage":
+            for n, volts in enumerate(sample.get("voltage_v") or [], 1):
+                add(m, round(float(volts), 1), "V", f"L{n}-N")
+    return out
+
+
+class Outbox:
+    """Turns daemon events into queued messages (one SQLite transaction per event, with its seq)."""
+
+    def __init__(self, state: State, keys: Values, clock: Callable[[], float]):
+        self.state, self.keys, self.clock = state, keys, clock
+        self.samples: dict[int, dict] = {}         # the newest session.sample per connector
+        self.reservations: dict[int, dict] = {}    # reservation_id -> connector, id_tag
+        self.stop_reasons: dict[int, str] = {}     # connector -> Reason the uplink caused
+        self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
+        self.dropped = int(state.meta("dropped", "0"))
+        self.on_started: Callable[[int, str], None] = lambda connector, session: None
+        self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
+
+    def on_event(self, event: dict) -> bool:
+        """Apply one event; True when it was made durable with its seq (live events: False)."""
+        kind, connector = event.get("type"), int(event.get("connector") or 0)
+        if kind == "session.sample":
+            self.samples[connector] = event
+        if event.get("seq") is None:
+            return False
+        with self.state.transaction():
+            if kind in ("connector.status", "status"):
+                self._status(connector, event)
+            elif kind in ("fault.raised", "fault.cleared"):
+                self._fault(connector, event)
+            elif kind == "session.started":
+                self._started(connector, event)
+            elif kind == "session.stopped":
+                self._stopped(connector, event)
+            self.state.set_meta("seq", int(event["seq"]))
+        if kind == "session.started":
+            self.on_started(connector, str(event["session"]))
+        elif kind == "session.stopped":
+            self.on_stopped(connector, str(event["session"]))
+        return True
+
+    def _fault(self, connector: int, event: dict) -> None:
+        """Faults give the error code of the connector's StatusNotification (sent when it changes)."""
+        faults = self.faults.setdefault(connector, {})
+        if event["type"] == "fault.raised":
+            faults[str(event.get("fault"))] = str(event.get("detail") or event.get("fault"))[:50]
+        else:
+            for name in event.get("faults") or []:
+                faults.pop(str(name), None)
+        before = self.state.statuses().get(connector)
+        if before is not None and before[1] != self.error_code(connector):
+            self._status(connector, {"status": before[0]})
+
+    def error_code(self, connector: int) -> str:
+        for fault in self.faults.get(connector, {}):
+            return FAULT_CODES.get(fault, "OtherError")
+        return "NoError"
+
+    def _status(self, connector: int, event: dict) -> None:
+        status = event.get("status") if event.get("status") in STATUSES else "Faulted"
+        error = event.get("error_code") if event.get("error_code") in ERROR_CODES else self.error_code(connector)
+        faults = self.faults.get(connector)
+        info = str(event.get("info") or (next(iter(faults.values())) if faults else "")
+                   or event.get("reason") or "")[:50] or None
+        self.state.set_status(connector, status, error, info)
+        self.state.enqueue("StatusNotification", self.status_payload(connector, status, error, info,
+                                                                     event.get("at")),
+                           connector=connector, tx=False)
+
+    def status_payload(self, connector, status, error, info, at=None) -> dict:
+        payload = {"connectorId": connector, "errorCode": error, "status": status,
+                   "timestamp": _ms(at) if at else iso(self.clock())}
+        if info:
+            payload["info"] = info
+        return payload
+
+    def _started(self, connector: int, event: dict) -> None:
+        session, tag = str(event["session"]), id_tag(event.get("id_tag") or "")
+        started_at = _ms(event.get("started_at") or event.get("at")) or iso(self.clock())
+        meter = int(event.get("meter_start_wh") or 0)
+        self.state.open_session(connector, session, tag, started_at, meter)
+        payload = {"connectorId": connector, "idTag": tag, "meterStart": meter, "timestamp": started_at}
+        for rid, res in list(self.reservations.items()):
+            if res["id_tag"] == tag and res["connector"] in (0, connector):
+                payload["reservationId"] = rid
+                del self.reservations[rid]
+                break
+        self.state.enqueue("StartTransaction", payload, session=session, connector=connector)
+
+    def _stopped(self, connector: int, event: dict) -> None:
+        session = str(event["session"])
+        opened = self.state.sessions().get(connector)
+        stopped_at = _ms(event.get("stopped_at") or event.get("at")) or iso(self.clock())
+        meter = int(event.get("meter_stop_wh") or 0)
+        reason = self.stop_reasons.pop(connector, None) or REASONS.get(str(event.get("reason")), "Other")
+        payload = {"meterStop": meter, "timestamp": stopped_at, "reason": reason,
+                   "transactionId": 0}  # the real id is filled in when it is sent
+        if event.get("id_tag"):
+            payload["idTag"] = id_tag(event["id_tag"])
+        data = []
+        if opened and opened["session"] == session:
+            data.append({"timestamp": opened["started_at"], "sampledValue": [{
+                "value": str(opened["meter_start_wh"]), "context": "Transaction.Begin",
+                "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]})
+        end = dict(self.samples.get(connector) or {}, energy_wh=meter)
+        values = sampled_values(end, self.keys.list("StopTxnSampledData"), "Transaction.End")
+        if values:
+            data.append({"timestamp": stopped_at, "sampledValue": values})
+        if data:
+            payload["transactionData"] = data
+        self.state.close_session(connector)
+        self.samples.pop(connector, None)
+        self.state.enqueue("StopTransaction", payload, session=session, connector=connector)
+
+    def meter_values(self, connector: int, context: str) -> bool:
+        """Queue a MeterValues from the newest sample (Sample.Periodic or Sample.Clock)."""
+        sample = self.samples.get(connector)
+        key = "MeterValuesAlignedData" if context == "Sample.Clock" else "MeterValuesSampledData"
+        values = sampled_values(sample or {}, self.keys.list(key), context)
+        if not values:
+            return False
+        session = self.state.sessions().get(connector)
+        payload = {"connectorId": connector, "meterValue": [{"timestamp": iso(self.clock()),
+                                                              "sampledValue": values}]}
+        if session:
+            payload["transactionId"] = 0
+        self.state.enqueue("MeterValues", payload, session=session["session"] if session else None,
+                           connector=connector, tx=session is not None)
+        return True
+
+    def drop(self, item: Queued, why: str) -> None:
+        with self.state.transaction():
+            self.state.dequeue(item.id)
+            if item.tx:
+                self.dropped = self.state.bump("dropped")
+        log.warning("ocpp.message_dropped", action=item.action, connector=item.connector, why=why,
+                    dropped=self.dropped)
+
+    async def send_head(self, cp, item: Queued) -> object | None:
+        """Send item; the CALLRESULT (it is dequeued) or None (retried later or dropped).
+        A lost connection raises out of here and costs no attempt."""
+        payload = dict(item.payload)
+        if "transactionId" in payload and item.session is not None:
+            tid = self.state.transaction_id(item.session)
+            if tid is None and item.action == "StopTransaction":
+                self.drop(item, "its StartTransaction was never answered")
+                return None
+            if tid is None:
+                del payload["transactionId"]
+            else:
+                payload["transactionId"] = tid
+        request = CALLS[item.action](**camel_to_snake_case(payload))
+        try:
+            result = await cp.call(request, suppress=False, unique_id=item.unique_id)
+        except (asyncio.TimeoutError, OCPPError, Exception) as exc:  # noqa: B014 - any CSMS refusal
+            if isinstance(exc, (asyncio.CancelledError, ConnectionError)) or _closed(exc):
+                raise
+            return self._failed(item, exc)
+        with self.state.transaction():
+            self.state.dequeue(item.id)
+            if item.action == "StartTransaction":
+                self.state.set_transaction_id(item.session, int(result.transaction_id))
+            elif item.action == "StopTransaction":
+                self.state.forget_transaction(item.session)
+        return result
+
+    def _failed(self, item: Queued, exc: Exception) -> None:
+        attempts = item.attempts + 1
+        if not item.tx or attempts >= self.keys.int("TransactionMessageAttempts"):
+            self.drop(item, f"{type(exc).__name__}: {exc}"[:200])
+            return None
+        wait = self.keys.int("TransactionMessageRetryInterval") * attempts
+        self.state.retry_later(item.id, self.clock() + wait)
+        log.info("ocpp.message_retry", action=item.action, attempt=attempts, wait_s=wait)
+        return None
+
+
+def _closed(exc: BaseException) -> bool:
+    from websockets.exceptions import ConnectionClosed
+    return isinstance(exc, ConnectionClosed)
+
+
+def _ms(text: str | None) -> str | None:
+    """An event's ISO 8601 time as OCPP wants it: UTC, milliseconds at most."""
+    if not text:
+        return None
+    try:
+        return iso(parse_time(text))
+    except ValueError:
+        return None

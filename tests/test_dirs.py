@@ -1,0 +1,130 @@
+"""The state and runtime directories: exact modes whatever the umask, and no directory another
+user could tamper with (the /tmp fallback, a group- or world-writable one, someone else's)."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from evsed.config import dirs
+from evsed.control.client import socket_path
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+
+
+@pytest.fixture(params=[0o000, 0o022, 0o077], ids=["umask 000", "umask 022", "umask 077"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_state_dir_is_created_0700_and_runtime_dir_0750_whatever_the_umask(tmp_path, umask):
+    assert dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE) == tmp_path / "state"
+    dirs.ensure_dir(tmp_path / "run", dirs.RUNTIME_DIR_MODE)
+    assert mode(tmp_path / "state") == 0o700 and mode(tmp_path / "run") == 0o750
+
+
+def test_missing_parents_are_created_with_the_same_mode(tmp_path, umask):
+    dirs.ensure_dir(tmp_path / "home" / ".local" / "state" / "evsed", dirs.STATE_DIR_MODE)
+    for part in ("home", "home/.local", "home/.local/state", "home/.local/state/evsed"):
+        assert mode(tmp_path / part) == 0o700, part
+
+
+def test_an_existing_private_directory_is_used_as_it_is(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state" / "sessions.db").write_text("kept")
+    dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+    assert mode(tmp_path / "state") == 0o755 and (tmp_path / "state" / "sessions.db").read_text() == "kept"
+
+
+def test_a_world_writable_runtime_directory_is_refused(tmp_path):
+    # /tmp/evsed-UID made 0777 beforehand: another user could swap the socket in it
+    planted = tmp_path / "evsed-1000"
+    planted.mkdir()
+    planted.chmod(0o777)
+    with pytest.raises(dirs.DirectoryError, match="writable by others.*mode 0777"):
+        dirs.ensure_dir(planted, dirs.RUNTIME_DIR_MODE)
+
+
+def test_a_group_writable_directory_is_refused(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state").chmod(0o770)
+    with pytest.raises(dirs.DirectoryError, match="writable by its group"):
+        dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+
+
+@as_root
+def test_a_directory_owned_by_another_user_is_refused(tmp_path):
+    planted = tmp_path / "evsed-0"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, NOBODY, NOBODY)
+    with pytest.raises(dirs.DirectoryError, match=f"owned by uid {NOBODY}, not by this user"):
+        dirs.ensure_dir(planted, dirs.RUNTIME_DIR_MODE)
+
+
+@as_root
+def test_a_symlink_planted_by_another_user_is_refused(tmp_path):
+    (tmp_path / "mine").mkdir(mode=0o700)
+    link = tmp_path / "evsed-0"
+    link.symlink_to(tmp_path / "mine")
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(dirs.DirectoryError, match="symlink owned by uid"):
+        dirs.ensure_dir(link, dirs.RUNTIME_DIR_MODE)
+
+
+def test_a_symlink_of_our_own_is_followed(tmp_path):
+    (tmp_path / "data").mkdir(mode=0o700)
+    (tmp_path / "state").symlink_to(tmp_path / "data")
+    assert dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE) == tmp_path / "state"
+
+
+def test_a_directory_in_a_world_writable_parent_without_the_sticky_bit_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(dirs.DirectoryError, match="without the sticky bit"):
+        dirs.ensure_dir(shared / "evsed", dirs.RUNTIME_DIR_MODE)
+
+
+def test_a_directory_of_our_own_in_a_sticky_parent_like_tmp_is_fine(tmp_path):
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    dirs.ensure_dir(sticky / f"evsed-{os.geteuid()}", dirs.RUNTIME_DIR_MODE)
+    assert mode(sticky / f"evsed-{os.geteuid()}") == 0o750
+
+
+def test_a_file_where_the_directory_should_be_is_refused(tmp_path):
+    (tmp_path / "state").write_text("")
+    with pytest.raises(dirs.DirectoryError, match="exists and is not a directory"):
+        dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+    with pytest.raises(dirs.DirectoryError, match="exists and is not a directory"):
+        dirs.ensure_dir(tmp_path / "state" / "evsed", dirs.STATE_DIR_MODE)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/proc/evsed", "under /proc"),
+    ("/sys/fs/evsed", "under /sys"),
+    ("relative/evsed", "not an absolute path"),
+])
+def test_path_problem_names_places_no_directory_of_ours_can_be(path, words):
+    assert words in dirs.path_problem(Path(path))
+
+
+def test_path_problem_knows_the_unix_socket_length_limit():
+    room = dirs.SOCKET_PATH_MAX - len("/x/") - len("/" + dirs.SOCKET_NAME)
+    fits = Path("/x") / ("d" * room)
+    assert dirs.path_problem(fits, socket=True) is None
+    assert "too long for the control socket" in dirs.path_problem(Path(f"{fits}d"), socket=True)
+    assert dirs.path_problem(Path(f"{fits}d"), socket=False) is None
+
+
+def test_the_socket_name_is_the_one_the_control_socket_uses():
+    assert socket_path(Path("/run/evsed")) == Path("/run/evsed") / dirs.SOCKET_NAME

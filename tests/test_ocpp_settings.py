@@ -1,0 +1,70 @@
+"""The [ocpp] table: parsed into Settings with file:line:key errors; secrets must be 0600."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evsed.config import ConfigError, load, parse
+from evsed.uplink import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = (ROOT / "config" / "simulator.toml").read_text()
+
+
+def ocpp(text: str, path: Path | str = "<config>"):
+    return settings.parse(parse(BASE + "\n[ocpp]\n" + text, path))
+
+
+def test_the_shipped_simulator_ocpp_config_parses():
+    s = settings.parse(load(ROOT / "config" / "simulator-ocpp.toml"))
+    assert s.endpoint == "ws://127.0.0.1:9000/evsed-sim" and s.keys["MeterValueSampleInterval"] == "10"
+
+
+def test_identity_defaults_to_the_charger_id_and_is_quoted_into_the_path():
+    assert ocpp('url = "wss://csms.example/ocpp/"').endpoint == "wss://csms.example/ocpp/evsed-sim"
+    assert ocpp('url = "ws://h/x"\nidentity = "a b"').endpoint == "ws://h/x/a%20b"
+
+
+def test_an_unknown_key_names_file_line_and_key():
+    with pytest.raises(ConfigError) as err:
+        ocpp('url = "ws://h/"\nheartbeat = 5', "evsed.toml")
+    assert "[ocpp] heartbeat: unknown key (did you mean 'heartbeat_s'?)" in str(err.value)
+    assert str(err.value).startswith("evsed.toml:")
+
+
+def test_profile_2_needs_wss_and_a_password_file():
+    with pytest.raises(ConfigError, match="needs a wss:// URL"):
+        ocpp('url = "ws://h/"\nsecurity_profile = 2')
+    with pytest.raises(ConfigError, match="needs a password_file"):
+        ocpp('url = "wss://h/"\nsecurity_profile = 2')
+
+
+def test_a_password_file_readable_by_others_is_refused_and_the_password_not_shown(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("a-long-password-1\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as err:
+        ocpp(f'url = "ws://h/"\nsecurity_profile = 1\npassword_file = "{secret}"')
+    assert "a-long-password" not in str(err.value)
+    secret.chmod(0o600)
+    s = ocpp(f'url = "ws://h/"\nsecurity_profile = 1\npassword_file = "{secret}"')
+    assert s.password == "a-long-password-1" and "a-long-password" not in repr(s)
+
+
+def test_ocpp_keys_are_checked_like_change_configuration():
+    with pytest.raises(ConfigError, match="MeterValuesSampledData"):
+        ocpp('url = "ws://h/"\n[ocpp.keys]\nMeterValuesSampledData = "SoC"')
+    with pytest.raises(ConfigError, match="unknown key"):
+        ocpp('url = "ws://h/"\n[ocpp.keys]\nNoSuchKey = 1')
+    assert ocpp('url = "ws://h/"\n[ocpp.keys]\nLocalPreAuthorize = true').keys["LocalPreAuthorize"] == "true"
+
+
+def test_a_config_without_ocpp_never_imports_the_uplink():
+    import subprocess
+    import sys
+    code = ("import sys; from evsed.config import load; load('config/simulator.toml'); "
+            "import evsed.cli; print([m for m in sys.modules if m.startswith(('ocpp', 'evsed.uplink', 'websockets'))])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
