@@ -90,6 +90,8 @@ def cmd_service(args) -> int:
 
 def cmd_check(args) -> int:
     cfg = load_config(args)
+    from evsed.ops import update
+    update.settings(cfg)  # [update] is read by `evsed update`; its errors show here first
     from evsed.cli import check
     from evsed.shell import logs
     logs.configure("error", "text")  # the report is the output
