@@ -3,6 +3,7 @@ gives `evsed check` one line naming the file, the line and the key, exit status 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -10,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
 from evsed.cli import main
+from evsed.shell import logs
 
 CORPUS = Path(__file__).parent / "configs" / "bad"
 BASE = ('[charger]\nid = "bad"\n\n[[connector]]\nid = 1\n[connector.pilot]\nbackend = "sim"\n'
@@ -47,7 +50,13 @@ GAPS = {
 
 
 def check(path: Path, capsys) -> tuple[int, str]:
-    code = main(["check", "-c", str(path)])
+    try:
+        code = main(["check", "-c", str(path)])
+    finally:  # a config that loads gets as far as configuring the logs: leave them as other tests expect
+        logs.flush()
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
     captured = capsys.readouterr()
     return code, captured.err
 
