@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/footprint.py
 	$(VENV)/bin/python bench/web.py
 	$(VENV)/bin/python bench/campaign.py --kills 200
+	$(VENV)/bin/python bench/campaign.py --load 3000
 
 # kill -9 at random points of simulated sessions, 1000 times (make test runs 8, make bench 200)
 campaign: $(STAMP)
