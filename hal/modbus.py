@@ -24,9 +24,11 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from hal import DeviceUnavailable, HalError, MeterReading, TryAgain
 from hal.meter_models import MODELS, PER_PHASE, TYPES, Field, MeterModel, blocks
 
-CONNECT_BACKOFF_S = (0.5, 30.0)  # first and longest wait before reconnecting a bus
-READ_BACKOFF_S = (0.5, 8.0)  # first and longest wait before asking a failing meter again;
-# kept under the core's meter timeout so a meter that recovers is heard from in time
+# First and longest waits before reconnecting a bus / asking a failing meter again. The longest
+# is short: charging pauses 4 s after the last good reading, and a meter back after an outage
+# must be heard from within a couple of seconds (a retry costs one frame on an idle bus).
+CONNECT_BACKOFF_S = (0.5, 2.0)
+READ_BACKOFF_S = (0.5, 2.0)
 
 EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
                    4: "server device failure", 5: "acknowledge", 6: "server device busy",
@@ -154,7 +156,8 @@ class Bus:
             raise TryAgain(f"{what}: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", None)
-            raise TryAgain(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+            name = EXCEPTION_NAMES.get(code, "unknown") if isinstance(code, int) else "unknown"
+            raise TryAgain(f"{what}: exception {code} ({name})")
         registers = list(response.registers)
         if len(registers) != count:  # e.g. a late answer to an earlier request on RS-485
             raise TryAgain(f"{what}: answer has {len(registers)} registers")

@@ -24,6 +24,7 @@ class SimConnector:
         self.world, self.id = world, connector_id
         self.ev = SimEV(max_current_a=world.ev_max_current_a, phases=world.ev_phases)
         self.pilot_mode = "off"  # "off" | "pwm" | "f"
+        self.pilot_levels: tuple[float, float] | None = None  # injected (high, low) V that the ADC reads
         self.duty_pct: float | None = None
         self._coil = False  # what the contactor output commands
         self.dropout: Monostable | None = None  # a drop-out circuit in series with the coil driver
@@ -102,6 +103,11 @@ class SimConnector:
                 setattr(self.ev, key, value)
         self.change(apply)
 
+    def inject_pilot(self, levels: tuple[float, float] | None) -> None:
+        """The pilot's ADC reads exactly these (high, low) volts until None lets the EV speak again:
+        a -2 V low level for a missing diode, 7.5 V between bands, a slow drift."""
+        self.change(lambda: setattr(self, "pilot_levels", levels))
+
     def inject(self, kind: str, active: bool = True) -> None:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
@@ -154,6 +160,8 @@ class SimPilot:
         b = self.bench
         if "pilot-lost" in b.faults:
             raise TryAgain("simulated ADC not answering")
+        if b.pilot_levels is not None:
+            return PilotReading(*b.pilot_levels)
         if "pilot-short" in b.faults or b.pilot_mode == "f":
             level = 0.0 if "pilot-short" in b.faults else -12.0
             return PilotReading(level, level if b.pilot_mode != "pwm" else -12.0)

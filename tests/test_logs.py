@@ -123,3 +123,20 @@ def test_field_names_are_what_journalctl_can_match():
                                             "id-tag": "04A1", "_private": None}))
     assert entry == {"MESSAGE": "x", "PRIORITY": "4", "SYSLOG_IDENTIFIER": "evsed", "F9LIVES": "true",
                      "ID_TAG": "04A1", "F_PRIVATE": "null"}
+
+
+def test_a_library_dumping_a_multi_line_frame_at_error_level_gives_one_line_and_the_frame_at_debug():
+    stream = io.StringIO()
+    frame = "Exception response 0x83\n  0x1 0x83 0x2 0xc0 0xf1\n  recv: 0x1 0x83 0x2"
+    try:
+        logs.configure("info", "json", stream=stream)
+        logging.getLogger("pymodbus.logging").error(frame)
+        logs.flush()
+        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logs.flush()
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
+    assert len(records) == 1  # the frame itself is at debug, below the configured level
+    assert records[0]["level"] == "error" and records[0]["message"] == "Exception response 0x83"

@@ -499,3 +499,16 @@ def test_config_takes_a_modbus_meter_with_documented_defaults():
 def test_config_names_file_line_and_key_for_an_unknown_model():
     with pytest.raises(config.ConfigError, match=r"evsed.toml:9: \[connector.meter\] model: expected one of"):
         config.parse(CONFIG.format(model="sdm360"), "evsed.toml")
+
+
+def test_after_a_long_outage_the_meter_is_asked_again_within_two_seconds():
+    from hal.modbus import CONNECT_BACKOFF_S, READ_BACKOFF_S, Backoff
+    from hal import TryAgain
+    for first_s, longest_s in (CONNECT_BACKOFF_S, READ_BACKOFF_S):
+        now = [0.0]
+        backoff = Backoff(first_s, longest_s, lambda: now[0])
+        for _ in range(100):  # a meter silent for minutes
+            backoff.failed(TryAgain("timeout"))
+            now[0] = backoff.retry_at
+        backoff.failed(TryAgain("timeout"))
+        assert backoff.retry_at - now[0] <= 2.0  # back the moment it answers, not up to 30 s later

@@ -48,3 +48,87 @@ def test_scenario_config_errors_name_the_scenario_file(tmp_path, capsys):
     assert scenario.run_files([path], verbose=False) == 1
     out = capsys.readouterr().out
     assert f"{path}" in out and "max_current_a" in out and "out of range" in out
+
+
+CHARGING = '''
+[[step]]
+t = 1
+do = "plug"
+[[step]]
+t = 2
+do = "tap"
+card = "04A1B2C3"
+'''
+
+
+def run_text(tmp_path, text):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return asyncio.run(scenario.load(path).run(verbose=False))
+
+
+def test_a_span_that_stops_holding_fails_and_says_when(tmp_path):
+    result = run_text(tmp_path, CHARGING + '''
+[[step]]
+t = 3
+until = 20
+expect = { hw_contactor = "closed" }
+[[step]]
+t = 10
+do = "unplug"
+''')
+    assert len(result.failed) == 1 and "stopped holding at t=10s" in result.failed[0]
+
+
+def test_within_fails_when_it_comes_true_too_late(tmp_path):
+    result = run_text(tmp_path, CHARGING + '''
+[[step]]
+t = 10
+do = "remote-stop"
+[[step]]
+t = 10
+within = 0.1
+expect = { hw_contactor = "open" }
+[[step]]
+t = 10
+within = 0.1
+expect = { pilot_output = "off" }
+''')  # the EV drops to B at once: the open comes at once too, PWM off even sooner
+    assert result.failed == [] and len(result.passed) == 2
+    result = run_text(tmp_path, '[[step]]\nt = 0\ndo = "ev"\nignore_stop = true\n' + CHARGING + '''
+[[step]]
+t = 10
+do = "remote-stop"
+[[step]]
+t = 10
+within = 1
+expect = { hw_contactor = "open" }
+''')  # an EV that ignores the stop keeps the contactor closed for the 6 s grace
+    assert len(result.failed) == 1 and "not true by t=11s" in result.failed[0]
+
+
+def test_never_and_event_counts_fail_when_broken(tmp_path):
+    result = run_text(tmp_path, CHARGING + '''
+[[step]]
+t = 0
+until = 30
+never = { hw_contactor = "closed" }
+[[step]]
+t = 0
+until = 30
+events = { type = "contactor.closed", max = 0 }
+''')
+    assert len(result.failed) == 2
+    assert any("happened at" in f for f in result.failed) and any("1 contactor.closed events" in f for f in result.failed)
+
+
+def test_tolerances_tell_26_6_from_26_7(tmp_path):
+    result = run_text(tmp_path, '[config.charger]\nmax_current_a = 16\n' + CHARGING + '''
+[[step]]
+t = 5
+expect = { duty_pct = { value = 26.6, tol = 0.01 }, hw_duty_pct = { value = 26.6, tol = 0.01 } }
+[[step]]
+t = 5
+expect = { duty_pct = { value = 26.7, tol = 0.01 } }
+''')
+    assert len(result.passed) == 2 and len(result.failed) == 1 and "26.7" in result.failed[0]

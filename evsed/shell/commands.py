@@ -156,6 +156,18 @@ def _fault(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _pilot(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    high, low = args.get("high_v"), args.get("low_v")
+    if high is None and low is None:
+        levels = None
+    elif high is None or low is None:
+        raise CommandError("pilot: give both high_v and low_v, or neither to let the EV speak again")
+    else:
+        levels = (float(high), float(low))
+    _sim_connector(charger, args).inject_pilot(levels)
+    return {}
+
+
 def _clear_fault(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     _sim_connector(charger, args).inject(args["kind"], active=False)
     return {}
@@ -267,6 +279,9 @@ COMMANDS: dict[str, Command] = {
     "fault": Command({"connector": CONNECTOR, "kind": Field("str"), "clear": Field("bool", False)}, _fault,
                      sim=True, doc="inject (or clear) a hardware fault"),
     "clear-fault": Command({"connector": CONNECTOR, "kind": Field("str")}, _clear_fault, sim=True),
+    "pilot": Command({"connector": CONNECTOR, "high_v": Field("number", False, -15, 15),
+                      "low_v": Field("number", False, -15, 15)}, _pilot, sim=True,
+                     doc="the pilot reads exactly these volts (both), or the EV again (neither)"),
     # the charger
     "clear-faults": Command({"connector": CONNECTOR}, _clear_faults, doc="a person cleared latched faults"),
     "remote-start": Command({"connector": CONNECTOR, "id_tag": Field("id_tag")}, _remote_start),

@@ -139,6 +139,7 @@ def _journal_stream(stream: TextIO) -> bool:
 
 
 _writer: _QueuedWriter | _JournalWriter | None = None
+LIBRARY_LINE_MAX = 200  # characters of a library's message at its own level; the rest at debug
 
 
 class _ToStructlog(logging.Handler):
@@ -146,9 +147,16 @@ class _ToStructlog(logging.Handler):
     through structlog too, so the journal stays one JSON object per line."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """One line per record; a multi-line or long message (pymodbus dumps raw frames at error
+        level) keeps its first line at the record's level and goes whole at debug."""
         try:
-            structlog.get_logger("evsed").log(record.levelno, "library.log", logger=record.name,
-                                              message=record.getMessage())
+            log = structlog.get_logger("evsed")
+            message = record.getMessage()
+            first = message.split("\n", 1)[0].strip()
+            short = first if len(first) <= LIBRARY_LINE_MAX else first[:LIBRARY_LINE_MAX] + "..."
+            log.log(record.levelno, "library.log", logger=record.name, message=short)
+            if short != message:
+                log.debug("library.log_detail", logger=record.name, message=message)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 

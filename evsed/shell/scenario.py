@@ -17,12 +17,17 @@ from typing import Any
 
 from evsed import config as configmod
 from evsed.shell import commands, devices
+from evsed.shell.bus import ChargerEvent
 from evsed.shell.charger import Charger
+from evsed.shell.expect import ExpectationError, SpanCheck, observe
 from evsed.shell.connector import ConnectorControl
 from evsed.store.sessions import InlineWriter, Store
 from hal import Notifying
 
 EPOCH = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)  # a Monday, for time-of-use windows
+
+
+SPAN_KEYS = ("until", "within", "never", "events")
 
 
 class ScenarioError(Exception):
@@ -59,14 +64,33 @@ class Runner:
         self.dirty = False
         self.devices = devices.build(self.config, lambda: self.now)
         self.world = self.devices.world
-        self.charger = Charger(self.config, self.devices, clock=lambda: self.now,
-                               wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
-                               writer=InlineWriter(self.store), first_session_id=1,
-                               schedule=self.deadlines.__setitem__)
+        self.events: list[tuple[float, int, ChargerEvent]] = []  # (when, connector, event)
+        self.checks: list[tuple[SpanCheck, int]] = []  # span assertions under way, by connector
+        self.charger = self._make_charger()
         self.ctrls: list[ConnectorControl] = list(self.charger.connectors.values())
         for device in self.devices.all():
             if isinstance(device, Notifying):
                 device.on_change(self._input_changed)
+
+    def _make_charger(self) -> Charger:
+        charger = Charger(self.config, self.devices, clock=lambda: self.now,
+                          wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
+                          writer=InlineWriter(self.store), first_session_id=self.store.next_session_id(),
+                          schedule=self.deadlines.__setitem__)
+        charger.bus.subscribe(lambda e: self.events.append((self.now, e.connector, e)))
+        return charger
+
+    def _power_cut(self) -> None:
+        """The power goes and comes back at once: the outputs drop unpowered, nothing is shut down
+        in order, and a new charger starts on the same store and hardware, as after a reboot."""
+        for bench in self.world.connectors.values():
+            bench.contactor_closed = False  # the coil loses its supply
+            bench.pilot_mode = "off"
+        self.store.recover()
+        self.deadlines.clear()
+        self.charger = self._make_charger()
+        self.ctrls = list(self.charger.connectors.values())
+        self.charger.start()
 
     def _input_changed(self) -> None:
         self.dirty = True
@@ -82,10 +106,12 @@ class Runner:
         result = Result(self.description)
         timing = self.config.timing
         self.charger.start()
-        end = float(self.steps[-1].get("t", 0.0)) if self.steps else 0.0
+        end = max((max(float(s.get("t", 0.0)) + float(s.get("within", 0.0)), float(s.get("until", 0.0)))
+                   for s in self.steps), default=0.0)  # the last step, or the end of the last span
         next_poll, next_meter, i = 0.0, 0.0, 0
         while True:
             pending = [d for d in self.deadlines.values() if d is not None]
+            pending += [x for check, _ in self.checks for x in check.times() if x > self.now]
             step_t = float(self.steps[i].get("t", 0.0)) if i < len(self.steps) else math.inf
             t = min([next_poll, next_meter, step_t, *pending])
             if t > end:
@@ -105,12 +131,60 @@ class Runner:
             while i < len(self.steps) and float(self.steps[i].get("t", 0.0)) <= self.now:
                 step = self.steps[i]
                 i += 1
-                if "do" in step:
+                if step.get("do") == "power-cut":
+                    self._power_cut()
+                elif "do" in step:
                     self._do(step)
                     self._poll()
-                if "expect" in step:
+                if any(k in step for k in SPAN_KEYS):
+                    self.checks.append((self._span(step), int(step.get("connector", self.ctrls[0].id))))
+                elif "expect" in step:
                     self._expect(step, result, verbose)
+            self._visit_checks(result, verbose)
+        for check, cid in self.checks:  # spans that run past the last step end with it
+            self._report(result, verbose, check.label, check.finish(self.now, self.events, cid))
         return result
+
+    def _span(self, step: dict) -> SpanCheck:
+        t = float(step.get("t", 0.0))
+        within = float(step["within"]) if "within" in step else None
+        until = float(step.get("until", t + (within or 0.0)))
+        if until < t:
+            raise ScenarioError(f"t={t:g}: until {until:g} is before t")
+        expect, never, events = step.get("expect", {}), step.get("never", {}), step.get("events")
+        if events is not None and "type" not in events:
+            raise ScenarioError(f"t={t:g}: events needs a type")
+        label = (f"t={t:g}..{until:g}s " + ", ".join(f"{k}={v!r}" for k, v in
+                 [("within", within), ("expect", expect or None), ("never", never or None), ("events", events)]
+                 if v is not None))
+
+        def holds(keys: dict[str, Any]) -> tuple[bool, str]:
+            ctrl = self.ctrl(step)  # looked up each time: a power cut makes new connectors
+            seen = {k: self._observe(ctrl, k, v) for k, v in keys.items()}
+            return all(ok for _, ok in seen.values()), ", ".join(f"{k}={got!r}" for k, (got, _) in seen.items())
+        check = SpanCheck(label, t, until, within, expect, never, events, holds)
+        check.visit(self.now)
+        return check
+
+    def _visit_checks(self, result: Result, verbose: bool) -> None:
+        for check, cid in list(self.checks):
+            check.visit(self.now)
+            if self.now >= check.until or check.failure:
+                self.checks.remove((check, cid))
+                self._report(result, verbose, check.label, check.finish(self.now, self.events, cid))
+
+    def _observe(self, ctrl: ConnectorControl, key: str, want: Any) -> tuple[Any, bool]:
+        try:
+            return observe(self.world, ctrl, self.store, key, want)
+        except ExpectationError as exc:
+            raise ScenarioError(str(exc)) from None
+
+    @staticmethod
+    def _report(result: Result, verbose: bool, label: str, failure: str | None) -> None:
+        line = label if failure is None else f"{label}: {failure}"
+        (result.passed if failure is None else result.failed).append(line)
+        if verbose or failure is not None:
+            print(f"  {'ok  ' if failure is None else 'FAIL'} {line}")
 
     def _poll(self) -> None:
         self.dirty = False
@@ -142,62 +216,13 @@ class Runner:
             raise ScenarioError(f"t={step.get('t')}: {exc}; actions: {', '.join(commands.COMMANDS)}") from None
 
     def _expect(self, step: dict, result: Result, verbose: bool) -> None:
-        status = self.ctrl(step).status()
+        ctrl = self.ctrl(step)
         for key, want in step["expect"].items():
-            got, ok = _observe(self, status, key, want)
+            got, ok = self._observe(ctrl, key, want)
             line = f"t={self.now:g}s {key} = {want!r}" if ok else f"t={self.now:g}s {key}: expected {want!r}, got {got!r}"
             (result.passed if ok else result.failed).append(line)
             if verbose or not ok:
                 print(f"  {'ok  ' if ok else 'FAIL'} {line}")
-
-
-def _observe(runner: Runner, st: dict, key: str, want: Any) -> tuple[Any, bool]:
-    """The observed value for an expectation key, and whether it matches `want`."""
-    if key in ("state", "contactor", "status", "pilot_output"):
-        got = st[key]
-        return got, got == (None if want == "none" else want)
-    if key in ("offered_a", "duty_pct", "allowed_a"):
-        got = st[key]
-        return got, got is not None and abs(got - want) <= 0.15
-    if key == "current_a":
-        got = max(st["measured"]["current_a"]) if st["measured"] else None
-        return got, got is not None and abs(got - want) <= 0.5
-    if key == "faults":
-        got = sorted(f["fault"] for f in st["faults"])
-        return got, got == sorted(want)
-    if key == "lockout":
-        got = any(f["lockout"] for f in st["faults"])
-        return got, got == want
-    if key == "reason_contains":
-        return st["reason"], want.lower() in st["reason"].lower()
-    if key == "refused_contains":
-        got = (st["last_refusal"] or {}).get("reason", "")
-        return got, want.lower() in got.lower()
-    if key == "session_energy_wh_min":
-        got = st["session"]["energy_wh"] if st["session"] else None
-        return got, got is not None and got >= want
-    if key == "sessions":
-        got = len([r for r in runner.store.sessions() if r["stopped_at"]])
-        return got, got == want
-    if key == "last_session":
-        rows = list(runner.store.sessions())
-        got = rows[-1] if rows else None
-        return got, got is not None and all(_session_match(got, k, v) for k, v in want.items())
-    raise ScenarioError(f"unknown expectation {key!r}")
-
-
-def _session_match(row: dict, key: str, want: Any) -> bool:
-    if key == "energy_wh_min":
-        return row["energy_wh"] >= want
-    if key == "energy_wh_max":
-        return row["energy_wh"] <= want
-    if key == "card":
-        return want in (row["id_tag"], row["card_name"])
-    if key == "running":
-        return (row["stopped_at"] is None) == want
-    if key not in row:
-        raise ScenarioError(f"unknown session field {key!r}")
-    return row[key] == want
 
 
 def load(path: Path) -> Runner:
