@@ -92,14 +92,19 @@ class Campaign:
                        "events_checked": 0}
 
     def start(self) -> subprocess.Popen:
+        self.log = open(self.workdir / "daemon.log", "wb")  # this start's log, for a failure's message
         return subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(self.config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+                                stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
+
+    def last_log(self) -> str:
+        self.log.close()
+        return (self.workdir / "daemon.log").read_text(errors="replace")[-3000:]
 
     def ready(self, proc: subprocess.Popen, timeout_s: float = 20.0) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise Failure(f"the daemon exited with {proc.returncode} at start")
+                raise Failure(f"the daemon exited with {proc.returncode} at start: {self.last_log()}")
             try:
                 return control.request(self.runtime, {"cmd": "status"}, timeout_s=1.0)
             except control.ControlError:
