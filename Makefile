@@ -5,8 +5,9 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 
-.PHONY: run test bench clean web-screenshot mosquitto
+.PHONY: run test bench campaign clean web-screenshot mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,12 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
 	else echo "make test: the web page tests need Debian's chromium: sudo apt-get install chromium" >&2; fi
 
-test: $(STAMP) $(CHROMIUM) mosquitto
+# tests/test_install.py checks the units with systemd-analyze (verify, security).
+$(SYSTEMD_ANALYZE):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
+	else echo "make test: the unit checks need systemd-analyze: sudo apt-get install systemd" >&2; fi
+
+test: $(STAMP) $(CHROMIUM) $(SYSTEMD_ANALYZE) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy --strict evsed/core
 	$(VENV)/bin/mypy
@@ -41,6 +47,12 @@ bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/mqtt.py
 	$(VENV)/bin/python bench/records.py
 	$(VENV)/bin/python bench/failsafe_dropout.py
+	$(VENV)/bin/python bench/campaign.py --kills 200
+	$(VENV)/bin/python bench/campaign.py --load 3000
+
+# kill -9 at random points of simulated sessions, 1000 times (make test runs 8, make bench 200)
+campaign: $(STAMP)
+	$(VENV)/bin/python bench/campaign.py --kills 1000
 
 web-screenshot: $(STAMP) $(CHROMIUM)
 	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot

@@ -27,6 +27,104 @@ def test_json_lines_carry_iso_timestamps_and_library_warnings_become_json_too():
     assert records[1]["message"] == "Failed to connect [Errno 111]" and records[1]["level"] == "warning"
 
 
+# --- the journal ----------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+
+
+def parse_entry(data: bytes) -> dict[str, str]:
+    """The native journal protocol, read the way journald reads it."""
+    fields, i = {}, 0
+    while i < len(data):
+        end = data.index(b"\n", i)
+        line = data[i:end]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            i = end + 1
+        else:
+            name, (size,) = line, struct.unpack("<Q", data[end + 1:end + 9])
+            value = data[end + 9:end + 9 + size]
+            assert data[end + 9 + size:end + 10 + size] == b"\n"
+            i = end + 10 + size
+        assert name.decode().isupper() and not name.startswith(b"_")
+        fields[name.decode()] = value.decode()
+    return fields
+
+
+def journal(tmp_path, monkeypatch):
+    """A fake journald: a datagram socket, and stderr's device and inode in $JOURNAL_STREAM."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "journal.sock"))
+    sock.settimeout(5)
+    stream = open(tmp_path / "stderr", "w+")
+    st = os.fstat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    return sock, stream
+
+
+def reset_logging():
+    logs.flush()
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_under_systemd_events_go_to_the_journal_as_fields(tmp_path, monkeypatch):
+    sock, stream = journal(tmp_path, monkeypatch)
+    try:
+        logs.configure("info", "auto", stream=stream, journal_socket=str(tmp_path / "journal.sock"))
+        log = structlog.get_logger("evsed")
+        log.info("contactor.opened", connector=1, reason="ev_unplugged", current_a=[16.0, 15.9, 16.1])
+        log.critical("safety.unhealthy", reason="task pilot-1 ended\nTraceback ...", message="not a MESSAGE")
+        first, second = parse_entry(sock.recv(65536)), parse_entry(sock.recv(65536))
+    finally:
+        reset_logging()
+        sock.close()
+    assert first == {"MESSAGE": "contactor.opened", "PRIORITY": "6", "SYSLOG_IDENTIFIER": "evsed",
+                     "CONNECTOR": "1", "REASON": "ev_unplugged", "CURRENT_A": "[16.0, 15.9, 16.1]"}
+    assert second["MESSAGE"] == "safety.unhealthy" and second["PRIORITY"] == "2"
+    assert second["REASON"] == "task pilot-1 ended\nTraceback ..."  # newlines survive, length-prefixed
+    assert second["EVSED_MESSAGE"] == "not a MESSAGE"
+    assert stream.read() == ""  # nothing doubled on stderr
+
+
+def test_without_the_journal_socket_it_falls_back_to_json_lines(tmp_path, monkeypatch):
+    sock, stream = journal(tmp_path, monkeypatch)
+    sock.close()
+    os.unlink(tmp_path / "journal.sock")
+    try:
+        logs.configure("info", "auto", stream=stream, journal_socket=str(tmp_path / "journal.sock"))
+        structlog.get_logger("evsed").info("contactor.opened", connector=1)
+        logs.flush()
+    finally:
+        reset_logging()
+    stream.seek(0)
+    assert json.loads(stream.readline())["connector"] == 1
+
+
+def test_a_stderr_that_is_not_the_journals_stream_gets_json_lines(tmp_path, monkeypatch):
+    sock, stream = journal(tmp_path, monkeypatch)
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # a parent's journal stream, not ours
+    try:
+        logs.configure("info", "auto", stream=stream, journal_socket=str(tmp_path / "journal.sock"))
+        structlog.get_logger("evsed").info("contactor.opened", connector=1)
+        logs.flush()
+    finally:
+        reset_logging()
+        sock.close()
+    stream.seek(0)
+    assert json.loads(stream.readline())["event"] == "contactor.opened"
+
+
+def test_field_names_are_what_journalctl_can_match():
+    entry = parse_entry(logs.journal_entry({"event": "x", "level": "warning", "timestamp": "t", "9lives": True,
+                                            "id-tag": "04A1", "_private": None}))
+    assert entry == {"MESSAGE": "x", "PRIORITY": "4", "SYSLOG_IDENTIFIER": "evsed", "F9LIVES": "true",
+                     "ID_TAG": "04A1", "F_PRIVATE": "null"}
+
+
 def test_a_library_dumping_a_multi_line_frame_at_error_level_gives_one_line_and_the_frame_at_debug():
     stream = io.StringIO()
     frame = "Exception response 0x83\n  0x1 0x83 0x2 0xc0 0xf1\n  recv: 0x1 0x83 0x2"

@@ -17,8 +17,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
+from evsed.cli import ops, records
 from evsed.cli import policy as policy_cli
-from evsed.cli import records
 from evsed.control import client as control
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
@@ -64,7 +64,8 @@ def cmd_run(args) -> int:
     from hal import DeviceUnavailable
     logs.configure(cfg.log.level, cfg.log.format)
     try:
-        return asyncio.run(Daemon(cfg).run())
+        # Under systemd the services are units of their own (systemd/README.md), not children.
+        return asyncio.run(Daemon(cfg, start_services=os.environ.get("EVSED_SERVICES") != "units").run())
     except (StartError, DeviceUnavailable) as exc:
         logs.flush()
         print(f"evsed: {exc}", file=sys.stderr)
@@ -90,6 +91,8 @@ def cmd_service(args) -> int:
 
 def cmd_check(args) -> int:
     cfg = load_config(args)
+    from evsed.ops import update
+    update.settings(cfg)  # [update] is read by `evsed update`; its errors show here first
     from evsed.cli import check
     from evsed.shell import logs
     logs.configure("error", "text")  # the report is the output
@@ -276,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--ocmf", type=records.ocmf_id, metavar="ID",
                     help="print session ID's signed OCMF document and the public key (hex DER)")
     records.add_commands(add)
+    ops.add_commands(add)
     sp = add("clear-faults", cmd_clear_faults, "clear latched faults and lock-outs after an inspection")
     sp.add_argument("--connector", type=int, default=1)
 

@@ -144,6 +144,7 @@ class SimulatorConfig:
 
 
 SERVICE_SECTIONS = ("ocpp", "mqtt", "web")  # tables the service processes check themselves
+OPS_SECTIONS = ("update",)  # tables `evsed update` checks itself (evsed/ops/update.py)
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
     rfid = _device(rfid_table, "rfid") if rfid_table else None
     cards = _cards(top)
     sections = {}
-    for name in SERVICE_SECTIONS:
+    for name in SERVICE_SECTIONS + OPS_SECTIONS:
         table = top.table(name)
         if table is not None:
             sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))

@@ -1,16 +1,22 @@
-"""structlog set-up: JSON lines off a terminal, readable text on one, written off the loop.
+"""structlog set-up: the journal's native fields under systemd, JSON lines off a terminal,
+readable text on one, all written off the loop.
 
-Rendering happens in the caller (cheap); the write to stderr happens in a thread, so a
-slow journal or terminal never delays the safety path.
+Rendering happens in the caller (cheap); the write happens in a thread, so a slow journal
+or terminal never delays the safety path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
+import re
+import socket
+import struct
 import sys
 import threading
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -46,7 +52,93 @@ class _QueuedWriter:
         self._thread.join(2.0)
 
 
-_writer: _QueuedWriter | None = None
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def _field_name(key: str) -> str:
+    """A journal field name: upper case, digits and underscores, not leading with either."""
+    name = re.sub(r"[^A-Z0-9_]", "_", key.upper())[:64]
+    return name if name[:1].isalpha() else f"F{name}"[:64]
+
+
+def journal_entry(event: dict[str, Any]) -> bytes:
+    """One entry in the native journal protocol: the event name as MESSAGE, the level as
+    PRIORITY, every other key as an upper-case field (strings as they are, the rest as JSON)."""
+    fields: dict[str, str] = {"MESSAGE": str(event.pop("event", "")),
+                              "PRIORITY": str(_PRIORITY.get(str(event.pop("level", "info")), 6)),
+                              "SYSLOG_IDENTIFIER": "evsed"}
+    event.pop("timestamp", None)  # the journal stamps every entry itself
+    for key, value in event.items():
+        name = _field_name(str(key))
+        if name in ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"):
+            name = f"EVSED_{name}"
+        fields[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    out = bytearray()
+    for name, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:  # the length-prefixed form carries any bytes
+            out += name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += name.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class _JournalWriter:
+    """Entries sent to the journal's datagram socket by one background thread."""
+
+    def __init__(self, address: str, fallback: TextIO):
+        self.address, self.fallback = address, fallback
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.connect(address)  # fails (OSError) without a journal: configure() falls back
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="evsed-journal", daemon=True)
+        self._thread.start()
+
+    def put(self, entry: bytes) -> None:
+        self._queue.put(entry)
+
+    def _run(self) -> None:
+        while (entry := self._queue.get()) is not None:
+            try:
+                self.sock.send(entry)
+            except OSError as exc:  # too large, or the journal went away: say so where we can
+                try:
+                    self.fallback.write(json.dumps({"event": "log.journal_failed", "error": str(exc),
+                                                    "entry": entry[:2000].decode("utf-8", "replace")}) + "\n")
+                    self.fallback.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(2.0)
+        self.sock.close()
+
+
+class _JournalLogger:
+    """structlog's final logger under systemd: takes the event dict the chain leaves."""
+
+    def __init__(self, writer: _JournalWriter):
+        self.writer = writer
+
+    def msg(self, **event: Any) -> None:  # structlog passes a dict left by the chain as keywords
+        self.writer.put(journal_entry(event))
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _journal_stream(stream: TextIO) -> bool:
+    """Whether `stream` is the journal's stream connection, as systemd says in $JOURNAL_STREAM."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):  # no file descriptor, or no such variable
+        return False
+
+
+_writer: _QueuedWriter | _JournalWriter | None = None
 LIBRARY_LINE_MAX = 200  # characters of a library's message at its own level; the rest at debug
 
 
@@ -69,17 +161,29 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once per process. fmt: auto, text or json."""
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              journal_socket: str = JOURNAL_SOCKET) -> None:
+    """Configure structlog once per process. fmt: auto, text or json; auto means the journal's
+    native fields when stderr is the journal's stream, text on a terminal, else JSON lines."""
     global _writer
     stream = stream or sys.stderr
-    if fmt == "auto":
-        fmt = "text" if stream.isatty() else "json"
     if _writer is not None:
         _writer.close()
-    _writer = _QueuedWriter(stream)
-    renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty())
-                if fmt == "text" else structlog.processors.JSONRenderer())
+        _writer = None
+    if fmt == "auto" and _journal_stream(stream):
+        try:
+            _writer = _JournalWriter(journal_socket, stream)
+            fmt = "journal"
+        except OSError:  # the stream is the journal's but its socket is not there: JSON lines then
+            fmt = "json"
+    if fmt == "auto":
+        fmt = "text" if stream.isatty() else "json"
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "text" else
+                     structlog.processors.JSONRenderer() if fmt == "json" else (lambda _l, _m, event: event))
+    if not isinstance(_writer, _JournalWriter):
+        _writer = _QueuedWriter(stream)
+    factory: Any = ((lambda *_args, w=_writer: _JournalLogger(w)) if isinstance(_writer, _JournalWriter)
+                    else structlog.PrintLoggerFactory(file=_writer))  # type: ignore[arg-type]  # only write()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -89,7 +193,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=_writer),  # type: ignore[arg-type]  # write() is all it uses
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

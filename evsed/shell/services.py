@@ -13,7 +13,7 @@ import sys
 
 import structlog
 
-from evsed.config import Config
+from evsed.config import SERVICE_SECTIONS, Config
 
 log = structlog.get_logger("evsed")
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
@@ -22,7 +22,8 @@ RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
 class Services:
     def __init__(self, config: Config):
         self.config = config
-        self.names = [name for name in config.sections if config.sections[name].data.get("enabled", True)]
+        self.names = [name for name in config.sections
+                      if name in SERVICE_SECTIONS and config.sections[name].data.get("enabled", True)]
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
 

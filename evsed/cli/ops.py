@@ -1,0 +1,84 @@
+"""`evsed install`, `evsed uninstall` and `evsed update`: put evsed on a board as a hardened
+service, take it off again (keeping the sessions), and move it to a signed new release."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXIT_FAILURE = 1
+
+
+def add_commands(add) -> None:
+    """Register the commands on the `evsed` parser; `add(name, func, help)` makes a subparser."""
+    sp = add("install", cmd_install, "install evsed as a systemd service: users, units, config, enable")
+    sp.add_argument("--root", default="/", help="act inside this directory; user and systemctl commands are "
+                    "printed, not run (default: /)")
+    sp.add_argument("--config-example", default="simulator", metavar="NAME",
+                    help="the example config put in place when /etc/evsed/evsed.toml does not exist "
+                    "(simulator, pi-gpio-sdm630-rc522, openevse-sdm120-tcp)")
+    sp = add("uninstall", cmd_uninstall, "stop and remove the service; keeps the sessions database and config")
+    sp.add_argument("--root", default="/", help="act inside this directory (default: /)")
+    sp = add("update", cmd_update, "install a signed release beside the running one and switch to it between "
+             "sessions; switch back if it does not start")
+    sp.add_argument("wheel", type=Path, help="the release: an evsed wheel file")
+    sp.add_argument("--signature", type=Path, required=True,
+                    help="its signature (raw or base64) by the key named in [update] public_key_file")
+    sp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for a running session to end (default: refuse at once)")
+
+
+def cmd_install(args) -> int:
+    from evsed.ops import install
+    host = install.Host(Path(args.root))
+    try:
+        cfg = install.install(host, args.config_example)
+    except install.InstallError as exc:
+        _report(host)
+        print(f"evsed: install: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    _report(host)
+    print("next:")
+    for step in install.next_steps(cfg):
+        print(f"  {step}")
+    return 0
+
+
+def cmd_uninstall(args) -> int:
+    from evsed.ops import install
+    host = install.Host(Path(args.root))
+    try:
+        install.uninstall(host)
+    except install.InstallError as exc:
+        _report(host)
+        print(f"evsed: uninstall: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    _report(host)
+    return 0
+
+
+def cmd_update(args) -> int:
+    from evsed import cli
+    from evsed.control import client as control
+    from evsed.ops import update
+
+    cfg = cli.load_config(args)
+
+    def status():
+        try:
+            return control.request(cfg.store.runtime_dir, {"cmd": "status"})
+        except control.ControlError:
+            return None  # not running: no session to wait for
+
+    updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), status)
+    try:
+        updater.update(args.wheel, args.signature, args.wait)
+    except update.UpdateError as exc:
+        print(f"evsed: update: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _report(host) -> None:
+    for line in host.did:
+        print(line)

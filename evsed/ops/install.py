@@ -1,0 +1,235 @@
+"""`evsed install` and `evsed uninstall`: the system users, the units and their drop-in, the
+config from an example (never over the host's), the `current` release link, and systemctl.
+
+Under a root other than / nothing outside it changes: user and systemctl commands are
+recorded and printed as what would run, and owners come from that root's passwd and group.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from evsed import config as configmod
+from evsed.ops import dropin
+
+USER, NET_USER = "evsed", "evsed-net"
+DEVICE_GROUPS = ("gpio", "spi", "dialout", "input")
+CONFIG = "/etc/evsed/evsed.toml"
+UNIT_DIR = "/etc/systemd/system"
+UNITS = ("evsed.service", "evsed-service@.service")
+DROPIN = f"{UNIT_DIR}/evsed.service.d/evsed-install.conf"
+OPT = "/opt/evsed"
+CURRENT = f"{OPT}/current"
+STATE_DIR = dropin.STATE_DIR
+
+
+class InstallError(Exception):
+    pass
+
+
+@dataclass
+class Host:
+    """The machine being changed: a root directory, and whether commands really run there."""
+
+    root: Path = Path("/")
+    did: list[str] = field(default_factory=list)  # what changed, in words
+    commands: list[list[str]] = field(default_factory=list)  # run, or recorded under another root
+
+    @property
+    def live(self) -> bool:
+        return self.root == Path("/")
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def run(self, argv: list[str], check: bool = True) -> None:
+        self.commands.append(argv)
+        if not self.live:
+            self.did.append("would run: " + " ".join(argv))
+            return
+        self.did.append("ran: " + " ".join(argv))
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            failure = f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}"
+            if check:
+                raise InstallError(failure)
+            self.did.append(f"failed (carried on): {failure}")
+
+    # --- users and groups, from this root's files ----------------------------------------
+    def _entries(self, name: str) -> dict[str, list[str]]:
+        try:
+            text = self.path(f"/etc/{name}").read_text()
+        except FileNotFoundError:
+            return {}
+        return {f[0]: f for f in (line.split(":") for line in text.splitlines()) if len(f) >= 4}
+
+    def uid(self, user: str) -> int | None:
+        if self.live:
+            try:
+                return pwd.getpwnam(user).pw_uid
+            except KeyError:
+                return None
+        entry = self._entries("passwd").get(user)
+        return int(entry[2]) if entry else None
+
+    def gid(self, group: str) -> int | None:
+        if self.live:
+            try:
+                return grp.getgrnam(group).gr_gid
+            except KeyError:
+                return None
+        entry = self._entries("group").get(group)
+        return int(entry[2]) if entry else None
+
+    def members(self, group: str) -> list[str]:
+        if self.live:
+            try:
+                return list(grp.getgrnam(group).gr_mem)
+            except KeyError:
+                return []
+        entry = self._entries("group").get(group)
+        return [m for m in entry[3].split(",") if m] if entry else []
+
+    # --- files --------------------------------------------------------------------------
+    def put(self, absolute: str, text: str, mode: int, group: str = "root") -> None:
+        path = self.path(absolute)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_text() if path.exists() else None
+        tmp = path.with_name(path.name + ".evsed-new")
+        tmp.write_text(text)
+        self._own(tmp, mode, group)
+        tmp.replace(path)
+        if old != text:
+            self.did.append(f"{'wrote' if old is None else 'updated'} {absolute} ({mode:04o} root:{group})")
+
+    def mkdir(self, absolute: str, mode: int, group: str = "root") -> None:
+        path = self.path(absolute)
+        made = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        self._own(path, mode, group)
+        if made:
+            self.did.append(f"made {absolute}/ ({mode:04o} root:{group})")
+
+    def _own(self, path: Path, mode: int, group: str) -> None:
+        os.chmod(path, mode)
+        gid = 0 if group == "root" else self.gid(group)
+        if gid is None:  # only under another root, whose group file lacks it (useradd was recorded)
+            note = f"no group {group} under {self.root}: its files keep the installer's group"
+            if note not in self.did:
+                self.did.append(note)
+            return
+        if os.geteuid() == 0:
+            os.chown(path, 0, gid, follow_symlinks=False)
+
+    def remove(self, absolute: str) -> None:
+        path = self.path(absolute)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+            self.did.append(f"removed {absolute}")
+
+
+def unit_text(name: str) -> str:
+    return resources.files("evsed.ops").joinpath("units", name).read_text()
+
+
+def example_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("evsed.ops").joinpath("examples").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def example_text(name: str) -> str:
+    if name not in example_names():
+        raise InstallError(f"no example config {name!r}; one of {', '.join(example_names())}")
+    return resources.files("evsed.ops").joinpath("examples", f"{name}.toml").read_text()
+
+
+def _service_sections(cfg: configmod.Config) -> list[str]:
+    """The services the config runs: every [ocpp], [mqtt], [web] section not `enabled = false`."""
+    return [name for name, s in cfg.sections.items()
+            if name in configmod.SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
+
+
+def _venv() -> Path:
+    if sys.prefix == sys.base_prefix:
+        raise InstallError("evsed runs outside a virtual environment; install it into one first: "
+                           "python3 -m venv /opt/evsed/venv && /opt/evsed/venv/bin/pip install 'evsed[pi]'")
+    return Path(sys.prefix)
+
+
+def install(host: Host, example: str = "simulator") -> configmod.Config:
+    """Install on host; returns the config the units were made for. Re-running it updates the
+    units and the drop-in (after a change of devices) and keeps everything else."""
+    config_path = host.path(CONFIG)
+    fresh_config = example_text(example) if not config_path.exists() else None
+    # Check the config before changing anything: the drop-in comes from its devices.
+    cfg = configmod.parse(fresh_config, config_path) if fresh_config is not None else configmod.load(config_path)
+    venv = _venv()
+
+    groups = [g for g in DEVICE_GROUPS if host.gid(g) is not None]
+    if host.uid(USER) is None:
+        host.run(["useradd", "--system", "--user-group", "--home-dir", STATE_DIR, "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "evsed EV charger daemon",
+                  *(["--groups", ",".join(groups)] if groups else []), USER])
+    else:
+        missing = [g for g in groups if USER not in host.members(g)]
+        if missing:
+            host.run(["usermod", "--append", "--groups", ",".join(missing), USER])
+    if host.uid(NET_USER) is None:
+        host.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "evsed network services", "--groups", USER,
+                  NET_USER])
+
+    host.mkdir("/etc/evsed", 0o750, USER)
+    if fresh_config is not None:
+        host.put(CONFIG, fresh_config, 0o640, USER)
+    else:
+        host.did.append(f"kept {CONFIG} (the host's; never overwritten)")
+
+    current = host.path(CURRENT)
+    if not current.is_symlink() and not current.exists():
+        current.parent.mkdir(parents=True, exist_ok=True)
+        current.symlink_to(venv)
+        host.did.append(f"linked {CURRENT} -> {venv}")
+    else:
+        host.did.append(f"kept {CURRENT} -> {os.readlink(current) if current.is_symlink() else 'a directory'}")
+
+    for unit in UNITS:
+        host.put(f"{UNIT_DIR}/{unit}", unit_text(unit), 0o644)
+    host.put(DROPIN, dropin.render(cfg, CONFIG), 0o644)
+
+    host.run(["systemctl", "daemon-reload"])
+    host.run(["systemctl", "enable", "evsed.service", *(f"evsed-service@{s}.service" for s in _service_sections(cfg))])
+    return cfg
+
+
+def uninstall(host: Host) -> None:
+    """Stop and remove the units and the release link; keep the sessions database, the config
+    and the users (their files remain in /var/lib/evsed)."""
+    wants = host.path(f"{UNIT_DIR}/multi-user.target.wants")
+    services = sorted(p.name for p in wants.glob("evsed-service@*.service")) if wants.is_dir() else []
+    host.run(["systemctl", "disable", "--now", *services, "evsed.service"], check=False)
+    host.remove(DROPIN)
+    with_dir = host.path(DROPIN).parent
+    if with_dir.is_dir() and not any(with_dir.iterdir()):
+        with_dir.rmdir()
+    for unit in UNITS:
+        host.remove(f"{UNIT_DIR}/{unit}")
+    host.run(["systemctl", "daemon-reload"])
+    if host.path(CURRENT).is_symlink():
+        host.remove(CURRENT)
+    host.did.append(f"kept {STATE_DIR} (the sessions database), {CONFIG}, and the users {USER} and {NET_USER} "
+                    f"(remove them with: userdel {NET_USER}; userdel {USER})")
+
+
+def next_steps(cfg: configmod.Config) -> list[str]:
+    return [f"sudo -u {USER} {CURRENT}/bin/evsed check -c {CONFIG}   # opens every configured device once",
+            "sudo systemctl start evsed" + "".join(f" evsed-service@{s}" for s in _service_sections(cfg)),
+            "journalctl -u evsed -f"]
+

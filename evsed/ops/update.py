@@ -1,0 +1,263 @@
+"""`evsed update WHEEL --signature SIG`: a signed release into a fresh virtual environment beside
+the running one, switched to between sessions, and switched back when it does not reach READY.
+
+Releases live in /opt/evsed/releases/VERSION; /opt/evsed/current links the one in use (the
+units run /opt/evsed/current/bin/evsed). The old release is kept. The session database
+migrates forward when the new release opens it; if that release is rolled back and the old
+one cannot open the newer schema, the copy taken just before the switch comes back (the new
+release never reached READY, so it started no session).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from evsed.config import Config
+
+OPT = Path("/opt/evsed")
+_WHEEL = re.compile(r"^evsed-(?P<version>[0-9][A-Za-z0-9.+!_]*)-[^-]+-[^-]+-[^-]+\.whl$")
+
+
+class UpdateError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """[update]: the key releases are signed with, and how long a new release has to start."""
+
+    public_key_file: Path | None = None
+    ready_timeout_s: float = 60.0  # from the service's start to READY=1
+    keep_releases: int = 2  # releases kept in /opt/evsed/releases besides the one in use
+
+
+def settings(cfg: Config) -> UpdateSettings:
+    section = cfg.sections.get("update")
+    if section is None:
+        return UpdateSettings()
+    t = section.table()
+    d = UpdateSettings()
+    key = t.get("public_key_file", str, "")
+    out = UpdateSettings(
+        public_key_file=(cfg.path.parent / key).resolve() if key else None,
+        ready_timeout_s=t.get("ready_timeout_s", float, d.ready_timeout_s, min=5, max=600),
+        keep_releases=t.get("keep_releases", int, d.keep_releases, min=1, max=10))
+    t.done()
+    return out
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+def verify(wheel: Path, signature: Path, public_key: Path) -> None:
+    """Raise UpdateError unless `signature` (raw or base64; Ed25519, or ECDSA with SHA-256 in DER)
+    signs the wheel's bytes under the PEM public key."""
+    try:
+        key = serialization.load_pem_public_key(public_key.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"public key {public_key}: {exc}") from None
+    sig = signature.read_bytes()
+    candidates = [sig]
+    try:
+        candidates.append(base64.b64decode(sig.strip(), validate=True))
+    except (binascii.Error, ValueError):
+        pass
+    data = wheel.read_bytes()
+    for candidate in candidates:
+        try:
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                key.verify(candidate, data)
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                key.verify(candidate, data, ec.ECDSA(hashes.SHA256()))
+            else:
+                raise UpdateError(f"public key {public_key}: expected Ed25519 or ECDSA, got {type(key).__name__}")
+            return
+        except InvalidSignature:
+            continue
+    raise UpdateError(f"{signature} is not a valid signature of {wheel.name} by {public_key}")
+
+
+def wheel_version(wheel: Path) -> str:
+    match = _WHEEL.match(wheel.name)
+    if not match:
+        raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
+    return match.group("version")
+
+
+# --- the service ----------------------------------------------------------------------------
+
+class Service(Protocol):
+    def stop(self) -> None: ...
+
+    def start(self, timeout_s: float) -> bool:
+        """Start the daemon; True once it reported READY within timeout_s."""
+
+
+class SystemdService:
+    """evsed.service: `systemctl start` of a Type=notify unit returns once READY=1 came, or fails."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+
+    def stop(self) -> None:
+        subprocess.run(["systemctl", "stop", "evsed.service"], capture_output=True, timeout=60)
+
+    def start(self, timeout_s: float) -> bool:
+        try:
+            proc = subprocess.run(["systemctl", "start", "evsed.service"], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.say(f"evsed.service did not report READY within {timeout_s:g} s")
+            return False
+        if proc.returncode != 0:
+            self.say(f"evsed.service failed to start: {proc.stderr.strip()}")
+            return False
+        active = subprocess.run(["systemctl", "is-active", "evsed.service"], capture_output=True, text=True)
+        return active.stdout.strip() == "active"
+
+
+# --- the update -----------------------------------------------------------------------------
+
+@dataclass
+class Updater:
+    cfg: Config
+    settings: UpdateSettings
+    service: Service
+    status: Callable[[], dict[str, Any] | None]  # the daemon's status reply, None when it does not run
+    say: Callable[[str], None] = print
+    opt: Path = OPT
+    python: str = sys.executable
+    poll_s: float = 5.0
+
+    @property
+    def current(self) -> Path:
+        return self.opt / "current"
+
+    @property
+    def releases(self) -> Path:
+        return self.opt / "releases"
+
+    @property
+    def db(self) -> Path:
+        return self.cfg.store.state_dir / "sessions.db"
+
+    def update(self, wheel: Path, signature: Path, wait_s: float = 0.0) -> str:
+        """Install, switch, and switch back on failure; returns the version running after it."""
+        if self.settings.public_key_file is None:
+            raise UpdateError(f"{self.cfg.path}: [update] public_key_file is not set: releases cannot be checked")
+        verify(wheel, signature, self.settings.public_key_file)
+        version = wheel_version(wheel)
+        self.say(f"signature of {wheel.name} checked against {self.settings.public_key_file}")
+        old = self.current.resolve()
+        release = self.releases / version
+        if release.resolve() == old:
+            raise UpdateError(f"release {version} is the one running")
+        self._install(wheel, release)
+        self._wait_between_sessions(wait_s)
+        self.service.stop()
+        backup = self._backup(version)
+        self._switch(release)
+        self.say(f"switched {self.current} -> {release}; starting it")
+        if self.service.start(self.settings.ready_timeout_s):
+            self.say(f"evsed {version} is ready")
+            self._prune(keep={release, old})
+            return version
+        self.say(f"evsed {version} did not reach READY within {self.settings.ready_timeout_s:g} s: rolling back")
+        self.service.stop()
+        self._switch(old)
+        self._restore_if_needed(old, backup, version)
+        shutil.rmtree(release, ignore_errors=True)
+        if not self.service.start(self.settings.ready_timeout_s):
+            raise UpdateError(f"rolled back to {old}, but it did not reach READY either: see journalctl -u evsed")
+        self.say(f"rolled back to {old.name}; it is ready")
+        raise UpdateError(f"update to {version} failed at start; rolled back to {old.name}")
+
+    def _install(self, wheel: Path, release: Path) -> None:
+        if release.exists():
+            shutil.rmtree(release)
+        release.parent.mkdir(parents=True, exist_ok=True)
+        self.say(f"installing {wheel.name} into {release}")
+        for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
+                     [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
+                      "--no-input", "--quiet", str(wheel)],
+                     [str(release / "bin" / "evsed"), "--help"]):
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                shutil.rmtree(release, ignore_errors=True)
+                raise UpdateError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+
+    def _wait_between_sessions(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            reply = self.status()
+            running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
+            if not running:
+                return
+            if time.monotonic() >= deadline:
+                raise UpdateError(f"a session runs on connector {', '.join(map(str, running))}: the release "
+                                  "is installed; run the update again after it ends (or with --wait SECONDS)")
+            self.say(f"waiting for the session on connector {', '.join(map(str, running))} to end")
+            time.sleep(self.poll_s)
+
+    def _backup(self, version: str) -> Path | None:
+        """A consistent copy of the session database (the daemon is stopped) before the new
+        release migrates it."""
+        if not self.db.exists():
+            return None
+        backup = self.db.with_name(f"sessions.db.before-{version}")
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(backup)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        return backup
+
+    def _switch(self, target: Path) -> None:
+        tmp = self.current.with_name(".current.new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(self.current)  # rename: the link is the old or the new, never missing
+
+    def _restore_if_needed(self, old: Path, backup: Path | None, version: str) -> None:
+        if backup is None or not self.db.exists():
+            return
+        known = subprocess.run([str(old / "bin" / "python"), "-c",
+                                "from evsed.store.migrations import VERSION; print(VERSION)"],
+                               capture_output=True, text=True, timeout=60)
+        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            db.close()
+        if known.returncode == 0 and found <= int(known.stdout):
+            return  # the old release opens the database as it is
+        aside = self.db.with_name(f"sessions.db.from-{version}")
+        self.db.replace(aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        shutil.copy2(backup, self.db)
+        self.say(f"the session database is back at the schema {old.name} knows (the migrated one is {aside.name})")
+
+    def _prune(self, keep: set[Path]) -> None:
+        if not self.releases.is_dir():
+            return
+        others = sorted((p for p in self.releases.iterdir() if p.resolve() not in keep),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in others[max(0, self.settings.keep_releases - 1):]:
+            shutil.rmtree(stale, ignore_errors=True)
+            self.say(f"removed the old release {stale.name}")
+

@@ -1,0 +1,245 @@
+"""`evsed install` and `evsed uninstall` into a temporary root: every file, owner and mode, the
+user and systemctl commands it would run, and the units through systemd-analyze."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evsed.cli import main
+from evsed.ops import install
+
+ROOT = Path(__file__).parent.parent
+EVSED_GID, NET_GID = 990, 991
+
+
+def fake_etc(root: Path, *, evsed_user: bool, groups=("gpio", "spi", "dialout")) -> None:
+    """A root's passwd and group files, as on a Pi (gpio, spi, dialout) before or after useradd."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    passwd = ["root:x:0:0:root:/root:/bin/bash"]
+    group = ["root:x:0:"] + [f"{g}:x:{100 + i}:" for i, g in enumerate(groups)]
+    if evsed_user:
+        passwd += [f"evsed:x:{EVSED_GID}:{EVSED_GID}::/var/lib/evsed:/usr/sbin/nologin",
+                   f"evsed-net:x:{NET_GID}:{NET_GID}::/nonexistent:/usr/sbin/nologin"]
+        group += [f"evsed:x:{EVSED_GID}:evsed-net", f"evsed-net:x:{NET_GID}:"]
+    (root / "etc" / "passwd").write_text("\n".join(passwd) + "\n")
+    (root / "etc" / "group").write_text("\n".join(group) + "\n")
+
+
+def run_install(root: Path, *args: str, capsys) -> tuple[int, list[str]]:
+    code = main(["install", "--root", str(root), *args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def mode_owner(path: Path) -> tuple[str, int, int]:
+    st = path.lstat()
+    return f"{stat.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid
+
+
+def files_under(root: Path) -> set[str]:
+    return {"/" + str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def test_install_on_a_fresh_pi_puts_every_file_in_place_and_says_what_it_would_run(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=False)
+    code, out = run_install(tmp_path, "--config-example", "pi-gpio-sdm630-rc522", capsys=capsys)
+    assert code == 0, out
+    assert files_under(tmp_path) == {
+        "/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml", "/etc/systemd/system/evsed.service",
+        "/etc/systemd/system/evsed-service@.service", "/etc/systemd/system/evsed.service.d/evsed-install.conf",
+        "/opt/evsed/current"}
+    # The user joins the device groups this host has (no "input" here); nothing ran outside the root.
+    assert ("would run: useradd --system --user-group --home-dir /var/lib/evsed --no-create-home --shell "
+            "/usr/sbin/nologin --comment evsed EV charger daemon --groups gpio,spi,dialout evsed") in out
+    assert any(line.startswith("would run: useradd") and line.endswith("--groups evsed evsed-net") for line in out)
+    assert out.index("would run: systemctl daemon-reload") < out.index("would run: systemctl enable evsed.service")
+    assert (tmp_path / "etc/evsed/evsed.toml").read_text() == (ROOT / "config/pi-gpio-sdm630-rc522.toml").read_text()
+    assert mode_owner(tmp_path / "etc/evsed/evsed.toml")[0] == "0640"
+    assert mode_owner(tmp_path / "etc/evsed")[0] == "0750"
+    assert mode_owner(tmp_path / "etc/systemd/system/evsed.service") == ("0644", 0, 0)
+    assert os.readlink(tmp_path / "opt/evsed/current") == sys.prefix
+    assert out[-3:] == ["  sudo -u evsed /opt/evsed/current/bin/evsed check -c /etc/evsed/evsed.toml   "
+                        "# opens every configured device once", "  sudo systemctl start evsed",
+                        "  journalctl -u evsed -f"]
+    assert "next:" in out
+
+
+def test_the_drop_in_allows_exactly_the_configured_devices(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True)
+    assert run_install(tmp_path, "--config-example", "pi-gpio-sdm630-rc522", capsys=capsys)[0] == 0
+    text = (tmp_path / "etc/systemd/system/evsed.service.d/evsed-install.conf").read_text()
+    allowed = re.findall(r"^DeviceAllow=(\S+) (\S+)$", text, re.M)
+    assert allowed == [("/dev/gpiochip0", "rw"), ("/dev/gpiochip4", "rw"), ("/dev/spidev0.0", "rw"),
+                       ("char-ttyUSB", "rw"), ("char-ttyACM", "rw"), ("/dev/spidev0.1", "rw"), ("/dev/gpiomem", "rw")]
+    assert "ReadWritePaths=-/sys/class/pwm/pwmchip0" in text and "Environment=LG_WD=/run/evsed" in text
+    assert "AF_INET" not in text and "PrivateNetwork" not in text  # an RS-485 meter needs no network
+
+
+def test_a_modbus_tcp_meter_opens_the_network_to_its_address_only(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True)
+    assert run_install(tmp_path, "--config-example", "openevse-sdm120-tcp", capsys=capsys)[0] == 0
+    text = (tmp_path / "etc/systemd/system/evsed.service.d/evsed-install.conf").read_text()
+    assert re.findall(r"^(PrivateNetwork|RestrictAddressFamilies|IPAddressAllow)=(.*)$", text, re.M) == [
+        ("PrivateNetwork", "no"), ("RestrictAddressFamilies", "AF_INET AF_INET6"), ("IPAddressAllow", "192.0.2.10")]
+    assert re.findall(r"^DeviceAllow=(\S+)", text, re.M) == ["char-ttyUSB", "char-ttyACM", "/dev/serial0"]
+
+
+def test_install_keeps_the_hosts_config_owns_files_by_the_evsed_group_and_enables_its_services(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True, groups=("gpio", "dialout", "input"))
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    text = (ROOT / "config/simulator.toml").read_text() + '\n[web]\nport = 8080\n\n[mqtt]\nenabled = false\n'
+    host_config.write_text(text)
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert host_config.read_text() == text
+    assert "kept /etc/evsed/evsed.toml (the host's; never overwritten)" in out
+    assert mode_owner(tmp_path / "etc/evsed") == ("0750", 0, EVSED_GID)
+    # the evsed user exists but is in none of the device groups yet
+    assert "would run: usermod --append --groups gpio,dialout,input evsed" in out
+    assert not any("useradd" in line for line in out)
+    # [mqtt] enabled = false runs nowhere: not as a child, not as a unit
+    assert "would run: systemctl enable evsed.service evsed-service@web.service" in out
+    assert out[-2] == "  sudo systemctl start evsed evsed-service@web"
+
+
+def test_installing_again_changes_nothing(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True)
+    run_install(tmp_path, capsys=capsys)
+    before = snapshot(tmp_path)
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0
+    assert not [line for line in out if line.startswith(("wrote", "updated", "linked", "made"))]
+    assert snapshot(tmp_path) == before
+
+
+def snapshot(root: Path) -> dict:
+    paths = [root / p.lstrip("/") for p in files_under(root)]
+    return {p: (os.readlink(p) if p.is_symlink() else p.read_bytes(), mode_owner(p)) for p in paths}
+
+
+def test_a_broken_host_config_stops_the_install_before_anything_changes(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=False)
+    config = tmp_path / "etc/evsed/evsed.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[charger]\nmax_curent_a = 16\n")
+    assert main(["install", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("evsed.toml:2: [charger] max_curent_a: unknown key "
+                                                    "(did you mean 'max_current_a'?)")
+    assert files_under(tmp_path) == {"/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml"}
+
+
+def test_an_unknown_example_is_refused(tmp_path, capsys):
+    assert main(["install", "--root", str(tmp_path), "--config-example", "nope"]) == 1
+    examples = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.toml")))
+    assert f"no example config 'nope'; one of {examples}\n" in capsys.readouterr().err
+
+
+def test_uninstall_removes_the_units_and_keeps_the_sessions_and_the_config(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True)
+    run_install(tmp_path, capsys=capsys)
+    wants = tmp_path / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir()
+    (wants / "evsed-service@ocpp.service").symlink_to("/etc/systemd/system/evsed-service@.service")
+    db = tmp_path / "var/lib/evsed/sessions.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"SQLite format 3\0")
+    assert main(["uninstall", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "would run: systemctl disable --now evsed-service@ocpp.service evsed.service"
+    assert "would run: systemctl daemon-reload" in out
+    assert files_under(tmp_path) == {"/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml",
+                                     "/var/lib/evsed/sessions.db", "/etc/systemd/system/multi-user.target.wants/"
+                                     "evsed-service@ocpp.service"}  # systemctl disable removes that link
+    assert not (tmp_path / "etc/systemd/system/evsed.service.d").exists()
+    assert out[-1].startswith("kept /var/lib/evsed (the sessions database), /etc/evsed/evsed.toml")
+
+
+# --- the units through systemd-analyze ----------------------------------------------------------------------
+
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed "
+                                   "(Debian: apt-get install systemd); the units' checks need it")
+
+
+def analyzable(root: Path, tmp_path: Path) -> Path:
+    """The installed units with /opt/evsed/current resolved, since verify checks that ExecStart exists
+    on this machine (its --root would look for every unit of the boot there too)."""
+    out = tmp_path / "units"
+    shutil.copytree(root / "etc/systemd/system", out)
+    for unit in out.glob("*.service"):
+        unit.write_text(unit.read_text().replace("/opt/evsed/current", sys.prefix))
+    return out
+
+
+def exposure(unit: Path) -> float:
+    proc = subprocess.run([ANALYZE, "security", "--offline=true", str(unit)], capture_output=True, text=True,
+                          cwd=unit.parent, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return float(match.group(1))
+
+
+@needs_analyze
+@pytest.mark.parametrize("example, most", [("simulator", 1.0), ("pi-gpio-sdm630-rc522", 1.0),
+                                           ("openevse-sdm120-tcp", 2.0)])
+def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, example, most):
+    root = tmp_path / "root"
+    fake_etc(root, evsed_user=True)
+    assert run_install(root, "--config-example", example, capsys=capsys)[0] == 0
+    units = analyzable(root, tmp_path)
+    proc = subprocess.run([ANALYZE, "verify", str(units / "evsed.service")], capture_output=True, text=True,
+                          cwd=units, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert exposure(units / "evsed.service") <= most
+
+
+@needs_analyze
+def test_the_service_template_verifies_and_rates_ok(tmp_path, capsys):
+    root = tmp_path / "root"
+    fake_etc(root, evsed_user=True)
+    run_install(root, capsys=capsys)
+    units = analyzable(root, tmp_path)
+    web = units / "evsed-service@web.service"
+    web.write_text((units / "evsed-service@.service").read_text())
+    proc = subprocess.run([ANALYZE, "verify", str(units / "evsed.service"), str(web)], capture_output=True,
+                          text=True, cwd=units, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert exposure(web) <= 2.0
+
+
+# --- packaging ----------------------------------------------------------------------------------------------
+
+def test_the_wheel_and_sdist_build_without_warnings_and_the_wheel_checks_the_simulator(tmp_path):
+    """`python -m build`, then the wheel alone in a clean virtual environment runs `evsed check`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # its notes are not ours
+    build = subprocess.run([sys.executable, "-m", "build", "-o", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    warnings = [line for line in (build.stdout + build.stderr).splitlines()
+                if re.search(r"warn|deprecat", line, re.I)
+                and "is neither a file nor a directory" not in line]  # pip's note on this machine's index
+    assert warnings == []
+    wheel, = (tmp_path / "dist").glob("evsed-*-py3-none-any.whl")
+    assert len(list((tmp_path / "dist").glob("evsed-*.tar.gz"))) == 1
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q",
+                          str(wheel)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    check = subprocess.run([str(venv / "bin/evsed"), "check", "-c", str(ROOT / "config/simulator.toml")],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert check.returncode == 0 and check.stdout.endswith("all devices answered\n"), check.stdout + check.stderr
+    # the units and the examples travel in the wheel, for `evsed install`
+    listing = subprocess.run([str(venv / "bin/python"), "-c", "from evsed.ops import install; "
+                              "print(install.example_names(), len(install.unit_text('evsed.service')))"],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    examples = sorted(p.stem for p in (ROOT / "config").glob("*.toml"))
+    assert listing.stdout.startswith(str(examples)), listing.stderr

@@ -1,0 +1,225 @@
+"""`evsed update`: a signed wheel into a fresh release, switched to between sessions, and switched
+back when it does not reach READY, with the session database the old release can open.
+
+The service here is the real daemon started the way systemd starts a Type=notify unit: the
+release's bin/evsed under NOTIFY_SOCKET, READY=1 awaited on a datagram socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from evsed import config
+from evsed.control import client as control
+from evsed.ops import update
+from evsed.store import migrations
+from evsed.store.sessions import Store
+
+ROOT = Path(__file__).parent.parent
+
+
+class NotifyService:
+    """Starts opt/current/bin/evsed like systemd's Type=notify: READY=1 on NOTIFY_SOCKET or failure."""
+
+    def __init__(self, opt: Path, config_path: Path, tmp: Path):
+        self.opt, self.config_path = opt, config_path
+        self.address = str(tmp / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.address)
+        self.proc: subprocess.Popen | None = None
+        self.started: list[str] = []  # the release each start ran
+
+    def start(self, timeout_s: float) -> bool:
+        self.started.append(os.readlink(self.opt / "current"))
+        self.proc = subprocess.Popen([str(self.opt / "current/bin/evsed"), "run", "-c", str(self.config_path)],
+                                     env={**os.environ, "NOTIFY_SOCKET": self.address},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sock.settimeout(0.05)
+        for _ in range(int(timeout_s / 0.05)):
+            try:
+                if b"READY=1" in self.sock.recv(4096).split(b"\n"):
+                    return True
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    return False  # exited before READY (systemd: start failed)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def make_wheel(directory: Path, version: str, main: str) -> Path:
+    """A minimal evsed wheel: its console script `evsed` runs `main` (the body of a function)."""
+    name = f"evsed-{version}-py3-none-any.whl"
+    info = f"evsed-{version}.dist-info"
+    module = "def main():\n    import os, sys\n" + "".join(f"    {line}\n" for line in main.splitlines())
+    files = {"evsed_release.py": module,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             f"{info}/entry_points.txt": "[console_scripts]\nevsed = evsed_release:main\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(directory / name, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return directory / name
+
+
+# The release that works: the evsed under test, started from the new environment.
+GOOD = f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'evsed', *sys.argv[1:]])"
+# The release that fails at start after migrating the session database past this evsed's schema,
+# as a release with a new migration and a crash right after it would.
+BROKEN = f"""if sys.argv[1:2] != ['run']:
+    return 0
+import sqlite3, tomllib
+cfg = tomllib.load(open(sys.argv[-1], 'rb'))
+db = sqlite3.connect(cfg['store']['state_dir'] + '/sessions.db')
+db.execute('ALTER TABLE sessions ADD COLUMN from_the_future TEXT')
+db.execute('PRAGMA user_version = {migrations.VERSION + 1}')
+db.commit()
+sys.exit('evsed: ImportError: a module this release forgot')"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A board with release 0.1.0 current (the evsed under test), a signing key and its config."""
+    opt = tmp_path / "opt"
+    old = opt / "releases/0.1.0"
+    (old / "bin").mkdir(parents=True)
+    (old / "bin/python").symlink_to(sys.executable)
+    (old / "bin/evsed").write_text(f"#!/bin/sh\nexec {sys.executable} -m evsed \"$@\"\n")
+    (old / "bin/evsed").chmod(0o755)
+    (opt / "current").symlink_to(old)
+    key = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "release.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    text = (ROOT / "config/simulator.toml").read_text()
+    text += (f'\n[store]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+             '\n[update]\npublic_key_file = "release.pub"\nready_timeout_s = 20\n')
+    (tmp_path / "evsed.toml").write_text(text)
+    cfg = config.load(tmp_path / "evsed.toml")
+    service = NotifyService(opt, cfg.path, tmp_path)
+    said: list[str] = []
+    updater = update.Updater(cfg, update.settings(cfg), service, lambda: None, said.append, opt=opt)
+    yield updater, key, service, said
+    service.stop()
+
+
+def signed(key, wheel: Path) -> Path:
+    sig = wheel.with_name(wheel.name + ".sig")
+    sig.write_bytes(key.sign(wheel.read_bytes()))
+    return sig
+
+
+def finished_session(cfg) -> None:
+    """A session the running release stored: it must survive the update and its rollback."""
+    cfg.store.state_dir.mkdir(parents=True)
+    store = Store(cfg.store.state_dir / "sessions.db")
+    store.db.execute("INSERT INTO sessions (id, connector_id, id_tag, started_at, stopped_at, updated_at, "
+                     "meter_start_wh, meter_last_wh, meter_stop_wh, energy_wh, stop_reason) VALUES "
+                     "(1, 1, '04A1B2C3', '2025-01-01T10:00:00+00:00', '2025-01-01T11:00:00+00:00', "
+                     "'2025-01-01T11:00:00+00:00', 0, 7000, 7000, 7000, 'ev_unplugged')")
+    store.close()
+
+
+def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_database(site, tmp_path):
+    updater, key, service, said = site
+    finished_session(updater.cfg)
+    wheel = make_wheel(tmp_path, "0.2.0", BROKEN)
+    with pytest.raises(update.UpdateError, match="update to 0.2.0 failed at start; rolled back to 0.1.0"):
+        updater.update(wheel, signed(key, wheel))
+    opt = updater.opt
+    assert service.started == [str(opt / "releases/0.2.0"), str(opt / "releases/0.1.0")]
+    assert (opt / "current").resolve() == opt / "releases/0.1.0"
+    assert not (opt / "releases/0.2.0").exists()
+    # the old release is READY on the database it knows, with the session stored before the update
+    assert service.proc is not None and service.proc.poll() is None
+    reply = control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})
+    assert reply["connectors"][0]["contactor"] == "open"
+    service.stop()
+    store = Store.open_readonly(updater.cfg.store.state_dir / "sessions.db")
+    assert [r["energy_wh"] for r in store.sessions()] == [7000]
+    assert migrations.version(store.db) == migrations.VERSION
+    store.close()
+    assert (updater.cfg.store.state_dir / "sessions.db.from-0.2.0").exists()  # kept for a look
+    assert said[-1] == "rolled back to 0.1.0; it is ready"
+
+
+def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
+    updater, key, service, said = site
+    wheel = make_wheel(tmp_path, "0.3.0", GOOD)
+    assert updater.update(wheel, signed(key, wheel)) == "0.3.0"
+    assert (updater.opt / "current").resolve() == updater.opt / "releases/0.3.0"
+    assert (updater.opt / "releases/0.1.0/bin/evsed").exists()
+    assert service.started == [str(updater.opt / "releases/0.3.0")]
+    assert control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]["id"] == 1
+
+
+def test_a_wheel_with_a_bad_signature_changes_nothing(site, tmp_path):
+    updater, key, service, said = site
+    wheel = make_wheel(tmp_path, "0.3.0", GOOD)
+    sig = signed(ed25519.Ed25519PrivateKey.generate(), wheel)  # someone else's key
+    with pytest.raises(update.UpdateError, match="is not a valid signature of evsed-0.3.0"):
+        updater.update(wheel, sig)
+    assert not (updater.opt / "releases/0.3.0").exists() and service.started == []
+
+
+def test_no_switch_while_a_session_runs(site, tmp_path):
+    updater, key, service, said = site
+    updater.status = lambda: {"connectors": [{"id": 2, "session": {"id_tag": "04A1B2C3"}}]}
+    wheel = make_wheel(tmp_path, "0.3.0", GOOD)
+    with pytest.raises(update.UpdateError, match="a session runs on connector 2"):
+        updater.update(wheel, signed(key, wheel))
+    assert service.started == [] and (updater.opt / "current").resolve().name == "0.1.0"
+
+
+def test_an_ecdsa_signature_in_base64_is_accepted(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    wheel = make_wheel(tmp_path, "1.0", GOOD)
+    sig = tmp_path / "sig"
+    sig.write_bytes(base64.b64encode(key.sign(wheel.read_bytes(), ec.ECDSA(hashes.SHA256()))))
+    update.verify(wheel, sig, pub)
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    with pytest.raises(update.UpdateError):
+        update.verify(wheel, sig, pub)
+
+
+def test_older_code_reads_a_database_a_newer_release_migrated_but_does_not_write_it(tmp_path):
+    """Why the rollback restores the copy: readers (reports, export) tolerate newer columns; the
+    daemon's store refuses a schema newer than its own rather than guess."""
+    path = tmp_path / "sessions.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE sessions ADD COLUMN from_the_future TEXT")
+    db.execute(f"PRAGMA user_version = {migrations.VERSION + 1}")
+    db.commit()
+    db.close()
+    store = Store.open_readonly(path)
+    assert list(store.sessions()) == []
+    store.close()
+    with pytest.raises(migrations.SchemaTooNew):
+        Store(path)
+
+
+def test_update_needs_a_public_key_in_the_config(site, tmp_path):
+    updater, key, service, said = site
+    updater.settings = update.UpdateSettings()
+    wheel = make_wheel(tmp_path, "0.3.0", GOOD)
+    with pytest.raises(update.UpdateError, match=r"\[update\] public_key_file is not set"):
+        updater.update(wheel, signed(key, wheel))
