@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -114,7 +115,10 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
     print(f"reference: python + asyncio, sqlite3, tomllib   {reference_rss('asyncio, sqlite3, tomllib'):5.1f} MB")
-    print(f"reference: the same + aiohttp.web               {reference_rss('asyncio, sqlite3, tomllib, aiohttp.web'):5.1f} MB")
+    print(f"reference: the same + h11 (the HTTP layer)      {reference_rss('asyncio, sqlite3, tomllib, h11'):5.1f} MB")
+    with contextlib.suppress(subprocess.CalledProcessError):  # installed for the tests' HTTP client
+        print(f"reference: the same + aiohttp.web (was used)    "
+              f"{reference_rss('asyncio, sqlite3, tomllib, aiohttp.web'):5.1f} MB")
     print(f"reference: the same + structlog, evsed.config   {reference_rss('asyncio, sqlite3, tomllib, structlog, evsed.config'):5.1f} MB")
     for name, mb in figures.items():
         print(f"web service RSS, {name:32s} {mb:5.1f} MB")
