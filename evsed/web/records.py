@@ -1,12 +1,13 @@
 """Session records for the page: read-only from the daemon's SQLite store, summed in local time.
 
-Reading goes through `read_sessions` only, so the store's own reports (with cost and revenue)
+Reading goes through `read_sessions` and `each_session` only, so the store's own reports (with cost and revenue)
 can replace the sums here without touching the handlers.
 """
 
 from __future__ import annotations
 
 import calendar
+import collections
 import csv
 import datetime as dt
 import io
@@ -22,20 +23,26 @@ MONEY_KEYS = ("cost", "revenue", "price")  # summed when the store's rows carry 
 
 def read_sessions(db_path: Path, *, since: str | None = None, until: str | None = None,
                   card: str | None = None, limit: int | None = None) -> list[dict]:
-    """Sessions oldest first (start times ISO UTC); [] while the daemon has written none."""
+    """Sessions oldest first (start times ISO UTC); [] while the daemon has written none. With a
+    limit, the newest `limit` ones (never more rows than that in memory at once)."""
+    return list(collections.deque(each_session(db_path, since=since, until=until, card=card), maxlen=limit))
+
+
+def each_session(db_path: Path, *, since: str | None = None, until: str | None = None,
+                 card: str | None = None) -> Iterator[dict]:
+    """read_sessions one row at a time, for sums and exports over every session."""
     if not db_path.exists():
-        return []
+        return
     try:
         store = Store.open_readonly(db_path)
     except sqlite3.Error:
-        return []
+        return
     try:
-        rows = list(store.sessions(since=since, until=until, card=card or None))
+        yield from store.sessions(since=since, until=until, card=card or None)
     except sqlite3.OperationalError:  # no table yet
-        return []
+        return
     finally:
         store.close()
-    return rows[-limit:] if limit else rows
 
 
 def local_day_start(when: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
@@ -152,3 +159,10 @@ def csv_text(rows: Iterable[dict], *, show_tags: bool) -> Iterator[str]:
         buf.seek(0)
         buf.truncate()
     yield buf.getvalue()
+
+
+def csv_bytes(db_path: Path, *, show_tags: bool, since: str | None = None, until: str | None = None,
+              card: str | None = None) -> bytes:
+    """The stored sessions as one CSV, read a row at a time (the rows are never all in memory)."""
+    rows = each_session(db_path, since=since, until=until, card=card)
+    return "".join(csv_text(rows, show_tags=show_tags)).encode()

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import datetime as dt
 import json
 import time
@@ -17,7 +16,7 @@ import structlog
 
 from evsed.config import Config
 from evsed.errors import StartError
-from evsed.web import auth, charts, records, settings as web_settings
+from evsed.web import auth, charts, memory, records, settings as web_settings
 from evsed.web.commands import CommandError, to_request
 from evsed.web.httpd import HTTPError, Request, Response, Router, Server, json_response
 from evsed.web.live import Live
@@ -35,6 +34,7 @@ SECURITY_HEADERS = {
 }
 FAILED_LOGIN_DELAY_S = 1.0  # every wrong password answers this much later, on top of the back-off
 MAX_ROWS = 500
+READS_RECORDS = ("/api/sessions", "/sessions.csv", "/api/report", "/usage/")
 
 
 class WebService:
@@ -62,7 +62,7 @@ class WebService:
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self, port: int | None = None) -> None:
-        _large_allocations_return_to_the_system()
+        memory.configure()
         self._server = Server(self.handle, SECURITY_HEADERS)
         host, bound = await self._server.start(self.settings.bind, self.settings.port if port is None else port)
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
@@ -87,6 +87,8 @@ class WebService:
         response = await handler(request)
         if request.path.startswith(("/api/", "/login", "/logout")):
             response.headers["Cache-Control"] = "no-store"
+        if request.path.startswith(READS_RECORDS):  # its rows are garbage now; the answer is small or mmap'd
+            memory.trim()
         return response
 
     def _nonce(self, request: Request) -> str | None:
@@ -166,11 +168,8 @@ class WebService:
 
     async def sessions_csv(self, request: Request) -> Response:
         show = self._nonce(request) is not None
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, **self._filters(request))
-        async def body() -> AsyncIterator[bytes]:
-            for chunk in records.csv_text(rows, show_tags=show):
-                yield chunk.encode()
-        return Response(body(), content_type="text/csv; charset=utf-8",
+        csv = await asyncio.to_thread(records.csv_bytes, self.live.db_path, show_tags=show, **self._filters(request))
+        return Response(csv, content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'})
 
     def _month(self, request: Request) -> tuple[str, str, str]:
@@ -255,20 +254,6 @@ class WebService:
             return json_response({"ok": False, "error": f"the charger did not answer: {exc}"}, status=502)
         self.live.changed()
         return json_response(reply)
-
-
-def _large_allocations_return_to_the_system() -> None:
-    """Make glibc serve every block of 1 MiB or more by mmap, so scrypt's 16 MiB goes back at free.
-    By default glibc raises that threshold after the first such free and keeps later ones in a
-    worker thread's arena (measured: +15 MB RSS per login, for good)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
-    except (OSError, AttributeError):  # not glibc: its allocator decides
-        pass
-
-
-M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 def _event(kind: str, data: Any) -> bytes:
