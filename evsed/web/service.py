@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from importlib import resources
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from evsed.web.view import page_view
 
 log = structlog.get_logger("evsed.web")
 
+STATIC_DIR = Path(__file__).with_name("static")  # package data, installed as plain files (importlib.resources: +1.5 MB)
 STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html",
           "icon.svg": "image/svg+xml"}
 SECURITY_HEADERS = {
@@ -114,7 +115,7 @@ class WebService:
         name = name or request.match["name"]
         if name not in STATIC:
             raise HTTPError(404)
-        body = resources.files("evsed.web").joinpath("static", name).read_bytes()
+        body = (STATIC_DIR / name).read_bytes()
         return Response(body, content_type=f"{STATIC[name]}; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     async def view(self, request: Request) -> Response:
@@ -159,12 +160,9 @@ class WebService:
 
     async def sessions_json(self, request: Request) -> Response:
         show = self._nonce(request) is not None
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, **self._filters(request),
-                                       limit=MAX_ROWS)
-        rows = [dict(r, id_tag=r.get("id_tag") if show else records.mask(r.get("id_tag")),
-                     started_local=records.local_text(r.get("started_at"), self.tz),
-                     stopped_local=records.local_text(r.get("stopped_at"), self.tz)) for r in rows]
-        return json_response({"sessions": rows[::-1], "limit": MAX_ROWS})
+        rows = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
+                                       limit=MAX_ROWS, **self._filters(request))
+        return Response(f'{{"sessions": {rows}, "limit": {MAX_ROWS}}}', content_type="application/json; charset=utf-8")
 
     async def sessions_csv(self, request: Request) -> Response:
         show = self._nonce(request) is not None
