@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench clean web-screenshot
+.PHONY: run test bench clean web-screenshot mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,25 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
 	else echo "make test: the web page tests need Debian's chromium: sudo apt-get install chromium" >&2; fi
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy --strict evsed/core
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
-bench: $(STAMP)
+# The MQTT tests run a real broker on loopback: Debian's mosquitto, installed when missing (as root).
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq mosquitto; }; }
+
+bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/reaction.py
 	$(VENV)/bin/python bench/footprint.py
 	$(VENV)/bin/python bench/web.py
+	$(VENV)/bin/python bench/mqtt.py
+	$(VENV)/bin/python bench/records.py
+	$(VENV)/bin/python bench/failsafe_dropout.py
 
 web-screenshot: $(STAMP) $(CHROMIUM)
 	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot

@@ -256,9 +256,10 @@ class GpioContactorWithFeedback(GpioContactor):
             self.feedback.close()
 
 
-class _HeartbeatOutput:
+class _HeartbeatOutput(GpioContactor):
     """The Heartbeat capability: the input of a retriggerable monostable (or charge pump) that
-    holds the relay driver only while it keeps toggling. Mixed in before a contactor class."""
+    holds the relay driver only while it keeps toggling. Mixed in before a contactor class (it
+    derives from GpioContactor only so that release() has one to call: the MRO is unchanged)."""
 
     pulse: Any
     heartbeat_interval_s: float
@@ -328,6 +329,7 @@ def gpio_contactor(options: dict, ctx) -> GpioContactor:
             device.close()
         raise
     if pulse is not None:
+        assert isinstance(contactor, _HeartbeatOutput)  # a heartbeat class is built above when pulse is
         contactor._attach(pulse, o["heartbeat_hz"], o["dropout_s"])
     return contactor
 

@@ -156,7 +156,8 @@ class Bus:
             raise TryAgain(f"{what}: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", None)
-            raise TryAgain(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+            name = EXCEPTION_NAMES.get(code, "unknown") if isinstance(code, int) else "unknown"
+            raise TryAgain(f"{what}: exception {code} ({name})")
         registers = list(response.registers)
         if len(registers) != count:  # e.g. a late answer to an earlier request on RS-485
             raise TryAgain(f"{what}: answer has {len(registers)} registers")

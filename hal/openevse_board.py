@@ -70,7 +70,8 @@ class Board:
         self._mu = threading.Lock()
         self._state: BoardState | None = None
         self._callbacks: list[Callable[[], None]] = []
-        self._desired, self._amps = "sleep", None  # safe until the core says otherwise
+        self._desired = "sleep"  # safe until the core says otherwise
+        self._amps: int | None = None
         self._allowed = self._hold_open = False
         self._unallowed_since: float | None = None
         self._acked_mode: str | None = None
@@ -299,9 +300,9 @@ class Board:
     def _reconcile(self) -> None:
         with self._mu:
             (mode, locked), amps, state = self._target(time.monotonic()), self._amps, self._state
-        fresh = state is not None and state.seen_at > self._acked_at
-        if self.has_auth_lock and fresh and self._acked_lock is not None and auth_locked(state) != self._acked_lock:
-            log.warning("openevse.lock_drift", port=self.port, locked=auth_locked(state))
+        fresh = state if state is not None and state.seen_at > self._acked_at else None  # read since the last command
+        if self.has_auth_lock and fresh and self._acked_lock is not None and auth_locked(fresh) != self._acked_lock:
+            log.warning("openevse.lock_drift", port=self.port, locked=auth_locked(fresh))
             self._acked_lock = None  # rebooted (AUTH_LOCK 1 boots locked) or locked by an unplug
         lock_first = mode == "enable" and locked  # before $FE: an enabled, unlocked board offers at once
         if lock_first:
@@ -309,8 +310,8 @@ class Board:
         if mode == "enable" and not locked and amps is not None and amps != self._acked_amps:
             self._set_current(amps)
             self._acked_amps = amps
-        if mode == self._acked_mode and fresh and left_mode(mode, state.evse_state):
-            log.warning("openevse.mode_drift", port=self.port, mode=mode, evse_state=f"{state.evse_state:02x}")
+        if mode == self._acked_mode and fresh and left_mode(mode, fresh.evse_state):
+            log.warning("openevse.mode_drift", port=self.port, mode=mode, evse_state=f"{fresh.evse_state:02x}")
             self._acked_mode = None  # the board left the mode (button, reboot, timer): send it again
         if mode != self._acked_mode and not (mode != "disable" and state is not None and in_fault(state)):
             self._command(_MODE_COMMANDS[mode])

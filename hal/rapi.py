@@ -69,10 +69,13 @@ def decode(line: bytes | str) -> Frame:
 
     Frames from firmware before RAPI 2.0 carry no checksum and are accepted as such.
     """
-    try:
-        text = line.decode("ascii") if isinstance(line, (bytes, bytearray)) else line
-    except UnicodeDecodeError:
-        raise FrameError(f"not ASCII: {bytes(line)!r}") from None
+    if isinstance(line, (bytes, bytearray)):
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError(f"not ASCII: {bytes(line)!r}") from None
+    else:
+        text = line
     start = text.rfind(SOC)
     if start < 0:
         raise FrameError(f"no '$' in {text!r}")

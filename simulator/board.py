@@ -137,6 +137,7 @@ class BoardProcess:
         self.pins = PinFile(pins)
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         for line in self.proc.stdout:
             self.events.put(json.loads(line))
 
@@ -159,6 +160,7 @@ class BoardProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         self.proc.stdout.close()
 
 

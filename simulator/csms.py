@@ -16,6 +16,7 @@ import websockets
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
+from websockets.typing import Subprotocol
 
 
 def now_iso() -> str:
@@ -97,7 +98,7 @@ class CentralSystem:
         self.transaction_ids = itertools.count(1001)
         self.connections = 0
         self.changed = asyncio.Condition()
-        self.server = None
+        self.server: websockets.Server | None = None
 
     def boot_answer(self) -> tuple[str, int]:
         return self.boots.pop(0) if self.boots else ("Accepted", 300)
@@ -153,7 +154,7 @@ class CentralSystem:
             await self._notify()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl=None) -> int:
-        self.server = await websockets.serve(self._handler, host, port, subprotocols=["ocpp1.6"],
+        self.server = await websockets.serve(self._handler, host, port, subprotocols=[Subprotocol("ocpp1.6")],
                                              process_request=self._check_auth, ssl=ssl)
         return self.server.sockets[0].getsockname()[1]
 

@@ -329,3 +329,18 @@ def test_the_session_database_and_state_directory_are_private_whatever_the_umask
     assert cfg.store.state_dir.stat().st_mode & 0o777 == 0o700
     assert (cfg.store.state_dir / "sessions.db").stat().st_mode & 0o777 == 0o600
     assert cfg.store.runtime_dir.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_restart_request_ends_the_session_as_reboot_and_exits_for_the_service_manager(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            reply = await ask(cfg, {"cmd": "restart"})
+            await daemon.stopping.wait()
+        return reply, daemon.exit_status, daemon.world.connector(1).contactor_closed
+
+    reply, status, closed = asyncio.run(scenario())
+    from evsed.store.sessions import Store
+    (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
+    assert reply["ok"] and status == 75 and not closed and row["stop_reason"] == "reboot"

@@ -76,6 +76,13 @@ async def test_basic_auth_profile_1_sends_the_password_and_a_wrong_one_gets_no_s
         assert csms.messages == [] and uplink.connections == 0
 
 
+def last_error_code(csms: CentralSystem) -> str | None:
+    """The errorCode of the newest StatusNotification; None before the first (the predicate is
+    checked at every message, the BootNotification's included)."""
+    sent = csms.actions("StatusNotification")
+    return sent[-1][1]["errorCode"] if sent else None
+
+
 @aio
 async def test_a_cleared_fault_sends_the_status_again_with_no_error(tmp_path):
     link = FakeLink()
@@ -84,7 +91,7 @@ async def test_a_cleared_fault_sends_the_status_again_with_no_error(tmp_path):
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
         link.emit("fault.raised", fault="overcurrent", lockout=False, detail="drew 20 A of 16")
-        await csms.wait_for(lambda: csms.actions("StatusNotification")[-1][1]["errorCode"] == "OverCurrentFailure")
+        await csms.wait_for(lambda: last_error_code(csms) == "OverCurrentFailure")
         link.emit("fault.cleared", faults=["overcurrent"])
-        await csms.wait_for(lambda: csms.actions("StatusNotification")[-1][1]["errorCode"] == "NoError")
+        await csms.wait_for(lambda: last_error_code(csms) == "NoError")
         assert [p["status"] for _, p in csms.actions("StatusNotification")] == ["Available"] * 3

@@ -175,8 +175,20 @@ def cmd_sim(args) -> int:
     return _reply(reply, "ok" + (f": card {reply['card']}" if "card" in reply else ""))
 
 
-SESSION_FIELDS = ("id", "connector_id", "id_tag", "card_name", "started_at", "stopped_at", "meter_start_wh",
-                  "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason")
+SESSION_FIELDS = ("id", "connector_id", "id_tag", "card_name", "card_group", "started_at", "stopped_at",
+                  "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason", "duration_s",
+                  "charging_s", "idle_s", "cost", "revenue", "currency")
+
+
+def _session_row(r: dict) -> dict:
+    """A stored session as `evsed sessions` shows it: money in major units ("3.10"), "" when unpriced."""
+    from evsed.core.tariff import format_money
+    out = {k: r[k] for k in SESSION_FIELDS if k in r}
+    for key in ("cost", "revenue"):
+        minor = r.get(f"{key}_minor")
+        out[key] = "" if minor is None else format_money(minor, r.get("money_decimals") or 0)
+    out["currency"] = r.get("currency") or ""
+    return out
 
 
 def _day_utc(text: str | None, tz: dt.tzinfo) -> str | None:
@@ -201,7 +213,7 @@ def cmd_sessions(args) -> int:
         store = Store.open_readonly(path)
         rows = list(store.sessions(since=_day_utc(args.since, tz), until=_day_utc(args.until, tz), card=args.card))
         store.close()
-    rows = [{k: r[k] for k in SESSION_FIELDS} for r in rows]
+    rows = [_session_row(r) for r in rows]
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -217,11 +229,13 @@ def cmd_sessions(args) -> int:
 def format_sessions(rows: list[dict], tz: dt.tzinfo) -> str:
     def local(iso):
         return dt.datetime.fromisoformat(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if iso else "running"
-    head = ("id", "conn", "card", "start", "stop", "meter start Wh", "meter stop Wh", "energy Wh", "peak W", "stop reason")
+    head = ("id", "conn", "card", "start", "stop", "meter start Wh", "meter stop Wh", "energy Wh", "peak W", "stop reason",
+            "cost", "revenue")
     table = [head] + [(str(r["id"]), str(r["connector_id"]), r["card_name"] or r["id_tag"], local(r["started_at"]),
                        local(r["stopped_at"]), str(r["meter_start_wh"]),
                        "" if r["meter_stop_wh"] is None else str(r["meter_stop_wh"]), str(r["energy_wh"]),
-                       f"{r['peak_power_w']:.0f}", r["stop_reason"] or "") for r in rows]
+                       f"{r['peak_power_w']:.0f}", r["stop_reason"] or "",
+                       f"{r['cost']} {r['currency']}".strip(), f"{r['revenue']} {r['currency']}".strip()) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     if not rows:

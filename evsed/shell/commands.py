@@ -158,9 +158,13 @@ def _fault(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
 
 def _pilot(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     high, low = args.get("high_v"), args.get("low_v")
-    if (high is None) != (low is None):
+    if high is None and low is None:
+        levels = None
+    elif high is None or low is None:
         raise CommandError("pilot: give both high_v and low_v, or neither to let the EV speak again")
-    _sim_connector(charger, args).inject_pilot(None if high is None else (float(high), float(low)))
+    else:
+        levels = (float(high), float(low))
+    _sim_connector(charger, args).inject_pilot(levels)
     return {}
 
 

@@ -42,6 +42,7 @@ from hal import DeviceUnavailable, HalError, Meter, Notifying
 
 log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
+EXIT_RESTART = 75  # EX_TEMPFAIL: not a clean stop, so Restart=on-failure starts the daemon again
 
 
 class StateLock:
@@ -93,6 +94,7 @@ class Daemon:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.fatal: BaseException | None = None
+        self.restart = False  # asked to restart: exit EXIT_RESTART so that systemd starts us again
         self.ready = asyncio.Event()
 
     @property
@@ -261,6 +263,13 @@ class Daemon:
             return {"ok": True}
         if cmd == "status":
             return self.charger.status()
+        if cmd == "restart":  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
+            if set(req) != {"cmd"}:
+                raise commands.CommandError("restart: takes no fields")
+            log.warning("daemon.restart_requested")
+            self.restart = True
+            asyncio.get_running_loop().call_soon(self.stopping.set)
+            return {"ok": True, "exit_status": EXIT_RESTART}
         if cmd == "sim":
             action = req.get("action")
             if not isinstance(action, str) or not commands.is_sim(action):
@@ -404,7 +413,7 @@ class Daemon:
         finally:
             self.release_all()
             await self.stop()
-        return 1 if self.fatal is not None else 0
+        return 1 if self.fatal is not None else EXIT_RESTART if self.restart else 0
 
 
 class _SocketAuthorizer:

@@ -75,6 +75,6 @@ class Recorder:
         self.writer.submit(lambda st: st.finish(s, samples))
 
     def _session_final_reading(self, e: ChargerEvent) -> None:
-        connector, d = e.connector, e.data
         """The first reading after the open completes a finished session's energy: rewrite its stop."""
+        connector, d = e.connector, e.data
         self.writer.submit(lambda st: st.set_stop_meter(d["session"], d["meter_stop_wh"]))

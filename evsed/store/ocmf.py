@@ -13,6 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 KEY_FILE = "ocmf-key.pem"
@@ -23,6 +24,15 @@ OBIS_IMPORT_WH = "01-00:01.08.00"  # active energy import, total
 # OCMF TX: E end, L terminated locally, R remotely, A aborted (an error), P power failure
 END_REASON = {"ev_disconnected": "E", "local": "L", "remote": "R", "deauthorized": "R",
               "emergency_stop": "A", "ground_fault": "A", "power_loss": "P", "reboot": "L", "other": "A"}
+
+
+class SigningKey(Protocol):
+    """What a session document needs of the charger's key: a Signer, or a LazySigner of one."""
+
+    @property
+    def public_key_hex(self) -> str: ...
+
+    def sign(self, data: bytes) -> str: ...
 
 
 class LazySigner:
@@ -112,7 +122,7 @@ def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC") 
         ident["IT"] = "ISO14443" if re.fullmatch(r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{14}", tag) else "LOCAL"
         ident["ID"] = tag
     reading = {"RI": OBIS_IMPORT_WH, "RU": "kWh", "RT": "AC", "EF": "", "ST": "G"}
-    out = {"FV": "1.0", "GI": "evsed", "GS": charger_id, "GV": version, "PG": f"T{row['id']}"}
+    out: dict[str, object] = {"FV": "1.0", "GI": "evsed", "GS": charger_id, "GV": version, "PG": f"T{row['id']}"}
     if row.get("meter_id"):
         out["MS"] = row["meter_id"]
     out.update(ident)
@@ -126,7 +136,7 @@ def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC") 
     return out
 
 
-def document(row: dict, signer: Signer, *, charger_id: str, version: str, timezone: str = "UTC") -> str:
+def document(row: dict, signer: SigningKey, *, charger_id: str, version: str, timezone: str = "UTC") -> str:
     """`OCMF|{payload}|{signature}` for a finished session row; the signature covers the
     payload's exact bytes."""
     text = json.dumps(payload(row, charger_id=charger_id, version=version, timezone=timezone),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, Literal
 
 from evsed.core.tariff import format_money
 from evsed.store.sessions import Store
@@ -55,7 +55,7 @@ def _local_days(since: str, until: str, tz: dt.tzinfo) -> list[tuple[str, str, s
     """(local date, its start, the next day's start as ISO UTC) for each local day in the range."""
     day = dt.datetime.fromisoformat(since).astimezone(tz).date()
     end = dt.datetime.fromisoformat(until)
-    out = []
+    out: list[tuple[str, str, str]] = []
     while True:
         lo = dt.datetime.combine(day, dt.time(), tz).astimezone(dt.timezone.utc)
         if lo >= end:
@@ -113,7 +113,9 @@ class _LocalTime:
     UTC hour; an hour with an offset change in it (or text of another form) takes the slow way."""
 
     def __init__(self, tz: dt.tzinfo):
-        self.tz, self._hours = tz, {}
+        self.tz = tz
+        # UTC hour -> (its offset, that offset as text), or False when the offset changes in it
+        self._hours: dict[str, tuple[dt.timedelta, str] | Literal[False]] = {}
 
     def __call__(self, iso: str | None) -> str:
         if not iso:
@@ -125,6 +127,7 @@ class _LocalTime:
                 self._hours.clear()
             utc = dt.datetime.fromisoformat(hour + ":00:00+00:00")
             a, b = utc.astimezone(self.tz).utcoffset(), (utc + dt.timedelta(minutes=59)).astimezone(self.tz).utcoffset()
+            assert a is not None  # astimezone gave an aware time: its zone has an offset for it
             found = self._hours[hour] = (a, dt.datetime(2000, 1, 1, tzinfo=dt.timezone(a)).isoformat()[19:]) \
                 if a == b else False
         if found is False or len(iso) != 25 or not iso.endswith("+00:00"):  # an offset change, or not ours

@@ -73,7 +73,7 @@ class Store:
     signer: the charger's OCMF key; each finished session then gets a signed document.
     """
 
-    def __init__(self, path: Path | str, *, signer: ocmf.Signer | None = None, charger_id: str = "evsed",
+    def __init__(self, path: Path | str, *, signer: ocmf.SigningKey | None = None, charger_id: str = "evsed",
                  timezone: str = "UTC", version: str = "0"):
         self.path = Path(path)
         self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
@@ -86,7 +86,7 @@ class Store:
         before, after = migrations.migrate(self.db)
         if before != after:
             log.info("store.migrated", path=str(self.path), from_version=before, to_version=after)
-        self._columns = COLUMNS
+        self._columns: tuple[str, ...] = COLUMNS
         outbox.create(self.db)
 
     @classmethod
@@ -252,13 +252,14 @@ class Store:
     def _complete(self, row_id: int) -> None:
         """Totals, money and the OCMF document of a stopped row, inside the caller's transaction."""
         r = self.session(row_id)
+        assert r is not None  # every caller has just updated this row in the same transaction
         pricing = (tariffs.Pricing.from_json(r["tariff"]) if r["tariff"]
                    else NO_PRICES.pricing("", self.timezone or "UTC"))
         start, stop = dt.datetime.fromisoformat(r["started_at"]), dt.datetime.fromisoformat(r["stopped_at"])
         c = tariffs.charge(pricing, start, max(start, stop), r["meter_start_wh"], r["meter_stop_wh"],
                            (tariffs.Sample(s.at, s.energy_wh, s.power_w) for s in self.samples(row_id)))
         priced = bool(r["tariff"])
-        values = {"duration_s": c.duration_s, "charging_s": c.charging_s, "idle_s": c.idle_s,
+        values: dict[str, object] = {"duration_s": c.duration_s, "charging_s": c.charging_s, "idle_s": c.idle_s,
                   "cost_minor": c.cost if priced else None, "revenue_minor": c.revenue if priced else None}
         if self.signer is not None:
             doc_row = {**r, **values, "tariff_text": _tariff_text(pricing) if priced else ""}
@@ -300,7 +301,7 @@ class Store:
             yield dict(zip(COLUMNS, row))
 
 
-Op = Callable[["Store"], None]
+Op = Callable[["Store"], object]  # what an op returns is not used
 
 
 def _tariff_text(p: tariffs.Pricing) -> str:

@@ -3,6 +3,7 @@ Get/ChangeConfiguration rules over the persisted values (pure; the store persist
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -125,7 +126,8 @@ class Values:
     def list(self, name: str) -> list[str]:
         return [item.strip() for item in self.text(name).split(",") if item.strip()]
 
-    def get(self, names: Iterable[str] | None) -> tuple[list[dict], list[str]]:
+    # builtins.list: in this class body, list names the method above
+    def get(self, names: Iterable[str] | None) -> tuple[builtins.list[dict], builtins.list[str]]:
         """GetConfiguration: (configurationKey entries, unknownKey) for names (None: all)."""
         wanted = list(KEYS) if not names else list(names)
         known, unknown = [], []

@@ -119,8 +119,8 @@ class Outbox:
         return "NoError"
 
     def _status(self, connector: int, event: dict) -> None:
-        status = event.get("status") if event.get("status") in STATUSES else "Faulted"
-        error = event.get("error_code") if event.get("error_code") in ERROR_CODES else self.error_code(connector)
+        status = _one_of(event.get("status"), STATUSES, "Faulted")
+        error = _one_of(event.get("error_code"), ERROR_CODES, self.error_code(connector))
         faults = self.faults.get(connector)
         info = str(event.get("info") or (next(iter(faults.values())) if faults else "")
                    or event.get("reason") or "")[:50] or None
@@ -217,13 +217,17 @@ class Outbox:
         except (asyncio.TimeoutError, OCPPError, Exception) as exc:  # noqa: B014 - any CSMS refusal
             if isinstance(exc, (asyncio.CancelledError, ConnectionError)) or _closed(exc):
                 raise
-            return self._failed(item, exc)
+            self._failed(item, exc)
+            return None
         with self.state.transaction():
             self.state.dequeue(item.id)
-            if item.action == "StartTransaction":
-                self.state.set_transaction_id(item.session, int(result.transaction_id))
-            elif item.action == "StopTransaction":
-                self.state.forget_transaction(item.session)
+            if item.action in ("StartTransaction", "StopTransaction"):
+                session = item.session
+                assert session is not None  # _started and _stopped queue them with their session
+                if item.action == "StartTransaction":
+                    self.state.set_transaction_id(session, int(result.transaction_id))
+                else:
+                    self.state.forget_transaction(session)
         return result
 
     def _failed(self, item: Queued, exc: Exception) -> None:
@@ -235,6 +239,11 @@ class Outbox:
         self.state.retry_later(item.id, self.clock() + wait)
         log.info("ocpp.message_retry", action=item.action, attempt=attempts, wait_s=wait)
         return None
+
+
+def _one_of(value: object, allowed: set[str], default: str) -> str:
+    """value when it is one of allowed, else default (an event's field from the daemon)."""
+    return value if isinstance(value, str) and value in allowed else default
 
 
 def _closed(exc: BaseException) -> bool:

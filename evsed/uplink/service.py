@@ -17,6 +17,7 @@ import structlog
 import websockets
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
+from websockets.typing import Subprotocol
 
 from evsed.uplink import settings as settings_mod
 from evsed.uplink.auth import Authorizer
@@ -158,7 +159,7 @@ class Uplink(SmartCharging):
                 context.load_cert_chain(str(s.cert_file), str(s.key_file))
         ping = self.keys.int("WebSocketPingInterval")
         return websockets.connect(
-            s.endpoint, subprotocols=["ocpp1.6"], additional_headers=headers, ssl=context, proxy=None,
+            s.endpoint, subprotocols=[Subprotocol("ocpp1.6")], additional_headers=headers, ssl=context, proxy=None,
             ping_interval=ping if ping > 0 else None, ping_timeout=max(ping, 10) if ping > 0 else None,
             open_timeout=max(s.call_timeout_s, 5), max_size=2**20)
 
@@ -390,7 +391,8 @@ class Uplink(SmartCharging):
         while self.state.sessions() and self.clock() < deadline:  # their StopTransactions get queued
             await asyncio.sleep(0.05)
         log.warning("ocpp.reset", type=kind)
-        if kind == "Hard":
+        if kind == "Hard":  # the whole charger restarts: the daemon, through its service manager
+            await self.command({"cmd": "restart"})
             self._hard.set()
             return
         if self.cp is not None:

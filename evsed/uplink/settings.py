@@ -41,7 +41,7 @@ class Settings:
     max_current_a: float = 32.0
     phases: int = 3
     voltage_v: float = 230.0
-    keys: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # key defaults
+    keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key defaults, as text
 
     @property
     def endpoint(self) -> str:
@@ -100,14 +100,14 @@ def parse(config: Config) -> Settings:
     return settings
 
 
-def _keys(t: Table) -> dict[str, object]:
+def _keys(t: Table) -> dict[str, str]:
     """[ocpp.keys]: first values of OCPP configuration keys (a CSMS's change persists over them)."""
     from evsed.uplink import keys  # the key table lives with GetConfiguration
 
     sub = t.table("keys")
     if sub is None:
         return {}
-    out = {}
+    out: dict[str, str] = {}
     for name, spec in keys.KEYS.items():
         if name in sub.data and not spec.secret:
             kind = {"bool": bool, "int": int}.get(spec.kind, str)

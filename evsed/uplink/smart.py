@@ -158,7 +158,8 @@ def composite(profiles: list[Installed], connector: int, now: float, duration_s:
               session: str | None, tx_start: float | None, voltage_v: float, phases: int,
               max_a: float) -> dict:
     """GetCompositeSchedule's chargingSchedule from now for duration_s, in unit A or W."""
-    end, t, periods = now + duration_s, now, []
+    periods: list[dict[str, float]] = []
+    end, t = now + duration_s, now
     while t < end:
         limit = charger_limit(profiles, t, voltage_v, phases)
         if connector > 0:

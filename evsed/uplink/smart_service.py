@@ -4,18 +4,37 @@ limit source ("ocpp") whenever it changes, waking at the next change time."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
 
 from evsed.uplink import smart
 from evsed.uplink.state import wait_event
 
+if TYPE_CHECKING:
+    from evsed.uplink.keys import Values
+    from evsed.uplink.settings import Settings
+    from evsed.uplink.state import State
+
 log = structlog.get_logger("evsed.uplink")
 
 
 class SmartCharging:
     """Mixed into Uplink; uses its state, keys, clock, connectors, phases, voltage_v, command()."""
+
+    # What Uplink provides (annotations only: no class attributes are made).
+    state: State
+    keys: Values
+    settings: Settings
+    clock: Callable[[], float]
+    connectors: list[int]
+    phases: int
+    voltage_v: float
+    reprofile: asyncio.Event
+    limits_sent: dict[int, float | None]
+    command: Callable[[dict], Awaitable[dict]]
 
     def _profiles(self) -> list[smart.Installed]:
         return [smart.Installed(c, body, session) for c, body, session in self.state.profiles()]

@@ -1,0 +1,241 @@
+"""The MQTT service process: the daemon's status and events to a broker, commands back, over the control socket.
+
+Reconnects to the broker and the daemon with back-off; never in the safety path (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, AsyncIterator, Awaitable, Protocol
+
+import aiomqtt
+import structlog
+
+from evsed.config import Config, ConfigError
+from evsed.control.client import ControlError
+from evsed.mqtt import topics as tp
+from evsed.mqtt.discovery import discovery_payload, discovery_topic
+from evsed.mqtt.settings import MqttSettings, parse
+from evsed.services.link import LinkError
+
+log = structlog.get_logger("evsed")
+QOS = 1
+OFFLINE_TIMEOUT_S = 2.0   # the goodbye "offline" on a clean stop; the broker's will covers a crash
+LINK_ERRORS = (LinkError, OSError, EOFError, ControlError)  # the daemon went away or answered garbage
+
+
+class Link(Protocol):
+    hello: dict
+
+    async def command(self, req: dict) -> dict: ...
+
+    def events(self, after: int) -> AsyncIterator[dict]: ...
+
+    async def ack(self, seq: int) -> None: ...
+
+
+class LinkDown(Exception):
+    """The control socket failed; the service goes offline and reconnects after a back-off."""
+
+
+class Backoff:
+    """Doubling delays from first_s up to max_s; reset once a connection is up and working."""
+
+    def __init__(self, first_s: float, max_s: float):
+        self.first_s, self.max_s = first_s, max_s
+        self.delay_s = first_s
+
+    def next(self) -> float:
+        delay, self.delay_s = self.delay_s, min(self.delay_s * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self.delay_s = self.first_s
+
+
+async def serve(config: Config, link: Link) -> None:
+    """Run the MQTT service for config's [mqtt] table until cancelled; raises ConfigError on a bad table."""
+    settings = parse(config)
+    try:
+        tls = _tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(config.path, None, "[mqtt] ca_file", f"cannot use {settings.ca_file}: {exc}") from None
+    await Bridge(settings, link, tls).run()
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    return ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+
+
+class Bridge:
+    """One charger between the control socket and one broker."""
+
+    def __init__(self, settings: MqttSettings, link: Link, tls: ssl.SSLContext | None = None,
+                 first_retry_s: float = 1.0):
+        self.settings, self.link, self.tls = settings, link, tls
+        self.topics = tp.Topics(settings.base_topic)
+        self.connectors = tuple(n for n in link.hello.get("connectors") or () if isinstance(n, int))
+        self.retained: dict[str, str] = {}  # what a broker should hold; republished after every reconnect
+        self.seq = int(link.hello.get("acked") or 0)  # the last event published and acknowledged
+        self.ignored = 0                     # malformed commands, counted
+        self.refresh = asyncio.Event()
+        self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)
+        self.ha_status = f"{settings.discovery_prefix}/status"
+
+    async def run(self) -> None:
+        s = self.settings
+        while True:
+            _raise_if_cancelling()
+            log.info("mqtt.connecting", host=s.host, port=s.port, tls=s.tls, username=s.username,
+                     client_id=s.client_id)
+            reason = "connection ended"
+            try:
+                async with self._client() as client:
+                    await self._connected(client)
+            except aiomqtt.MqttError as exc:
+                reason = f"broker: {exc}"
+            except LinkDown as exc:
+                reason = f"daemon: {exc}"
+            delay = self.backoff.next()
+            log.warning("mqtt.disconnected", reason=reason, retry_in_s=delay)
+            await asyncio.sleep(delay)
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=s.client_id,
+            will=aiomqtt.Will(self.topics.availability, "offline", qos=QOS, retain=True),
+            keepalive=s.keepalive_s, tls_context=self.tls, timeout=10)
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        try:
+            for pattern in self.topics.command_filters():
+                await client.subscribe(pattern, qos=QOS)
+            if self.settings.discovery:
+                await client.subscribe(self.ha_status, qos=QOS)
+            self._remember(tp.state_messages(self.topics, await self._status()))
+            await self._announce(client)
+            await self._publish(client, tp.Message(self.topics.availability, "online"))
+            log.info("mqtt.online", base_topic=self.settings.base_topic, after=self.seq)
+            self.backoff.reset()
+            await _first_failure(self._pump_events(client), self._refresh_state(client), self._commands(client))
+        finally:
+            # A clean goodbye: the broker sends the will only when the connection breaks.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(self.topics.availability, "offline", qos=QOS, retain=True,
+                                     timeout=OFFLINE_TIMEOUT_S)
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Discovery and every retained state topic: after a (re)connect and Home Assistant's birth."""
+        if self.settings.discovery:
+            await client.publish(discovery_topic(self.settings), discovery_payload(self.settings, self.link.hello),
+                                 qos=QOS, retain=True)
+        for topic, payload in list(self.retained.items()):
+            await client.publish(topic, payload, qos=QOS, retain=True)
+
+    async def _pump_events(self, client: aiomqtt.Client) -> None:
+        try:
+            async for event in self.link.events(self.seq):
+                for message in tp.event_messages(self.topics, event):
+                    await self._publish(client, message)
+                seq = event.get("seq")
+                if isinstance(seq, int) and seq > self.seq:
+                    await self.link.ack(seq)
+                    self.seq = seq
+                self.refresh.set()
+        except LINK_ERRORS as exc:
+            raise LinkDown(f"event stream: {exc!r}") from exc
+        raise LinkDown("event stream ended")
+
+    async def _refresh_state(self, client: aiomqtt.Client) -> None:
+        """State topics come from status replies, fetched after events (coalesced) and every status_interval_s."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.status_interval_s):  # not wait_for: it can swallow a cancel
+                    await self.refresh.wait()
+            self.refresh.clear()
+            for message in tp.state_messages(self.topics, await self._status()):
+                if self.retained.get(message.topic) != message.payload:
+                    await self._publish(client, message)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic, payload = message.topic.value, _bytes(message.payload)
+            if topic == self.ha_status:
+                if payload == b"online":  # Home Assistant (re)started: tell it again
+                    await self._announce(client)
+                continue
+            if message.retain:
+                log.warning("mqtt.command_ignored", topic=topic, error="retained: commands act once, when sent")
+                continue
+            try:
+                req = tp.command_request(self.topics, topic, payload, self.connectors)
+            except tp.BadCommand as exc:
+                self.ignored += 1
+                log.warning("mqtt.command_ignored", topic=topic, error=str(exc), ignored=self.ignored)
+                continue
+            reply = await self._command(req)
+            if reply.get("ok"):
+                log.info("mqtt.command", topic=topic, request=req)
+            else:
+                log.warning("mqtt.command_refused", topic=topic, request=req, error=reply.get("error"))
+            self.refresh.set()
+
+    async def _status(self) -> dict:
+        reply = await self._command({"cmd": "status"})
+        if not reply.get("ok"):
+            raise LinkDown(f"status refused: {reply.get('error')}")
+        return reply
+
+    async def _command(self, req: dict) -> dict:
+        try:
+            reply = await self.link.command(req)
+        except LINK_ERRORS as exc:
+            raise LinkDown(f"{req.get('cmd')}: {exc!r}") from exc
+        if not isinstance(reply, dict):
+            raise LinkDown(f"{req.get('cmd')}: garbled reply {reply!r}")
+        return reply
+
+    async def _publish(self, client: aiomqtt.Client, message: tp.Message) -> None:
+        await client.publish(message.topic, message.payload, qos=QOS, retain=message.retain)
+        if message.retain:
+            self.retained[message.topic] = message.payload
+
+    def _remember(self, messages: list[tp.Message]) -> None:
+        self.retained.update((m.topic, m.payload) for m in messages if m.retain)
+
+
+def _bytes(payload: Any) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
+async def _first_failure(*jobs: Awaitable[None]) -> None:
+    """Run jobs together until one ends or fails; cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        _raise_if_cancelling()
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        while pending := [t for t in tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.5)  # and cancel again: see _raise_if_cancelling
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: the first failure is the one raised
+
+
+def _raise_if_cancelling() -> None:
+    # Python 3.11's asyncio.wait_for (which aiomqtt awaits publishes with) returns the result instead of
+    # raising when a cancel lands as its future completes; the task then runs on with cancelling() > 0.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

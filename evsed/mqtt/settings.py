@@ -1,0 +1,119 @@
+"""The [mqtt] table, parsed once into MqttSettings through the config's bounded getters.
+
+Errors name file, line and key like every other table; the password is read from its file and never shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from evsed.config import Config, ConfigError, Table
+
+DEFAULT_URL = "mqtt://localhost"
+PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    tls: bool
+    base_topic: str                 # every topic of this charger starts with it
+    client_id: str
+    charger_id: str
+    max_current_a: float            # the current number's upper end in Home Assistant
+    ca_file: Path | None = None     # mqtts: the CA to trust instead of the system's
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    keepalive_s: int = 30
+    reconnect_max_s: float = 60.0   # back-off cap after a lost broker or daemon
+    status_interval_s: float = 10.0  # state is refreshed at least this often without events
+
+
+def parse(config: Config) -> MqttSettings:
+    """MqttSettings from config.sections["mqtt"]; raises ConfigError."""
+    section = config.sections.get("mqtt")
+    if section is None:
+        raise ConfigError(config.path, None, "[mqtt]", "missing: the MQTT service needs an [mqtt] table")
+    t = section.table()
+    charger = config.charger
+    t.get("enabled", bool, True)  # read by `evsed run`, which starts the service only when true
+    url = t.get("url", str, DEFAULT_URL)
+    host, port, tls = _broker(t, url)
+    ca = t.get("ca_file", str, "")
+    if ca and not tls:
+        raise t.error("ca_file", "only for an mqtts:// url")
+    username = t.get("username", str, "")
+    password_file = t.get("password_file", str, "")
+    base = t.get("base_topic", str, f"evsed/{charger.id}")
+    _topic(t, "base_topic", base)
+    prefix = t.get("discovery_prefix", str, "homeassistant")
+    _topic(t, "discovery_prefix", prefix)
+    client_id = t.get("client_id", str, f"evsed-mqtt-{charger.id}")
+    if not 1 <= len(client_id) <= 64:
+        raise t.error("client_id", "expected 1 to 64 characters")
+    settings = MqttSettings(
+        host=host, port=port, tls=tls, base_topic=base, client_id=client_id, charger_id=charger.id,
+        max_current_a=charger.max_current_a,
+        ca_file=_path(config.path, ca) if ca else None,
+        username=username or None,
+        password=_password(t, _path(config.path, password_file)) if password_file else None,
+        discovery=t.get("discovery", bool, True), discovery_prefix=prefix,
+        keepalive_s=t.get("keepalive_s", int, 30, min=5, max=3600),
+        reconnect_max_s=t.get("reconnect_max_s", float, 60.0, min=1, max=3600),
+        status_interval_s=t.get("status_interval_s", float, 10.0, min=1, max=3600))
+    t.done()
+    if settings.password and not settings.username:
+        raise t.error("password_file", "needs a username")
+    return settings
+
+
+def _broker(t: Table, url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url)
+    if parts.scheme not in PORTS:
+        raise t.error("url", f"expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise t.error("url", "credentials do not belong in the url (logged): use username and password_file")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise t.error("url", f"expected only a host and a port, got {url!r}")
+    try:
+        port = parts.port or PORTS[parts.scheme]
+    except ValueError:
+        raise t.error("url", f"bad port in {url!r}") from None
+    if not parts.hostname:
+        raise t.error("url", f"no host in {url!r}")
+    return parts.hostname, port, parts.scheme == "mqtts"
+
+
+def _topic(t: Table, key: str, topic: str) -> None:
+    # A wildcard or an empty level would make our own subscriptions match other devices' topics.
+    if not topic or re.search(r"[+#\x00]", topic) or "" in topic.split("/"):
+        raise t.error(key, f"expected topic levels without wildcards or empty levels, got {topic!r}")
+
+
+def _path(config_path: Path, text: str) -> Path:
+    path = Path(os.path.expanduser(text))
+    return path if path.is_absolute() else (config_path.parent / path).resolve()
+
+
+def _password(t: Table, path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise t.error("password_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise t.error("password_file", f"{path} is not UTF-8 text") from None
+    if mode & stat.S_IROTH:
+        raise t.error("password_file", f"{path} is readable by everyone: chmod 600 (or 640 for the service group)")
+    password = text.rstrip("\r\n")
+    if not password:
+        raise t.error("password_file", f"{path} is empty")
+    return password

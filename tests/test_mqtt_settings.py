@@ -1,0 +1,113 @@
+"""The [mqtt] table: defaults, broker URLs, the password file, and errors that name file, line and key."""
+
+import os
+
+import pytest
+
+from evsed import config
+from evsed.mqtt import settings
+
+MINIMAL = """
+[charger]
+id = "garage"
+max_current_a = 16
+[[connector]]
+[connector.pilot]
+backend = "sim"
+[connector.contactor]
+backend = "sim"
+"""
+
+
+def parsed(table: str, path="evsed.toml") -> settings.MqttSettings:
+    return settings.parse(config.parse(MINIMAL + "[mqtt]\n" + table, path))
+
+
+def error_for(table: str, path="evsed.toml") -> config.ConfigError:
+    with pytest.raises(config.ConfigError) as info:
+        parsed(table, path)
+    return info.value
+
+
+def test_an_empty_mqtt_table_has_documented_defaults():
+    s = parsed("")
+    assert (s.host, s.port, s.tls) == ("localhost", 1883, False)
+    assert s.base_topic == "evsed/garage"
+    assert s.discovery and s.discovery_prefix == "homeassistant"
+    assert s.client_id == "evsed-mqtt-garage" and s.status_interval_s == 10
+    assert s.username is None and s.password is None and s.ca_file is None
+    assert s.max_current_a == 16
+
+
+def test_mqtts_url_defaults_to_port_8883_and_takes_a_ca_file():
+    s = parsed('url = "mqtts://broker.lan"\nca_file = "/etc/evsed/ca.pem"\n')
+    assert (s.host, s.port, s.tls) == ("broker.lan", 8883, True)
+    assert str(s.ca_file) == "/etc/evsed/ca.pem"
+
+
+def test_url_with_a_port():
+    s = parsed('url = "mqtt://10.1.2.3:1884"\n')
+    assert (s.host, s.port) == ("10.1.2.3", 1884)
+
+
+def test_a_config_without_mqtt_table_is_refused_by_the_service():
+    with pytest.raises(config.ConfigError, match=r"\[mqtt\]"):
+        settings.parse(config.parse(MINIMAL, "evsed.toml"))
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://broker", "expected mqtt://host"),
+    ("mqtt://user:secret@broker", "credentials do not belong in the url"),
+    ("mqtt://broker/path", "only a host and a port"),
+    ("mqtt://broker:99999", "bad port"),
+])
+def test_a_bad_url_names_file_line_and_key(url, message):
+    err = error_for(f'url = "{url}"\n')
+    assert str(err).startswith("evsed.toml:11: [mqtt] url: ") and message in str(err)
+    assert "secret" not in str(err)  # the message never echoes a password
+
+
+def test_ca_file_needs_mqtts():
+    err = error_for('ca_file = "/etc/ca.pem"\n')
+    assert err.line == 11 and "mqtts" in str(err)
+
+
+@pytest.mark.parametrize("topic", ["evsed/+/x", "evsed/#", "/evsed", "evsed//x", ""])
+def test_base_topic_refuses_wildcards_and_empty_levels(topic):
+    err = error_for(f'base_topic = "{topic}"\n')
+    assert "[mqtt] base_topic" in str(err)
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    err = error_for('base_topc = "x"\n')
+    assert str(err) == "evsed.toml:11: [mqtt] base_topc: unknown key (did you mean 'base_topic'?)"
+
+
+def test_password_is_read_from_its_file_relative_to_the_config_and_never_shown(tmp_path):
+    (tmp_path / "mqtt.secret").write_text("s3cret-pass\n")
+    os.chmod(tmp_path / "mqtt.secret", 0o600)
+    s = parsed('username = "evse"\npassword_file = "mqtt.secret"\n', tmp_path / "evsed.toml")
+    assert s.password == "s3cret-pass"
+    assert "s3cret" not in repr(s)
+
+
+def test_a_password_file_everyone_can_read_is_refused(tmp_path):
+    (tmp_path / "mqtt.secret").write_text("s3cret-pass\n")
+    os.chmod(tmp_path / "mqtt.secret", 0o644)
+    err = error_for('username = "evse"\npassword_file = "mqtt.secret"\n', tmp_path / "evsed.toml")
+    assert err.line == 12 and "chmod 600" in str(err) and "s3cret" not in str(err)
+
+
+def test_a_missing_password_file_names_the_key(tmp_path):
+    err = error_for('username = "evse"\npassword_file = "nope"\n', tmp_path / "evsed.toml")
+    assert err.line == 12 and "cannot read" in str(err)
+
+
+def test_bounded_numbers():
+    err = error_for("keepalive_s = 1\n")
+    assert "[mqtt] keepalive_s" in str(err) and "out of range" in str(err)
+
+
+def test_enabled_is_a_known_key_read_by_the_daemon():
+    assert parsed("enabled = false\n").base_topic == "evsed/garage"
+    assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))
