@@ -165,7 +165,7 @@ def newest_json(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, limit: int, si
     """The newest `limit` sessions, newest first, as a JSON array, each with its local start and
     stop times and its UID masked unless show_tags. Rows become text as they are read: the
     page's 500 never stand in memory as dicts (measured: 1 MB kept after, from fragmentation)."""
-    texts = collections.deque(maxlen=limit)
+    texts: collections.deque[str] = collections.deque(maxlen=limit)
     for row in each_session(db_path, since=since, until=until, card=card):
         texts.append(json.dumps(dict(row, id_tag=row.get("id_tag") if show_tags else mask(row.get("id_tag")),
                                      started_local=local_text(row.get("started_at"), tz),
