@@ -85,6 +85,22 @@ class OfferedCurrent(Protocol):
 
 
 @runtime_checkable
+class ProximityPilot(Protocol):
+    """Optional capability: a pilot board that also reads a socket's proximity pilot (PP), the
+    resistor between PP and PE that codes the plugged cable's rating (IEC 61851-1 Annex B);
+    in ohm, inf when open (no cable), None when the reading failed."""
+
+    def proximity_ohm(self) -> float | None: ...
+
+
+@runtime_checkable
+class ContactInput(Protocol):
+    """A digital input that is not a safety input (a grid operator's control contact)."""
+
+    def active(self) -> bool: ...
+
+
+@runtime_checkable
 class Contactor(Protocol):
     """The main relay. Wired fail-safe: energized to close, open when unpowered."""
 

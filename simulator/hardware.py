@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from hal import MeterReading, PilotReading, TryAgain, canonical_uid
+from hal import Meter, MeterReading, PilotReading, TryAgain, canonical_uid
 from simulator.board import Monostable, PinFile, rose_between
 from simulator.ev import SimEV
+from simulator.site import SimSite
 
 FAULT_KINDS = ("rcd", "welded", "stuck-open", "pilot-short", "pilot-lost", "meter", "diode",
                "ev-error", "self-test")
@@ -31,6 +32,7 @@ class SimConnector:
         self.heartbeat_toggles = 0
         self.board: PinFile | None = None  # the relay modelled by a board process instead
         self.faults: set[str] = set()
+        self.cable_ohm: float | None = None  # a socket's plugged cable (SimPilotWithPP)
         self.energy_wh_exact = float(world.meter_start_wh)
         self._integrated_at = world.clock()
         self._listeners: list[Callable[[], None]] = []
@@ -130,6 +132,7 @@ class SimWorld:
         self.ev_max_current_a, self.ev_phases, self.meter_start_wh = ev_max_current_a, ev_phases, meter_start_wh
         self.connectors: dict[int, SimConnector] = {}
         self.reader = SimCardReader()
+        self.site = SimSite(self)
 
     def connector(self, connector_id: int) -> SimConnector:
         if connector_id not in self.connectors:
@@ -173,6 +176,14 @@ class SimPilot:
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self.bench._listeners.append(callback)
+
+
+class SimPilotWithPP(SimPilot):
+    """A socket: the pilot board also reads the plugged cable's PP resistor (bench.cable_ohm)."""
+
+    def proximity_ohm(self) -> float | None:
+        b = self.bench
+        return b.cable_ohm if b.ev.plugged else float("inf")
 
 
 class SimContactor:
@@ -284,7 +295,11 @@ def _world(ctx) -> SimWorld:
 
 
 def sim_pilot(options, ctx) -> SimPilot:
-    return SimPilot(_world(ctx).connector(ctx.connector_id))
+    bench = _world(ctx).connector(ctx.connector_id)
+    if options.get("pp_ohm") is None:
+        return SimPilot(bench)
+    bench.cable_ohm = options["pp_ohm"]
+    return SimPilotWithPP(bench)
 
 
 def sim_contactor(options, ctx) -> SimContactor:
@@ -308,7 +323,10 @@ def sim_rcd(options, ctx) -> SimRcd:
     return kind(_world(ctx).connector(ctx.connector_id))
 
 
-def sim_meter(options, ctx) -> SimMeter:
+def sim_meter(options, ctx) -> Meter:
+    if ctx.connector_id == 0:  # the site (grid) meter: house, PV and every EV (simulator.site)
+        from simulator.site import SimSiteMeter
+        return SimSiteMeter(_world(ctx))
     return SimMeter(_world(ctx).connector(ctx.connector_id))
 
 

@@ -19,6 +19,13 @@ def test_there_is_a_scenario_per_safety_rule():
         assert rule in names
 
 
+def test_there_is_a_scenario_per_policy_rule():
+    names = {p.stem for p in SCENARIOS}
+    for rule in ("night_window", "dst_spring", "dst_autumn", "overload", "site_meter_loss", "two_connectors",
+                 "cap_14a", "solar_day", "pp_socket", "group_stop", "free_vend_stop", "reload", "cards_learn"):
+        assert rule in names
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario_meets_every_expectation(path):
     runner = scenario.load(path)

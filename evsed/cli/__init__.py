@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
+from evsed.cli import policy as policy_cli
 from evsed.cli import records
 from evsed.control import client as control
 
@@ -136,6 +137,7 @@ def format_status(c: dict) -> str:
         lines.append(f"  refused     card {r['id_tag']}: {r['reason']} (at {r['at']})")
     if c["reason"]:
         lines.append(f"  why         {c['reason']}")
+    lines += policy_cli.format_limits(c)
     return "\n".join(lines)
 
 
@@ -171,6 +173,7 @@ def cmd_sim(args) -> int:
                 req[key] = value
     elif args.sim_action == "fault":
         req["kind"], req["clear"] = args.kind, args.clear
+    policy_cli.cmd_sim_extra(args, req)
     reply = control.request(_runtime_dir(cfg), req)
     return _reply(reply, "ok" + (f": card {reply['card']}" if "card" in reply else ""))
 
@@ -292,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     fault.add_argument("kind", choices=FAULT_KINDS)
     fault.add_argument("--clear", action="store_true")
     fault.add_argument("--connector", type=int, default=1)
+    policy_cli.add_commands(add, sim_sub)
     for action_parser in (*sim_sub.choices.values(),):
         action_parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     scen = sim_sub.add_parser("scenario", help="run scenario files on a virtual clock")

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evsed.config import backends, dirs
+from evsed.config import policy as policy_config
 from evsed.config import tariff as tariff_config
 from evsed.core import tariff as tariffs
 from evsed.core.state import CoreConfig
@@ -57,6 +58,9 @@ class ConnectorConfig:
     contactor: Device
     rcd: Device | None
     meter: Device | None
+    socket: bool = False  # cable_a = "socket": the plugged cable's rating is read from its PP resistor
+    priority: int = 0  # load management: higher first
+    breaker_a: float | None = None  # the circuit breaker feeding this connector, A per phase
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class ChargerConfig:
     free_vend: bool = False
     free_vend_id_tag: str = "FREEVEND"
     ventilation: bool = False
+    mode: str = "fast"  # fast | solar | min+solar (evsed.config.policy)
+    unsynced_clock: str = "ignore"  # windows until the clock is synchronized: ignore | forbid | apply
+    free_vend_group: str = ""  # the group whose rules free-vend sessions follow
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class SiteConfig:
     """Charger-level devices: the site (grid) meter; load limits on it come with load management."""
 
     meter: Device | None = None
+    load: policy_config.SiteLoad = policy_config.SiteLoad()
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class Config:
     authorization: AuthConfig = AuthConfig()
     tariff: tariffs.Tariff | None = None  # None: sessions carry no cost or revenue
     sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
+    policy: policy_config.PolicyConfig = policy_config.PolicyConfig()
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
@@ -366,9 +375,12 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
         table = top.table(name)
         if table is not None:
             sections[name] = Section(path, name, MappingProxyType(table.data), MappingProxyType(top.lines))
-    config = Config(path, charger, connectors, rfid, cards, _timing(top), _store(top), _log(top),
-                    _simulator(top), _site(top), _authorization(top), tariff_config.parse(top),
-                    sections=MappingProxyType(sections))
+    timing = _timing(top)
+    config = Config(path, charger, connectors, rfid, cards, timing, _store(top), _log(top),
+                    _simulator(top), _site(top, charger, timing), _authorization(top), tariff_config.parse(top),
+                    sections=MappingProxyType(sections),
+                    policy=policy_config.parse(top, charger.timezone, charger.unsynced_clock,
+                                               {c.group for c in cards if c.group}))
     top.done()
     return config
 
@@ -388,7 +400,10 @@ def _charger(top: _Table) -> ChargerConfig:
         voltage_v=t.get("voltage_v", float, d.voltage_v, min=100, max=480), timezone=tz,
         free_vend=t.get("free_vend", bool, d.free_vend),
         free_vend_id_tag=t.get("free_vend_id_tag", str, d.free_vend_id_tag, max_len=20),  # OCPP idTag
-        ventilation=t.get("ventilation", bool, d.ventilation))
+        ventilation=t.get("ventilation", bool, d.ventilation),
+        mode=t.get("mode", str, d.mode, choices=policy_config.MODES),
+        unsynced_clock=t.get("unsynced_clock", str, d.unsynced_clock, choices=("ignore", "forbid", "apply")),
+        free_vend_group=t.get("free_vend_group", str, d.free_vend_group, max_len=64))
     t.done()
     return c
 
@@ -417,7 +432,9 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
             id=t.get("id", int, index + 1, min=1, max=99), cable_a=cable,
             pilot=_device(_required(t, pilot, "pilot"), "pilot"),
             contactor=_device(_required(t, contactor, "contactor"), "contactor"),
-            rcd=_device(rcd, "rcd") if rcd else None, meter=_device(meter, "meter") if meter else None)
+            rcd=_device(rcd, "rcd") if rcd else None, meter=_device(meter, "meter") if meter else None,
+            socket=t.data.get("cable_a", "socket") == "socket", priority=t.get("priority", int, 0, min=0, max=99),
+            breaker_a=t.get("breaker_a", float, None, min=6, max=1000))
         t.done()
         if conn.id in seen:
             first = seen[conn.id]
@@ -526,12 +543,13 @@ def _dir(t: _Table, key: str, default, socket: bool = False) -> Path:
     return path
 
 
-def _site(top: _Table) -> SiteConfig:
+def _site(top: _Table, charger: ChargerConfig, timing: Timing) -> SiteConfig:
     t = top.table("site")
     if t is None:
         return SiteConfig()
     meter = t.table("meter")
-    site = SiteConfig(meter=_device(meter, "meter") if meter else None)
+    site = SiteConfig(meter=_device(meter, "meter") if meter else None,
+                      load=policy_config.parse_site(t, charger.voltage_v, timing))
     t.done()
     return site
 

@@ -15,7 +15,7 @@ from hal import DeviceUnavailable
 
 REQUIRED = object()  # an Option default meaning "the config must give it"
 
-KINDS = ("pilot", "contactor", "rcd", "meter", "rfid")
+KINDS = ("pilot", "contactor", "rcd", "meter", "rfid", "input")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class BackendContext:
 
 
 _SIM = "simulator.hardware"
+_BCM_INPUT: dict[str, Any] = {"min": 0, "max": 53}
 
 BACKENDS: dict[tuple[str, str], Backend] = {}
 
@@ -58,7 +59,10 @@ def register(backend: Backend) -> None:
 
 
 # --- simulator (simulator/) ----------------------------------------------------------------
-register(Backend("pilot", "sim", f"{_SIM}:sim_pilot", "pilot of the simulated EV"))
+register(Backend("pilot", "sim", f"{_SIM}:sim_pilot", "pilot of the simulated EV",
+                 {"pp_ohm": Option(float, None, "simulate a socket: the plugged cable's PP resistor in ohm "
+                                   "(680: a 20 A cable); none: no PP reading", min=0, max=1e6)}))
+register(Backend("input", "sim", "simulator.site:sim_input", "a contact switched with `evsed sim site input on`"))
 register(Backend("contactor", "sim", f"{_SIM}:sim_contactor", "simulated contactor",
                  {"feedback": Option(bool, True, "report the contact state (auxiliary contact)"),
                   "heartbeat": Option(bool, False, "model a drop-out circuit: the contactor opens by itself "
@@ -71,6 +75,15 @@ register(Backend("rcd", "sim", f"{_SIM}:sim_rcd", "simulated residual-current mo
                  {"self_test": Option(bool, False, "test before every close")}))
 register(Backend("meter", "sim", f"{_SIM}:sim_meter", "meter integrating the simulated EV's power"))
 register(Backend("rfid", "sim", f"{_SIM}:sim_card_reader", "cards tapped with `evsed sim tap`"))
+
+register(Backend("input", "gpio", "hal.inputs:gpio_input",
+                 "a digital input: a ripple-control receiver's or grid operator's control contact", {
+    "pin": Option(int, doc="BCM pin of the contact", **_BCM_INPUT),
+    "active_high": Option(bool, False, "the input reads high while the cap is ordered"),
+    "pull": Option(str, "up", "pull resistor on the input", choices=("up", "down", "none")),
+    "pin_factory": Option(str, "lgpio", "gpiozero pin factory (\"mock\" for tests)",
+                          choices=("lgpio", "rpigpio", "pigpio", "native", "mock")),
+}, packages=("gpiozero",)))
 
 # --- Raspberry Pi class GPIO: pilot, contactor, RCD (hal/gpio.py, hal/pwm.py, hal/adc.py) ---
 _GPIO = "hal.gpio"

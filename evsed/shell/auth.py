@@ -46,13 +46,18 @@ class Authorizer(Protocol):
 
 
 class LocalList:
-    """The host's card list from the config (whitelist): known cards only, answered at once."""
+    """The host's card list from the config (whitelist): known cards only, answered at once.
+    An accepted card carries its group and the group's cap, so they hold from the first second;
+    a card outside its group's window is refused, saying until when."""
 
     name = "local"
 
-    def __init__(self, cards: tuple[Card, ...], today: Callable[[], dt.date]):
+    def __init__(self, cards: tuple[Card, ...], today: Callable[[], dt.date],
+                 group_cap: Callable[[str], float | None] = lambda group: None,
+                 outside_window: Callable[[str], str | None] = lambda group: None):
         self.cards = {card.uid: card for card in cards}
         self.today = today
+        self.group_cap, self.outside_window = group_cap, outside_window
 
     def card(self, id_tag: str) -> Card | None:
         return self.cards.get(id_tag)
@@ -66,7 +71,10 @@ class LocalList:
             return Verdict("reject", "card disabled")
         if card.expires is not None and self.today() > card.expires:
             return Verdict("reject", f"card expired on {card.expires.isoformat()}")
-        return Verdict("accept", group=card.group)
+        outside = self.outside_window(card.group) if card.group else None
+        if outside is not None:
+            return Verdict("reject", outside)
+        return Verdict("accept", group=card.group, max_current_a=self.group_cap(card.group) if card.group else None)
 
     async def authorize(self, id_tag: str, connector: int) -> Verdict:
         return self.verdict(id_tag)

@@ -8,16 +8,19 @@ make one and drive it (real time and threads, or a virtual clock and inline writ
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from evsed.config import Config
-from evsed.core.events import CardPresented
+from evsed.core import windows
+from evsed.core.events import CardPresented, StopReason, StopRequested
 from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
+from evsed.shell.policy import CallAt, Policy, kernel_clock_synced
 from evsed.shell.bus import Bus, ChargerEvent, log_event
 from evsed.shell.connector import ConnectorControl, Offload, _inline
-from evsed.shell.devices import Devices
+from evsed.shell.devices import Devices, configured
 from evsed.shell.records import Recorder
 from evsed.store.sessions import InlineWriter, StoreWriter
 from hal import MeterReading, canonical_uid
@@ -27,7 +30,8 @@ class Charger:
     def __init__(self, config: Config, devices: Devices, *, clock: Callable[[], float],
                  wallclock: Callable[[], dt.datetime], writer: StoreWriter | InlineWriter, first_session_id: int,
                  schedule: Callable[[int, float | None], None] = lambda cid, when: None,
-                 offload: Offload = _inline, stored: Callable[[dict[str, Any]], None] = lambda event: None):
+                 offload: Offload = _inline, stored: Callable[[dict[str, Any]], None] = lambda event: None,
+                 call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced):
         self.config, self.devices, self.world = config, devices, devices.world
         self.clock, self.wallclock = clock, wallclock
         self.tz = ZoneInfo(config.charger.timezone)
@@ -36,9 +40,10 @@ class Charger:
         self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
                                  sample_interval_s=config.store.sample_interval_s, pricing=self._pricing, stored=stored)
         self.bus.subscribe(self.recorder)
-        self.auth = Chain(LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date()),
-                          config.authorization)
-        self.mode = "fast"
+        self.auth = Chain(self._local_list(config), config.authorization)
+        self.mode = config.charger.mode
+        self.learning: float | None = None  # `evsed cards learn`: the next tap is read, not used, until then
+        self.learned: dict[str, Any] | None = None
         self.reservations: dict[int, int] = {}  # connector -> OCPP reservation id
         self.reader_error = ""
         self.reading_cards = False  # a reader loop takes taps from devices.reader (the daemon)
@@ -50,6 +55,24 @@ class Charger:
                 conn.id, config.core_config(conn), devices.connectors[conn.id], clock=clock, wallclock=wallclock,
                 bus=self.bus, authorize=self.auth.request, card_name=self.auth.card_name,
                 next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload)
+        self.policy = Policy(self, call_at=call_at, mono=clock, clock_synced=clock_synced)
+        self.bus.subscribe(self.policy.event)
+
+    def _local_list(self, config: Config) -> LocalList:
+        return LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date(),
+                         group_cap=lambda group: config.policy.group(group).max_current_a,
+                         outside_window=lambda group: self._outside_window(config, group))
+
+    def _outside_window(self, config: Config, group: str) -> str | None:
+        """A card of a group with windows of its own may start only inside them."""
+        schedule = config.policy.schedule
+        if not any(group in w.groups for w in schedule.windows):
+            return None
+        d = windows.evaluate(schedule, group, self.wallclock(), self.policy.synced)
+        if d.allowed:
+            return None
+        until = d.until_utc.astimezone(self.tz).strftime("%H:%M") if d.until_utc else "further notice"
+        return f"outside the group's window until {until}"
 
     @staticmethod
     def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
@@ -76,6 +99,7 @@ class Charger:
         self.publish("connector.status", status="Available", reason="")
         for ctrl in self.connectors.values():
             ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason)
+        self.policy.start()
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
         """End every session and open every contactor; one connector's failure spares the others."""
@@ -93,6 +117,26 @@ class Charger:
             except Exception as exc:  # noqa: BLE001 - keep releasing the others
                 on_error(ctrl, exc)
 
+    def reload(self, new: Config) -> dict[str, Any]:
+        """Apply a changed config without touching a running session: cards, groups, windows,
+        tariff, limits, timing. Devices are opened once: a change to them needs a restart."""
+        old_devices = [(cid, kind, d) for cid, kind, d in configured(self.config)]
+        if [(cid, kind, d) for cid, kind, d in configured(new)] != old_devices:
+            return {"result": "Rejected", "reason": "devices or connectors changed: restart evsed to apply"}
+        self.config, self.tz = new, ZoneInfo(new.charger.timezone)
+        self.auth.local = self._local_list(new)
+        if self.mode not in (new.charger.mode,) and self.policy.mode_window is None:
+            self.mode = new.charger.mode
+        for conn in new.connectors:
+            ctrl = self.connectors[conn.id]
+            ctrl.cfg = replace(new.core_config(conn), has_feedback=ctrl.cfg.has_feedback,
+                               has_meter=ctrl.cfg.has_meter, has_self_test=ctrl.cfg.has_self_test)
+        self.publish("config.reloaded", path=str(new.path))
+        self.policy.refresh()
+        for ctrl in self.connectors.values():
+            ctrl.tick()  # a new maximum or timing takes effect now
+        return {"result": "Accepted"}
+
     # --- connectors and cards ---------------------------------------------------------------
     def connector(self, cid: int | None) -> ConnectorControl:
         if cid is None:
@@ -108,15 +152,56 @@ class Charger:
     def present_card(self, uid: str) -> int:
         """Give a tap to the connector it is meant for: the one whose session it started, else
         one with an EV waiting for a card, else the first free one. Returns that connector's id.
-        The same card read again within card_repeat_s goes where it went, which ignores it."""
+        The same card read again within card_repeat_s goes where it went, which ignores it.
+        A card that may stop another card's session (its group's stop_by, a master card, any known
+        card in free vend) stops it when no EV waits for a card."""
+        if self.learning is not None:
+            return self._learn(uid)
         ctrls = list(self.connectors.values())
-        chosen = (next((c for c in ctrls if card_repeated(c.cfg, c.state, uid, c.clock())), None)
+        repeated = next((c for c in ctrls if card_repeated(c.cfg, c.state, uid, c.clock())), None)
+        waiting = next((c for c in ctrls if not c.state.session and not c.state.finishing
+                        and c.state.pilot in PLUGGED_STATES), None)
+        stoppable = next((c for c in ctrls if c.state.session and c.state.id_tag != uid
+                          and self.may_stop(uid, c)), None)
+        if repeated is None and waiting is None and stoppable is not None:
+            stoppable.publish("card.presented", id_tag=uid)
+            stoppable.publish("session.stop_by_card", id_tag=uid, started_by=stoppable.state.id_tag)
+            stoppable.feed(StopRequested(StopReason.LOCAL))
+            return stoppable.id
+        chosen = (repeated
                   or next((c for c in ctrls if c.state.session and c.state.id_tag == uid), None)
+                  or waiting
                   or next((c for c in ctrls if not c.state.session and c.state.pilot in PLUGGED_STATES), None)
                   or next((c for c in ctrls if not c.state.session), ctrls[0]))
         chosen.publish("card.presented", id_tag=uid)
         chosen.feed(CardPresented(uid))
         return chosen.id
+
+    def may_stop(self, uid: str, ctrl: ConnectorControl) -> bool:
+        """Whether this card may stop ctrl's running session, started by another card."""
+        verdict = self.auth.local.verdict(uid)
+        card = self.auth.local.card(uid)
+        if card is None or verdict.result == "reject" and not verdict.reason.startswith("outside"):
+            return False
+        if ctrl.state.auth_source == "free_vend":
+            return True  # free vend: any known card ends the anonymous session
+        policy = self.config.policy
+        rule = policy.group(ctrl.state.group).stop_by
+        if rule == "group":
+            return bool(card.group) and card.group == ctrl.state.group
+        if rule == "master":
+            return policy.group(card.group).master
+        return False
+
+    def _learn(self, uid: str) -> int:
+        """`evsed cards learn`: tell the UID and a [[card]] block; the tap does nothing else."""
+        card = self.auth.local.card(uid)
+        self.learning = None
+        self.learned = {"uid": uid, "known": card is not None, "name": card.name if card else "",
+                        "group": card.group if card else "",
+                        "toml": f'[[card]]\nuid = "{uid}"\nname = ""\n# group = ""\n'}
+        self.publish("card.learned", id_tag=uid, known=card is not None)
+        return 0
 
     def simulated_tap(self, uid: str) -> str:
         """A card on the simulated reader: through the reader loop where one runs, else at once."""
@@ -130,6 +215,7 @@ class Charger:
     def site_sampled(self, reading: MeterReading) -> None:
         self.site_reading = reading
         self.publish("site.sample", current_a=list(reading.current_a), power_w=reading.power_total_w)
+        self.policy.site_sampled(reading)
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -137,4 +223,16 @@ class Charger:
         return {"ok": True, "charger": self.config.charger.id, "mode": self.mode,
                 "card_reader_error": self.reader_error,
                 "site": None if site is None else {"current_a": list(site.current_a), "power_w": site.power_total_w},
-                "connectors": [c.status() for c in self.connectors.values()]}
+                "connectors": [self._connector_status(c) for c in self.connectors.values()]}
+
+    def _connector_status(self, ctrl: ConnectorControl) -> dict[str, Any]:
+        """The connector's own status, with every limit source, the binding one, and the policy's
+        reason where the core only knows that a limit is under 6 A."""
+        st = ctrl.status()
+        policy = self.policy.status(ctrl)
+        st.update(policy)
+        ours = ("window", "site", "solar", "external_cap", "cable", "group")
+        if policy["not_charging"] and policy["binding"] in ours and ctrl.state.session \
+                and (st["reason"].startswith("current limit") or not st["reason"]):
+            st["reason"] = policy["not_charging"]
+        return st

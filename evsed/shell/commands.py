@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -260,6 +261,62 @@ def _mode(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     return {"mode": charger.mode}
 
 
+def _site(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    """The simulated site: house loads per phase, PV, a profile file, the control contact, the meter."""
+    from simulator.site import load_profile
+    site = charger.world.site
+    changes: dict[str, Any] = {}
+    if any(k in args for k in ("l1_a", "l2_a", "l3_a")):
+        house = list(site.now()[0])
+        for p, key in enumerate(("l1_a", "l2_a", "l3_a")):
+            house[p] = float(args.get(key, house[p]))
+        changes["house_a"] = tuple(house)
+    if "pv_w" in args:
+        changes["pv_w"] = float(args["pv_w"])
+    if "profile" in args:
+        try:
+            changes["profile"] = load_profile(Path(args["profile"]))
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"site: profile: {exc}") from None
+    if "input" in args:
+        changes["contact"] = args["input"]
+    if "meter" in args:
+        changes["meter_silent"] = args["meter"] == "silent"
+    site.set(**changes)
+    charger.policy.poll()
+    house, pv = site.now()
+    return {"house_a": list(house), "pv_w": pv, "grid_a": list(site.grid_a()), "input": site.contact,
+            "meter": "silent" if site.meter_silent else "ok"}
+
+
+def _cable(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    bench = _sim_connector(charger, args)
+    bench.cable_ohm = args.get("ohm")
+    charger.policy.refresh()
+    return {"ohm": bench.cable_ohm}
+
+
+def _learn(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    charger.learning = charger.clock() + args.get("timeout_s", 60.0)
+    charger.learned = None
+    return {"waiting": True}
+
+
+def _learned(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    if charger.learning is not None and charger.clock() >= charger.learning:
+        charger.learning = None
+    return {"waiting": charger.learning is not None, "card": charger.learned}
+
+
+def _reload(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
+    from evsed import config as configmod
+    try:
+        new = configmod.load(charger.config.path)
+    except configmod.ConfigError as exc:
+        raise CommandError(f"reload refused, the running config stays: {exc}") from None
+    return charger.reload(new)
+
+
 def _unlock(charger: Charger, args: dict[str, Any]) -> dict[str, Any]:
     charger.connector(args.get("connector"))
     return {"result": "NotSupported"}  # no connector lock backend yet: a tethered cable needs none
@@ -297,4 +354,15 @@ COMMANDS: dict[str, Command] = {
                       "current_a": Field("number", False, 0, 1000, nullable=True)}, _limit),
     "mode": Command({"mode": Field("choice", choices=MODES)}, _mode),
     "unlock": Command({"connector": CONNECTOR}, _unlock),
+    "learn": Command({"timeout_s": Field("number", False, 1, 600)}, _learn,
+                     doc="the next tap is read for `evsed cards learn`, not used"),
+    "learned": Command({}, _learned, doc="the card the last learn read, or still waiting"),
+    "reload": Command({}, _reload, doc="read the config file again; a running session continues"),
+    "site": Command({"l1_a": Field("number", False, -1000, 1000), "l2_a": Field("number", False, -1000, 1000),
+                     "l3_a": Field("number", False, -1000, 1000), "pv_w": Field("number", False, 0, 1e6),
+                     "profile": Field("str", False), "input": Field("bool", False),
+                     "meter": Field("choice", False, choices=("ok", "silent"))}, _site, sim=True,
+                    doc="the simulated site: house loads, PV, a profile, the control contact, the meter"),
+    "cable": Command({"connector": CONNECTOR, "ohm": Field("number", False, 0, 1e6, nullable=True)}, _cable,
+                     sim=True, doc="the PP resistor of the simulated socket's cable"),
 }

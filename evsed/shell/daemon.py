@@ -124,7 +124,7 @@ class Daemon:
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
-            stored=lambda event: self._stored(loop, event))
+            stored=lambda event: self._stored(loop, event), call_at=loop.call_at)
         charger.bus.subscribe(self._live)
         charger.start()
         for ctrl in charger.connectors.values():
@@ -138,6 +138,8 @@ class Daemon:
         if self.devices.site_meter is not None:
             self._spawn(self._poll_meter(self.devices.site_meter, charger.site_sampled,
                                          lambda detail: None, 0), "site-meter")
+        if isinstance(self.devices.site_input, Notifying):
+            self.devices.site_input.on_change(lambda: loop.call_soon_threadsafe(charger.policy.poll))
         if self.devices.reader is not None:
             charger.reading_cards = True
             self._spawn(self._read_cards(), "cards")
@@ -149,7 +151,7 @@ class Daemon:
         loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("daemon.reload_unsupported"))
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._spawn(safety_loop.for_daemon(self).run(), "safety")  # heartbeat + systemd watchdog
         self._spawn(self._prune(), "prune")
         self._spawn(self._watch_clock(), "clock")
@@ -355,6 +357,17 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             self.wall_timers.check_clock()
+            if self.charger is not None:  # window timers re-armed on a step; the clock's sync and the contact
+                self.charger.policy.check_clock()
+                self.charger.policy.poll()
+
+    def _reload(self) -> None:
+        """SIGHUP (systemctl reload): the `reload` command; a bad config is logged and the old one stays."""
+        assert self.charger is not None
+        try:
+            log.info("daemon.reload", **commands.run(self.charger, "reload", {}))
+        except commands.CommandError as exc:
+            log.error("daemon.reload_refused", error=str(exc))
 
     async def _prune(self) -> None:
         """Old events and old sessions' samples go (sessions are kept), at start and hourly."""

@@ -37,12 +37,13 @@ class Devices:
     connectors: dict[int, ConnectorDevices] = field(default_factory=dict)
     reader: CardReader | None = None
     site_meter: Meter | None = None  # at the grid connection: the whole site's current per phase
+    site_input: Any = None  # hal.ContactInput: a grid operator's control contact ([site.input])
     world: Any = None  # simulator.hardware.SimWorld when any backend is simulated
 
     def all(self) -> Iterator[Any]:
         for conn in self.connectors.values():
             yield from conn.all()
-        yield from (d for d in (self.reader, self.site_meter) if d is not None)
+        yield from (d for d in (self.reader, self.site_meter, self.site_input) if d is not None)
 
     def release(self, on_error: Callable[[Any, BaseException], None] = lambda d, e: None) -> None:
         """Release every device holding a resource (bus, file, thread); errors are reported, not raised."""
@@ -65,6 +66,8 @@ def configured(config: Config) -> Iterator[tuple[int, str, Device]]:
         yield 0, "rfid", config.rfid
     if config.site.meter is not None:
         yield 0, "site_meter", config.site.meter
+    if config.site.load.input is not None:
+        yield 0, "site_input", config.site.load.input
 
 
 def build_world(config: Config, clock: Callable[[], float]) -> Any:
@@ -79,7 +82,7 @@ def build_world(config: Config, clock: Callable[[], float]) -> Any:
 
 def create(kind: str, device: Device, connector_id: int, shared: dict[str, Any]) -> Any:
     """One device; a failure is DeviceUnavailable naming the connector, kind and backend."""
-    registry_kind = "meter" if kind == "site_meter" else kind
+    registry_kind = {"site_meter": "meter", "site_input": "input"}.get(kind, kind)
     where = f"connector {connector_id} {kind}" if connector_id else kind.replace("_", " ")
     try:
         return backends.create(registry_kind, device.backend, dict(device.options),
@@ -102,6 +105,8 @@ def build(config: Config, clock: Callable[[], float]) -> Devices:
             out.reader = create("rfid", config.rfid, 0, shared)
         if config.site.meter is not None:
             out.site_meter = create("site_meter", config.site.meter, 0, shared)
+        if config.site.load.input is not None:
+            out.site_input = create("site_input", config.site.load.input, 0, shared)
     except BaseException:
         out.release()
         raise

@@ -52,15 +52,35 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _VirtualTimer:
+    """A callback due at a virtual time (the policy's wall-clock and load-management timers)."""
+
+    def __init__(self, when: float, fire: Any):
+        self.when, self.fire, self.cancelled = when, fire, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class Runner:
+    """The wall clock is `start` (an offset date-time at the top of the file, default EPOCH) plus
+    the virtual seconds, moved by `do = "clock"` steps (step_s, synced) like NTP would."""
+
     def __init__(self, path: Path, data: dict):
         self.path = path
         self.description = data.get("description", path.stem)
         self.steps = sorted(data.get("step", []), key=lambda s: float(s.get("t", 0.0)))
+        self.data = data
         self.config = configmod.build(_merge(base_config_data(), data.get("config", {})), path)
         self.now = 0.0
+        start = data.get("start", EPOCH)
+        if not isinstance(start, dt.datetime) or start.tzinfo is None:
+            raise ScenarioError(f"{path}: start: expected an offset date-time such as 2024-03-30T22:00:00+01:00")
+        self.start, self.wall_offset_s, self.synced = start, 0.0, bool(data.get("clock_synced", True))
         self.store = Store(":memory:")
         self.deadlines: dict[int, float | None] = {}
+        self.timers: list[_VirtualTimer] = []
+        self._policy_polled = -math.inf
         self.dirty = False
         self.devices = devices.build(self.config, lambda: self.now)
         self.world = self.devices.world
@@ -72,11 +92,26 @@ class Runner:
             if isinstance(device, Notifying):
                 device.on_change(self._input_changed)
 
+    def wallclock(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.now + self.wall_offset_s)
+
+    def _call_at(self, when: float, fire: Any) -> _VirtualTimer:
+        timer = _VirtualTimer(when, fire)
+        self.timers.append(timer)
+        return timer
+
+    def _fire_timers(self) -> None:
+        self.timers = [t for t in self.timers if not t.cancelled]
+        for timer in [t for t in self.timers if t.when <= self.now]:
+            self.timers.remove(timer)
+            if not timer.cancelled:
+                timer.fire()
+
     def _make_charger(self) -> Charger:
-        charger = Charger(self.config, self.devices, clock=lambda: self.now,
-                          wallclock=lambda: EPOCH + dt.timedelta(seconds=self.now),
+        charger = Charger(self.config, self.devices, clock=lambda: self.now, wallclock=self.wallclock,
                           writer=InlineWriter(self.store), first_session_id=self.store.next_session_id(),
-                          schedule=self.deadlines.__setitem__)
+                          schedule=self.deadlines.__setitem__, call_at=self._call_at,
+                          clock_synced=lambda: self.synced)
         charger.bus.subscribe(lambda e: self.events.append((self.now, e.connector, e)))
         return charger
 
@@ -88,6 +123,7 @@ class Runner:
             bench.pilot_mode = "off"
         self.store.recover()
         self.deadlines.clear()
+        self.timers.clear()  # the old charger's policy timers go with it
         self.charger = self._make_charger()
         self.ctrls = list(self.charger.connectors.values())
         self.charger.start()
@@ -111,6 +147,7 @@ class Runner:
         next_poll, next_meter, i = 0.0, 0.0, 0
         while True:
             pending = [d for d in self.deadlines.values() if d is not None]
+            pending += [timer.when for timer in self.timers if not timer.cancelled]
             pending += [x for check, _ in self.checks for x in check.times() if x > self.now]
             step_t = float(self.steps[i].get("t", 0.0)) if i < len(self.steps) else math.inf
             t = min([next_poll, next_meter, step_t, *pending])
@@ -122,6 +159,7 @@ class Runner:
                 if due is not None and due <= self.now:
                     self.deadlines[c.id] = None
                     c.tick()
+            self._fire_timers()
             if next_poll <= self.now:
                 self._poll()
                 next_poll = self.now + timing.pilot_poll_s
@@ -174,10 +212,41 @@ class Runner:
                 self._report(result, verbose, check.label, check.finish(self.now, self.events, cid))
 
     def _observe(self, ctrl: ConnectorControl, key: str, want: Any) -> tuple[Any, bool]:
+        policy = self._observe_policy(ctrl, key, want)
+        if policy is not None:
+            return policy
         try:
             return observe(self.world, ctrl, self.store, key, want)
         except ExpectationError as exc:
             raise ScenarioError(str(exc)) from None
+
+    def _observe_policy(self, ctrl: ConnectorControl, key: str, want: Any) -> tuple[Any, bool] | None:
+        """The policy's expectations (limits, binding source, mode, the site), or None for another key."""
+        st = self.charger._connector_status(ctrl)
+        if key == "reason_contains":  # the charger's reason: the policy's where a limit of its own pauses
+            return st["reason"], want.lower() in st["reason"].lower()
+        if key == "binding":
+            return st["binding"], st["binding"] == want
+        if key.startswith("limit_"):
+            got = st["limit_chain"].get(key[len("limit_"):], {}).get("current_a")
+            return got, (got is None and want == "none") or (
+                got is not None and want != "none" and abs(got - want) <= 0.15)
+        if key == "mode":
+            return st["mode"], st["mode"] == want
+        if key.startswith("detail_"):  # detail_site = "meter silent": a source's detail or blocking reason
+            lim = st["limit_chain"].get(key[len("detail_"):], {})
+            got = lim.get("blocked") or lim.get("detail") or ""
+            return got, want.lower() in got.lower()
+        if key == "grid_max_a":  # the site's highest phase current must stay at or under this
+            got = max(self.world.site.grid_a())
+            return got, got <= want + 0.05
+        if key == "learned":
+            got = (self.charger.learned or {}).get("uid")
+            return got, got == want
+        if key == "reload_contains":
+            got = getattr(self, "last_reload", "")
+            return got, want.lower() in got.lower()
+        return None
 
     @staticmethod
     def _report(result: Result, verbose: bool, label: str, failure: str | None) -> None:
@@ -190,6 +259,9 @@ class Runner:
         self.dirty = False
         for c in self.ctrls:
             c.poll_inputs()
+        if self.now >= self._policy_polled + 1.0:  # the daemon polls the contact and the clock each second
+            self._policy_polled = self.now
+            self.charger.policy.poll()
         if self.dirty:  # an output change moved the EV: read again, as the daemon's callbacks do
             self.dirty = False
             for c in self.ctrls:
@@ -203,10 +275,33 @@ class Runner:
                 c.meter_sampled(await c.meter.read())
             except Exception as exc:  # a simulated meter fault
                 c.meter_failed(str(exc))
+        if self.devices.site_meter is not None:
+            try:
+                reading = await self.devices.site_meter.read()
+            except Exception:  # noqa: BLE001 - a silent site meter: load management times out by itself
+                return
+            self.charger.site_sampled(reading)
 
     def _do(self, step: dict) -> None:
         """One action, through the same command definitions as the control socket."""
         args = {k: v for k, v in step.items() if k not in ("t", "do", "expect")}
+        if step["do"] == "clock":  # NTP syncs, or steps the wall clock
+            self.wall_offset_s += float(args.get("step_s", 0.0))
+            self.synced = bool(args.get("synced", self.synced))
+            self.charger.policy.check_clock()
+            self.charger.policy.poll()
+            return
+        if step["do"] == "reload":
+            try:
+                new = configmod.build(_merge(_merge(base_config_data(), self.data.get("config", {})),
+                                             args.get("config", {})), self.path)
+            except configmod.ConfigError as exc:
+                self.last_reload = str(exc)
+                return
+            self.last_reload = str(self.charger.reload(new))
+            return
+        if "profile" in args:
+            args["profile"] = str(self.path.parent / args["profile"])
         if step["do"] not in commands.COMMANDS:
             raise ScenarioError(f"t={step.get('t')}: unknown action {step['do']!r}; "
                                 f"one of {', '.join(commands.COMMANDS)}")

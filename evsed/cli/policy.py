@@ -1,0 +1,111 @@
+"""CLI commands for the policies: `evsed mode`, `evsed reload`, `evsed cards learn`, the limit
+lines of `evsed status`, and `evsed sim site` / `evsed sim cable`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+from evsed.control import client as control
+
+EXIT_FAILURE = 1
+
+
+def _request(args: Any, req: dict[str, Any]) -> dict[str, Any]:
+    from evsed.cli import _runtime_dir, load_config_if_any
+    return control.request(_runtime_dir(load_config_if_any(args)), req)
+
+
+def _fail(reply: dict[str, Any]) -> int:
+    print(f"evsed: {reply.get('error') or reply.get('reason')}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_mode(args: Any) -> int:
+    reply = _request(args, {"cmd": "mode", "mode": args.mode})
+    if not reply.get("ok"):
+        return _fail(reply)
+    print(f"mode {reply['mode']}")
+    return 0
+
+
+def cmd_reload(args: Any) -> int:
+    reply = _request(args, {"cmd": "reload"})
+    if not reply.get("ok") or reply.get("result") != "Accepted":
+        return _fail(reply)
+    print("config reloaded; running sessions continue")
+    return 0
+
+
+def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Wait for the next tap on the daemon's reader; print its UID and a [[card]] block."""
+    reply = _request(args, {"cmd": "learn", "timeout_s": args.timeout})
+    if not reply.get("ok"):
+        return _fail(reply)
+    print(f"tap a card on the reader (waiting {args.timeout:g} s) ...", file=sys.stderr)
+    while True:
+        sleep(0.2)
+        reply = _request(args, {"cmd": "learned"})
+        card = reply.get("card")
+        if card is not None:
+            break
+        if not reply.get("waiting"):
+            print("evsed: no card was tapped", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"UID {card['uid']}")
+    if card["known"]:
+        who = f" as {card['name']!r}" if card["name"] else ""
+        group = f", group {card['group']!r}" if card["group"] else ""
+        print(f"this card is already known{who}{group}")
+        return 0
+    print(card["toml"], end="")
+    return 0
+
+
+def format_limits(c: dict[str, Any]) -> list[str]:
+    """Every limit source's value and which one binds, for `evsed status`."""
+    chain = c.get("limit_chain")
+    if not chain:
+        return []
+    lines = [f"  mode        {c.get('mode', 'fast')}" + (f", group {c['group']!r}" if c.get("group") else "")]
+    for source, lim in chain.items():
+        value = lim.get("blocked") and "blocks" or (
+            "-" if lim["current_a"] is None else f"{lim['current_a']:g} A")
+        mark = "  <- binds" if source == c.get("binding") else ""
+        detail = lim.get("blocked") or lim.get("detail") or ""
+        lines.append(f"  limit       {source:<13}{value:>8}  {detail}{mark}".rstrip())
+    return lines
+
+
+def cmd_sim_extra(args: Any, req: dict[str, Any]) -> None:
+    """The fields of `evsed sim site` and `evsed sim cable`."""
+    if args.sim_action == "site":
+        req.pop("connector", None)
+        for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter"):
+            if getattr(args, key) is not None:
+                req[key] = getattr(args, key)
+        if args.input is not None:
+            req["input"] = args.input == "on"
+    elif args.sim_action == "cable":
+        req["ohm"] = args.ohm
+
+
+def add_commands(add: Callable[..., Any], sim_sub: Any) -> None:
+    sp = add("mode", cmd_mode, "charge fast, from solar surplus only, or 6 A plus the surplus")
+    sp.add_argument("mode", choices=("fast", "solar", "min+solar"))
+    add("reload", cmd_reload, "apply the changed config file; running sessions continue")
+    sp = add("cards", lambda a: cmd_cards_learn(a), "cards: `evsed cards learn` reads the next tap")
+    sp.add_argument("action", choices=("learn",))
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a tap")
+    site = sim_sub.add_parser("site", help="the simulated site: house loads, PV, a profile, the contact")
+    for key, help_ in (("l1_a", "house load on L1, A"), ("l2_a", "... on L2"), ("l3_a", "... on L3"),
+                       ("pv_w", "PV production, W")):
+        site.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, help=help_)
+    site.add_argument("--profile", help="CSV (t_s,l1_a,l2_a,l3_a,pv_w) or TOML [[point]] file")
+    site.add_argument("--input", choices=("on", "off"), help="the grid operator's control contact")
+    site.add_argument("--meter", choices=("ok", "silent"), help="make the site meter stop answering")
+    site.add_argument("--connector", type=int, default=1, help=__import__("argparse").SUPPRESS)
+    cable = sim_sub.add_parser("cable", help="the PP resistor of the simulated socket's cable (ohm)")
+    cable.add_argument("ohm", type=float)
+    cable.add_argument("--connector", type=int, default=1)
