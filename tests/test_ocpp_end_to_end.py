@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evsed.config import load
+from evsed.control.client import request
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import aio
 
@@ -47,6 +49,13 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
         await evsed("sim", "plug", "-c", str(path))
         await evsed("sim", "tap", "04A1B2C3", "-c", str(path))
         await csms.wait_for(lambda: csms.actions("MeterValues"), timeout=20)
+        services = {}
+        for _ in range(200):  # the uplink tells the daemon how it is doing; evsed status shows it
+            reply = await asyncio.to_thread(request, load(path).store.runtime_dir, {"cmd": "status"})
+            services = reply.get("services", {})
+            if services.get("ocpp", {}).get("connected"):
+                break
+            await asyncio.sleep(0.05)
         await evsed("sim", "unplug", "-c", str(path))
         await csms.wait_for(lambda: csms.actions("StatusNotification")[-1][1]["status"] == "Available"
                             and csms.actions("StopTransaction"), timeout=20)
@@ -67,3 +76,4 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
     assert start["idTag"] == "04A1B2C3" and stop["transactionId"] == 1001 and stop["reason"] == "EVDisconnected"
     assert stop["meterStop"] >= start["meterStart"]
     assert all(p["transactionId"] == 1001 for _, p in csms.actions("MeterValues"))
+    assert services["ocpp"]["connected"] and services["ocpp"]["booted"] and services["ocpp"]["dropped"] == 0

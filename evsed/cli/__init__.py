@@ -109,6 +109,8 @@ def cmd_status(args) -> int:
         print(format_status(c))
     if reply.get("card_reader_error"):
         print(f"card reader: unavailable: {reply['card_reader_error']}")
+    for name, state in sorted(reply.get("services", {}).items()):
+        print(f"service {name}: " + ", ".join(f"{k}={v}" for k, v in state.items() if k != "at"))
     return 0
 
 

@@ -43,6 +43,8 @@ class Host(Protocol):
 
     def ack(self, service: str, seq: int) -> None: ...
 
+    def service_status(self, service: str, status: dict[str, Any]) -> None: ...
+
     def add_authorizer(self, name: str, timeout_s: float,
                        ask: Callable[[str, int], Awaitable[dict[str, Any]]]) -> Callable[[], None]: ...
 
@@ -164,6 +166,16 @@ class Connection:
         self.server.host.ack(self.service, seq)
         return None  # acks are not answered: the stream stays a stream
 
+    def _service_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A service tells how it is doing (connected, queued...); `evsed status` shows it."""
+        status = req.get("status")
+        if not self.service:
+            raise RequestError("service-status: say hello with a service name first")
+        if not isinstance(status, dict) or len(json.dumps(status)) > 4096:
+            raise RequestError("status: expected a JSON object of at most 4 KiB")
+        self.server.host.service_status(self.service, status)
+        return {"ok": True}
+
     def _authorizer(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req.get("name", self.service)
         if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
@@ -216,7 +228,7 @@ class Connection:
         return True
 
 
-LOCAL_COMMANDS = frozenset({"hello", "subscribe", "ack", "authorizer", "authorized"})
+LOCAL_COMMANDS = frozenset({"hello", "subscribe", "ack", "authorizer", "authorized", "service-status"})
 
 
 class ControlServer:

@@ -90,6 +90,7 @@ class Daemon:
         self.services = Services(config) if start_services else None
         self._reader_db: sqlite3.Connection | None = None
         self._acked: dict[str, int] = {}
+        self._service_status: dict[str, dict[str, Any]] = {}  # what each service last said of itself
         self._reader_lock = threading.Lock()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -264,7 +265,7 @@ class Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
-            return self.charger.status()
+            return {**self.charger.status(), "services": dict(self._service_status)}
         if cmd == "restart":  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
             if set(req) != {"cmd"}:
                 raise commands.CommandError("restart: takes no fields")
@@ -292,6 +293,9 @@ class Daemon:
         at = utc_iso_ms(_wallclock())
         self._acked[service] = max(seq, self._acked.get(service, 0))
         self.writer.submit(lambda st: outbox.ack(st.db, service, seq, at))
+
+    def service_status(self, service: str, status: dict[str, Any]) -> None:
+        self._service_status[service] = {**status, "at": utc_iso_ms(_wallclock())}
 
     def add_authorizer(self, name: str, timeout_s: float,
                        ask: Callable[[str, int], Awaitable[dict[str, Any]]]) -> Callable[[], None]:

@@ -38,6 +38,7 @@ class HardReset(Exception):
 
 
 EXIT_HARD_RESET = 75
+REPORT_S = 5.0  # how often an unchanged status is looked at again
 
 
 class _SoftReset(Exception):
@@ -116,7 +117,7 @@ class Uplink(SmartCharging):
 
     async def run(self) -> None:
         """Until cancelled; raises HardReset after a Reset of type Hard."""
-        await first_of(self._events(), self._authorizer(), self._meter_clock(), self._limits(),
+        await first_of(self._events(), self._authorizer(), self._meter_clock(), self._limits(), self._report(),
                        self._connection(), self._hard.wait())
         if self._hard.is_set():
             raise HardReset()
@@ -418,6 +419,16 @@ class Uplink(SmartCharging):
                 self.state.enqueue("StatusNotification", self.outbox.status_payload(c, status, error, info),
                                    connector=c, tx=False)
         self.wake.set()
+
+    async def _report(self) -> None:
+        """Tell the daemon how the uplink is doing, for `evsed status`, whenever it changes."""
+        said: dict | None = None
+        while True:
+            now = self.status()
+            if now != said:
+                reply = await self.command({"cmd": "service-status", "status": now})
+                said = now if reply.get("ok") else None
+            await asyncio.sleep(REPORT_S if now == said else 1.0)
 
     def status(self) -> dict:
         """What `evsed status` may show of the uplink (no secrets)."""
