@@ -2,7 +2,9 @@
 
 The service runs in a child process on the demo charger (a session sampled 5 times a second) with
 2,000 stored sessions; the parent loads the page, holds 5 live streams open, logs in once (scrypt)
-and downloads the CSV, reading the child's RSS after each step.
+and downloads the CSV, reading the child's RSS after each step. The child imports and sets up what
+`evsed service web` does (the cli, the service runner, JSON logs) and nothing of the parent's
+(urllib.request alone is 3 MB).
 
 Usage: python bench/web.py [--sessions N] [--streams N]
 """
@@ -13,10 +15,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import subprocess
 import sys
-import tempfile
-import urllib.request
 from pathlib import Path
 
 PASSWORD = "bench"
@@ -30,16 +29,22 @@ def rss_mb(pid: int) -> float:
 
 
 def reference_rss(imports: str) -> float:
-    code = f"import sys; sys.modules['rich'] = None; import {imports}; print(open('/proc/self/status').read())"
+    import subprocess
+
+    code = f"import sys; sys.modules['rich'] = sys.modules['greenlet'] = None; import {imports}; print(open('/proc/self/status').read())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(next(l for l in out.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024
 
 
 async def child(state_dir: Path) -> None:
+    import evsed.cli  # noqa: F401 - what `evsed service web` has loaded before the service
+    import evsed.services.run  # noqa: F401
+    from evsed.shell import logs
     from evsed.web.demo import DemoLink, demo_config
     from evsed.web.service import WebService
     from evsed.web.settings import hash_password, parse
 
+    logs.configure("info", "auto")
     config = demo_config(state_dir, f'password_hash = "{hash_password(PASSWORD)}"')
     link = DemoLink()
     settings = parse(config)
@@ -79,10 +84,16 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        # As on a board: rich is a test-only dependency here, which structlog would load (+5 MB).
-        sys.modules["rich"] = None  # type: ignore[assignment]
+        # As on a board: rich and greenlet are test-only dependencies here (of the tests and of
+        # playwright), which structlog would load when present (+5 MB, +1.1 MB).
+        sys.modules["rich"] = sys.modules["greenlet"] = None  # type: ignore[assignment]
         asyncio.run(child(Path(args.child)))
         return
+    import contextlib
+    import subprocess
+    import tempfile
+    import urllib.request
+
     with tempfile.TemporaryDirectory() as tmp:
         seed(Path(tmp) / "sessions.db", args.sessions)
         proc = subprocess.Popen([sys.executable, __file__, "--child", tmp], stdout=subprocess.PIPE, text=True)
@@ -114,7 +125,10 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
     print(f"reference: python + asyncio, sqlite3, tomllib   {reference_rss('asyncio, sqlite3, tomllib'):5.1f} MB")
-    print(f"reference: the same + aiohttp.web               {reference_rss('asyncio, sqlite3, tomllib, aiohttp.web'):5.1f} MB")
+    print(f"reference: the same + h11 (the HTTP layer)      {reference_rss('asyncio, sqlite3, tomllib, h11'):5.1f} MB")
+    with contextlib.suppress(subprocess.CalledProcessError):  # installed for the tests' HTTP client
+        print(f"reference: the same + aiohttp.web (was used)    "
+              f"{reference_rss('asyncio, sqlite3, tomllib, aiohttp.web'):5.1f} MB")
     print(f"reference: the same + structlog, evsed.config   {reference_rss('asyncio, sqlite3, tomllib, structlog, evsed.config'):5.1f} MB")
     for name, mb in figures.items():
         print(f"web service RSS, {name:32s} {mb:5.1f} MB")

@@ -5,11 +5,16 @@ Colours come from the page's stylesheet through classes, so the charts follow it
 
 from __future__ import annotations
 
-from html import escape
 from typing import Sequence
 
 WIDTH, HEIGHT = 640, 200
 PAD_LEFT, PAD_BOTTOM, PAD_TOP = 44, 22, 10
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+
+
+def escape(text: str) -> str:
+    """html.escape's result, without the html package's 0.5 MB table of entities loaded for it."""
+    return text.translate(_ESCAPES)
 
 
 def _nice_max(value: float) -> float:

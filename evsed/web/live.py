@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import structlog
 
-from evsed.web import records
+from evsed.web import memory, records
 from evsed.web.view import parse_time
 
 log = structlog.get_logger("evsed.web")
@@ -32,7 +32,7 @@ class Live:
         self.online = False
         self.samples: dict[int, list[dict]] = {}
         self.sample_start: dict[int, dt.datetime] = {}
-        self.month_rows: list[dict] = []  # finished sessions of this month
+        self.month_rows: list[dict] = []  # finished sessions of this month: id, started_at, energy_wh
         self._month = ""
         self._records_stale = True
         self.records_version = 0  # goes up with every new read of the records: browsers reload theirs
@@ -149,8 +149,8 @@ class Live:
         if self._records_stale or now.strftime("%Y-%m") != self._month:
             self._month, self._records_stale = now.strftime("%Y-%m"), False
             since = records.iso_utc(records.month_bounds(self._month, self.tz)[0])
-            rows = await asyncio.to_thread(records.read_sessions, self.db_path, since=since)
-            self.month_rows = [r for r in rows if r.get("stopped_at")]
+            self.month_rows = await asyncio.to_thread(_finished, self.db_path, since)
+            memory.trim()
             self.records_version += 1
             self._wait_for_the_store({r["id"] for r in self.month_rows})
 
@@ -184,3 +184,10 @@ class Live:
     async def run(self) -> None:
         await self.refresh()
         await asyncio.gather(self.consume(), self.updater())
+
+
+def _finished(db_path: Path, since: str) -> list[dict]:
+    """The finished sessions since then, with only what the totals need (a month of whole rows
+    would stay in memory for nothing)."""
+    return [{"id": r["id"], "started_at": r["started_at"], "energy_wh": r["energy_wh"]}
+            for r in records.each_session(db_path, since=since) if r.get("stopped_at")]
