@@ -1,5 +1,6 @@
 """`evsed check`: every configured device opened once, a JSON report, exit 1 on a failure."""
 
+import pytest
 import asyncio
 import json
 import socket
@@ -68,3 +69,19 @@ def test_a_meter_that_does_not_answer_fails_the_check_with_the_reason(tmp_path):
     line = next(l for l in proc.stdout.splitlines() if "connector 1 meter" in l)
     assert line.lstrip().startswith("FAIL") and "127.0.0.1" in line
     assert proc.stdout.rstrip().endswith("some devices failed")
+
+
+@pytest.mark.parametrize("section, good, typo", [
+    ("ocpp", 'url = "ws://127.0.0.1:9000"', "identiy"),
+    ("mqtt", 'url = "mqtt://127.0.0.1"', "base_topc"),
+    ("web", "port = 8080", "prot"),
+])
+def test_a_typo_in_a_service_section_fails_check_with_file_line_and_key(tmp_path, capsys, section, good, typo):
+    from evsed import cli
+    path = tmp_path / "evsed.toml"
+    path.write_text('[[connector]]\npilot = { backend = "sim" }\ncontactor = { backend = "sim" }\n'
+                    f"[store]\nstate_dir = \"{tmp_path / 's'}\"\nruntime_dir = \"{tmp_path / 'r'}\"\n"
+                    f"[{section}]\n{good}\n{typo} = 1\n")
+    assert cli.main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"evsed: {path}:9: [{section}] {typo}: unknown key") and "\n" not in err

@@ -93,6 +93,8 @@ def cmd_check(args) -> int:
     cfg = load_config(args)
     from evsed.ops import update
     update.settings(cfg)  # [update] is read by `evsed update`; its errors show here first
+    from evsed.services.run import check_sections
+    check_sections(cfg)  # [ocpp], [mqtt], [web] are read by their services; their errors show here first
     from evsed.cli import check
     from evsed.shell import logs
     logs.configure("error", "text")  # the report is the output

@@ -20,6 +20,17 @@ log = structlog.get_logger("evsed")
 MODULES = {"ocpp": "evsed.uplink.service", "mqtt": "evsed.mqtt.service", "web": "evsed.web.service"}
 
 
+SETTINGS = {"ocpp": "evsed.uplink.settings", "mqtt": "evsed.mqtt.settings", "web": "evsed.web.settings"}
+
+
+def check_sections(config: Config) -> None:
+    """Check each configured service's own table with that service's parser (ConfigError naming
+    file, line and key), without importing the service itself (ocpp, aiomqtt, h11)."""
+    for name in config.sections:
+        if name in SETTINGS:
+            importlib.import_module(SETTINGS[name]).parse(config)
+
+
 class ServiceError(Exception):
     pass
 
