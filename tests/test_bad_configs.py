@@ -38,12 +38,6 @@ EXPECTED = expected()
 GAPS = {
     "005-syntax-unterminated-array.toml": "tomllib's 'at end of document' errors carry no line",
     "015-syntax-multiline-string-unclosed.toml": "tomllib's 'at end of document' errors carry no line",
-    "047-type-window-days-ints.toml": "[tariff.energy] window errors always name `start`",
-    "120-window-minute-61.toml": "[tariff.energy] window errors always name `start`",
-    "121-window-unknown-day.toml": "[tariff.energy] window errors always name `start`",
-    "122-window-no-days.toml": "[tariff.energy] window errors always name `start`",
-    "107-pin-contactor-and-heartbeat-same.toml": "one GPIO used twice is found only when the devices open (exit 1)",
-    "108-pin-contactor-and-rcd-same.toml": "one GPIO used twice is found only when the devices open (exit 1)",
     "116-dup-connector-sharing-openevse-port-mismatch.toml":
         "OpenEVSE devices on one port with different link options pass the config (exit 1 at open)",
 }

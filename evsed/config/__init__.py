@@ -383,7 +383,31 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
                     policy=policy_config.parse(top, charger.timezone, charger.unsynced_clock,
                                                {c.group for c in cards if c.group}))
     top.done()
+    _pins_used_once(top)
     return config
+
+
+def _pins_used_once(top: _Table) -> None:
+    """A GPIO pin drives or reads one thing: a second use is an error at its own line (the devices
+    would only fail when they open, or worse, fight over the pin)."""
+    tables: list[tuple[str, Any]] = [(f"connector[{i}].{kind}", c.get(kind))
+                                     for i, c in enumerate(top.data.get("connector", []))
+                                     for kind in ("pilot", "contactor", "rcd", "meter") if isinstance(c, dict)]
+    tables += [("rfid", top.data.get("rfid"))]
+    site = top.data.get("site")
+    if isinstance(site, dict):
+        tables += [(f"site.{k}", site.get(k)) for k in ("meter", "input")]
+    seen: dict[int, tuple[str, str]] = {}
+    for where, table in tables:
+        if not isinstance(table, dict) or table.get("backend") not in ("gpio", "rc522"):
+            continue
+        for key, value in table.items():
+            if (key == "pin" or key.endswith("_pin")) and isinstance(value, int) and not isinstance(value, bool):
+                if value in seen:
+                    t = _Table(top.path, top.lines, table, where)
+                    first_where, first_key = seen[value]
+                    raise t.error(key, f"GPIO {value} is already used by {_display(first_where)} {first_key}")
+                seen[value] = (where, key)
 
 
 def _charger(top: _Table) -> ChargerConfig:

@@ -63,8 +63,9 @@ def parse(top: _Table) -> tariffs.Tariff | None:
         days = r.get("days", list, list(tariffs.DAYS))
         try:
             window = tariffs.Window.parse(days, r.get("start", str), r.get("end", str))
-        except (ValueError, TypeError) as exc:
-            raise r.error("start", str(exc)) from None
+        except (ValueError, TypeError) as exc:  # the message starts with the part it is about
+            key, _, message = str(exc).partition(": ")
+            raise (r.error(key, message) if key in ("days", "start", "end") else r.error("start", str(exc))) from None
         per_kwh = _money(r, "per_kwh", None)
         if per_kwh is None:
             raise r.error("per_kwh", "missing (required)")
