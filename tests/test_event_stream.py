@@ -344,3 +344,15 @@ def test_a_restart_request_ends_the_session_as_reboot_and_exits_for_the_service_
     from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert reply["ok"] and status == 75 and not closed and row["stop_reason"] == "reboot"
+
+
+def test_status_shows_what_the_driver_pays_so_far_under_the_sessions_tariff(tmp_path):
+    cfg = config.load(write_config(tmp_path, '[tariff]\ncurrency = "EUR"\n[tariff.price]\nper_session = 0.50\n'
+                                             'per_kwh = 0.40\n'))
+
+    async def scenario():
+        async with charging(cfg):
+            return (await ask(cfg, {"cmd": "status"}))["connectors"][0]["session"]
+
+    session = asyncio.run(scenario())
+    assert session["currency"] == "EUR" and session["price"] >= 0.50  # the session fee, and energy so far

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from evsed.config import Config
+from evsed.core import tariff as tariffs
 from evsed.core import windows
 from evsed.core.events import CardPresented, StopReason, StopRequested
 from evsed.core.state import PLUGGED_STATES, card_repeated
@@ -235,4 +236,16 @@ class Charger:
         if policy["not_charging"] and policy["binding"] in ours and ctrl.state.session \
                 and (st["reason"].startswith("current limit") or not st["reason"]):
             st["reason"] = policy["not_charging"]
+        session = st["session"]
+        if session is not None and self.config.tariff is not None:
+            session.update(self._price_so_far(session))
         return st
+
+    def _price_so_far(self, session: dict[str, Any]) -> dict[str, Any]:
+        """What the driver pays so far (major units) under the session's tariff, from its start
+        reading to the last one; the exact figure, split by the samples, comes at the stop."""
+        pricing = tariffs.Pricing.from_json(self._pricing(session.get("group", "")))
+        start = dt.datetime.fromisoformat(session["started_at"])
+        now = max(start, self.wallclock())
+        charge = tariffs.charge(pricing, start, now, 0, session["energy_wh"])
+        return {"price": charge.revenue / 10 ** pricing.decimals, "currency": pricing.currency}
