@@ -356,3 +356,21 @@ def test_status_shows_what_the_driver_pays_so_far_under_the_sessions_tariff(tmp_
 
     session = asyncio.run(scenario())
     assert session["currency"] == "EUR" and session["price"] >= 0.50  # the session fee, and energy so far
+
+
+def test_evsed_reserve_holds_a_connector_for_a_card_and_cancel_frees_it(tmp_path):
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+
+    async def scenario():
+        from evsed import cli
+        async with running(cfg) as daemon:
+            ok = await asyncio.to_thread(cli.main, ["reserve", "04D4E5F6", "--for", "30m", "-c", str(path)])
+            reserved = daemon.connectors[1].state.reservation
+            status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]["status"]
+            cancelled = await asyncio.to_thread(cli.main, ["reserve", "--cancel", "-c", str(path)])
+            return ok, reserved, status, cancelled, daemon.connectors[1].state.reservation
+
+    ok, reserved, status, cancelled, after = asyncio.run(scenario())
+    assert ok == 0 and reserved[0] == "04D4E5F6" and status == "Reserved"
+    assert cancelled == 0 and after is None

@@ -148,6 +148,31 @@ def format_status(c: dict) -> str:
     return "\n".join(lines)
 
 
+def _duration_s(text: str) -> float:
+    """'30m', '2h', '90s' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 2h or 90s, got {text!r}") from None
+
+
+def cmd_reserve(args) -> int:
+    cfg = load_config_if_any(args)
+    if args.cancel:
+        reply = control.request(_runtime_dir(cfg), {"cmd": "cancel-reservation", "connector": args.connector or 1})
+        return _reply(reply, f"reservation cancelled: {reply.get('result')}")
+    if not args.card:
+        raise SystemExit("evsed reserve: give the card (UID) to reserve for, or --cancel")
+    reply = control.request(_runtime_dir(cfg), {"cmd": "reserve", "connector": args.connector, "id_tag": args.card,
+                                                "for_s": args.duration})
+    if reply.get("ok") and reply.get("result") != "Accepted":
+        print(f"evsed: reservation {reply.get('result')}", file=sys.stderr)
+        return EXIT_FAILURE
+    return _reply(reply, f"connector {reply.get('connector')} reserved for {args.card} "
+                         f"for {args.duration / 60:g} min")
+
+
 def cmd_clear_faults(args) -> int:
     cfg = load_config_if_any(args)
     reply = control.request(_runtime_dir(cfg), {"cmd": "clear-faults", "connector": args.connector})
@@ -282,6 +307,11 @@ def parser() -> argparse.ArgumentParser:
                     help="print session ID's signed OCMF document and the public key (hex DER)")
     records.add_commands(add)
     ops.add_commands(add)
+    sp = add("reserve", cmd_reserve, "reserve a connector for a card for a time (or --cancel)")
+    sp.add_argument("card", nargs="?")
+    sp.add_argument("--for", dest="duration", type=_duration_s, default=1800.0, help="30m, 2h, 90s (default 30m)")
+    sp.add_argument("--connector", type=int, default=0, help="connector number (default: any free one)")
+    sp.add_argument("--cancel", action="store_true")
     sp = add("clear-faults", cmd_clear_faults, "clear latched faults and lock-outs after an inspection")
     sp.add_argument("--connector", type=int, default=1)
 
