@@ -19,6 +19,7 @@ from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
 from evsed.shell.policy import CallAt, Policy, kernel_clock_synced
 from evsed.shell.bus import Bus, ChargerEvent, log_event
+from evsed.shell.clocksteps import SessionClock
 from evsed.shell.connector import ConnectorControl, Offload, _inline
 from evsed.shell.devices import Devices, configured
 from evsed.shell.records import Recorder
@@ -57,6 +58,10 @@ class Charger:
                 next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload)
         self.policy = Policy(self, call_at=call_at, mono=clock, clock_synced=clock_synced)
         self.bus.subscribe(self.policy.event)
+        self.session_clock = SessionClock(lambda: self.policy.synced, clock, lambda cid: self.connectors[cid].session,
+                                          lambda cid, type_, data: self.bus.publish(
+                                              ChargerEvent(type_, cid, self.wallclock(), data)))
+        self.bus.subscribe(self.session_clock)
 
     def _local_list(self, config: Config) -> LocalList:
         return LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date(),

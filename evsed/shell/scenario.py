@@ -261,6 +261,7 @@ class Runner:
             c.poll_inputs()
         if self.now >= self._policy_polled + 1.0:  # the daemon polls the contact and the clock each second
             self._policy_polled = self.now
+            self.charger.policy.check_clock()
             self.charger.policy.poll()
         if self.dirty:  # an output change moved the EV: read again, as the daemon's callbacks do
             self.dirty = False
