@@ -140,7 +140,6 @@ class Runner:
 
     async def run(self, verbose: bool) -> Result:
         result = Result(self.description)
-        timing = self.config.timing
         self.charger.start()
         end = max((max(float(s.get("t", 0.0)) + float(s.get("within", 0.0)), float(s.get("until", 0.0)))
                    for s in self.steps), default=0.0)  # the last step, or the end of the last span
@@ -160,6 +159,7 @@ class Runner:
                     self.deadlines[c.id] = None
                     c.tick()
             self._fire_timers()
+            timing = self.charger.config.timing  # a reload's timing applies from the next round, as in the daemon
             if next_poll <= self.now:
                 self._poll()
                 next_poll = self.now + timing.pilot_poll_s
