@@ -12,7 +12,10 @@ from hal import gpio
 
 
 class GpioInput:
-    """A contact on a GPIO input; active() is True while the cap is ordered."""
+    """A contact on a GPIO input; active() is True while the cap is ordered.
+
+    Not debounced: every edge calls on_change, and the listener re-reads active(), so a
+    relay's bounce costs a few reads and the last level holds (tests/test_gpio_input.py)."""
 
     def __init__(self, contact: Any):
         self.contact = contact

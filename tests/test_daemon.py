@@ -251,3 +251,37 @@ def test_an_exception_in_a_device_callback_opens_the_contactor_and_exits_1(tmp_p
         assert isinstance(daemon.fatal, RuntimeError)
 
     asyncio.run(scenario())
+
+
+def test_a_reload_changes_the_pilot_poll_and_meter_interval_of_the_running_loops(tmp_path):
+    path = write_config(tmp_path, "\n[timing]\npilot_poll_s = 0.05\nmeter_interval_s = 1.0\n")
+    cfg = config.load(path)
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            ctrl = daemon.connectors[1]
+            assert daemon.pilot_interval_s(ctrl) == 0.05 and daemon.timing.meter_interval_s == 1.0
+            path.write_text(path.read_text().replace("pilot_poll_s = 0.05", "pilot_poll_s = 0.02")
+                            .replace("meter_interval_s = 1.0", "meter_interval_s = 2.0"))
+            reply = await ask(cfg, {"cmd": "reload"})
+            assert reply.get("result") == "Accepted" and "restart_needed" not in reply, reply
+            assert daemon.pilot_interval_s(ctrl) == 0.02 and daemon.timing.meter_interval_s == 2.0
+            assert ctrl.state.contactor_closed  # the session runs on
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_of_keys_only_a_restart_applies_names_them(tmp_path):
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+
+    async def scenario():
+        async with running(cfg):
+            path.write_text(path.read_text().replace(f'runtime_dir = "{tmp_path / "run"}"',
+                                                     f'runtime_dir = "{tmp_path / "run2"}"') + '\n[log]\nlevel = "debug"\n')
+            reply = await ask(cfg, {"cmd": "reload"})
+            assert reply["result"] == "Accepted"
+            assert reply["restart_needed"] == ["[store] runtime_dir", "[log]"]
+            assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # still on the socket it started with
+
+    asyncio.run(scenario())

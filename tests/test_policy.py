@@ -149,3 +149,25 @@ def test_a_window_boundary_arms_a_timer_on_the_virtual_wall_clock(tmp_path):
     assert r.wallclock() == dt.datetime(2026, 1, 5, 20, 0, tzinfo=dt.timezone.utc)
     due = [t.when for t in r.timers if not t.cancelled]
     assert 3600 in due  # 22:00 local, an hour of virtual seconds after the start
+
+
+def test_a_reloaded_meter_interval_paces_the_meter_reads_from_the_next_round(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[[step]]\nt = 1\ndo = "plug"\n[[step]]\nt = 2\ndo = "tap"\ncard = "04A1B2C3"\n'
+                    '[[step]]\nt = 30\ndo = "reload"\nconfig = { timing = { meter_interval_s = 3.0, meter_timeout_s = 15.0 } }\n'
+                    '[[step]]\nt = 60\nexpect = { contactor = "closed" }\n')
+    r = scenario.load(path)
+    asyncio.run(r.run(verbose=False))
+    reads = [t for t, _, e in r.events if e.type == "session.sample"]
+    assert "Accepted" in r.last_reload
+    assert sum(1 for t in reads if 10 <= t < 30) == 20  # every second before
+    assert sum(1 for t in reads if 31 <= t < 61) == 10  # every third second after
+
+
+def test_a_reload_names_the_changed_keys_only_a_restart_applies_and_applies_the_rest(tmp_path):
+    r = runner(tmp_path, GROUPS)
+    data = scenario._merge(scenario.base_config_data(), {"log": {"level": "debug"}, "charger": {"id": "other"},
+                                                         "store": {"checkpoint_s": 30.0}})
+    reply = r.charger.reload(configmod.build(data, tmp_path / "new.toml"))
+    assert reply == {"result": "Accepted", "restart_needed": ["[charger] id", "[log]"]}
+    assert r.charger.recorder.checkpoint_s == 30.0

@@ -20,12 +20,13 @@ log = structlog.get_logger("evsed")
 DURABLE = frozenset({
     "connector.status", "session.started", "session.stopped", "fault.raised", "fault.cleared",
     "card.refused", "limit.changed", "contactor.opened", "contactor.closed", "availability.changed",
-    "mode.changed", "fault.cleared_by_person",
+    "mode.changed", "fault.cleared_by_person", "session.clock_corrected",
 })
 
 _LEVELS = {"fault.raised": "error", "card.refused": "warning", "meter.garbage": "warning",
            "meter.rebaselined": "warning", "session.sample": "debug", "site.sample": "debug",
-           "subscriber.failed": "error", "fault.cleared_by_person": "warning"}
+           "subscriber.failed": "error", "fault.cleared_by_person": "warning",
+           "session.clock_corrected": "warning"}
 
 
 def utc_iso_ms(when: dt.datetime) -> str:

@@ -12,7 +12,9 @@ from dataclasses import replace
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from evsed.config import Config
+import structlog
+
+from evsed.config import SERVICE_SECTIONS, Config
 from evsed.core import tariff as tariffs
 from evsed.core import windows
 from evsed.core.events import CardPresented, StopReason, StopRequested
@@ -20,11 +22,30 @@ from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
 from evsed.shell.policy import CallAt, Policy, kernel_clock_synced
 from evsed.shell.bus import Bus, ChargerEvent, log_event
+from evsed.shell.clocksteps import SessionClock
 from evsed.shell.connector import ConnectorControl, Offload, _inline
 from evsed.shell.devices import Devices, configured
 from evsed.shell.records import Recorder
 from evsed.store.sessions import InlineWriter, StoreWriter
 from hal import MeterReading, canonical_uid
+
+log = structlog.get_logger("evsed")
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The changed keys a running daemon cannot apply: where its files and socket are, its
+    identity and logging, and the service processes' own tables (they read them at start)."""
+    keys = [("[store] state_dir", old.store.state_dir, new.store.state_dir),
+            ("[store] runtime_dir", old.store.runtime_dir, new.store.runtime_dir),
+            ("[charger] id", old.charger.id, new.charger.id), ("[log]", old.log, new.log),
+            ("[simulator]", old.simulator, new.simulator)]
+    keys += [(f"[{name}]", _section(old, name), _section(new, name)) for name in SERVICE_SECTIONS]
+    return [key for key, was, now in keys if was != now]
+
+
+def _section(config: Config, name: str) -> Any:
+    section = config.sections.get(name)
+    return None if section is None else dict(section.data)
 
 
 class Charger:
@@ -58,6 +79,10 @@ class Charger:
                 next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload)
         self.policy = Policy(self, call_at=call_at, mono=clock, clock_synced=clock_synced)
         self.bus.subscribe(self.policy.event)
+        self.session_clock = SessionClock(lambda: self.policy.synced, clock, lambda cid: self.connectors[cid].session,
+                                          lambda cid, type_, data: self.bus.publish(
+                                              ChargerEvent(type_, cid, self.wallclock(), data)))
+        self.bus.subscribe(self.session_clock)
 
     def _local_list(self, config: Config) -> LocalList:
         return LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date(),
@@ -120,11 +145,18 @@ class Charger:
 
     def reload(self, new: Config) -> dict[str, Any]:
         """Apply a changed config without touching a running session: cards, groups, windows,
-        tariff, limits, timing. Devices are opened once: a change to them needs a restart."""
+        tariff, limits, timing (the daemon's pilot and meter loops read it each round), the
+        store's checkpoint and sample intervals. Devices are opened once: a change to them is
+        refused. Other keys only a restart applies are accepted, named in `restart_needed`."""
         old_devices = [(cid, kind, d) for cid, kind, d in configured(self.config)]
         if [(cid, kind, d) for cid, kind, d in configured(new)] != old_devices:
             return {"result": "Rejected", "reason": "devices or connectors changed: restart evsed to apply"}
+        restart = restart_needed(self.config, new)
+        if restart:
+            log.warning("config.reload_needs_restart", keys=restart)
         self.config, self.tz = new, ZoneInfo(new.charger.timezone)
+        self.recorder.checkpoint_s = new.store.checkpoint_s
+        self.recorder.sample_interval_s = new.store.sample_interval_s
         self.auth.local = self._local_list(new)
         if self.mode not in (new.charger.mode,) and self.policy.mode_window is None:
             self.mode = new.charger.mode
@@ -136,7 +168,7 @@ class Charger:
         self.policy.refresh()
         for ctrl in self.connectors.values():
             ctrl.tick()  # a new maximum or timing takes effect now
-        return {"result": "Accepted"}
+        return {"result": "Accepted", **({"restart_needed": restart} if restart else {})}
 
     # --- connectors and cards ---------------------------------------------------------------
     def connector(self, cid: int | None) -> ConnectorControl:

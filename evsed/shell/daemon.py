@@ -303,23 +303,35 @@ class Daemon:
         return self.charger.auth.add(_SocketAuthorizer(name, ask))
 
     # --- input loops ------------------------------------------------------------------------
+    @property
+    def live_config(self) -> Config:
+        """The config in force: the reloaded one (evsed reload); the loops read their timing from
+        it each round. self.config stays the one started with (directories, services)."""
+        return self.charger.config if self.charger is not None else self.config
+
+    @property
+    def timing(self) -> Any:
+        return self.live_config.timing
+
+    def pilot_interval_s(self, ctrl: ConnectorControl) -> float:
+        """Full rate while an EV is there; an empty connector idles (still under pilot_lost_s)."""
+        timing, st = self.timing, ctrl.state
+        busy = st.contactor_closed or st.session or st.pilot is not PilotState.A
+        return timing.pilot_poll_s if busy else max(timing.pilot_poll_s, timing.pilot_lost_s / 2)
+
     async def _poll_pilot(self, ctrl: ConnectorControl) -> None:
-        timing = self.config.timing
-        idle_interval = max(timing.pilot_poll_s, timing.pilot_lost_s / 2)
         while not self.stopping.is_set():
             if ctrl.pilot_reads_instantly:
                 ctrl.poll_inputs()
             else:  # an ADC burst: read in a worker so the loop stays free for safety events
                 ctrl.poll_inputs(await asyncio.to_thread(ctrl.read_pilot))
-            st = ctrl.state  # full rate while an EV is there; an empty connector idles
-            busy = st.contactor_closed or st.session or st.pilot is not PilotState.A
-            await asyncio.sleep(timing.pilot_poll_s if busy else idle_interval)
+            await asyncio.sleep(self.pilot_interval_s(ctrl))
 
     async def _poll_meter(self, meter: Meter, sampled: Callable[[Any], None], failed: Callable[[str], None],
                           connector: int) -> None:
-        interval = self.config.timing.meter_interval_s
         failures = 0
         while not self.stopping.is_set():
+            interval = self.timing.meter_interval_s
             try:
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of a stop
                 async with asyncio.timeout(max(2.0, 2 * interval)):
@@ -379,7 +391,7 @@ class Daemon:
         while True:
             now = _wallclock()
             events_before = utc_iso_ms(now - OUTBOX_RETENTION)
-            samples_before = utc_iso(now - dt.timedelta(days=self.config.store.sample_retention_days))
+            samples_before = utc_iso(now - dt.timedelta(days=self.live_config.store.sample_retention_days))
             self.writer.submit(lambda st: self._prune_store(st, events_before, samples_before))
             await asyncio.sleep(3600)
 

@@ -20,6 +20,7 @@ from evsed.core import events as ev
 from evsed.core import limits as lm
 from evsed.core import loadmgmt, windows
 from evsed.core.state import AUTH_LIMIT, PLUGGED_STATES
+from evsed.shell.clocksteps import ClockSteps
 from evsed.shell.timers import WallTimers
 from hal import ContactInput, ProximityPilot
 
@@ -68,6 +69,7 @@ class Policy:
         self.charger = charger
         self.mono, self.call_at, self.clock_synced = mono, call_at, clock_synced
         self.timers = WallTimers(charger.wallclock, mono, call_at) if call_at is not None else None
+        self.steps = self.timers.steps if self.timers is not None else ClockSteps(charger.wallclock, mono)
         self.conns: dict[int, _Conn] = {cid: _Conn() for cid in charger.connectors}
         self.dlm = loadmgmt.DlmState()
         self.synced = True
@@ -277,8 +279,12 @@ class Policy:
             self._deadline = self.call_at(min(due), self.refresh)
 
     def check_clock(self) -> None:
-        if self.timers is not None:
-            self.timers.check_clock()
+        """About once a second: a step of the wall clock re-arms the window timers and corrects
+        the times of sessions taken on the unsynchronized clock (evsed.shell.clocksteps)."""
+        by_s = self.timers.check_clock() if self.timers is not None else self.steps.check()
+        if by_s is not None:
+            self.charger.session_clock.stepped(by_s)
+        self.charger.session_clock.settle()
 
     # --- status ---------------------------------------------------------------------------
     def chain(self, ctrl: ConnectorControl) -> lm.ChainResult:

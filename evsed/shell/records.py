@@ -74,6 +74,15 @@ class Recorder:
                         row_id=d["session"], stopped=(d["reason"], d["stopped_at"]), pricing=self.pricing(d["group"]))
         self.writer.submit(lambda st: st.finish(s, samples))
 
+    def _session_clock_corrected(self, e: ChargerEvent) -> None:
+        """The wall clock stepped under a session timed on an unsynchronized clock: its start (and
+        stop, when also taken then) and its samples so far move by the step."""
+        d = e.data
+        batch = self._samples.get(d["session"])
+        if batch is not None:
+            batch.shift(d["by_s"])
+        self.writer.submit(lambda st: st.correct_times(d["session"], d["started_at"], d["stopped_at"], d["by_s"]))
+
     def _session_final_reading(self, e: ChargerEvent) -> None:
         """The first reading after the open completes a finished session's energy: rewrite its stop."""
         connector, d = e.connector, e.data

@@ -140,7 +140,6 @@ class Runner:
 
     async def run(self, verbose: bool) -> Result:
         result = Result(self.description)
-        timing = self.config.timing
         self.charger.start()
         end = max((max(float(s.get("t", 0.0)) + float(s.get("within", 0.0)), float(s.get("until", 0.0)))
                    for s in self.steps), default=0.0)  # the last step, or the end of the last span
@@ -160,6 +159,7 @@ class Runner:
                     self.deadlines[c.id] = None
                     c.tick()
             self._fire_timers()
+            timing = self.charger.config.timing  # a reload's timing applies from the next round, as in the daemon
             if next_poll <= self.now:
                 self._poll()
                 next_poll = self.now + timing.pilot_poll_s
@@ -261,6 +261,7 @@ class Runner:
             c.poll_inputs()
         if self.now >= self._policy_polled + 1.0:  # the daemon polls the contact and the clock each second
             self._policy_polled = self.now
+            self.charger.policy.check_clock()
             self.charger.policy.poll()
         if self.dirty:  # an output change moved the EV: read again, as the daemon's callbacks do
             self.dirty = False

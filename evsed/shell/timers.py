@@ -9,14 +9,14 @@ RTC boots in 1970 or at its last shutdown and jumps when NTP syncs.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
 
+from evsed.shell.clocksteps import ClockSteps
+
 log = structlog.get_logger("evsed")
-STEP_S = 1.0  # the wall clock moved this much against the monotonic one: a step, not drift
 
 
 @dataclass
@@ -34,10 +34,7 @@ class WallTimers:
                  call_at: Callable[[float, Callable[[], None]], Any]):
         self.wall, self.mono, self.call_at = wall, mono, call_at
         self.timers: dict[str, _Timer] = {}
-        self.offset_s = self._offset()
-
-    def _offset(self) -> float:
-        return self.wall().timestamp() - self.mono()
+        self.steps = ClockSteps(wall, mono)
 
     def set(self, name: str, when: dt.datetime | None, fire: Callable[[], None]) -> None:
         """Call fire() once at `when` (aware); None cancels the timer of that name."""
@@ -50,13 +47,13 @@ class WallTimers:
             self._arm(name, timer)
 
     def _arm(self, name: str, timer: _Timer) -> None:
-        due_mono = timer.when.timestamp() - self.offset_s
+        due_mono = timer.when.timestamp() - self.steps.offset_s
         timer.handle = self.call_at(max(due_mono, self.mono()), lambda: self._fire(name, timer))
 
     def _fire(self, name: str, timer: _Timer) -> None:
         if self.timers.get(name) is not timer:
             return  # replaced or cancelled meanwhile
-        if self.check_clock():  # stepped since arming: every timer (this one too) is armed anew
+        if self.check_clock() is not None:  # stepped since arming: every timer (this one too) is armed anew
             return
         early_s = (timer.when - self.wall()).total_seconds()
         if early_s > 0:  # drift, under a second: wait the rest
@@ -65,15 +62,15 @@ class WallTimers:
         del self.timers[name]
         timer.fire()
 
-    def check_clock(self) -> bool:
-        """Re-arm every timer when the wall clock stepped; True when it did. Call it often (1 s)."""
-        offset = self._offset()
-        if math.isclose(offset, self.offset_s, abs_tol=STEP_S):
-            return False
-        log.warning("clock.stepped", by_s=round(offset - self.offset_s, 3), timers=len(self.timers))
-        self.offset_s = offset
+    def check_clock(self) -> float | None:
+        """Re-arm every timer when the wall clock stepped; the step in seconds when it did, else
+        None. Call it often (1 s)."""
+        by_s = self.steps.check()
+        if by_s is None:
+            return None
+        log.warning("clock.stepped", by_s=round(by_s, 3), timers=len(self.timers))
         for name, timer in list(self.timers.items()):
             if timer.handle is not None:
                 timer.handle.cancel()
             self._arm(name, timer)
-        return True
+        return by_s

@@ -7,7 +7,7 @@ Pure bookkeeping: the caller passes the monotonic time and the wall-clock time o
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,10 @@ class SampleBatcher:
         """The kept samples not yet handed over (for a checkpoint or the stop), oldest first."""
         out, self._pending = self._pending, []
         return out
+
+    def shift(self, by_s: float) -> None:
+        """The wall clock stepped: the kept samples' times move with it."""
+        self._pending = [replace(s, t_ms=s.t_ms + round(by_s * 1000)) for s in self._pending]
 
     def reset(self) -> None:
         """A new session: forget the previous one's samples and interval."""

@@ -198,12 +198,31 @@ class Store:
                 return False
             if row[0] is not None and (row[1] or meter_stop_wh < (row[2] or 0)):
                 return False
+            when = self._not_before_start(row_id, when)
             self.db.execute(
                 "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
                 " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=? WHERE id=?",
                 (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
             self._complete(row_id)
         return True
+
+    def correct_times(self, row_id: int, started_at: str, stopped_at: str | None, by_s: float) -> None:
+        """The wall clock stepped under a session timed on a wrong clock (evsed.shell.clocksteps):
+        its start (and its stop when given), last update and stored samples move by by_s; a
+        finished session's totals and document are made anew. A stop never precedes the start."""
+        with self._tx():
+            row = self.db.execute("SELECT updated_at, stopped_at FROM sessions WHERE id=?", (row_id,)).fetchone()
+            if row is None:
+                return
+            updated = shifted_iso(row[0], by_s) if row[0] else started_at
+            stop = row[1] if stopped_at is None else stopped_at
+            if stop is not None:
+                stop = _not_before(stop, started_at)
+            self.db.execute("UPDATE sessions SET started_at=?, updated_at=?, stopped_at=? WHERE id=?",
+                            (started_at, _not_before(updated, started_at), stop, row_id))
+            self.db.execute("UPDATE samples SET t_ms=t_ms+? WHERE session_id=?", (round(by_s * 1000), row_id))
+            if stop is not None:
+                self._complete(row_id)
 
     def finalize(self, row_id: int) -> None:
         """Fix a finished session's stop reading: later stop() calls for it change nothing."""
@@ -228,7 +247,7 @@ class Store:
         for row_id in rows:
             with self._tx():
                 self.db.execute(
-                    "UPDATE sessions SET stopped_at=updated_at, meter_stop_wh=meter_last_wh,"
+                    "UPDATE sessions SET stopped_at=MAX(updated_at, started_at), meter_stop_wh=meter_last_wh,"
                     " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss', stop_final=1"
                     " WHERE id=?", (row_id,))
                 self._complete(row_id)
@@ -248,6 +267,14 @@ class Store:
                                   " (SELECT id FROM sessions WHERE stopped_at IS NOT NULL AND stopped_at < ?)",
                                   (before,))
         return cur.rowcount
+
+    def _not_before_start(self, row_id: int, when: str) -> str:
+        """A stop taken on a clock that stepped back under the session is its start (logged)."""
+        started = self.db.execute("SELECT started_at FROM sessions WHERE id=?", (row_id,)).fetchone()[0]
+        clamped = _not_before(when, started)
+        if clamped != when:
+            log.warning("session.stop_before_start", session=row_id, started_at=started, stopped_at=when)
+        return clamped
 
     def _complete(self, row_id: int) -> None:
         """Totals, money and the OCMF document of a stopped row, inside the caller's transaction."""
@@ -302,6 +329,15 @@ class Store:
 
 
 Op = Callable[["Store"], object]  # what an op returns is not used
+
+
+def shifted_iso(iso: str, by_s: float) -> str:
+    return utc_iso(dt.datetime.fromisoformat(iso) + dt.timedelta(seconds=by_s))
+
+
+def _not_before(iso: str, start_iso: str) -> str:
+    """iso, or start_iso when iso is earlier (compared as instants, not as text)."""
+    return start_iso if dt.datetime.fromisoformat(iso) < dt.datetime.fromisoformat(start_iso) else iso
 
 
 def _tariff_text(p: tariffs.Pricing) -> str:
