@@ -374,3 +374,45 @@ def test_evsed_reserve_holds_a_connector_for_a_card_and_cancel_frees_it(tmp_path
     ok, reserved, status, cancelled, after = asyncio.run(scenario())
     assert ok == 0 and reserved[0] == "04D4E5F6" and status == "Reserved"
     assert cancelled == 0 and after is None
+
+
+def test_a_card_reader_unplugged_and_plugged_back_is_opened_again_without_a_restart(tmp_path):
+    """A USB serial reader (RDM6300) behind a stable device name (as udev's by-id links are):
+    pulled out, the daemon says so and charging is untouched; plugged back, taps work again."""
+    from hal.rfid import rdm6300_frame
+    link = tmp_path / "ttyRFID"
+    first_master, first_slave = os.openpty()
+    link.symlink_to(os.ttyname(first_slave))
+    text = write_config(tmp_path).read_text().replace('backend = "sim"       # card reader: "sim" here',
+                                                        f'backend = "rdm6300"\nport = "{link}"')
+    path = tmp_path / "rdm.toml"
+    path.write_text(text)
+    cfg = config.load(path)
+    second = []
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            ctrl = daemon.connectors[1]
+            await ask(cfg, {"cmd": "sim", "action": "plug"})
+            os.write(first_master, rdm6300_frame("13005D1DA5"))
+            await until(lambda: ctrl.last_refusal is not None)  # the reader works: an unknown card
+            first_tag = ctrl.last_refusal["id_tag"]
+            os.close(first_master)  # unplugged
+            os.close(first_slave)
+            await until(lambda: daemon.charger.reader_error != "")
+            missing = (await ask(cfg, {"cmd": "status"}))["card_reader_error"]
+            master, slave = os.openpty()  # plugged back: the same name, another tty
+            second.extend((master, slave))
+            link.unlink()
+            link.symlink_to(os.ttyname(slave))
+            await until(lambda: daemon.charger.reader_error == "", timeout_s=15)
+            os.write(master, rdm6300_frame("0102030405"))
+            await until(lambda: ctrl.last_refusal["id_tag"] == "0102030405")
+            return first_tag, missing, daemon.fatal
+
+    try:
+        first_tag, missing, fatal = asyncio.run(scenario())
+    finally:
+        for fd in second:
+            os.close(fd)
+    assert first_tag == "13005D1DA5" and "disconnected" in missing and fatal is None

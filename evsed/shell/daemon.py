@@ -9,6 +9,7 @@ the services that face the network are child processes on the control socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import fcntl
 import math
@@ -34,14 +35,16 @@ from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.shell.charger import Charger
 from evsed.shell.connector import ConnectorControl
 from evsed.shell.devices import Devices, build
+from evsed.shell.devices import create as devices_create
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
 from evsed.store import ocmf, outbox
 from evsed.store.sessions import Store, StoreWriter, utc_iso
-from hal import DeviceUnavailable, HalError, Meter, Notifying
+from hal import Closable, DeviceUnavailable, HalError, Meter, Notifying
 
 log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
+READER_RETRY_S = (1.0, 10.0)  # first and longest wait before opening a vanished card reader again
 EXIT_RESTART = 75  # EX_TEMPFAIL: not a clean stop, so Restart=on-failure starts the daemon again
 
 
@@ -354,19 +357,40 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def _read_cards(self) -> None:
+        """Card taps to the charger. A reader that goes away (a USB adapter unplugged) is opened
+        again until it is back; meanwhile charging goes on and status says the reader is missing."""
         assert self.devices is not None and self.devices.reader is not None and self.charger is not None
         while True:
             try:
                 uid = await self.devices.reader.next_tap()
-            except DeviceUnavailable as exc:  # charging stays safe; only cards are lost
+            except DeviceUnavailable as exc:
                 self.charger.reader_error = str(exc)
                 log.error("rfid.unavailable", error=str(exc))
-                await self.stopping.wait()
-                return
+                await self._reopen_reader()
+                continue
             except HalError as exc:
                 log.warning("rfid.read_failed", error=str(exc))
                 continue
             self.charger.present_card(uid)
+
+    async def _reopen_reader(self) -> None:
+        assert self.devices is not None and self.charger is not None and self.config.rfid is not None
+        old = self.devices.reader
+        if isinstance(old, Closable):
+            with contextlib.suppress(HalError, OSError):
+                old.release()
+        delay = READER_RETRY_S[0]
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self.devices.reader = devices_create("rfid", self.config.rfid, 0, self.devices.shared())
+            except (DeviceUnavailable, OSError) as exc:
+                self.charger.reader_error = str(exc)
+                delay = min(delay * 2, READER_RETRY_S[1])
+                continue
+            self.charger.reader_error = ""
+            log.info("rfid.reopened")
+            return
 
     async def _watch_clock(self) -> None:
         """Wall-clock deadlines (windows, tariffs) are re-armed when NTP steps the clock."""

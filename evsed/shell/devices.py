@@ -40,6 +40,10 @@ class Devices:
     site_input: Any = None  # hal.ContactInput: a grid operator's control contact ([site.input])
     world: Any = None  # simulator.hardware.SimWorld when any backend is simulated
 
+    def shared(self) -> dict[str, Any]:
+        """What backends share: the simulated world, when there is one."""
+        return {"sim": self.world} if self.world is not None else {}
+
     def all(self) -> Iterator[Any]:
         for conn in self.connectors.values():
             yield from conn.all()
@@ -95,7 +99,7 @@ def build(config: Config, clock: Callable[[], float]) -> Devices:
     """Every configured device; raises DeviceUnavailable naming the first that cannot be made,
     after releasing those already made."""
     out = Devices(world=build_world(config, clock))
-    shared: dict[str, Any] = {"sim": out.world} if out.world is not None else {}
+    shared = out.shared()
     try:
         for conn in config.connectors:
             made = {kind: create(kind, getattr(conn, kind), conn.id, shared)
