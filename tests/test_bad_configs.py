@@ -38,8 +38,6 @@ EXPECTED = expected()
 GAPS = {
     "005-syntax-unterminated-array.toml": "tomllib's 'at end of document' errors carry no line",
     "015-syntax-multiline-string-unclosed.toml": "tomllib's 'at end of document' errors carry no line",
-    "116-dup-connector-sharing-openevse-port-mismatch.toml":
-        "OpenEVSE devices on one port with different link options pass the config (exit 1 at open)",
 }
 
 

@@ -257,3 +257,11 @@ def test_line_scanning_is_linear_in_a_line_full_of_quotes_and_backslashes():
     assert err.line == 9 and "[charger] note: unknown key" in str(err)
     from evsed.config.tomlines import key_lines
     assert key_lines(text)["charger.phases"] == 13
+
+
+def test_an_openevse_relay_grace_not_below_the_contactor_settle_time_is_an_error_at_its_line(tmp_path):
+    text = ('[timing]\ncontactor_settle_s = 0.2\n[[connector]]\n[connector.pilot]\nbackend = "openevse"\n'
+            'port = "/dev/ttyUSB0"\nrelay_grace_s = 0.25\n[connector.contactor]\nbackend = "sim"\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(text, tmp_path / "evsed.toml")
+    assert str(err.value).startswith(f"{tmp_path / 'evsed.toml'}:7: [connector.pilot] relay_grace_s: 0.25 s must be below")

@@ -384,7 +384,28 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
                                                {c.group for c in cards if c.group}))
     top.done()
     _pins_used_once(top)
+    _openevse_agrees(top, config)
     return config
+
+
+def _openevse_agrees(top: _Table, config: Config) -> None:
+    """The devices of one OpenEVSE board share its link, so their link options must agree; and
+    the board's relay grace must end before the core would call the contactor mismatched."""
+    seen: dict[str, tuple[int, str, Device]] = {}
+    for index, conn in enumerate(config.connectors):
+        for kind in ("pilot", "contactor", "rcd", "meter"):
+            device = getattr(conn, kind)
+            if device is None or device.backend != "openevse":
+                continue
+            t = _Table(top.path, top.lines, {}, f"connector[{index}].{kind}")
+            if device.options["relay_grace_s"] >= config.timing.contactor_settle_s:
+                raise t.error("relay_grace_s", f"{device.options['relay_grace_s']:g} s must be below [timing] "
+                                               f"contactor_settle_s ({config.timing.contactor_settle_s:g} s)")
+            first = seen.setdefault(device.options["port"], (index, kind, device))
+            differ = [k for k, v in device.options.items() if first[2].options.get(k) != v]
+            if differ:
+                raise t.error(differ[0], f"{device.options[differ[0]]!r} differs from [connector.{first[1]}] on the "
+                                         f"same board ({first[2].options[differ[0]]!r}): one link, one setting")
 
 
 def _pins_used_once(top: _Table) -> None:
