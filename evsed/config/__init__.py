@@ -356,10 +356,25 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
         if "(at line " in msg:
             line = int(msg.split("(at line ")[1].split(",")[0])
             msg = msg.split(" (at line ")[0]
+        elif "at end of document" in msg:
+            line = _unclosed_line(text)
         raise ConfigError(path, line, "", f"TOML syntax: {_short(msg, 200)}") from None
     except (RecursionError, ValueError, OverflowError, MemoryError) as exc:  # past the checks above
         raise ConfigError(path, None, "", f"TOML cannot be read: {type(exc).__name__}") from None
     return build(data, path, key_lines(text))
+
+
+def _unclosed_line(text: str, tries: int = 200) -> int | None:
+    """tomllib says only "at end of document" for an array, table or string left open: the line
+    it opens on is the one after the longest prefix that still parses (looked for from the end)."""
+    lines = text.splitlines(keepends=True)
+    for keep in range(len(lines) - 1, max(-1, len(lines) - 1 - tries), -1):
+        try:
+            tomllib.loads("".join(lines[:keep]))
+        except tomllib.TOMLDecodeError:
+            continue
+        return keep + 1
+    return None
 
 
 def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> Config:
