@@ -416,3 +416,42 @@ def test_a_card_reader_unplugged_and_plugged_back_is_opened_again_without_a_rest
         for fd in second:
             os.close(fd)
     assert first_tag == "13005D1DA5" and "disconnected" in missing and fatal is None
+
+
+def test_a_journal_that_stops_taking_lines_never_delays_opening_the_contactor(tmp_path):
+    import threading
+    from evsed.shell import logs
+
+    class HungJournal:  # a stderr whose reader has stopped: every write blocks
+        def __init__(self):
+            self.release = threading.Event()
+
+        def write(self, text):
+            self.release.wait()
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+
+    journal = HungJournal()
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        logs.configure("debug", "json", stream=journal)
+        try:
+            async with charging(cfg) as daemon:
+                await ask(cfg, {"cmd": "sim", "action": "unplug"})
+                await until(lambda: not daemon.world.connector(1).contactor_closed)
+                return daemon.fatal
+        finally:
+            journal.release.set()
+            logs.flush()
+            import logging
+            import structlog
+            structlog.reset_defaults()
+            logging.getLogger().handlers[:] = []
+            logging.getLogger().setLevel(logging.WARNING)
+
+    assert asyncio.run(scenario()) is None
