@@ -163,7 +163,9 @@ class Campaign:
             if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
                 raise Failure("integrity_check failed")
             rows = {r[0]: r[1:] for r in db.execute("SELECT id, stop_reason, energy_wh, stopped_at FROM sessions")}
-            self.interrupted = [sid for sid, row in rows.items() if row[2] is None]
+            # open now, plus any still waiting to be checked: a kill during start-up may come after the
+            # start's recovery closed them and before READY, when recovered() would have checked them
+            self.interrupted = sorted(set(self.interrupted) | {sid for sid, row in rows.items() if row[2] is None})
             for sid, (reason, energy) in self.finished.items():
                 # a final meter reading may still raise the energy after the stop, never lower it
                 if sid not in rows or rows[sid][0] != reason or rows[sid][1] < energy:
