@@ -177,7 +177,7 @@ class ConnectorControl:
             self.publish("session.meter_start", session=s.row_id, meter_start_wh=s.meter_start_wh,
                          meter_last_wh=s.meter_last_wh)
         self._last_session = None  # a finished session's energy is not on the new counter
-        self.publish("meter.rebaselined", previous_wh=previous, now_wh=reading.energy_import_wh - 0)
+        self.publish("meter.rebaselined", previous_wh=previous, now_wh=reading.energy_import_wh)
 
     def meter_failed(self, detail: str) -> None:
         self.feed(ev.MeterFailed(detail))
