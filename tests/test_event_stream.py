@@ -439,7 +439,7 @@ def test_a_journal_that_stops_taking_lines_never_delays_opening_the_contactor(tm
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():
-        logs.configure("debug", "json", stream=journal)
+        logs.configure("debug", "json", stream=journal, cache=False)
         try:
             async with charging(cfg) as daemon:
                 await ask(cfg, {"cmd": "sim", "action": "unplug"})

@@ -162,9 +162,11 @@ class _ToStructlog(logging.Handler):
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
-              journal_socket: str = JOURNAL_SOCKET) -> None:
+              journal_socket: str = JOURNAL_SOCKET, cache: bool = True) -> None:
     """Configure structlog once per process. fmt: auto, text or json; auto means the journal's
-    native fields when stderr is the journal's stream, text on a terminal, else JSON lines."""
+    native fields when stderr is the journal's stream, text on a terminal, else JSON lines.
+    cache: loggers keep this configuration from their first use on (fast); a test that
+    configures and then resets passes False, so no logger keeps its stream afterwards."""
     global _writer
     stream = stream or sys.stderr
     if _writer is not None:
@@ -194,7 +196,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
