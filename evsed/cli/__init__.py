@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import datetime as dt
 import json
 import os
@@ -253,6 +252,7 @@ def cmd_sessions(args) -> int:
         json.dump(rows, sys.stdout, indent=2)
         print()
     elif args.format == "csv":
+        import csv
         w = csv.DictWriter(sys.stdout, fieldnames=SESSION_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)

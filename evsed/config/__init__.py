@@ -7,7 +7,6 @@ values raise ConfigError naming file, line and key.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import math
 import os
 import re
@@ -251,6 +250,7 @@ class _Table:
     def done(self) -> None:
         for key in self.data:
             if key not in self.used:
+                import difflib  # only for a misspelled key: not on every start
                 hint = difflib.get_close_matches(key, sorted(self.used), n=1) if len(key) <= 64 else []
                 raise self.error(key, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 

@@ -7,9 +7,8 @@ only gathers their inputs, sends LimitChanged on a change, and arms timers for t
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as dt
+import functools
 import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -33,16 +32,25 @@ CallAt = Callable[[float, Callable[[], None]], Any]
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronized
 
 
+@functools.cache
+def _adjtimex() -> Callable[[Any], int] | None:
+    """libc's adjtimex, looked up once: the symbols of the running process include libc's, so no
+    ldconfig run (ctypes.util.find_library forks one per call)."""
+    import ctypes
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+
+
 def kernel_clock_synced() -> bool:
     """The kernel's own word (adjtimex, read-only): False while NTP has not synchronized it.
     Where adjtimex cannot be called, timedatectl's NTPSynchronized; else assume synchronized."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        try:
-            buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-            return ctypes.CDLL(libc_name, use_errno=True).adjtimex(buf) != TIME_ERROR
-        except (OSError, AttributeError):
-            pass
+    adjtimex = _adjtimex()
+    if adjtimex is not None:
+        import ctypes
+        buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+        return bool(adjtimex(buf) != TIME_ERROR)
     try:
         out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
                              capture_output=True, text=True, timeout=2).stdout.strip()
