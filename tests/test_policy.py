@@ -3,6 +3,8 @@ stop, the clock-sync rule, reload, `evsed cards learn`, and the status lines of 
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -100,7 +102,14 @@ def test_the_unsynced_rule_forbid_waits_for_the_clock(tmp_path):
     assert not r.charger.policy.conns[1].window.allowed
 
 
-def test_the_kernel_says_whether_the_clock_is_synchronized():
+def test_the_kernel_says_whether_the_clock_is_synchronized_without_starting_a_process(monkeypatch):
+    # Asked about once a second in the safety daemon: a fork there (ctypes.util.find_library runs
+    # ldconfig) would cost the loop a millisecond each time.
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"started a process: {args}")
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    monkeypatch.setattr(os, "fork", no_process)
+    assert isinstance(policy.kernel_clock_synced(), bool)
     assert isinstance(policy.kernel_clock_synced(), bool)
 
 
