@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-s", type=float, default=5.0)
     args = parser.parse_args()
-    python = args.python
+    python = os.path.abspath(args.python)  # the daemons run in a temporary directory
     tmp = Path(tempfile.mkdtemp(prefix="evsed-footprint-"))
     bare = [time_command([python, "-c", "pass"]) for _ in range(args.runs)]
     runs = [daemon_run(python, with_store(ROOT / "config" / "simulator.toml", tmp, f"run{i}"), args.idle_s)
