@@ -113,6 +113,26 @@ def test_the_kernel_says_whether_the_clock_is_synchronized_without_starting_a_pr
     assert isinstance(policy.kernel_clock_synced(), bool)
 
 
+def test_where_adjtimex_is_denied_timesyncds_flag_says_whether_the_clock_is_synchronized(tmp_path, monkeypatch):
+    # ProtectClock= in the unit filters adjtimex even to read: it returns -1 (EPERM).
+    monkeypatch.setattr(policy, "_adjtimex", lambda: lambda buf: -1)
+    monkeypatch.setattr(policy, "TIMESYNC_DIR", tmp_path / "timesync")
+    assert policy.kernel_clock_synced()  # no timesyncd: nothing to go by
+    (tmp_path / "timesync").mkdir()
+    assert not policy.kernel_clock_synced()  # timesyncd runs and has not synchronized yet
+    (tmp_path / "timesync" / "synchronized").touch()
+    assert policy.kernel_clock_synced()
+
+
+def test_the_kernels_answer_wins_where_adjtimex_can_be_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(policy, "TIMESYNC_DIR", tmp_path)
+    (tmp_path / "synchronized").touch()
+    monkeypatch.setattr(policy, "_adjtimex", lambda: lambda buf: policy.TIME_ERROR)
+    assert not policy.kernel_clock_synced()
+    monkeypatch.setattr(policy, "_adjtimex", lambda: lambda buf: 0)  # TIME_OK
+    assert policy.kernel_clock_synced()
+
+
 def test_a_reload_that_changes_devices_is_refused_and_the_old_config_stays(tmp_path):
     r = runner(tmp_path, GROUPS)
     data = scenario._merge(scenario.base_config_data(), {"rfid": {"backend": "sim"}})
