@@ -178,3 +178,12 @@ def test_a_replug_sends_only_what_the_core_wishes_and_no_offer(adapter, devices)
     assert not second.relay_closed and not relay.feedback_closed()
     pilot.pwm_on(duty_for_current(10))  # the core offers again: the board follows
     until(lambda: second.mode == "enabled" and second.current_a == 10, what="10 A offered")
+
+
+def test_a_board_released_while_unplugged_leaves_no_thread_behind(adapter):
+    adapter.plug(OpenEvseEmulator())
+    pilot = openevse.pilot({"port": str(adapter.path), "reopen_s": 60.0}, Ctx())
+    adapter.unplug()
+    until(lambda: unavailable(pilot), what="the pilot unavailable")
+    pilot.release()  # its $FS cannot go out: said in the log, and nothing waits for the port
+    assert not pilot.board._worker.is_alive() and not pilot.board.link._reader.is_alive()
