@@ -36,6 +36,8 @@ from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, Rap
 # - The board runs its own recovery from a fault (GFCI: retry after 5 min, reset on unplug); a
 #   $FS/$FE then would hide the latch and re-trip it at once (Gfi.cpp), so none is sent.
 # - Heartbeat supervision ($SY): when evsed stops pulsing, the board lowers its offer to 6 A.
+# - A lost port (USB adapter unplugged) reads as DeviceUnavailable, so the core opens and pauses;
+#   the link opens it again every reopen_s, and the worker then re-sends the devices' wishes.
 
 log = structlog.get_logger("hal.openevse")
 
@@ -47,7 +49,7 @@ HS_ACK_COOKIE = 165
 
 LINK_DEFAULTS: dict[str, Any] = {
     "baudrate": 115200, "timeout_s": 0.5, "poll_interval_s": 0.2, "stale_s": 1.5,
-    "relay_grace_s": 0.25, "sequence_ids": True, "volatile_current": True, "heartbeat_s": 10,
+    "relay_grace_s": 0.25, "sequence_ids": True, "volatile_current": True, "heartbeat_s": 10, "reopen_s": 2.0,
 }
 
 
@@ -78,13 +80,15 @@ class Board:
         self._acked_lock: bool | None = None
         self._acked_amps: int | None = None
         self._acked_at = 0.0  # when the last output command was answered
+        self._reopened_at = 0.0  # when the port came back: a state from before is not the board's now
         self._refusals: dict[str, int] = {}  # command kind -> bare $NK in a row
         self.heartbeat = "setup"  # $SY: "setup", "on", or "none" (firmware without it)
         self._hs_next = 0.0
         self._errors: dict[str, str] = {}  # step -> the last error it logged
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self.link = RapiLink(port, o["baudrate"], o["timeout_s"], o["sequence_ids"], on_notify=self._on_notify)
+        self.link = RapiLink(port, o["baudrate"], o["timeout_s"], o["sequence_ids"], on_notify=self._on_notify,
+                             reopen_s=o["reopen_s"], on_reopen=self._on_reopen)
         self._safely(self._poll)  # a first state for `evsed check`; the worker retries on failure
         self._worker = threading.Thread(target=self._run, name=f"openevse {port}", daemon=True)
         self._worker.start()
@@ -114,7 +118,7 @@ class Board:
         if self.link.lost is not None:
             raise DeviceUnavailable(f"OpenEVSE {self.port}: serial link lost: {self.link.lost}")
         state = self._state
-        if state is None:
+        if state is None or state.seen_at < self._reopened_at:
             raise TryAgain(f"OpenEVSE {self.port}: no state from the board yet ({self._errors.get('_poll', 'waiting')})")
         age_s = time.monotonic() - state.seen_at
         if age_s > self.stale_s:
@@ -365,6 +369,18 @@ class Board:
             self._jobs.put(_WAKE)
         else:
             log.debug("openevse.notification", port=self.port, name=frame.name, args=" ".join(frame.args))
+
+    def _on_reopen(self) -> None:
+        """The port is back (an adapter plugged in again): the board may have rebooted meanwhile or
+        dropped to its heartbeat fallback, so, as after an $AB, the worker sends the output the
+        devices wish for again (nothing more: the relay still needs the core's consent) and sets
+        the heartbeat up again; its state reads as missing until it reports afresh. Runs in the
+        reader thread before any request can go out."""
+        self._reopened_at = time.monotonic()
+        self._acked_mode = self._acked_amps = self._acked_lock = None
+        if self.heartbeat == "on":
+            self.heartbeat, self._hs_next = "setup", 0.0
+        self._jobs.put(_WAKE)
 
     def _update(self, new: BoardState) -> None:
         with self._mu:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import structlog
 
-from hal import DeviceUnavailable, PilotReading, TryAgain
+from hal import DeviceUnavailable, HalError, PilotReading, TryAgain
 from hal.serialport import open_serial
 
 log = structlog.get_logger("hal.rapi")
@@ -265,15 +265,19 @@ class RapiLink:
     """One serial port to one board. request() is thread-safe and blocks up to timeout_s.
 
     Answers ($OK/$NK) go to the one pending request; every other frame (async $AT, $ST,
-    $AB...) goes to on_notify(frame) in the reader thread.
+    $AB...) goes to on_notify(frame) in the reader thread. A port that fails (a USB adapter
+    unplugged) is lost: requests raise DeviceUnavailable while the reader thread tries to open
+    it again every reopen_s; once it is back, on_reopen() runs there, then requests work again.
     """
 
     def __init__(self, port: str, baudrate: int = 115200, timeout_s: float = 0.5,
-                 sequence_ids: bool = True, on_notify: Callable[[Frame], None] | None = None):
-        self.port, self.timeout_s, self.sequence_ids = port, timeout_s, sequence_ids
-        self.on_notify = on_notify
+                 sequence_ids: bool = True, on_notify: Callable[[Frame], None] | None = None,
+                 reopen_s: float = 2.0, on_reopen: Callable[[], None] | None = None):
+        self.port, self.baudrate, self.timeout_s, self.sequence_ids = port, baudrate, timeout_s, sequence_ids
+        self.on_notify, self.on_reopen, self.reopen_s = on_notify, on_reopen, reopen_s
         self.garbage_lines = 0  # noise and corrupt frames seen, for `evsed check` and the log
-        self._serial = open_serial(port, baudrate, device="OpenEVSE", timeout=0.05, write_timeout=1.0)
+        self.reopened = 0  # how often the port came back, for `evsed check` and the tests
+        self._serial = self._open()
         self._lock = threading.Lock()  # one request on the wire at a time
         self._answers: queue.Queue = queue.Queue()
         self._seq = itertools.cycle(range(1, 256))  # 00 is reserved by the protocol
@@ -321,16 +325,24 @@ class RapiLink:
         return self._lost
 
     def close(self) -> None:
+        """Stop the reader (also while it waits to reopen) and close the port; never blocks long."""
         self._stop.set()
-        self._reader.join(timeout=1.0)
+        self._reader.join(timeout=1.0 + self.timeout_s)
+        self._close_port(self._serial)
+
+    def _open(self):  # -> serial.Serial; pyserial has no type hints
+        return open_serial(self.port, self.baudrate, device="OpenEVSE", timeout=0.05, write_timeout=1.0)
+
+    def _close_port(self, port) -> None:
         try:
-            self._serial.close()
+            port.close()
         except Exception as exc:  # closing a vanished port: nothing left to do but say so
             log.debug("rapi.close_failed", port=self.port, error=str(exc))
 
     def _check_open(self) -> None:
         if self._lost is not None:
-            raise DeviceUnavailable(f"OpenEVSE {self.port}: serial link lost: {self._lost}")
+            raise DeviceUnavailable(f"OpenEVSE {self.port}: serial link lost: {self._lost} "
+                                    f"(opening it again every {self.reopen_s:g} s)")
         if self._stop.is_set():
             raise DeviceUnavailable(f"OpenEVSE {self.port}: link closed")
 
@@ -340,10 +352,14 @@ class RapiLink:
             try:
                 chunk = self._serial.read(self._serial.in_waiting or 1)
             except Exception as exc:  # the adapter was unplugged or the port closed under us
-                if not self._stop.is_set():
-                    self._lost = str(exc)
-                    log.error("rapi.link_lost", port=self.port, error=str(exc))
-                return
+                if self._stop.is_set():
+                    return
+                self._lost = str(exc)
+                log.error("rapi.link_lost", port=self.port, error=str(exc), reopen_s=self.reopen_s)
+                if not self._reopen():
+                    return
+                buffer = b""  # a line cut by the unplug is noise
+                continue
             buffer += chunk
             *lines, buffer = buffer.split(EOC)
             if len(buffer) > MAX_FRAME_CHARS:
@@ -353,6 +369,39 @@ class RapiLink:
                 line = line.strip(b"\n\x00")
                 if line:
                     self._dispatch(line)
+
+    def _reopen(self) -> bool:
+        """Close the lost port, then open it again every reopen_s until it works (True) or the
+        link is closed (False). Runs in the reader thread: requests fail at once meanwhile."""
+        lost_at = time.monotonic()
+        with self._lock:  # a request still on the wire times out first; none starts while lost
+            self._close_port(self._serial)
+        attempts, last_error = 0, ""
+        while not self._stop.wait(self.reopen_s):
+            attempts += 1
+            try:
+                serial_port = self._open()
+            except (HalError, OSError) as exc:
+                if str(exc) != last_error:  # one line per new reason, not one per attempt
+                    log.info("rapi.reopen_failed", port=self.port, error=str(exc), attempts=attempts)
+                    last_error = str(exc)
+                continue
+            with self._lock:
+                if self._stop.is_set():  # closed while opening: close() knows only the old port
+                    self._close_port(serial_port)
+                    return False
+                self._serial = serial_port
+                if self.on_reopen is not None:  # before requests work (it may not send any: the lock is held)
+                    try:
+                        self.on_reopen()
+                    except Exception:  # a consumer's bug must not keep the link down
+                        log.exception("rapi.reopen_callback_failed", port=self.port)
+                self.reopened += 1
+                self._lost = None
+            log.info("rapi.link_reopened", port=self.port, attempts=attempts,
+                     lost_s=round(time.monotonic() - lost_at, 2))
+            return True
+        return False
 
     def _dispatch(self, line: bytes) -> None:
         try:

@@ -67,3 +67,12 @@ def test_status_text_shows_why_not_charging():
     assert "fault       rcd (trip 1); retry in 299.0 s" in text
     assert "refused     card DEADBEEF: unknown card" in text
     assert "why         card refused: unknown card" in text
+
+
+def test_status_text_shows_an_unavailable_pilot_and_why():
+    text = cli.format_status({
+        "id": 1, "status": "Available", "state": None, "pilot_output": "off", "duty_pct": None, "offered_a": 0,
+        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
+        "reason": "no EV", "pilot_error": "OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"})
+    assert "state ?, steady +12 V" in text
+    assert "pilot       unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected" in text

@@ -265,3 +265,17 @@ def test_an_openevse_relay_grace_not_below_the_contactor_settle_time_is_an_error
     with pytest.raises(config.ConfigError) as err:
         config.parse(text, tmp_path / "evsed.toml")
     assert str(err.value).startswith(f"{tmp_path / 'evsed.toml'}:7: [connector.pilot] relay_grace_s: 0.25 s must be below")
+
+
+def test_an_openevse_reopen_interval_is_bounded_and_one_per_board(tmp_path):
+    board = '[[connector]]\n[connector.pilot]\nbackend = "openevse"\nport = "/dev/ttyUSB0"\n{pilot}' \
+            '[connector.contactor]\nbackend = "openevse"\nport = "/dev/ttyUSB0"\n{contactor}'
+    both = board.format(pilot="reopen_s = 0.5\n", contactor="reopen_s = 0.5\n")
+    parsed = config.parse(both, tmp_path / "evsed.toml")
+    assert parsed.connectors[0].pilot.options["reopen_s"] == 0.5
+    assert config.parse(board.format(pilot="", contactor=""), tmp_path / "evsed.toml") \
+        .connectors[0].contactor.options["reopen_s"] == 2.0
+    with pytest.raises(config.ConfigError, match=r":5: \[connector.pilot\] reopen_s"):
+        config.parse(board.format(pilot="reopen_s = 0\n", contactor=""), tmp_path / "evsed.toml")
+    with pytest.raises(config.ConfigError, match=r":8: \[connector.contactor\] reopen_s: 5.0 differs"):
+        config.parse(board.format(pilot="", contactor="reopen_s = 5.0\n"), tmp_path / "evsed.toml")

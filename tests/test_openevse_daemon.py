@@ -7,11 +7,12 @@ from pathlib import Path
 from evsed import config
 from evsed.shell.daemon import Daemon
 from simulator.openevse_rapi import OpenEvseEmulator
-from test_daemon import until
+from test_daemon import ask, running, until
+from test_openevse_replug import Adapter
 
 
-def board_config(tmp_path: Path, port: str) -> Path:
-    link = f'backend = "openevse"\nport = "{port}"\npoll_interval_s = 0.05\n'
+def board_config(tmp_path: Path, port: str, options: str = "") -> Path:
+    link = f'backend = "openevse"\nport = "{port}"\npoll_interval_s = 0.05\n{options}'
     text = f"""
 [charger]
 phases = 1
@@ -66,3 +67,39 @@ def test_card_and_plug_charge_through_the_board_and_unplug_ends_the_session(tmp_
     from evsed.store.sessions import Store
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
     assert row["stop_reason"] == "ev_disconnected" and row["meter_start_wh"] >= 5000
+
+
+def test_a_board_unplugged_and_plugged_back_is_unavailable_meanwhile_and_charges_again_without_a_restart(tmp_path):
+    """The board's USB serial adapter pulled out: status says the pilot is unavailable and why;
+    plugged back (the same stable name, a new tty), the same daemon charges through it again."""
+    adapter = Adapter(tmp_path / "ttyEVSE")
+    first = adapter.plug(OpenEvseEmulator(current_a=32, total_wh=5000))
+    cfg = config.load(board_config(tmp_path, str(adapter.path), "reopen_s = 0.05\n"))
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            ctrl = daemon.connectors[1]
+            first.set_ev("B")
+            await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
+            adapter.unplug()
+            await until(lambda: ctrl.pilot_error != "")
+            (away,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
+            second = OpenEvseEmulator(current_a=32, total_wh=5000)
+            second.set_ev("B")  # the board rebooted meanwhile; the EV is still there
+            adapter.plug(second)
+            await until(lambda: ctrl.pilot_error == "" and ctrl.state.pilot is not None, timeout_s=10)
+            (back,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
+            await until(lambda: ctrl.last_reading is not None and not ctrl.status()["measured"]["stale"])
+            daemon.world.reader.tap("04A1B2C3")
+            await until(lambda: second.mode == "enabled" and second.current_a == 32)
+            second.set_ev("C")
+            await until(lambda: ctrl.state.contactor_closed and second.relay_closed)
+            return away, back, daemon.fatal
+
+    try:
+        away, back, fatal = asyncio.run(scenario())
+    finally:
+        for board in adapter.boards:
+            board.stop()
+    assert away["state"] is None and away["contactor"] == "open" and "serial link lost" in away["pilot_error"]
+    assert back["state"] == "B" and back["pilot_error"] == "" and fatal is None

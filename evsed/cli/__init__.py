@@ -124,6 +124,8 @@ def format_status(c: dict) -> str:
     pwm = f"PWM {c['duty_pct']} % = {c['offered_a']:g} A offered" if out == "pwm" else (
         "steady +12 V (no PWM)" if out == "off" else "steady -12 V (state F: not available)")
     lines.append(f"  pilot       state {c['state'] or '?'}, {pwm}")
+    if c.get("pilot_error"):
+        lines.append(f"  pilot       unavailable: {c['pilot_error']}")
     lines.append(f"  contactor   {c['contactor']}")
     m = c["measured"]
     if m:

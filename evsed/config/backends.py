@@ -228,6 +228,9 @@ _OPENEVSE_LINK = {
                           "board lowers its offer to 6 A (it does not stop charging); 0 turns it off. At "
                           "most 65: the firmware computes the interval in 16-bit milliseconds",
                           min=0, max=65),
+    "reopen_s": Option(float, 2.0, "a lost port (USB adapter unplugged) is opened again this often until it "
+                       "is back; meanwhile the board's devices read as unavailable (charging pauses)",
+                       min=0.05, max=60.0),
 }
 register(Backend("pilot", "openevse", f"{_OPENEVSE}:pilot",
                  "OpenEVSE board's pilot: $SC current (volatile) + $FE enable; no offer is the auth lock "

@@ -21,7 +21,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import ContactorFeedback, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading, SelfTest
+from hal import (ContactorFeedback, DeviceUnavailable, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading,
+                 SelfTest)
 
 log = structlog.get_logger("evsed")
 
@@ -53,6 +54,7 @@ class ConnectorControl:
         self.session: LiveSession | None = None
         self.last_reading: MeterReading | None = None
         self.last_refusal: dict[str, Any] | None = None
+        self.pilot_error = ""  # why the pilot device is unavailable (an unplugged adapter), until it reads again
         self._inbox: deque[ev.Event] = deque()
         self._busy = False
         self._rcd_tripped: bool | None = None
@@ -120,8 +122,11 @@ class ConnectorControl:
         if pilot is None and self.pilot_reads_instantly:
             pilot = self.read_pilot()
         if isinstance(pilot, HalError):
+            if isinstance(pilot, DeviceUnavailable):  # not a TryAgain: a stale reading is no missing device
+                self.pilot_error = str(pilot)
             self.feed(ev.PilotUnreadable(str(pilot)))
         elif pilot is not None:
+            self.pilot_error = ""
             self.feed(ev.PilotMeasured(pilot.high_v, pilot.low_v))
         if isinstance(self.contactor, ContactorFeedback):
             closed = bool(self.contactor.feedback_closed())
@@ -294,6 +299,7 @@ class ConnectorControl:
                         "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
                        for f, fs in st.faults.items()],
             "reason": st.reason,
+            "pilot_error": self.pilot_error,
             "last_refusal": self.last_refusal,
             "limits": dict(st.limits),
         }
