@@ -13,6 +13,10 @@ from typing import Protocol, runtime_checkable
 # --- errors -----------------------------------------------------------------------
 
 
+# A contactor behind a drop-out circuit: a heartbeat late by up to two periods must not drop it.
+MIN_EDGES_PER_DROPOUT = 3
+
+
 class HalError(Exception):
     """Base of every hardware error evsed handles."""
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from hal import DeviceUnavailable, PilotReading
+from hal import MIN_EDGES_PER_DROPOUT, DeviceUnavailable, PilotReading
 from hal.adc import ADC_BITS, BurstSampler, GpiozeroADC, Scale, SpidevADC
 from hal.pwm import GpiozeroPWM, SysfsPWM
 
@@ -290,9 +290,6 @@ class GpioContactorWithHeartbeat(_HeartbeatOutput, GpioContactor):
 
 class GpioContactorWithFeedbackAndHeartbeat(_HeartbeatOutput, GpioContactorWithFeedback):
     """Feedback and a drop-out circuit."""
-
-
-MIN_EDGES_PER_DROPOUT = 3  # a heartbeat late by up to two periods must not drop the relay
 
 
 def gpio_contactor(options: dict, ctx) -> GpioContactor:

@@ -267,6 +267,24 @@ def test_an_openevse_relay_grace_not_below_the_contactor_settle_time_is_an_error
     assert str(err.value).startswith(f"{tmp_path / 'evsed.toml'}:7: [connector.pilot] relay_grace_s: 0.25 s must be below")
 
 
+def test_a_heartbeat_too_slow_for_the_drop_out_is_an_error_at_its_line(tmp_path):
+    path = tmp_path / "evsed.toml"
+    text = ('[[connector]]\n[connector.pilot]\nbackend = "sim"\n[connector.contactor]\nbackend = "sim"\n'
+            'heartbeat = true\nheartbeat_hz = 1\ndropout_s = 0.5\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(text, path)
+    assert str(err.value).startswith(f"{path}:7: [connector.contactor] heartbeat_hz: dropout_s = 0.5 s with "
+                                     "heartbeat_hz = 1 leaves fewer than 3 heartbeat edges")
+    assert "heartbeat_hz to at least 6" in str(err.value) and "dropout_s" not in str(err.value).split("raise")[1]
+    gpio = ('[[connector]]\n[connector.pilot]\nbackend = "sim"\n[connector.contactor]\nbackend = "gpio"\npin = 17\n'
+            'heartbeat_pin = 27\ndropout_s = 0.2\n')  # 10 Hz by default: 2 edges
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(gpio, path)
+    assert str(err.value).startswith(f"{path}:8: [connector.contactor] dropout_s:")
+    assert config.parse(text.replace("heartbeat_hz = 1", "heartbeat_hz = 6"), path)
+    assert config.parse(text.replace("heartbeat = true", "heartbeat = false"), path)  # no circuit: no rule
+
+
 def test_an_openevse_reopen_interval_is_bounded_and_one_per_board(tmp_path):
     board = '[[connector]]\n[connector.pilot]\nbackend = "openevse"\nport = "/dev/ttyUSB0"\n{pilot}' \
             '[connector.contactor]\nbackend = "openevse"\nport = "/dev/ttyUSB0"\n{contactor}'

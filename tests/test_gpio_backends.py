@@ -182,8 +182,13 @@ def test_heartbeat_pin_in_use_frees_the_coil_pin_and_names_the_heartbeat(mock, s
 
 
 def test_dropout_shorter_than_three_heartbeat_periods_is_refused(mock, shared):
+    too_slow = "pin = 17\nheartbeat_pin = 22\nheartbeat_hz = 2\ndropout_s = 0.5"
+    with pytest.raises(config.ConfigError, match=r"heartbeat_hz.*at least 6.*dropout_s.*at least 1\.5 s"):
+        device_options("contactor", too_slow)  # at load, with its line: `evsed check` says it
+    options = {**device_options("contactor", "pin = 17\nheartbeat_pin = 22"), "heartbeat_hz": 2.0}
+    ctx = backends.BackendContext(connector_id=1, shared=shared)
     with pytest.raises(DeviceUnavailable, match=r"heartbeat_hz.*at least 6.*dropout_s.*at least 1\.5 s"):
-        build("contactor", "pin = 17\nheartbeat_pin = 22\nheartbeat_hz = 2\ndropout_s = 0.5", shared)
+        backends.create("contactor", "gpio", options, ctx)  # the hal's own guard, for other callers
     build("contactor", "pin = 17\nheartbeat_pin = 22", shared)  # nothing was left claimed
 
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evsed.config import backends, dirs
+from hal import MIN_EDGES_PER_DROPOUT
 from evsed.config import policy as policy_config
 from evsed.config import tariff as tariff_config
 from evsed.core import tariff as tariffs
@@ -400,6 +401,7 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
     top.done()
     _pins_used_once(top)
     _openevse_agrees(top, config)
+    _heartbeat_fits_dropout(top, config)
     return config
 
 
@@ -421,6 +423,29 @@ def _openevse_agrees(top: _Table, config: Config) -> None:
             if differ:
                 raise t.error(differ[0], f"{device.options[differ[0]]!r} differs from [connector.{first[1]}] on the "
                                          f"same board ({first[2].options[differ[0]]!r}): one link, one setting")
+
+
+def _heartbeat_fits_dropout(top: _Table, config: Config) -> None:
+    """A contactor behind a drop-out circuit needs MIN_EDGES_PER_DROPOUT heartbeat edges within
+    dropout_s, or a loop a little late drops the relay under load; said at load, with its line."""
+    for index, conn in enumerate(config.connectors):
+        device = conn.contactor
+        if device is None:
+            continue
+        o = device.options
+        if not (o.get("heartbeat_pin") is not None or o.get("heartbeat")) or "dropout_s" not in o:
+            continue
+        if o["dropout_s"] * o["heartbeat_hz"] >= MIN_EDGES_PER_DROPOUT:
+            continue
+        t = _Table(top.path, top.lines, {}, f"connector[{index}].contactor")
+        given = top.data["connector"][index]["contactor"]
+        key = next((k for k in ("heartbeat_hz", "dropout_s", "heartbeat_pin", "heartbeat") if k in given), "backend")
+        need_hz = MIN_EDGES_PER_DROPOUT / o["dropout_s"]
+        advice = [f"heartbeat_hz to at least {need_hz:g}"] if need_hz <= 50 else []
+        if MIN_EDGES_PER_DROPOUT / o["heartbeat_hz"] <= 2.0:
+            advice.append(f"dropout_s (and the circuit's R*C) to at least {MIN_EDGES_PER_DROPOUT / o['heartbeat_hz']:g} s")
+        raise t.error(key, f"dropout_s = {o['dropout_s']:g} s with heartbeat_hz = {o['heartbeat_hz']:g} leaves fewer "
+                           f"than {MIN_EDGES_PER_DROPOUT} heartbeat edges per drop-out: raise " + " or ".join(advice))
 
 
 def _pins_used_once(top: _Table) -> None:
