@@ -188,6 +188,9 @@ def test_the_updaters_outcome_is_reported_once_after_the_restart_with_the_runnin
 
     async def reported(csms, uplink):
         await csms.wait_for(lambda: statuses(csms) == ["Installed"])
+        # answered, so out of the durable queue (an unanswered one is sent again after a restart)
+        await until(lambda: not [q for q in uplink.state.queued() if q.action == "FirmwareStatusNotification"],
+                    what="the notification answered")
 
     async def nothing_more(csms, uplink):
         assert not uplink.firmware.pending() and uplink.firmware.status == "Idle"
