@@ -254,3 +254,19 @@ def test_boot_notification_says_the_running_version_unless_the_config_names_one(
     assert settings.parse(parse(base, tmp_path / "evsed.toml")).firmware_version == running_version()
     named = settings.parse(parse(base + 'firmware_version = "vendor-7"\n', tmp_path / "evsed.toml"))
     assert named.firmware_version == "vendor-7"
+
+
+def test_a_spool_that_is_not_a_directory_refuses_the_update(tmp_path, files, release):
+    (tmp_path / "update").write_text("not a directory")
+
+    @aio
+    async def scenario():
+        csms = CentralSystem()
+        async with running(csms, tmp_path, update_key_file=release[1]) as (uplink, _):
+            await booted(csms, uplink)
+            await update_firmware(csms, f"{files.url}/releases/{WHEEL}")
+            await csms.wait_for(lambda: statuses(csms) == ["InstallationFailed"])
+    with structlog.testing.capture_logs() as logs:
+        scenario()
+    assert [e["reason"] for e in statuses_of(logs, "ocpp.firmware_refused")][0].startswith("the spool: ")
+    assert files.got == []

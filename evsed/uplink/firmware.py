@@ -79,9 +79,18 @@ class Firmware:
             await self._send("InstallationFailed")
             self.status = "Idle"
             return
-        folder = spoolmod.Spool(self.spool_dir, create=True)
+        try:
+            folder = spoolmod.Spool(self.spool_dir, create=True)
+        except (spoolmod.SpoolError, OSError) as exc:
+            log.warning("ocpp.firmware_refused", location=location[:200], reason=f"the spool: {exc}"[:300])
+            await self._send("InstallationFailed")
+            self.status = "Idle"
+            return
         try:
             await self._spool(folder, location, wheel, key, max(1, retries), retry_interval_s)
+        except OSError as exc:  # the state directory is full or gone: nothing was requested
+            log.warning("ocpp.firmware_not_spooled", wheel=wheel, error=f"{type(exc).__name__}: {exc}"[:200])
+            await self._send("InstallationFailed")
         finally:
             folder.close()
         if self.status in ("DownloadFailed", "InstallationFailed"):
