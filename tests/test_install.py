@@ -54,7 +54,7 @@ def test_install_on_a_fresh_pi_puts_every_file_in_place_and_says_what_it_would_r
     assert files_under(tmp_path) == {
         "/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml", "/etc/systemd/system/evsed.service",
         "/etc/systemd/system/evsed-service@.service", "/etc/systemd/system/evsed.service.d/evsed-install.conf",
-        "/opt/evsed/current"}
+        "/etc/systemd/system/evsed-update.service", "/etc/systemd/system/evsed-update.path", "/opt/evsed/current"}
     # The user joins the device groups this host has (no "input" here); nothing ran outside the root.
     assert ("would run: useradd --system --user-group --home-dir /var/lib/evsed --no-create-home --shell "
             "/usr/sbin/nologin --comment evsed EV charger daemon --groups gpio,spi,dialout evsed") in out
@@ -63,7 +63,10 @@ def test_install_on_a_fresh_pi_puts_every_file_in_place_and_says_what_it_would_r
     assert (tmp_path / "etc/evsed/evsed.toml").read_text() == (ROOT / "config/pi-gpio-sdm630-rc522.toml").read_text()
     assert mode_owner(tmp_path / "etc/evsed/evsed.toml")[0] == "0640"
     assert mode_owner(tmp_path / "etc/evsed")[0] == "0750"
-    assert mode_owner(tmp_path / "etc/systemd/system/evsed.service") == ("0644", 0, 0)
+    for unit in ("evsed.service", "evsed-service@.service", "evsed-update.service", "evsed-update.path"):
+        assert mode_owner(tmp_path / "etc/systemd/system" / unit) == ("0644", 0, 0), unit
+    # without [ocpp] nothing spools a release: the update path unit is installed, not enabled
+    assert "would run: systemctl enable evsed.service" in out
     assert os.readlink(tmp_path / "opt/evsed/current") == sys.prefix
     assert out[-3:] == ["  sudo -u evsed /opt/evsed/current/bin/evsed check -c /etc/evsed/evsed.toml   "
                         "# opens every configured device once", "  sudo systemctl start evsed",
@@ -110,6 +113,24 @@ def test_install_keeps_the_hosts_config_owns_files_by_the_evsed_group_and_enable
     assert out[-2] == "  sudo systemctl start evsed evsed-service@web"
 
 
+def test_with_ocpp_the_update_path_unit_is_enabled_and_a_missing_release_key_is_named(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True)
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + '\n[ocpp]\nurl = "ws://csms.example/"\n')
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert "would run: systemctl enable evsed.service evsed-service@ocpp.service evsed-update.path" in out
+    assert any(line.startswith("note: /etc/evsed/evsed.toml has no [update] public_key_file") for line in out)
+    assert out[-2] == "  sudo systemctl start evsed evsed-service@ocpp evsed-update.path"
+    path_unit = (tmp_path / "etc/systemd/system/evsed-update.path").read_text()
+    assert "PathExists=/var/lib/evsed/update/request.json" in path_unit  # where the uplink spools
+    (tmp_path / "etc/evsed/release.pub").write_text("")
+    host_config.write_text(host_config.read_text() + '\n[update]\npublic_key_file = "release.pub"\n')
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0 and not any(line.startswith("note:") for line in out)
+
+
 def test_installing_again_changes_nothing(tmp_path, capsys):
     fake_etc(tmp_path, evsed_user=True)
     run_install(tmp_path, capsys=capsys)
@@ -153,12 +174,13 @@ def test_uninstall_removes_the_units_and_keeps_the_sessions_and_the_config(tmp_p
     db.write_bytes(b"SQLite format 3\0")
     assert main(["uninstall", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "would run: systemctl disable --now evsed-service@ocpp.service evsed.service"
+    assert out[0] == "would run: systemctl disable --now evsed-service@ocpp.service evsed-update.path evsed.service"
     assert "would run: systemctl daemon-reload" in out
     assert files_under(tmp_path) == {"/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml",
                                      "/var/lib/evsed/sessions.db", "/etc/systemd/system/multi-user.target.wants/"
                                      "evsed-service@ocpp.service"}  # systemctl disable removes that link
     assert not (tmp_path / "etc/systemd/system/evsed.service.d").exists()
+    assert "removed /etc/systemd/system/evsed-update.path" in out
     assert out[-1].startswith("kept /var/lib/evsed (the sessions database), /etc/evsed/evsed.toml")
 
 
@@ -213,6 +235,20 @@ def test_the_service_template_verifies_and_rates_ok(tmp_path, capsys):
                           text=True, cwd=units, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert exposure(web) <= 2.0
+
+
+@needs_analyze
+def test_the_update_units_verify_and_the_root_one_rates_ok(tmp_path, capsys):
+    """evsed-update.service runs as root (it writes /opt/evsed and restarts evsed) with the network
+    (pip fetches the dependencies): 2.1 OK, the rest of the sandbox as tight as the daemon's."""
+    root = tmp_path / "root"
+    fake_etc(root, evsed_user=True)
+    run_install(root, capsys=capsys)
+    units = analyzable(root, tmp_path)
+    proc = subprocess.run([ANALYZE, "verify", str(units / "evsed-update.service"), str(units / "evsed-update.path")],
+                          capture_output=True, text=True, cwd=units, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert exposure(units / "evsed-update.service") <= 2.5
 
 
 # --- packaging ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What the CSMS asks of the charge point: remote start/stop, reset, availability, unlock,
-configuration, trigger, data transfer, reservations, diagnostics and firmware."""
+configuration, trigger, data transfer, reservations and diagnostics (firmware: test_ocpp_firmware.py)."""
 
 from __future__ import annotations
 
@@ -234,12 +234,6 @@ class _Upload(http.server.BaseHTTPRequestHandler):
         self.send_response(201)
         self.end_headers()
 
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "4")
-        self.end_headers()
-        self.wfile.write(b"FW!!")
-
     def log_message(self, *args):
         pass
 
@@ -268,17 +262,3 @@ def test_get_diagnostics_uploads_a_bundle_by_http_without_the_password(tmp_path,
     body = _Upload.received["/upload/" + name]
     bundle = json.loads(gzip.decompress(body))
     assert bundle["identity"] == "CP1" and "do-not-leak-this" not in json.dumps(bundle)
-
-
-def test_update_firmware_downloads_and_reports_that_installing_is_not_done_here(tmp_path, http_server):
-    @aio
-    async def scenario():
-        csms = CentralSystem()
-        async with running(csms, tmp_path) as (uplink, _):
-            await booted(csms, uplink)
-            await csms.call("CP1", call.UpdateFirmware(location=http_server + "/fw.bin",
-                                                       retrieve_date="2020-01-01T00:00:00Z"))
-            await csms.wait_for(lambda: len(csms.actions("FirmwareStatusNotification")) == 4)
-            return [p["status"] for _, p in csms.actions("FirmwareStatusNotification")]
-    assert scenario() == ["Downloading", "Downloaded", "Installing", "InstallationFailed"]
-    assert (tmp_path / "firmware.download").read_bytes() == b"FW!!"

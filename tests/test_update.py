@@ -8,9 +8,11 @@ release's bin/evsed under NOTIFY_SOCKET, READY=1 awaited on a datagram socket.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import zipfile
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from evsed import config
+from evsed.cli import main
 from evsed.control import client as control
 from evsed.ops import update
 from evsed.store import migrations
@@ -223,3 +226,114 @@ def test_update_needs_a_public_key_in_the_config(site, tmp_path):
     wheel = make_wheel(tmp_path, "0.3.0", GOOD)
     with pytest.raises(update.UpdateError, match=r"\[update\] public_key_file is not set"):
         updater.update(wheel, signed(key, wheel))
+
+
+# --- a release the OCPP uplink spooled (`evsed update --spool`) --------------------------------------
+
+def spooled(spool: Path, key, version: str = "0.3.0", main: str = GOOD, request_id: str = "r1") -> Path:
+    """What the uplink leaves: the wheel, its signature by `key`, then request.json."""
+    spool.mkdir(parents=True, exist_ok=True)
+    wheel = make_wheel(spool, version, main)
+    signed(key, wheel)
+    (spool / "request.json").write_text(json.dumps({"id": request_id, "wheel": wheel.name,
+                                                    "location": "http://csms.example/" + wheel.name}))
+    return wheel
+
+
+def outcome(spool: Path) -> dict:
+    return json.loads((spool / "status.json").read_text())
+
+
+def test_a_spooled_release_is_installed_and_its_outcome_left_for_the_uplink(site, tmp_path):
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spooled(spool, key)
+    result = updater.run_spool(spool)
+    assert result is not None and result.result == "Installed"
+    assert (updater.opt / "current").resolve() == updater.opt / "releases/0.3.0"
+    assert service.started == [str(updater.opt / "releases/0.3.0")]
+    assert {k: v for k, v in outcome(spool).items() if k != "at"} == {
+        "id": "r1", "version": "0.3.0", "result": "Installed", "reason": ""}
+    assert sorted(p.name for p in spool.iterdir()) == ["status.json"]  # the request and its files are gone
+    assert stat.S_IMODE((spool / "status.json").stat().st_mode) == 0o644  # the uplink's user reads it
+
+
+def test_a_spooled_release_with_a_bad_signature_is_not_installed(site, tmp_path):
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spooled(spool, ed25519.Ed25519PrivateKey.generate())  # signed, but not by the release key
+    result = updater.run_spool(spool)
+    assert result is not None and result.result == "InstallationFailed"
+    assert outcome(spool)["result"] == "InstallationFailed"
+    assert "evsed-0.3.0-py3-none-any.whl.sig is not a valid signature" in outcome(spool)["reason"]
+    assert not (updater.opt / "releases/0.3.0").exists() and service.started == []
+    assert (updater.opt / "current").resolve().name == "0.1.0"
+    assert not (spool / "request.json").exists()  # handled: the path unit does not start it again
+
+
+def test_the_updater_follows_no_link_the_uplink_could_plant_in_the_spool(site, tmp_path):
+    """The spool belongs to the unprivileged uplink: root reads no file and writes no status
+    through a link there."""
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    wheel = spooled(elsewhere, key)  # a good, signed release, but only linked into the spool
+    spool.mkdir(parents=True)
+    (spool / wheel.name).symlink_to(wheel)
+    (spool / (wheel.name + ".sig")).symlink_to(elsewhere / (wheel.name + ".sig"))
+    (spool / "request.json").write_text((elsewhere / "request.json").read_text())
+    precious = tmp_path / "precious"
+    precious.write_text("root's file\n")
+    (spool / "status.json").symlink_to(precious)
+    result = updater.run_spool(spool)
+    assert result is not None and result.result == "InstallationFailed" and "link is not followed" in result.reason
+    assert precious.read_text() == "root's file\n"
+    assert not (spool / "status.json").is_symlink() and outcome(spool)["result"] == "InstallationFailed"
+    assert service.started == []
+
+
+def test_a_spool_that_is_a_link_is_refused(site, tmp_path):
+    updater, key, service, said = site
+    spooled(tmp_path / "real", key)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/update").symlink_to(tmp_path / "real")
+    with pytest.raises(update.UpdateError, match="not a link"):
+        updater.run_spool(tmp_path / "state/update")
+    assert not (tmp_path / "real/status.json").exists()
+
+
+def test_a_request_the_uplink_leaves_during_an_update_stays_for_the_next_run(site, tmp_path):
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spooled(spool, key)
+
+    def status():  # while the updater checks for sessions, the CSMS sends another UpdateFirmware
+        if not (spool / "evsed-0.4.0-py3-none-any.whl").exists():
+            spooled(spool, key, "0.4.0", request_id="r2")
+        return None
+    updater.status = status
+    assert updater.run_spool(spool).result == "Installed"
+    assert outcome(spool)["id"] == "r1"
+    assert json.loads((spool / "request.json").read_text())["id"] == "r2"
+    assert sorted(p.name for p in spool.iterdir()) == [
+        "evsed-0.4.0-py3-none-any.whl", "evsed-0.4.0-py3-none-any.whl.sig", "request.json", "status.json"]
+
+
+def test_a_malformed_request_is_answered_and_removed(site, tmp_path):
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spool.mkdir(parents=True)
+    (spool / "request.json").write_text(json.dumps({"id": "r9", "wheel": "../../etc/evsed.whl"}))
+    result = updater.run_spool(spool)
+    assert result is not None and result.result == "InstallationFailed" and "wheel: expected" in result.reason
+    assert not (spool / "request.json").exists() and service.started == []
+
+
+def test_update_spool_without_a_request_does_nothing(site, tmp_path, capsys):
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spool.mkdir(parents=True)
+    assert main(["update", "--spool", str(spool), "-c", str(updater.cfg.path)]) == 0
+    assert f"no request in {spool}" in capsys.readouterr().out
+    assert main(["update", "-c", str(updater.cfg.path)]) == 2  # neither a wheel nor --spool

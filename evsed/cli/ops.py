@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
 def add_commands(add) -> None:
@@ -21,11 +22,15 @@ def add_commands(add) -> None:
     sp.add_argument("--root", default="/", help="act inside this directory (default: /)")
     sp = add("update", cmd_update, "install a signed release beside the running one and switch to it between "
              "sessions; switch back if it does not start")
-    sp.add_argument("wheel", type=Path, help="the release: an evsed wheel file")
-    sp.add_argument("--signature", type=Path, required=True,
+    sp.add_argument("wheel", type=Path, nargs="?", help="the release: an evsed wheel file")
+    sp.add_argument("--signature", type=Path,
                     help="its signature (raw or base64) by the key named in [update] public_key_file")
-    sp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                    help="wait this long for a running session to end (default: refuse at once)")
+    sp.add_argument("--spool", nargs="?", const="", default=None, metavar="DIR",
+                    help="instead of WHEEL: the release the OCPP uplink downloaded into DIR (default: "
+                    "<state_dir>/update), if it left a request; the outcome goes to DIR/status.json")
+    sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                    help="wait this long for a running session to end (default: refuse at once; "
+                    "with --spool a week)")
 
 
 def cmd_install(args) -> int:
@@ -60,8 +65,12 @@ def cmd_uninstall(args) -> int:
 def cmd_update(args) -> int:
     from evsed import cli
     from evsed.control import client as control
+    from evsed.ops import spool as spoolmod
     from evsed.ops import update
 
+    if (args.spool is None) == (args.wheel is None) or (args.wheel is not None and args.signature is None):
+        print("evsed: update: give WHEEL --signature SIG, or --spool [DIR]", file=sys.stderr)
+        return EXIT_USAGE
     cfg = cli.load_config(args)
 
     def status():
@@ -72,11 +81,15 @@ def cmd_update(args) -> int:
 
     updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), status)
     try:
-        updater.update(args.wheel, args.signature, args.wait)
+        if args.spool is None:
+            updater.update(args.wheel, args.signature, args.wait or 0.0)
+            return 0
+        spool = Path(args.spool) if args.spool else spoolmod.directory(cfg.store.state_dir)
+        outcome = updater.run_spool(spool, update.SPOOL_WAIT_S if args.wait is None else args.wait)
     except update.UpdateError as exc:
         print(f"evsed: update: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    return 0
+    return EXIT_FAILURE if outcome is not None and outcome.result != "Installed" else 0
 
 
 def _report(host) -> None:

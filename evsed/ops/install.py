@@ -17,13 +17,14 @@ from importlib import resources
 from pathlib import Path
 
 from evsed import config as configmod
-from evsed.ops import dropin
+from evsed.ops import dropin, update
 
 USER, NET_USER = "evsed", "evsed-net"
 DEVICE_GROUPS = ("gpio", "spi", "dialout", "input")
 CONFIG = "/etc/evsed/evsed.toml"
 UNIT_DIR = "/etc/systemd/system"
-UNITS = ("evsed.service", "evsed-service@.service")
+UNITS = ("evsed.service", "evsed-service@.service", "evsed-update.service", "evsed-update.path")
+UPDATE_PATH = "evsed-update.path"  # enabled with the OCPP uplink: it installs what UpdateFirmware spooled
 DROPIN = f"{UNIT_DIR}/evsed.service.d/evsed-install.conf"
 OPT = "/opt/evsed"
 CURRENT = f"{OPT}/current"
@@ -205,8 +206,16 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
     host.put(DROPIN, dropin.render(cfg, CONFIG), 0o644)
 
     host.run(["systemctl", "daemon-reload"])
-    host.run(["systemctl", "enable", "evsed.service", *(f"evsed-service@{s}.service" for s in _service_sections(cfg))])
+    host.run(["systemctl", "enable", "evsed.service", *_enabled(cfg)])
+    if "ocpp" in _service_sections(cfg) and update.settings(cfg).public_key_file is None:
+        host.did.append(f"note: {CONFIG} has no [update] public_key_file: the OCPP uplink refuses every "
+                        "UpdateFirmware until it names the key releases are signed with")
     return cfg
+
+
+def _enabled(cfg: configmod.Config) -> list[str]:
+    services = _service_sections(cfg)
+    return [*(f"evsed-service@{s}.service" for s in services), *([UPDATE_PATH] if "ocpp" in services else [])]
 
 
 def uninstall(host: Host) -> None:
@@ -214,7 +223,7 @@ def uninstall(host: Host) -> None:
     and the users (their files remain in /var/lib/evsed)."""
     wants = host.path(f"{UNIT_DIR}/multi-user.target.wants")
     services = sorted(p.name for p in wants.glob("evsed-service@*.service")) if wants.is_dir() else []
-    host.run(["systemctl", "disable", "--now", *services, "evsed.service"], check=False)
+    host.run(["systemctl", "disable", "--now", *services, UPDATE_PATH, "evsed.service"], check=False)
     host.remove(DROPIN)
     with_dir = host.path(DROPIN).parent
     if with_dir.is_dir() and not any(with_dir.iterdir()):
@@ -230,6 +239,6 @@ def uninstall(host: Host) -> None:
 
 def next_steps(cfg: configmod.Config) -> list[str]:
     return [f"sudo -u {USER} {CURRENT}/bin/evsed check -c {CONFIG}   # opens every configured device once",
-            "sudo systemctl start evsed" + "".join(f" evsed-service@{s}" for s in _service_sections(cfg)),
+            "sudo systemctl start evsed" + "".join(f" {u.removesuffix('.service')}" for u in _enabled(cfg)),
             "journalctl -u evsed -f"]
 

@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
+import contextlib
+import datetime as dt
+import fcntl
+import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from typing import Any, Callable, Iterator, Protocol
 
 from evsed.config import Config
+from evsed.ops import spool as spoolmod
 
 OPT = Path("/opt/evsed")
-_WHEEL = re.compile(r"^evsed-(?P<version>[0-9][A-Za-z0-9.+!_]*)-[^-]+-[^-]+-[^-]+\.whl$")
+SPOOL_WAIT_S = 7 * 86400.0  # a spooled request waits this long for a session to end
 
 
 class UpdateError(Exception):
@@ -62,9 +64,14 @@ def settings(cfg: Config) -> UpdateSettings:
 
 # --- signatures -----------------------------------------------------------------------------
 
-def verify(wheel: Path, signature: Path, public_key: Path) -> None:
+def verify(wheel: Path, signature: Path, public_key: Path, shown: str | None = None) -> None:
     """Raise UpdateError unless `signature` (raw or base64; Ed25519, or ECDSA with SHA-256 in DER)
     signs the wheel's bytes under the PEM public key."""
+    # imported here: the OCPP uplink reads [update] at start but verifies only when a release comes
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     try:
         key = serialization.load_pem_public_key(public_key.read_bytes())
     except (OSError, ValueError) as exc:
@@ -87,11 +94,11 @@ def verify(wheel: Path, signature: Path, public_key: Path) -> None:
             return
         except InvalidSignature:
             continue
-    raise UpdateError(f"{signature} is not a valid signature of {wheel.name} by {public_key}")
+    raise UpdateError(f"{shown or signature} is not a valid signature of {wheel.name} by {public_key}")
 
 
 def wheel_version(wheel: Path) -> str:
-    match = _WHEEL.match(wheel.name)
+    match = spoolmod.WHEEL_NAME.match(wheel.name)
     if not match:
         raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
     return match.group("version")
@@ -155,10 +162,84 @@ class Updater:
         return self.cfg.store.state_dir / "sessions.db"
 
     def update(self, wheel: Path, signature: Path, wait_s: float = 0.0) -> str:
-        """Install, switch, and switch back on failure; returns the version running after it."""
+        """Install, switch, and switch back on failure; returns the version running after it.
+
+        The wheel and its signature are first copied into a directory only this process may
+        write: the bytes whose signature is checked are the bytes pip installs."""
+        wheel_version(wheel)
+        with self._locked(block=False), tempfile.TemporaryDirectory(prefix="evsed-update-") as private:
+            try:
+                with spoolmod.Spool(wheel.parent.resolve()) as folder:
+                    copy = folder.copy_out(wheel.name, Path(private) / wheel.name, spoolmod.MAX_WHEEL_BYTES)
+                with spoolmod.Spool(signature.parent.resolve()) as folder:
+                    sig = folder.copy_out(signature.name, Path(private) / "signature", spoolmod.MAX_SIGNATURE_BYTES)
+            except spoolmod.SpoolError as exc:
+                raise UpdateError(str(exc)) from None
+            return self._update(copy, sig, wait_s, shown=str(signature))
+
+    def run_spool(self, path: Path, wait_s: float = SPOOL_WAIT_S) -> spoolmod.Outcome | None:
+        """The release the OCPP uplink spooled in `path`, as update() installs one; its outcome
+        goes to status.json, then the request and its files are removed. None: no request."""
+        try:
+            folder = spoolmod.Spool(path)
+        except spoolmod.SpoolError as exc:
+            raise UpdateError(str(exc)) from None
+        with folder, self._locked(block=True):  # a hand-run update finishes first
+            if not folder.exists(spoolmod.REQUEST):
+                self.say(f"no request in {path}")
+                return None
+            request: spoolmod.Request | None = None
+            try:
+                raw = folder.read(spoolmod.REQUEST)
+                request = spoolmod.parse_request(raw)
+                self.say(f"request {request.id}: {request.wheel} from {request.location or 'the uplink'}")
+                with tempfile.TemporaryDirectory(prefix="evsed-update-") as private:
+                    copy = folder.copy_out(request.wheel, Path(private) / request.wheel, spoolmod.MAX_WHEEL_BYTES)
+                    sig = folder.copy_out(request.signature, Path(private) / "signature",
+                                          spoolmod.MAX_SIGNATURE_BYTES)
+                    version = self._update(copy, sig, wait_s, shown=request.signature)
+                outcome = spoolmod.Outcome(request.id, version, "Installed", "", _now())
+            except (UpdateError, spoolmod.SpoolError) as exc:
+                outcome = self._failed(request, str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, the CSMS hears of it
+                outcome = self._failed(request, f"{type(exc).__name__}: {exc}")
+            folder.write(spoolmod.STATUS, spoolmod.encode(outcome), 0o644)
+            self._clear(folder, request)
+            self.say(f"request {outcome.id}: {outcome.result}" + (f": {outcome.reason}" if outcome.reason else ""))
+            return outcome
+
+    def _failed(self, request: spoolmod.Request | None, reason: str) -> spoolmod.Outcome:
+        return spoolmod.Outcome(request.id if request else "unknown", request.version if request else "",
+                                "InstallationFailed", reason[-500:], _now())
+
+    def _clear(self, folder: spoolmod.Spool, done: spoolmod.Request | None) -> None:
+        """Remove the request that was handled and its files; a newer request the uplink left
+        meanwhile stays (the path unit starts this again for it)."""
+        try:
+            now = spoolmod.parse_request(folder.read(spoolmod.REQUEST))
+        except spoolmod.SpoolError:
+            now = None
+        if done is None or now is None or now.id == done.id:
+            folder.remove(spoolmod.REQUEST)
+        if done is not None and (now is None or now.id == done.id or now.wheel != done.wheel):
+            folder.remove(done.wheel)
+            folder.remove(done.signature)
+
+    @contextlib.contextmanager
+    def _locked(self, block: bool) -> Iterator[None]:
+        """One update at a time: the path unit's and one run by hand."""
+        self.opt.mkdir(parents=True, exist_ok=True)
+        with open(self.opt / ".update.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise UpdateError("another update is running") from None
+            yield
+
+    def _update(self, wheel: Path, signature: Path, wait_s: float, shown: str) -> str:
         if self.settings.public_key_file is None:
             raise UpdateError(f"{self.cfg.path}: [update] public_key_file is not set: releases cannot be checked")
-        verify(wheel, signature, self.settings.public_key_file)
+        verify(wheel, signature, self.settings.public_key_file, shown)
         version = wheel_version(wheel)
         self.say(f"signature of {wheel.name} checked against {self.settings.public_key_file}")
         old = self.current.resolve()
@@ -224,6 +305,7 @@ class Updater:
         finally:
             src.close()
             dst.close()
+        os.chmod(backup, 0o600)  # card UIDs and names, like the database
         return backup
 
     def _switch(self, target: Path) -> None:
@@ -250,6 +332,10 @@ class Updater:
         for suffix in ("-wal", "-shm"):
             Path(f"{self.db}{suffix}").unlink(missing_ok=True)
         shutil.copy2(backup, self.db)
+        owner = aside.stat()  # the daemon's user must own the copy root put back, or it cannot write it
+        os.chmod(self.db, stat.S_IMODE(owner.st_mode))
+        if os.geteuid() == 0:
+            os.chown(self.db, owner.st_uid, owner.st_gid)
         self.say(f"the session database is back at the schema {old.name} knows (the migrated one is {aside.name})")
 
     def _prune(self, keep: set[Path]) -> None:
@@ -261,3 +347,7 @@ class Updater:
             shutil.rmtree(stale, ignore_errors=True)
             self.say(f"removed the old release {stale.name}")
 
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

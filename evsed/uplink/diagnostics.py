@@ -1,5 +1,5 @@
-"""GetDiagnostics (a gzip'd JSON log bundle uploaded by HTTP PUT or FTP STOR) and UpdateFirmware
-(download and status notifications; installing is left to the operations issue)."""
+"""GetDiagnostics: a gzip'd JSON log bundle uploaded by HTTP PUT or FTP STOR, with its status
+notifications. (UpdateFirmware is firmware.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import subprocess
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import structlog
 from ocpp.exceptions import OCPPError
@@ -25,7 +24,6 @@ class Diagnostics:
     def __init__(self, uplink):
         self.up = uplink
         self.diagnostics_status = "Idle"
-        self.firmware_status = "Idle"
         self._name = ""
 
     def file_name(self) -> str:
@@ -42,19 +40,12 @@ class Diagnostics:
         except (asyncio.TimeoutError, OCPPError) as exc:
             log.info("ocpp.notification_unanswered", action=type(request).__name__, error=type(exc).__name__)
 
-    async def notify(self, message: str) -> None:
-        if message == "DiagnosticsStatusNotification":
-            await self._send(call.DiagnosticsStatusNotification(status=self.diagnostics_status))
-        else:
-            await self._send(call.FirmwareStatusNotification(status=self.firmware_status))
+    async def notify(self) -> None:
+        await self._send(call.DiagnosticsStatusNotification(status=self.diagnostics_status))
 
     async def _diag(self, status: str) -> None:
         self.diagnostics_status = status
         await self._send(call.DiagnosticsStatusNotification(status=status))
-
-    async def _firmware(self, status: str) -> None:
-        self.firmware_status = status
-        await self._send(call.FirmwareStatusNotification(status=status))
 
     async def bundle(self) -> bytes:
         """What an operator needs to look into a problem; no secrets (the password is not in it)."""
@@ -85,34 +76,6 @@ class Diagnostics:
             return
         await self._diag("UploadFailed")
         self.diagnostics_status = "Idle"
-
-    async def firmware(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int) -> None:
-        try:
-            wait = smart.parse_time(retrieve_date) - self.up.clock()
-        except ValueError:
-            wait = 0
-        if wait > 0:
-            await asyncio.sleep(wait)
-        target = self.up.settings.state_file.parent / "firmware.download"
-        await self._firmware("Downloading")
-        for attempt in range(max(1, retries)):
-            try:
-                await asyncio.to_thread(get, location, target)
-                break
-            except (OSError, ValueError, ftplib.Error) as exc:
-                log.info("ocpp.firmware_download_failed", attempt=attempt + 1, error=type(exc).__name__)
-                if attempt + 1 < retries:
-                    await asyncio.sleep(retry_interval_s)
-        else:
-            await self._firmware("DownloadFailed")
-            self.firmware_status = "Idle"
-            return
-        await self._firmware("Downloaded")
-        await self._firmware("Installing")
-        log.warning("ocpp.firmware_not_installed", file=str(target),
-                    why="installing firmware is left to the operations issue")
-        await self._firmware("InstallationFailed")
-        self.firmware_status = "Idle"
 
 
 def _journal() -> list[str]:
@@ -145,15 +108,5 @@ def put(location: str, name: str, data: bytes, timeout_s: float = 60) -> None:
             ftp.login(urllib.parse.unquote(url.username or "anonymous"), urllib.parse.unquote(url.password or ""))
             from io import BytesIO
             ftp.storbinary(f"STOR {urllib.parse.unquote(url.path)}", BytesIO(data))
-    else:
-        raise ValueError(f"unsupported location scheme {url.scheme!r}")
-
-
-def get(location: str, target: Path, timeout_s: float = 300) -> None:
-    url = urllib.parse.urlsplit(location)
-    if url.scheme in ("http", "https", "ftp"):
-        with urllib.request.urlopen(location, timeout=timeout_s) as response, open(target, "wb") as f:
-            while chunk := response.read(65536):
-                f.write(chunk)
     else:
         raise ValueError(f"unsupported location scheme {url.scheme!r}")

@@ -167,7 +167,7 @@ class CentralCommands(StrictChargePoint):
 
     @after(Action.update_firmware)
     async def after_update_firmware(self, location, retrieve_date, retries=None, retry_interval=None, **_):
-        await self.up.diagnostics.firmware(location, retrieve_date, retries or 1, retry_interval or 30)
+        self.up.firmware.start(location, retrieve_date, retries or 1, retry_interval or 30)
 
     @on(Action.set_charging_profile)
     def on_set_charging_profile(self, connector_id, cs_charging_profiles, **_):

@@ -31,7 +31,8 @@ FAULT_CODES = {"rcd": "GroundFailure", "rcd_self_test": "GroundFailure", "overcu
                "welded": "PowerSwitchFailure", "contactor_mismatch": "PowerSwitchFailure",
                "diode": "EVCommunicationError", "meter": "PowerMeterFailure", "pilot": "EVCommunicationError"}
 CALLS = {"StartTransaction": call.StartTransaction, "StopTransaction": call.StopTransaction,
-         "MeterValues": call.MeterValues, "StatusNotification": call.StatusNotification}
+         "MeterValues": call.MeterValues, "StatusNotification": call.StatusNotification,
+         "FirmwareStatusNotification": call.FirmwareStatusNotification}  # an update's outcome
 
 
 def id_tag(text: str) -> str:

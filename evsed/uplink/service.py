@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 from evsed.uplink import settings as settings_mod
 from evsed.uplink.auth import Authorizer
 from evsed.uplink.diagnostics import Diagnostics
+from evsed.uplink.firmware import Firmware
 from evsed.uplink.handlers import CentralCommands
 from evsed.uplink.keys import KEYS, Values, check
 from evsed.uplink.outbox import Outbox
@@ -90,6 +91,7 @@ class Uplink(SmartCharging):
         self.authorizer = Authorizer(self.state, self.keys, clock, lambda: self.cp if self.booted else None,
                                      settings.authorize_timeout_s)
         self.diagnostics = Diagnostics(self)
+        self.firmware = Firmware(self)
         self.cp: CentralCommands | None = None
         self.booted = False                          # BootNotification Accepted on this connection
         self.wake = asyncio.Event()                  # the queue may have work
@@ -118,7 +120,7 @@ class Uplink(SmartCharging):
     async def run(self) -> None:
         """Until cancelled; raises HardReset after a Reset of type Hard."""
         await first_of(self._events(), self._authorizer(), self._meter_clock(), self._limits(), self._report(),
-                       self._connection(), self._hard.wait())
+                       self.firmware.watch(), self._connection(), self._hard.wait())
         if self._hard.is_set():
             raise HardReset()
 
@@ -407,8 +409,10 @@ class Uplink(SmartCharging):
                 await self._boot(cp)
         elif message == "Heartbeat" and self.booted and cp is not None:
             await self._heartbeat_once(cp)
-        elif message in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
-            await self.diagnostics.notify(message)
+        elif message == "DiagnosticsStatusNotification":
+            await self.diagnostics.notify()
+        elif message == "FirmwareStatusNotification":
+            await self.firmware.notify()
         elif message == "MeterValues":
             for c in ([connector] if connector else self.connectors):
                 self.outbox.meter_values(c, "Trigger")

@@ -5,6 +5,7 @@ Secrets are read from their files here (the password file must be mode 0600) and
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import stat
 from dataclasses import dataclass, field
@@ -13,7 +14,19 @@ from types import MappingProxyType
 from typing import Mapping
 from urllib.parse import quote, urlsplit
 
+from evsed import __version__
 from evsed.config import Config, Table
+from evsed.ops import spool as spoolmod
+from evsed.ops import update as updatemod
+
+
+def running_version() -> str:
+    """The evsed release this process runs (the installed package's version): what BootNotification
+    says unless [ocpp] firmware_version names another."""
+    try:
+        return importlib.metadata.version("evsed")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 @dataclass(frozen=True)
@@ -30,8 +43,10 @@ class Settings:
     vendor: str = "evsed"
     model: str = "evsed"
     serial_number: str = ""
-    firmware_version: str = "0.1.0"
+    firmware_version: str = field(default_factory=running_version)
     state_file: Path = Path("ocpp.sqlite")
+    update_key_file: Path | None = None  # [update] public_key_file: UpdateFirmware checks releases with it
+    spool_dir: Path | None = None  # where UpdateFirmware leaves a release: <state_dir>/update
     heartbeat_s: int = 300        # until the CSMS gives one in BootNotification
     call_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
@@ -42,6 +57,10 @@ class Settings:
     phases: int = 3
     voltage_v: float = 230.0
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key defaults, as text
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_dir or spoolmod.directory(self.state_file.parent)
 
     @property
     def endpoint(self) -> str:
@@ -81,8 +100,10 @@ def parse(config: Config) -> Settings:
         password=password, ca_file=ca_file, cert_file=cert_file, key_file=key_file, version=version,
         vendor=t.get("vendor", str, "evsed"), model=t.get("model", str, "evsed"),
         serial_number=t.get("serial_number", str, ""),
-        firmware_version=t.get("firmware_version", str, "0.1.0"),
+        firmware_version=t.get("firmware_version", str, "") or running_version(),
         state_file=_state_file(base, state, config.store.state_dir),
+        update_key_file=updatemod.settings(config).public_key_file,
+        spool_dir=spoolmod.directory(config.store.state_dir),
         heartbeat_s=t.get("heartbeat_s", int, 300, min=1, max=86400),
         call_timeout_s=t.get("call_timeout_s", float, 30.0, min=0.1, max=600),
         reconnect_min_s=t.get("reconnect_min_s", float, 1.0, min=0.01, max=600),
