@@ -338,8 +338,20 @@ def load(path: Path | str) -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(path, None, "", f"not UTF-8 text: {exc}") from None
+        raise _not_utf8(path, raw, exc) from None
     return parse(text, path)
+
+
+def _not_utf8(path: Path, raw: bytes, exc: UnicodeDecodeError) -> ConfigError:
+    """The line of the first bad byte, and the [table] key written on it where one is."""
+    number = raw.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    lines = raw.decode("utf-8", "replace").splitlines()
+    text = lines[number - 1] if number <= len(lines) else ""
+    key = text.split("=", 1)[0].strip() if "=" in text else ""
+    header = next((line.strip() for line in reversed(lines[:number - 1]) if line.strip().startswith("[")), "")
+    where = " ".join(part for part in (header.strip("[] ") and f"[{header.strip('[] ')}]", key) if part)
+    return ConfigError(path, number, where[:200], f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {column}")
 
 
 def parse(text: str, path: Path | str = "<config>") -> Config:

@@ -95,7 +95,7 @@ def _groups(top: _Table) -> dict[str, Group]:
             raise t.error("windows", "expected a list of window names")
         t.done()
         out[name] = g
-        out[name + "\0windows"] = tuple(names)  # type: ignore[assignment]  # resolved in _windows
+        out[name + "\0windows"] = (index, tuple(names))  # type: ignore[assignment]  # resolved in _windows
     return out
 
 
@@ -117,11 +117,14 @@ def _days(t: _Table) -> frozenset[int]:
 def _windows(top: _Table, groups: dict, known: set[str]):
     from evsed.config import _Table as Table
     by_window: dict[str, set[str]] = {}
+    named_at: dict[str, int] = {}  # window name -> the index of the first [[group]] naming it
     for name, value in list(groups.items()):
         if name.endswith("\0windows"):
             del groups[name]
-            for w in value:
+            group_index, window_names = value
+            for w in window_names:
                 by_window.setdefault(w, set()).add(name[:-len("\0windows")])
+                named_at.setdefault(w, group_index)
     plain, modal, seen = [], [], {}
     for index, item in _array(top, "window"):
         t = Table(top.path, top.lines, item, f"window[{index}]")
@@ -155,9 +158,10 @@ def _windows(top: _Table, groups: dict, known: set[str]):
         t.done()
         (modal.append(ModeWindow(w, mode)) if action == "mode" else plain.append(w))
     if by_window:
-        name = sorted(by_window)[0]
-        raise top.error("group", f"group {sorted(by_window[name])[0]!r} names window {name!r}, "
-                        "which no [[window]] defines")
+        name = min(by_window, key=lambda w: named_at[w])
+        group = Table(top.path, top.lines, {}, f"group[{named_at[name]}]")
+        raise group.error("windows", f"group {sorted(by_window[name])[0]!r} names window {name!r}, "
+                          "which no [[window]] defines")
     return plain, modal
 
 
