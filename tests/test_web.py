@@ -125,6 +125,12 @@ def test_idle_connector_reads_available():
     assert headline(conn(), NOW, AMS) == ("Available", "idle")
 
 
+def test_a_pilot_whose_device_is_gone_reads_as_a_fault_with_why():
+    c = conn(pilot_error="OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected")
+    assert headline(c, NOW, AMS) == ("Pilot unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected",
+                                     "fault")
+
+
 def test_plugged_ev_without_card_reads_waiting_for_a_card():
     c = conn(status="Preparing", state="B", reason="waiting for a card")
     assert headline(c, NOW, AMS)[0] == "Waiting for a card"

@@ -119,6 +119,8 @@ def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> tuple[str, str]:
     session = conn.get("session")
     if conn.get("faults"):
         return fault_text(conn, now, tz), "fault"
+    if conn.get("pilot_error"):  # the pilot's device is gone (an unplugged adapter): nothing can charge
+        return "Pilot unavailable: " + str(conn["pilot_error"])[:200], "fault"
     if status == "Charging" and session:
         text = f"Charging {kw(session.get('power_w') or 0)}, {kwh(session.get('energy_wh') or 0)}"
         cost = session_cost(session)
