@@ -85,6 +85,31 @@ def test_the_drop_in_allows_exactly_the_configured_devices(tmp_path, capsys):
     assert "AF_INET" not in text and "PrivateNetwork" not in text  # an RS-485 meter needs no network
 
 
+def test_every_path_install_puts_in_place_has_its_owner_and_mode(tmp_path, capsys):
+    # The config and its directory: root's, readable by group evsed only (a card list, keys'
+    # paths); units and the drop-in: root's, world-readable as systemd expects; the release link.
+    # Whatever the installer's umask: under 077 the evsed user must still reach /opt/evsed.
+    fake_etc(tmp_path, evsed_user=True)
+    old = os.umask(0o077)
+    try:
+        assert run_install(tmp_path, "--config-example", "pi-gpio-sdm630-rc522", capsys=capsys)[0] == 0
+    finally:
+        os.umask(old)
+    made = {"/" + str(p.relative_to(tmp_path)): mode_owner(p) for p in tmp_path.rglob("*")
+            if p.name not in ("passwd", "group")}
+    unit = ("0644", 0, 0)
+    assert made == {
+        "/etc": made["/etc"],  # the test's own (fake_etc)
+        "/etc/systemd": ("0755", 0, 0), "/etc/systemd/system": ("0755", 0, 0),
+        "/etc/evsed": ("0750", 0, EVSED_GID), "/etc/evsed/evsed.toml": ("0640", 0, EVSED_GID),
+        "/etc/systemd/system/evsed.service": unit, "/etc/systemd/system/evsed-service@.service": unit,
+        "/etc/systemd/system/evsed-update.service": unit, "/etc/systemd/system/evsed-update.path": unit,
+        "/etc/systemd/system/evsed.service.d": ("0755", 0, 0),
+        "/etc/systemd/system/evsed.service.d/evsed-install.conf": unit,
+        "/opt": ("0755", 0, 0), "/opt/evsed": ("0755", 0, 0), "/opt/evsed/current": ("0777", 0, 0),  # a symlink
+    }
+
+
 def test_a_modbus_tcp_meter_opens_the_network_to_its_address_only(tmp_path, capsys):
     fake_etc(tmp_path, evsed_user=True)
     assert run_install(tmp_path, "--config-example", "openevse-sdm120-tcp", capsys=capsys)[0] == 0

@@ -99,9 +99,17 @@ class Host:
         return [m for m in entry[3].split(",") if m] if entry else []
 
     # --- files --------------------------------------------------------------------------
+    def parents(self, path: Path) -> None:
+        """Make the missing directories above path 0755 whatever the installer's umask: under a
+        umask of 077 /opt/evsed would be 0700 and the evsed user could not reach its release."""
+        missing = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
+        for directory in reversed(missing):
+            directory.mkdir()
+            os.chmod(directory, 0o755)
+
     def put(self, absolute: str, text: str, mode: int, group: str = "root") -> None:
         path = self.path(absolute)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parents(path)
         old = path.read_text() if path.exists() else None
         tmp = path.with_name(path.name + ".evsed-new")
         tmp.write_text(text)
@@ -113,7 +121,8 @@ class Host:
     def mkdir(self, absolute: str, mode: int, group: str = "root") -> None:
         path = self.path(absolute)
         made = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
+        self.parents(path)
+        path.mkdir(exist_ok=True)
         self._own(path, mode, group)
         if made:
             self.did.append(f"made {absolute}/ ({mode:04o} root:{group})")
@@ -195,7 +204,7 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
 
     current = host.path(CURRENT)
     if not current.is_symlink() and not current.exists():
-        current.parent.mkdir(parents=True, exist_ok=True)
+        host.parents(current)
         current.symlink_to(venv)
         host.did.append(f"linked {CURRENT} -> {venv}")
     else:
