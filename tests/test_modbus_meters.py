@@ -473,6 +473,32 @@ def test_tcp_meter_recovers_after_the_server_restarts_and_the_back_off_passes():
     assert as_dict(run(scenario())) == expected(MODELS["or-we-517"])
 
 
+def test_rtu_meter_on_a_usb_adapter_unplugged_and_plugged_back_reads_again_without_a_restart(tmp_path):
+    # udev's stable name (/dev/serial/by-id/...) is a link that goes with the adapter and comes back
+    sim = SimulatedMeter(MODELS["sdm630"], unit=1)
+    clock = FakeClock()
+    link = tmp_path / "usb-FTDI_RS485-if00-port0"
+
+    async def scenario():
+        async with rtu_server(sim) as port:
+            link.symlink_to(port)
+            meter = modbus_meter(options("sdm630", port=str(link), unit=1, parity="N"), ctx(), clock=clock)
+            first = await meter.read()
+        link.unlink()  # unplugged: the device node and its link are gone
+        with pytest.raises((TryAgain, DeviceUnavailable)):
+            await meter.read()
+        async with rtu_server(sim) as port:  # plugged back in: a new node behind the same link
+            link.symlink_to(port)
+            clock.now += 60  # past any back-off
+            again = await meter.read()
+            meter.release()
+        link.unlink()
+        return first, again
+
+    first, again = run(scenario())
+    assert as_dict(first) == as_dict(again) == expected(MODELS["sdm630"])
+
+
 CONFIG = """
 [[connector]]
 [connector.pilot]
