@@ -81,6 +81,24 @@ def test_a_service_resumes_after_its_last_ack_and_sees_nothing_twice(tmp_path):
     assert resumed[0] == first[2]
 
 
+def test_a_service_new_to_the_charger_starts_from_now_not_with_its_history(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with charging(cfg):  # a session's events are in the outbox before the service exists
+            link = await Link.connect(cfg.store.runtime_dir, "newcomer")
+            assert link.hello["acked"] == 0 and link.hello["last_seq"] > 0
+            history = link.hello["last_seq"]
+            stream = link.events()
+            await ask(cfg, {"cmd": "sim", "action": "unplug"})
+            seen = [e async for e in _durable(stream, count=1)]
+            await link.close()
+            return history, seen
+
+    history, seen = asyncio.run(scenario())
+    assert seen[0]["seq"] == history + 1  # the first event after its hello, none before
+
+
 async def _durable(events, count):
     got = 0
     async with asyncio.timeout(10):

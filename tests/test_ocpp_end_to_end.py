@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from evsed.config import load
-from evsed.control.client import request
+from evsed.control.client import ControlError, request
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import aio
 
@@ -77,3 +77,67 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
     assert stop["meterStop"] >= start["meterStart"]
     assert all(p["transactionId"] == 1001 for _, p in csms.actions("MeterValues"))
     assert services["ocpp"]["connected"] and services["ocpp"]["booted"] and services["ocpp"]["dropped"] == 0
+
+
+@aio
+async def test_an_uplink_new_to_a_charger_starts_from_now_with_the_connectors_status(tmp_path):
+    # The host ran the charger stand-alone, then added [ocpp]: the sessions before (one ended,
+    # one still charging) were never the CSMS's, so no transaction messages for them; the CSMS
+    # learns where the connector stands, and the next session is a transaction.
+    csms = CentralSystem()
+    port = await csms.start()
+    path = config(tmp_path, port)
+    path.write_text(path.read_text() + "\n[timing]\ncard_repeat_s = 0\n")  # one card, tapped in quick succession
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+    env["EVSED_SERVICES"] = "units"  # the daemon starts no service: this test starts the uplink later
+    daemon = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uplink = None
+
+    async def status() -> dict:
+        for _ in range(400):
+            try:
+                return (await asyncio.to_thread(request, load(path).store.runtime_dir, {"cmd": "status"}))["connectors"][0]
+            except (OSError, ControlError):  # the daemon is still starting
+                await asyncio.sleep(0.05)
+        raise AssertionError("no status")
+
+    async def until_status(wanted: str) -> None:
+        for _ in range(400):
+            if (await status())["status"] == wanted:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never {wanted}: {await status()}")
+
+    try:
+        await status()
+        for _ in range(2):
+            await evsed("sim", "plug", "-c", str(path))
+            await evsed("sim", "tap", "04A1B2C3", "-c", str(path))
+            await until_status("Charging")
+            if _ == 0:
+                await evsed("sim", "unplug", "-c", str(path))
+                await until_status("Available")
+        uplink = subprocess.Popen([sys.executable, "-m", "evsed", "service", "ocpp", "-c", str(path)], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await csms.wait_for(lambda: csms.actions("StatusNotification"), timeout=20)
+        await evsed("sim", "unplug", "-c", str(path))  # the session that ran before the uplink ends
+        await until_status("Available")
+        await evsed("sim", "plug", "-c", str(path))
+        await evsed("sim", "tap", "04A1B2C3", "-c", str(path))
+        await csms.wait_for(lambda: csms.actions("StartTransaction"), timeout=20)
+        await evsed("sim", "unplug", "-c", str(path))
+        await csms.wait_for(lambda: csms.actions("StopTransaction"), timeout=20)
+    finally:
+        if uplink is not None:
+            uplink.terminate()
+            uplink.wait(10)
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(10)
+        await csms.stop()
+    statuses = [p["status"] for a, p in csms.actions("StatusNotification") if p["connectorId"] == 1]
+    assert statuses[0] == "Charging"  # where it stood at first contact, from the daemon's status
+    flow = [a for a, _ in csms.actions() if a in ("StartTransaction", "StopTransaction")]
+    assert flow == ["StartTransaction", "StopTransaction"]  # only the session after first contact
+    (_, start), = csms.actions("StartTransaction")
+    assert start["idTag"] == "04A1B2C3"

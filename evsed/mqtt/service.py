@@ -18,7 +18,7 @@ from evsed.control.client import ControlError
 from evsed.mqtt import topics as tp
 from evsed.mqtt.discovery import discovery_payload, discovery_topic
 from evsed.mqtt.settings import MqttSettings, parse
-from evsed.services.link import LinkError
+from evsed.services.link import LinkError, resume_after
 
 log = structlog.get_logger("evsed")
 QOS = 1
@@ -80,7 +80,7 @@ class Bridge:
         self.topics = tp.Topics(settings.base_topic)
         self.connectors = tuple(n for n in link.hello.get("connectors") or () if isinstance(n, int))
         self.retained: dict[str, str] = {}  # what a broker should hold; republished after every reconnect
-        self.seq = int(link.hello.get("acked") or 0)  # the last event published and acknowledged
+        self.seq = resume_after(link.hello)  # the last event published and acknowledged (new here: from now)
         self.ignored = 0                     # malformed commands, counted
         self.refresh = asyncio.Event()
         self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)

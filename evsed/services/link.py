@@ -23,6 +23,13 @@ VERSION = 1
 LIMIT = 64 * 1024
 
 
+def resume_after(hello: dict[str, Any]) -> int:
+    """Where a service's event stream starts, from the daemon's hello: after the last event it
+    acknowledged; a service new to this charger (none acknowledged) starts from now, not with the
+    charger's history (a week of sessions an MQTT broker or a CSMS never saw happen)."""
+    return int(hello.get("acked") or hello.get("last_seq") or 0)
+
+
 class LinkError(Exception):
     """The daemon cannot be reached, or answered something that is not the protocol."""
 
@@ -96,9 +103,9 @@ class Link:
         raise AssertionError("unreachable")
 
     async def events(self, after: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The charger's events with seq > after (default: the last this service acknowledged),
-        then live ones, for ever; a lost connection is re-made with back-off."""
-        last = self.hello.get("acked", 0) if after is None else after
+        """The charger's events with seq > after (default: resume_after), then live ones, for
+        ever; a lost connection is re-made with back-off."""
+        last = resume_after(self.hello) if after is None else after
         delay = 0.2
         while True:
             try:

@@ -93,6 +93,7 @@ class Daemon:
         self.services = Services(config) if start_services else None
         self._reader_db: sqlite3.Connection | None = None
         self._acked: dict[str, int] = {}
+        self._last_seq = 0  # the newest durable event streamed: where a service new to this charger starts
         self._service_status: dict[str, dict[str, Any]] = {}  # what each service last said of itself
         self._reader_lock = threading.Lock()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -121,6 +122,7 @@ class Daemon:
         self._record_recovered(store, recovered)
         first_id = store.next_session_id()
         self._acked = dict(store.db.execute("SELECT service, seq FROM service_acks").fetchall())
+        self._last_seq = outbox.last_seq(store.db)
         self.writer = StoreWriter(store)
         self._reader_db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
         self.devices = build(self.config, time.monotonic)
@@ -183,7 +185,11 @@ class Daemon:
 
     def _stored(self, loop: asyncio.AbstractEventLoop, event: dict[str, Any]) -> None:
         """A durable event is committed (the store's thread): stream it from the loop."""
-        loop.call_soon_threadsafe(self.server.push, event)
+        loop.call_soon_threadsafe(self._push, event)
+
+    def _push(self, event: dict[str, Any]) -> None:
+        self._last_seq = max(self._last_seq, int(event.get("seq") or 0))
+        self.server.push(event)
 
     def _live(self, event: ChargerEvent) -> None:
         if not event.durable:
@@ -260,7 +266,7 @@ class Daemon:
     def hello(self, service: str) -> dict[str, Any]:
         c = self.config.charger
         return {"charger": c.id, "connectors": list(self.connectors), "phases": c.phases, "voltage_v": c.voltage_v,
-                "acked": self._acked.get(service, 0)}
+                "acked": self._acked.get(service, 0), "last_seq": self._last_seq}
 
     def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.charger is not None

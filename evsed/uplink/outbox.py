@@ -102,6 +102,15 @@ class Outbox:
             self.on_stopped(connector, str(event["session"]))
         return True
 
+    def seed(self, connector: int, status: dict) -> None:
+        """A connector as the daemon's status reports it (its latched faults, its status): what an
+        uplink new to the charger starts from, queued as a StatusNotification."""
+        for fault in status.get("faults") or []:
+            if isinstance(fault, dict) and fault.get("fault"):
+                self.faults.setdefault(connector, {})[str(fault["fault"])] = str(fault.get("detail")
+                                                                                  or fault["fault"])[:50]
+        self._status(connector, {"status": status.get("status"), "reason": status.get("reason")})
+
     def _fault(self, connector: int, event: dict) -> None:
         """Faults give the error code of the connector's StatusNotification (sent when it changes)."""
         faults = self.faults.setdefault(connector, {})
@@ -153,6 +162,10 @@ class Outbox:
     def _stopped(self, connector: int, event: dict) -> None:
         session = str(event["session"])
         opened = self.state.sessions().get(connector)
+        if opened is None or opened["session"] != session:
+            # started before the uplink followed the charger (its first contact): no transaction at the CSMS
+            log.info("ocpp.session_before_uplink", connector=connector, session=session)
+            return
         stopped_at = _ms(event.get("stopped_at") or event.get("at")) or iso(self.clock())
         meter = int(event.get("meter_stop_wh") or 0)
         reason = self.stop_reasons.pop(connector, None) or REASONS.get(str(event.get("reason")), "Other")

@@ -19,6 +19,7 @@ from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 from websockets.typing import Subprotocol
 
+from evsed.services.link import resume_after
 from evsed.uplink import settings as settings_mod
 from evsed.uplink.auth import Authorizer
 from evsed.uplink.diagnostics import Diagnostics
@@ -262,8 +263,22 @@ class Uplink(SmartCharging):
             log.warning("ocpp.daemon_command_failed", cmd=request.get("cmd"), error=type(exc).__name__)
             return {"ok": False, "error": f"daemon: {type(exc).__name__}"}
 
+    async def _first_contact(self) -> None:
+        """An uplink new to this charger starts its event stream from now: the sessions before it
+        were never the CSMS's. Where each connector stands comes from one status request."""
+        start = resume_after(self.link.hello)
+        reply = await self.command({"cmd": "status"})
+        with self.state.transaction():
+            for conn in reply.get("connectors") or [] if reply.get("ok", True) else []:
+                if isinstance(conn, dict) and isinstance(conn.get("id"), int):
+                    self.outbox.seed(conn["id"], conn)
+            self.state.set_meta("seq", start)
+        log.info("ocpp.first_contact", after=start, statuses=len(self.state.statuses()))
+
     async def _events(self) -> None:
         failures = 0
+        if not self.state.meta("seq"):
+            await self._first_contact()
         while True:
             after = int(self.state.meta("seq", "0"))
             try:
