@@ -248,6 +248,23 @@ def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, examp
     assert exposure(units / "evsed.service") <= most
 
 
+def test_the_service_units_find_the_daemons_directories_without_a_store_table(monkeypatch):
+    # A config without [store]: the services (user evsed-net, no StateDirectory= of their own,
+    # which would chown the daemon's) must still find the sessions database and the socket.
+    daemon = (ROOT / "systemd/evsed.service").read_text()
+    template = (ROOT / "systemd/evsed-service@.service").read_text()
+    state = re.search(r"^StateDirectory=(\S+)$", daemon, re.M).group(1)
+    runtime = re.search(r"^RuntimeDirectory=(\S+)$", daemon, re.M).group(1)
+    assert not re.search(r"^(StateDirectory|RuntimeDirectory)=", template, re.M)
+    env = dict(kv.split("=", 1) for kv in re.search(r"^Environment=(.*)$", template, re.M).group(1).split())
+    assert env == {"STATE_DIRECTORY": f"/var/lib/{state}", "RUNTIME_DIRECTORY": f"/run/{runtime}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(os, "geteuid", lambda: 999)  # not root, as evsed-net
+    from evsed.config import default_runtime_dir, default_state_dir
+    assert (default_state_dir(), default_runtime_dir()) == (Path("/var/lib/evsed"), Path("/run/evsed"))
+
+
 @needs_analyze
 def test_the_service_template_verifies_and_rates_ok(tmp_path, capsys):
     root = tmp_path / "root"
