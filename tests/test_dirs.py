@@ -25,16 +25,40 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_state_dir_is_created_0700_and_runtime_dir_0750_whatever_the_umask(tmp_path, umask):
+def test_state_dir_is_created_0750_and_runtime_dir_0750_whatever_the_umask(tmp_path, umask):
     assert dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE) == tmp_path / "state"
     dirs.ensure_dir(tmp_path / "run", dirs.RUNTIME_DIR_MODE)
-    assert mode(tmp_path / "state") == 0o700 and mode(tmp_path / "run") == 0o750
+    assert mode(tmp_path / "state") == 0o750 and mode(tmp_path / "run") == 0o750
 
 
 def test_missing_parents_are_created_with_the_same_mode(tmp_path, umask):
     dirs.ensure_dir(tmp_path / "home" / ".local" / "state" / "evsed", dirs.STATE_DIR_MODE)
     for part in ("home", "home/.local", "home/.local/state", "home/.local/state/evsed"):
-        assert mode(tmp_path / part) == 0o700, part
+        assert mode(tmp_path / part) == 0o750, part
+
+
+def test_the_services_directory_is_2770_whatever_the_umask_and_fixed_when_it_is_not(tmp_path, umask):
+    state = dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+    assert dirs.ensure_services_dir(state) == state / "services"
+    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o2770
+    os.chmod(state / "services", 0o777)
+    dirs.ensure_services_dir(state)
+    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o2770
+
+
+def test_a_services_directory_that_is_a_link_or_not_the_daemons_is_refused(tmp_path):
+    state = dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+    (tmp_path / "elsewhere").mkdir()
+    (state / "services").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(dirs.DirectoryError, match="not a directory"):
+        dirs.ensure_services_dir(state)
+    assert stat.S_IMODE(os.stat(tmp_path / "elsewhere").st_mode) != 0o2770  # not chmod'ed through the link
+    if os.geteuid() == 0:
+        (state / "services").unlink()
+        (state / "services").mkdir()
+        os.chown(state / "services", NOBODY, NOBODY)
+        with pytest.raises(dirs.DirectoryError, match="owned by uid 65534"):
+            dirs.ensure_services_dir(state)
 
 
 def test_an_existing_private_directory_is_used_as_it_is(tmp_path):

@@ -334,7 +334,7 @@ def test_the_daemon_tells_every_status_at_start_so_a_new_service_knows_where_thi
     assert (0, "Available") in statuses and (1, "Available") in statuses
 
 
-def test_the_session_database_and_state_directory_are_private_whatever_the_umask(tmp_path):
+def test_the_state_directory_is_the_daemons_to_write_and_its_groups_to_read_whatever_the_umask(tmp_path):
     cfg = config.load(write_config(tmp_path))
     old = os.umask(0o000)
     try:
@@ -344,8 +344,11 @@ def test_the_session_database_and_state_directory_are_private_whatever_the_umask
         asyncio.run(scenario())
     finally:
         os.umask(old)
-    assert cfg.store.state_dir.stat().st_mode & 0o777 == 0o700
-    assert (cfg.store.state_dir / "sessions.db").stat().st_mode & 0o777 == 0o600
+    # Group evsed is the network services': they read the records (the web page) and write only
+    # services/ (the OCPP queue, the update spool), whose files keep the group (setgid).
+    assert cfg.store.state_dir.stat().st_mode & 0o7777 == 0o750
+    assert (cfg.store.state_dir / "sessions.db").stat().st_mode & 0o777 == 0o640
+    assert (cfg.store.state_dir / "services").stat().st_mode & 0o7777 == 0o2770
     assert cfg.store.runtime_dir.stat().st_mode & 0o777 == 0o750
 
 

@@ -149,7 +149,7 @@ def test_with_ocpp_the_update_path_unit_is_enabled_and_a_missing_release_key_is_
     assert any(line.startswith("note: /etc/evsed/evsed.toml has no [update] public_key_file") for line in out)
     assert out[-2] == "  sudo systemctl start evsed evsed-service@ocpp evsed-update.path"
     path_unit = (tmp_path / "etc/systemd/system/evsed-update.path").read_text()
-    assert "PathExists=/var/lib/evsed/update/request.json" in path_unit  # where the uplink spools
+    assert "PathExists=/var/lib/evsed/services/update/request.json" in path_unit  # where the uplink spools
     (tmp_path / "etc/evsed/release.pub").write_text("")
     host_config.write_text(host_config.read_text() + '\n[update]\npublic_key_file = "release.pub"\n')
     code, out = run_install(tmp_path, capsys=capsys)

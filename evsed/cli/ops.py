@@ -27,7 +27,7 @@ def add_commands(add) -> None:
                     help="its signature (raw or base64) by the key named in [update] public_key_file")
     sp.add_argument("--spool", nargs="?", const="", default=None, metavar="DIR",
                     help="instead of WHEEL: the release the OCPP uplink downloaded into DIR (default: "
-                    "<state_dir>/update), if it left a request; the outcome goes to DIR/status.json")
+                    "<state_dir>/services/update), if it left a request; the outcome goes to DIR/status.json")
     sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                     help="wait this long for a running session to end (default: refuse at once; "
                     "with --spool a week)")
@@ -84,7 +84,8 @@ def cmd_update(args) -> int:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)
             return 0
-        spool = Path(args.spool) if args.spool else spoolmod.directory(cfg.store.state_dir)
+        from evsed.config import dirs
+        spool = Path(args.spool) if args.spool else spoolmod.directory(dirs.services_dir(cfg.store.state_dir))
         outcome = updater.run_spool(spool, update.SPOOL_WAIT_S if args.wait is None else args.wait)
     except update.UpdateError as exc:
         print(f"evsed: update: {exc}", file=sys.stderr)

@@ -10,7 +10,9 @@ import os
 import stat
 from pathlib import Path
 
-STATE_DIR_MODE = 0o700  # sessions.db holds card UIDs and names
+STATE_DIR_MODE = 0o750  # the daemon's alone to write; group evsed (the services) reads sessions.db
+SERVICES_DIR = "services"  # the one directory under it the services write: the OCPP queue, the update spool
+SERVICES_DIR_MODE = 0o2770  # the daemon's, group evsed may write; setgid: their files stay group evsed
 RUNTIME_DIR_MODE = 0o750  # the control socket (0660): the service group may reach it
 SOCKET_NAME = "control.sock"  # evsed.control.client.socket_path() puts the socket here
 SOCKET_PATH_MAX = 107  # bytes: sockaddr_un.sun_path is 108 bytes with the terminating NUL
@@ -82,6 +84,33 @@ def ensure_dir(path: Path, mode: int) -> Path:
     for part in reversed(missing) if missing else [path]:  # top down, `path` last
         _check_owned(part)
     _check_parent(path)
+    return path
+
+
+def services_dir(state_dir: Path) -> Path:
+    """Where the network services keep their own files, beside the daemon's (which they only read)."""
+    return Path(state_dir) / SERVICES_DIR
+
+
+def ensure_services_dir(state_dir: Path) -> Path:
+    """Create (or fix) the services' directory, SERVICES_DIR_MODE exactly; a symlink or a directory
+    owned by another user there is refused. The state directory itself must already be ensured."""
+    path = services_dir(state_dir)
+    try:
+        os.mkdir(path, SERVICES_DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DirectoryError(f"cannot create {_short(path)}: {exc.strerror or exc}") from None
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise DirectoryError(f"cannot check {_short(path)}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):  # a symlink too: lstat
+        raise DirectoryError(f"{_short(path)} exists and is not a directory")
+    if st.st_uid != os.geteuid():
+        raise DirectoryError(f"{_short(path)} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
+    os.chmod(path, SERVICES_DIR_MODE)  # mkdir's mode passes through the umask
     return path
 
 

@@ -1,4 +1,4 @@
-"""The update spool (`<state_dir>/update/`): where the unprivileged OCPP uplink leaves a release it
+"""The update spool (`<state_dir>/services/update/`): where the unprivileged OCPP uplink leaves a release it
 downloaded, and where the privileged `evsed update --spool` leaves the outcome.
 
 The uplink writes `evsed-VERSION-....whl`, its `.sig` and then `request.json`; the updater writes
@@ -63,9 +63,9 @@ class Outcome:
     at: str = ""
 
 
-def directory(state_dir: Path) -> Path:
-    """The spool of the charger whose state directory is `state_dir`."""
-    return state_dir / "update"
+def directory(services_dir: Path) -> Path:
+    """The spool in the services' directory (evsed.config.dirs.services_dir of the state directory)."""
+    return services_dir / "update"
 
 
 def parse_request(data: bytes) -> Request:

@@ -56,8 +56,9 @@ class StateLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        try:  # 0700 whatever the umask; refused when another user could tamper with it
+        try:  # 0750 whatever the umask; refused when another user could tamper with it
             dirs.ensure_dir(self.path.parent, dirs.STATE_DIR_MODE)
+            dirs.ensure_services_dir(self.path.parent)
         except dirs.DirectoryError as exc:
             raise StartError(f"state directory: {exc}") from None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)

@@ -77,9 +77,9 @@ class Store:
                  timezone: str = "UTC", version: str = "0"):
         self.path = Path(path)
         self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
-        if str(path) != ":memory:":  # card UIDs and names: 0600 whatever the umask (-wal, -shm follow it)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(self.path, 0o600)
+        if str(path) != ":memory:":  # card UIDs and names: 0640 whatever the umask (-wal, -shm follow it):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640))  # the services' group reads it
+            os.chmod(self.path, 0o640)
         self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a finished session survives a power cut

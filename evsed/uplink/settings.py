@@ -15,7 +15,7 @@ from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from evsed import __version__
-from evsed.config import Config, Table
+from evsed.config import Config, Table, dirs
 from evsed.ops import spool as spoolmod
 from evsed.ops import update as updatemod
 
@@ -46,7 +46,7 @@ class Settings:
     firmware_version: str = field(default_factory=running_version)
     state_file: Path = Path("ocpp.sqlite")
     update_key_file: Path | None = None  # [update] public_key_file: UpdateFirmware checks releases with it
-    spool_dir: Path | None = None  # where UpdateFirmware leaves a release: <state_dir>/update
+    spool_dir: Path | None = None  # where UpdateFirmware leaves a release: <state_dir>/services/update
     heartbeat_s: int = 300        # until the CSMS gives one in BootNotification
     call_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
@@ -101,9 +101,9 @@ def parse(config: Config) -> Settings:
         vendor=t.get("vendor", str, "evsed"), model=t.get("model", str, "evsed"),
         serial_number=t.get("serial_number", str, ""),
         firmware_version=t.get("firmware_version", str, "") or running_version(),
-        state_file=_state_file(base, state, config.store.state_dir),
+        state_file=_state_file(base, state, dirs.services_dir(config.store.state_dir)),
         update_key_file=updatemod.settings(config).public_key_file,
-        spool_dir=spoolmod.directory(config.store.state_dir),
+        spool_dir=spoolmod.directory(dirs.services_dir(config.store.state_dir)),
         heartbeat_s=t.get("heartbeat_s", int, 300, min=1, max=86400),
         call_timeout_s=t.get("call_timeout_s", float, 30.0, min=0.1, max=600),
         reconnect_min_s=t.get("reconnect_min_s", float, 1.0, min=0.01, max=600),
@@ -170,9 +170,9 @@ def _read_secret(t: Table, key: str, path: Path) -> str:
     return text
 
 
-def _state_file(base: Path, text: str, state_dir: Path) -> Path:
+def _state_file(base: Path, text: str, services_dir: Path) -> Path:
     if not text:
-        return state_dir / "ocpp.sqlite"
+        return services_dir / "ocpp.sqlite"
     path = Path(os.path.expanduser(text))
     return path if path.is_absolute() else base / path
 
