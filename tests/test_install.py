@@ -265,6 +265,28 @@ def test_the_service_units_find_the_daemons_directories_without_a_store_table(mo
     assert (default_state_dir(), default_runtime_dir()) == (Path("/var/lib/evsed"), Path("/run/evsed"))
 
 
+def test_the_directories_systemd_makes_for_the_units_are_the_ones_the_code_accepts(tmp_path):
+    # systemd creates StateDirectory= and RuntimeDirectory= with the units' modes before evsed
+    # starts; the daemon refuses a directory another user could tamper with. The two must agree,
+    # and the services must be able to write where their files go (ReadWritePaths=).
+    from evsed.config import dirs
+    from evsed.ops import spool
+    daemon = (ROOT / "systemd/evsed.service").read_text()
+    template = (ROOT / "systemd/evsed-service@.service").read_text()
+    for key, name in (("StateDirectory", "state"), ("RuntimeDirectory", "run")):
+        path = tmp_path / name
+        path.mkdir()
+        os.chmod(path, int(re.search(rf"^{key}Mode=(\d+)$", daemon, re.M).group(1), 8))
+        dirs.ensure_dir(path, dirs.STATE_DIR_MODE if name == "state" else dirs.RUNTIME_DIR_MODE)  # no refusal
+    services = dirs.ensure_services_dir(tmp_path / "state")
+    writable = re.search(r"^ReadWritePaths=(.*)$", template, re.M).group(1).split()
+    state = "/var/lib/" + re.search(r"^StateDirectory=(\S+)$", daemon, re.M).group(1)
+    assert writable == [str(dirs.services_dir(Path(state)))]
+    assert spool.directory(services).parent == services  # the uplink's spool; its queue goes beside it
+    path_unit = (ROOT / "systemd/evsed-update.path").read_text()
+    assert f"PathExists={spool.directory(dirs.services_dir(Path(state)))}/request.json" in path_unit
+
+
 @needs_analyze
 def test_the_service_template_verifies_and_rates_ok(tmp_path, capsys):
     root = tmp_path / "root"
