@@ -76,3 +76,12 @@ def test_status_text_shows_an_unavailable_pilot_and_why():
         "reason": "no EV", "pilot_error": "OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"})
     assert "state ?, steady +12 V" in text
     assert "pilot       unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected" in text
+    assert "meter " not in text  # none configured, none failing
+
+
+def test_status_text_shows_why_the_meter_gives_no_reading():
+    text = cli.format_status({
+        "id": 1, "status": "Available", "state": "A", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
+        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
+        "reason": "no EV", "meter_error": "Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"})
+    assert "  meter       no reading: Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s" in text

@@ -285,3 +285,34 @@ def test_a_reload_of_keys_only_a_restart_applies_names_them(tmp_path):
             assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # still on the socket it started with
 
     asyncio.run(scenario())
+
+
+def test_status_says_why_the_meter_gives_no_reading_until_it_reads_again(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg):
+            async def meter_error():
+                return (await ask(cfg, {"cmd": "status"}))["connectors"][0]["meter_error"]
+            before = await meter_error()
+            await ask(cfg, {"cmd": "sim", "action": "fault", "kind": "meter"})
+            errors = []
+            async def failing():
+                errors.append(await meter_error())
+                return errors[-1] != ""
+            await until_async(failing)
+            await ask(cfg, {"cmd": "sim", "action": "fault", "kind": "meter", "clear": True})
+            async def back():
+                return await meter_error() == ""
+            await until_async(back)
+            return before, errors[-1]
+
+    before, during = asyncio.run(scenario())
+    assert before == "" and during == "simulated meter timeout"
+
+
+async def until_async(predicate, timeout_s: float = 5.0):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.02)

@@ -126,6 +126,8 @@ def format_status(c: dict) -> str:
     lines.append(f"  pilot       state {c['state'] or '?'}, {pwm}")
     if c.get("pilot_error"):
         lines.append(f"  pilot       unavailable: {c['pilot_error']}")
+    if c.get("meter_error"):
+        lines.append(f"  meter       no reading: {c['meter_error']}")
     lines.append(f"  contactor   {c['contactor']}")
     m = c["measured"]
     if m:

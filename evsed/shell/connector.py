@@ -55,6 +55,7 @@ class ConnectorControl:
         self.last_reading: MeterReading | None = None
         self.last_refusal: dict[str, Any] | None = None
         self.pilot_error = ""  # why the pilot device is unavailable (an unplugged adapter), until it reads again
+        self.meter_error = ""  # why the last meter reading failed (silent, unplugged, garbage), until one is good
         self._inbox: deque[ev.Event] = deque()
         self._busy = False
         self._rcd_tripped: bool | None = None
@@ -148,6 +149,7 @@ class ConnectorControl:
         if verdict.rebaseline_wh is not None:
             self._rebaseline(verdict.rebaseline_wh, reading)
         self.last_reading = reading
+        self.meter_error = ""
         done = self._last_session
         if done is not None:  # the energy drawn between the last sample and the open belongs to it
             if reading.energy_import_wh > done.meter_last_wh:
@@ -185,6 +187,7 @@ class ConnectorControl:
         self.publish("meter.rebaselined", previous_wh=previous, now_wh=reading.energy_import_wh)
 
     def meter_failed(self, detail: str) -> None:
+        self.meter_error = detail
         self.feed(ev.MeterFailed(detail))
 
     # --- the step ---------------------------------------------------------------------------
@@ -300,6 +303,7 @@ class ConnectorControl:
                        for f, fs in st.faults.items()],
             "reason": st.reason,
             "pilot_error": self.pilot_error,
+            "meter_error": self.meter_error,
             "last_refusal": self.last_refusal,
             "limits": dict(st.limits),
         }
