@@ -1,11 +1,13 @@
 """`evsed update WHEEL --signature SIG`: a signed release into a fresh virtual environment beside
-the running one, switched to between sessions, and switched back when it does not reach READY.
+the running one, switched to between sessions, and switched back when it does not reach READY or
+fails (stops, restarts) within its probation after READY.
 
 Releases live in /opt/evsed/releases/VERSION; /opt/evsed/current links the one in use (the
-units run /opt/evsed/current/bin/evsed). The old release is kept. The session database
-migrates forward when the new release opens it; if that release is rolled back and the old
-one cannot open the newer schema, the copy taken just before the switch comes back (the new
-release never reached READY, so it started no session).
+units run /opt/evsed/current/bin/evsed). The old release is kept. After READY the
+new release is on probation for [update] probation_s: a stop or a restart (systemd's
+Restart=on-failure) within it rolls back too. The session database migrates forward when the
+new release opens it; if that release is rolled back and the old one cannot open the newer
+schema, the copy taken just before the switch comes back.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ class UpdateError(Exception):
 
 @dataclass(frozen=True)
 class UpdateSettings:
-    """[update]: the key releases are signed with, and how long a new release has to start."""
+    """[update]: the key releases are signed with, how long a new release has to start, and how
+    long it must then run without failing before it is kept."""
 
     public_key_file: Path | None = None
     ready_timeout_s: float = 60.0  # from the service's start to READY=1
+    probation_s: float = 120.0  # from READY=1: a stop or restart within it rolls back
     keep_releases: int = 2  # releases kept in /opt/evsed/releases besides the one in use
 
 
@@ -57,6 +61,7 @@ def settings(cfg: Config) -> UpdateSettings:
     out = UpdateSettings(
         public_key_file=(cfg.path.parent / key).resolve() if key else None,
         ready_timeout_s=t.get("ready_timeout_s", float, d.ready_timeout_s, min=5, max=600),
+        probation_s=t.get("probation_s", float, d.probation_s, min=0, max=3600),
         keep_releases=t.get("keep_releases", int, d.keep_releases, min=1, max=10))
     t.done()
     return out
@@ -106,11 +111,27 @@ def wheel_version(wheel: Path) -> str:
 
 # --- the service ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Health:
+    """The service as the probation watches it: another main process or another restart since
+    READY means the release failed, even when it runs again."""
+
+    state: str  # systemd's ActiveState: active, activating, deactivating, failed, inactive
+    main_pid: int
+    restarts: int
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+
 class Service(Protocol):
     def stop(self) -> None: ...
 
     def start(self, timeout_s: float) -> bool:
         """Start the daemon; True once it reported READY within timeout_s."""
+
+    def health(self) -> Health: ...
 
 
 class SystemdService:
@@ -135,6 +156,22 @@ class SystemdService:
         active = subprocess.run(["systemctl", "is-active", "evsed.service"], capture_output=True, text=True)
         return active.stdout.strip() == "active"
 
+    def health(self) -> Health:
+        proc = subprocess.run(["systemctl", "show", "-p", "ActiveState,MainPID,NRestarts", "evsed.service"],
+                              capture_output=True, text=True, timeout=30)
+        values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        if proc.returncode != 0:
+            self.say(f"systemctl show evsed.service: exit {proc.returncode}: {proc.stderr.strip()}")
+        return Health(values.get("ActiveState") or "unknown", _int(values.get("MainPID")),
+                      _int(values.get("NRestarts")))
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return -1  # unreadable: unlike any value seen before, so the probation fails safe
+
 
 # --- the update -----------------------------------------------------------------------------
 
@@ -147,7 +184,9 @@ class Updater:
     say: Callable[[str], None] = print
     opt: Path = OPT
     python: str = sys.executable
-    poll_s: float = 5.0
+    poll_s: float = 5.0  # between looks at the daemon's sessions and, in probation, at the service
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     @property
     def current(self) -> Path:
@@ -252,11 +291,13 @@ class Updater:
         backup = self._backup(version)
         self._switch(release)
         self.say(f"switched {self.current} -> {release}; starting it")
+        why: str | None = f"did not reach READY within {self.settings.ready_timeout_s:g} s"
         if self.service.start(self.settings.ready_timeout_s):
-            self.say(f"evsed {version} is ready")
-            self._prune(keep={release, old})
-            return version
-        self.say(f"evsed {version} did not reach READY within {self.settings.ready_timeout_s:g} s: rolling back")
+            why = self._probation(version)
+            if why is None:
+                self._prune(keep={release, old})
+                return version
+        self.say(f"evsed {version} {why}: rolling back")
         self.service.stop()
         self._switch(old)
         self._restore_if_needed(old, backup, version)
@@ -264,7 +305,27 @@ class Updater:
         if not self.service.start(self.settings.ready_timeout_s):
             raise UpdateError(f"rolled back to {old}, but it did not reach READY either: see journalctl -u evsed")
         self.say(f"rolled back to {old.name}; it is ready")
-        raise UpdateError(f"update to {version} failed at start; rolled back to {old.name}")
+        raise UpdateError(f"update to {version} failed: it {why}; rolled back to {old.name}")
+
+    def _probation(self, version: str) -> str | None:
+        """Watch the release that reached READY for probation_s; why it failed, or None."""
+        probation_s = self.settings.probation_s
+        if probation_s <= 0:
+            self.say(f"evsed {version} is ready")
+            return None
+        first = self.service.health()
+        self.say(f"evsed {version} is ready; watching it for {probation_s:g} s")
+        ready_at = self.clock()
+        while True:
+            health, elapsed = self.service.health(), self.clock() - ready_at
+            if not health.active:
+                return f"stopped {elapsed:.0f} s after READY (it is {health.state})"
+            if (health.main_pid, health.restarts) != (first.main_pid, first.restarts):
+                return f"restarted {elapsed:.0f} s after READY"
+            if elapsed >= probation_s:
+                self.say(f"evsed {version} ran {probation_s:g} s without failing: it stays")
+                return None
+            self.sleep(min(self.poll_s, probation_s - elapsed))
 
     def _install(self, wheel: Path, release: Path) -> None:
         if release.exists():
@@ -281,17 +342,17 @@ class Updater:
                 raise UpdateError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
 
     def _wait_between_sessions(self, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
+        deadline = self.clock() + wait_s
         while True:
             reply = self.status()
             running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
             if not running:
                 return
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 raise UpdateError(f"a session runs on connector {', '.join(map(str, running))}: the release "
                                   "is installed; run the update again after it ends (or with --wait SECONDS)")
             self.say(f"waiting for the session on connector {', '.join(map(str, running))} to end")
-            time.sleep(self.poll_s)
+            self.sleep(self.poll_s)
 
     def _backup(self, version: str) -> Path | None:
         """A consistent copy of the session database (the daemon is stopped) before the new
