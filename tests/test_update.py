@@ -27,7 +27,7 @@ from evsed.cli import main
 from evsed.control import client as control
 from evsed.ops import update
 from evsed.store import migrations
-from evsed.store.sessions import Store
+from evsed.store.sessions import LiveSession, Store
 
 ROOT = Path(__file__).parent.parent
 
@@ -105,13 +105,15 @@ def make_wheel(directory: Path, version: str, main: str) -> Path:
 # The release that works: the evsed under test, started from the new environment.
 GOOD = f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'evsed', *sys.argv[1:]])"
 # The release that fails at start after migrating the session database past this evsed's schema,
-# as a release with a new migration and a crash right after it would.
+# in a way older code must not write (not additive), as a release with such a migration and a
+# crash right after it would.
 BROKEN = f"""if sys.argv[1:2] != ['run']:
     return 0
 import sqlite3, tomllib
 cfg = tomllib.load(open(sys.argv[-1], 'rb'))
 db = sqlite3.connect(cfg['store']['state_dir'] + '/sessions.db')
 db.execute('ALTER TABLE sessions ADD COLUMN from_the_future TEXT')
+db.execute('UPDATE schema_compat SET min_writer = {migrations.VERSION + 1}')
 db.execute('PRAGMA user_version = {migrations.VERSION + 1}')
 db.commit()
 sys.exit('evsed: ImportError: a module this release forgot')"""
@@ -188,6 +190,10 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
     store.close()
     assert (updater.cfg.store.state_dir / "sessions.db.from-0.2.0").exists()  # kept for a look
     assert said[-1] == "rolled back to 0.1.0; it is ready"
+    assert (f"0.1.0 cannot write the session database 0.2.0 migrated (session database schema version "
+            f"{migrations.VERSION + 1} is newer than this evsed's ({migrations.VERSION}) and may be written only by "
+            f"schema version {migrations.VERSION + 1} or newer): it is back as it was before the update; the "
+            "migrated one, with any session 0.2.0 stored, is sessions.db.from-0.2.0") in said
 
 
 def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
@@ -268,21 +274,36 @@ def test_an_ecdsa_signature_in_base64_is_accepted(tmp_path):
         update.verify(wheel, sig, pub)
 
 
-def test_older_code_reads_a_database_a_newer_release_migrated_but_does_not_write_it(tmp_path):
-    """Why the rollback restores the copy: readers (reports, export) tolerate newer columns; the
-    daemon's store refuses a schema newer than its own rather than guess."""
+def migrated_by_a_newer_release(path: Path, monkeypatch, additive: bool) -> None:
+    """The database as a release with one more migration step leaves it."""
+    step = migrations.Step("ALTER TABLE sessions ADD COLUMN from_the_future TEXT NOT NULL DEFAULT 'unset';", additive)
+    with monkeypatch.context() as newer:
+        newer.setattr(migrations, "STEPS", (*migrations.STEPS, step))
+        newer.setattr(migrations, "VERSION", migrations.VERSION + 1)
+        Store(path).close()
+
+
+def test_older_code_writes_a_database_a_newer_release_migrated_additively(tmp_path, monkeypatch):
+    """What a rollback after an additive migration counts on: the old store opens it as it is."""
     path = tmp_path / "sessions.db"
-    Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute("ALTER TABLE sessions ADD COLUMN from_the_future TEXT")
-    db.execute(f"PRAGMA user_version = {migrations.VERSION + 1}")
-    db.commit()
-    db.close()
-    store = Store.open_readonly(path)
-    assert list(store.sessions()) == []
+    migrated_by_a_newer_release(path, monkeypatch, additive=True)
+    store = Store(path)
+    store.start(s := LiveSession(1, "04A1B2C3", "Alice", "", "local", "2026-01-05T09:00:00+00:00", 1000, 1000))
+    store.stop(s.row_id, 2100, 7400.0, "ev_unplugged", "2026-01-05T10:00:00+00:00")
+    assert migrations.version(store.db) == migrations.VERSION + 1  # not touched
+    assert migrations.min_writer(store.db) == migrations.VERSION
+    assert store.db.execute("SELECT energy_wh, from_the_future FROM sessions").fetchall() == [(1100, "unset")]
     store.close()
-    with pytest.raises(migrations.SchemaTooNew):
+
+
+def test_older_code_refuses_a_database_a_newer_release_migrated_otherwise(tmp_path, monkeypatch):
+    path = tmp_path / "sessions.db"
+    migrated_by_a_newer_release(path, monkeypatch, additive=False)
+    with pytest.raises(migrations.SchemaTooNew, match=f"may be written only by schema version {migrations.VERSION + 1}"):
         Store(path)
+    store = Store.open_readonly(path)  # readers (reports, export) still read it
+    assert list(store.sessions()) == [] and migrations.version(store.db) == migrations.VERSION + 1
+    store.close()
 
 
 def test_update_needs_a_public_key_in_the_config(site, tmp_path):

@@ -6,8 +6,10 @@ Releases live in /opt/evsed/releases/VERSION; /opt/evsed/current links the one i
 units run /opt/evsed/current/bin/evsed). The old release is kept. After READY the
 new release is on probation for [update] probation_s: a stop or a restart (systemd's
 Restart=on-failure) within it rolls back too. The session database migrates forward when the
-new release opens it; if that release is rolled back and the old one cannot open the newer
-schema, the copy taken just before the switch comes back.
+new release opens it. After a rollback the old release keeps writing it when every step it
+missed was additive (evsed.store.migrations), so sessions the new release stored in its
+probation stay; otherwise the copy taken just before the switch comes back and the migrated
+database is kept beside it.
 """
 
 from __future__ import annotations
@@ -376,18 +378,18 @@ class Updater:
         tmp.replace(self.current)  # rename: the link is the old or the new, never missing
 
     def _restore_if_needed(self, old: Path, backup: Path | None, version: str) -> None:
+        """The migrated database stays when the old release may write it (every step since its
+        schema was additive): it keeps the sessions the new release stored in its probation.
+        Otherwise the copy taken before the switch comes back and the migrated one is kept aside."""
         if backup is None or not self.db.exists():
             return
-        known = subprocess.run([str(old / "bin" / "python"), "-c",
-                                "from evsed.store.migrations import VERSION; print(VERSION)"],
+        check = subprocess.run([str(old / "bin" / "python"), "-c", _OLD_WRITES, str(self.db)],
                                capture_output=True, text=True, timeout=60)
-        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            db.close()
-        if known.returncode == 0 and found <= int(known.stdout):
-            return  # the old release opens the database as it is
+        if check.returncode == 0:
+            self.say(f"the session database stays as {version} migrated it: {old.name} writes it "
+                     f"({backup.name} is the copy from before the update)")
+            return
+        why = (check.stderr.strip().splitlines() or [f"exit {check.returncode}"])[-1]
         aside = self.db.with_name(f"sessions.db.from-{version}")
         self.db.replace(aside)
         for suffix in ("-wal", "-shm"):
@@ -397,7 +399,8 @@ class Updater:
         os.chmod(self.db, stat.S_IMODE(owner.st_mode))
         if os.geteuid() == 0:
             os.chown(self.db, owner.st_uid, owner.st_gid)
-        self.say(f"the session database is back at the schema {old.name} knows (the migrated one is {aside.name})")
+        self.say(f"{old.name} cannot write the session database {version} migrated ({why}): it is back as it "
+                 f"was before the update; the migrated one, with any session {version} stored, is {aside.name}")
 
     def _prune(self, keep: set[Path]) -> None:
         if not self.releases.is_dir():
@@ -408,6 +411,22 @@ class Updater:
             shutil.rmtree(stale, ignore_errors=True)
             self.say(f"removed the old release {stale.name}")
 
+
+
+# Run by the old release's python: exit 0 when its store would open (and write) the database.
+# A release from before schema_compat compares the schema versions only.
+_OLD_WRITES = """
+import pathlib, sqlite3, sys
+from evsed.store import migrations as m
+db = sqlite3.connect(pathlib.Path(sys.argv[1]).as_uri() + "?mode=ro", uri=True)
+try:
+    if hasattr(m, "check_writable"):
+        m.check_writable(db)
+    elif m.version(db) > m.VERSION:
+        sys.exit(f"session database schema version {m.version(db)} is newer than its ({m.VERSION})")
+except m.SchemaTooNew as exc:
+    sys.exit(str(exc))
+"""
 
 
 def _now() -> str:
