@@ -86,13 +86,14 @@ class FakeClock:
         self.now += seconds
 
 
-def make_wheel(directory: Path, version: str, main: str) -> Path:
-    """A minimal evsed wheel: its console script `evsed` runs `main` (the body of a function)."""
+def make_wheel(directory: Path, version: str, main: str, metadata: str = "") -> Path:
+    """A minimal evsed wheel: its console script `evsed` runs `main` (the body of a function);
+    `metadata`: more METADATA lines (Provides-Extra, Requires-Dist)."""
     name = f"evsed-{version}-py3-none-any.whl"
     info = f"evsed-{version}.dist-info"
     module = "def main():\n    import os, sys\n" + "".join(f"    {line}\n" for line in main.splitlines())
     files = {"evsed_release.py": module,
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n{metadata}",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
              f"{info}/entry_points.txt": "[console_scripts]\nevsed = evsed_release:main\n"}
     files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"

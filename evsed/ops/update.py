@@ -19,7 +19,9 @@ import binascii
 import contextlib
 import datetime as dt
 import fcntl
+import importlib.metadata
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -109,6 +111,42 @@ def wheel_version(wheel: Path) -> str:
     if not match:
         raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
     return match.group("version")
+
+
+def carried_extras(site_packages: Path) -> list[str]:
+    """The extras of the evsed installed in site_packages whose requirements are all installed
+    there too, sorted: the ones that release runs with. Only a requirement's name counts (pip
+    resolves the versions anew in the fresh environment), and of its marker only `extra == "..."`:
+    a requirement for another platform that is missing here leaves its extra behind."""
+    dists = {_canonical(d.metadata["Name"] or ""): d
+             for d in importlib.metadata.distributions(path=[str(site_packages)])}
+    evsed = dists.get("evsed")
+    if evsed is None:
+        return []
+    needs: dict[str, list[tuple[str, list[str]]]] = {e: [] for e in evsed.metadata.get_all("Provides-Extra") or []}
+    for req in evsed.requires or []:
+        match = _REQUIREMENT.match(req)
+        extra = _EXTRA_MARKER.search(match.group(3) or "") if match else None
+        if match and extra and extra.group(1) in needs:
+            inner = [e.strip() for e in (match.group(2) or "").split(",") if e.strip()]
+            needs[extra.group(1)].append((_canonical(match.group(1)), inner))
+
+    def installed(extra: str, seen: frozenset[str]) -> bool:
+        for name, inner in needs.get(extra, [("", [])]):  # an extra evsed does not provide: not installed
+            if name not in dists:
+                return False
+            if name == "evsed" and not all(e in seen or installed(e, seen | {e}) for e in inner):
+                return False  # evsed[web] in [test]: [web]'s requirements too
+        return True
+    return sorted(e for e in needs if installed(e, frozenset({e})))
+
+
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?[^;]*(?:;(.*))?")
+_EXTRA_MARKER = re.compile(r"""\bextra\s*==\s*["']([^"']+)["']""")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -287,7 +325,7 @@ class Updater:
         release = self.releases / version
         if release.resolve() == old:
             raise UpdateError(f"release {version} is the one running")
-        self._install(wheel, release)
+        self._install(wheel, release, self._extras(old))
         self._wait_between_sessions(wait_s)
         self.service.stop()
         backup = self._backup(version)
@@ -329,14 +367,25 @@ class Updater:
                 return None
             self.sleep(min(self.poll_s, probation_s - elapsed))
 
-    def _install(self, wheel: Path, release: Path) -> None:
+    def _extras(self, old: Path) -> list[str]:
+        """The extras the running release has installed (a Pi's [pi], [ocpp], ...): the new one gets them too."""
+        proc = subprocess.run([str(old / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
+                              "cannot tell which extras the running release has")
+        return carried_extras(Path(proc.stdout.strip()))
+
+    def _install(self, wheel: Path, release: Path, extras: list[str]) -> None:
         if release.exists():
             shutil.rmtree(release)
         release.parent.mkdir(parents=True, exist_ok=True)
-        self.say(f"installing {wheel.name} into {release}")
+        self.say(f"installing {wheel.name} into {release} with "
+                 + (f"the extras the running release has: {', '.join(extras)}" if extras else "no extras"))
+        requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
         for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
                      [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
-                      "--no-input", "--quiet", str(wheel)],
+                      "--no-input", "--quiet", requirement],
                      [str(release / "bin" / "evsed"), "--help"]):
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
