@@ -169,6 +169,9 @@ class Started:
         self.starts += 1
         return True
 
+    def health(self) -> update.Health:
+        return update.Health("active", 1000 + self.starts, 0)
+
 
 def test_the_updaters_outcome_is_reported_once_after_the_restart_with_the_running_version_in_boot(
         tmp_path, files, release, site):  # noqa: F811 - the fixture

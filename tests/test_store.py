@@ -105,7 +105,12 @@ def test_a_reader_of_a_database_an_older_daemon_still_writes_sees_the_new_column
     assert [r["energy_wh"] for r in rows] == [7123, 877, 1500, 400] and rows[0]["cost_minor"] is None
 
 
-def test_a_database_from_a_newer_evsed_is_refused_untouched(tmp_path):
+def test_a_new_database_may_be_written_only_by_code_of_its_version(tmp_path):
+    store = Store(tmp_path / "s.db")
+    assert migrations.min_writer(store.db) == migrations.VERSION  # V1 is not additive
+
+
+def test_a_database_from_a_newer_evsed_without_a_writer_floor_is_refused_untouched(tmp_path):
     db = sqlite3.connect(tmp_path / "s.db")
     db.execute(f"PRAGMA user_version = {migrations.VERSION + 1}")
     db.close()

@@ -27,7 +27,7 @@ from evsed.cli import main
 from evsed.control import client as control
 from evsed.ops import update
 from evsed.store import migrations
-from evsed.store.sessions import Store
+from evsed.store.sessions import LiveSession, Store
 
 ROOT = Path(__file__).parent.parent
 
@@ -64,14 +64,36 @@ class NotifyService:
             self.proc.wait(10)
         self.proc = None
 
+    def health(self) -> update.Health:
+        running = self.proc is not None and self.proc.poll() is None
+        return update.Health("active" if running else "failed", self.proc.pid if self.proc else 0, 0)
 
-def make_wheel(directory: Path, version: str, main: str) -> Path:
-    """A minimal evsed wheel: its console script `evsed` runs `main` (the body of a function)."""
+
+class FakeClock:
+    """The updater's clock and sleep: probation and --wait pass at once; each sleep first runs
+    the hooks (a test lets the release under probation do what it does meanwhile)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.hooks: list = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        for hook in self.hooks:
+            hook()
+        self.now += seconds
+
+
+def make_wheel(directory: Path, version: str, main: str, metadata: str = "") -> Path:
+    """A minimal evsed wheel: its console script `evsed` runs `main` (the body of a function);
+    `metadata`: more METADATA lines (Provides-Extra, Requires-Dist)."""
     name = f"evsed-{version}-py3-none-any.whl"
     info = f"evsed-{version}.dist-info"
     module = "def main():\n    import os, sys\n" + "".join(f"    {line}\n" for line in main.splitlines())
     files = {"evsed_release.py": module,
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n{metadata}",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
              f"{info}/entry_points.txt": "[console_scripts]\nevsed = evsed_release:main\n"}
     files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
@@ -84,16 +106,24 @@ def make_wheel(directory: Path, version: str, main: str) -> Path:
 # The release that works: the evsed under test, started from the new environment.
 GOOD = f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'evsed', *sys.argv[1:]])"
 # The release that fails at start after migrating the session database past this evsed's schema,
-# as a release with a new migration and a crash right after it would.
+# in a way older code must not write (not additive), as a release with such a migration and a
+# crash right after it would.
 BROKEN = f"""if sys.argv[1:2] != ['run']:
     return 0
 import sqlite3, tomllib
 cfg = tomllib.load(open(sys.argv[-1], 'rb'))
 db = sqlite3.connect(cfg['store']['state_dir'] + '/sessions.db')
 db.execute('ALTER TABLE sessions ADD COLUMN from_the_future TEXT')
+db.execute('UPDATE schema_compat SET min_writer = {migrations.VERSION + 1}')
 db.execute('PRAGMA user_version = {migrations.VERSION + 1}')
 db.commit()
 sys.exit('evsed: ImportError: a module this release forgot')"""
+# The release that starts, says READY=1, and dies right after (its probation must catch it).
+DIES_AFTER_READY = """if sys.argv[1:2] != ['run']:
+    return 0
+import socket
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])
+sys.exit('evsed: a task died after READY')"""
 
 
 @pytest.fixture
@@ -116,7 +146,9 @@ def site(tmp_path):
     cfg = config.load(tmp_path / "evsed.toml")
     service = NotifyService(opt, cfg.path, tmp_path)
     said: list[str] = []
-    updater = update.Updater(cfg, update.settings(cfg), service, lambda: None, said.append, opt=opt)
+    clock = FakeClock()
+    updater = update.Updater(cfg, update.settings(cfg), service, lambda: None, said.append, opt=opt,
+                             clock=clock, sleep=clock.sleep)
     yield updater, key, service, said
     service.stop()
 
@@ -142,7 +174,7 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
     updater, key, service, said = site
     finished_session(updater.cfg)
     wheel = make_wheel(tmp_path, "0.2.0", BROKEN)
-    with pytest.raises(update.UpdateError, match="update to 0.2.0 failed at start; rolled back to 0.1.0"):
+    with pytest.raises(update.UpdateError, match="update to 0.2.0 failed: it did not reach READY within 20 s; rolled back to 0.1.0"):
         updater.update(wheel, signed(key, wheel))
     opt = updater.opt
     assert service.started == [str(opt / "releases/0.2.0"), str(opt / "releases/0.1.0")]
@@ -159,6 +191,10 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
     store.close()
     assert (updater.cfg.store.state_dir / "sessions.db.from-0.2.0").exists()  # kept for a look
     assert said[-1] == "rolled back to 0.1.0; it is ready"
+    assert (f"0.1.0 cannot write the session database 0.2.0 migrated (session database schema version "
+            f"{migrations.VERSION + 1} is newer than this evsed's ({migrations.VERSION}) and may be written only by "
+            f"schema version {migrations.VERSION + 1} or newer): it is back as it was before the update; the "
+            "migrated one, with any session 0.2.0 stored, is sessions.db.from-0.2.0") in said
 
 
 def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
@@ -169,6 +205,42 @@ def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
     assert (updater.opt / "releases/0.1.0/bin/evsed").exists()
     assert service.started == [str(updater.opt / "releases/0.3.0")]
     assert control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]["id"] == 1
+    assert updater.clock() >= 120 and "evsed 0.3.0 ran 120 s without failing: it stays" in said
+
+
+def test_a_release_that_dies_in_its_probation_is_rolled_back(site, tmp_path):
+    updater, key, service, said = site
+    updater.clock.hooks.append(lambda: service.proc.wait(10) if service.proc else None)  # it dies meanwhile
+    wheel = make_wheel(tmp_path, "0.2.0", DIES_AFTER_READY)
+    with pytest.raises(update.UpdateError, match=r"update to 0.2.0 failed: it stopped \d+ s after READY "
+                       r"\(it is failed\); rolled back to 0.1.0"):
+        updater.update(wheel, signed(key, wheel))
+    assert service.started == [str(updater.opt / "releases/0.2.0"), str(updater.opt / "releases/0.1.0")]
+    assert (updater.opt / "current").resolve() == updater.opt / "releases/0.1.0"
+    assert service.proc is not None and service.proc.poll() is None  # the old one runs
+    assert "evsed 0.2.0 is ready; watching it for 120 s" in said
+
+
+def test_a_release_restarted_in_its_probation_is_rolled_back_though_it_runs_again(site, tmp_path):
+    updater, key, service, said = site
+
+    def health():  # systemd's Restart=on-failure 30 s after READY: active again, another pid, one restart
+        restarted = updater.clock() >= 30
+        return update.Health("active", 4343 if restarted else 4242, 1 if restarted else 0)
+    service.health = health
+    wheel = make_wheel(tmp_path, "0.3.0", GOOD)
+    with pytest.raises(update.UpdateError, match="it restarted 30 s after READY; rolled back to 0.1.0"):
+        updater.update(wheel, signed(key, wheel))
+    assert (updater.opt / "current").resolve() == updater.opt / "releases/0.1.0"
+
+
+def test_systemd_health_is_read_from_systemctl_show(tmp_path, monkeypatch):
+    (tmp_path / "systemctl").write_text("#!/bin/sh\n[ \"$*\" = 'show -p ActiveState,MainPID,NRestarts "
+                                        "evsed.service' ] || exit 1\nprintf 'NRestarts=2\\nActiveState=active"
+                                        "\\nMainPID=812\\n'\n")
+    (tmp_path / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert update.SystemdService(print).health() == update.Health("active", 812, 2)
 
 
 def test_a_wheel_with_a_bad_signature_changes_nothing(site, tmp_path):
@@ -203,21 +275,36 @@ def test_an_ecdsa_signature_in_base64_is_accepted(tmp_path):
         update.verify(wheel, sig, pub)
 
 
-def test_older_code_reads_a_database_a_newer_release_migrated_but_does_not_write_it(tmp_path):
-    """Why the rollback restores the copy: readers (reports, export) tolerate newer columns; the
-    daemon's store refuses a schema newer than its own rather than guess."""
+def migrated_by_a_newer_release(path: Path, monkeypatch, additive: bool) -> None:
+    """The database as a release with one more migration step leaves it."""
+    step = migrations.Step("ALTER TABLE sessions ADD COLUMN from_the_future TEXT NOT NULL DEFAULT 'unset';", additive)
+    with monkeypatch.context() as newer:
+        newer.setattr(migrations, "STEPS", (*migrations.STEPS, step))
+        newer.setattr(migrations, "VERSION", migrations.VERSION + 1)
+        Store(path).close()
+
+
+def test_older_code_writes_a_database_a_newer_release_migrated_additively(tmp_path, monkeypatch):
+    """What a rollback after an additive migration counts on: the old store opens it as it is."""
     path = tmp_path / "sessions.db"
-    Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute("ALTER TABLE sessions ADD COLUMN from_the_future TEXT")
-    db.execute(f"PRAGMA user_version = {migrations.VERSION + 1}")
-    db.commit()
-    db.close()
-    store = Store.open_readonly(path)
-    assert list(store.sessions()) == []
+    migrated_by_a_newer_release(path, monkeypatch, additive=True)
+    store = Store(path)
+    store.start(s := LiveSession(1, "04A1B2C3", "Alice", "", "local", "2026-01-05T09:00:00+00:00", 1000, 1000))
+    store.stop(s.row_id, 2100, 7400.0, "ev_unplugged", "2026-01-05T10:00:00+00:00")
+    assert migrations.version(store.db) == migrations.VERSION + 1  # not touched
+    assert migrations.min_writer(store.db) == migrations.VERSION
+    assert store.db.execute("SELECT energy_wh, from_the_future FROM sessions").fetchall() == [(1100, "unset")]
     store.close()
-    with pytest.raises(migrations.SchemaTooNew):
+
+
+def test_older_code_refuses_a_database_a_newer_release_migrated_otherwise(tmp_path, monkeypatch):
+    path = tmp_path / "sessions.db"
+    migrated_by_a_newer_release(path, monkeypatch, additive=False)
+    with pytest.raises(migrations.SchemaTooNew, match=f"may be written only by schema version {migrations.VERSION + 1}"):
         Store(path)
+    store = Store.open_readonly(path)  # readers (reports, export) still read it
+    assert list(store.sessions()) == [] and migrations.version(store.db) == migrations.VERSION + 1
+    store.close()
 
 
 def test_update_needs_a_public_key_in_the_config(site, tmp_path):
@@ -337,3 +424,13 @@ def test_update_spool_without_a_request_does_nothing(site, tmp_path, capsys):
     assert main(["update", "--spool", str(spool), "-c", str(updater.cfg.path)]) == 0
     assert f"no request in {spool}" in capsys.readouterr().out
     assert main(["update", "-c", str(updater.cfg.path)]) == 2  # neither a wheel nor --spool
+
+
+def test_probation_is_read_from_the_config_within_its_bounds(tmp_path):
+    text = (ROOT / "config/simulator.toml").read_text()
+    (tmp_path / "evsed.toml").write_text(text + "\n[update]\nprobation_s = 300\n")
+    assert update.settings(config.load(tmp_path / "evsed.toml")).probation_s == 300
+    assert update.UpdateSettings().probation_s == 120
+    (tmp_path / "evsed.toml").write_text(text + "\n[update]\nprobation_s = 7200\n")
+    with pytest.raises(config.ConfigError, match="probation_s"):
+        update.settings(config.load(tmp_path / "evsed.toml"))

@@ -21,7 +21,7 @@ def add_commands(add) -> None:
     sp = add("uninstall", cmd_uninstall, "stop and remove the service; keeps the sessions database and config")
     sp.add_argument("--root", default="/", help="act inside this directory (default: /)")
     sp = add("update", cmd_update, "install a signed release beside the running one and switch to it between "
-             "sessions; switch back if it does not start")
+             "sessions; switch back if it does not start or fails in its probation")
     sp.add_argument("wheel", type=Path, nargs="?", help="the release: an evsed wheel file")
     sp.add_argument("--signature", type=Path,
                     help="its signature (raw or base64) by the key named in [update] public_key_file")

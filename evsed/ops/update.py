@@ -1,17 +1,19 @@
 """`evsed update WHEEL --signature SIG`: a signed release into a fresh virtual environment beside
-the running one, switched to between sessions, and switched back when it does not reach READY.
+the running one, switched to between sessions, and switched back when it does not reach READY or
+fails (stops, restarts) within its probation after READY.
 
 Releases live in /opt/evsed/releases/VERSION; /opt/evsed/current links the one in use (the
-units run /opt/evsed/current/bin/evsed). The old release is kept. The session database
-migrates forward when the new release opens it; if that release is rolled back and the old
-one cannot open the newer schema, the copy taken just before the switch comes back (the new
-release never reached READY, so it started no session).
+units run /opt/evsed/current/bin/evsed). The old release is kept. After READY the
+new release is on probation for [update] probation_s: a stop or a restart (systemd's
+Restart=on-failure) within it rolls back too. The session database migrates forward when the
+new release opens it. After a rollback the old release keeps writing it when every step it
+missed was additive (evsed.store.migrations), so sessions the new release stored in its
+probation stay; otherwise the copy taken just before the switch comes back and the migrated
+database is kept beside it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import fcntl
@@ -29,21 +31,21 @@ from typing import Any, Callable, Iterator, Protocol
 
 from evsed.config import Config
 from evsed.ops import spool as spoolmod
+# callers (the uplink, tests) name these update.verify, update.UpdateError: they stay here too
+from evsed.ops.release import UpdateError, carried_extras, verify, wheel_version  # noqa: F401
 
 OPT = Path("/opt/evsed")
 SPOOL_WAIT_S = 7 * 86400.0  # a spooled request waits this long for a session to end
 
 
-class UpdateError(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class UpdateSettings:
-    """[update]: the key releases are signed with, and how long a new release has to start."""
+    """[update]: the key releases are signed with, how long a new release has to start, and how
+    long it must then run without failing before it is kept."""
 
     public_key_file: Path | None = None
     ready_timeout_s: float = 60.0  # from the service's start to READY=1
+    probation_s: float = 120.0  # from READY=1: a stop or restart within it rolls back
     keep_releases: int = 2  # releases kept in /opt/evsed/releases besides the one in use
 
 
@@ -57,60 +59,35 @@ def settings(cfg: Config) -> UpdateSettings:
     out = UpdateSettings(
         public_key_file=(cfg.path.parent / key).resolve() if key else None,
         ready_timeout_s=t.get("ready_timeout_s", float, d.ready_timeout_s, min=5, max=600),
+        probation_s=t.get("probation_s", float, d.probation_s, min=0, max=3600),
         keep_releases=t.get("keep_releases", int, d.keep_releases, min=1, max=10))
     t.done()
     return out
 
 
-# --- signatures -----------------------------------------------------------------------------
-
-def verify(wheel: Path, signature: Path, public_key: Path, shown: str | None = None) -> None:
-    """Raise UpdateError unless `signature` (raw or base64; Ed25519, or ECDSA with SHA-256 in DER)
-    signs the wheel's bytes under the PEM public key."""
-    # imported here: the OCPP uplink reads [update] at start but verifies only when a release comes
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    try:
-        key = serialization.load_pem_public_key(public_key.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise UpdateError(f"public key {public_key}: {exc}") from None
-    sig = signature.read_bytes()
-    candidates = [sig]
-    try:
-        candidates.append(base64.b64decode(sig.strip(), validate=True))
-    except (binascii.Error, ValueError):
-        pass
-    data = wheel.read_bytes()
-    for candidate in candidates:
-        try:
-            if isinstance(key, ed25519.Ed25519PublicKey):
-                key.verify(candidate, data)
-            elif isinstance(key, ec.EllipticCurvePublicKey):
-                key.verify(candidate, data, ec.ECDSA(hashes.SHA256()))
-            else:
-                raise UpdateError(f"public key {public_key}: expected Ed25519 or ECDSA, got {type(key).__name__}")
-            return
-        except InvalidSignature:
-            continue
-    raise UpdateError(f"{shown or signature} is not a valid signature of {wheel.name} by {public_key}")
-
-
-def wheel_version(wheel: Path) -> str:
-    match = spoolmod.WHEEL_NAME.match(wheel.name)
-    if not match:
-        raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
-    return match.group("version")
-
-
 # --- the service ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Health:
+    """The service as the probation watches it: another main process or another restart since
+    READY means the release failed, even when it runs again."""
+
+    state: str  # systemd's ActiveState: active, activating, deactivating, failed, inactive
+    main_pid: int
+    restarts: int
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
 
 class Service(Protocol):
     def stop(self) -> None: ...
 
     def start(self, timeout_s: float) -> bool:
         """Start the daemon; True once it reported READY within timeout_s."""
+
+    def health(self) -> Health: ...
 
 
 class SystemdService:
@@ -135,6 +112,22 @@ class SystemdService:
         active = subprocess.run(["systemctl", "is-active", "evsed.service"], capture_output=True, text=True)
         return active.stdout.strip() == "active"
 
+    def health(self) -> Health:
+        proc = subprocess.run(["systemctl", "show", "-p", "ActiveState,MainPID,NRestarts", "evsed.service"],
+                              capture_output=True, text=True, timeout=30)
+        values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        if proc.returncode != 0:
+            self.say(f"systemctl show evsed.service: exit {proc.returncode}: {proc.stderr.strip()}")
+        return Health(values.get("ActiveState") or "unknown", _int(values.get("MainPID")),
+                      _int(values.get("NRestarts")))
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return -1  # unreadable: unlike any value seen before, so the probation fails safe
+
 
 # --- the update -----------------------------------------------------------------------------
 
@@ -147,7 +140,9 @@ class Updater:
     say: Callable[[str], None] = print
     opt: Path = OPT
     python: str = sys.executable
-    poll_s: float = 5.0
+    poll_s: float = 5.0  # between looks at the daemon's sessions and, in probation, at the service
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     @property
     def current(self) -> Path:
@@ -246,17 +241,19 @@ class Updater:
         release = self.releases / version
         if release.resolve() == old:
             raise UpdateError(f"release {version} is the one running")
-        self._install(wheel, release)
+        self._install(wheel, release, self._extras(old))
         self._wait_between_sessions(wait_s)
         self.service.stop()
         backup = self._backup(version)
         self._switch(release)
         self.say(f"switched {self.current} -> {release}; starting it")
+        why: str | None = f"did not reach READY within {self.settings.ready_timeout_s:g} s"
         if self.service.start(self.settings.ready_timeout_s):
-            self.say(f"evsed {version} is ready")
-            self._prune(keep={release, old})
-            return version
-        self.say(f"evsed {version} did not reach READY within {self.settings.ready_timeout_s:g} s: rolling back")
+            why = self._probation(version)
+            if why is None:
+                self._prune(keep={release, old})
+                return version
+        self.say(f"evsed {version} {why}: rolling back")
         self.service.stop()
         self._switch(old)
         self._restore_if_needed(old, backup, version)
@@ -264,16 +261,47 @@ class Updater:
         if not self.service.start(self.settings.ready_timeout_s):
             raise UpdateError(f"rolled back to {old}, but it did not reach READY either: see journalctl -u evsed")
         self.say(f"rolled back to {old.name}; it is ready")
-        raise UpdateError(f"update to {version} failed at start; rolled back to {old.name}")
+        raise UpdateError(f"update to {version} failed: it {why}; rolled back to {old.name}")
 
-    def _install(self, wheel: Path, release: Path) -> None:
+    def _probation(self, version: str) -> str | None:
+        """Watch the release that reached READY for probation_s; why it failed, or None."""
+        probation_s = self.settings.probation_s
+        if probation_s <= 0:
+            self.say(f"evsed {version} is ready")
+            return None
+        first = self.service.health()
+        self.say(f"evsed {version} is ready; watching it for {probation_s:g} s")
+        ready_at = self.clock()
+        while True:
+            health, elapsed = self.service.health(), self.clock() - ready_at
+            if not health.active:
+                return f"stopped {elapsed:.0f} s after READY (it is {health.state})"
+            if (health.main_pid, health.restarts) != (first.main_pid, first.restarts):
+                return f"restarted {elapsed:.0f} s after READY"
+            if elapsed >= probation_s:
+                self.say(f"evsed {version} ran {probation_s:g} s without failing: it stays")
+                return None
+            self.sleep(min(self.poll_s, probation_s - elapsed))
+
+    def _extras(self, old: Path) -> list[str]:
+        """The extras the running release has installed (a Pi's [pi], [ocpp], ...): the new one gets them too."""
+        proc = subprocess.run([str(old / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
+                              "cannot tell which extras the running release has")
+        return carried_extras(Path(proc.stdout.strip()))
+
+    def _install(self, wheel: Path, release: Path, extras: list[str]) -> None:
         if release.exists():
             shutil.rmtree(release)
         release.parent.mkdir(parents=True, exist_ok=True)
-        self.say(f"installing {wheel.name} into {release}")
+        self.say(f"installing {wheel.name} into {release} with "
+                 + (f"the extras the running release has: {', '.join(extras)}" if extras else "no extras"))
+        requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
         for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
                      [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
-                      "--no-input", "--quiet", str(wheel)],
+                      "--no-input", "--quiet", requirement],
                      [str(release / "bin" / "evsed"), "--help"]):
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
@@ -281,17 +309,17 @@ class Updater:
                 raise UpdateError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
 
     def _wait_between_sessions(self, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
+        deadline = self.clock() + wait_s
         while True:
             reply = self.status()
             running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
             if not running:
                 return
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 raise UpdateError(f"a session runs on connector {', '.join(map(str, running))}: the release "
                                   "is installed; run the update again after it ends (or with --wait SECONDS)")
             self.say(f"waiting for the session on connector {', '.join(map(str, running))} to end")
-            time.sleep(self.poll_s)
+            self.sleep(self.poll_s)
 
     def _backup(self, version: str) -> Path | None:
         """A consistent copy of the session database (the daemon is stopped) before the new
@@ -315,18 +343,18 @@ class Updater:
         tmp.replace(self.current)  # rename: the link is the old or the new, never missing
 
     def _restore_if_needed(self, old: Path, backup: Path | None, version: str) -> None:
+        """The migrated database stays when the old release may write it (every step since its
+        schema was additive): it keeps the sessions the new release stored in its probation.
+        Otherwise the copy taken before the switch comes back and the migrated one is kept aside."""
         if backup is None or not self.db.exists():
             return
-        known = subprocess.run([str(old / "bin" / "python"), "-c",
-                                "from evsed.store.migrations import VERSION; print(VERSION)"],
+        check = subprocess.run([str(old / "bin" / "python"), "-c", _OLD_WRITES, str(self.db)],
                                capture_output=True, text=True, timeout=60)
-        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            db.close()
-        if known.returncode == 0 and found <= int(known.stdout):
-            return  # the old release opens the database as it is
+        if check.returncode == 0:
+            self.say(f"the session database stays as {version} migrated it: {old.name} writes it "
+                     f"({backup.name} is the copy from before the update)")
+            return
+        why = (check.stderr.strip().splitlines() or [f"exit {check.returncode}"])[-1]
         aside = self.db.with_name(f"sessions.db.from-{version}")
         self.db.replace(aside)
         for suffix in ("-wal", "-shm"):
@@ -336,7 +364,8 @@ class Updater:
         os.chmod(self.db, stat.S_IMODE(owner.st_mode))
         if os.geteuid() == 0:
             os.chown(self.db, owner.st_uid, owner.st_gid)
-        self.say(f"the session database is back at the schema {old.name} knows (the migrated one is {aside.name})")
+        self.say(f"{old.name} cannot write the session database {version} migrated ({why}): it is back as it "
+                 f"was before the update; the migrated one, with any session {version} stored, is {aside.name}")
 
     def _prune(self, keep: set[Path]) -> None:
         if not self.releases.is_dir():
@@ -347,6 +376,22 @@ class Updater:
             shutil.rmtree(stale, ignore_errors=True)
             self.say(f"removed the old release {stale.name}")
 
+
+
+# Run by the old release's python: exit 0 when its store would open (and write) the database.
+# A release from before schema_compat compares the schema versions only.
+_OLD_WRITES = """
+import pathlib, sqlite3, sys
+from evsed.store import migrations as m
+db = sqlite3.connect(pathlib.Path(sys.argv[1]).as_uri() + "?mode=ro", uri=True)
+try:
+    if hasattr(m, "check_writable"):
+        m.check_writable(db)
+    elif m.version(db) > m.VERSION:
+        sys.exit(f"session database schema version {m.version(db)} is newer than its ({m.VERSION})")
+except m.SchemaTooNew as exc:
+    sys.exit(str(exc))
+"""
 
 
 def _now() -> str:

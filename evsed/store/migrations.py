@@ -1,13 +1,22 @@
-"""Versioned schema of the session database: PRAGMA user_version and the steps between versions.
+"""Versioned schema of the session database: PRAGMA user_version, the steps between versions, and
+the oldest version whose code may still write a database a newer release migrated.
 
 Version 0 is the schema evsed 0.1.0 wrote (it never set user_version). A new database is
 made the same way an old one upgrades: version 0, then every step, so the upgrade path runs
 in every test. Each step is one transaction: a power cut leaves the old version or the new.
+
+A step is additive when code that knows only the versions before it still writes the database
+right: it adds tables, indexes, or columns that are nullable or have a default, and the newer
+code reads rows that leave them so (an older release writes such rows after a rollback). An
+additive step keeps schema_compat.min_writer; any other step raises it to its own version. An
+evsed opens a database newer than itself when min_writer is at most its VERSION, so a release
+rolled back after an additive migration keeps the sessions the newer one stored.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 
 V0 = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -62,31 +71,68 @@ CREATE TABLE samples (
 ) WITHOUT ROWID;
 """
 
-STEPS = (V1,)
+
+
+@dataclass(frozen=True)
+class Step:
+    sql: str
+    additive: bool  # older code may still write the database after it (see the module's docstring)
+
+
+# V1 is not additive: its code counts on the backfill (stop_final, duration_s) of every stopped row.
+STEPS = (Step(V1, additive=False),)
 VERSION = len(STEPS)
+
+COMPAT = "CREATE TABLE IF NOT EXISTS schema_compat (min_writer INTEGER NOT NULL)"  # one row
 
 
 class SchemaTooNew(Exception):
-    """The database was written by a newer evsed; this one must not touch it."""
+    """The database was migrated by a newer evsed in a way this one cannot write; it must not touch it."""
 
 
 def version(db: sqlite3.Connection) -> int:
-    return db.execute("PRAGMA user_version").fetchone()[0]
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def min_writer(db: sqlite3.Connection) -> int:
+    """The oldest schema version whose code may write this database. One that no step of this
+    scheme migrated (no schema_compat row) is writable only by code of its own version or newer."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_compat'").fetchone():
+        row = db.execute("SELECT MAX(min_writer) FROM schema_compat").fetchone()
+        if row[0] is not None:
+            return int(row[0])
+    return version(db)
+
+
+def check_writable(db: sqlite3.Connection) -> None:
+    """Raise SchemaTooNew unless this evsed may write the database (as it is, or once migrated)."""
+    found = version(db)
+    if found > VERSION and (needed := min_writer(db)) > VERSION:
+        raise SchemaTooNew(f"session database schema version {found} is newer than this evsed's ({VERSION}) "
+                           f"and may be written only by schema version {needed} or newer")
 
 
 def migrate(db: sqlite3.Connection) -> tuple[int, int]:
-    """Bring the database to VERSION in place; returns (from, to). The connection must be in
-    autocommit mode (isolation_level=None)."""
+    """Bring the database to VERSION in place; returns (from, to). A newer database this evsed
+    may write stays as it is: (found, found). The connection must be in autocommit mode
+    (isolation_level=None)."""
+    check_writable(db)
     found = version(db)
-    if found > VERSION:
-        raise SchemaTooNew(f"session database schema version {found} is newer than this evsed's ({VERSION})")
+    if found >= VERSION:
+        return found, found
     if found == 0:
         db.executescript(V0)
+    writer = min_writer(db)
     for n in range(found, VERSION):
+        if not STEPS[n].additive:
+            writer = n + 1
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(STEPS[n]):
+            for statement in _statements(STEPS[n].sql):
                 db.execute(statement)
+            db.execute(COMPAT)
+            db.execute("DELETE FROM schema_compat")
+            db.execute("INSERT INTO schema_compat (min_writer) VALUES (?)", (writer,))
             db.execute(f"PRAGMA user_version = {n + 1}")
             db.execute("COMMIT")
         except BaseException:

@@ -86,6 +86,9 @@ class Store:
         before, after = migrations.migrate(self.db)
         if before != after:
             log.info("store.migrated", path=str(self.path), from_version=before, to_version=after)
+        elif before > migrations.VERSION:  # a newer release migrated it additively, then was rolled back
+            log.warning("store.newer_schema", path=str(self.path), version=before, this_version=migrations.VERSION,
+                        min_writer=migrations.min_writer(self.db))
         self._columns: tuple[str, ...] = COLUMNS
         outbox.create(self.db)
 
