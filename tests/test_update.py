@@ -200,8 +200,14 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
 def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
     updater, key, service, said = site
     wheel = make_wheel(tmp_path, "0.3.0", GOOD)
-    assert updater.update(wheel, signed(key, wheel)) == "0.3.0"
+    umask = os.umask(0o077)  # a root shell's: the release must still be the evsed user's to run
+    try:
+        assert updater.update(wheel, signed(key, wheel)) == "0.3.0"
+    finally:
+        os.umask(umask)
     assert (updater.opt / "current").resolve() == updater.opt / "releases/0.3.0"
+    assert stat.S_IMODE((updater.opt / "releases/0.3.0").stat().st_mode) == 0o755
+    assert stat.S_IMODE((updater.opt / "releases/0.3.0/bin/evsed").stat().st_mode) & 0o005 == 0o005
     assert (updater.opt / "releases/0.1.0/bin/evsed").exists()
     assert service.started == [str(updater.opt / "releases/0.3.0")]
     assert control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]["id"] == 1

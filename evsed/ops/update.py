@@ -299,6 +299,13 @@ class Updater:
         self.say(f"installing {wheel.name} into {release} with "
                  + (f"the extras the running release has: {', '.join(extras)}" if extras else "no extras"))
         requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
+        umask = os.umask(0o022)  # the release is root's and everyone's to run: a root shell's 077 would lock evsed out
+        try:
+            self._run_install(wheel, release, requirement)
+        finally:
+            os.umask(umask)
+
+    def _run_install(self, wheel: Path, release: Path, requirement: str) -> None:
         for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
                      [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
                       "--no-input", "--quiet", requirement],
