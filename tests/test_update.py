@@ -267,6 +267,28 @@ def test_no_switch_while_a_session_runs(site, tmp_path):
     assert service.started == [] and (updater.opt / "current").resolve().name == "0.1.0"
 
 
+def test_the_charger_is_made_unavailable_before_the_stop_and_a_session_begun_meanwhile_is_waited_for(tmp_path):
+    # The last look at the sessions and the stop are apart: a driver may tap in between.
+    clock = FakeClock()
+    looks = iter([{"connectors": [{"id": 1, "session": None}]},   # free: hold it...
+                  {"connectors": [{"id": 1, "session": {"id_tag": "04A1B2C3"}}]},  # ...one had begun
+                  {"connectors": [{"id": 1, "session": None}]}])  # it ended: hold again
+    asked: list[dict] = []
+    scheduled = iter([True, False])  # the first hold came after the tap: scheduled for after the session
+
+    def command(request):
+        asked.append(request)
+        return {"ok": True, **({"scheduled": next(scheduled)} if not request["operative"] else {})}
+
+    cfg = config.parse("[[connector]]\n[connector.pilot]\nbackend = \"sim\"\n[connector.contactor]\nbackend = \"sim\"\n",
+                       tmp_path / "evsed.toml")
+    updater = update.Updater(cfg, update.settings(cfg), None, lambda: next(looks), [].append, clock=clock,
+                             sleep=clock.sleep, command=command)
+    updater._wait_between_sessions(3600)
+    hold, release = ({"cmd": "availability", "connector": 0, "operative": v} for v in (False, True))
+    assert asked == [hold, release, hold]  # held last: the stop follows with nothing running
+
+
 def test_an_ecdsa_signature_in_base64_is_accepted(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     pub = tmp_path / "k.pub"

@@ -73,13 +73,14 @@ def cmd_update(args) -> int:
         return EXIT_USAGE
     cfg = cli.load_config(args)
 
-    def status():
+    def ask(request: dict) -> dict | None:
         try:
-            return control.request(cfg.store.runtime_dir, {"cmd": "status"})
+            return control.request(cfg.store.runtime_dir, request)
         except control.ControlError:
             return None  # not running: no session to wait for
 
-    updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), status)
+    updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), lambda: ask({"cmd": "status"}),
+                             command=ask)
     try:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)

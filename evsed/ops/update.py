@@ -143,6 +143,9 @@ class Updater:
     poll_s: float = 5.0  # between looks at the daemon's sessions and, in probation, at the service
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    # One request to the daemon, its reply (None when it does not run): the charger is made
+    # unavailable between the last look at its sessions and the stop, so none starts meanwhile.
+    command: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
     @property
     def current(self) -> Path:
@@ -316,12 +319,21 @@ class Updater:
                 raise UpdateError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
 
     def _wait_between_sessions(self, wait_s: float) -> None:
+        """Until no session runs, then with every connector made unavailable (the release starts
+        available again: availability is not kept over a restart)."""
         deadline = self.clock() + wait_s
         while True:
             reply = self.status()
             running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
-            if not running:
+            if not running and (reply is None or self.command is None):
                 return
+            if not running and self.command is not None:
+                held = self.command({"cmd": "availability", "connector": 0, "operative": False})
+                if held is None or not held.get("scheduled"):
+                    self.say("no session runs: the charger is unavailable until the switch")
+                    return
+                self.command({"cmd": "availability", "connector": 0, "operative": True})  # one began meanwhile
+                continue
             if self.clock() >= deadline:
                 raise UpdateError(f"a session runs on connector {', '.join(map(str, running))}: the release "
                                   "is installed; run the update again after it ends (or with --wait SECONDS)")
