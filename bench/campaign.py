@@ -1,14 +1,33 @@
-"""Power-cut campaign: `evsed run` on the simulator killed with SIGKILL at random points of simulated
-sessions (during start-up, while charging, while a session finishes, with events queued for
-services), restarted each time, and checked:
+"""Power-cut campaign: `evsed run` on the simulator with the contactor's relay modelled by a board
+process (simulator/board.py, no drop-out circuit: the relay holds whatever the coil pin says, through
+the kill), and in a share of the rounds the OCPP uplink as the daemon's child, talking to the demo
+CSMS (simulator/csms.py) that the campaign runs across kills, sometimes offline. A power cut is
+SIGKILL to the daemon's whole process group (daemon and uplink at once), at random points of
+simulated sessions: during start-up, while charging, while a session finishes, while the uplink
+holds messages for an offline CSMS, and while it sends them after the CSMS comes back. Checked:
 
 - no finished session lost: every session.stopped a subscriber received is in the database
   with its reason and at least its energy (a final reading may add), through every later kill;
 - the interrupted session closed as power_loss at the next start;
 - no outbox event lost or duplicated: every event a subscriber received keeps its sequence
   number and content, sequence numbers stay unique, one start and one stop per session;
-- the contactor open at start (the first status after READY);
-- PRAGMA integrity_check ok after every kill.
+- the contactor open at start: the board's relay reads open when the daemon is READY, after
+  kills that left it closed (every kill while charging: checked closed at the kill);
+- PRAGMA integrity_check ok after every kill (sessions.db and the uplink's ocpp.sqlite);
+- OCPP, after every kill: the uplink's queue never holds a message twice (one unique id per
+  session's StartTransaction/StopTransaction, ever), no transaction message leaves the queue
+  without reaching the CSMS, every session event the uplink acknowledged has its message queued
+  or delivered, nothing dropped; at the end (CSMS online, queue drained): every session in the
+  store reached the CSMS as exactly one StartTransaction and one StopTransaction, by unique id,
+  with its idTag, meterStart/meterStop, timestamps and reason, and each StopTransaction names a
+  transaction id the CSMS gave that session's start.
+
+Repeats: delivery is at least once. A message the CSMS received but the uplink had not yet
+marked sent when the power went is sent again, with the same unique id (a CSMS may dedupe on it;
+the demo CSMS does not). The campaign counts those repeats apart (ocpp_repeats_at_csms) and
+fails on any repeat of a message that was not in flight (received, still queued) at a kill.
+StatusNotifications are not tracked for loss: the uplink collapses them to the newest per
+connector by design.
 
     python bench/campaign.py [--kills 1000] [--seed N]      (make campaign; make test runs a few)
     python bench/campaign.py --load 3000                    (control-socket clients while charging)
@@ -25,6 +44,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import re
 import tempfile
 import threading
 import time
@@ -33,13 +53,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from campaign_ocpp import OCPP_SECTION, Csms, Failure, OcppAudit  # noqa: E402 - bench/ is on the path: the script's own directory
 from evsed.control import client as control  # noqa: E402
+from simulator.board import BoardProcess  # noqa: E402
 
 CARD = "04A1B2C3"
 
 
-class Failure(AssertionError):
-    pass
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies, awaiting their parent, do not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 class Subscriber(threading.Thread):
@@ -49,8 +79,10 @@ class Subscriber(threading.Thread):
         super().__init__(daemon=True)
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(str(control.socket_path(runtime_dir)))
+        # acking nothing past 0 holds every event in the outbox: the daemon prunes at start what
+        # every known service acknowledged, and the uplink acknowledges as it queues
         self.sock.sendall(b'{"cmd": "hello", "version": 1, "service": "campaign"}\n'
-                          b'{"cmd": "subscribe", "after": 0}\n')
+                          b'{"cmd": "subscribe", "after": 0}\n{"cmd": "ack", "seq": 0}\n')
         self.events: list[dict] = []
         self.start()
 
@@ -74,27 +106,54 @@ class Subscriber(threading.Thread):
 
 
 class Campaign:
-    def __init__(self, workdir: Path, seed: int):
+    """ocpp_share: the share of rounds that run the OCPP uplink (the CI form keeps it small: each
+    such round starts a second Python process). board: the relay in a board process of its own."""
+
+    SITUATIONS = ("during_start", "while_charging", "while_finishing", "idle", "csms_offline_queued",
+                  "while_ocpp_draining")
+
+    def __init__(self, workdir: Path, seed: int, ocpp_share: float = 0.3, board: bool = True):
         self.rng = random.Random(seed)
-        self.workdir = workdir
-        text = (ROOT / "config/simulator.toml").read_text()
-        text += (f'\n[store]\nstate_dir = "{workdir / "state"}"\nruntime_dir = "{workdir / "run"}"\n'
-                 "checkpoint_s = 1\n")
-        self.config = workdir / "evsed.toml"
-        self.config.write_text(text)
+        self.workdir, self.ocpp_share = workdir, ocpp_share
         self.runtime = workdir / "run"
         self.db = workdir / "state/sessions.db"
+        self.pins = workdir / "pins" if board else None
+        self.plain = self.write_config("evsed.toml", board=False)  # the relay in process (--load)
+        self.config = self.write_config("evsed-board.toml") if board else self.plain
+        self.board: BoardProcess | None = None
+        self.csms: Csms | None = None
+        self.ocpp: OcppAudit | None = None
         self.finished: dict[int, tuple] = {}  # session id -> (reason, energy_wh) from session.stopped
         self.seen: dict[int, tuple] = {}  # outbox seq -> (type, data) a subscriber received
         self.interrupted: list[int] = []  # sessions open in the database at the last kill
-        self.counts = {"kills": 0, "during_start": 0, "while_charging": 0, "while_finishing": 0, "idle": 0,
-                       "sessions_finished": 0, "closed_as_power_loss": 0, "closed_as_power_loss_checked": 0,
-                       "events_checked": 0}
+        self.relay_closed = False  # the board's relay as the last kill left it
+        self.counts: dict = {"kills": 0, **{s: 0 for s in self.SITUATIONS}, "ocpp_rounds": 0,
+                             "csms_offline_rounds": 0, "sessions_finished": 0, "closed_as_power_loss": 0,
+                             "closed_as_power_loss_checked": 0, "events_checked": 0,
+                             "relay_closed_at_kill": 0, "relay_open_at_ready_after_closed": 0,
+                             "relay_open_at_ready_checked": 0}
 
-    def start(self) -> subprocess.Popen:
+    def write_config(self, name: str, extra: str = "", board: bool = True) -> Path:
+        text = (ROOT / "config/simulator.toml").read_text()
+        if board and self.pins is not None:
+            # no drop-out circuit: after a kill only evsed's next start can release the relay
+            text, n = re.subn(r"^\[connector\.contactor\]\n", lambda m: m.group(0) + f'board = "{self.pins}"\n',
+                              text, flags=re.M)
+            assert n == 1
+        text += (f'\n[store]\nstate_dir = "{self.workdir / "state"}"\nruntime_dir = "{self.runtime}"\n'
+                 "checkpoint_s = 1\n") + extra
+        path = self.workdir / name
+        path.write_text(text)
+        return path
+
+    def with_ocpp(self, port: int) -> Path:
+        return self.write_config("evsed-ocpp.toml", OCPP_SECTION.format(port=port))
+
+    def start(self, config: Path | None = None) -> subprocess.Popen:
         self.log = open(self.workdir / "daemon.log", "wb")  # this start's log, for a failure's message
-        return subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(self.config)],
-                                stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
+        # a session of its own: the power cut takes the daemon's process group, its services too
+        return subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(config or self.config)],
+                                stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT, start_new_session=True)
 
     def last_log(self) -> str:
         self.log.close()
@@ -106,44 +165,122 @@ class Campaign:
             if proc.poll() is not None:
                 raise Failure(f"the daemon exited with {proc.returncode} at start: {self.last_log()}")
             try:
-                return control.request(self.runtime, {"cmd": "status"}, timeout_s=1.0)
+                status = control.request(self.runtime, {"cmd": "status"}, timeout_s=1.0)
             except control.ControlError:
                 time.sleep(0.01)
+                continue
+            self.relay_at_ready(status)
+            return status
         raise Failure("the daemon did not start")
+
+    def relay_at_ready(self, status: dict) -> None:
+        """The first status answered comes once the daemon is READY: the relay must be open."""
+        if any(c["contactor"] != "open" for c in status["connectors"]):
+            raise Failure(f"contactor not open at start: {status}")
+        if self.board is None:
+            return
+        if self.board.pins.relay():
+            raise Failure(f"the board's relay is closed at READY (coil {self.board.pins.coil()})")
+        self.counts["relay_open_at_ready_checked"] += 1
+        self.counts["relay_open_at_ready_after_closed"] += self.relay_closed
+        self.relay_closed = False
 
     def ask(self, req: dict) -> dict:
         return control.request(self.runtime, req, timeout_s=2.0)
 
+    def wait(self, predicate, what: str, timeout_s: float = 15.0) -> None:
+        """Poll a condition another process brings about; the timeout only guards against a hang."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise Failure(f"{what} not within {timeout_s} s: {self.last_log()}")
+            time.sleep(0.01)
+
+    def contactor(self) -> str:
+        return self.ask({"cmd": "status"})["connectors"][0]["contactor"]
+
     def one(self) -> None:
-        proc = self.start()
-        if self.rng.random() < 0.1:  # during start-up: before, during or just after recovery
-            time.sleep(self.rng.uniform(0.0, 0.4))
+        # every round draws the same numbers, so a seed fixes the rounds' plan whatever the timing
+        draw = [self.rng.random() for _ in range(4)]
+        plan = self.rng.choice(["while_charging", "while_finishing", "idle"])
+        waits = [self.rng.uniform(0.0, 0.4), self.rng.uniform(0.0, 0.05), self.rng.uniform(0.02, 0.3),
+                 self.rng.uniform(0.0, 0.02)]
+        first = self.counts["kills"] == 0  # holds the outbox (Subscriber) before any uplink acks
+        ocpp = self.csms is not None and not first and draw[0] < self.ocpp_share
+        config = self.config
+        if ocpp:
+            assert self.csms is not None
+            config = self.with_ocpp(self.csms.port)
+            self.counts["ocpp_rounds"] += 1
+            self.csms.set_online(draw[1] >= 0.35)
+            self.counts["csms_offline_rounds"] += not self.csms.online
+        boots = self.csms.boots() if self.csms else 0
+        pending = ocpp and self.ocpp is not None and self.ocpp.pending()
+        proc = self.start(config)
+        if not first and draw[2] < 0.1:  # during start-up: before, during or just after recovery
+            time.sleep(waits[0])
             self.kill(proc, "during_start")
             return
-        status = self.ready(proc)
+        self.ready(proc)
         self.recovered()
-        if any(c["contactor"] != "open" for c in status["connectors"]):
-            raise Failure(f"contactor not open at start: {status}")
         sub = Subscriber(self.runtime)
+        phase = "idle"
         try:
-            self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
-            self.ask({"cmd": "sim", "action": "plug", "connector": 1})
-            self.ask({"cmd": "sim", "action": "tap", "card": CARD, "connector": 1})
-            phase = self.rng.choice(["while_charging", "while_finishing", "idle"])
-            time.sleep(self.rng.uniform(0.02, 0.3))
-            if phase != "while_charging":
-                self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
-                time.sleep(self.rng.uniform(0.0, 0.02) if phase == "while_finishing" else 0.15)
+            if ocpp and self.csms is not None and self.csms.online:
+                self.wait(lambda: self.csms.boots() > boots, "the uplink's BootNotification")
+                if draw[3] < 0.5 and pending:
+                    phase = "while_ocpp_draining"  # the queue of earlier rounds goes out now
+                    time.sleep(waits[1])
+                    return
+            if ocpp and self.csms is not None and not self.csms.online:
+                plan = "csms_offline_queued"
+            phase = self.session(plan, waits[2], waits[3])
         finally:
-            self.kill(proc, phase if "phase" in locals() else "idle")
+            self.kill(proc, phase)
             self.record(sub.close())
 
+    def session(self, phase: str, charge_s: float, finish_s: float) -> str:
+        """Plug, tap, and one of: kill while charging, just after the unplug, a while after it, or
+        (CSMS offline) once the uplink has queued the session's StopTransaction."""
+        self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
+        self.ask({"cmd": "sim", "action": "plug", "connector": 1})
+        self.ask({"cmd": "sim", "action": "tap", "card": CARD, "connector": 1})
+        if phase in ("while_charging", "csms_offline_queued"):
+            self.wait(lambda: self.contactor() == "closed", "the contactor closed")
+        time.sleep(charge_s)
+        if phase == "while_charging":
+            return phase
+        self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
+        if phase == "csms_offline_queued":
+            assert self.ocpp is not None
+            session = self.newest_session()
+            self.wait(lambda: self.ocpp.queued_now("StopTransaction", session), "the StopTransaction queued")
+        else:
+            time.sleep(finish_s if phase == "while_finishing" else 0.15)
+        return phase
+
+    def newest_session(self) -> int:
+        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT MAX(id) FROM sessions").fetchone()[0])
+        finally:
+            db.close()
+
     def kill(self, proc: subprocess.Popen, phase: str) -> None:
-        proc.send_signal(signal.SIGKILL)
+        """The power cut: every process of the daemon's group at once (the uplink is its child)."""
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        self.wait(lambda: not group_alive(proc.pid), "the daemon's process group gone")
         self.counts["kills"] += 1
         self.counts[phase] += 1
+        if self.board is not None:
+            self.relay_closed = self.board.pins.relay()
+            if phase == "while_charging" and not self.relay_closed:
+                raise Failure("killed while charging, yet the board's relay is open")
+            self.counts["relay_closed_at_kill"] += self.relay_closed
         self.check_db()
+        if self.ocpp is not None and self.csms is not None:
+            self.ocpp.after_kill(self.csms)
 
     def record(self, events: list[dict]) -> None:
         for e in events:
@@ -204,12 +341,35 @@ class Campaign:
 
     def run(self, kills: int) -> dict:
         started = time.monotonic()
-        while self.counts["kills"] < kills:
-            self.one()
-        proc = self.start()  # the last start: recovery after the last kill
+        if self.pins is not None:
+            self.board = BoardProcess(self.pins, dropout_s=0)
+        if self.ocpp_share > 0:
+            self.csms = Csms()
+            self.ocpp = OcppAudit(self.workdir / "state/ocpp.sqlite", self.db)
+        try:
+            while self.counts["kills"] < kills:
+                self.one()
+            self.last_start()
+        finally:
+            if self.csms is not None:
+                self.csms.close()
+            if self.board is not None:
+                self.board.stop()
+        self.counts["seconds"] = round(time.monotonic() - started, 1)
+        return self.counts
+
+    def last_start(self) -> None:
+        """Recovery after the last kill; with OCPP, the CSMS online until the uplink has sent all."""
+        config = self.config
+        if self.csms is not None:
+            self.csms.set_online(True)
+            config = self.with_ocpp(self.csms.port)
+        proc = self.start(config)
         try:
             self.ready(proc)
             self.recovered()
+            if self.ocpp is not None:
+                self.wait(self.ocpp.drained, "the uplink's queue sent", timeout_s=60)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -226,87 +386,12 @@ class Campaign:
         self.counts["closed_as_power_loss"] = reasons.get("power_loss", 0)
         self.counts["sessions_total"] = sum(reasons.values())
         self.counts["stop_reasons"] = reasons
-        self.counts["seconds"] = round(time.monotonic() - started, 1)
-        return self.counts
+        if self.ocpp is not None and self.csms is not None:
+            self.counts.update(self.ocpp.final(self.csms))
+            if self.counts["ocpp_sessions_checked"] != self.counts["sessions_total"]:
+                raise Failure(f"{self.counts['sessions_total']} sessions in the store, "
+                              f"{self.counts['ocpp_sessions_checked']} with OCPP messages")
 
-
-def load(workdir: Path, clients: int) -> dict:
-    """Thousands of control-socket clients at once while the EV charges: how many the daemon
-    served or turned away (it caps at 64 connections), whether charging held, and how long the
-    stop took (unplug to contactor open, as status shows it) under that load."""
-    import asyncio
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the clients' descriptors, not the daemon's
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, clients + 256)), hard))
-    camp = Campaign(workdir, 0)
-    proc = camp.start()
-    try:
-        camp.ready(proc)
-        camp.ask({"cmd": "sim", "action": "plug", "connector": 1})
-        camp.ask({"cmd": "sim", "action": "tap", "card": CARD, "connector": 1})
-        deadline = time.monotonic() + 10
-        while camp.ask({"cmd": "status"})["connectors"][0]["contactor"] != "closed":
-            if time.monotonic() > deadline:
-                raise Failure("the EV did not start charging")
-            time.sleep(0.02)
-        path = str(control.socket_path(camp.runtime))
-        served = refused = 0
-        latencies: list[float] = []
-
-        async def client() -> None:
-            nonlocal served, refused
-            t0 = time.perf_counter()
-            try:
-                reader, writer = await asyncio.open_unix_connection(path)
-                writer.write(b'{"cmd": "status"}\n')
-                await writer.drain()
-                line = await asyncio.wait_for(reader.readline(), 30)
-                writer.close()
-            except (OSError, asyncio.TimeoutError):
-                refused += 1
-                return
-            if line.startswith(b"{") and b'"connectors"' in line:
-                served += 1
-                latencies.append(time.perf_counter() - t0)
-            else:
-                refused += 1
-
-        async def flood(at_once: int) -> None:
-            gate = asyncio.Semaphore(at_once)
-
-            async def gated() -> None:
-                async with gate:
-                    await client()
-            await asyncio.gather(*(gated() for _ in range(clients)))
-
-        t0 = time.perf_counter()
-        asyncio.run(flood(clients))  # a burst: all at once, far past the cap of 64
-        flood_s = time.perf_counter() - t0
-        burst = {"served": served, "turned_away": refused}
-        served = refused = 0
-        latencies.clear()
-        t0 = time.perf_counter()
-        asyncio.run(flood(48))  # steady: 48 at a time, under the cap
-        steady_s = time.perf_counter() - t0
-        charging_held = camp.ask({"cmd": "status"})["connectors"][0]["contactor"] == "closed"
-        t0 = time.perf_counter()
-        camp.ask({"cmd": "sim", "action": "unplug", "connector": 1})
-        while camp.ask({"cmd": "status"})["connectors"][0]["contactor"] != "open":
-            time.sleep(0.001)
-        stop_ms = (time.perf_counter() - t0) * 1000
-        alive = proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    latencies.sort()
-    pct = (lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
-           if latencies else None)
-    return {"clients": clients, "burst": {**burst, "s": round(flood_s, 2)},
-            "steady_48_at_a_time": {"served": served, "turned_away": refused, "s": round(steady_s, 2),
-                                    "status_ms_p50": pct(0.5), "status_ms_p99": pct(0.99)},
-            "charging_held": charging_held,
-            "unplug_to_open_seen_ms": round(stop_ms, 1), "daemon_alive": alive}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                    "once while charging")
     args = p.parse_args(argv)
     if args.load:
+        from control_load import load
         with tempfile.TemporaryDirectory(prefix="evsed-load-") as tmp:
             figures = load(Path(tmp), args.load)
         print(f"control-socket load: {json.dumps(figures)}")
@@ -327,8 +413,27 @@ def main(argv: list[str] | None = None) -> int:
         except Failure as exc:
             print(f"campaign FAILED (seed {args.seed}): {exc}", file=sys.stderr)
             return 1
-    print(f"power-cut campaign (seed {args.seed}): {json.dumps(counts)}")
+    print(summary(args.seed, counts))
     return 0
+
+
+def summary(seed: int, c: dict) -> str:
+    situations = ", ".join(f"{s} {c[s]}" for s in Campaign.SITUATIONS)
+    lines = [f"power-cut campaign (seed {seed}): {c['kills']} kills in {c['seconds']} s",
+             f"  kills by situation: {situations}",
+             f"  sessions: {c['sessions_total']} in the store, all checked ({c['sessions_finished']} seen finished by "
+             f"a subscriber, {c['closed_as_power_loss']} closed as power_loss, {c['closed_as_power_loss_checked']} "
+             f"of them checked at the next start); {c['events_checked']} outbox events checked",
+             f"  relay: closed at {c['relay_closed_at_kill']} kills, open at READY at {c['relay_open_at_ready_checked']} "
+             f"starts ({c['relay_open_at_ready_after_closed']} after a kill that left it closed)"]
+    if "ocpp_sessions_checked" in c:
+        lines.append(
+            f"  OCPP: {c['ocpp_rounds']} rounds with the uplink ({c['csms_offline_rounds']} with the CSMS offline); "
+            f"{c['ocpp_transaction_messages_checked']} Start/StopTransaction checked for {c['ocpp_sessions_checked']} "
+            f"sessions; {c['ocpp_tx_messages_queued_at_kills']} transaction messages seen queued at kills, "
+            f"{c['ocpp_messages_in_flight_at_kills']} in flight at a kill (received by the CSMS, not yet marked sent); "
+            f"repeats at the CSMS: {c['ocpp_repeats_at_csms'] or 'none'}")
+    return "\n".join(lines + [f"  {json.dumps(c)}"])
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ class Station(ChargePoint):
         return call_result.Authorize(id_tag_info=self.csms.id_tag_info(id_tag))
 
     @on(Action.start_transaction)
-    def on_start(self, id_tag, **_):
-        return call_result.StartTransaction(transaction_id=next(self.csms.transaction_ids),
-                                            id_tag_info=self.csms.id_tag_info(id_tag))
+    def on_start(self, id_tag, connector_id, meter_start, timestamp, **_):
+        transaction_id = next(self.csms.transaction_ids)
+        self.csms.transactions[transaction_id] = {"connectorId": connector_id, "idTag": id_tag,
+                                                  "meterStart": meter_start, "timestamp": timestamp}
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=self.csms.id_tag_info(id_tag))
 
     @on(Action.stop_transaction)
     def on_stop(self, **_):
@@ -96,6 +98,7 @@ class CentralSystem:
         self.messages: list[tuple[str, str, dict, str]] = []
         self.stations: dict[str, Station] = {}
         self.transaction_ids = itertools.count(1001)
+        self.transactions: dict[int, dict] = {}     # transaction id given -> the StartTransaction it answered
         self.connections = 0
         self.changed = asyncio.Condition()
         self.server: websockets.Server | None = None
