@@ -345,7 +345,7 @@ class Campaign:
             self.board = BoardProcess(self.pins, dropout_s=0)
         if self.ocpp_share > 0:
             self.csms = Csms()
-            self.ocpp = OcppAudit(self.workdir / "state/ocpp.sqlite", self.db)
+            self.ocpp = OcppAudit(self.workdir / "state/services/ocpp.sqlite", self.db)
         try:
             while self.counts["kills"] < kills:
                 self.one()
@@ -388,9 +388,11 @@ class Campaign:
         self.counts["stop_reasons"] = reasons
         if self.ocpp is not None and self.csms is not None:
             self.counts.update(self.ocpp.final(self.csms))
-            if self.counts["ocpp_sessions_checked"] != self.counts["sessions_total"]:
+            owed = self.counts["sessions_total"] - self.counts.get("sessions_before_first_contact", 0)
+            if self.counts["ocpp_sessions_checked"] != owed:
                 raise Failure(f"{self.counts['sessions_total']} sessions in the store, "
-                              f"{self.counts['ocpp_sessions_checked']} with OCPP messages")
+                              f"{self.counts.get('sessions_before_first_contact', 0)} begun before the uplink's "
+                              f"first contact, {self.counts['ocpp_sessions_checked']} with OCPP messages")
 
 
 
@@ -430,7 +432,8 @@ def summary(seed: int, c: dict) -> str:
         lines.append(
             f"  OCPP: {c['ocpp_rounds']} rounds with the uplink ({c['csms_offline_rounds']} with the CSMS offline); "
             f"{c['ocpp_transaction_messages_checked']} Start/StopTransaction checked for {c['ocpp_sessions_checked']} "
-            f"sessions; {c['ocpp_tx_messages_queued_at_kills']} transaction messages seen queued at kills, "
+            f"sessions ({c.get('sessions_before_first_contact', 0)} earlier ones began before the uplink's first "
+            f"contact: not the CSMS's); {c['ocpp_tx_messages_queued_at_kills']} transaction messages seen queued at kills, "
             f"{c['ocpp_messages_in_flight_at_kills']} in flight at a kill (received by the CSMS, not yet marked sent); "
             f"repeats at the CSMS: {c['ocpp_repeats_at_csms'] or 'none'}")
     return "\n".join(lines + [f"  {json.dumps(c)}"])

@@ -196,14 +196,35 @@ class OcppAudit:
         self.counts["ocpp_tx_messages_queued_at_kills"] = len(self.queued)
         self.acknowledged_are_kept(seq, rows, received)
 
+    def first_contact(self) -> int | None:
+        """The daemon's last event when the uplink first followed the charger (it starts from
+        there: sessions begun before were never the CSMS's); None before it ever ran."""
+        if not self.path.exists():
+            return None
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'first_contact'").fetchone()
+        except sqlite3.OperationalError:  # killed before its schema was committed
+            return None
+        finally:
+            db.close()
+        return int(row[0]) if row else None
+
     def session_events(self, up_to: int | None = None) -> list[tuple[int, str, dict]]:
+        """The session events the uplink owes the CSMS: those of sessions begun after its first contact."""
+        first = self.first_contact()
+        if first is None:
+            return []
         db = sqlite3.connect(f"file:{self.daemon_db}?mode=ro", uri=True)
         try:
             rows = db.execute("SELECT seq, type, data FROM events WHERE type IN ('session.started', "
                               "'session.stopped') AND seq <= ? ORDER BY seq", (up_to or 2**62,)).fetchall()
         finally:
             db.close()
-        return [(seq, kind, json.loads(data)) for seq, kind, data in rows]
+        events = [(seq, kind, json.loads(data)) for seq, kind, data in rows]
+        before = {data["session"] for seq, kind, data in events if kind == "session.started" and seq <= first}
+        self.counts["sessions_before_first_contact"] = len(before)
+        return [e for e in events if e[2]["session"] not in before]
 
     def acknowledged_are_kept(self, seq: int, rows: list[tuple], received: list[tuple]) -> None:
         """Each session event up to the uplink's seq has its message queued or delivered (counted by

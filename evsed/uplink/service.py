@@ -273,6 +273,7 @@ class Uplink(SmartCharging):
                 if isinstance(conn, dict) and isinstance(conn.get("id"), int):
                     self.outbox.seed(conn["id"], conn)
             self.state.set_meta("seq", start)
+            self.state.set_meta("first_contact", start)  # kept: where this uplink's history begins
         log.info("ocpp.first_contact", after=start, statuses=len(self.state.statuses()))
 
     async def _events(self) -> None:
