@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from evsed import config
 from evsed.control import client as control
@@ -476,3 +477,50 @@ def test_a_journal_that_stops_taking_lines_never_delays_opening_the_contactor(tm
             logging.getLogger().setLevel(logging.WARNING)
 
     assert asyncio.run(scenario()) is None
+
+
+def test_a_service_started_by_the_daemon_ends_when_the_daemon_is_killed(tmp_path):
+    # kill -9 of `evsed run` alone (not its process group): no orphan keeps running (it would hold
+    # the OCPP queue's lock, and the next daemon's child would find it busy)
+    path = write_config(tmp_path, '[ocpp]\nurl = "ws://127.0.0.1:9/"\n')  # no CSMS: it keeps retrying
+    log = tmp_path / "log"  # a file, not a pipe: the orphan must not die of a closed pipe instead
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], stderr=out,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def logged(name: str) -> list[dict]:
+        events = []
+        for line in log.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a line being written, or not ours
+                continue
+        return [e for e in events if e.get("event") == name]
+
+    def within(condition, what: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    try:
+        within(lambda: logged("service.running"), "the service never ran")  # set up, connected
+        (started,) = logged("service.started")
+        child = started["pid"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie: ended, not yet reaped
+        except FileNotFoundError:
+            return True
+    try:
+        within(gone, "the service outlived its daemon")
+        # told by the kernel when its parent died (PR_SET_PDEATHSIG), not left to notice a lost link
+        assert [e["signal"] for e in logged("service.stopped")] == ["SIGTERM"]
+    finally:
+        if not gone():
+            os.kill(child, signal.SIGKILL)

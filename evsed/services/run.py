@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 from typing import Any
 
@@ -35,6 +36,25 @@ class ServiceError(Exception):
     pass
 
 
+PARENT_ENV = "EVSED_PARENT_PID"  # set by `evsed run` for the services it starts as children
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A child of `evsed run` ends with it: a daemon killed -9 would otherwise leave an orphan
+    holding the OCPP queue's lock, and the next daemon's child would find it busy."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return  # a unit of its own under systemd, or started by hand
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent check below still runs once
+        pass
+    if str(os.getppid()) != parent:  # the parent died before the request took effect
+        raise ServiceError(f"the daemon (pid {parent}) that started this service is gone")
+
+
 async def connect(config: Config, name: str, wait_s: float = 30.0) -> Link:
     """Connect to the daemon, waiting for it while it starts (a service may come up first)."""
     loop = asyncio.get_running_loop()
@@ -55,17 +75,24 @@ async def run(config: Config, name: str) -> int:
         raise ServiceError(f"unknown service {name!r}; one of {', '.join(MODULES)}")
     if name not in config.sections:
         raise ServiceError(f"service {name}: no [{name}] section in {config.path}")
+    die_with_parent()
     module: Any = importlib.import_module(MODULES[name])
     link = await connect(config, name)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    stopped_by: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        stopped_by.append(sig)
+        task.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     log.info("service.running", service=name, charger=link.hello.get("charger"))
     try:
         await module.serve(config, link)
     except asyncio.CancelledError:
+        log.info("service.stopped", service=name, signal=stopped_by[0].name if stopped_by else None)
         return 0
     finally:
         await link.close()

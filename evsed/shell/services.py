@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 
 import structlog
@@ -34,12 +35,13 @@ class Services:
 
     async def _keep(self, name: str, stopping: asyncio.Event) -> None:
         """Run the service; when it exits, start it again after a back-off that grows to a minute."""
+        from evsed.services.run import PARENT_ENV  # only where services are configured
         delay = RESTART_MIN_S
         while not stopping.is_set():
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "evsed", "service", name, "-c", str(self.config.path),
-                    stdin=asyncio.subprocess.DEVNULL)
+                    stdin=asyncio.subprocess.DEVNULL, env={**os.environ, PARENT_ENV: str(os.getpid())})
             except OSError as exc:
                 log.error("service.start_failed", service=name, error=str(exc))
             else:
