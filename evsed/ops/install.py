@@ -17,9 +17,11 @@ from importlib import resources
 from pathlib import Path
 
 from evsed import config as configmod
+from evsed.config import dirs
 from evsed.ops import dropin, update
 
-USER, NET_USER = "evsed", "evsed-net"
+USER = "evsed"
+OLD_NET_USER = "evsed-net"  # the one user every service ran as before each had its own; no longer used
 DEVICE_GROUPS = ("gpio", "spi", "dialout", "input")
 CONFIG = "/etc/evsed/evsed.toml"
 UNIT_DIR = "/etc/systemd/system"
@@ -191,10 +193,9 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
         missing = [g for g in groups if USER not in host.members(g)]
         if missing:
             host.run(["usermod", "--append", "--groups", ",".join(missing), USER])
-    if host.uid(NET_USER) is None:
-        host.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
-                  "--shell", "/usr/sbin/nologin", "--comment", "evsed network services", "--groups", USER,
-                  NET_USER])
+    for name in _service_sections(cfg):
+        _service_user(host, name)
+    _retire_old_net_user(host, cfg)
 
     host.mkdir("/etc/evsed", 0o750, USER)
     if fresh_config is not None:
@@ -222,6 +223,45 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
     return cfg
 
 
+def service_user(name: str) -> str:
+    """The user evsed-service@NAME runs as (the unit's `User=evsed-%i`)."""
+    return f"{USER}-{name}"
+
+
+def _service_user(host: Host, name: str) -> None:
+    """A system user of its own per service, in group evsed (the config, the control socket,
+    sessions.db, services/): no service can read another's password or files (0600)."""
+    user = service_user(name)
+    if host.uid(user) is None:
+        host.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", f"evsed {name} service", "--groups", USER, user])
+    elif user not in host.members(USER):
+        host.run(["usermod", "--append", "--groups", USER, user])
+
+
+def _retire_old_net_user(host: Host, cfg: configmod.Config) -> None:
+    """The one user all services shared before: its files in services/ (only the OCPP uplink
+    writes there: the queue, the update spool) go to evsed-ocpp; the user itself stays."""
+    old = host.uid(OLD_NET_USER)
+    if old is None:
+        return
+    services = host.path(str(dirs.services_dir(Path(STATE_DIR))))  # the template's ReadWritePaths=
+    owned = services.is_dir() and _owns_any(old, services)
+    if owned and "ocpp" in _service_sections(cfg):
+        host.run(["chown", "--recursive", "--no-dereference", f"--from={OLD_NET_USER}", service_user("ocpp"),
+                  str(services)])
+    elif owned:
+        host.did.append(f"note: files in {services} still belong to {OLD_NET_USER} (no [ocpp] runs to take them)")
+    host.did.append(f"note: the user {OLD_NET_USER} is no longer used: each service runs as {USER}-NAME once "
+                    f"restarted (systemctl restart evsed-service@NAME); then remove it with: userdel {OLD_NET_USER}")
+
+
+def _owns_any(uid: int, top: Path) -> bool:
+    """Whether uid owns top or anything below it (links not followed)."""
+    return any(os.lstat(os.path.join(d, n)).st_uid == uid
+               for d, subdirs, files in os.walk(top) for n in (".", *subdirs, *files))
+
+
 def _enabled(cfg: configmod.Config) -> list[str]:
     services = _service_sections(cfg)
     return [*(f"evsed-service@{s}.service" for s in services), *([UPDATE_PATH] if "ocpp" in services else [])]
@@ -242,8 +282,10 @@ def uninstall(host: Host) -> None:
     host.run(["systemctl", "daemon-reload"])
     if host.path(CURRENT).is_symlink():
         host.remove(CURRENT)
-    host.did.append(f"kept {STATE_DIR} (the sessions database), {CONFIG}, and the users {USER} and {NET_USER} "
-                    f"(remove them with: userdel {NET_USER}; userdel {USER})")
+    users = [u for u in (*(service_user(n) for n in configmod.SERVICE_SECTIONS), OLD_NET_USER)
+             if host.uid(u) is not None] + [USER]
+    host.did.append(f"kept {STATE_DIR} (the sessions database), {CONFIG}, and the users {', '.join(users)} "
+                    f"(remove them with: {'; '.join(f'userdel {u}' for u in users)})")
 
 
 def next_steps(cfg: configmod.Config) -> list[str]:
