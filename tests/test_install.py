@@ -207,20 +207,28 @@ def test_a_service_user_outside_group_evsed_is_added_to_it_and_existing_ones_are
         "would run: usermod --append --groups evsed evsed-web"]
 
 
-def test_the_old_shared_user_is_kept_but_no_longer_used_and_its_ocpp_files_go_to_evsed_ocpp(tmp_path, capsys):
-    # Before, every service ran as evsed-net: the uplink's queue and spool in services/ are its.
-    # The test's own files stand for them (evsed-net has the test's uid here).
+def test_the_old_shared_user_is_kept_but_no_longer_used_and_its_files_go_to_the_service_using_them(tmp_path, capsys):
+    # Before, every service ran as evsed-net: the uplink's queue and spool in services/ are its, and
+    # so may be the password files the host gave it. The test's own files stand for them
+    # (evsed-net has the test's uid here).
     fake_etc(tmp_path, evsed_user=True, service_users=(), old_net_user=True, net_uid=os.geteuid())
     services = tmp_path / "var/lib/evsed/services"
     (services / "update").mkdir(parents=True)
     (services / "ocpp.sqlite").write_bytes(b"SQLite format 3\0")
     host_config = tmp_path / "etc/evsed/evsed.toml"
     host_config.parent.mkdir(parents=True)
-    host_config.write_text((ROOT / "config/simulator.toml").read_text() + '\n[ocpp]\nurl = "ws://csms.example/"\n')
+    for secret in ("ocpp-password", "mqtt-password"):
+        (tmp_path / "etc/evsed" / secret).write_text("s3cret-pass\n")
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + '\n[ocpp]\nurl = "ws://csms.example/"\n'
+                           'password_file = "ocpp-password"\n\n[mqtt]\nenabled = false\n'
+                           'password_file = "/etc/evsed/mqtt-password"\n')
     code, out = run_install(tmp_path, capsys=capsys)
     assert code == 0, out
     assert [line.split()[-1] for line in out if "useradd" in line] == ["evsed-ocpp"]
-    assert f"would run: chown --recursive --no-dereference --from=evsed-net evsed-ocpp {services}" in out
+    assert [line for line in out if "chown" in line] == [
+        f"would run: chown --recursive --no-dereference --from=evsed-net evsed-ocpp {services}",
+        f"would run: chown --no-dereference --from=evsed-net evsed-ocpp {tmp_path}/etc/evsed/ocpp-password"]
+    assert f"note: {tmp_path}/etc/evsed/mqtt-password still belongs to evsed-net ([mqtt] does not run)" in out
     assert any(line.startswith("note: the user evsed-net is no longer used") and line.endswith("userdel evsed-net")
                for line in out)
     assert not any(line.startswith("would run: user") and line.endswith("evsed-net") for line in out)

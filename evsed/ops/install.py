@@ -28,6 +28,10 @@ UNIT_DIR = "/etc/systemd/system"
 UNITS = ("evsed.service", "evsed-service@.service", "evsed-update.service", "evsed-update.path")
 UPDATE_PATH = "evsed-update.path"  # enabled with the OCPP uplink: it installs what UpdateFirmware spooled
 DROPIN = f"{UNIT_DIR}/evsed.service.d/evsed-install.conf"
+# The files the host gives a service, by [section] key: each must be readable by that service's
+# user alone (0600; the secret ones are checked), never by the group evsed every service is in.
+SERVICE_FILES = (("ocpp", "password_file"), ("ocpp", "key_file"), ("ocpp", "cert_file"), ("ocpp", "ca_file"),
+                 ("mqtt", "password_file"), ("mqtt", "ca_file"), ("web", "session_secret_file"))
 OPT = "/opt/evsed"
 CURRENT = f"{OPT}/current"
 STATE_DIR = dropin.STATE_DIR
@@ -240,18 +244,27 @@ def _service_user(host: Host, name: str) -> None:
 
 
 def _retire_old_net_user(host: Host, cfg: configmod.Config) -> None:
-    """The one user all services shared before: its files in services/ (only the OCPP uplink
-    writes there: the queue, the update spool) go to evsed-ocpp; the user itself stays."""
+    """The one user all services shared before. What it owns goes to the service that uses it:
+    in services/ (only the OCPP uplink writes there: the queue, the update spool) to evsed-ocpp,
+    the files the config names for a service (a password, a key) to that service's user. The
+    user itself stays."""
     old = host.uid(OLD_NET_USER)
     if old is None:
         return
+    running = _service_sections(cfg)
     services = host.path(str(dirs.services_dir(Path(STATE_DIR))))  # the template's ReadWritePaths=
-    owned = services.is_dir() and _owns_any(old, services)
-    if owned and "ocpp" in _service_sections(cfg):
-        host.run(["chown", "--recursive", "--no-dereference", f"--from={OLD_NET_USER}", service_user("ocpp"),
-                  str(services)])
-    elif owned:
-        host.did.append(f"note: files in {services} still belong to {OLD_NET_USER} (no [ocpp] runs to take them)")
+    moves = [("ocpp", ["--recursive"], services)] if services.is_dir() and _owns_any(old, services) else []
+    for name, key in SERVICE_FILES:
+        text = cfg.sections[name].data.get(key) if name in cfg.sections else None
+        if isinstance(text, str) and text:
+            path = host.path(str(Path(CONFIG).parent / text))  # relative to the config; an absolute one as is
+            if path.is_file() and os.lstat(path).st_uid == old:
+                moves.append((name, [], path))
+    for name, flags, path in moves:
+        if name in running:
+            host.run(["chown", *flags, "--no-dereference", f"--from={OLD_NET_USER}", service_user(name), str(path)])
+        else:
+            host.did.append(f"note: {path} still belongs to {OLD_NET_USER} ([{name}] does not run)")
     host.did.append(f"note: the user {OLD_NET_USER} is no longer used: each service runs as {USER}-NAME once "
                     f"restarted (systemctl restart evsed-service@NAME); then remove it with: userdel {OLD_NET_USER}")
 
