@@ -339,7 +339,7 @@ def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, examp
 
 
 def test_the_service_units_find_the_daemons_directories_without_a_store_table(monkeypatch):
-    # A config without [store]: the services (user evsed-net, no StateDirectory= of their own,
+    # A config without [store]: the services (users evsed-NAME, no StateDirectory= of their own,
     # which would chown the daemon's) must still find the sessions database and the socket.
     daemon = (ROOT / "systemd/evsed.service").read_text()
     template = (ROOT / "systemd/evsed-service@.service").read_text()
@@ -350,7 +350,7 @@ def test_the_service_units_find_the_daemons_directories_without_a_store_table(mo
     assert env == {"STATE_DIRECTORY": f"/var/lib/{state}", "RUNTIME_DIRECTORY": f"/run/{runtime}"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(os, "geteuid", lambda: 999)  # not root, as evsed-net
+    monkeypatch.setattr(os, "geteuid", lambda: 999)  # not root, as evsed-web
     from evsed.config import default_runtime_dir, default_state_dir
     assert (default_state_dir(), default_runtime_dir()) == (Path("/var/lib/evsed"), Path("/run/evsed"))
 
