@@ -37,13 +37,55 @@ def test_missing_parents_are_created_with_the_same_mode(tmp_path, umask):
         assert mode(tmp_path / part) == 0o750, part
 
 
-def test_the_services_directory_is_2770_whatever_the_umask_and_fixed_when_it_is_not(tmp_path, umask):
+def test_the_services_directory_is_3770_whatever_the_umask_and_fixed_when_it_is_not(tmp_path, umask):
     state = dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
     assert dirs.ensure_services_dir(state) == state / "services"
-    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o3770
     os.chmod(state / "services", 0o777)
     dirs.ensure_services_dir(state)
-    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(state / "services").st_mode) == 0o3770
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two service users")
+def test_one_service_cannot_rename_or_remove_anothers_file_in_the_services_directory(tmp_path):
+    # evsed-web (uid 994) and evsed-ocpp (992) share group evsed (990): the web page may write
+    # services/ but must not move the OCPP queue aside nor plant its own in its place.
+    state = dirs.ensure_dir(tmp_path / "state", dirs.STATE_DIR_MODE)
+    services = dirs.ensure_services_dir(state)
+    os.chown(services, 0, 990)  # as the daemon's user evsed would have it
+    dirs.ensure_services_dir(state)
+    queue = services / "ocpp.sqlite"
+    queue.write_bytes(b"SQLite format 3\0")
+    os.chown(queue, 992, 990)
+    os.chmod(queue, 0o600)
+    assert rename_as(994, 990, queue) == "PermissionError"
+    assert queue.exists()
+    assert rename_as(992, 990, queue) == "renamed"  # its owner may
+
+
+def rename_as(uid: int, gid: int, path: Path) -> str:
+    """Rename path to path.x in a child that runs as uid in group gid; what happened. The child
+    enters path's directory first (pytest's are root's alone) and names the file relative to it."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        outcome = b"renamed"
+        try:
+            os.chdir(path.parent)
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.rename(path.name, f"{path.name}.x")
+        except OSError as exc:
+            outcome = type(exc).__name__.encode()
+        finally:
+            os.write(write, outcome)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        outcome = f.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
 
 
 def test_a_services_directory_that_is_a_link_or_not_the_daemons_is_refused(tmp_path):

@@ -346,10 +346,11 @@ def test_the_state_directory_is_the_daemons_to_write_and_its_groups_to_read_what
     finally:
         os.umask(old)
     # Group evsed is the network services': they read the records (the web page) and write only
-    # services/ (the OCPP queue, the update spool), whose files keep the group (setgid).
+    # services/ (the OCPP queue, the update spool), whose files keep the group (setgid) and
+    # which none of them may remove for another (sticky).
     assert cfg.store.state_dir.stat().st_mode & 0o7777 == 0o750
     assert (cfg.store.state_dir / "sessions.db").stat().st_mode & 0o777 == 0o640
-    assert (cfg.store.state_dir / "services").stat().st_mode & 0o7777 == 0o2770
+    assert (cfg.store.state_dir / "services").stat().st_mode & 0o7777 == 0o3770
     assert cfg.store.runtime_dir.stat().st_mode & 0o777 == 0o750
 
 

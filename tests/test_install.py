@@ -18,17 +18,24 @@ from evsed.ops import install
 
 ROOT = Path(__file__).parent.parent
 EVSED_GID, NET_GID = 990, 991
+SERVICE_UIDS = {"evsed-ocpp": 992, "evsed-mqtt": 993, "evsed-web": 994}
 
 
-def fake_etc(root: Path, *, evsed_user: bool, groups=("gpio", "spi", "dialout")) -> None:
-    """A root's passwd and group files, as on a Pi (gpio, spi, dialout) before or after useradd."""
+def fake_etc(root: Path, *, evsed_user: bool, groups=("gpio", "spi", "dialout"), service_users=(),
+             old_net_user: bool = False, net_uid: int = NET_GID) -> None:
+    """A root's passwd and group files, as on a Pi (gpio, spi, dialout) before or after useradd:
+    the evsed user, the services' users named, and the one user they all shared before."""
     (root / "etc").mkdir(parents=True, exist_ok=True)
     passwd = ["root:x:0:0:root:/root:/bin/bash"]
     group = ["root:x:0:"] + [f"{g}:x:{100 + i}:" for i, g in enumerate(groups)]
+    members = [*service_users, *(["evsed-net"] if old_net_user else [])]
+    for user in members:
+        uid = net_uid if user == "evsed-net" else SERVICE_UIDS[user]
+        passwd.append(f"{user}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin")
+        group.append(f"{user}:x:{uid}:")
     if evsed_user:
-        passwd += [f"evsed:x:{EVSED_GID}:{EVSED_GID}::/var/lib/evsed:/usr/sbin/nologin",
-                   f"evsed-net:x:{NET_GID}:{NET_GID}::/nonexistent:/usr/sbin/nologin"]
-        group += [f"evsed:x:{EVSED_GID}:evsed-net", f"evsed-net:x:{NET_GID}:"]
+        passwd.append(f"evsed:x:{EVSED_GID}:{EVSED_GID}::/var/lib/evsed:/usr/sbin/nologin")
+        group.append(f"evsed:x:{EVSED_GID}:{','.join(members)}")
     (root / "etc" / "passwd").write_text("\n".join(passwd) + "\n")
     (root / "etc" / "group").write_text("\n".join(group) + "\n")
 
@@ -58,7 +65,9 @@ def test_install_on_a_fresh_pi_puts_every_file_in_place_and_says_what_it_would_r
     # The user joins the device groups this host has (no "input" here); nothing ran outside the root.
     assert ("would run: useradd --system --user-group --home-dir /var/lib/evsed --no-create-home --shell "
             "/usr/sbin/nologin --comment evsed EV charger daemon --groups gpio,spi,dialout evsed") in out
-    assert any(line.startswith("would run: useradd") and line.endswith("--groups evsed evsed-net") for line in out)
+    # the example runs no service: no service user
+    assert [line for line in out if line.startswith("would run: useradd")] == [
+        line for line in out if line.startswith("would run: useradd") and line.endswith(" evsed")]
     assert out.index("would run: systemctl daemon-reload") < out.index("would run: systemctl enable evsed.service")
     assert (tmp_path / "etc/evsed/evsed.toml").read_text() == (ROOT / "config/pi-gpio-sdm630-rc522.toml").read_text()
     assert mode_owner(tmp_path / "etc/evsed/evsed.toml")[0] == "0640"
@@ -132,8 +141,8 @@ def test_install_keeps_the_hosts_config_owns_files_by_the_evsed_group_and_enable
     assert mode_owner(tmp_path / "etc/evsed") == ("0750", 0, EVSED_GID)
     # the evsed user exists but is in none of the device groups yet
     assert "would run: usermod --append --groups gpio,dialout,input evsed" in out
-    assert not any("useradd" in line for line in out)
-    # [mqtt] enabled = false runs nowhere: not as a child, not as a unit
+    # [mqtt] enabled = false runs nowhere: not as a child, not as a unit, and gets no user
+    assert [line.split()[-1] for line in out if "useradd" in line] == ["evsed-web"]
     assert "would run: systemctl enable evsed.service evsed-service@web.service" in out
     assert out[-2] == "  sudo systemctl start evsed evsed-service@web"
 
@@ -154,6 +163,87 @@ def test_with_ocpp_the_update_path_unit_is_enabled_and_a_missing_release_key_is_
     host_config.write_text(host_config.read_text() + '\n[update]\npublic_key_file = "release.pub"\n')
     code, out = run_install(tmp_path, capsys=capsys)
     assert code == 0 and not any(line.startswith("note:") for line in out)
+
+
+ALL_SERVICES = '\n[ocpp]\nurl = "ws://csms.example/"\n\n[mqtt]\nurl = "mqtt://localhost"\n\n[web]\nport = 8080\n'
+
+
+def test_each_configured_service_gets_a_user_of_its_own_in_group_evsed_and_its_unit_runs_as_it(tmp_path, capsys):
+    # A web page broken into must not read the OCPP password or queue, nor the MQTT password:
+    # each 0600, its own service's, so no two services share a user.
+    fake_etc(tmp_path, evsed_user=False)
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + ALL_SERVICES)
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    useradds = [line for line in out if line.startswith("would run: useradd")]
+    assert useradds[0].endswith(" evsed")  # first: the group evsed the others join
+    assert useradds[1:] == [
+        "would run: useradd --system --user-group --home-dir /nonexistent --no-create-home --shell "
+        f"/usr/sbin/nologin --comment evsed {name} service --groups evsed evsed-{name}" for name in ("ocpp", "mqtt", "web")]
+    template = (tmp_path / "etc/systemd/system/evsed-service@.service").read_text()
+    assert re.findall(r"^(User|Group|SupplementaryGroups)=(.*)$", template, re.M) == [
+        ("User", "evsed-%i"), ("Group", "evsed-%i"), ("SupplementaryGroups", "evsed")]
+    enabled = next(line for line in out if line.startswith("would run: systemctl enable")).split()[4:]
+    instances = [u.removeprefix("evsed-service@").removesuffix(".service") for u in enabled if "@" in u]
+    assert instances == ["ocpp", "mqtt", "web"]
+    assert [install.service_user(i) for i in instances] == [line.split()[-1] for line in useradds[1:]]
+
+
+def test_a_service_user_outside_group_evsed_is_added_to_it_and_existing_ones_are_kept(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True, service_users=("evsed-ocpp",))
+    group = tmp_path / "etc/group"
+    group.write_text(group.read_text() + "evsed-web:x:994:\n")
+    (tmp_path / "etc/passwd").write_text((tmp_path / "etc/passwd").read_text()
+                                         + "evsed-web:x:994:994::/nonexistent:/usr/sbin/nologin\n")
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + ALL_SERVICES)
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert [line.split()[-1] for line in out if "useradd" in line] == ["evsed-mqtt"]
+    assert [line for line in out if "usermod" in line and "evsed-" in line] == [
+        "would run: usermod --append --groups evsed evsed-web"]
+
+
+def test_the_old_shared_user_is_kept_but_no_longer_used_and_its_files_go_to_the_service_using_them(tmp_path, capsys):
+    # Before, every service ran as evsed-net: the uplink's queue and spool in services/ are its, and
+    # so may be the password files the host gave it. The test's own files stand for them
+    # (evsed-net has the test's uid here).
+    fake_etc(tmp_path, evsed_user=True, service_users=(), old_net_user=True, net_uid=os.geteuid())
+    services = tmp_path / "var/lib/evsed/services"
+    (services / "update").mkdir(parents=True)
+    (services / "ocpp.sqlite").write_bytes(b"SQLite format 3\0")
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    for secret in ("ocpp-password", "mqtt-password"):
+        (tmp_path / "etc/evsed" / secret).write_text("s3cret-pass\n")
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + '\n[ocpp]\nurl = "ws://csms.example/"\n'
+                           'password_file = "ocpp-password"\n\n[mqtt]\nenabled = false\n'
+                           'password_file = "/etc/evsed/mqtt-password"\n')
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert [line.split()[-1] for line in out if "useradd" in line] == ["evsed-ocpp"]
+    assert [line for line in out if "chown" in line] == [
+        f"would run: chown --recursive --no-dereference --from=evsed-net evsed-ocpp {services}",
+        f"would run: chown --no-dereference --from=evsed-net evsed-ocpp {tmp_path}/etc/evsed/ocpp-password"]
+    assert f"note: {tmp_path}/etc/evsed/mqtt-password still belongs to evsed-net ([mqtt] does not run)" in out
+    assert any(line.startswith("note: the user evsed-net is no longer used") and line.endswith("userdel evsed-net")
+               for line in out)
+    assert not any(line.startswith("would run: user") and line.endswith("evsed-net") for line in out)
+
+
+def test_the_old_shared_user_owning_nothing_gets_only_the_note(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=True, service_users=("evsed-ocpp",), old_net_user=True)  # uid 991: not the test's
+    (tmp_path / "var/lib/evsed/services").mkdir(parents=True)
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + '\n[ocpp]\nurl = "ws://csms.example/"\n')
+    code, out = run_install(tmp_path, capsys=capsys)
+    assert code == 0, out
+    assert not any("chown" in line or "useradd" in line for line in out)
+    assert any(line.startswith("note: the user evsed-net is no longer used") for line in out)
 
 
 def test_installing_again_changes_nothing(tmp_path, capsys):
@@ -249,7 +339,7 @@ def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, examp
 
 
 def test_the_service_units_find_the_daemons_directories_without_a_store_table(monkeypatch):
-    # A config without [store]: the services (user evsed-net, no StateDirectory= of their own,
+    # A config without [store]: the services (users evsed-NAME, no StateDirectory= of their own,
     # which would chown the daemon's) must still find the sessions database and the socket.
     daemon = (ROOT / "systemd/evsed.service").read_text()
     template = (ROOT / "systemd/evsed-service@.service").read_text()
@@ -260,7 +350,7 @@ def test_the_service_units_find_the_daemons_directories_without_a_store_table(mo
     assert env == {"STATE_DIRECTORY": f"/var/lib/{state}", "RUNTIME_DIRECTORY": f"/run/{runtime}"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(os, "geteuid", lambda: 999)  # not root, as evsed-net
+    monkeypatch.setattr(os, "geteuid", lambda: 999)  # not root, as evsed-web
     from evsed.config import default_runtime_dir, default_state_dir
     assert (default_state_dir(), default_runtime_dir()) == (Path("/var/lib/evsed"), Path("/run/evsed"))
 

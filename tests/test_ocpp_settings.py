@@ -53,6 +53,23 @@ def test_a_password_file_readable_by_others_is_refused_and_the_password_not_show
     assert s.password == "a-long-password-1" and "a-long-password" not in repr(s)
 
 
+def test_a_password_file_group_evsed_may_read_is_refused_and_its_owner_named(tmp_path):
+    # Every service (the web page too) is in group evsed: 0640 would give it the CSMS password.
+    secret = tmp_path / "pw"
+    secret.write_text("a-long-password-1\n")
+    secret.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"chmod 600 it \(its owner: the uplink's user, evsed-ocpp under systemd\)"):
+        ocpp(f'url = "ws://h/"\nsecurity_profile = 1\npassword_file = "{secret}"')
+
+
+def test_a_password_file_that_is_not_text_is_an_error_naming_it(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"\xff\xfe-not-utf-8")
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match=f"password_file: {secret} is not UTF-8 text"):
+        ocpp(f'url = "ws://h/"\nsecurity_profile = 1\npassword_file = "{secret}"')
+
+
 def test_ocpp_keys_are_checked_like_change_configuration():
     with pytest.raises(ConfigError, match="MeterValuesSampledData"):
         ocpp('url = "ws://h/"\n[ocpp.keys]\nMeterValuesSampledData = "SoC"')

@@ -12,7 +12,9 @@ from pathlib import Path
 
 STATE_DIR_MODE = 0o750  # the daemon's alone to write; group evsed (the services) reads sessions.db
 SERVICES_DIR = "services"  # the one directory under it the services write: the OCPP queue, the update spool
-SERVICES_DIR_MODE = 0o2770  # the daemon's, group evsed may write; setgid: their files stay group evsed
+# The daemon's; group evsed (every service, each its own user) may write. Setgid: their files stay
+# group evsed. Sticky: none may rename or remove another's files (the web page the OCPP queue or spool).
+SERVICES_DIR_MODE = 0o3770
 RUNTIME_DIR_MODE = 0o750  # the control socket (0660): the service group may reach it
 SOCKET_NAME = "control.sock"  # evsed.control.client.socket_path() puts the socket here
 SOCKET_PATH_MAX = 107  # bytes: sockaddr_un.sun_path is 108 bytes with the terminating NUL

@@ -112,7 +112,8 @@ def _password(t: Table, path: Path) -> str:
     except UnicodeDecodeError:
         raise t.error("password_file", f"{path} is not UTF-8 text") from None
     if mode & stat.S_IROTH:
-        raise t.error("password_file", f"{path} is readable by everyone: chmod 600 (or 640 for the service group)")
+        raise t.error("password_file", f"{path} is readable by everyone: chmod 600 it "
+                                        "(its owner: the MQTT service's user, evsed-mqtt under systemd)")
     password = text.rstrip("\r\n")
     if not password:
         raise t.error("password_file", f"{path} is empty")

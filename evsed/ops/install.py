@@ -17,15 +17,21 @@ from importlib import resources
 from pathlib import Path
 
 from evsed import config as configmod
+from evsed.config import dirs
 from evsed.ops import dropin, update
 
-USER, NET_USER = "evsed", "evsed-net"
+USER = "evsed"
+OLD_NET_USER = "evsed-net"  # the one user every service ran as before each had its own; no longer used
 DEVICE_GROUPS = ("gpio", "spi", "dialout", "input")
 CONFIG = "/etc/evsed/evsed.toml"
 UNIT_DIR = "/etc/systemd/system"
 UNITS = ("evsed.service", "evsed-service@.service", "evsed-update.service", "evsed-update.path")
 UPDATE_PATH = "evsed-update.path"  # enabled with the OCPP uplink: it installs what UpdateFirmware spooled
 DROPIN = f"{UNIT_DIR}/evsed.service.d/evsed-install.conf"
+# The files the host gives a service, by [section] key: each must be readable by that service's
+# user alone (0600; the secret ones are checked), never by the group evsed every service is in.
+SERVICE_FILES = (("ocpp", "password_file"), ("ocpp", "key_file"), ("ocpp", "cert_file"), ("ocpp", "ca_file"),
+                 ("mqtt", "password_file"), ("mqtt", "ca_file"), ("web", "session_secret_file"))
 OPT = "/opt/evsed"
 CURRENT = f"{OPT}/current"
 STATE_DIR = dropin.STATE_DIR
@@ -191,10 +197,9 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
         missing = [g for g in groups if USER not in host.members(g)]
         if missing:
             host.run(["usermod", "--append", "--groups", ",".join(missing), USER])
-    if host.uid(NET_USER) is None:
-        host.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
-                  "--shell", "/usr/sbin/nologin", "--comment", "evsed network services", "--groups", USER,
-                  NET_USER])
+    for name in _service_sections(cfg):
+        _service_user(host, name)
+    _retire_old_net_user(host, cfg)
 
     host.mkdir("/etc/evsed", 0o750, USER)
     if fresh_config is not None:
@@ -222,6 +227,54 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
     return cfg
 
 
+def service_user(name: str) -> str:
+    """The user evsed-service@NAME runs as (the unit's `User=evsed-%i`)."""
+    return f"{USER}-{name}"
+
+
+def _service_user(host: Host, name: str) -> None:
+    """A system user of its own per service, in group evsed (the config, the control socket,
+    sessions.db, services/): no service can read another's password or files (0600)."""
+    user = service_user(name)
+    if host.uid(user) is None:
+        host.run(["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", f"evsed {name} service", "--groups", USER, user])
+    elif user not in host.members(USER):
+        host.run(["usermod", "--append", "--groups", USER, user])
+
+
+def _retire_old_net_user(host: Host, cfg: configmod.Config) -> None:
+    """The one user all services shared before. What it owns goes to the service that uses it:
+    in services/ (only the OCPP uplink writes there: the queue, the update spool) to evsed-ocpp,
+    the files the config names for a service (a password, a key) to that service's user. The
+    user itself stays."""
+    old = host.uid(OLD_NET_USER)
+    if old is None:
+        return
+    running = _service_sections(cfg)
+    services = host.path(str(dirs.services_dir(Path(STATE_DIR))))  # the template's ReadWritePaths=
+    moves = [("ocpp", ["--recursive"], services)] if services.is_dir() and _owns_any(old, services) else []
+    for name, key in SERVICE_FILES:
+        text = cfg.sections[name].data.get(key) if name in cfg.sections else None
+        if isinstance(text, str) and text:
+            path = host.path(str(Path(CONFIG).parent / text))  # relative to the config; an absolute one as is
+            if path.is_file() and os.lstat(path).st_uid == old:
+                moves.append((name, [], path))
+    for name, flags, path in moves:
+        if name in running:
+            host.run(["chown", *flags, "--no-dereference", f"--from={OLD_NET_USER}", service_user(name), str(path)])
+        else:
+            host.did.append(f"note: {path} still belongs to {OLD_NET_USER} ([{name}] does not run)")
+    host.did.append(f"note: the user {OLD_NET_USER} is no longer used: each service runs as {USER}-NAME once "
+                    f"restarted (systemctl restart evsed-service@NAME); then remove it with: userdel {OLD_NET_USER}")
+
+
+def _owns_any(uid: int, top: Path) -> bool:
+    """Whether uid owns top or anything below it (links not followed)."""
+    return any(os.lstat(os.path.join(d, n)).st_uid == uid
+               for d, subdirs, files in os.walk(top) for n in (".", *subdirs, *files))
+
+
 def _enabled(cfg: configmod.Config) -> list[str]:
     services = _service_sections(cfg)
     return [*(f"evsed-service@{s}.service" for s in services), *([UPDATE_PATH] if "ocpp" in services else [])]
@@ -242,8 +295,10 @@ def uninstall(host: Host) -> None:
     host.run(["systemctl", "daemon-reload"])
     if host.path(CURRENT).is_symlink():
         host.remove(CURRENT)
-    host.did.append(f"kept {STATE_DIR} (the sessions database), {CONFIG}, and the users {USER} and {NET_USER} "
-                    f"(remove them with: userdel {NET_USER}; userdel {USER})")
+    users = [u for u in (*(service_user(n) for n in configmod.SERVICE_SECTIONS), OLD_NET_USER)
+             if host.uid(u) is not None] + [USER]
+    host.did.append(f"kept {STATE_DIR} (the sessions database), {CONFIG}, and the users {', '.join(users)} "
+                    f"(remove them with: {'; '.join(f'userdel {u}' for u in users)})")
 
 
 def next_steps(cfg: configmod.Config) -> list[str]:

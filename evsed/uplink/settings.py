@@ -157,14 +157,20 @@ def _path(t: Table, base: Path, key: str, *, must_exist=False, secret=False) -> 
 def _check_mode(t: Table, key: str, path: Path) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise t.error(key, f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+        raise t.error(key, f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it "
+                           "(its owner: the uplink's user, evsed-ocpp under systemd)")
 
 
 def _read_secret(t: Table, key: str, path: Path) -> str:
     if not path.is_file():
         raise t.error(key, f"no such file: {path}")
     _check_mode(t, key, path)
-    text = path.read_text(encoding="utf-8").strip()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:  # under systemd: a file not given to evsed-ocpp
+        raise t.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise t.error(key, f"{path} is not UTF-8 text") from None
     if not 8 <= len(text) <= 40:  # OCPP 1.6 security whitepaper: AuthorizationKey 16-40 (we allow 8+)
         raise t.error(key, "the password must be 8-40 characters")
     return text
