@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,48 @@ def test_a_config_without_ocpp_never_imports_the_uplink():
             "import evsed.cli; print([m for m in sys.modules if m.startswith(('ocpp', 'evsed.uplink', 'websockets'))])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give the file to another user")
+def test_evsed_check_as_the_daemons_user_checks_the_uplinks_own_password_file_by_its_mode():
+    # Install's next step is `sudo -u evsed evsed check`: the password file is evsed-ocpp's, 0600.
+    from evsed.services.run import check_sections
+    top = Path(tempfile.mkdtemp(prefix="evsed-check-"))
+    try:
+        top.chmod(0o755)
+        secret = top / "ocpp-password"
+        secret.write_text("a-long-password-1\n")
+        secret.chmod(0o600)
+        os.chown(secret, 992, 992)  # evsed-ocpp's
+        config = parse(BASE + f'\n[ocpp]\nurl = "wss://h/"\nsecurity_profile = 2\npassword_file = "{secret}"\n')
+        assert as_user(995, lambda: check_sections(config)) == "ok"  # evsed: checked, not read
+        assert "cannot read" in as_user(995, lambda: settings.parse(config))  # the uplink itself must read it
+        secret.chmod(0o640)
+        assert "readable by others" in as_user(995, lambda: check_sections(config))
+    finally:
+        shutil.rmtree(top)
+
+
+def as_user(uid: int, call) -> str:
+    """call() in a forked child running as uid: "ok", or the ConfigError's text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        outcome = "ok"
+        try:
+            os.setgroups([uid])
+            os.setgid(uid)
+            os.setuid(uid)
+            call()
+        except ConfigError as exc:
+            outcome = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails on it
+            outcome = f"unexpected {type(exc).__name__}: {exc}"
+        finally:
+            os.write(write, outcome.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        outcome = f.read().decode()
+    os.waitpid(pid, 0)
+    return outcome

@@ -37,7 +37,7 @@ class MqttSettings:
     status_interval_s: float = 10.0  # state is refreshed at least this often without events
 
 
-def parse(config: Config) -> MqttSettings:
+def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     """MqttSettings from config.sections["mqtt"]; raises ConfigError."""
     section = config.sections.get("mqtt")
     if section is None:
@@ -64,7 +64,7 @@ def parse(config: Config) -> MqttSettings:
         max_current_a=charger.max_current_a,
         ca_file=_path(config.path, ca) if ca else None,
         username=username or None,
-        password=_password(t, _path(config.path, password_file)) if password_file else None,
+        password=_password(t, _path(config.path, password_file), read_secrets) if password_file else None,
         discovery=t.get("discovery", bool, True), discovery_prefix=prefix,
         keepalive_s=t.get("keepalive_s", int, 30, min=5, max=3600),
         reconnect_max_s=t.get("reconnect_max_s", float, 60.0, min=1, max=3600),
@@ -103,9 +103,13 @@ def _path(config_path: Path, text: str) -> Path:
     return path if path.is_absolute() else (config_path.parent / path).resolve()
 
 
-def _password(t: Table, path: Path) -> str:
+def _password(t: Table, path: Path, read: bool = True) -> str:
+    """The password in path; read=False (`evsed check` as another user) checks a file it may not
+    read by its mode alone."""
     try:
         mode = path.stat().st_mode
+        if not read and not os.access(path, os.R_OK) and not mode & stat.S_IROTH:
+            return "(not read: the MQTT service's own)"
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise t.error("password_file", f"cannot read {path}: {exc.strerror or exc}") from None

@@ -67,8 +67,10 @@ class Settings:
         return self.url.rstrip("/") + "/" + quote(self.identity, safe="")
 
 
-def parse(config: Config) -> Settings:
-    """Settings from config.sections["ocpp"]; raises ConfigError naming file, line and key."""
+def parse(config: Config, read_secrets: bool = True) -> Settings:
+    """Settings from config.sections["ocpp"]; raises ConfigError naming file, line and key.
+    read_secrets=False (`evsed check`, run as the daemon's user): a password file readable only by
+    the uplink's own user is checked for its mode, not read."""
     t = config.sections["ocpp"].table()
     t.get("enabled", bool, True)  # read by the daemon: false, and `evsed run` does not start the uplink
     version = t.get("version", str, "1.6", choices=("1.6",))
@@ -91,7 +93,7 @@ def parse(config: Config) -> Settings:
     if profile in (1, 2):
         if password_file is None:
             raise t.error("password_file", f"security profile {profile} needs a password_file")
-        password = _read_secret(t, "password_file", password_file)
+        password = _read_secret(t, "password_file", password_file, read_secrets)
     if profile == 3 and (cert_file is None or key_file is None):
         raise t.error("cert_file", "security profile 3 needs cert_file and key_file")
     state = t.get("state_file", str, "")
@@ -161,10 +163,12 @@ def _check_mode(t: Table, key: str, path: Path) -> None:
                            "(its owner: the uplink's user, evsed-ocpp under systemd)")
 
 
-def _read_secret(t: Table, key: str, path: Path) -> str:
+def _read_secret(t: Table, key: str, path: Path, read: bool = True) -> str:
     if not path.is_file():
         raise t.error(key, f"no such file: {path}")
     _check_mode(t, key, path)
+    if not read and not os.access(path, os.R_OK):
+        return ""  # another user's, 0600: the uplink reads it when it starts
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:  # under systemd: a file not given to evsed-ocpp
