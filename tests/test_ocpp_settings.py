@@ -101,7 +101,13 @@ def test_evsed_check_as_the_daemons_user_checks_the_uplinks_own_password_file_by
         secret.write_text("a-long-password-1\n")
         secret.chmod(0o600)
         os.chown(secret, 992, 992)  # evsed-ocpp's
-        config = parse(BASE + f'\n[ocpp]\nurl = "wss://h/"\nsecurity_profile = 2\npassword_file = "{secret}"\n')
+        broker = top / "mqtt-password"
+        broker.write_text("another-password\n")
+        broker.chmod(0o600)
+        os.chown(broker, 993, 993)  # evsed-mqtt's
+        config = parse(BASE + f'\n[ocpp]\nurl = "wss://h/"\nsecurity_profile = 2\npassword_file = "{secret}"\n'
+                       f'\n[mqtt]\nurl = "mqtt://broker.lan"\nusername = "evse"\npassword_file = "{broker}"\n')
+        check_sections(config)  # as root, which reads everything; it imports what the child needs
         assert as_user(995, lambda: check_sections(config)) == "ok"  # evsed: checked, not read
         assert "cannot read" in as_user(995, lambda: settings.parse(config))  # the uplink itself must read it
         secret.chmod(0o640)
