@@ -199,7 +199,8 @@ async def measure(cycles: int, service: str = "none", flood: int = 0,
     cfg = config.load(tmp / "evsed.toml")
     journal = SlowJournal() if slow_journal else None
     # rendered and queued like under systemd
-    logs.configure("info", "json", stream=journal.stream if journal is not None else io.StringIO())
+    # cache=False: each row logs to its own stream (cached loggers would keep the first row's)
+    logs.configure("info", "json", stream=journal.stream if journal is not None else io.StringIO(), cache=False)
 
     daemon = Daemon(cfg)
     run = asyncio.create_task(daemon.run())
