@@ -45,7 +45,7 @@ mosquitto:
 BENCH_VENV := .venv-bench
 
 bench: $(STAMP) mosquitto
-	$(VENV)/bin/python bench/reaction.py
+	$(VENV)/bin/python bench/reaction.py --flood 1000 --slow-journal
 	rm -rf $(BENCH_VENV) && $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet '.[ocpp]'
 	$(VENV)/bin/python bench/footprint.py --python $(BENCH_VENV)/bin/python

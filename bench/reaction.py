@@ -7,7 +7,12 @@ and the time to the contactor's open() call is recorded. Meanwhile the daemon lo
 uplink parsing messages. Reference in the same run: a bare asyncio loop woken from a
 thread (call_soon_threadsafe). Also prints card tap -> contactor close latency.
 
-Usage: python bench/reaction.py [--cycles N]
+Two more loads, each on its own row: --flood N connects N control-socket clients from another
+process that ask for status without pause (the daemon serves 64 and turns the rest away; those
+connect again at once), and --slow-journal makes the daemon's log a pipe that its reader
+drains at 4 KiB/s, so the pipe stays full and every write of the log thread blocks.
+
+Usage: python bench/reaction.py [--cycles N] [--service MODE|all] [--flood N] [--slow-journal]
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import argparse
 import asyncio
 import io
 import json
+import os
+import resource
+import select
 import statistics
 import sys
 import tempfile
@@ -27,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from evsed import config  # noqa: E402
+from evsed.control import client as control  # noqa: E402
 from evsed.shell import logs  # noqa: E402
 from evsed.shell.daemon import Daemon  # noqa: E402
 from evsed.core.events import ClearFaults  # noqa: E402
@@ -100,14 +109,98 @@ async def start_service(runtime_dir: Path, mode: str) -> asyncio.subprocess.Proc
     return proc
 
 
-async def measure(cycles: int, service: str = "none") -> dict[str, list[float]]:
+FLOOD = """
+import asyncio, json, sys
+
+async def client(path, counts):
+    while True:  # connect, ask without pause until turned away or cut off, connect again at once
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            counts["failed"] += 1
+            await asyncio.sleep(0)
+            continue
+        try:
+            while True:
+                writer.write(b'{"cmd": "status"}\\n')
+                line = await reader.readline()
+                if b'"connectors"' not in line:
+                    counts["turned_away"] += 1
+                    break
+                counts["served"] += 1
+        except OSError:
+            counts["failed"] += 1
+        finally:
+            writer.close()
+
+async def main(path, n):
+    counts = {"served": 0, "turned_away": 0, "failed": 0}
+    tasks = [asyncio.create_task(client(path, counts)) for _ in range(n)]
+    await asyncio.sleep(0.5)  # every client has connected once (or been turned away)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench closes it
+    print(json.dumps(counts), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def start_flood(runtime_dir: Path, clients: int) -> asyncio.subprocess.Process:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # inherited: the clients' descriptors
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, clients + 256)), hard))
+    path = str(control.socket_path(runtime_dir))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOD, path, str(clients),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    assert (await proc.stdout.readline()).strip() == b"ready"
+    return proc
+
+
+async def stop_flood(proc: asyncio.subprocess.Process) -> dict[str, int]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    counts = json.loads(await proc.stdout.readline())
+    proc.kill()
+    await proc.wait()
+    return counts
+
+
+class SlowJournal:
+    """The daemon's log stream: a pipe whose reader takes 4 KiB a second (a journal that lags),
+    so once its 64 KiB fill up every write of the daemon's log thread blocks."""
+
+    def __init__(self) -> None:
+        r, w = os.pipe()
+        self.stream = os.fdopen(w, "w")
+        self._r = r
+        self.read_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="slow-journal")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.wait(0.25):
+            if select.select([self._r], [], [], 0)[0]:  # never block: close() must not wait on it
+                self.read_bytes += len(os.read(self._r, 1024))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._r)  # the log thread's blocked write fails (EPIPE) and the rest is dropped
+
+
+async def measure(cycles: int, service: str = "none", flood: int = 0,
+                  slow_journal: bool = False) -> dict[str, list[float]]:
     tmp = Path(tempfile.mkdtemp(prefix="evsed-bench-"))
     text = (ROOT / "config" / "simulator.toml").read_text()
     text += f'\n[store]\nstate_dir = "{tmp / "state"}"\nruntime_dir = "{tmp / "run"}"\n'
     text += "[timing]\nmeter_interval_s = 0.2\ncard_repeat_s = 0\n"  # the bench taps the same card to stop
     (tmp / "evsed.toml").write_text(text)
     cfg = config.load(tmp / "evsed.toml")
-    logs.configure("info", "json", stream=io.StringIO())  # rendered and queued like under systemd
+    journal = SlowJournal() if slow_journal else None
+    # rendered and queued like under systemd
+    # cache=False: each row logs to its own stream (cached loggers would keep the first row's)
+    logs.configure("info", "json", stream=journal.stream if journal is not None else io.StringIO(), cache=False)
 
     daemon = Daemon(cfg)
     run = asyncio.create_task(daemon.run())
@@ -115,6 +208,7 @@ async def measure(cycles: int, service: str = "none") -> dict[str, list[float]]:
     stop_load = asyncio.Event()
     load = asyncio.create_task(uplink_like_load(stop_load))
     proc = None if service == "none" else await start_service(cfg.store.runtime_dir, service)
+    flooding = await start_flood(cfg.store.runtime_dir, flood) if flood else None
     ctrl, bench = daemon.connectors[1], daemon.world.connector(1)
     opened: list[float] = []
     closed: list[float] = []
@@ -176,6 +270,9 @@ async def measure(cycles: int, service: str = "none") -> dict[str, list[float]]:
         bench.plug()
         await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
     result["reference"] = await reference_wakeups(cycles)  # same loop, same load, daemon running
+    if flooding is not None:
+        counts = await stop_flood(flooding)
+        result["flood"] = [float(counts["served"]), float(counts["turned_away"]), float(counts["failed"])]
     stop_load.set()
     await load
     if proc is not None:
@@ -184,6 +281,9 @@ async def measure(cycles: int, service: str = "none") -> dict[str, list[float]]:
         await proc.wait()
     daemon.stopping.set()
     await run
+    if journal is not None:
+        journal.close()
+        result["journal_read_kib"] = [journal.read_bytes / 1024]
     logs.flush()
     return result
 
@@ -197,14 +297,27 @@ SERVICES = {"none": "no service process",
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cycles", type=int, default=200)
-    parser.add_argument("--service", choices=(*SERVICES, "all"), default="all")
+    parser.add_argument("--service", choices=(*SERVICES, "all"), default="all",
+                        help="the service-process rows to run (none: only the rows of --flood/--slow-journal)")
+    parser.add_argument("--flood", type=int, default=0, metavar="N",
+                        help="also a row with N control-socket clients asking without pause")
+    parser.add_argument("--slow-journal", action="store_true",
+                        help="also a row with the daemon's log a pipe read at 4 KiB/s")
     args = parser.parse_args()
-    modes = list(SERVICES) if args.service == "all" else [args.service]
+    rows: list[tuple[str, dict]] = [(SERVICES[m], {"service": m})
+                                    for m in (SERVICES if args.service == "all" else [args.service])]
+    if args.flood:
+        rows.append((f"{args.flood} control-socket clients asking for status without pause", {"flood": args.flood}))
+    if args.slow_journal:
+        rows.append(("the log a pipe read at 4 KiB/s (a journal that lags)", {"slow_journal": True}))
+    if args.flood and args.slow_journal:
+        rows.append((f"both: {args.flood} clients and the lagging journal",
+                     {"flood": args.flood, "slow_journal": True}))
     print(f"evsed reaction bench, {args.cycles} cycles per row, daemon logging JSON, meter every 0.2 s, "
           "an in-process CPU load")
-    for mode in modes:
-        result = asyncio.run(measure(args.cycles, mode))
-        print(f"with {SERVICES[mode]}:")
+    for row, kw in rows:
+        result = asyncio.run(measure(args.cycles, **kw))
+        print(f"with {row}:")
         for name, label in (("fault_to_open", "RCD trip -> contactor open command"),
                             ("c_to_b_to_open", "EV leaves C -> contactor open command"),
                             ("tap_to_close", "card tap (EV in B) -> contactor close command"),
@@ -216,6 +329,11 @@ def main() -> None:
         ratio = pct(opens, 99) / pct(result["reference"], 99)
         print(f"  open-command p99 over both: {ms(pct(opens, 99))} = {ratio:.1f}x the reference p99 "
               "(goals: <= 2 ms and <= 20x; IEC 61851 allows 100 ms)")
+        if "flood" in result:
+            served, away, failed = (int(x) for x in result["flood"])
+            print(f"  control socket: {served} status replies, {away} connections turned away, {failed} failed")
+        if "journal_read_kib" in result:
+            print(f"  journal took {result['journal_read_kib'][0]:.0f} KiB; the rest was queued or dropped")
 
 
 if __name__ == "__main__":
