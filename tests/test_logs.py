@@ -140,3 +140,35 @@ def test_a_library_dumping_a_multi_line_frame_at_error_level_gives_one_line_and_
         logging.getLogger().setLevel(logging.WARNING)
     assert len(records) == 1  # the frame itself is at debug, below the configured level
     assert records[0]["level"] == "error" and records[0]["message"] == "Exception response 0x83"
+
+
+class _StuckStream:
+    """stderr that takes nothing until released (a journal that stopped reading)."""
+
+    def __init__(self):
+        import threading
+        self.released = threading.Event()
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.released.wait()
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_sink_that_takes_nothing_costs_a_bounded_queue_and_the_lines_dropped_are_said(monkeypatch):
+    monkeypatch.setattr(logs, "MAX_QUEUED", 50)
+    stuck = _StuckStream()
+    writer = logs._QueuedWriter(stuck)
+    for n in range(200):
+        writer.write(f"line {n}\n")
+    queued, dropped = writer._queue.qsize(), writer.dropped
+    assert queued == 50 and queued + dropped + 1 >= 200  # one may sit in the blocked write
+    stuck.released.set()
+    writer.close()  # drains what waits
+    said = [json.loads(line) for line in stuck.lines if line.startswith("{")]
+    assert [(e["event"], e["lines"]) for e in said] == [("log.dropped", dropped)]  # said once, counted
+    kept = [line for line in stuck.lines if not line.startswith("{")]
+    assert len(kept) == 200 - dropped and kept == [f"line {n}\n" for n in range(len(kept))]  # the oldest kept

@@ -7,6 +7,7 @@ or terminal never delays the safety path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,31 +25,70 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "critical": logging.CRITICAL}
 
 
-class _QueuedWriter:
+MAX_QUEUED = 10_000  # log lines waiting for a slow journal or stderr; past that they are counted, not kept
+
+
+class _Bounded:
+    """A queue of log lines with a bound: a journal or stderr that stops taking them costs at
+    most MAX_QUEUED lines of memory; the lines dropped meanwhile are counted and said once
+    the sink takes lines again."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(MAX_QUEUED)
+        self.dropped = 0  # written by the logging threads, read and reset by the writer's
+
+    def offer(self, item: Any) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def take(self) -> tuple[Any, int]:
+        """The next item, and how many were dropped before it (said before it, then reset)."""
+        item = self._queue.get()
+        dropped, self.dropped = self.dropped, 0
+        return item, dropped
+
+    def stop(self) -> None:
+        with contextlib.suppress(queue.Full):  # a sink stuck for good: its thread dies with the process
+            self._queue.put(None, timeout=2.0)
+
+
+def _dropped_line(dropped: int) -> dict[str, Any]:
+    return {"event": "log.dropped", "level": "warning", "lines": dropped,
+            "why": f"the log sink took no lines while {MAX_QUEUED} waited"}
+
+
+class _QueuedWriter(_Bounded):
     """A file-like sink whose writes are queued and done by one background thread."""
 
     def __init__(self, stream: TextIO):
+        super().__init__()
         self.stream = stream
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="evsed-log", daemon=True)
         self._thread.start()
 
     def write(self, text: str) -> None:
-        self._queue.put(text)
+        self.offer(text)
 
     def flush(self) -> None:
         pass
 
     def _run(self) -> None:
-        while (text := self._queue.get()) is not None:
+        while True:
+            text, dropped = self.take()
+            if text is None:
+                return
             try:
+                if dropped:
+                    self.stream.write(json.dumps(_dropped_line(dropped)) + "\n")
                 self.stream.write(text)
                 self.stream.flush()
             except (OSError, ValueError):
                 pass  # a closed or broken stderr must not take the daemon down
 
     def close(self) -> None:
-        self._queue.put(None)
+        self.stop()
         self._thread.join(2.0)
 
 
@@ -84,23 +124,28 @@ def journal_entry(event: dict[str, Any]) -> bytes:
     return bytes(out)
 
 
-class _JournalWriter:
+class _JournalWriter(_Bounded):
     """Entries sent to the journal's datagram socket by one background thread."""
 
     def __init__(self, address: str, fallback: TextIO):
+        super().__init__()
         self.address, self.fallback = address, fallback
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.connect(address)  # fails (OSError) without a journal: configure() falls back
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="evsed-journal", daemon=True)
         self._thread.start()
 
     def put(self, entry: bytes) -> None:
-        self._queue.put(entry)
+        self.offer(entry)
 
     def _run(self) -> None:
-        while (entry := self._queue.get()) is not None:
+        while True:
+            entry, dropped = self.take()
+            if entry is None:
+                return
             try:
+                if dropped:
+                    self.sock.send(journal_entry(_dropped_line(dropped)))
                 self.sock.send(entry)
             except OSError as exc:  # too large, or the journal went away: say so where we can
                 try:
@@ -111,7 +156,7 @@ class _JournalWriter:
                     pass
 
     def close(self) -> None:
-        self._queue.put(None)
+        self.stop()
         self._thread.join(2.0)
         self.sock.close()
 
