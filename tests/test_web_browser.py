@@ -4,6 +4,7 @@ follows a session without a reload, a logged-in person stops it, and a screensho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import re
@@ -59,6 +60,8 @@ class Server:
     def close(self):
         async def stop():
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # finished here, not destroyed pending
+                await self._task  # at a later test's garbage collection, on its stderr
             await self.service.stop()
         self.call(stop)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -245,6 +248,8 @@ def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
             finally:
                 await browser.close()
                 live.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live
                 await service.stop()
                 await link.close()
                 daemon.stopping.set()

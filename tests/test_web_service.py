@@ -4,6 +4,7 @@ the live event stream, and the records read from a real session store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 
@@ -40,6 +41,8 @@ def run(tmp_path, body, link=None):
                 return await body(service, client, the_link)
         finally:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             await service.stop()
     return asyncio.run(main())
 
