@@ -249,3 +249,55 @@ def test_sessions_on_one_meter_never_overlap_in_energy_whatever_the_order_of_wri
             assert a["meter_stop_wh"] <= b["meter_start_wh"]
         store.close()
     check()
+
+
+def test_a_recovered_session_and_its_event_are_written_together_or_not_at_all(tmp_path):
+    # The daemon tells the services of a power_loss close in the same transaction: a power cut
+    # between the two would leave a session closed that the CSMS never hears has ended.
+    store = Store(tmp_path / "s.db")
+    running = live()
+    store.start(running)
+    del store  # the process died
+
+    def cut(row):
+        raise KeyboardInterrupt("power cut while recording the event")
+    store = Store(tmp_path / "s.db")
+    try:
+        store.recover(cut)
+    except KeyboardInterrupt:
+        pass
+    store = Store(tmp_path / "s.db")
+    assert [r["stopped_at"] for r in store.sessions()] == [None]  # still open: the next start closes it
+    told = []
+    assert store.recover(told.append) == [running.row_id]
+    assert [r["id"] for r in told] == [running.row_id] and told[0]["stop_reason"] == "power_loss"
+
+
+def test_a_stopped_session_row_and_its_outbox_event_commit_together(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from evsed.shell.bus import ChargerEvent
+    from evsed.shell.records import Recorder
+    from evsed.store import outbox
+    from evsed.store.sessions import StoreWriter
+
+    store = Store(tmp_path / "s.db")
+    writer = StoreWriter(store)
+    recorder = Recorder(writer, clock=lambda: 0.0, checkpoint_s=60)
+    at = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone.utc)
+    base = {"session": 1, "id_tag": "04A1B2C3", "card_name": "Alice", "group": "family", "auth_source": "local",
+            "started_at": "2026-01-05T09:00:00+00:00", "meter_start_wh": 1000}
+    recorder(ChargerEvent("session.started", 1, at, base))
+    real_append = outbox.append
+
+    def cut(db, *args):  # the outbox write fails, as if the power went between the two writes
+        if args[1] == "session.stopped":
+            raise OSError("power cut")
+        return real_append(db, *args)
+    monkeypatch.setattr(outbox, "append", cut)
+    recorder(ChargerEvent("session.stopped", 1, at, {**base, "meter_stop_wh": 2000, "energy_wh": 1000,
+                                                    "peak_power_w": 7000.0, "reason": "local",
+                                                    "stopped_at": "2026-01-05T10:00:00+00:00"}))
+    writer.close()
+    (row,) = Store(tmp_path / "s.db").sessions()
+    assert row["stopped_at"] is None  # not stopped without its event: recovery closes and tells it

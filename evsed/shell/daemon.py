@@ -119,8 +119,10 @@ class Daemon:
         db_path = self.config.store.state_dir / "sessions.db"
         store = Store(db_path, signer=ocmf.LazySigner(self.config.store.state_dir), charger_id=self.config.charger.id,
                       timezone=self.config.charger.timezone, version=evsed.__version__)
-        recovered = store.recover()
-        self._record_recovered(store, recovered)
+        now = utc_iso_ms(_wallclock())
+        recovered = store.recover(lambda row: self._recovered_event(store, row, now))
+        if recovered:
+            log.warning("session.recovered", ids=recovered, stop_reason="power_loss")
         first_id = store.next_session_id()
         self._acked = dict(store.db.execute("SELECT service, seq FROM service_acks").fetchall())
         self._last_seq = outbox.last_seq(store.db)
@@ -169,20 +171,15 @@ class Daemon:
                  socket=str(socket_path(self.config.store.runtime_dir)),
                  start_s=round(time.perf_counter() - started, 3))
 
-    def _record_recovered(self, store: Store, ids: list[int]) -> None:
-        """Sessions a crash or power cut left open are closed as power_loss, and services hear of it."""
-        if not ids:
-            return
-        log.warning("session.recovered", ids=ids, stop_reason="power_loss")
-        now = utc_iso_ms(_wallclock())
-        for row in store.sessions():
-            if row["id"] in ids:
-                outbox.append(store.db, now, "session.stopped", row["connector_id"], {
-                    "session": row["id"], "id_tag": row["id_tag"], "card_name": row["card_name"],
-                    "group": row["card_group"], "auth_source": row["auth_source"], "started_at": row["started_at"],
-                    "meter_start_wh": row["meter_start_wh"], "meter_stop_wh": row["meter_stop_wh"],
-                    "energy_wh": row["energy_wh"], "peak_power_w": row["peak_power_w"], "reason": "power_loss",
-                    "stopped_at": row["stopped_at"]})
+    @staticmethod
+    def _recovered_event(store: Store, row: dict[str, Any], now: str) -> None:
+        """A session a crash or power cut left open, closed as power_loss: the services hear of it."""
+        outbox.append(store.db, now, "session.stopped", row["connector_id"], {
+            "session": row["id"], "id_tag": row["id_tag"], "card_name": row["card_name"],
+            "group": row["card_group"], "auth_source": row["auth_source"], "started_at": row["started_at"],
+            "meter_start_wh": row["meter_start_wh"], "meter_stop_wh": row["meter_stop_wh"],
+            "energy_wh": row["energy_wh"], "peak_power_w": row["peak_power_w"], "reason": "power_loss",
+            "stopped_at": row["stopped_at"]})
 
     def _stored(self, loop: asyncio.AbstractEventLoop, event: dict[str, Any]) -> None:
         """A durable event is committed (the store's thread): stream it from the loop."""

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import structlog
+
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.store import outbox
 from evsed.store.samples import SampleBatcher
-from evsed.store.sessions import InlineWriter, LiveSession, Store, StoreWriter, utc_iso
+from evsed.store.sessions import InlineWriter, LiveSession, Op, Store, StoreWriter, utc_iso
+
+log = structlog.get_logger("evsed")
 
 
 class Recorder:
@@ -28,43 +32,56 @@ class Recorder:
 
     def __call__(self, e: ChargerEvent) -> None:
         handler = getattr(self, "_" + e.type.replace(".", "_"), None)
-        if handler is not None:
-            handler(e)
+        op: Op | None = handler(e) if handler is not None else None
         if e.durable:
-            self._append(e)
+            self._append(e, op)
+        elif op is not None:
+            self.writer.submit(op)
 
-    def _append(self, e: ChargerEvent) -> None:
+    def _append(self, e: ChargerEvent, op: Op | None) -> None:
+        """The event's row write and its outbox entry in one transaction: a power cut keeps both
+        or neither (a session stopped in its row but never told to the services would stay open
+        at the CSMS for ever). A row write that fails loses only itself, not the event."""
         at, seq = utc_iso_ms(e.at), [0]
 
         def write(st: Store) -> None:
+            if op is not None:
+                st.db.execute("SAVEPOINT row")
+                try:
+                    op(st)
+                except Exception as exc:  # noqa: BLE001 - as the writer does for any op: logged, survived
+                    st.db.execute("ROLLBACK TO row")
+                    log.error("store.write_failed", error=repr(exc), event=e.type)
+                finally:
+                    st.db.execute("RELEASE row")
             seq[0] = outbox.append(st.db, at, e.type, e.connector, e.data)
         self.writer.submit(write, lambda: self.stored(e.wire(seq[0])))
 
-    def _session_started(self, e: ChargerEvent) -> None:
+    def _session_started(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
                         d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"], pricing=self.pricing(d["group"]))
         self._checkpointed_at[d["session"]] = self.clock()
         self._samples[d["session"]] = SampleBatcher(self.sample_interval_s)
-        self.writer.submit(lambda st: st.start(s))
+        return lambda st: st.start(s)
 
-    def _session_meter_start(self, e: ChargerEvent) -> None:
+    def _session_meter_start(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
         start, last = d["meter_start_wh"], d.get("meter_last_wh", d["meter_start_wh"])
-        self.writer.submit(lambda st: st.set_meter(d["session"], start, last))
+        return lambda st: st.set_meter(d["session"], start, last)
 
-    def _session_sample(self, e: ChargerEvent) -> None:
+    def _session_sample(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
         now = self.clock()
         batch = self._samples.setdefault(d["session"], SampleBatcher(self.sample_interval_s))
         batch.offer(now, e.at, d["energy_wh"], d["power_w"], tuple(d["current_a"]), tuple(d["voltage_v"]))
         if now - self._checkpointed_at.get(d["session"], -float("inf")) < self.checkpoint_s:
-            return
+            return None
         self._checkpointed_at[d["session"]] = now
         row, samples = (d["session"], d["meter_last_wh"], d["peak_power_w"], utc_iso(e.at)), batch.take()
-        self.writer.submit(lambda st: st.checkpoint(*row, samples=samples))
+        return lambda st: st.checkpoint(*row, samples=samples)
 
-    def _session_stopped(self, e: ChargerEvent) -> None:
+    def _session_stopped(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
         self._checkpointed_at.pop(d["session"], None)
         batch = self._samples.pop(d["session"], None)
@@ -72,18 +89,18 @@ class Recorder:
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
                         d["meter_start_wh"], d["meter_stop_wh"], peak_power_w=d["peak_power_w"],
                         row_id=d["session"], stopped=(d["reason"], d["stopped_at"]), pricing=self.pricing(d["group"]))
-        self.writer.submit(lambda st: st.finish(s, samples))
+        return lambda st: st.finish(s, samples)
 
-    def _session_clock_corrected(self, e: ChargerEvent) -> None:
+    def _session_clock_corrected(self, e: ChargerEvent) -> Op | None:
         """The wall clock stepped under a session timed on an unsynchronized clock: its start (and
         stop, when also taken then) and its samples so far move by the step."""
         d = e.data
         batch = self._samples.get(d["session"])
         if batch is not None:
             batch.shift(d["by_s"])
-        self.writer.submit(lambda st: st.correct_times(d["session"], d["started_at"], d["stopped_at"], d["by_s"]))
+        return lambda st: st.correct_times(d["session"], d["started_at"], d["stopped_at"], d["by_s"])
 
-    def _session_final_reading(self, e: ChargerEvent) -> None:
+    def _session_final_reading(self, e: ChargerEvent) -> Op | None:
         """The first reading after the open completes a finished session's energy: rewrite its stop."""
         connector, d = e.connector, e.data
-        self.writer.submit(lambda st: st.set_stop_meter(d["session"], d["meter_stop_wh"]))
+        return lambda st: st.set_stop_meter(d["session"], d["meter_stop_wh"])

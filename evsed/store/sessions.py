@@ -243,9 +243,10 @@ class Store:
                 self._complete(row_id)
         return cur.rowcount > 0
 
-    def recover(self) -> list[int]:
+    def recover(self, closed: Callable[[dict], None] | None = None) -> list[int]:
         """Close sessions left open by a crash or power cut at their last checkpoint, with totals
-        and a signed document; returns their ids."""
+        and a signed document; returns their ids. closed(row) runs in each one's transaction (the
+        daemon's outbox event: a power cut keeps the close and its event, or neither)."""
         rows = [r[0] for r in self.db.execute("SELECT id FROM sessions WHERE stopped_at IS NULL")]
         for row_id in rows:
             with self._tx():
@@ -254,6 +255,9 @@ class Store:
                     " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss', stop_final=1"
                     " WHERE id=?", (row_id,))
                 self._complete(row_id)
+                row = self.session(row_id)
+                if closed is not None and row is not None:
+                    closed(row)
         return rows
 
     def set_meter_signed(self, row_id: int, fmt: str, data: str) -> None:
