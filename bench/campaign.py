@@ -389,6 +389,9 @@ class Campaign:
         if self.ocpp is not None and self.csms is not None:
             self.counts.update(self.ocpp.final(self.csms))
             owed = self.counts["sessions_total"] - self.counts.get("sessions_before_first_contact", 0)
+            if self.counts["ocpp_transaction_messages_checked"] != 2 * owed:  # a stop never told, or told twice
+                raise Failure(f"{owed} sessions owed to the CSMS, {self.counts['ocpp_transaction_messages_checked']} "
+                              "Start/StopTransaction for them (each needs one of each)")
             if self.counts["ocpp_sessions_checked"] != owed:
                 raise Failure(f"{self.counts['sessions_total']} sessions in the store, "
                               f"{self.counts.get('sessions_before_first_contact', 0)} begun before the uplink's "
