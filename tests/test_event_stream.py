@@ -4,10 +4,12 @@ socket, and a socket that no client can use to stop the daemon."""
 import asyncio
 import json
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 from evsed import config
 from evsed.control import client as control
@@ -484,44 +486,43 @@ def test_a_service_started_by_the_daemon_ends_when_the_daemon_is_killed(tmp_path
     # kill -9 of `evsed run` alone (not its process group): no orphan keeps running (it would hold
     # the OCPP queue's lock, and the next daemon's child would find it busy)
     path = write_config(tmp_path, '[ocpp]\nurl = "ws://127.0.0.1:9/"\n')  # no CSMS: it keeps retrying
-    log = tmp_path / "log"  # a file, not a pipe: the orphan must not die of a closed pipe instead
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], stderr=out,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # The log pipe stays open and read to the end (the daemon's and its child's): the orphan must
+    # not die of a closed pipe instead.
+    events: queue.Queue = queue.Queue()
 
-    def logged(name: str) -> list[dict]:
-        events = []
-        for line in log.read_text().splitlines():
+    def read() -> None:
+        for line in proc.stderr:
             try:
-                events.append(json.loads(line))
-            except ValueError:  # a line being written, or not ours
+                events.put(json.loads(line))
+            except ValueError:  # not ours
                 continue
-        return [e for e in events if e.get("event") == name]
+        events.put(None)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
 
-    def within(condition, what: str, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
+    def next_event(name: str) -> dict:
+        while (event := events.get(timeout=10)) is not None:
+            if event.get("event") == name:
+                return event
+        raise AssertionError(f"the log ended before {name}")
 
+    child = pidfd = None
     try:
-        within(lambda: logged("service.running"), "the service never ran")  # set up, connected
-        (started,) = logged("service.started")
-        child = started["pid"]
-    finally:
+        child = next_event("service.started")["pid"]
+        pidfd = os.pidfd_open(child)
+        next_event("service.running")  # set up and connected before the kill
         proc.kill()
         proc.wait(10)
-
-    def gone() -> bool:
-        try:
-            with open(f"/proc/{child}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie: ended, not yet reaped
-        except FileNotFoundError:
-            return True
-    try:
-        within(gone, "the service outlived its daemon")
+        ended, _, _ = select.select([pidfd], [], [], 10)  # readable once the process has exited
+        assert ended, "the service outlived its daemon"
         # told by the kernel when its parent died (PR_SET_PDEATHSIG), not left to notice a lost link
-        assert [e["signal"] for e in logged("service.stopped")] == ["SIGTERM"]
+        assert next_event("service.stopped")["signal"] == "SIGTERM"
     finally:
-        if not gone():
-            os.kill(child, signal.SIGKILL)
+        proc.kill()
+        if pidfd is not None:
+            if not select.select([pidfd], [], [], 0)[0]:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        reader.join(10)
