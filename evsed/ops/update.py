@@ -325,9 +325,9 @@ class Updater:
         while True:
             reply = self.status()
             running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
-            if not running and (reply is None or self.command is None):
-                return
-            if not running and self.command is not None:
+            if not running:
+                if reply is None or self.command is None:
+                    return
                 held = self.command({"cmd": "availability", "connector": 0, "operative": False})
                 if held is None or not held.get("scheduled"):
                     self.say("no session runs: the charger is unavailable until the switch")
