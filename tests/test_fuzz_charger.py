@@ -45,19 +45,10 @@ def advance(runner: Runner, seconds: float, read_meters: bool = True) -> None:
         if read_meters and runner.now >= getattr(runner, "next_meter", 0.0):
             asyncio.run(runner._read_meters())
             runner.next_meter = runner.now + runner.charger.config.timing.meter_interval_s
-        due = [d for d in runner.deadlines.values() if d is not None]
-        due += [t.when for t in runner.timers if not t.cancelled]
-        step = runner.now + runner.charger.config.timing.pilot_poll_s
-        t = min([step, *due])
+        t = min([runner.now + runner.charger.config.timing.pilot_poll_s, *runner.pending()])
         if t > end:
             break
-        runner.now = max(runner.now, t)
-        for ctrl in runner.ctrls:
-            when = runner.deadlines.get(ctrl.id)
-            if when is not None and when <= runner.now:
-                runner.deadlines[ctrl.id] = None
-                ctrl.tick()
-        runner._fire_timers()
+        runner.advance_to(t)
         runner._poll()
     runner.now = end
 

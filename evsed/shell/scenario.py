@@ -145,20 +145,13 @@ class Runner:
                    for s in self.steps), default=0.0)  # the last step, or the end of the last span
         next_poll, next_meter, i = 0.0, 0.0, 0
         while True:
-            pending = [d for d in self.deadlines.values() if d is not None]
-            pending += [timer.when for timer in self.timers if not timer.cancelled]
+            pending = self.pending()
             pending += [x for check, _ in self.checks for x in check.times() if x > self.now]
             step_t = float(self.steps[i].get("t", 0.0)) if i < len(self.steps) else math.inf
             t = min([next_poll, next_meter, step_t, *pending])
             if t > end:
                 break
-            self.now = max(self.now, t)
-            for c in self.ctrls:
-                due = self.deadlines.get(c.id)
-                if due is not None and due <= self.now:
-                    self.deadlines[c.id] = None
-                    c.tick()
-            self._fire_timers()
+            self.advance_to(t)
             timing = self.charger.config.timing  # a reload's timing applies from the next round, as in the daemon
             if next_poll <= self.now:
                 self._poll()
@@ -182,6 +175,21 @@ class Runner:
         for check, cid in self.checks:  # spans that run past the last step end with it
             self._report(result, verbose, check.label, check.finish(self.now, self.events, cid))
         return result
+
+    def pending(self) -> list[float]:
+        """When the core's deadlines and the policy's timers are next due (virtual seconds)."""
+        return ([d for d in self.deadlines.values() if d is not None]
+                + [timer.when for timer in self.timers if not timer.cancelled])
+
+    def advance_to(self, t: float) -> None:
+        """Virtual time moves to t: each connector whose deadline came ticks, due timers fire."""
+        self.now = max(self.now, t)
+        for c in self.ctrls:
+            due = self.deadlines.get(c.id)
+            if due is not None and due <= self.now:
+                self.deadlines[c.id] = None
+                c.tick()
+        self._fire_timers()
 
     def _span(self, step: dict) -> SpanCheck:
         t = float(step.get("t", 0.0))
