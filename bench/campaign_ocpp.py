@@ -33,7 +33,7 @@ reconnect_min_s = 1
 reconnect_max_s = 2
 """
 
-# the daemon's stop reasons the campaign produces, as OCPP 1.6 names them (evsed/uplink/outbox.py)
+# the daemon's stop reasons the campaign produces, as OCPP 1.6 names them (evsed/uplink/v16/messages.py)
 REASONS = {"ev_disconnected": "EVDisconnected", "power_loss": "PowerLoss"}
 
 

@@ -72,8 +72,8 @@ async def test_basic_auth_profile_1_sends_the_password_and_a_wrong_one_gets_no_s
         await booted(csms)
     csms = CentralSystem(password="secret-password-1")
     async with running(csms, tmp_path, security_profile=1, password="wrong-password-99") as (uplink, _):
-        await until(lambda: uplink.attempts >= 3, what="three refused attempts")
-        assert csms.messages == [] and uplink.connections == 0
+        await until(lambda: uplink.connection.attempts >= 3, what="three refused attempts")
+        assert csms.messages == [] and uplink.connection.connections == 0
 
 
 def last_error_code(csms: CentralSystem) -> str | None:

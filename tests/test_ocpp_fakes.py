@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
-from evsed.uplink.service import Uplink
+from evsed.uplink.v16.uplink import Uplink
 from evsed.uplink.settings import Settings
 from simulator.csms import CentralSystem
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 from ocpp.v16 import call
 
-from evsed.uplink.service import HardReset
+from evsed.uplink.connection import HardReset
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import FakeLink, aio, booted, running, until
 
@@ -91,7 +91,7 @@ async def test_soft_reset_ends_the_session_as_soft_reset_and_boots_again(tmp_pat
 @aio
 async def test_hard_reset_exits_the_service_for_its_manager_to_restart(tmp_path):
     from test_ocpp_fakes import settings_for
-    from evsed.uplink.service import Uplink
+    from evsed.uplink.v16.uplink import Uplink
     import asyncio
     csms = CentralSystem()
     port = await csms.start()
@@ -187,7 +187,7 @@ async def test_every_trigger_message_is_answered_and_sent(tmp_path):
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
         link.emit("session.sample", session="x", energy_wh=5, power_w=0.0, current_a=[], voltage_v=[], offered_a=0)
-        await until(lambda: 1 in uplink.outbox.samples)
+        await until(lambda: 1 in uplink.messages.samples)
         for message in ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
                         "Heartbeat", "MeterValues", "StatusNotification"):
             before = len(csms.actions(message))

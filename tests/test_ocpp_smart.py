@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from ocpp.v16 import call
 
-from evsed.uplink import smart
+from evsed.uplink import smart, times
+from evsed.uplink.v16 import profiles
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import FakeLink, aio, booted, running, until
 
-T0 = smart.parse_time("2026-11-28T12:00:00Z")
+T0 = times.parse_time("2026-11-28T12:00:00Z")
 
 
 def profile(pid, purpose="TxDefaultProfile", stack=0, periods=((0, 16),), unit="A", kind="Absolute", **extra):
@@ -70,9 +71,9 @@ def test_charge_point_max_caps_the_composite_schedule():
 
 def test_a_tx_profile_needs_a_running_transaction():
     body = profile(1, purpose="TxProfile")
-    assert smart.check(body, 1, 1, None, None, 20, 48) is not None
-    assert smart.check(body, 1, 1, "s1", 1001, 20, 48) is None
-    assert smart.check(profile(2, stack=21), 1, 1, None, None, 20, 48) is not None
+    assert profiles.check(body, 1, 1, None, None, 20, 48) is not None
+    assert profiles.check(body, 1, 1, "s1", 1001, 20, 48) is None
+    assert profiles.check(profile(2, stack=21), 1, 1, None, None, 20, 48) is not None
 
 
 @aio
@@ -81,7 +82,7 @@ async def test_profiles_change_the_offered_limit_at_the_scheduled_time_and_clear
     link = FakeLink()
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
-        start = smart.iso(uplink.clock())
+        start = times.iso(uplink.clock())
         body = {"chargingProfileId": 7, "stackLevel": 1, "chargingProfilePurpose": "TxDefaultProfile",
                 "chargingProfileKind": "Absolute", "chargingSchedule": {
                     "startSchedule": start, "chargingRateUnit": "A", "chargingSchedulePeriod": [
@@ -114,9 +115,9 @@ async def test_remote_start_with_a_tx_profile_installs_it_for_that_transaction(t
                                                                     charging_profile=body))
         assert result.status == "Accepted"
         link.emit("session.started", session="s1", id_tag="04A1B2C3", meter_start_wh=0,
-                  started_at=smart.iso(uplink.clock()))
+                  started_at=times.iso(uplink.clock()))
         await link.wait_for(lambda: any(c["current_a"] == 12.0 for c in link.sent("limit")))
         link.emit("session.stopped", session="s1", id_tag="04A1B2C3", meter_stop_wh=10, energy_wh=10,
-                  reason="ev_disconnected", stopped_at=smart.iso(uplink.clock()))
+                  reason="ev_disconnected", stopped_at=times.iso(uplink.clock()))
         await link.wait_for(lambda: [c["current_a"] for c in link.sent("limit") if c["connector"] == 1][-1] is None)
         await until(lambda: uplink.state.count("profiles") == 0)

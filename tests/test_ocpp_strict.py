@@ -10,9 +10,9 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from evsed.uplink.handlers import CentralCommands
-from evsed.uplink.protocol import redact
-from evsed.uplink.service import Uplink
+from evsed.uplink.v16.handlers import CentralCommands
+from evsed.uplink.v16.framing import redact
+from evsed.uplink.v16.uplink import Uplink
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import FakeLink, aio, booted, running, settings_for
 
@@ -38,7 +38,7 @@ def answer(frame) -> list | None:
     async def go():
         wire = Wire()
         uplink = Uplink(settings_for(9, STATE), FakeLink())
-        cp = CentralCommands("CP1", wire, uplink)
+        cp = CentralCommands("CP1", wire, uplink.ports)
         try:
             await cp.route_message(frame if isinstance(frame, str) else json.dumps(frame))
         finally:

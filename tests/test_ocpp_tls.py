@@ -32,8 +32,8 @@ async def test_profile_2_boots_over_tls_with_the_password_and_refuses_a_csms_ano
     port = await csms.start(ssl=server_context(cert, key))
     async with running(csms, tmp_path, port=port, url=f"wss://127.0.0.1:{port}/ocpp", security_profile=2,
                        password="secret-password-2", ca_file=other_ca) as (uplink, _):
-        await until(lambda: uplink.attempts >= 2, what="two refused handshakes")
-        assert csms.messages == [] and uplink.connections == 0
+        await until(lambda: uplink.connection.attempts >= 2, what="two refused handshakes")
+        assert csms.messages == [] and uplink.connection.connections == 0
 
 
 @aio
@@ -50,5 +50,5 @@ async def test_profile_3_boots_with_its_client_certificate_and_not_without_one_t
     port = await csms.start(ssl=server_context(cert, key, client_ca=client_ca))
     async with running(csms, tmp_path, port=port, url=f"wss://127.0.0.1:{port}/ocpp", security_profile=3,
                        ca_file=ca, cert_file=stranger_cert, key_file=stranger_key) as (uplink, _):
-        await until(lambda: uplink.attempts >= 2, what="two refused handshakes")
-        assert csms.messages == [] and uplink.connections == 0
+        await until(lambda: uplink.connection.attempts >= 2, what="two refused handshakes")
+        assert csms.messages == [] and uplink.connection.connections == 0

@@ -83,8 +83,8 @@ async def test_messages_queued_offline_are_sent_in_order_after_reconnect_with_th
         await csms.stop()                                   # the CSMS goes away
         await until(lambda: not uplink.booted, what="offline")
         session_events(link)
-        await until(lambda: 1 in uplink.outbox.samples, what="the sample seen")
-        assert uplink.outbox.meter_values(1, "Sample.Periodic")
+        await until(lambda: 1 in uplink.messages.samples, what="the sample seen")
+        assert uplink.messages.meter_values(1, "Sample.Periodic")
         stop_events(link)
         await until(lambda: link.acked == link.events_list[-1]["seq"], what="events queued and acked")
         assert [q.action for q in uplink.state.queued()] == [
@@ -112,10 +112,10 @@ async def test_a_message_the_csms_keeps_refusing_is_dropped_after_the_attempts_a
         station.route_map["MeterValues"]["_on_action"] = lambda **_: (_ for _ in ()).throw(RuntimeError())
         session_events(link)
         await csms.wait_for(lambda: csms.actions("StartTransaction"))
-        await until(lambda: 1 in uplink.outbox.samples, what="the sample seen")
-        assert uplink.outbox.meter_values(1, "Sample.Periodic")
-        uplink.wake.set()
-        await until(lambda: uplink.outbox.dropped == 1, what="one dropped")
+        await until(lambda: 1 in uplink.messages.samples, what="the sample seen")
+        assert uplink.messages.meter_values(1, "Sample.Periodic")
+        uplink.sender.wake.set()
+        await until(lambda: uplink.sender.dropped == 1, what="one dropped")
         assert len(csms.actions("MeterValues")) == 2
         assert uplink.status()["dropped"] == 1
 
@@ -125,7 +125,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_ocpp_fakes import FakeLink, settings_for
     from test_ocpp_transactions import session_events, stop_events
-    from evsed.uplink.service import Uplink
+    from evsed.uplink.v16.uplink import Uplink
 
     class Loud(FakeLink):
         async def ack(self, seq):

@@ -1,24 +1,37 @@
-"""The uplink's link in the daemon's authorizer chain: the OCPP local list, the authorization
-cache and Authorize online, under LocalPreAuthorize, LocalAuthorizeOffline and AllowOfflineTxForUnknownId."""
+"""The uplink's link in the daemon's authorizer chain, whatever the OCPP version: the local list
+and the authorization cache (persisted in the state), Authorize online through the version's
+adapter, and the offline rules (LocalPreAuthorize, LocalAuthorizeOffline, AllowOfflineTxForUnknownId).
+
+An id tag's info is kept in one form for every version: {"status", "expiryDate", "parentIdTag"}
+(camelCase, empty fields left out), the 1.6 idTagInfo's."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import structlog
-from ocpp.exceptions import OCPPError
-from ocpp.v16 import call
 
-from evsed.uplink.keys import Values
-from evsed.uplink.smart import parse_time
 from evsed.uplink.state import State
+from evsed.uplink.times import parse_time
 
 log = structlog.get_logger("evsed.uplink")
+Info = dict[str, Any]  # {"status", "expiryDate", "parentIdTag"}
 
 
-def valid(info: dict, now: float) -> bool:
-    """An idTagInfo that lets a transaction start now."""
+class AuthPolicy(Protocol):
+    """The configuration the chain follows (the version's keys or variables, read at each use)."""
+
+    def local_list_enabled(self) -> bool: ...
+    def cache_enabled(self) -> bool: ...
+    def local_pre_authorize(self) -> bool: ...
+    def local_authorize_offline(self) -> bool: ...
+    def allow_offline_unknown(self) -> bool: ...
+    def local_list_max(self) -> int: ...
+    def update_max(self) -> int: ...
+
+
+def valid(info: Info, now: float) -> bool:
+    """An id tag's info that lets a transaction start now."""
     if info.get("status") != "Accepted":
         return False
     try:
@@ -27,8 +40,8 @@ def valid(info: dict, now: float) -> bool:
         return False
 
 
-def answer(info: dict, now: float, source: str) -> dict:
-    """The daemon's authorized reply for an idTagInfo."""
+def answer(info: Info, now: float, source: str) -> dict[str, Any]:
+    """The daemon's authorized reply for an id tag's info."""
     if valid(info, now):
         reply = {"result": "accept", "reason": source}
         if "expiryDate" in info:
@@ -40,100 +53,86 @@ def answer(info: dict, now: float, source: str) -> dict:
     return {"result": "reject", "reason": f"{source}: {'Expired' if status == 'Accepted' else status}"}
 
 
-class Authorizer:
-    def __init__(self, state: State, keys: Values, clock: Callable[[], float],
-                 online: Callable[[], object | None], timeout_s: float):
-        self.state, self.keys, self.clock = state, keys, clock
-        self.online = online          # the booted ChargePoint, or None when offline
-        self.timeout_s = timeout_s
+class AuthStore:
+    """The local list (the CSMS's, with its version) and the cache of answers the CSMS gave."""
 
-    def local(self, tag: str) -> tuple[dict | None, str]:
-        """The local list's entry, else the cache's (each only when enabled)."""
-        if self.keys.bool("LocalAuthListEnabled"):
+    def __init__(self, state: State, policy: AuthPolicy):
+        self.state, self.policy = state, policy
+
+    def lookup(self, tag: str) -> tuple[Info | None, str]:
+        """The local list's entry, else the cache's (each only when enabled); and which it was."""
+        if self.policy.local_list_enabled():
             entry = self.state.auth_entry("local_list", tag)
             if entry is not None:
                 return entry, "local list"
-        if self.keys.bool("AuthorizationCacheEnabled"):
+        if self.policy.cache_enabled():
             entry = self.state.auth_entry("cache", tag)
             if entry is not None:
                 return entry, "cache"
         return None, ""
 
-    async def __call__(self, request: dict) -> dict:
-        tag = str(request.get("id_tag", ""))
-        if not 1 <= len(tag) <= 20:
-            return {"result": "reject", "reason": "id tag is not 1-20 characters (OCPP 1.6 IdToken)"}
-        now = self.clock()
-        entry, source = self.local(tag)
-        cp = self.online()
-        if cp is not None:
-            if entry is not None and self.keys.bool("LocalPreAuthorize") and valid(entry, now):
-                return answer(entry, now, source)
-            info = await self.authorize_online(cp, tag)
-            if info is not None:
-                return answer(info, now, "csms")
-        if entry is not None and self.keys.bool("LocalAuthorizeOffline"):
-            return answer(entry, now, f"{source} (offline)")
-        if self.keys.bool("AllowOfflineTxForUnknownId"):
-            return {"result": "accept", "reason": "offline: AllowOfflineTxForUnknownId"}
-        return {"result": "unknown", "reason": "csms unreachable"}
-
-    async def authorize_online(self, cp, tag: str) -> dict | None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await cp.call(call.Authorize(id_tag=tag), suppress=False)
-        except (TimeoutError, OCPPError, ConnectionError) as exc:
-            log.info("ocpp.authorize_unanswered", error=type(exc).__name__)
-            return None
-        except Exception as exc:  # a closed socket or an unreadable answer: treat as offline
-            log.info("ocpp.authorize_unanswered", error=type(exc).__name__)
-            return None
-        info = _camel(result.id_tag_info)
-        self.remember(tag, info)
-        return info
-
-    def remember(self, tag: str, info: dict | None) -> None:
-        """Every idTagInfo the CSMS sends updates the cache (ids of the local list excepted)."""
-        if info is None or not self.keys.bool("AuthorizationCacheEnabled"):
+    def remember(self, tag: str, info: Info | None) -> None:
+        """Every id tag info the CSMS sends updates the cache (ids of the local list excepted)."""
+        if info is None or not self.policy.cache_enabled():
             return
         if self.state.auth_entry("local_list", tag) is not None:
             return
         self.state.put_auth("cache", tag, info)
 
-    def send_local_list(self, version: int, update: str, entries: list[dict] | None) -> str:
-        """SendLocalList: Accepted, Failed, NotSupported or VersionMismatch."""
-        if not self.keys.bool("LocalAuthListEnabled"):
-            return "NotSupported"
-        entries = entries or []
-        if len(entries) > self.keys.int("SendLocalListMaxLength"):
-            return "Failed"
-        current = int(self.state.meta("local_list_version", "0"))
-        if update == "Differential" and version <= current:
-            return "VersionMismatch"
-        try:
-            with self.state.transaction():
-                if update == "Full":
-                    self.state.clear_auth("local_list")
-                for entry in entries:
-                    info = entry.get("id_tag_info")
-                    self.state.put_auth("local_list", entry["id_tag"], _camel(info) if info else None)
-                if self.state.count("local_list") > self.keys.int("LocalAuthListMaxLength"):
-                    raise OverflowError("local list too long")
-                self.state.set_meta("local_list_version", version)
-        except OverflowError:
-            return "Failed"
-        log.info("ocpp.local_list_updated", version=version, update=update, entries=len(entries))
-        return "Accepted"
+    def clear_cache(self) -> None:
+        self.state.clear_auth("cache")
 
     def list_version(self) -> int:
         return int(self.state.meta("local_list_version", "0"))
 
+    def update_list(self, version: int, full: bool, entries: list[tuple[str, Info | None]]) -> str:
+        """SendLocalList: Accepted, Failed, NotSupported or VersionMismatch. An entry without info
+        is removed (a differential update)."""
+        if not self.policy.local_list_enabled():
+            return "NotSupported"
+        if len(entries) > self.policy.update_max():
+            return "Failed"
+        if not full and version <= self.list_version():
+            return "VersionMismatch"
+        try:
+            with self.state.transaction():
+                if full:
+                    self.state.clear_auth("local_list")
+                for tag, info in entries:
+                    self.state.put_auth("local_list", tag, info)
+                if self.state.count("local_list") > self.policy.local_list_max():
+                    raise OverflowError("local list too long")
+                self.state.set_meta("local_list_version", version)
+        except OverflowError:
+            return "Failed"
+        log.info("ocpp.local_list_updated", version=version, full=full, entries=len(entries))
+        return "Accepted"
 
-def _camel(info) -> dict:
-    """idTagInfo as stored: camelCase, no empty fields (the package hands it in snake_case)."""
-    if info is None:
-        return {}
-    if not isinstance(info, dict):
-        info = vars(info)
-    names = {"status": "status", "expiry_date": "expiryDate", "parent_id_tag": "parentIdTag"}
-    return {names.get(k, k): v for k, v in info.items() if v is not None}
+
+class Authorizer:
+    """Answers the daemon's authorization requests: {"id_tag", "connector"} -> {"result", "reason", ...}."""
+
+    def __init__(self, store: AuthStore, policy: AuthPolicy, clock: Callable[[], float],
+                 online: Callable[[], bool], ask: Callable[[str], Awaitable[Info | None]], max_len: int):
+        self.store, self.policy, self.clock = store, policy, clock
+        self.online, self.ask = online, ask   # ask: Authorize at the CSMS, None when unanswered
+        self.max_len = max_len                # the version's IdToken length
+
+    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        tag = str(request.get("id_tag", ""))
+        if not 1 <= len(tag) <= self.max_len:
+            return {"result": "reject", "reason": f"id tag is not 1-{self.max_len} characters (OCPP IdToken)"}
+        now = self.clock()
+        entry, source = self.store.lookup(tag)
+        if self.online():
+            if entry is not None and self.policy.local_pre_authorize() and valid(entry, now):
+                return answer(entry, now, source)
+            info = await self.ask(tag)
+            if info is not None:
+                self.store.remember(tag, info)
+                return answer(info, now, "csms")
+        if entry is not None and self.policy.local_authorize_offline():
+            return answer(entry, now, f"{source} (offline)")
+        if self.policy.allow_offline_unknown():
+            return {"result": "accept", "reason": "offline: AllowOfflineTxForUnknownId"}
+        return {"result": "unknown", "reason": "csms unreachable"}

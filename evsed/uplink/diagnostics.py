@@ -1,5 +1,6 @@
-"""GetDiagnostics: a gzip'd JSON log bundle uploaded by HTTP PUT or FTP STOR, with its status
-notifications. (UpdateFirmware is firmware.py.)"""
+"""Diagnostics upload, whatever the OCPP version (1.6 GetDiagnostics, 2.0.1 GetLog): a gzip'd JSON
+bundle of what an operator needs, uploaded by HTTP PUT or FTP STOR, its progress told through
+the version's status notification. (UpdateFirmware is firmware.py.)"""
 
 from __future__ import annotations
 
@@ -10,58 +11,43 @@ import json
 import subprocess
 import urllib.parse
 import urllib.request
+from typing import Any, Awaitable, Callable
 
 import structlog
-from ocpp.exceptions import OCPPError
-from ocpp.v16 import call
 
-from evsed.uplink import smart
+from evsed.uplink.times import iso
 
 log = structlog.get_logger("evsed.uplink")
 
 
 class Diagnostics:
-    def __init__(self, uplink):
-        self.up = uplink
-        self.diagnostics_status = "Idle"
+    """collect() gives the bundle's body (no secrets); notify(status) tells the CSMS one of
+    Uploading, Uploaded, UploadFailed (the 1.6 names; the adapter maps them)."""
+
+    def __init__(self, identity: str, clock: Callable[[], float], collect: Callable[[], Awaitable[dict[str, Any]]],
+                 notify: Callable[[str], Awaitable[None]]):
+        self.identity, self.clock, self.collect, self.notify = identity, clock, collect, notify
+        self.status = "Idle"   # what a TriggerMessage reports
         self._name = ""
 
     def file_name(self) -> str:
-        stamp = smart.iso(self.up.clock()).replace(":", "").replace("-", "")[:15]
-        self._name = f"diagnostics-{self.up.settings.identity}-{stamp}.json.gz"[:255]
+        stamp = iso(self.clock()).replace(":", "").replace("-", "")[:15]
+        self._name = f"diagnostics-{self.identity}-{stamp}.json.gz"[:255]
         return self._name
 
-    async def _send(self, request) -> None:
-        cp = self.up.cp
-        if cp is None or not self.up.booted:
-            return
-        try:
-            await cp.call(request, suppress=False)
-        except (asyncio.TimeoutError, OCPPError) as exc:
-            log.info("ocpp.notification_unanswered", action=type(request).__name__, error=type(exc).__name__)
-
-    async def notify(self) -> None:
-        await self._send(call.DiagnosticsStatusNotification(status=self.diagnostics_status))
-
-    async def _diag(self, status: str) -> None:
-        self.diagnostics_status = status
-        await self._send(call.DiagnosticsStatusNotification(status=status))
+    async def _tell(self, status: str) -> None:
+        self.status = status
+        await self.notify(status)
 
     async def bundle(self) -> bytes:
-        """What an operator needs to look into a problem; no secrets (the password is not in it)."""
-        daemon = await self.up.command({"cmd": "status"})
-        known, _ = self.up.keys.get(None)
-        journal = await asyncio.to_thread(_journal)
-        body = {"identity": self.up.settings.identity, "at": smart.iso(self.up.clock()),
-                "uplink": self.up.status(), "daemon": daemon, "configuration": known,
-                "queued": [{"action": q.action, "attempts": q.attempts} for q in self.up.state.queued()],
-                "journal": journal}
+        body = {"identity": self.identity, "at": iso(self.clock()), **await self.collect(),
+                "journal": await asyncio.to_thread(_journal)}
         return gzip.compress(json.dumps(body, indent=1, default=str).encode())
 
     async def upload(self, location: str, retries: int, retry_interval_s: int) -> None:
         name = self._name or self.file_name()
         data = await self.bundle()
-        await self._diag("Uploading")
+        await self._tell("Uploading")
         for attempt in range(max(1, retries)):
             try:
                 await asyncio.to_thread(put, location, name, data)
@@ -71,11 +57,11 @@ class Diagnostics:
                     await asyncio.sleep(retry_interval_s)
                 continue
             log.info("ocpp.diagnostics_uploaded", file=name, bytes=len(data))
-            await self._diag("Uploaded")
-            self.diagnostics_status = "Idle"
+            await self._tell("Uploaded")
+            self.status = "Idle"
             return
-        await self._diag("UploadFailed")
-        self.diagnostics_status = "Idle"
+        await self._tell("UploadFailed")
+        self.status = "Idle"
 
 
 def _journal() -> list[str]:

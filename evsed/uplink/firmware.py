@@ -1,8 +1,9 @@
-"""UpdateFirmware (OCPP 1.6): the release and its signature downloaded into the update spool, for
-the privileged `evsed update --spool` to install, and the outcome it leaves reported once.
+"""Firmware transfer, whatever the OCPP version: the release and its signature downloaded into the
+update spool, for the privileged `evsed update --spool` to install, and the outcome it leaves
+reported once. Its progress is told in the 1.6 FirmwareStatusNotification names (the adapter maps).
 
-OCPP 1.6 has no signature field: the signature is fetched from the location's path with ".sig"
-appended, and the location's file name must be the wheel's (evsed-VERSION-py3-none-any.whl).
+The signature is fetched from the location's path with ".sig" appended (1.6 has no signature
+field), and the location's file name must be the wheel's (evsed-VERSION-py3-none-any.whl).
 This process installs nothing; it checks the signature too, only to answer a bad one at once.
 """
 
@@ -12,66 +13,58 @@ import asyncio
 import posixpath
 import urllib.parse
 import urllib.request
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, Awaitable, BinaryIO, Callable, Coroutine
 
 import structlog
-from ocpp.exceptions import OCPPError
-from ocpp.v16 import call
 
 from evsed.ops import spool as spoolmod
 from evsed.ops import update as updatemod
-from evsed.uplink import smart
+from evsed.uplink.state import State
+from evsed.uplink.times import iso, parse_time
 
 log = structlog.get_logger("evsed.uplink")
 POLL_S = 5.0  # how often a spooled request's outcome is looked for while it is pending
 
 
 class Firmware:
-    def __init__(self, uplink):
-        self.up = uplink
+    """notify(status) tells the CSMS now (when online); outcome(result) queues the installer's
+    outcome durably, inside the state transaction that marks it reported; queued() wakes the sender."""
+
+    def __init__(self, state: State, clock: Callable[[], float], *, spool_dir: Path, key_file: Path | None,
+                 notify: Callable[[str], Awaitable[None]], outcome: Callable[[str], None],
+                 queued: Callable[[], None], spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]):
+        self.state, self.clock, self.spool_dir, self.key_file = state, clock, spool_dir, key_file
+        self.notify, self.outcome, self.queued, self.spawn = notify, outcome, queued, spawn
         self.spooled = asyncio.Event()  # a request was just written: look for its outcome
         self.status = "Installing" if self.pending() else "Idle"  # what TriggerMessage reports
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._bad_status = ""
-
-    @property
-    def spool_dir(self):
-        return self.up.settings.spool
 
     def pending(self) -> bool:
         """A request was spooled whose outcome has not been reported."""
-        requested = self.up.state.meta("firmware_requested")
-        return bool(requested) and requested != self.up.state.meta("firmware_reported")
+        requested = self.state.meta("firmware_requested")
+        return bool(requested) and requested != self.state.meta("firmware_reported")
 
     async def _send(self, status: str) -> None:
         self.status = status
-        cp = self.up.cp
-        if cp is None or not self.up.booted:
-            return
-        try:
-            await cp.call(call.FirmwareStatusNotification(status=status), suppress=False)
-        except (asyncio.TimeoutError, OCPPError) as exc:
-            log.info("ocpp.notification_unanswered", action="FirmwareStatusNotification", error=type(exc).__name__)
-
-    async def notify(self) -> None:
-        """TriggerMessage FirmwareStatusNotification: what happens now."""
-        await self._send(self.status)
+        await self.notify(status)
 
     def start(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int) -> None:
         """A new UpdateFirmware replaces one still downloading."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = self.up.spawn(self.update(location, retrieve_date, retries, retry_interval_s))
+        self._task = self.spawn(self.update(location, retrieve_date, retries, retry_interval_s))
 
     async def update(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int) -> None:
         try:
-            wait = smart.parse_time(retrieve_date) - self.up.clock()
+            wait = parse_time(retrieve_date) - self.clock()
         except ValueError:
             wait = 0
         if wait > 0:
             await asyncio.sleep(wait)
         wheel = wheel_name(location)
-        key = self.up.settings.update_key_file
+        key = self.key_file
         if wheel is None or key is None:
             log.warning("ocpp.firmware_refused", location=location[:200], reason=(
                 "the location's file name is not an evsed wheel (evsed-VERSION-py3-none-any.whl)" if wheel is None
@@ -118,9 +111,9 @@ class Firmware:
             folder.remove(wheel + ".sig")
             await self._send("InstallationFailed")
             return
-        request = spoolmod.Request(spoolmod.new_id(), wheel, location[:512], smart.iso(self.up.clock()))
+        request = spoolmod.Request(spoolmod.new_id(), wheel, location[:512], iso(self.clock()))
         await asyncio.to_thread(folder.write, spoolmod.REQUEST, spoolmod.encode(request), 0o640)
-        self.up.state.set_meta("firmware_requested", request.id)
+        self.state.set_meta("firmware_requested", request.id)
         for name in folder.names():  # releases spooled before and never taken
             if spoolmod.WHEEL_NAME.match(name.removesuffix(".sig")) and name not in (wheel, wheel + ".sig"):
                 folder.remove(name)
@@ -148,7 +141,7 @@ class Firmware:
         updater left for the pending request, once (durably, with the mark that it was)."""
         if not self.pending():
             return False
-        requested = self.up.state.meta("firmware_requested")
+        requested = self.state.meta("firmware_requested")
         try:
             with spoolmod.Spool(self.spool_dir) as folder:
                 if not folder.exists(spoolmod.STATUS):
@@ -162,9 +155,9 @@ class Firmware:
             return False
         if outcome.id != requested:
             return False  # an earlier request's outcome; ours is still being installed
-        with self.up.state.transaction():
-            self.up.state.enqueue("FirmwareStatusNotification", {"status": outcome.result}, tx=False)
-            self.up.state.set_meta("firmware_reported", outcome.id)
+        with self.state.transaction():
+            self.outcome(outcome.result)
+            self.state.set_meta("firmware_reported", outcome.id)
         log.info("ocpp.firmware_outcome", request=outcome.id, version=outcome.version, result=outcome.result,
                  reason=outcome.reason or None)
         self.status = "Idle"
@@ -175,7 +168,7 @@ class Firmware:
         request is pending, every POLL_S (the updater may fail without restarting anything)."""
         while True:
             if self.check_outcome():
-                self.up.wake.set()
+                self.queued()
             self.spooled.clear()
             if self.pending():
                 await asyncio.sleep(POLL_S)

@@ -5,13 +5,14 @@ Secrets are read from their files here (the password file must be mode 0600) and
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from evsed import __version__
@@ -113,7 +114,7 @@ def parse(config: Config, read_secrets: bool = True) -> Settings:
         authorize_timeout_s=t.get("authorize_timeout_s", float, 10.0, min=0.5, max=120),
         connectors=len(config.connectors), max_current_a=config.charger.max_current_a,
         phases=config.charger.phases, voltage_v=config.charger.voltage_v,
-        keys=MappingProxyType(_keys(t)))
+        keys=MappingProxyType(_keys(t, version)))
     for name in ("vendor", "model"):
         if not 1 <= len(getattr(settings, name)) <= 20:
             raise t.error(name, "expected 1-20 characters (BootNotification)")
@@ -123,9 +124,12 @@ def parse(config: Config, read_secrets: bool = True) -> Settings:
     return settings
 
 
-def _keys(t: Table) -> dict[str, str]:
+KEY_TABLES = {"1.6": "evsed.uplink.v16.keys"}  # each version's adapter owns its key table
+
+
+def _keys(t: Table, version: str) -> dict[str, str]:
     """[ocpp.keys]: first values of OCPP configuration keys (a CSMS's change persists over them)."""
-    from evsed.uplink import keys  # the key table lives with GetConfiguration
+    keys: Any = importlib.import_module(KEY_TABLES[version])
 
     sub = t.table("keys")
     if sub is None:

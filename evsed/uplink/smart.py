@@ -1,11 +1,16 @@
-"""Smart charging, pure: which charging profiles are accepted, the limit they give at a time,
-when it next changes, and the composite schedule. Times are POSIX seconds; limits A per phase."""
+"""Smart charging, pure and version-neutral: the limit installed charging profiles give at a time,
+when it next changes, and the composite schedule. Times are POSIX seconds; limits A per phase.
+
+Profiles are kept in one form for every version: the 1.6 csChargingProfiles object (camelCase,
+one chargingSchedule; purposes ChargePointMaxProfile, TxDefaultProfile, TxProfile)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from evsed.uplink.times import iso, parse_time
 
 PERIOD_S = {"Daily": 86400, "Weekly": 7 * 86400}
 
@@ -15,53 +20,6 @@ class Installed:
     connector: int
     body: dict            # the csChargingProfiles object, camelCase; "_installed" is when it came
     session: str | None   # a TxProfile's transaction (the daemon's session id)
-
-
-def parse_time(text: str) -> float:
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.timestamp()
-
-
-def iso(ts: float) -> str:
-    """UTC, millisecond precision at most."""
-    moment = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def check(body: dict, connector: int, connectors: int, session: str | None,
-          transaction_id: int | None, max_stack: int, max_periods: int) -> str | None:
-    """None when SetChargingProfile may install body on connector, else why not (Rejected)."""
-    purpose, schedule = body["chargingProfilePurpose"], body["chargingSchedule"]
-    if connector > connectors:
-        return "no such connector"
-    if body["stackLevel"] > max_stack:
-        return "stack level above ChargeProfileMaxStackLevel"
-    if len(schedule["chargingSchedulePeriod"]) > max_periods:
-        return "more periods than ChargingScheduleMaxPeriods"
-    starts = [p["startPeriod"] for p in schedule["chargingSchedulePeriod"]]
-    if starts[0] != 0 or starts != sorted(set(starts)):
-        return "periods must start at 0 and increase"
-    if purpose == "ChargePointMaxProfile" and connector != 0:
-        return "ChargePointMaxProfile belongs on connector 0"
-    if purpose == "TxProfile":
-        if connector == 0 or session is None:
-            return "TxProfile needs a running transaction on the connector"
-        if body.get("transactionId") not in (None, transaction_id):
-            return "transactionId is not the running transaction"
-    kind = body["chargingProfileKind"]
-    if kind == "Recurring" and ("recurrencyKind" not in body or "startSchedule" not in schedule):
-        return "a Recurring profile needs recurrencyKind and startSchedule"
-    try:
-        for key in ("validFrom", "validTo"):
-            if key in body:
-                parse_time(body[key])
-        if "startSchedule" in schedule:
-            parse_time(schedule["startSchedule"])
-    except ValueError:
-        return "unreadable date-time"
-    return None
 
 
 def _start(p: Installed, now: float, tx_start: float | None) -> float | None:

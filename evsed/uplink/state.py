@@ -3,7 +3,6 @@ configuration keys, local list, authorization cache, charging profiles and the e
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -194,17 +193,6 @@ class State:
 
     def delete_profile(self, profile_id: int) -> None:
         self.db.execute("DELETE FROM profiles WHERE id=?", (profile_id,))
-
-
-async def wait_event(event, timeout_s: float) -> bool:
-    """True when event is set within timeout_s. asyncio.timeout, unlike 3.11's wait_for, never
-    swallows a cancellation that races the event (a stuck task at shutdown otherwise)."""
-    try:
-        async with asyncio.timeout(max(0.0, timeout_s)):
-            await event.wait()
-        return True
-    except TimeoutError:
-        return False
 
 
 class _Tx:

@@ -154,3 +154,31 @@ class Values:
         if not spec.secret:
             self.stored[name] = value
         return "RebootRequired" if spec.reboot else "Accepted"
+
+
+class AuthKeys:
+    """The core's AuthPolicy read from the 1.6 keys."""
+
+    def __init__(self, values: Values):
+        self.values = values
+
+    def local_list_enabled(self) -> bool:
+        return self.values.bool("LocalAuthListEnabled")
+
+    def cache_enabled(self) -> bool:
+        return self.values.bool("AuthorizationCacheEnabled")
+
+    def local_pre_authorize(self) -> bool:
+        return self.values.bool("LocalPreAuthorize")
+
+    def local_authorize_offline(self) -> bool:
+        return self.values.bool("LocalAuthorizeOffline")
+
+    def allow_offline_unknown(self) -> bool:
+        return self.values.bool("AllowOfflineTxForUnknownId")
+
+    def local_list_max(self) -> int:
+        return self.values.int("LocalAuthListMaxLength")
+
+    def update_max(self) -> int:
+        return self.values.int("SendLocalListMaxLength")

@@ -1,19 +1,20 @@
-"""Charger events -> OCPP messages in the durable queue, and the sender that empties it in order:
-transaction messages survive offline periods and kill -9, retried per TransactionMessageAttempts."""
+"""OCPP 1.6 messages from the charger's events, queued durably (one SQLite transaction per event,
+with its seq): StatusNotification with the error code of the connector's latched faults,
+Start/StopTransaction and MeterValues; and the delivery of a queued message, its transactionId
+filled in from the StartTransaction's answer."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 from ocpp.charge_point import camel_to_snake_case
-from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
-from evsed.uplink.keys import Values
-from evsed.uplink.smart import iso, parse_time
+from evsed.uplink.queue import Refused
 from evsed.uplink.state import Queued, State
+from evsed.uplink.times import iso, ms
+from evsed.uplink.v16.keys import Values
 
 log = structlog.get_logger("evsed.uplink")
 
@@ -66,16 +67,16 @@ def sampled_values(sample: dict, measurands: list[str], context: str) -> list[di
     return out
 
 
-class Outbox:
-    """Turns daemon events into queued messages (one SQLite transaction per event, with its seq)."""
+class Messages:
+    """Turns daemon events into queued messages; drop(item, why) takes one off the queue for good."""
 
-    def __init__(self, state: State, keys: Values, clock: Callable[[], float]):
-        self.state, self.keys, self.clock = state, keys, clock
+    def __init__(self, state: State, keys: Values, clock: Callable[[], float],
+                 drop: Callable[[Queued, str], None]):
+        self.state, self.keys, self.clock, self.drop = state, keys, clock, drop
         self.samples: dict[int, dict] = {}         # the newest session.sample per connector
         self.reservations: dict[int, dict] = {}    # reservation_id -> connector, id_tag
         self.stop_reasons: dict[int, str] = {}     # connector -> Reason the uplink caused
         self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
-        self.dropped = int(state.meta("dropped", "0"))
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
 
@@ -141,14 +142,14 @@ class Outbox:
 
     def status_payload(self, connector, status, error, info, at=None) -> dict:
         payload = {"connectorId": connector, "errorCode": error, "status": status,
-                   "timestamp": _ms(at) if at else iso(self.clock())}
+                   "timestamp": ms(at) if at else iso(self.clock())}
         if info:
             payload["info"] = info
         return payload
 
     def _started(self, connector: int, event: dict) -> None:
         session, tag = str(event["session"]), id_tag(event.get("id_tag") or "")
-        started_at = _ms(event.get("started_at") or event.get("at")) or iso(self.clock())
+        started_at = ms(event.get("started_at") or event.get("at")) or iso(self.clock())
         meter = int(event.get("meter_start_wh") or 0)
         self.state.open_session(connector, session, tag, started_at, meter)
         payload = {"connectorId": connector, "idTag": tag, "meterStart": meter, "timestamp": started_at}
@@ -166,7 +167,7 @@ class Outbox:
             # started before the uplink followed the charger (its first contact): no transaction at the CSMS
             log.info("ocpp.session_before_uplink", connector=connector, session=session)
             return
-        stopped_at = _ms(event.get("stopped_at") or event.get("at")) or iso(self.clock())
+        stopped_at = ms(event.get("stopped_at") or event.get("at")) or iso(self.clock())
         meter = int(event.get("meter_stop_wh") or 0)
         reason = self.stop_reasons.pop(connector, None) or REASONS.get(str(event.get("reason")), "Other")
         payload = {"meterStop": meter, "timestamp": stopped_at, "reason": reason,
@@ -204,17 +205,9 @@ class Outbox:
                            connector=connector, tx=session is not None)
         return True
 
-    def drop(self, item: Queued, why: str) -> None:
-        with self.state.transaction():
-            self.state.dequeue(item.id)
-            if item.tx:
-                self.dropped = self.state.bump("dropped")
-        log.warning("ocpp.message_dropped", action=item.action, connector=item.connector, why=why,
-                    dropped=self.dropped)
-
-    async def send_head(self, cp, item: Queued) -> object | None:
-        """Send item; the CALLRESULT (it is dequeued) or None (retried later or dropped).
-        A lost connection raises out of here and costs no attempt."""
+    async def deliver(self, cp: Any, item: Queued) -> Any:
+        """Send item; its CALLRESULT once dequeued (None: dropped). Raises Refused for a CALLERROR
+        or no answer; a lost connection propagates."""
         payload = dict(item.payload)
         if "transactionId" in payload and item.session is not None:
             tid = self.state.transaction_id(item.session)
@@ -228,11 +221,10 @@ class Outbox:
         request = CALLS[item.action](**camel_to_snake_case(payload))
         try:
             result = await cp.call(request, suppress=False, unique_id=item.unique_id)
-        except (asyncio.TimeoutError, OCPPError, Exception) as exc:  # noqa: B014 - any CSMS refusal
-            if isinstance(exc, (asyncio.CancelledError, ConnectionError)) or _closed(exc):
+        except Exception as exc:  # any CSMS refusal, or none in time; not a lost connection
+            if isinstance(exc, ConnectionError) or _closed(exc):
                 raise
-            self._failed(item, exc)
-            return None
+            raise Refused(f"{type(exc).__name__}: {exc}") from None
         with self.state.transaction():
             self.state.dequeue(item.id)
             if item.action in ("StartTransaction", "StopTransaction"):
@@ -243,16 +235,6 @@ class Outbox:
                 else:
                     self.state.forget_transaction(session)
         return result
-
-    def _failed(self, item: Queued, exc: Exception) -> None:
-        attempts = item.attempts + 1
-        if not item.tx or attempts >= self.keys.int("TransactionMessageAttempts"):
-            self.drop(item, f"{type(exc).__name__}: {exc}"[:200])
-            return None
-        wait = self.keys.int("TransactionMessageRetryInterval") * attempts
-        self.state.retry_later(item.id, self.clock() + wait)
-        log.info("ocpp.message_retry", action=item.action, attempt=attempts, wait_s=wait)
-        return None
 
 
 def _one_of(value: object, allowed: set[str], default: str) -> str:
@@ -265,11 +247,12 @@ def _closed(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionClosed)
 
 
-def _ms(text: str | None) -> str | None:
-    """An event's ISO 8601 time as OCPP wants it: UTC, milliseconds at most."""
-    if not text:
-        return None
-    try:
-        return iso(parse_time(text))
-    except ValueError:
-        return None
+def id_tag_info(info: Any) -> dict[str, Any]:
+    """A 1.6 idTagInfo as the core keeps it: camelCase, no empty fields (the package hands it in
+    snake_case, as a dict or a dataclass)."""
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        info = vars(info)
+    names = {"status": "status", "expiry_date": "expiryDate", "parent_id_tag": "parentIdTag"}
+    return {names.get(k, k): v for k, v in info.items() if v is not None}
