@@ -418,6 +418,26 @@ def test_a_spool_that_is_a_link_is_refused(site, tmp_path):
     assert not (tmp_path / "real/status.json").exists()
 
 
+@pytest.mark.parametrize("squat", ["owned by another service's user", "group-writable"])
+def test_a_spool_another_service_could_write_is_refused(site, tmp_path, squat):
+    # services/ is every service's to write: the web page's user makes update/ first and leaves a
+    # request for a release signed long ago, with a hole the CSMS's newer one closed
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spooled(spool, key)
+    if squat == "group-writable":
+        spool.chmod(0o770)
+    elif os.geteuid() == 0:
+        os.chown(spool, 65534, 65534)
+    else:
+        pytest.skip("only root can give a directory to another user")
+    with pytest.raises(update.UpdateError, match="owned by uid 65534, not by the OCPP uplink|writable by others "
+                       "than its owner .mode 0770"):
+        updater.run_spool(spool)
+    assert service.started == [] and not (updater.opt / "releases/0.3.0").exists()
+    assert not (spool / "status.json").exists() and (spool / "request.json").exists()  # nothing written there
+
+
 def test_a_request_the_uplink_leaves_during_an_update_stays_for_the_next_run(site, tmp_path):
     updater, key, service, said = site
     spool = tmp_path / "state/update"

@@ -179,7 +179,7 @@ class Updater:
         """The release the OCPP uplink spooled in `path`, as update() installs one; its outcome
         goes to status.json, then the request and its files are removed. None: no request."""
         try:
-            folder = spoolmod.Spool(path)
+            folder = spoolmod.Spool(path, owners=spoolmod.updater_owners())
         except spoolmod.SpoolError as exc:
             raise UpdateError(str(exc)) from None
         with folder, self._locked(block=True):  # a hand-run update finishes first
