@@ -57,6 +57,33 @@ def wheel_version(wheel: Path) -> str:
     return match.group("version")
 
 
+def installed_version(site_packages: Path) -> str | None:
+    """The version of the evsed installed in site_packages (None: none is)."""
+    for dist in importlib.metadata.distributions(path=[str(site_packages)]):
+        if _canonical(dist.metadata["Name"] or "") == "evsed":
+            return dist.version
+    return None
+
+
+def check_not_older(version: str, running: str | None, allow_downgrade: bool) -> None:
+    """Raise UpdateError when release `version` is older than the `running` one (PEP 440 order)
+    and a downgrade was not asked for: an old release, however well signed, may have the hole
+    the running one closed. An unknown running version counts as newer."""
+    from packaging.version import InvalidVersion, Version
+
+    if allow_downgrade:
+        return
+    how = "run `evsed update --allow-downgrade` by hand to install it anyway"
+    if running is None:
+        raise UpdateError(f"cannot tell which evsed version runs, so release {version} may be older: {how}")
+    try:
+        older = Version(version) < Version(running)
+    except InvalidVersion as exc:
+        raise UpdateError(f"cannot order release {version} after the running {running} ({exc}): {how}") from None
+    if older:
+        raise UpdateError(f"release {version} is older than the running {running}: refused; {how}")
+
+
 def carried_extras(site_packages: Path) -> list[str]:
     """The extras of the evsed installed in site_packages whose requirements are all installed
     there too, sorted: the ones that release runs with. Only a requirement's name counts (pip

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Protocol
 from evsed.config import Config
 from evsed.ops import spool as spoolmod
 # callers (the uplink, tests) name these update.verify, update.UpdateError: they stay here too
-from evsed.ops.release import UpdateError, carried_extras, verify, wheel_version  # noqa: F401
+from evsed.ops.release import (UpdateError, carried_extras, check_not_older, installed_version,  # noqa: F401
+                               verify, wheel_version)
 
 OPT = Path("/opt/evsed")
 SPOOL_WAIT_S = 7 * 86400.0  # a spooled request waits this long for a session to end
@@ -146,6 +147,7 @@ class Updater:
     # One request to the daemon, its reply (None when it does not run): the charger is made
     # unavailable between the last look at its sessions and the stop, so none starts meanwhile.
     command: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    allow_downgrade: bool = False  # install a release older than the running one (by hand only)
 
     @property
     def current(self) -> Path:
@@ -244,7 +246,9 @@ class Updater:
         release = self.releases / version
         if release.resolve() == old:
             raise UpdateError(f"release {version} is the one running")
-        self._install(wheel, release, self._extras(old))
+        running, extras = self._running(old)
+        check_not_older(version, running, self.allow_downgrade)
+        self._install(wheel, release, extras)
         self._wait_between_sessions(wait_s)
         self.service.stop()
         backup = self._backup(version)
@@ -286,14 +290,16 @@ class Updater:
                 return None
             self.sleep(min(self.poll_s, probation_s - elapsed))
 
-    def _extras(self, old: Path) -> list[str]:
-        """The extras the running release has installed (a Pi's [pi], [ocpp], ...): the new one gets them too."""
+    def _running(self, old: Path) -> tuple[str | None, list[str]]:
+        """The running release's version, and the extras it has installed (a Pi's [pi], [ocpp],
+        ...): the new one gets them too."""
         proc = subprocess.run([str(old / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
-                              "cannot tell which extras the running release has")
-        return carried_extras(Path(proc.stdout.strip()))
+                              "cannot tell which version and extras the running release has")
+        site_packages = Path(proc.stdout.strip())
+        return installed_version(site_packages), carried_extras(site_packages)
 
     def _install(self, wheel: Path, release: Path, extras: list[str]) -> None:
         if release.exists():
