@@ -169,9 +169,9 @@ def test_sessions_filter_csv_and_report_come_from_the_store(tmp_path):
     _seed(tmp_path / "sessions.db")
 
     async def body(service, client, link):
-        async with client.get("/api/sessions", params={"card": "Bob"}) as r:
+        async with client.get("/api/sessions") as r:
             rows = (await r.json())["sessions"]
-        assert [r["card_name"] for r in rows] == ["Bob"] and rows[0]["id_tag"] == "…E5F6"
+        assert [r["card_name"] for r in rows] == ["Bob", "Alice"] and rows[0]["id_tag"] == "…E5F6"
         async with client.get("/sessions.csv") as r:
             assert r.headers["Content-Type"].startswith("text/csv")
             lines = (await r.text()).splitlines()
@@ -184,6 +184,34 @@ def test_sessions_filter_csv_and_report_come_from_the_store(tmp_path):
         assert report["total"]["sessions"] == 2 and report["total"]["energy_wh"] == 15000
         async with client.get("/usage/day.svg") as r:
             assert r.content_type == "image/svg+xml" and "<rect" in await r.text()
+    run(tmp_path, body)
+
+
+def test_a_card_filter_needs_a_login(tmp_path):
+    # else anyone on the network could ask whether a UID (or a name) charged here, and when
+    _seed(tmp_path / "sessions.db")
+    store = Store(tmp_path / "sessions.db")
+    s = LiveSession(1, "DEADBEEF", "", "", "local", dt.datetime.now(dt.timezone.utc).isoformat(), 0, 0)
+    store.start(s)
+    store.stop(s.row_id, 1000, 7000.0, "ev_disconnected", dt.datetime.now(dt.timezone.utc).isoformat())
+    store.close()
+
+    async def body(service, client, link):
+        for path in ("/api/sessions", "/sessions.csv"):
+            for card in ("04D4E5F6", "Bob"):
+                async with client.get(path, params={"card": card}) as r:
+                    text = await r.text()
+                assert r.status == 401 and "log in to filter by card" in text and "Bob" not in text, (path, card)
+        async with client.get("/api/report") as r:  # a card without a name: masked like everywhere
+            cards = [line["card"] for line in (await r.json())["report"]["by_card"]]
+        assert cards == ["Alice", "Bob", "…BEEF"]
+        await login(client)
+        async with client.get("/api/sessions", params={"card": "04D4E5F6"}) as r:
+            assert [row["card_name"] for row in (await r.json())["sessions"]] == ["Bob"]
+        async with client.get("/sessions.csv", params={"card": "Bob"}) as r:
+            assert len((await r.text()).splitlines()) == 2
+        async with client.get("/api/report") as r:
+            assert "DEADBEEF" in [line["card"] for line in (await r.json())["report"]["by_card"]]
     run(tmp_path, body)
 
 

@@ -91,12 +91,13 @@ def _hours(row: dict) -> float:
     return max(0.0, (stop - start).total_seconds() / 3600)
 
 
-def report(rows: Iterable[dict], tz: dt.tzinfo) -> dict:
-    """Totals and per-card lines: sessions, kWh, hours (and money when the rows carry it)."""
+def report(rows: Iterable[dict], tz: dt.tzinfo, *, show_tags: bool = True) -> dict:
+    """Totals and per-card lines: sessions, kWh, hours (and money when the rows carry it); a card
+    without a name by its UID, masked unless show_tags."""
     total = _zero()
     by_card: dict[str, dict] = {}
     for row in rows:
-        key = row.get("card_name") or row.get("id_tag") or "?"
+        key = row.get("card_name") or (row.get("id_tag") if show_tags else mask(row.get("id_tag"))) or "?"
         for acc in (total, by_card.setdefault(key, _zero())):
             acc["sessions"] += 1
             acc["energy_wh"] += int(row.get("energy_wh") or 0)

@@ -144,9 +144,11 @@ class WebService:
                 return
             yield _event(kind, self._page(logged_in) if kind == "view" else data)
 
-    def _filters(self, request: Request) -> dict:
+    def _filters(self, request: Request, logged_in: bool) -> dict:
         q = request.query
         out: dict[str, Any] = {"card": q.get("card", "").strip()[:64] or None}
+        if out["card"] and not logged_in:  # else anyone could ask which UIDs charged here, and when
+            raise HTTPError(401, "log in to filter by card")
         try:
             if q.get("since"):
                 out["since"] = records.iso_utc(records.local_day_start(
@@ -161,12 +163,12 @@ class WebService:
     async def sessions_json(self, request: Request) -> Response:
         show = self._nonce(request) is not None
         rows = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
-                                       limit=MAX_ROWS, **self._filters(request))
+                                       limit=MAX_ROWS, **self._filters(request, show))
         return Response(f'{{"sessions": {rows}, "limit": {MAX_ROWS}}}', content_type="application/json; charset=utf-8")
 
     async def sessions_csv(self, request: Request) -> Response:
         show = self._nonce(request) is not None
-        csv = await asyncio.to_thread(records.csv_bytes, self.live.db_path, show_tags=show, **self._filters(request))
+        csv = await asyncio.to_thread(records.csv_bytes, self.live.db_path, show_tags=show, **self._filters(request, show))
         return Response(csv, content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'})
 
@@ -181,7 +183,8 @@ class WebService:
     async def report(self, request: Request) -> Response:
         month, since, until = self._month(request)
         rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, since=since, until=until)
-        return json_response({"month": month, "report": records.report(rows, self.tz),
+        report = records.report(rows, self.tz, show_tags=self._nonce(request) is not None)
+        return json_response({"month": month, "report": report,
                               "usage": records.usage(rows, month, self.tz)})
 
     async def usage_svg(self, request: Request) -> Response:
