@@ -28,10 +28,10 @@ def no_login_delay(monkeypatch):
     monkeypatch.setattr(service_module, "FAILED_LOGIN_DELAY_S", 0.0)
 
 
-def run(tmp_path, body, link=None):
+def run(tmp_path, body, link=None, password_hash=HASH):
     """Start the service with the demo charger, run body(service, client, link), stop."""
     async def main():
-        config = demo_config(tmp_path, f'password_hash = "{HASH}"')
+        config = demo_config(tmp_path, f'password_hash = "{password_hash}"')
         the_link = link or DemoLink(connectors=(1,))
         service = service_module.WebService(config, the_link, parse(config))
         await service.start(port=0)
@@ -100,6 +100,60 @@ def test_a_wrong_password_makes_the_next_try_wait(tmp_path):
             assert r.status == 429
             assert int(r.headers["Retry-After"]) >= 1
     run(tmp_path, body)
+
+
+async def login_from(service, source: str, password: str) -> int:
+    """POST /login from the loopback address `source` (each a different client); the status."""
+    url = URL(service.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port, local_addr=(source, 0))
+    body = json.dumps({"password": password}).encode()
+    writer.write(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        return int((await asyncio.wait_for(reader.read(), 10)).split(b" ", 2)[1])
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def quick_hash(monkeypatch):
+    """A password hash that takes a millisecond to check (the 1000 iterations the parser allows)."""
+    from evsed.web import settings as web_settings
+    monkeypatch.setattr(web_settings, "PBKDF2_ITERATIONS", 1000)
+    return hash_password(PASSWORD, "pbkdf2")
+
+
+def test_wrong_passwords_from_many_addresses_do_not_lock_out_the_right_one(tmp_path, quick_hash):
+    async def body(service, client, link):
+        for k in range(40):  # a botnet: each address guesses once
+            assert await login_from(service, f"127.0.2.{k + 1}", "guess") == 403
+        assert await login_from(service, "127.0.3.1", "guess") == 403
+        assert await login_from(service, "127.0.3.1", PASSWORD) == 429  # that address waits its back-off
+        assert await login_from(service, "127.0.0.1", PASSWORD) == 200  # the right one from elsewhere: in
+    run(tmp_path, body, password_hash=quick_hash)
+
+
+def test_guesses_sent_side_by_side_from_one_address_are_checked_one_at_a_time(tmp_path, quick_hash):
+    async def body(service, client, link):
+        statuses = await asyncio.gather(*(login_from(service, "127.0.2.1", f"guess {k}") for k in range(5)))
+        assert sorted(statuses) == [403, 429, 429, 429, 429]  # one checked; its failure then slows the next
+    run(tmp_path, body, password_hash=quick_hash)
+
+
+def test_password_checks_beyond_the_cap_are_answered_busy_at_once(tmp_path, quick_hash):
+    async def body(service, client, link):
+        await service._verify_lock.acquire()  # a check that takes long: the others queue behind it
+        tries = [asyncio.create_task(login_from(service, f"127.0.2.{k + 1}", "guess")) for k in range(20)]
+        busy = 20 - service_module.MAX_PASSWORD_CHECKS
+        while sum(t.done() for t in tries) < busy:  # answered without waiting for the check
+            done, _ = await asyncio.wait([t for t in tries if not t.done()], timeout=10,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            assert done, "no answer while the check runs"
+        assert sorted(t.result() for t in tries if t.done()) == [503] * busy
+        service._verify_lock.release()
+        assert sorted(await asyncio.gather(*tries)) == [403] * service_module.MAX_PASSWORD_CHECKS + [503] * busy
+        assert await login_from(service, "127.0.0.1", PASSWORD) == 200
+    run(tmp_path, body, password_hash=quick_hash)
 
 
 def test_a_logged_in_stop_goes_to_the_daemon_as_remote_stop(tmp_path):

@@ -34,6 +34,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
 }
 FAILED_LOGIN_DELAY_S = 1.0  # every wrong password answers this much later, on top of the back-off
+# Password checks running (one at a time: scrypt takes 16 MiB) or waiting; beyond, 503 at once.
+# Many addresses guessing make the right password wait its turn or try again, never lock it out.
+MAX_PASSWORD_CHECKS = 8
 MAX_ROWS = 500
 READS_RECORDS = ("/api/sessions", "/sessions.csv", "/api/report", "/usage/")
 
@@ -50,6 +53,7 @@ class WebService:
         self.sessions = auth.Sessions(web_settings.load_secret(settings), settings.session_hours * 3600)
         self.backoff = auth.Backoff()
         self._verify_lock = asyncio.Lock()  # one slow hash at a time: memory and CPU stay bounded
+        self._checking: set[str] = set()  # the addresses whose password is being checked: one each
         self._server: Server | None = None
         self.url = ""
         self.router = Router()
@@ -213,13 +217,23 @@ class WebService:
             password = None
         if not isinstance(password, str) or len(password) > 1024:
             return json_response({"ok": False, "error": "expected {\"password\": \"...\"}"}, status=400)
-        async with self._verify_lock:
-            good = await asyncio.to_thread(web_settings.verify_password, password, self.settings.password_hash)
-        if not good:
-            delay = self.backoff.failed(address, self.monotonic())
-            log.warning("web.login_failed", address=address, next_try_in_s=delay)
-            await asyncio.sleep(FAILED_LOGIN_DELAY_S)
-            return json_response({"ok": False, "error": "wrong password"}, status=403)
+        if address in self._checking:  # guesses sent side by side would all pass before the back-off
+            return json_response({"ok": False, "error": "a password from this address is being checked"},
+                                 status=429, headers={"Retry-After": "1"})
+        if len(self._checking) >= MAX_PASSWORD_CHECKS:
+            return json_response({"ok": False, "error": "busy checking other passwords; try again"},
+                                 status=503, headers={"Retry-After": "1"})
+        self._checking.add(address)
+        try:
+            async with self._verify_lock:
+                good = await asyncio.to_thread(web_settings.verify_password, password, self.settings.password_hash)
+            if not good:
+                delay = self.backoff.failed(address, self.monotonic())
+                log.warning("web.login_failed", address=address, next_try_in_s=delay)
+                await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+                return json_response({"ok": False, "error": "wrong password"}, status=403)
+        finally:
+            self._checking.discard(address)
         self.backoff.succeeded(address)
         cookie = self.sessions.issue(self.clock())
         nonce = self.sessions.nonce(cookie, self.clock())
