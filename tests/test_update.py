@@ -366,6 +366,18 @@ def test_a_release_older_than_the_running_one_is_refused_unless_a_downgrade_is_a
     assert (updater.opt / "current").resolve() == updater.opt / "releases/0.0.9"
 
 
+def test_the_updater_imports_nothing_from_the_folder_it_is_run_from(site, tmp_path, monkeypatch):
+    # root runs it by hand from anywhere: a sysconfig.py or an evsed/ there must not stand in
+    updater, key, service, said = site
+    (tmp_path / "cwd" / "evsed").mkdir(parents=True)
+    (tmp_path / "cwd" / "evsed" / "__init__.py").write_text("raise SystemExit('the folder\\'s evsed')\n")
+    (tmp_path / "cwd" / "sysconfig.py").write_text("raise SystemExit('the folder\\'s sysconfig')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    wheel = make_wheel(tmp_path, "0.0.9", GOOD)
+    with pytest.raises(update.UpdateError, match="release 0.0.9 is older than the running"):  # it read the version
+        updater.update(wheel, signed(key, wheel))
+
+
 def test_release_versions_are_ordered_as_pep_440_orders_them():
     update.check_not_older("0.10.0", "0.9.0", allow_downgrade=False)  # not as strings
     update.check_not_older("1.0", "1.0rc2", allow_downgrade=False)

@@ -293,7 +293,7 @@ class Updater:
     def _running(self, old: Path) -> tuple[str | None, list[str]]:
         """The running release's version, and the extras it has installed (a Pi's [pi], [ocpp],
         ...): the new one gets them too."""
-        proc = subprocess.run([str(old / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        proc = subprocess.run([str(old / "bin" / "python"), "-P", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
@@ -315,8 +315,8 @@ class Updater:
             os.umask(umask)
 
     def _run_install(self, wheel: Path, release: Path, requirement: str) -> None:
-        for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
-                     [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
+        for argv in ([self.python, "-P", "-m", "venv", "--without-pip", str(release)],
+                     [self.python, "-P", "-m", "pip", "--python", str(release / "bin" / "python"), "install",
                       "--no-input", "--quiet", requirement],
                      [str(release / "bin" / "evsed"), "--help"]):
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -373,7 +373,7 @@ class Updater:
         Otherwise the copy taken before the switch comes back and the migrated one is kept aside."""
         if backup is None or not self.db.exists():
             return
-        check = subprocess.run([str(old / "bin" / "python"), "-c", _OLD_WRITES, str(self.db)],
+        check = subprocess.run([str(old / "bin" / "python"), "-P", "-c", _OLD_WRITES, str(self.db)],
                                capture_output=True, text=True, timeout=60)
         if check.returncode == 0:
             self.say(f"the session database stays as {version} migrated it: {old.name} writes it "
@@ -404,6 +404,7 @@ class Updater:
 
 
 # Run by the old release's python: exit 0 when its store would open (and write) the database.
+# Every python here runs with -P: as root, from whatever folder, no module there may stand in.
 # A release from before schema_compat compares the schema versions only.
 _OLD_WRITES = """
 import pathlib, sqlite3, sys
