@@ -269,6 +269,56 @@ def test_a_card_filter_needs_a_login(tmp_path):
     run(tmp_path, body)
 
 
+def _seed_many(db, count: int) -> None:
+    """count finished sessions an hour apart, the newest an hour ago; card i for the i-th."""
+    store = Store(db)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=count + 1)
+    for k in range(count):
+        at = start + dt.timedelta(hours=k)
+        s = LiveSession(1, f"CARD{k:04d}", f"card {k}", "", "local", at.isoformat(), k * 1000, k * 1000)
+        store.start(s)
+        store.stop(s.row_id, k * 1000 + 500, 7000.0, "ev_disconnected", (at + dt.timedelta(minutes=30)).isoformat())
+    store.close()
+
+
+def test_the_sessions_api_answers_a_page_at_a_time_newest_first(tmp_path):
+    _seed_many(tmp_path / "sessions.db", 5)
+
+    async def body(service, client, link):
+        pages, before = [], None
+        while True:
+            params = {"limit": "2", **({"before": str(before)} if before else {})}
+            async with client.get("/api/sessions", params=params) as r:
+                page = await r.json()
+            pages.append([row["card_name"] for row in page["sessions"]])
+            assert page["limit"] == 2
+            before = page["next"]
+            if before is None:
+                break
+        assert pages == [["card 4", "card 3"], ["card 2", "card 1"], ["card 0"]]
+        async with client.get("/api/sessions") as r:  # by default the newest MAX_ROWS, and no more pages
+            page = await r.json()
+        assert page["limit"] == service_module.MAX_ROWS and len(page["sessions"]) == 5 and page["next"] is None
+        for bad in ({"limit": "0"}, {"limit": str(service_module.MAX_ROWS + 1)}, {"before": "x"}):
+            async with client.get("/api/sessions", params=bad) as r:
+                assert r.status == 400, bad
+    run(tmp_path, body)
+
+
+def test_the_csv_export_is_streamed_in_pages_with_every_session(tmp_path, monkeypatch):
+    # the whole history in one answer, but never more than a page of it in memory
+    monkeypatch.setattr(service_module, "MAX_ROWS", 2)
+    _seed_many(tmp_path / "sessions.db", 5)
+
+    async def body(service, client, link):
+        async with client.get("/sessions.csv") as r:
+            assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
+            lines = (await r.text()).splitlines()
+        assert lines[0].startswith("id,") and len(lines) == 6
+        assert [line.split(",")[3] for line in lines[1:]] == [f"card {k}" for k in range(5)]  # oldest first, once each
+    run(tmp_path, body)
+
+
 def test_a_bad_date_filter_is_a_400_not_a_crash(tmp_path):
     async def body(service, client, link):
         async with client.get("/api/sessions", params={"since": "yesterday"}) as r:

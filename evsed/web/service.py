@@ -165,15 +165,31 @@ class WebService:
         return out
 
     async def sessions_json(self, request: Request) -> Response:
+        """A page of sessions, newest first: `limit` (at most MAX_ROWS, the default) before session
+        `before` (none: the newest); `next` names the page's last session when older ones follow."""
         show = self._nonce(request) is not None
-        rows = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
-                                       limit=MAX_ROWS, **self._filters(request, show))
-        return Response(f'{{"sessions": {rows}, "limit": {MAX_ROWS}}}', content_type="application/json; charset=utf-8")
+        limit = _int_param(request, "limit", 1, MAX_ROWS) or MAX_ROWS
+        before = _int_param(request, "before", 1, 2**62)
+        rows, last = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
+                                             limit=limit, before=before, **self._filters(request, show))
+        return Response(f'{{"sessions": {rows}, "limit": {limit}, "next": {json.dumps(last)}}}',
+                        content_type="application/json; charset=utf-8")
 
     async def sessions_csv(self, request: Request) -> Response:
+        """Every session the filters name, streamed a page at a time: memory does not grow with them."""
         show = self._nonce(request) is not None
-        csv = await asyncio.to_thread(records.csv_bytes, self.live.db_path, show_tags=show, **self._filters(request, show))
-        return Response(csv, content_type="text/csv; charset=utf-8",
+        filters = self._filters(request, show)
+
+        async def parts() -> AsyncIterator[bytes]:
+            after: int | None = None
+            while True:
+                part, after = await asyncio.to_thread(records.csv_page, self.live.db_path, show_tags=show,
+                                                      after_id=after, limit=MAX_ROWS, **filters)
+                yield part
+                if after is None:
+                    memory.trim()  # the pages' rows are garbage now
+                    return
+        return Response(parts(), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'})
 
     def _month(self, request: Request) -> tuple[str, str, str]:
@@ -184,17 +200,23 @@ class WebService:
             raise HTTPError(400, "month: expected YYYY-MM") from None
         return month, records.iso_utc(start), records.iso_utc(end)
 
+    def _usage(self, month: str, since: str, until: str) -> dict:
+        """The month's usage, summed a row at a time (in a thread)."""
+        return records.usage(records.each_session(self.live.db_path, since=since, until=until), month, self.tz)
+
+    def _report(self, since: str, until: str, show_tags: bool) -> dict:
+        rows = records.each_session(self.live.db_path, since=since, until=until)
+        return records.report(rows, self.tz, show_tags=show_tags)
+
     async def report(self, request: Request) -> Response:
         month, since, until = self._month(request)
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, since=since, until=until)
-        report = records.report(rows, self.tz, show_tags=self._nonce(request) is not None)
-        return json_response({"month": month, "report": report,
-                              "usage": records.usage(rows, month, self.tz)})
+        report = await asyncio.to_thread(self._report, since, until, self._nonce(request) is not None)
+        usage = await asyncio.to_thread(self._usage, month, since, until)
+        return json_response({"month": month, "report": report, "usage": usage})
 
     async def usage_svg(self, request: Request) -> Response:
         month, since, until = self._month(request)
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, since=since, until=until)
-        usage = records.usage(rows, month, self.tz)
+        usage = await asyncio.to_thread(self._usage, month, since, until)
         chart = request.match["chart"]
         if chart == "day":
             svg = charts.energy_by_day(usage["energy_wh_by_day"], month)
@@ -269,6 +291,16 @@ class WebService:
             return json_response({"ok": False, "error": f"the charger did not answer: {exc}"}, status=502)
         self.live.changed()
         return json_response(reply)
+
+
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high] (None: not given); 400 naming it otherwise."""
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise HTTPError(400, f"{name}: expected a whole number from {low} to {high}")
+    return int(text)
 
 
 def _event(kind: str, data: Any) -> bytes:
