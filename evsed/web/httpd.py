@@ -197,8 +197,8 @@ class Server:
     def _room_for(self, address: str | None) -> bool:
         """Whether a new connection from address may be served: under both caps, or after the
         oldest connection still waiting for a request (from that address, at its cap) is closed."""
-        mine = [c for c in self._open.values() if c.address == address]
-        for crowd, cap in ((mine, MAX_PER_ADDRESS), (list(self._open.values()), MAX_CONNECTIONS)):
+        for one_address, cap in ((True, MAX_PER_ADDRESS), (False, MAX_CONNECTIONS)):
+            crowd = [c for c in self._open.values() if not one_address or c.address == address]
             if len(crowd) < cap:
                 continue
             waiting = [c for c in crowd if c.waiting_since is not None]
