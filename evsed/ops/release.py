@@ -1,5 +1,6 @@
-"""What a release is before it runs: its wheel's name and signature, and the extras an installed
-release's environment has (the next one is installed with the same).
+"""What a release is before it runs: its wheel's name and signature, whether it is older than the
+running one, and the version and extras an installed release's environment has (the next one is
+installed with the same extras).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import base64
 import binascii
 import importlib.metadata
 import re
+import subprocess
 from pathlib import Path
 
 from evsed.ops import spool as spoolmod
@@ -55,6 +57,19 @@ def wheel_version(wheel: Path) -> str:
     if not match:
         raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
     return match.group("version")
+
+
+def running_release(old: Path) -> tuple[str | None, list[str]]:
+    """The version of the release installed in the environment `old` (None: it has no evsed),
+    and its extras (a Pi's [pi], [ocpp], ...). Its python runs with -P: from whatever folder the
+    updater (root) was started in, no module there may stand in."""
+    proc = subprocess.run([str(old / "bin" / "python"), "-P", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
+                          "cannot tell which version and extras the running release has")
+    site_packages = Path(proc.stdout.strip())
+    return installed_version(site_packages), carried_extras(site_packages)
 
 
 def installed_version(site_packages: Path) -> str | None:

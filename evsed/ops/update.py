@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Protocol
 from evsed.config import Config
 from evsed.ops import spool as spoolmod
 # callers (the uplink, tests) name these update.verify, update.UpdateError: they stay here too
-from evsed.ops.release import (UpdateError, carried_extras, check_not_older, installed_version,  # noqa: F401
+from evsed.ops.release import (UpdateError, carried_extras, check_not_older, running_release,  # noqa: F401
                                verify, wheel_version)
 
 OPT = Path("/opt/evsed")
@@ -246,7 +246,7 @@ class Updater:
         release = self.releases / version
         if release.resolve() == old:
             raise UpdateError(f"release {version} is the one running")
-        running, extras = self._running(old)
+        running, extras = running_release(old)  # the new one gets the same extras
         check_not_older(version, running, self.allow_downgrade)
         self._install(wheel, release, extras)
         self._wait_between_sessions(wait_s)
@@ -289,17 +289,6 @@ class Updater:
                 self.say(f"evsed {version} ran {probation_s:g} s without failing: it stays")
                 return None
             self.sleep(min(self.poll_s, probation_s - elapsed))
-
-    def _running(self, old: Path) -> tuple[str | None, list[str]]:
-        """The running release's version, and the extras it has installed (a Pi's [pi], [ocpp],
-        ...): the new one gets them too."""
-        proc = subprocess.run([str(old / "bin" / "python"), "-P", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
-                              "cannot tell which version and extras the running release has")
-        site_packages = Path(proc.stdout.strip())
-        return installed_version(site_packages), carried_extras(site_packages)
 
     def _install(self, wheel: Path, release: Path, extras: list[str]) -> None:
         if release.exists():
