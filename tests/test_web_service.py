@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import threading
 
 import pytest
 from aiohttp import ClientSession, CookieJar
@@ -18,6 +19,7 @@ from evsed.web import live as live_module
 from evsed.web import service as service_module
 from evsed.web.demo import DemoLink, demo_config
 from evsed.web.settings import hash_password, parse
+from test_daemon import until
 
 PASSWORD = "s3cret"
 HASH = hash_password(PASSWORD, "pbkdf2")
@@ -316,6 +318,32 @@ def test_the_csv_export_is_streamed_in_pages_with_every_session(tmp_path, monkey
             lines = (await r.text()).splitlines()
         assert lines[0].startswith("id,") and len(lines) == 6
         assert [line.split(",")[3] for line in lines[1:]] == [f"card {k}" for k in range(5)]  # oldest first, once each
+    run(tmp_path, body)
+
+
+def test_csv_exports_beyond_the_cap_are_answered_busy_and_the_slots_come_back(tmp_path, monkeypatch):
+    # a slow reader's export is a connection being answered: slow readers must not hold them all
+    _seed_many(tmp_path / "sessions.db", 3)
+    gate = threading.Event()
+    read_page = service_module.records.csv_page
+
+    def held_page(*args, **kwargs):  # the database read of an export that has not finished
+        gate.wait(10)
+        return read_page(*args, **kwargs)
+    monkeypatch.setattr(service_module.records, "csv_page", held_page)
+
+    async def body(service, client, link):
+        held = [asyncio.create_task(client.get("/sessions.csv")) for _ in range(service_module.MAX_EXPORTS)]
+        await until(lambda: service._exports == service_module.MAX_EXPORTS)
+        async with client.get("/sessions.csv") as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "5"
+        gate.set()
+        for task in held:
+            async with await task as r:
+                assert r.status == 200 and len((await r.text()).splitlines()) == 4
+        async with client.get("/sessions.csv") as r:
+            assert r.status == 200
+        await until(lambda: service._exports == 0)  # each slot back once its answer is over
     run(tmp_path, body)
 
 

@@ -38,6 +38,9 @@ FAILED_LOGIN_DELAY_S = 1.0  # every wrong password answers this much later, on t
 # Many addresses guessing make the right password wait its turn or try again, never lock it out.
 MAX_PASSWORD_CHECKS = 8
 MAX_ROWS = 500
+# CSV exports being sent at once: a long one is a connection being answered, which no new
+# connection may close, so slow readers must not hold them all (beyond: 503).
+MAX_EXPORTS = 4
 READS_RECORDS = ("/api/sessions", "/sessions.csv", "/api/report", "/usage/")
 
 
@@ -54,6 +57,7 @@ class WebService:
         self.backoff = auth.Backoff()
         self._verify_lock = asyncio.Lock()  # one slow hash at a time: memory and CPU stay bounded
         self._checking: set[str] = set()  # the addresses whose password is being checked: one each
+        self._exports = 0  # CSV exports being sent
         self._server: Server | None = None
         self.url = ""
         self.router = Router()
@@ -179,6 +183,8 @@ class WebService:
         """Every session the filters name, streamed a page at a time: memory does not grow with them."""
         show = self._nonce(request) is not None
         filters = self._filters(request, show)
+        if self._exports >= MAX_EXPORTS:
+            raise HTTPError(503, "too many CSV exports at once; try again", headers={"Retry-After": "5"})
 
         async def parts() -> AsyncIterator[bytes]:
             after: int | None = None
@@ -189,8 +195,13 @@ class WebService:
                 if after is None:
                     memory.trim()  # the pages' rows are garbage now
                     return
+        self._exports += 1
         return Response(parts(), content_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'})
+                        headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'},
+                        on_close=self._export_done)
+
+    def _export_done(self) -> None:
+        self._exports -= 1
 
     def _month(self, request: Request) -> tuple[str, str, str]:
         month = request.query.get("month") or dt.datetime.fromtimestamp(self.clock(), self.tz).strftime("%Y-%m")
