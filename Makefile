@@ -50,6 +50,7 @@ bench: $(STAMP) mosquitto
 	$(BENCH_VENV)/bin/python -m pip install --quiet '.[ocpp]'
 	$(VENV)/bin/python bench/footprint.py --python $(BENCH_VENV)/bin/python
 	$(VENV)/bin/python bench/web.py
+	$(VENV)/bin/python bench/web_history.py
 	$(VENV)/bin/python bench/mqtt.py
 	$(VENV)/bin/python bench/records.py
 	$(VENV)/bin/python bench/failsafe_dropout.py

@@ -3,9 +3,14 @@
 import csv
 import io
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
 
 from evsed import cli
 from evsed.store.sessions import LiveSession, Store
@@ -53,6 +58,58 @@ def test_status_without_a_daemon_says_so(tmp_path):
     path = config_with_sessions(tmp_path)
     proc = run("status", "-c", str(path))
     assert proc.returncode == 1 and "no evsed daemon is running" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class PlantedSocket:
+    """A control socket another user planted in the runtime directory: it answers a status and
+    keeps every request it is sent (a clear-faults reaching it is a command stolen)."""
+
+    def __init__(self, runtime_dir: Path):
+        self.received: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(runtime_dir / "control.sock"))
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                self.received.append(conn.recv(65536))
+                conn.sendall(b'{"ok": true, "connectors": [], "services": {"planted": {"state": "fake"}}}\n')
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("squat", ["owned by another user", "world-writable"])
+def test_the_cli_refuses_a_squatted_runtime_directory(tmp_path, capsys, squat):
+    # /tmp/evsed-UID made by someone else before the daemon started: the daemon refuses it, and so
+    # must the CLI, or `status` shows the planter's answer and `clear-faults` goes to the planter.
+    if squat == "owned by another user" and os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    path = config_with_sessions(tmp_path)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o755)
+    planted = PlantedSocket(runtime)
+    try:
+        if squat == "owned by another user":
+            os.chown(runtime, 65534, 65534)
+            os.chown(runtime / "control.sock", 65534, 65534)
+        else:
+            runtime.chmod(0o777)
+        for command in ("status", "clear-faults"):
+            assert cli.main([command, "-c", str(path)]) == 1
+            out, err = capsys.readouterr()
+            assert "refusing the control socket" in err and str(runtime) in err and "planted" not in out
+        assert planted.received == []
+    finally:
+        planted.close()
 
 
 def test_status_text_shows_why_not_charging():

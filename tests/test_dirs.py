@@ -194,3 +194,19 @@ def test_path_problem_knows_the_unix_socket_length_limit():
 
 def test_the_socket_name_is_the_one_the_control_socket_uses():
     assert socket_path(Path("/run/evsed")) == Path("/run/evsed") / dirs.SOCKET_NAME
+
+
+@as_root
+def test_a_client_trusts_a_runtime_directory_of_the_daemons_user_and_no_one_elses(tmp_path, monkeypatch):
+    # `evsed status` run by an administrator reaches /run/evsed, owned by the daemon's user
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750)
+    os.chown(run, NOBODY, NOBODY)
+    with pytest.raises(dirs.DirectoryError, match=f"owned by uid {NOBODY}, not by this user .* root or evsed"):
+        dirs.check_runtime_dir(run)
+    monkeypatch.setattr(dirs, "DAEMON_USER", "nobody")  # uid 65534 plays the evsed user
+    dirs.check_runtime_dir(run)
+    run.chmod(0o770)
+    with pytest.raises(dirs.DirectoryError, match="writable by its group"):
+        dirs.check_runtime_dir(run)
+    dirs.check_runtime_dir(tmp_path / "absent")  # no daemon: connect() says so

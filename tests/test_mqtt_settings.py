@@ -91,11 +91,13 @@ def test_password_is_read_from_its_file_relative_to_the_config_and_never_shown(t
     assert "s3cret" not in repr(s)
 
 
-def test_a_password_file_everyone_can_read_is_refused(tmp_path):
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o660, 0o604, 0o620], ids=lambda m: f"{m:04o}")
+def test_a_password_file_anyone_but_its_owner_may_read_or_write_is_refused(tmp_path, mode):
+    # 0640 with group evsed: every service's user is in it, the web page's too (the OCPP one is 0600 for that)
     (tmp_path / "mqtt.secret").write_text("s3cret-pass\n")
-    os.chmod(tmp_path / "mqtt.secret", 0o644)
+    os.chmod(tmp_path / "mqtt.secret", mode)
     err = error_for('username = "evse"\npassword_file = "mqtt.secret"\n', tmp_path / "evsed.toml")
-    assert err.line == 12 and "chmod 600" in str(err) and "s3cret" not in str(err)
+    assert err.line == 12 and f"mode {mode:o}): chmod 600" in str(err) and "s3cret" not in str(err)
 
 
 def test_a_missing_password_file_names_the_key(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -273,3 +274,28 @@ def test_a_spool_that_is_not_a_directory_refuses_the_update(tmp_path, files, rel
         scenario()
     assert [e["reason"] for e in statuses_of(logs, "ocpp.firmware_refused")][0].startswith("the spool: ")
     assert files.got == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_a_spool_another_service_made_first_is_refused_and_its_outcome_not_reported(tmp_path, files, release):
+    # every service may write services/: the web page's user makes update/ before the uplink does
+    squatted = tmp_path / "update"
+    squatted.mkdir(mode=0o755)
+    os.chown(squatted, 65534, 65534)
+
+    @aio
+    async def scenario():
+        csms = CentralSystem()
+        async with running(csms, tmp_path, update_key_file=release[1]) as (uplink, _):
+            await booted(csms, uplink)
+            await update_firmware(csms, f"{files.url}/releases/{WHEEL}")
+            await csms.wait_for(lambda: statuses(csms) == ["InstallationFailed"])
+            # a request of ours pending, and the squatter's outcome for it: not reported
+            uplink.state.set_meta("firmware_requested", "r1")
+            (squatted / "status.json").write_bytes(spoolmod.encode(spoolmod.Outcome("r1", "9.9", "Installed")))
+            assert not uplink.firmware.check_outcome() and uplink.firmware.pending()
+    with structlog.testing.capture_logs() as logs:
+        scenario()
+    reasons = [e["reason"] for e in statuses_of(logs, "ocpp.firmware_refused")]
+    assert reasons and "owned by uid 65534, not by the OCPP uplink" in reasons[0]
+    assert files.got == [] and sorted(p.name for p in squatted.iterdir()) == ["status.json"]

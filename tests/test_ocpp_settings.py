@@ -112,6 +112,9 @@ def test_evsed_check_as_the_daemons_user_checks_the_uplinks_own_password_file_by
         assert "cannot read" in as_user(995, lambda: settings.parse(config))  # the uplink itself must read it
         secret.chmod(0o640)
         assert "readable by others" in as_user(995, lambda: check_sections(config))
+        secret.chmod(0o600)
+        broker.chmod(0o640)  # group evsed: the web page's user could read it
+        assert "mqtt-password is readable by others (mode 640)" in as_user(995, lambda: check_sections(config))
     finally:
         shutil.rmtree(top)
 

@@ -8,6 +8,7 @@ release's bin/evsed under NOTIFY_SOCKET, READY=1 awaited on a datagram socket.
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -126,13 +128,24 @@ socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['
 sys.exit('evsed: a task died after READY')"""
 
 
+def running_release(old: Path) -> None:
+    """An environment in `old` as pip leaves a release: its python sees the evsed under test, and
+    its site-packages holds evsed's metadata (the updater reads the running version there)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(old)], check=True, timeout=60)
+    purelib = Path(subprocess.run([str(old / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (purelib / "evsed-under-test.pth").write_text(f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n")
+    version = importlib.metadata.version("evsed")
+    (purelib / f"evsed-{version}.dist-info").mkdir()
+    (purelib / f"evsed-{version}.dist-info/METADATA").write_text(f"Metadata-Version: 2.1\nName: evsed\nVersion: {version}\n")
+
+
 @pytest.fixture
 def site(tmp_path):
     """A board with release 0.1.0 current (the evsed under test), a signing key and its config."""
     opt = tmp_path / "opt"
     old = opt / "releases/0.1.0"
-    (old / "bin").mkdir(parents=True)
-    (old / "bin/python").symlink_to(sys.executable)
+    running_release(old)
     (old / "bin/evsed").write_text(f"#!/bin/sh\nexec {sys.executable} -m evsed \"$@\"\n")
     (old / "bin/evsed").chmod(0o755)
     (opt / "current").symlink_to(old)
@@ -335,6 +348,47 @@ def test_older_code_refuses_a_database_a_newer_release_migrated_otherwise(tmp_pa
     store.close()
 
 
+def test_a_release_older_than_the_running_one_is_refused_unless_a_downgrade_is_asked_for(site, tmp_path):
+    # well signed, but older: it may have the hole the running release closed
+    updater, key, service, said = site
+    running = importlib.metadata.version("evsed")  # what opt/current runs: the evsed under test
+    wheel = make_wheel(tmp_path, "0.0.9", GOOD)
+    with pytest.raises(update.UpdateError, match=f"release 0.0.9 is older than the running {running}: refused; "
+                       "run `evsed update --allow-downgrade`"):
+        updater.update(wheel, signed(key, wheel))
+    spool = tmp_path / "state/update"
+    spooled(spool, key, "0.0.9")  # what a CSMS may ask: never a downgrade
+    result = updater.run_spool(spool)
+    assert result is not None and result.result == "InstallationFailed" and "older than the running" in result.reason
+    assert service.started == [] and not (updater.opt / "releases/0.0.9").exists()
+    updater.allow_downgrade = True  # `evsed update --allow-downgrade`, by hand
+    assert updater.update(wheel, signed(key, wheel)) == "0.0.9"
+    assert (updater.opt / "current").resolve() == updater.opt / "releases/0.0.9"
+
+
+def test_the_updater_imports_nothing_from_the_folder_it_is_run_from(site, tmp_path, monkeypatch):
+    # root runs it by hand from anywhere: a sysconfig.py or an evsed/ there must not stand in
+    updater, key, service, said = site
+    (tmp_path / "cwd" / "evsed").mkdir(parents=True)
+    (tmp_path / "cwd" / "evsed" / "__init__.py").write_text("raise SystemExit('the folder\\'s evsed')\n")
+    (tmp_path / "cwd" / "sysconfig.py").write_text("raise SystemExit('the folder\\'s sysconfig')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    wheel = make_wheel(tmp_path, "0.0.9", GOOD)
+    with pytest.raises(update.UpdateError, match="release 0.0.9 is older than the running"):  # it read the version
+        updater.update(wheel, signed(key, wheel))
+
+
+def test_release_versions_are_ordered_as_pep_440_orders_them():
+    update.check_not_older("0.10.0", "0.9.0", allow_downgrade=False)  # not as strings
+    update.check_not_older("1.0", "1.0rc2", allow_downgrade=False)
+    update.check_not_older("1.0.post1", "1.0", allow_downgrade=False)
+    for older, running in (("1.0rc2", "1.0"), ("1.0", "1.0.post1"), ("0.9.0", "0.10.0")):
+        with pytest.raises(update.UpdateError, match="older than the running"):
+            update.check_not_older(older, running, allow_downgrade=False)
+    with pytest.raises(update.UpdateError, match="cannot tell which evsed version runs"):
+        update.check_not_older("2.0", None, allow_downgrade=False)
+
+
 def test_update_needs_a_public_key_in_the_config(site, tmp_path):
     updater, key, service, said = site
     updater.settings = update.UpdateSettings()
@@ -416,6 +470,26 @@ def test_a_spool_that_is_a_link_is_refused(site, tmp_path):
     with pytest.raises(update.UpdateError, match="not a link"):
         updater.run_spool(tmp_path / "state/update")
     assert not (tmp_path / "real/status.json").exists()
+
+
+@pytest.mark.parametrize("squat", ["owned by another service's user", "group-writable"])
+def test_a_spool_another_service_could_write_is_refused(site, tmp_path, squat):
+    # services/ is every service's to write: the web page's user makes update/ first and leaves a
+    # request for a release signed long ago, with a hole the CSMS's newer one closed
+    updater, key, service, said = site
+    spool = tmp_path / "state/update"
+    spooled(spool, key)
+    if squat == "group-writable":
+        spool.chmod(0o770)
+    elif os.geteuid() == 0:
+        os.chown(spool, 65534, 65534)
+    else:
+        pytest.skip("only root can give a directory to another user")
+    with pytest.raises(update.UpdateError, match="owned by uid 65534, not by the OCPP uplink|writable by others "
+                       "than its owner .mode 0770"):
+        updater.run_spool(spool)
+    assert service.started == [] and not (updater.opt / "releases/0.3.0").exists()
+    assert not (spool / "status.json").exists() and (spool / "request.json").exists()  # nothing written there
 
 
 def test_a_request_the_uplink_leaves_during_an_update_stays_for_the_next_run(site, tmp_path):

@@ -141,24 +141,75 @@ def test_an_idle_kept_alive_connection_is_closed(tmp_path, monkeypatch):
     run(tmp_path, body)
 
 
-def test_connections_beyond_the_cap_are_answered_503_and_closed(tmp_path, monkeypatch):
+def test_when_every_connection_is_answering_a_new_one_gets_503(tmp_path, monkeypatch):
     monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 2)
 
     async def body(service, client, link):
         held = [await connect(service) for _ in range(2)]
-        for reader, writer in held:  # both are being served
-            writer.write(b"GET /api/view HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert (await response(reader))[0] == 200
+        for reader, writer in held:  # two open pages: live streams, being answered
+            writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"event: full"), 5)
         assert status(await exchange(service, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")) == 503
         held[0][1].close()
         await asyncio.wait_for(held[0][1].wait_closed(), 5)
-        for _ in range(100):  # the server notices the close, then has room again
+        for k in range(100):  # the server notices the close at its next write, then has room again
+            link.plug(1) if k % 2 == 0 else link.unplug(1)
             if status(await exchange(service, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200:
                 break
             await asyncio.sleep(0.02)
         else:
             raise AssertionError("no room after a connection closed")
         held[1][1].close()
+    run(tmp_path, body)
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room(tmp_path, monkeypatch):
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 2)
+
+    async def body(service, client, link):
+        held = [await connect(service) for _ in range(2)]
+        for reader, writer in held:  # kept alive after their answer: idle
+            writer.write(b"GET /api/view HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await response(reader))[0] == 200
+        assert status(await exchange(service, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+        assert await asyncio.wait_for(held[0][0].read(), 5) == b""  # the oldest was closed for it
+        held[1][1].write(b"GET /api/view HTTP/1.1\r\nHost: x\r\n\r\n")  # the other still served
+        assert (await response(held[1][0]))[0] == 200
+        for _, writer in held:
+            writer.close()
+    run(tmp_path, body)
+
+
+def test_a_new_connection_that_sends_nothing_is_closed_by_the_request_deadline(tmp_path, monkeypatch):
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT_S", 0.2)  # the idle timeout stays 30 s
+
+    async def body(service, client, link):
+        reader, writer = await connect(service)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, with no answer to nothing
+        writer.close()
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize("addresses", [1, 30])
+def test_the_page_stays_usable_under_300_slow_connections(tmp_path, addresses):
+    # 300 connections that send their request's first line and stall (slowloris), from one
+    # address or thirty: the per-address cap holds one address's, and at the overall cap the
+    # oldest still waiting goes for a new one; a page from another address is served at once.
+    async def body(service, client, link):
+        url = urlsplit(service.url)
+        slow = []
+        for k in range(300):
+            source = f"127.0.1.{1 + k % addresses}"
+            reader, writer = await asyncio.open_connection(url.hostname, url.port, local_addr=(source, 0))
+            writer.write(b"GET /api/view HTTP/1.1\r\n")
+            slow.append(writer)
+        try:  # accepted in order: the page's connection comes after all 300
+            raw = await exchange(service, b"GET /api/view HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert status(raw) == 200
+            assert service._server is not None and service._server.evicted >= 300 - httpd.MAX_CONNECTIONS
+        finally:
+            for writer in slow:
+                writer.close()
     run(tmp_path, body)
 
 

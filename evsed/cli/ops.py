@@ -31,6 +31,9 @@ def add_commands(add) -> None:
     sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                     help="wait this long for a running session to end (default: refuse at once; "
                     "with --spool a week)")
+    sp.add_argument("--allow-downgrade", action="store_true",
+                    help="install the release even when it is older than the running one (refused otherwise: "
+                    "an old release, however well signed, may have a hole the running one closed)")
 
 
 def cmd_install(args) -> int:
@@ -80,7 +83,7 @@ def cmd_update(args) -> int:
             return None  # not running: no session to wait for
 
     updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), lambda: ask({"cmd": "status"}),
-                             command=ask)
+                             command=ask, allow_downgrade=args.allow_downgrade)
     try:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)

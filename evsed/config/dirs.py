@@ -7,6 +7,7 @@ ensure_dir() creates a directory with an exact mode or refuses one another user 
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -16,6 +17,7 @@ SERVICES_DIR = "services"  # the one directory under it the services write: the 
 # group evsed. Sticky: none may rename or remove another's files (the web page the OCPP queue or spool).
 SERVICES_DIR_MODE = 0o3770
 RUNTIME_DIR_MODE = 0o750  # the control socket (0660): the service group may reach it
+DAEMON_USER = "evsed"  # the system user `evsed install` creates; the daemon runs as it under systemd
 SOCKET_NAME = "control.sock"  # evsed.control.client.socket_path() puts the socket here
 SOCKET_PATH_MAX = 107  # bytes: sockaddr_un.sun_path is 108 bytes with the terminating NUL
 PATH_MAX = 4095
@@ -89,6 +91,26 @@ def ensure_dir(path: Path, mode: int) -> Path:
     return path
 
 
+def check_runtime_dir(path: Path) -> None:
+    """Refuse (DirectoryError) a runtime directory a client must not trust: one whose socket
+    another user may have planted. It must be owned by this user, root, or DAEMON_USER (a
+    system daemon's), by the same checks the daemon makes on it; a missing one passes (no daemon).
+    """
+    if not os.path.lexists(path):
+        return
+    _check_owned(path, _trusted_uids())
+    _check_parent(path)
+
+
+def _trusted_uids() -> set[int]:
+    uids = {os.geteuid(), 0}
+    try:
+        uids.add(pwd.getpwnam(DAEMON_USER).pw_uid)
+    except KeyError:  # a per-user install: no system user
+        pass
+    return uids
+
+
 def services_dir(state_dir: Path) -> Path:
     """Where the network services keep their own files, beside the daemon's (which they only read)."""
     return Path(state_dir) / SERVICES_DIR
@@ -116,20 +138,23 @@ def ensure_services_dir(state_dir: Path) -> Path:
     return path
 
 
-def _check_owned(path: Path) -> None:
+def _check_owned(path: Path, owners: set[int] | None = None) -> None:
+    """Refuse `path` unless this user (or one of `owners`) owns it and no one else may write it."""
     uid = os.geteuid()
+    allowed = owners or {uid}
     try:
         link = os.lstat(path)
         st = os.stat(path)
     except OSError as exc:
         raise DirectoryError(f"cannot check {_short(path)}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in allowed | {0}:
         raise DirectoryError(f"{_short(path)} is a symlink owned by uid {link.st_uid}, not by this user "
                              f"(uid {uid}) or root: refused")
     if not stat.S_ISDIR(st.st_mode):
         raise DirectoryError(f"{_short(path)} exists and is not a directory")
-    if st.st_uid != uid:
-        raise DirectoryError(f"{_short(path)} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
+    if st.st_uid not in allowed:
+        whom = f"this user (uid {uid})" if owners is None else f"this user (uid {uid}), root or {DAEMON_USER}"
+        raise DirectoryError(f"{_short(path)} is owned by uid {st.st_uid}, not by {whom}: "
                              "another user could replace what evsed keeps there; remove it or fix its owner")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise DirectoryError(f"{_short(path)} is writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} "

@@ -9,6 +9,8 @@ import json
 import socket
 from pathlib import Path
 
+from evsed.config import dirs
+
 
 def socket_path(runtime_dir: Path) -> Path:
     return runtime_dir / "control.sock"
@@ -21,6 +23,10 @@ class ControlError(Exception):
 def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
     """Send one request to the running daemon and return its reply."""
     path = socket_path(runtime_dir)
+    try:  # a socket in a directory another user owns may be theirs: never ask it, never obey it
+        dirs.check_runtime_dir(runtime_dir)
+    except dirs.DirectoryError as exc:
+        raise ControlError(f"refusing the control socket: {exc}") from None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)

@@ -104,20 +104,24 @@ def _path(config_path: Path, text: str) -> Path:
 
 
 def _password(t: Table, path: Path, read: bool = True) -> str:
-    """The password in path; read=False (`evsed check` as another user) checks a file it may not
-    read by its mode alone."""
+    """The password in path, a file its owner alone may read or write (0600, like the OCPP
+    one: group evsed holds every service, the web page too). read=False (`evsed check` as
+    another user) checks a file it may not read by its mode alone."""
     try:
         mode = path.stat().st_mode
-        if not read and not os.access(path, os.R_OK) and not mode & stat.S_IROTH:
-            return "(not read: the MQTT service's own)"
+    except OSError as exc:
+        raise t.error("password_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise t.error("password_file", f"{path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it "
+                                        "(its owner: the MQTT service's user, evsed-mqtt under systemd)")
+    if not read and not os.access(path, os.R_OK):
+        return "(not read: the MQTT service's own)"
+    try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise t.error("password_file", f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise t.error("password_file", f"{path} is not UTF-8 text") from None
-    if mode & stat.S_IROTH:
-        raise t.error("password_file", f"{path} is readable by everyone: chmod 600 it "
-                                        "(its owner: the MQTT service's user, evsed-mqtt under systemd)")
     password = text.rstrip("\r\n")
     if not password:
         raise t.error("password_file", f"{path} is empty")

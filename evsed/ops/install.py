@@ -20,7 +20,7 @@ from evsed import config as configmod
 from evsed.config import dirs
 from evsed.ops import dropin, update
 
-USER = "evsed"
+USER = dirs.DAEMON_USER
 OLD_NET_USER = "evsed-net"  # the one user every service ran as before each had its own; no longer used
 DEVICE_GROUPS = ("gpio", "spi", "dialout", "input")
 CONFIG = "/etc/evsed/evsed.toml"

@@ -1,5 +1,6 @@
-"""What a release is before it runs: its wheel's name and signature, and the extras an installed
-release's environment has (the next one is installed with the same).
+"""What a release is before it runs: its wheel's name and signature, whether it is older than the
+running one, and the version and extras an installed release's environment has (the next one is
+installed with the same extras).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import base64
 import binascii
 import importlib.metadata
 import re
+import subprocess
 from pathlib import Path
 
 from evsed.ops import spool as spoolmod
@@ -55,6 +57,46 @@ def wheel_version(wheel: Path) -> str:
     if not match:
         raise UpdateError(f"{wheel.name}: expected an evsed wheel, evsed-VERSION-py3-none-any.whl")
     return match.group("version")
+
+
+def running_release(old: Path) -> tuple[str | None, list[str]]:
+    """The version of the release installed in the environment `old` (None: it has no evsed),
+    and its extras (a Pi's [pi], [ocpp], ...). Its python runs with -P: from whatever folder the
+    updater (root) was started in, no module there may stand in."""
+    proc = subprocess.run([str(old / "bin" / "python"), "-P", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
+                          "cannot tell which version and extras the running release has")
+    site_packages = Path(proc.stdout.strip())
+    return installed_version(site_packages), carried_extras(site_packages)
+
+
+def installed_version(site_packages: Path) -> str | None:
+    """The version of the evsed installed in site_packages (None: none is)."""
+    for dist in importlib.metadata.distributions(path=[str(site_packages)]):
+        if _canonical(dist.metadata["Name"] or "") == "evsed":
+            return dist.version
+    return None
+
+
+def check_not_older(version: str, running: str | None, allow_downgrade: bool) -> None:
+    """Raise UpdateError when release `version` is older than the `running` one (PEP 440 order)
+    and a downgrade was not asked for: an old release, however well signed, may have the hole
+    the running one closed. An unknown running version counts as newer."""
+    from packaging.version import InvalidVersion, Version
+
+    if allow_downgrade:
+        return
+    how = "run `evsed update --allow-downgrade` by hand to install it anyway"
+    if running is None:
+        raise UpdateError(f"cannot tell which evsed version runs, so release {version} may be older: {how}")
+    try:
+        older = Version(version) < Version(running)
+    except InvalidVersion as exc:
+        raise UpdateError(f"cannot order release {version} after the running {running} ({exc}): {how}") from None
+    if older:
+        raise UpdateError(f"release {version} is older than the running {running}: refused; {how}")
 
 
 def carried_extras(site_packages: Path) -> list[str]:

@@ -4,7 +4,9 @@ downloaded, and where the privileged `evsed update --spool` leaves the outcome.
 The uplink writes `evsed-VERSION-....whl`, its `.sig` and then `request.json`; the updater writes
 `status.json`. Every file appears whole (a temporary name, fsync, rename, fsync of the directory).
 The directory belongs to the uplink's user, so the root side touches it only through a descriptor
-of the directory opened without following a link, and never follows a link inside it.
+of the directory opened without following a link, and never follows a link inside it. Every
+service may write the services' directory it sits in, so each side checks the spool's owner: a
+spool another service made first (to plant a request or fake an outcome) is refused by both.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Collection, Iterator
 
 REQUEST, STATUS = "request.json", "status.json"
 MAX_WHEEL_BYTES = 64 * 2**20  # an evsed wheel is well under 1 MiB; its dependencies come from pip
@@ -26,6 +29,7 @@ MAX_JSON_BYTES = 16 * 2**10
 RESULTS = ("Installed", "InstallationFailed")  # OCPP 1.6 FirmwareStatus names
 WHEEL_NAME = re.compile(r"^evsed-(?P<version>[0-9][A-Za-z0-9.+!_]*)-[^-/]+-[^-/]+-[^-/]+\.whl$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+UPLINK_USER = "evsed-ocpp"  # the OCPP uplink's own user (evsed.ops.install.service_user("ocpp"))
 
 
 class SpoolError(Exception):
@@ -105,13 +109,30 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+def updater_owners() -> set[int]:
+    """Who may own the spool the updater reads: the uplink's user, or the updater's own (root,
+    or the one user a simple install runs everything as)."""
+    owners = {0, os.geteuid()}
+    try:
+        owners.add(pwd.getpwnam(UPLINK_USER).pw_uid)
+    except KeyError:  # no system users: everything runs as one
+        pass
+    return owners
+
+
 class Spool:
     """One spool directory, held by a descriptor: every name below is a plain name in it, and
-    none is followed when it is a link. A context manager."""
+    none is followed when it is a link. A context manager.
 
-    def __init__(self, path: Path, create: bool = False):
+    create: the uplink's side: made 0700 when missing, and then it must be this user's own.
+    owners: the uids one of which must own it (updater_owners() on the updater's side); with
+    either, a spool that others may write is refused too. Neither: a directory named by hand.
+    """
+
+    def __init__(self, path: Path, create: bool = False, owners: Collection[int] = ()):
         self.path = path
         if create:
+            owners = (os.geteuid(),)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.mkdir(path, 0o700)  # the uplink's own; root reads it by its capabilities
@@ -121,6 +142,11 @@ class Spool:
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise SpoolError(f"{path}: {exc.strerror or exc} (expected a directory, not a link)") from None
+        if owners:
+            problem = _not_owned(os.fstat(self.fd), owners)
+            if problem:
+                os.close(self.fd)
+                raise SpoolError(f"{path}: {problem}")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -206,6 +232,16 @@ class Spool:
         except FileNotFoundError:
             return False
         return True
+
+
+def _not_owned(st: os.stat_result, owners: Collection[int]) -> str | None:
+    """Why a spool with this stat is not the uplink's (None: it is)."""
+    if st.st_uid not in owners:
+        return (f"owned by uid {st.st_uid}, not by the OCPP uplink ({UPLINK_USER}) or the updater: another "
+                "service may have made it first; remove it and let the uplink make it again")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by others than its owner (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it"
+    return None
 
 
 def _plain(name: str) -> str:

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Protocol
 from evsed.config import Config
 from evsed.ops import spool as spoolmod
 # callers (the uplink, tests) name these update.verify, update.UpdateError: they stay here too
-from evsed.ops.release import UpdateError, carried_extras, verify, wheel_version  # noqa: F401
+from evsed.ops.release import (UpdateError, carried_extras, check_not_older, running_release,  # noqa: F401
+                               verify, wheel_version)
 
 OPT = Path("/opt/evsed")
 SPOOL_WAIT_S = 7 * 86400.0  # a spooled request waits this long for a session to end
@@ -146,6 +147,7 @@ class Updater:
     # One request to the daemon, its reply (None when it does not run): the charger is made
     # unavailable between the last look at its sessions and the stop, so none starts meanwhile.
     command: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    allow_downgrade: bool = False  # install a release older than the running one (by hand only)
 
     @property
     def current(self) -> Path:
@@ -179,7 +181,7 @@ class Updater:
         """The release the OCPP uplink spooled in `path`, as update() installs one; its outcome
         goes to status.json, then the request and its files are removed. None: no request."""
         try:
-            folder = spoolmod.Spool(path)
+            folder = spoolmod.Spool(path, owners=spoolmod.updater_owners())
         except spoolmod.SpoolError as exc:
             raise UpdateError(str(exc)) from None
         with folder, self._locked(block=True):  # a hand-run update finishes first
@@ -244,7 +246,9 @@ class Updater:
         release = self.releases / version
         if release.resolve() == old:
             raise UpdateError(f"release {version} is the one running")
-        self._install(wheel, release, self._extras(old))
+        running, extras = running_release(old)  # the new one gets the same extras
+        check_not_older(version, running, self.allow_downgrade)
+        self._install(wheel, release, extras)
         self._wait_between_sessions(wait_s)
         self.service.stop()
         backup = self._backup(version)
@@ -286,15 +290,6 @@ class Updater:
                 return None
             self.sleep(min(self.poll_s, probation_s - elapsed))
 
-    def _extras(self, old: Path) -> list[str]:
-        """The extras the running release has installed (a Pi's [pi], [ocpp], ...): the new one gets them too."""
-        proc = subprocess.run([str(old / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise UpdateError(f"{old}/bin/python: exit {proc.returncode}: {proc.stderr.strip()[-500:]}: "
-                              "cannot tell which extras the running release has")
-        return carried_extras(Path(proc.stdout.strip()))
-
     def _install(self, wheel: Path, release: Path, extras: list[str]) -> None:
         if release.exists():
             shutil.rmtree(release)
@@ -309,8 +304,8 @@ class Updater:
             os.umask(umask)
 
     def _run_install(self, wheel: Path, release: Path, requirement: str) -> None:
-        for argv in ([self.python, "-m", "venv", "--without-pip", str(release)],
-                     [self.python, "-m", "pip", "--python", str(release / "bin" / "python"), "install",
+        for argv in ([self.python, "-P", "-m", "venv", "--without-pip", str(release)],
+                     [self.python, "-P", "-m", "pip", "--python", str(release / "bin" / "python"), "install",
                       "--no-input", "--quiet", requirement],
                      [str(release / "bin" / "evsed"), "--help"]):
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -367,7 +362,7 @@ class Updater:
         Otherwise the copy taken before the switch comes back and the migrated one is kept aside."""
         if backup is None or not self.db.exists():
             return
-        check = subprocess.run([str(old / "bin" / "python"), "-c", _OLD_WRITES, str(self.db)],
+        check = subprocess.run([str(old / "bin" / "python"), "-P", "-c", _OLD_WRITES, str(self.db)],
                                capture_output=True, text=True, timeout=60)
         if check.returncode == 0:
             self.say(f"the session database stays as {version} migrated it: {old.name} writes it "
@@ -398,6 +393,7 @@ class Updater:
 
 
 # Run by the old release's python: exit 0 when its store would open (and write) the database.
+# Every python here runs with -P: as root, from whatever folder, no module there may stand in.
 # A release from before schema_compat compares the schema versions only.
 _OLD_WRITES = """
 import pathlib, sqlite3, sys

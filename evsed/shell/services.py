@@ -39,8 +39,10 @@ class Services:
         delay = RESTART_MIN_S
         while not stopping.is_set():
             try:
+                # -P: the working directory is not on the import path (python -m puts it first),
+                # so a folder holding a checkout's evsed/ is not imported instead of the installed one
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "evsed", "service", name, "-c", str(self.config.path),
+                    sys.executable, "-P", "-m", "evsed", "service", name, "-c", str(self.config.path),
                     stdin=asyncio.subprocess.DEVNULL, env={**os.environ, PARENT_ENV: str(os.getpid())})
             except OSError as exc:
                 log.error("service.start_failed", service=name, error=str(exc))

@@ -315,10 +315,16 @@ class Store:
             yield MeterSample(r[0], r[1], r[2], tuple(x for x in r[3:6] if x is not None),
                               tuple(x for x in r[6:9] if x is not None))
 
-    def sessions(self, *, since: str | None = None, until: str | None = None,
-                 card: str | None = None) -> Iterator[dict]:
-        """Sessions oldest first, filtered by start time (ISO, UTC) and card uid or name."""
-        where, args = [], []
+    def sessions(self, *, since: str | None = None, until: str | None = None, card: str | None = None,
+                 newest_first: bool = False, after_id: int | None = None, limit: int | None = None) -> Iterator[dict]:
+        """Sessions oldest first (or newest first), filtered by start time (ISO, UTC) and card uid
+        or name; a page of them: at most `limit`, those after session `after_id` in that order."""
+        where: list[str] = []
+        args: list[object] = []
+        if after_id is not None:  # by the index on started_at (and id): a page costs its rows alone
+            where.append(f"(started_at, id) {'<' if newest_first else '>'} "
+                         "(SELECT started_at, id FROM sessions WHERE id = ?)")
+            args.append(after_id)
         if since:
             where.append("started_at >= ?")
             args.append(since)
@@ -331,7 +337,11 @@ class Store:
         sql = f"SELECT {', '.join(self._columns)} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        for row in self.db.execute(sql + " ORDER BY started_at, id", args):
+        sql += " ORDER BY started_at DESC, id DESC" if newest_first else " ORDER BY started_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for row in self.db.execute(sql, args):
             yield dict(zip(COLUMNS, row))
 
 

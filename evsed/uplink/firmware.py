@@ -10,6 +10,7 @@ This process installs nothing; it checks the signature too, only to answer a bad
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
 import urllib.parse
 import urllib.request
@@ -143,7 +144,7 @@ class Firmware:
             return False
         requested = self.state.meta("firmware_requested")
         try:
-            with spoolmod.Spool(self.spool_dir) as folder:
+            with spoolmod.Spool(self.spool_dir, owners=(os.geteuid(),)) as folder:  # an outcome only from ours
                 if not folder.exists(spoolmod.STATUS):
                     return False
                 data = folder.read(spoolmod.STATUS)

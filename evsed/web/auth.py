@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 COOKIE = "evsed_session"
 MAX_BACKOFF_S = 60.0
-GLOBAL_FAILURES_PER_MIN = 20  # beyond this, every address waits: a botnet gets no more guesses
+MAX_ADDRESSES = 1000  # remembered back-offs; beyond, the half that may try soonest are forgotten
 
 
 def _b64(data: bytes) -> str:
@@ -61,24 +61,20 @@ class Sessions:
 @dataclass
 class Backoff:
     """After the n-th wrong password from an address, it may try again after 2^(n-1) s (at most
-    a minute); past GLOBAL_FAILURES_PER_MIN failures a minute, so must everyone."""
+    a minute). Only that address waits: wrong passwords from many addresses must not lock the
+    right one out (the service caps how many checks run or wait at once instead)."""
 
     failures: dict[str, tuple[int, float]] = field(default_factory=dict)  # address -> (count, next allowed)
-    recent: list[float] = field(default_factory=list)
 
     def wait_s(self, address: str, now: float) -> float:
         """How long this address must still wait before its next try (0: go ahead)."""
-        self.recent = [t for t in self.recent if t > now - 60]
-        own = max(0.0, self.failures.get(address, (0, 0.0))[1] - now)
-        crowd = (self.recent[0] + 60 - now) if len(self.recent) >= GLOBAL_FAILURES_PER_MIN else 0.0
-        return max(own, crowd)
+        return max(0.0, self.failures.get(address, (0, 0.0))[1] - now)
 
     def failed(self, address: str, now: float) -> float:
         count = self.failures.get(address, (0, 0.0))[0] + 1
         delay = min(MAX_BACKOFF_S, 2.0 ** (count - 1))
         self.failures[address] = (count, now + delay)
-        self.recent.append(now)
-        if len(self.failures) > 1000:  # forget the oldest addresses, not the hot ones
+        if len(self.failures) > MAX_ADDRESSES:  # forget the oldest addresses, not the hot ones
             for old in sorted(self.failures, key=lambda a: self.failures[a][1])[:500]:
                 del self.failures[old]
         return delay

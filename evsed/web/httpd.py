@@ -1,5 +1,6 @@
 """HTTP/1.1 for the web page: asyncio streams framed by h11 (python-hyper's state machine), with
-bounded requests, keep-alive, streamed responses and a cap on open connections.
+bounded requests, keep-alive, streamed responses and caps on open connections (in all and per
+address) that slow or idle peers cannot fill: the oldest one still waiting for its request goes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ log = structlog.get_logger("evsed.web")
 MAX_HEAD_BYTES = 8 * 1024  # request line and headers together; beyond, 431
 MAX_BODY_BYTES = 16 * 1024  # beyond, 413
 MAX_QUERY_FIELDS = 32
-MAX_CONNECTIONS = 64  # beyond, 503 and close; the live streams have a lower cap of their own
+# Beyond either cap, the oldest connection still waiting for a request (new and slow, or kept
+# alive and idle) is closed for the new one; when none waits, the new one gets 503. The live
+# streams have a lower cap of their own (evsed.web.live).
+MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 16  # a browser keeps about 6 to a host, plus a page's live stream
 IDLE_TIMEOUT_S = 30.0  # a kept-alive connection that sends nothing for this long is closed
-REQUEST_TIMEOUT_S = 10.0  # from a request's first byte to its last (a slow sender gets 408)
+# From a request's first byte to its last, and for a new connection from its accept: a peer that
+# connects and sends nothing, or a byte now and then, is gone within this (408 once it sent some).
+REQUEST_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0  # a peer that takes nothing for this long is dropped
 READ_SIZE = 8 * 1024
 LINGER_S, LINGER_BYTES = 2.0, 64 * 1024  # after an error answer, what the peer still sends is dropped
@@ -130,13 +137,24 @@ class Router:
         raise HTTPError(404)
 
 
+@dataclass
+class _Open:
+    """An open connection: its peer's address, and since when it waits for a request (None:
+    one is being answered)."""
+
+    writer: asyncio.StreamWriter
+    address: str | None
+    waiting_since: float | None
+
+
 class Server:
     """Serves handle(request) on one address; every response also carries `headers`."""
 
     def __init__(self, handle: Handler, headers: dict[str, str]):
         self.handle, self.headers = handle, headers
         self._server: asyncio.Server | None = None
-        self._open: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._open: dict[asyncio.Task, _Open] = {}
+        self.evicted = 0  # connections closed for a newer one (counted for the logs and tests)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; the address actually bound (port 0 picks a free one)."""
@@ -147,8 +165,8 @@ class Server:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task, writer in list(self._open.items()):  # both: a cancel alone can be lost (wait_for in 3.11)
-            writer.transport.abort()
+        for task, conn in list(self._open.items()):  # both: a cancel alone can be lost (wait_for in 3.11)
+            conn.writer.transport.abort()
             task.cancel()
         await asyncio.gather(*self._open, return_exceptions=True)
         if self._server is not None:
@@ -158,15 +176,16 @@ class Server:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        conn = _Open(writer, peer[0] if peer else None, asyncio.get_running_loop().time())
         try:
-            if len(self._open) >= MAX_CONNECTIONS:
+            if not self._room_for(conn.address):
                 writer.write(BUSY)
                 await _linger(reader, writer)
                 return
-            self._open[task] = writer
-            peer = writer.get_extra_info("peername")
+            self._open[task] = conn
             await self._serve(h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES),
-                              reader, writer, peer[0] if peer else None)
+                              reader, writer, conn)
         except (OSError, h11.ProtocolError):  # OSError includes TimeoutError
             pass  # the peer went away, stalled, or broke the protocol mid-response: drop it
         except asyncio.CancelledError:
@@ -175,22 +194,45 @@ class Server:
             self._open.pop(task, None)
             writer.close()
 
+    def _room_for(self, address: str | None) -> bool:
+        """Whether a new connection from address may be served: under both caps, or after the
+        oldest connection still waiting for a request (from that address, at its cap) is closed."""
+        for one_address, cap in ((True, MAX_PER_ADDRESS), (False, MAX_CONNECTIONS)):
+            crowd = [c for c in self._open.values() if not one_address or c.address == address]
+            if len(crowd) < cap:
+                continue
+            waiting = [c for c in crowd if c.waiting_since is not None]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
+            oldest.writer.transport.abort()  # its task ends at its next read
+            self._open = {t: c for t, c in self._open.items() if c is not oldest}
+            self.evicted += 1
+            if self.evicted == 1 or self.evicted % 100 == 0:
+                log.warning("web.connection_evicted", address=oldest.address, open=len(self._open), evicted=self.evicted)
+        return True
+
     async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     remote: str | None) -> None:
+                     peer: _Open) -> None:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = loop.time() + REQUEST_TIMEOUT_S  # a new connection's first request
         while True:
             try:
-                request = await _read_request(conn, reader, writer, remote)
+                request = await _read_request(conn, reader, writer, peer.address, deadline)
             except HTTPError as exc:  # malformed, too large or too slow: answer if we still can
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    peer.waiting_since = None
                     await self._send(conn, writer, _error(exc), head_only=False)
                     await _linger(reader, writer)
                 return
             if request is None:
                 return
+            peer.waiting_since = None
             await self._send(conn, writer, await self._respond(request), head_only=request.method == "HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+            peer.waiting_since, deadline = loop.time(), None
 
     async def _respond(self, request: Request) -> Response:
         try:
@@ -230,11 +272,14 @@ class Server:
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        remote: str | None) -> Request | None:
-    """The next request, its body read in full; None when the peer closed or stayed idle."""
+                        remote: str | None, deadline: float | None) -> Request | None:
+    """The next request, its body read in full, by `deadline` (loop time) if given; None when the
+    peer closed or stayed idle."""
     loop = asyncio.get_running_loop()
-    # the request's clock starts at its first byte (or now, with part of it already buffered)
-    deadline = loop.time() + REQUEST_TIMEOUT_S if conn.trailing_data[0] else None
+    # else the request's clock starts at its first byte (or now, with part of it already buffered)
+    started = bool(conn.trailing_data[0])
+    if deadline is None and started:
+        deadline = loop.time() + REQUEST_TIMEOUT_S
     head: h11.Request | None = None
     body = bytearray()
     while True:
@@ -249,9 +294,10 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
                 async with asyncio.timeout(IDLE_TIMEOUT_S if deadline is None else deadline - loop.time()):
                     data = await reader.read(READ_SIZE)
             except TimeoutError:
-                if deadline is None:
-                    return None
+                if not started:
+                    return None  # nothing sent: closed without an answer
                 raise HTTPError(408) from None
+            started = True
             deadline = deadline or loop.time() + REQUEST_TIMEOUT_S
             conn.receive_data(data)  # b"" is the peer's end
         elif isinstance(event, h11.Request):  # h11 bounds only a head still incomplete; this, any head

@@ -1,13 +1,13 @@
 """Session records for the page: read-only from the daemon's SQLite store, summed in local time.
 
-Reading goes through `read_sessions` and `each_session` only, so the store's own reports (with cost and revenue)
-can replace the sums here without touching the handlers.
+Reading goes through `each_session` only, so the store's own reports (with cost and revenue) can
+replace the sums here without touching the handlers. Nothing here holds more than a page or a
+month of sessions: the history may be any length.
 """
 
 from __future__ import annotations
 
 import calendar
-import collections
 import csv
 import datetime as dt
 import io
@@ -22,16 +22,11 @@ from evsed.web.view import mask
 MONEY_KEYS = ("cost", "revenue", "price")  # summed when the store's rows carry them
 
 
-def read_sessions(db_path: Path, *, since: str | None = None, until: str | None = None,
-                  card: str | None = None, limit: int | None = None) -> list[dict]:
-    """Sessions oldest first (start times ISO UTC); [] while the daemon has written none. With a
-    limit, the newest `limit` ones (never more rows than that in memory at once)."""
-    return list(collections.deque(each_session(db_path, since=since, until=until, card=card), maxlen=limit))
-
-
-def each_session(db_path: Path, *, since: str | None = None, until: str | None = None,
-                 card: str | None = None) -> Iterator[dict]:
-    """read_sessions one row at a time, for sums and exports over every session."""
+def each_session(db_path: Path, *, since: str | None = None, until: str | None = None, card: str | None = None,
+                 newest_first: bool = False, after_id: int | None = None, limit: int | None = None) -> Iterator[dict]:
+    """Sessions oldest first (start times ISO UTC; newest first if asked), one row at a time, for
+    sums over a window and for pages (Store.sessions); none while the daemon has written none.
+    The read transaction lasts as long as the iteration: keep it to one page or one month."""
     if not db_path.exists():
         return
     try:
@@ -39,7 +34,8 @@ def each_session(db_path: Path, *, since: str | None = None, until: str | None =
     except sqlite3.Error:
         return
     try:
-        yield from store.sessions(since=since, until=until, card=card or None)
+        yield from store.sessions(since=since, until=until, card=card or None, newest_first=newest_first,
+                                  after_id=after_id, limit=limit)
     except sqlite3.OperationalError:  # no table yet
         return
     finally:
@@ -91,12 +87,13 @@ def _hours(row: dict) -> float:
     return max(0.0, (stop - start).total_seconds() / 3600)
 
 
-def report(rows: Iterable[dict], tz: dt.tzinfo) -> dict:
-    """Totals and per-card lines: sessions, kWh, hours (and money when the rows carry it)."""
+def report(rows: Iterable[dict], tz: dt.tzinfo, *, show_tags: bool = True) -> dict:
+    """Totals and per-card lines: sessions, kWh, hours (and money when the rows carry it); a card
+    without a name by its UID, masked unless show_tags."""
     total = _zero()
     by_card: dict[str, dict] = {}
     for row in rows:
-        key = row.get("card_name") or row.get("id_tag") or "?"
+        key = row.get("card_name") or (row.get("id_tag") if show_tags else mask(row.get("id_tag"))) or "?"
         for acc in (total, by_card.setdefault(key, _zero())):
             acc["sessions"] += 1
             acc["energy_wh"] += int(row.get("energy_wh") or 0)
@@ -146,13 +143,14 @@ def totals(rows: Iterable[dict], now: dt.datetime, tz: dt.tzinfo) -> dict:
     return out
 
 
-def csv_text(rows: Iterable[dict], *, show_tags: bool) -> str:
-    """The sessions as CSV, header first, written into one growing buffer (2,000 rows as 2,000
-    small strings left 0.9 MB of fragments behind)."""
+def csv_text(rows: Iterable[dict], *, show_tags: bool, header: bool = True) -> str:
+    """The sessions as CSV (header first if asked), written into one growing buffer (2,000 rows
+    as 2,000 small strings left 0.9 MB of fragments behind)."""
     columns = list(COLUMNS)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(columns)
+    if header:
+        writer.writerow(columns)
     for row in rows:
         if not show_tags:
             row = dict(row, id_tag=mask(row.get("id_tag")))
@@ -160,21 +158,30 @@ def csv_text(rows: Iterable[dict], *, show_tags: bool) -> str:
     return buf.getvalue()
 
 
-def newest_json(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, limit: int, since: str | None = None,
-                until: str | None = None, card: str | None = None) -> str:
-    """The newest `limit` sessions, newest first, as a JSON array, each with its local start and
-    stop times and its UID masked unless show_tags. Rows become text as they are read: the
-    page's 500 never stand in memory as dicts (measured: 1 MB kept after, from fragmentation)."""
-    texts: collections.deque[str] = collections.deque(maxlen=limit)
-    for row in each_session(db_path, since=since, until=until, card=card):
+def newest_json(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, limit: int, before: int | None = None,
+                since: str | None = None, until: str | None = None, card: str | None = None) -> tuple[str, int | None]:
+    """A page of sessions, newest first: the `limit` before session `before` (the newest without),
+    as a JSON array, each with its local start and stop times and its UID masked unless
+    show_tags; and the id of the page's last one when older ones follow (None: none do).
+    Rows become text as they are read: a page never stands in memory as dicts."""
+    texts: list[str] = []
+    last: int | None = None
+    for row in each_session(db_path, since=since, until=until, card=card, newest_first=True, after_id=before,
+                            limit=limit + 1):
+        if len(texts) == limit:  # one more than the page: older ones follow
+            return "[" + ", ".join(texts) + "]", last
+        last = row.get("id")
         texts.append(json.dumps(dict(row, id_tag=row.get("id_tag") if show_tags else mask(row.get("id_tag")),
                                      started_local=local_text(row.get("started_at"), tz),
                                      stopped_local=local_text(row.get("stopped_at"), tz))))
-    return "[" + ", ".join(reversed(texts)) + "]"
+    return "[" + ", ".join(texts) + "]", None
 
 
-def csv_bytes(db_path: Path, *, show_tags: bool, since: str | None = None, until: str | None = None,
-              card: str | None = None) -> bytes:
-    """The stored sessions as one CSV, read a row at a time (the rows are never all in memory)."""
-    rows = each_session(db_path, since=since, until=until, card=card)
-    return csv_text(rows, show_tags=show_tags).encode()
+def csv_page(db_path: Path, *, show_tags: bool, after_id: int | None, limit: int, since: str | None = None,
+             until: str | None = None, card: str | None = None) -> tuple[bytes, int | None]:
+    """One part of the CSV export, oldest first: the header and the first `limit` sessions when
+    after_id is None, else the `limit` after session after_id; and the id to go on after (None:
+    the end). Each part is its own short read: a slow download holds no transaction open."""
+    rows = list(each_session(db_path, since=since, until=until, card=card, after_id=after_id, limit=limit))
+    text = csv_text(rows, show_tags=show_tags, header=after_id is None).encode()
+    return text, (rows[-1]["id"] if len(rows) == limit else None)

@@ -34,7 +34,13 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
 }
 FAILED_LOGIN_DELAY_S = 1.0  # every wrong password answers this much later, on top of the back-off
+# Password checks running (one at a time: scrypt takes 16 MiB) or waiting; beyond, 503 at once.
+# Many addresses guessing make the right password wait its turn or try again, never lock it out.
+MAX_PASSWORD_CHECKS = 8
 MAX_ROWS = 500
+# CSV exports being sent at once: a long one is a connection being answered, which no new
+# connection may close, so slow readers must not hold them all (beyond: 503).
+MAX_EXPORTS = 4
 READS_RECORDS = ("/api/sessions", "/sessions.csv", "/api/report", "/usage/")
 
 
@@ -50,6 +56,8 @@ class WebService:
         self.sessions = auth.Sessions(web_settings.load_secret(settings), settings.session_hours * 3600)
         self.backoff = auth.Backoff()
         self._verify_lock = asyncio.Lock()  # one slow hash at a time: memory and CPU stay bounded
+        self._checking: set[str] = set()  # the addresses whose password is being checked: one each
+        self._exports = 0  # CSV exports being sent
         self._server: Server | None = None
         self.url = ""
         self.router = Router()
@@ -144,9 +152,11 @@ class WebService:
                 return
             yield _event(kind, self._page(logged_in) if kind == "view" else data)
 
-    def _filters(self, request: Request) -> dict:
+    def _filters(self, request: Request, logged_in: bool) -> dict:
         q = request.query
         out: dict[str, Any] = {"card": q.get("card", "").strip()[:64] or None}
+        if out["card"] and not logged_in:  # else anyone could ask which UIDs charged here, and when
+            raise HTTPError(401, "log in to filter by card")
         try:
             if q.get("since"):
                 out["since"] = records.iso_utc(records.local_day_start(
@@ -159,16 +169,39 @@ class WebService:
         return out
 
     async def sessions_json(self, request: Request) -> Response:
+        """A page of sessions, newest first: `limit` (at most MAX_ROWS, the default) before session
+        `before` (none: the newest); `next` names the page's last session when older ones follow."""
         show = self._nonce(request) is not None
-        rows = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
-                                       limit=MAX_ROWS, **self._filters(request))
-        return Response(f'{{"sessions": {rows}, "limit": {MAX_ROWS}}}', content_type="application/json; charset=utf-8")
+        limit = _int_param(request, "limit", 1, MAX_ROWS) or MAX_ROWS
+        before = _int_param(request, "before", 1, 2**62)
+        rows, last = await asyncio.to_thread(records.newest_json, self.live.db_path, self.tz, show_tags=show,
+                                             limit=limit, before=before, **self._filters(request, show))
+        return Response(f'{{"sessions": {rows}, "limit": {limit}, "next": {json.dumps(last)}}}',
+                        content_type="application/json; charset=utf-8")
 
     async def sessions_csv(self, request: Request) -> Response:
+        """Every session the filters name, streamed a page at a time: memory does not grow with them."""
         show = self._nonce(request) is not None
-        csv = await asyncio.to_thread(records.csv_bytes, self.live.db_path, show_tags=show, **self._filters(request))
-        return Response(csv, content_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'})
+        filters = self._filters(request, show)
+        if self._exports >= MAX_EXPORTS:
+            raise HTTPError(503, "too many CSV exports at once; try again", headers={"Retry-After": "5"})
+
+        async def parts() -> AsyncIterator[bytes]:
+            after: int | None = None
+            while True:
+                part, after = await asyncio.to_thread(records.csv_page, self.live.db_path, show_tags=show,
+                                                      after_id=after, limit=MAX_ROWS, **filters)
+                yield part
+                if after is None:
+                    memory.trim()  # the pages' rows are garbage now
+                    return
+        self._exports += 1
+        return Response(parts(), content_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="evsed-sessions.csv"'},
+                        on_close=self._export_done)
+
+    def _export_done(self) -> None:
+        self._exports -= 1
 
     def _month(self, request: Request) -> tuple[str, str, str]:
         month = request.query.get("month") or dt.datetime.fromtimestamp(self.clock(), self.tz).strftime("%Y-%m")
@@ -178,16 +211,23 @@ class WebService:
             raise HTTPError(400, "month: expected YYYY-MM") from None
         return month, records.iso_utc(start), records.iso_utc(end)
 
+    def _usage(self, month: str, since: str, until: str) -> dict:
+        """The month's usage, summed a row at a time (in a thread)."""
+        return records.usage(records.each_session(self.live.db_path, since=since, until=until), month, self.tz)
+
+    def _report(self, since: str, until: str, show_tags: bool) -> dict:
+        rows = records.each_session(self.live.db_path, since=since, until=until)
+        return records.report(rows, self.tz, show_tags=show_tags)
+
     async def report(self, request: Request) -> Response:
         month, since, until = self._month(request)
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, since=since, until=until)
-        return json_response({"month": month, "report": records.report(rows, self.tz),
-                              "usage": records.usage(rows, month, self.tz)})
+        report = await asyncio.to_thread(self._report, since, until, self._nonce(request) is not None)
+        usage = await asyncio.to_thread(self._usage, month, since, until)
+        return json_response({"month": month, "report": report, "usage": usage})
 
     async def usage_svg(self, request: Request) -> Response:
         month, since, until = self._month(request)
-        rows = await asyncio.to_thread(records.read_sessions, self.live.db_path, since=since, until=until)
-        usage = records.usage(rows, month, self.tz)
+        usage = await asyncio.to_thread(self._usage, month, since, until)
         chart = request.match["chart"]
         if chart == "day":
             svg = charts.energy_by_day(usage["energy_wh_by_day"], month)
@@ -210,13 +250,23 @@ class WebService:
             password = None
         if not isinstance(password, str) or len(password) > 1024:
             return json_response({"ok": False, "error": "expected {\"password\": \"...\"}"}, status=400)
-        async with self._verify_lock:
-            good = await asyncio.to_thread(web_settings.verify_password, password, self.settings.password_hash)
-        if not good:
-            delay = self.backoff.failed(address, self.monotonic())
-            log.warning("web.login_failed", address=address, next_try_in_s=delay)
-            await asyncio.sleep(FAILED_LOGIN_DELAY_S)
-            return json_response({"ok": False, "error": "wrong password"}, status=403)
+        if address in self._checking:  # guesses sent side by side would all pass before the back-off
+            return json_response({"ok": False, "error": "a password from this address is being checked"},
+                                 status=429, headers={"Retry-After": "1"})
+        if len(self._checking) >= MAX_PASSWORD_CHECKS:
+            return json_response({"ok": False, "error": "busy checking other passwords; try again"},
+                                 status=503, headers={"Retry-After": "1"})
+        self._checking.add(address)
+        try:
+            async with self._verify_lock:
+                good = await asyncio.to_thread(web_settings.verify_password, password, self.settings.password_hash)
+            if not good:
+                delay = self.backoff.failed(address, self.monotonic())
+                log.warning("web.login_failed", address=address, next_try_in_s=delay)
+                await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+                return json_response({"ok": False, "error": "wrong password"}, status=403)
+        finally:
+            self._checking.discard(address)
         self.backoff.succeeded(address)
         cookie = self.sessions.issue(self.clock())
         nonce = self.sessions.nonce(cookie, self.clock())
@@ -252,6 +302,16 @@ class WebService:
             return json_response({"ok": False, "error": f"the charger did not answer: {exc}"}, status=502)
         self.live.changed()
         return json_response(reply)
+
+
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high] (None: not given); 400 naming it otherwise."""
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise HTTPError(400, f"{name}: expected a whole number from {low} to {high}")
+    return int(text)
 
 
 def _event(kind: str, data: Any) -> bytes:

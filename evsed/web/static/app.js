@@ -169,7 +169,12 @@
     const q = new URLSearchParams(new FormData($("#filter")));
     for (const [k, v] of [...q]) if (!v) q.delete(k);
     $("#csv").href = "/sessions.csv" + (q.toString() ? "?" + q : "");
-    const data = await (await fetch("/api/sessions?" + q)).json();
+    const r = await fetch("/api/sessions?" + q);
+    if (!r.ok) {  // a card filter needs a login
+      table($("#sessions"), [[(await r.text()) || r.statusText]], []);
+      return;
+    }
+    const data = await r.json();
     table($("#sessions"), [["Start"], ["Stop"], ["Conn", true], ["Card"], ["kWh", true], ["Peak kW", true], ["Reason"]],
       data.sessions.map((s) => [s.started_local, s.stopped_local || "running", s.connector_id,
         s.card_name || s.id_tag, (s.energy_wh / 1000).toFixed(2), (s.peak_power_w / 1000).toFixed(1),
