@@ -236,8 +236,8 @@ def test_sessions_filter_csv_and_report_come_from_the_store(tmp_path):
         async with client.get("/sessions.csv") as r:
             assert "04A1B2C3" in await r.text()
         async with client.get("/api/report") as r:
-            report = (await r.json())["report"]
-        assert report["total"]["sessions"] == 2 and report["total"]["energy_wh"] == 15000
+            report = await r.json()
+        assert report["total"][0]["sessions"] == 2 and report["total"][0]["energy_kwh"] == "15.000"
         async with client.get("/usage/day.svg") as r:
             assert r.content_type == "image/svg+xml" and "<rect" in await r.text()
     run(tmp_path, body)
