@@ -336,8 +336,8 @@ PLACEHOLDER = re.compile(r"\{\{([a-z0-9_.+]+)\}\}")
 
 def render_page(template: str, msgs: i18n.Messages) -> str:
     """index.html with {{key}} filled from the messages (HTML-escaped), {{lang}}, and {{messages}}: the
-    script's own messages (js.* and the modes) as JSON inside a data block."""
-    script = {k: v for k, v in msgs.table.items() if k.startswith(("js.", "page.mode."))}
+    script's messages (js.* and page.*) as JSON inside a data block."""
+    script = {k: v for k, v in msgs.table.items() if k.startswith(("js.", "page."))}
     data = json.dumps(script, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
 
     def fill(m: re.Match[str]) -> str:

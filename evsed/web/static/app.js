@@ -228,7 +228,7 @@
     $("#usage-day").src = "/usage/day.svg?month=" + month + "&t=" + stamp;
     $("#usage-hour").src = "/usage/hour.svg?month=" + month + "&t=" + stamp;
     const data = await (await fetch("/api/report?month=" + month)).json();
-    const line = (name, r) => [name, r.sessions, r.energy_kwh, r.hours, r.revenue, r.cost, r.margin];
+    const line = (name, r) => [name, r.sessions, Number(r.energy_kwh).toFixed(1), r.hours, r.revenue, r.cost, r.margin];
     table($("#report"), [[t("js.col.card")], [t("js.col.sessions"), true], [t("js.col.kwh"), true],
       [t("js.col.hours"), true, "opt"], [t("js.col.paid"), true], [t("js.col.cost"), true, "opt"], [t("js.col.margin"), true]],
       [...data.by_card.map((r) => line(r.name || r.key, r)), ...data.total.map((r) => line(t("js.total"), r))]);
