@@ -107,7 +107,7 @@ def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.t
         margin = None if cost is None or rev is None else rev - cost
         yield (i, conn, tag, name, group, local(start), local(stop), dur, chg, idle, m0, m1, wh,
                f"{wh // 1000}.{wh % 1000:03d}", round(peak), reason or "", tariff, cur,
-               _money(cost, dec), _money(rev, dec), _money(margin, dec))
+               money_text(cost, dec), money_text(rev, dec), money_text(margin, dec))
 
 
 def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
@@ -147,7 +147,8 @@ class _LocalTime:
         return (dt.datetime.fromisoformat(iso[:19]) + found[0]).isoformat(timespec="seconds") + found[1]
 
 
-def _money(minor: int | None, decimals: int) -> str:
+def money_text(minor: int | None, decimals: int) -> str:
+    """Integer minor units as major units ("" for none), as reports and the export print money."""
     return "" if minor is None else format_money(minor, decimals)
 
 

@@ -15,7 +15,6 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from evsed.core.tariff import format_money
 from evsed.store import reports as store_reports
 from evsed.store.sessions import Store
 from evsed.web.view import mask
@@ -158,7 +157,7 @@ def money(row: dict) -> dict[str, str]:
     currency = f" {row['currency']}" if row.get("currency") else ""
 
     def show(minor: int | None) -> str:
-        return "" if minor is None else format_money(minor, decimals) + currency
+        return "" if minor is None else store_reports.money_text(minor, decimals) + currency
     return {"cost": show(cost), "paid": show(paid),
             "margin": show(None if cost is None or paid is None else paid - cost)}
 

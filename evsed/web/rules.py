@@ -4,10 +4,10 @@ from the config the web service loaded (again after the owner saved a learned ca
 
 from __future__ import annotations
 
+import calendar
 from typing import Any
 
 from evsed.config import Config
-from evsed.core.tariff import DAYS
 
 
 def _hhmm(minutes: int) -> str:
@@ -22,7 +22,7 @@ def rules_view(config: Config) -> dict[str, Any]:
                    "expires": c.expires.isoformat() if c.expires else None} for c in config.cards],
         "groups": [{"name": g.name, "max_current_a": g.max_current_a, "mode": g.mode, "stop_by": g.stop_by}
                    for g in policy.groups.values()],
-        "windows": [{"name": w.name, "days": [DAYS[d] for d in sorted(w.days)], "start": _hhmm(w.start_min),
+        "windows": [{"name": w.name, "days": [calendar.day_abbr[d].lower() for d in sorted(w.days)], "start": _hhmm(w.start_min),
                      "end": _hhmm(w.end_min), "action": w.action.value, "max_current_a": w.max_current_a,
                      "groups": sorted(w.groups)} for w in policy.schedule.windows],
     }
