@@ -46,7 +46,7 @@ def report(store: Store, since: str, until: str, by: str | None, tz: dt.tzinfo) 
         margin = None if cost is None or rev is None else rev - cost
         out.append({"key": k, "name": name, "currency": cur, "sessions": n, "energy_kwh": _kwh(wh or 0),
                      "hours": _hours(dur), "charging_hours": _hours(chg),
-                     **{f: "" if v is None else format_money(v, dec)
+                     **{f: money_text(v, dec)
                         for f, v in (("cost", cost), ("revenue", rev), ("margin", margin))}})
     return out
 
