@@ -62,7 +62,7 @@ campaign: $(STAMP)
 	$(VENV)/bin/python bench/campaign.py --kills 1000
 
 web-screenshot: $(STAMP) $(CHROMIUM)
-	EVSED_WEB_SCREENSHOT=docs/web.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k screenshot
+	EVSED_WEB_SCREENSHOT=docs/web.png EVSED_WEB_SCREENSHOT_PHONE=docs/web-phone.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k "screenshot or phone"
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

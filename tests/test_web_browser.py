@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from evsed import config
+from evsed.core.tariff import DriverPrice, Tariff
 from evsed.services.link import Link
 from evsed.store.sessions import LiveSession, Store
 from evsed.web.demo import DemoLink, demo_config
@@ -71,10 +73,13 @@ class Server:
 def _past_sessions(db: Path) -> None:
     store = Store(db)
     now = dt.datetime.now(dt.timezone.utc)
+    pricing = Tariff(name="home", energy_per_kwh=Decimal("0.24"),
+                     prices={"family": DriverPrice("family", per_kwh=Decimal("0.35"))}).pricing("family", "Europe/Amsterdam")
     for k, (name, tag, wh) in enumerate([("Alice", "04A1B2C3", 18400), ("Bob", "04D4E5F6", 9100),
                                          ("Alice", "04A1B2C3", 22700)]):
         start = now - dt.timedelta(days=k, hours=3)
-        s = LiveSession(1, tag, name, "family", "local", start.isoformat(timespec="seconds"), 1000, 1000)
+        s = LiveSession(1, tag, name, "family", "local", start.isoformat(timespec="seconds"), 1000, 1000,
+                        pricing=pricing.to_json())
         store.start(s)
         store.stop(s.row_id, 1000 + wh, 7300.0, "ev_disconnected",
                    (start + dt.timedelta(hours=2)).isoformat(timespec="seconds"))
@@ -256,3 +261,50 @@ def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
                 await run
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def phone(tmp_path):
+    """A 390 px wide phone (an iPhone 12-15's CSS width), German-speaking."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "phone-profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+            locale="de-DE")
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_and_kwh(server, phone, tmp_path):
+    from playwright.sync_api import expect
+
+    _charge(server, minutes=20)
+    phone.goto(server.url)
+    expect(phone.locator("[data-connector='1'] .headline")).to_contain_text("Lädt mit")  # German, from the locale
+    phone.get_by_role("button", name="Anmelden").click()
+    phone.get_by_label("Passwort").fill(PASSWORD)
+    phone.get_by_role("button", name="Anmelden").last.click()
+    expect(phone.get_by_role("button", name="Abmelden")).to_be_visible()
+    expect(phone.locator("[data-connector='1'] .reserve")).to_be_visible()  # the row that made it scroll sideways
+    expect(phone.locator("#rules")).to_be_visible()
+    expect(phone.locator("#sessions tr")).to_have_count(4)
+    phone.wait_for_function("document.querySelector('#usage-day').complete")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    for cell in ("#sessions tr:nth-child(2) td:nth-child(2)", "#sessions tr:nth-child(2) td:nth-child(3)"):
+        box = phone.locator(cell).bounding_box()  # the card and its kWh, without scrolling the table
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    # the charts' labels as drawn: the SVG's type size times its scale on this screen
+    from evsed.web import charts
+    shown = phone.evaluate("document.querySelector('#usage-day').clientWidth")
+    assert shown / charts.WIDTH * charts.FONT_PX >= 10
+    for field in phone.locator("input:visible, select:visible").all():  # every input has a label
+        assert field.evaluate("e => e.labels.length > 0 || !!e.getAttribute('aria-label')")
+    shot = tmp_path / "web-phone.png"
+    phone.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("EVSED_WEB_SCREENSHOT_PHONE"):  # `make web-screenshot` refreshes docs/web-phone.png
+        shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT_PHONE"])

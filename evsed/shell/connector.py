@@ -288,6 +288,7 @@ class ConnectorControl:
             "allowed_a": state.allowed_current_a(self.cfg, st),
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
+            "operative": st.operative,  # False while Unavailable, or pending until the session ends
             "measured": None if reading is None else {
                 "current_a": list(reading.current_a), "power_w": reading.power_total_w,
                 "energy_wh": reading.energy_import_wh, "stale": state.meter_missing(self.cfg, st, now)},

@@ -46,7 +46,7 @@ def report(store: Store, since: str, until: str, by: str | None, tz: dt.tzinfo) 
         margin = None if cost is None or rev is None else rev - cost
         out.append({"key": k, "name": name, "currency": cur, "sessions": n, "energy_kwh": _kwh(wh or 0),
                      "hours": _hours(dur), "charging_hours": _hours(chg),
-                     **{f: "" if v is None else format_money(v, dec)
+                     **{f: money_text(v, dec)
                         for f, v in (("cost", cost), ("revenue", rev), ("margin", margin))}})
     return out
 
@@ -82,20 +82,32 @@ SESSION_EXPORT = ("id", "connector", "card_uid", "card_name", "group", "start", 
 SAMPLE_EXPORT = ("session_id", "time", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
 
 
-def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
+def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.tzinfo, *, card: str | None = None,
+                    after_id: int | None = None, limit: int | None = None) -> Iterator[tuple]:
     """Finished and running sessions started in [since, until), oldest first, one at a time, as
-    tuples in SESSION_EXPORT order."""
+    tuples in SESSION_EXPORT order; of one card (its UID or name) if asked; a page of them: at
+    most `limit`, those after session `after_id` (the order of Store.sessions)."""
     sql = ("SELECT id, connector_id, id_tag, card_name, card_group, started_at, stopped_at, duration_s, charging_s,"
            " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason, tariff_name, currency,"
-           " cost_minor, revenue_minor, money_decimals"
-           " FROM sessions WHERE started_at >= ? AND started_at < ? ORDER BY started_at, id")
+           " cost_minor, revenue_minor, money_decimals FROM sessions WHERE started_at >= ? AND started_at < ?")
+    args: list[object] = [since or "", until or "9999"]
+    if card:
+        sql += " AND (id_tag = ? OR card_name = ?)"
+        args += [card, card]
+    if after_id is not None:
+        sql += " AND (started_at, id) > (SELECT started_at, id FROM sessions WHERE id = ?)"
+        args.append(after_id)
+    sql += " ORDER BY started_at, id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
     local = _LocalTime(tz)
     for (i, conn, tag, name, group, start, stop, dur, chg, idle, m0, m1, wh, peak, reason, tariff, cur,
-         cost, rev, dec) in store.db.execute(sql, (since or "", until or "9999")):
+         cost, rev, dec) in store.db.execute(sql, args):
         margin = None if cost is None or rev is None else rev - cost
         yield (i, conn, tag, name, group, local(start), local(stop), dur, chg, idle, m0, m1, wh,
                f"{wh // 1000}.{wh % 1000:03d}", round(peak), reason or "", tariff, cur,
-               _money(cost, dec), _money(rev, dec), _money(margin, dec))
+               money_text(cost, dec), money_text(rev, dec), money_text(margin, dec))
 
 
 def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:
@@ -135,17 +147,19 @@ class _LocalTime:
         return (dt.datetime.fromisoformat(iso[:19]) + found[0]).isoformat(timespec="seconds") + found[1]
 
 
-def _money(minor: int | None, decimals: int) -> str:
+def money_text(minor: int | None, decimals: int) -> str:
+    """Integer minor units as major units ("" for none), as reports and the export print money."""
     return "" if minor is None else format_money(minor, decimals)
 
 
-def write(rows: Iterable[tuple], fields: tuple[str, ...], fmt: str, out: IO[str]) -> int:
-    """Stream rows as CSV (a header, RFC 4180 CRLF lines, empty cells for none) or as a JSON array
-    with one object per line; returns the number of rows."""
+def write(rows: Iterable[tuple], fields: tuple[str, ...], fmt: str, out: IO[str], *, header: bool = True) -> int:
+    """Stream rows as CSV (a header unless header is False, RFC 4180 CRLF lines, empty cells for
+    none) or as a JSON array with one object per line; returns the number of rows."""
     n = 0
     if fmt == "csv":
         w = csv.writer(out)
-        w.writerow(fields)
+        if header:
+            w.writerow(fields)
         for n, row in enumerate(rows, 1):
             w.writerow(row)  # None is written as an empty cell
         return n

@@ -61,6 +61,17 @@ def to_request(body: object, hello: dict, now: dt.datetime) -> dict:
         if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
             raise CommandError("reservation_id: expected a number")
         return {"cmd": "cancel-reservation", "reservation_id": rid}
+    if action == "limit":  # the page's own limit source: the owner's slider
+        current = body.get("current_a")
+        if current is not None and (isinstance(current, bool) or not isinstance(current, (int, float))
+                                    or not 0 <= current <= 80):
+            raise CommandError("current_a: expected a number of amperes from 0 to 80, or null to lift the limit")
+        return {"cmd": "limit", "source": "web", "connector": _connector(body, hello, any_ok=True),
+                "current_a": current}
+    if action == "learn":
+        return {"cmd": "learn", "timeout_s": 60}
+    if action == "learned":
+        return {"cmd": "learned"}
     if action == "clear-faults":
         return {"cmd": "clear-faults", "connector": _connector(body, hello, any_ok=False)}
     raise CommandError(f"unknown action {action!r}")

@@ -8,7 +8,6 @@ month of sessions: the history may be any length.
 from __future__ import annotations
 
 import calendar
-import csv
 import datetime as dt
 import io
 import json
@@ -16,10 +15,13 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from evsed.store.sessions import COLUMNS, Store
+from evsed.store import reports as store_reports
+from evsed.store.sessions import Store
 from evsed.web.view import mask
 
-MONEY_KEYS = ("cost", "revenue", "price")  # summed when the store's rows carry them
+# What the page's sessions table gets of a row: never the signed data (OCMF holds the card UID)
+ROW_FIELDS = ("id", "connector_id", "card_name", "card_group", "started_at", "stopped_at", "energy_wh",
+              "peak_power_w", "stop_reason", "currency")
 
 
 def each_session(db_path: Path, *, since: str | None = None, until: str | None = None, card: str | None = None,
@@ -75,37 +77,22 @@ def local_text(iso: str | None, tz: dt.tzinfo) -> str:
     return when.astimezone(tz).strftime("%Y-%m-%d %H:%M") if when else ""
 
 
-def _hours(row: dict) -> float:
-    start = _start(row)
+def report(db_path: Path, since: str, until: str, tz: dt.tzinfo, *, show_tags: bool) -> dict:
+    """The month's report as `evsed report` computes it (the store's sums, money in major units):
+    one line per card and the total per currency; card UIDs masked unless show_tags."""
+    if not db_path.exists():
+        return {"by_card": [], "total": []}
+    store = Store.open_readonly(db_path)
     try:
-        stop = dt.datetime.fromisoformat(str(row.get("stopped_at")).replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    if start is None:
-        return 0.0
-    stop = stop if stop.tzinfo else stop.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (stop - start).total_seconds() / 3600)
-
-
-def report(rows: Iterable[dict], tz: dt.tzinfo, *, show_tags: bool = True) -> dict:
-    """Totals and per-card lines: sessions, kWh, hours (and money when the rows carry it); a card
-    without a name by its UID, masked unless show_tags."""
-    total = _zero()
-    by_card: dict[str, dict] = {}
-    for row in rows:
-        key = row.get("card_name") or (row.get("id_tag") if show_tags else mask(row.get("id_tag"))) or "?"
-        for acc in (total, by_card.setdefault(key, _zero())):
-            acc["sessions"] += 1
-            acc["energy_wh"] += int(row.get("energy_wh") or 0)
-            acc["hours"] += _hours(row)
-            for money in MONEY_KEYS:
-                if isinstance(row.get(money), (int, float)):
-                    acc[money] = acc.get(money, 0.0) + row[money]
-    return {"total": total, "by_card": [dict(card=k, **v) for k, v in sorted(by_card.items())]}
-
-
-def _zero() -> dict:
-    return {"sessions": 0, "energy_wh": 0, "hours": 0.0}
+        by_card = store_reports.report(store, since, until, "card", tz)
+        total = store_reports.report(store, since, until, None, tz)
+    except sqlite3.OperationalError:  # no table yet
+        return {"by_card": [], "total": []}
+    finally:
+        store.close()
+    if not show_tags:
+        by_card = [dict(r, key=mask(r["key"])) for r in by_card]
+    return {"by_card": by_card, "total": total}
 
 
 def usage(rows: Iterable[dict], month: str, tz: dt.tzinfo) -> dict:
@@ -143,27 +130,12 @@ def totals(rows: Iterable[dict], now: dt.datetime, tz: dt.tzinfo) -> dict:
     return out
 
 
-def csv_text(rows: Iterable[dict], *, show_tags: bool, header: bool = True) -> str:
-    """The sessions as CSV (header first if asked), written into one growing buffer (2,000 rows
-    as 2,000 small strings left 0.9 MB of fragments behind)."""
-    columns = list(COLUMNS)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    if header:
-        writer.writerow(columns)
-    for row in rows:
-        if not show_tags:
-            row = dict(row, id_tag=mask(row.get("id_tag")))
-        writer.writerow([row.get(c, "") if row.get(c) is not None else "" for c in columns])
-    return buf.getvalue()
-
-
 def newest_json(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, limit: int, before: int | None = None,
                 since: str | None = None, until: str | None = None, card: str | None = None) -> tuple[str, int | None]:
     """A page of sessions, newest first: the `limit` before session `before` (the newest without),
-    as a JSON array, each with its local start and stop times and its UID masked unless
-    show_tags; and the id of the page's last one when older ones follow (None: none do).
-    Rows become text as they are read: a page never stands in memory as dicts."""
+    as a JSON array of what the page shows (ROW_FIELDS, money, local start and stop times, the UID
+    masked unless show_tags); and the id of the page's last one when older ones follow (None: none
+    do). Rows become text as they are read: a page never stands in memory as dicts."""
     texts: list[str] = []
     last: int | None = None
     for row in each_session(db_path, since=since, until=until, card=card, newest_first=True, after_id=before,
@@ -171,17 +143,43 @@ def newest_json(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, limit: int, be
         if len(texts) == limit:  # one more than the page: older ones follow
             return "[" + ", ".join(texts) + "]", last
         last = row.get("id")
-        texts.append(json.dumps(dict(row, id_tag=row.get("id_tag") if show_tags else mask(row.get("id_tag")),
-                                     started_local=local_text(row.get("started_at"), tz),
-                                     stopped_local=local_text(row.get("stopped_at"), tz))))
+        texts.append(json.dumps({**{k: row.get(k) for k in ROW_FIELDS}, **money(row),
+                                 "id_tag": row.get("id_tag") if show_tags else mask(row.get("id_tag")),
+                                 "started_local": local_text(row.get("started_at"), tz),
+                                 "stopped_local": local_text(row.get("stopped_at"), tz)}))
     return "[" + ", ".join(texts) + "]", None
 
 
-def csv_page(db_path: Path, *, show_tags: bool, after_id: int | None, limit: int, since: str | None = None,
-             until: str | None = None, card: str | None = None) -> tuple[bytes, int | None]:
-    """One part of the CSV export, oldest first: the header and the first `limit` sessions when
-    after_id is None, else the `limit` after session after_id; and the id to go on after (None:
-    the end). Each part is its own short read: a slow download holds no transaction open."""
-    rows = list(each_session(db_path, since=since, until=until, card=card, after_id=after_id, limit=limit))
-    text = csv_text(rows, show_tags=show_tags, header=after_id is None).encode()
-    return text, (rows[-1]["id"] if len(rows) == limit else None)
+def money(row: dict) -> dict[str, str]:
+    """A session's cost (the host's energy), paid (the driver's price) and margin, in major units
+    with the currency's code ("" where the session has no tariff)."""
+    cost, paid, decimals = row.get("cost_minor"), row.get("revenue_minor"), row.get("money_decimals") or 0
+    currency = f" {row['currency']}" if row.get("currency") else ""
+
+    def show(minor: int | None) -> str:
+        return "" if minor is None else store_reports.money_text(minor, decimals) + currency
+    return {"cost": show(cost), "paid": show(paid),
+            "margin": show(None if cost is None or paid is None else paid - cost)}
+
+
+def csv_page(db_path: Path, tz: dt.tzinfo, *, show_tags: bool, after_id: int | None, limit: int,
+             since: str | None = None, until: str | None = None, card: str | None = None) -> tuple[bytes, int | None]:
+    """One part of the CSV, as `evsed export --format csv` writes it (its columns and rows), oldest
+    first: the header and the first `limit` sessions when after_id is None, else the `limit` after
+    session after_id; and the id to go on after (None: the end). Card UIDs masked unless show_tags.
+    Each part is its own short read: a slow download holds no transaction open."""
+    out = io.StringIO()
+    rows: list[tuple] = []
+    if db_path.exists():
+        store = Store.open_readonly(db_path)
+        try:
+            rows = list(store_reports.export_sessions(store, since, until, tz, card=card, after_id=after_id,
+                                                      limit=limit))
+        except sqlite3.OperationalError:  # no table yet
+            pass
+        finally:
+            store.close()
+    uid = store_reports.SESSION_EXPORT.index("card_uid")
+    shown = rows if show_tags else [r[:uid] + (mask(r[uid]),) + r[uid + 1:] for r in rows]
+    store_reports.write(shown, store_reports.SESSION_EXPORT, "csv", out, header=after_id is None)
+    return out.getvalue().encode(), (rows[-1][0] if len(rows) == limit else None)

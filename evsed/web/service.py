@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -16,10 +18,11 @@ import structlog
 
 from evsed.config import Config
 from evsed.errors import StartError
-from evsed.web import auth, charts, memory, records, settings as web_settings
+from evsed.web import auth, charts, i18n, memory, records, settings as web_settings
 from evsed.web.commands import CommandError, to_request
 from evsed.web.httpd import HTTPError, Request, Response, Router, Server, json_response
 from evsed.web.live import Live
+from evsed.web.rules import rules_view
 from evsed.web.view import page_view
 
 log = structlog.get_logger("evsed.web")
@@ -59,12 +62,13 @@ class WebService:
         self._checking: set[str] = set()  # the addresses whose password is being checked: one each
         self._exports = 0  # CSV exports being sent
         self._server: Server | None = None
+        self._pages: dict[str, str] = {}  # the page rendered per language
         self.url = ""
         self.router = Router()
         for path, handler in (("/", self.index), ("/static/{name}", self.static), ("/api/view", self.view),
                               ("/events", self.events), ("/api/sessions", self.sessions_json),
                               ("/sessions.csv", self.sessions_csv), ("/api/report", self.report),
-                              ("/usage/{chart}.svg", self.usage_svg)):
+                              ("/usage/{chart}.svg", self.usage_svg), ("/api/rules", self.rules)):
             self.router.add("GET", path, handler)
         for path, handler in (("/login", self.login), ("/logout", self.logout), ("/api/command", self.command)):
             self.router.add("POST", path, handler)
@@ -108,39 +112,46 @@ class WebService:
         return {"logged_in": nonce is not None, "csrf": self.sessions.csrf(nonce) if nonce else None,
                 "login_possible": bool(self.settings.password_hash)}
 
-    def _page(self, logged_in: bool) -> dict:
+    def _page(self, logged_in: bool, msgs: i18n.Messages = i18n.ENGLISH) -> dict:
         now = dt.datetime.fromtimestamp(self.clock(), self.tz)
         view = page_view(self.link.hello, self.live.status, self.live.totals(), now, self.tz,
-                         show_tags=logged_in, online=self.live.online, title=self.settings.title)
+                         show_tags=logged_in, online=self.live.online, title=self.settings.title, msgs=msgs)
         view["records_version"] = self.live.records_version
         return view
 
     # --- read-only pages ----------------------------------------------------------------
     async def index(self, request: Request) -> Response:
-        return await self.static(request, "index.html")
+        """The page in the browser's language (Accept-Language), its script's messages inside it."""
+        lang = i18n.negotiate(request.headers.get("accept-language"))
+        body = self._pages.get(lang)
+        if body is None:
+            body = self._pages[lang] = render_page((STATIC_DIR / "index.html").read_text(), i18n.Messages(lang))
+        return Response(body, content_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "Vary": "Accept-Language", "Content-Language": lang})
 
     async def static(self, request: Request, name: str | None = None) -> Response:
         name = name or request.match["name"]
-        if name not in STATIC:
+        if name not in STATIC or name == "index.html":
             raise HTTPError(404)
         body = (STATIC_DIR / name).read_bytes()
         return Response(body, content_type=f"{STATIC[name]}; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     async def view(self, request: Request) -> Response:
         me = self._me(request)
-        return json_response({"me": me, "view": self._page(me["logged_in"]), "samples": self.live.samples})
+        return json_response({"me": me, "view": self._page(me["logged_in"], _messages(request)),
+                              "samples": self.live.samples})
 
     async def events(self, request: Request) -> Response:
         logged_in = self._nonce(request) is not None
         queue = self.live.subscribe()
         if queue is None:
             raise HTTPError(503, "too many open pages")
-        return Response(self._events(queue, logged_in), content_type="text/event-stream",
+        return Response(self._events(queue, logged_in, _messages(request)), content_type="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
                         on_close=lambda: self.live.unsubscribe(queue))
 
-    async def _events(self, queue: asyncio.Queue, logged_in: bool) -> AsyncIterator[bytes]:
-        yield _event("full", {"view": self._page(logged_in), "samples": self.live.samples})
+    async def _events(self, queue: asyncio.Queue, logged_in: bool, msgs: i18n.Messages) -> AsyncIterator[bytes]:
+        yield _event("full", {"view": self._page(logged_in, msgs), "samples": self.live.samples})
         while True:
             try:
                 async with asyncio.timeout(20):
@@ -150,7 +161,7 @@ class WebService:
                 continue
             if kind == "close":
                 return
-            yield _event(kind, self._page(logged_in) if kind == "view" else data)
+            yield _event(kind, self._page(logged_in, msgs) if kind == "view" else data)
 
     def _filters(self, request: Request, logged_in: bool) -> dict:
         q = request.query
@@ -189,7 +200,7 @@ class WebService:
         async def parts() -> AsyncIterator[bytes]:
             after: int | None = None
             while True:
-                part, after = await asyncio.to_thread(records.csv_page, self.live.db_path, show_tags=show,
+                part, after = await asyncio.to_thread(records.csv_page, self.live.db_path, self.tz, show_tags=show,
                                                       after_id=after, limit=MAX_ROWS, **filters)
                 yield part
                 if after is None:
@@ -215,24 +226,26 @@ class WebService:
         """The month's usage, summed a row at a time (in a thread)."""
         return records.usage(records.each_session(self.live.db_path, since=since, until=until), month, self.tz)
 
-    def _report(self, since: str, until: str, show_tags: bool) -> dict:
-        rows = records.each_session(self.live.db_path, since=since, until=until)
-        return records.report(rows, self.tz, show_tags=show_tags)
-
     async def report(self, request: Request) -> Response:
         month, since, until = self._month(request)
-        report = await asyncio.to_thread(self._report, since, until, self._nonce(request) is not None)
-        usage = await asyncio.to_thread(self._usage, month, since, until)
-        return json_response({"month": month, "report": report, "usage": usage})
+        show = self._nonce(request) is not None
+        report = await asyncio.to_thread(records.report, self.live.db_path, since, until, self.tz, show_tags=show)
+        return json_response({"month": month, **report})
+
+    async def rules(self, request: Request) -> Response:
+        """The cards (with UIDs), groups and windows in force: for the logged-in owner only."""
+        if self._nonce(request) is None:
+            return json_response({"ok": False, "error": "log in first"}, status=401)
+        return json_response(rules_view(self.config))
 
     async def usage_svg(self, request: Request) -> Response:
         month, since, until = self._month(request)
         usage = await asyncio.to_thread(self._usage, month, since, until)
-        chart = request.match["chart"]
+        chart, msgs = request.match["chart"], _messages(request)
         if chart == "day":
-            svg = charts.energy_by_day(usage["energy_wh_by_day"], month)
+            svg = charts.energy_by_day(usage["energy_wh_by_day"], month, msgs("page.energy_per_day"))
         elif chart == "hour":
-            svg = charts.sessions_by_hour(usage["sessions_by_hour"], month)
+            svg = charts.sessions_by_hour(usage["sessions_by_hour"], month, msgs("page.sessions_by_hour"))
         else:
             raise HTTPError(404)
         return Response(svg, content_type="image/svg+xml; charset=utf-8", headers={"Cache-Control": "no-cache"})
@@ -312,6 +325,29 @@ def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
     if not text.isdigit() or not low <= int(text) <= high:
         raise HTTPError(400, f"{name}: expected a whole number from {low} to {high}")
     return int(text)
+
+
+def _messages(request: Request) -> i18n.Messages:
+    return i18n.Messages(i18n.negotiate(request.headers.get("accept-language")))
+
+
+PLACEHOLDER = re.compile(r"\{\{([a-z0-9_.+]+)\}\}")
+
+
+def render_page(template: str, msgs: i18n.Messages) -> str:
+    """index.html with {{key}} filled from the messages (HTML-escaped), {{lang}}, and {{messages}}: the
+    script's messages (js.* and page.*) as JSON inside a data block."""
+    script = {k: v for k, v in msgs.table.items() if k.startswith(("js.", "page."))}
+    data = json.dumps(script, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+
+    def fill(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "lang":
+            return msgs.lang
+        if key == "messages":
+            return data
+        return html.escape(msgs(key))
+    return PLACEHOLDER.sub(fill, template)
 
 
 def _event(kind: str, data: Any) -> bytes:

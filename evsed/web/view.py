@@ -9,24 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-FAULT_TEXT = {
-    "rcd": "RCD tripped",
-    "rcd_self_test": "RCD self-test failed",
-    "welded": "contactor welded",
-    "contactor_mismatch": "contactor did not switch",
-    "diode": "EV diode check failed",
-    "overcurrent": "EV drew more than offered",
-}
-
-SOURCE_TEXT = {
-    "window": "time window",
-    "group": "card group",
-    "site": "site meter",
-    "ocpp": "network operator",
-    "mqtt": "MQTT",
-    "web": "web page",
-    "external": "external input",
-}
+from evsed.web.i18n import ENGLISH, Messages
 
 CURRENCY_SIGN = {"EUR": "€", "GBP": "£", "USD": "$", "CHF": "CHF ", "SEK": "SEK ", "NOK": "NOK ", "DKK": "DKK "}
 
@@ -59,7 +42,13 @@ def parse_time(text: Any) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
-def limit_entries(conn: dict) -> list[dict]:
+def source_label(source: str, msgs: Messages = ENGLISH) -> str:
+    key = f"view.source.{source}"
+    text = msgs(key)
+    return source if text == key else text
+
+
+def limit_entries(conn: dict, msgs: Messages = ENGLISH) -> list[dict]:
     """Every limit source with its value in A, the binding one marked (ties: the first).
 
     `limits` maps a source to A (or to {"current_a": A, "until": ISO} when a source says how long
@@ -72,14 +61,14 @@ def limit_entries(conn: dict) -> list[dict]:
         if current is None:
             continue
         until = parse_time(value.get("until")) if isinstance(value, dict) else None
-        out.append({"source": source, "label": SOURCE_TEXT.get(source, source), "current_a": float(current),
+        out.append({"source": source, "label": source_label(source, msgs), "current_a": float(current),
                     "until": until, "binding": False})
     if allowed is not None:
         binding = next((e for e in out if e["current_a"] <= allowed), None)
         if binding is not None:
             binding["binding"] = True
         else:
-            out.insert(0, {"source": "rating", "label": "charger and cable rating", "current_a": float(allowed),
+            out.insert(0, {"source": "rating", "label": msgs("view.rating"), "current_a": float(allowed),
                            "until": None, "binding": True})
     return out
 
@@ -91,16 +80,20 @@ def _until(conn: dict, source: str, entries: list[dict]) -> dt.datetime | None:
     return parse_time((conn.get("limit_until") or {}).get(source))
 
 
-def fault_text(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> str:
+def fault_text(conn: dict, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
+    """Which faults hold and how each clears ("RCD tripped, retry at 14:05")."""
     parts = []
     for f in conn.get("faults") or []:
-        text = FAULT_TEXT.get(f.get("fault"), str(f.get("fault", "unknown")).replace("_", " "))
+        name = str(f.get("fault", "unknown"))
+        key = f"view.fault.{name}"
+        text = msgs(key) if msgs(key) != key else name.replace("_", " ")
         if f.get("lockout"):
-            text += ", locked out until a person clears it"
+            text = msgs("view.fault_lockout", fault=text)
         elif f.get("retry_in_s") is not None:
-            text += f", retry at {clock(now + dt.timedelta(seconds=float(f['retry_in_s'])), tz)}"
+            text = msgs("view.fault_retry", fault=text,
+                        time=clock(now + dt.timedelta(seconds=float(f["retry_in_s"])), tz))
         parts.append(text)
-    return "Fault: " + "; ".join(parts)
+    return msgs("view.fault", faults="; ".join(parts))
 
 
 def session_cost(session: dict) -> tuple[float, str] | None:
@@ -112,69 +105,81 @@ def session_cost(session: dict) -> tuple[float, str] | None:
     return None
 
 
-def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> tuple[str, str]:
+def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> tuple[str, str]:
     """(the sentence a person reads, a tone for its colour: idle, busy, charging, paused, fault, off)."""
     status = conn.get("status", "")
     reason = conn.get("reason") or ""
     session = conn.get("session")
     if conn.get("faults"):
-        return fault_text(conn, now, tz), "fault"
+        return fault_text(conn, now, tz, msgs), "fault"
     if conn.get("pilot_error"):  # the pilot's device is gone (an unplugged adapter): nothing can charge
-        return "Pilot unavailable: " + str(conn["pilot_error"])[:200], "fault"
+        return msgs("view.pilot_unavailable", why=str(conn["pilot_error"])[:200]), "fault"
     if status == "Charging" and session:
-        text = f"Charging {kw(session.get('power_w') or 0)}, {kwh(session.get('energy_wh') or 0)}"
+        text = msgs("view.charging", power=kw(session.get("power_w") or 0), energy=kwh(session.get("energy_wh") or 0))
         cost = session_cost(session)
-        return text + (f", {money(*cost)} so far" if cost else " so far"), "charging"
+        return (msgs("view.so_far_cost", text=text, cost=money(*cost)) if cost
+                else msgs("view.so_far", text=text)), "charging"
     if status == "SuspendedEVSE" and session:
-        return _paused(conn, reason, now, tz), "paused"
+        return _paused(conn, reason, now, tz, msgs), "paused"
     if status == "SuspendedEV" and session:
-        return "Connected; the EV is not asking for power", "paused"
+        return msgs("view.ev_not_asking"), "paused"
     if session:
-        return ("Starting: " + reason) if reason else "Starting", "busy"
+        return (msgs("view.starting_why", why=reason) if reason else msgs("view.starting")), "busy"
     if status == "Unavailable":
-        return "Unavailable", "off"
+        return msgs("view.unavailable"), "off"
     if status == "Finishing":
-        return "Session ended; unplug the EV", "busy"
+        return msgs("view.finishing"), "busy"
     if status == "Reserved":
-        return "Reserved", "busy"
+        return msgs("view.reserved"), "busy"
     if reason.startswith("card refused"):
-        return "Card " + reason[5:], "busy"
-    if reason == "waiting for a card":
-        return "Waiting for a card", "busy"
-    if reason == "authorized; waiting for the EV":
-        return "Card accepted; plug in the EV", "busy"
-    if reason == "waiting for authorization":
-        return "Checking the card", "busy"
+        return msgs("view.card_refused", why=reason[5:]), "busy"
+    known = {"waiting for a card": "view.waiting_card", "authorized; waiting for the EV": "view.card_accepted",
+             "waiting for authorization": "view.checking_card"}
+    if reason in known:
+        return msgs(known[reason]), "busy"
     if status == "Available":
-        return "Available", "idle"
+        return msgs("view.available"), "idle"
     return (reason[:1].upper() + reason[1:]) if reason else status, "busy"
 
 
-def _paused(conn: dict, reason: str, now: dt.datetime, tz: dt.tzinfo) -> str:
-    entries = limit_entries(conn)
+def _paused(conn: dict, reason: str, now: dt.datetime, tz: dt.tzinfo, msgs: Messages) -> str:
+    entries = limit_entries(conn, msgs)
     binding = next((e for e in entries if e["binding"]), None)
     if binding and binding["current_a"] < 6:
         until = _until(conn, binding["source"], entries)
-        text = f"Paused by {binding['label']}"
-        if binding["current_a"] > 0:
-            text += f" ({binding['current_a']:g} A)"
-        return text + (f" until {clock(until, tz)}" if until else "")
-    return "Paused: " + reason if reason else "Paused"
+        text = (msgs("view.paused_by_amps", source=binding["label"], amps=f"{binding['current_a']:g}")
+                if binding["current_a"] > 0 else msgs("view.paused_by", source=binding["label"]))
+        return msgs("view.until", text=text, time=clock(until, tz)) if until else text
+    return msgs("view.paused_why", why=reason) if reason else msgs("view.paused")
 
 
-def connector_view(conn: dict, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool) -> dict:
-    """One connector as the page renders it; card UIDs only for a logged-in host."""
-    text, tone = headline(conn, now, tz)
+def measured_now(conn: dict) -> bool:
+    """Whether the connector's measured current is the EV's now: the contactor is closed and the
+    meter's last read succeeded (a fault, a pause or a silent meter leaves a stale reading)."""
+    return (conn.get("contactor") == "closed" and not conn.get("faults") and not conn.get("meter_error")
+            and not conn.get("pilot_error"))
+
+
+def connector_view(conn: dict, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool,
+                   msgs: Messages = ENGLISH) -> dict:
+    """One connector as the page renders it; card UIDs only for a logged-in host. The plot and the
+    measured current only while they are the EV's now (measured_now)."""
+    text, tone = headline(conn, now, tz, msgs)
+    live = measured_now(conn)
     session = conn.get("session")
     measured = conn.get("measured") or {}
     out: dict[str, Any] = {
         "id": conn.get("id"), "headline": text, "tone": tone, "status": conn.get("status"),
         "state": conn.get("state"), "reason": conn.get("reason") or "",
         "offered_a": conn.get("offered_a"), "allowed_a": conn.get("allowed_a"),
-        "contactor": conn.get("contactor"), "current_a": measured.get("current_a") or [],
+        "contactor": conn.get("contactor"), "current_a": (measured.get("current_a") or []) if live else [],
+        "plot": live or (tone == "paused" and not conn.get("meter_error")),
+        "unavailable_pending": conn.get("operative") is False and conn.get("status") != "Unavailable",
+        "max_a": _hardware_a(conn),
+        "web_limit_a": _limit_a((conn.get("limits") or {}).get("web")),
         "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"],
                     "until": clock(e["until"], tz) if e["until"] else None, "binding": e["binding"]}
-                   for e in limit_entries(conn)],
+                   for e in limit_entries(conn, msgs)],
         "session": None,
     }
     if session:
@@ -190,6 +195,30 @@ def connector_view(conn: dict, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bo
     return out
 
 
+def _limit_a(value: Any) -> float | None:
+    current = value.get("current_a") if isinstance(value, dict) else value
+    return float(current) if isinstance(current, (int, float)) and not isinstance(current, bool) else None
+
+
+def _hardware_a(conn: dict) -> float | None:
+    """The most the slider may ask: the charger's rating (the chain's hardware source)."""
+    chain = conn.get("limit_chain") or {}
+    hardware = chain.get("hardware") if isinstance(chain, dict) else None
+    return _limit_a(hardware) or _limit_a(conn.get("allowed_a"))
+
+
+def solar_view(status: dict | None) -> dict | None:
+    """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share, W."""
+    if not status or status.get("mode") not in ("solar", "min+solar") or not status.get("site"):
+        return None
+    site_w = status["site"].get("power_w")
+    if not isinstance(site_w, (int, float)):
+        return None
+    ev_w = sum(float((c.get("session") or {}).get("power_w") or 0) for c in status.get("connectors") or [])
+    grid_w = max(0.0, float(site_w))  # import is the grid's share; export is surplus left over
+    return {"ev_w": round(ev_w), "grid_w": round(grid_w), "surplus_w": round(max(0.0, ev_w - float(site_w)))}
+
+
 def mask(id_tag: Any) -> str:
     """A card UID as an anonymous viewer sees it: enough to tell cards apart, not to clone one."""
     text = str(id_tag or "")
@@ -197,15 +226,17 @@ def mask(id_tag: Any) -> str:
 
 
 def page_view(hello: dict, status: dict | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
-              *, show_tags: bool, online: bool, title: str = "") -> dict:
-    """The whole page's live part."""
+              *, show_tags: bool, online: bool, title: str = "", msgs: Messages = ENGLISH) -> dict:
+    """The whole page's live part, in the language of msgs."""
     connectors = (status or {}).get("connectors") or []
     return {
         "title": title or str(hello.get("charger") or "evsed"),
         "online": online and status is not None,
         "now": clock(now, tz),
-        "connectors": [connector_view(c, now, tz, show_tags=show_tags) for c in connectors],
+        "connectors": [connector_view(c, now, tz, show_tags=show_tags, msgs=msgs) for c in connectors],
         "reader_error": (status or {}).get("card_reader_error"),
         "mode": (status or {}).get("mode"),
+        "modes": (status or {}).get("modes"),
+        "solar": solar_view(status),
         "totals": totals,
     }

@@ -4,6 +4,8 @@
   const $ = (sel, root = document) => root.querySelector(sel);
   const state = { view: null, samples: {}, me: { logged_in: false, csrf: null }, source: null, records: null };
   const cards = new Map();
+  const M = JSON.parse(document.getElementById("messages").textContent || "{}");
+  const t = (key, values = {}) => (M[key] || key).replace(/\{(\w+)\}/g, (_, k) => (k in values ? values[k] : "{" + k + "}"));
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -12,7 +14,7 @@
     return e;
   }
   const kwh = (wh) => (wh / 1000).toFixed(1) + " kWh";
-  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
+  const plural = (n) => n + " " + t(n === 1 ? "js.session" : "js.sessions");
 
   function toast(text) {
     const t = $("#toast");
@@ -28,19 +30,28 @@
     const node = $("#connector-tpl").content.firstElementChild.cloneNode(true);
     node.dataset.connector = id;
     $(".cid", node).textContent = id;
-    $(".stop", node).addEventListener("click", () => act({ action: "stop", connector: id }, "Stopping"));
-    $(".clear", node).addEventListener("click", () => act({ action: "clear-faults", connector: id }, "Faults cleared"));
+    $(".stop", node).addEventListener("click", () => act({ action: "stop", connector: id }, t("js.stopping")));
+    $(".clear", node).addEventListener("click", () => act({ action: "clear-faults", connector: id }, t("js.faults_cleared")));
     $(".avail", node).addEventListener("click", (e) =>
-      act({ action: "availability", connector: id, operative: e.target.dataset.operative === "true" }, "Done"));
+      act({ action: "availability", connector: id, operative: e.target.dataset.operative === "true" }, t("js.done")));
     $(".start", node).addEventListener("submit", (e) => {
       e.preventDefault();
-      act({ action: "start", connector: id, id_tag: e.target.id_tag.value }, "Starting");
+      act({ action: "start", connector: id, id_tag: e.target.id_tag.value }, t("js.starting"));
     });
     $(".reserve", node).addEventListener("submit", (e) => {
       e.preventDefault();
       act({ action: "reserve", connector: id, id_tag: e.target.id_tag.value,
-            minutes: parseInt(e.target.minutes.value, 10) }, "Reserved");
+            minutes: parseInt(e.target.minutes.value, 10) }, t("js.reserved"));
     });
+    const limit = $(".limit", node);
+    const showLimit = () => { $(".limit-value", node).textContent = limit.current_a.value + " A"; };
+    limit.current_a.addEventListener("input", showLimit);
+    limit.addEventListener("submit", (e) => {
+      e.preventDefault();
+      act({ action: "limit", connector: id, current_a: parseInt(limit.current_a.value, 10) }, t("js.limit_set"));
+    });
+    $(".lift", node).addEventListener("click", () => act({ action: "limit", connector: id, current_a: null }, t("js.limit_lifted")));
+    showLimit();
     $("#connectors").appendChild(node);
     cards.set(id, node);
     return node;
@@ -50,13 +61,13 @@
     const node = card(c.id);
     node.className = "connector " + c.tone;
     $(".headline", node).textContent = c.headline;
-    $(".badge", node).textContent = [c.status, c.state ? "state " + c.state : ""].filter(Boolean).join(" · ");
+    $(".badge", node).textContent = [c.status, c.state ? t("js.state", { state: c.state }) : ""].filter(Boolean).join(" · ");
     const bits = [];
     if (c.session) {
-      bits.push(c.session.card ? "Card " + c.session.card : "Session");
-      if (c.session.started) bits.push("since " + c.session.started);
-      if (c.offered_a) bits.push("offered " + c.offered_a + " A");
-      if (c.current_a && c.current_a.length) bits.push("drawing " + c.current_a.map((a) => a.toFixed(1)).join(" / ") + " A");
+      bits.push(c.session.card ? t("js.card") + " " + c.session.card : t("js.session_word"));
+      if (c.session.started) bits.push(t("js.since", { time: c.session.started }));
+      if (c.offered_a) bits.push(t("js.offered", { amps: c.offered_a }));
+      if (c.current_a && c.current_a.length) bits.push(t("js.drawing", { amps: c.current_a.map((a) => a.toFixed(1)).join(" / ") }));
     } else if (c.reason && c.tone !== "idle" && c.headline.toLowerCase() !== c.reason.toLowerCase()) {
       bits.push(c.reason);
     }
@@ -65,13 +76,18 @@
     body.replaceChildren(...c.limits.map((l) => {
       const tr = el("tr");
       if (l.binding) tr.className = "binding";
-      tr.append(el("td", l.label), el("td", l.current_a + " A" + (l.until ? " until " + l.until : ""), "n"));
+      tr.append(el("td", l.label), el("td", l.current_a + " A" + (l.until ? " – " + l.until : ""), "n"));
       return tr;
     }));
     const avail = $(".avail", node);
     const off = c.status === "Unavailable";
-    avail.textContent = off ? "Make available" : "Make unavailable";
+    avail.textContent = off ? t("js.make_available") : c.unavailable_pending ? t("js.unavailable_pending") : t("js.make_unavailable");
     avail.dataset.operative = String(off);
+    const limit = $(".limit", node);
+    limit.current_a.max = String(c.max_a || 32);
+    if (document.activeElement !== limit.current_a && c.web_limit_a) limit.current_a.value = String(c.web_limit_a);
+    $(".limit-value", node).textContent = c.web_limit_a ? limit.current_a.value + " A" : t("page.no_limit");
+    $(".lift", node).hidden = !c.web_limit_a;
     $(".stop", node).hidden = !c.session;
     $(".start", node).hidden = !!c.session;
     $(".clear", node).hidden = c.tone !== "fault";
@@ -86,7 +102,8 @@
     const canvas = $(".plot", node);
     const points = state.samples[id] || [];
     const box = $(".plot-box", node);
-    box.hidden = points.length === 0;
+    const view = state.view && state.view.connectors.find((c) => c.id === id);
+    box.hidden = points.length === 0 || !(view && view.plot);
     if (!points.length) return;
     const ratio = window.devicePixelRatio || 1;
     const w = canvas.clientWidth || 600, h = canvas.clientHeight || 180;
@@ -103,7 +120,7 @@
     const yP = (kw) => top + (h - top - bottom) * (1 - kw / pMax);
     const yI = (a) => top + (h - top - bottom) * (1 - a / iMax);
     g.clearRect(0, 0, w, h);
-    g.font = "11px system-ui, sans-serif";
+    g.font = "12px system-ui, sans-serif";
     g.strokeStyle = color("--line"); g.fillStyle = color("--muted"); g.lineWidth = 1;
     for (const f of [0, 0.5, 1]) {
       const y = top + (h - top - bottom) * (1 - f);
@@ -112,8 +129,8 @@
       g.textAlign = "left"; g.fillText((iMax * f).toFixed(0) + " A", w - right + 4, y + 4);
     }
     const minutes = Math.round((t1 - t0) / 60);
-    g.textAlign = "right"; g.fillText(minutes + " min", w - right, h - 4);
-    g.textAlign = "left"; g.fillText("start", left, h - 4);
+    g.textAlign = "right"; g.fillText(t("js.min", { n: minutes }), w - right, h - 4);
+    g.textAlign = "left"; g.fillText(t("js.start"), left, h - 4);
     const line = (stroke, yOf, width) => {
       g.strokeStyle = stroke; g.lineWidth = width; g.beginPath();
       points.forEach((p, k) => { const y = yOf(p); if (y === null) return; k ? g.lineTo(x(p.t), y) : g.moveTo(x(p.t), y); });
@@ -133,11 +150,11 @@
   }
 
   // --- totals, records, charts ----------------------------------------------------------
-  function renderTotals(t) {
-    $("#today-kwh").textContent = kwh(t.today_wh);
-    $("#today-n").textContent = plural(t.today_sessions, "session");
-    $("#month-kwh").textContent = kwh(t.month_wh);
-    $("#month-n").textContent = plural(t.month_sessions, "session");
+  function renderTotals(totals) {
+    $("#today-kwh").textContent = kwh(totals.today_wh);
+    $("#today-n").textContent = plural(totals.today_sessions);
+    $("#month-kwh").textContent = kwh(totals.month_wh);
+    $("#month-n").textContent = plural(totals.month_sessions);
   }
 
   function render(view) {
@@ -145,22 +162,42 @@
     document.title = view.title;
     $("#title").textContent = view.title;
     const link = $("#link");
-    link.textContent = view.online ? "live" : "charger not answering";
+    link.textContent = view.online ? t("js.live") : t("js.not_answering");
     link.className = "link " + (view.online ? "on" : "off");
     view.connectors.forEach(renderConnector);
     renderTotals(view.totals);
     // the service read the records anew (a session was stored): the table and charts follow
     if (state.records !== null && state.records !== view.records_version) loadRecords();
     state.records = view.records_version;
-    if (view.mode) $("#mode").value = view.mode;
+    renderModes(view.modes || ["fast", "solar", "min+solar"], view.mode);
+    renderSolar(view.solar);
+  }
+
+  function renderModes(modes, mode) {
+    const sel = $("#mode");
+    if (sel.dataset.modes !== modes.join(",")) {
+      sel.replaceChildren(...modes.map((m) => new Option(t("page.mode." + m), m)));
+      sel.dataset.modes = modes.join(",");
+    }
+    if (mode) sel.value = mode;
+  }
+
+  function renderSolar(solar) {
+    $("#solar").hidden = !solar;
+    if (!solar) return;
+    const kw = (w) => (w / 1000).toFixed(1) + " kW";
+    $("#solar-surplus").textContent = kw(solar.surplus_w);
+    $("#solar-ev").textContent = kw(solar.ev_w);
+    $("#solar-grid").textContent = kw(solar.grid_w);
   }
 
   function table(node, head, rows) {
+    const cls = (h) => [h[1] ? "n" : "", h[2] || ""].join(" ").trim();
     const thead = el("tr");
-    head.forEach(([label, numeric]) => thead.append(el("th", label, numeric ? "n" : "")));
+    head.forEach((h) => thead.append(el("th", h[0], cls(h))));
     node.replaceChildren(thead, ...rows.map((cells) => {
       const tr = el("tr");
-      cells.forEach((v, k) => tr.append(el("td", v, head[k][1] ? "n" : "")));
+      cells.forEach((v, k) => tr.append(el("td", v, cls(head[k]))));
       return tr;
     }));
   }
@@ -175,10 +212,13 @@
       return;
     }
     const data = await r.json();
-    table($("#sessions"), [["Start"], ["Stop"], ["Conn", true], ["Card"], ["kWh", true], ["Peak kW", true], ["Reason"]],
-      data.sessions.map((s) => [s.started_local, s.stopped_local || "running", s.connector_id,
-        s.card_name || s.id_tag, (s.energy_wh / 1000).toFixed(2), (s.peak_power_w / 1000).toFixed(1),
-        (s.stop_reason || "").replaceAll("_", " ")]));
+    // the columns a phone drops first are marked optional ("opt"): start, card, kWh and money stay
+    table($("#sessions"), [[t("js.col.start")], [t("js.col.card")], [t("js.col.kwh"), true], [t("js.col.paid"), true],
+      [t("js.col.cost"), true, "opt"], [t("js.col.margin"), true, "opt"], [t("js.col.stop"), false, "opt"],
+      [t("js.col.connector"), true, "opt"], [t("js.col.peak_kw"), true, "opt"], [t("js.col.reason"), false, "opt"]],
+      data.sessions.map((s) => [s.started_local, s.card_name || s.id_tag, (s.energy_wh / 1000).toFixed(2),
+        s.paid, s.cost, s.margin, s.stopped_local || t("js.running"), s.connector_id,
+        (s.peak_power_w / 1000).toFixed(1), (s.stop_reason || "").replaceAll("_", " ")]));
   }
 
   async function loadReport() {
@@ -188,9 +228,10 @@
     $("#usage-day").src = "/usage/day.svg?month=" + month + "&t=" + stamp;
     $("#usage-hour").src = "/usage/hour.svg?month=" + month + "&t=" + stamp;
     const data = await (await fetch("/api/report?month=" + month)).json();
-    const line = (name, r) => [name, r.sessions, (r.energy_wh / 1000).toFixed(1), r.hours.toFixed(1)];
-    table($("#report"), [["Card"], ["Sessions", true], ["kWh", true], ["Hours", true]],
-      [...data.report.by_card.map((r) => line(r.card, r)), line("Total", data.report.total)]);
+    const line = (name, r) => [name, r.sessions, Number(r.energy_kwh).toFixed(1), r.hours, r.revenue, r.cost, r.margin];
+    table($("#report"), [[t("js.col.card")], [t("js.col.sessions"), true], [t("js.col.kwh"), true],
+      [t("js.col.hours"), true, "opt"], [t("js.col.paid"), true], [t("js.col.cost"), true, "opt"], [t("js.col.margin"), true]],
+      [...data.by_card.map((r) => line(r.name || r.key, r)), ...data.total.map((r) => line(t("js.total"), r))]);
   }
 
   function loadRecords() { loadSessions(); loadReport(); }
@@ -229,7 +270,7 @@
     });
     source.onerror = () => {
       const link = $("#link");
-      link.textContent = "reconnecting…";
+      link.textContent = t("js.reconnecting");
       link.className = "link off";
     };
   }
@@ -237,10 +278,49 @@
   // --- login and actions ----------------------------------------------------------------
   function applyMe(me) {
     state.me = me;
-    $("#login-btn").textContent = me.logged_in ? "Log out" : "Log in";
+    $("#login-btn").textContent = me.logged_in ? t("js.log_out") : LOGIN_TEXT;
     $("#login-btn").hidden = !me.logged_in && !me.login_possible;
     $("#mode-box").hidden = !me.logged_in;
     document.querySelectorAll(".actions").forEach((a) => { a.hidden = !me.logged_in; });
+    $("#rules").hidden = !me.logged_in;
+    if (me.logged_in) loadRules();
+  }
+
+  // --- the cards, groups and windows in force; learning a card ---------------------------
+  async function loadRules() {
+    const r = await fetch("/api/rules");
+    if (!r.ok) return;
+    const rules = await r.json();
+    table($("#rules-cards"), [[t("page.name")], [t("page.uid")], [t("page.group")]],
+      rules.cards.map((c) => [c.name, c.uid, c.group]));
+    table($("#rules-groups"), [[t("page.name")], [t("js.col.amps"), true]],
+      rules.groups.map((g) => [g.name, g.max_current_a === null ? "–" : g.max_current_a]));
+    table($("#rules-windows"), [[t("page.name")], [t("js.col.days")], [t("js.col.from")], [t("js.col.to")],
+      [t("js.col.action")], [t("js.col.amps"), true], [t("js.col.group"), false, "opt"]],
+      rules.windows.map((w) => [w.name, w.days.join(" "), w.start, w.end === w.start ? t("js.all_day") : w.end,
+        w.action, w.max_current_a === null ? "" : w.max_current_a, w.groups.join(" ")]));
+    $("#learn-group").replaceChildren(new Option("–", ""), ...rules.groups.map((g) => new Option(g.name, g.name)));
+  }
+
+  async function learn() {
+    const status = $("#learn-status");
+    $("#learn-form").hidden = true;
+    const started = await post("/api/command", { action: "learn" });
+    if (!started.ok) { status.textContent = started.error || ""; return; }
+    status.textContent = t("page.learn_tap");
+    for (let k = 0; k < 300; k++) {  // the daemon waits 60 s for a tap
+      await new Promise((done) => setTimeout(done, 500));
+      const reply = await post("/api/command", { action: "learned" });
+      if (reply.card) {
+        if (reply.card.known) { status.textContent = t("js.card_known", { name: reply.card.name || reply.card.uid }); return; }
+        status.textContent = "";
+        $("#learn-uid").textContent = reply.card.uid;
+        $("#learn-form").hidden = false;
+        $("#learn").card_name.focus();
+        return;
+      }
+      if (!reply.ok || !reply.waiting) { status.textContent = t("js.no_card"); return; }
+    }
   }
 
   async function post(url, body) {
@@ -254,8 +334,9 @@
 
   async function act(body, done) {
     const reply = await post("/api/command", body);
-    if (reply.ok && (!reply.result || reply.result === "Accepted")) toast(done + (reply.scheduled ? " after the session" : ""));
-    else toast(reply.error || "Refused: " + reply.result);
+    if (reply.ok && reply.result === "Scheduled") toast(t("js.after_session", { done }));
+    else if (reply.ok && (!reply.result || reply.result === "Accepted")) toast(done);
+    else toast(reply.error || t("js.refused", { why: reply.reason || reply.result }));
   }
 
   function loginSetup() {
@@ -284,10 +365,23 @@
       applyMe({ logged_in: true, csrf: reply.csrf, login_possible: true });
       connect();  // a logged-in stream shows card UIDs
       loadRecords();
-      toast("Logged in");
+      toast(t("js.logged_in"));
     });
-    $("#mode").addEventListener("change", (e) => act({ action: "mode", mode: e.target.value }, "Mode set"));
+    $("#mode").addEventListener("change", (e) => act({ action: "mode", mode: e.target.value }, t("js.mode_set")));
+    $("#learn-btn").addEventListener("click", learn);
+    $("#learn").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const reply = await post("/api/command", { action: "add-card", uid: $("#learn-uid").textContent,
+        name: e.target.card_name.value, group: e.target.card_group.value });
+      if (!reply.ok) { toast(reply.error || t("js.refused", { why: reply.result })); return; }
+      $("#learn-form").hidden = true;
+      e.target.reset();
+      toast(t("js.card_saved"));
+      loadRules();
+    });
   }
+
+  const LOGIN_TEXT = document.getElementById("login-btn").textContent;
 
   async function start() {
     months();

@@ -1,0 +1,28 @@
+"""The cards, groups and time windows in force, as the logged-in owner's page shows them: read
+from the config the web service loaded (again after the owner saved a learned card).
+"""
+
+from __future__ import annotations
+
+import calendar
+from typing import Any
+
+from evsed.config import Config
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def rules_view(config: Config) -> dict[str, Any]:
+    """Cards (UIDs included: only a logged-in owner is shown this), groups and windows."""
+    policy = config.policy
+    return {
+        "cards": [{"uid": c.uid, "name": c.name, "group": c.group, "enabled": c.enabled,
+                   "expires": c.expires.isoformat() if c.expires else None} for c in config.cards],
+        "groups": [{"name": g.name, "max_current_a": g.max_current_a, "mode": g.mode, "stop_by": g.stop_by}
+                   for g in policy.groups.values()],
+        "windows": [{"name": w.name, "days": [calendar.day_abbr[d].lower() for d in sorted(w.days)], "start": _hhmm(w.start_min),
+                     "end": _hhmm(w.end_min), "action": w.action.value, "max_current_a": w.max_current_a,
+                     "groups": sorted(w.groups)} for w in policy.schedule.windows],
+    }
