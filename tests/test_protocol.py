@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 
 from evsed import protocol as p
 from evsed import protocol_doc, wire
+from evsed.shell.bus import ChargerEvent
 
 ROOT = Path(__file__).parent.parent
 REPLIES = sorted({c.REPLY for c in p.COMMANDS.values()} | {p.Failure, p.AuthorizeRequest}, key=lambda c: c.__name__)
@@ -92,6 +93,14 @@ def test_a_reply_ignores_fields_a_newer_daemon_adds_and_a_request_does_not():
 def test_free_text_the_daemon_says_is_cut_to_its_bound_not_refused():
     failure = p.Failure(error="e" * 1000 + "\n")
     assert len(failure.error) == 200 and failure.error.isprintable()
+
+
+def test_which_events_are_durable_comes_from_their_records():
+    at = __import__("datetime").datetime(2026, 11, 28, tzinfo=__import__("datetime").timezone.utc)
+    for kind, cls in p.EVENTS.items():
+        assert ChargerEvent(kind, 1, at).durable is cls.DURABLE
+    assert p.EVENTS["session.stopped"].DURABLE and not p.EVENTS["session.sample"].DURABLE
+    assert not ChargerEvent("something.else", 1, at).durable
 
 
 @given(st.dictionaries(st.sampled_from(["cmd", "action", "connector", "id_tag", "current_a", "source", "seq",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from evsed import protocol as p
+
 FAULT_TEXT = {
     "rcd": "RCD tripped",
     "rcd_self_test": "RCD self-test failed",
@@ -59,74 +61,50 @@ def parse_time(text: Any) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
-def limit_entries(conn: dict) -> list[dict]:
-    """Every limit source with its value in A, the binding one marked (ties: the first).
-
-    `limits` maps a source to A (or to {"current_a": A, "until": ISO} when a source says how long
-    it holds); the charger/cable rating binds when no source is below allowed_a.
-    """
-    allowed = conn.get("allowed_a")
-    out = []
-    for source, value in sorted((conn.get("limits") or {}).items()):
-        current = value.get("current_a") if isinstance(value, dict) else value
-        if current is None:
-            continue
-        until = parse_time(value.get("until")) if isinstance(value, dict) else None
-        out.append({"source": source, "label": SOURCE_TEXT.get(source, source), "current_a": float(current),
-                    "until": until, "binding": False})
-    if allowed is not None:
-        binding = next((e for e in out if e["current_a"] <= allowed), None)
-        if binding is not None:
-            binding["binding"] = True
-        else:
-            out.insert(0, {"source": "rating", "label": "charger and cable rating", "current_a": float(allowed),
-                           "until": None, "binding": True})
+def limit_entries(conn: p.ConnectorStatus) -> list[dict]:
+    """Every limit source with its value in A, the binding one marked (ties: the first); the
+    charger/cable rating binds when no source is below allowed_a."""
+    out: list[dict[str, Any]] = [{"source": source, "label": SOURCE_TEXT.get(source, source), "current_a": current,
+                                  "binding": False} for source, current in sorted(conn.limits.items())]
+    binding = next((e for e in out if e["current_a"] <= conn.allowed_a), None)
+    if binding is not None:
+        binding["binding"] = True
+    else:
+        out.insert(0, {"source": "rating", "label": "charger and cable rating", "current_a": conn.allowed_a,
+                       "binding": True})
     return out
 
 
-def _until(conn: dict, source: str, entries: list[dict]) -> dt.datetime | None:
-    entry = next((e for e in entries if e["source"] == source), None)
-    if entry and entry["until"]:
-        return entry["until"]
-    return parse_time((conn.get("limit_until") or {}).get(source))
-
-
-def fault_text(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> str:
+def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo) -> str:
     parts = []
-    for f in conn.get("faults") or []:
-        text = FAULT_TEXT.get(f.get("fault"), str(f.get("fault", "unknown")).replace("_", " "))
-        if f.get("lockout"):
+    for f in conn.faults:
+        text = FAULT_TEXT.get(f.fault, f.fault.replace("_", " "))
+        if f.lockout:
             text += ", locked out until a person clears it"
-        elif f.get("retry_in_s") is not None:
-            text += f", retry at {clock(now + dt.timedelta(seconds=float(f['retry_in_s'])), tz)}"
+        elif f.retry_in_s is not None:
+            text += f", retry at {clock(now + dt.timedelta(seconds=f.retry_in_s), tz)}"
         parts.append(text)
     return "Fault: " + "; ".join(parts)
 
 
-def session_cost(session: dict) -> tuple[float, str] | None:
-    """The driver's price so far, when the daemon reports one (tariffs come with the policy work)."""
-    for key in ("price", "cost"):
-        value = session.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), str(session.get("currency", ""))
-    return None
+def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
+    """The driver's price so far, when the charger has a tariff."""
+    return None if session.price is None else (session.price, session.currency or "")
 
 
-def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> tuple[str, str]:
+def headline(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo) -> tuple[str, str]:
     """(the sentence a person reads, a tone for its colour: idle, busy, charging, paused, fault, off)."""
-    status = conn.get("status", "")
-    reason = conn.get("reason") or ""
-    session = conn.get("session")
-    if conn.get("faults"):
+    status, reason, session = conn.status, conn.reason, conn.session
+    if conn.faults:
         return fault_text(conn, now, tz), "fault"
-    if conn.get("pilot_error"):  # the pilot's device is gone (an unplugged adapter): nothing can charge
-        return "Pilot unavailable: " + str(conn["pilot_error"])[:200], "fault"
+    if conn.pilot_error:  # the pilot's device is gone (an unplugged adapter): nothing can charge
+        return "Pilot unavailable: " + conn.pilot_error, "fault"
     if status == "Charging" and session:
-        text = f"Charging {kw(session.get('power_w') or 0)}, {kwh(session.get('energy_wh') or 0)}"
+        text = f"Charging {kw(session.power_w)}, {kwh(session.energy_wh)}"
         cost = session_cost(session)
         return text + (f", {money(*cost)} so far" if cost else " so far"), "charging"
     if status == "SuspendedEVSE" and session:
-        return _paused(conn, reason, now, tz), "paused"
+        return _paused(conn, reason), "paused"
     if status == "SuspendedEV" and session:
         return "Connected; the EV is not asking for power", "paused"
     if session:
@@ -150,41 +128,35 @@ def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo) -> tuple[str, str]:
     return (reason[:1].upper() + reason[1:]) if reason else status, "busy"
 
 
-def _paused(conn: dict, reason: str, now: dt.datetime, tz: dt.tzinfo) -> str:
-    entries = limit_entries(conn)
-    binding = next((e for e in entries if e["binding"]), None)
+def _paused(conn: p.ConnectorStatus, reason: str) -> str:
+    binding = next((e for e in limit_entries(conn) if e["binding"]), None)
     if binding and binding["current_a"] < 6:
-        until = _until(conn, binding["source"], entries)
         text = f"Paused by {binding['label']}"
-        if binding["current_a"] > 0:
-            text += f" ({binding['current_a']:g} A)"
-        return text + (f" until {clock(until, tz)}" if until else "")
+        return text + (f" ({binding['current_a']:g} A)" if binding["current_a"] > 0 else "")
     return "Paused: " + reason if reason else "Paused"
 
 
-def connector_view(conn: dict, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool) -> dict:
+def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool) -> dict:
     """One connector as the page renders it; card UIDs only for a logged-in host."""
     text, tone = headline(conn, now, tz)
-    session = conn.get("session")
-    measured = conn.get("measured") or {}
+    session = conn.session
     out: dict[str, Any] = {
-        "id": conn.get("id"), "headline": text, "tone": tone, "status": conn.get("status"),
-        "state": conn.get("state"), "reason": conn.get("reason") or "",
-        "offered_a": conn.get("offered_a"), "allowed_a": conn.get("allowed_a"),
-        "contactor": conn.get("contactor"), "current_a": measured.get("current_a") or [],
-        "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"],
-                    "until": clock(e["until"], tz) if e["until"] else None, "binding": e["binding"]}
-                   for e in limit_entries(conn)],
+        "id": conn.id, "headline": text, "tone": tone, "status": conn.status,
+        "state": conn.state, "reason": conn.reason,
+        "offered_a": conn.offered_a, "allowed_a": conn.allowed_a,
+        "contactor": conn.contactor, "current_a": list(conn.measured.current_a) if conn.measured else [],
+        "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"], "until": None,
+                    "binding": e["binding"]} for e in limit_entries(conn)],
         "session": None,
     }
     if session:
-        started = parse_time(session.get("started_at"))
+        started = parse_time(session.started_at)
         cost = session_cost(session)
         out["session"] = {
-            "key": session.get("started_at"),
-            "card": session.get("card_name") or (session.get("id_tag") if show_tags else mask(session.get("id_tag"))),
+            "key": session.started_at,
+            "card": session.card_name or (session.id_tag if show_tags else mask(session.id_tag)),
             "started": clock(started, tz) if started else "",
-            "energy": kwh(session.get("energy_wh") or 0), "power": kw(session.get("power_w") or 0),
+            "energy": kwh(session.energy_wh), "power": kw(session.power_w),
             "cost": money(*cost) if cost else None,
         }
     return out
@@ -196,16 +168,15 @@ def mask(id_tag: Any) -> str:
     return "…" + text[-4:] if len(text) > 4 else text
 
 
-def page_view(hello: dict, status: dict | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
+def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
               *, show_tags: bool, online: bool, title: str = "") -> dict:
     """The whole page's live part."""
-    connectors = (status or {}).get("connectors") or []
     return {
-        "title": title or str(hello.get("charger") or "evsed"),
+        "title": title or hello.charger or "evsed",
         "online": online and status is not None,
         "now": clock(now, tz),
-        "connectors": [connector_view(c, now, tz, show_tags=show_tags) for c in connectors],
-        "reader_error": (status or {}).get("card_reader_error"),
-        "mode": (status or {}).get("mode"),
+        "connectors": [connector_view(c, now, tz, show_tags=show_tags) for c in status.connectors] if status else [],
+        "reader_error": status.card_reader_error or None if status else None,
+        "mode": status.mode if status else None,
         "totals": totals,
     }
