@@ -75,8 +75,11 @@ class Connection:
                 async with asyncio.timeout(None if self.streaming else IDLE_S):
                     line = await self.reader.readline()
             except TimeoutError:
-                self.send(p.Failure(error=f"idle for {IDLE_S:g} s: closing", code="closing"))
-                return
+                arrived = await self._arrived()
+                if arrived is None:  # said to nobody's request: a client reading it asks again elsewhere
+                    self.send(p.Failure(error=f"idle for {IDLE_S:g} s: closing", code="closing"))
+                    return
+                line = arrived
             except ValueError:  # longer than the limit: the rest of it cannot be framed
                 self.send(p.Failure(error=f"request longer than {p.MAX_REQUEST // 1024} KiB: closing",
                                     code="closing"))
@@ -87,6 +90,15 @@ class Connection:
             if reply is not None:
                 self.send(reply)
             await self.writer.drain()
+
+    async def _arrived(self) -> bytes | None:
+        """A whole request already read from the socket when the idle time ran out: it is answered,
+        never met by the closing notice (issue 26). None when nothing complete is there."""
+        try:
+            async with asyncio.timeout(0):
+                return await self.reader.readline()
+        except (TimeoutError, ValueError):
+            return None
 
     def handle(self, line: bytes) -> p.Reply | p.Failure | None:
         try:

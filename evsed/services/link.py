@@ -61,11 +61,14 @@ class _Conn:
             raise LinkError(f"not JSON from the daemon: {line[:80]!r}") from None
 
     async def reply(self, command: p.Command[R]) -> R | p.Failure:
-        """The reply to command."""
+        """The reply to command; a closing notice is no reply (the command was not run)."""
         try:
-            return command.reply(await self.receive())
+            reply = command.reply(await self.receive())
         except p.WireError as exc:
             raise LinkError(str(exc)) from None
+        if isinstance(reply, p.Failure) and reply.code == "closing":
+            raise Closed(reply.error)
+        return reply
 
     def close(self) -> None:
         self.writer.close()
