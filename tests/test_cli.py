@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed import cli
 from evsed.store.sessions import LiveSession, Store
 
@@ -113,12 +115,12 @@ def test_the_cli_refuses_a_squatted_runtime_directory(tmp_path, capsys, squat):
 
 
 def test_status_text_shows_why_not_charging():
-    text = cli.format_status({
-        "id": 1, "status": "Preparing", "state": "B", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": {"current_a": [0, 0, 0], "power_w": 0, "energy_wh": 12},
-        "session": None, "faults": [{"fault": "rcd", "detail": "trip 1", "lockout": False, "retry_in_s": 299.0}],
-        "last_refusal": {"id_tag": "DEADBEEF", "reason": "unknown card", "at": "2026-01-05T09:00:00+00:00"},
-        "reason": "card refused: unknown card"})
+    text = cli.format_status(pr.connector(
+        status="Preparing", state="B", measured=p.Measured(current_a=(0, 0, 0), power_w=0, energy_wh=12, stale=False),
+        faults=(p.FaultNow(fault="rcd", detail="trip 1", clears_by="retry", lockout=False, retry_in_s=299.0),),
+        last_refusal=p.Refusal(id_tag="DEADBEEF", reason="unknown card", at="2026-01-05T09:00:00+00:00",
+                               card_name=""),
+        reason="card refused: unknown card"))
     assert "connector 1: Preparing" in text
     assert "state B, steady +12 V" in text and "contactor   open" in text
     assert "fault       rcd (trip 1); retry in 299.0 s" in text
@@ -127,18 +129,13 @@ def test_status_text_shows_why_not_charging():
 
 
 def test_status_text_shows_an_unavailable_pilot_and_why():
-    text = cli.format_status({
-        "id": 1, "status": "Available", "state": None, "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
-        "reason": "no EV", "pilot_error": "OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"})
+    text = cli.format_status(pr.connector(
+        state=None, pilot_error="OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"))
     assert "state ?, steady +12 V" in text
     assert "pilot       unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected" in text
     assert "meter " not in text  # none configured, none failing
 
 
 def test_status_text_shows_why_the_meter_gives_no_reading():
-    text = cli.format_status({
-        "id": 1, "status": "Available", "state": "A", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
-        "reason": "no EV", "meter_error": "Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"})
+    text = cli.format_status(pr.connector(meter_error="Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"))
     assert "  meter       no reading: Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s" in text

@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 
+from evsed import protocol as p
 from evsed import config
 from evsed.shell.daemon import Daemon
 from simulator.openevse_rapi import OpenEvseEmulator
@@ -83,13 +84,13 @@ def test_a_board_unplugged_and_plugged_back_is_unavailable_meanwhile_and_charges
             await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
             adapter.unplug()
             await until(lambda: ctrl.pilot_error != "")
-            (away,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
+            (away,) = (await ask(cfg, p.Status())).connectors
             second = OpenEvseEmulator(current_a=32, total_wh=5000)
             second.set_ev("B")  # the board rebooted meanwhile; the EV is still there
             adapter.plug(second)
             await until(lambda: ctrl.pilot_error == "" and ctrl.state.pilot is not None, timeout_s=10)
-            (back,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
-            await until(lambda: ctrl.last_reading is not None and not ctrl.status()["measured"]["stale"])
+            (back,) = (await ask(cfg, p.Status())).connectors
+            await until(lambda: ctrl.last_reading is not None and not ctrl.status()["measured"].stale)
             daemon.world.reader.tap("04A1B2C3")
             await until(lambda: second.mode == "enabled" and second.current_a == 32)
             second.set_ev("C")
@@ -101,5 +102,5 @@ def test_a_board_unplugged_and_plugged_back_is_unavailable_meanwhile_and_charges
     finally:
         for board in adapter.boards:
             board.stop()
-    assert away["state"] is None and away["contactor"] == "open" and "serial link lost" in away["pilot_error"]
-    assert back["state"] == "B" and back["pilot_error"] == "" and fatal is None
+    assert away.state is None and away.contactor == "open" and "serial link lost" in away.pilot_error
+    assert back.state == "B" and back.pilot_error == "" and fatal is None

@@ -13,14 +13,17 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
+from evsed import protocol as p
 from evsed.cli import ops, records
 from evsed.cli import policy as policy_cli
 from evsed.control import client as control
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
+R = TypeVar("R", bound=p.Reply)
 
 
 def _config_path(args) -> tuple[Path, bool]:
@@ -105,48 +108,48 @@ def cmd_check(args) -> int:
 
 def cmd_status(args) -> int:
     cfg = load_config_if_any(args)
-    reply = control.request(_runtime_dir(cfg), {"cmd": "status"})
+    reply = control.ask(_runtime_dir(cfg), p.Status())
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print(json.dumps(reply.to_wire(), indent=2, ensure_ascii=False))
         return 0
-    for c in reply["connectors"]:
+    for c in reply.connectors:
         print(format_status(c))
-    if reply.get("card_reader_error"):
-        print(f"card reader: unavailable: {reply['card_reader_error']}")
-    for name, state in sorted(reply.get("services", {}).items()):
-        print(f"service {name}: " + ", ".join(f"{k}={v}" for k, v in state.items() if k != "at"))
+    if reply.card_reader_error:
+        print(f"card reader: unavailable: {reply.card_reader_error}")
+    for name, state in sorted(reply.services.items()):
+        print(f"service {name}: " + ", ".join(f"{k}={v}" for k, v in state.fields_wire().items() if k != "at"))
     return 0
 
 
-def format_status(c: dict) -> str:
-    lines = [f"connector {c['id']}: {c['status']}"]
-    out = c["pilot_output"]
-    pwm = f"PWM {c['duty_pct']} % = {c['offered_a']:g} A offered" if out == "pwm" else (
+def format_status(c: p.ConnectorStatus) -> str:
+    lines = [f"connector {c.id}: {c.status}"]
+    out = c.pilot_output
+    pwm = f"PWM {c.duty_pct} % = {c.offered_a:g} A offered" if out == "pwm" else (
         "steady +12 V (no PWM)" if out == "off" else "steady -12 V (state F: not available)")
-    lines.append(f"  pilot       state {c['state'] or '?'}, {pwm}")
-    if c.get("pilot_error"):
-        lines.append(f"  pilot       unavailable: {c['pilot_error']}")
-    if c.get("meter_error"):
-        lines.append(f"  meter       no reading: {c['meter_error']}")
-    lines.append(f"  contactor   {c['contactor']}")
-    m = c["measured"]
+    lines.append(f"  pilot       state {c.state or '?'}, {pwm}")
+    if c.pilot_error:
+        lines.append(f"  pilot       unavailable: {c.pilot_error}")
+    if c.meter_error:
+        lines.append(f"  meter       no reading: {c.meter_error}")
+    lines.append(f"  contactor   {c.contactor}")
+    m = c.measured
     if m:
-        amps = " / ".join(f"{a:.1f}" for a in m["current_a"])
-        lines.append(f"  measured    {amps} A, {m['power_w']:.0f} W, meter {m['energy_wh']} Wh")
-    s = c["session"]
+        amps = " / ".join(f"{a:.1f}" for a in m.current_a)
+        lines.append(f"  measured    {amps} A, {m.power_w:.0f} W, meter {m.energy_wh} Wh")
+    s = c.session
     if s:
-        who = f"{s['card_name']} ({s['id_tag']})" if s["card_name"] else s["id_tag"]
-        lines.append(f"  session     {who} since {s['started_at']}: {s['energy_wh']} Wh, "
-                     f"peak {s['peak_power_w']:.0f} W")
-    for f in c["faults"]:
-        when = "locked out: clear with `evsed clear-faults`" if f["lockout"] else (
-            f"retry in {f['retry_in_s']} s" if f["retry_in_s"] is not None else "clears when the EV unplugs")
-        lines.append(f"  fault       {f['fault']} ({f['detail']}); {when}")
-    if c["last_refusal"]:
-        r = c["last_refusal"]
-        lines.append(f"  refused     card {r['id_tag']}: {r['reason']} (at {r['at']})")
-    if c["reason"]:
-        lines.append(f"  why         {c['reason']}")
+        who = f"{s.card_name} ({s.id_tag})" if s.card_name else s.id_tag
+        lines.append(f"  session     {who} since {s.started_at}: {s.energy_wh} Wh, "
+                     f"peak {s.peak_power_w:.0f} W")
+    for f in c.faults:
+        when = "locked out: clear with `evsed clear-faults`" if f.lockout else (
+            f"retry in {f.retry_in_s} s" if f.retry_in_s is not None else "clears when the EV unplugs")
+        lines.append(f"  fault       {f.fault} ({f.detail}); {when}")
+    if c.last_refusal:
+        r = c.last_refusal
+        lines.append(f"  refused     card {r.id_tag}: {r.reason} (at {r.at})")
+    if c.reason:
+        lines.append(f"  why         {c.reason}")
     lines += policy_cli.format_limits(c)
     return "\n".join(lines)
 
@@ -163,30 +166,30 @@ def _duration_s(text: str) -> float:
 def cmd_reserve(args) -> int:
     cfg = load_config_if_any(args)
     if args.cancel:
-        reply = control.request(_runtime_dir(cfg), {"cmd": "cancel-reservation", "connector": args.connector or 1})
-        return _reply(reply, f"reservation cancelled: {reply.get('result')}")
+        cancelled = control.request(_runtime_dir(cfg), p.CancelReservation(connector=args.connector or 1))
+        return _reply(cancelled, lambda r: f"reservation cancelled: {r.result}")
     if not args.card:
         raise SystemExit("evsed reserve: give the card (UID) to reserve for, or --cancel")
-    reply = control.request(_runtime_dir(cfg), {"cmd": "reserve", "connector": args.connector, "id_tag": args.card,
-                                                "for_s": args.duration})
-    if reply.get("ok") and reply.get("result") != "Accepted":
-        print(f"evsed: reservation {reply.get('result')}", file=sys.stderr)
+    reply = control.request(_runtime_dir(cfg), p.Reserve(connector=args.connector, id_tag=args.card,
+                                                         for_s=args.duration))
+    if isinstance(reply, p.ReserveReply) and reply.result != "Accepted":
+        print(f"evsed: reservation {reply.result}", file=sys.stderr)
         return EXIT_FAILURE
-    return _reply(reply, f"connector {reply.get('connector')} reserved for {args.card} "
-                         f"for {args.duration / 60:g} min")
+    return _reply(reply, lambda r: f"connector {r.connector} reserved for {args.card} "
+                                   f"for {args.duration / 60:g} min")
 
 
 def cmd_clear_faults(args) -> int:
     cfg = load_config_if_any(args)
-    reply = control.request(_runtime_dir(cfg), {"cmd": "clear-faults", "connector": args.connector})
-    return _reply(reply, f"faults cleared on connector {reply.get('connector')}")
+    reply = control.request(_runtime_dir(cfg), p.ClearFaults(connector=args.connector))
+    return _reply(reply, lambda r: f"faults cleared on connector {r.connector}")
 
 
-def _reply(reply: dict, message: str) -> int:
-    if not reply.get("ok"):
-        print(f"evsed: {reply.get('error')}", file=sys.stderr)
+def _reply(reply: R | p.Failure, message: Callable[[R], str]) -> int:
+    if isinstance(reply, p.Failure):
+        print(f"evsed: {reply.error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(message)
+    print(message(reply))
     return 0
 
 
@@ -197,20 +200,23 @@ def cmd_sim(args) -> int:
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
         return run_files([Path(f) for f in args.files], verbose=not args.quiet)
     cfg = load_config_if_any(args)
-    req: dict = {"cmd": "sim", "action": args.sim_action, "connector": args.connector}
+    command: p.Command[Any]
     if args.sim_action == "tap":
-        req["card"] = args.card
+        command = p.Tap(card=args.card, connector=args.connector)
     elif args.sim_action == "ev":
-        for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy", "ignore_stop",
-                    "obey_pwm"):
-            value = getattr(args, key)
-            if value is not None:
-                req[key] = value
+        command = p.SetEv(connector=args.connector, **{
+            key: getattr(args, key) for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy",
+                                                "ignore_stop", "obey_pwm")})
     elif args.sim_action == "fault":
-        req["kind"], req["clear"] = args.kind, args.clear
-    policy_cli.cmd_sim_extra(args, req)
-    reply = control.request(_runtime_dir(cfg), req)
-    return _reply(reply, "ok" + (f": card {reply['card']}" if "card" in reply else ""))
+        command = p.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
+    elif args.sim_action == "plug":
+        command = p.Plug(connector=args.connector)
+    elif args.sim_action == "unplug":
+        command = p.Unplug(connector=args.connector)
+    else:
+        command = policy_cli.sim_command(args)
+    reply = control.request(_runtime_dir(cfg), command)
+    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, p.TapReply) else ""))
 
 
 SESSION_FIELDS = ("id", "connector_id", "id_tag", "card_name", "card_group", "started_at", "stopped_at",
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except configmod.ConfigError as exc:
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except control.ControlError as exc:
+    except (control.ControlError, p.DaemonError, p.WireError) as exc:
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

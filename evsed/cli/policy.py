@@ -5,34 +5,36 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
+from evsed import protocol as p
 from evsed.control import client as control
 
 EXIT_FAILURE = 1
+R = TypeVar("R", bound=p.Reply)
 
 
-def _request(args: Any, req: dict[str, Any]) -> dict[str, Any]:
+def _request(args: Any, command: p.Command[R]) -> R | p.Failure:
     from evsed.cli import _runtime_dir, load_config_if_any
-    return control.request(_runtime_dir(load_config_if_any(args)), req)
+    return control.request(_runtime_dir(load_config_if_any(args)), command)
 
 
-def _fail(reply: dict[str, Any]) -> int:
-    print(f"evsed: {reply.get('error') or reply.get('reason')}", file=sys.stderr)
+def _fail(reply: p.Failure | p.ReloadReply) -> int:
+    print(f"evsed: {reply.error if isinstance(reply, p.Failure) else reply.reason}", file=sys.stderr)
     return EXIT_FAILURE
 
 
 def cmd_mode(args: Any) -> int:
-    reply = _request(args, {"cmd": "mode", "mode": args.mode})
-    if not reply.get("ok"):
+    reply = _request(args, p.SetMode(mode=args.mode))
+    if isinstance(reply, p.Failure):
         return _fail(reply)
-    print(f"mode {reply['mode']}")
+    print(f"mode {reply.mode}")
     return 0
 
 
 def cmd_reload(args: Any) -> int:
-    reply = _request(args, {"cmd": "reload"})
-    if not reply.get("ok") or reply.get("result") != "Accepted":
+    reply = _request(args, p.Reload())
+    if isinstance(reply, p.Failure) or reply.result != "Accepted":
         return _fail(reply)
     print("config reloaded; running sessions continue")
     return 0
@@ -40,55 +42,50 @@ def cmd_reload(args: Any) -> int:
 
 def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait for the next tap on the daemon's reader; print its UID and a [[card]] block."""
-    reply = _request(args, {"cmd": "learn", "timeout_s": args.timeout})
-    if not reply.get("ok"):
-        return _fail(reply)
+    started = _request(args, p.Learn(timeout_s=args.timeout))
+    if isinstance(started, p.Failure):
+        return _fail(started)
     print(f"tap a card on the reader (waiting {args.timeout:g} s) ...", file=sys.stderr)
     while True:
         sleep(0.2)
-        reply = _request(args, {"cmd": "learned"})
-        card = reply.get("card")
+        reply = _request(args, p.Learned())
+        if isinstance(reply, p.Failure):
+            return _fail(reply)
+        card = reply.card
         if card is not None:
             break
-        if not reply.get("waiting"):
+        if not reply.waiting:
             print("evsed: no card was tapped", file=sys.stderr)
             return EXIT_FAILURE
-    print(f"UID {card['uid']}")
-    if card["known"]:
-        who = f" as {card['name']!r}" if card["name"] else ""
-        group = f", group {card['group']!r}" if card["group"] else ""
+    print(f"UID {card.uid}")
+    if card.known:
+        who = f" as {card.name!r}" if card.name else ""
+        group = f", group {card.group!r}" if card.group else ""
         print(f"this card is already known{who}{group}")
         return 0
-    print(card["toml"], end="")
+    print(card.toml, end="")
     return 0
 
 
-def format_limits(c: dict[str, Any]) -> list[str]:
+def format_limits(c: p.ConnectorStatus) -> list[str]:
     """Every limit source's value and which one binds, for `evsed status`."""
-    chain = c.get("limit_chain")
-    if not chain:
+    if not c.limit_chain:
         return []
-    lines = [f"  mode        {c.get('mode', 'fast')}" + (f", group {c['group']!r}" if c.get("group") else "")]
-    for source, lim in chain.items():
-        value = lim.get("blocked") and "blocks" or (
-            "-" if lim["current_a"] is None else f"{lim['current_a']:g} A")
-        mark = "  <- binds" if source == c.get("binding") else ""
-        detail = lim.get("blocked") or lim.get("detail") or ""
+    lines = [f"  mode        {c.mode}" + (f", group {c.group!r}" if c.group else "")]
+    for source, lim in c.limit_chain.items():
+        value = "blocks" if lim.blocked else ("-" if lim.current_a is None else f"{lim.current_a:g} A")
+        mark = "  <- binds" if source == c.binding else ""
+        detail = lim.blocked or lim.detail or ""
         lines.append(f"  limit       {source:<13}{value:>8}  {detail}{mark}".rstrip())
     return lines
 
 
-def cmd_sim_extra(args: Any, req: dict[str, Any]) -> None:
-    """The fields of `evsed sim site` and `evsed sim cable`."""
+def sim_command(args: Any) -> p.Command[Any]:
+    """`evsed sim site` and `evsed sim cable`."""
     if args.sim_action == "site":
-        req.pop("connector", None)
-        for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter"):
-            if getattr(args, key) is not None:
-                req[key] = getattr(args, key)
-        if args.input is not None:
-            req["input"] = args.input == "on"
-    elif args.sim_action == "cable":
-        req["ohm"] = args.ohm
+        fields = {key: getattr(args, key) for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter")}
+        return p.SetSite(input=None if args.input is None else args.input == "on", **fields)
+    return p.SetCable(connector=args.connector, ohm=args.ohm)
 
 
 def add_commands(add: Callable[..., Any], sim_sub: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import structlog
 
+from evsed import protocol as p
 from evsed.core import events as ev
 from evsed.core import meter as judge
 from evsed.core import state
@@ -53,7 +54,7 @@ class ConnectorControl:
         self.log = log.bind(connector=connector_id)
         self.session: LiveSession | None = None
         self.last_reading: MeterReading | None = None
-        self.last_refusal: dict[str, Any] | None = None
+        self.last_refusal: p.Refusal | None = None
         self.pilot_error = ""  # why the pilot device is unavailable (an unplugged adapter), until it reads again
         self.meter_error = ""  # why the last meter reading failed (silent, unplugged, garbage), until one is good
         self._inbox: deque[ev.Event] = deque()
@@ -226,8 +227,8 @@ class ConnectorControl:
         elif isinstance(a, ev.RequestAuthorization):
             self.authorize(a.id_tag, self.id, self.feed)
         elif isinstance(a, ev.CardRefused):
-            self.last_refusal = {"id_tag": a.id_tag, "reason": a.reason, "at": utc_iso(self.wallclock()),
-                                 "card_name": self.card_name(a.id_tag)}
+            self.last_refusal = p.Refusal(id_tag=a.id_tag, reason=a.reason, at=utc_iso(self.wallclock()),
+                                          card_name=self.card_name(a.id_tag))
             self.publish("card.refused", id_tag=a.id_tag, reason=a.reason)
         elif isinstance(a, ev.StartSession):
             self._start_session(a)
@@ -289,19 +290,18 @@ class ConnectorControl:
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
             "operative": st.operative,  # False while Unavailable, or pending until the session ends
-            "measured": None if reading is None else {
-                "current_a": list(reading.current_a), "power_w": reading.power_total_w,
-                "energy_wh": reading.energy_import_wh, "stale": state.meter_missing(self.cfg, st, now)},
+            "measured": None if reading is None else p.Measured(
+                current_a=tuple(reading.current_a), power_w=reading.power_total_w,
+                energy_wh=reading.energy_import_wh, stale=state.meter_missing(self.cfg, st, now)),
             "error_code": state.error_code(self.cfg, st, now).value,
-            "session": None if session is None else {
-                "id": session.row_id, "id_tag": session.id_tag, "card_name": session.card_name,
-                "group": session.card_group, "started_at": session.started_at,
-                "energy_wh": session.energy_wh, "power_w": session.power_w,
-                "peak_power_w": session.peak_power_w},
-            "faults": [{"fault": f.value, "detail": fs.detail, "clears_by": state.clears_by(f, fs).value,
-                        "lockout": state.clears_by(f, fs) is ev.Clearance.PERSON,
-                        "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
-                       for f, fs in st.faults.items()],
+            "session": None if session is None else p.SessionNow(
+                id=session.row_id or 0, id_tag=session.id_tag, card_name=session.card_name,
+                group=session.card_group, started_at=session.started_at,
+                energy_wh=session.energy_wh, power_w=session.power_w, peak_power_w=session.peak_power_w),
+            "faults": tuple(p.FaultNow(fault=f.value, detail=fs.detail, clears_by=state.clears_by(f, fs).value,
+                                       lockout=state.clears_by(f, fs) is ev.Clearance.PERSON,
+                                       retry_in_s=None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1)))
+                            for f, fs in st.faults.items()),
             "reason": st.reason,
             "pilot_error": self.pilot_error,
             "meter_error": self.meter_error,
