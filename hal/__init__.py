@@ -114,6 +114,15 @@ class Contactor(Protocol):
 
 
 @runtime_checkable
+class SoftOpen(Protocol):
+    """Optional capability: a contactor whose driver can let the EV stop first. An OpenEVSE board
+    asleep ($FS) opens once the EV leaves C or draws nothing, or after its own 3 s; open() instead
+    drops the relay under load at once ($FD, -12 V on the pilot). For a stop that is no fault."""
+
+    def open_when_ev_stops(self) -> None: ...
+
+
+@runtime_checkable
 class ContactorFeedback(Protocol):
     """Optional capability: an auxiliary contact or mains sense reports the real state."""
 
@@ -122,13 +131,13 @@ class ContactorFeedback(Protocol):
 
 @runtime_checkable
 class Heartbeat(Protocol):
-    """Optional capability: the contactor's driver drops out by itself unless refreshed.
+    """Optional capability: hardware outside the process falls back to its safe side unless refreshed.
 
-    A retriggerable monostable or charge pump in series with the relay driver holds the
-    coil only while heartbeat() keeps toggling its input: call it every
-    heartbeat_interval_s (half the square wave's period) from the loop that keeps the
-    contactor safe. When the calls stop (a crash, kill -9, a hung loop), the relay opens
-    within dropout_s of the last rising edge, whatever level the command output kept.
+    Call heartbeat() every heartbeat_interval_s from the loop that keeps the contactor safe; when
+    the calls stop (a crash, kill -9, a hung loop) the fallback follows within dropout_s. A
+    contactor behind a retriggerable monostable or charge pump (heartbeat() toggles its input,
+    half the square wave's period): the relay opens, whatever level the command output kept. An
+    OpenEVSE pilot (heartbeat() is one $SY): the board lowers its offer to 6 A.
     """
 
     heartbeat_interval_s: float

@@ -13,7 +13,7 @@ import structlog
 
 from hal import DeviceUnavailable, MeterReading, PilotReading, TryAgain
 from hal.openevse_board import LINK_DEFAULTS, Board
-from hal.rapi import TRIP_STATES, Frame, amps_for_duty, ev_connected, pilot_reading, relay_closed
+from hal.rapi import TRIP_STATES, Frame, amps_for_duty, boot_locked, ev_connected, pilot_reading, relay_closed
 
 __all__ = ["Board", "amps_for_duty", "pilot", "contactor", "rcd", "meter"]
 
@@ -62,18 +62,36 @@ class OpenEvsePilot(_Device):
         state = self.board.state()
         reading = pilot_reading(state)
         if reading is None:
-            raise TryAgain(f"OpenEVSE {self.board.port}: board in state {state.evse_state:02x} (starting)")
+            why = "waiting in its boot lock for $SB" if boot_locked(state) else "starting"
+            raise TryAgain(f"OpenEVSE {self.board.port}: board in state {state.evse_state:02x} ({why})")
         return reading
 
 
+class OpenEvsePilotWithHeartbeat(OpenEvsePilot):
+    """With heartbeat supervision (heartbeat_s > 0): heartbeat() from the safety loop's round is
+    one $SY, so a stalled loop, not only a dead process, lets the board fall back to 6 A."""
+
+    def __init__(self, board: Board):
+        super().__init__(board)
+        self.dropout_s = float(board.heartbeat_s)
+        self.heartbeat_interval_s = self.dropout_s / 4
+
+    def heartbeat(self) -> None:
+        self.board.pulse()
+
+
 class OpenEvseContactor(_Device):
-    """The board's relay: close()/open() say what the core allows, feedback_closed() what the board did."""
+    """The board's relay: close()/open() say what the core allows, feedback_closed() what the board
+    did. open() forces the relay open ($FD); open_when_ev_stops() lets the EV stop first ($FS)."""
 
     def close(self) -> None:
         self.board.allow_relay(True)
 
     def open(self) -> None:
         self.board.allow_relay(False)
+
+    def open_when_ev_stops(self) -> None:
+        self.board.allow_relay(False, at_once=False)
 
     def feedback_closed(self) -> bool:
         # The last report however old: a silent board is the pilot's TryAgain (pilot lost), once.
@@ -173,7 +191,8 @@ def _board(options: dict, ctx: Any) -> Board:
 
 
 def pilot(options: dict, ctx: Any) -> OpenEvsePilot:
-    return OpenEvsePilot(_board(options, ctx))
+    board = _board(options, ctx)
+    return OpenEvsePilotWithHeartbeat(board) if board.heartbeat_s else OpenEvsePilot(board)
 
 
 def contactor(options: dict, ctx: Any) -> OpenEvseContactor:

@@ -14,7 +14,7 @@ import structlog
 
 from hal import DeviceUnavailable, HalError, TryAgain
 from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, RapiLink, Refused, auth_locked,
-                      in_fault, left_mode, parse_state, relay_closed)
+                      boot_locked, in_fault, left_mode, parse_state, relay_closed)
 
 # How it fits evsed's interfaces (the design choice):
 # - One Board per serial port, shared by the four devices through ctx.shared. A worker thread
@@ -33,9 +33,14 @@ from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, Rap
 # - close()/open() record what the core allows; feedback_closed() reports the board's relay. If
 #   the relay is closed while the core does not allow it (open() called, or longer than
 #   relay_grace_s), the board is disabled ($FD, opens at once) and then held without an offer.
+# - open() is a forced open ($FD, at once); open(at_once=False) lets the EV stop first: asleep
+#   ($FS) the board opens when the EV leaves C, or after its own 3 s, and is forced only after that.
 # - The board runs its own recovery from a fault (GFCI: retry after 5 min, reset on unplug); a
 #   $FS/$FE then would hide the latch and re-trip it at once (Gfi.cpp), so none is sent.
-# - Heartbeat supervision ($SY): when evsed stops pulsing, the board lowers its offer to 6 A.
+# - Boot lock (BOOTLOCK builds): after every boot the board waits for $SB; it gets one after the
+#   output is set, on the $AB and whenever its state shows the lock (a reboot unheard).
+# - Heartbeat supervision ($SY): the safety loop's round asks for each pulse (pulse()); when the
+#   loop or evsed stops, the pulses stop and the board lowers its offer to 6 A.
 # - A lost port (USB adapter unplugged) reads as DeviceUnavailable, so the core opens and pauses;
 #   the link opens it again every reopen_s, and the worker then re-sends the devices' wishes.
 
@@ -46,6 +51,7 @@ _WAKE = object()
 _REFUSALS_TO_GIVE_UP = 3  # a bare $NK is also what a bit error gets: never conclude from one
 HS_FALLBACK_A = 6  # the firmware's floor: SetCurrentCapacity() raises anything lower to 6 A
 HS_ACK_COOKIE = 165
+SLEEP_OPENS_S = 3.0  # asleep with the relay closed, the board opens by itself after this (Update())
 
 LINK_DEFAULTS: dict[str, Any] = {
     "baudrate": 115200, "timeout_s": 0.5, "poll_interval_s": 0.2, "stale_s": 1.5,
@@ -83,7 +89,11 @@ class Board:
         self._reopened_at = 0.0  # when the port came back: a state from before is not the board's now
         self._refusals: dict[str, int] = {}  # command kind -> bare $NK in a row
         self.heartbeat = "setup"  # $SY: "setup", "on", or "none" (firmware without it)
-        self._hs_next = 0.0
+        self._pulse_owed = False  # the safety loop asked for a pulse the board has not had yet
+        self._pulsed_at = -1e9  # when the last $SY went out: at most 8 per interval, whoever beats faster
+        self.boot_lock: bool | None = None  # built with BOOTLOCK; None until an $SB answered
+        self._unlock_owed = False  # $SB owed: an $AB was heard or the lock flag seen
+        self._ev_stop_by: float | None = None  # a soft open waits for the board's own open until then
         self._errors: dict[str, str] = {}  # step -> the last error it logged
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -104,13 +114,23 @@ class Board:
                 self._amps = amps
         self._jobs.put(_WAKE)
 
-    def allow_relay(self, allowed: bool) -> None:
+    def allow_relay(self, allowed: bool, at_once: bool = True) -> None:
+        """The core's consent; withdrawn at_once from a closed relay: $FD. Else asleep ($FS) the
+        board opens when the EV leaves C or after SLEEP_OPENS_S; forced only if it has not by then."""
         with self._mu:
             self._allowed = allowed
             if allowed:
-                self._hold_open = False
+                self._hold_open, self._ev_stop_by = False, None
             elif self._state is not None and relay_closed(self._state):
-                self._hold_open = True  # the core opens: do not wait for the EV
+                if at_once:
+                    self._hold_open = True  # do not wait for the EV
+                elif self._ev_stop_by is None:
+                    self._ev_stop_by = time.monotonic() + SLEEP_OPENS_S + self.relay_grace_s
+        self._jobs.put(_WAKE)
+
+    def pulse(self) -> None:
+        """The safety loop's heartbeat: the worker passes it on as one $SY."""
+        self._pulse_owed = True
         self._jobs.put(_WAKE)
 
     def state(self) -> BoardState:
@@ -159,10 +179,15 @@ class Board:
         self._stop.set()
         self._jobs.put(_WAKE)
         self._worker.join(timeout=4 * self.options["timeout_s"] + 1.0)
-        try:
-            self.link.request("FS")  # leave the board safe: steady +12 V, relay open once the EV lets go
-        except HalError as exc:
-            log.warning("openevse.release_sleep_failed", port=self.port, error=str(exc))
+        state = self._state
+        # a forced open the worker had no round for goes out first; then the board is left safe:
+        # asleep, steady +12 V, the relay open once the EV lets go
+        forced = self._hold_open and state is not None and relay_closed(state)
+        for command in ("FD", "FS") if forced else ("FS",):
+            try:
+                self.link.request(command)
+            except HalError as exc:
+                log.warning("openevse.release_failed", port=self.port, command=command, error=str(exc))
         self.link.close()
 
     # --- the worker -------------------------------------------------------------------------------
@@ -182,9 +207,10 @@ class Board:
             if job is not None and job is not _WAKE:
                 self._run_job(*job)
             self._safely(self._reconcile)
+            self._safely(self._unlock_boot)  # after the output is set: the board starts in it
+            self._safely(self._heartbeat)
             if time.monotonic() >= next_poll:
                 self._safely(self._poll)
-                self._safely(self._heartbeat)
                 next_poll = time.monotonic() + self.poll_interval_s
         while not self._jobs.empty():
             job = self._jobs.get_nowait()
@@ -250,16 +276,43 @@ class Board:
             self.board_max_a = stored_max_a
         if current_a is not None and current_a != self.board_current_a:
             if self.board_current_a is not None and self._acked_amps is not None:
-                log.warning("openevse.current_drift", port=self.port, board_a=current_a,
-                            set_a=self.board_current_a)
-                self._acked_amps = None  # restore the offer on the next round
+                if self.heartbeat == "on" and current_a == HS_FALLBACK_A < self.board_current_a:
+                    # the supervision's fallback: it ends when the safety loop's next pulse is
+                    # acknowledged, never by the worker alone (it runs on while the core hangs)
+                    log.warning("openevse.heartbeat_fallback", port=self.port, board_a=current_a)
+                else:
+                    log.warning("openevse.current_drift", port=self.port, board_a=current_a,
+                                set_a=self.board_current_a)
+                    self._acked_amps = None  # restore the offer on the next round
             self.board_current_a = current_a
 
-    def _heartbeat(self) -> None:
-        """$SY: set up once, then pulse; a missed pulse is acknowledged (the offer is restored after)."""
-        now = time.monotonic()
-        if not self.heartbeat_s or self.heartbeat == "none" or now < self._hs_next:
+    def _unlock_boot(self) -> None:
+        """$SB, owed after an $AB or while the lock flag shows: "0" unlocked, "1" refused in a fault
+        (asked again next round). A bare $NK after an $AB alone: firmware without BOOTLOCK."""
+        if not self._unlock_owed:
             return
+        state = self._state
+        try:
+            frame = self._command("SB")
+        except Refused as exc:
+            if not exc.frame.args and not (state is not None and boot_locked(state)):
+                self._unlock_owed, self.boot_lock = False, False
+                return
+            raise
+        if frame.args[:1] == ("1",):
+            raise TryAgain(f"OpenEVSE {self.port}: board refused to leave its boot lock ($SB: in a fault)")
+        self._unlock_owed, self.boot_lock = False, True
+        log.info("openevse.boot_unlocked", port=self.port)
+
+    def _heartbeat(self) -> None:
+        """$SY for the safety loop's pulse: supervision set up at the first, then one $SY a pulse; a
+        missed pulse is acknowledged, and the offer restored with it (the board restored its EEPROM
+        maximum, which may be above evsed's)."""
+        now = time.monotonic()
+        if (not self._pulse_owed or not self.heartbeat_s or self.heartbeat == "none"
+                or now < self._pulsed_at + self.heartbeat_s / 8):
+            return
+        self._pulse_owed, self._pulsed_at = False, now
         try:
             if self.heartbeat == "setup":
                 self.link.request(f"SY {self.heartbeat_s} {HS_FALLBACK_A}")
@@ -279,12 +332,24 @@ class Board:
             log.warning("openevse.heartbeat_missed", port=self.port, answer=" ".join(exc.frame.args))
             self.link.request(f"SY {HS_ACK_COOKIE}")  # the board restores its stored capacity
             self._acked_amps = None
-        self._hs_next = now + self.heartbeat_s / 4
+            with self._mu:
+                offering, amps = self._desired == "enable" and not self._hold_open, self._amps
+            if offering and amps is not None:
+                self._set_current(amps)
+                self._acked_amps = amps
 
     def _target(self, now: float) -> tuple[str, bool]:
         """The output to drive (enable, sleep, disable) and whether locked: the pilot's wish, unless
         the relay must be forced open."""
         closed = self._state is not None and relay_closed(self._state)
+        if not closed:
+            self._ev_stop_by = None
+        elif (self._ev_stop_by is not None and not self._allowed and not self._hold_open
+              and self._desired != "disable"):
+            if now < self._ev_stop_by:
+                return "sleep", True  # the EV stops first; asleep the board opens by itself
+            log.warning("openevse.relay_forced_open", port=self.port, waited_s=SLEEP_OPENS_S)
+            self._hold_open = True
         if closed and self.relay_gated and not self._allowed and not self._hold_open and self._desired != "disable":
             if self._unallowed_since is None:
                 self._unallowed_since = now
@@ -366,6 +431,7 @@ class Board:
         elif frame.name == "AB":  # boot notification: the board forgot our volatile current and mode
             log.warning("openevse.board_rebooted", port=self.port, args=" ".join(frame.args))
             self._acked_mode = self._acked_amps = self._acked_lock = None
+            self._unlock_owed = True
             self._jobs.put(_WAKE)
         else:
             log.debug("openevse.notification", port=self.port, name=frame.name, args=" ".join(frame.args))
@@ -379,7 +445,7 @@ class Board:
         self._reopened_at = time.monotonic()
         self._acked_mode = self._acked_amps = self._acked_lock = None
         if self.heartbeat == "on":
-            self.heartbeat, self._hs_next = "setup", 0.0
+            self.heartbeat = "setup"
         self._jobs.put(_WAKE)
 
     def _update(self, new: BoardState) -> None:
@@ -387,6 +453,8 @@ class Board:
             old, self._state = self._state, new
             if new.current_a is not None and new.seen_at > self._acked_at:
                 self._capacity(new.current_a)
+            if boot_locked(new):
+                self._unlock_owed = True  # rebooted, its $AB lost: waiting for $SB
         if old is not None and old.key() == new.key():
             return
         log.info("openevse.state", port=self.port, evse_state=f"{new.evse_state:02x}",

@@ -128,6 +128,7 @@ DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY = 0x05, 0x06, 0x07, 0x08
 GFI_TEST_FAILED, OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT = 0x09, 0x0A, 0x0B, 0x0E
 SLEEPING, DISABLED = 0xFE, 0xFF
 VF_AUTH_LOCKED, VF_CHARGING_ON, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0100
+VF_BOOT_LOCK = 0x4000  # BOOTLOCK builds: after a boot the board waits for $SB and runs nothing else
 TRIP_STATES = frozenset({GFCI_FAULT, NO_GROUND, GFI_TEST_FAILED})  # what evsed's RCD input reports
 _LEVEL_V = {STATE_A: 12.0, STATE_B: 9.0, STATE_C: 6.0, STATE_D: 3.0}  # IEC 61851 nominal high levels
 
@@ -168,6 +169,12 @@ def auth_locked(state: BoardState) -> bool:
     return state.vflags is not None and bool(state.vflags & VF_AUTH_LOCKED)
 
 
+def boot_locked(state: BoardState) -> bool:
+    """The boot lock (firmware built with BOOTLOCK): the board sits in setup() until $SB, its
+    state 00, the EV unseen. Every 8.2.3 release build from 2023-02-06 to 2025-01-07 has it."""
+    return state.vflags is not None and bool(state.vflags & VF_BOOT_LOCK)
+
+
 def in_fault(state: BoardState) -> bool:
     """A fault state: the board runs its own recovery (GFCI retry, unplug), mode commands disturb it."""
     return DIODE_CHECK_FAILED <= state.evse_state < SLEEPING
@@ -196,8 +203,11 @@ def pilot_reading(state: BoardState) -> PilotReading | None:
     state field, so only the EV-connected flag and the relay are current: a relay still closed
     means the board is waiting for the EV to leave C; else B when connected, A when not. Diode
     check failed: a plateau without the -12 V low level (the core's own diode check trips).
-    Disabled and other faults: -12/-12 (F). Unknown: None.
+    Disabled and other faults: -12/-12 (F). Unknown, or boot-locked (Update() has not run: even
+    the EV-connected flag is not read yet): None.
     """
+    if boot_locked(state):
+        return None
     s = state.evse_state
     if s in (STATE_A, STATE_B) and auth_locked(state) and state.pilot_state in _LEVEL_V:
         level = _LEVEL_V[state.pilot_state]

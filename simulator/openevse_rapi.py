@@ -20,6 +20,9 @@ FAULT_STATES = (DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY, GFI_TEST
                 OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT)
 # volatile flags (m_wVFlags)
 VF_AUTH_LOCKED, VF_CHARGING_ON, VF_GFI_TRIPPED, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0080, 0x0100
+VF_BOOT_LOCK = 0x4000  # ECVF_BOOT_LOCK: waiting in setup() for $SB (BOOTLOCK builds)
+# settings flags (m_wFlags, EEPROM), as $GE reports them
+ECF_DIODE_CHK_DISABLED, ECF_GND_CHK_DISABLED, ECF_GFI_TEST_DISABLED = 0x0002, 0x0008, 0x0200
 _AT_TEST = VF_AUTH_LOCKED | VF_EV_CONNECTED  # ECVF_CHANGED_TEST: vflag changes that send an $AT
 
 GFI_TIMEOUT_S = 300.0  # open_evse.h GFI_TIMEOUT: the board retries a GFCI trip after 5 min
@@ -42,21 +45,31 @@ class OpenEvseEmulator:
     ceiling of a volatile $SC), max_current_a the hardware maximum. auth_lock: None for firmware
     built without AUTH_LOCK (the stock builds: $S4/$G4 refused), else the lock at boot.
 
+    boot_lock: built with BOOTLOCK, as the 8.2.3 release builds were (platformio.ini's common flags
+    from 2023-02-06 until 2025-01-07): after every boot setup() waits for $SB, answering RAPI but
+    never running Update(), so the EV is not seen; $GS shows state 00 and vflag 4000. Default:
+    locked, except with legacy_state (firmware from before vflags had no BOOTLOCK either).
+    heartbeat: built with HEARTBEAT_SUPERVISION ($SY/$GY). flags: the EEPROM settings $GE shows.
+
     Test hooks: nak_next (command names to refuse once), corrupt_next (answers with a bad checksum),
-    garble_next (requests hit by a bit error on the line), before_answer (name -> callable run just
-    before that command is carried out), mute (answer nothing), quiet (send no $AT), send_raw(),
+    garble_next (requests hit by a bit error on the line), before_answer (a command, "SY 165", or its
+    name, "SY" -> callable run once just before it is carried out), mute (answer nothing), quiet (send no $AT), send_raw(),
     commands (what it received).
     """
 
     def __init__(self, *, current_a: int = 16, min_current_a: int = 6, max_current_a: int = 40,
                  voltage_mv: int = 240_000, total_wh: int = 0, ammeter: bool = True,
                  volatile_supported: bool = True, legacy_async: bool = False, legacy_state: bool = False,
-                 auth_lock: bool | None = None, heartbeat: bool = True):
+                 auth_lock: bool | None = None, heartbeat: bool = True, boot_lock: bool | None = None,
+                 flags: int = 0x0000):
         self.eeprom_current_a, self.min_current_a, self.max_current_a = current_a, min_current_a, max_current_a
         self.voltage_mv, self.total_wh = voltage_mv, total_wh
         self.ammeter, self.volatile_supported, self.heartbeat = ammeter, volatile_supported, heartbeat
         self.legacy_async, self.legacy_state = legacy_async, legacy_state  # $ST / two-field $GS
         self.auth_lock_default = auth_lock
+        # BOOTLOCK came with 8.2.x, whose $GS has vflags: a legacy emulator has no boot lock
+        self.boot_lock_build = (not legacy_state) if boot_lock is None else boot_lock
+        self.flags = flags
         self.now_s = 0.0
         self.ev = "A"
         self.ev_max_current_a = 32.0
@@ -111,6 +124,7 @@ class OpenEvseEmulator:
     def _boot(self) -> None:
         """What survives a reset is in EEPROM; the rest starts afresh (Init(), EnergyMeter)."""
         self.mode = "enabled"  # a board boots enabled: steady +12 V until an EV arrives
+        self.boot_locked = self.boot_lock_build  # Init() sets ECVF_BOOT_LOCK; setup() waits for $SB
         self.current_a = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
         self.locked = bool(self.auth_lock_default)
         self.evse_state = self.pilot_state = STATE_UNKNOWN
@@ -123,13 +137,16 @@ class OpenEvseEmulator:
         self.hs_trigger, self.hs_last_pulse_s = 0, self.now_s
 
     def reboot(self, announce: bool = True) -> None:
-        """A watchdog reset or brown-out; announce=False: the $AB is lost on the line."""
+        """A watchdog reset or brown-out; announce=False: the $AB is lost on the line.
+
+        Init() forces an $AT out (state 00), then sends $AB; a BOOTLOCK build then waits for $SB."""
         with self._lock:
             self._boot()
             self._sent = None
-            self._update()
             if announce and self._master >= 0:
+                self.send_frame(f"$AT {STATE_UNKNOWN:02x} {STATE_UNKNOWN:02x} {self.current_a} {self.vflags:04x}")
                 self.send_frame(f"$AB 00 {FIRMWARE}")
+            self._update()
             self._notify()
 
     # --- what the test drives ---------------------------------------------------------------------
@@ -195,6 +212,7 @@ class OpenEvseEmulator:
         flags = VF_CHARGING_ON if self.relay_closed else 0
         flags |= VF_EV_CONNECTED if self.ev_connected else 0
         flags |= VF_AUTH_LOCKED if self.locked else 0
+        flags |= VF_BOOT_LOCK if self.boot_locked else 0
         return flags | (VF_GFI_TRIPPED if self.gfi_tripped_flag else 0)
 
     def _sleep(self) -> None:
@@ -203,7 +221,10 @@ class OpenEvseEmulator:
             self.pwm_on = False
 
     def _update(self) -> None:
-        """J1772EVSEController::Update(), without the debounce; run until the state settles."""
+        """J1772EVSEController::Update(), without the debounce; run until the state settles.
+        Boot-locked, loop() has not started: nothing is updated."""
+        if self.boot_locked:
+            return
         for _ in range(3):
             before = (self.evse_state, self.pwm_on, self.relay_closed)
             self._update_once()
@@ -346,8 +367,9 @@ class OpenEvseEmulator:
             self.nak_next.discard(name)
             self._answer(False, "", seq)
             return
-        if name in self.before_answer:
-            self.before_answer.pop(name)()
+        hook = self.before_answer.pop(" ".join(tokens), None) or self.before_answer.pop(name, None)
+        if hook is not None:
+            hook()
         ok, value = self._execute(name, tokens[1:])
         self._update()
         self._answer(ok, value, seq, corrupt=name in self.corrupt_next)
@@ -379,6 +401,13 @@ class OpenEvseEmulator:
             return True, "1" if self.locked else "0"
         if name in ("SY", "GY") and self.heartbeat:
             return self._heartbeat(name, args)
+        if name == "SB" and self.boot_lock_build:  # "1": refused in a fault, the lock stays
+            if self.evse_state in FAULT_STATES:
+                return True, "1"
+            self.boot_locked = False
+            return True, "0"
+        if name == "GE":
+            return True, f"{self.current_a} {self.flags:04x}"
         if name == "GS":
             if self.legacy_state:
                 return True, f"{self.evse_state:02x} 0"

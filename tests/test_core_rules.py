@@ -1,6 +1,7 @@
 """The charging core, rule by rule: one behaviour per test, explicit times, no clock."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -927,6 +928,30 @@ def test_shutdown_opens_and_stops_session():
     assert isinstance(actions[0], ev.OpenContactor)
     assert ev.StopSession(StopReason.REBOOT) in actions
     assert ev.CloseContactor() not in r.ev(1.1, C)
+
+
+def test_a_shutdown_while_the_ev_draws_lets_it_stop_first():
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    actions = r.at(1.0, ev.Shutdown())
+    assert actions[0] == ev.OpenContactor("shutting down", at_once=False)
+
+
+def test_a_fault_opens_at_once_also_while_shutting_down():
+    r = Rig()
+    r.charge(0.0)
+    assert r.at(1.0, ev.SelfTestResult(False))[0].at_once  # a fault: no waiting for the EV
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    r.s = replace(r.s, faults={Fault.OVERCURRENT: FaultState(0.9, None)}, contactor_closed=True)
+    assert r.at(1.0, ev.Shutdown())[0].at_once
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    r.s = replace(r.s, pilot_seen_at=0.5)  # the pilot unheard since: the EV's state unknown
+    assert r.at(1.0, ev.Shutdown())[0].at_once
 
 
 # --- action order and deadlines --------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from evsed.core import events as ev
 from evsed.core.events import ConnectorStatus, Fault, PilotOutput, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (AUTH_LIMIT, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
+from evsed.core.state import (AUTH_LIMIT, CHARGING_STATES, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
                               Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
                               offer_blocker, pilot_fresh, safety_blocker)
@@ -398,8 +398,9 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connecto
 def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     unsafe = safety_blocker(cfg, s, now)
     if s.contactor_closed:
-        if unsafe is not None:
-            return _open(s, unsafe, now, out)
+        if unsafe is not None:  # a shutdown while the EV draws is no fault: it may stop first
+            soft = s.shutting_down and not s.faults and s.pilot in CHARGING_STATES and pilot_fresh(cfg, s, now)
+            return _open(s, unsafe, now, out, at_once=not soft)
         if s.output is PilotOutput.PWM and s.session:
             return replace(s, stopping_since=None)
         since = s.stopping_since if s.stopping_since is not None else now
@@ -420,8 +421,8 @@ def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Conne
     return s
 
 
-def _open(s: Connector, reason: str, now: float, out: Out) -> Connector:
-    out.append(ev.OpenContactor(reason))
+def _open(s: Connector, reason: str, now: float, out: Out, at_once: bool = True) -> Connector:
+    out.append(ev.OpenContactor(reason, at_once))
     return replace(s, contactor_closed=False, contactor_changed_at=now, stopping_since=None,
                    overcurrent_since=None)
 

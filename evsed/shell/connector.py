@@ -22,7 +22,7 @@ from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
 from hal import (ContactorFeedback, DeviceUnavailable, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading,
-                 SelfTest)
+                 SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
@@ -75,18 +75,26 @@ class ConnectorControl:
         self.poll_inputs()
 
     def shutdown(self) -> None:
-        """Stop the session and open the contactor; also called on crash paths."""
+        """Stop the session and open the contactor, letting a charging EV stop first where the
+        contactor's driver can (hal.SoftOpen)."""
         try:
             self.feed(ev.Shutdown())
         finally:
-            self.release()
+            self.release(at_once=False)
 
-    def release(self) -> None:
-        """Open the contactor and stop PWM without asking the core: the last line of defence."""
+    def release(self, at_once: bool = True) -> None:
+        """Open the contactor and stop PWM without asking the core: the last line of defence.
+        at_once False (an orderly stop): a SoftOpen contactor lets the EV stop first."""
         try:
-            self.contactor.open()
+            self._open(at_once)
         finally:
             self.pilot.pwm_off()
+
+    def _open(self, at_once: bool) -> None:
+        if not at_once and isinstance(self.contactor, SoftOpen):
+            self.contactor.open_when_ev_stops()
+        else:
+            self.contactor.open()
 
     # --- inputs -----------------------------------------------------------------------------
     def feed(self, event: ev.Event) -> None:
@@ -204,7 +212,7 @@ class ConnectorControl:
     def _perform(self, a: ev.Action) -> None:
         """The hardware first, then the bus: no subscriber runs before the contactor is told."""
         if isinstance(a, ev.OpenContactor):
-            self.contactor.open()
+            self._open(a.at_once)
             self.publish("contactor.opened", reason=a.reason)
         elif isinstance(a, ev.CloseContactor):
             self.contactor.close()
