@@ -48,7 +48,8 @@ class PilotReading:
 class MeterReading:
     """One read of an energy meter. Lists are per phase (L1, L2, L3 or just L1).
 
-    Anything the meter model lacks is None. Energy is integer Wh, import direction.
+    Anything the meter model lacks is empty (lists) or None (frequency_hz: also when the unit
+    does not measure it); never 0 for "not measured". Energy is integer Wh, import direction.
     """
 
     energy_import_wh: int

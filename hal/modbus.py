@@ -218,6 +218,11 @@ class ModbusMeter:
 
     def _reading(self, values: dict[tuple[str, int], float]) -> MeterReading:
         where = f"{self.model.name} on {self.bus.name} unit {self.unit}"
+        # The frequency is for people only: a unit that does not measure it (0, a "not available"
+        # marker, NaN) reads as absent, never as 0 Hz, and never fails the reading.
+        frequency_hz = values.pop(("frequency_hz", 0), None)
+        if frequency_hz is not None and not (math.isfinite(frequency_hz) and frequency_hz > 0):
+            frequency_hz = None
         bad = sorted(f"{q}{f' L{p}' if p else ''}" for (q, p), v in values.items() if not math.isfinite(v))
         if bad:
             raise TryAgain(f"{where}: no valid value for {', '.join(bad)} (NaN or infinite)")
@@ -229,7 +234,7 @@ class ModbusMeter:
         return MeterReading(
             energy_import_wh=energy_wh, power_total_w=values[("power_total_w", 0)],
             current_a=phases["current_a"], voltage_v=phases["voltage_v"], power_w=phases["power_w"],
-            frequency_hz=values.get(("frequency_hz", 0)))
+            frequency_hz=frequency_hz)
 
     def release(self) -> None:
         """Give up this meter's share of the bus; the last one closes the port or socket."""
@@ -244,7 +249,8 @@ def modbus_meter(options: dict[str, Any], ctx, *, clock: Callable[[], float] = t
         if not options["port"]:
             raise DeviceUnavailable("meter backend modbus: transport \"rtu\" needs port (e.g. /dev/ttyUSB0)")
         settings = {k: options[k] for k in ("port", "baudrate", "parity", "stopbits")}
-        settings["parity"] = settings["parity"] or model.parity  # unset: the model's factory default
+        settings["baudrate"] = settings["baudrate"] or model.baudrate  # unset: as the model leaves the factory
+        settings["parity"] = settings["parity"] or model.parity
         key = f"modbus:rtu:{options['port']}"
     else:
         if not options["host"]:

@@ -348,6 +348,31 @@ def test_abb_not_available_marker_is_try_again():
     run(scenario())
 
 
+@pytest.mark.parametrize("name, words", [
+    ("sdm630", None),  # an Eastron variant without the register answers 0.0 there
+    ("abb-b23", [0xFFFF]),  # ABB's "not available"
+    ("em340", [0x7FFF]),  # Carlo Gavazzi's int16 overflow marker
+    ("sdm120", [0x7FC0, 0x0000]),  # NaN
+])
+def test_a_frequency_the_meter_does_not_measure_is_absent_not_0_hz(name, words):
+    sim = SimulatedMeter(MODELS[name])
+    if words is None:
+        sim.set("frequency_hz", 0, 0.0)
+    else:
+        sim.set_raw("frequency_hz", 0, words)
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(tcp(name, port), ctx())
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    reading = run(scenario())
+    assert reading.frequency_hz is None
+    assert reading.energy_import_wh == KNOWN["energy_import_wh"]  # the rest of the reading stands
+
+
 def test_counter_that_comes_back_lower_is_reported_as_read():
     # Plausibility is judged once, in evsed (which re-baselines); the backend reports the meter.
     sim = SimulatedMeter(MODELS["sdm630"])
@@ -425,12 +450,24 @@ def test_iem3155_energy_comes_from_the_64_bit_wh_counter():
     assert run(scenario()).energy_import_wh == 1_234_567
 
 
-@pytest.mark.parametrize("name, parity", [("or-we-516", "O"), ("or-we-517", "E"), ("sdm72d", "E"),
-                                          ("sdm630", "N"), ("sdm120", "N")])
-def test_serial_parity_defaults_to_the_models_factory_setting(name, parity):
+@pytest.mark.parametrize("name, baudrate, parity", [
+    ("or-we-516", 9600, "O"), ("or-we-517", 9600, "E"),
+    ("sdm72d", 9600, "N"),  # SDM72D-M User Manual V1.1 p.3 and p.15, V1.5 p.15: no parity, not even
+    ("sdm630", 9600, "N"), ("sdm120", 2400, "N"),  # the SDM120 ships at 2400 baud
+])
+def test_serial_line_defaults_to_the_models_factory_setting(name, baudrate, parity):
     meter = modbus_meter(options(name, port="/dev/ttyS9"), ctx())
-    assert meter.bus.settings["parity"] == parity
-    assert modbus_meter(options(name, port="/dev/ttyS8", parity="N"), ctx()).bus.settings["parity"] == "N"
+    assert (meter.bus.settings["baudrate"], meter.bus.settings["parity"]) == (baudrate, parity)
+    given = modbus_meter(options(name, port="/dev/ttyS8", parity="E", baudrate=19200), ctx()).bus.settings
+    assert (given["baudrate"], given["parity"]) == (19200, "E")
+
+
+def test_every_model_says_where_its_factory_serial_setting_comes_from():
+    for model in MODELS.values():
+        assert model.baudrate in (1200, 2400, 4800, 9600, 19200, 38400) and model.parity in "NEO"
+        stated = f"{model.baudrate}" in model.factory or "baud" in model.factory
+        assert model.factory and stated, model.name
+        assert " p." in model.factory or "not confirmed" in model.factory, model.name
 
 
 def test_missing_serial_device_is_unavailable_naming_the_path():
@@ -518,7 +555,7 @@ def test_config_takes_a_modbus_meter_with_documented_defaults():
     meter = config.parse(CONFIG.format(model="sdm630"), "evsed.toml").connectors[0].meter
     assert meter.backend == "modbus"
     assert dict(meter.options) == {
-        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": None,
+        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": None, "parity": None,
         "stopbits": 1, "host": "192.0.2.7", "tcp_port": 502, "unit": 3, "timeout_s": 0.5}
 
 
