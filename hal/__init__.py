@@ -81,6 +81,15 @@ class Pilot(Protocol):
 
 
 @runtime_checkable
+class DutyResolution(Protocol):
+    """Optional capability: a pilot whose PWM sets the duty in steps of duty_step_pct percent
+    (the kernel's PWM: 1 ns of the 1 ms period). The core puts the duty on that grid, so that the
+    current an EV reads is the one offered (never under it, never 0.05 A over)."""
+
+    duty_step_pct: float
+
+
+@runtime_checkable
 class OfferedCurrent(Protocol):
     """Optional capability: a pilot whose board sets the PWM itself and may offer less than asked
     (an OpenEVSE caps a volatile $SC at its stored maximum) reports what the EV is really offered,

@@ -231,9 +231,8 @@ def pilot_reading(state: BoardState) -> PilotReading | None:
 
 
 def _duty_for_amps(amps: int) -> float:
-    """IEC 61851-1 duty in percent for whole amperes, rounded down to 0.1 % as evsed does."""
-    duty = amps / 0.6 if amps <= 51 else max(amps / 2.5 + 64.0, 85.0)  # 52 A reads as 51 A
-    return math.floor(duty * 10.0 + 1e-6) / 10.0
+    """IEC 61851-1 duty in percent for whole amperes, as evsed's core sets it."""
+    return amps / 0.6 if amps <= 51 else max(amps / 2.5 + 64.0, 85.0)  # 52 A reads as 51 A
 
 
 def left_mode(mode: str, evse_state: int) -> bool:
@@ -256,11 +255,9 @@ def _ev_current_a(duty_pct: float) -> float:
 
 def amps_for_duty(duty_pct: float) -> int:
     """The whole amperes for $SC (6-80) whose duty gives the EV the most current without
-    exceeding what duty_pct gives it; 0 when duty_pct allows no charging.
-
-    Rounded down, but not below what the duty means: 26.6 % came from 16 A (16 / 0.6 = 26.67,
-    cut to 0.1 %), so it is 16 A, not the 15.96 A the bare formula gives. hal may not import
-    evsed.pilot; the tests check this against it.
+    exceeding what duty_pct gives it; 0 when duty_pct allows no charging. Rounded down: a core
+    offer of 15.5 A is 15 A on the board. hal may not import evsed.pilot; the tests check this
+    against it.
     """
     offered_a = _ev_current_a(duty_pct)
     fits = [(_ev_current_a(_duty_for_amps(a)), -a) for a in range(6, 81)]

@@ -372,7 +372,7 @@ def _start_session_if_due(cfg: CoreConfig, s: Connector, out: Out) -> Connector:
 def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     blocker = offer_blocker(cfg, s, now)
     in_grace = s.contactor_closed and safety_blocker(cfg, s, now) is None  # may stay closed
-    duty = duty_for_current(allowed_current_a(cfg, s)) if blocker is None else None
+    duty = duty_for_current(allowed_current_a(cfg, s), cfg.duty_step_pct) if blocker is None else None
     if locked_out(s) or (not s.operative and not s.session and not in_grace):
         mode, duty, offered = PilotOutput.F, None, 0.0  # not during a stop grace: -12 V hides the EV
     elif duty is not None:  # (offer_blocker already refuses under 6 A, where there is no duty)

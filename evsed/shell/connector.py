@@ -21,8 +21,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import (ContactorFeedback, DeviceUnavailable, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading,
-                 SelfTest, SoftOpen)
+from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying, OfferedCurrent,
+                 PilotReading, SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
@@ -44,7 +44,8 @@ class ConnectorControl:
         self.devices = devices
         self.pilot, self.contactor, self.rcd, self.meter = devices.pilot, devices.contactor, devices.rcd, devices.meter
         self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
-                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest))
+                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest),
+                           duty_step_pct=self.pilot.duty_step_pct if isinstance(self.pilot, DutyResolution) else 0.0)
         self.state = state.Connector()
         self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
         self.clock, self.wallclock, self.bus = clock, wallclock, bus
