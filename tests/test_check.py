@@ -11,7 +11,7 @@ from pathlib import Path
 from evsed import config
 from evsed.cli import check
 from hal.meter_models import MODELS
-from test_modbus_meters import KNOWN, SimulatedMeter, tcp_server
+from simulator.modbus_meter import KNOWN, SimulatedMeter, tcp_server
 
 ROOT = Path(__file__).parent.parent
 
