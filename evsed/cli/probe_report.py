@@ -77,7 +77,9 @@ def report(found: Findings, opts: Options) -> str:
     out += [f"  {name} -> {device}" for name, device in found.ports] or [
         "  none (no USB serial adapter plugged in, or udev has not named it; --port adds one)"]
     for port, info in found.boards:
-        out.append(f"OpenEVSE board on {port}: firmware {info.firmware}, RAPI {info.rapi}, state {info.evse_state:02x}")
+        waiting = " (waiting in its boot lock)" if info.boot_locked else ""
+        out.append(f"OpenEVSE board on {port}: firmware {info.firmware}, RAPI {info.rapi}, state {info.evse_state:02x}"
+                   + waiting)
         out += [f"  {topic:15s} {text}" for topic, text in info.notes()]
     out += [_meter_line(m) for m in found.meters]
     if not found.meters:
