@@ -6,10 +6,7 @@ rapi_proc.cpp); the code is ours. Standard library only, no evsed. Time is virtu
 
 from __future__ import annotations
 
-import os
-import select
-import threading
-import tty
+from simulator.rapi_wire import RapiPty
 
 # EVSE states as the firmware numbers them (J1772EvseController.h)
 STATE_UNKNOWN, STATE_A, STATE_B, STATE_C, STATE_D = 0x00, 0x01, 0x02, 0x03, 0x04
@@ -33,14 +30,7 @@ FIRMWARE = "8.2.3"
 _EV_CODES = {"A": STATE_A, "B": STATE_B, "C": STATE_C, "D": STATE_D}
 
 
-def _xor(text: str) -> int:
-    value = 0
-    for byte in text.encode("ascii"):
-        value ^= byte
-    return value
-
-
-class OpenEvseEmulator:
+class OpenEvseEmulator(RapiPty):
     """One board. current_a is the capacity stored in EEPROM (what the board boots with and the
     ceiling of a volatile $SC), max_current_a the hardware maximum. auth_lock: None for firmware
     built without AUTH_LOCK (the stock builds: $S4/$G4 refused), else the lock at boot.
@@ -51,10 +41,7 @@ class OpenEvseEmulator:
     locked, except with legacy_state (firmware from before vflags had no BOOTLOCK either).
     heartbeat: built with HEARTBEAT_SUPERVISION ($SY/$GY). flags: the EEPROM settings $GE shows.
 
-    Test hooks: nak_next (command names to refuse once), corrupt_next (answers with a bad checksum),
-    garble_next (requests hit by a bit error on the line), before_answer (a command, "SY 165", or its
-    name, "SY" -> callable run once just before it is carried out), mute (answer nothing), quiet (send no $AT), send_raw(),
-    commands (what it received).
+    Test hooks: those of the wire (simulator.rapi_wire.RapiPty), and quiet (send no $AT).
     """
 
     def __init__(self, *, current_a: int = 16, min_current_a: int = 6, max_current_a: int = 40,
@@ -79,47 +66,10 @@ class OpenEvseEmulator:
         self.eeprom_writes = 0  # $SC without V: EEPROM wear (and the stored maximum changed)
         self.hs_writes = 0  # $SY settings that changed what EEPROM holds
         self.hs_interval_s, self.hs_current_a = 0, 0  # kept in EEPROM
-        self.commands: list[str] = []  # every command received, checksum and sequence id removed
-        self.nak_next: set[str] = set()
-        self.nak_always: set[str] = set()  # command names refused until removed (a failing ammeter: GG)
-        self.corrupt_next: set[str] = set()
-        self.garble_next: set[str] = set()
-        self.before_answer: dict = {}
-        self.mute = False
         self.quiet = False  # no async notifications: an $AT lost on the line
-        self._lock = threading.RLock()
-        self._master = self._slave = -1
-        self._stop_r = self._stop_w = -1
-        self._thread: threading.Thread | None = None
-        self.port = ""
         self._sent: tuple | None = None
+        super().__init__()
         self._boot()
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> "OpenEvseEmulator":
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/NL translation: a serial line, not a terminal
-        self.port = os.ttyname(self._slave)
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._serve, name="openevse-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        os.write(self._stop_w, b"x")
-        self._thread.join(timeout=2.0)
-        for fd in (self._master, self._slave, self._stop_r, self._stop_w):
-            os.close(fd)
-        self._thread = None
-
-    def __enter__(self) -> "OpenEvseEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _boot(self) -> None:
         """What survives a reset is in EEPROM; the rest starts afresh (Init(), EnergyMeter)."""
@@ -136,6 +86,11 @@ class OpenEvseEmulator:
         self.session_ws, self.in_session = 0, False
         self.hs_trigger, self.hs_last_pulse_s = 0, self.now_s
 
+    def _ready(self) -> None:
+        """The board has been running before anyone listens: nothing to announce."""
+        self._update()
+        self._sent = self._snapshot()
+
     def reboot(self, announce: bool = True) -> None:
         """A watchdog reset or brown-out; announce=False: the $AB is lost on the line.
 
@@ -143,7 +98,7 @@ class OpenEvseEmulator:
         with self._lock:
             self._boot()
             self._sent = None
-            if announce and self._master >= 0:
+            if announce and self.listening:
                 self.send_frame(f"$AT {STATE_UNKNOWN:02x} {STATE_UNKNOWN:02x} {self.current_a} {self.vflags:04x}")
                 self.send_frame(f"$AB 00 {FIRMWARE}")
             self._update()
@@ -192,14 +147,6 @@ class OpenEvseEmulator:
             self.now_s += seconds
             self._update()
             self._notify()
-
-    def send_raw(self, data: bytes) -> None:
-        with self._lock:
-            os.write(self._master, data)
-
-    def send_frame(self, text: str) -> None:
-        """Send '$xx ...' with its XOR checksum, as the firmware frames every message."""
-        self.send_raw(f"{text}^{_xor(text):02X}\r".encode("ascii"))
 
     # --- the board's state as the firmware keeps it -----------------------------------------------
 
@@ -304,7 +251,7 @@ class OpenEvseEmulator:
 
     def _notify(self) -> None:
         """RapiSendEvseState(): an $AT when state, pilot state, capacity or a test flag changed."""
-        if self._master < 0 or self.evse_state == STATE_UNKNOWN or self.quiet:
+        if not self.listening or self.evse_state == STATE_UNKNOWN or self.quiet:
             return
         now = self._snapshot()
         if now == self._sent:
@@ -314,67 +261,6 @@ class OpenEvseEmulator:
             self.send_frame(f"$ST {self.evse_state:02x}")
         else:
             self.send_frame(f"$AT {self.evse_state:02x} {self.pilot_state:02x} {self.current_a} {self.vflags:04x}")
-
-    # --- serving ------------------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        buffer = b""
-        with self._lock:  # the board has been running before anyone listens: nothing to announce
-            self._update()
-            self._sent = self._snapshot()
-        while True:
-            ready, _, _ = select.select([self._master, self._stop_r], [], [])
-            if self._stop_r in ready:
-                return
-            try:
-                buffer += os.read(self._master, 1024)
-            except OSError:  # the slave side went away for good
-                return
-            *lines, buffer = buffer.split(b"\r")
-            for line in lines:
-                with self._lock:
-                    self._handle(line.decode("ascii", "replace"))
-
-    def _handle(self, line: str) -> None:
-        start = line.rfind("$")
-        if start < 0:
-            return  # the firmware ignores everything before a '$'
-        body = line[start:]
-        name = body[1:3]
-        if name in self.garble_next:  # one bit flipped on the way in: the checksum no longer fits
-            self.garble_next.discard(name)
-            body = body[:1] + chr(ord(body[1]) ^ 0x20) + body[2:]
-        for mark, check in (("^", _xor), ("*", lambda t: sum(t.encode("ascii")) & 0xFF)):
-            if mark in body:
-                body, _, given = body.partition(mark)
-                try:
-                    good = int(given[:2], 16) == check(body)
-                except ValueError:
-                    good = False
-                if not good:
-                    self._answer(False, "", None)  # tokenize() failed: $NK, no value, no sequence id
-                    return
-                break
-        tokens = body[1:].split()
-        seq = tokens.pop()[1:] if len(tokens) > 1 and tokens[-1].startswith(":") else None
-        if not tokens:
-            return
-        self.commands.append(" ".join(tokens))
-        if self.mute:
-            return
-        name = tokens[0]
-        if name in self.nak_next or name in self.nak_always:
-            self.nak_next.discard(name)
-            self._answer(False, "", seq)
-            return
-        hook = self.before_answer.pop(" ".join(tokens), None) or self.before_answer.pop(name, None)
-        if hook is not None:
-            hook()
-        ok, value = self._execute(name, tokens[1:])
-        self._update()
-        self._answer(ok, value, seq, corrupt=name in self.corrupt_next)
-        self.corrupt_next.discard(name)
-        self._notify()  # the firmware sends its state after each command
 
     def _execute(self, name: str, args: list[str]) -> tuple[bool, str]:
         if name == "FE":
@@ -463,12 +349,3 @@ class OpenEvseEmulator:
         elif name == "SY":
             ok = False
         return ok, f"{self.hs_interval_s} {self.hs_current_a} {self.hs_trigger}"
-
-    def _answer(self, ok: bool, value: str, seq: str | None, corrupt: bool = False) -> None:
-        text = "$OK" if ok else "$NK"
-        if value:
-            text += " " + value
-        if seq is not None:
-            text += " :" + seq
-        checksum = _xor(text) ^ (0x5A if corrupt else 0)
-        os.write(self._master, f"{text}^{checksum:02X}\r".encode("ascii"))

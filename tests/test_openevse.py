@@ -505,7 +505,7 @@ def test_auth_lock_holds_the_board_out_of_c_awake():
         ctx = Ctx()
         pilot, relay = openevse.pilot({"port": board.port}, ctx), openevse.contactor({"port": board.port}, ctx)
         try:
-            until(lambda: pilot.board.has_auth_lock is not None)
+            until(lambda: pilot.board.firmware.has_auth_lock is not None)
             board.set_ev("C")  # no offer: locked, awake, steady +12 V, the EV's state read live
             until(lambda: iec(pilot) is C, what="C while locked")
             assert not diode_present(pilot.read().low_v) and not board.relay_closed

@@ -65,7 +65,7 @@ def test_a_board_booting_locked_gets_sb_once_it_is_asleep_and_then_sees_the_ev(e
     assert emu.commands.index("FS") < emu.commands.index("SB")  # it starts asleep, not enabled
     emu.set_ev("B")
     until(lambda: iec(pilot) is PilotState.B, what="the EV seen")
-    assert pilot.board.boot_lock is True
+    assert pilot.board.firmware.boot_lock is True
 
 
 def test_a_board_rebooted_unheard_is_unlocked_again_and_charges_on(emu, devices):
@@ -94,7 +94,7 @@ def test_firmware_without_bootlock_refuses_sb_and_is_asked_only_after_a_boot_not
             board.reboot()  # announced: $AB, and a lock that may be there
             until(lambda: "SB" in board.commands, what="$SB after the $AB")
             asked(pilot, "GV")
-            assert pilot.board.boot_lock is False and board.commands.count("SB") == 1
+            assert pilot.board.firmware.boot_lock is False and board.commands.count("SB") == 1
         finally:
             pilot.release()
 
