@@ -204,3 +204,21 @@ def test_evsed_probe_on_the_command_line_shows_progress_and_writes_with_write(tm
     assert f"scanning {tmp_path / 'by-id' / METERS_NAME}: 9600 8N1" in err  # the progress, off a terminal
     assert "OpenEVSE board on" in out and "unit 1 at 9600 8N1: sdm630" in out and f"wrote {target}" in out
     assert config.load(target).connectors[0].meter.options["model"] == "sdm630"
+
+
+def test_the_scan_is_bounded_and_tries_a_parity_the_port_refuses_only_once():
+    from hal.modbus_scan import scan_rtu
+    from simulator.modbus_meter import null_modem
+    seen: list[str] = []
+
+    async def scenario():
+        async with null_modem() as (_nobody, port):  # a line with nothing on it
+            return port, await scan_rtu(port, [9600, 2400], ["N", "E"], [1, 2], 0.05, seen.append)
+
+    port, scan = run(scenario())
+    assert scan.found == []
+    assert [line.split(": ", 1)[1] for line in seen] == [
+        "9600 8N1, unit 1 (1 of 2)", "9600 8N1, unit 2 (2 of 2)", "9600 8E1, unit 1 (1 of 2)",
+        "2400 8N1, unit 1 (1 of 2)", "2400 8N1, unit 2 (2 of 2)"]  # a pty takes no parity: E once
+    (refused,) = scan.problems
+    assert refused.startswith(f"Modbus RTU port {port}: cannot be set to 9600 baud, parity E")
