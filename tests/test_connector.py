@@ -117,6 +117,7 @@ def test_plug_tap_closes_and_unplug_stores_the_session(tmp_path):
     ctrl, pilot, contactor, store = make(tmp_path, clock)
     charge(ctrl, pilot, clock)
     assert contactor.closed and pilot.output.startswith("pwm 53.33")
+    assert (ctrl.status()["duty_pct"], ctrl.status()["offered_a"]) == (53.3333, 32.0)  # shown to the grid's 1e-4 %
     clock.now += 600
     ctrl.meter_sampled(reading(2840))
     pilot.high_v = 12.0

@@ -225,7 +225,8 @@ class ConnectorControl:
                 self.pilot.pwm_f()
             else:
                 self.pilot.pwm_off()
-            self.publish("pilot.output", mode=a.mode, duty_pct=a.duty_pct, offered_a=round(a.current_a, 1))
+            duty = None if a.duty_pct is None else round(a.duty_pct, 4)
+            self.publish("pilot.output", mode=a.mode, duty_pct=duty, offered_a=round(a.current_a, 2))
         elif isinstance(a, ev.RunSelfTest):
             rcd = self.rcd
             assert isinstance(rcd, SelfTest), "the core asks for a self-test only when the RCD has one"
@@ -293,7 +294,7 @@ class ConnectorControl:
             "status": st.status.value,
             "state": st.pilot.value if st.pilot else None,
             "pilot_output": st.output,
-            "duty_pct": st.duty_pct,
+            "duty_pct": None if st.duty_pct is None else round(st.duty_pct, 4),  # the kernel PWM's grid
             "allowed_a": state.allowed_current_a(self.cfg, st),
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
