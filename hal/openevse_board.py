@@ -19,8 +19,9 @@ from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, Rap
 
 # How it fits evsed's interfaces (the design choice):
 # - One Board per serial port, shared by the four devices through ctx.shared. A worker thread
-#   owns the wire: it polls $GS every poll_interval_s, passes the safety loop's heartbeat on, runs the meter's
-#   requests, and converges the board to the *desired* output the pilot and contactor record.
+#   owns the wire: it polls $GS every poll_interval_s, passes the safety loop's heartbeat on,
+#   runs the meter's requests, and converges the board to the *desired* output the pilot and
+#   contactor record.
 #   The reader thread turns async $AT/$ST into cache updates and on_change callbacks. So
 #   pwm_on()/read()/tripped() never wait on the serial line: they set a wish or read a cache
 #   (stale: read() raises TryAgain), and a failed command is simply retried on the next round.
@@ -292,7 +293,8 @@ class Board:
         with self._mu:
             (mode, locked), amps, state = self._target(time.monotonic()), self._amps, self._state
         fresh = state if state is not None and state.seen_at > self._acked_at else None  # read since the last command
-        if self.firmware.has_auth_lock and fresh and self._acked_lock is not None and auth_locked(fresh) != self._acked_lock:
+        lock = self.firmware.has_auth_lock
+        if lock and fresh and self._acked_lock is not None and auth_locked(fresh) != self._acked_lock:
             log.warning("openevse.lock_drift", port=self.port, locked=auth_locked(fresh))
             self._acked_lock = None  # rebooted (AUTH_LOCK 1 boots locked) or locked by an unplug
         lock_first = mode == "enable" and locked  # before $FE: an enabled, unlocked board offers at once
@@ -307,7 +309,7 @@ class Board:
         if mode != self._acked_mode and not (mode != "disable" and state is not None and in_fault(state)):
             self._command(_MODE_COMMANDS[mode])
             self._acked_mode = mode
-            log.info("openevse.output", port=self.port, mode=mode, locked=locked if self.firmware.has_auth_lock else None,
+            log.info("openevse.output", port=self.port, mode=mode, locked=locked if lock else None,
                      current_a=amps if mode == "enable" and not locked else None)
         if not lock_first:  # after $FS: locking a board in C would open its relay under load at once
             self._lock_to(locked)

@@ -48,7 +48,8 @@ class BoardInfo:
         """(topic, what evsed will and will not be able to do with this board), for people."""
         out = []
         if self.boot_locked:
-            out.append(("boot lock", "on (vflag 4000): built with BOOTLOCK, it waits after every boot; evsed sends $SB"))
+            out.append(("boot lock", "on (vflag 4000): built with BOOTLOCK, it waits after every boot; "
+                                     "evsed sends $SB"))
         else:
             out.append(("boot lock", "off now (built without BOOTLOCK, or unlocked since its boot)"))
         if self.auth_lock is None:

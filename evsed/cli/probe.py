@@ -250,7 +250,8 @@ def add_command(add: Callable[..., argparse.ArgumentParser]) -> None:
                     default=d.bauds, help=f"baud rates to try (default {','.join(map(str, d.bauds))})")
     sp.add_argument("--parities", type=_list(str.upper, PARITIES), default=d.parities, help="default N,E,O")
     sp.add_argument("--timeout", type=float, default=d.timeout_s, help="answer timeout per Modbus request, s")
-    sp.add_argument("--card-timeout", type=float, default=d.card_timeout_s, help="wait for a card this long (0: do not)")
+    sp.add_argument("--card-timeout", type=float, default=d.card_timeout_s,
+                    help="wait for a card this long (0: do not)")
     sp.add_argument("--write", metavar="FILE", help="write the TOML block to FILE (a new file)")
 
 

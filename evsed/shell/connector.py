@@ -21,8 +21,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying, OfferedCurrent,
-                 PilotReading, SelfTest, SoftOpen)
+from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying,
+                 OfferedCurrent, PilotReading, SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
