@@ -43,8 +43,9 @@ class MeterModel:
 
     not_available_sentinels: the model marks a missing value with the type's all-ones
     (unsigned) or maximum (signed) integer, which decoding turns into NaN.
-    parity: the factory default of the serial line (N, E, O), named in its manual; the config's
-    parity overrides it.
+    baudrate, parity: the serial line as the meter leaves the factory (8 data bits, 1 stop bit);
+    the config's baudrate and parity override them. factory: where that setting is stated
+    (document and page), or that it is not confirmed from the manufacturer.
     """
 
     name: str
@@ -55,7 +56,9 @@ class MeterModel:
     fields: tuple[Field, ...]
     not_available_sentinels: bool = False
     phases: int = 3
+    baudrate: int = 9600
     parity: str = "N"
+    factory: str = ""
 
     def quantities(self) -> set[str]:
         return {f.quantity for f in self.fields}
@@ -88,34 +91,46 @@ _SDM_3P = (
     + (_total("power_total_w", 0x0034, F32), _total("frequency_hz", 0x0046, F32),
        _total("energy_import_wh", 0x0048, F32, KWH)))
 
+# Not confirmed from a manual here: the value is the manufacturer's usual one, kept until a page
+# says otherwise. `evsed probe` finds what a meter really answers at and writes it out.
+UNCONFIRMED = "factory serial setting not confirmed from the manual (no page found): "
+
 SDM120 = MeterModel(
     "sdm120", "Eastron SDM120-Modbus (single phase)",
     "Eastron SDM120-Modbus Smart Energy Meter, Modbus Protocol Implementation "
     "(sdm120modbus_manual), input register table",
-    4, "big", _SDM_1P, phases=1)
+    4, "big", _SDM_1P, phases=1, baudrate=2400,
+    factory="Eastron SDM120-Modbus user manual 2016 V2.6, RS485 set-up: 2400 baud (default), no parity "
+            "(page not confirmed here; the default cited from it in Tasmota PR #6111, and used by the "
+            "sdm120c and emonhub readers)")
 
 SDM230 = MeterModel(
     "sdm230", "Eastron SDM230-Modbus (single phase)",
     "Eastron SDM230-Modbus, Modbus Protocol Implementation (SDM230-register), "
     "input register table",
-    4, "big", _SDM_1P, phases=1)
+    4, "big", _SDM_1P, phases=1, factory=UNCONFIRMED + "9600 8N1")
 
 SDM630 = MeterModel(
     "sdm630", "Eastron SDM630-Modbus (three phase)",
     "Eastron SDM630 Modbus Protocol (SDM630 register map, V1.x), input register table",
-    4, "big", _SDM_3P)
+    4, "big", _SDM_3P,
+    factory="9600 baud, no parity: the SDM630 family's holding registers 40019 (parity/stop: 0 = one "
+            "stop bit and no parity, default) and 40029 (baud: 2 = 9600, default), as in the SDM630MCT-ML "
+            "User Manual V1.2 p.25; the SDM630-Modbus manual's own page not confirmed here")
 
 SDM72D = MeterModel(
     "sdm72d", "Eastron SDM72D-M, first version (totals only)",
     "Eastron SDM72D-M User Manual (SDM72DM-manual), Modbus input registers: "
-    "total system power 30053, import active energy 30073; factory serial setting: even parity",
+    "total system power 30053, import active energy 30073",
     4, "big", (_total("power_total_w", 0x0034, F32), _total("energy_import_wh", 0x0048, F32, KWH)),
-    parity="E")
+    factory="no parity: Eastron SDM72D-M User Manual V1.1 p.3 (RS485: parity none (default)) and p.15 "
+            "(holding register 40019: 0 = one stop bit and no parity, default); V1.5 p.15 the same. "
+            "9600 baud: not stated on those pages")
 
 SDM72D_V2 = MeterModel(
     "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
     "Eastron SDM72D-M-2 User Manual (sdm72dm-v2), Modbus input register table",
-    4, "big", _SDM_3P)
+    4, "big", _SDM_3P, factory=UNCONFIRMED + "9600 8N1")
 
 # --- ABB B series: holding registers (FC3), integers high word first ---------------------------
 # 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
@@ -133,7 +148,7 @@ ABB_B21 = MeterModel(
     3, "big",
     _phases("voltage_v", (0x5B00,), "uint32", 0.1) + _phases("current_a", (0x5B0C,), "uint32", 0.01)
     + _phases("power_w", (0x5B14,), "int32", 0.01) + _ABB_COMMON,
-    not_available_sentinels=True, phases=1)
+    not_available_sentinels=True, phases=1, factory=UNCONFIRMED + "9600 8N1")
 
 _ABB_3P = (
     _phases("voltage_v", (0x5B00, 0x5B02, 0x5B04), "uint32", 0.1)
@@ -141,9 +156,9 @@ _ABB_3P = (
     + _phases("power_w", (0x5B16, 0x5B18, 0x5B1A), "int32", 0.01) + _ABB_COMMON)
 
 ABB_B23 = MeterModel("abb-b23", "ABB B23 (three phase, direct)", _ABB_SOURCE, 3, "big", _ABB_3P,
-                     not_available_sentinels=True)
+                     not_available_sentinels=True, factory=UNCONFIRMED + "9600 8N1")
 ABB_B24 = MeterModel("abb-b24", "ABB B24 (three phase, CT connected)", _ABB_SOURCE, 3, "big",
-                     _ABB_3P, not_available_sentinels=True)
+                     _ABB_3P, not_available_sentinels=True, factory=UNCONFIRMED + "9600 8N1")
 
 # --- Carlo Gavazzi EM340: input registers (FC4), int32 low word first --------------------------
 # 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh). An overflowed
@@ -159,7 +174,7 @@ EM340 = MeterModel(
     + _phases("power_w", (0x12, 0x14, 0x16), "int32", 0.1)
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("frequency_hz", 0x33, "int16", 0.1),
        _total("energy_import_wh", 0x34, "int32", 100.0)),
-    not_available_sentinels=True)
+    not_available_sentinels=True, factory=UNCONFIRMED + "9600 8N1")
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
 # Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
@@ -174,10 +189,12 @@ _ORNO = (
     + (_total("power_total_w", 0x1C, F32, KW), _total("frequency_hz", 0x14, F32),
        _total("energy_import_wh", 0x0108, F32, KWH)))  # 0108h: forward (import) active energy
 
-OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)",
-                       _ORNO_SOURCE + "; OR-WE-516 user manual: factory parity odd", 3, "big", _ORNO, parity="O")
-OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)",
-                       _ORNO_SOURCE + "; OR-WE-517 user manual: factory parity even", 3, "big", _ORNO, parity="E")
+OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="O",
+                       factory="9600 baud, odd parity: the OR-WE-516 user manual's communication defaults "
+                               "(page not confirmed here)")
+OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
+                       factory="9600 baud, even parity: the OR-WE-517 user manual's communication defaults "
+                               "(page not confirmed here)")
 
 # --- Schneider iEM3155: holding registers (FC3), high word first ---------------------------------
 # The document numbers registers from 1: register 3028 is address 3027. Power in kW (float). The
@@ -192,7 +209,9 @@ IEM3155 = MeterModel(
     _phases("voltage_v", (3027, 3029, 3031), F32) + _phases("current_a", (2999, 3001, 3003), F32)
     + _phases("power_w", (3053, 3055, 3057), F32, KW)
     + (_total("power_total_w", 3059, F32, KW), _total("frequency_hz", 3109, F32),
-       _total("energy_import_wh", 3203, "int64")))
+       _total("energy_import_wh", 3203, "int64")),
+    factory=UNCONFIRMED + "9600 8N1 kept (DOCA0005EN p.51 lists 9600/19200/38400 and odd/even/none "
+            "without marking the default)")
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
 # Import energy at 2752 (float, Wh): mbmd finder7m38.go, a transcription of Finder's guide and a
@@ -207,7 +226,8 @@ FINDER_7M38 = MeterModel(
     _phases("voltage_v", (2500, 2502, 2504), F32) + _phases("current_a", (2516, 2518, 2520), F32)
     + _phases("power_w", (2530, 2532, 2534), F32)
     + (_total("power_total_w", 2536, F32), _total("frequency_hz", 2498, F32),
-       _total("energy_import_wh", 2752, F32)))
+       _total("energy_import_wh", 2752, F32)),
+    factory=UNCONFIRMED + "9600 8N1")
 
 # --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
 # 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh). Checked against SmartEVSE's meter table
@@ -222,7 +242,7 @@ EEM_350 = MeterModel(
     _phases("voltage_v", (0x00, 0x02, 0x04), "int32", 0.1)
     + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)),
-    not_available_sentinels=True)
+    not_available_sentinels=True, factory=UNCONFIRMED + "9600 8N1")
 
 MODELS: dict[str, MeterModel] = {m.name: m for m in (
     SDM120, SDM230, SDM630, SDM72D, SDM72D_V2, ABB_B21, ABB_B23, ABB_B24, EM340,

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from evsed import config as configmod
 from evsed import protocol as p
-from evsed.cli import ops, records
+from evsed.cli import ops, probe, records
 from evsed.cli import policy as policy_cli
 from evsed.control import client as control
 
@@ -304,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon")
     sp = add("check", cmd_check, "validate the config and open every configured device once")
     sp.add_argument("--json", action="store_true")
+    probe.add_command(add)
     sp = add("service", cmd_service, "run one service process (ocpp, mqtt, web) beside the daemon")
     sp.add_argument("name", choices=("ocpp", "mqtt", "web"))
     sp = add("status", cmd_status, "live status of the running daemon")

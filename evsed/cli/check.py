@@ -12,13 +12,15 @@ import time
 from typing import Any
 
 from evsed.config import Config
+from evsed.config.tomlines import key_lines
 from evsed.errors import StartError
 from evsed.shell import devices
 from evsed.shell.daemon import StateLock
 from evsed.core.pilot import classify, diode_present
-from hal import Closable, ContactorFeedback, HalError, MeterReading
+from hal import Closable, ContactorFeedback, HalError, MeterReading, TryAgain
 
 METER_TIMEOUT_S = 5.0
+PILOT_TIMEOUT_S = 3.0  # a board just opened may not report yet (an OpenEVSE waiting for its $SB)
 
 
 def _phase_list(values: tuple[float, ...]) -> list[float] | None:
@@ -51,7 +53,7 @@ async def _check_device(kind: str, device_cfg, connector_id: int, shared: dict) 
 async def _read(kind: str, device) -> dict[str, Any]:
     if kind == "pilot":
         device.pwm_off()  # steady +12 V: with nothing plugged in this reads state A
-        r = device.read()
+        r = await _read_pilot(device)
         state = classify(r.high_v)
         return {"ok": not math.isnan(r.high_v), "high_v": round(r.high_v, 2), "low_v": round(r.low_v, 2),
                 "state": state.value if state else None, "diode": diode_present(r.low_v)}
@@ -70,6 +72,18 @@ async def _read(kind: str, device) -> dict[str, Any]:
         reading = await asyncio.wait_for(device.read(), METER_TIMEOUT_S)
         return {"ok": True, **meter_json(reading)}
     return {"ok": True, "found": True}
+
+
+async def _read_pilot(device) -> Any:
+    """A reading, asked again while the device says "try again", for up to PILOT_TIMEOUT_S."""
+    deadline = time.monotonic() + PILOT_TIMEOUT_S
+    while True:
+        try:
+            return device.read()
+        except TryAgain:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 def _release(device) -> None:
@@ -105,7 +119,29 @@ async def run_check(config: Config) -> dict[str, Any]:
     parts = [d for c in report["connectors"] for d in (c["pilot"], c["contactor"], c["rcd"], c["meter"]) if d]
     parts += [report[k] for k in ("rfid", "site_meter") if report[k]]
     report["ok"] = all(p["ok"] for p in parts)
+    report["notes"] = notes(config)
     return report
+
+
+def notes(config: Config) -> list[str]:
+    """What the config sets that does not do what it may seem to: [timing] rcd_retry_s and
+    rcd_max_retries beside an OpenEVSE board's RCD (its firmware owns the GFCI latch and retry)."""
+    boards = [c.id for c in config.connectors if c.rcd is not None and c.rcd.backend == "openevse"]
+    if not boards:
+        return []
+    try:
+        lines = key_lines(config.path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for key in ("rcd_retry_s", "rcd_max_retries"):
+        line = lines.get(f"timing.{key}")
+        if line is not None:
+            out.append(f"{config.path}:{line}: [timing] {key} does not govern the OpenEVSE board's GFCI "
+                       f"(connector {', '.join(map(str, boards))}): the board latches a trip and retries it "
+                       "itself after 5 min, at most 6 times, then holds it until the EV is unplugged; evsed "
+                       "leaves that alone and resumes once the board has cleared (see the README's fault table)")
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -125,6 +161,7 @@ def format_report(report: dict[str, Any]) -> str:
             line(f"connector {c['id']} {kind}", c[kind])
     line("card reader", report["rfid"])
     line("site meter", report["site_meter"])
+    lines += [f"  note {text}" for text in report.get("notes", ())]
     lines.append("all devices answered" if report["ok"] else "some devices failed")
     return "\n".join(lines)
 

@@ -160,10 +160,11 @@ register(Backend("meter", "modbus", "hal.modbus:modbus_meter",
                      "model": Option(str, doc="meter model", choices=tuple(_METER_MODELS)),
                      "transport": Option(str, "rtu", "rtu (RS-485) or tcp", choices=("rtu", "tcp")),
                      "port": Option(str, "/dev/ttyUSB0", "serial device (rtu)"),
-                     "baudrate": Option(int, 9600, "bit/s (rtu)",
+                     "baudrate": Option(int, None, "bit/s (rtu); unset: the model's factory setting "
+                                        "(9600; 2400 for sdm120)",
                                         choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
-                     "parity": Option(str, None, "N, E or O (rtu); unset: the model's factory default "
-                                      "(N; E for sdm72d, or-we-517; O for or-we-516)", choices=("N", "E", "O")),
+                     "parity": Option(str, None, "N, E or O (rtu); unset: the model's factory setting "
+                                      "(N; E for or-we-517; O for or-we-516)", choices=("N", "E", "O")),
                      "stopbits": Option(int, 1, "1 or 2 (rtu)", choices=(1, 2)),
                      "host": Option(str, "", "meter or gateway address (tcp)"),
                      "tcp_port": Option(int, 502, "TCP port (tcp)", min=1, max=65535),

@@ -136,11 +136,12 @@ class Charger:
             except Exception as exc:  # noqa: BLE001 - keep shutting the others down
                 on_error(ctrl, exc)
 
-    def release_all(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
-        """Open every contactor without asking the core: the last line of defence."""
+    def release_all(self, on_error: Callable[[ConnectorControl, BaseException], None], at_once: bool = True) -> None:
+        """Open every contactor without asking the core: the last line of defence (at_once False:
+        an orderly stop, where a charging EV may stop first)."""
         for ctrl in self.connectors.values():
             try:
-                ctrl.release()
+                ctrl.release(at_once)
             except Exception as exc:  # noqa: BLE001 - keep releasing the others
                 on_error(ctrl, exc)
 

@@ -22,8 +22,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import (ContactorFeedback, DeviceUnavailable, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading,
-                 SelfTest)
+from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying,
+                 OfferedCurrent, PilotReading, SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
@@ -45,7 +45,8 @@ class ConnectorControl:
         self.devices = devices
         self.pilot, self.contactor, self.rcd, self.meter = devices.pilot, devices.contactor, devices.rcd, devices.meter
         self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
-                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest))
+                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest),
+                           duty_step_pct=self.pilot.duty_step_pct if isinstance(self.pilot, DutyResolution) else 0.0)
         self.state = state.Connector()
         self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
         self.clock, self.wallclock, self.bus = clock, wallclock, bus
@@ -76,18 +77,26 @@ class ConnectorControl:
         self.poll_inputs()
 
     def shutdown(self) -> None:
-        """Stop the session and open the contactor; also called on crash paths."""
+        """Stop the session and open the contactor, letting a charging EV stop first where the
+        contactor's driver can (hal.SoftOpen)."""
         try:
             self.feed(ev.Shutdown())
         finally:
-            self.release()
+            self.release(at_once=False)
 
-    def release(self) -> None:
-        """Open the contactor and stop PWM without asking the core: the last line of defence."""
+    def release(self, at_once: bool = True) -> None:
+        """Open the contactor and stop PWM without asking the core: the last line of defence.
+        at_once False (an orderly stop): a SoftOpen contactor lets the EV stop first."""
         try:
-            self.contactor.open()
+            self._open(at_once)
         finally:
             self.pilot.pwm_off()
+
+    def _open(self, at_once: bool) -> None:
+        if not at_once and isinstance(self.contactor, SoftOpen):
+            self.contactor.open_when_ev_stops()
+        else:
+            self.contactor.open()
 
     # --- inputs -----------------------------------------------------------------------------
     def feed(self, event: ev.Event) -> None:
@@ -205,7 +214,7 @@ class ConnectorControl:
     def _perform(self, a: ev.Action) -> None:
         """The hardware first, then the bus: no subscriber runs before the contactor is told."""
         if isinstance(a, ev.OpenContactor):
-            self.contactor.open()
+            self._open(a.at_once)
             self.publish("contactor.opened", reason=a.reason)
         elif isinstance(a, ev.CloseContactor):
             self.contactor.close()
@@ -217,7 +226,8 @@ class ConnectorControl:
                 self.pilot.pwm_f()
             else:
                 self.pilot.pwm_off()
-            self.publish("pilot.output", mode=a.mode, duty_pct=a.duty_pct, offered_a=round(a.current_a, 1))
+            duty = None if a.duty_pct is None else round(a.duty_pct, 4)
+            self.publish("pilot.output", mode=a.mode, duty_pct=duty, offered_a=round(a.current_a, 2))
         elif isinstance(a, ev.RunSelfTest):
             rcd = self.rcd
             assert isinstance(rcd, SelfTest), "the core asks for a self-test only when the RCD has one"
@@ -285,7 +295,7 @@ class ConnectorControl:
             "status": st.status.value,
             "state": st.pilot.value if st.pilot else None,
             "pilot_output": st.output,
-            "duty_pct": st.duty_pct,
+            "duty_pct": None if st.duty_pct is None else round(st.duty_pct, 4),  # the kernel PWM's grid
             "allowed_a": state.allowed_current_a(self.cfg, st),
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",

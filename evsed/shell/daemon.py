@@ -435,17 +435,21 @@ class Daemon:
             log.info("store.pruned", events=events, samples=samples)
 
     # --- stop -------------------------------------------------------------------------------
-    def release_all(self) -> None:
+    def release_all(self, at_once: bool = True) -> None:
         if self.charger is not None:
             self.charger.release_all(lambda ctrl, exc: log.critical(
-                "contactor.release_failed", connector=ctrl.id, error=repr(exc)))
+                "contactor.release_failed", connector=ctrl.id, error=repr(exc)), at_once)
+
+    def _orderly(self) -> bool:
+        """A stop asked for (SIGTERM, SIGINT, a restart), no failure: a charging EV may stop first."""
+        return self.stopping.is_set() and self.fatal is None
 
     async def stop(self) -> None:
         if self.charger is not None:
             self.charger.shutdown(lambda ctrl, exc: log.critical(
                 "connector.shutdown_failed", connector=ctrl.id, error=repr(exc)))
             self.charger.auth.cancel()
-        self.release_all()
+        self.release_all(at_once=not self._orderly())
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -473,7 +477,7 @@ class Daemon:
             await self.start()
             await self.stopping.wait()
         finally:
-            self.release_all()
+            self.release_all(at_once=not self._orderly())
             await self.stop()
         return 1 if self.fatal is not None else EXIT_RESTART if self.restart else 0
 
