@@ -178,8 +178,8 @@ EM340 = MeterModel(
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
 # Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
-# the ya-modbus OR-WE-516 driver). Factory serial settings differ from Eastron's and from each
-# other: OR-WE-516 odd parity, OR-WE-517 even (their manuals' communication defaults).
+# the ya-modbus OR-WE-516 driver). Both leave the factory at 9600 baud, even parity, unlike
+# Eastron's meters: no ORNO page was found, but a WE-516 and WE-517s were seen answering at 8E1.
 
 _ORNO_SOURCE = ("ORNO OR-WE-516 / OR-WE-517 Modbus register description (manufacturer's register "
                 "list): real-time values 000Eh-003Bh, energy 0100h-012Eh")
@@ -189,12 +189,16 @@ _ORNO = (
     + (_total("power_total_w", 0x1C, F32, KW), _total("frequency_hz", 0x14, F32),
        _total("energy_import_wh", 0x0108, F32, KWH)))  # 0108h: forward (import) active energy
 
-OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="O",
-                       factory="9600 baud, odd parity: the OR-WE-516 user manual's communication defaults "
-                               "(page not confirmed here)")
-OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
-                       factory="9600 baud, even parity: the OR-WE-517 user manual's communication defaults "
-                               "(page not confirmed here)")
+OR_WE_516 = MeterModel(
+    "or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
+    factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: mbmd's README "
+            "(WE-516/517: by default 9600 8E1), mbmd issue #273 (a WE-516 answered only with --comset "
+            "8E1), evcc's orno template (8E1). The ya-modbus OR-WE-516 driver says odd, without a source")
+OR_WE_517 = MeterModel(
+    "or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
+    factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: TapHome's "
+            "OR-WE-517 page (9600 bps, parity even), mbmd's README (9600 8E1), Tasmota's WE517 driver "
+            "(9600, SERIAL_8E1), SmartEVSE issue #231 (ORNO-517: even parity)")
 
 # --- Schneider iEM3155: holding registers (FC3), high word first ---------------------------------
 # The document numbers registers from 1: register 3028 is address 3027. Power in kW (float). The
@@ -210,8 +214,12 @@ IEM3155 = MeterModel(
     + _phases("power_w", (3053, 3055, 3057), F32, KW)
     + (_total("power_total_w", 3059, F32, KW), _total("frequency_hz", 3109, F32),
        _total("energy_import_wh", 3203, "int64")),
-    factory=UNCONFIRMED + "9600 8N1 kept (DOCA0005EN p.51 lists 9600/19200/38400 and odd/even/none "
-            "without marking the default)")
+    baudrate=19200, parity="E",
+    factory=UNCONFIRMED + "19200 baud, even parity. The iEM3100/iEM3200/iEM3300 User Manual "
+            "DOCA0005EN-04 p.51 lists 9600/19200/38400 baud and odd/even/none parity without marking the "
+            "default; secondary: Tasmota's iEM3000 driver (IEM3000_SPEED 19200, 'default: 19200 baud', "
+            "and 'Set meter Communication -> Parity to None': it ships with a parity), and the Modbus "
+            "serial line specification's required default, even parity")
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
 # Import energy at 2752 (float, Wh): mbmd finder7m38.go, a transcription of Finder's guide and a

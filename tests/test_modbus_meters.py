@@ -325,9 +325,10 @@ def test_iem3155_energy_comes_from_the_64_bit_wh_counter():
 
 
 @pytest.mark.parametrize("name, baudrate, parity", [
-    ("or-we-516", 9600, "O"), ("or-we-517", 9600, "E"),
+    ("or-we-516", 9600, "E"), ("or-we-517", 9600, "E"),  # a WE-516 seen answering only at 8E1 (mbmd #273)
     ("sdm72d", 9600, "N"),  # SDM72D-M User Manual V1.1 p.3 and p.15, V1.5 p.15: no parity, not even
     ("sdm630", 9600, "N"), ("sdm120", 2400, "N"),  # the SDM120 ships at 2400 baud
+    ("iem3155", 19200, "E"),  # Tasmota's iEM3000 driver: 19200 baud, and the parity must be set to none
 ])
 def test_serial_line_defaults_to_the_models_factory_setting(name, baudrate, parity):
     meter = modbus_meter(options(name, port="/dev/ttyS9"), ctx())
