@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 import pytest
 from pymodbus.constants import ExcCodes
@@ -338,11 +339,20 @@ def test_serial_line_defaults_to_the_models_factory_setting(name, baudrate, pari
 
 
 def test_every_model_says_where_its_factory_serial_setting_comes_from():
+    # the text says the setting the model holds, and where it is stated: a confirmed one names the
+    # document, its version and the page; one not confirmed from a manual names the other sources
+    page, version = re.compile(r"\bp\.\d+\b"), re.compile(r"\bV\d+\.\d+\b|DOCA\d+EN-\d+")
     for model in MODELS.values():
+        text = model.factory
         assert model.baudrate in (1200, 2400, 4800, 9600, 19200, 38400) and model.parity in "NEO"
-        stated = f"{model.baudrate}" in model.factory or "baud" in model.factory
-        assert model.factory and stated, model.name
-        assert " p." in model.factory or "not confirmed" in model.factory, model.name
+        assert f"{model.baudrate} baud" in text, model.name
+        assert {"N": "no parity", "E": "even parity", "O": "odd parity"}[model.parity] in text, model.name
+        if "not confirmed" in text:
+            assert "secondary: " in text, model.name
+        else:
+            assert page.search(text) and version.search(text), model.name
+        if page.search(text):  # a page is cited with its document's version
+            assert version.search(text), model.name
 
 
 def test_a_port_that_refuses_the_line_setting_is_unavailable_naming_it():
