@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from pathlib import Path
 
 import pytest
 from pymodbus.constants import ExcCodes
@@ -353,6 +354,14 @@ def test_every_model_says_where_its_factory_serial_setting_comes_from():
             assert page.search(text) and version.search(text), model.name
         if page.search(text):  # a page is cited with its document's version
             assert version.search(text), model.name
+
+
+def test_the_readme_meter_table_holds_every_model_at_its_factory_line():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = re.compile(r"^\| ((?:`[a-z0-9-]+`(?:, )?)+) \| [^|]+ \| (\d+) 8([NEO])1 \| [^|]+ \|$", re.M)
+    table = {name.strip("`"): (int(baud), parity)
+             for names, baud, parity in row.findall(readme) for name in names.split(", ")}
+    assert table == {m.name: (m.baudrate, m.parity) for m in MODELS.values()}
 
 
 def test_a_port_that_refuses_the_line_setting_is_unavailable_naming_it():
