@@ -258,3 +258,11 @@ def test_any_event_order_gives_well_formed_transactions_each_ended_once_the_ev_l
             and "Ended" not in kinds[:-1], kinds
         assert [p["seqNo"] for p in payloads] == list(range(len(payloads)))
         assert sum("idToken" in p for p in payloads) <= 1
+
+
+def test_a_transactions_times_never_go_backwards():
+    run = Run(start="Authorized")
+    run.feed(status("Preparing", True), started())
+    early = {**stopped(), "stopped_at": "2026-11-28T16:00:00.000Z"}  # a clock stepped back
+    (end,) = run.feed(early)
+    assert end["timestamp"] == "2026-11-28T16:20:01.000Z" == end["meterValue"][0]["timestamp"]

@@ -42,6 +42,7 @@ class Messages:
         self.reservations: dict[int, dict[str, Any]] = {}  # reservation id -> evse (None: any), id token
         self.stop_reasons: dict[int, str] = {}            # evse -> the reason the uplink caused (reset)
         self.id_types: dict[str, str] = {}                # id token -> the type the CSMS gave it
+        self._next_id = ""                                # the id the next transaction gets
         self.on_started: Callable[[int, str], None] = lambda evse, session: None
         self.on_stopped: Callable[[int, str], None] = lambda evse, session: None
 
@@ -99,8 +100,11 @@ class Messages:
 
     def _evse_event(self, evse_id: int, event: dict[str, Any]) -> None:
         before = self.evse(evse_id)
+        event = {**event, **{k: ms(event[k]) for k in ("at", "started_at", "stopped_at") if event.get(k)}}
         ctx = self._context(evse_id, event, before)
         after, payloads = transactions.step(before, event, ctx)
+        if after.tx is not None and after.tx.transaction_id == self._next_id:
+            self._next_id = ""  # taken
         if event["type"] == "connector.status":
             self.state.set_status(evse_id, after.status, "NoError", None)
             if notify.connector_status(after.status, after.ev_connected) != \
@@ -141,12 +145,16 @@ class Messages:
                 break
         return Context(
             evse_id=evse_id, start_points=frozenset(m.member_list("TxCtrlr", "TxStartPoint")),
-            stop_points=frozenset(m.member_list("TxCtrlr", "TxStopPoint")), new_transaction_id=self.new_id(),
+            stop_points=frozenset(m.member_list("TxCtrlr", "TxStopPoint")), new_transaction_id=self._new_id(),
             offline=not self.online(), sample=self.samples.get(evse_id),
             started_measurands=tuple(m.member_list("SampledDataCtrlr", "TxStartedMeasurands")),
             ended_measurands=tuple(m.member_list("SampledDataCtrlr", "TxEndedMeasurands")),
             remote_start_id=remote_id, reservation_id=reservation, id_type=id_type,
             stop_reason=self.stop_reasons.get(evse_id))
+
+    def _new_id(self) -> str:
+        self._next_id = self._next_id or self.new_id()
+        return self._next_id
 
     def _fault(self, evse_id: int, event: dict[str, Any]) -> None:
         at, tx = self._at(event), self.evse(evse_id).tx if evse_id in self.connectors else None

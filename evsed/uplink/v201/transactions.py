@@ -36,6 +36,7 @@ class Tx:
     charging_state: str           # the last one sent
     id_token: str | None = None   # sent with the transaction (the daemon session's id tag)
     remote_start_id: int | None = None
+    last_at: str = ""             # the newest timestamp sent: the next is never earlier
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,10 @@ def step(before: Evse, event: Mapping[str, Any], ctx: Context) -> tuple[Evse, li
     """One durable event: the EVSE after it and the TransactionEvent payloads it causes (0-2)."""
     after = facts(before, event, ctx.id_type)
     was, now = before.points(), after.points()
-    at = str(event.get("stopped_at") or event.get("started_at") or event.get("at") or "")
     out: list[dict[str, Any]] = []
     tx = after.tx
+    at = str(event.get("stopped_at") or event.get("started_at") or event.get("at") or "")
+    at = max(at, tx.last_at) if tx is not None else at  # ISO 8601 UTC with ms: ordered as text
     fell = [p for p in ctx.stop_points if was[p] and not now[p]]
     gone = before.ev_connected and not after.ev_connected  # StopTxOnEVSideDisconnect
     empty = not (after.ev_connected or after.authorized or after.power_path_closed)  # nothing left of it
@@ -169,12 +171,13 @@ def meter_update(evse: Evse, at: str, trigger: str, values: list[dict[str, Any]]
     tx = evse.tx
     if tx is None or not values:
         return evse, None
+    at = max(at, tx.last_at)
     payload = {"eventType": "Updated", "timestamp": at, "triggerReason": trigger, "seqNo": tx.seq_no,
                "transactionInfo": {"transactionId": tx.transaction_id, "chargingState": evse.charging_state()},
                "meterValue": [{"timestamp": at, "sampledValue": values}]}
     if offline:
         payload["offline"] = True
-    return replace(evse, tx=replace(tx, seq_no=tx.seq_no + 1, charging_state=evse.charging_state())), payload
+    return replace(evse, tx=replace(tx, seq_no=tx.seq_no + 1, charging_state=evse.charging_state(), last_at=at)), payload
 
 
 def sampled(sample: Mapping[str, Any] | None, energy_wh: int | None, measurands: tuple[str, ...] | list[str],
@@ -240,7 +243,8 @@ def _event(kind: str, at: str, trigger: str, tx: Tx, evse: Evse, ctx: Context) -
 
 def _sent(evse: Evse, tx: Tx, payload: Mapping[str, Any]) -> Evse:
     token = tx.id_token or (evse.id_tag if "idToken" in payload else None)
-    return replace(evse, tx=replace(tx, seq_no=tx.seq_no + 1, charging_state=evse.charging_state(), id_token=token))
+    return replace(evse, tx=replace(tx, seq_no=tx.seq_no + 1, charging_state=evse.charging_state(), id_token=token,
+                                    last_at=max(tx.last_at, str(payload["timestamp"]))))
 
 
 def _ended(evse: Evse, tx: Tx, event: Mapping[str, Any], ctx: Context, at: str) -> dict[str, Any]:
