@@ -324,6 +324,7 @@ class Uplink:
             self.state.set_meta("v201.boot_reason", "ScheduledReset" if on_idle else "RemoteReset")
             self.state.enqueue("SecurityEventNotification", notify.security_event(
                 "ResetOrReboot", iso(self.clock()), "Reset OnIdle" if on_idle else "Reset Immediate"), tx=False)
+        self.sender.wake.set()
         await self.sender.drained(tx_only=False, timeout_s=5)
         log.warning("ocpp.reset", on_idle=on_idle)
         await self.charger.restart()
