@@ -149,7 +149,7 @@ class CentralSystem201(CentralSystem):
             return
         identity = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
         station = Station201(identity, ws, self)
-        self.stations[identity] = station  # type: ignore[assignment]
+        self.stations[identity] = station
         self.connections += 1
         await self._notify()
         try:
@@ -157,7 +157,7 @@ class CentralSystem201(CentralSystem):
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
-            if self.stations.get(identity) is station:  # type: ignore[comparison-overlap]
+            if self.stations.get(identity) is station:
                 del self.stations[identity]
             await self._notify()
 

@@ -43,6 +43,8 @@ class Uplink:
         self.settings, self.clock = settings, clock
         self.password = settings.password
         self.state = State(settings.state_file)
+        if self.state.claim("1.6"):
+            log.warning("ocpp.queue_of_another_version_dropped")
         self.charger = Charger(link, self.state, phases=settings.phases, voltage_v=settings.voltage_v)
         fixed = {"NumberOfConnectors": str(len(self.charger.connectors)),
                  "ConnectionTimeOut": str(int(auth_timeout_s)), "SecurityProfile": str(settings.security_profile)}

@@ -71,7 +71,7 @@ def schema_error(action: str, payload: Any, *, response: bool = False) -> CallRe
     return CallRejected(code, f"{where}: {e.message}"[:200])
 
 
-class StrictChargePoint(ChargePoint):  # type: ignore[misc]  # the ocpp package is untyped
+class StrictChargePoint(ChargePoint):  # type: ignore[misc, unused-ignore]  # the ocpp package is untyped
     """The package's v201 ChargePoint with its inbound routing made strict and crash-proof; outbound
     calls (call()) are the package's, validated against the official schemas. Handlers (@on, @after)
     take the payload as it came, one camelCase dict, and return the reply's camelCase dict.

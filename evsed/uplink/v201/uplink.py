@@ -78,12 +78,15 @@ class Uplink:
         self.settings, self.clock = settings, clock
         self.password = settings.password
         self.state = state = State(settings.state_file)
+        if state.claim("2.0.1"):
+            log.warning("ocpp.queue_of_another_version_dropped")
         self.charger = charger = Charger(link, state, phases=settings.phases, voltage_v=settings.voltage_v)
         station = Station(settings.identity, settings.vendor, settings.model, tuple(charger.connectors), charger.phases,
                           settings.max_current_a, charger.voltage_v, settings.security_profile, settings.heartbeat_s,
                           settings.call_timeout_s, auth_timeout_s, settings.reconnect_min_s)
         self.certificates = Certificates(settings.state_file.parent / "ocpp-certs", settings.identity)
-        self.model = model = DeviceModel(variables(station), state.keys(), state.set_key, self._live, self._secret)
+        self.model = model = DeviceModel(variables(station), {**settings.keys, **state.keys()}, state.set_key,
+                                         self._live, self._secret)
         self.sender = Sender(state, clock, lambda: model.int("OCPPCommCtrlr", "MessageAttempts", "TransactionEvent"),
                              lambda: model.int("OCPPCommCtrlr", "MessageAttemptInterval", "TransactionEvent"))
         self.messages = Messages(state, model, clock, charger.connectors, lambda: self.booted, new_id)

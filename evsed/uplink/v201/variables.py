@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evsed.config import Table
+
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage",
               "Current.Offered")  # what the daemon's samples carry
 TX_POINTS = ("EVConnected", "Authorized", "PowerPathClosed", "EnergyTransfer")
@@ -203,4 +205,40 @@ def variables(s: Station) -> list[Variable]:
             _ro("Connector", "ConnectorType", "string", s.connector_type, evse=evse, connector=1),
             _ro("Connector", "SupplyPhases", "integer", str(s.phases), evse=evse, connector=1),
         ]
+    return out
+
+
+def first_values(t: Table) -> dict[str, str]:
+    """[ocpp.variables]: first values of ReadWrite variables by component (a CSMS's SetVariables
+    persists over them), checked as SetVariables checks them:
+        TxCtrlr.TxStartPoint = "EVConnected"
+        OCPPCommCtrlr."MessageAttempts:TransactionEvent" = 5"""
+    from evsed.uplink.v201.device_model import check, normal  # the rules live with the device model
+
+    sub = t.table("variables")
+    if sub is None:
+        return {}
+    writable = {v.key: v for v in variables(Station("", "", "", (1,), 3, 32, 230, 0)) if v.mutability == "ReadWrite"}
+    components = sorted({v.component for v in writable.values()})
+    out: dict[str, str] = {}
+    for component in list(sub.data):
+        if component not in components:
+            sub.get(component, object)
+            raise sub.error(component, f"not a component with writable variables ({', '.join(components)})")
+        inner = sub.table(component)
+        assert inner is not None
+        for name in list(inner.data):
+            v = writable.get(f"{component}/{name}")
+            if v is None:
+                inner.get(name, object)
+                raise inner.error(name, "not a writable variable of " + component)
+            kind: type = {"boolean": bool, "integer": int, "decimal": float}.get(v.data_type, str)
+            value = inner.get(name, kind)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            problem = check(v, text)
+            if problem:
+                raise inner.error(name, problem[1])
+            out[v.key] = normal(v, text)
+        inner.done()
+    sub.done()
     return out
