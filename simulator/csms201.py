@@ -97,8 +97,7 @@ class Station201(ChargePoint):
         return call_result.ReservationStatusUpdate()
 
     @on(Action.sign_certificate)
-    def on_sign_certificate(self, csr: str, **_: Any) -> Any:
-        self.csms.csrs.append(csr)
+    def on_sign_certificate(self, **_: Any) -> Any:
         return call_result.SignCertificate(status="Accepted")
 
     @on(Action.data_transfer)
@@ -116,7 +115,6 @@ class CentralSystem201(CentralSystem):
         super().__init__(**kwargs)
         self.problems: list[str] = []
         self.tx_events: dict[str, list[dict]] = {}  # transactionId -> its TransactionEvents
-        self.csrs: list[str] = []
 
     def id_tag_info(self, id_tag: str) -> dict:
         entry = self.tags.get(id_tag, "Accepted")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ import structlog
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
 from evsed.uplink.aio import first_of
 from evsed.uplink.auth import Authorizer, AuthStore, Info
@@ -104,7 +106,9 @@ class Uplink:
                                  queued=self.sender.wake.set, spawn=self.spawn)
         self.connection = Connection(settings, SUBPROTOCOL, password=lambda: self.password,
                                      ping_interval_s=lambda: model.int("OCPPCommCtrlr", "WebSocketPingInterval"),
-                                     rng=rng)
+                                     rng=rng, tls=lambda: self.certificates.tls(
+                                         settings.ca_file, settings.cert_file, settings.key_file,
+                                         settings.security_profile == 3), refused=self._refused)
         self.ports = Ports(charger, self, model, self.auth, self.profiles, self.certificates)
         self.cp: CentralCommands | None = None
         self.booted = False                          # BootNotification Accepted on this connection
@@ -148,6 +152,13 @@ class Uplink:
             self.connection.run(self._online), self._hard.wait())
         if self._hard.is_set():
             raise HardReset()
+
+    def _refused(self, exc: BaseException) -> None:
+        """A connection that failed its TLS check or its basic auth is a security event (A00)."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self.security_event("InvalidCsmsCertificate", str(exc)[:255])
+        elif isinstance(exc, InvalidStatus) and exc.response.status_code == 401:
+            self.security_event("FailedToAuthenticateAtCsms", "HTTP 401")
 
     def _queued(self) -> None:
         self.sender.wake.set()
@@ -400,6 +411,11 @@ class Uplink:
         self.rebeat.set()
 
     def security_event(self, kind: str, info: str = "") -> None:
+        """Queue a SecurityEventNotification; one of a kind still waiting is enough (a CSMS that
+        refuses every reconnect does not fill the queue)."""
+        if any(q.action == "SecurityEventNotification" and q.payload.get("type") == kind
+               for q in self.state.queued()):
+            return
         self.state.enqueue("SecurityEventNotification", notify.security_event(kind, iso(self.clock()), info),
                            tx=False)
         self.sender.wake.set()
