@@ -25,7 +25,7 @@ FAULTS = {
 # Security events (OCPP 2.0.1 part 2, appendix 1) the station sends, by what happened.
 SECURITY_EVENTS = frozenset({
     "StartupOfTheDevice", "ResetOrReboot", "FirmwareUpdated", "SettingSystemTime", "InvalidCsmsCertificate",
-    "FailedToAuthenticateAtCsms", "ReconfigurationOfSecurityParameters", "InvalidFirmwareSignature",
+    "FailedToAuthenticateAtCsms", "ReconfigurationOfSecurityParameters", "InvalidFirmwareSignature", "InvalidFirmwareSigningCertificate",
     "InvalidChargingStationCertificate", "InvalidMessages",
 })
 

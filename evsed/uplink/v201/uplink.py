@@ -120,7 +120,7 @@ class Uplink:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hard = asyncio.Event()
         self._log_request = 0
-        self._firmware_request: int | None = None
+        self._firmware_said = ""                     # the core's last firmware status
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -476,9 +476,31 @@ class Uplink:
         return name
 
     def update_firmware(self, request_id: int, firmware: Payload, retries: int, interval_s: int) -> str:
-        self._firmware_request = request_id
-        self.firmware.start(firmware["location"], firmware["retrieveDateTime"], retries, interval_s)
+        """UpdateFirmware (L01): the release and its signature from the request go to the core's
+        transfer; a signing certificate is accepted only with the [update] public key in it."""
+        certificate = firmware.get("signingCertificate")
+        if certificate is not None and not self._release_certificate(certificate):
+            self.security_event("InvalidFirmwareSigningCertificate", "not the [update] public key")
+            return "InvalidCertificate"
+        self.state.set_meta("v201.firmware_request", request_id)
+        signature = firmware.get("signature")
+        self.firmware.start(firmware["location"], firmware["retrieveDateTime"], retries, interval_s,
+                            signature.encode() if signature else None)
         return "Accepted"
+
+    def _release_certificate(self, pem: str) -> bool:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        key_file = self.settings.update_key_file
+        try:
+            key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+            trusted = serialization.load_pem_public_key(key_file.read_bytes()) if key_file else None
+        except (ValueError, OSError):
+            return False
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        return trusted is not None and key.public_bytes(serialization.Encoding.DER, spki) == trusted.public_bytes(
+            serialization.Encoding.DER, spki)
 
     async def _notify(self, action: str, payload: Payload) -> None:
         cp = self.cp
@@ -492,13 +514,26 @@ class Uplink:
         await self._notify("LogStatusNotification", payload)
 
     async def _firmware_status(self, status: str) -> None:
-        payload: Payload = {"status": status}
-        if self._firmware_request is not None and status != "Idle":
-            payload["requestId"] = self._firmware_request
-        await self._notify("FirmwareStatusNotification", payload)
+        """The core's progress in 2.0.1 names: a verified signature says SignatureVerified before
+        Installing, a refused one InvalidSignature (and a security event)."""
+        request = self.state.meta("v201.firmware_request")
+        statuses = [status]
+        if status == "Installing" and self._firmware_said == "Downloaded":
+            statuses = ["SignatureVerified", "Installing"]
+        elif status == "InstallationFailed" and self.firmware.failure == "signature":
+            statuses = ["InvalidSignature"]
+            self.security_event("InvalidFirmwareSignature", "the release's signature is missing or not by the key")
+        self._firmware_said = status
+        for said in statuses:
+            payload: Payload = {"status": said}
+            if request and said != "Idle":
+                payload["requestId"] = int(request)
+            await self._notify("FirmwareStatusNotification", payload)
 
     def _firmware_outcome(self, result: str) -> None:
-        self.state.enqueue("FirmwareStatusNotification", {"status": result}, tx=False)
+        request = self.state.meta("v201.firmware_request")
+        self.state.enqueue("FirmwareStatusNotification", {"status": result, **(
+            {"requestId": int(request)} if request else {})}, tx=False)
         if result == "Installed":
             self.state.enqueue("SecurityEventNotification", notify.security_event(
                 "FirmwareUpdated", iso(self.clock()), self.settings.firmware_version), tx=False)
