@@ -4,6 +4,7 @@ in order, the station's transaction id kept), MessageAttempts, and a deauthorizi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -169,3 +170,73 @@ async def test_queued_transaction_events_survive_kill_9_exactly_once_in_order_wi
     assert [p["eventType"] for p in events] == ["Started", "Updated", "Ended"]
     assert len({p["transactionInfo"]["transactionId"] for p in events}) == 1
     assert again.problems == []
+
+
+@aio
+async def test_a_fault_is_a_notify_event_on_its_component_and_the_evse_shows_faulted(tmp_path):
+    csms = CentralSystem201()
+    link = FakeLink()
+    async with running(csms, tmp_path, link=link) as (uplink, _):
+        await booted(csms, uplink)
+        link.emit("fault.raised", fault="rcd", lockout=False, detail="30 mA residual current")
+        link.emit("connector.status", status="Faulted", ev_connected=False)
+        link.emit("fault.cleared", faults=["rcd"])
+        link.emit("connector.status", status="Available", ev_connected=False)
+        await csms.wait_for(lambda: len(csms.actions("NotifyEvent")) == 2
+                            and csms.actions("StatusNotification")[-1][1]["connectorStatus"] == "Available")
+    raised, cleared = (p["eventData"][0] for _, p in csms.actions("NotifyEvent"))
+    assert (raised["component"], raised["variable"], raised["actualValue"], raised["techInfo"]) == (
+        {"name": "RCD", "evse": {"id": 1}}, {"name": "Tripped"}, "true", "30 mA residual current")
+    assert cleared["actualValue"] == "false" and cleared["cleared"] is True and cleared["eventId"] > raised["eventId"]
+    assert [p["connectorStatus"] for _, p in csms.actions("StatusNotification")][-2:] == ["Faulted", "Available"]
+    assert csms.problems == []
+
+
+CUT = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, {tests!r})
+    from test_ocpp_fakes import FakeLink, settings_for
+    from test_ocpp201_transactions_live import session_events
+    from evsed.uplink.v201.uplink import Uplink
+
+    async def main():
+        link = FakeLink()
+        session_events(link)
+        settings = settings_for({port}, __import__("pathlib").Path({state!r}), version="2.0.1")
+        uplink = Uplink(settings, link)
+        task = asyncio.ensure_future(uplink.run())
+        while uplink.state.count("queue") or not uplink.booted or link.acked < 4:
+            await asyncio.sleep(0.01)
+        print("delivered", flush=True)
+        await task
+    asyncio.run(main())
+""")
+
+
+@aio
+async def test_a_transaction_cut_by_kill_9_ends_later_with_its_own_id_and_the_next_seq_no(tmp_path):
+    csms = CentralSystem201()
+    port = await csms.start()
+    state = tmp_path / "ocpp.sqlite"
+    code = CUT.format(tests=str(Path(__file__).parent), port=port, state=str(state))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        while (line := await asyncio.to_thread(child.stdout.readline)) and line.strip() != "delivered":
+            pass  # the child's log lines
+        assert line.strip() == "delivered"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    before = [p for _, p in csms.actions("TransactionEvent")]
+    assert [p["eventType"] for p in before] == ["Started", "Updated"]
+    link = FakeLink()                                       # the daemon replays what it kept, then ends it
+    session_events(link)
+    stop_events(link, reason="power_loss")
+    async with running(csms, tmp_path, link=link, port=port) as (uplink, _):
+        await csms.wait_for(lambda: any(p["eventType"] == "Ended" for _, p in csms.actions("TransactionEvent")))
+    events = [p for _, p in csms.actions("TransactionEvent")]
+    assert [p["eventType"] for p in events] == ["Started", "Updated", "Ended"]
+    assert events[-1]["transactionInfo"]["transactionId"] == before[0]["transactionInfo"]["transactionId"]
+    assert events[-1]["seqNo"] == 2 and events[-1]["transactionInfo"]["stoppedReason"] == "PowerLoss"
+    assert csms.problems == []
