@@ -65,7 +65,8 @@ class Messages:
 
     def remote_start(self, evse_id: int, remote_start_id: int, id_token: dict[str, Any]) -> None:
         """A RequestStartTransaction the daemon took: its id goes with the transaction it starts."""
-        self.state.set_meta(f"v201.remote.{evse_id}", json.dumps([remote_start_id, id_token["idToken"]]))
+        self.state.set_meta(f"v201.remote.{evse_id}", json.dumps([remote_start_id, id_token["idToken"],
+                                                                   id_token["type"]]))
         self.id_types[id_token["idToken"]] = id_token["type"]
 
     # -- events --------------------------------------------------------------------------------------
@@ -132,11 +133,11 @@ class Messages:
         tag = str(event.get("id_tag") or "")
         if event["type"] == "session.started":
             waiting = self.state.meta(f"v201.remote.{evse_id}")
-            if waiting:
-                rid, remote_tag = json.loads(waiting)
-                if remote_tag == tag:
-                    remote_id = int(rid)
             id_type = self.id_types.get(tag)
+            if waiting:
+                rid, remote_tag, remote_type = json.loads(waiting)
+                if remote_tag == tag:  # kept across a restart with the type the CSMS gave
+                    remote_id, id_type = int(rid), remote_type
         reservation = None
         for rid, res in list(self.reservations.items()):
             if event["type"] == "session.started" and res["id_token"] == tag and res["evse"] in (None, evse_id):
