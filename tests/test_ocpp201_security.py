@@ -118,3 +118,24 @@ async def test_a_csms_certificate_the_station_does_not_trust_is_a_security_event
         await trusted.stop()
     assert [p["type"] for _, p in trusted.actions("SecurityEventNotification")].count("InvalidCsmsCertificate") == 1
     assert isinstance(ssl.SSLCertVerificationError(), OSError)
+
+
+@aio
+async def test_a_new_basic_auth_password_is_answered_stored_0600_and_used_from_the_next_connection(tmp_path):
+    ca, cert, key = make_ca(tmp_path, "csms")
+    secret = tmp_path / "ocpp-password"
+    secret.write_text("first-password-123\n")
+    secret.chmod(0o600)
+    csms = CentralSystem201(password="first-password-123")
+    port = await csms.start(ssl=server_context(cert, key))
+    async with running(csms, tmp_path, port=port, url=f"wss://127.0.0.1:{port}/ocpp", security_profile=2,
+                       password="first-password-123", password_file=secret, ca_file=ca) as (uplink, _):
+        await booted(csms, uplink)
+        answer = await csms.call("CP1", call.SetVariables(set_variable_data=[{
+            "component": {"name": "SecurityCtrlr"}, "variable": {"name": "BasicAuthPassword"},
+            "attribute_value": "second-password-456"}]))
+        assert answer.set_variable_result[0]["attribute_status"] == "Accepted"
+        csms.password = "second-password-456"  # the CSMS now wants the new one
+        await csms.wait_for(lambda: csms.connections == 2 and len(csms.actions("BootNotification")) == 2)
+        assert "second-password" not in str(uplink.state.keys())
+    assert secret.read_text() == "second-password-456\n" and secret.stat().st_mode & 0o777 == 0o600

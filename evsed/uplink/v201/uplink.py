@@ -121,6 +121,7 @@ class Uplink:
         self._hard = asyncio.Event()
         self._log_request = 0
         self._firmware_said = ""                     # the core's last firmware status
+        self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -465,8 +466,14 @@ class Uplink:
         self.password = value
         log.info("ocpp.password_changed")  # never the value
         self.security_event("ReconfigurationOfSecurityParameters", "BasicAuthPassword")
-        self._reconnect.set()
+        self._new_password = True
         return True
+
+    def variables_answered(self) -> None:
+        """After a SetVariables answer is sent: a new password takes effect on a new connection (A01)."""
+        if self._new_password:
+            self._new_password = False
+            self._reconnect.set()
 
     # -- transfers ---------------------------------------------------------------------------------------
     def get_log(self, request_id: int, location: str, retries: int, interval_s: int) -> str:
