@@ -82,3 +82,26 @@ async def test_a_full_base_report_arrives_in_pages_by_seq_no(tmp_path):
     names = {(d["component"]["name"], d["variable"]["name"]) for p in pages for d in p["reportData"]}
     assert ("TxCtrlr", "TxStopPoint") in names and ("Connector", "ConnectorType") in names
     assert csms.problems == []
+
+
+@aio
+async def test_a_pending_station_answers_reports_and_variables_and_boots_when_triggered(tmp_path):
+    # CitrineOS's onboarding: Pending, a full report, its variables set, then TriggerMessage BootNotification.
+    csms = CentralSystem201(boot=[("Pending", 300)])
+    async with running(csms, tmp_path) as (uplink, _):
+        await csms.wait_for(lambda: csms.actions("BootNotification") and "CP1" in csms.stations)
+        assert (await csms.call("CP1", call.GetBaseReport(request_id=1, report_base="FullInventory"))).status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("NotifyReport") and csms.actions("NotifyReport")[-1][1]["tbc"] is False)
+        written = await csms.call("CP1", call.SetVariables(set_variable_data=[{
+            "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}, "attribute_value": "120"}]))
+        assert written.set_variable_result[0]["attribute_status"] == "Accepted"
+        assert not uplink.booted
+        trigger = await csms.call("CP1", call.TriggerMessage(requested_message="BootNotification"))
+        assert trigger.status == "Accepted"
+        await until(lambda: uplink.booted, what="accepted")
+        await csms.wait_for(lambda: csms.actions("StatusNotification"))
+    actions = [a for a, _ in csms.actions()]
+    accepted = actions.index("BootNotification", 1)
+    assert set(actions[:accepted]) == {"BootNotification", "NotifyReport"}  # nothing else while Pending
+    assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"
+    assert csms.problems == []
