@@ -122,6 +122,7 @@ class Uplink:
         self._log_request = 0
         self._firmware_said = ""                     # the core's last firmware status
         self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
+        self._triggered = False                      # a TriggerMessage asked for the next boot
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -211,6 +212,8 @@ class Uplink:
             station["serialNumber"] = s.serial_number[:25]
         if s.firmware_version:
             station["firmwareVersion"] = s.firmware_version[:50]
+        if reason is None and self._triggered:
+            self._triggered, reason = False, "Triggered"
         answer = await self._call_once(cp, "BootNotification",
                                        {"chargingStation": station, "reason": reason or self._boot_reason()})
         if answer is None:
@@ -348,6 +351,7 @@ class Uplink:
     async def trigger(self, message: str, evse: int | None) -> None:
         cp = self.cp
         if message == "BootNotification":
+            self._triggered = True  # the boot it starts says Triggered (a Pending one waits for it)
             self.boot_now.set()
             if self.booted and cp is not None:
                 status, interval = await self._boot_once(cp, "Triggered")
