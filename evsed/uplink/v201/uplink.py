@@ -354,7 +354,7 @@ class Uplink:
             self._triggered = True  # the boot it starts says Triggered (a Pending one waits for it)
             self.boot_now.set()
             if self.booted and cp is not None:
-                status, interval = await self._boot_once(cp, "Triggered")
+                status, interval = await self._boot_once(cp)
                 if status == "Accepted":
                     self._boot_accepted(interval)
         elif message == "Heartbeat" and self.booted and cp is not None:
