@@ -189,9 +189,9 @@ async def test_trigger_message_sends_what_was_asked(tmp_path):
     csms = CentralSystem201()
     async with running(csms, tmp_path) as (uplink, link):
         await booted(csms, uplink)
-        plug(link)
-        link.emit("session.sample", session="s0", energy_wh=777, power_w=10.0, offered_a=0.0)
-        await until(lambda: 1 in uplink.messages.samples, what="sample")
+        plug(link)  # no session: the reading comes from the daemon's status (as evcc reads a meter)
+        link.replies["status"] = {"ok": True, "connectors": [
+            {"id": 1, "offered_a": 0.0, "measured": {"energy_wh": 777, "power_w": 10.0, "current_a": [0.0]}}]}
         for message in ("StatusNotification", "MeterValues", "Heartbeat", "BootNotification"):
             answer = await csms.call("CP1", call.TriggerMessage(requested_message=message, evse={"id": 1}))
             assert answer.status == "Accepted", message

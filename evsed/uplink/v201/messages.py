@@ -173,12 +173,13 @@ class Messages:
         return ms(event.get("at")) or iso(self.clock())
 
     # -- meter values ------------------------------------------------------------------------------
-    def meter_values(self, evse_id: int, context: str) -> bool:
+    def meter_values(self, evse_id: int, context: str, reading: dict[str, Any] | None = None) -> bool:
         """Queue the meter values due (Sample.Periodic, Sample.Clock, Trigger) for an EVSE: a
         TransactionEvent of its open transaction, else (clock-aligned while idle, or a trigger) a
-        MeterValues. False when nothing was queued."""
+        MeterValues. reading: a meter reading in session.sample's form for an EVSE without a
+        session (the daemon's status). False when nothing was queued."""
         m, evse = self.model, self.evse(evse_id)
-        sample = self.samples.get(evse_id)
+        sample = self.samples.get(evse_id) or reading  # between sessions: the daemon's last reading
         if context == "Sample.Periodic":
             measurands, trigger = m.member_list("SampledDataCtrlr", "TxUpdatedMeasurands"), "MeterValuePeriodic"
         elif context == "Sample.Clock":

@@ -147,8 +147,10 @@ class Uplink:
             self.charger.follow(self.messages, self._queued),
             self.charger.serve_authorizer("ocpp", self.settings.authorize_timeout_s + 1, self.authorizer),
             meter_clock(self.clock, lambda: self.messages.open_transactions(), self.charger.connectors,
-                        sampled_s=lambda: model.int("SampledDataCtrlr", "TxUpdatedInterval"),
-                        aligned_s=lambda: model.int("AlignedDataCtrlr", "Interval"), emit=self.messages.meter_values,
+                        sampled_s=lambda: model.int("SampledDataCtrlr", "TxUpdatedInterval")
+                        if model.bool("SampledDataCtrlr", "Enabled") else 0,
+                        aligned_s=lambda: model.int("AlignedDataCtrlr", "Interval")
+                        if model.bool("AlignedDataCtrlr", "Enabled") else 0, emit=self.messages.meter_values,
                         changed=self.retime, queued=self.sender.wake.set),
             self.limits.run(), self.charger.report(self.status), self.firmware.watch(),
             self.connection.run(self._online), self._hard.wait())
@@ -363,11 +365,13 @@ class Uplink:
             await self._log_status(self.diagnostics.status)
         elif message == "FirmwareStatusNotification":
             await self._firmware_status(self.firmware.status)
-        elif message in ("MeterValues", "TransactionEvent"):
+        elif message == "MeterValues":
+            readings = await self._readings()
             for e in ([evse] if evse else self.charger.connectors):
-                if message == "MeterValues":
-                    self.messages.meter_values(e, "Trigger")
-                elif self.messages.evse(e).tx is not None:
+                self.messages.meter_values(e, "Trigger", readings.get(e))
+        elif message == "TransactionEvent":
+            for e in ([evse] if evse else self.charger.connectors):
+                if self.messages.evse(e).tx is not None:
                     self.messages.meter_values(e, "Trigger")
         elif message == "StatusNotification":
             with self.state.transaction():
@@ -377,6 +381,16 @@ class Uplink:
         elif message == "SignChargingStationCertificate":
             await self.sign_certificate()
         self.sender.wake.set()
+
+    async def _readings(self) -> dict[int, dict[str, Any]]:
+        """Each connector's last meter reading from the daemon's status, in session.sample's form."""
+        out = {}
+        for conn in (await self.charger.status()).get("connectors") or []:
+            measured = conn.get("measured") if isinstance(conn, dict) else None
+            if isinstance(measured, dict) and isinstance(conn.get("id"), int):
+                out[conn["id"]] = {"energy_wh": measured.get("energy_wh"), "power_w": measured.get("power_w"),
+                                   "current_a": measured.get("current_a"), "offered_a": conn.get("offered_a")}
+        return out
 
     async def sign_certificate(self) -> None:
         """A new key and its signing request (A02): the CSMS answers with CertificateSigned."""

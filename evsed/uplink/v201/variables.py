@@ -103,7 +103,7 @@ def variables(s: Station) -> list[Variable]:
         _ro("OCPPCommCtrlr", "NetworkProfileConnectionAttempts", "integer", "3"),
         _rw("OCPPCommCtrlr", "OfflineThreshold", "integer", "60", unit="s", min=0, max=86400),
         _ro("OCPPCommCtrlr", "QueueAllMessages", "boolean", "false"),
-        _rw("OCPPCommCtrlr", "ResetRetries", "integer", "1", min=0, max=10),
+        _ro("OCPPCommCtrlr", "ResetRetries", "integer", "0"),  # a reset is the service manager's restart
         _ro("OCPPCommCtrlr", "RetryBackOffRandomRange", "integer", str(max(1, int(s.reconnect_min_s))), unit="s"),
         _ro("OCPPCommCtrlr", "RetryBackOffRepeatTimes", "integer", "20"),
         _ro("OCPPCommCtrlr", "RetryBackOffWaitMinimum", "integer", str(max(1, int(s.reconnect_min_s))), unit="s"),
@@ -130,9 +130,9 @@ def variables(s: Station) -> list[Variable]:
         _rw("AlignedDataCtrlr", "Enabled", "boolean", "true"),
         _rw("AlignedDataCtrlr", "Interval", "integer", "0", unit="s", min=0, max=86400),
         _rw("AlignedDataCtrlr", "Measurands", "MemberList", "Energy.Active.Import.Register", values=MEASURANDS),
-        _rw("AlignedDataCtrlr", "SendDuringIdle", "boolean", "false"),
+        _ro("AlignedDataCtrlr", "SendDuringIdle", "boolean", "false"),  # the daemon samples for sessions only
         _ro("AlignedDataCtrlr", "TxEndedInterval", "integer", "0", unit="s"),
-        _rw("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", "", values=MEASURANDS),
+        _ro("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", "", values=MEASURANDS),
         # AuthCtrlr
         _ro("AuthCtrlr", "Enabled", "boolean", "true"),
         _rw("AuthCtrlr", "AuthorizeRemoteStart", "boolean", "false"),
@@ -143,7 +143,6 @@ def variables(s: Station) -> list[Variable]:
         # AuthCacheCtrlr
         _ro("AuthCacheCtrlr", "Available", "boolean", "true"),
         _rw("AuthCacheCtrlr", "Enabled", "boolean", "true"),
-        _rw("AuthCacheCtrlr", "LifeTime", "integer", "86400", unit="s", min=1, max=2**31 - 1),
         # LocalAuthListCtrlr
         _ro("LocalAuthListCtrlr", "Available", "boolean", "true"),
         _ro("LocalAuthListCtrlr", "BytesPerMessage", "integer", "65536"),
@@ -153,7 +152,7 @@ def variables(s: Station) -> list[Variable]:
         # SmartChargingCtrlr
         _ro("SmartChargingCtrlr", "ACPhaseSwitchingSupported", "boolean", "false"),
         _ro("SmartChargingCtrlr", "Available", "boolean", "true"),
-        _rw("SmartChargingCtrlr", "Enabled", "boolean", "true"),
+        _ro("SmartChargingCtrlr", "Enabled", "boolean", "true"),
         _live("SmartChargingCtrlr", "Entries", "integer", instance="ChargingProfiles", max=32),
         _ro("SmartChargingCtrlr", "ExternalControlSignalsEnabled", "boolean", "false"),
         _rw("SmartChargingCtrlr", "LimitChangeSignificance", "decimal", "10", unit="Percent", min=0, max=100),
