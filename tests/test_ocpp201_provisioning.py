@@ -71,13 +71,16 @@ async def test_the_csms_reads_and_writes_variables_and_a_write_persists(tmp_path
 @aio
 async def test_a_full_base_report_arrives_in_pages_by_seq_no(tmp_path):
     csms = CentralSystem201()
-    async with running(csms, tmp_path, link=FakeLink(connectors=(1, 2))) as (uplink, _):
+    async with running(csms, tmp_path, link=FakeLink(connectors=(1, 2, 3, 4))) as (uplink, _):
         await booted(csms, uplink)
+        total = len(uplink.model.base_report("FullInventory"))
+        assert total > 100  # more than ItemsPerMessageGetReport
         answer = await csms.call("CP1", call.GetBaseReport(request_id=7, report_base="FullInventory"))
         assert answer.status == "Accepted"
         await csms.wait_for(lambda: csms.actions("NotifyReport") and csms.actions("NotifyReport")[-1][1]["tbc"] is False)
     pages = [p for _, p in csms.actions("NotifyReport")]
-    assert [p["seqNo"] for p in pages] == list(range(len(pages))) and len(pages) >= 2
+    assert [p["seqNo"] for p in pages] == list(range(len(pages))) and len(pages) == -(-total // 100)
+    assert sum(len(p["reportData"]) for p in pages) == total
     assert all(p["tbc"] for p in pages[:-1]) and all(p["requestId"] == 7 for p in pages)
     names = {(d["component"]["name"], d["variable"]["name"]) for p in pages for d in p["reportData"]}
     assert ("TxCtrlr", "TxStopPoint") in names and ("Connector", "ConnectorType") in names
