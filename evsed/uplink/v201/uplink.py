@@ -23,8 +23,6 @@ from evsed.uplink.auth import Authorizer, AuthStore, Info
 from evsed.uplink.certificates import Certificates
 from evsed.uplink.charger import Charger, DaemonLink
 from evsed.uplink.connection import Connection, HardReset, Reconnect, boot, heartbeat
-from evsed.uplink.diagnostics import Diagnostics
-from evsed.uplink.firmware import Firmware
 from evsed.uplink.limits import ChargingLimits
 from evsed.uplink.metering import meter_clock
 from evsed.uplink.queue import Sender
@@ -36,41 +34,13 @@ from evsed.uplink.v201.device_model import DeviceModel, pages
 from evsed.uplink.v201.handlers import CentralCommands, Payload, Ports, info_of
 from evsed.uplink.v201.messages import Messages, request
 from evsed.uplink.v201.profiles import Profiles
+from evsed.uplink.v201.transfers import Transfers
+from evsed.uplink.v201.views import AuthVariables, LiveValues
 from evsed.uplink.v201.variables import Station, Variable, variables
 
 log = structlog.get_logger("evsed.uplink")
 SUBPROTOCOL = "ocpp2.0.1"
 ID_TOKEN_LEN = 36
-# the core's 1.6 names for transfer progress -> 2.0.1 (LogStatusNotification, FirmwareStatusNotification)
-LOG_STATUS = {"Uploading": "Uploading", "Uploaded": "Uploaded", "UploadFailed": "UploadFailure", "Idle": "Idle"}
-
-
-class AuthVariables:
-    """The core's authorization policy read from the device model at each use."""
-
-    def __init__(self, model: DeviceModel):
-        self.model = model
-
-    def local_list_enabled(self) -> bool:
-        return self.model.bool("LocalAuthListCtrlr", "Enabled")
-
-    def cache_enabled(self) -> bool:
-        return self.model.bool("AuthCacheCtrlr", "Enabled")
-
-    def local_pre_authorize(self) -> bool:
-        return self.model.bool("AuthCtrlr", "LocalPreAuthorize")
-
-    def local_authorize_offline(self) -> bool:
-        return self.model.bool("AuthCtrlr", "LocalAuthorizeOffline")
-
-    def allow_offline_unknown(self) -> bool:
-        return self.model.bool("AuthCtrlr", "OfflineTxForUnknownIdEnabled")
-
-    def local_list_max(self) -> int:
-        return 10000
-
-    def update_max(self) -> int:
-        return self.model.int("LocalAuthListCtrlr", "ItemsPerMessage")
 
 
 class Uplink:
@@ -87,12 +57,14 @@ class Uplink:
                           settings.max_current_a, charger.voltage_v, settings.security_profile, settings.heartbeat_s,
                           settings.call_timeout_s, auth_timeout_s, settings.reconnect_min_s)
         self.certificates = Certificates(settings.state_file.parent / "ocpp-certs", settings.identity)
+        live = LiveValues(state, clock, charger.connectors, self.certificates)
         self.model = model = DeviceModel(variables(station), {**settings.keys, **state.keys()}, state.set_key,
-                                         self._live, self._secret)
+                                         live, self._secret)
         self.sender = Sender(state, clock, lambda: model.int("OCPPCommCtrlr", "MessageAttempts", "TransactionEvent"),
                              lambda: model.int("OCPPCommCtrlr", "MessageAttemptInterval", "TransactionEvent"))
         self.messages = Messages(state, model, clock, charger.connectors, lambda: self.booted, new_id)
         self.messages.on_started, self.messages.on_stopped = self._session_started, self._session_stopped
+        live.messages = self.messages
         policy = AuthVariables(model)
         self.auth = AuthStore(state, policy)
         self.authorizer = Authorizer(self.auth, policy, clock, self._may_authorize, self._authorize, ID_TOKEN_LEN)
@@ -100,10 +72,9 @@ class Uplink:
                                      voltage_v=charger.voltage_v, max_current_a=settings.max_current_a,
                                      send_limit=charger.limit)
         self.profiles = Profiles(self.limits, model, lambda evse: self.messages.open_transactions().get(evse))
-        self.diagnostics = Diagnostics(settings.identity, clock, self._diagnostics_body, self._log_status)
-        self.firmware = Firmware(state, clock, spool_dir=settings.spool, key_file=settings.update_key_file,
-                                 notify=self._firmware_status, outcome=self._firmware_outcome,
-                                 queued=self.sender.wake.set, spawn=self.spawn)
+        self.transfers = Transfers(settings, state, clock, notify=self._notify, security_event=self.security_event,
+                                   collect=self._diagnostics_body, queued=self.sender.wake.set, spawn=self.spawn)
+        self.firmware = self.transfers.firmware
         self.connection = Connection(settings, SUBPROTOCOL, password=lambda: self.password,
                                      ping_interval_s=lambda: model.int("OCPPCommCtrlr", "WebSocketPingInterval"),
                                      rng=rng, tls=lambda: self.certificates.tls(
@@ -119,8 +90,6 @@ class Uplink:
         self._reconnect = asyncio.Event()            # a new connection, a new boot
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hard = asyncio.Event()
-        self._log_request = 0
-        self._firmware_said = ""                     # the core's last firmware status
         self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
         self._triggered = False                      # a TriggerMessage asked for the next boot
         if not state.meta("v201.started"):
@@ -362,9 +331,9 @@ class Uplink:
         elif message == "Heartbeat" and self.booted and cp is not None:
             await self._call_once(cp, "Heartbeat", {})
         elif message == "LogStatusNotification":
-            await self._log_status(self.diagnostics.status)
+            await self.transfers.log_status(self.transfers.diagnostics.status)
         elif message == "FirmwareStatusNotification":
-            await self._firmware_status(self.firmware.status)
+            await self.transfers.firmware_status(self.firmware.status)
         elif message == "MeterValues":
             readings = await self._readings()
             for e in ([evse] if evse else self.charger.connectors):
@@ -439,30 +408,7 @@ class Uplink:
                            tx=False)
         self.sender.wake.set()
 
-    # -- device model: live values and the password -----------------------------------------------------
-    def _live(self, v: Variable) -> str:
-        if v.name == "AvailabilityState":
-            if v.evse is None:
-                states = [self._live(Variable("EVSE", v.name, v.data_type, evse=e)) for e in self.charger.connectors]
-                return "Faulted" if "Faulted" in states else "Unavailable" if states and all(
-                    s == "Unavailable" for s in states) else "Available"
-            evse = self.messages.evse(v.evse)
-            return notify.connector_status(evse.status, evse.ev_connected)
-        if v.name == "DateTime":
-            return iso(self.clock())
-        if v.name == "Entries" and v.component == "LocalAuthListCtrlr":
-            return str(self.state.count("local_list"))
-        if v.name == "Entries":
-            return str(self.state.count("profiles"))
-        if v.name == "CertificateEntries":
-            return str(self.certificates.count())
-        if v.name == "Power" and v.evse is not None:
-            return str(round(float(self.messages.samples.get(v.evse, {}).get("power_w") or 0.0), 1))
-        if v.name == "Problem":
-            return "true" if any(self.messages.evse(e).status == "Faulted" for e in self.charger.connectors) \
-                else "false"
-        return ""
-
+    # -- the password ------------------------------------------------------------------------------------
     def _secret(self, v: Variable, value: str) -> bool:
         return v.name == "BasicAuthPassword" and self.set_password(value)
 
@@ -495,73 +441,15 @@ class Uplink:
 
     # -- transfers ---------------------------------------------------------------------------------------
     def get_log(self, request_id: int, location: str, retries: int, interval_s: int) -> str:
-        self._log_request = request_id
-        name = self.diagnostics.file_name()
-        self.spawn(self.diagnostics.upload(location, retries, interval_s))
-        return name
+        return self.transfers.get_log(request_id, location, retries, interval_s)
 
     def update_firmware(self, request_id: int, firmware: Payload, retries: int, interval_s: int) -> str:
-        """UpdateFirmware (L01): the release and its signature from the request go to the core's
-        transfer; a signing certificate is accepted only with the [update] public key in it."""
-        certificate = firmware.get("signingCertificate")
-        if certificate is not None and not self._release_certificate(certificate):
-            self.security_event("InvalidFirmwareSigningCertificate", "not the [update] public key")
-            return "InvalidCertificate"
-        self.state.set_meta("v201.firmware_request", request_id)
-        signature = firmware.get("signature")
-        self.firmware.start(firmware["location"], firmware["retrieveDateTime"], retries, interval_s,
-                            signature.encode() if signature else None)
-        return "Accepted"
-
-    def _release_certificate(self, pem: str) -> bool:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        key_file = self.settings.update_key_file
-        try:
-            key = x509.load_pem_x509_certificate(pem.encode()).public_key()
-            trusted = serialization.load_pem_public_key(key_file.read_bytes()) if key_file else None
-        except (ValueError, OSError):
-            return False
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        return trusted is not None and key.public_bytes(serialization.Encoding.DER, spki) == trusted.public_bytes(
-            serialization.Encoding.DER, spki)
+        return self.transfers.update_firmware(request_id, firmware, retries, interval_s)
 
     async def _notify(self, action: str, payload: Payload) -> None:
         cp = self.cp
         if cp is not None and self.booted:
             await self._call_once(cp, action, payload)
-
-    async def _log_status(self, status: str) -> None:
-        payload: Payload = {"status": LOG_STATUS.get(status, status)}
-        if status != "Idle":
-            payload["requestId"] = self._log_request
-        await self._notify("LogStatusNotification", payload)
-
-    async def _firmware_status(self, status: str) -> None:
-        """The core's progress in 2.0.1 names: a verified signature says SignatureVerified before
-        Installing, a refused one InvalidSignature (and a security event)."""
-        request = self.state.meta("v201.firmware_request")
-        statuses = [status]
-        if status == "Installing" and self._firmware_said == "Downloaded":
-            statuses = ["SignatureVerified", "Installing"]
-        elif status == "InstallationFailed" and self.firmware.failure == "signature":
-            statuses = ["InvalidSignature"]
-            self.security_event("InvalidFirmwareSignature", "the release's signature is missing or not by the key")
-        self._firmware_said = status
-        for said in statuses:
-            payload: Payload = {"status": said}
-            if request and said != "Idle":
-                payload["requestId"] = int(request)
-            await self._notify("FirmwareStatusNotification", payload)
-
-    def _firmware_outcome(self, result: str) -> None:
-        request = self.state.meta("v201.firmware_request")
-        self.state.enqueue("FirmwareStatusNotification", {"status": result, **(
-            {"requestId": int(request)} if request else {})}, tx=False)
-        if result == "Installed":
-            self.state.enqueue("SecurityEventNotification", notify.security_event(
-                "FirmwareUpdated", iso(self.clock()), self.settings.firmware_version), tx=False)
 
     async def _diagnostics_body(self) -> dict[str, Any]:
         """What an operator needs to look into a problem; no secrets (the password is not in it)."""
