@@ -1,7 +1,8 @@
 """Certificates the CSMS manages, whatever the OCPP version (2.0.1 A02-A03, M03-M05; the 1.6
 security whitepaper): the root certificates it installs, the charging station certificate it signs
 from the station's own key, kept in a folder beside the OCPP state (0700, files 0600, the uplink's
-user), and the TLS context a connection uses: the installed CSMS roots and station certificate."""
+user), and the TLS context a connection uses: the installed CSMS roots and station certificate.
+cryptography is imported when a certificate is handled, not with the uplink (its memory)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import hashlib
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = structlog.get_logger("evsed.uplink")
 ROOTS = ("CSMSRootCertificate", "ManufacturerRootCertificate", "MORootCertificate", "V2GRootCertificate")
@@ -26,6 +26,9 @@ HashData = dict[str, str]  # hashAlgorithm, issuerNameHash, issuerKeyHash, seria
 
 def _key_bits(key: Any) -> bytes:
     """The subjectPublicKey BIT STRING's contents (what issuerKeyHash hashes, RFC 6960)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if isinstance(key, rsa.RSAPublicKey):
         return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -67,10 +70,15 @@ class Certificates:
             os.fsync(f.fileno())
         os.replace(tmp, self.folder / name)
 
+    def _root_files(self) -> list[tuple[str, Path]]:
+        return [(path.name.rsplit("-", 1)[0], path) for path in sorted(self.folder.glob("*-*.pem"))
+                if path.name.rsplit("-", 1)[0] in ROOTS]
+
     def _roots(self) -> list[tuple[str, Path, x509.Certificate]]:
+        from cryptography import x509
+
         out = []
-        for path in sorted(self.folder.glob("*-*.pem")):
-            use = path.name.rsplit("-", 1)[0]
+        for use, path in self._root_files():
             if use in ROOTS:
                 try:
                     out.append((use, path, x509.load_pem_x509_certificate(path.read_bytes())))
@@ -79,11 +87,14 @@ class Certificates:
         return out
 
     def count(self) -> int:
-        return len(self._roots()) + (1 if (self.folder / "station-cert.pem").exists() else 0)
+        return len(self._root_files()) + (1 if (self.folder / "station-cert.pem").exists() else 0)
 
     # -- roots -------------------------------------------------------------------------------------
     def install(self, use: str, pem: str) -> str:
         """InstallCertificate: Accepted, Rejected (not a valid CA certificate now) or Failed."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         try:
             cert = x509.load_pem_x509_certificate(pem.encode())
         except ValueError:
@@ -128,6 +139,11 @@ class Certificates:
     # -- the station's certificate -------------------------------------------------------------------
     def request(self, organization: str) -> str:
         """A new key (kept until its certificate comes) and the PEM CSR SignCertificate carries."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         self._write("pending-key.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption()))
@@ -139,6 +155,9 @@ class Certificates:
     def signed(self, chain: str) -> str:
         """CertificateSigned: Accepted when the chain's first certificate is valid now and holds
         the pending key; the key and chain then become the station's (used from the next connection)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         pending = self.folder / "pending-key.pem"
         try:
             certs = x509.load_pem_x509_certificates(chain.encode())
@@ -157,6 +176,8 @@ class Certificates:
         return "Accepted"
 
     def station_certificate(self) -> x509.Certificate | None:
+        from cryptography import x509
+
         path = self.folder / "station-cert.pem"
         try:
             return x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
@@ -168,7 +189,7 @@ class Certificates:
         """The context of a wss connection: the configured CA and the installed CSMS roots; with
         client_certificate (profile 3), the signed station certificate, else the configured one."""
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        for use, path, _ in self._roots():
+        for use, path in self._root_files():
             if use == "CSMSRootCertificate":
                 context.load_verify_locations(cafile=str(path))
         if client_certificate:
