@@ -244,3 +244,20 @@ async def test_reservations_go_to_the_daemon(tmp_path):
     (reserve,) = link.sent("reserve")
     assert (reserve["connector"], reserve["id_tag"], reserve["reservation_id"]) == (0, "04A1B2C3", 5)
     assert transfer.status == "UnknownVendorId"
+
+
+@aio
+async def test_cost_updated_is_in_the_uplinks_status_for_the_daemon_while_its_transaction_runs(tmp_path):
+    csms = CentralSystem201()
+    async with running(csms, tmp_path) as (uplink, link):
+        await booted(csms, uplink)
+        plug(link)
+        start(link)
+        link.emit("contactor.closed")
+        await until(lambda: uplink.transactions() == {1: "tx-1"}, what="a transaction")
+        await csms.call("CP1", call.CostUpdated(total_cost=3.25, transaction_id="tx-1"))
+        await csms.call("CP1", call.CostUpdated(total_cost=9.0, transaction_id="tx-404"))
+        # what the core's status report tells the daemon (evsed status, the web page)
+        assert uplink.status()["costs"] == {"1": {"transaction_id": "tx-1", "total_cost": 3.25}}
+        link.emit("session.stopped", session="s1", meter_stop_wh=300, reason="local")
+        await until(lambda: uplink.status()["costs"] == {}, what="the cost gone with its transaction")

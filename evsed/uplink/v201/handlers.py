@@ -57,6 +57,7 @@ class Station(Protocol):
     def get_log(self, request_id: int, location: str, retries: int, interval_s: int) -> str: ...
     def update_firmware(self, request_id: int, firmware: Payload, retries: int, interval_s: int) -> str: ...
     def security_event(self, kind: str, info: str = "") -> None: ...
+    def cost_updated(self, transaction_id: str, total_cost: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class CentralCommands(StrictChargePoint):
     @on(Action.cost_updated)
     def on_cost_updated(self, p: Payload) -> Payload:
         log.info("ocpp.cost_updated", transaction=p["transactionId"], total_cost=p["totalCost"])
+        self.ports.station.cost_updated(p["transactionId"], float(p["totalCost"]))
         return {}
 
     # -- availability, reset, unlock, trigger (B11-B12, G03-G04, F05-F06) ----------------------------

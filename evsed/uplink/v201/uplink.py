@@ -92,6 +92,7 @@ class Uplink:
         self._hard = asyncio.Event()
         self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
         self._triggered = False                      # a TriggerMessage asked for the next boot
+        self.costs: dict[int, dict[str, Any]] = {}   # evse -> the CSMS's last CostUpdated of its transaction
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -251,6 +252,7 @@ class Uplink:
 
     def _session_stopped(self, evse: int, session: str) -> None:
         self.profiles.session_stopped(session)
+        self.costs.pop(evse, None)
         self.retime.set()
         self.idle.set()
 
@@ -290,6 +292,13 @@ class Uplink:
             self.messages.reservations.pop(reservation_id, None)
         else:
             self.messages.reservations[reservation_id] = {"evse": evse, "id_token": id_token}
+
+    def cost_updated(self, transaction_id: str, total_cost: float) -> None:
+        """CostUpdated: the running cost the CSMS computes, in the uplink's status for the
+        daemon (`evsed status`, the web page) while its transaction runs."""
+        for evse, tid in self.transactions().items():
+            if tid == transaction_id:
+                self.costs[evse] = {"transaction_id": tid, "total_cost": total_cost}
 
     def queued_for(self, transaction_id: str | None) -> bool:
         return any(q.action == "TransactionEvent" and (
@@ -461,4 +470,5 @@ class Uplink:
         """What `evsed status` may show of the uplink (no secrets)."""
         return {"connected": self.cp is not None, "booted": self.booted, "queued": self.state.count("queue"),
                 "dropped": self.sender.dropped, "malformed": self.cp.malformed if self.cp else 0,
-                "limits_a": dict(self.limits.sent), "version": "2.0.1"}
+                "limits_a": dict(self.limits.sent), "version": "2.0.1",
+                "costs": {str(evse): cost for evse, cost in self.costs.items()}}
