@@ -19,7 +19,7 @@ def profile(pid: int, purpose: str, limit: float, stack: int = 0, **extra) -> di
 
 
 def limits(link) -> list[tuple[int, float | None]]:
-    return [(c["connector"], c["current_a"]) for c in link.sent("limit")]
+    return [(c.connector, c.current_a) for c in link.sent("limit")]
 
 
 @aio
@@ -72,9 +72,9 @@ async def test_a_tx_profile_applies_to_its_transaction_and_ends_with_it(tmp_path
     async with running(csms, tmp_path) as (uplink, link):
         await booted(csms, uplink)
         link.emit("connector.status", status="Preparing", ev_connected=True)
-        link.emit("session.started", session="s1", id_tag="04A1B2C3", meter_start_wh=0,
+        link.emit("session.started", session=1, id_tag="04A1B2C3", meter_start_wh=0,
                   started_at="2026-11-28T16:20:00.000Z")
-        link.emit("contactor.closed")
+        link.emit("contactor.closed", offered_a=16.0)
         await until(lambda: uplink.transactions() == {1: "tx-1"}, what="a transaction")
         wrong = await csms.call("CP1", call.SetChargingProfile(evse_id=1, charging_profile=profile(
             9, "TxProfile", 6.0, transaction_id="tx-7")))
@@ -86,7 +86,7 @@ async def test_a_tx_profile_applies_to_its_transaction_and_ends_with_it(tmp_path
             "charging_profile_purpose": "TxProfile"}))
         assert report.status == "Accepted"
         await csms.wait_for(lambda: csms.actions("ReportChargingProfiles"))
-        link.emit("session.stopped", session="s1", meter_stop_wh=10, reason="local")
+        link.emit("session.stopped", session=1, meter_stop_wh=10, reason="local")
         await link.wait_for(lambda: limits(link)[-1] == (1, None))
         none = await csms.call("CP1", call.GetChargingProfiles(request_id=4, charging_profile={}))
     (_, reported), = csms.actions("ReportChargingProfiles")

@@ -12,14 +12,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+from evsed import protocol as p
 from simulator.csms201 import CentralSystem201
 from test_ocpp201_fakes import running
 from test_ocpp_fakes import FakeLink, aio, booted, until
 
-SAMPLE = dict(power_w=7200.0, current_a=[10.4, 10.5, 10.3], voltage_v=[230.1, 229.8, 230.4], offered_a=16.0)
+SAMPLE = dict(power_w=7200.0, current_a=(10.4, 10.5, 10.3), voltage_v=(230.1, 229.8, 230.4), offered_a=16.0)
 
 
-def session_events(link: FakeLink, session="s1", tag="04A1B2C3") -> None:
+def session_events(link: FakeLink, session=1, tag="04A1B2C3") -> None:
     link.emit("connector.status", status="Preparing", ev_connected=True)
     link.emit("session.started", session=session, id_tag=tag, auth_source="local", meter_start_wh=1000,
               started_at="2026-11-28T16:20:00.123456Z")
@@ -28,7 +29,7 @@ def session_events(link: FakeLink, session="s1", tag="04A1B2C3") -> None:
     link.emit("connector.status", status="Charging", ev_connected=True)
 
 
-def stop_events(link: FakeLink, session="s1", tag="04A1B2C3", reason="ev_disconnected") -> None:
+def stop_events(link: FakeLink, session=1, tag="04A1B2C3", reason="ev_disconnected") -> None:
     link.emit("contactor.opened", reason="session stopped")
     link.emit("session.stopped", session=session, id_tag=tag, meter_stop_wh=1500, energy_wh=500, reason=reason,
               stopped_at="2026-11-28T16:50:00Z")
@@ -81,7 +82,7 @@ async def test_events_while_offline_are_flagged_and_sent_in_order_after_reconnec
         await until(lambda: not uplink.booted, what="offline")
         session_events(link)
         stop_events(link)
-        await until(lambda: link.acked == link.events_list[-1]["seq"], what="events queued and acked")
+        await until(lambda: link.acked == link.events_list[-1].seq, what="events queued and acked")
         again = CentralSystem201()
         await again.start(port=port)
         await again.wait_for(lambda: any(p["eventType"] == "Ended" for _, p in again.actions("TransactionEvent")))
@@ -117,7 +118,7 @@ async def test_a_token_the_csms_refuses_in_its_answer_stops_the_session(tmp_path
         await booted(csms, uplink)
         session_events(link)
         await link.wait_for(lambda: link.sent("remote-stop"))
-    assert link.sent("remote-stop")[0] == {"cmd": "remote-stop", "connector": 1, "reason": "deauthorized"}
+    assert link.sent("remote-stop")[0] == p.RemoteStop(connector=1, reason="deauthorized")
 
 
 CHILD = textwrap.dedent("""
@@ -180,7 +181,7 @@ async def test_a_fault_is_a_notify_event_on_its_component_and_the_evse_shows_fau
         await booted(csms, uplink)
         link.emit("fault.raised", fault="rcd", lockout=False, detail="30 mA residual current")
         link.emit("connector.status", status="Faulted", ev_connected=False)
-        link.emit("fault.cleared", faults=["rcd"])
+        link.emit("fault.cleared", faults=("rcd",))
         link.emit("connector.status", status="Available", ev_connected=False)
         await csms.wait_for(lambda: len(csms.actions("NotifyEvent")) == 2
                             and csms.actions("StatusNotification")[-1][1]["connectorStatus"] == "Available")

@@ -14,6 +14,7 @@ from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.v201 import call
 from websockets.exceptions import ConnectionClosed
 
+from evsed import protocol as p
 from evsed.uplink.queue import Refused
 from evsed.uplink.state import Queued, State
 from evsed.uplink.times import iso, ms
@@ -22,7 +23,31 @@ from evsed.uplink.v201.device_model import DeviceModel
 from evsed.uplink.v201.transactions import Context, Evse
 
 log = structlog.get_logger("evsed.uplink")
-TX_EVENTS = ("session.started", "session.stopped", "contactor.closed", "contactor.opened", "connector.status")
+PLUGGED = ("B", "C", "D")  # pilot states with an EV
+
+
+def sample_of(event: p.SessionSample) -> dict[str, Any]:
+    """A daemon meter sample in the form transactions.sampled reads."""
+    return {"energy_wh": event.energy_wh, "power_w": event.power_w, "current_a": list(event.current_a),
+            "voltage_v": list(event.voltage_v), "offered_a": event.offered_a}
+
+
+def fact(event: p.Event) -> dict[str, Any] | None:
+    """What the transaction mapping reads of one durable event (transactions.step's input), None for
+    the events it does not follow; times in OCPP's form."""
+    at = ms(event.at)
+    if isinstance(event, p.StatusChanged):
+        return {"type": "connector.status", "status": event.status, "ev_connected": event.ev_connected, "at": at}
+    if isinstance(event, p.SessionStarted):
+        return {"type": "session.started", "session": str(event.session), "id_tag": event.id_tag,
+                "auth_source": event.auth_source, "meter_start_wh": event.meter_start_wh,
+                "started_at": ms(event.started_at), "at": at}
+    if isinstance(event, p.SessionStopped):
+        return {"type": "session.stopped", "session": str(event.session), "reason": event.reason,
+                "meter_stop_wh": event.meter_stop_wh, "stopped_at": ms(event.stopped_at), "at": at}
+    if isinstance(event, (p.ContactorClosed, p.ContactorOpened)):
+        return {"type": event.TYPE, "at": at}
+    return None
 
 
 def request(action: str, payload: dict[str, Any]) -> Any:
@@ -70,38 +95,39 @@ class Messages:
         self.id_types[id_token["idToken"]] = id_token["type"]
 
     # -- events --------------------------------------------------------------------------------------
-    def on_event(self, event: dict[str, Any]) -> bool:
+    def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when it was made durable with its seq (live events: False)."""
-        kind, evse_id = event.get("type"), int(event.get("connector") or 0)
-        if kind == "session.sample":
-            self.samples[evse_id] = event
-        if event.get("seq") is None:
+        evse_id = event.connector
+        if isinstance(event, p.SessionSample):
+            self.samples[evse_id] = sample_of(event)
+        if event.seq is None:
             return False
         with self.state.transaction():
-            if evse_id in self.connectors and kind in TX_EVENTS:
-                self._evse_event(evse_id, event)
-            elif kind in ("fault.raised", "fault.cleared"):
+            seen = fact(event)
+            if evse_id in self.connectors and seen is not None:
+                self._evse_event(evse_id, seen, durable=True)
+            elif isinstance(event, (p.FaultRaised, p.FaultCleared)):
                 self._fault(evse_id, event)
-            elif kind == "session.clock_corrected":
+            elif isinstance(event, p.SessionClockCorrected):
                 self.state.enqueue("SecurityEventNotification", notify.security_event(
-                    "SettingSystemTime", self._at(event), str(event.get("detail") or "")), tx=False)
-            self.state.set_meta("seq", int(event["seq"]))
-        if kind == "session.started":
-            self.on_started(evse_id, str(event.get("session")))
-        elif kind == "session.stopped":
+                    "SettingSystemTime", self._at(event.at), f"a session's clock moved {event.by_s:+.0f} s"),
+                    tx=False)
+            self.state.set_meta("seq", event.seq)
+        if isinstance(event, p.SessionStarted):
+            self.on_started(evse_id, str(event.session))
+        elif isinstance(event, p.SessionStopped):
             self.samples.pop(evse_id, None)
-            self.on_stopped(evse_id, str(event.get("session")))
+            self.on_stopped(evse_id, str(event.session))
         return True
 
-    def seed(self, evse_id: int, status: dict[str, Any]) -> None:
+    def seed(self, status: p.ConnectorStatus) -> None:
         """An EVSE as the daemon's status shows it at the uplink's first contact: its status is sent."""
-        if evse_id in self.connectors:
-            self._evse_event(evse_id, {"type": "connector.status", "status": status.get("status"),
-                                       "at": iso(self.clock())})
+        if status.id in self.connectors:
+            self._evse_event(status.id, {"type": "connector.status", "status": status.status,
+                                         "ev_connected": status.state in PLUGGED, "at": iso(self.clock())})
 
-    def _evse_event(self, evse_id: int, event: dict[str, Any]) -> None:
+    def _evse_event(self, evse_id: int, event: dict[str, Any], durable: bool = False) -> None:
         before = self.evse(evse_id)
-        event = {**event, **{k: ms(event[k]) for k in ("at", "started_at", "stopped_at") if event.get(k)}}
         ctx = self._context(evse_id, event, before)
         after, payloads = transactions.step(before, event, ctx)
         if after.tx is not None and after.tx.transaction_id == self._next_id:
@@ -109,12 +135,14 @@ class Messages:
         if event["type"] == "connector.status":
             self.state.set_status(evse_id, after.status, "NoError", None)
             if notify.connector_status(after.status, after.ev_connected) != \
-                    notify.connector_status(before.status, before.ev_connected) or event.get("seq") is None:
+                    notify.connector_status(before.status, before.ev_connected) or not durable:
                 self.state.enqueue("StatusNotification", notify.status_notification(
-                    evse_id, after.status, after.ev_connected, self._at(event)), connector=evse_id, tx=False)
+                    evse_id, after.status, after.ev_connected, self._at(event.get("at"))), connector=evse_id,
+                    tx=False)
         elif event["type"] == "session.started":
             self.state.open_session(evse_id, str(event.get("session")), str(event.get("id_tag") or ""),
-                                    self._at(event), int(event.get("meter_start_wh") or 0))
+                                    event.get("started_at") or self._at(event.get("at")),
+                                    int(event.get("meter_start_wh") or 0))
             if ctx.remote_start_id is not None:
                 self.state.set_meta(f"v201.remote.{evse_id}", "")
         elif event["type"] == "session.stopped":
@@ -157,20 +185,20 @@ class Messages:
         self._next_id = self._next_id or self.new_id()
         return self._next_id
 
-    def _fault(self, evse_id: int, event: dict[str, Any]) -> None:
-        at, tx = self._at(event), self.evse(evse_id).tx if evse_id in self.connectors else None
+    def _fault(self, evse_id: int, event: p.FaultRaised | p.FaultCleared) -> None:
+        at, tx = self._at(event.at), self.evse(evse_id).tx if evse_id in self.connectors else None
         where = evse_id if evse_id in self.connectors else (self.connectors or [1])[0]
-        if event["type"] == "fault.raised":
-            faults = [(str(event.get("fault")), True, str(event.get("detail") or ""))]
+        if isinstance(event, p.FaultRaised):
+            faults = [(event.fault, True, event.detail)]
         else:
-            faults = [(str(name), False, "") for name in event.get("faults") or []]
+            faults = [(name, False, "") for name in event.faults]
         data = [notify.fault_event(self.state.bump("v201.event_id"), where, name, raised, at, detail,
                                    tx.transaction_id if tx else None) for name, raised, detail in faults]
         if data:
             self.state.enqueue("NotifyEvent", {"generatedAt": at, "seqNo": 0, "eventData": data}, tx=False)
 
-    def _at(self, event: dict[str, Any]) -> str:
-        return ms(event.get("at")) or iso(self.clock())
+    def _at(self, at: object) -> str:
+        return ms(at) or iso(self.clock())
 
     # -- meter values ------------------------------------------------------------------------------
     def meter_values(self, evse_id: int, context: str, reading: dict[str, Any] | None = None) -> bool:

@@ -18,6 +18,7 @@ from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
+from evsed import protocol as p
 from evsed.uplink.aio import first_of
 from evsed.uplink.auth import Authorizer, AuthStore, Info
 from evsed.uplink.certificates import Certificates
@@ -92,7 +93,7 @@ class Uplink:
         self._hard = asyncio.Event()
         self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
         self._triggered = False                      # a TriggerMessage asked for the next boot
-        self.costs: dict[int, dict[str, Any]] = {}   # evse -> the CSMS's last CostUpdated of its transaction
+        self.costs: dict[int, float] = {}            # evse -> the CSMS's last CostUpdated of its transaction
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -278,11 +279,11 @@ class Uplink:
         self.spawn(self._start_authorized(evse, id_token["idToken"]))
 
     async def _start_authorized(self, evse: int, tag: str) -> None:
-        reply = await self.authorizer({"id_tag": tag, "connector": evse})
-        if reply["result"] == "accept":
+        reply = await self.authorizer(p.AuthorizeRequest(authorize=0, id_tag=tag, connector=evse))
+        if reply.result == "accept":
             await self.charger.remote_start(evse, tag)
         else:
-            log.info("ocpp.remote_start_refused", evse=evse, reason=reply.get("reason"))
+            log.info("ocpp.remote_start_refused", evse=evse, reason=reply.reason)
 
     def stop_reason(self, evse: int, reason: str) -> None:
         self.messages.stop_reasons[evse] = reason
@@ -298,7 +299,7 @@ class Uplink:
         daemon (`evsed status`, the web page) while its transaction runs."""
         for evse, tid in self.transactions().items():
             if tid == transaction_id:
-                self.costs[evse] = {"transaction_id": tid, "total_cost": total_cost}
+                self.costs[evse] = total_cost
 
     def queued_for(self, transaction_id: str | None) -> bool:
         return any(q.action == "TransactionEvent" and (
@@ -361,14 +362,11 @@ class Uplink:
         self.sender.wake.set()
 
     async def _readings(self) -> dict[int, dict[str, Any]]:
-        """Each connector's last meter reading from the daemon's status, in session.sample's form."""
-        out = {}
-        for conn in (await self.charger.status()).get("connectors") or []:
-            measured = conn.get("measured") if isinstance(conn, dict) else None
-            if isinstance(measured, dict) and isinstance(conn.get("id"), int):
-                out[conn["id"]] = {"energy_wh": measured.get("energy_wh"), "power_w": measured.get("power_w"),
-                                   "current_a": measured.get("current_a"), "offered_a": conn.get("offered_a")}
-        return out
+        """Each connector's last meter reading from the daemon's status, in a sample's form."""
+        status = await self.charger.status()
+        return {conn.id: {"energy_wh": conn.measured.energy_wh, "power_w": conn.measured.power_w,
+                          "current_a": list(conn.measured.current_a), "offered_a": conn.offered_a}
+                for conn in (status.connectors if status is not None else ()) if conn.measured is not None}
 
     async def sign_certificate(self) -> None:
         """A new key and its signing request (A02): the CSMS answers with CertificateSigned."""
@@ -462,13 +460,14 @@ class Uplink:
 
     async def _diagnostics_body(self) -> dict[str, Any]:
         """What an operator needs to look into a problem; no secrets (the password is not in it)."""
-        return {"uplink": self.status(), "daemon": await self.charger.status(),
+        daemon = await self.charger.status()
+        return {"uplink": self.status().to_wire(), "daemon": daemon.to_wire() if daemon else None,
                 "variables": self.model.base_report("FullInventory"),
                 "queued": [{"action": q.action, "attempts": q.attempts} for q in self.state.queued()]}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> p.ServiceState:
         """What `evsed status` may show of the uplink (no secrets)."""
-        return {"connected": self.cp is not None, "booted": self.booted, "queued": self.state.count("queue"),
-                "dropped": self.sender.dropped, "malformed": self.cp.malformed if self.cp else 0,
-                "limits_a": dict(self.limits.sent), "version": "2.0.1",
-                "costs": {str(evse): cost for evse, cost in self.costs.items()}}
+        return p.ServiceState(connected=self.cp is not None, booted=self.booted, queued=self.state.count("queue"),
+                              dropped=self.sender.dropped, malformed=self.cp.malformed if self.cp else 0,
+                              limits_a={str(c): a for c, a in self.limits.sent.items()}, detail="OCPP 2.0.1",
+                              costs={str(evse): cost for evse, cost in self.costs.items()})
