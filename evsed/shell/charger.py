@@ -127,7 +127,8 @@ class Charger:
             ctrl.start()
         self.publish("connector.status", status="Available", reason="")
         for ctrl in self.connectors.values():
-            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason)
+            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason,
+                         ev_connected=ctrl.state.pilot in PLUGGED_STATES)
         self.policy.start()
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
