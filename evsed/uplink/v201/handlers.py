@@ -39,6 +39,7 @@ class Daemon(Protocol):
 class Station(Protocol):
     """What the handlers ask of the station's own state and behaviour (the 2.0.1 uplink)."""
 
+    def registration(self) -> str: ...
     def free_evse(self) -> int | None: ...
     def transactions(self) -> dict[int, str]: ...
     def authorized(self, evse: int) -> bool: ...
@@ -218,18 +219,30 @@ class CentralCommands(StrictChargePoint):
 
     @on(Action.trigger_message)
     def on_trigger_message(self, p: Payload) -> Payload:
-        message, evse = p["requestedMessage"], (p.get("evse") or {}).get("id")
-        if message not in TRIGGERS:
+        if p["requestedMessage"] not in TRIGGERS:
             return {"status": "NotImplemented"}
-        if not self._evse_ok(evse):
-            return {"status": "Rejected"}
-        return {"status": "Accepted"}
+        return {"status": "Accepted" if self._triggered(p) else "Rejected"}
+
+    def _triggered(self, p: Payload) -> bool:
+        """Whether the message a TriggerMessage asks for will be sent (F06): an accepted station
+        boots no more (F06.FR.17), a StatusNotification names its EVSE and connector (F06.FR.12),
+        a TransactionEvent needs a transaction there."""
+        message, evse = p["requestedMessage"], p.get("evse") or {}
+        station, evse_id = self.ports.station, evse.get("id")
+        if not self._evse_ok(evse_id) or evse.get("connectorId") not in (None, 1):
+            return False
+        if message == "BootNotification":
+            return station.registration() != "Accepted"
+        if message == "StatusNotification":
+            return evse_id is not None and evse.get("connectorId") is not None
+        if message == "TransactionEvent":
+            return any(evse_id in (None, e) for e in station.transactions())
+        return True
 
     @after(Action.trigger_message)
     async def after_trigger_message(self, p: Payload) -> None:
-        message, evse = p["requestedMessage"], (p.get("evse") or {}).get("id")
-        if message in TRIGGERS and self._evse_ok(evse):
-            await self.ports.station.trigger(message, evse)
+        if p["requestedMessage"] in TRIGGERS and self._triggered(p):
+            await self.ports.station.trigger(p["requestedMessage"], (p.get("evse") or {}).get("id"))
 
     @on(Action.data_transfer)
     def on_data_transfer(self, p: Payload) -> Payload:
