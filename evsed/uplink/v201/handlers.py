@@ -92,6 +92,16 @@ class CentralCommands(StrictChargePoint):
     def _evse_ok(self, evse: int | None) -> bool:
         return evse is None or evse in self.ports.daemon.connectors
 
+    def refused(self, action: str, payload: Payload) -> CallRejected | None:
+        """A Rejected station answers the CSMS nothing but a TriggerMessage (for its boot, B03)."""
+        if self.ports.station.registration() == "Rejected" and action != Action.trigger_message:
+            return CallRejected("SecurityError", "the CSMS rejected this station's BootNotification")
+        return None
+
+    def _accepted(self) -> bool:
+        """Whether the CSMS accepted the station's boot: before, it is configured, not used (B02)."""
+        return self.ports.station.registration() == "Accepted"
+
     # -- device model (B05-B08) -----------------------------------------------------------------
     @on(Action.get_variables)
     def on_get_variables(self, p: Payload) -> Payload:
@@ -145,7 +155,7 @@ class CentralCommands(StrictChargePoint):
         ports, token = self.ports, p["idToken"]
         profile = p.get("chargingProfile")
         evse = p.get("evseId") or ports.station.free_evse()
-        if evse is None or not self._evse_ok(evse) or (
+        if not self._accepted() or evse is None or not self._evse_ok(evse) or (
                 profile is not None and profile["chargingProfilePurpose"] != "TxProfile"):
             return {"status": "Rejected"}
         running = ports.station.transactions().get(evse)
@@ -165,7 +175,7 @@ class CentralCommands(StrictChargePoint):
     @on(Action.request_stop_transaction)
     async def on_request_stop(self, p: Payload) -> Payload:
         for evse, tid in self.ports.station.transactions().items():
-            if tid == p["transactionId"]:
+            if tid == p["transactionId"] and self._accepted():
                 ok = await self.ports.daemon.remote_stop(evse, "remote")
                 return {"status": "Accepted" if ok else "Rejected"}
         return {"status": "Rejected"}
@@ -233,6 +243,8 @@ class CentralCommands(StrictChargePoint):
             return False
         if message == "BootNotification":
             return station.registration() != "Accepted"
+        if station.registration() == "Rejected":  # nothing but its boot (B03)
+            return False
         if message == "StatusNotification":
             return evse_id is not None and evse.get("connectorId") is not None
         if message == "TransactionEvent":

@@ -339,7 +339,7 @@ class Uplink:
         if message == "BootNotification":  # only before the boot is accepted (F06.FR.17)
             self._triggered = True  # the boot it starts says Triggered
             self.boot_now.set()
-        elif message == "Heartbeat" and self.booted and cp is not None:
+        elif message == "Heartbeat" and cp is not None:  # also while Pending (B02.FR.02)
             await self._call_once(cp, "Heartbeat", {})
         elif message == "LogStatusNotification":
             await self.transfers.log_status(self.transfers.diagnostics.status)
