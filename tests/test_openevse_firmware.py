@@ -199,6 +199,19 @@ def test_a_board_that_does_not_open_by_itself_is_disabled_after_its_own_limit(em
     until(lambda: "FD" in emu.commands and not emu.relay_closed, what="forced open")
 
 
+def test_a_release_during_a_soft_open_waits_for_it_and_forces_a_board_that_stays_closed(emu, devices, monkeypatch):
+    """The last device released (a stop) while the board is let go asleep: the worker does not end
+    before the relay opened, or was forced open at the board's own limit."""
+    monkeypatch.setattr(openevse_board, "SLEEP_OPENS_S", 0.2)
+    pilot, relay = devices("pilot"), devices("contactor")
+    charging(emu, pilot, relay)
+    relay.open_when_ev_stops()
+    pilot.pwm_off()
+    relay.release()
+    pilot.release()  # the board's time stands still: it never opens on its own
+    assert "FD" in emu.commands and not emu.relay_closed
+
+
 @pytest.mark.parametrize("kind", ["open", "open_when_ev_stops"])
 def test_a_forced_open_after_a_soft_one_disables_the_board_at_once(emu, devices, kind):
     pilot, relay = devices("pilot"), devices("contactor")
@@ -212,3 +225,5 @@ def test_a_forced_open_after_a_soft_one_disables_the_board_at_once(emu, devices,
     else:
         asked(pilot, "GV")
         assert "FD" not in emu.commands and emu.relay_closed
+        emu.set_ev("B")  # the EV stops: the board opens (else the release would wait for its limit)
+        until(lambda: not relay.feedback_closed(), what="the relay open")
