@@ -392,8 +392,11 @@ class Board:
             old, self._state = self._state, new
             if new.current_a is not None and new.seen_at > self._acked_at:
                 self._capacity(new.current_a)
-            if boot_locked(new):
-                self.firmware.unlock_owed = True  # rebooted, its $AB lost: waiting for $SB
+            if boot_locked(new) and not (old is not None and boot_locked(old)):
+                # rebooted, its $AB lost: as after one, the output is sent again before the $SB (it
+                # boots enabled at its stored current, and would offer to an EV in C at once)
+                self._acked_mode = self._acked_amps = self._acked_lock = None
+                self.firmware.unlock_owed = True
         if old is not None and old.key() == new.key():
             return
         log.info("openevse.state", port=self.port, evse_state=f"{new.evse_state:02x}",

@@ -77,6 +77,22 @@ def test_a_board_rebooted_unheard_is_unlocked_again_and_charges_on(emu, devices)
     until(lambda: emu.relay_closed and emu.current_a == 16, what="charging again at 16 A")
 
 
+def test_a_board_rebooted_unheard_is_put_back_to_sleep_before_it_is_unlocked(emu, devices):
+    """It boots enabled at its stored current: unlocked as it is, it would offer to the EV waiting in
+    C and close its relay without the core's consent (until evsed forced it open)."""
+    pilot, relay = devices("pilot"), devices("contactor")
+    until(lambda: not emu.boot_locked, what="$SB")
+    emu.set_ev("C")  # an EV waiting for a card: evsed holds the board asleep
+    rounds(emu, 2)
+    sent = len(emu.commands)
+    emu.reboot(announce=False)  # its $AB lost: only the lock flag tells
+    until(lambda: "SB" in emu.commands[sent:] and not emu.boot_locked, what="$SB again")
+    rounds(emu, 2)
+    after = emu.commands[sent:]
+    assert "FS" in after and after.index("FS") < after.index("SB")
+    assert "FD" not in after and not emu.relay_closed  # the relay never closed, nothing to force
+
+
 def test_a_boot_locked_board_put_to_sleep_reads_as_nothing_not_as_unplugged():
     # $FS during the lock makes the state fe, but Update() has not read even the EV-connected flag:
     # read as "no EV" a charge in progress before a reboot would end as if the EV had left
