@@ -77,14 +77,18 @@ def test_a_board_rebooted_unheard_is_unlocked_again_and_charges_on(emu, devices)
     until(lambda: emu.relay_closed and emu.current_a == 16, what="charging again at 16 A")
 
 
-def test_a_board_rebooted_unheard_is_put_back_to_sleep_before_it_is_unlocked(emu, devices):
+@pytest.mark.parametrize("line", ["clean", "fs_garbled"])
+def test_a_board_rebooted_unheard_is_put_back_to_sleep_before_it_is_unlocked(emu, devices, line):
     """It boots enabled at its stored current: unlocked as it is, it would offer to the EV waiting in
-    C and close its relay without the core's consent (until evsed forced it open)."""
+    C and close its relay without the core's consent (until evsed forced it open). Also when the
+    $FS is lost on the line: the $SB waits for a round whose $FS went through."""
     pilot, relay = devices("pilot"), devices("contactor")
     until(lambda: not emu.boot_locked, what="$SB")
     emu.set_ev("C")  # an EV waiting for a card: evsed holds the board asleep
     rounds(emu, 2)
     sent = len(emu.commands)
+    if line == "fs_garbled":
+        emu.garble_next.add("FS")  # a bit error: $NK, not carried out
     emu.reboot(announce=False)  # its $AB lost: only the lock flag tells
     until(lambda: "SB" in emu.commands[sent:] and not emu.boot_locked, what="$SB again")
     rounds(emu, 2)
