@@ -178,10 +178,11 @@ class Board:
         self._jobs.put(_WAKE)
         self._worker.join(timeout=4 * self.options["timeout_s"] + 1.0)
         state = self._state
-        # a forced open the worker had no round for goes out first (also a soft open past its
-        # limit); then the board is left safe: asleep, steady +12 V, the relay open once the EV lets go
+        # a forced open no worker round is left for goes out first (also a soft open past its limit, a
+        # relay closed without consent); then the board is left asleep, steady +12 V
         overdue = self._ev_stop_by is not None and time.monotonic() >= self._ev_stop_by
-        forced = (self._hold_open or overdue) and state is not None and relay_closed(state)
+        unallowed = self.relay_gated and not self._allowed and self._ev_stop_by is None
+        forced = (self._hold_open or overdue or unallowed) and state is not None and relay_closed(state)
         for command in ("FD", "FS") if forced else ("FS",):
             try:
                 self.link.request(command)
@@ -392,10 +393,8 @@ class Board:
             old, self._state = self._state, new
             if new.current_a is not None and new.seen_at > self._acked_at:
                 self._capacity(new.current_a)
-            if boot_locked(new) and not (old is not None and boot_locked(old)):
-                # rebooted, its $AB lost: as after one, the output is sent again before the $SB (it
-                # boots enabled at its stored current, and would offer to an EV in C at once)
-                self._acked_mode = self._acked_amps = self._acked_lock = None
+            if boot_locked(new) and not (old is not None and boot_locked(old)):  # its $AB lost: as
+                self._acked_mode = self._acked_amps = self._acked_lock = None  # after one, output before $SB
                 self.firmware.unlock_owed = True
         if old is not None and old.key() == new.key():
             return

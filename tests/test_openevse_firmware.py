@@ -232,6 +232,21 @@ def test_a_release_during_a_soft_open_waits_for_it_and_forces_a_board_that_stays
     assert "FD" in emu.commands and not emu.relay_closed
 
 
+def test_a_release_with_the_relay_closed_without_consent_forces_it_open(emu, devices):
+    """The board closed its relay for the EV by itself and evsed stops before relay_grace_s is up:
+    the worker that would have forced it open is gone, so the release does (not a $FS and the
+    board's 3 s, nor nothing from a board that ignores the $FS)."""
+    pilot = devices("pilot", relay_grace_s=30.0)
+    relay = devices("contactor", relay_grace_s=30.0)
+    offer(emu, pilot, 16)
+    emu.set_ev("C")
+    until(lambda: relay.feedback_closed(), what="closed by the board")  # the core never consented
+    pilot.pwm_off()
+    relay.release()
+    pilot.release()
+    assert "FD" in emu.commands and not emu.relay_closed
+
+
 @pytest.mark.parametrize("kind", ["open", "open_when_ev_stops"])
 def test_a_forced_open_after_a_soft_one_disables_the_board_at_once(emu, devices, kind):
     pilot, relay = devices("pilot"), devices("contactor")
