@@ -1,0 +1,163 @@
+"""Charging plans, pure: which hours deliver a session's energy by its departure at the least
+cost under a price curve, and what the plan allows at an instant (the `plan` limit source).
+
+Times are POSIX seconds (int), power W, energy Wh, prices per kWh in major units (exact
+Fractions or Decimals). Nothing here reads the clock.
+
+The rule: cost is linear in the energy taken inside each price segment and every segment can
+give at most its power times its length, so the cheapest plan fills the cheapest segments
+first (a fractional knapsack, optimal; among equal prices the earlier segment first, to finish
+sooner). A segment taken only in part is charged at its end when the next segment is charged
+too, else from its start, so that it adds no stop and start of the contactor where it can. Power is planned below what
+the limit chain allows by a safety margin, so an EV that draws a little less still finishes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Iterable, Sequence
+from zoneinfo import ZoneInfo
+
+from evsed.core.tariff import Pricing, price_edges
+
+MARGIN = Fraction(1, 10)  # plan at 90 % of the power the chain allows
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A span of the price curve: [start_s, end_s), its price, and the power the limit chain
+    is expected to allow in it (0 where a window forbids charging)."""
+
+    start_s: int
+    end_s: int
+    price: Fraction
+    power_w: Fraction
+
+    @property
+    def capacity_wh(self) -> Fraction:
+        return self.power_w * (self.end_s - self.start_s) / 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A planned span of charging: [start_s, end_s) at power_w, its energy and price."""
+
+    start_s: int
+    end_s: int
+    power_w: Fraction
+    price: Fraction
+
+    @property
+    def energy_wh(self) -> Fraction:
+        return self.power_w * (self.end_s - self.start_s) / 3600
+
+    @property
+    def cost(self) -> Fraction:
+        return self.energy_wh * self.price / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The chosen slots in time order; feasible False when the energy cannot be delivered by the
+    departure (then every slot with power is taken: charge as fast as allowed)."""
+
+    slots: tuple[Slot, ...]
+    feasible: bool
+    energy_wh: Fraction  # what the slots deliver at the planned power
+    shortfall_wh: Fraction  # what is missing at the departure (0 when feasible)
+
+    @property
+    def cost(self) -> Fraction:
+        return sum((s.cost for s in self.slots), Fraction(0))
+
+    @property
+    def finish_s(self) -> int | None:
+        return self.slots[-1].end_s if self.slots else None
+
+
+def segments(curve: Iterable[tuple[int, int, Fraction | Decimal]], start_s: int, end_s: int,
+             power_w: float | Fraction, margin: Fraction = MARGIN) -> list[Segment]:
+    """The price curve cut to [start_s, end_s) at the planned power (power_w less the margin).
+    Gaps in the curve are not planned in (no price known: not chosen)."""
+    planned = Fraction(power_w) * (1 - margin)
+    out = []
+    for lo, hi, price in sorted(curve):
+        lo, hi = max(lo, start_s), min(hi, end_s)
+        if hi > lo:
+            out.append(Segment(lo, hi, Fraction(price), max(Fraction(0), planned)))
+    return out
+
+
+def schedule(segs: Sequence[Segment], energy_wh: float | Fraction) -> Schedule:
+    """The cheapest slots delivering energy_wh (see the module's rule)."""
+    need = Fraction(energy_wh)
+    if need <= 0:
+        return Schedule((), True, Fraction(0), Fraction(0))
+    chosen: list[Slot] = []
+    got = Fraction(0)
+    partial: tuple[Segment, int] | None = None
+    for seg in sorted(segs, key=lambda s: (s.price, s.start_s)):
+        if got >= need:
+            break
+        if seg.power_w <= 0:
+            continue
+        if seg.capacity_wh <= need - got:
+            chosen.append(Slot(seg.start_s, seg.end_s, seg.power_w, seg.price))
+            got += seg.capacity_wh
+            continue
+        needed_s = int(-(-((need - got) * 3600) // seg.power_w))  # ceil: whole seconds
+        partial = (seg, needed_s)
+        got += seg.power_w * needed_s / 3600
+    if partial is not None:
+        seg, needed_s = partial
+        # beside a slot already chosen, so that it adds no stop and start of its own
+        if any(s.start_s == seg.end_s for s in chosen) and not any(s.end_s == seg.start_s for s in chosen):
+            chosen.append(Slot(seg.end_s - needed_s, seg.end_s, seg.power_w, seg.price))
+        else:
+            chosen.append(Slot(seg.start_s, seg.start_s + needed_s, seg.power_w, seg.price))
+    chosen.sort(key=lambda s: s.start_s)
+    feasible = got >= need
+    return Schedule(tuple(_merge(chosen)), feasible, got, Fraction(0) if feasible else need - got)
+
+
+def _merge(slots: list[Slot]) -> list[Slot]:
+    """Adjacent slots at one power and price read as one."""
+    out: list[Slot] = []
+    for s in slots:
+        last = out[-1] if out else None
+        if last and last.end_s == s.start_s and last.power_w == s.power_w and last.price == s.price:
+            out[-1] = Slot(last.start_s, s.end_s, s.power_w, s.price)
+        else:
+            out.append(s)
+    return out
+
+
+def charging_now(plan: Schedule, now_s: float) -> bool:
+    """Whether the plan has the EV charging at now_s."""
+    return any(s.start_s <= now_s < s.end_s for s in plan.slots)
+
+
+def next_change_s(plan: Schedule, now_s: float) -> int | None:
+    """When charging_now next changes after now_s (None: never again)."""
+    now = charging_now(plan, now_s)
+    edges = sorted({t for s in plan.slots for t in (s.start_s, s.end_s) if t > now_s})
+    return next((t for t in edges if charging_now(plan, t) != now), None)
+
+
+def tariff_curve(pricing: Pricing, start: dt.datetime, end: dt.datetime) -> list[tuple[int, int, Decimal]]:
+    """The host's time-of-use tariff as a price curve over [start, end): one span per price,
+    cut at every window edge and UTC offset change (DST-correct)."""
+    tz = ZoneInfo(pricing.timezone)
+    cuts = [start] + [e for e in price_edges(pricing, tz, start, end) if start < e < end] + [end]
+    curve: list[tuple[int, int, Decimal]] = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        price = pricing.host_per_kwh((lo + (hi - lo) / 2).astimezone(tz))
+        a, b = int(lo.timestamp()), int(hi.timestamp())
+        if curve and curve[-1][2] == price and curve[-1][1] == a:
+            curve[-1] = (curve[-1][0], b, price)
+        elif b > a:
+            curve.append((a, b, price))
+    return curve
