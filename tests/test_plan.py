@@ -144,3 +144,39 @@ def test_on_the_night_the_clocks_go_back_the_cheap_window_is_an_hour_longer():
     got = plan.schedule(segs, 50_000)  # 50 kWh at 9.9 kW: 5.05 h, all in the 6 cheap hours
     assert got.feasible
     assert {s.price for s in got.slots} == {Fraction(1, 10)}
+
+
+def test_a_window_that_forbids_or_caps_lowers_the_power_of_its_hours():
+    segs = plan.segments([(0, 3 * HOUR, Decimal("0.1"))], 0, 3 * HOUR, 10_000,
+                         caps=[(HOUR, 2 * HOUR, 0), (2 * HOUR, 3 * HOUR, 5_000)])
+    assert [(s.start_s, s.end_s, s.power_w) for s in segs] == [
+        (0, HOUR, 9000), (HOUR, 2 * HOUR, 0), (2 * HOUR, 3 * HOUR, 4500)]
+
+
+TZ = ZoneInfo("Europe/Berlin")
+
+
+def test_a_plan_waits_for_its_first_slot_and_says_until_when():
+    start = int(dt.datetime(2026, 3, 10, 22, 0, tzinfo=TZ).timestamp())
+    segs = [plan.Segment(start, start + HOUR, Fraction(3, 10), Fraction(9000)),
+            plan.Segment(start + HOUR, start + 2 * HOUR, Fraction(1, 10), Fraction(9000))]
+    d = plan.decide(9000, 0, start + 2 * HOUR, start, segs, TZ)
+    assert (d.state, d.holds, d.next_s) == ("waiting", True, start + HOUR)
+    assert d.reason == "plan: waiting for 23:00, cheapest hours"
+    d = plan.decide(9000, 0, start + 2 * HOUR, start + HOUR, segs[1:], TZ)
+    assert (d.state, d.holds, d.next_s) == ("charging", False, start + 2 * HOUR)
+
+
+def test_a_plan_that_has_delivered_its_energy_holds_until_the_departure():
+    now = int(dt.datetime(2026, 3, 10, 3, 0, tzinfo=TZ).timestamp())
+    d = plan.decide(20_000, 20_400, now + 4 * HOUR, now, [], TZ)
+    assert (d.state, d.holds, d.next_s) == ("done", True, now + 4 * HOUR)
+    assert d.reason == "plan: 20.0 kWh delivered; paused until 07:00 (departure)"
+
+
+def test_a_plan_that_cannot_finish_in_time_says_so_and_does_not_hold():
+    now = int(dt.datetime(2026, 3, 10, 5, 0, tzinfo=TZ).timestamp())
+    segs = [plan.Segment(now, now + 2 * HOUR, Fraction(3, 10), Fraction(9000))]
+    d = plan.decide(30_000, 0, now + 2 * HOUR, now, segs, TZ)
+    assert (d.state, d.holds) == ("infeasible", False)
+    assert d.reason == "plan: 30.0 kWh cannot be delivered by 07:00 (12.0 kWh short): charging as fast as allowed"

@@ -79,15 +79,23 @@ class Schedule:
 
 
 def segments(curve: Iterable[tuple[int, int, Fraction | Decimal]], start_s: int, end_s: int,
-             power_w: float | Fraction, margin: Fraction = MARGIN) -> list[Segment]:
-    """The price curve cut to [start_s, end_s) at the planned power (power_w less the margin).
-    Gaps in the curve are not planned in (no price known: not chosen)."""
-    planned = Fraction(power_w) * (1 - margin)
+             power_w: float | Fraction, margin: Fraction = MARGIN,
+             caps: Iterable[tuple[int, int, float | Fraction]] = ()) -> list[Segment]:
+    """The price curve cut to [start_s, end_s) at the planned power: power_w, or a cap's power
+    where one of `caps` (start_s, end_s, W: a window that caps or forbids) is lower, less the
+    margin. Gaps in the curve are not planned in (no price known: not chosen)."""
+    caps = sorted((a, b, Fraction(w)) for a, b, w in caps if b > a)
     out = []
     for lo, hi, price in sorted(curve):
         lo, hi = max(lo, start_s), min(hi, end_s)
-        if hi > lo:
-            out.append(Segment(lo, hi, Fraction(price), max(Fraction(0), planned)))
+        cuts = sorted({lo, hi, *(t for a, b, _ in caps for t in (a, b) if lo < t < hi)})
+        for a, b in zip(cuts, cuts[1:]):
+            power = min([Fraction(power_w), *(w for c0, c1, w in caps if c0 <= a and b <= c1)])
+            planned = max(Fraction(0), power * (1 - margin))
+            if out and out[-1].end_s == a and out[-1].price == Fraction(price) and out[-1].power_w == planned:
+                out[-1] = Segment(out[-1].start_s, b, out[-1].price, planned)
+            else:
+                out.append(Segment(a, b, Fraction(price), planned))
     return out
 
 
@@ -145,6 +153,55 @@ def next_change_s(plan: Schedule, now_s: float) -> int | None:
     now = charging_now(plan, now_s)
     edges = sorted({t for s in plan.slots for t in (s.start_s, s.end_s) if t > now_s})
     return next((t for t in edges if charging_now(plan, t) != now), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a plan does now. state: "waiting" (held paused until its next slot), "charging" (in
+    a slot), "done" (its energy is delivered: held paused until the departure) or "infeasible"
+    (it cannot finish in time: no hold, charging as fast as allowed)."""
+
+    state: str
+    schedule: Schedule
+    next_s: int | None  # when the state changes by itself: a slot's edge, or the departure
+    reason: str  # for people: "plan: waiting for 01:00, cheapest hours"
+
+    @property
+    def holds(self) -> bool:
+        """Whether the plan holds the EV paused now (PWM off, session kept)."""
+        return self.state in ("waiting", "done")
+
+
+def decide(energy_wh: int, delivered_wh: int, departure_s: int, now_s: int, segs: Sequence[Segment],
+           tz: dt.tzinfo) -> Decision:
+    """The plan for what is still to deliver (energy_wh less delivered_wh, Wh) by departure_s,
+    over the segments from now_s on; times in reasons in tz."""
+    by = _local(departure_s, now_s, tz)
+    need = Fraction(energy_wh - delivered_wh)
+    if need <= 0:
+        return Decision("done", Schedule((), True, Fraction(0), Fraction(0)), departure_s,
+                        f"plan: {_kwh(energy_wh)} delivered; paused until {by} (departure)")
+    chosen = schedule(segs, need)
+    if not chosen.feasible:
+        return Decision("infeasible", chosen, departure_s,
+                        f"plan: {_kwh(need)} cannot be delivered by {by} ({_kwh(chosen.shortfall_wh)} short): "
+                        "charging as fast as allowed")
+    change = next_change_s(chosen, now_s)
+    if charging_now(chosen, now_s):
+        until = _local(change, now_s, tz) if change is not None else by
+        return Decision("charging", chosen, change, f"plan: charging until {until}, cheapest hours")
+    return Decision("waiting", chosen, change, f"plan: waiting for {_local(change or departure_s, now_s, tz)}, "
+                                               "cheapest hours")
+
+
+def _kwh(wh: int | Fraction) -> str:
+    return f"{float(wh) / 1000:.1f} kWh"
+
+
+def _local(t: int, now_s: int, tz: dt.tzinfo) -> str:
+    """A time as people read it on the charger: 01:00, or Tue 01:00 a day or more ahead."""
+    when = dt.datetime.fromtimestamp(t, tz)
+    return when.strftime("%H:%M") if t - now_s < 86_400 else when.strftime("%a %H:%M")
 
 
 def tariff_curve(pricing: Pricing, start: dt.datetime, end: dt.datetime) -> list[tuple[int, int, Decimal]]:
