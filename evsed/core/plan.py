@@ -84,13 +84,15 @@ def segments(curve: Iterable[tuple[int, int, Fraction | Decimal]], start_s: int,
     """The price curve cut to [start_s, end_s) at the planned power: power_w, or a cap's power
     where one of `caps` (start_s, end_s, W: a window that caps or forbids) is lower, less the
     margin. Gaps in the curve are not planned in (no price known: not chosen)."""
-    caps = sorted((a, b, Fraction(w)) for a, b, w in caps if b > a)
-    out = []
+    lower = sorted((a, b, Fraction(w)) for a, b, w in caps if b > a)
+    out: list[Segment] = []
     for lo, hi, price in sorted(curve):
         lo, hi = max(lo, start_s), min(hi, end_s)
-        cuts = sorted({lo, hi, *(t for a, b, _ in caps for t in (a, b) if lo < t < hi)})
+        if hi <= lo:
+            continue
+        cuts = sorted({lo, hi, *(t for a, b, _ in lower for t in (a, b) if lo < t < hi)})
         for a, b in zip(cuts, cuts[1:]):
-            power = min([Fraction(power_w), *(w for c0, c1, w in caps if c0 <= a and b <= c1)])
+            power = min([Fraction(power_w), *(w for c0, c1, w in lower if c0 <= a and b <= c1)])
             planned = max(Fraction(0), power * (1 - margin))
             if out and out[-1].end_s == a and out[-1].price == Fraction(price) and out[-1].power_w == planned:
                 out[-1] = Segment(out[-1].start_s, b, out[-1].price, planned)
