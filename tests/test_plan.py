@@ -180,3 +180,16 @@ def test_a_plan_that_cannot_finish_in_time_says_so_and_does_not_hold():
     d = plan.decide(30_000, 0, now + 2 * HOUR, now, segs, TZ)
     assert (d.state, d.holds) == ("infeasible", False)
     assert d.reason == "plan: 30.0 kWh cannot be delivered by 07:00 (12.0 kWh short): charging as fast as allowed"
+
+
+def test_the_windows_forbid_and_cap_the_hours_they_cover():
+    from evsed.core import windows
+    tz = ZoneInfo("Europe/Berlin")
+    every = frozenset(range(7))
+    schedule = windows.Schedule(tz, (
+        windows.Window("peak", every, 17 * 60, 20 * 60, windows.Action.FORBID),
+        windows.Window("night cap", every, 22 * 60, 6 * 60, windows.Action.CAP, 10.0)))
+    start = int(dt.datetime(2026, 3, 10, 16, 0, tzinfo=tz).timestamp())
+    caps = plan.window_caps(schedule, None, start, start + 10 * HOUR, True, 690.0)
+    assert caps == [(start + HOUR, start + 4 * HOUR, 0.0), (start + 6 * HOUR, start + 10 * HOUR, 6900.0)]
+    assert plan.window_caps(schedule, None, start, start + 10 * HOUR, False, 690.0) == []  # unsynced: ignored

@@ -21,7 +21,8 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-from evsed.core.tariff import Pricing, price_edges
+from evsed.core import prices, windows
+from evsed.core.tariff import Pricing, Tariff, price_edges
 
 MARGIN = Fraction(1, 10)  # plan at 90 % of the power the chain allows
 
@@ -191,7 +192,7 @@ def decide(energy_wh: int, delivered_wh: int, departure_s: int, now_s: int, segs
     change = next_change_s(chosen, now_s)
     if charging_now(chosen, now_s):
         until = _local(change, now_s, tz) if change is not None else by
-        return Decision("charging", chosen, change, f"plan: charging until {until}, cheapest hours")
+        return Decision("charging", chosen, change, f"plan: charging until {until}")
     return Decision("waiting", chosen, change, f"plan: waiting for {_local(change or departure_s, now_s, tz)}, "
                                                "cheapest hours")
 
@@ -204,6 +205,48 @@ def _local(t: int, now_s: int, tz: dt.tzinfo) -> str:
     """A time as people read it on the charger: 01:00, or Tue 01:00 a day or more ahead."""
     when = dt.datetime.fromtimestamp(t, tz)
     return when.strftime("%H:%M") if t - now_s < 86_400 else when.strftime("%a %H:%M")
+
+
+def next_departure(by_min: int, days: frozenset[int], after: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
+    """The first instant after `after` at which the local clock reads by_min (minutes after
+    midnight) on one of `days` (0 = Monday), DST-correct (windows.first_instant); None: no such
+    day within a week (`days` empty)."""
+    local = after.astimezone(tz).date()
+    for offset in range(9):
+        day = local + dt.timedelta(days=offset)
+        if day.weekday() not in days:
+            continue
+        when = windows.first_instant(tz, dt.datetime.combine(day, dt.time()) + dt.timedelta(minutes=by_min))
+        if when > after:
+            return when
+    return None
+
+
+def window_caps(schedule: windows.Schedule, group: str | None, start_s: int, end_s: int, synced: bool,
+                w_per_a: float) -> list[tuple[int, int, float]]:
+    """The spans of [start_s, end_s) where the time-of-use windows forbid charging (0 W) or cap it
+    (the cap in A times w_per_a), for segments()' caps."""
+    caps = []
+    t = start_s
+    while t < end_s:
+        d = windows.evaluate(schedule, group, dt.datetime.fromtimestamp(t, dt.timezone.utc), synced)
+        until = min(end_s, int(d.until_utc.timestamp())) if d.until_utc is not None else end_s
+        if not d.allowed or d.cap_a is not None:
+            caps.append((t, until, 0.0 if not d.allowed else (d.cap_a or 0.0) * w_per_a))
+        t = max(until, t + 1)
+    return caps
+
+
+def plan_curve(tariff: Tariff | None, group: str, timezone: str, dynamic: prices.Curve | None, start_s: int,
+               end_s: int) -> list[prices.Span]:
+    """The prices a plan uses over [start_s, end_s): the dynamic curve where it has prices, the
+    group's tariff elsewhere, else one price everywhere (no tariff: as soon as possible)."""
+    if tariff is None:
+        fallback: list[prices.Span] = [(start_s, end_s, Decimal(0))]
+    else:
+        fallback = tariff_curve(tariff.pricing(group, timezone), dt.datetime.fromtimestamp(start_s, dt.timezone.utc),
+                                dt.datetime.fromtimestamp(end_s, dt.timezone.utc))
+    return prices.combine(dynamic, fallback, start_s, end_s)
 
 
 def tariff_curve(pricing: Pricing, start: dt.datetime, end: dt.datetime) -> list[tuple[int, int, Decimal]]:

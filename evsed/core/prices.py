@@ -18,10 +18,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
 
 MAX_BYTES = 256 * 1024  # a week of quarter-hours is about 60 kB of JSON
-MAX_ENTRIES = 800  # eight days of quarter-hours
+MAX_ENTRIES = 512  # five days of quarter-hours (the control socket's request holds this many)
 MAX_SPAN_S = 8 * 86_400  # from the first start to the last end
 MIN_ENTRY_S, MAX_ENTRY_S = 60, 86_400
-MAX_PRICE = Decimal(100)  # per kWh, either sign (negative day-ahead prices happen)
+MAX_PRICE = Decimal(10_000)  # per kWh, either sign, as [tariff] allows (negative day-ahead prices happen)
 ENTRY_KEYS = frozenset({"start", "end", "price"})
 
 Span = tuple[int, int, Decimal]  # [start_s, end_s) POSIX seconds, price per kWh
