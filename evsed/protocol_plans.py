@@ -17,7 +17,7 @@ from evsed.wire import Items, Range, Record, Text, WireError
 PlanState = Literal["pending", "measuring", "waiting", "charging", "done", "infeasible"]
 Origin = Literal["cli", "mqtt", "web", "group", "scenario", "command"]
 PriceSource = Literal["mqtt", "file", "url", "command"]
-Price = Annotated[float, Range(-10_000, 10_000)]  # per kWh in major units, as [tariff] allows (negative day-ahead prices happen)
+Price = Annotated[float, Range(-10_000, 10_000)]  # per kWh in major units, as [tariff] allows (negative too)
 Money = Annotated[float, Range(-1e9, 1e9)]
 Currency = Annotated[str, Text(8)]
 Percent = Annotated[float, Range(0, 100)]

@@ -214,7 +214,8 @@ def test_garbage_prices_are_refused_and_the_curve_in_force_stays(tmp_path):
                              ([{"start": "2026-01-05T10:00:00+01:00", "price": 1}], "every entry is in the past")):
         with pytest.raises(commands.CommandError, match=message):
             commands.run(runner.charger, p.command_named("prices", {"prices": garbage}))
-    for garbage, message in (({"x": 1}, "prices: expected"), ([{"start": "2026-01-06T01:00:00+01:00"}], "price missing"),
+    for garbage, message in (({"x": 1}, "prices: expected"),
+                             ([{"start": "2026-01-06T01:00:00+01:00"}], "price missing"),
                              ([{"start": "soon", "price": 1}], "start: expected 10..32 characters"),
                              ([{"start": "2026-01-06T01:00:00+01:00", "price": 1e6}], "price: expected")):
         with pytest.raises(p.WireError, match=message):  # not a curve's shape: refused on the wire

@@ -48,7 +48,8 @@ class Plans:
         self.charger = charger
         self.file = file if file is not None else MemoryFile()
         saved = load(self.file, charger.wallclock())
-        self.plans: dict[int, Plan] = {plan.connector: plan for plan in saved.plans if plan.connector in charger.connectors}
+        self.plans: dict[int, Plan] = {plan.connector: plan for plan in saved.plans
+                                       if plan.connector in charger.connectors}
         self.cards: dict[str, Plan] = {plan.id_tag: plan for plan in saved.cards if plan.id_tag}
         self.curve = saved.curve
         self.decisions: dict[int, planner.Decision] = {}
@@ -74,9 +75,9 @@ class Plans:
                 continue
             row = self.charger.recorder.writer.store.session(plan.session)
             energy = int(row["energy_wh"] or 0) if row is not None else 0
-            self.plans[cid] = replace(plan, session=None, delivered_wh=plan.delivered_wh + max(0, energy - plan.baseline_wh),
-                                      baseline_wh=0)
-            log.info("plan.session_lost", connector=cid, session=plan.session, delivered_wh=self.plans[cid].delivered_wh)
+            delivered = plan.delivered_wh + max(0, energy - plan.baseline_wh)
+            self.plans[cid] = replace(plan, session=None, delivered_wh=delivered, baseline_wh=0)
+            log.info("plan.session_lost", connector=cid, session=plan.session, delivered_wh=delivered)
 
     # --- setting ----------------------------------------------------------------------------
     def set(self, plan: Plan) -> Plan:

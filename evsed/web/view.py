@@ -185,7 +185,8 @@ def plan_view(plan: p.PlanNow | None, tz: dt.tzinfo, msgs: Messages = ENGLISH) -
     words = msgs(f"view.plan.{plan.state}", energy=energy, time=clock(when, tz) if when else by_text)
     finish = parse_time(plan.finish)
     line = "" if finish is None or plan.cost is None else msgs(
-        "view.plan.finish", delivered=kwh(plan.delivered_wh), time=clock(finish, tz), cost=money(plan.cost, plan.currency))
+        "view.plan.finish", delivered=kwh(plan.delivered_wh), time=clock(finish, tz),
+        cost=money(plan.cost, plan.currency))
     return {"text": msgs("view.plan", energy=energy, time=by_text), "state": plan.state, "words": words, "line": line,
             "chart": plan.state != "pending", "version": f"{zlib.crc32(repr(plan.slots).encode()):08x}"}
 
