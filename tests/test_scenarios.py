@@ -29,7 +29,7 @@ def test_there_is_a_scenario_per_policy_rule():
 def test_there_is_a_scenario_per_plan_rule():
     names = {p.stem for p in SCENARIOS}
     for rule in ("plan_three_prices", "plan_dst_night", "plan_load_limit", "plan_ev_draws_less", "plan_prices_late",
-                 "plan_power_cut"):
+                 "plan_power_cut", "plan_solar"):
         assert rule in names
 
 

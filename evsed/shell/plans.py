@@ -34,6 +34,7 @@ REPLAN_S = 300  # at least this often while a plan runs: energy from solar, a dr
 DRAW_SETTLE_S = 60.0  # after the contactor closes or the offer changes, the EV's draw counts after this
 PROBE_S = 180.0  # a new session charges at first until its EV's draw is known, at most this long
 DRAW_CHANGE = 0.1  # a draw this much off the one planned with: plan again
+EV_LIMITED = 0.9  # an EV drawing under this share of the offered current draws what it can take
 MAX_AHEAD_S = 7 * 86_400  # a departure at most a week ahead
 SOLAR_MODES = ("solar", "min+solar")
 ENDS_NOT_THE_PLAN = ("reboot", "power_loss")  # the session ended, the EV may still be there: wait
@@ -188,20 +189,26 @@ class Plans:
         self._changed()
 
     def _sampled(self, cid: int, data: dict[str, Any]) -> None:
+        """A meter sample: the EV's own draw, once settled under an offer it takes less of (an EV
+        that takes all it is offered says nothing of its own limit: the chain's offer binds), and
+        whether the energy is in."""
         ctrl = self.charger.connectors.get(cid)
         d = self.decisions.get(cid)
         if ctrl is None or d is None:
             return
         st = ctrl.state
         settled = ctrl.clock() - max(st.offered_changed_at, st.contactor_changed_at) >= DRAW_SETTLE_S
-        power = data.get("power_w")
-        if st.contactor_closed and settled and isinstance(power, (int, float)) and power > 0:
-            self.ev_w[cid] = float(power)
-            if self.probe_until.pop(cid, None) is not None:
-                self.refresh()
-                return
+        power, current = data.get("power_w"), data.get("current_a")
+        if st.contactor_closed and settled and isinstance(power, (int, float)) and isinstance(current, list) \
+                and current and all(isinstance(a, (int, float)) for a in current):
+            own = float(power) if max(current) < EV_LIMITED * st.offered_a else None
+            if own is None:
+                self.ev_w.pop(cid, None)
+            else:
+                self.ev_w[cid] = own
             used = self.planned_ev_w.get(cid)
-            if used is None or abs(power - used) > DRAW_CHANGE * used:
+            if self.probe_until.pop(cid, None) is not None or (own is None) != (used is None) or (
+                    own is not None and used is not None and abs(own - used) > DRAW_CHANGE * used):
                 self.refresh()
                 return
         plan = self.plans.get(cid)

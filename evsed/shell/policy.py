@@ -318,11 +318,16 @@ class Policy:
                  lm.breaker(conn.breaker_a),
                  lm.window(c.window.allowed, c.window.cap_a, self._window_text(c.window)),
                  lm.group(group_name, min(group_caps) if group_caps else None), site,
-                 self._external(ctrl), lm.solar(c.solar.current_a, c.solar.reason),
+                 self._external(ctrl), self._solar_limit(ctrl, c),
                  lm.ocpp(st.limits.get("ocpp")), self.charger.plans.limit(ctrl)]
         known = {"window", "group", "breaker", "cable", "site", "external_cap", "solar", "ocpp", "plan", AUTH_LIMIT}
         items += [lm.Limit(k, v, "set by command") for k, v in st.limits.items() if k not in known]
         return lm.chain(items)
+
+    def _solar_limit(self, ctrl: ConnectorControl, c: _Conn) -> lm.Limit:
+        if self.charger.plans.lifts_solar(ctrl):
+            return lm.solar(None, "steps aside in the charging plan's slot")
+        return lm.solar(c.solar.current_a, c.solar.reason)
 
     def _window_text(self, d: windows.Decision) -> str:
         if d.until_utc is None:
