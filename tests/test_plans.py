@@ -341,3 +341,25 @@ def test_the_cli_refuses_an_energy_it_cannot_read(text, capsys):
     with pytest.raises(SystemExit):
         cli.main(["plan", text, "--by", "07:00"])
     assert "expected an energy such as 20kWh" in capsys.readouterr().err
+
+
+def test_a_plan_that_cannot_be_made_holds_nothing_and_is_said_once(tmp_path, monkeypatch):
+    from evsed.core import plan as planner
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the planner")
+    monkeypatch.setattr(planner, "decide", broken)
+    with capture_logs() as logs:
+        runner = run_text(tmp_path, START + NIGHT + CHARGING + '''
+[[step]]
+t = 3
+do = "plan"
+energy_kwh = 10
+by = "05:00"
+[[step]]
+t = 200
+expect = { contactor = "closed", plan = "infeasible", plan_contains = "could not be made" }
+''')
+    failed = [e for e in logs if e["event"] == "plan.failed"]
+    assert len(failed) == 1 and "a bug in the planner" in failed[0]["error"]
+    assert status(runner).limit_chain["plan"].blocked is None

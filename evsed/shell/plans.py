@@ -58,6 +58,7 @@ class Plans:
         self.planned_ev_w: dict[int, float | None] = {}  # the draw the last plan was made with
         self.site_a: dict[int, float] = {}  # the site's share while the plan let the EV charge, A
         self.probe_until: dict[int, float] = {}  # monotonic s: a new session's EV charges until its draw is known
+        self._failed: dict[int, str] = {}  # connector -> the error its plan failed with, said once
         self._busy = self._again = False
         self._recover()
 
@@ -232,18 +233,26 @@ class Plans:
 
     def _decide_all(self) -> None:
         now = self._now_s()
-        for tag, plan in list(self.cards.items()):
-            if plan.departure_s <= now:
-                del self.cards[tag]
-                log.info("plan.ended", id_tag=tag, reason="departure")
-        for cid, plan in list(self.plans.items()):
-            if plan.departure_s <= now:
-                del self.plans[cid]
-                log.info("plan.ended", connector=cid, reason="departure")
-                self.save()
+        cards = [tag for tag, plan in self.cards.items() if plan.departure_s <= now]
+        plans = [cid for cid, plan in self.plans.items() if plan.departure_s <= now]
+        for tag in cards:
+            del self.cards[tag]
+            log.info("plan.ended", id_tag=tag, reason="departure")
+        for cid in plans:
+            del self.plans[cid]
+            log.info("plan.ended", connector=cid, reason="departure")
+        if cards or plans:
+            self.save()
         wake: list[int] = [plan.departure_s for plan in self.cards.values()]
         for cid, ctrl in self.charger.connectors.items():
-            d = self._decide(ctrl, now)
+            try:
+                d = self._decide(ctrl, now)
+            except Exception as exc:  # noqa: BLE001 - a plan that cannot be made holds nothing: the rest charges
+                if self._failed.get(cid) != repr(exc):
+                    log.error("plan.failed", connector=cid, error=repr(exc))
+                self._failed[cid], d = repr(exc), None
+            else:
+                self._failed.pop(cid, None)
             before = self.decisions.get(cid)
             if d is None:
                 self.decisions.pop(cid, None)
@@ -346,8 +355,11 @@ class Plans:
         by, origin, delivered = _iso(plan.departure_s, self.tz), cast(p.Origin, plan.origin), self.delivered(ctrl, plan)
         d = self.decisions.get(ctrl.id)
         if d is None:
+            failed = ctrl.id in self._failed
             return p.PlanNow(energy_wh=plan.energy_wh, by=by, origin=origin, id_tag=plan.id_tag, delivered_wh=delivered,
-                             state="pending", reason="plan: waiting for the next session")
+                             state="infeasible" if failed else "pending",
+                             reason="plan: could not be made (the log says why): charging as fast as allowed" if failed
+                             else "plan: waiting for the next session")
         tariff, sched = self.charger.config.tariff, d.schedule
         slots = tuple(p.PlanSlot(start=_iso(s.start_s, self.tz), end=_iso(s.end_s, self.tz),
                                  power_w=round(float(s.power_w)), price=float(s.price))
