@@ -22,8 +22,10 @@ Money = Annotated[float, Range(-1e9, 1e9)]
 Currency = Annotated[str, Text(8)]
 Percent = Annotated[float, Range(0, 100)]
 Time = Annotated[str, Text(32, min=10, pattern=r"[0-9A-Za-z:+.\-]+")]  # ISO 8601 with its offset: ASCII
-SLOTS_SHOWN = 16  # the first slots a plan's status carries (its finish and cost count them all)
-CARD_PLANS = 16  # plans waiting for a card's next session
+SLOTS_SHOWN = 8  # the first slots a plan carries in status (its finish and cost count them all)
+SLOTS_PLANS = 96  # ... and in `plans` (a day of quarter-hours)
+CARD_PLANS = 8  # plans waiting for a card's next session
+Words = Annotated[str, Text(120, clip=True)]  # a plan's reason: "plan: waiting for 01:00, cheapest hours"
 MAX_PRICES = 512  # a curve handed over (five days of quarter-hours); and `plans` shows at most this many
 
 
@@ -46,15 +48,14 @@ class PlanNow(Record):
     """A charging plan: `energy_wh` by `by`; `state` pending (no session yet), measuring (the EV's
     draw first), waiting (held paused until its next slot), charging, done (held until `by`) or
     infeasible (cannot finish in time: charging as fast as allowed); `reason` says it for people.
-    `slots` (the first 16), `finish` and `cost` under `prices` (where the curve comes from: tariff,
+    `slots` (the first 8; `plans` gives 96), `finish` and `cost` under `prices` (where the curve comes from: tariff,
     none, or a dynamic curve's source); `plans` shows the prices themselves."""
 
     energy_wh: Wh
     by: Time
     origin: Origin
-    id_tag: Tag | None = None  # a plan for a card's next session
     state: PlanState
-    reason: Sentence = ""
+    reason: Words = ""
     delivered_wh: Wh = 0
     slots: Annotated[tuple[PlanSlot, ...], Items(SLOTS_SHOWN)] = ()
     finish: Time | None = None
@@ -110,7 +111,10 @@ class CancelPlan(Command[CancelPlanReply], cmd="plan-cancel", roles=(ADMIN, WEB,
 
 
 class ConnectorPlan(PlanNow):
+    """A connector's plan as `plans` shows it: with its first 96 slots."""
+
     connector: ConnectorId
+    slots: Annotated[tuple[PlanSlot, ...], Items(SLOTS_PLANS)] = ()
 
 
 class PlansReply(Reply):

@@ -98,7 +98,7 @@ expect = { plan = "none" }
 t = 100
 expect = { plan = "waiting", binding = "plan" }
 ''')
-    assert status(runner).plan.id_tag == "04A1B2C3"
+    assert status(runner).plan.energy_wh == 10_000
     assert runner.charger.status().card_plans == ()
 
 

@@ -95,7 +95,7 @@ def _show(charger: Charger, cmd: p.Plans) -> p.PlansReply:
     curve = plans.curve_for(None, now, until)[:p.MAX_PRICES]
     shown = []
     for cid, ctrl in charger.connectors.items():
-        now_plan = plans.now(ctrl)
+        now_plan = plans.now(ctrl, slots=p.SLOTS_PLANS)
         if now_plan is not None:
             shown.append(p.ConnectorPlan.from_wire({**now_plan.to_wire(), "connector": cid}))
     return p.PlansReply(plans=tuple(shown), card_plans=plans.waiting(), prices=cast(Any, plans.price_source(until)),

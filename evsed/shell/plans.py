@@ -347,8 +347,9 @@ class Plans:
             return curve.source
         return "tariff" if self.charger.config.tariff is not None else "none"
 
-    def now(self, ctrl: ConnectorControl) -> p.PlanNow | None:
-        """The connector's plan as status, MQTT and the page show it (None: it has none)."""
+    def now(self, ctrl: ConnectorControl, slots: int = p.SLOTS_SHOWN) -> p.PlanNow | None:
+        """The connector's plan as status, MQTT and the page show it, with its first `slots` slots
+        (None: it has none)."""
         plan = self.plans.get(ctrl.id)
         if plan is None:
             return None
@@ -356,17 +357,17 @@ class Plans:
         d = self.decisions.get(ctrl.id)
         if d is None:
             failed = ctrl.id in self._failed
-            return p.PlanNow(energy_wh=plan.energy_wh, by=by, origin=origin, id_tag=plan.id_tag, delivered_wh=delivered,
+            return p.PlanNow(energy_wh=plan.energy_wh, by=by, origin=origin, delivered_wh=delivered,
                              state="infeasible" if failed else "pending",
                              reason="plan: could not be made (the log says why): charging as fast as allowed" if failed
                              else "plan: waiting for the next session")
         tariff, sched = self.charger.config.tariff, d.schedule
-        slots = tuple(p.PlanSlot(start=_iso(s.start_s, self.tz), end=_iso(s.end_s, self.tz),
+        shown = tuple(p.PlanSlot(start=_iso(s.start_s, self.tz), end=_iso(s.end_s, self.tz),
                                  power_w=round(float(s.power_w)), price=float(s.price))
-                      for s in sched.slots[:p.SLOTS_SHOWN])
+                      for s in sched.slots[:slots])
         finish = _iso(sched.finish_s, self.tz) if sched.finish_s is not None and d.state != "done" else None
-        return p.PlanNow(energy_wh=plan.energy_wh, by=by, origin=origin, id_tag=plan.id_tag, delivered_wh=delivered,
-                         state=cast(p.PlanState, d.state), reason=d.reason, slots=slots, finish=finish,
+        return p.PlanNow(energy_wh=plan.energy_wh, by=by, origin=origin, delivered_wh=delivered,
+                         state=cast(p.PlanState, d.state), reason=d.reason, slots=shown, finish=finish,
                          cost=round(float(sched.cost), 4), currency=tariff.currency if tariff is not None else "",
                          shortfall_wh=round(float(sched.shortfall_wh)),
                          prices=cast(Any, self.price_source(plan.departure_s)))

@@ -269,8 +269,10 @@ class WebService:
             reply = await self.link.command(p.Plans())
         except Exception as exc:  # noqa: BLE001 - the daemon's absence is an answer to show
             raise HTTPError(502, f"the charger did not answer: {exc}") from None
+        shown = reply.plans if isinstance(reply, p.PlansReply) else ()
+        plan = next((plan for plan in shown if plan.connector == conn.id), conn.plan)  # with its first 96 slots
         curve = reply.curve if isinstance(reply, p.PlansReply) else ()
-        svg = charts.plan_chart(conn.plan, curve, self.tz, _messages(request)("view.plan.chart"))
+        svg = charts.plan_chart(plan, curve, self.tz, _messages(request)("view.plan.chart"))
         return Response(svg, content_type="image/svg+xml; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     # --- login and actions ------------------------------------------------------------
