@@ -85,20 +85,25 @@ def segments(curve: Iterable[tuple[int, int, Fraction | Decimal]], start_s: int,
     """The price curve cut to [start_s, end_s) at the planned power: power_w, or a cap's power
     where one of `caps` (start_s, end_s, W: a window that caps or forbids) is lower, less the
     margin. Gaps in the curve are not planned in (no price known: not chosen)."""
-    lower = sorted((a, b, Fraction(w)) for a, b, w in caps if b > a)
+    def planned(w: float | Fraction) -> Fraction:
+        return max(Fraction(0), Fraction(w) * (1 - margin))
+    full = planned(power_w)
+    lower = sorted((a, b, min(full, planned(w))) for a, b, w in caps if b > a and a < end_s and b > start_s)
     out: list[Segment] = []
     for lo, hi, price in sorted(curve):
         lo, hi = max(lo, start_s), min(hi, end_s)
         if hi <= lo:
             continue
-        cuts = sorted({lo, hi, *(t for a, b, _ in lower for t in (a, b) if lo < t < hi)})
+        cost = Fraction(price)
+        inside = [c for c in lower if c[0] < hi and c[1] > lo]
+        cuts = sorted({lo, hi, *(t for a, b, _ in inside for t in (a, b) if lo < t < hi)}) if inside else [lo, hi]
         for a, b in zip(cuts, cuts[1:]):
-            power = min([Fraction(power_w), *(w for c0, c1, w in lower if c0 <= a and b <= c1)])
-            planned = max(Fraction(0), power * (1 - margin))
-            if out and out[-1].end_s == a and out[-1].price == Fraction(price) and out[-1].power_w == planned:
-                out[-1] = Segment(out[-1].start_s, b, out[-1].price, planned)
+            power = min([full, *(w for c0, c1, w in inside if c0 <= a and b <= c1)]) if inside else full
+            last = out[-1] if out else None
+            if last is not None and last.end_s == a and last.price == cost and last.power_w == power:
+                out[-1] = Segment(last.start_s, b, cost, power)
             else:
-                out.append(Segment(a, b, Fraction(price), planned))
+                out.append(Segment(a, b, cost, power))
     return out
 
 
@@ -223,9 +228,9 @@ def next_departure(by_min: int, days: frozenset[int], after: dt.datetime, tz: dt
 
 
 def window_caps(schedule: windows.Schedule, group: str | None, start_s: int, end_s: int, synced: bool,
-                w_per_a: float) -> list[tuple[int, int, float]]:
-    """The spans of [start_s, end_s) where the time-of-use windows forbid charging (0 W) or cap it
-    (the cap in A times w_per_a), for segments()' caps."""
+                w_per_a: float = 1.0) -> list[tuple[int, int, float]]:
+    """The spans of [start_s, end_s) where the time-of-use windows forbid charging (0) or cap it
+    (the cap in A, times w_per_a: in W for segments()' caps)."""
     caps = []
     t = start_s
     while t < end_s:

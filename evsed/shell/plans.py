@@ -56,9 +56,11 @@ class Plans:
         self.decisions: dict[int, planner.Decision] = {}
         self.ev_w: dict[int, float] = {}  # the EV's settled draw in this session, W
         self.planned_ev_w: dict[int, float | None] = {}  # the draw the last plan was made with
+        self.planned_w: dict[int, float] = {}  # the power it was made with
         self.site_a: dict[int, float] = {}  # the site's share while the plan let the EV charge, A
         self.probe_until: dict[int, float] = {}  # monotonic s: a new session's EV charges until its draw is known
         self._failed: dict[int, str] = {}  # connector -> the error its plan failed with, said once
+        self._kept: dict[int, tuple[Any, ...]] = {}  # connector -> (config, curve, key, its prices, its caps)
         self._busy = self._again = False
         self._recover()
 
@@ -141,12 +143,19 @@ class Plans:
             self._bind(cid, e.data)
         elif kind == "session.stopped":
             self._session_ended(cid, e.data)
-        elif kind == "limit.changed" and e.data.get("source") != SOURCE:
+        elif kind == "limit.changed" and e.data.get("source") != SOURCE and self._power_moved():
             self.refresh()
         elif kind == "session.sample":
             self._sampled(cid, e.data)
         elif kind in ("config.reloaded", "mode.changed"):
             self.refresh()
+
+    def _power_moved(self) -> bool:
+        """Whether a plan's power moved (another source's limit changed it): plan again. A limit
+        that changes no plan's power (another connector's share, a source above the binding one)
+        costs no planning."""
+        return any(abs(self._power(self.charger.connectors[cid])[0] - used) > 0.01 * max(used, 1.0)
+                   for cid, used in self.planned_w.items() if cid in self.decisions)
 
     def _bind(self, cid: int, data: dict[str, Any]) -> None:
         session = data.get("session")
@@ -275,9 +284,10 @@ class Plans:
         session = ctrl.session
         if plan is None or plan.session is None or session is None or session.row_id != plan.session:
             return None
-        power, caps = self._power(ctrl, now, plan.departure_s)
-        self.planned_ev_w[ctrl.id] = self.ev_w.get(ctrl.id)
-        segs = planner.segments(self.curve_for(ctrl, now, plan.departure_s), now, plan.departure_s, power, caps=caps)
+        power, w_per_a = self._power(ctrl)
+        self.planned_ev_w[ctrl.id], self.planned_w[ctrl.id] = self.ev_w.get(ctrl.id), power
+        curve, caps_a = self._hours(ctrl, now, plan.departure_s)
+        segs = planner.segments(curve, now, plan.departure_s, power, caps=[(a, b, c * w_per_a) for a, b, c in caps_a])
         d = planner.decide(plan.energy_wh, self._delivered(ctrl, plan), plan.departure_s, now, segs, self.tz)
         probe_left = self.probe_until.get(ctrl.id, -1.0) - self.charger.clock()
         if probe_left <= 0:
@@ -292,9 +302,9 @@ class Plans:
         energy = ctrl.session.energy_wh if ctrl.session is not None else 0
         return plan.delivered_wh + max(0, energy - plan.baseline_wh)
 
-    def _power(self, ctrl: ConnectorControl, now: int, end: int) -> tuple[float, list[tuple[int, int, float]]]:
-        """The power the plan can count on (W): what every other source allows now, the EV's
-        settled draw, and the windows' caps and forbids from now to the departure."""
+    def _power(self, ctrl: ConnectorControl) -> tuple[float, float]:
+        """The power the plan can count on now (W): what every other source allows, the EV's settled
+        draw; and W per A (the phases the EV draws on), for the windows' caps."""
         held = (d := self.decisions.get(ctrl.id)) is not None and d.holds
         amps = [ctrl.cfg.max_current_a]
         for source, a in ctrl.state.limits.items():
@@ -305,14 +315,23 @@ class Plans:
             elif source == "site":
                 self.site_a[ctrl.id] = a
             amps.append(a)
-        policy = self.charger.policy
-        w_per_a = len(policy._phases(ctrl)) * self.charger.config.charger.voltage_v
+        w_per_a = len(self.charger.policy._phases(ctrl)) * self.charger.config.charger.voltage_v
         power = min(amps) * w_per_a
-        if ctrl.id in self.ev_w:
-            power = min(power, self.ev_w[ctrl.id])
-        caps = planner.window_caps(self.charger.config.policy.schedule, policy.group_of(ctrl) or None, now, end,
-                                   policy.synced, w_per_a)
-        return power, caps
+        return (min(power, self.ev_w[ctrl.id]) if ctrl.id in self.ev_w else power), w_per_a
+
+    def _hours(self, ctrl: ConnectorControl, now: int, end: int) -> tuple[list[prices.Span], list[tuple[int, int, float]]]:
+        """The plan's prices and the windows' caps (A) from now to its departure. They hold for times,
+        not for now: made once, again when the config, the prices, the group or the clock's sync change."""
+        policy = self.charger.policy
+        config, group = self.charger.config, policy.group_of(ctrl)
+        key = (group, end, policy.synced)
+        kept = self._kept.get(ctrl.id)
+        if kept is None or kept[0] is not config or kept[1] is not self.curve or kept[2] != key:
+            curve = self.curve_for(ctrl, now, end)
+            caps = planner.window_caps(config.policy.schedule, group or None, now, end, policy.synced)
+            kept = self._kept[ctrl.id] = (config, self.curve, key, curve, caps)
+        return kept[3], kept[4]
+
 
     def curve_for(self, ctrl: ConnectorControl | None, start: int, end: int) -> list[prices.Span]:
         """The prices a plan (of ctrl's group) uses over [start, end) (evsed.core.plan.plan_curve)."""
