@@ -92,6 +92,83 @@ def main() -> None:
     print(f"  plan / at once  {float(totals['plan'] / totals['at once']):.3f}")
     print(f"  plan / cheapest {float(totals['plan'] / totals['cheapest']):.4f}  "
           "(above 1 only by whole seconds)")
+    planning_cost()
+
+
+SCENARIO = """start = 2026-01-05T18:00:00+01:00
+[config.tariff]
+energy_per_kwh = 0.30
+[[config.tariff.energy]]
+start = "00:00"
+end = "06:00"
+per_kwh = 0.10
+[[config.window]]
+name = "peak"
+start = "17:00"
+end = "20:00"
+action = "forbid"
+[[config.window]]
+name = "night cap"
+start = "22:00"
+end = "06:00"
+action = "cap"
+max_current_a = 16
+[[step]]
+t = 1
+do = "plug"
+[[step]]
+t = 2
+do = "tap"
+card = "04A1B2C3"
+"""
+
+
+def planning_cost(rounds: int = 200) -> None:
+    """What one planning costs the daemon's loop (Plans.refresh, as another source's limit that
+    moves the plan's power runs it), beside one step of the charging core (a pilot reading) timed
+    in the same run: a night's plan over hourly prices, and the largest, a week's over the most
+    quarter-hours the prices command takes."""
+    import asyncio
+    import datetime as dt
+    import logging
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import structlog
+
+    from evsed import protocol as p
+    from evsed.core import events as ev
+    from evsed.shell import commands, scenario
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    path = Path(tempfile.mkdtemp()) / "bench.toml"
+    path.write_text(SCENARIO)
+    runner = scenario.load(path)
+    asyncio.run(runner.run(False))
+    charger, ctrl = runner.charger, runner.ctrls[0]
+    start = dt.datetime(2026, 1, 5, 17, 0, tzinfo=dt.timezone.utc)
+
+    def timed(work) -> float:
+        """ms per call, the best of 5 batches (a shared machine's noise only adds)."""
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            for _ in range(rounds // 5):
+                work()
+            best = min(best, (time.perf_counter() - began) / (rounds // 5) * 1e3)
+        return best
+
+    reading = ev.PilotMeasured(6.0, -12.0)
+    step_ms = timed(lambda: ctrl.feed(reading))
+    print(f"planning on the daemon's loop (best of 5 x {rounds // 5}), beside one core step: {step_ms * 1000:.0f} us")
+    for label, hours, minutes, by in (("a night, hourly prices", 16, 60, "2026-01-06T07:00:00+01:00"),
+                                      ("a week, 512 quarter-hours", 128, 15, "2026-01-12T17:00:00+01:00")):
+        entries = [{"start": (start + dt.timedelta(minutes=minutes * i)).isoformat(), "price": 0.1 + (i % 7) / 100}
+                   for i in range(hours * 60 // minutes)]
+        commands.run(charger, p.command_named("prices", {"prices": entries}))
+        commands.run(charger, p.command_named("plan", {"energy_kwh": 30, "by": by}))
+        ms = timed(charger.plans.refresh)
+        print(f"  {label:28s} {ms:6.2f} ms  ({ms / step_ms:5.1f} core steps)")
 
 
 if __name__ == "__main__":

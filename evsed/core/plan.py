@@ -94,7 +94,7 @@ def segments(curve: Iterable[tuple[int, int, Fraction | Decimal]], start_s: int,
         lo, hi = max(lo, start_s), min(hi, end_s)
         if hi <= lo:
             continue
-        cost = Fraction(price)
+        cost = price if isinstance(price, Fraction) else Fraction(price)
         inside = [c for c in lower if c[0] < hi and c[1] > lo]
         cuts = sorted({lo, hi, *(t for a, b, _ in inside for t in (a, b) if lo < t < hi)}) if inside else [lo, hi]
         for a, b in zip(cuts, cuts[1:]):
@@ -115,7 +115,7 @@ def schedule(segs: Sequence[Segment], energy_wh: float | Fraction) -> Schedule:
     chosen: list[Slot] = []
     got = Fraction(0)
     partial: tuple[Segment, int] | None = None
-    for seg in sorted(segs, key=lambda s: (s.price, s.start_s)):
+    for seg in sorted(segs, key=_cheapest_first):
         if got >= need:
             break
         if seg.power_w <= 0:
@@ -137,6 +137,12 @@ def schedule(segs: Sequence[Segment], energy_wh: float | Fraction) -> Schedule:
     chosen.sort(key=lambda s: s.start_s)
     feasible = got >= need
     return Schedule(tuple(_merge(chosen)), feasible, got, Fraction(0) if feasible else need - got)
+
+
+def _cheapest_first(seg: Segment) -> tuple[float, int]:
+    """Price, then start: the float of a price sorts as the price does (prices carry at most six
+    decimals), and a sort of hundreds of segments by Fraction took milliseconds on the loop."""
+    return float(seg.price), seg.start_s
 
 
 def _merge(slots: list[Slot]) -> list[Slot]:

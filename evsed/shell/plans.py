@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -327,7 +328,7 @@ class Plans:
         key = (group, end, policy.synced)
         kept = self._kept.get(ctrl.id)
         if kept is None or kept[0] is not config or kept[1] is not self.curve or kept[2] != key:
-            curve = self.curve_for(ctrl, now, end)
+            curve = [(a, b, Fraction(price)) for a, b, price in self.curve_for(ctrl, now, end)]
             caps = planner.window_caps(config.policy.schedule, group or None, now, end, policy.synced)
             kept = self._kept[ctrl.id] = (config, self.curve, key, curve, caps)
         return kept[3], kept[4]
