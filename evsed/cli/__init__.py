@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from evsed import config as configmod
 from evsed import protocol as p
 from evsed.cli import ops, probe, records
+from evsed.cli import plan as plan_cli
 from evsed.cli import policy as policy_cli
 from evsed.control import client as control
 
@@ -96,7 +97,7 @@ def cmd_check(args) -> int:
     from evsed.ops import update
     update.settings(cfg)  # [update] is read by `evsed update`; its errors show here first
     from evsed.services.run import check_sections
-    check_sections(cfg)  # [ocpp], [mqtt], [web] are read by their services; their errors show here first
+    check_sections(cfg)  # [ocpp], [mqtt], [web], [prices] are read by their services; their errors show here first
     from evsed.cli import check
     from evsed.shell import logs
     logs.configure("error", "text")  # the report is the output
@@ -151,6 +152,7 @@ def format_status(c: p.ConnectorStatus) -> str:
     if c.reason:
         lines.append(f"  why         {c.reason}")
     lines += policy_cli.format_limits(c)
+    lines += plan_cli.status_lines(c)
     return "\n".join(lines)
 
 
@@ -305,8 +307,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add("check", cmd_check, "validate the config and open every configured device once")
     sp.add_argument("--json", action="store_true")
     probe.add_command(add)
-    sp = add("service", cmd_service, "run one service process (ocpp, mqtt, web) beside the daemon")
-    sp.add_argument("name", choices=("ocpp", "mqtt", "web"))
+    sp = add("service", cmd_service, "run one service process (ocpp, mqtt, web, prices) beside the daemon")
+    sp.add_argument("name", choices=("ocpp", "mqtt", "web", "prices"))
     sp = add("status", cmd_status, "live status of the running daemon")
     sp.add_argument("--json", action="store_true")
     sp = add("sessions", cmd_sessions, "list session records")
@@ -318,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
                     help="print session ID's signed OCMF document and the public key (hex DER)")
     records.add_commands(add)
     ops.add_commands(add)
+    plan_cli.add_commands(add)
     sp = add("reserve", cmd_reserve, "reserve a connector for a card for a time (or --cancel)")
     sp.add_argument("card", nargs="?")
     sp.add_argument("--for", dest="duration", type=_duration_s, default=1800.0, help="30m, 2h, 90s (default 30m)")

@@ -167,7 +167,7 @@ def example_text(name: str) -> str:
 
 
 def _service_sections(cfg: configmod.Config) -> list[str]:
-    """The services the config runs: every [ocpp], [mqtt], [web] section not `enabled = false`."""
+    """The services the config runs: every [ocpp], [mqtt], [web], [prices] section not `enabled = false`."""
     return [name for name, s in cfg.sections.items()
             if name in configmod.SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
 
