@@ -6,7 +6,7 @@ timestamps, connector 0's status after each boot, and a clean close code."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Sequence
 
 Received = tuple[str, str, dict[str, Any], str]  # identity, action, payload, unique id
 CLEAN_CLOSES = (1000, 1001)
@@ -24,7 +24,7 @@ def _energy(meter_value: dict[str, Any]) -> int | None:
 
 
 def violations(received: list[Received], transactions: dict[int, dict[str, Any]],
-               closes: list[int | None] = ()) -> list[str]:
+               closes: Sequence[int | None] = ()) -> list[str]:
     """Every breach found, as a sentence; transactions: transaction id -> its StartTransaction
     (as the CSMS answered it). A session open at the end is not a breach."""
     found: list[str] = []
