@@ -128,9 +128,10 @@ class CentralSystem:
         async with self.changed:
             self.changed.notify_all()
 
-    def violations(self) -> list[str]:
-        """What the charge point did that a strict CSMS refuses, beyond the schemas (csms_checks)."""
-        return violations(self.messages, self.transactions, self.closes)
+    def violations(self, *, killed: bool = False) -> list[str]:
+        """What the charge point did that a strict CSMS refuses, beyond the schemas (csms_checks);
+        killed: the charge point was killed, its connections' close codes are not its doing."""
+        return violations(self.messages, self.transactions, [] if killed else self.closes)
 
     def actions(self, *names: str) -> list[tuple[str, dict]]:
         return [(a, p) for _, a, p, _ in self.messages if not names or a in names]
