@@ -4,7 +4,9 @@ durable queue (ocpp.sqlite) and of what the CSMS received against the daemon's s
 
 Messages are told apart by their OCPP unique id, which the uplink stores with each queued message
 and sends again on a retry. A session's StartTransaction and StopTransaction are known by their
-values (connector, idTag, meter, timestamp, reason), computed here from the daemon's events.
+values (connector, idTag, meter, timestamp, reason), computed here from the daemon's events; a
+PowerLoss stop by its idTag and reason only, since the uplink raises its meterStop and time to
+what it had already sent of the session (what the strict CSMS's checks then hold it to).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.csms import CentralSystem  # noqa: E402
+from simulator.csms_checks import violations  # noqa: E402
 
 TX = ("StartTransaction", "StopTransaction")
 # the uplink beside the daemon, its reconnects kept short (a round lasts about a second)
@@ -95,21 +98,35 @@ def ms(text: str) -> str:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000).isoformat(timespec="milliseconds")
 
 
+def precise(stamp: str, at: str) -> str:
+    """A session's start or stop time as the uplink sends it: the session record's whole second
+    with the milliseconds of the event that told it, when the event is from that second."""
+    whole, told = dt.datetime.fromisoformat(ms(stamp)), dt.datetime.fromisoformat(ms(at))
+    return ms(at) if whole.microsecond == 0 and dt.timedelta(0) <= told - whole < dt.timedelta(seconds=1) \
+        else ms(stamp)
+
+
 def event_key(kind: str, data: dict) -> tuple:
-    """The values of the message the uplink must send for a daemon session event."""
+    """The values of the message the uplink must send for a daemon session event (its outbox
+    time in data["_at"])."""
     tag = str(data.get("id_tag") or "")[:20]
     if kind == "session.started":
-        return ("StartTransaction", 1, tag, int(data.get("meter_start_wh") or 0), ms(data["started_at"]))
+        return ("StartTransaction", 1, tag, int(data.get("meter_start_wh") or 0),
+                precise(data["started_at"], data["_at"]))
     reason = data.get("reason")
     if reason not in REASONS:
         raise Failure(f"session {data['session']} stopped as {reason!r}, which the campaign does not expect")
+    if reason == "power_loss":
+        return ("StopTransaction", tag or None, REASONS[reason])
     return ("StopTransaction", tag or None, int(data.get("meter_stop_wh") or 0), REASONS[reason],
-            ms(data["stopped_at"]))
+            precise(data["stopped_at"], data["_at"]))
 
 
 def message_key(action: str, payload: dict) -> tuple:
     if action == "StartTransaction":
         return (action, payload["connectorId"], payload["idTag"], payload["meterStart"], ms(payload["timestamp"]))
+    if payload["reason"] == "PowerLoss":
+        return (action, payload.get("idTag"), payload["reason"])
     return (action, payload.get("idTag"), payload["meterStop"], payload["reason"], ms(payload["timestamp"]))
 
 
@@ -217,11 +234,11 @@ class OcppAudit:
             return []
         db = sqlite3.connect(f"file:{self.daemon_db}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT seq, type, data FROM events WHERE type IN ('session.started', "
+            rows = db.execute("SELECT seq, at, type, data FROM events WHERE type IN ('session.started', "
                               "'session.stopped') AND seq <= ? ORDER BY seq", (up_to or 2**62,)).fetchall()
         finally:
             db.close()
-        events = [(seq, kind, json.loads(data)) for seq, kind, data in rows]
+        events = [(seq, kind, {**json.loads(data), "_at": at}) for seq, at, kind, data in rows]
         before = {data["session"] for seq, kind, data in events if kind == "session.started" and seq <= first}
         self.counts["sessions_before_first_contact"] = len(before)
         return [e for e in events if e[2]["session"] not in before]
@@ -268,6 +285,11 @@ class OcppAudit:
             if n - 1 > self.in_flight[uid]:
                 raise Failure(f"{first[uid][0]} {uid} reached the CSMS {n} times, in flight at only "
                               f"{self.in_flight[uid]} kills")
+        once = [("CP", action, payload, uid) for uid, (action, payload) in first.items()]
+        # meterStop never below what was sent, times never back (a kill may cut a boot's statuses short)
+        breaches = [b for b in violations(once, transactions) if b.startswith("transaction")]
+        if breaches:
+            raise Failure(f"the CSMS's checks: {breaches[:5]}")
         repeats = Counter(first[uid][0] for uid, n in times.items() for _ in range(n - 1))
         return {**self.counts, "ocpp_sessions_checked": len({data["session"] for _, _, data in events}),
                 "ocpp_transaction_messages_checked": sum(expected.values()),

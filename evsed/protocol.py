@@ -167,10 +167,12 @@ class AvailabilityReply(Reply):
 
 
 class Availability(Command[AvailabilityReply], cmd="availability", roles=(ADMIN, OCPP, WEB, MQTT)):
-    """Operative or inoperative (connector 0: all); `result` Scheduled: after the running session."""
+    """Operative or inoperative (connector 0: all); `result` Scheduled: after the running session.
+    Kept across restarts and power cuts, unless `hold` (the updater's hold between sessions)."""
 
     connector: AnyConnector = 0
     operative: bool
+    hold: bool = False
 
 
 class ReserveReply(Reply):

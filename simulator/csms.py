@@ -1,5 +1,6 @@
 """A small OCPP 1.6J central system (CSMS) on the `ocpp` package's central-system side: for demos
-(`python -m simulator.csms` prints every message) and as the loopback peer of the uplink's tests."""
+(`python -m simulator.csms` prints every message) and as the loopback peer of the uplink's tests,
+which also ask it what the charge point did wrong beyond the schemas (violations())."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
 from websockets.typing import Subprotocol
+
+from simulator.csms_checks import violations
 
 
 def now_iso() -> str:
@@ -64,7 +67,8 @@ class Station(ChargePoint):
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=self.csms.id_tag_info(id_tag))
 
     @on(Action.stop_transaction)
-    def on_stop(self, **_):
+    async def on_stop(self, **_):
+        await asyncio.sleep(self.csms.delays.get("StopTransaction", 0))  # a slow CSMS's database
         return call_result.StopTransaction()
 
     @on(Action.meter_values)
@@ -93,12 +97,15 @@ class CentralSystem:
 
     def __init__(self, *, boot: list[tuple[str, int]] | None = None, id_tags: dict | None = None,
                  password: str | None = None, response_timeout: float = 10,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, delays: dict[str, float] | None = None):
         self.boots = list(boot or [])               # (status, interval) answers, then Accepted/300
         self.tags = id_tags if id_tags is not None else {}   # id_tag -> status (default Accepted)
         self.password = password
         self.response_timeout = response_timeout
         self.echo = echo
+        self.delays = dict(delays or {})          # action -> seconds before it is answered
+        self.closes: list[int | None] = []        # the close code of each connection the charge point closed
+        self._closed_here: set[int] = set()       # id() of the connections this CSMS closed
         self.messages: list[tuple[str, str, dict, str]] = []
         self.stations: dict[str, Station] = {}
         self.transaction_ids = itertools.count(1001)
@@ -120,6 +127,11 @@ class CentralSystem:
             self.echo(f"{identity} -> {action} {json.dumps(payload)}")
         async with self.changed:
             self.changed.notify_all()
+
+    def violations(self, *, killed: bool = False) -> list[str]:
+        """What the charge point did that a strict CSMS refuses, beyond the schemas (csms_checks);
+        killed: the charge point was killed, its connections' close codes are not its doing."""
+        return violations(self.messages, self.transactions, [] if killed else self.closes)
 
     def actions(self, *names: str) -> list[tuple[str, dict]]:
         return [(a, p) for _, a, p, _ in self.messages if not names or a in names]
@@ -156,6 +168,8 @@ class CentralSystem:
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
+            if id(ws) not in self._closed_here:
+                self.closes.append(ws.close_code)
             if self.stations.get(identity) is station:
                 del self.stations[identity]
             await self._notify()
@@ -166,6 +180,7 @@ class CentralSystem:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self._closed_here.update(id(station._connection) for station in self.stations.values())
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -173,6 +188,7 @@ class CentralSystem:
     async def drop(self) -> None:
         """Close every open connection (the charge points see the CSMS go away)."""
         for station in list(self.stations.values()):
+            self._closed_here.add(id(station._connection))
             await station._connection.close()
 
     async def call(self, identity: str, payload, timeout: float = 10):

@@ -9,6 +9,7 @@ import http.server
 import json
 import threading
 
+import protocol_records as pr
 import pytest
 from ocpp.v16 import call
 
@@ -186,10 +187,10 @@ async def test_every_trigger_message_is_answered_and_sent(tmp_path):
     csms = CentralSystem()
     link = FakeLink()
     link.emit("connector.status", status="Available")
+    measured = p.Measured(current_a=(0.0,), power_w=0.0, energy_wh=5, stale=False)
+    link.replies["status"] = pr.status(pr.connector(id=1, measured=measured))
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
-        link.emit("session.sample", session=1, energy_wh=5, power_w=0.0, current_a=[], voltage_v=[], offered_a=0)
-        await until(lambda: 1 in uplink.messages.samples)
         for message in ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
                         "Heartbeat", "MeterValues", "StatusNotification"):
             before = len(csms.actions(message))

@@ -11,22 +11,23 @@ import textwrap
 from pathlib import Path
 
 from simulator.csms import CentralSystem
-from test_ocpp_fakes import FakeLink, aio, booted, running, until
+from test_ocpp_fakes import FakeLink, aio, booted, iso, running, until
 
+STARTED = "2026-11-28T16:20:00.123456Z"  # before every sample: the fakes' events are timed now
 SAMPLE = dict(power_w=7200.0, current_a=[10.4, 10.5, 10.3], voltage_v=[230.1, 229.8, 230.4], offered_a=16.0)
 
 
 def session_events(link: FakeLink, session=1, tag="04A1B2C3") -> None:
     link.emit("connector.status", status="Preparing")
     link.emit("session.started", session=session, id_tag=tag, card_name="Alice", group="family",
-              auth_source="local", meter_start_wh=1000, started_at="2026-11-28T16:20:00.123456Z")
+              auth_source="local", meter_start_wh=1000, started_at=STARTED)
     link.emit("connector.status", status="Charging")
     link.emit("session.sample", session=session, energy_wh=1250, **SAMPLE)
 
 
-def stop_events(link: FakeLink, session=1, tag="04A1B2C3") -> None:
+def stop_events(link: FakeLink, session=1, tag="04A1B2C3", stopped_at=None) -> None:
     link.emit("session.stopped", session=session, id_tag=tag, meter_stop_wh=1500, energy_wh=500,
-              reason="ev_disconnected", stopped_at="2026-11-28T16:50:00Z")
+              reason="ev_disconnected", stopped_at=stopped_at or iso())
     link.emit("connector.status", status="Finishing")
     link.emit("connector.status", status="Available")
 
@@ -46,7 +47,8 @@ async def test_a_full_session_arrives_message_by_message(tmp_path):
         await csms.wait_for(lambda: len(csms.actions("StatusNotification")) == 2)
         session_events(link)
         await csms.wait_for(lambda: csms.actions("MeterValues"), timeout=5)
-        stop_events(link)
+        stopped_at = iso()
+        stop_events(link, stopped_at=stopped_at)
         await csms.wait_for(lambda: flow(csms)[-1:] == ["StatusNotification"] and
                             csms.actions("StatusNotification")[-1][1]["status"] == "Available")
         await until(lambda: link.acked == link.events_list[-1].seq, what="every event acknowledged")
@@ -66,7 +68,7 @@ async def test_a_full_session_arrives_message_by_message(tmp_path):
     assert measurands["Current.Offered"]["value"] == "16.0" and measurands["Power.Active.Import"]["unit"] == "W"
     (_, stop), = csms.actions("StopTransaction")
     assert stop["transactionId"] == 1001 and stop["meterStop"] == 1500 and stop["reason"] == "EVDisconnected"
-    assert stop["idTag"] == "04A1B2C3" and stop["timestamp"] == "2026-11-28T16:50:00.000Z"
+    assert stop["idTag"] == "04A1B2C3" and stop["timestamp"] == stopped_at
     begin, end = stop["transactionData"]
     assert begin["sampledValue"][0] == {"value": "1000", "context": "Transaction.Begin",
                                         "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
@@ -79,7 +81,8 @@ async def test_messages_queued_offline_are_sent_in_order_after_reconnect_with_th
     port = await csms.start()
     link = FakeLink()
     async with running(csms, tmp_path, link=link, port=port) as (uplink, _):
-        await booted(csms)
+        await booted(csms, uplink)
+        await until(lambda: uplink.state.count("queue") == 0, what="the statuses after the boot sent")
         await csms.stop()                                   # the CSMS goes away
         await until(lambda: not uplink.booted, what="offline")
         session_events(link)

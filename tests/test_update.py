@@ -307,7 +307,7 @@ def test_the_charger_is_made_unavailable_before_the_stop_and_a_session_begun_mea
         return reply
 
     def hold(inoperative: bool) -> p.AvailabilityReply | p.Failure:
-        holds.append((inoperative, control.request(runtime, p.Availability(connector=0, operative=not inoperative))))
+        holds.append((inoperative, control.request(runtime, p.Availability(connector=0, operative=not inoperative, hold=True))))
         return holds[-1][1]
 
     def unplug() -> None:  # while the updater waits, the session ends

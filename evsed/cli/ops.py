@@ -86,7 +86,7 @@ def cmd_update(args) -> int:
 
     def hold(inoperative: bool) -> p.AvailabilityReply | p.Failure | None:
         try:
-            return control.request(cfg.store.runtime_dir, p.Availability(connector=0, operative=not inoperative))
+            return control.request(cfg.store.runtime_dir, p.Availability(connector=0, operative=not inoperative, hold=True))
         except control.ControlError:
             return None
 

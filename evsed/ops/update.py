@@ -316,7 +316,7 @@ class Updater:
 
     def _wait_between_sessions(self, wait_s: float) -> None:
         """Until no session runs, then with every connector made unavailable (the release starts
-        available again: availability is not kept over a restart)."""
+        available again: the hold is not kept over a restart, as the CSMS's ChangeAvailability is)."""
         deadline = self.clock() + wait_s
         while True:
             reply = self.status()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
-from typing import Any, Callable, cast
+from typing import Any, Callable, Literal, cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -18,8 +18,9 @@ from evsed import protocol as p
 from evsed.config import SERVICE_SECTIONS, Config
 from evsed.core import tariff as tariffs
 from evsed.core import windows
-from evsed.core.events import CardPresented, StopReason, StopRequested
+from evsed.core.events import CardPresented, SetAvailability, StopReason, StopRequested
 from evsed.core.state import PLUGGED_STATES, card_repeated
+from evsed.shell import availability
 from evsed.shell.auth import Chain, LocalList
 from evsed.shell.planfile import PlanFile
 from evsed.shell.plans import Plans
@@ -57,7 +58,8 @@ class Charger:
                  schedule: Callable[[int, float | None], None] = lambda cid, when: None,
                  offload: Offload = _inline, stored: Callable[[p.Event], None] = lambda event: None,
                  call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced,
-                 plan_file: PlanFile | None = None):
+                 plan_file: PlanFile | None = None, inoperative: frozenset[int] = frozenset(),
+                 keep_availability: Callable[[frozenset[int]], None] = lambda inoperative: None):
         self.config, self.devices, self.world = config, devices, devices.world
         self.clock, self.wallclock = clock, wallclock
         self.tz = ZoneInfo(config.charger.timezone)
@@ -73,6 +75,7 @@ class Charger:
         self.reservations: dict[int, int] = {}  # connector -> OCPP reservation id
         self.offload = offload
         self.writing_config = False  # a changed config file is being written (off the loop)
+        self.inoperative, self.keep_availability = inoperative, keep_availability  # 0: the charger
         self.reader_error = ""
         self.reading_cards = False  # a reader loop takes taps from devices.reader (the daemon)
         self.site_reading: MeterReading | None = None
@@ -130,7 +133,9 @@ class Charger:
         so a service that comes up sees where things stand."""
         for ctrl in self.connectors.values():
             ctrl.start()
-        self.publish("connector.status", status="Available", reason="")
+            if ctrl.id in self.inoperative:  # kept across the restart
+                ctrl.feed(SetAvailability(False))
+        self.publish("connector.status", **self._charger_status())
         for ctrl in self.connectors.values():
             ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason,
                          ev_connected=ctrl.state.pilot in PLUGGED_STATES)
@@ -208,6 +213,26 @@ class Charger:
         if cid not in self.connectors:
             raise ValueError(f"no connector {cid}")
         return self.connectors[cid]
+
+    def set_availability(self, cid: int, operative: bool, keep: bool = True) -> Literal["Accepted", "Scheduled"]:
+        """Operative or inoperative (0: the charger and every connector): Accepted, or Scheduled
+        when a session runs on one made inoperative. keep: kept across a restart (not the
+        updater's hold). The charger's own status (connector 0) is told when it changes."""
+        ctrls = self.connectors_for(cid)
+        for ctrl in ctrls:
+            ctrl.feed(SetAvailability(operative))
+        before, self.inoperative = self.inoperative, availability.change(self.inoperative, cid, operative,
+                                                                          list(self.connectors))
+        if keep and self.inoperative != before:
+            self.keep_availability(self.inoperative)
+        if (0 in before) != (0 in self.inoperative):
+            self.publish("connector.status", **self._charger_status())
+        scheduled = any(c.state.session for c in ctrls) and not operative
+        return "Scheduled" if scheduled else "Accepted"
+
+    def _charger_status(self) -> dict[str, str]:
+        return {"status": "Unavailable", "reason": "charger unavailable"} if 0 in self.inoperative \
+            else {"status": "Available", "reason": ""}
 
     def connectors_for(self, cid: int) -> list[ConnectorControl]:
         """Connector 0 means all of them, as in OCPP."""

@@ -105,7 +105,9 @@ def _clear_faults(charger: Charger, cmd: p.ClearFaults) -> p.ConnectorReply:
 
 
 def _remote_start(charger: Charger, cmd: p.RemoteStart) -> p.StartReply:
-    ctrl, tag = charger.connector(cmd.connector), id_tag(cmd.id_tag)
+    """The id tag as given: a CSMS's idToken goes back in its StartTransaction unchanged (only a
+    card the reader reads is canonical hex)."""
+    ctrl, tag = charger.connector(cmd.connector), cmd.id_tag
     ctrl.feed(ev.RemoteStart(tag))
     accepted = ctrl.state.id_tag == tag
     return p.StartReply(connector=ctrl.id, result="Accepted" if accepted else "Rejected",
@@ -120,11 +122,7 @@ def _remote_stop(charger: Charger, cmd: p.RemoteStop) -> p.StopReply:
 
 
 def _availability(charger: Charger, cmd: p.Availability) -> p.AvailabilityReply:
-    ctrls = charger.connectors_for(cmd.connector)
-    for ctrl in ctrls:
-        ctrl.feed(ev.SetAvailability(cmd.operative))
-    scheduled = any(c.state.session for c in ctrls) and not cmd.operative
-    return p.AvailabilityReply(result="Scheduled" if scheduled else "Accepted")
+    return p.AvailabilityReply(result=charger.set_availability(cmd.connector, cmd.operative, keep=not cmd.hold))
 
 
 def _reserve(charger: Charger, cmd: p.Reserve) -> p.ReserveReply:

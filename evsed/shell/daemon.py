@@ -31,7 +31,7 @@ from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
 from evsed.errors import StartError
-from evsed.shell import commands, safety_loop
+from evsed.shell import availability, commands, safety_loop
 from evsed.shell.auth import Verdict
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.shell.charger import Charger
@@ -138,7 +138,8 @@ class Daemon:
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
             stored=lambda event: self._stored(loop, event), call_at=loop.call_at,
-            plan_file=DiskFile(self.config.store.state_dir / "plans.json"))
+            plan_file=DiskFile(self.config.store.state_dir / "plans.json"),
+            inoperative=availability.load(self.config.store.state_dir), keep_availability=self._keep_availability)
         charger.bus.subscribe(self._live)
         charger.start()
         for ctrl in charger.connectors.values():
@@ -175,6 +176,12 @@ class Daemon:
         log.info("daemon.ready", connectors=list(charger.connectors), state_dir=str(self.config.store.state_dir),
                  socket=str(socket_path(self.config.store.runtime_dir)),
                  start_s=round(time.perf_counter() - started, 3))
+
+    def _keep_availability(self, inoperative: frozenset[int]) -> None:
+        """Written by the store's thread, after what is queued before it (never on the loop)."""
+        assert self.writer is not None
+        state_dir = self.config.store.state_dir
+        self.writer.submit(lambda st: availability.save(state_dir, inoperative))
 
     @staticmethod
     def _recovered_event(store: Store, row: dict[str, Any], now: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 import structlog
@@ -20,6 +21,23 @@ log = structlog.get_logger("evsed.uplink")
 REPORT_S = 5.0  # how often an unchanged uplink status is looked at again
 R = TypeVar("R", bound=p.Reply)
 Handler = Callable[[p.AuthorizeRequest], Awaitable[p.Authorized]]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a connector's meter reads, as the uplink sends it: a session's sample, or the daemon's
+    status for an idle connector. at: when it was read (None: now)."""
+
+    energy_wh: int | None
+    power_w: float | None = None
+    current_a: tuple[float, ...] = ()
+    voltage_v: tuple[float, ...] = ()
+    offered_a: float | None = None
+    at: str | None = None
+
+    @classmethod
+    def of_sample(cls, s: p.SessionSample) -> Reading:
+        return cls(s.energy_wh, s.power_w, tuple(s.current_a), tuple(s.voltage_v), s.offered_a, s.at)
 
 
 class DaemonLink(Protocol):
@@ -40,6 +58,8 @@ class EventSink(Protocol):
         """Apply one event; True when made durable with its seq (live events: False)."""
     def seed(self, status: p.ConnectorStatus) -> None:
         """A connector as the daemon's status shows it, at the uplink's first contact."""
+    def seed_charger(self, available: bool) -> None:
+        """Connector 0, the charger as a whole, at the uplink's first contact."""
 
 
 class Charger:
@@ -115,6 +135,13 @@ class Charger:
         reply = await self.command(p.Status())
         return reply if isinstance(reply, p.StatusReply) else None
 
+    async def readings(self) -> dict[int, Reading]:
+        """connector -> what its meter reads now (a connector without a reading is left out)."""
+        reply = await self.status()
+        return {c.id: Reading(c.measured.energy_wh, c.measured.power_w, tuple(c.measured.current_a),
+                              offered_a=c.offered_a)
+                for c in (reply.connectors if reply is not None else ()) if c.measured is not None}
+
     # -- the event stream, the authorizer seat, the status report ------------------------------------
     async def follow(self, sink: EventSink, queued: Callable[[], None]) -> None:
         """Feed the durable events to sink from the uplink's own position, for ever; each is
@@ -143,9 +170,12 @@ class Charger:
         were never the CSMS's. Where each connector stands comes from one status request."""
         start = resume_after(self.link.hello)
         reply = await self.status()
+        connectors = reply.connectors if reply is not None else ()
         with self.state.transaction():
-            for conn in reply.connectors if reply is not None else ():
+            for conn in connectors:
                 sink.seed(conn)
+            # connector 0, the charger as a whole: unavailable when every connector is made so
+            sink.seed_charger(not connectors or any(conn.operative for conn in connectors))
             self.state.set_meta("seq", start)
             self.state.set_meta("first_contact", start)  # kept: where this uplink's history begins
         log.info("ocpp.first_contact", after=start, statuses=len(self.state.statuses()))

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, BinaryIO, Callable, Coroutine
 import structlog
 
 from evsed.ops import spool as spoolmod
-from evsed.ops import update as updatemod
+from evsed.ops import release as releasemod
 from evsed.uplink.state import State
 from evsed.uplink.times import iso, parse_time
 
@@ -96,7 +96,7 @@ class Firmware:
         if self.status in ("DownloadFailed", "InstallationFailed"):
             self.status = "Idle"
 
-    async def _spool(self, folder: spoolmod.Spool, location: str, wheel: str, key, retries: int,
+    async def _spool(self, folder: spoolmod.Spool, location: str, wheel: str, key: Path, retries: int,
                      retry_interval_s: int, inline: bytes | None) -> None:
         await self._send("Downloading")
         if not await self._download(folder, location, wheel, spoolmod.MAX_WHEEL_BYTES, retries, retry_interval_s):
@@ -114,8 +114,8 @@ class Firmware:
             await self._send("InstallationFailed")
             return
         try:
-            await asyncio.to_thread(updatemod.verify, folder.path / wheel, folder.path / (wheel + ".sig"), key)
-        except updatemod.UpdateError as exc:
+            await asyncio.to_thread(releasemod.verify, folder.path / wheel, folder.path / (wheel + ".sig"), key)
+        except releasemod.UpdateError as exc:
             log.warning("ocpp.firmware_signature_invalid", wheel=wheel, error=str(exc)[:300])
             folder.remove(wheel)
             folder.remove(wheel + ".sig")

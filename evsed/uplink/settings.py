@@ -135,7 +135,7 @@ def _keys(t: Table, version: str) -> dict[str, str]:
     return values
 
 
-def _path(t: Table, base: Path, key: str, *, must_exist=False, secret=False) -> Path | None:
+def _path(t: Table, base: Path, key: str, *, must_exist: bool = False, secret: bool = False) -> Path | None:
     text = t.get(key, str, "")
     if not text:
         return None

@@ -18,7 +18,7 @@ PERIOD_S = {"Daily": 86400, "Weekly": 7 * 86400}
 @dataclass(frozen=True)
 class Installed:
     connector: int
-    body: dict            # the csChargingProfiles object, camelCase; "_installed" is when it came
+    body: dict[str, Any]  # the csChargingProfiles object, camelCase; "_installed" is when it came
     session: str | None   # a TxProfile's transaction (the daemon's session id)
 
 
@@ -61,7 +61,8 @@ def _value(p: Installed, now: float, tx_start: float | None, voltage_v: float, p
     return limit
 
 
-def _first(profiles: list[Installed], now, tx_start, voltage_v, phases) -> float | None:
+def _first(profiles: list[Installed], now: float, tx_start: float | None, voltage_v: float,
+           phases: int) -> float | None:
     for p in sorted(profiles, key=lambda p: -p.body["stackLevel"]):
         value = _value(p, now, tx_start, voltage_v, phases)
         if value is not None:
@@ -78,7 +79,7 @@ def charger_limit(profiles: list[Installed], now: float, voltage_v: float, phase
 def connector_limit(profiles: list[Installed], connector: int, now: float, session: str | None,
                     tx_start: float | None, voltage_v: float, phases: int) -> float | None:
     """TxProfile of the running transaction, else TxDefaultProfile (the connector's before connector 0's)."""
-    def of(purpose, where):
+    def of(purpose: str, where: int) -> list[Installed]:
         return [p for p in profiles if p.body["chargingProfilePurpose"] == purpose and p.connector == where]
     if session is not None:
         tx = [p for p in of("TxProfile", connector) if p.session == session]
@@ -114,7 +115,7 @@ def next_change(profiles: list[Installed], now: float, tx_start: float | None) -
 
 def composite(profiles: list[Installed], connector: int, now: float, duration_s: int, unit: str,
               session: str | None, tx_start: float | None, voltage_v: float, phases: int,
-              max_a: float) -> dict:
+              max_a: float) -> dict[str, Any]:
     """GetCompositeSchedule's chargingSchedule from now for duration_s, in unit A or W."""
     periods: list[dict[str, float]] = []
     end, t = now + duration_s, now

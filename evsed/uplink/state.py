@@ -10,6 +10,8 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,6 +24,7 @@ CREATE TABLE IF NOT EXISTS txmap (session TEXT PRIMARY KEY, transaction_id INTEG
 CREATE TABLE IF NOT EXISTS sessions (
     connector INTEGER PRIMARY KEY, session TEXT NOT NULL, id_tag TEXT NOT NULL,
     started_at TEXT NOT NULL, meter_start_wh INTEGER NOT NULL, begin TEXT);
+-- columns added since (ADDED below): a transaction's highest reading and latest time sent
 CREATE TABLE IF NOT EXISTS status (
     connector INTEGER PRIMARY KEY, status TEXT NOT NULL, error_code TEXT NOT NULL, info TEXT);
 CREATE TABLE IF NOT EXISTS local_list (id_tag TEXT PRIMARY KEY, info TEXT NOT NULL);
@@ -29,6 +32,9 @@ CREATE TABLE IF NOT EXISTS cache (id_tag TEXT PRIMARY KEY, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS profiles (id INTEGER PRIMARY KEY, connector INTEGER NOT NULL,
     session TEXT, body TEXT NOT NULL);
 """
+
+
+ADDED = (("sessions", "meter_high_wh", "INTEGER"), ("sessions", "last_at", "TEXT"))
 
 
 class StateBusy(Exception):
@@ -40,7 +46,7 @@ class Queued:
     id: int
     unique_id: str
     action: str
-    payload: dict
+    payload: dict[str, Any]
     session: str | None
     connector: int | None
     tx: bool
@@ -65,12 +71,15 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        for table, column, kind in ADDED:  # a state file from before the column
+            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
         self._lock.close()
 
-    def transaction(self):
+    def transaction(self) -> _Tx:
         """A context manager: everything inside commits together, or nothing does."""
         return _Tx(self.db)
 
@@ -109,7 +118,7 @@ class State:
         self.db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?)", (key, value))
 
     # the outbound queue
-    def enqueue(self, action: str, payload: dict, *, session: str | None = None,
+    def enqueue(self, action: str, payload: dict[str, Any], *, session: str | None = None,
                 connector: int | None = None, tx: bool = True) -> None:
         self.db.execute(
             "INSERT INTO queue (unique_id, action, payload, session, connector, tx) VALUES (?,?,?,?,?,?)",
@@ -157,16 +166,27 @@ class State:
 
     def open_session(self, connector: int, session: str, id_tag: str, started_at: str,
                      meter_start_wh: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,NULL)",
-                        (connector, session, id_tag, started_at, meter_start_wh))
+        self.db.execute("INSERT OR REPLACE INTO sessions (connector, session, id_tag, started_at, meter_start_wh, "
+                        "meter_high_wh, last_at) VALUES (?,?,?,?,?,?,?)",
+                        (connector, session, id_tag, started_at, meter_start_wh, meter_start_wh, started_at))
+
+    def sent(self, connector: int, energy_wh: int | None, at: str) -> None:
+        """A message of connector's transaction was queued with this reading (None: none) and time
+        (ISO 8601, as times.iso writes it): its highest reading and latest time so far."""
+        self.db.execute("UPDATE sessions SET meter_high_wh=MAX(COALESCE(meter_high_wh, meter_start_wh), ?), "
+                        "last_at=MAX(COALESCE(last_at, started_at), ?) WHERE connector=?",
+                        (-1 if energy_wh is None else energy_wh, at, connector))
 
     def close_session(self, connector: int) -> None:
         self.db.execute("DELETE FROM sessions WHERE connector=?", (connector,))
 
-    def sessions(self) -> dict[int, dict]:
-        rows = self.db.execute("SELECT connector, session, id_tag, started_at, meter_start_wh FROM sessions")
-        return {r[0]: {"session": r[1], "id_tag": r[2], "started_at": r[3], "meter_start_wh": r[4]}
-                for r in rows}
+    def sessions(self) -> dict[int, dict[str, Any]]:
+        """connector -> its open transaction: session, id_tag, started_at, meter_start_wh, and the
+        highest reading (meter_high_wh) and latest time (last_at) sent in it."""
+        rows = self.db.execute("SELECT connector, session, id_tag, started_at, meter_start_wh, "
+                               "COALESCE(meter_high_wh, meter_start_wh), COALESCE(last_at, started_at) FROM sessions")
+        return {r[0]: {"session": r[1], "id_tag": r[2], "started_at": r[3], "meter_start_wh": r[4],
+                       "meter_high_wh": r[5], "last_at": r[6]} for r in rows}
 
     # connector status
     def set_status(self, connector: int, status: str, error_code: str, info: str | None) -> None:
@@ -176,17 +196,18 @@ class State:
         return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute("SELECT * FROM status")}
 
     # local authorization list and cache: id_tag -> idTagInfo (camelCase, as OCPP sends it)
-    def auth_entry(self, table: str, id_tag: str) -> dict | None:
+    # id tags are CiString: compared without regard to case (ASCII, as SQLite's NOCASE folds)
+    def auth_entry(self, table: str, id_tag: str) -> dict[str, Any] | None:
         assert table in ("local_list", "cache")
-        row = self.db.execute(f"SELECT info FROM {table} WHERE id_tag=?", (id_tag,)).fetchone()
+        row = self.db.execute(f"SELECT info FROM {table} WHERE id_tag=? COLLATE NOCASE ORDER BY rowid DESC",
+                              (id_tag,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put_auth(self, table: str, id_tag: str, info: dict | None) -> None:
+    def put_auth(self, table: str, id_tag: str, info: dict[str, Any] | None) -> None:
         assert table in ("local_list", "cache")
-        if info is None:
-            self.db.execute(f"DELETE FROM {table} WHERE id_tag=?", (id_tag,))
-        else:
-            self.db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (id_tag, json.dumps(info)))
+        self.db.execute(f"DELETE FROM {table} WHERE id_tag=? COLLATE NOCASE", (id_tag,))
+        if info is not None:
+            self.db.execute(f"INSERT INTO {table} VALUES (?, ?)", (id_tag, json.dumps(info)))
 
     def clear_auth(self, table: str) -> None:
         assert table in ("local_list", "cache")
@@ -194,14 +215,14 @@ class State:
 
     def count(self, table: str) -> int:
         assert table in ("local_list", "cache", "queue", "profiles")
-        return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     # charging profiles (camelCase bodies)
-    def profiles(self) -> list[tuple[int, dict, str | None]]:
+    def profiles(self) -> list[tuple[int, dict[str, Any], str | None]]:
         rows = self.db.execute("SELECT connector, body, session FROM profiles ORDER BY id")
         return [(r[0], json.loads(r[1]), r[2]) for r in rows]
 
-    def put_profile(self, connector: int, body: dict, session: str | None) -> None:
+    def put_profile(self, connector: int, body: dict[str, Any], session: str | None) -> None:
         self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?)",
                         (body["chargingProfileId"], connector, session, json.dumps(body)))
 
@@ -213,10 +234,10 @@ class _Tx:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
 
-    def __enter__(self):
+    def __enter__(self) -> _Tx:
         self.db.execute("BEGIN IMMEDIATE")
         return self
 
-    def __exit__(self, kind, value, tb):
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-        return False

@@ -8,8 +8,10 @@ import decimal
 import inspect
 import json
 import re
+from typing import Any, Callable, TypeVar
 
 import structlog
+from ocpp import routing
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.exceptions import OCPPError
 from ocpp.messages import CallError, CallResult, MessageType, get_validator
@@ -17,6 +19,7 @@ from ocpp.v16 import ChargePoint
 from ocpp.v16.enums import Action
 
 log = structlog.get_logger("evsed.uplink")
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 ACTIONS = {a.value for a in Action}
 # OCPP-J 1.6 spells two codes its own way (the package raises the 2.0 spellings).
@@ -43,7 +46,19 @@ class CallRejected(Exception):
         self.code, self.description = code, description
 
 
-def schema_error(action: str, payload, *, response: bool = False) -> CallRejected | None:
+def on(action: str) -> Callable[[Handler], Handler]:
+    """The package's @on, typed: the handler for a CALL from the CSMS."""
+    decorate: Callable[[Handler], Handler] = routing.on(action)
+    return decorate
+
+
+def after(action: str) -> Callable[[Handler], Handler]:
+    """The package's @after, typed: what runs once the CALLRESULT is sent."""
+    decorate: Callable[[Handler], Handler] = routing.after(action)
+    return decorate
+
+
+def schema_error(action: str, payload: Any, *, response: bool = False) -> CallRejected | None:
     """None when payload fits the official 1.6 schema of action, else the CALLERROR it earns."""
     parse_float = decimal.Decimal if (action in DECIMAL_ACTIONS and not response) or (
         response and action == "GetCompositeSchedule") else float
@@ -60,16 +75,16 @@ def schema_error(action: str, payload, *, response: bool = False) -> CallRejecte
     return CallRejected(code, f"{where}: {e.message}"[:200])
 
 
-class StrictChargePoint(ChargePoint):
+class StrictChargePoint(ChargePoint):  # type: ignore[misc]  # the package is untyped
     """The package's ChargePoint with its inbound routing made strict and crash-proof; outbound
     calls (call()) are the package's, validated against the official schemas."""
 
-    def __init__(self, id, connection, response_timeout=30):
+    def __init__(self, id: str, connection: Any, response_timeout: float = 30):
         super().__init__(id, connection, response_timeout)
         self.malformed = 0            # frames we could not even answer
-        self._after: set[asyncio.Task] = set()
+        self._after: set[asyncio.Task[None]] = set()
 
-    async def route_message(self, raw_msg):
+    async def route_message(self, raw_msg: Any) -> None:
         try:
             frame = json.loads(raw_msg)
         except (ValueError, TypeError):
@@ -89,22 +104,22 @@ class StrictChargePoint(ChargePoint):
                 "FormationViolation", "a CALL is [2, uniqueId, action, {payload}]"))
         await self._call(unique_id, frame[2], frame[3])
 
-    async def start(self):
+    async def start(self) -> None:
         """The receive loop; frames are logged at debug level only, a password redacted."""
         while True:
             message = await self._connection.recv()
             log.debug("ocpp.received", frame=redact(str(message))[:1000])
             await self.route_message(message)
 
-    async def _send(self, message):
+    async def _send(self, message: str) -> None:
         log.debug("ocpp.sent", frame=redact(message)[:1000])
         await self._connection.send(message)
 
-    def _drop(self, raw, why: str) -> None:
+    def _drop(self, raw: Any, why: str) -> None:
         self.malformed += 1
         log.warning("ocpp.frame_dropped", why=why, frame=redact(str(raw))[:200])
 
-    async def _response(self, frame, raw) -> None:
+    async def _response(self, frame: list[Any], raw: Any) -> None:
         ok = len(frame) == 3 and isinstance(frame[1], str) and isinstance(frame[2], dict) if frame[0] == 3 \
             else len(frame) in (4, 5) and all(isinstance(x, str) for x in frame[1:4])
         if not ok:
@@ -120,7 +135,7 @@ class StrictChargePoint(ChargePoint):
         await self._send(json.dumps([4, unique_id, rejected.code, rejected.description, {}],
                                     separators=(",", ":")))
 
-    async def _call(self, unique_id: str, action: str, payload: dict) -> None:
+    async def _call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
         if action not in ACTIONS:
             return await self._error(unique_id, CallRejected("NotImplemented", f"unknown action {action[:40]}"))
         handlers = self.route_map.get(action)
@@ -154,7 +169,7 @@ class StrictChargePoint(ChargePoint):
             task.add_done_callback(self._after.discard)
 
 
-async def _maybe_await(func, kwargs) -> None:
+async def _maybe_await(func: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     try:
         result = func(**kwargs)
         if inspect.isawaitable(result):

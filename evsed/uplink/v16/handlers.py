@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 import structlog
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
@@ -17,7 +16,7 @@ from evsed.uplink.auth import AuthStore
 from evsed.uplink.diagnostics import Diagnostics
 from evsed.uplink.firmware import Firmware
 from evsed.uplink.times import iso, parse_time
-from evsed.uplink.v16.framing import StrictChargePoint
+from evsed.uplink.v16.framing import StrictChargePoint, after, on
 from evsed.uplink.v16.keys import Values
 from evsed.uplink.v16.messages import id_tag_info
 from evsed.uplink.v16.profiles import Profiles

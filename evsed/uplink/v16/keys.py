@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from evsed.config import Table
 
@@ -147,7 +147,7 @@ class Values:
         return [item.strip() for item in self.text(name).split(",") if item.strip()]
 
     # builtins.list: in this class body, list names the method above
-    def get(self, names: Iterable[str] | None) -> tuple[builtins.list[dict], builtins.list[str]]:
+    def get(self, names: Iterable[str] | None) -> tuple[builtins.list[dict[str, Any]], builtins.list[str]]:
         """GetConfiguration: (configurationKey entries, unknownKey) for names (None: all)."""
         wanted = list(KEYS) if not names else list(names)
         known, unknown = [], []

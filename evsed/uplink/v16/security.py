@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from evsed.uplink.certificates import Certificates
+from evsed.uplink.v16.framing import after, on
 
 USES = {"CentralSystemRootCertificate": "CSMSRootCertificate", "ManufacturerRootCertificate": "ManufacturerRootCertificate"}
 TRIGGERS = ("BootNotification", "FirmwareStatusNotification", "Heartbeat", "MeterValues", "StatusNotification")

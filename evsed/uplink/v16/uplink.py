@@ -16,10 +16,10 @@ from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection
 
 from evsed import protocol as p
-from evsed.uplink.aio import first_of
+from evsed.uplink.aio import first_of, wait_event
 from evsed.uplink.auth import Authorizer, AuthStore, Info
 from evsed.uplink.certificates import Certificates
-from evsed.uplink.charger import Charger, DaemonLink
+from evsed.uplink.charger import Charger, DaemonLink, Reading
 from evsed.uplink.connection import Connection, HardReset, Reconnect, boot, heartbeat
 from evsed.uplink.diagnostics import Diagnostics
 from evsed.uplink.firmware import Firmware
@@ -36,6 +36,7 @@ from evsed.uplink.v16.profiles import Profiles
 log = structlog.get_logger("evsed.uplink")
 SUBPROTOCOL = "ocpp1.6"
 ID_TOKEN_LEN = 20
+RESET_WAIT_S = 30.0  # a reset waits at most this long for sessions to end and their Stops to be answered
 
 
 class Uplink:
@@ -77,6 +78,7 @@ class Uplink:
         self.retime = asyncio.Event()                # meter value intervals or sessions changed
         self.rebeat = asyncio.Event()                # HeartbeatInterval changed
         self.boot_now = asyncio.Event()
+        self.session_ended = asyncio.Event()         # a StopTransaction was queued
         self._reconnect = asyncio.Event()            # a soft reset: a new connection, a new boot
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hard = asyncio.Event()
@@ -125,8 +127,9 @@ class Uplink:
         interval = await boot(lambda: self._boot_once(cp), self.settings.heartbeat_s, self.boot_now)
         self._boot_accepted(interval)
         self.booted = True
+        statuses = {0: ("Available", "NoError", None), **self.state.statuses()}  # connector 0 too
         with self.state.transaction():  # every connector's status after the boot
-            for connector, (status, error, info) in sorted(self.state.statuses().items()):
+            for connector, (status, error, info) in sorted(statuses.items()):
                 self.state.enqueue("StatusNotification", self.messages.status_payload(
                     connector, status, error, info), connector=connector, tx=False)
             self.state.collapse_status()
@@ -199,6 +202,7 @@ class Uplink:
     def _session_stopped(self, connector: int, session: str) -> None:
         self.profiles.session_stopped(session)
         self.retime.set()
+        self.session_ended.set()
 
     # -- the Station the handlers see ----------------------------------------------------------
     def free_connector(self) -> int | None:
@@ -243,9 +247,13 @@ class Uplink:
         for connector in list(self.state.sessions()):
             self.messages.stop_reasons[connector] = reason
             await self.charger.remote_stop(connector, "other")
-        deadline = self.clock() + 10
-        while self.state.sessions() and self.clock() < deadline:  # their StopTransactions get queued
-            await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + RESET_WAIT_S
+        while self.state.sessions():  # until their StopTransactions are queued
+            self.session_ended.clear()
+            if not await wait_event(self.session_ended, deadline - asyncio.get_running_loop().time()):
+                break
+        if self.booted:  # finish the exchange: a Stop sent but unanswered would be sent again after the boot
+            await self.sender.drained(tx_only=True, timeout_s=max(0.0, deadline - asyncio.get_running_loop().time()))
         log.warning("ocpp.reset", type=kind)
         if kind == "Hard":  # the whole charger restarts: the daemon, through its service manager
             await self.charger.restart()
@@ -267,9 +275,11 @@ class Uplink:
             await self._diagnostics_status(self.diagnostics.status)
         elif message == "FirmwareStatusNotification":
             await self._firmware_status(self.firmware.status)
-        elif message == "MeterValues":
+        elif message == "MeterValues":  # the newest sample of a transaction, else what the meter reads now
+            readings = await self.charger.readings()
             for c in ([connector] if connector else self.charger.connectors):
-                self.messages.meter_values(c, "Trigger")
+                sample = self.messages.samples.get(c) if self.running(c) else None
+                self.messages.meter_values(c, "Trigger", sample or readings.get(c) or Reading(None))
         elif message == "StatusNotification":
             statuses = self.state.statuses()
             for c in ([connector] if connector is not None else [0, *self.charger.connectors]):

@@ -126,6 +126,9 @@ class Messages:
             self._evse_event(status.id, {"type": "connector.status", "status": status.status,
                                          "ev_connected": status.state in PLUGGED, "at": iso(self.clock())})
 
+    def seed_charger(self, available: bool) -> None:
+        """The station as a whole has no StatusNotification in 2.0.1 (its EVSEs' connectors tell it)."""
+
     def _evse_event(self, evse_id: int, event: dict[str, Any], durable: bool = False) -> None:
         before = self.evse(evse_id)
         ctx = self._context(evse_id, event, before)

@@ -1,0 +1,208 @@
+"""Issue 19's rows that need the daemon itself: the real daemon on the simulator starts its OCPP
+uplink (`evsed service ocpp`) against the loopback CSMS, which checks behaviour, not only schemas
+(simulator/csms_checks): RemoteStart and ChangeAvailability answers, availability across a hard
+reset and a kill, the id tag a CSMS gave, meter values on an idle connector, and a kill -9 while
+charging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ocpp.v16 import call
+
+from evsed.config import load
+from evsed import protocol as p
+from evsed.control.client import ControlError, ask
+from simulator.csms import CentralSystem
+from test_ocpp_fakes import aio
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+IDENTITY = "evsed-sim"
+
+
+class Charger:
+    """The daemon (with its uplink) on the simulator, stopped, killed and started again as systemd would."""
+
+    def __init__(self, tmp_path: Path, port: int):
+        text = (ROOT / "config" / "simulator-ocpp.toml").read_text()
+        text = text.replace('url = "ws://127.0.0.1:9000/"', f'url = "ws://127.0.0.1:{port}/"')
+        text = text.replace("MeterValueSampleInterval = 10", "MeterValueSampleInterval = 1")
+        text = text.replace("reconnect_min_s = 1\nreconnect_max_s = 60", "reconnect_min_s = 0.1\nreconnect_max_s = 0.5")
+        text += f'\n[store]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+        self.path = tmp_path / "evsed.toml"
+        self.path.write_text(text)
+        self.runtime_dir = load(self.path).store.runtime_dir
+        self.daemon: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.daemon = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(self.path)], cwd=ROOT, env=ENV,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    async def ended(self) -> int:
+        """Until the daemon has exited by itself (a hard reset): its exit status."""
+        assert self.daemon is not None
+        return await asyncio.to_thread(self.daemon.wait, 20)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        """The whole process group (the daemon and its uplink), as a power cut or systemd stop would."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            os.killpg(self.daemon.pid, sig)
+            await asyncio.to_thread(self.daemon.wait, 20)
+
+    async def sim(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "evsed", "sim", *args, "-c", str(self.path),
+                                                    cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+
+    async def connector(self) -> p.ConnectorStatus:
+        reply = await asyncio.to_thread(ask, self.runtime_dir, p.Status())
+        return reply.connectors[0]
+
+    async def until(self, predicate, what: str, timeout_s: float = 20) -> p.ConnectorStatus:
+        """Until predicate(connector 1's status) holds (the daemon's status is polled: it has no
+        notification of its own); that status."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                conn = await self.connector()
+                if predicate(conn):
+                    return conn
+            except (OSError, ControlError):  # starting, or restarting
+                conn = None
+            if loop.time() > deadline:
+                raise AssertionError(f"never {what}: {conn}")
+            await asyncio.sleep(0.05)
+
+
+def statuses(csms: CentralSystem, connector: int) -> list[str]:
+    return [msg["status"] for _, msg in csms.actions("StatusNotification") if msg["connectorId"] == connector]
+
+
+def boots(csms: CentralSystem) -> int:
+    return len(csms.actions("BootNotification"))
+
+
+async def booted(csms: CentralSystem, count: int = 1) -> None:
+    """Until the count-th boot's statuses arrived (connector 1's is the last of them)."""
+    def done() -> bool:
+        after = [a for a, _ in csms.actions() if a in ("BootNotification", "StatusNotification")]
+        return boots(csms) >= count and IDENTITY in csms.stations and after[-1] == "StatusNotification"
+    await csms.wait_for(done, timeout=30)
+
+
+@aio
+async def test_availability_is_kept_across_a_hard_reset_and_a_kill_and_connector_0_tells_it(tmp_path):
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted(csms)
+        assert statuses(csms, 0) == ["Available"]  # connector 0's status at the first boot
+        result = await csms.call(IDENTITY, call.ChangeAvailability(connector_id=0, type="Inoperative"))
+        assert result.status == "Accepted"
+        await csms.wait_for(lambda: statuses(csms, 0)[-1:] == ["Unavailable"] and statuses(csms, 1)[-1:] == ["Unavailable"])
+        assert (await csms.call(IDENTITY, call.Reset(type="Hard"))).status == "Accepted"
+        assert await charger.ended() == 75  # for systemd (Restart=) to start it again
+        charger.start()
+        await booted(csms, 2)
+        assert statuses(csms, 0)[-1] == "Unavailable" and statuses(csms, 1)[-1] == "Unavailable"
+        await charger.sim("plug")
+        await charger.sim("tap", "04A1B2C3")
+        refused = await charger.until(lambda c: c.last_refusal, "the card refused")
+        assert refused.status == "Unavailable" and refused.contactor == "open"
+        await charger.stop(signal.SIGKILL)  # a power cut
+        charger.start()
+        await booted(csms, 3)
+        assert (await charger.connector()).status == "Unavailable"
+        await charger.sim("plug")  # the simulated EV was cut off too
+        assert (await csms.call(IDENTITY, call.ChangeAvailability(connector_id=0, type="Operative"))).status == "Accepted"
+        await csms.wait_for(lambda: statuses(csms, 0)[-1:] == ["Available"])
+        await charger.sim("tap", "04A1B2C3")
+        await charger.until(lambda c: c.status == "Charging", "charging once operative")
+    finally:
+        await charger.stop()
+        await csms.stop()
+    assert len(csms.actions("StartTransaction")) == 1  # only the session after Operative
+    assert csms.violations(killed=True) == []
+
+
+@aio
+async def test_remote_start_keeps_the_csms_id_tag_and_is_rejected_when_the_daemon_refuses(tmp_path):
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted(csms)
+        await charger.sim("plug")
+        result = await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag="ab-12-cd", connector_id=1))
+        assert result.status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+        again = await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag="0BEEF", connector_id=1))
+        assert again.status == "Rejected"  # the connector is in use
+        result = await csms.call(IDENTITY, call.ChangeAvailability(connector_id=1, type="Inoperative"))
+        assert result.status == "Scheduled"  # after the transaction
+        await charger.sim("unplug")
+        await csms.wait_for(lambda: csms.actions("StopTransaction") and statuses(csms, 1)[-1:] == ["Unavailable"])
+        refused = await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag="ab-12-cd", connector_id=1))
+        assert refused.status == "Rejected"  # unavailable
+    finally:
+        await charger.stop()
+        await csms.stop()
+    (_, start), = csms.actions("StartTransaction")
+    (_, stop), = csms.actions("StopTransaction")
+    assert start["idTag"] == "ab-12-cd" and stop["idTag"] == "ab-12-cd"
+    assert csms.violations() == []
+
+
+@aio
+async def test_trigger_meter_values_on_an_idle_connector_sends_what_its_meter_reads(tmp_path):
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted(csms)
+        reading = (await charger.until(lambda c: c.measured, "a meter reading")).measured.energy_wh
+        result = await csms.call(IDENTITY, call.TriggerMessage(requested_message="MeterValues", connector_id=1))
+        assert result.status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("MeterValues"))
+    finally:
+        await charger.stop()
+        await csms.stop()
+    (_, meter), = csms.actions("MeterValues")
+    assert meter["connectorId"] == 1 and "transactionId" not in meter
+    values = {v["measurand"]: v for v in meter["meterValue"][0]["sampledValue"]}
+    assert values["Energy.Active.Import.Register"]["context"] == "Trigger"
+    assert int(values["Energy.Active.Import.Register"]["value"]) >= reading
+
+
+@aio
+async def test_a_kill_while_charging_stops_the_transaction_at_no_less_than_it_sent(tmp_path):
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted(csms)
+        await charger.sim("plug")
+        await charger.sim("tap", "04A1B2C3")
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+        start = csms.actions("StartTransaction")[0][1]["meterStart"]
+        drawn = lambda: [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]  # noqa: E731
+                         for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
+        await csms.wait_for(lambda: any(wh > start for wh in drawn()), timeout=20)
+        await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
+        charger.start()
+        await csms.wait_for(lambda: csms.actions("StopTransaction"), timeout=30)
+    finally:
+        await charger.stop()
+        await csms.stop()
+    (_, stop), = csms.actions("StopTransaction")
+    assert stop["reason"] == "PowerLoss" and stop["meterStop"] >= max(drawn())
+    assert csms.violations(killed=True) == []
