@@ -31,6 +31,7 @@ $(SYSTEMD_ANALYZE):
 test: $(STAMP) $(CHROMIUM) $(SYSTEMD_ANALYZE) mosquitto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy --strict evsed/core
+	$(VENV)/bin/mypy --strict --follow-imports=silent evsed/wire.py evsed/protocol*.py evsed/control evsed/shell/host.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
