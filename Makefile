@@ -51,6 +51,7 @@ bench campaign: export EVSED_UNSAFE_SERVICES_AS_ROOT := 1
 
 bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/reaction.py --flood 1000 --slow-journal
+	$(VENV)/bin/python bench/flood.py
 	rm -rf $(BENCH_VENV) && $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet '.[ocpp]'
 	$(VENV)/bin/python bench/footprint.py --python $(BENCH_VENV)/bin/python

@@ -42,6 +42,47 @@ class Host(Protocol):
                        ask: Callable[[str, int], Awaitable[p.Authorized]]) -> Callable[[], None]: ...
 
 
+class Turns:
+    """The pace of requests: each role at most its rate (requests per second, a burst of a quarter
+    second's), and at most `per_turn` requests handled in one turn of the event loop; the others wait.
+    However many clients ask at once, the safety loop's timers come between every few requests and
+    the daemon keeps CPU to spare (48 connections asking without pause held the heartbeat for tens
+    of milliseconds)."""
+
+    def __init__(self, per_turn: int, rates: dict[str, float]):
+        self.per_turn, self.used, self.rates = per_turn, 0, rates
+        self._next: asyncio.Future[None] | None = None
+        self._tokens = {role: rate / 4 for role, rate in rates.items()}
+        self._at = {role: 0.0 for role in rates}
+
+    async def take(self, role: str) -> None:
+        loop = asyncio.get_running_loop()
+        rate = self.rates.get(role)
+        if rate is not None:
+            while True:
+                now = loop.time()
+                self._tokens[role] = min(rate / 4, self._tokens[role] + (now - self._at[role]) * rate)
+                self._at[role] = now
+                if self._tokens[role] >= 1:
+                    self._tokens[role] -= 1
+                    break
+                await asyncio.sleep((1 - self._tokens[role]) / rate)
+        while self.used >= self.per_turn:
+            if self._next is None:
+                self._next = loop.create_future()
+                loop.call_soon(self._turn)
+            await asyncio.shield(self._next)
+        self.used += 1
+        if self.used == 1:  # the first of a turn: the count starts again at the next one
+            loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self.used = 0
+        waiting, self._next = self._next, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+
 class RequestError(ValueError):
     """A command this connection cannot take in its state (an ack before hello, a second subscribe)."""
 
@@ -89,6 +130,7 @@ class Connection:
                 return
             if not line:
                 return
+            await self.server.turns.take(self.role)
             reply = self.handle(line)
             if reply is not None:
                 self.send(reply)

@@ -20,7 +20,7 @@ import structlog
 
 from evsed import protocol as p
 from evsed.control.client import ControlError, request, socket_path
-from evsed.control.connection import Connection, Host
+from evsed.control.connection import Connection, Host, Turns
 from evsed.control.roles import Quota, Roles, peer_uid
 from evsed.errors import StartError
 
@@ -28,12 +28,15 @@ log = structlog.get_logger("evsed")
 
 ACCEPT_BACKLOG = 16
 CONNECT = b"c"  # a started service asks its channel for a connection
+REQUESTS_PER_TURN = 4  # handled in one turn of the loop, whoever asks (bench/flood.py)
+RATES = {p.OCPP: 200.0, p.WEB: 200.0, p.MQTT: 200.0, p.PRICES: 200.0, p.READ: 100.0}  # requests/s per role; the administrator's unpaced
 
 
 class ControlServer:
     def __init__(self, host: Host, roles: Roles):
         self.host, self.roles = host, roles
         self.quota = Quota()
+        self.turns = Turns(REQUESTS_PER_TURN, RATES)
         self.connections: set[Connection] = set()
         self.subscribers: set[Connection] = set()
         self.ask_ids = itertools.count(1)
