@@ -15,12 +15,14 @@ from typing import Annotated, Any, Literal, Mapping
 from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
 from evsed.protocol_events import Event, parse_event
 from evsed.protocol_plans import *  # noqa: F403
+from evsed.protocol_sim import *  # noqa: F403
 from evsed.protocol_status import *  # noqa: F403
 from evsed.protocol_status import ServiceState, StatusReply
 from evsed.protocol_types import *  # noqa: F403
 from evsed.protocol_types import (
-    ADMIN, COMMANDS, MQTT, OCPP, ROLES, SERVICES, VERSION, WEB, AnyConnector, Amps, Command, ConnectorId, Failure,
-    FilePath, IdTag, Label, Mode, Name, NoReply, Ok, Phases, Reply, Sentence, Seq, UnknownCommand, Watts,
+    ADMIN, COMMANDS, DAEMON_SOURCES, MQTT, OCPP, READ, ROLES, SERVICE_SOURCES, SERVICES, VERSION, WEB,
+    AnyConnector, Amps, Command, ConnectorId, Failure, IdTag, Label, Mode, Name, NoReply, Ok, Reply, Sentence,
+    Seq, UnknownCommand,
 )
 from evsed.wire import Items, Range, Text
 from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
@@ -43,6 +45,25 @@ def parse_request(data: object) -> Command[Any]:
         if cls is None or cls.ACTION:
             raise UnknownCommand(f"unknown command {cmd[:40]!r}")
     return cls.from_wire({k: v for k, v in data.items() if k not in ("cmd", "action")})
+
+
+def refusal(role: str, command: Command[Any]) -> str | None:
+    """Why `role` may not send `command` (None: it may): the roles the command names, the limit
+    sources each role owns, and the `ocpp` authorizer seat that only the uplink takes."""
+    if role not in command.ROLES:
+        return f"{command.LABEL} is not the {role} role's to send"
+    if isinstance(command, Limit):
+        if command.source in DAEMON_SOURCES:
+            return f"limit source {command.source} is the daemon's own"
+        owner = next((r for r, sources in SERVICE_SOURCES.items() if command.source in sources), ADMIN)
+        if owner != role:
+            return f"limit source {command.source} is the {owner} role's"
+    if isinstance(command, Authorizer) and (command.name or role) == OCPP and role != OCPP:
+        return "only the OCPP uplink may be the ocpp authorizer"
+    if isinstance(command, Hello) and command.service not in (None, role) and (
+            role in SERVICES or (role == READ and command.service in (ADMIN, *SERVICES))):
+        return f"service name {command.service} is not the {role} role's"
+    return None
 
 
 def command_named(name: str, fields: Mapping[str, object]) -> Command[Any]:
@@ -301,107 +322,6 @@ class Unlock(Command[UnlockReply], cmd="unlock", roles=(ADMIN, OCPP)):
     """Release the connector lock (NotSupported: no lock backend yet)."""
 
     connector: ConnectorId | None = None
-
-
-# --- the simulated world (a simulator config only) ----------------------------------------------
-class Plug(Command[Ok], cmd="sim", action="plug"):
-    """Plug the simulated EV in."""
-
-    connector: ConnectorId | None = None
-
-
-class Unplug(Command[Ok], cmd="sim", action="unplug"):
-    """Unplug it."""
-
-    connector: ConnectorId | None = None
-
-
-class TapReply(Reply):
-    card: IdTag
-
-
-class Tap(Command[TapReply], cmd="sim", action="tap"):
-    """Tap a card on the simulated reader."""
-
-    card: IdTag
-    connector: ConnectorId | None = None
-
-
-class SetEv(Command[Ok], cmd="sim", action="ev"):
-    """Change the simulated EV (fields left out stay)."""
-
-    connector: ConnectorId | None = None
-    max_current_a: Annotated[float, Range(0, 80)] | None = None
-    phases: Annotated[int, Range(1, 3)] | None = None
-    wants_energy: bool | None = None
-    ventilation: bool | None = None
-    asleep: bool | None = None
-    obey_pwm: bool | None = None
-    ignore_stop: bool | None = None
-
-
-class InjectFault(Command[Ok], cmd="sim", action="fault"):
-    """Inject (or clear) a hardware fault."""
-
-    connector: ConnectorId | None = None
-    kind: Annotated[str, Text(32, min=1)]
-    clear: bool = False
-
-
-class ClearFault(Command[Ok], cmd="sim", action="clear-fault"):
-    """Clear an injected hardware fault."""
-
-    connector: ConnectorId | None = None
-    kind: Annotated[str, Text(32, min=1)]
-
-
-Volts = Annotated[float, Range(-15, 15)]
-
-
-class SetPilot(Command[Ok], cmd="sim", action="pilot"):
-    """The pilot reads exactly these volts (both), or the EV again (neither)."""
-
-    connector: ConnectorId | None = None
-    high_v: Volts | None = None
-    low_v: Volts | None = None
-
-    def validate(self) -> None:
-        if (self.high_v is None) != (self.low_v is None):
-            raise WireError("pilot: give both high_v and low_v, or neither to let the EV speak again")
-
-
-class SiteReply(Reply):
-    house_a: Phases
-    pv_w: Watts
-    grid_a: Phases
-    input: bool
-    meter: Literal["ok", "silent"]
-
-
-SiteAmps = Annotated[float, Range(-1000, 1000)]
-
-
-class SetSite(Command[SiteReply], cmd="sim", action="site"):
-    """The simulated site: house loads per phase, PV, a profile file, the control contact, the meter."""
-
-    l1_a: SiteAmps | None = None
-    l2_a: SiteAmps | None = None
-    l3_a: SiteAmps | None = None
-    pv_w: Annotated[float, Range(0, 1e6)] | None = None
-    profile: FilePath | None = None
-    input: bool | None = None
-    meter: Literal["ok", "silent"] | None = None
-
-
-class CableReply(Reply):
-    ohm: Annotated[float, Range(0, 1e6)] | None = None
-
-
-class SetCable(Command[CableReply], cmd="sim", action="cable"):
-    """The PP resistor of the simulated socket's cable (null: none plugged)."""
-
-    connector: ConnectorId | None = None
-    ohm: Annotated[float, Range(0, 1e6)] | None = None
 
 
 def parse_pushed(data: object) -> Event | AuthorizeRequest | Failure | None:

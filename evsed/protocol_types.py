@@ -55,6 +55,8 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 # The limit sources the daemon keeps itself: no client sets them.
 DAEMON_SOURCES = frozenset({"hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar",
                             "authorization", "plan"})
+# Each service's own limit sources; the administrator sets any other (a person's, a scenario's).
+SERVICE_SOURCES = {OCPP: frozenset({"ocpp"}), MQTT: frozenset({"mqtt", "mqtt-pause"}), WEB: frozenset({"web"})}
 
 
 # --- replies -------------------------------------------------------------------------------------

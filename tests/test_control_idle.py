@@ -9,7 +9,7 @@ import asyncio
 from evsed import config
 from evsed import protocol as p
 from evsed.control import client as control
-from evsed.control import server as servermod
+from evsed.control import connection
 from evsed.services.link import Link
 from test_daemon import running, until, write_config
 
@@ -44,7 +44,7 @@ def test_a_request_read_as_the_idle_time_runs_out_is_answered_not_met_by_the_clo
             for _ in range(3):
                 await asyncio.sleep(0)  # the daemon waits for a line
             writer.write(p.encode_line(p.Status().to_wire()))  # in the socket now...
-            loop.skipped += servermod.IDLE_S  # ...and the idle time is up in the same turn of the loop
+            loop.skipped += connection.IDLE_S  # ...and the idle time is up in the same turn of the loop
             reply = p.Status().reply(p.decode_line(await reader.readline()))
             writer.close()
             return reply
@@ -58,7 +58,7 @@ def test_a_service_whose_idle_connection_was_closed_asks_again_and_gets_its_repl
     async def scenario(loop: JumpingClock):
         async with running(cfg) as daemon:
             link = await Link.connect(cfg.store.runtime_dir, "web")
-            loop.skipped += servermod.IDLE_S  # the page asks every 30 s, the daemon closes after 30 s idle
+            loop.skipped += connection.IDLE_S  # the page asks every 30 s, the daemon closes after 30 s idle
             await until(lambda: not daemon.server.connections)  # closed, its notice unread by the link
             reply = await link.command(p.Status())
             await link.close()

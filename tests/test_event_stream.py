@@ -14,7 +14,7 @@ import threading
 from evsed import protocol as p
 from evsed import config
 from evsed.control import client as control
-from evsed.control import server as servermod
+from evsed.control import connection, roles
 from evsed.services.link import Link
 from test_daemon import ask, charging, running, start_process, until, write_config
 
@@ -249,9 +249,9 @@ def test_more_connections_than_the_cap_are_refused_and_charging_goes_on(tmp_path
     async def scenario():
         async with charging(cfg) as daemon:
             path = str(control.socket_path(cfg.store.runtime_dir))
-            conns = [await asyncio.open_unix_connection(path) for _ in range(servermod.MAX_CONNECTIONS + 20)]
+            conns = [await asyncio.open_unix_connection(path) for _ in range(roles.MAX_CONNECTIONS + 20)]
             refused = 0
-            for reader, _ in conns[servermod.MAX_CONNECTIONS:]:
+            for reader, _ in conns[roles.MAX_CONNECTIONS:]:
                 line = await reader.readline()
                 refused += b"too many connections" in line
             closed = daemon.connectors[1].state.contactor_closed
@@ -267,7 +267,7 @@ def test_more_connections_than_the_cap_are_refused_and_charging_goes_on(tmp_path
 
 
 def test_an_idle_command_connection_is_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr(servermod, "IDLE_S", 0.05)
+    monkeypatch.setattr(connection, "IDLE_S", 0.05)
     cfg = config.load(write_config(tmp_path))
 
     async def scenario():

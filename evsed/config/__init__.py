@@ -130,6 +130,20 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The users the network services run as: `evsed run` as root starts each as its own, and a
+    service under its own unit connecting as that user gets that service's role on the socket."""
+
+    ocpp_user: str = dirs.service_user("ocpp")
+    web_user: str = dirs.service_user("web")
+    mqtt_user: str = dirs.service_user("mqtt")
+    prices_user: str = dirs.service_user("prices")
+
+    def user(self, service: str) -> str:
+        return str(getattr(self, f"{service}_user"))
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
@@ -177,6 +191,7 @@ class Config:
     tariff: tariffs.Tariff | None = None  # None: sessions carry no cost or revenue
     sections: Mapping[str, Section] = field(default_factory=lambda: MappingProxyType({}))
     policy: policy_config.PolicyConfig = policy_config.PolicyConfig()
+    control: ControlConfig = ControlConfig()
 
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
@@ -409,7 +424,8 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
                     _simulator(top), _site(top, charger, timing), _authorization(top), tariff_config.parse(top),
                     sections=MappingProxyType(sections),
                     policy=policy_config.parse(top, charger.timezone, charger.unsynced_clock,
-                                               {c.group for c in cards if c.group}))
+                                               {c.group for c in cards if c.group}),
+                    control=_control(top))
     top.done()
     _pins_used_once(top)
     _openevse_agrees(top, config)
@@ -659,6 +675,18 @@ def _authorization(top: _Table) -> AuthConfig:
                       unanswered=t.get("unanswered", str, d.unanswered, choices=("reject", "accept")))
     t.done()
     return auth
+
+
+def _control(top: _Table) -> ControlConfig:
+    t = top.table("control") or _Table(top.path, top.lines, {}, "control")
+    d = ControlConfig()
+    users = {key: t.get(key, str, getattr(d, key), max_len=32) for key in ("ocpp_user", "web_user", "mqtt_user",
+                                                                        "prices_user")}
+    for key, user in users.items():
+        if user in ("root", "0", dirs.DAEMON_USER):
+            raise t.error(key, f"{user!r}: a network service never runs as root or as the daemon's user")
+    t.done()
+    return ControlConfig(**users)
 
 
 def _log(top: _Table) -> LogConfig:

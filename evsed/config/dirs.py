@@ -18,6 +18,11 @@ SERVICES_DIR = "services"  # the one directory under it the services write: the 
 SERVICES_DIR_MODE = 0o3770
 RUNTIME_DIR_MODE = 0o750  # the control socket (0660): the service group may reach it
 DAEMON_USER = "evsed"  # the system user `evsed install` creates; the daemon runs as it under systemd
+
+
+def service_user(name: str) -> str:
+    """The user `evsed install` creates for a network service (evsed-ocpp, evsed-web, evsed-mqtt)."""
+    return f"{DAEMON_USER}-{name}"
 SOCKET_NAME = "control.sock"  # evsed.control.client.socket_path() puts the socket here
 SOCKET_PATH_MAX = 107  # bytes: sockaddr_un.sun_path is 108 bytes with the terminating NUL
 PATH_MAX = 4095

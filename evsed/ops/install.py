@@ -229,7 +229,7 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
 
 def service_user(name: str) -> str:
     """The user evsed-service@NAME runs as (the unit's `User=evsed-%i`)."""
-    return f"{USER}-{name}"
+    return dirs.service_user(name)
 
 
 def _service_user(host: Host, name: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import random
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -23,6 +25,7 @@ from evsed.control.client import socket_path
 log = structlog.get_logger("evsed")
 R = TypeVar("R", bound=p.Reply)
 Handler = Callable[[p.AuthorizeRequest], Awaitable[p.Authorized]]
+CHANNEL_ENV = "EVSED_CONTROL_FD"  # the descriptor of the channel `evsed run` hands a service it starts
 
 
 def resume_after(hello: p.HelloReply) -> int:
@@ -74,9 +77,43 @@ class _Conn:
         self.writer.close()
 
 
+class Channel:
+    """The socket `evsed run` hands a service it starts (CHANNEL_ENV names its descriptor): each
+    connection is asked for over it and comes back over it, already the service's role."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def inherited(cls) -> Channel | None:
+        fd = os.environ.get(CHANNEL_ENV, "")
+        return cls(socket.socket(fileno=int(fd))) if fd.isdigit() else None
+
+    async def connect(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # one request, one answer, in order
+            await loop.sock_sendall(self.sock, b"c")
+            while True:
+                try:
+                    message, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
+                    break
+                except BlockingIOError:
+                    readable = loop.create_future()
+                    loop.add_reader(self.sock.fileno(), readable.set_result, None)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(self.sock.fileno())
+        if not message or not fds:
+            raise LinkError("the daemon closed this service's channel")
+        return socket.socket(fileno=fds[0])
+
+
 class Link:
-    def __init__(self, runtime_dir: Path, service: str):
-        self.path, self.service = socket_path(runtime_dir), service
+    def __init__(self, runtime_dir: Path, service: str, channel: Channel | None = None):
+        self.path, self.service, self.channel = socket_path(runtime_dir), service, channel
         self.hello = p.HelloReply(version=p.VERSION, charger="", connectors=(), phases=1, voltage_v=0,
                                   acked=0, last_seq=0)
         self._commands: _Conn | None = None
@@ -85,7 +122,11 @@ class Link:
 
     async def _open(self) -> tuple[_Conn, p.HelloReply]:
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.path), limit=p.MAX_REPLY)
+            if self.channel is not None:
+                reader, writer = await asyncio.open_unix_connection(sock=await self.channel.connect(),
+                                                                    limit=p.MAX_REPLY)
+            else:
+                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=p.MAX_REPLY)
         except OSError as exc:
             raise LinkError(f"control socket {self.path}: {exc.strerror or exc}") from None
         conn = _Conn(reader, writer)
@@ -101,8 +142,8 @@ class Link:
         return conn, hello
 
     @classmethod
-    async def connect(cls, runtime_dir: Path, service: str) -> Link:
-        link = cls(runtime_dir, service)
+    async def connect(cls, runtime_dir: Path, service: str, channel: Channel | None = None) -> Link:
+        link = cls(runtime_dir, service, channel)
         link._commands, link.hello = await link._open()
         return link
 

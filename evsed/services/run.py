@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from evsed.config import Config
-from evsed.services.link import Link, LinkError
+from evsed.services.link import Channel, Link, LinkError
 
 log = structlog.get_logger("evsed")
 MODULES = {"ocpp": "evsed.uplink.service", "mqtt": "evsed.mqtt.service", "web": "evsed.web.service",
@@ -59,13 +59,15 @@ def die_with_parent() -> None:
 
 
 async def connect(config: Config, name: str, wait_s: float = 30.0) -> Link:
-    """Connect to the daemon, waiting for it while it starts (a service may come up first)."""
+    """Connect to the daemon, waiting for it while it starts (a service may come up first): over
+    the channel `evsed run` handed this service, else at the socket (its role then by its uid)."""
+    channel = Channel.inherited()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     delay = 0.1
     while True:
         try:
-            return await Link.connect(config.store.runtime_dir, name)
+            return await Link.connect(config.store.runtime_dir, name, channel)
         except LinkError as exc:
             if loop.time() > deadline:
                 raise ServiceError(f"service {name}: {exc}") from None

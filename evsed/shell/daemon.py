@@ -15,29 +15,26 @@ import fcntl
 import math
 import os
 import signal
-import sqlite3
-import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
 import structlog
 
 import evsed
 from evsed import protocol as p
 from evsed.config import Config, dirs
-from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
+from evsed.control.server import ControlServer
 from evsed.core.pilot import PilotState
 from evsed.errors import StartError
 from evsed.shell import availability, commands, safety_loop
-from evsed.shell.auth import Verdict
-from evsed.shell.bus import ChargerEvent, utc_iso_ms
+from evsed.shell.bus import utc_iso_ms
 from evsed.shell.charger import Charger
 from evsed.shell.connector import ConnectorControl
 from evsed.shell.devices import Devices, build
 from evsed.shell.devices import create as devices_create
+from evsed.shell.host import EXIT_RESTART, ControlHost
 from evsed.shell.planfile import DiskFile
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
@@ -48,8 +45,6 @@ from hal import Closable, DeviceUnavailable, HalError, Meter, Notifying
 log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
 READER_RETRY_S = (1.0, 10.0)  # first and longest wait before opening a vanished card reader again
-EXIT_RESTART = 75  # EX_TEMPFAIL: not a clean stop, so Restart=on-failure starts the daemon again
-MAX_SERVICE_STATUS = 8  # services whose status a `status` reply carries
 
 
 class StateLock:
@@ -94,18 +89,24 @@ class Daemon:
         self.charger: Charger | None = None
         self.devices: Devices | None = None
         self.writer: StoreWriter | None = None
-        self.server = ControlServer(self)
+        self.host = ControlHost(config, _wallclock, self._restart)
         self.services = Services(config) if start_services else None
-        self._reader_db: sqlite3.Connection | None = None
-        self._acked: dict[str, int] = {}
-        self._last_seq = 0  # the newest durable event streamed: where a service new to this charger starts
-        self._service_status: dict[str, p.ServiceState] = {}  # what each service last said of itself
-        self._reader_lock = threading.Lock()
+        if self.services is not None:
+            self.services.hand_out = self.host.server.hand_out
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.fatal: BaseException | None = None
         self.restart = False  # asked to restart: exit EXIT_RESTART so that systemd starts us again
         self.ready = asyncio.Event()
+
+    @property
+    def server(self) -> ControlServer:
+        return self.host.server
+
+    def _restart(self) -> None:
+        """Asked to restart (an OCPP hard reset): stop, and exit EXIT_RESTART for the service manager."""
+        self.restart = True
+        asyncio.get_running_loop().call_soon(self.stopping.set)
 
     @property
     def connectors(self) -> dict[int, ConnectorControl]:
@@ -128,19 +129,17 @@ class Daemon:
         if recovered:
             log.warning("session.recovered", ids=recovered, stop_reason="power_loss")
         first_id = store.next_session_id()
-        self._acked = dict(store.db.execute("SELECT service, seq FROM service_acks").fetchall())
-        self._last_seq = outbox.last_seq(store.db)
+        self.host.read_positions(store.db)
         self.writer = StoreWriter(store)
-        self._reader_db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
         self.devices = build(self.config, time.monotonic)
         self.wall_timers = WallTimers(_wallclock, loop.time, loop.call_at)
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
-            stored=lambda event: self._stored(loop, event), call_at=loop.call_at,
+            stored=lambda event: self.host.stored(loop, event), call_at=loop.call_at,
             plan_file=DiskFile(self.config.store.state_dir / "plans.json"),
             inoperative=availability.load(self.config.store.state_dir), keep_availability=self._keep_availability)
-        charger.bus.subscribe(self._live)
+        self.host.attach(db_path, self.writer, charger)
         charger.start()
         for ctrl in charger.connectors.values():
             for device in ctrl.devices.all():
@@ -162,7 +161,7 @@ class Daemon:
             dirs.ensure_dir(self.config.store.runtime_dir, dirs.RUNTIME_DIR_MODE)
         except dirs.DirectoryError as exc:
             raise StartError(f"runtime directory: {exc}") from None
-        await self.server.start(self.config.store.runtime_dir)
+        await self.host.start()
         loop.set_exception_handler(self._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -193,18 +192,6 @@ class Daemon:
             peak_power_w=row["peak_power_w"], reason="power_loss", stopped_at=row["stopped_at"])
         data = {k: v for k, v in event.to_wire().items() if k not in ("seq", "at", "type", "connector")}
         outbox.append(store.db, now, event.TYPE, event.connector, data)
-
-    def _stored(self, loop: asyncio.AbstractEventLoop, event: p.Event) -> None:
-        """A durable event is committed (the store's thread): stream it from the loop."""
-        loop.call_soon_threadsafe(self._push, event)
-
-    def _push(self, event: p.Event) -> None:
-        self._last_seq = max(self._last_seq, event.seq or 0)
-        self.server.push(event)
-
-    def _live(self, event: ChargerEvent) -> None:
-        if not event.durable:
-            self.server.push(event.wire())
 
     def _input_changed(self, ctrl: ConnectorControl) -> None:
         if not self.stopping.is_set():  # once stopping, the outputs are released and stay so
@@ -272,56 +259,6 @@ class Daemon:
         self._timers.pop(connector_id, None)
         if not self.stopping.is_set():
             self.connectors[connector_id].tick()
-
-    # --- the control socket's host ---------------------------------------------------------------
-    def hello(self, service: str | None) -> p.HelloReply:
-        c = self.config.charger
-        return p.HelloReply(version=p.VERSION, charger=c.id, connectors=tuple(self.connectors), phases=c.phases,
-                            voltage_v=c.voltage_v, acked=self._acked.get(service or "", 0), last_seq=self._last_seq)
-
-    def dispatch(self, command: p.Command[Any]) -> p.Reply:
-        assert self.charger is not None
-        if isinstance(command, p.Ping):
-            return p.Ok()
-        if isinstance(command, p.Status):
-            return replace(self.charger.status(), services=dict(self._service_status))
-        if isinstance(command, p.Restart):  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
-            log.warning("daemon.restart_requested")
-            self.restart = True
-            asyncio.get_running_loop().call_soon(self.stopping.set)
-            return p.RestartReply(exit_status=EXIT_RESTART)
-        return commands.run(self.charger, command)
-
-    async def backlog(self, after: int) -> list[p.Event]:
-        db = self._reader_db
-        assert db is not None
-
-        def read() -> list[dict[str, Any]]:
-            with self._reader_lock:  # one connection, several subscribers' threads
-                return list(outbox.since(db, after))
-        events = []
-        for stored in await asyncio.to_thread(read):
-            try:
-                events.append(p.parse_event(stored))
-            except p.WireError as exc:  # written by a release that said it otherwise: skipped, said once
-                log.error("outbox.event_unreadable", seq=stored.get("seq"), error=str(exc))
-        return events
-
-    def ack(self, service: str, seq: int) -> None:
-        assert self.writer is not None
-        at = utc_iso_ms(_wallclock())
-        self._acked[service] = max(seq, self._acked.get(service, 0))
-        self.writer.submit(lambda st: outbox.ack(st.db, service, seq, at))
-
-    def service_status(self, service: str, status: p.ServiceState) -> None:
-        if service not in self._service_status and len(self._service_status) >= MAX_SERVICE_STATUS:
-            raise commands.CommandError(f"service-status: {MAX_SERVICE_STATUS} services said theirs already")
-        self._service_status[service] = replace(status, at=utc_iso_ms(_wallclock()))
-
-    def add_authorizer(self, name: str, timeout_s: float,
-                       ask: Callable[[str, int], Awaitable[p.Authorized]]) -> Callable[[], None]:
-        assert self.charger is not None
-        return self.charger.auth.add(_SocketAuthorizer(name, ask))
 
     # --- input loops ------------------------------------------------------------------------
     @property
@@ -469,14 +406,12 @@ class Daemon:
             handle.cancel()
         if self.services is not None:
             await self.services.stop()
-        await self.server.close(self.config.store.runtime_dir)
+        await self.host.stop()
         if self.devices is not None:
             self.devices.release(lambda device, exc: log.warning(
                 "device.release_failed", device=type(device).__name__, error=str(exc)))
         if self.writer is not None:
             self.writer.close()
-        if self._reader_db is not None:
-            self._reader_db.close()
         self.lock.release()
         log.info("daemon.stopped")
 
@@ -489,14 +424,3 @@ class Daemon:
             self.release_all(at_once=not self._orderly())
             await self.stop()
         return 1 if self.fatal is not None else EXIT_RESTART if self.restart else 0
-
-
-class _SocketAuthorizer:
-    """A link of the authorizer chain answered by a service over the control socket."""
-
-    def __init__(self, name: str, ask: Callable[[str, int], Awaitable[p.Authorized]]):
-        self.name, self._ask = name, ask
-
-    async def authorize(self, id_tag: str, connector: int) -> Verdict:
-        answer = await self._ask(id_tag, connector)
-        return Verdict(answer.result, answer.reason, answer.group, answer.max_current_a)
