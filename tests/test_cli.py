@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from evsed import cli
+from evsed.cli import status as status_cli
 from evsed.store.sessions import LiveSession, Store
 
 ROOT = Path(__file__).parent.parent
@@ -113,7 +114,7 @@ def test_the_cli_refuses_a_squatted_runtime_directory(tmp_path, capsys, squat):
 
 
 def test_status_text_shows_why_not_charging():
-    text = cli.format_status({
+    text = status_cli.format_status({
         "id": 1, "status": "Preparing", "state": "B", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
         "contactor": "open", "measured": {"current_a": [0, 0, 0], "power_w": 0, "energy_wh": 12},
         "session": None, "faults": [{"fault": "rcd", "detail": "trip 1", "lockout": False, "retry_in_s": 299.0}],
@@ -121,13 +122,13 @@ def test_status_text_shows_why_not_charging():
         "reason": "card refused: unknown card"})
     assert "connector 1: Preparing" in text
     assert "state B, steady +12 V" in text and "contactor   open" in text
-    assert "fault       rcd (trip 1); retry in 299.0 s" in text
+    assert "fault       rcd (trip 1); retry in 299 s" in text
     assert "refused     card DEADBEEF: unknown card" in text
     assert "why         card refused: unknown card" in text
 
 
 def test_status_text_shows_an_unavailable_pilot_and_why():
-    text = cli.format_status({
+    text = status_cli.format_status({
         "id": 1, "status": "Available", "state": None, "pilot_output": "off", "duty_pct": None, "offered_a": 0,
         "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
         "reason": "no EV", "pilot_error": "OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"})
@@ -137,7 +138,7 @@ def test_status_text_shows_an_unavailable_pilot_and_why():
 
 
 def test_status_text_shows_why_the_meter_gives_no_reading():
-    text = cli.format_status({
+    text = status_cli.format_status({
         "id": 1, "status": "Available", "state": "A", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
         "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
         "reason": "no EV", "meter_error": "Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"})
