@@ -83,7 +83,7 @@ def test_report_table_has_a_header_and_money_with_the_currency(config, capsys):
 
 
 def test_export_csv_opens_cleanly_in_a_spreadsheet(config, capsys):
-    text = run(capsys, "export", "-c", str(config), "--format", "csv", "--since", "2026-01-01", "--until", "2026-02-01")
+    text = run(capsys, "export", "-c", str(config), "--format", "csv", "--since", "2026-01-01", "--until", "2026-01-31")
     assert text.startswith("id,connector,card_uid,") and "\r\n" in text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["card_name"] for r in rows] == ["Alice", "Bob"]

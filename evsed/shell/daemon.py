@@ -272,7 +272,9 @@ class Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
-            return {**self.charger.status(), "services": dict(self._service_status)}
+            return {**self.charger.status(), "services": dict(self._service_status),
+                    # the CLI finds this daemon's config, and shows times in its zone, from these
+                    "config": str(self.config.path.absolute()), "timezone": self.config.charger.timezone}
         if cmd == "restart":  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
             if set(req) != {"cmd"}:
                 raise commands.CommandError("restart: takes no fields")
