@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -287,6 +288,31 @@ def test_a_broken_host_config_stops_the_install_before_anything_changes(tmp_path
     assert files_under(tmp_path) == {"/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml"}
 
 
+def test_without_a_config_or_an_example_install_names_the_examples_and_installs_nothing(tmp_path, capsys):
+    # It installed the simulator's config: a charger in a garage running on a simulated EV.
+    fake_etc(tmp_path, evsed_user=False)
+    assert main(["install", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    examples = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.toml")))
+    assert err == (f"evsed: install: there is no /etc/evsed/evsed.toml yet: name the example to start from with "
+                   f"--config-example NAME, one of {examples} (README.md, Quick start)\n")
+    assert files_under(tmp_path) == {"/etc/passwd", "/etc/group"}
+    usage = subprocess.run([sys.executable, "-m", "evsed", "install", "--help"], capture_output=True, text=True)
+    assert all(name in "".join(usage.stdout.split()) for name in examples.split(", "))  # --config-example's help
+
+
+def test_the_commands_install_prints_paste_into_a_shell_as_they_ran(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=False)
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + ALL_SERVICES)
+    host = install.Host(tmp_path)
+    install.install(host)
+    printed = [line.removeprefix("would run: ") for line in host.did if line.startswith("would run: ")]
+    assert [shlex.split(line) for line in printed] == host.commands
+    assert "--comment 'evsed EV charger daemon'" in printed[0]
+
+
 def test_an_unknown_example_is_refused(tmp_path, capsys):
     assert main(["install", "--root", str(tmp_path), "--config-example", "nope"]) == 2
     examples = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.toml")))
@@ -351,6 +377,20 @@ def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, examp
                           cwd=units, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert exposure(units / "evsed.service") <= most
+
+
+def test_a_config_the_units_cannot_run_leaves_them_failed_instead_of_restarting(tmp_path):
+    # `evsed run` and `evsed service` exit 2 on a config error or a missing package; restarting
+    # cannot mend either, and each start logged the same error every few seconds.
+    from evsed.cli import EXIT_CONFIG
+    for unit in ("evsed.service", "evsed-service@.service"):
+        text = (ROOT / "systemd" / unit).read_text()
+        assert re.search(r"^Restart=on-failure$", text, re.M), unit
+        assert re.findall(r"^RestartPreventExitStatus=(.*)$", text, re.M) == [str(EXIT_CONFIG)], unit
+    bad = tmp_path / "evsed.toml"
+    bad.write_text("[charger]\nmax_curent_a = 16\n")
+    for argv in (["run", "-c", str(bad)], ["service", "web", "-c", str(bad)]):
+        assert subprocess.run([sys.executable, "-m", "evsed", *argv], capture_output=True).returncode == EXIT_CONFIG
 
 
 def test_the_service_units_find_the_daemons_directories_without_a_store_table(monkeypatch):

@@ -61,9 +61,12 @@ def missing(config: Config, services: Iterable[str] | None = None, with_devices:
         registry_kind = devices.REGISTRY_KIND.get(kind, kind)
         lacking = tuple(p for p in backends.packages(registry_kind, device.backend, device.options) if not installed(p))
         if lacking:
-            where = f"connector {connector_id} {kind}" if connector_id else kind.replace("_", " ")
+            where = f"connector {connector_id} {kind}" if connector_id else _CHARGER_DEVICES.get(kind, kind)
             needs.append(Need(f"{where} (backend {device.backend!r})", None, lacking, _extra_of(lacking, extras)))
     return needs
+
+
+_CHARGER_DEVICES = {"rfid": "card reader", "site_meter": "site meter", "site_input": "site input"}
 
 
 def refuse_missing(config: Config, services: Iterable[str] | None = None, with_devices: bool = True) -> None:
