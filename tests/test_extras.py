@@ -15,7 +15,7 @@ import pytest
 from test_install import fake_etc, files_under
 
 ROOT = Path(__file__).parent.parent
-PI_PIP = "install with: " + shlex.join([sys.executable, "-m", "pip", "install", "mfrc522>=0.0.7", "spidev>=3.6",
+PI_PIP = "install with: " + shlex.join([f"{sys.prefix}/bin/python", "-m", "pip", "install", "mfrc522>=0.0.7", "spidev>=3.6",
                                         "evdev>=1.7", "lgpio>=0.2"])
 
 

@@ -85,7 +85,8 @@ def pip_command(needs: list[Need]) -> list[str]:
         for req in extras[need.extra] if need.extra in extras else need.packages:
             if req not in wanted:
                 wanted.append(req)
-    return [sys.executable, "-m", "pip", "install", *wanted]
+    python = Path(sys.prefix) / "bin" / "python"  # the environment's plain name (the script's may be python3.11)
+    return [str(python) if python.exists() else sys.executable, "-m", "pip", "install", *wanted]
 
 
 _REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?([^;]*)(?:;(.*))?")
