@@ -179,7 +179,8 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
     assert f"since {local:%Y-%m-%d %H:%M:%S}:" in out and "+00:00" not in out
     assert "PWM 53.3 % = 32 A offered" in out  # 32 A asked; the duty's 0.1 % steps give 31.98
     assert "service ocpp: connected no, queued 0, limits_a 1=16" in out
-    assert not any(word in out for word in ("None", "True", "False", "{", "}"))
+    assert not any(word in out for word in ("None", "True", "False", "{", "}", "'"))
+    assert "  mode        fast, group family\n" in out
     limits = [line for line in out.splitlines() if line.startswith("  limit")]
     assert limits and all(line.split()[2] in ("A", "blocks") or line.split()[3] == "A" for line in limits), limits
     assert "  no limit    breaker, window, group, site, external_cap, solar (fast mode), ocpp" in out

@@ -27,12 +27,16 @@ if TYPE_CHECKING:
 
 def _lazy(target: str) -> Command:
     """A command's function, "module:function" under evsed.cli, imported when it runs."""
-    module, _, name = target.partition(":")
-
     def run(args: argparse.Namespace) -> int:
-        func: Command = getattr(importlib.import_module(f"evsed.cli.{module}"), name)
+        func: Command = _load(target)
         return func(args)
     return run
+
+
+def _load(target: str) -> Callable[..., int]:
+    module, _, name = target.partition(":")
+    func: Callable[..., int] = getattr(importlib.import_module(f"evsed.cli.{module}"), name)
+    return func
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -56,15 +60,17 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"evsed {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: str | Command, help_: str, options: Options | None = None) -> None:
-        """One command: `func` a function or "module:function" under evsed.cli, imported when it runs."""
+    def add(name: str, func: str | Command, help_: str, options: str | Options | None = None) -> None:
+        """One command. `func` a function or "module:function" under evsed.cli, imported when it
+        runs; `options(subparser)` adds its options, a function or "module:function" imported only
+        when this command's parser is built (a command whose module is heavy to import)."""
         if only is not None and name != only:
             return
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_formatter)
         sp.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
         sp.set_defaults(func=_lazy(func) if isinstance(func, str) else func)
         if options is not None:
-            options(sp)
+            (_load(options) if isinstance(options, str) else options)(sp)
 
     add("run", "run:cmd_run", "run the daemon")
     add("check", "run:cmd_check", "validate the config and open every configured device once (while the daemon "

@@ -70,7 +70,7 @@ def format_limits(c: dict[str, Any]) -> list[str]:
     chain = c.get("limit_chain")
     if not chain:
         return []
-    lines = [f"  mode        {c.get('mode', 'fast')}" + (f", group {c['group']!r}" if c.get("group") else "")]
+    lines = [f"  mode        {c.get('mode', 'fast')}" + (f", group {c['group']}" if c.get("group") else "")]
     unset = []
     for source, lim in chain.items():
         detail = lim.get("blocked") or lim.get("detail") or ""

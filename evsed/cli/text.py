@@ -3,15 +3,15 @@ and what a service reports as words, never Python's repr of it."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
+    import datetime as dt
     from typing import Any
 
 
 def zone(name: str | None) -> dt.tzinfo:
     """The charger's time zone by name; this machine's own when the name is unknown or missing."""
+    import datetime as dt  # here and below: only when there is a time to show (1 ms of `evsed status`)
     if name:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
         try:
@@ -26,6 +26,7 @@ def local_time(iso: str | None, tz: dt.tzinfo | str | None, empty: str = "") -> 
     may be given by name (looked up only when there is a time to show)."""
     if not iso:
         return empty
+    import datetime as dt
     try:
         return dt.datetime.fromisoformat(iso).astimezone(tz if isinstance(tz, dt.tzinfo) else zone(tz)).strftime(
             "%Y-%m-%d %H:%M:%S")
@@ -37,6 +38,7 @@ def local_iso(iso: str | None, tz: dt.tzinfo) -> str | None:
     """An ISO 8601 instant with the charger's offset (for CSV and JSON), to the second."""
     if not iso:
         return iso
+    import datetime as dt
     return dt.datetime.fromisoformat(iso).astimezone(tz).isoformat(timespec="seconds")
 
 
