@@ -211,10 +211,9 @@ def test_without_a_config_the_cli_uses_the_running_daemons_and_says_so(tmp_path,
     # `make run` runs the daemon on a config of its own; `evsed sessions` in another terminal, with
     # no -c, reads that daemon's sessions (it used the built-in defaults, silently).
     import asyncio
-    from evsed import config, paths
+    from evsed import config
     from test_daemon import charging
     monkeypatch.delenv("EVSED_CONFIG", raising=False)
-    monkeypatch.setattr(paths, "DEFAULT_PATH", tmp_path / "no-system-config.toml")
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))  # the default socket, for both
     path = tmp_path / "demo.toml"
     path.write_text((ROOT / "config" / "simulator.toml").read_text() + f'\n[store]\nstate_dir = "{tmp_path / "demo"}"\n')

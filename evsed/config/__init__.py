@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evsed.config import backends, dirs
 from evsed.errors import ConfigError
-from evsed.paths import DEFAULT_PATH, configured_dir, default_runtime_dir, default_state_dir, is_system
+from evsed.paths import configured_dir, default_runtime_dir, default_state_dir, is_system
 from hal import MIN_EDGES_PER_DROPOUT
 from evsed.config import policy as policy_config
 from evsed.config import tariff as tariff_config
