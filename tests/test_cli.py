@@ -234,9 +234,9 @@ def test_without_a_config_the_cli_uses_the_running_daemons_and_says_so(tmp_path,
 
 
 def test_without_a_config_or_a_daemon_the_cli_says_it_uses_built_in_defaults(tmp_path, capsys, monkeypatch):
-    from evsed import paths
+    from evsed import dirs
     monkeypatch.delenv("EVSED_CONFIG", raising=False)
-    monkeypatch.setattr(paths, "DEFAULT_PATH", tmp_path / "no-system-config.toml")
+    monkeypatch.setattr(dirs, "DEFAULT_PATH", tmp_path / "no-system-config.toml")
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     assert cli.main(["sessions"]) == 0
@@ -247,12 +247,12 @@ def test_without_a_config_or_a_daemon_the_cli_says_it_uses_built_in_defaults(tmp
 def test_the_system_config_means_the_services_directories_for_every_user(monkeypatch):
     # A member of group evsed running `evsed status` reads /etc/evsed/evsed.toml: the socket is the
     # service's /run/evsed, not the user's own runtime directory.
-    from evsed import config, paths
+    from evsed import config, dirs
     for name in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     text = (ROOT / "config" / "simulator.toml").read_text()
-    system = config.parse(text, paths.DEFAULT_PATH)
+    system = config.parse(text, dirs.DEFAULT_PATH)
     assert (system.store.state_dir, system.store.runtime_dir) == (Path("/var/lib/evsed"), Path("/run/evsed"))
     elsewhere = config.parse(text, "/home/pi/evsed.toml")
     assert elsewhere.store.runtime_dir != Path("/run/evsed")

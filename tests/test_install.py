@@ -414,7 +414,7 @@ def test_the_directories_systemd_makes_for_the_units_are_the_ones_the_code_accep
     # systemd creates StateDirectory= and RuntimeDirectory= with the units' modes before evsed
     # starts; the daemon refuses a directory another user could tamper with. The two must agree,
     # and the services must be able to write where their files go (ReadWritePaths=).
-    from evsed.config import dirs
+    from evsed import dirs
     from evsed.ops import spool
     daemon = (ROOT / "systemd/evsed.service").read_text()
     template = (ROOT / "systemd/evsed-service@.service").read_text()

@@ -136,7 +136,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)
             return 0
-        from evsed.config import dirs
+        from evsed import dirs
         spool = Path(args.spool) if args.spool else spoolmod.directory(dirs.services_dir(cfg.store.state_dir))
         outcome = updater.run_spool(spool, update.SPOOL_WAIT_S if args.wait is None else args.wait)
     except update.UpdateError as exc:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from evsed import paths
+from evsed import dirs
 from evsed.cli import text, where
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
@@ -81,7 +81,7 @@ def _context(args: argparse.Namespace) -> tuple[Path, dt.tzinfo]:
     """The sessions database and the charger's time zone, from the config where.load_for_records finds."""
     cfg = where.load_for_records(args)
     if cfg is None:
-        return paths.default_state_dir() / "sessions.db", text.zone(None)
+        return dirs.default_state_dir() / "sessions.db", text.zone(None)
     return cfg.store.state_dir / "sessions.db", text.zone(cfg.charger.timezone)
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from evsed import paths
+from evsed import dirs
 from evsed.control import client as control
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
@@ -36,7 +36,7 @@ def named(args: Any) -> Path | None:
 def config_file(args: Any) -> Path:
     """The file of the commands that need one (run, check, service, install, update): the named
     one, else the system config, as the daemon's unit reads it."""
-    return named(args) or paths.DEFAULT_PATH
+    return named(args) or dirs.DEFAULT_PATH
 
 
 def load(args: Any) -> Config:
@@ -47,10 +47,10 @@ def load(args: Any) -> Config:
 def runtime_dir(args: Any) -> Path:
     """The control socket's directory: the named or system config's [store] runtime_dir alone,
     else the default one (where `make run` and an installed daemon listen)."""
-    path = named(args) or (paths.DEFAULT_PATH if paths.DEFAULT_PATH.exists() else None)
+    path = named(args) or (dirs.DEFAULT_PATH if dirs.DEFAULT_PATH.exists() else None)
     if path is None:
-        return paths.default_runtime_dir()
-    found, problem = paths.peek_runtime_dir(path)
+        return dirs.default_runtime_dir()
+    found, problem = dirs.peek_runtime_dir(path)
     if problem is not None:
         note(f"{problem}; looking for the daemon in {found}")
     return found
@@ -67,13 +67,13 @@ def load_for_records(args: Any) -> Config | None:
     the built-in defaults. Each fallback is said on stderr."""
     from evsed import config as configmod
     path = named(args)
-    if path is None and paths.DEFAULT_PATH.exists():
-        path = paths.DEFAULT_PATH
+    if path is None and dirs.DEFAULT_PATH.exists():
+        path = dirs.DEFAULT_PATH
     if path is None:
         path = daemons_config()
         if path is None:
-            note(f"no config (-c, $EVSED_CONFIG, {paths.DEFAULT_PATH}) and no daemon running: built-in defaults, "
-                 f"sessions in {paths.default_state_dir()}")
+            note(f"no config (-c, $EVSED_CONFIG, {dirs.DEFAULT_PATH}) and no daemon running: built-in defaults, "
+                 f"sessions in {dirs.default_state_dir()}")
             return None
         note(f"using {path}, the running daemon's config")
     return configmod.load(path)
@@ -82,7 +82,7 @@ def load_for_records(args: Any) -> Config | None:
 def daemons_config() -> Path | None:
     """The config file of the daemon on the default socket, if one runs and says."""
     try:
-        reply = control.request(paths.default_runtime_dir(), {"cmd": "status"})
+        reply = control.request(dirs.default_runtime_dir(), {"cmd": "status"})
     except control.ControlError:
         return None
     found = reply.get("config")

@@ -19,9 +19,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evsed.config import backends, dirs
+from evsed import dirs
+from evsed.config import backends
 from evsed.errors import ConfigError
-from evsed.paths import configured_dir, default_runtime_dir, default_state_dir, is_system
+from evsed.dirs import configured_dir, default_runtime_dir, default_state_dir, is_system
 from hal import MIN_EDGES_PER_DROPOUT
 from evsed.config import policy as policy_config
 from evsed.config import tariff as tariff_config

@@ -9,7 +9,7 @@ import json
 import socket
 from pathlib import Path
 
-from evsed.config import dirs
+from evsed import dirs
 
 
 def socket_path(runtime_dir: Path) -> Path:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from evsed import config as configmod
-from evsed.config import dirs
+from evsed import dirs
 from evsed.ops import dropin, update
 
 USER = dirs.DAEMON_USER

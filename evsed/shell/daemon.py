@@ -24,7 +24,8 @@ from typing import Any, Awaitable, Callable, Coroutine
 import structlog
 
 import evsed
-from evsed.config import Config, dirs
+from evsed import dirs
+from evsed.config import Config
 from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
 from evsed.core.pilot import PilotState
