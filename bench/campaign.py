@@ -48,16 +48,19 @@ import re
 import tempfile
 import threading
 import time
+from typing import TypeVar
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from campaign_ocpp import OCPP_SECTION, Csms, Failure, OcppAudit  # noqa: E402 - bench/ is on the path: the script's own directory
+from evsed import protocol as p  # noqa: E402
 from evsed.control import client as control  # noqa: E402
 from simulator.board import BoardProcess  # noqa: E402
 
 CARD = "04A1B2C3"
+R = TypeVar("R", bound=p.Reply)
 
 
 def group_alive(pgid: int) -> bool:
@@ -81,9 +84,9 @@ class Subscriber(threading.Thread):
         self.sock.connect(str(control.socket_path(runtime_dir)))
         # acking nothing past 0 holds every event in the outbox: the daemon prunes at start what
         # every known service acknowledged, and the uplink acknowledges as it queues
-        self.sock.sendall(b'{"cmd": "hello", "version": 1, "service": "campaign"}\n'
-                          b'{"cmd": "subscribe", "after": 0}\n{"cmd": "ack", "seq": 0}\n')
-        self.events: list[dict] = []
+        self.sock.sendall(b"".join(p.encode_line(c.to_wire()) for c in (
+            p.Hello(service="campaign"), p.Subscribe(after=0), p.Ack(seq=0))))
+        self.events: list[p.Event] = []
         self.start()
 
     def run(self) -> None:
@@ -93,13 +96,13 @@ class Subscriber(threading.Thread):
                 buf += chunk
                 *done, buf = buf.split(b"\n")
                 for line in done:
-                    msg = json.loads(line)
-                    if isinstance(msg.get("seq"), int) and "type" in msg:
+                    msg = p.parse_pushed(p.decode_line(line))
+                    if isinstance(msg, p.Event) and msg.seq is not None:
                         self.events.append(msg)
         except OSError:
             pass
 
-    def close(self) -> list[dict]:
+    def close(self) -> list[p.Event]:
         self.sock.close()
         self.join(2)
         return list(self.events)
@@ -159,13 +162,13 @@ class Campaign:
         self.log.close()
         return (self.workdir / "daemon.log").read_text(errors="replace")[-3000:]
 
-    def ready(self, proc: subprocess.Popen, timeout_s: float = 20.0) -> dict:
+    def ready(self, proc: subprocess.Popen, timeout_s: float = 20.0) -> p.StatusReply:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise Failure(f"the daemon exited with {proc.returncode} at start: {self.last_log()}")
             try:
-                status = control.request(self.runtime, {"cmd": "status"}, timeout_s=1.0)
+                status = control.ask(self.runtime, p.Status(), timeout_s=1.0)
             except control.ControlError:
                 time.sleep(0.01)
                 continue
@@ -173,9 +176,9 @@ class Campaign:
             return status
         raise Failure("the daemon did not start")
 
-    def relay_at_ready(self, status: dict) -> None:
+    def relay_at_ready(self, status: p.StatusReply) -> None:
         """The first status answered comes once the daemon is READY: the relay must be open."""
-        if any(c["contactor"] != "open" for c in status["connectors"]):
+        if any(c.contactor != "open" for c in status.connectors):
             raise Failure(f"contactor not open at start: {status}")
         if self.board is None:
             return
@@ -185,8 +188,8 @@ class Campaign:
         self.counts["relay_open_at_ready_after_closed"] += self.relay_closed
         self.relay_closed = False
 
-    def ask(self, req: dict) -> dict:
-        return control.request(self.runtime, req, timeout_s=2.0)
+    def ask(self, command: p.Command[R]) -> R:
+        return control.ask(self.runtime, command, timeout_s=2.0)
 
     def wait(self, predicate, what: str, timeout_s: float = 15.0) -> None:
         """Poll a condition another process brings about; the timeout only guards against a hang."""
@@ -197,7 +200,7 @@ class Campaign:
             time.sleep(0.01)
 
     def contactor(self) -> str:
-        return self.ask({"cmd": "status"})["connectors"][0]["contactor"]
+        return self.ask(p.Status()).connectors[0].contactor
 
     def one(self) -> None:
         # every round draws the same numbers, so a seed fixes the rounds' plan whatever the timing
@@ -242,15 +245,15 @@ class Campaign:
     def session(self, phase: str, charge_s: float, finish_s: float) -> str:
         """Plug, tap, and one of: kill while charging, just after the unplug, a while after it, or
         (CSMS offline) once the uplink has queued the session's StopTransaction."""
-        self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
-        self.ask({"cmd": "sim", "action": "plug", "connector": 1})
-        self.ask({"cmd": "sim", "action": "tap", "card": CARD, "connector": 1})
+        self.ask(p.Unplug(connector=1))
+        self.ask(p.Plug(connector=1))
+        self.ask(p.Tap(card=CARD, connector=1))
         if phase in ("while_charging", "csms_offline_queued"):
             self.wait(lambda: self.contactor() == "closed", "the contactor closed")
         time.sleep(charge_s)
         if phase == "while_charging":
             return phase
-        self.ask({"cmd": "sim", "action": "unplug", "connector": 1})
+        self.ask(p.Unplug(connector=1))
         if phase == "csms_offline_queued":
             assert self.ocpp is not None
             session = self.newest_session()
@@ -282,15 +285,16 @@ class Campaign:
         if self.ocpp is not None and self.csms is not None:
             self.ocpp.after_kill(self.csms)
 
-    def record(self, events: list[dict]) -> None:
+    def record(self, events: list[p.Event]) -> None:
         for e in events:
-            data = {k: v for k, v in e.items() if k not in ("seq", "at", "type", "connector")}
-            key = (e["type"], json.dumps(data, sort_keys=True))
-            if self.seen.get(e["seq"], key) != key:
-                raise Failure(f"event {e['seq']} changed: {self.seen[e['seq']]} -> {key}")
-            self.seen[e["seq"]] = key
-            if e["type"] == "session.stopped":
-                self.finished[data["session"]] = (data["reason"], data["energy_wh"])
+            assert e.seq is not None
+            data = {k: v for k, v in e.to_wire().items() if k not in ("seq", "at", "type", "connector")}
+            key = (e.TYPE, json.dumps(data, sort_keys=True))
+            if self.seen.get(e.seq, key) != key:
+                raise Failure(f"event {e.seq} changed: {self.seen[e.seq]} -> {key}")
+            self.seen[e.seq] = key
+            if isinstance(e, p.SessionStopped):
+                self.finished[e.session] = (e.reason, e.energy_wh)
 
     def check_db(self) -> None:
         if not self.db.exists():

@@ -9,7 +9,11 @@ import time
 from pathlib import Path
 
 from campaign import CARD, Campaign, Failure
+from evsed import protocol as p
 from evsed.control import client as control
+
+
+STATUS = p.encode_line(p.Status().to_wire())
 
 
 def load(workdir: Path, clients: int) -> dict:
@@ -22,10 +26,10 @@ def load(workdir: Path, clients: int) -> dict:
     proc = camp.start()
     try:
         camp.ready(proc)
-        camp.ask({"cmd": "sim", "action": "plug", "connector": 1})
-        camp.ask({"cmd": "sim", "action": "tap", "card": CARD, "connector": 1})
+        camp.ask(p.Plug(connector=1))
+        camp.ask(p.Tap(card=CARD, connector=1))
         deadline = time.monotonic() + 10
-        while camp.ask({"cmd": "status"})["connectors"][0]["contactor"] != "closed":
+        while camp.ask(p.Status()).connectors[0].contactor != "closed":
             if time.monotonic() > deadline:
                 raise Failure("the EV did not start charging")
             time.sleep(0.02)
@@ -38,7 +42,7 @@ def load(workdir: Path, clients: int) -> dict:
             t0 = time.perf_counter()
             try:
                 reader, writer = await asyncio.open_unix_connection(path)
-                writer.write(b'{"cmd": "status"}\n')
+                writer.write(STATUS)
                 await writer.drain()
                 line = await asyncio.wait_for(reader.readline(), 30)
                 writer.close()
@@ -68,10 +72,10 @@ def load(workdir: Path, clients: int) -> dict:
         t0 = time.perf_counter()
         asyncio.run(flood(48))  # steady: 48 at a time, under the cap
         steady_s = time.perf_counter() - t0
-        charging_held = camp.ask({"cmd": "status"})["connectors"][0]["contactor"] == "closed"
+        charging_held = camp.ask(p.Status()).connectors[0].contactor == "closed"
         t0 = time.perf_counter()
-        camp.ask({"cmd": "sim", "action": "unplug", "connector": 1})
-        while camp.ask({"cmd": "status"})["connectors"][0]["contactor"] != "open":
+        camp.ask(p.Unplug(connector=1))
+        while camp.ask(p.Status()).connectors[0].contactor != "open":
             time.sleep(0.001)
         stop_ms = (time.perf_counter() - t0) * 1000
         alive = proc.poll() is None

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from evsed import protocol as p  # noqa: E402
 from evsed.control import client as control  # noqa: E402
 from simulator.board import BoardProcess  # noqa: E402
 
@@ -46,8 +47,8 @@ def start(tmp: Path, board_dropout_s: float, dropout_s: float, hz: float):
         if json.loads(line)["event"] == "daemon.ready":
             break
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
-    control.request(tmp / "run", {"cmd": "sim", "action": "plug"})
-    control.request(tmp / "run", {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+    control.request(tmp / "run", p.Plug())
+    control.request(tmp / "run", p.Tap(card="04A1B2C3"))
     board.next("relay.closed", timeout_s=10)
     held_from = board.pins.toggles()
     while board.pins.toggles() < held_from + 2 * dropout_s * hz * 2:  # two drop-outs of steady charging

@@ -77,6 +77,7 @@ def start_daemon(config: Path) -> subprocess.Popen:
 async def measure(port: int, config: Path, service_pid: int, charge_s: float) -> dict[str, float]:
     import aiomqtt
 
+    from evsed import protocol as p
     from evsed.config import load
     from evsed.control.client import request
 
@@ -96,8 +97,8 @@ async def measure(port: int, config: Path, service_pid: int, charge_s: float) ->
         async with asyncio.timeout(30):
             await online.wait()
         figures["online, idle"] = rss_mb(service_pid)
-        request(runtime, {"cmd": "sim", "action": "plug"})
-        request(runtime, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        request(runtime, p.Plug())
+        request(runtime, p.Tap(card="04A1B2C3"))
         before, cpu0, t0 = counted["messages"], cpu_s(service_pid), time.monotonic()
         await asyncio.sleep(charge_s)  # charging for a while: the figure is what it costs per second
         figures["charging"] = rss_mb(service_pid)
@@ -106,7 +107,7 @@ async def measure(port: int, config: Path, service_pid: int, charge_s: float) ->
         await client.publish("homeassistant/status", "online")
         await asyncio.sleep(1.0)
         figures["after a Home Assistant birth"] = rss_mb(service_pid)
-        request(runtime, {"cmd": "sim", "action": "unplug"})
+        request(runtime, p.Unplug())
         counter.cancel()
     return figures
 

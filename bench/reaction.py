@@ -79,6 +79,7 @@ async def uplink_like_load(stop: asyncio.Event) -> None:
 SERVICE = """
 import asyncio, sys, time
 from pathlib import Path
+from evsed import protocol as p
 from evsed.services.link import Link
 
 async def main(runtime_dir, mode):
@@ -86,7 +87,7 @@ async def main(runtime_dir, mode):
     if mode == "hung":  # subscribed, then never reads again: its socket buffer fills up
         await link._open()
         reader, writer = await asyncio.open_unix_connection(str(link.path))
-        writer.write(b'{"cmd": "subscribe", "after": 0}\\n')
+        writer.write(p.encode_line(p.Subscribe(after=0).to_wire()))
         await writer.drain()
         print("ready", flush=True)
         while True:
@@ -111,6 +112,8 @@ async def start_service(runtime_dir: Path, mode: str) -> asyncio.subprocess.Proc
 
 FLOOD = """
 import asyncio, json, sys
+from evsed import protocol as p
+STATUS = p.encode_line(p.Status().to_wire())
 
 async def client(path, counts):
     while True:  # connect, ask without pause until turned away or cut off, connect again at once
@@ -122,7 +125,7 @@ async def client(path, counts):
             continue
         try:
             while True:
-                writer.write(b'{"cmd": "status"}\\n')
+                writer.write(STATUS)
                 line = await reader.readline()
                 if b'"connectors"' not in line:
                     counts["turned_away"] += 1

@@ -48,7 +48,8 @@ class PilotReading:
 class MeterReading:
     """One read of an energy meter. Lists are per phase (L1, L2, L3 or just L1).
 
-    Anything the meter model lacks is None. Energy is integer Wh, import direction.
+    Anything the meter model lacks is empty (lists) or None (frequency_hz: also when the unit
+    does not measure it); never 0 for "not measured". Energy is integer Wh, import direction.
     """
 
     energy_import_wh: int
@@ -77,6 +78,15 @@ class Pilot(Protocol):
     def pwm_f(self) -> None: ...
 
     def read(self) -> PilotReading: ...
+
+
+@runtime_checkable
+class DutyResolution(Protocol):
+    """Optional capability: a pilot whose PWM sets the duty in steps of duty_step_pct percent
+    (the kernel's PWM: 1 ns of the 1 ms period). The core puts the duty on that grid, so that the
+    current an EV reads is the one offered (never under it, never 0.05 A over)."""
+
+    duty_step_pct: float
 
 
 @runtime_checkable
@@ -114,6 +124,15 @@ class Contactor(Protocol):
 
 
 @runtime_checkable
+class SoftOpen(Protocol):
+    """Optional capability: a contactor whose driver can let the EV stop first. An OpenEVSE board
+    asleep ($FS) opens once the EV leaves C or draws nothing, or after its own 3 s; open() instead
+    drops the relay under load at once ($FD, -12 V on the pilot). For a stop that is no fault."""
+
+    def open_when_ev_stops(self) -> None: ...
+
+
+@runtime_checkable
 class ContactorFeedback(Protocol):
     """Optional capability: an auxiliary contact or mains sense reports the real state."""
 
@@ -122,13 +141,13 @@ class ContactorFeedback(Protocol):
 
 @runtime_checkable
 class Heartbeat(Protocol):
-    """Optional capability: the contactor's driver drops out by itself unless refreshed.
+    """Optional capability: hardware outside the process falls back to its safe side unless refreshed.
 
-    A retriggerable monostable or charge pump in series with the relay driver holds the
-    coil only while heartbeat() keeps toggling its input: call it every
-    heartbeat_interval_s (half the square wave's period) from the loop that keeps the
-    contactor safe. When the calls stop (a crash, kill -9, a hung loop), the relay opens
-    within dropout_s of the last rising edge, whatever level the command output kept.
+    Call heartbeat() every heartbeat_interval_s from the loop that keeps the contactor safe; when
+    the calls stop (a crash, kill -9, a hung loop) the fallback follows within dropout_s. A
+    contactor behind a retriggerable monostable or charge pump (heartbeat() toggles its input,
+    half the square wave's period): the relay opens, whatever level the command output kept. An
+    OpenEVSE pilot (heartbeat() is one $SY): the board lowers its offer to 6 A.
     """
 
     heartbeat_interval_s: float

@@ -143,6 +143,7 @@ class GpioPilot:
 
     def __init__(self, output, sampler: BurstSampler, invert: bool = False):
         self.output, self.sampler, self.invert = output, sampler, invert
+        self.duty_step_pct: float = output.duty_step_pct  # hal.DutyResolution: the core's duty lies on its grid
         self.pwm_off()
 
     def _set(self, fraction: float) -> None:

@@ -43,8 +43,10 @@ class MeterModel:
 
     not_available_sentinels: the model marks a missing value with the type's all-ones
     (unsigned) or maximum (signed) integer, which decoding turns into NaN.
-    parity: the factory default of the serial line (N, E, O), named in its manual; the config's
-    parity overrides it.
+    baudrate, parity: the serial line as the meter leaves the factory (8 data bits, 1 stop bit);
+    the config's baudrate and parity override them. factory: that setting in words ("9600 baud,
+    no parity") and where it is stated: the manufacturer's document, version and page; where no
+    such page was found, "not confirmed" and, after "secondary:", the best other sources.
     """
 
     name: str
@@ -55,7 +57,9 @@ class MeterModel:
     fields: tuple[Field, ...]
     not_available_sentinels: bool = False
     phases: int = 3
+    baudrate: int = 9600
     parity: str = "N"
+    factory: str = ""
 
     def quantities(self) -> set[str]:
         return {f.quantity for f in self.fields}
@@ -88,40 +92,66 @@ _SDM_3P = (
     + (_total("power_total_w", 0x0034, F32), _total("frequency_hz", 0x0046, F32),
        _total("energy_import_wh", 0x0048, F32, KWH)))
 
+# Not confirmed from a manual here: the value is the one the other sources agree on (or, where
+# none states it, the usual 9600 8N1), kept until a manufacturer's page says otherwise.
+# `evsed probe` finds what a meter really answers at and writes it out.
+UNCONFIRMED = "factory serial setting not confirmed from the manual (no page found): "
+
 SDM120 = MeterModel(
     "sdm120", "Eastron SDM120-Modbus (single phase)",
     "Eastron SDM120-Modbus Smart Energy Meter, Modbus Protocol Implementation "
     "(sdm120modbus_manual), input register table",
-    4, "big", _SDM_1P, phases=1)
+    4, "big", _SDM_1P, phases=1, baudrate=2400,
+    factory=UNCONFIRMED + "2400 baud, no parity. Eastron's SDM120-Modbus Protocol V2.4 was found but "
+            "its holding register page not read; secondary: TapHome's SDM120 page "
+            "(factory default 2400 bps, parity none), the SolarNetwork wiki 'SDM XXX meters' (2400 baud, "
+            "no parity), Tasmota SDM120_SPEED (default: 2400 baud), the sdm120c reader (default 2400)")
 
 SDM230 = MeterModel(
     "sdm230", "Eastron SDM230-Modbus (single phase)",
     "Eastron SDM230-Modbus, Modbus Protocol Implementation (SDM230-register), "
     "input register table",
-    4, "big", _SDM_1P, phases=1)
+    4, "big", _SDM_1P, phases=1,
+    factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.4 was found but "
+            "its holding register page not read; secondary: Tasmota SDM230_SPEED (default: 9600 baud)")
 
 SDM630 = MeterModel(
     "sdm630", "Eastron SDM630-Modbus (three phase)",
     "Eastron SDM630 Modbus Protocol (SDM630 register map, V1.x), input register table",
-    4, "big", _SDM_3P)
+    4, "big", _SDM_3P,
+    factory=UNCONFIRMED + "9600 baud, no parity. The SDM630-Modbus manual's own page not found; the "
+            "family's holding registers 40019 (0 = one stop bit and no parity, default) and 40029 "
+            "(2 = 9600 baud, default) are stated in the sibling Eastron SDM630MCT-ML User Manual V1.2 "
+            "p.25; secondary: TapHome's SDM630 page (9600, parity none), Tasmota SDM630_SPEED "
+            "(default: 9600 baud)")
 
 SDM72D = MeterModel(
     "sdm72d", "Eastron SDM72D-M, first version (totals only)",
     "Eastron SDM72D-M User Manual (SDM72DM-manual), Modbus input registers: "
-    "total system power 30053, import active energy 30073; factory serial setting: even parity",
+    "total system power 30053, import active energy 30073",
     4, "big", (_total("power_total_w", 0x0034, F32), _total("energy_import_wh", 0x0048, F32, KWH)),
-    parity="E")
+    factory="no parity: Eastron SDM72D-M User Manual V1.1 p.3 (RS485: parity none (default)) and p.15 "
+            "(holding register 40019: 0 = one stop bit and no parity, default); V1.5 p.15 the same. "
+            "9600 baud: not confirmed, p.3 lists 1200-19200 bps without a default and p.15 has no baud "
+            "register; secondary: Tasmota SDM72_SPEED (default: 9600 baud)")
 
 SDM72D_V2 = MeterModel(
     "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
     "Eastron SDM72D-M-2 User Manual (sdm72dm-v2), Modbus input register table",
-    4, "big", _SDM_3P)
+    4, "big", _SDM_3P,
+    factory=UNCONFIRMED + "9600 baud, no parity. No SDM72D-M-2 manual page found; secondary: Tasmota "
+            "SDM72_SPEED (default: 9600 baud), and the first version's manual pages (SDM72D-M V1.1 "
+            "p.3, p.15: no parity)")
 
 # --- ABB B series: holding registers (FC3), integers high word first ---------------------------
 # 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
 
 _ABB_SOURCE = ("ABB B21/B23/B24 energy meters User Manual, chapter 'Communication with Modbus', "
                "mapping tables: instantaneous values 5B00h-5B2Ch, active import energy 5000h")
+_ABB_FACTORY = (UNCONFIRMED + "9600 baud, no parity, the usual setting. The ABB B21/B23/B24 User "
+                "Manual (2CMC485003M0201 Rev. A) chapter 9 was found only as its table of contents; "
+                "secondary: none stating it found (evcc's abb-ab and the ABB_B23_Energy_Meter library "
+                "use 9600 8N1 as their own default)")
 _ABB_COMMON = (_total("power_total_w", 0x5B14, "int32", 0.01),
                _total("frequency_hz", 0x5B2C, "uint16", 0.01),
                _total("energy_import_wh", 0x5000, "uint64", 10.0))
@@ -133,7 +163,7 @@ ABB_B21 = MeterModel(
     3, "big",
     _phases("voltage_v", (0x5B00,), "uint32", 0.1) + _phases("current_a", (0x5B0C,), "uint32", 0.01)
     + _phases("power_w", (0x5B14,), "int32", 0.01) + _ABB_COMMON,
-    not_available_sentinels=True, phases=1)
+    not_available_sentinels=True, phases=1, factory=_ABB_FACTORY)
 
 _ABB_3P = (
     _phases("voltage_v", (0x5B00, 0x5B02, 0x5B04), "uint32", 0.1)
@@ -141,9 +171,9 @@ _ABB_3P = (
     + _phases("power_w", (0x5B16, 0x5B18, 0x5B1A), "int32", 0.01) + _ABB_COMMON)
 
 ABB_B23 = MeterModel("abb-b23", "ABB B23 (three phase, direct)", _ABB_SOURCE, 3, "big", _ABB_3P,
-                     not_available_sentinels=True)
+                     not_available_sentinels=True, factory=_ABB_FACTORY)
 ABB_B24 = MeterModel("abb-b24", "ABB B24 (three phase, CT connected)", _ABB_SOURCE, 3, "big",
-                     _ABB_3P, not_available_sentinels=True)
+                     _ABB_3P, not_available_sentinels=True, factory=_ABB_FACTORY)
 
 # --- Carlo Gavazzi EM340: input registers (FC4), int32 low word first --------------------------
 # 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh). An overflowed
@@ -159,12 +189,14 @@ EM340 = MeterModel(
     + _phases("power_w", (0x12, 0x14, 0x16), "int32", 0.1)
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("frequency_hz", 0x33, "int16", 0.1),
        _total("energy_import_wh", 0x34, "int32", 100.0)),
-    not_available_sentinels=True)
+    not_available_sentinels=True,
+    factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. No Carlo Gavazzi EM340 manual page "
+            "found; secondary: none stating it found (evcc's cg-emt3xx uses 9600 8N1 as its own default)")
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
 # Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
-# the ya-modbus OR-WE-516 driver). Factory serial settings differ from Eastron's and from each
-# other: OR-WE-516 odd parity, OR-WE-517 even (their manuals' communication defaults).
+# the ya-modbus OR-WE-516 driver). Both leave the factory at 9600 baud, even parity, unlike
+# Eastron's meters: no ORNO page was found, but a WE-516 and WE-517s were seen answering at 8E1.
 
 _ORNO_SOURCE = ("ORNO OR-WE-516 / OR-WE-517 Modbus register description (manufacturer's register "
                 "list): real-time values 000Eh-003Bh, energy 0100h-012Eh")
@@ -174,10 +206,16 @@ _ORNO = (
     + (_total("power_total_w", 0x1C, F32, KW), _total("frequency_hz", 0x14, F32),
        _total("energy_import_wh", 0x0108, F32, KWH)))  # 0108h: forward (import) active energy
 
-OR_WE_516 = MeterModel("or-we-516", "ORNO OR-WE-516 (three phase)",
-                       _ORNO_SOURCE + "; OR-WE-516 user manual: factory parity odd", 3, "big", _ORNO, parity="O")
-OR_WE_517 = MeterModel("or-we-517", "ORNO OR-WE-517 (three phase)",
-                       _ORNO_SOURCE + "; OR-WE-517 user manual: factory parity even", 3, "big", _ORNO, parity="E")
+OR_WE_516 = MeterModel(
+    "or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
+    factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: mbmd's README "
+            "(WE-516/517: by default 9600 8E1), mbmd issue #273 (a WE-516 answered only with --comset "
+            "8E1), evcc's orno template (8E1). The ya-modbus OR-WE-516 driver says odd, without a source")
+OR_WE_517 = MeterModel(
+    "or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
+    factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: TapHome's "
+            "OR-WE-517 page (9600 bps, parity even), mbmd's README (9600 8E1), Tasmota's WE517 driver "
+            "(9600, SERIAL_8E1), SmartEVSE issue #231 (ORNO-517: even parity)")
 
 # --- Schneider iEM3155: holding registers (FC3), high word first ---------------------------------
 # The document numbers registers from 1: register 3028 is address 3027. Power in kW (float). The
@@ -192,7 +230,13 @@ IEM3155 = MeterModel(
     _phases("voltage_v", (3027, 3029, 3031), F32) + _phases("current_a", (2999, 3001, 3003), F32)
     + _phases("power_w", (3053, 3055, 3057), F32, KW)
     + (_total("power_total_w", 3059, F32, KW), _total("frequency_hz", 3109, F32),
-       _total("energy_import_wh", 3203, "int64")))
+       _total("energy_import_wh", 3203, "int64")),
+    baudrate=19200, parity="E",
+    factory=UNCONFIRMED + "19200 baud, even parity. The iEM3100/iEM3200/iEM3300 User Manual "
+            "DOCA0005EN-04 p.51 lists 9600/19200/38400 baud and odd/even/none parity without marking the "
+            "default; secondary: Tasmota's iEM3000 driver (IEM3000_SPEED 19200, 'default: 19200 baud', "
+            "and 'Set meter Communication -> Parity to None': it ships with a parity), and the Modbus "
+            "serial line specification's required default, even parity")
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
 # Import energy at 2752 (float, Wh): mbmd finder7m38.go, a transcription of Finder's guide and a
@@ -207,7 +251,10 @@ FINDER_7M38 = MeterModel(
     _phases("voltage_v", (2500, 2502, 2504), F32) + _phases("current_a", (2516, 2518, 2520), F32)
     + _phases("power_w", (2530, 2532, 2534), F32)
     + (_total("power_total_w", 2536, F32), _total("frequency_hz", 2498, F32),
-       _total("energy_import_wh", 2752, F32)))
+       _total("energy_import_wh", 2752, F32)),
+    factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. Finder's Modbus Protocol Guide "
+            "(Modbus-7M24-7M38_v2_30062021) was not readable here; secondary: none stating it found "
+            "(evcc's finder-7m38 uses 9600 8N1 as its own default)")
 
 # --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
 # 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh). Checked against SmartEVSE's meter table
@@ -222,7 +269,9 @@ EEM_350 = MeterModel(
     _phases("voltage_v", (0x00, 0x02, 0x04), "int32", 0.1)
     + _phases("current_a", (0x0C, 0x0E, 0x10), "int32", 0.001)
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)),
-    not_available_sentinels=True)
+    not_available_sentinels=True,
+    factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. No Phoenix Contact EEM-350-D-MCB "
+            "data sheet page found; secondary: none stating it found")
 
 MODELS: dict[str, MeterModel] = {m.name: m for m in (
     SDM120, SDM230, SDM630, SDM72D, SDM72D_V2, ABB_B21, ABB_B23, ABB_B24, EM340,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import math
 import os
 import struct
+import termios
 import time
 from typing import Any, Callable
 
@@ -34,6 +36,10 @@ EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal
                    4: "server device failure", 5: "acknowledge", 6: "server device busy",
                    8: "memory parity error", 10: "gateway path unavailable",
                    11: "gateway target failed to respond"}
+
+
+class LineRefused(DeviceUnavailable):
+    """The serial port refuses the line setting (a baud rate or parity it cannot take)."""
 
 
 class Backoff:
@@ -95,7 +101,21 @@ class Bus:
         if self.transport == "rtu":
             self._check_device_file()
         client = self._make_client()
-        if await client.connect():
+        refused = ""
+        try:
+            connected = await client.connect()
+        except (OSError, ValueError, termios.error) as exc:  # pyserial lets the port's own refusal through
+            refused = str(exc) or type(exc).__name__
+        if refused:
+            # pymodbus opened the port, then lost it in a reference cycle when the line setting was
+            # refused (a pty takes no parity): until collected it held the port's exclusive lock,
+            # and every later open of it failed as busy.
+            client.close()
+            gc.collect()
+            raise self.backoff.failed(LineRefused(
+                f"Modbus RTU port {self.name}: cannot be set to {self.settings['baudrate']} baud, parity "
+                f"{self.settings['parity']}: {refused}"))
+        if connected:
             self.client = client
             self.backoff.succeeded()
             return
@@ -163,6 +183,23 @@ class Bus:
             raise TryAgain(f"{what}: answer has {len(registers)} registers")
         return registers
 
+    async def answers(self, unit: int) -> bool:
+        """Whether a device answers as `unit` at all: with data or a Modbus exception, except a
+        gateway's 10 and 11 (nothing behind it at that unit). Silence or a garbled answer (a wrong
+        baud rate or parity) is no. For `evsed probe`; call with the lock held."""
+        if self.client is None or not self.client.connected:
+            self.drop()
+            await self._connect()
+        assert self.client is not None
+        try:
+            response = await self.client.read_input_registers(0, count=2, device_id=unit)
+        except ConnectionException as exc:
+            self.drop()
+            raise TryAgain(f"Modbus {self.name}: connection lost ({exc})") from exc
+        except ModbusException:  # no answer within the timeout, or not a frame
+            return False
+        return not response.isError() or getattr(response, "exception_code", None) not in (10, 11)
+
     def release(self) -> None:
         self.users -= 1
         if self.users <= 0:
@@ -218,6 +255,11 @@ class ModbusMeter:
 
     def _reading(self, values: dict[tuple[str, int], float]) -> MeterReading:
         where = f"{self.model.name} on {self.bus.name} unit {self.unit}"
+        # The frequency is for people only: a unit that does not measure it (0, a "not available"
+        # marker, NaN) reads as absent, never as 0 Hz, and never fails the reading.
+        frequency_hz = values.pop(("frequency_hz", 0), None)
+        if frequency_hz is not None and not (math.isfinite(frequency_hz) and frequency_hz > 0):
+            frequency_hz = None
         bad = sorted(f"{q}{f' L{p}' if p else ''}" for (q, p), v in values.items() if not math.isfinite(v))
         if bad:
             raise TryAgain(f"{where}: no valid value for {', '.join(bad)} (NaN or infinite)")
@@ -229,7 +271,7 @@ class ModbusMeter:
         return MeterReading(
             energy_import_wh=energy_wh, power_total_w=values[("power_total_w", 0)],
             current_a=phases["current_a"], voltage_v=phases["voltage_v"], power_w=phases["power_w"],
-            frequency_hz=values.get(("frequency_hz", 0)))
+            frequency_hz=frequency_hz)
 
     def release(self) -> None:
         """Give up this meter's share of the bus; the last one closes the port or socket."""
@@ -244,7 +286,8 @@ def modbus_meter(options: dict[str, Any], ctx, *, clock: Callable[[], float] = t
         if not options["port"]:
             raise DeviceUnavailable("meter backend modbus: transport \"rtu\" needs port (e.g. /dev/ttyUSB0)")
         settings = {k: options[k] for k in ("port", "baudrate", "parity", "stopbits")}
-        settings["parity"] = settings["parity"] or model.parity  # unset: the model's factory default
+        settings["baudrate"] = settings["baudrate"] or model.baudrate  # unset: as the model leaves the factory
+        settings["parity"] = settings["parity"] or model.parity
         key = f"modbus:rtu:{options['port']}"
     else:
         if not options["host"]:

@@ -7,17 +7,47 @@ hal.openevse_board owns the link and the worker; here are the devices and their 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Callable
 
 import structlog
 
 from hal import DeviceUnavailable, MeterReading, PilotReading, TryAgain
 from hal.openevse_board import LINK_DEFAULTS, Board
-from hal.rapi import TRIP_STATES, Frame, amps_for_duty, ev_connected, pilot_reading, relay_closed
+from hal.rapi import TRIP_STATES, Frame, boot_locked, ev_connected, pilot_reading, relay_closed
 
 __all__ = ["Board", "amps_for_duty", "pilot", "contactor", "rcd", "meter"]
 
 log = structlog.get_logger("hal.openevse")
+
+
+# --- the duty as whole amperes ($SC) ------------------------------------------------------------------
+
+
+def _duty_for_amps(amps: int) -> float:
+    """IEC 61851-1 duty in percent for whole amperes, as evsed's core sets it."""
+    return amps / 0.6 if amps <= 51 else max(amps / 2.5 + 64.0, 85.0)  # 52 A reads as 51 A
+
+
+def _ev_current_a(duty_pct: float) -> float:
+    """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 where none is allowed."""
+    if math.isnan(duty_pct) or duty_pct < 8.0 or duty_pct > 97.0:
+        return 0.0
+    if duty_pct < 10.0:
+        return 6.0
+    return duty_pct * 0.6 if duty_pct <= 85.0 else min((duty_pct - 64.0) * 2.5, 80.0)
+
+
+def amps_for_duty(duty_pct: float) -> int:
+    """The whole amperes for $SC (6-80) whose duty gives the EV the most current without
+    exceeding what duty_pct gives it; 0 when duty_pct allows no charging. Rounded down: a core
+    offer of 15.5 A is 15 A on the board. hal may not import evsed.pilot; the tests check this
+    against it.
+    """
+    offered_a = _ev_current_a(duty_pct)
+    fits = [(_ev_current_a(_duty_for_amps(a)), -a) for a in range(6, 81)]
+    best = max((f for f in fits if f[0] <= offered_a + 1e-9), default=None)
+    return -best[1] if best is not None and offered_a >= 6.0 else 0
 
 
 # --- the devices ------------------------------------------------------------------------------------
@@ -62,18 +92,36 @@ class OpenEvsePilot(_Device):
         state = self.board.state()
         reading = pilot_reading(state)
         if reading is None:
-            raise TryAgain(f"OpenEVSE {self.board.port}: board in state {state.evse_state:02x} (starting)")
+            why = "waiting in its boot lock for $SB" if boot_locked(state) else "starting"
+            raise TryAgain(f"OpenEVSE {self.board.port}: board in state {state.evse_state:02x} ({why})")
         return reading
 
 
+class OpenEvsePilotWithHeartbeat(OpenEvsePilot):
+    """With heartbeat supervision (heartbeat_s > 0): heartbeat() from the safety loop's round is
+    one $SY, so a stalled loop, not only a dead process, lets the board fall back to 6 A."""
+
+    def __init__(self, board: Board):
+        super().__init__(board)
+        self.dropout_s = float(board.heartbeat_s)
+        self.heartbeat_interval_s = self.dropout_s / 4
+
+    def heartbeat(self) -> None:
+        self.board.pulse()
+
+
 class OpenEvseContactor(_Device):
-    """The board's relay: close()/open() say what the core allows, feedback_closed() what the board did."""
+    """The board's relay: close()/open() say what the core allows, feedback_closed() what the board
+    did. open() forces the relay open ($FD); open_when_ev_stops() lets the EV stop first ($FS)."""
 
     def close(self) -> None:
         self.board.allow_relay(True)
 
     def open(self) -> None:
         self.board.allow_relay(False)
+
+    def open_when_ev_stops(self) -> None:
+        self.board.allow_relay(False, at_once=False)
 
     def feedback_closed(self) -> bool:
         # The last report however old: a silent board is the pilot's TryAgain (pilot lost), once.
@@ -173,7 +221,8 @@ def _board(options: dict, ctx: Any) -> Board:
 
 
 def pilot(options: dict, ctx: Any) -> OpenEvsePilot:
-    return OpenEvsePilot(_board(options, ctx))
+    board = _board(options, ctx)
+    return OpenEvsePilotWithHeartbeat(board) if board.heartbeat_s else OpenEvsePilot(board)
 
 
 def contactor(options: dict, ctx: Any) -> OpenEvseContactor:

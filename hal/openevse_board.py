@@ -13,13 +13,15 @@ from typing import Any, Callable
 import structlog
 
 from hal import DeviceUnavailable, HalError, TryAgain
+from hal.openevse_firmware import REFUSALS_TO_GIVE_UP, Firmware
 from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, RapiLink, Refused, auth_locked,
-                      in_fault, left_mode, parse_state, relay_closed)
+                      boot_locked, in_fault, left_mode, parse_state, relay_closed)
 
 # How it fits evsed's interfaces (the design choice):
 # - One Board per serial port, shared by the four devices through ctx.shared. A worker thread
-#   owns the wire: it polls $GS every poll_interval_s, pulses the heartbeat, runs the meter's
-#   requests, and converges the board to the *desired* output the pilot and contactor record.
+#   owns the wire: it polls $GS every poll_interval_s, passes the safety loop's heartbeat on,
+#   runs the meter's requests, and converges the board to the *desired* output the pilot and
+#   contactor record.
 #   The reader thread turns async $AT/$ST into cache updates and on_change callbacks. So
 #   pwm_on()/read()/tripped() never wait on the serial line: they set a wish or read a cache
 #   (stale: read() raises TryAgain), and a failed command is simply retried on the next round.
@@ -33,9 +35,14 @@ from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, Rap
 # - close()/open() record what the core allows; feedback_closed() reports the board's relay. If
 #   the relay is closed while the core does not allow it (open() called, or longer than
 #   relay_grace_s), the board is disabled ($FD, opens at once) and then held without an offer.
+# - open() is a forced open ($FD, at once); open(at_once=False) lets the EV stop first: asleep
+#   ($FS) the board opens when the EV leaves C, or after its own 3 s, and is forced only after that.
 # - The board runs its own recovery from a fault (GFCI: retry after 5 min, reset on unplug); a
 #   $FS/$FE then would hide the latch and re-trip it at once (Gfi.cpp), so none is sent.
-# - Heartbeat supervision ($SY): when evsed stops pulsing, the board lowers its offer to 6 A.
+# - Boot lock (BOOTLOCK builds): after every boot the board waits for $SB; it gets one after the
+#   output is set, on the $AB and whenever its state shows the lock (a reboot unheard).
+# - Heartbeat supervision ($SY): the safety loop's round asks for each pulse (pulse()); when the
+#   loop or evsed stops, the pulses stop and the board lowers its offer to 6 A.
 # - A lost port (USB adapter unplugged) reads as DeviceUnavailable, so the core opens and pauses;
 #   the link opens it again every reopen_s, and the worker then re-sends the devices' wishes.
 
@@ -43,9 +50,7 @@ log = structlog.get_logger("hal.openevse")
 
 _MODE_COMMANDS = {"enable": "FE", "sleep": "FS", "disable": "FD"}
 _WAKE = object()
-_REFUSALS_TO_GIVE_UP = 3  # a bare $NK is also what a bit error gets: never conclude from one
-HS_FALLBACK_A = 6  # the firmware's floor: SetCurrentCapacity() raises anything lower to 6 A
-HS_ACK_COOKIE = 165
+SLEEP_OPENS_S = 3.0  # asleep with the relay closed, the board opens by itself after this (Update())
 
 LINK_DEFAULTS: dict[str, Any] = {
     "baudrate": 115200, "timeout_s": 0.5, "poll_interval_s": 0.2, "stale_s": 1.5,
@@ -68,7 +73,6 @@ class Board:
         self.relay_gated = False  # set once a contactor device speaks for the core
         self.board_current_a: int | None = None  # the board's pilot current capacity, last reported
         self.board_max_a: int | None = None  # its stored maximum ($GC): a plain $SC never goes above
-        self.has_auth_lock: bool | None = None  # None until $G4 has answered
         self._mu = threading.Lock()
         self._state: BoardState | None = None
         self._callbacks: list[Callable[[], None]] = []
@@ -81,9 +85,8 @@ class Board:
         self._acked_amps: int | None = None
         self._acked_at = 0.0  # when the last output command was answered
         self._reopened_at = 0.0  # when the port came back: a state from before is not the board's now
-        self._refusals: dict[str, int] = {}  # command kind -> bare $NK in a row
-        self.heartbeat = "setup"  # $SY: "setup", "on", or "none" (firmware without it)
-        self._hs_next = 0.0
+        self.firmware = Firmware(self)  # its auth lock, boot lock and heartbeat supervision
+        self._ev_stop_by: float | None = None  # a soft open waits for the board's own open until then
         self._errors: dict[str, str] = {}  # step -> the last error it logged
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -104,13 +107,23 @@ class Board:
                 self._amps = amps
         self._jobs.put(_WAKE)
 
-    def allow_relay(self, allowed: bool) -> None:
+    def allow_relay(self, allowed: bool, at_once: bool = True) -> None:
+        """The core's consent; withdrawn at_once from a closed relay: $FD. Else asleep ($FS) the
+        board opens when the EV leaves C or after SLEEP_OPENS_S; forced only if it has not by then."""
         with self._mu:
             self._allowed = allowed
             if allowed:
-                self._hold_open = False
+                self._hold_open, self._ev_stop_by = False, None
             elif self._state is not None and relay_closed(self._state):
-                self._hold_open = True  # the core opens: do not wait for the EV
+                if at_once:
+                    self._hold_open = True  # do not wait for the EV
+                elif self._ev_stop_by is None:
+                    self._ev_stop_by = time.monotonic() + SLEEP_OPENS_S + self.relay_grace_s
+        self._jobs.put(_WAKE)
+
+    def pulse(self) -> None:
+        """The safety loop's heartbeat: the worker passes it on as one $SY."""
+        self.firmware.pulse()
         self._jobs.put(_WAKE)
 
     def state(self) -> BoardState:
@@ -159,10 +172,15 @@ class Board:
         self._stop.set()
         self._jobs.put(_WAKE)
         self._worker.join(timeout=4 * self.options["timeout_s"] + 1.0)
-        try:
-            self.link.request("FS")  # leave the board safe: steady +12 V, relay open once the EV lets go
-        except HalError as exc:
-            log.warning("openevse.release_sleep_failed", port=self.port, error=str(exc))
+        state = self._state
+        # a forced open the worker had no round for goes out first; then the board is left safe:
+        # asleep, steady +12 V, the relay open once the EV lets go
+        forced = self._hold_open and state is not None and relay_closed(state)
+        for command in ("FD", "FS") if forced else ("FS",):
+            try:
+                self.link.request(command)
+            except HalError as exc:
+                log.warning("openevse.release_failed", port=self.port, command=command, error=str(exc))
         self.link.close()
 
     # --- the worker -------------------------------------------------------------------------------
@@ -182,9 +200,10 @@ class Board:
             if job is not None and job is not _WAKE:
                 self._run_job(*job)
             self._safely(self._reconcile)
+            self._safely(self.firmware.unlock_boot)  # after the output is set: the board starts in it
+            self._safely(self.firmware.heartbeat_step)
             if time.monotonic() >= next_poll:
                 self._safely(self._poll)
-                self._safely(self._heartbeat)
                 next_poll = time.monotonic() + self.poll_interval_s
         while not self._jobs.empty():
             job = self._jobs.get_nowait()
@@ -211,80 +230,49 @@ class Board:
         if self._errors.pop(name, None) is not None:
             log.info("openevse.link_recovered", port=self.port, step=name.strip("_"))
 
-    def _refused_bare(self, kind: str, exc: Refused) -> bool:
-        """A bare $NK (no value): a bit error or an unknown command. True once it came too often."""
-        if exc.frame.args:
-            return False
-        self._refusals[kind] = self._refusals.get(kind, 0) + 1
-        return self._refusals[kind] >= _REFUSALS_TO_GIVE_UP
-
     def _poll(self) -> None:
-        if self.has_auth_lock is None:
-            self._probe_auth_lock()
+        if self.firmware.has_auth_lock is None:
+            self.firmware.probe_auth_lock()
         if self.board_max_a is None or self._desired == "enable":
             # The capacity, too: a board that rebooted unheard comes back at its stored current.
             gc = self.link.request("GC")
             self._capacity(int(gc.args[2]), int(gc.args[3]))
         self._update(parse_state(self.link.request("GS"), time.monotonic()))
 
-    def _probe_auth_lock(self) -> None:
-        """$G4 answers on firmware built with AUTH_LOCK; a bare $NK may also be a bit error, so
-        only refusals in a row decide."""
-        for _ in range(_REFUSALS_TO_GIVE_UP):
-            try:
-                self.link.request("G4")
-                self.has_auth_lock = True
-                break
-            except Refused as exc:
-                if self._refused_bare("G4", exc):
-                    self.has_auth_lock = False
-        else:
-            if self.has_auth_lock is None:
-                return
-        log.info("openevse.gate", port=self.port, gate="auth_lock" if self.has_auth_lock else "sleep",
-                 note=None if self.has_auth_lock else "firmware built without AUTH_LOCK: no offer is "
-                 "sleep ($FS), and only the EV-connected and relay flags are read then")
-
     def _capacity(self, current_a: int | None, stored_max_a: int | None = None) -> None:
         if stored_max_a is not None:
             self.board_max_a = stored_max_a
         if current_a is not None and current_a != self.board_current_a:
             if self.board_current_a is not None and self._acked_amps is not None:
-                log.warning("openevse.current_drift", port=self.port, board_a=current_a,
-                            set_a=self.board_current_a)
-                self._acked_amps = None  # restore the offer on the next round
+                if self.firmware.fell_back(current_a, self.board_current_a):
+                    log.warning("openevse.heartbeat_fallback", port=self.port, board_a=current_a)
+                else:
+                    log.warning("openevse.current_drift", port=self.port, board_a=current_a,
+                                set_a=self.board_current_a)
+                    self._acked_amps = None  # restore the offer on the next round
             self.board_current_a = current_a
 
-    def _heartbeat(self) -> None:
-        """$SY: set up once, then pulse; a missed pulse is acknowledged (the offer is restored after)."""
-        now = time.monotonic()
-        if not self.heartbeat_s or self.heartbeat == "none" or now < self._hs_next:
-            return
-        try:
-            if self.heartbeat == "setup":
-                self.link.request(f"SY {self.heartbeat_s} {HS_FALLBACK_A}")
-                self.heartbeat = "on"
-                log.info("openevse.heartbeat_on", port=self.port, interval_s=self.heartbeat_s, fallback_a=HS_FALLBACK_A)
-            else:
-                self.link.request("SY")
-            self._refusals.pop("SY", None)
-        except Refused as exc:
-            if self._refused_bare("SY", exc):
-                self.heartbeat = "none"
-                log.warning("openevse.no_heartbeat", port=self.port,
-                            note="firmware without HEARTBEAT_SUPERVISION: nothing limits the board if evsed stops")
-                return
-            if not exc.frame.args:
-                raise
-            log.warning("openevse.heartbeat_missed", port=self.port, answer=" ".join(exc.frame.args))
-            self.link.request(f"SY {HS_ACK_COOKIE}")  # the board restores its stored capacity
-            self._acked_amps = None
-        self._hs_next = now + self.heartbeat_s / 4
+    def _restore_offer(self) -> None:
+        """The offer again at once: the board restored its stored capacity (a heartbeat acknowledged)."""
+        self._acked_amps = None
+        with self._mu:
+            offering, amps = self._desired == "enable" and not self._hold_open, self._amps
+        if offering and amps is not None:
+            self._set_current(amps)
+            self._acked_amps = amps
 
     def _target(self, now: float) -> tuple[str, bool]:
         """The output to drive (enable, sleep, disable) and whether locked: the pilot's wish, unless
         the relay must be forced open."""
         closed = self._state is not None and relay_closed(self._state)
+        if not closed:
+            self._ev_stop_by = None
+        elif (self._ev_stop_by is not None and not self._allowed and not self._hold_open
+              and self._desired != "disable"):
+            if now < self._ev_stop_by:
+                return "sleep", True  # the EV stops first; asleep the board opens by itself
+            log.warning("openevse.relay_forced_open", port=self.port, waited_s=SLEEP_OPENS_S)
+            self._hold_open = True
         if closed and self.relay_gated and not self._allowed and not self._hold_open and self._desired != "disable":
             if self._unallowed_since is None:
                 self._unallowed_since = now
@@ -297,7 +285,7 @@ class Board:
             return "disable", True  # $FD opens the relay at once; $FS would wait for the EV
         if self._desired == "enable" and not self._hold_open:
             return "enable", False
-        if self.has_auth_lock and not closed:
+        if self.firmware.has_auth_lock and not closed:
             return "enable", True  # held out of C, awake: the state stays readable
         return "sleep", True  # no lock, or a charge to end: the board lets the EV stop first
 
@@ -305,7 +293,8 @@ class Board:
         with self._mu:
             (mode, locked), amps, state = self._target(time.monotonic()), self._amps, self._state
         fresh = state if state is not None and state.seen_at > self._acked_at else None  # read since the last command
-        if self.has_auth_lock and fresh and self._acked_lock is not None and auth_locked(fresh) != self._acked_lock:
+        lock = self.firmware.has_auth_lock
+        if lock and fresh and self._acked_lock is not None and auth_locked(fresh) != self._acked_lock:
             log.warning("openevse.lock_drift", port=self.port, locked=auth_locked(fresh))
             self._acked_lock = None  # rebooted (AUTH_LOCK 1 boots locked) or locked by an unplug
         lock_first = mode == "enable" and locked  # before $FE: an enabled, unlocked board offers at once
@@ -320,13 +309,13 @@ class Board:
         if mode != self._acked_mode and not (mode != "disable" and state is not None and in_fault(state)):
             self._command(_MODE_COMMANDS[mode])
             self._acked_mode = mode
-            log.info("openevse.output", port=self.port, mode=mode, locked=locked if self.has_auth_lock else None,
+            log.info("openevse.output", port=self.port, mode=mode, locked=locked if lock else None,
                      current_a=amps if mode == "enable" and not locked else None)
         if not lock_first:  # after $FS: locking a board in C would open its relay under load at once
             self._lock_to(locked)
 
     def _lock_to(self, locked: bool) -> None:
-        if self.has_auth_lock and self._acked_lock is not locked:
+        if self.firmware.has_auth_lock and self._acked_lock is not locked:
             self._command("S4 1" if locked else "S4 0")
             self._acked_lock = locked
 
@@ -342,11 +331,11 @@ class Board:
             amps = min(amps, self.board_max_a)  # a plain $SC writes the EEPROM: never raise the stored max
         try:
             frame = self._command(f"SC {amps} V" if self.volatile_current else f"SC {amps}")
-            self._refusals.pop("SC", None)
+            self.firmware.answered("SC")
         except Refused as exc:
             value = exc.frame.args[0] if exc.frame.args else ""
-            if not value and self.volatile_current and self._refused_bare("SC", exc):
-                log.warning("openevse.no_volatile_current", port=self.port, refusals=_REFUSALS_TO_GIVE_UP,
+            if not value and self.volatile_current and self.firmware.refused_bare("SC", exc):
+                log.warning("openevse.no_volatile_current", port=self.port, refusals=REFUSALS_TO_GIVE_UP,
                             note="each current change now writes the board's EEPROM")
                 self.volatile_current = False
             if not value.isdigit():
@@ -366,6 +355,7 @@ class Board:
         elif frame.name == "AB":  # boot notification: the board forgot our volatile current and mode
             log.warning("openevse.board_rebooted", port=self.port, args=" ".join(frame.args))
             self._acked_mode = self._acked_amps = self._acked_lock = None
+            self.firmware.unlock_owed = True
             self._jobs.put(_WAKE)
         else:
             log.debug("openevse.notification", port=self.port, name=frame.name, args=" ".join(frame.args))
@@ -378,8 +368,8 @@ class Board:
         reader thread before any request can go out."""
         self._reopened_at = time.monotonic()
         self._acked_mode = self._acked_amps = self._acked_lock = None
-        if self.heartbeat == "on":
-            self.heartbeat, self._hs_next = "setup", 0.0
+        if self.firmware.heartbeat == "on":
+            self.firmware.heartbeat = "setup"
         self._jobs.put(_WAKE)
 
     def _update(self, new: BoardState) -> None:
@@ -387,6 +377,8 @@ class Board:
             old, self._state = self._state, new
             if new.current_a is not None and new.seen_at > self._acked_at:
                 self._capacity(new.current_a)
+            if boot_locked(new):
+                self.firmware.unlock_owed = True  # rebooted, its $AB lost: waiting for $SB
         if old is not None and old.key() == new.key():
             return
         log.info("openevse.state", port=self.port, evse_state=f"{new.evse_state:02x}",

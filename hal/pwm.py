@@ -49,6 +49,7 @@ class SysfsPWM:
         self.chip_dir = Path(root) / f"pwmchip{chip}"
         self.dir = self.chip_dir / f"pwm{channel}"
         self.period_ns = round(1e9 / frequency_hz)
+        self.duty_step_pct = 100.0 / self.period_ns  # the duty is set in whole nanoseconds
         self._duty_ns: int | None = None
         if not self.chip_dir.is_dir():
             raise DeviceUnavailable(
@@ -125,6 +126,7 @@ class GpiozeroPWM:
 
         self.device = PWMOutputDevice(pin, frequency=frequency_hz, initial_value=0.0,
                                       pin_factory=pin_factory)
+        self.duty_step_pct = 1e-4 * frequency_hz  # software PWM (lgpio) times its edges in whole microseconds
 
     def set_duty(self, fraction: float) -> None:
         """Run the PWM with `fraction` (0..1) of each period high."""

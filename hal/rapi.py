@@ -6,7 +6,6 @@ A link owns the port, a reader thread that sorts answers from async notification
 from __future__ import annotations
 
 import itertools
-import math
 import queue
 import threading
 import time
@@ -128,6 +127,7 @@ DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY = 0x05, 0x06, 0x07, 0x08
 GFI_TEST_FAILED, OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT = 0x09, 0x0A, 0x0B, 0x0E
 SLEEPING, DISABLED = 0xFE, 0xFF
 VF_AUTH_LOCKED, VF_CHARGING_ON, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0100
+VF_BOOT_LOCK = 0x4000  # BOOTLOCK builds: after a boot the board waits for $SB and runs nothing else
 TRIP_STATES = frozenset({GFCI_FAULT, NO_GROUND, GFI_TEST_FAILED})  # what evsed's RCD input reports
 _LEVEL_V = {STATE_A: 12.0, STATE_B: 9.0, STATE_C: 6.0, STATE_D: 3.0}  # IEC 61851 nominal high levels
 
@@ -168,6 +168,12 @@ def auth_locked(state: BoardState) -> bool:
     return state.vflags is not None and bool(state.vflags & VF_AUTH_LOCKED)
 
 
+def boot_locked(state: BoardState) -> bool:
+    """The boot lock (firmware built with BOOTLOCK): the board sits in setup() until $SB, its
+    state 00, the EV unseen. Every 8.2.3 release build from 2023-02-06 to 2025-01-07 has it."""
+    return state.vflags is not None and bool(state.vflags & VF_BOOT_LOCK)
+
+
 def in_fault(state: BoardState) -> bool:
     """A fault state: the board runs its own recovery (GFCI retry, unplug), mode commands disturb it."""
     return DIODE_CHECK_FAILED <= state.evse_state < SLEEPING
@@ -196,8 +202,11 @@ def pilot_reading(state: BoardState) -> PilotReading | None:
     state field, so only the EV-connected flag and the relay are current: a relay still closed
     means the board is waiting for the EV to leave C; else B when connected, A when not. Diode
     check failed: a plateau without the -12 V low level (the core's own diode check trips).
-    Disabled and other faults: -12/-12 (F). Unknown: None.
+    Disabled and other faults: -12/-12 (F). Unknown, or boot-locked (Update() has not run: even
+    the EV-connected flag is not read yet): None.
     """
+    if boot_locked(state):
+        return None
     s = state.evse_state
     if s in (STATE_A, STATE_B) and auth_locked(state) and state.pilot_state in _LEVEL_V:
         level = _LEVEL_V[state.pilot_state]
@@ -220,12 +229,6 @@ def pilot_reading(state: BoardState) -> PilotReading | None:
     return None
 
 
-def _duty_for_amps(amps: int) -> float:
-    """IEC 61851-1 duty in percent for whole amperes, rounded down to 0.1 % as evsed does."""
-    duty = amps / 0.6 if amps <= 51 else max(amps / 2.5 + 64.0, 85.0)  # 52 A reads as 51 A
-    return math.floor(duty * 10.0 + 1e-6) / 10.0
-
-
 def left_mode(mode: str, evse_state: int) -> bool:
     """True when the board's state says it is not in mode (enable, sleep, disable); faults never count."""
     if DIODE_CHECK_FAILED <= evse_state < SLEEPING or evse_state == STATE_UNKNOWN:
@@ -233,29 +236,6 @@ def left_mode(mode: str, evse_state: int) -> bool:
     if mode == "enable":
         return evse_state in (SLEEPING, DISABLED)
     return evse_state != (SLEEPING if mode == "sleep" else DISABLED)
-
-
-def _ev_current_a(duty_pct: float) -> float:
-    """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 where none is allowed."""
-    if math.isnan(duty_pct) or duty_pct < 8.0 or duty_pct > 97.0:
-        return 0.0
-    if duty_pct < 10.0:
-        return 6.0
-    return duty_pct * 0.6 if duty_pct <= 85.0 else min((duty_pct - 64.0) * 2.5, 80.0)
-
-
-def amps_for_duty(duty_pct: float) -> int:
-    """The whole amperes for $SC (6-80) whose duty gives the EV the most current without
-    exceeding what duty_pct gives it; 0 when duty_pct allows no charging.
-
-    Rounded down, but not below what the duty means: 26.6 % came from 16 A (16 / 0.6 = 26.67,
-    cut to 0.1 %), so it is 16 A, not the 15.96 A the bare formula gives. hal may not import
-    evsed.pilot; the tests check this against it.
-    """
-    offered_a = _ev_current_a(duty_pct)
-    fits = [(_ev_current_a(_duty_for_amps(a)), -a) for a in range(6, 81)]
-    best = max((f for f in fits if f[0] <= offered_a + 1e-9), default=None)
-    return -best[1] if best is not None and offered_a >= 6.0 else 0
 
 
 # --- the link ----------------------------------------------------------------------------------

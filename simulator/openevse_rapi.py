@@ -6,10 +6,7 @@ rapi_proc.cpp); the code is ours. Standard library only, no evsed. Time is virtu
 
 from __future__ import annotations
 
-import os
-import select
-import threading
-import tty
+from simulator.rapi_wire import RapiPty
 
 # EVSE states as the firmware numbers them (J1772EvseController.h)
 STATE_UNKNOWN, STATE_A, STATE_B, STATE_C, STATE_D = 0x00, 0x01, 0x02, 0x03, 0x04
@@ -20,6 +17,9 @@ FAULT_STATES = (DIODE_CHECK_FAILED, GFCI_FAULT, NO_GROUND, STUCK_RELAY, GFI_TEST
                 OVER_TEMPERATURE, OVER_CURRENT, RELAY_CLOSURE_FAULT)
 # volatile flags (m_wVFlags)
 VF_AUTH_LOCKED, VF_CHARGING_ON, VF_GFI_TRIPPED, VF_EV_CONNECTED = 0x0008, 0x0040, 0x0080, 0x0100
+VF_BOOT_LOCK = 0x4000  # ECVF_BOOT_LOCK: waiting in setup() for $SB (BOOTLOCK builds)
+# settings flags (m_wFlags, EEPROM), as $GE reports them
+ECF_DIODE_CHK_DISABLED, ECF_GND_CHK_DISABLED, ECF_GFI_TEST_DISABLED = 0x0002, 0x0008, 0x0200
 _AT_TEST = VF_AUTH_LOCKED | VF_EV_CONNECTED  # ECVF_CHANGED_TEST: vflag changes that send an $AT
 
 GFI_TIMEOUT_S = 300.0  # open_evse.h GFI_TIMEOUT: the board retries a GFCI trip after 5 min
@@ -30,33 +30,33 @@ FIRMWARE = "8.2.3"
 _EV_CODES = {"A": STATE_A, "B": STATE_B, "C": STATE_C, "D": STATE_D}
 
 
-def _xor(text: str) -> int:
-    value = 0
-    for byte in text.encode("ascii"):
-        value ^= byte
-    return value
-
-
-class OpenEvseEmulator:
+class OpenEvseEmulator(RapiPty):
     """One board. current_a is the capacity stored in EEPROM (what the board boots with and the
     ceiling of a volatile $SC), max_current_a the hardware maximum. auth_lock: None for firmware
     built without AUTH_LOCK (the stock builds: $S4/$G4 refused), else the lock at boot.
 
-    Test hooks: nak_next (command names to refuse once), corrupt_next (answers with a bad checksum),
-    garble_next (requests hit by a bit error on the line), before_answer (name -> callable run just
-    before that command is carried out), mute (answer nothing), quiet (send no $AT), send_raw(),
-    commands (what it received).
+    boot_lock: built with BOOTLOCK, as the 8.2.3 release builds were (platformio.ini's common flags
+    from 2023-02-06 until 2025-01-07): after every boot setup() waits for $SB, answering RAPI but
+    never running Update(), so the EV is not seen; $GS shows state 00 and vflag 4000. Default:
+    locked, except with legacy_state (firmware from before vflags had no BOOTLOCK either).
+    heartbeat: built with HEARTBEAT_SUPERVISION ($SY/$GY). flags: the EEPROM settings $GE shows.
+
+    Test hooks: those of the wire (simulator.rapi_wire.RapiPty), and quiet (send no $AT).
     """
 
     def __init__(self, *, current_a: int = 16, min_current_a: int = 6, max_current_a: int = 40,
                  voltage_mv: int = 240_000, total_wh: int = 0, ammeter: bool = True,
                  volatile_supported: bool = True, legacy_async: bool = False, legacy_state: bool = False,
-                 auth_lock: bool | None = None, heartbeat: bool = True):
+                 auth_lock: bool | None = None, heartbeat: bool = True, boot_lock: bool | None = None,
+                 flags: int = 0x0000):
         self.eeprom_current_a, self.min_current_a, self.max_current_a = current_a, min_current_a, max_current_a
         self.voltage_mv, self.total_wh = voltage_mv, total_wh
         self.ammeter, self.volatile_supported, self.heartbeat = ammeter, volatile_supported, heartbeat
         self.legacy_async, self.legacy_state = legacy_async, legacy_state  # $ST / two-field $GS
         self.auth_lock_default = auth_lock
+        # BOOTLOCK came with 8.2.x, whose $GS has vflags: a legacy emulator has no boot lock
+        self.boot_lock_build = (not legacy_state) if boot_lock is None else boot_lock
+        self.flags = flags
         self.now_s = 0.0
         self.ev = "A"
         self.ev_max_current_a = 32.0
@@ -66,51 +66,15 @@ class OpenEvseEmulator:
         self.eeprom_writes = 0  # $SC without V: EEPROM wear (and the stored maximum changed)
         self.hs_writes = 0  # $SY settings that changed what EEPROM holds
         self.hs_interval_s, self.hs_current_a = 0, 0  # kept in EEPROM
-        self.commands: list[str] = []  # every command received, checksum and sequence id removed
-        self.nak_next: set[str] = set()
-        self.nak_always: set[str] = set()  # command names refused until removed (a failing ammeter: GG)
-        self.corrupt_next: set[str] = set()
-        self.garble_next: set[str] = set()
-        self.before_answer: dict = {}
-        self.mute = False
         self.quiet = False  # no async notifications: an $AT lost on the line
-        self._lock = threading.RLock()
-        self._master = self._slave = -1
-        self._stop_r = self._stop_w = -1
-        self._thread: threading.Thread | None = None
-        self.port = ""
         self._sent: tuple | None = None
+        super().__init__()
         self._boot()
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> "OpenEvseEmulator":
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/NL translation: a serial line, not a terminal
-        self.port = os.ttyname(self._slave)
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._serve, name="openevse-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        os.write(self._stop_w, b"x")
-        self._thread.join(timeout=2.0)
-        for fd in (self._master, self._slave, self._stop_r, self._stop_w):
-            os.close(fd)
-        self._thread = None
-
-    def __enter__(self) -> "OpenEvseEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _boot(self) -> None:
         """What survives a reset is in EEPROM; the rest starts afresh (Init(), EnergyMeter)."""
         self.mode = "enabled"  # a board boots enabled: steady +12 V until an EV arrives
+        self.boot_locked = self.boot_lock_build  # Init() sets ECVF_BOOT_LOCK; setup() waits for $SB
         self.current_a = max(self.min_current_a, min(self.eeprom_current_a, self.max_current_a))
         self.locked = bool(self.auth_lock_default)
         self.evse_state = self.pilot_state = STATE_UNKNOWN
@@ -122,14 +86,22 @@ class OpenEvseEmulator:
         self.session_ws, self.in_session = 0, False
         self.hs_trigger, self.hs_last_pulse_s = 0, self.now_s
 
+    def _ready(self) -> None:
+        """The board has been running before anyone listens: nothing to announce."""
+        self._update()
+        self._sent = self._snapshot()
+
     def reboot(self, announce: bool = True) -> None:
-        """A watchdog reset or brown-out; announce=False: the $AB is lost on the line."""
+        """A watchdog reset or brown-out; announce=False: the $AB is lost on the line.
+
+        Init() forces an $AT out (state 00), then sends $AB; a BOOTLOCK build then waits for $SB."""
         with self._lock:
             self._boot()
             self._sent = None
-            self._update()
-            if announce and self._master >= 0:
+            if announce and self.listening:
+                self.send_frame(f"$AT {STATE_UNKNOWN:02x} {STATE_UNKNOWN:02x} {self.current_a} {self.vflags:04x}")
                 self.send_frame(f"$AB 00 {FIRMWARE}")
+            self._update()
             self._notify()
 
     # --- what the test drives ---------------------------------------------------------------------
@@ -176,14 +148,6 @@ class OpenEvseEmulator:
             self._update()
             self._notify()
 
-    def send_raw(self, data: bytes) -> None:
-        with self._lock:
-            os.write(self._master, data)
-
-    def send_frame(self, text: str) -> None:
-        """Send '$xx ...' with its XOR checksum, as the firmware frames every message."""
-        self.send_raw(f"{text}^{_xor(text):02X}\r".encode("ascii"))
-
     # --- the board's state as the firmware keeps it -----------------------------------------------
 
     @property
@@ -195,6 +159,7 @@ class OpenEvseEmulator:
         flags = VF_CHARGING_ON if self.relay_closed else 0
         flags |= VF_EV_CONNECTED if self.ev_connected else 0
         flags |= VF_AUTH_LOCKED if self.locked else 0
+        flags |= VF_BOOT_LOCK if self.boot_locked else 0
         return flags | (VF_GFI_TRIPPED if self.gfi_tripped_flag else 0)
 
     def _sleep(self) -> None:
@@ -203,7 +168,10 @@ class OpenEvseEmulator:
             self.pwm_on = False
 
     def _update(self) -> None:
-        """J1772EVSEController::Update(), without the debounce; run until the state settles."""
+        """J1772EVSEController::Update(), without the debounce; run until the state settles.
+        Boot-locked, loop() has not started: nothing is updated."""
+        if self.boot_locked:
+            return
         for _ in range(3):
             before = (self.evse_state, self.pwm_on, self.relay_closed)
             self._update_once()
@@ -283,7 +251,7 @@ class OpenEvseEmulator:
 
     def _notify(self) -> None:
         """RapiSendEvseState(): an $AT when state, pilot state, capacity or a test flag changed."""
-        if self._master < 0 or self.evse_state == STATE_UNKNOWN or self.quiet:
+        if not self.listening or self.evse_state == STATE_UNKNOWN or self.quiet:
             return
         now = self._snapshot()
         if now == self._sent:
@@ -293,66 +261,6 @@ class OpenEvseEmulator:
             self.send_frame(f"$ST {self.evse_state:02x}")
         else:
             self.send_frame(f"$AT {self.evse_state:02x} {self.pilot_state:02x} {self.current_a} {self.vflags:04x}")
-
-    # --- serving ------------------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        buffer = b""
-        with self._lock:  # the board has been running before anyone listens: nothing to announce
-            self._update()
-            self._sent = self._snapshot()
-        while True:
-            ready, _, _ = select.select([self._master, self._stop_r], [], [])
-            if self._stop_r in ready:
-                return
-            try:
-                buffer += os.read(self._master, 1024)
-            except OSError:  # the slave side went away for good
-                return
-            *lines, buffer = buffer.split(b"\r")
-            for line in lines:
-                with self._lock:
-                    self._handle(line.decode("ascii", "replace"))
-
-    def _handle(self, line: str) -> None:
-        start = line.rfind("$")
-        if start < 0:
-            return  # the firmware ignores everything before a '$'
-        body = line[start:]
-        name = body[1:3]
-        if name in self.garble_next:  # one bit flipped on the way in: the checksum no longer fits
-            self.garble_next.discard(name)
-            body = body[:1] + chr(ord(body[1]) ^ 0x20) + body[2:]
-        for mark, check in (("^", _xor), ("*", lambda t: sum(t.encode("ascii")) & 0xFF)):
-            if mark in body:
-                body, _, given = body.partition(mark)
-                try:
-                    good = int(given[:2], 16) == check(body)
-                except ValueError:
-                    good = False
-                if not good:
-                    self._answer(False, "", None)  # tokenize() failed: $NK, no value, no sequence id
-                    return
-                break
-        tokens = body[1:].split()
-        seq = tokens.pop()[1:] if len(tokens) > 1 and tokens[-1].startswith(":") else None
-        if not tokens:
-            return
-        self.commands.append(" ".join(tokens))
-        if self.mute:
-            return
-        name = tokens[0]
-        if name in self.nak_next or name in self.nak_always:
-            self.nak_next.discard(name)
-            self._answer(False, "", seq)
-            return
-        if name in self.before_answer:
-            self.before_answer.pop(name)()
-        ok, value = self._execute(name, tokens[1:])
-        self._update()
-        self._answer(ok, value, seq, corrupt=name in self.corrupt_next)
-        self.corrupt_next.discard(name)
-        self._notify()  # the firmware sends its state after each command
 
     def _execute(self, name: str, args: list[str]) -> tuple[bool, str]:
         if name == "FE":
@@ -379,6 +287,13 @@ class OpenEvseEmulator:
             return True, "1" if self.locked else "0"
         if name in ("SY", "GY") and self.heartbeat:
             return self._heartbeat(name, args)
+        if name == "SB" and self.boot_lock_build:  # "1": refused in a fault, the lock stays
+            if self.evse_state in FAULT_STATES:
+                return True, "1"
+            self.boot_locked = False
+            return True, "0"
+        if name == "GE":
+            return True, f"{self.current_a} {self.flags:04x}"
         if name == "GS":
             if self.legacy_state:
                 return True, f"{self.evse_state:02x} 0"
@@ -434,12 +349,3 @@ class OpenEvseEmulator:
         elif name == "SY":
             ok = False
         return ok, f"{self.hs_interval_s} {self.hs_current_a} {self.hs_trigger}"
-
-    def _answer(self, ok: bool, value: str, seq: str | None, corrupt: bool = False) -> None:
-        text = "$OK" if ok else "$NK"
-        if value:
-            text += " " + value
-        if seq is not None:
-            text += " :" + seq
-        checksum = _xor(text) ^ (0x5A if corrupt else 0)
-        os.write(self._master, f"{text}^{checksum:02X}\r".encode("ascii"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from evsed import config
 from evsed.cli import check
 from hal.meter_models import MODELS
-from test_modbus_meters import KNOWN, SimulatedMeter, tcp_server
+from simulator.modbus_meter import KNOWN, SimulatedMeter, tcp_server
 
 ROOT = Path(__file__).parent.parent
 
@@ -112,3 +112,35 @@ def test_check_beside_a_running_daemon_validates_the_changed_config_and_opens_no
     assert lines[2].startswith("  connector 1: Charging, pilot state C, contactor closed, meter ")
     assert still_closed
     assert bad.returncode == 2 and "[card] uid: not a hex card UID" in bad.stderr
+
+
+def board_config(tmp_path: Path, port: str, timing: str) -> Path:
+    link = f'backend = "openevse"\nport = "{port}"\n'
+    path = tmp_path / "evsed.toml"
+    path.write_text(f"[[connector]]\ncable_a = 16\n[connector.pilot]\n{link}[connector.contactor]\n{link}"
+                    f"[connector.rcd]\n{link}[timing]\n{timing}\n[store]\nstate_dir = \"{tmp_path / 'state'}\"\n"
+                    f"runtime_dir = \"{tmp_path / 'run'}\"\n")
+    return path
+
+
+def test_rcd_retry_settings_beside_an_openevse_rcd_get_a_note_naming_their_lines(tmp_path):
+    from simulator.openevse_rapi import OpenEvseEmulator
+    with OpenEvseEmulator() as board:
+        cfg = config.load(board_config(tmp_path, board.port, "stop_grace_s = 6\nrcd_retry_s = 600\n"
+                                                              "rcd_max_retries = 2"))
+        report = asyncio.run(check.run_check(cfg))
+    assert report["ok"]
+    retry, retries = report["notes"]
+    assert retry.startswith(f"{cfg.path}:14: [timing] rcd_retry_s does not govern the OpenEVSE board's GFCI")
+    assert retries.startswith(f"{cfg.path}:15: [timing] rcd_max_retries") and "retries it itself" in retries
+    assert "  note " + retry in check.format_report(report)
+
+
+def test_no_note_without_the_settings_or_without_an_openevse_rcd(tmp_path):
+    from simulator.openevse_rapi import OpenEvseEmulator
+    with OpenEvseEmulator() as board:
+        report = asyncio.run(check.run_check(config.load(board_config(tmp_path, board.port, "stop_grace_s = 6"))))
+    assert report["ok"] and report["notes"] == []
+    path = sim_config(tmp_path)
+    path.write_text(path.read_text() + "\n[timing]\nrcd_retry_s = 600\n")
+    assert check.notes(config.load(path)) == []  # the simulator's RCD: the core's retry governs it

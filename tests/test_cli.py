@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed import cli
 from evsed.cli import status as status_cli
 from evsed.store.sessions import LiveSession, Store
@@ -116,12 +118,12 @@ def test_the_cli_refuses_a_squatted_runtime_directory(tmp_path, capsys, squat):
 
 
 def test_status_text_shows_why_not_charging():
-    text = status_cli.format_status({
-        "id": 1, "status": "Preparing", "state": "B", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": {"current_a": [0, 0, 0], "power_w": 0, "energy_wh": 12},
-        "session": None, "faults": [{"fault": "rcd", "detail": "trip 1", "lockout": False, "retry_in_s": 299.0}],
-        "last_refusal": {"id_tag": "DEADBEEF", "reason": "unknown card", "at": "2026-01-05T09:00:00+00:00"},
-        "reason": "card refused: unknown card"})
+    text = status_cli.format_status(pr.connector(
+        status="Preparing", state="B", measured=p.Measured(current_a=(0, 0, 0), power_w=0, energy_wh=12, stale=False),
+        faults=(p.FaultNow(fault="rcd", detail="trip 1", clears_by="retry", lockout=False, retry_in_s=299.0),),
+        last_refusal=p.Refusal(id_tag="DEADBEEF", reason="unknown card", at="2026-01-05T09:00:00+00:00",
+                               card_name=""),
+        reason="card refused: unknown card"))
     assert "connector 1: Preparing" in text
     assert "state B, steady +12 V" in text and "contactor   open" in text
     assert "fault       rcd (trip 1); retry in 299 s" in text
@@ -130,20 +132,15 @@ def test_status_text_shows_why_not_charging():
 
 
 def test_status_text_shows_an_unavailable_pilot_and_why():
-    text = status_cli.format_status({
-        "id": 1, "status": "Available", "state": None, "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
-        "reason": "no EV", "pilot_error": "OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"})
+    text = status_cli.format_status(pr.connector(
+        state=None, pilot_error="OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"))
     assert "state ?, steady +12 V" in text
     assert "pilot       unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected" in text
     assert "meter " not in text  # none configured, none failing
 
 
 def test_status_text_shows_why_the_meter_gives_no_reading():
-    text = status_cli.format_status({
-        "id": 1, "status": "Available", "state": "A", "pilot_output": "off", "duty_pct": None, "offered_a": 0,
-        "contactor": "open", "measured": None, "session": None, "faults": [], "last_refusal": None,
-        "reason": "no EV", "meter_error": "Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"})
+    text = status_cli.format_status(pr.connector(meter_error="Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"))
     assert "  meter       no reading: Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s" in text
 
 
@@ -166,8 +163,7 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
     async def scenario():
         async with charging(cfg) as daemon:
             link = await Link.connect(cfg.store.runtime_dir, "ocpp")  # a service tells how it does
-            await link.command({"cmd": "service-status", "status": {
-                "connected": False, "queued": 0, "limits_a": {"0": None, "1": 16.0}, "dropped": None}})
+            await link.command(p.ServiceStatus(status=p.ServiceState(connected=False, limits_a={"0": None, "1": 16.0})))
             await link.close()
             started = daemon.connectors[1].session.started_at
             return await evsed("status", "-c", str(path)), started
@@ -178,7 +174,7 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
     local = dt.datetime.fromisoformat(started).astimezone(ZoneInfo("Europe/Amsterdam"))
     assert f"since {local:%Y-%m-%d %H:%M:%S}:" in out and "+00:00" not in out
     assert "PWM 53.3 % = 32 A offered" in out  # 32 A asked; the duty's 0.1 % steps give 31.98
-    assert "service ocpp: connected no, queued 0, limits_a 1=16" in out
+    assert "service ocpp: connected no, queued 0, dropped 0, malformed 0, limits_a 1=16\n" in out
     assert not any(word in out for word in ("None", "True", "False", "{", "}", "'"))
     assert "  mode        fast, group family\n" in out
     limits = [line for line in out.splitlines() if line.startswith("  limit")]

@@ -51,7 +51,7 @@ def test_the_correction_is_published_with_the_step_and_both_starts(tmp_path):
     assert fixes[0].data["by_s"] == 7200 and fixes[0].data["stopped_at"] is None
     assert at(fixes[0].data["previous_started_at"]) == T0 + dt.timedelta(seconds=2)
     assert at(fixes[0].data["started_at"]) == T0 + dt.timedelta(seconds=7202)
-    assert r.charger._connector_status(r.ctrls[0])["session"]["started_at"] == fixes[0].data["started_at"]
+    assert r.charger._connector_status(r.ctrls[0]).session.started_at == fixes[0].data["started_at"]
 
 
 def test_a_session_started_on_a_synchronized_clock_keeps_its_start(tmp_path):

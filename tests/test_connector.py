@@ -71,10 +71,11 @@ checkpoint_s = %s
 """
 
 
-def make(tmp_path, clock, checkpoint_s=60.0):
-    """One connector of a Charger on plain fake devices, writing inline to a store in tmp_path."""
+def make(tmp_path, clock, checkpoint_s=60.0, pilot=None):
+    """One connector of a Charger on plain fake devices (or the pilot given), writing inline to a
+    store in tmp_path."""
     store = Store(tmp_path / "s.db")
-    pilot, contactor = Pilot(), Contactor()
+    pilot, contactor = pilot or Pilot(), Contactor()
     cfg = configmod.parse(CONFIG % checkpoint_s, tmp_path / "evsed.toml")
     devices = Devices(connectors={1: ConnectorDevices(pilot, contactor, meter=Meter())})
     charger = Charger(cfg, devices, clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
@@ -115,7 +116,8 @@ def test_plug_tap_closes_and_unplug_stores_the_session(tmp_path):
     clock = Clock()
     ctrl, pilot, contactor, store = make(tmp_path, clock)
     charge(ctrl, pilot, clock)
-    assert contactor.closed and pilot.output.startswith("pwm 53.3")
+    assert contactor.closed and pilot.output.startswith("pwm 53.33")
+    assert (ctrl.status()["duty_pct"], ctrl.status()["offered_a"]) == (53.3333, 32.0)  # shown to the grid's 1e-4 %
     clock.now += 600
     ctrl.meter_sampled(reading(2840))
     pilot.high_v = 12.0

@@ -1,6 +1,7 @@
 """The charging core, rule by rule: one behaviour per test, explicit times, no clock."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -110,7 +111,7 @@ def test_contactor_closes_when_authorized_ev_requests_power():
     assert r.s.output == "off"  # nothing offered before the answer
     actions = r.at(0.15, ev.AuthorizationResult(CARD, True))
     assert ev.StartSession(CARD, "local") in actions
-    assert ev.SetPilot("pwm", 26.6, pytest.approx(15.96)) in actions  # 16 A offered (rounded down)
+    assert ev.SetPilot("pwm", pytest.approx(16 / 0.6), pytest.approx(16.0)) in actions  # 16 A offered
     assert ev.CloseContactor() not in actions  # EV still in B
     actions = r.ev(0.2, C)
     assert actions[-1] == ev.CloseContactor()
@@ -166,7 +167,7 @@ def test_no_pwm_and_no_close_until_the_meter_answers():
     actions = r.ev(0.1, C)
     assert ev.CloseContactor() not in actions and r.s.output == "off"
     actions = r.meter(0.15, 0.0)
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions
     assert ev.CloseContactor() not in actions  # the diode is checked under the new PWM first
     assert r.ev(0.2, C)[-1] == ev.CloseContactor()
 
@@ -323,10 +324,10 @@ def test_limit_below_6_a_pauses_pwm_instead_of_a_low_duty():
 def test_lowest_limit_sets_the_duty():
     r = Rig(max_current_a=32.0)
     r.charge(0.0)
-    assert ev.SetPilot("pwm", 33.3, pytest.approx(19.98)) in r.at(1.0, ev.LimitChanged("window", 20.0))
-    assert ev.SetPilot("pwm", 16.6, pytest.approx(9.96)) in r.at(1.1, ev.LimitChanged("ocpp", 10.0))
+    assert ev.SetPilot("pwm", pytest.approx(20 / 0.6), pytest.approx(20.0)) in r.at(1.0, ev.LimitChanged("window", 20.0))
+    assert ev.SetPilot("pwm", pytest.approx(10 / 0.6), pytest.approx(10.0)) in r.at(1.1, ev.LimitChanged("ocpp", 10.0))
     assert r.at(1.2, ev.LimitChanged("window", None)) == []  # ocpp's 10 A still holds
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in r.at(1.3, ev.LimitChanged("ocpp", 100.0))
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in r.at(1.3, ev.LimitChanged("ocpp", 100.0))
 
 
 def test_nan_limit_pauses_rather_than_lifting_the_ceiling():
@@ -350,7 +351,7 @@ def test_min_pause_holds_pwm_off_after_a_pause():
     r.ev(60.9, B)
     r.meter(60.9)
     actions = r.at(61.0, ev.Tick())
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions
 
 
 # --- current following -----------------------------------------------------------------------
@@ -414,7 +415,7 @@ def test_charging_resumes_when_the_meter_answers_again():
     assert not r.s.contactor_closed
     r.ev(15.0, B)
     actions = r.meter(15.5)
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions
     assert r.ev(15.6, C)[-1] == ev.CloseContactor()
     assert error_code(r.cfg, r.s, r.now) is ChargePointErrorCode.NO_ERROR
 
@@ -466,7 +467,7 @@ def test_charging_never_resumes_straight_from_e():
         assert Fault.CP_SHORT in r.s.faults and r.s.output == "off"
     actions = r.ev(1.6, B)  # a valid B: the fault clears, the session offers PWM again
     assert ev.FaultsCleared((Fault.CP_SHORT,)) in actions
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions
     assert ev.CloseContactor() not in r.ev(1.7, C, diode=False)  # and the diode is checked again
     assert r.ev(1.8, C)[-1] == ev.CloseContactor()
 
@@ -525,7 +526,7 @@ def test_rcd_trip_opens_and_retries_after_five_minutes():
     r.meter(300.9)
     actions = r.at(301.0, ev.Tick())
     assert ev.FaultsCleared((Fault.RCD,)) in actions
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions  # the session resumes
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions  # the session resumes
     assert ev.CloseContactor() not in actions  # after a diode check under the new PWM
     assert r.ev(301.05, C)[-1] == ev.CloseContactor()
 
@@ -929,6 +930,39 @@ def test_shutdown_opens_and_stops_session():
     assert ev.CloseContactor() not in r.ev(1.1, C)
 
 
+def test_the_duty_lies_on_the_pilot_pwms_grid_and_the_offer_is_what_the_ev_reads():
+    r = Rig(duty_step_pct=0.1, max_current_a=16.0)  # a software PWM timed in whole microseconds
+    r.ev(0.0, B)
+    r.meter(0.0, 0.0)
+    r.at(0.05, ev.CardPresented(CARD))
+    actions = r.at(0.06, ev.AuthorizationResult(CARD, True))
+    assert ev.SetPilot("pwm", 26.7, pytest.approx(16.02)) in actions  # not 26.6 %: 15.96 A
+
+
+def test_a_shutdown_while_the_ev_draws_lets_it_stop_first():
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    actions = r.at(1.0, ev.Shutdown())
+    assert actions[0] == ev.OpenContactor("shutting down", at_once=False)
+
+
+def test_a_fault_opens_at_once_also_while_shutting_down():
+    r = Rig()
+    r.charge(0.0)
+    assert r.at(1.0, ev.SelfTestResult(False))[0].at_once  # a fault: no waiting for the EV
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    r.s = replace(r.s, faults={Fault.OVERCURRENT: FaultState(0.9, None)}, contactor_closed=True)
+    assert r.at(1.0, ev.Shutdown())[0].at_once
+    r = Rig()
+    r.charge(0.0)
+    r.ev(0.95, C)
+    r.s = replace(r.s, pilot_seen_at=0.5)  # the pilot unheard since: the EV's state unknown
+    assert r.at(1.0, ev.Shutdown())[0].at_once
+
+
 # --- action order and deadlines --------------------------------------------------------------
 
 
@@ -950,7 +984,7 @@ def test_close_comes_after_session_start_and_pwm():
     r.at(0.2, ev.LimitChanged("load", 0.0))
     r.ev(0.25, B)
     actions = r.at(0.3, ev.LimitChanged("load", None))
-    assert ev.SetPilot("pwm", 53.3, pytest.approx(31.98)) in actions
+    assert ev.SetPilot("pwm", pytest.approx(32 / 0.6), pytest.approx(32.0)) in actions
     actions = r.ev(0.4, C)
     assert kinds(actions)[-1] is ev.CloseContactor
     assert kinds(actions).index(ev.PilotChanged) < len(actions) - 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from evsed import protocol as p
 from evsed import config
 from evsed.control import client as control
 from evsed.errors import StartError
@@ -37,8 +38,9 @@ async def until(predicate, timeout_s: float = 5.0):
         await asyncio.sleep(0)
 
 
-async def ask(cfg, req: dict) -> dict:
-    return await asyncio.to_thread(control.request, cfg.store.runtime_dir, req)
+async def ask(cfg, command):
+    """The daemon's reply to command (a Failure when it refused)."""
+    return await asyncio.to_thread(control.request, cfg.store.runtime_dir, command)
 
 
 @contextlib.asynccontextmanager
@@ -58,8 +60,8 @@ async def running(cfg):
 async def charging(cfg):
     """A running daemon whose simulated EV charges on Alice's card."""
     async with running(cfg) as daemon:
-        await ask(cfg, {"cmd": "sim", "action": "plug"})
-        await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        await ask(cfg, p.Plug())
+        await ask(cfg, p.Tap(card="04A1B2C3"))
         await until(lambda: daemon.connectors[1].state.contactor_closed)
         assert daemon.world.connector(1).contactor_closed
         yield daemon
@@ -74,15 +76,15 @@ def test_plug_tap_charge_unplug_over_the_control_socket(tmp_path):
         await daemon.ready.wait()
         sock = control.socket_path(cfg.store.runtime_dir)
         assert oct(sock.stat().st_mode & 0o777) == "0o660"
-        assert (await ask(cfg, {"cmd": "sim", "action": "plug"}))["ok"]
-        assert (await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04a1b2c3"}))["card"] == "04A1B2C3"
+        assert await ask(cfg, p.Plug()) == p.Ok()
+        assert await ask(cfg, p.Tap(card="04a1b2c3")) == p.TapReply(card="04A1B2C3")
         ctrl = daemon.connectors[1]
         await until(lambda: ctrl.state.contactor_closed)
-        status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
-        assert status["state"] == "C" and status["contactor"] == "closed" and status["status"] == "Charging"
-        assert status["session"]["card_name"] == "Alice"
+        status = (await ask(cfg, p.Status())).connectors[0]
+        assert status.state == "C" and status.contactor == "closed" and status.status == "Charging"
+        assert status.session and status.session.card_name == "Alice"
         await until(lambda: ctrl.last_reading is not None and ctrl.last_reading.power_total_w > 0)
-        assert (await ask(cfg, {"cmd": "sim", "action": "unplug"}))["ok"]
+        assert await ask(cfg, p.Unplug()) == p.Ok()
         await until(lambda: not ctrl.state.contactor_closed and ctrl.session is None)
         assert not daemon.world.connector(1).contactor_closed
         daemon.stopping.set()
@@ -100,14 +102,14 @@ def test_unknown_card_is_refused_and_status_says_why(tmp_path):
 
     async def scenario():
         async with running(cfg) as daemon:
-            await ask(cfg, {"cmd": "sim", "action": "plug"})
-            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "DEADBEEF"})
+            await ask(cfg, p.Plug())
+            await ask(cfg, p.Tap(card="DEADBEEF"))
             ctrl = daemon.connectors[1]
             await until(lambda: ctrl.last_refusal is not None)
-            status = (await ask(cfg, {"cmd": "status"}))["connectors"][0]
-            assert status["state"] == "B" and status["contactor"] == "open"
-            assert status["last_refusal"]["reason"] == "unknown card"
-            assert "card refused: unknown card" in status["reason"]
+            status = (await ask(cfg, p.Status())).connectors[0]
+            assert status.state == "B" and status.contactor == "open"
+            assert status.last_refusal and status.last_refusal.reason == "unknown card"
+            assert "card refused: unknown card" in status.reason
 
     asyncio.run(scenario())
 
@@ -123,10 +125,10 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_lives(tmp_pa
                          b'{"cmd": "clear-faults", "connector": 1e999}\n',
                          b'{"cmd": "sim", "action": "fault", "kind": "x"}\n'):
                 writer.write(junk)
-                reply = json.loads(await reader.readline())
-                assert reply["ok"] is False and reply["error"]
+                reply = p.Ping().reply(p.decode_line(await reader.readline()))
+                assert isinstance(reply, p.Failure) and reply.error
             writer.close()
-            assert (await ask(cfg, {"cmd": "ping"}))["ok"]
+            assert await ask(cfg, p.Ping()) == p.Ok()
 
     asyncio.run(scenario())
 
@@ -155,7 +157,7 @@ def test_second_daemon_on_the_same_state_directory_refuses(tmp_path):
         async with running(cfg):
             with pytest.raises(StartError, match="another evsed"):
                 await Daemon(cfg).run()
-            assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # the refused one did not take the socket
+            assert await ask(cfg, p.Ping()) == p.Ok()  # the refused one did not take the socket
 
     asyncio.run(scenario())
 
@@ -170,11 +172,11 @@ def start_process(path: Path) -> subprocess.Popen:
 
 
 def charge(cfg) -> None:
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug"})
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+    control.request(cfg.store.runtime_dir, p.Plug())
+    control.request(cfg.store.runtime_dir, p.Tap(card="04A1B2C3"))
     for _ in range(500):  # a bounded wait for the daemon's own loop, no sleeping here
-        st = control.request(cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]
-        if st["contactor"] == "closed":
+        st = control.ask(cfg.store.runtime_dir, p.Status()).connectors[0]
+        if st.contactor == "closed":
             return
     raise AssertionError("never closed")
 
@@ -263,8 +265,8 @@ def test_a_reload_changes_the_pilot_poll_and_meter_interval_of_the_running_loops
             assert daemon.pilot_interval_s(ctrl) == 0.05 and daemon.timing.meter_interval_s == 1.0
             path.write_text(path.read_text().replace("pilot_poll_s = 0.05", "pilot_poll_s = 0.02")
                             .replace("meter_interval_s = 1.0", "meter_interval_s = 2.0"))
-            reply = await ask(cfg, {"cmd": "reload"})
-            assert reply.get("result") == "Accepted" and "restart_needed" not in reply, reply
+            reply = await ask(cfg, p.Reload())
+            assert reply == p.ReloadReply(result="Accepted"), reply
             assert daemon.pilot_interval_s(ctrl) == 0.02 and daemon.timing.meter_interval_s == 2.0
             assert ctrl.state.contactor_closed  # the session runs on
 
@@ -279,10 +281,9 @@ def test_a_reload_of_keys_only_a_restart_applies_names_them(tmp_path):
         async with running(cfg):
             path.write_text(path.read_text().replace(f'runtime_dir = "{tmp_path / "run"}"',
                                                      f'runtime_dir = "{tmp_path / "run2"}"') + '\n[log]\nlevel = "debug"\n')
-            reply = await ask(cfg, {"cmd": "reload"})
-            assert reply["result"] == "Accepted"
-            assert reply["restart_needed"] == ["[store] runtime_dir", "[log]"]
-            assert (await ask(cfg, {"cmd": "ping"}))["ok"]  # still on the socket it started with
+            reply = await ask(cfg, p.Reload())
+            assert reply == p.ReloadReply(result="Accepted", restart_needed=("[store] runtime_dir", "[log]"))
+            assert await ask(cfg, p.Ping()) == p.Ok()  # still on the socket it started with
 
     asyncio.run(scenario())
 
@@ -293,15 +294,15 @@ def test_status_says_why_the_meter_gives_no_reading_until_it_reads_again(tmp_pat
     async def scenario():
         async with running(cfg):
             async def meter_error():
-                return (await ask(cfg, {"cmd": "status"}))["connectors"][0]["meter_error"]
+                return (await ask(cfg, p.Status())).connectors[0].meter_error
             before = await meter_error()
-            await ask(cfg, {"cmd": "sim", "action": "fault", "kind": "meter"})
+            await ask(cfg, p.InjectFault(kind="meter"))
             errors = []
             async def failing():
                 errors.append(await meter_error())
                 return errors[-1] != ""
             await until_async(failing)
-            await ask(cfg, {"cmd": "sim", "action": "fault", "kind": "meter", "clear": True})
+            await ask(cfg, p.InjectFault(kind="meter", clear=True))
             async def back():
                 return await meter_error() == ""
             await until_async(back)

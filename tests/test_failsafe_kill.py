@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from evsed import protocol as p
 from evsed import config
 from evsed.control import client as control
 from simulator.board import BoardProcess
@@ -67,16 +68,16 @@ def charging(tmp_path):
     cfg = config.load(path)
     proc = start_daemon(path)
     try:
-        control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug"})
-        control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        control.request(cfg.store.runtime_dir, p.Plug())
+        control.request(cfg.store.runtime_dir, p.Tap(card="04A1B2C3"))
         board.next("relay.closed", timeout_s=10.0)
         held_from = board.pins.toggles()
         toggles_per_dropout = DROPOUT_S * HEARTBEAT_HZ * 2
         wait_for(lambda: board.pins.toggles() >= held_from + 3 * toggles_per_dropout, 30.0,
                  "three drop-out periods of heartbeat")
         assert board.pending() == []  # the relay never dropped while the daemon ran
-        status = control.request(cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]
-        assert status["contactor"] == "closed" and status["status"] == "Charging"
+        status = control.ask(cfg.store.runtime_dir, p.Status()).connectors[0]
+        assert status.contactor == "closed" and status.status == "Charging"
         yield proc, board
     finally:
         if proc.poll() is None:

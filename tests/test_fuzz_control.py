@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from evsed import protocol as p
 from evsed import config
 from evsed.control import client as control
 
@@ -92,7 +93,7 @@ def exchange(path: Path, payload: list[bytes]) -> list[dict]:
 
 
 def contactors(cfg) -> list[str]:
-    return [c["contactor"] for c in control.request(cfg.store.runtime_dir, {"cmd": "status"})["connectors"]]
+    return [c.contactor for c in control.ask(cfg.store.runtime_dir, p.Status()).connectors]
 
 
 def test_no_request_crashes_the_daemon_or_closes_the_contactor_without_a_card(daemon):
@@ -104,7 +105,7 @@ def test_no_request_crashes_the_daemon_or_closes_the_contactor_without_a_card(da
               max_examples=min(settings().max_examples, 300))  # each runs against the live daemon
     @given(st.lists(lines, min_size=1, max_size=5))
     def one(payload):
-        control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug", "connector": 1})
+        control.request(cfg.store.runtime_dir, p.Plug(connector=1))
         replies = exchange(path, payload)
         assert all(isinstance(r, dict) for r in replies)
         assert proc.poll() is None, "the daemon died"
@@ -112,14 +113,13 @@ def test_no_request_crashes_the_daemon_or_closes_the_contactor_without_a_card(da
 
     one()
     # The check above can fail: a known card does close it.
-    control.request(cfg.store.runtime_dir, {"cmd": "clear-faults", "connector": 1})
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "unplug", "connector": 1})
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "ev", "connector": 1, "max_current_a": 16,
-                                            "asleep": False, "wants_energy": True, "ignore_stop": False,
-                                            "obey_pwm": True, "ventilation": False})
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug", "connector": 1})
-    control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "tap", "card": "04A1B2C3", "connector": 1})
+    control.request(cfg.store.runtime_dir, p.ClearFaults(connector=1))
+    control.request(cfg.store.runtime_dir, p.Unplug(connector=1))
+    control.request(cfg.store.runtime_dir, p.SetEv(connector=1, max_current_a=16, asleep=False, wants_energy=True,
+                                                   ignore_stop=False, obey_pwm=True, ventilation=False))
+    control.request(cfg.store.runtime_dir, p.Plug(connector=1))
+    control.request(cfg.store.runtime_dir, p.Tap(card="04A1B2C3", connector=1))
     deadline = time.monotonic() + 10
     while contactors(cfg) != ["closed"]:
-        assert time.monotonic() < deadline, control.request(cfg.store.runtime_dir, {"cmd": "status"})
+        assert time.monotonic() < deadline, control.request(cfg.store.runtime_dir, p.Status())
         time.sleep(0.05)

@@ -16,6 +16,7 @@ Real code under test: the backends, the config schema, gpiozero's devices on its
 from __future__ import annotations
 
 import errno
+import math
 import os
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from gpiozero.pins.mock import MockConnectedPin, MockPin, MockPWMPin, MockSPIDev
 from evsed import config
 from evsed.config import backends
 from evsed.core.pilot import PilotState, classify, diode_present
-from hal import (Closable, ContactorFeedback, DeviceUnavailable, Heartbeat, Notifying, PilotReading,
+from evsed.core import events as ev
+from hal import (Closable, ContactorFeedback, DeviceUnavailable, DutyResolution, Heartbeat, Notifying, PilotReading,
                  SelfTest, TryAgain)
 from hal.adc import BurstSampler, GpiozeroADC, Scale, SpidevADC
 from hal.gpio import SPI_CLASS_KEY, pin_factory
@@ -641,6 +643,28 @@ def test_pilot_duty_reaches_the_sysfs_channel(pwm_root, pilot_toml, shared):
     assert attr(pwm_root, "enable") == "1"
 
 
+def test_the_core_offers_32_a_as_a_duty_an_ev_reads_as_32_a_to_the_nanosecond(pwm_root, pilot_toml, shared,
+                                                                              tmp_path):
+    # The kernel PWM sets whole nanoseconds of the 1 ms period; the core, told so, puts its duty
+    # on that grid: 53.3334 %, 32.00004 A. Floored to 0.1 % it was 53.3 %: 31.98 A, which an EV
+    # that truncates takes as 31 A.
+    from test_connector import Clock, make, reading
+    adc = shared[SPI_CLASS_KEY] = FakeMCP3x08()
+    pilot = build("pilot", pilot_toml, shared)
+    assert isinstance(pilot, DutyResolution) and pilot.duty_step_pct == pytest.approx(1e-4)
+    clock = Clock()
+    ctrl, _, contactor, _ = make(tmp_path, clock, pilot=pilot)  # [charger] max_current_a 32
+    ctrl.start()
+    ctrl.meter_sampled(reading(1000, 0.0))
+    adc.cp_v = lambda t: 9.0  # an EV plugged in, no PWM yet
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.feed(ev.CardPresented("04A1B2C3"))
+    duty_ns = int(attr(pwm_root, "duty_cycle"))
+    read_a = duty_ns / 1e6 * 100 * 0.6  # IEC 61851-1 Table A.8, as the EV reads it
+    assert duty_ns == 533334 and 32.0 <= read_a <= 32.05 and math.floor(read_a) == 32
+    assert ctrl.state.offered_a == pytest.approx(read_a)
+
+
 def test_inverting_output_stage_gets_the_complement(pwm_root, pilot_toml, shared):
     shared[SPI_CLASS_KEY] = FakeMCP3x08()
     pilot = build("pilot", pilot_toml + "\ninvert = true", shared)
@@ -677,6 +701,7 @@ def test_gpiozero_pwm_fallback_runs_1_khz_on_the_pin(mock, shared):
     adc.cp_v = cp_wave(53.3, 9.0, -12.0)
     pilot = build("pilot", f'offset_v = {OFFSET_V}\ngain = {GAIN}\npwm = "gpiozero"\npwm_pin = 18', shared)
     assert pin.frequency == 1000 and pin.state == 1.0  # pwm_off: steady +12 V
+    assert pilot.duty_step_pct == pytest.approx(0.1)  # edges in whole microseconds: 0.1 % of 1 ms
     pilot.pwm_on(53.3)
     assert pin.state == pytest.approx(0.533)
     pilot.pwm_f()

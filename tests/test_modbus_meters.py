@@ -1,4 +1,5 @@
-"""Modbus meters against a real pymodbus server: TCP on loopback and RTU over a pty pair.
+"""Modbus meters against the project's meter emulator (simulator.modbus_meter, a real pymodbus
+server): TCP on loopback and RTU over a pty pair.
 
 Each model's table is served as registers encoded from known values; the backend must read
 them back in V, A, W, integer Wh and Hz, and report faults as TryAgain / DeviceUnavailable.
@@ -7,37 +8,22 @@ them back in V, A, W, integer Wh and Hz, and report faults as TryAgain / DeviceU
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
-import pty
-import struct
-import tty
+import re
+from pathlib import Path
 
 import pytest
-from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 from evsed import config
 from evsed.config import backends
 from evsed.config.backends import BackendContext
 from hal import DeviceUnavailable, Meter, TryAgain
-from hal.meter_models import MODELS, TYPES, Field, MeterModel, blocks
+from hal.meter_models import MODELS, MeterModel, blocks
 from hal.modbus import modbus_meter
+from simulator.modbus_meter import KNOWN, SimulatedMeter, null_modem, rtu_server, tcp_server
 
 TIMEOUT_S = 0.2
-
-# What the simulated meters measure; chosen to be exact at every model's resolution.
-KNOWN = {
-    "voltage_v": (230.1, 231.2, 229.3),
-    "current_a": (15.25, 14.5, 16.25),
-    "power_w": (3201.5, 3100.0, 3350.7),
-    "power_total_w": 9652.2,
-    "energy_import_wh": 1_234_500,
-    "frequency_hz": 49.9,
-}
 
 
 class FakeClock:
@@ -46,56 +32,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def encode(field: Field, value: float, word_order: str) -> list[int]:
-    code, count = TYPES[field.type]
-    raw = value / field.scale
-    data = struct.pack(f">{code}", raw if code == "f" else round(raw))
-    words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, 2 * count, 2)]
-    return words if word_order == "big" else words[::-1]
-
-
-def known_value(field: Field) -> float:
-    value = KNOWN[field.quantity]
-    return value[field.phase - 1] if field.phase else value
-
-
-class SimulatedMeter:
-    """One unit: its model's registers, a log of the requests it answered, injectable faults."""
-
-    def __init__(self, model: MeterModel, unit: int = 1, log: list | None = None):
-        self.model, self.unit = model, unit
-        self.log = log if log is not None else []
-        self.exception: ExcCodes | None = None
-        self.registers: dict[int, int] = {}
-        for field in sorted(model.fields, key=lambda f: f.phase > 0):  # per phase wins a shared register
-            self.set(field.quantity, field.phase, known_value(field))
-
-    def set(self, quantity: str, phase: int, value: float) -> None:
-        for f in self.model.fields:
-            if f.quantity == quantity and f.phase == phase:
-                words = encode(f, value, self.model.word_order)
-                self.registers.update(zip(range(f.address, f.address + f.count), words))
-
-    def set_raw(self, quantity: str, phase: int, words: list[int]) -> None:
-        (f,) = [f for f in self.model.fields if (f.quantity, f.phase) == (quantity, phase)]
-        self.registers.update(zip(range(f.address, f.address + f.count), words))
-
-    def device(self) -> SimDevice:
-        # Only the mapped registers exist: a read across a gap gets "illegal data address".
-        simdata = [SimData(a, values=[w], datatype=DataType.REGISTERS) for a, w in sorted(self.registers.items())]
-        return SimDevice(self.unit, simdata=simdata, action=self._action)
-
-    async def _action(self, function_code, start_address, address, count, registers, _values):
-        self.log.append((self.unit, function_code, address, count))
-        if function_code != self.model.function_code:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if self.exception is not None:
-            return self.exception
-        for a in range(address, address + count):
-            registers[a - start_address] = self.registers[a]
-        return None
 
 
 def expected(model: MeterModel) -> dict:
@@ -118,66 +54,6 @@ def expected(model: MeterModel) -> dict:
 def as_dict(reading) -> dict:
     return {k: getattr(reading, k) for k in
             ("energy_import_wh", "power_total_w", "voltage_v", "current_a", "power_w", "frequency_hz")}
-
-
-# --- servers ---------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def tcp_server(*meters: SimulatedMeter, port: int = 0):
-    server = ModbusTcpServer([m.device() for m in meters], address=("127.0.0.1", port))
-    await server.serve_forever(background=True)
-    port = server.transport.sockets[0].getsockname()[1]
-    try:
-        yield port
-    finally:
-        await server.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def null_modem():
-    """Two pty pairs joined like a crossed cable: yields (server_path, client_path)."""
-    loop = asyncio.get_running_loop()
-    ends = [pty.openpty() for _ in range(2)]
-    for master, slave in ends:
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-    (m1, s1), (m2, s2) = ends
-
-    def pump(src: int, dst: int) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(dst, os.read(src, 4096))
-
-    loop.add_reader(m1, pump, m1, m2)
-    loop.add_reader(m2, pump, m2, m1)
-    try:
-        yield os.ttyname(s1), os.ttyname(s2)
-    finally:
-        loop.remove_reader(m1)
-        loop.remove_reader(m2)
-        for fd in (m1, s1, m2, s2):
-            os.close(fd)
-
-
-@contextlib.asynccontextmanager
-async def rtu_server(*meters: SimulatedMeter):
-    """An RS-485 line with these units on it; a request for any other unit gets no answer."""
-    units = {m.unit for m in meters}
-
-    def only_present_units_answer(sending: bool, frame: bytes) -> bytes:
-        # pymodbus 3.16's SimDevice server answers an unknown unit with an exception
-        # (it ignores ignore_missing_devices); a real bus stays silent.
-        return b"" if sending and frame and frame[0] not in units else frame
-
-    async with null_modem() as (server_path, client_path):
-        server = ModbusSerialServer([m.device() for m in meters], framer=FramerType.RTU,
-                                    port=server_path, baudrate=9600,
-                                    trace_packet=only_present_units_answer)
-        await server.serve_forever(background=True)
-        try:
-            yield client_path
-        finally:
-            await server.shutdown()
 
 
 def options(model: str, **kw) -> dict:
@@ -348,6 +224,31 @@ def test_abb_not_available_marker_is_try_again():
     run(scenario())
 
 
+@pytest.mark.parametrize("name, words", [
+    ("sdm630", None),  # an Eastron variant without the register answers 0.0 there
+    ("abb-b23", [0xFFFF]),  # ABB's "not available"
+    ("em340", [0x7FFF]),  # Carlo Gavazzi's int16 overflow marker
+    ("sdm120", [0x7FC0, 0x0000]),  # NaN
+])
+def test_a_frequency_the_meter_does_not_measure_is_absent_not_0_hz(name, words):
+    sim = SimulatedMeter(MODELS[name])
+    if words is None:
+        sim.set("frequency_hz", 0, 0.0)
+    else:
+        sim.set_raw("frequency_hz", 0, words)
+
+    async def scenario():
+        async with tcp_server(sim) as port:
+            meter = modbus_meter(tcp(name, port), ctx())
+            reading = await meter.read()
+            meter.release()
+            return reading
+
+    reading = run(scenario())
+    assert reading.frequency_hz is None
+    assert reading.energy_import_wh == KNOWN["energy_import_wh"]  # the rest of the reading stands
+
+
 def test_counter_that_comes_back_lower_is_reported_as_read():
     # Plausibility is judged once, in evsed (which re-baselines); the backend reports the meter.
     sim = SimulatedMeter(MODELS["sdm630"])
@@ -425,12 +326,56 @@ def test_iem3155_energy_comes_from_the_64_bit_wh_counter():
     assert run(scenario()).energy_import_wh == 1_234_567
 
 
-@pytest.mark.parametrize("name, parity", [("or-we-516", "O"), ("or-we-517", "E"), ("sdm72d", "E"),
-                                          ("sdm630", "N"), ("sdm120", "N")])
-def test_serial_parity_defaults_to_the_models_factory_setting(name, parity):
+@pytest.mark.parametrize("name, baudrate, parity", [
+    ("or-we-516", 9600, "E"), ("or-we-517", 9600, "E"),  # a WE-516 seen answering only at 8E1 (mbmd #273)
+    ("sdm72d", 9600, "N"),  # SDM72D-M User Manual V1.1 p.3 and p.15, V1.5 p.15: no parity, not even
+    ("sdm630", 9600, "N"), ("sdm120", 2400, "N"),  # the SDM120 ships at 2400 baud
+    ("iem3155", 19200, "E"),  # Tasmota's iEM3000 driver: 19200 baud, and the parity must be set to none
+])
+def test_serial_line_defaults_to_the_models_factory_setting(name, baudrate, parity):
     meter = modbus_meter(options(name, port="/dev/ttyS9"), ctx())
-    assert meter.bus.settings["parity"] == parity
-    assert modbus_meter(options(name, port="/dev/ttyS8", parity="N"), ctx()).bus.settings["parity"] == "N"
+    assert (meter.bus.settings["baudrate"], meter.bus.settings["parity"]) == (baudrate, parity)
+    given = modbus_meter(options(name, port="/dev/ttyS8", parity="E", baudrate=19200), ctx()).bus.settings
+    assert (given["baudrate"], given["parity"]) == (19200, "E")
+
+
+def test_every_model_says_where_its_factory_serial_setting_comes_from():
+    # the text says the setting the model holds, and where it is stated: a confirmed one names the
+    # document, its version and the page; one not confirmed from a manual names the other sources
+    page, version = re.compile(r"\bp\.\d+\b"), re.compile(r"\bV\d+\.\d+\b|DOCA\d+EN-\d+")
+    for model in MODELS.values():
+        text = model.factory
+        assert model.baudrate in (1200, 2400, 4800, 9600, 19200, 38400) and model.parity in "NEO"
+        assert f"{model.baudrate} baud" in text, model.name
+        assert {"N": "no parity", "E": "even parity", "O": "odd parity"}[model.parity] in text, model.name
+        if "not confirmed" in text:
+            assert "secondary: " in text, model.name
+        else:
+            assert page.search(text) and version.search(text), model.name
+        if page.search(text):  # a page is cited with its document's version
+            assert version.search(text), model.name
+
+
+def test_the_readme_meter_table_holds_every_model_at_its_factory_line():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = re.compile(r"^\| ((?:`[a-z0-9-]+`(?:, )?)+) \| [^|]+ \| (\d+) 8([NEO])1 \| [^|]+ \|$", re.M)
+    table = {name.strip("`"): (int(baud), parity)
+             for names, baud, parity in row.findall(readme) for name in names.split(", ")}
+    assert table == {m.name: (m.baudrate, m.parity) for m in MODELS.values()}
+
+
+def test_a_port_that_refuses_the_line_setting_is_unavailable_naming_it():
+    # a pty takes no parity: pyserial's termios.error used to escape as neither HalError nor OSError
+    async def scenario():
+        async with rtu_server(SimulatedMeter(MODELS["sdm630"], unit=1)) as port:
+            for parity in "EO":  # neither leaves the port locked: the next open works
+                meter = modbus_meter(options("sdm630", port=port, parity=parity), ctx())
+                with pytest.raises(DeviceUnavailable, match=f"cannot be set to 9600 baud, parity {parity}"):
+                    await meter.read()
+            meter = modbus_meter(options("sdm630", port=port, parity="N"), ctx())
+            return await meter.read()
+
+    assert as_dict(run(scenario())) == expected(MODELS["sdm630"])
 
 
 def test_missing_serial_device_is_unavailable_naming_the_path():
@@ -518,7 +463,7 @@ def test_config_takes_a_modbus_meter_with_documented_defaults():
     meter = config.parse(CONFIG.format(model="sdm630"), "evsed.toml").connectors[0].meter
     assert meter.backend == "modbus"
     assert dict(meter.options) == {
-        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": None,
+        "model": "sdm630", "transport": "tcp", "port": "/dev/ttyUSB0", "baudrate": None, "parity": None,
         "stopbits": 1, "host": "192.0.2.7", "tcp_port": 502, "unit": 3, "timeout_s": 0.5}
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import pwd
@@ -15,42 +14,43 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from structlog.testing import capture_logs
 
+import protocol_records as pr
 from evsed import config
+from evsed import protocol as p
 from evsed.mqtt import service
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), None)
 WAIT_S = 15.0  # an upper bound for one awaited message; the tests wait for messages, never for time
 
-HELLO = {"ok": True, "version": 1, "charger": "garage", "connectors": [1], "phases": 3, "voltage_v": 230,
-         "acked": 0}
-IDLE = {"charger": "garage", "mode": "fast", "connectors": [{
-    "id": 1, "status": "Available", "state": "A", "contactor": "open", "offered_a": 0.0, "allowed_a": 32.0,
-    "measured": {"current_a": [0.0, 0.0, 0.0], "power_w": 0.0, "energy_wh": 1000},
-    "session": None, "faults": [], "reason": "no EV", "limits": {}}]}
-CHARGING_CONNECTOR = dict(
-    IDLE["connectors"][0], status="Charging", state="C", contactor="closed", offered_a=16.0, allowed_a=16.0,
-    measured={"current_a": [16.0, 16.0, 16.0], "power_w": 11040.0, "energy_wh": 1200},
-    session={"id_tag": "04A1B2C3", "card_name": "Alice", "started_at": "2026-11-28T16:00:00Z", "energy_wh": 200,
-             "power_w": 11040.0, "peak_power_w": 11040.0})
+HELLO = p.HelloReply(version=1, charger="garage", connectors=(1,), phases=3, voltage_v=230, acked=0, last_seq=0)
+IDLE = pr.status(pr.connector(
+    allowed_a=32.0, measured=p.Measured(current_a=(0.0, 0.0, 0.0), power_w=0.0, energy_wh=1000, stale=False)),
+    charger="garage")
+CHARGING_CONNECTOR = replace(
+    IDLE.connectors[0], status="Charging", state="C", contactor="closed", offered_a=16.0, allowed_a=16.0,
+    measured=p.Measured(current_a=(16.0, 16.0, 16.0), power_w=11040.0, energy_wh=1200, stale=False),
+    session=pr.session(card_name="Alice", started_at="2026-11-28T16:00:00Z", energy_wh=200, power_w=11040.0,
+                            peak_power_w=11040.0))
 
 
 class FakeLink:
     """The daemon's side of the control socket as the Link protocol shows it: canned status, recorded requests."""
 
     def __init__(self):
-        self.hello = dict(HELLO)
-        self.status = copy.deepcopy(IDLE)
-        self.requests: list[dict] = []
+        self.hello = HELLO
+        self.status = IDLE
+        self.requests: list[p.Command] = []
         self.acked: list[int] = []
         self.afters: list[int] = []   # the `after` of every events() call
-        self.history: list[dict] = []
+        self.history: list[p.Event] = []
         self.down = False
         self._changed = asyncio.Event()
 
@@ -58,24 +58,30 @@ class FakeLink:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def emit(self, event: dict) -> None:
-        self.history.append(event)
+    def emit(self, kind: str, seq: int, **fields) -> None:
+        self.history.append(pr.event(kind, seq=seq, at="2026-11-28T16:00:00.000Z", **fields))
         self._poke()
+
+    def charging(self, on: bool) -> None:
+        self.status = replace(IDLE, connectors=(CHARGING_CONNECTOR,)) if on else IDLE
 
     def go_down(self) -> None:
         self.down = True
         self._poke()
 
-    async def command(self, req: dict) -> dict:
+    async def command(self, command: p.Command):
         if self.down:
             raise ConnectionRefusedError("no evsed daemon answers")
-        if req["cmd"] == "status":
-            return {"ok": True, **copy.deepcopy(self.status)}
-        self.requests.append(req)
-        if req["cmd"] == "mode":
-            self.status["mode"] = req["mode"]
+        if isinstance(command, p.Status):
+            return self.status
+        self.requests.append(command)
         self._poke()
-        return {"ok": True}
+        if isinstance(command, p.SetMode):
+            self.status = replace(self.status, mode=command.mode)
+            return p.ModeReply(mode=command.mode)
+        if isinstance(command, p.Availability):
+            return p.AvailabilityReply(result="Accepted")
+        return p.Ok()
 
     async def events(self, after: int):
         self.afters.append(after)
@@ -83,8 +89,8 @@ class FakeLink:
             changed = self._changed
             if self.down:
                 raise ConnectionResetError("daemon went away")
-            for event in [e for e in self.history if e["seq"] > after]:
-                after = event["seq"]
+            for event in [e for e in self.history if e.seq > after]:
+                after = event.seq
                 yield event
             await changed.wait()
 
@@ -244,9 +250,9 @@ def test_discovered_controls_send_commands_to_the_daemon(broker, tmp_path):
                 await link.until(lambda: len(link.requests) == 3)
                 await inbox.wait_for(f"{BASE}/mode", "solar")  # the select shows what the daemon accepted
         assert link.requests == [
-            {"cmd": "limit", "source": "mqtt", "connector": 0, "current_a": 10.0},
-            {"cmd": "limit", "source": "mqtt-pause", "connector": 0, "current_a": 0},
-            {"cmd": "mode", "mode": "solar"}]
+            p.Limit(source="mqtt", connector=0, current_a=10.0),
+            p.Limit(source="mqtt-pause", connector=0, current_a=0),
+            p.SetMode(mode="solar")]
     asyncio.run(scenario())
 
 
@@ -260,7 +266,7 @@ def test_a_malformed_command_is_logged_and_ignored(broker, tmp_path):
                     await inbox.client.publish(f"{BASE}/set/current_a", "lots", qos=1)
                     await inbox.client.publish(f"{BASE}/set/available", "OFF", qos=1)
                     await link.until(lambda: link.requests)
-        assert link.requests == [{"cmd": "availability", "connector": 0, "operative": False}]
+        assert link.requests == [p.Availability(connector=0, operative=False)]
         ignored = [e for e in logs if e["event"] == "mqtt.command_ignored"]
         assert len(ignored) == 1 and "expected a number" in ignored[0]["error"]
     asyncio.run(scenario())
@@ -272,16 +278,14 @@ def test_session_events_are_published_acknowledged_and_refresh_the_state(broker,
         async with running(service_config(tmp_path, broker.port), link):
             async with subscribed(broker.port, f"{BASE}/#") as inbox:
                 await inbox.wait_for(f"{BASE}/availability", "online")
-                link.status["connectors"][0] = CHARGING_CONNECTOR
-                link.emit({"seq": 41, "type": "session.started", "connector": 1, "session": 3, "id_tag": "04A1B2C3",
-                           "at": "2026-11-28T16:00:00Z"})
+                link.charging(True)
+                link.emit("session.started", 41, session=3, id_tag="04A1B2C3")
                 started = await inbox.wait_for(f"{BASE}/connector/1/session/started")
                 await inbox.wait_for(f"{BASE}/connector/1/status", "Charging")
                 await inbox.wait_for(f"{BASE}/connector/1/power_w", "11040")
                 await inbox.wait_for(f"{BASE}/connector/1/current_a/l2", "16.0")
-                link.status = copy.deepcopy(IDLE)
-                link.emit({"seq": 42, "type": "session.stopped", "connector": 1, "session": 3, "energy_wh": 200,
-                           "reason": "ev_disconnected"})
+                link.charging(False)
+                link.emit("session.stopped", 42, session=3, energy_wh=200, reason="ev_disconnected")
                 stopped = await inbox.wait_for(f"{BASE}/connector/1/session/stopped")
                 await inbox.wait_for(f"{BASE}/connector/1/status", "Available")
                 await link.until(lambda: 42 in link.acked)
@@ -297,7 +301,7 @@ def test_service_reconnects_after_a_broker_restart_and_resumes_the_event_stream(
         async with running(service_config(tmp_path, broker.port), link):
             async with subscribed(broker.port, f"{BASE}/availability") as inbox:
                 await inbox.wait_for(f"{BASE}/availability", "online")
-            link.emit({"seq": 5, "type": "status", "connector": 1, "status": "Preparing"})
+            link.emit("connector.status", 5, status="Preparing")
             await link.until(lambda: 5 in link.acked)
             broker.stop()
             broker.start()  # same port, nothing retained (no persistence)
@@ -308,7 +312,7 @@ def test_service_reconnects_after_a_broker_restart_and_resumes_the_event_stream(
                 await inbox.client.publish(f"{BASE}/set/mode", "fast", qos=1)
                 await link.until(lambda: link.requests)
         assert link.afters[0] == 0 and link.afters[-1] == 5  # the stream resumes after what was acknowledged
-        assert link.requests == [{"cmd": "mode", "mode": "fast"}]
+        assert link.requests == [p.SetMode(mode="fast")]
     asyncio.run(scenario())
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 
+from evsed import protocol as p
 from evsed import config
 from test_daemon import ask, running, until, write_config
 from test_mqtt_broker import broker, subscribed  # noqa: F401 - broker is a fixture
@@ -27,15 +28,15 @@ def test_a_simulated_session_and_mqtt_commands_through_the_daemon(broker, tmp_pa
             await inbox.client.publish(f"{BASE}/set/current_a", "10", qos=1)
             await inbox.wait_for(f"{BASE}/connector/1/allowed_a", "10.0")
             await inbox.wait_for(f"{BASE}/current_limit_a", "10.0")
-            await ask(cfg, {"cmd": "sim", "action": "plug"})
-            await ask(cfg, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+            await ask(cfg, p.Plug())
+            await ask(cfg, p.Tap(card="04A1B2C3"))
             started = await inbox.wait_for(f"{BASE}/connector/1/session/started")
             await inbox.wait_for(f"{BASE}/connector/1/status", "Charging")
             await inbox.client.publish(f"{BASE}/set/pause", "ON", qos=1)
             await inbox.wait_for(f"{BASE}/paused", "ON")
             await inbox.client.publish(f"{BASE}/set/mode", "solar", qos=1)
             await inbox.wait_for(f"{BASE}/mode", "solar")
-            await ask(cfg, {"cmd": "sim", "action": "unplug"})
+            await ask(cfg, p.Unplug())
             stopped = await inbox.wait_for(f"{BASE}/connector/1/session/stopped")
             limit = json.loads((await inbox.wait_for(f"{BASE}/connector/1/limit")).payload)
         return json.loads(started.payload), json.loads(stopped.payload), limit

@@ -2,28 +2,31 @@
 and the Home Assistant discovery payload: pure functions, no broker."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed.mqtt import discovery, topics as tp
 from evsed.mqtt.settings import MqttSettings
 
 T = tp.Topics("evsed/garage")
 
-CHARGING = {
-    "ok": True, "charger": "garage", "mode": "solar",
-    "connectors": [{
-        "id": 1, "status": "Charging", "state": "C", "contactor": "closed", "offered_a": 16.0, "allowed_a": 16.0,
-        "measured": {"current_a": [15.9, 16.01, 15.8], "power_w": 10980.4, "energy_wh": 123456},
-        "session": {"id_tag": "04A1B2C3", "card_name": "Alice", "started_at": "2026-11-28T16:00:00Z",
-                    "energy_wh": 2400, "power_w": 10980.4, "peak_power_w": 11000.0},
-        "faults": [], "reason": "", "limits": {"cable": 32.0, "mqtt": 16.0},
-    }],
-}
+CHARGING = pr.status(pr.connector(
+    status="Charging", state="C", contactor="closed", offered_a=16.0, allowed_a=16.0, reason="",
+    measured=p.Measured(current_a=(15.9, 16.01, 15.8), power_w=10980.4, energy_wh=123456, stale=False),
+    session=pr.session(card_name="Alice", started_at="2026-11-28T16:00:00Z", energy_wh=2400, power_w=10980.4,
+                            peak_power_w=11000.0),
+    limits={"cable": 32.0, "mqtt": 16.0}), charger="garage", mode="solar")
 
 
 def published(messages):
     return {m.topic: (m.payload, m.retain) for m in messages}
+
+
+def with_connector(**fields) -> p.StatusReply:
+    return replace(CHARGING, connectors=(replace(CHARGING.connectors[0], **fields),))
 
 
 def test_status_reply_publishes_retained_state_power_energy_and_current_per_phase():
@@ -32,15 +35,15 @@ def test_status_reply_publishes_retained_state_power_energy_and_current_per_phas
     assert out["evsed/garage/connector/1/state"] == ("C", True)
     assert out["evsed/garage/connector/1/power_w"] == ("10980", True)
     assert out["evsed/garage/connector/1/energy_wh"] == ("123456", True)
-    assert [out[f"evsed/garage/connector/1/current_a/{p}"][0] for p in ("l1", "l2", "l3")] == ["15.9", "16.0", "15.8"]
+    assert [out[f"evsed/garage/connector/1/current_a/{ph}"][0] for ph in ("l1", "l2", "l3")] == ["15.9", "16.0", "15.8"]
     assert out["evsed/garage/connector/1/session/energy_wh"] == ("2400", True)
     assert json.loads(out["evsed/garage/connector/1/session"][0])["card_name"] == "Alice"
     assert out["evsed/garage/mode"] == ("solar", True)
 
 
 def test_a_stale_meter_reading_publishes_no_power_energy_or_current():
-    stale = dict(CHARGING["connectors"][0], measured=dict(CHARGING["connectors"][0]["measured"], stale=True))
-    out = published(tp.state_messages(T, {"ok": True, "connectors": [stale]}))
+    stale = with_connector(measured=replace(CHARGING.connectors[0].measured, stale=True))
+    out = published(tp.state_messages(T, stale))
     assert not [t for t in out if t.endswith(("power_w", "/energy_wh", "l1", "l2", "l3")) and "session" not in t]
     assert out["evsed/garage/connector/1/status"][0] == "Charging"
 
@@ -54,34 +57,24 @@ def test_the_binding_limit_is_the_lowest_source():
 
 
 def test_pause_and_lifted_limit_states_follow_the_limits_by_source():
-    reply = {"ok": True, "connectors": [dict(CHARGING["connectors"][0], limits={"mqtt-pause": 0})]}
-    out = published(tp.state_messages(T, reply))
+    out = published(tp.state_messages(T, with_connector(limits={"mqtt-pause": 0})))
     assert out["evsed/garage/paused"][0] == "ON"
     assert out["evsed/garage/current_limit_a"][0] == "None"  # Home Assistant's "unknown"
     assert published(tp.state_messages(T, CHARGING))["evsed/garage/paused"][0] == "OFF"
 
 
 def test_an_inoperative_connector_reads_unavailable():
-    reply = {"ok": True, "connectors": [dict(CHARGING["connectors"][0], status="Unavailable")]}
-    out = published(tp.state_messages(T, reply))
+    out = published(tp.state_messages(T, with_connector(status="Unavailable")))
     assert out["evsed/garage/connector/1/available"][0] == "OFF" and out["evsed/garage/available"][0] == "OFF"
 
 
-def test_garbage_in_a_status_reply_publishes_no_empty_payload():
-    reply = {"ok": True, "connectors": [{"id": 1, "measured": {"power_w": float("nan"), "current_a": "x"},
-                                         "limits": ["mqtt"]}, {"id": "two"}, "junk"]}
-    out = tp.state_messages(T, reply)
-    assert all(m.payload != "" for m in out)  # an empty retained payload would delete the topic
-    assert "evsed/garage/connector/1/power_w" not in published(out)
-
-
 def test_session_start_and_stop_are_events_and_the_last_session_is_retained():
-    started = {"seq": 7, "type": "session.started", "connector": 1, "session": 3, "id_tag": "04A1B2C3"}
+    started = pr.event("session.started", seq=7, at="2026-11-28T16:00:00.000Z", session=3)
     out = published(tp.event_messages(T, started))
     assert json.loads(out["evsed/garage/connector/1/session/started"][0])["seq"] == 7
     assert out["evsed/garage/connector/1/session/started"][1] is False
     assert out["evsed/garage/connector/1/session/energy_wh"] == ("0", True)
-    stopped = {"seq": 9, "type": "session.stopped", "connector": 1, "session": 3, "energy_wh": 2400}
+    stopped = pr.event("session.stopped", seq=9, at="2026-11-28T17:00:00.000Z", session=3, energy_wh=2400)
     out = published(tp.event_messages(T, stopped))
     assert out["evsed/garage/connector/1/session/stopped"][1] is False
     assert out["evsed/garage/connector/1/session/last"][1] is True
@@ -89,19 +82,20 @@ def test_session_start_and_stop_are_events_and_the_last_session_is_retained():
 
 
 def test_meter_samples_are_not_events_on_mqtt():
-    assert tp.event_messages(T, {"seq": 8, "type": "session.sample", "connector": 1, "power_w": 7000}) == []
+    sample = pr.event("session.sample", seq=None, at="2026-11-28T16:00:00.000Z", session=3, power_w=7000)
+    assert tp.event_messages(T, sample) == []
 
 
 @pytest.mark.parametrize("topic, payload, wanted", [
-    ("evsed/garage/set/current_a", b"16", {"cmd": "limit", "source": "mqtt", "connector": 0, "current_a": 16.0}),
-    ("evsed/garage/set/current_a", b" none ", {"cmd": "limit", "source": "mqtt", "connector": 0, "current_a": None}),
+    ("evsed/garage/set/current_a", b"16", p.Limit(source="mqtt", connector=0, current_a=16.0)),
+    ("evsed/garage/set/current_a", b" none ", p.Limit(source="mqtt", connector=0, current_a=None)),
     ("evsed/garage/connector/1/set/current_a", b"10.5",
-     {"cmd": "limit", "source": "mqtt", "connector": 1, "current_a": 10.5}),
-    ("evsed/garage/set/pause", b"ON", {"cmd": "limit", "source": "mqtt-pause", "connector": 0, "current_a": 0}),
-    ("evsed/garage/set/pause", b"off", {"cmd": "limit", "source": "mqtt-pause", "connector": 0, "current_a": None}),
-    ("evsed/garage/set/mode", b"min+solar", {"cmd": "mode", "mode": "min+solar"}),
-    ("evsed/garage/set/available", b"OFF", {"cmd": "availability", "connector": 0, "operative": False}),
-    ("evsed/garage/connector/1/set/available", b"true", {"cmd": "availability", "connector": 1, "operative": True}),
+     p.Limit(source="mqtt", connector=1, current_a=10.5)),
+    ("evsed/garage/set/pause", b"ON", p.Limit(source="mqtt-pause", connector=0, current_a=0)),
+    ("evsed/garage/set/pause", b"off", p.Limit(source="mqtt-pause", connector=0, current_a=None)),
+    ("evsed/garage/set/mode", b"min+solar", p.SetMode(mode="min+solar")),
+    ("evsed/garage/set/available", b"OFF", p.Availability(connector=0, operative=False)),
+    ("evsed/garage/connector/1/set/available", b"true", p.Availability(connector=1, operative=True)),
 ])
 def test_command_topics_become_control_socket_requests(topic, payload, wanted):
     assert tp.command_request(T, topic, payload, [1]) == wanted
@@ -130,7 +124,7 @@ def settings(**kw) -> MqttSettings:
                         charger_id="garage", max_current_a=16, **kw)
 
 
-HELLO = {"ok": True, "version": 1, "charger": "garage", "connectors": [1], "phases": 3, "voltage_v": 230}
+HELLO = p.HelloReply(version=1, charger="garage", connectors=(1,), phases=3, voltage_v=230, acked=0, last_seq=0)
 
 
 def test_discovery_is_one_device_with_sensors_and_controls():
@@ -166,11 +160,11 @@ def test_discovered_topics_are_the_ones_published_and_accepted():
         assert comp["state_topic"] in published_topics, comp
         if "command_topic" in comp:
             sample = {"switch": b"ON", "select": b"fast", "number": b"10"}[comp["platform"]]
-            assert tp.command_request(T, comp["command_topic"], sample, [1])["cmd"]
+            assert isinstance(tp.command_request(T, comp["command_topic"], sample, [1]), p.Command)
 
 
 def test_a_two_connector_single_phase_charger_names_its_connectors():
-    cfg = discovery.device_config(settings(), dict(HELLO, connectors=[1, 2], phases=1))
+    cfg = discovery.device_config(settings(), replace(HELLO, connectors=(1, 2), phases=1))
     c = cfg["components"]
     assert c["c2_power"]["name"] == "Connector 2 power" and "c2_current_l2" not in c
     assert c["mode"]["name"] == "Charging mode"

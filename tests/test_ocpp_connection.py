@@ -22,7 +22,7 @@ async def test_boots_with_identity_in_the_path_and_the_ocpp16_subprotocol(tmp_pa
 async def test_nothing_but_boot_is_sent_until_accepted_and_boot_is_retried_at_the_interval(tmp_path):
     csms = CentralSystem(boot=[("Pending", 1), ("Rejected", 1)])
     link = FakeLink()
-    link.emit("connector.status", connector=1, status="Available", error_code="NoError")
+    link.emit("connector.status", connector=1, status="Available")
     async with running(csms, tmp_path, link=link) as (uplink, link):
         await csms.wait_for(lambda: len(csms.actions("BootNotification")) == 3, timeout=10)
         await csms.wait_for(lambda: csms.actions("StatusNotification"))
@@ -34,10 +34,10 @@ async def test_nothing_but_boot_is_sent_until_accepted_and_boot_is_retried_at_th
 @aio
 async def test_status_of_every_connector_incl_connector_0_after_boot_with_error_codes(tmp_path):
     link = FakeLink(connectors=(1, 2))
-    link.emit("connector.status", connector=0, status="Available", error_code="NoError")
+    link.emit("connector.status", connector=0, status="Available")
     link.emit("fault.raised", connector=1, fault="rcd", lockout=False, detail="rcd tripped")
     link.emit("connector.status", connector=1, status="Faulted", reason="rcd")
-    link.emit("connector.status", connector=2, status="Preparing", error_code="NoError")
+    link.emit("connector.status", connector=2, status="Preparing")
     csms = CentralSystem()
     async with running(csms, tmp_path, link=link):
         await csms.wait_for(lambda: {p["connectorId"] for _, p in csms.actions("StatusNotification")} == {0, 1, 2})

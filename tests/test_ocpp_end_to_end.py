@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evsed import protocol as p
 from evsed.config import load
 from evsed.control.client import ControlError, request
 from simulator.csms import CentralSystem
@@ -51,9 +52,9 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
         await csms.wait_for(lambda: csms.actions("MeterValues"), timeout=20)
         services = {}
         for _ in range(200):  # the uplink tells the daemon how it is doing; evsed status shows it
-            reply = await asyncio.to_thread(request, load(path).store.runtime_dir, {"cmd": "status"})
-            services = reply.get("services", {})
-            if services.get("ocpp", {}).get("connected"):
+            reply = await asyncio.to_thread(request, load(path).store.runtime_dir, p.Status())
+            services = reply.services if isinstance(reply, p.StatusReply) else {}
+            if "ocpp" in services and services["ocpp"].connected:
                 break
             await asyncio.sleep(0.05)
         await evsed("sim", "unplug", "-c", str(path))
@@ -63,7 +64,7 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(10)
         await csms.stop()
-    flow = [(a, p.get("status")) for a, p in csms.actions() if a not in ("Heartbeat", "BootNotification")]
+    flow = [(a, msg.get("status")) for a, msg in csms.actions() if a not in ("Heartbeat", "BootNotification")]
     starts = [i for i, (a, _) in enumerate(flow) if a == "StartTransaction"]
     stops = [i for i, (a, _) in enumerate(flow) if a == "StopTransaction"]
     assert len(starts) == 1 and len(stops) == 1 and starts[0] < stops[0]
@@ -75,8 +76,8 @@ async def test_a_simulated_session_through_the_daemon_arrives_message_by_message
     (_, stop), = csms.actions("StopTransaction")
     assert start["idTag"] == "04A1B2C3" and stop["transactionId"] == 1001 and stop["reason"] == "EVDisconnected"
     assert stop["meterStop"] >= start["meterStart"]
-    assert all(p["transactionId"] == 1001 for _, p in csms.actions("MeterValues"))
-    assert services["ocpp"]["connected"] and services["ocpp"]["booted"] and services["ocpp"]["dropped"] == 0
+    assert all(msg["transactionId"] == 1001 for _, msg in csms.actions("MeterValues"))
+    assert services["ocpp"].connected and services["ocpp"].booted and services["ocpp"].dropped == 0
 
 
 @aio
@@ -94,17 +95,19 @@ async def test_an_uplink_new_to_a_charger_starts_from_now_with_the_connectors_st
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uplink = None
 
-    async def status() -> dict:
+    async def status() -> p.ConnectorStatus:
         for _ in range(400):
             try:
-                return (await asyncio.to_thread(request, load(path).store.runtime_dir, {"cmd": "status"}))["connectors"][0]
+                reply = await asyncio.to_thread(request, load(path).store.runtime_dir, p.Status())
+                assert isinstance(reply, p.StatusReply), reply
+                return reply.connectors[0]
             except (OSError, ControlError):  # the daemon is still starting
                 await asyncio.sleep(0.05)
         raise AssertionError("no status")
 
     async def until_status(wanted: str) -> None:
         for _ in range(400):
-            if (await status())["status"] == wanted:
+            if (await status()).status == wanted:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"never {wanted}: {await status()}")
@@ -135,7 +138,7 @@ async def test_an_uplink_new_to_a_charger_starts_from_now_with_the_connectors_st
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(10)
         await csms.stop()
-    statuses = [p["status"] for a, p in csms.actions("StatusNotification") if p["connectorId"] == 1]
+    statuses = [msg["status"] for _, msg in csms.actions("StatusNotification") if msg["connectorId"] == 1]
     assert statuses[0] == "Charging"  # where it stood at first contact, from the daemon's status
     flow = [a for a, _ in csms.actions() if a in ("StartTransaction", "StopTransaction")]
     assert flow == ["StartTransaction", "StopTransaction"]  # only the session after first contact

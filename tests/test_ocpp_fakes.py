@@ -8,6 +8,8 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed.uplink.v16.uplink import Uplink
 from evsed.uplink.settings import Settings
 from simulator.csms import CentralSystem
@@ -18,27 +20,25 @@ def iso(moment: dt.datetime | None = None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-LIVE = ("session.sample", "pilot.state_changed", "pilot.output", "card.presented")
-
-
 class FakeLink:
-    """The daemon as the uplink sees it: a durable event stream, commands, an authorizer seat."""
+    """The daemon as the uplink sees it: a durable event stream, commands, an authorizer seat; every
+    event and reply a record of the protocol, as the real Link hands them."""
 
     def __init__(self, connectors=(1,), events=None, acked=0):
-        self.hello = {"ok": True, "version": 1, "charger": "evsed", "connectors": list(connectors),
-                      "phases": 3, "voltage_v": 230}
-        self.events_list: list[dict] = list(events or [])
-        self.commands: list[dict] = []
-        self.replies: dict[str, object] = {}
+        self.hello = p.HelloReply(version=1, charger="evsed", connectors=tuple(connectors), phases=3, voltage_v=230,
+                                  acked=acked, last_seq=0)
+        self.events_list: list[p.Event] = list(events or [])
+        self.commands: list[p.Command] = []
+        self.replies: dict[str, object] = {}  # cmd -> a reply record, or a function of the command
         self.acked = acked
         self.authorizer = None
         self.changed = asyncio.Condition()
 
-    def emit(self, type: str, connector: int = 1, **fields) -> dict:
+    def emit(self, type: str, connector: int = 1, **fields) -> p.Event:
         """A durable event with the next seq; session.sample and other live events get seq null."""
-        durable = [e["seq"] for e in self.events_list if e["seq"] is not None]
-        seq = None if type in LIVE else (durable[-1] if durable else 0) + 1
-        event = {"seq": seq, "at": iso(), "type": type, "connector": connector, **fields}
+        durable = [e.seq for e in self.events_list if e.seq is not None]
+        seq = None if not p.EVENTS[type].DURABLE else (durable[-1] if durable else 0) + 1
+        event = pr.event(type, seq=seq, at=iso(), connector=connector, **fields)
         self.events_list.append(event)
         asyncio.get_running_loop().create_task(self._notify())
         return event
@@ -51,11 +51,13 @@ class FakeLink:
         async with self.changed:
             return await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
 
-    async def command(self, req: dict) -> dict:
-        self.commands.append(req)
+    async def command(self, command: p.Command):
+        self.commands.append(command)
         await self._notify()
-        reply = self.replies.get(req["cmd"], {"ok": True})
-        return reply(req) if callable(reply) else dict(reply)
+        reply = self.replies.get(command.CMD)
+        if reply is None:
+            return default_reply(command, self.hello.connectors)
+        return reply(command) if callable(reply) else reply
 
     async def events(self, after: int):
         index = 0
@@ -65,8 +67,8 @@ class FakeLink:
             while index < len(self.events_list):
                 event = self.events_list[index]
                 index += 1
-                if event["seq"] is None or event["seq"] > after:
-                    yield dict(event)
+                if event.seq is None or event.seq > after:
+                    yield event
 
     async def ack(self, seq: int) -> None:
         self.acked = max(self.acked, seq)
@@ -77,8 +79,23 @@ class FakeLink:
         await self._notify()
         await asyncio.Future()
 
-    def sent(self, cmd: str) -> list[dict]:
-        return [c for c in self.commands if c["cmd"] == cmd]
+    def sent(self, cmd: str) -> list[p.Command]:
+        return [c for c in self.commands if c.CMD == cmd]
+
+
+def default_reply(command: p.Command, connectors) -> p.Reply:
+    """What the daemon answers when all goes well (a test sets link.replies for anything else)."""
+    connector = getattr(command, "connector", None) or connectors[0]
+    return {
+        p.RemoteStart: lambda: p.StartReply(connector=connector, result="Accepted"),
+        p.RemoteStop: lambda: p.StopReply(connector=connector, result="Accepted"),
+        p.Availability: lambda: p.AvailabilityReply(result="Accepted"),
+        p.Reserve: lambda: p.ReserveReply(connector=connector, result="Accepted"),
+        p.CancelReservation: lambda: p.CancelReply(result="Accepted"),
+        p.Unlock: lambda: p.UnlockReply(result="Unlocked"),
+        p.Restart: lambda: p.RestartReply(exit_status=75),
+        p.Status: lambda: pr.status(connectors=()),  # none to seed: set link.replies["status"] for them
+    }.get(type(command), p.Ok)()
 
 
 def settings_for(port: int, state_file: Path, **overrides) -> Settings:

@@ -3,6 +3,7 @@ configuration, trigger, data transfer, reservations and diagnostics (firmware: t
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import http.server
 import json
@@ -11,12 +12,13 @@ import threading
 import pytest
 from ocpp.v16 import call
 
+from evsed import protocol as p
 from evsed.uplink.connection import HardReset
 from simulator.csms import CentralSystem
 from test_ocpp_fakes import FakeLink, aio, booted, running, until
 
 
-def start_session(link: FakeLink, session="s1", tag="04A1B2C3", connector=1) -> None:
+def start_session(link: FakeLink, session=1, tag="04A1B2C3", connector=1) -> None:
     link.emit("session.started", connector=connector, session=session, id_tag=tag, meter_start_wh=100,
               started_at="2026-11-28T16:20:00Z")
 
@@ -26,9 +28,9 @@ def stopping_link() -> FakeLink:
     link = FakeLink()
 
     def remote_stop(req):
-        link.emit("session.stopped", connector=req["connector"], session="s1", id_tag="04A1B2C3",
+        link.emit("session.stopped", connector=req.connector, session=1, id_tag="04A1B2C3",
                   meter_stop_wh=400, energy_wh=300, reason="remote", stopped_at="2026-11-28T17:00:00Z")
-        return {"ok": True}
+        return p.StopReply(connector=req.connector, result="Accepted")
     link.replies["remote-stop"] = remote_stop
     return link
 
@@ -40,8 +42,8 @@ async def test_remote_start_asks_the_daemon_and_answers_what_it_said(tmp_path):
         await booted(csms, uplink)
         result = await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=1))
         assert result.status == "Accepted"
-        assert link.sent("remote-start") == [{"cmd": "remote-start", "connector": 1, "id_tag": "04A1B2C3"}]
-        link.replies["remote-start"] = {"ok": False, "error": "connector busy"}
+        assert link.sent("remote-start") == [p.RemoteStart(connector=1, id_tag="04A1B2C3")]
+        link.replies["remote-start"] = p.StartReply(connector=1, result="Rejected", reason="connector in use")
         result = await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=1))
         assert result.status == "Rejected"
         result = await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=7))
@@ -57,7 +59,7 @@ async def test_remote_start_with_authorize_remote_tx_requests_authorizes_first(t
         await csms.wait_for(lambda: csms.actions("Authorize"))
         assert (await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=1))).status == "Accepted"
         await link.wait_for(lambda: link.sent("remote-start"))
-        assert [c["id_tag"] for c in link.sent("remote-start")] == ["04A1B2C3"]
+        assert [c.id_tag for c in link.sent("remote-start")] == ["04A1B2C3"]
 
 
 @aio
@@ -68,7 +70,7 @@ async def test_remote_stop_by_transaction_id_and_an_unknown_id_is_rejected(tmp_p
         await booted(csms, uplink)
         assert (await csms.call("CP1", call.RemoteStopTransaction(transaction_id=5))).status == "Rejected"
         start_session(link)
-        await until(lambda: uplink.state.transaction_id("s1") == 1001, what="transaction id")
+        await until(lambda: uplink.state.transaction_id("1") == 1001, what="transaction id")
         assert (await csms.call("CP1", call.RemoteStopTransaction(transaction_id=1001))).status == "Accepted"
         await csms.wait_for(lambda: csms.actions("StopTransaction"))
         assert csms.actions("StopTransaction")[0][1]["reason"] == "Remote"
@@ -110,11 +112,11 @@ async def test_change_availability_is_scheduled_while_charging(tmp_path):
     csms = CentralSystem()
     async with running(csms, tmp_path) as (uplink, link):
         await booted(csms, uplink)
-        link.replies["availability"] = {"ok": True, "scheduled": True}
+        link.replies["availability"] = p.AvailabilityReply(result="Scheduled")
         result = await csms.call("CP1", call.ChangeAvailability(connector_id=0, type="Inoperative"))
         assert result.status == "Scheduled"
-        assert link.sent("availability") == [{"cmd": "availability", "connector": 0, "operative": False}]
-        link.replies["availability"] = {"ok": True}
+        assert link.sent("availability") == [p.Availability(connector=0, operative=False)]
+        link.replies["availability"] = p.AvailabilityReply(result="Accepted")
         assert (await csms.call("CP1", call.ChangeAvailability(connector_id=1, type="Operative"))).status == "Accepted"
         assert (await csms.call("CP1", call.ChangeAvailability(connector_id=3, type="Operative"))).status == "Rejected"
 
@@ -125,9 +127,9 @@ async def test_unlock_connector_says_not_supported_when_the_daemon_has_no_lock(t
     async with running(csms, tmp_path) as (uplink, link):
         await booted(csms, uplink)
         assert (await csms.call("CP1", call.UnlockConnector(connector_id=1))).status == "Unlocked"
-        link.replies["unlock"] = {"ok": False, "error": "NotSupported"}
+        link.replies["unlock"] = p.UnlockReply(result="NotSupported")
         assert (await csms.call("CP1", call.UnlockConnector(connector_id=1))).status == "NotSupported"
-        link.replies["unlock"] = {"ok": False, "error": "lock jammed"}
+        link.replies["unlock"] = p.Failure(error="lock jammed")
         assert (await csms.call("CP1", call.UnlockConnector(connector_id=1))).status == "UnlockFailed"
 
 
@@ -183,10 +185,10 @@ async def test_authorization_key_is_written_0600_and_never_logged(tmp_path):
 async def test_every_trigger_message_is_answered_and_sent(tmp_path):
     csms = CentralSystem()
     link = FakeLink()
-    link.emit("connector.status", status="Available", error_code="NoError")
+    link.emit("connector.status", status="Available")
     async with running(csms, tmp_path, link=link) as (uplink, _):
         await booted(csms, uplink)
-        link.emit("session.sample", session="x", energy_wh=5, power_w=0.0, current_a=[], voltage_v=[], offered_a=0)
+        link.emit("session.sample", session=1, energy_wh=5, power_w=0.0, current_a=[], voltage_v=[], offered_a=0)
         await until(lambda: 1 in uplink.messages.samples)
         for message in ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
                         "Heartbeat", "MeterValues", "StatusNotification"):
@@ -210,16 +212,16 @@ async def test_reservations_reach_the_daemon_and_start_transaction_carries_the_i
     csms = CentralSystem()
     async with running(csms, tmp_path) as (uplink, link):
         await booted(csms, uplink)
-        link.replies["reserve"] = {"ok": True, "result": "Accepted"}
+        link.replies["reserve"] = p.ReserveReply(connector=1, result="Accepted")
         result = await csms.call("CP1", call.ReserveNow(connector_id=0, expiry_date="2026-11-28T18:00:00+01:00",
                                                         id_tag="04A1B2C3", reservation_id=42))
         assert result.status == "Accepted"
-        assert link.sent("reserve") == [{"cmd": "reserve", "connector": 0, "id_tag": "04A1B2C3",
-                                         "until": "2026-11-28T17:00:00.000Z", "reservation_id": 42}]
-        link.replies["reserve"] = {"ok": True, "result": "Occupied"}
+        until = dt.datetime(2026, 11, 28, 17, tzinfo=dt.timezone.utc)
+        assert link.sent("reserve") == [p.Reserve(connector=0, id_tag="04A1B2C3", until=until, reservation_id=42)]
+        link.replies["reserve"] = p.ReserveReply(result="Occupied")
         assert (await csms.call("CP1", call.ReserveNow(connector_id=1, expiry_date="2026-11-28T18:00:00Z",
                                                        id_tag="X", reservation_id=43))).status == "Occupied"
-        link.replies["cancel-reservation"] = {"ok": True, "result": "Rejected"}
+        link.replies["cancel-reservation"] = p.CancelReply(result="Rejected")
         assert (await csms.call("CP1", call.CancelReservation(reservation_id=43))).status == "Rejected"
         start_session(link)
         await csms.wait_for(lambda: csms.actions("StartTransaction"))

@@ -89,7 +89,7 @@ async def test_profiles_change_the_offered_limit_at_the_scheduled_time_and_clear
                         {"startPeriod": 0, "limit": 10.0}, {"startPeriod": 1, "limit": 6.5}]}}
         result = await csms.call("CP1", call.SetChargingProfile(connector_id=1, cs_charging_profiles=body))
         assert result.status == "Accepted"
-        limits = lambda: [c["current_a"] for c in link.sent("limit") if c["connector"] == 1]  # noqa: E731
+        limits = lambda: [c.current_a for c in link.sent("limit") if c.connector == 1]  # noqa: E731
         await link.wait_for(lambda: limits()[-1:] == [6.5], timeout=5)
         assert limits()[-3:] == [None, 10.0, 6.5]
         composite = await csms.call("CP1", call.GetCompositeSchedule(connector_id=1, duration=60))
@@ -98,7 +98,7 @@ async def test_profiles_change_the_offered_limit_at_the_scheduled_time_and_clear
         assert (await csms.call("CP1", call.ClearChargingProfile(id=7))).status == "Accepted"
         await link.wait_for(lambda: limits()[-1] is None)
         assert (await csms.call("CP1", call.ClearChargingProfile(id=7))).status == "Unknown"
-        assert all(c["source"] == "ocpp" for c in link.sent("limit"))
+        assert all(c.source == "ocpp" for c in link.sent("limit"))
 
 
 @aio
@@ -114,10 +114,10 @@ async def test_remote_start_with_a_tx_profile_installs_it_for_that_transaction(t
         result = await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=1,
                                                                     charging_profile=body))
         assert result.status == "Accepted"
-        link.emit("session.started", session="s1", id_tag="04A1B2C3", meter_start_wh=0,
+        link.emit("session.started", session=1, id_tag="04A1B2C3", meter_start_wh=0,
                   started_at=times.iso(uplink.clock()))
-        await link.wait_for(lambda: any(c["current_a"] == 12.0 for c in link.sent("limit")))
-        link.emit("session.stopped", session="s1", id_tag="04A1B2C3", meter_stop_wh=10, energy_wh=10,
+        await link.wait_for(lambda: any(c.current_a == 12.0 for c in link.sent("limit")))
+        link.emit("session.stopped", session=1, id_tag="04A1B2C3", meter_stop_wh=10, energy_wh=10,
                   reason="ev_disconnected", stopped_at=times.iso(uplink.clock()))
-        await link.wait_for(lambda: [c["current_a"] for c in link.sent("limit") if c["connector"] == 1][-1] is None)
+        await link.wait_for(lambda: [c.current_a for c in link.sent("limit") if c.connector == 1][-1] is None)
         await until(lambda: uplink.state.count("profiles") == 0)

@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 
+from evsed import protocol as p
 from evsed import config
 from evsed.shell.daemon import Daemon
 from simulator.openevse_rapi import OpenEvseEmulator
@@ -83,13 +84,13 @@ def test_a_board_unplugged_and_plugged_back_is_unavailable_meanwhile_and_charges
             await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
             adapter.unplug()
             await until(lambda: ctrl.pilot_error != "")
-            (away,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
+            (away,) = (await ask(cfg, p.Status())).connectors
             second = OpenEvseEmulator(current_a=32, total_wh=5000)
             second.set_ev("B")  # the board rebooted meanwhile; the EV is still there
             adapter.plug(second)
             await until(lambda: ctrl.pilot_error == "" and ctrl.state.pilot is not None, timeout_s=10)
-            (back,) = (await ask(cfg, {"cmd": "status"}))["connectors"]
-            await until(lambda: ctrl.last_reading is not None and not ctrl.status()["measured"]["stale"])
+            (back,) = (await ask(cfg, p.Status())).connectors
+            await until(lambda: ctrl.last_reading is not None and not ctrl.status()["measured"].stale)
             daemon.world.reader.tap("04A1B2C3")
             await until(lambda: second.mode == "enabled" and second.current_a == 32)
             second.set_ev("C")
@@ -101,5 +102,60 @@ def test_a_board_unplugged_and_plugged_back_is_unavailable_meanwhile_and_charges
     finally:
         for board in adapter.boards:
             board.stop()
-    assert away["state"] is None and away["contactor"] == "open" and "serial link lost" in away["pilot_error"]
-    assert back["state"] == "B" and back["pilot_error"] == "" and fatal is None
+    assert away.state is None and away.contactor == "open" and "serial link lost" in away.pilot_error
+    assert back.state == "B" and back.pilot_error == "" and fatal is None
+
+
+async def charge_on_the_board(board: OpenEvseEmulator, daemon: Daemon) -> None:
+    """Alice's card and an EV in C: the board's relay closed with the core's consent."""
+    ctrl = daemon.connectors[1]
+    await until(lambda: ctrl.last_reading is not None)
+    board.set_ev("B")
+    await until(lambda: ctrl.state.pilot is not None and ctrl.state.pilot.value == "B")
+    daemon.world.reader.tap("04A1B2C3")
+    board.set_ev("C")
+    await until(lambda: ctrl.state.contactor_closed and board.relay_closed)
+
+
+def test_sigterm_during_a_charge_puts_the_board_to_sleep_so_the_ev_stops_first(tmp_path):
+    """An orderly stop is no fault: $FS (the board opens once the EV leaves C, or after its own
+    3 s), not $FD (the relay dropped under load, -12 V on the pilot)."""
+    with OpenEvseEmulator(current_a=32, total_wh=5000) as board:
+        cfg = config.load(board_config(tmp_path, board.port))
+
+        async def scenario():
+            daemon = Daemon(cfg)
+            run = asyncio.create_task(daemon.run())
+            await daemon.ready.wait()
+            await charge_on_the_board(board, daemon)
+            sent = len(board.commands)
+            daemon.stopping.set()  # what SIGTERM does
+            assert await run == 0
+            return sent
+
+        sent = asyncio.run(scenario())
+        assert "FD" not in board.commands[sent:] and "FS" in board.commands[sent:]
+        assert board.mode == "sleeping" and board.relay_closed  # waiting for the EV
+        board.set_ev("B")
+        assert not board.relay_closed
+
+
+def test_a_task_that_fails_during_a_charge_disables_the_board_at_once(tmp_path):
+    with OpenEvseEmulator(current_a=32, total_wh=5000) as board:
+        cfg = config.load(board_config(tmp_path, board.port))
+
+        async def fail():
+            raise RuntimeError("a bug")
+
+        async def scenario():
+            daemon = Daemon(cfg)
+            run = asyncio.create_task(daemon.run())
+            await daemon.ready.wait()
+            await charge_on_the_board(board, daemon)
+            sent = len(board.commands)
+            daemon._spawn(fail(), "bug")
+            assert await run == 1
+            return sent
+
+        sent = asyncio.run(scenario())
+        assert "FD" in board.commands[sent:] and not board.relay_closed

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from evsed.core.pilot import (BAND_V, MAX_CURRENT_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify,
-                         current_for_duty, diode_present, duty_for_current)
+from evsed.core.pilot import (BAND_V, MAX_ABOVE_A, MAX_CURRENT_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify,
+                              current_for_duty, diode_present, duty_for_current)
 
 # Float noise allowance when reading a duty back as a current (far below any meter's resolution).
 EPS_A = 1e-9
@@ -70,25 +70,35 @@ def test_diode_absent_elsewhere(low_v):
 
 # --- duty for current ------------------------------------------------------------------------
 
+# PWM resolutions: exact, the kernel's 1 ns of a 1 ms period, a 1 us software PWM, and coarser
+STEPS = st.sampled_from([0.0, 1e-4, 1e-3, 0.01, 0.1]) | st.floats(min_value=1e-5, max_value=0.1)
 
-@pytest.mark.parametrize("current_a, duty", [
-    (6.0, 10.0), (10.0, 16.6), (12.0, 20.0), (13.0, 21.6), (16.0, 26.6), (18.0, 30.0),
-    (20.0, 33.3), (30.0, 50.0), (32.0, 53.3), (40.0, 66.6), (48.0, 80.0), (51.0, 85.0),
-])
-def test_duty_in_the_low_range_is_current_over_0_6(current_a, duty):
-    assert duty_for_current(current_a) == duty
+
+def intended_a(current_a: float) -> float:
+    """What an offer of current_a can be at best: capped at 80 A, and 51 A in the standard's gap
+    between 51 A (85 %) and 52.5 A, where the upper formula starts."""
+    current_a = min(current_a, MAX_CURRENT_A)
+    return 51.0 if 51.0 < current_a < 52.5 else current_a
+
+
+@pytest.mark.parametrize("current_a", [6.0, 10.0, 12.0, 13.0, 16.0, 18.0, 20.0, 30.0, 32.0, 40.0, 48.0, 51.0])
+def test_duty_in_the_low_range_is_current_over_0_6_exactly(current_a):
+    duty = duty_for_current(current_a)
+    assert duty == pytest.approx(current_a / 0.6, abs=1e-12)
+    assert current_for_duty(duty) == pytest.approx(current_a, abs=EPS_A)
 
 
 @pytest.mark.parametrize("current_a, duty", [
     (52.0, 85.0), (52.5, 85.0), (55.0, 86.0), (60.0, 88.0), (63.0, 89.2), (70.0, 92.0), (75.0, 94.0), (80.0, 96.0),
 ])
 def test_duty_in_the_high_range_is_current_over_2_5_plus_64(current_a, duty):
-    assert duty_for_current(current_a) == duty
+    assert duty_for_current(current_a) == pytest.approx(duty, abs=1e-12)
 
 
 @pytest.mark.parametrize("current_a", [5.99, 5.0, 0.0, -1.0, -math.inf, math.nan])
 def test_no_pwm_below_6_a(current_a):
     assert duty_for_current(current_a) is None
+    assert duty_for_current(current_a, 0.1) is None
 
 
 @pytest.mark.parametrize("current_a", [80.01, 100.0, 1000.0, math.inf])
@@ -97,41 +107,53 @@ def test_offer_is_capped_at_80_a(current_a):
     assert current_for_duty(duty_for_current(current_a)) == MAX_CURRENT_A
 
 
-def test_duty_rounds_down_to_a_tenth():
-    # 16 A is 26.666... %: 26.7 % would offer 16.02 A, more than allowed.
-    assert duty_for_current(16.0) == 26.6
-    assert current_for_duty(26.6) < 16.0
+def test_16_a_reads_as_16_a_also_to_an_ev_that_truncates():
+    # floored to 0.1 % it was 26.6 %: 15.96 A, which such an EV takes as 15 A
+    assert math.floor(current_for_duty(duty_for_current(16.0)) + EPS_A) == 16
+    assert duty_for_current(16.0, step_pct=0.1) == 26.7  # 16.02 A on a 0.1 % grid
+    assert duty_for_current(10.0, step_pct=0.1) == 16.7
+    assert duty_for_current(16.0, step_pct=1e-4) == 26.6667  # the kernel PWM's 1 ns of 1 ms
 
 
-@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))
-def test_duty_is_none_or_between_10_and_97_percent(current_a):
-    duty = duty_for_current(current_a)
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), STEPS)
+def test_duty_is_none_or_between_10_and_97_percent(current_a, step_pct):
+    duty = duty_for_current(current_a, step_pct)
     if current_a < MIN_CURRENT_A:
         assert duty is None
     else:
         assert duty is not None and 10.0 <= duty <= 97.0
 
 
-@given(st.floats(min_value=MIN_CURRENT_A, max_value=1e6, allow_nan=False))
-def test_offer_never_exceeds_the_allowed_current(current_a):
-    offered = current_for_duty(duty_for_current(current_a))
-    assert offered <= min(current_a, MAX_CURRENT_A) + EPS_A
-    assert offered >= MIN_CURRENT_A - EPS_A  # and a pause is never disguised as a low duty
+@given(st.floats(min_value=MIN_CURRENT_A, max_value=1e6, allow_nan=False), STEPS)
+def test_the_ev_reads_the_offer_never_more_than_0_05_a_above_it(current_a, step_pct):
+    duty = duty_for_current(current_a, step_pct)
+    read_a, want_a = current_for_duty(duty), intended_a(current_a)
+    if duty - step_pct >= 10.0 - 1e-9:
+        assert read_a <= want_a + MAX_ABOVE_A + EPS_A
+    else:  # the step below would be under 10 %, which the standard does not allow: one step above
+        assert read_a <= want_a + step_pct * 0.6 + EPS_A
+    assert read_a >= MIN_CURRENT_A - EPS_A  # a pause is never disguised as a low duty
+    exact = duty_for_current(current_a)
+    above = math.ceil(exact / step_pct - 1e-6) * step_pct if step_pct else exact
+    if current_for_duty(above) <= want_a + MAX_ABOVE_A:  # the step at or above: never below the offer
+        assert read_a >= want_a - EPS_A
+    else:  # that step reads too high (coarse, or past 85 %, where the upper formula starts): one below
+        assert read_a >= want_a - step_pct * 2.5 - EPS_A
 
 
-@given(st.floats(min_value=MIN_CURRENT_A, max_value=MAX_CURRENT_A))
-def test_rounding_loses_at_most_a_tenth_of_a_percent_in_the_low_range(current_a):
-    assume(current_a <= 51.0)
-    duty = duty_for_current(current_a)
-    assert current_a / 0.6 - 0.1 - 1e-6 <= duty <= current_a / 0.6 + 1e-6
+@given(st.floats(min_value=MIN_CURRENT_A, max_value=MAX_CURRENT_A), STEPS)
+def test_the_duty_lies_on_the_pwms_grid(current_a, step_pct):
+    assume(step_pct > 0)
+    steps = duty_for_current(current_a, step_pct) / step_pct
+    assert abs(steps - round(steps)) < 1e-4
 
 
 @given(st.floats(min_value=MIN_CURRENT_A, max_value=MAX_CURRENT_A),
-       st.floats(min_value=MIN_CURRENT_A, max_value=MAX_CURRENT_A))
-def test_more_current_never_gets_a_lower_duty_within_a_range(a, b):
+       st.floats(min_value=MIN_CURRENT_A, max_value=MAX_CURRENT_A), STEPS)
+def test_more_current_never_gets_a_lower_duty_within_a_range(a, b, step_pct):
     low, high = sorted((a, b))
     assume((high <= 51.0) or (low > 51.0))  # the standard's formula steps down at 51 A
-    assert duty_for_current(low) <= duty_for_current(high)
+    assert duty_for_current(low, step_pct) <= duty_for_current(high, step_pct)
 
 
 # --- what the EV reads back ------------------------------------------------------------------

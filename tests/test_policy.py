@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from evsed import protocol as p
 from evsed import config as configmod
 from evsed.cli import policy as policy_cli
 from evsed.shell import policy, scenario
@@ -140,21 +141,21 @@ def test_a_reload_that_changes_devices_is_refused_and_the_old_config_stays(tmp_p
     del data["connector"][0]["rcd"]
     new = configmod.build(data, tmp_path / "new.toml")
     old = r.charger.config
-    assert r.charger.reload(new)["result"] == "Rejected" and r.charger.config is old
+    assert r.charger.reload(new).result == "Rejected" and r.charger.config is old
 
 
 def test_learn_reads_the_next_tap_and_says_when_the_card_is_known(tmp_path):
     r = runner(tmp_path, GROUPS)
     r.charger.learning = r.now + 60
     r.charger.present_card("02020202")
-    assert r.charger.learned["known"] and r.charger.learned["group"] == "boss"
+    assert r.charger.learned.known and r.charger.learned.group == "boss"
     assert not r.ctrls[0].state.session
 
 
 def test_cards_learn_prints_a_ready_to_paste_card_block(monkeypatch, capsys):
-    replies = iter([{"ok": True, "waiting": True}, {"ok": True, "waiting": True, "card": None},
-                    {"ok": True, "waiting": False, "card": {"uid": "DEADBEEF", "known": False, "name": "",
-                                                            "group": "", "toml": '[[card]]\nuid = "DEADBEEF"\n'}}])
+    replies = iter([p.LearnReply(waiting=True), p.LearnedReply(waiting=True, card=None),
+                    p.LearnedReply(waiting=False, card=p.LearnedCard(uid="DEADBEEF", known=False, name="", group="",
+                                                                     toml='[[card]]\nuid = "DEADBEEF"\n'))])
     monkeypatch.setattr(policy_cli, "_request", lambda args, req: next(replies))
     args = type("A", (), {"timeout": 5.0})()
     assert policy_cli.cmd_cards_learn(args, sleep=lambda s: None) == 0
@@ -166,10 +167,10 @@ def test_status_lists_every_limit_source_and_marks_the_binding_one(tmp_path):
     r = runner(tmp_path, '[[config.window]]\nstart = "00:00"\nend = "24:00"\naction = "cap"\nmax_current_a = 10\n')
     st = r.charger._connector_status(r.ctrls[0])
     lines = policy_cli.format_limits(st)
-    assert st["binding"] == "window"
+    assert st.binding == "window"
     assert any("window" in line and "10 A" in line and "<- binds" in line for line in lines)
     assert {"hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar", "ocpp"} <= set(
-        st["limit_chain"])
+        st.limit_chain)
 
 
 def test_a_window_boundary_arms_a_timer_on_the_virtual_wall_clock(tmp_path):
@@ -198,5 +199,5 @@ def test_a_reload_names_the_changed_keys_only_a_restart_applies_and_applies_the_
     data = scenario._merge(scenario.base_config_data(), {"log": {"level": "debug"}, "charger": {"id": "other"},
                                                          "store": {"checkpoint_s": 30.0}})
     reply = r.charger.reload(configmod.build(data, tmp_path / "new.toml"))
-    assert reply == {"result": "Accepted", "restart_needed": ["[charger] id", "[log]"]}
+    assert reply == p.ReloadReply(result="Accepted", restart_needed=("[charger] id", "[log]"))
     assert r.charger.recorder.checkpoint_s == 30.0

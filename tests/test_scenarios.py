@@ -129,11 +129,11 @@ events = { type = "contactor.closed", max = 0 }
     assert any("happened at" in f for f in result.failed) and any("1 contactor.closed events" in f for f in result.failed)
 
 
-def test_tolerances_tell_26_6_from_26_7(tmp_path):
+def test_tolerances_tell_26_67_from_26_7(tmp_path):
     result = run_text(tmp_path, '[config.charger]\nmax_current_a = 16\n' + CHARGING + '''
 [[step]]
 t = 5
-expect = { duty_pct = { value = 26.6, tol = 0.01 }, hw_duty_pct = { value = 26.6, tol = 0.01 } }
+expect = { duty_pct = { value = 26.667, tol = 0.01 }, hw_duty_pct = { value = 26.667, tol = 0.01 } }
 [[step]]
 t = 5
 expect = { duty_pct = { value = 26.7, tol = 0.01 } }

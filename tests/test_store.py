@@ -287,7 +287,7 @@ def test_a_stopped_session_row_and_its_outbox_event_commit_together(tmp_path, mo
     at = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone.utc)
     base = {"session": 1, "id_tag": "04A1B2C3", "card_name": "Alice", "group": "family", "auth_source": "local",
             "started_at": "2026-01-05T09:00:00+00:00", "meter_start_wh": 1000}
-    recorder(ChargerEvent("session.started", 1, at, base))
+    recorder(ChargerEvent("session.started", 1, at, {**base, "meter_start_unknown": False}))
     real_append = outbox.append
 
     def cut(db, *args):  # the outbox write fails, as if the power went between the two writes

@@ -7,6 +7,7 @@ release's bin/evsed under NOTIFY_SOCKET, READY=1 awaited on a datagram socket.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.metadata
 import json
@@ -24,7 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+import protocol_records as pr
 from evsed import config
+from evsed import protocol as p
 from evsed.cli import main
 from evsed.control import client as control
 from evsed.ops import update
@@ -195,8 +198,8 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
     assert not (opt / "releases/0.2.0").exists()
     # the old release is READY on the database it knows, with the session stored before the update
     assert service.proc is not None and service.proc.poll() is None
-    reply = control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})
-    assert reply["connectors"][0]["contactor"] == "open"
+    reply = control.ask(updater.cfg.store.runtime_dir, p.Status())
+    assert reply.connectors[0].contactor == "open"
     service.stop()
     store = Store.open_readonly(updater.cfg.store.state_dir / "sessions.db")
     assert [r["energy_wh"] for r in store.sessions()] == [7000]
@@ -223,7 +226,7 @@ def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
     assert stat.S_IMODE((updater.opt / "releases/0.3.0/bin/evsed").stat().st_mode) & 0o005 == 0o005
     assert (updater.opt / "releases/0.1.0/bin/evsed").exists()
     assert service.started == [str(updater.opt / "releases/0.3.0")]
-    assert control.request(updater.cfg.store.runtime_dir, {"cmd": "status"})["connectors"][0]["id"] == 1
+    assert control.ask(updater.cfg.store.runtime_dir, p.Status()).connectors[0].id == 1
     assert updater.clock() >= 120 and "evsed 0.3.0 ran 120 s without failing: it stays" in said
 
 
@@ -273,7 +276,7 @@ def test_a_wheel_with_a_bad_signature_changes_nothing(site, tmp_path):
 
 def test_no_switch_while_a_session_runs(site, tmp_path):
     updater, key, service, said = site
-    updater.status = lambda: {"connectors": [{"id": 2, "session": {"id_tag": "04A1B2C3"}}]}
+    updater.status = lambda: pr.status(pr.connector(id=2, session=pr.session()))
     wheel = make_wheel(tmp_path, "0.3.0", GOOD)
     with pytest.raises(update.UpdateError, match="a session runs on connector 2"):
         updater.update(wheel, signed(key, wheel))
@@ -281,25 +284,50 @@ def test_no_switch_while_a_session_runs(site, tmp_path):
 
 
 def test_the_charger_is_made_unavailable_before_the_stop_and_a_session_begun_meanwhile_is_waited_for(tmp_path):
-    # The last look at the sessions and the stop are apart: a driver may tap in between.
-    clock = FakeClock()
-    looks = iter([{"connectors": [{"id": 1, "session": None}]},   # free: hold it...
-                  {"connectors": [{"id": 1, "session": {"id_tag": "04A1B2C3"}}]},  # ...one had begun
-                  {"connectors": [{"id": 1, "session": None}]}])  # it ended: hold again
-    asked: list[dict] = []
-    scheduled = iter([True, False])  # the first hold came after the tap: scheduled for after the session
+    # The last look at the sessions and the stop are apart: a driver may tap in between. Across the
+    # real socket, the daemon answers the hold `Scheduled` then, and the updater must read it so.
+    from test_daemon import running, write_config
+    cfg = config.load(write_config(tmp_path))
+    runtime = cfg.store.runtime_dir
+    clock, looks, holds = FakeClock(), [], []
 
-    def command(request):
-        asked.append(request)
-        return {"ok": True, **({"scheduled": next(scheduled)} if not request["operative"] else {})}
+    def until_session(running: bool) -> None:
+        for _ in range(2000):  # bounded: the daemon's loop does it within a few of its turns
+            if (control.ask(runtime, p.Status()).connectors[0].session is not None) == running:
+                return
+        raise AssertionError(f"session running never {running}")
 
-    cfg = config.parse("[[connector]]\n[connector.pilot]\nbackend = \"sim\"\n[connector.contactor]\nbackend = \"sim\"\n",
-                       tmp_path / "evsed.toml")
-    updater = update.Updater(cfg, update.settings(cfg), None, lambda: next(looks), [].append, clock=clock,
-                             sleep=clock.sleep, command=command)
-    updater._wait_between_sessions(3600)
-    hold, release = ({"cmd": "availability", "connector": 0, "operative": v} for v in (False, True))
-    assert asked == [hold, release, hold]  # held last: the stop follows with nothing running
+    def status() -> p.StatusReply:
+        reply = control.ask(runtime, p.Status())
+        looks.append(reply.connectors[0].session is not None)
+        if len(looks) == 1:  # a driver plugs in and taps right after the updater's first look
+            control.ask(runtime, p.Plug())
+            control.ask(runtime, p.Tap(card="04A1B2C3"))
+            until_session(True)
+        return reply
+
+    def hold(inoperative: bool) -> p.AvailabilityReply | p.Failure:
+        holds.append((inoperative, control.request(runtime, p.Availability(connector=0, operative=not inoperative))))
+        return holds[-1][1]
+
+    def unplug() -> None:  # while the updater waits, the session ends
+        if control.ask(runtime, p.Status()).connectors[0].session is not None:
+            control.ask(runtime, p.Unplug())
+            until_session(False)
+    clock.hooks.append(unplug)
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            updater = update.Updater(cfg, update.settings(cfg), None, status, [].append, clock=clock,
+                                     sleep=clock.sleep, hold=hold)
+            await asyncio.to_thread(updater._wait_between_sessions, 3600)
+            return daemon.connectors[1].state.status.value
+
+    final = asyncio.run(scenario())
+    assert looks == [False, True, False]
+    assert [(inoperative, reply.result) for inoperative, reply in holds] == [
+        (True, "Scheduled"), (False, "Accepted"), (True, "Accepted")]  # held last: nothing runs at the stop
+    assert final == "Unavailable"
 
 
 def test_an_ecdsa_signature_in_base64_is_accepted(tmp_path):

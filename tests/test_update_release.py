@@ -18,6 +18,7 @@ from typing import Callable
 
 import pytest
 
+from evsed import protocol as p
 from evsed.control import client as control
 from evsed.ops import update
 from evsed.store import migrations
@@ -76,11 +77,11 @@ def stopped(db: Path, session_id: int) -> bool:
 
 def a_session(cfg, session_id: int) -> None:
     """Plug, tap Alice's card, charge, unplug on the running daemon; wait until the session is stored."""
-    ask = lambda req: control.request(cfg.store.runtime_dir, req)  # noqa: E731
-    assert ask({"cmd": "sim", "action": "plug"})["ok"]
-    assert ask({"cmd": "sim", "action": "tap", "card": "04A1B2C3"})["ok"]
-    until(lambda: ask({"cmd": "status"})["connectors"][0]["contactor"] == "closed", "charging")
-    assert ask({"cmd": "sim", "action": "unplug"})["ok"]
+    ask = lambda req: control.ask(cfg.store.runtime_dir, req)  # noqa: E731
+    ask(p.Plug())
+    ask(p.Tap(card="04A1B2C3"))
+    until(lambda: ask(p.Status()).connectors[0].contactor == "closed", "charging")
+    ask(p.Unplug())
     until(lambda: stopped(cfg.store.state_dir / "sessions.db", session_id), f"session {session_id} stored")
 
 

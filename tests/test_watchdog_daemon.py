@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from evsed import protocol as p
 from evsed import config
 from evsed.control import client as control
 from simulator.board import BoardProcess
@@ -85,8 +86,8 @@ def test_a_stalled_loop_stops_the_watchdog_pings_and_the_heartbeat_drops_the_rel
         pings = [t for t, m in receive(notify_socket, 3 * WATCHDOG_S) if m == b"WATCHDOG=1"]
         assert len(pings) >= 4 and all(b - a < WATCHDOG_S for a, b in zip([first, *pings], pings))
         drain = subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)  # keep its log flowing
-        control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "plug"})
-        control.request(cfg.store.runtime_dir, {"cmd": "sim", "action": "tap", "card": "04A1B2C3"})
+        control.request(cfg.store.runtime_dir, p.Plug())
+        control.request(cfg.store.runtime_dir, p.Tap(card="04A1B2C3"))
         board.next("relay.closed", timeout_s=GUARD_S)
         next_message(notify_socket, b"WATCHDOG=1")  # still pinging while it charges
 

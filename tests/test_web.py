@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed.config import ConfigError
 from evsed.web import auth, records
 from evsed.web.commands import CommandError, to_request
@@ -17,13 +19,8 @@ from evsed.web.view import connector_view, headline, limit_entries
 
 AMS = ZoneInfo("Europe/Amsterdam")
 NOW = dt.datetime(2026, 11, 28, 13, 0, tzinfo=dt.timezone.utc)  # 14:00 in Amsterdam
-HELLO = {"charger": "demo", "connectors": [1, 2]}
-
-
-def conn(**fields) -> dict:
-    base = {"id": 1, "status": "Available", "state": "A", "allowed_a": 32.0, "offered_a": 0.0, "contactor": "open",
-            "measured": None, "session": None, "faults": [], "reason": "no EV", "limits": {}}
-    return {**base, **fields}
+HELLO = p.HelloReply(version=1, charger="demo", connectors=(1, 2), phases=3, voltage_v=230, acked=0, last_seq=0)
+conn = pr.connector
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -138,30 +135,31 @@ def test_plugged_ev_without_card_reads_waiting_for_a_card():
 
 
 def test_charging_reads_power_energy_and_price_so_far():
-    c = conn(status="Charging", state="C", session={"energy_wh": 12400, "power_w": 7210.0, "price": 3.1,
-                                                   "currency": "EUR", "started_at": "2026-11-28T12:00:00Z"})
+    c = conn(status="Charging", state="C", session=pr.session(
+        energy_wh=12400, power_w=7210.0, price=3.1, currency="EUR", started_at="2026-11-28T12:00:00Z"))
     assert headline(c, NOW, AMS) == ("Charging 7.2 kW, 12.4 kWh, €3.10 so far", "charging")
 
 
 def test_charging_without_a_tariff_reads_power_and_energy():
-    c = conn(status="Charging", session={"energy_wh": 500, "power_w": 3700.0})
+    c = conn(status="Charging", session=pr.session(energy_wh=500, power_w=3700.0))
     assert headline(c, NOW, AMS)[0] == "Charging 3.7 kW, 0.5 kWh so far"
 
 
-def test_pause_by_time_window_reads_until_when_in_local_time():
-    c = conn(status="SuspendedEVSE", session={"energy_wh": 0}, allowed_a=0.0,
-             limits={"window": {"current_a": 0, "until": "2026-11-28T22:00:00Z"}, "site": 20},
+def test_pause_by_time_window_names_the_window():
+    c = conn(status="SuspendedEVSE", session=pr.session(), allowed_a=0.0, limits={"window": 0, "site": 20},
              reason="current limit 0 A is below 6 A")
-    assert headline(c, NOW, AMS) == ("Paused by time window until 23:00", "paused")
+    assert headline(c, NOW, AMS) == ("Paused by time window", "paused")
 
 
 def test_rcd_trip_reads_when_it_will_be_retried():
-    c = conn(status="Faulted", faults=[{"fault": "rcd", "lockout": False, "retry_in_s": 300.0}])
+    c = conn(status="Faulted", faults=(p.FaultNow(fault="rcd", detail="", clears_by="retry", lockout=False,
+                                                  retry_in_s=300.0),))
     assert headline(c, NOW, AMS) == ("Fault: RCD tripped, retry at 14:05", "fault")
 
 
 def test_a_lockout_says_a_person_must_clear_it():
-    c = conn(status="Faulted", faults=[{"fault": "welded", "lockout": True, "retry_in_s": None}])
+    c = conn(status="Faulted", faults=(p.FaultNow(fault="welded", detail="", clears_by="person", lockout=True,
+                                                  retry_in_s=None),))
     assert headline(c, NOW, AMS)[0] == "Fault: contactor welded, locked out until a person clears it"
 
 
@@ -176,7 +174,7 @@ def test_the_rating_binds_when_no_source_is_lower():
 
 
 def test_anonymous_viewers_see_card_names_but_not_whole_uids():
-    c = conn(status="Charging", session={"id_tag": "04A1B2C3", "card_name": "", "energy_wh": 0, "power_w": 0})
+    c = conn(status="Charging", session=pr.session(id_tag="04A1B2C3", card_name=""))
     assert connector_view(c, NOW, AMS, show_tags=False)["session"]["card"] == "…B2C3"
     assert connector_view(c, NOW, AMS, show_tags=True)["session"]["card"] == "04A1B2C3"
 
@@ -214,14 +212,13 @@ def test_month_bounds_reject_a_malformed_month():
 
 # --- page actions ------------------------------------------------------------------------
 def test_stop_becomes_a_remote_stop_request():
-    assert to_request({"action": "stop", "connector": 2}, HELLO, NOW) == {
-        "cmd": "remote-stop", "connector": 2, "reason": "remote"}
+    assert to_request({"action": "stop", "connector": 2}, HELLO, NOW) == p.RemoteStop(connector=2, reason="remote")
 
 
 def test_reserve_dates_the_reservation_from_now():
     req = to_request({"action": "reserve", "connector": 0, "id_tag": "04a1b2c3", "minutes": 30}, HELLO, NOW)
-    assert req["cmd"] == "reserve" and req["until"] == "2026-11-28T13:30:00Z" and req["id_tag"] == "04A1B2C3"
-    assert isinstance(req["reservation_id"], int)
+    assert isinstance(req, p.Reserve) and req.id_tag == "04A1B2C3"
+    assert req.until == dt.datetime(2026, 11, 28, 13, 30, tzinfo=dt.timezone.utc) and req.reservation_id > 0
 
 
 @pytest.mark.parametrize("body", [

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed.core.tariff import DriverPrice, EnergyRate, Tariff, Window
 from evsed.store import ocmf
 from evsed.store.sessions import LiveSession, Store
@@ -153,14 +155,15 @@ def test_no_anonymous_answer_carries_a_card_uid(tmp_path):
 
 
 # --- what the connector shows ----------------------------------------------------------------
-def charging(**fields) -> dict:
-    return {"id": 1, "status": "Charging", "state": "C", "contactor": "closed", "allowed_a": 16.0, "offered_a": 16.0,
-            "measured": {"current_a": [16.0, 16.0, 16.0], "power_w": 11000}, "faults": [], "reason": "",
-            "session": {"id_tag": "04A1B2C3", "card_name": "Alice", "started_at": "2026-11-28T10:00:00Z",
-                        "energy_wh": 1000, "power_w": 11000}, "limits": {}, **fields}
+def charging(**fields) -> p.ConnectorStatus:
+    return pr.connector(**{**dict(
+        status="Charging", state="C", contactor="closed", allowed_a=16.0, offered_a=16.0,
+        measured=p.Measured(current_a=(16.0, 16.0, 16.0), power_w=11000, energy_wh=1000, stale=False),
+        session=pr.session(card_name="Alice", energy_wh=1000, power_w=11000.0)), **fields})
 
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+RCD = p.FaultNow(fault="rcd", detail="", clears_by="retry", lockout=False, retry_in_s=300.0)
 
 
 def test_a_charging_connector_shows_what_the_ev_draws_and_its_plot():
@@ -169,7 +172,7 @@ def test_a_charging_connector_shows_what_the_ev_draws_and_its_plot():
 
 
 @pytest.mark.parametrize("fields", [
-    {"status": "Faulted", "contactor": "open", "faults": [{"fault": "rcd", "lockout": False, "retry_in_s": 300}]},
+    {"status": "Faulted", "contactor": "open", "faults": (RCD,)},
     {"meter_error": "no answer from the meter"},
     {"status": "SuspendedEVSE", "contactor": "open", "meter_error": "no answer from the meter"},
     {"pilot_error": "the board's USB adapter is gone"},
@@ -184,10 +187,11 @@ def test_a_connector_turned_unavailable_during_a_session_says_it_is_pending():
     assert connector_view(charging(operative=True), NOW, AMS, show_tags=False)["unavailable_pending"] is False
 
 
-HELLO = {"connectors": [1, 2]}
+HELLO = p.HelloReply(version=1, charger="demo", connectors=(1, 2), phases=3, voltage_v=230, acked=0, last_seq=0)
 
 
 def test_the_owners_slider_sets_the_pages_own_limit_source_and_lifts_it():
-    assert to_request({"action": "limit", "connector": 1, "current_a": 10}, HELLO, NOW) == {
-        "cmd": "limit", "source": "web", "connector": 1, "current_a": 10}
-    assert to_request({"action": "limit", "connector": 0, "current_a": None}, HELLO, NOW)["current_a"] is None
+    assert to_request({"action": "limit", "connector": 1, "current_a": 10}, HELLO, NOW) == p.Limit(
+        source="web", connector=1, current_a=10.0)
+    assert to_request({"action": "limit", "connector": 0, "current_a": None}, HELLO, NOW) == p.Limit(
+        source="web", connector=0, current_a=None)

@@ -13,6 +13,8 @@ import pytest
 from aiohttp import ClientSession, CookieJar
 from yarl import URL
 
+import protocol_records as pr
+from evsed import protocol as p
 from evsed.errors import StartError
 from evsed.store.sessions import LiveSession, Store
 from evsed.web import live as live_module
@@ -59,7 +61,7 @@ def test_actions_need_a_login(tmp_path):
     async def body(service, client, link):
         async with client.post("/api/command", json={"action": "stop", "connector": 1}) as r:
             assert r.status == 401
-        assert not [c for c in link.commands if c["cmd"] != "status"]
+        assert not [c for c in link.commands if not isinstance(c, p.Status)]
     run(tmp_path, body)
 
 
@@ -166,7 +168,7 @@ def test_a_logged_in_stop_goes_to_the_daemon_as_remote_stop(tmp_path):
         async with client.post("/api/command", json={"action": "stop", "connector": 1},
                                headers={"X-CSRF-Token": csrf}) as r:
             assert (await r.json())["ok"] is True
-        assert {"cmd": "remote-stop", "connector": 1, "reason": "remote"} in link.commands
+        assert p.RemoteStop(connector=1, reason="remote") in link.commands
     run(tmp_path, body)
 
 
@@ -389,9 +391,9 @@ def test_a_long_session_plot_is_thinned_not_cut(tmp_path, monkeypatch):
     monkeypatch.setattr(live_module, "MAX_POINTS", 100)
     live = live_module.Live(DemoLink(), tmp_path / "sessions.db", dt.timezone.utc)
     start = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
-    live.apply({"type": "session.started", "connector": 1, "started_at": start.isoformat()})
+    live.apply(pr.event("session.started", seq=1, at=start.isoformat(), session=1, started_at=start.isoformat()))
     for k in range(1000):
         at = (start + dt.timedelta(seconds=k)).isoformat()
-        live.apply({"type": "session.sample", "connector": 1, "at": at, "power_w": 1000, "current_a": [4.3]})
+        live.apply(pr.event("session.sample", seq=None, at=at, session=1, power_w=1000, current_a=(4.3,)))
     points = live.samples[1]
     assert len(points) <= 100 and points[0]["t"] == 0 and points[-1]["t"] >= 990

@@ -12,7 +12,6 @@ import os
 import sys
 
 from evsed import __version__
-from evsed.control.client import ControlError
 from evsed.errors import ConfigError
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
@@ -76,6 +75,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     add("check", "run:cmd_check", "validate the config and open every configured device once (while the daemon "
         "runs: validate only, and show what the daemon reads)",
         lambda sp: sp.add_argument("--json", action="store_true", help="the report as JSON"))
+    add("probe", "probe:cmd_probe", "find the serial ports, an OpenEVSE board, Modbus meters, a card reader and "
+        "the GPIO pilot, and print a TOML block for them", "probe:add_options")
     add("service", "run:cmd_service", "run one service process (ocpp, mqtt, web) beside the daemon",
         lambda sp: sp.add_argument("name", choices=("ocpp", "mqtt", "web"), help="the service: its [section] "
                                    "of the config"))
@@ -89,6 +90,14 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _daemon_errors() -> tuple[type[Exception], ...]:
+    """No daemon, or it refused (a Failure), or a value out of the protocol's bounds: said in one
+    line. Imported here, not at the top: `evsed --version` and the records commands never need them."""
+    from evsed import protocol as p
+    from evsed.control.client import ControlError
+    return ControlError, p.DaemonError, p.WireError
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
@@ -98,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except ControlError as exc:
-        print(f"evsed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `evsed sessions | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except _daemon_errors() as exc:  # evaluated only when an exception gets this far
+        print(f"evsed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:  # a state or runtime directory that cannot be made or used
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from evsed.config import Config
+from evsed.config.tomlines import key_lines
 from evsed.errors import StartError
 from evsed.shell import devices
 from evsed.shell.daemon import StateLock
 from evsed.core.pilot import classify, diode_present
-from hal import Closable, ContactorFeedback, HalError, MeterReading
+from hal import Closable, ContactorFeedback, HalError, MeterReading, TryAgain
 
 METER_TIMEOUT_S = 5.0
+PILOT_TIMEOUT_S = 3.0  # a board just opened may not report yet (an OpenEVSE waiting for its $SB)
 
 
 def _phase_list(values: tuple[float, ...]) -> list[float] | None:
@@ -56,7 +58,7 @@ async def _check_device(kind: str, device_cfg, connector_id: int, shared: dict) 
 async def _read(kind: str, device) -> dict[str, Any]:
     if kind == "pilot":
         device.pwm_off()  # steady +12 V: with nothing plugged in this reads state A
-        r = device.read()
+        r = await _read_pilot(device)
         state = classify(r.high_v)
         return {"ok": not math.isnan(r.high_v), "high_v": round(r.high_v, 2), "low_v": round(r.low_v, 2),
                 "state": state.value if state else None, "diode": diode_present(r.low_v)}
@@ -75,6 +77,18 @@ async def _read(kind: str, device) -> dict[str, Any]:
         reading = await asyncio.wait_for(device.read(), METER_TIMEOUT_S)
         return {"ok": True, **meter_json(reading)}
     return {"ok": True, "found": True}
+
+
+async def _read_pilot(device) -> Any:
+    """A reading, asked again while the device says "try again", for up to PILOT_TIMEOUT_S."""
+    deadline = time.monotonic() + PILOT_TIMEOUT_S
+    while True:
+        try:
+            return device.read()
+        except TryAgain:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 def _release(device) -> None:
@@ -110,7 +124,29 @@ async def run_check(config: Config) -> dict[str, Any]:
     parts = [d for c in report["connectors"] for d in (c["pilot"], c["contactor"], c["rcd"], c["meter"]) if d]
     parts += [report[k] for k in ("rfid", "site_meter") if report[k]]
     report["ok"] = all(p["ok"] for p in parts)
+    report["notes"] = notes(config)
     return report
+
+
+def notes(config: Config) -> list[str]:
+    """What the config sets that does not do what it may seem to: [timing] rcd_retry_s and
+    rcd_max_retries beside an OpenEVSE board's RCD (its firmware owns the GFCI latch and retry)."""
+    boards = [c.id for c in config.connectors if c.rcd is not None and c.rcd.backend == "openevse"]
+    if not boards:
+        return []
+    try:
+        lines = key_lines(config.path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for key in ("rcd_retry_s", "rcd_max_retries"):
+        line = lines.get(f"timing.{key}")
+        if line is not None:
+            out.append(f"{config.path}:{line}: [timing] {key} does not govern the OpenEVSE board's GFCI "
+                       f"(connector {', '.join(map(str, boards))}): the board latches a trip and retries it "
+                       "itself after 5 min, at most 6 times, then holds it until the EV is unplugged; evsed "
+                       "leaves that alone and resumes once the board has cleared (see the README's fault table)")
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -130,6 +166,7 @@ def format_report(report: dict[str, Any]) -> str:
             line(f"connector {c['id']} {kind}", c[kind])
     line("card reader", report["rfid"])
     line("site meter", report["site_meter"])
+    lines += [f"  note {text}" for text in report.get("notes", ())]
     lines.append("all devices answered" if report["ok"] else "some devices failed")
     return "\n".join(lines)
 
@@ -151,33 +188,39 @@ def daemon_pid(state_dir: Path) -> str | None:
 
 
 def running_report(config: Config, pid: str) -> dict[str, Any]:
-    """The report while the daemon runs: the config is valid, no device opened, and what the
-    daemon's status says of each (or why it did not answer)."""
+    """The report while the daemon runs: the config is valid, no device opened, and the daemon's
+    status (a p.StatusReply; None, and why, when it does not answer)."""
+    from evsed import protocol as p
     from evsed.control import client as control
-    report: dict[str, Any] = {"config": str(config.path), "ok": True, "devices_opened": False, "daemon_pid": pid}
+    report: dict[str, Any] = {"config": str(config.path), "ok": True, "devices_opened": False, "daemon_pid": pid,
+                              "daemon_status": None}
     try:
-        report["daemon_status"] = control.request(config.store.runtime_dir, {"cmd": "status"})
-    except control.ControlError as exc:
-        report["daemon_status"] = None
+        report["daemon_status"] = control.ask(config.store.runtime_dir, p.Status())
+    except (control.ControlError, p.DaemonError) as exc:
         report["daemon_error"] = str(exc)
     return report
+
+
+def running_json(report: dict[str, Any]) -> str:
+    status = report["daemon_status"]
+    return json.dumps({**report, "daemon_status": status and status.to_wire()}, indent=2, ensure_ascii=False)
 
 
 def format_running(report: dict[str, Any]) -> str:
     lines = [f"config {report['config']}: valid",
              f"devices not opened: the running daemon (pid {report['daemon_pid']}) holds them"]
-    status = report.get("daemon_status")
+    status = report["daemon_status"]
     if status is None:
         lines.append(f"  the daemon does not answer: {report.get('daemon_error')}")
     else:
-        for c in status.get("connectors", []):
-            measured = c.get("measured") or {}
-            reading = (f", meter {measured['power_w']:.0f} W, {measured['energy_wh']} Wh" if measured
-                       else f", meter: {c['meter_error']}" if c.get("meter_error") else "")
-            pilot = f"pilot unavailable: {c['pilot_error']}" if c.get("pilot_error") else f"pilot state {c.get('state')}"
-            lines.append(f"  connector {c['id']}: {c['status']}, {pilot}, contactor {c['contactor']}{reading}")
-        if status.get("card_reader_error"):
-            lines.append(f"  card reader: unavailable: {status['card_reader_error']}")
+        for c in status.connectors:
+            m = c.measured
+            reading = (f", meter {m.power_w:.0f} W, {m.energy_wh} Wh" if m
+                       else f", meter: {c.meter_error}" if c.meter_error else "")
+            pilot = f"pilot unavailable: {c.pilot_error}" if c.pilot_error else f"pilot state {c.state}"
+            lines.append(f"  connector {c.id}: {c.status}, {pilot}, contactor {c.contactor}{reading}")
+        if status.card_reader_error:
+            lines.append(f"  card reader: unavailable: {status.card_reader_error}")
     lines.append("apply it with `evsed reload` (running sessions continue); a change of devices needs "
                  "`systemctl restart evsed`")
     return "\n".join(lines)
@@ -187,7 +230,7 @@ def main(config: Config, as_json: bool) -> int:
     pid = daemon_pid(config.store.state_dir)
     if pid is not None:
         report = running_report(config, pid)
-        print(json.dumps(report, indent=2) if as_json else format_running(report))
+        print(running_json(report) if as_json else format_running(report))
         return 0
     lock: StateLock | None = StateLock(config.store.state_dir)
     assert lock is not None

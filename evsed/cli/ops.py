@@ -115,6 +115,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from evsed import protocol as p
     from evsed.control import client as control
     from evsed.ops import spool as spoolmod
     from evsed.ops import update
@@ -124,14 +125,21 @@ def cmd_update(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = where.load(args)
 
-    def ask(request: dict) -> dict | None:
+    def status() -> p.StatusReply | None:
         try:
-            return control.request(cfg.store.runtime_dir, request)
+            reply = control.request(cfg.store.runtime_dir, p.Status())
         except control.ControlError:
             return None  # not running: no session to wait for
+        return None if isinstance(reply, p.Failure) else reply
 
-    updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), lambda: ask({"cmd": "status"}),
-                             command=ask, allow_downgrade=args.allow_downgrade)
+    def hold(inoperative: bool) -> p.AvailabilityReply | p.Failure | None:
+        try:
+            return control.request(cfg.store.runtime_dir, p.Availability(connector=0, operative=not inoperative))
+        except control.ControlError:
+            return None
+
+    updater = update.Updater(cfg, update.settings(cfg), update.SystemdService(print), status, hold=hold,
+                             allow_downgrade=args.allow_downgrade)
     try:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)

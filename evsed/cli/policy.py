@@ -12,29 +12,30 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of 
 if TYPE_CHECKING:
     from typing import Any, Callable
 
+    from evsed import protocol as p
+
 EXIT_FAILURE = 1
 
 
-def _request(args: Any, req: dict[str, Any]) -> dict[str, Any]:
-    return where.request(args, req)
-
-
-def _fail(reply: dict[str, Any]) -> int:
-    print(f"evsed: {reply.get('error') or reply.get('reason')}", file=sys.stderr)
+def _fail(reply: p.Failure | p.ReloadReply) -> int:
+    from evsed import protocol as p
+    print(f"evsed: {reply.error if isinstance(reply, p.Failure) else reply.reason}", file=sys.stderr)
     return EXIT_FAILURE
 
 
 def cmd_mode(args: Any) -> int:
-    reply = _request(args, {"cmd": "mode", "mode": args.mode})
-    if not reply.get("ok"):
+    from evsed import protocol as p
+    reply = where.request(args, p.SetMode(mode=args.mode))
+    if isinstance(reply, p.Failure):
         return _fail(reply)
-    print(f"mode {reply['mode']}")
+    print(f"mode {reply.mode}")
     return 0
 
 
 def cmd_reload(args: Any) -> int:
-    reply = _request(args, {"cmd": "reload"})
-    if not reply.get("ok") or reply.get("result") != "Accepted":
+    from evsed import protocol as p
+    reply = where.request(args, p.Reload())
+    if isinstance(reply, p.Failure) or reply.result != "Accepted":
         return _fail(reply)
     print("config reloaded; running sessions continue")
     return 0
@@ -42,60 +43,58 @@ def cmd_reload(args: Any) -> int:
 
 def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait for the next tap on the daemon's reader; print its UID and a [[card]] block."""
-    reply = _request(args, {"cmd": "learn", "timeout_s": args.timeout})
-    if not reply.get("ok"):
-        return _fail(reply)
+    from evsed import protocol as p
+    started = where.request(args, p.Learn(timeout_s=args.timeout))
+    if isinstance(started, p.Failure):
+        return _fail(started)
     print(f"tap a card on the reader (waiting {args.timeout:g} s) ...", file=sys.stderr)
     while True:
         sleep(0.2)
-        reply = _request(args, {"cmd": "learned"})
-        card = reply.get("card")
+        reply = where.request(args, p.Learned())
+        if isinstance(reply, p.Failure):
+            return _fail(reply)
+        card = reply.card
         if card is not None:
             break
-        if not reply.get("waiting"):
+        if not reply.waiting:
             print("evsed: no card was tapped", file=sys.stderr)
             return EXIT_FAILURE
-    print(f"UID {card['uid']}")
-    if card["known"]:
-        who = f" as {card['name']!r}" if card["name"] else ""
-        group = f", group {card['group']!r}" if card["group"] else ""
+    print(f"UID {card.uid}")
+    if card.known:
+        who = f" as {card.name!r}" if card.name else ""
+        group = f", group {card.group!r}" if card.group else ""
         print(f"this card is already known{who}{group}")
         return 0
-    print(card["toml"], end="")
+    print(card.toml, end="")
     return 0
 
 
-def format_limits(c: dict[str, Any]) -> list[str]:
+def format_limits(c: p.ConnectorStatus) -> list[str]:
     """The limit sources that hold a value, which one binds, and the unset ones on one line."""
-    chain = c.get("limit_chain")
-    if not chain:
+    if not c.limit_chain:
         return []
-    lines = [f"  mode        {c.get('mode', 'fast')}" + (f", group {c['group']}" if c.get("group") else "")]
+    lines = [f"  mode        {c.mode}" + (f", group {c.group}" if c.group else "")]
     unset = []
-    for source, lim in chain.items():
-        detail = lim.get("blocked") or lim.get("detail") or ""
-        if lim["current_a"] is None and not lim.get("blocked"):
+    for source, lim in c.limit_chain.items():
+        detail = lim.blocked or lim.detail or ""
+        if lim.current_a is None and not lim.blocked:
             unset.append(f"{source} ({detail})" if detail else source)
             continue
-        value = "blocks" if lim.get("blocked") else text.amps(lim["current_a"])
-        mark = "  <- binds" if source == c.get("binding") else ""
+        value = "blocks" if lim.blocked or lim.current_a is None else text.amps(lim.current_a)
+        mark = "  <- binds" if source == c.binding else ""
         lines.append(f"  limit       {source:<13}{value:>8}  {detail}{mark}".rstrip())
     if unset:
         lines.append(f"  no limit    {', '.join(unset)}")
     return lines
 
 
-def cmd_sim_extra(args: Any, req: dict[str, Any]) -> None:
-    """The fields of `evsed sim site` and `evsed sim cable`."""
+def sim_command(args: Any) -> p.Command[Any]:
+    """`evsed sim site` and `evsed sim cable`."""
+    from evsed import protocol as p
     if args.sim_action == "site":
-        req.pop("connector", None)
-        for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter"):
-            if getattr(args, key) is not None:
-                req[key] = getattr(args, key)
-        if args.input is not None:
-            req["input"] = args.input == "on"
-    elif args.sim_action == "cable":
-        req["ohm"] = args.ohm
+        fields = {key: getattr(args, key) for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter")}
+        return p.SetSite(input=None if args.input is None else args.input == "on", **fields)
+    return p.SetCable(connector=args.connector, ohm=args.ohm)
 
 
 def add_commands(add: Callable[..., None]) -> None:

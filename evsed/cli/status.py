@@ -14,87 +14,94 @@ from simulator import FAULT_KINDS
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
     import datetime as dt
-    from typing import Any, Callable
+    from typing import Any, Callable, TypeVar
+
+    from evsed import protocol as p
+
+    R = TypeVar("R", bound=p.Reply)
 
 EXIT_FAILURE = 1
 CONFIG_HELP = "config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = where.request(args, {"cmd": "status"})
+    from evsed import protocol as p
+    reply = where.ask(args, p.Status())
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print(json.dumps(reply.to_wire(), indent=2, ensure_ascii=False))
         return 0
-    tz = reply.get("timezone")  # the daemon's zone, by name
-    for c in reply["connectors"]:
-        print(format_status(c, tz))
-    if reply.get("card_reader_error"):
-        print(f"card reader: unavailable: {reply['card_reader_error']}")
-    for name, state in sorted(reply.get("services", {}).items()):
-        print(f"service {name}: {text.fields(state) or 'running'}")
+    for c in reply.connectors:
+        print(format_status(c, reply.timezone))
+    if reply.card_reader_error:
+        print(f"card reader: unavailable: {reply.card_reader_error}")
+    for name, state in sorted(reply.services.items()):
+        print(f"service {name}: {text.fields(state.fields_wire()) or 'running'}")
     return 0
 
 
-def format_status(c: dict[str, Any], tz: dt.tzinfo | str | None = None) -> str:
+def format_status(c: p.ConnectorStatus, tz: dt.tzinfo | str | None = None) -> str:
     """One connector's status; times in the zone tz (this machine's when None)."""
     from evsed.cli import policy
-    lines = [f"connector {c['id']}: {c['status']}"]
-    out = c["pilot_output"]
-    pwm = f"PWM {c['duty_pct']:.1f} % = {text.amps(c['offered_a'])} offered" if out == "pwm" else (
+    lines = [f"connector {c.id}: {c.status}"]
+    out = c.pilot_output
+    pwm = f"PWM {c.duty_pct:.1f} % = {text.amps(c.offered_a)} offered" if out == "pwm" else (
         "steady +12 V (no PWM)" if out == "off" else "steady -12 V (state F: not available)")
-    lines.append(f"  pilot       state {c['state'] or '?'}, {pwm}")
-    if c.get("pilot_error"):
-        lines.append(f"  pilot       unavailable: {c['pilot_error']}")
-    if c.get("meter_error"):
-        lines.append(f"  meter       no reading: {c['meter_error']}")
-    lines.append(f"  contactor   {c['contactor']}")
-    m = c["measured"]
+    lines.append(f"  pilot       state {c.state or '?'}, {pwm}")
+    if c.pilot_error:
+        lines.append(f"  pilot       unavailable: {c.pilot_error}")
+    if c.meter_error:
+        lines.append(f"  meter       no reading: {c.meter_error}")
+    lines.append(f"  contactor   {c.contactor}")
+    m = c.measured
     if m:
-        phases = " / ".join(f"{a:.1f}" for a in m["current_a"])
-        lines.append(f"  measured    {phases} A, {m['power_w']:.0f} W, meter {m['energy_wh']} Wh")
-    s = c["session"]
+        phases = " / ".join(f"{a:.1f}" for a in m.current_a)
+        lines.append(f"  measured    {phases} A, {m.power_w:.0f} W, meter {m.energy_wh} Wh")
+    s = c.session
     if s:
-        who = f"{s['card_name']} ({s['id_tag']})" if s["card_name"] else s["id_tag"]
-        lines.append(f"  session     {who} since {text.local_time(s['started_at'], tz)}: {s['energy_wh']} Wh, "
-                     f"peak {s['peak_power_w']:.0f} W")
-    for f in c["faults"]:
-        when = "locked out: clear with `evsed clear-faults`" if f["lockout"] else (
-            f"retry in {f['retry_in_s']:.0f} s" if f["retry_in_s"] is not None else "clears when the EV unplugs")
-        lines.append(f"  fault       {f['fault']} ({f['detail']}); {when}")
-    if c["last_refusal"]:
-        r = c["last_refusal"]
-        lines.append(f"  refused     card {r['id_tag']}: {r['reason']} (at {text.local_time(r['at'], tz)})")
-    if c["reason"]:
-        lines.append(f"  why         {c['reason']}")
+        who = f"{s.card_name} ({s.id_tag})" if s.card_name else s.id_tag
+        lines.append(f"  session     {who} since {text.local_time(s.started_at, tz)}: {s.energy_wh} Wh, "
+                     f"peak {s.peak_power_w:.0f} W")
+    for f in c.faults:
+        when = "locked out: clear with `evsed clear-faults`" if f.lockout else (
+            f"retry in {f.retry_in_s:.0f} s" if f.retry_in_s is not None else "clears when the EV unplugs")
+        lines.append(f"  fault       {f.fault} ({f.detail}); {when}")
+    if c.last_refusal:
+        r = c.last_refusal
+        lines.append(f"  refused     card {r.id_tag}: {r.reason} (at {text.local_time(r.at, tz)})")
+    if c.reason:
+        lines.append(f"  why         {c.reason}")
     lines += policy.format_limits(c)
     return "\n".join(lines)
 
 
 def cmd_reserve(args: argparse.Namespace) -> int:
+    from evsed import protocol as p
     if args.cancel:
-        reply = where.request(args, {"cmd": "cancel-reservation", "connector": args.connector or 1})
-        return _reply(reply, f"reservation cancelled: {reply.get('result')}")
+        cancelled = where.request(args, p.CancelReservation(connector=args.connector or 1))
+        return _reply(cancelled, lambda r: f"reservation cancelled: {r.result}")
     if not args.card:
         raise SystemExit("evsed reserve: give the card (UID) to reserve for, or --cancel")
-    reply = where.request(args, {"cmd": "reserve", "connector": args.connector, "id_tag": args.card,
-                                 "for_s": args.duration})
-    if reply.get("ok") and reply.get("result") != "Accepted":
-        print(f"evsed: reservation {reply.get('result')}", file=sys.stderr)
+    reply = where.request(args, p.Reserve(connector=args.connector, id_tag=args.card, for_s=args.duration))
+    if isinstance(reply, p.ReserveReply) and reply.result != "Accepted":
+        print(f"evsed: reservation {reply.result}", file=sys.stderr)
         return EXIT_FAILURE
-    return _reply(reply, f"connector {reply.get('connector')} reserved for {args.card} "
-                         f"for {args.duration / 60:g} min")
+    return _reply(reply, lambda r: f"connector {r.connector} reserved for {args.card} "
+                                   f"for {args.duration / 60:g} min")
 
 
 def cmd_clear_faults(args: argparse.Namespace) -> int:
-    reply = where.request(args, {"cmd": "clear-faults", "connector": args.connector})
-    return _reply(reply, f"faults cleared on connector {reply.get('connector')}")
+    from evsed import protocol as p
+    reply = where.request(args, p.ClearFaults(connector=args.connector))
+    return _reply(reply, lambda r: f"faults cleared on connector {r.connector}")
 
 
-def _reply(reply: dict[str, Any], message: str) -> int:
-    if not reply.get("ok"):
-        print(f"evsed: {reply.get('error')}", file=sys.stderr)
+def _reply(reply: R | p.Failure, message: Callable[[R], str]) -> int:
+    """The message of a reply, or the daemon's error on stderr and exit status 1."""
+    from evsed import protocol as p
+    if isinstance(reply, p.Failure):
+        print(f"evsed: {reply.error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(message)
+    print(message(reply))
     return 0
 
 
@@ -104,21 +111,25 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from evsed.shell.scenario import run_files
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
         return run_files([Path(f) for f in args.files], verbose=not args.quiet)
+    from evsed import protocol as p
     from evsed.cli import policy
-    req: dict[str, Any] = {"cmd": "sim", "action": args.sim_action, "connector": args.connector}
+    command: p.Command[Any]
     if args.sim_action == "tap":
-        req["card"] = args.card
+        command = p.Tap(card=args.card, connector=args.connector)
     elif args.sim_action == "ev":
-        for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy", "ignore_stop",
-                    "obey_pwm"):
-            value = getattr(args, key)
-            if value is not None:
-                req[key] = value
+        command = p.SetEv(connector=args.connector, **{
+            key: getattr(args, key) for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy",
+                                                "ignore_stop", "obey_pwm")})
     elif args.sim_action == "fault":
-        req["kind"], req["clear"] = args.kind, args.clear
-    policy.cmd_sim_extra(args, req)
-    reply = where.request(args, req)
-    return _reply(reply, "ok" + (f": card {reply['card']}" if "card" in reply else ""))
+        command = p.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
+    elif args.sim_action == "plug":
+        command = p.Plug(connector=args.connector)
+    elif args.sim_action == "unplug":
+        command = p.Unplug(connector=args.connector)
+    else:
+        command = policy.sim_command(args)
+    reply = where.request(args, command)
+    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, p.TapReply) else ""))
 
 
 def duration_s(value: str) -> float:

@@ -65,6 +65,7 @@ def plain(value: Any) -> str:
 
 
 def fields(report: dict[str, Any], leave_out: tuple[str, ...] = ("at",)) -> str:
-    """A service's report on one line: `connected yes, queued 0, limits_a 1=16`; unset fields left out."""
+    """A service's report on one line: `connected yes, queued 0, limits_a 1=16`; unset and empty
+    fields left out."""
     shown = ((k, plain(v)) for k, v in report.items() if k not in leave_out)
-    return ", ".join(f"{k} {v}" for k, v in shown if v != "-")
+    return ", ".join(f"{k} {v}" for k, v in shown if v not in ("-", ""))

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 
 from evsed import dirs
-from evsed.control import client as control
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeVar
 
+    from evsed import protocol as p
     from evsed.config import Config
+
+    R = TypeVar("R", bound=p.Reply)
 
 
 def note(text: str) -> None:
@@ -44,6 +46,16 @@ def load(args: Any) -> Config:
     return configmod.load(config_file(args))
 
 
+def load_if_any(args: Any) -> Config | None:
+    """The named config, else the system config if there is one, else None (`evsed probe` works
+    without a config: it then looks at every port)."""
+    path = named(args) or (dirs.DEFAULT_PATH if dirs.DEFAULT_PATH.exists() else None)
+    if path is None:
+        return None
+    from evsed import config as configmod
+    return configmod.load(path)
+
+
 def runtime_dir(args: Any) -> Path:
     """The control socket's directory: the named or system config's [store] runtime_dir alone,
     else the default one (where `make run` and an installed daemon listen)."""
@@ -56,9 +68,16 @@ def runtime_dir(args: Any) -> Path:
     return found
 
 
-def request(args: Any, req: dict[str, Any]) -> dict[str, Any]:
-    """One request to the running daemon, on the socket the config names."""
-    return control.request(runtime_dir(args), req)
+def request(args: Any, command: p.Command[R]) -> R | p.Failure:
+    """One command to the running daemon, on the socket the config names: its reply, or the Failure."""
+    from evsed.control import client as control
+    return control.request(runtime_dir(args), command)
+
+
+def ask(args: Any, command: p.Command[R]) -> R:
+    """request(), for a command that cannot go on without the reply: a Failure raises DaemonError."""
+    from evsed.control import client as control
+    return control.ask(runtime_dir(args), command)
 
 
 def load_for_records(args: Any) -> Config | None:
@@ -81,9 +100,10 @@ def load_for_records(args: Any) -> Config | None:
 
 def daemons_config() -> Path | None:
     """The config file of the daemon on the default socket, if one runs and says."""
+    from evsed import protocol as p
+    from evsed.control import client as control
     try:
-        reply = control.request(dirs.default_runtime_dir(), {"cmd": "status"})
+        reply = control.request(dirs.default_runtime_dir(), p.Status())
     except control.ControlError:
         return None
-    found = reply.get("config")
-    return Path(found) if isinstance(found, str) and found else None
+    return Path(reply.config) if isinstance(reply, p.StatusReply) and reply.config else None

@@ -155,15 +155,26 @@ register(Backend("rcd", "gpio", f"{_GPIO}:gpio_rcd",
 # --- Modbus energy meters (hal/modbus.py, hal/meter_models.py) ------------------------------
 from hal.meter_models import MODELS as _METER_MODELS  # plain data; pymodbus loads with hal.modbus
 
+
+def _factory(attr: str, usual: object) -> str:
+    """The models' factory setting of a line option in words: the usual value and the exceptions."""
+    odd: dict[object, list[str]] = {}
+    for m in _METER_MODELS.values():
+        if getattr(m, attr) != usual:
+            odd.setdefault(getattr(m, attr), []).append(m.name)
+    said = [str(usual)] + [f"{value} for " + ", ".join(names) for value, names in odd.items()]
+    return f"unset: the model's factory setting ({'; '.join(said)})"
+
+
 register(Backend("meter", "modbus", "hal.modbus:modbus_meter",
                  "energy meter over Modbus RTU (RS-485) or TCP; meters on one port share the bus", {
                      "model": Option(str, doc="meter model", choices=tuple(_METER_MODELS)),
                      "transport": Option(str, "rtu", "rtu (RS-485) or tcp", choices=("rtu", "tcp")),
                      "port": Option(str, "/dev/ttyUSB0", "serial device (rtu)"),
-                     "baudrate": Option(int, 9600, "bit/s (rtu)",
+                     "baudrate": Option(int, None, "bit/s (rtu); " + _factory("baudrate", 9600),
                                         choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
-                     "parity": Option(str, None, "N, E or O (rtu); unset: the model's factory default "
-                                      "(N; E for sdm72d, or-we-517; O for or-we-516)", choices=("N", "E", "O")),
+                     "parity": Option(str, None, "N, E or O (rtu); " + _factory("parity", "N"),
+                                      choices=("N", "E", "O")),
                      "stopbits": Option(int, 1, "1 or 2 (rtu)", choices=(1, 2)),
                      "host": Option(str, "", "meter or gateway address (tcp)"),
                      "tcp_port": Option(int, 502, "TCP port (tcp)", min=1, max=65535),

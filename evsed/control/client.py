@@ -1,15 +1,18 @@
-"""The client side of the control socket: one request, one JSON reply.
+"""The client side of the control socket: one command, its typed reply (evsed.protocol).
 
-What `evsed status`, `evsed sim` and the service processes use to reach the daemon.
+What `evsed status`, `evsed sim` and the updater use to reach the daemon.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
+from typing import TypeVar
 
 from evsed import dirs
+from evsed import protocol as p
+
+R = TypeVar("R", bound=p.Reply)
 
 
 def socket_path(runtime_dir: Path) -> Path:
@@ -20,8 +23,8 @@ class ControlError(Exception):
     pass
 
 
-def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
-    """Send one request to the running daemon and return its reply."""
+def request(runtime_dir: Path, command: p.Command[R], timeout_s: float = 3.0) -> R | p.Failure:
+    """Send one command to the running daemon and return its reply (a Failure when it refused)."""
     path = socket_path(runtime_dir)
     try:  # a socket in a directory another user owns may be theirs: never ask it, never obey it
         dirs.check_runtime_dir(runtime_dir)
@@ -31,9 +34,9 @@ def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(str(path))
-            sock.sendall(json.dumps(req).encode() + b"\n")
+            sock.sendall(p.encode_line(command.to_wire()))
             data = b""
-            while not data.endswith(b"\n"):
+            while not data.endswith(b"\n") and len(data) <= p.MAX_REPLY:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -47,6 +50,14 @@ def request(runtime_dir: Path, req: dict, timeout_s: float = 3.0) -> dict:
     except (OSError, TimeoutError) as exc:
         raise ControlError(f"control socket {path}: {exc}") from None
     try:
-        return json.loads(data)
-    except ValueError:
-        raise ControlError(f"garbled reply from {path}") from None
+        return command.reply(p.decode_line(data))
+    except p.WireError as exc:
+        raise ControlError(f"garbled reply from {path}: {exc}") from None
+
+
+def ask(runtime_dir: Path, command: p.Command[R], timeout_s: float = 3.0) -> R:
+    """request(), for callers that cannot go on without the reply: a Failure raises DaemonError."""
+    reply = request(runtime_dir, command, timeout_s)
+    if isinstance(reply, p.Failure):
+        raise p.DaemonError(reply)
+    return reply

@@ -247,7 +247,11 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class OpenContactor:
+    """Open now. at_once False: a stop that is no fault, where the EV may stop first (a shutdown);
+    a driver that can (hal.SoftOpen: an OpenEVSE board's $FS) lets it, others open at once."""
+
     reason: str
+    at_once: bool = True
 
 
 @dataclass(frozen=True, slots=True)

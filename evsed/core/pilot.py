@@ -33,6 +33,7 @@ DIODE_LOW_V = -12.0  # the negative plateau when the EV's diode is present
 
 MIN_CURRENT_A = 6.0  # below this no PWM is offered (a pause), never a duty under 10 %
 MAX_CURRENT_A = 80.0
+MAX_ABOVE_A = 0.05  # what an EV may read above the offer where the PWM's resolution forces a choice
 
 
 def classify(high_v: float) -> PilotState | None:
@@ -50,11 +51,14 @@ def diode_present(low_v: float) -> bool:
     return abs(low_v - DIODE_LOW_V) <= BAND_V
 
 
-def duty_for_current(current_a: float) -> float | None:
-    """PWM duty in percent that offers current_a, rounded down to 0.1 %.
+def duty_for_current(current_a: float, step_pct: float = 0.0) -> float | None:
+    """PWM duty in percent that offers current_a, at the PWM's resolution step_pct (0: exact).
 
-    6-51 A: duty = A / 0.6; 51-80 A: duty = A / 2.5 + 64 (never under 85 %). Below 6 A: None.
-    Above 80 A the offer is capped at 80 A.
+    6-51 A: duty = A / 0.6; 51-80 A: duty = A / 2.5 + 64 (never under 85 %). Below 6 A: None;
+    above 80 A the offer is capped at 80 A. On a PWM's grid the duty is the step at or above the
+    exact one, so that an EV that truncates what it reads still reads the offer (16 A is 26.67 %:
+    26.6 % would read 15.96 A, 15 A to such an EV); if that step reads more than MAX_ABOVE_A above
+    the offer, the step below.
     """
     if math.isnan(current_a) or current_a < MIN_CURRENT_A:
         return None
@@ -63,9 +67,14 @@ def duty_for_current(current_a: float) -> float | None:
         duty = current_a / 0.6
     else:  # 51-52.5 A: the upper formula gives under 85 %, which reads below 51 A; 85 % is 51 A
         duty = max(current_a / 2.5 + 64.0, 85.0)
-    # Round down (never offer more than allowed); the epsilon absorbs float noise
-    # such as 6 / 0.6 == 10.000000000000002.
-    return math.floor(duty * 10.0 + 1e-6) / 10.0
+    if step_pct <= 0.0:
+        return duty
+    # the epsilon absorbs float noise such as 6 / 0.6 == 10.000000000000002 on a 0.1 % grid
+    up = round(math.ceil(duty / step_pct - 1e-6) * step_pct, 9)
+    down = round(math.floor(duty / step_pct + 1e-6) * step_pct, 9)
+    if current_for_duty(up) <= current_for_duty(duty) + MAX_ABOVE_A or down < 10.0:
+        return up
+    return down
 
 
 def current_for_duty(duty_pct: float) -> float:

@@ -60,6 +60,7 @@ class CoreConfig:
     wakeup_off_s: float = 4.0  # PWM off for this long during the wake-up
     min_pause_s: float = 0.0  # after a pause for lack of current, resume no sooner
     card_repeat_s: float = 2.0  # the same UID read again within this of its last read: one tap
+    duty_step_pct: float = 0.0  # the pilot PWM's resolution in % (0: exact): the duty lies on its grid
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from evsed.core import events as ev
 from evsed.core.events import ConnectorStatus, Fault, PilotOutput, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (AUTH_LIMIT, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
+from evsed.core.state import (AUTH_LIMIT, CHARGING_STATES, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
                               Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
                               offer_blocker, pilot_fresh, safety_blocker)
@@ -372,7 +372,7 @@ def _start_session_if_due(cfg: CoreConfig, s: Connector, out: Out) -> Connector:
 def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     blocker = offer_blocker(cfg, s, now)
     in_grace = s.contactor_closed and safety_blocker(cfg, s, now) is None  # may stay closed
-    duty = duty_for_current(allowed_current_a(cfg, s)) if blocker is None else None
+    duty = duty_for_current(allowed_current_a(cfg, s), cfg.duty_step_pct) if blocker is None else None
     if locked_out(s) or (not s.operative and not s.session and not in_grace):
         mode, duty, offered = PilotOutput.F, None, 0.0  # not during a stop grace: -12 V hides the EV
     elif duty is not None:  # (offer_blocker already refuses under 6 A, where there is no duty)
@@ -398,8 +398,9 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connecto
 def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     unsafe = safety_blocker(cfg, s, now)
     if s.contactor_closed:
-        if unsafe is not None:
-            return _open(s, unsafe, now, out)
+        if unsafe is not None:  # a shutdown while the EV draws is no fault: it may stop first
+            soft = s.shutting_down and not s.faults and s.pilot in CHARGING_STATES and pilot_fresh(cfg, s, now)
+            return _open(s, unsafe, now, out, at_once=not soft)
         if s.output is PilotOutput.PWM and s.session:
             return replace(s, stopping_since=None)
         since = s.stopping_since if s.stopping_since is not None else now
@@ -420,8 +421,8 @@ def _set_contactor(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Conne
     return s
 
 
-def _open(s: Connector, reason: str, now: float, out: Out) -> Connector:
-    out.append(ev.OpenContactor(reason))
+def _open(s: Connector, reason: str, now: float, out: Out, at_once: bool = True) -> Connector:
+    out.append(ev.OpenContactor(reason, at_once))
     return replace(s, contactor_closed=False, contactor_changed_at=now, stopping_since=None,
                    overcurrent_since=None)
 

@@ -10,6 +10,7 @@ import json
 import re
 
 from evsed import __version__
+from evsed import protocol as p
 from evsed.mqtt.settings import MqttSettings
 from evsed.mqtt.topics import MODES, PHASES, Topics
 
@@ -32,12 +33,12 @@ def discovery_topic(settings: MqttSettings) -> str:
     return f"{settings.discovery_prefix}/device/{object_id(settings.charger_id)}/config"
 
 
-def device_config(settings: MqttSettings, hello: dict) -> dict:
+def device_config(settings: MqttSettings, hello: p.HelloReply) -> dict:
     """The device-discovery payload (Home Assistant 2024.11 or newer)."""
     topics = Topics(settings.base_topic)
     oid = object_id(settings.charger_id)
-    connectors = [n for n in hello.get("connectors") or [1] if isinstance(n, int)]
-    phases = hello.get("phases") if hello.get("phases") in (1, 2, 3) else 3
+    connectors = list(hello.connectors) or [1]
+    phases = hello.phases
     components: dict[str, dict] = {}
 
     def add(key: str, platform: str, name: str, **options) -> None:
@@ -80,5 +81,5 @@ def device_config(settings: MqttSettings, hello: dict) -> dict:
     }
 
 
-def discovery_payload(settings: MqttSettings, hello: dict) -> str:
+def discovery_payload(settings: MqttSettings, hello: p.HelloReply) -> str:
     return json.dumps(device_config(settings, hello), separators=(",", ":"))

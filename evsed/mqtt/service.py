@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any, AsyncIterator, Awaitable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Protocol, TypeVar
 
 import aiomqtt
 import structlog
 
+from evsed import protocol as p
 from evsed.config import Config, ConfigError
 from evsed.control.client import ControlError
 from evsed.mqtt import topics as tp
@@ -21,17 +22,18 @@ from evsed.mqtt.settings import MqttSettings, parse
 from evsed.services.link import LinkError, resume_after
 
 log = structlog.get_logger("evsed")
+R = TypeVar("R", bound=p.Reply)
 QOS = 1
 OFFLINE_TIMEOUT_S = 2.0   # the goodbye "offline" on a clean stop; the broker's will covers a crash
 LINK_ERRORS = (LinkError, OSError, EOFError, ControlError)  # the daemon went away or answered garbage
 
 
 class Link(Protocol):
-    hello: dict
+    hello: p.HelloReply
 
-    async def command(self, req: dict) -> dict: ...
+    async def command(self, command: p.Command[R]) -> R | p.Failure: ...
 
-    def events(self, after: int) -> AsyncIterator[dict]: ...
+    def events(self, after: int) -> AsyncIterator[p.Event]: ...
 
     async def ack(self, seq: int) -> None: ...
 
@@ -78,7 +80,7 @@ class Bridge:
                  first_retry_s: float = 1.0):
         self.settings, self.link, self.tls = settings, link, tls
         self.topics = tp.Topics(settings.base_topic)
-        self.connectors = tuple(n for n in link.hello.get("connectors") or () if isinstance(n, int))
+        self.connectors = link.hello.connectors
         self.retained: dict[str, str] = {}  # what a broker should hold; republished after every reconnect
         self.seq = resume_after(link.hello)  # the last event published and acknowledged (new here: from now)
         self.ignored = 0                     # malformed commands, counted
@@ -142,8 +144,8 @@ class Bridge:
             async for event in self.link.events(self.seq):
                 for message in tp.event_messages(self.topics, event):
                     await self._publish(client, message)
-                seq = event.get("seq")
-                if isinstance(seq, int) and seq > self.seq:
+                seq = event.seq
+                if seq is not None and seq > self.seq:
                     await self.link.ack(seq)
                     self.seq = seq
                 self.refresh.set()
@@ -179,26 +181,23 @@ class Bridge:
                 log.warning("mqtt.command_ignored", topic=topic, error=str(exc), ignored=self.ignored)
                 continue
             reply = await self._command(req)
-            if reply.get("ok"):
-                log.info("mqtt.command", topic=topic, request=req)
+            if isinstance(reply, p.Failure):
+                log.warning("mqtt.command_refused", topic=topic, request=req.to_wire(), error=reply.error)
             else:
-                log.warning("mqtt.command_refused", topic=topic, request=req, error=reply.get("error"))
+                log.info("mqtt.command", topic=topic, request=req.to_wire())
             self.refresh.set()
 
-    async def _status(self) -> dict:
-        reply = await self._command({"cmd": "status"})
-        if not reply.get("ok"):
-            raise LinkDown(f"status refused: {reply.get('error')}")
+    async def _status(self) -> p.StatusReply:
+        reply = await self._command(p.Status())
+        if isinstance(reply, p.Failure):
+            raise LinkDown(f"status refused: {reply.error}")
         return reply
 
-    async def _command(self, req: dict) -> dict:
+    async def _command(self, command: p.Command[R]) -> R | p.Failure:
         try:
-            reply = await self.link.command(req)
+            return await self.link.command(command)
         except LINK_ERRORS as exc:
-            raise LinkDown(f"{req.get('cmd')}: {exc!r}") from exc
-        if not isinstance(reply, dict):
-            raise LinkDown(f"{req.get('cmd')}: garbled reply {reply!r}")
-        return reply
+            raise LinkDown(f"{command.LABEL}: {exc!r}") from exc
 
     async def _publish(self, client: aiomqtt.Client, message: tp.Message) -> None:
         await client.publish(message.topic, message.payload, qos=QOS, retain=message.retain)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
+
+from evsed import protocol as p
 
 ON, OFF = "ON", "OFF"
-MODES = ("fast", "solar", "min+solar")
+MODES = p.MODES
 LIMIT_SOURCE = "mqtt"          # the current limit set over MQTT: one ceiling of the limit chain
 PAUSE_SOURCE = "mqtt-pause"    # pause is a ceiling of 0 A from its own source, so a limit set later keeps it
 MAX_PAYLOAD = 64               # bytes: every command payload is a word or a number
@@ -56,10 +58,6 @@ def _number(value: Any, digits: int = 0) -> str:
     return str(round(value)) if digits == 0 else str(round(float(value), digits))
 
 
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -71,74 +69,69 @@ def binding_limit(limits: dict) -> str | None:
     return min(numeric, key=lambda k: (numeric[k], k)) if numeric else None
 
 
-def state_messages(topics: Topics, reply: dict) -> list[Message]:
-    """Retained state topics from a `status` reply (docs/protocol.md); keys it lacks are left out."""
+def state_messages(topics: Topics, reply: p.StatusReply) -> list[Message]:
+    """Retained state topics from a `status` reply (docs/protocol.md)."""
     out: list[Message] = []
-    connectors = [c for c in reply.get("connectors") or [] if isinstance(c, dict) and isinstance(c.get("id"), int)]
-    for c in connectors:
+    for c in reply.connectors:
         out += _connector_state(topics, c)
-    if reply.get("mode") in MODES:
-        out.append(Message(topics.charger("mode"), reply["mode"]))
-    if connectors:
-        limits = [_dict(c.get("limits")) for c in connectors]
-        paused = any(isinstance(m.get(PAUSE_SOURCE), (int, float)) for m in limits)
+    out.append(Message(topics.charger("mode"), reply.mode))
+    if reply.connectors:
+        limits = [c.limits for c in reply.connectors]
+        paused = any(m.get(PAUSE_SOURCE) is not None for m in limits)
         out.append(Message(topics.charger("paused"), ON if paused else OFF))
         own = next((m[LIMIT_SOURCE] for m in limits if m.get(LIMIT_SOURCE) is not None), None)
         # Home Assistant's number takes "None" as "unknown": the MQTT limit is lifted.
         out.append(Message(topics.charger("current_limit_a"), _number(own, 1) or "None"))
-        operative = any(c.get("status") != "Unavailable" for c in connectors)
+        operative = any(c.status != "Unavailable" for c in reply.connectors)
         out.append(Message(topics.charger("available"), ON if operative else OFF))
     return [m for m in out if m.payload != ""]
 
 
-def _connector_state(topics: Topics, c: dict) -> list[Message]:
-    n = c["id"]
-    measured, limits = _dict(c.get("measured")), _dict(c.get("limits"))
-    session = c.get("session") if isinstance(c.get("session"), dict) else None
+def _connector_state(topics: Topics, c: p.ConnectorStatus) -> list[Message]:
+    n, measured, session, limits = c.id, c.measured, c.session, dict(c.limits)
     out = [
-        Message(topics.connector(n, "status"), str(c.get("status") or "")),
-        Message(topics.connector(n, "state"), str(c.get("state") or "")),
-        Message(topics.connector(n, "contactor"), str(c.get("contactor") or "")),
-        Message(topics.connector(n, "offered_a"), _number(c.get("offered_a"), 1)),
-        Message(topics.connector(n, "allowed_a"), _number(c.get("allowed_a"), 1)),
-        Message(topics.connector(n, "limit"), _json({"allowed_a": c.get("allowed_a"), "binding": binding_limit(limits),
+        Message(topics.connector(n, "status"), c.status),
+        Message(topics.connector(n, "state"), c.state or ""),
+        Message(topics.connector(n, "contactor"), c.contactor),
+        Message(topics.connector(n, "offered_a"), _number(c.offered_a, 1)),
+        Message(topics.connector(n, "allowed_a"), _number(c.allowed_a, 1)),
+        Message(topics.connector(n, "limit"), _json({"allowed_a": c.allowed_a, "binding": binding_limit(limits),
                                                      "limits": limits})),
-        Message(topics.connector(n, "available"), OFF if c.get("status") == "Unavailable" else ON),
-        Message(topics.connector(n, "session"), _json(session)),
-        Message(topics.connector(n, "faults"), _json(c.get("faults") or [])),
+        Message(topics.connector(n, "available"), OFF if c.status == "Unavailable" else ON),
+        Message(topics.connector(n, "session"), _json(session.to_wire() if session else None)),
+        Message(topics.connector(n, "faults"), _json([f.to_wire() for f in c.faults])),
     ]
-    if measured and not measured.get("stale"):  # a stale reading is not today's power: keep the last one
-        out.append(Message(topics.connector(n, "power_w"), _number(measured.get("power_w"))))
-        out.append(Message(topics.connector(n, "energy_wh"), _number(measured.get("energy_wh"))))
-        currents = measured.get("current_a") or []
-        for phase, value in zip(PHASES, currents if isinstance(currents, list) else []):
+    if measured is not None and not measured.stale:  # a stale reading is not today's power: keep the last one
+        out.append(Message(topics.connector(n, "power_w"), _number(measured.power_w)))
+        out.append(Message(topics.connector(n, "energy_wh"), _number(measured.energy_wh)))
+        for phase, value in zip(PHASES, measured.current_a):
             out.append(Message(topics.connector(n, f"current_a/{phase}"), _number(value, 1)))
-    elif not measured and session is None:
+    elif measured is None and session is None:
         out.append(Message(topics.connector(n, "power_w"), "0"))
     if session is not None:
-        out.append(Message(topics.connector(n, "session/energy_wh"), _number(session.get("energy_wh"))))
+        out.append(Message(topics.connector(n, "session/energy_wh"), _number(session.energy_wh)))
     return out
 
 
-def event_messages(topics: Topics, event: dict) -> list[Message]:
+def event_messages(topics: Topics, event: p.Event) -> list[Message]:
     """What one event of the stream publishes: every event but meter samples on <base>/event, and the
     session start and stop on the connector's topics (not retained: they happened once)."""
-    kind, n = event.get("type"), event.get("connector")
-    if kind == "session.sample":
+    if isinstance(event, p.SessionSample):
         return []
-    out = [Message(topics.event, _json(event), retain=False)]
-    if isinstance(n, int) and n > 0:
-        if kind == "session.started":
-            out.append(Message(topics.connector(n, "session/started"), _json(event), retain=False))
+    body, n = _json(event.to_wire()), event.connector
+    out = [Message(topics.event, body, retain=False)]
+    if n > 0:
+        if isinstance(event, p.SessionStarted):
+            out.append(Message(topics.connector(n, "session/started"), body, retain=False))
             out.append(Message(topics.connector(n, "session/energy_wh"), "0"))
-        elif kind == "session.stopped":
-            out.append(Message(topics.connector(n, "session/stopped"), _json(event), retain=False))
-            out.append(Message(topics.connector(n, "session/last"), _json(event)))
+        elif isinstance(event, p.SessionStopped):
+            out.append(Message(topics.connector(n, "session/stopped"), body, retain=False))
+            out.append(Message(topics.connector(n, "session/last"), body))
     return out
 
 
-def command_request(topics: Topics, topic: str, payload: bytes, connectors: Iterable[int]) -> dict:
-    """The control-socket request a command topic asks for; raises BadCommand."""
+def command_request(topics: Topics, topic: str, payload: bytes, connectors: Iterable[int]) -> p.Command[Any]:
+    """The control-socket command a command topic asks for; raises BadCommand."""
     if not topic.startswith(topics.base + "/"):
         raise BadCommand(f"not a command topic: {topic!r}")
     parts = topic[len(topics.base) + 1:].split("/")
@@ -157,18 +150,17 @@ def command_request(topics: Topics, topic: str, payload: bytes, connectors: Iter
     except UnicodeDecodeError:
         raise BadCommand("payload is not UTF-8 text") from None
     if name == "current_a":
-        return {"cmd": "limit", "source": LIMIT_SOURCE, "connector": connector, "current_a": _current(text)}
+        return p.Limit(source=LIMIT_SOURCE, connector=connector, current_a=_current(text))
     if name == "pause":
-        return {"cmd": "limit", "source": PAUSE_SOURCE, "connector": connector,
-                "current_a": 0 if _on_off(text) else None}
+        return p.Limit(source=PAUSE_SOURCE, connector=connector, current_a=0 if _on_off(text) else None)
     if name == "available":
-        return {"cmd": "availability", "connector": connector, "operative": _on_off(text)}
+        return p.Availability(connector=connector, operative=_on_off(text))
     if name == "mode":
         if connector != 0:
             raise BadCommand("the charging mode is the charger's: use <base>/set/mode")
         if text.lower() not in MODES:
             raise BadCommand(f"mode: expected one of {', '.join(MODES)}, got {text!r}")
-        return {"cmd": "mode", "mode": text.lower()}
+        return p.SetMode(mode=cast(p.Mode, text.lower()))
     raise BadCommand(f"unknown command {name!r}")
 
 

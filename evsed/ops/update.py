@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from evsed import protocol as p
 from evsed.config import Config
 from evsed.ops import spool as spoolmod
 # callers (the uplink, tests) name these update.verify, update.UpdateError: they stay here too
@@ -137,17 +138,17 @@ class Updater:
     cfg: Config
     settings: UpdateSettings
     service: Service
-    status: Callable[[], dict[str, Any] | None]  # the daemon's status reply, None when it does not run
+    status: Callable[[], p.StatusReply | None]  # the daemon's status, None when it does not run
     say: Callable[[str], None] = print
     opt: Path = OPT
     python: str = sys.executable
     poll_s: float = 5.0  # between looks at the daemon's sessions and, in probation, at the service
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    allow_downgrade: bool = False  # install a release older than the running one (by hand only)
     # One request to the daemon, its reply (None when it does not run): the charger is made
     # unavailable between the last look at its sessions and the stop, so none starts meanwhile.
-    command: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
-    allow_downgrade: bool = False  # install a release older than the running one (by hand only)
+    hold: Callable[[bool], p.AvailabilityReply | p.Failure | None] | None = None  # inoperative (True) or not
 
     @property
     def current(self) -> Path:
@@ -319,15 +320,15 @@ class Updater:
         deadline = self.clock() + wait_s
         while True:
             reply = self.status()
-            running = [c["id"] for c in (reply or {}).get("connectors", []) if c.get("session")]
+            running = [c.id for c in reply.connectors if c.session] if reply is not None else []
             if not running:
-                if reply is None or self.command is None:
+                if reply is None or self.hold is None:
                     return
-                held = self.command({"cmd": "availability", "connector": 0, "operative": False})
-                if held is None or not held.get("scheduled"):
+                held = self.hold(True)
+                if not isinstance(held, p.AvailabilityReply) or held.result != "Scheduled":
                     self.say("no session runs: the charger is unavailable until the switch")
                     return
-                self.command({"cmd": "availability", "connector": 0, "operative": True})  # one began meanwhile
+                self.hold(False)  # one began meanwhile: it ends first
                 continue
             if self.clock() >= deadline:
                 raise UpdateError(f"a session runs on connector {', '.join(map(str, running))}: the release "

@@ -89,7 +89,7 @@ async def run(config: Config, name: str) -> int:
         task.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    log.info("service.running", service=name, charger=link.hello.get("charger"))
+    log.info("service.running", service=name, charger=link.hello.charger)
     try:
         await module.serve(config, link)
     except asyncio.CancelledError:

@@ -13,15 +13,9 @@ from typing import Any, Callable
 
 import structlog
 
-log = structlog.get_logger("evsed")
+from evsed import protocol as p
 
-# Events kept in the store's outbox and streamed with a sequence number; the rest are live only
-# (sent to connected services, never written: meter samples every second would wear an SD card).
-DURABLE = frozenset({
-    "connector.status", "session.started", "session.stopped", "fault.raised", "fault.cleared",
-    "card.refused", "limit.changed", "contactor.opened", "contactor.closed", "availability.changed",
-    "mode.changed", "fault.cleared_by_person", "session.clock_corrected",
-})
+log = structlog.get_logger("evsed")
 
 _LEVELS = {"fault.raised": "error", "card.refused": "warning", "meter.garbage": "warning",
            "meter.rebaselined": "warning", "session.sample": "debug", "site.sample": "debug",
@@ -45,12 +39,18 @@ class ChargerEvent:
 
     @property
     def durable(self) -> bool:
-        return self.type in DURABLE
+        """Kept in the store's outbox and streamed with a sequence number (the protocol's record
+        says); the rest are live only (meter samples every second would wear an SD card)."""
+        kind = p.EVENTS.get(self.type)
+        return kind is not None and kind.DURABLE
 
-    def wire(self, seq: int | None = None) -> dict[str, Any]:
-        """The event as the control socket sends it (docs/protocol.md)."""
-        return {"seq": seq, "at": utc_iso_ms(self.at), "type": self.type, "connector": self.connector,
-                **self.data}
+    def wire(self, seq: int | None = None) -> p.Event:
+        """The event as the control socket sends it (docs/protocol.md); raises WireError (a
+        field out of its bounds) or KeyError (a type the protocol does not know)."""
+        try:
+            return p.EVENTS[self.type](seq=seq, at=utc_iso_ms(self.at), connector=self.connector, **self.data)
+        except TypeError as exc:  # a field missing or unknown
+            raise p.WireError(f"{self.type}: {exc}") from None
 
 
 Subscriber = Callable[[ChargerEvent], None]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from zoneinfo import ZoneInfo
 
 import structlog
 
+from evsed import protocol as p
 from evsed.config import SERVICE_SECTIONS, Config
 from evsed.core import tariff as tariffs
 from evsed.core import windows
@@ -52,7 +53,7 @@ class Charger:
     def __init__(self, config: Config, devices: Devices, *, clock: Callable[[], float],
                  wallclock: Callable[[], dt.datetime], writer: StoreWriter | InlineWriter, first_session_id: int,
                  schedule: Callable[[int, float | None], None] = lambda cid, when: None,
-                 offload: Offload = _inline, stored: Callable[[dict[str, Any]], None] = lambda event: None,
+                 offload: Offload = _inline, stored: Callable[[p.Event], None] = lambda event: None,
                  call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced):
         self.config, self.devices, self.world = config, devices, devices.world
         self.clock, self.wallclock = clock, wallclock
@@ -65,7 +66,7 @@ class Charger:
         self.auth = Chain(self._local_list(config), config.authorization)
         self.mode = config.charger.mode
         self.learning: float | None = None  # `evsed cards learn`: the next tap is read, not used, until then
-        self.learned: dict[str, Any] | None = None
+        self.learned: p.LearnedCard | None = None
         self.reservations: dict[int, int] = {}  # connector -> OCPP reservation id
         self.reader_error = ""
         self.reading_cards = False  # a reader loop takes taps from devices.reader (the daemon)
@@ -135,22 +136,23 @@ class Charger:
             except Exception as exc:  # noqa: BLE001 - keep shutting the others down
                 on_error(ctrl, exc)
 
-    def release_all(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
-        """Open every contactor without asking the core: the last line of defence."""
+    def release_all(self, on_error: Callable[[ConnectorControl, BaseException], None], at_once: bool = True) -> None:
+        """Open every contactor without asking the core: the last line of defence (at_once False:
+        an orderly stop, where a charging EV may stop first)."""
         for ctrl in self.connectors.values():
             try:
-                ctrl.release()
+                ctrl.release(at_once)
             except Exception as exc:  # noqa: BLE001 - keep releasing the others
                 on_error(ctrl, exc)
 
-    def reload(self, new: Config) -> dict[str, Any]:
+    def reload(self, new: Config) -> p.ReloadReply:
         """Apply a changed config without touching a running session: cards, groups, windows,
         tariff, limits, timing (the daemon's pilot and meter loops read it each round), the
         store's checkpoint and sample intervals. Devices are opened once: a change to them is
         refused. Other keys only a restart applies are accepted, named in `restart_needed`."""
         old_devices = [(cid, kind, d) for cid, kind, d in configured(self.config)]
         if [(cid, kind, d) for cid, kind, d in configured(new)] != old_devices:
-            return {"result": "Rejected", "reason": "devices or connectors changed: restart evsed to apply"}
+            return p.ReloadReply(result="Rejected", reason="devices or connectors changed: restart evsed to apply")
         restart = restart_needed(self.config, new)
         if restart:
             log.warning("config.reload_needs_restart", keys=restart)
@@ -168,7 +170,7 @@ class Charger:
         self.policy.refresh()
         for ctrl in self.connectors.values():
             ctrl.tick()  # a new maximum or timing takes effect now
-        return {"result": "Accepted", **({"restart_needed": restart} if restart else {})}
+        return p.ReloadReply(result="Accepted", restart_needed=tuple(restart))
 
     # --- connectors and cards ---------------------------------------------------------------
     def connector(self, cid: int | None) -> ConnectorControl:
@@ -230,9 +232,9 @@ class Charger:
         """`evsed cards learn`: tell the UID and a [[card]] block; the tap does nothing else."""
         card = self.auth.local.card(uid)
         self.learning = None
-        self.learned = {"uid": uid, "known": card is not None, "name": card.name if card else "",
-                        "group": card.group if card else "",
-                        "toml": f'[[card]]\nuid = "{uid}"\nname = ""\n# group = ""\n'}
+        self.learned = p.LearnedCard(uid=uid, known=card is not None, name=card.name if card else "",
+                                     group=card.group if card else "",
+                                     toml=f'[[card]]\nuid = "{uid}"\nname = ""\n# group = ""\n')
         self.publish("card.learned", id_tag=uid, known=card is not None)
         return 0
 
@@ -251,14 +253,14 @@ class Charger:
         self.policy.site_sampled(reading)
 
     # --- status -----------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> p.StatusReply:
         site = self.site_reading
-        return {"ok": True, "charger": self.config.charger.id, "mode": self.mode,
-                "card_reader_error": self.reader_error,
-                "site": None if site is None else {"current_a": list(site.current_a), "power_w": site.power_total_w},
-                "connectors": [self._connector_status(c) for c in self.connectors.values()]}
+        return p.StatusReply(charger=self.config.charger.id, mode=cast(p.Mode, self.mode), card_reader_error=self.reader_error,
+                             site=None if site is None else p.SiteNow(current_a=tuple(site.current_a),
+                                                                      power_w=site.power_total_w),
+                             connectors=tuple(self._connector_status(c) for c in self.connectors.values()))
 
-    def _connector_status(self, ctrl: ConnectorControl) -> dict[str, Any]:
+    def _connector_status(self, ctrl: ConnectorControl) -> p.ConnectorStatus:
         """The connector's own status, with every limit source, the binding one, and the policy's
         reason where the core only knows that a limit is under 6 A."""
         st = ctrl.status()
@@ -270,14 +272,14 @@ class Charger:
             st["reason"] = policy["not_charging"]
         session = st["session"]
         if session is not None and self.config.tariff is not None:
-            session.update(self._price_so_far(session))
-        return st
+            st["session"] = self._price_so_far(session)
+        return p.ConnectorStatus(**st)
 
-    def _price_so_far(self, session: dict[str, Any]) -> dict[str, Any]:
+    def _price_so_far(self, session: p.SessionNow) -> p.SessionNow:
         """What the driver pays so far (major units) under the session's tariff, from its start
         reading to the last one; the exact figure, split by the samples, comes at the stop."""
-        pricing = tariffs.Pricing.from_json(self._pricing(session.get("group", "")))
-        start = dt.datetime.fromisoformat(session["started_at"])
+        pricing = tariffs.Pricing.from_json(self._pricing(session.group))
+        start = dt.datetime.fromisoformat(session.started_at)
         now = max(start, self.wallclock())
-        charge = tariffs.charge(pricing, start, now, 0, session["energy_wh"])
-        return {"price": charge.revenue / 10 ** pricing.decimals, "currency": pricing.currency}
+        charge = tariffs.charge(pricing, start, now, 0, session.energy_wh)
+        return replace(session, price=charge.revenue / 10 ** pricing.decimals, currency=pricing.currency)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import structlog
 
+from evsed import protocol as p
 from evsed.core import events as ev
 from evsed.core import meter as judge
 from evsed.core import state
@@ -21,8 +22,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import (ContactorFeedback, DeviceUnavailable, HalError, MeterReading, Notifying, OfferedCurrent, PilotReading,
-                 SelfTest)
+from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying,
+                 OfferedCurrent, PilotReading, SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
@@ -44,7 +45,8 @@ class ConnectorControl:
         self.devices = devices
         self.pilot, self.contactor, self.rcd, self.meter = devices.pilot, devices.contactor, devices.rcd, devices.meter
         self.cfg = replace(cfg, has_feedback=isinstance(self.contactor, ContactorFeedback),
-                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest))
+                           has_meter=self.meter is not None, has_self_test=isinstance(self.rcd, SelfTest),
+                           duty_step_pct=self.pilot.duty_step_pct if isinstance(self.pilot, DutyResolution) else 0.0)
         self.state = state.Connector()
         self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
         self.clock, self.wallclock, self.bus = clock, wallclock, bus
@@ -53,7 +55,7 @@ class ConnectorControl:
         self.log = log.bind(connector=connector_id)
         self.session: LiveSession | None = None
         self.last_reading: MeterReading | None = None
-        self.last_refusal: dict[str, Any] | None = None
+        self.last_refusal: p.Refusal | None = None
         self.pilot_error = ""  # why the pilot device is unavailable (an unplugged adapter), until it reads again
         self.meter_error = ""  # why the last meter reading failed (silent, unplugged, garbage), until one is good
         self._inbox: deque[ev.Event] = deque()
@@ -75,18 +77,26 @@ class ConnectorControl:
         self.poll_inputs()
 
     def shutdown(self) -> None:
-        """Stop the session and open the contactor; also called on crash paths."""
+        """Stop the session and open the contactor, letting a charging EV stop first where the
+        contactor's driver can (hal.SoftOpen)."""
         try:
             self.feed(ev.Shutdown())
         finally:
-            self.release()
+            self.release(at_once=False)
 
-    def release(self) -> None:
-        """Open the contactor and stop PWM without asking the core: the last line of defence."""
+    def release(self, at_once: bool = True) -> None:
+        """Open the contactor and stop PWM without asking the core: the last line of defence.
+        at_once False (an orderly stop): a SoftOpen contactor lets the EV stop first."""
         try:
-            self.contactor.open()
+            self._open(at_once)
         finally:
             self.pilot.pwm_off()
+
+    def _open(self, at_once: bool) -> None:
+        if not at_once and isinstance(self.contactor, SoftOpen):
+            self.contactor.open_when_ev_stops()
+        else:
+            self.contactor.open()
 
     # --- inputs -----------------------------------------------------------------------------
     def feed(self, event: ev.Event) -> None:
@@ -204,7 +214,7 @@ class ConnectorControl:
     def _perform(self, a: ev.Action) -> None:
         """The hardware first, then the bus: no subscriber runs before the contactor is told."""
         if isinstance(a, ev.OpenContactor):
-            self.contactor.open()
+            self._open(a.at_once)
             self.publish("contactor.opened", reason=a.reason)
         elif isinstance(a, ev.CloseContactor):
             self.contactor.close()
@@ -216,7 +226,8 @@ class ConnectorControl:
                 self.pilot.pwm_f()
             else:
                 self.pilot.pwm_off()
-            self.publish("pilot.output", mode=a.mode, duty_pct=a.duty_pct, offered_a=round(a.current_a, 1))
+            duty = None if a.duty_pct is None else round(a.duty_pct, 4)
+            self.publish("pilot.output", mode=a.mode, duty_pct=duty, offered_a=round(a.current_a, 2))
         elif isinstance(a, ev.RunSelfTest):
             rcd = self.rcd
             assert isinstance(rcd, SelfTest), "the core asks for a self-test only when the RCD has one"
@@ -226,8 +237,8 @@ class ConnectorControl:
         elif isinstance(a, ev.RequestAuthorization):
             self.authorize(a.id_tag, self.id, self.feed)
         elif isinstance(a, ev.CardRefused):
-            self.last_refusal = {"id_tag": a.id_tag, "reason": a.reason, "at": utc_iso(self.wallclock()),
-                                 "card_name": self.card_name(a.id_tag)}
+            self.last_refusal = p.Refusal(id_tag=a.id_tag, reason=a.reason, at=utc_iso(self.wallclock()),
+                                          card_name=self.card_name(a.id_tag))
             self.publish("card.refused", id_tag=a.id_tag, reason=a.reason)
         elif isinstance(a, ev.StartSession):
             self._start_session(a)
@@ -284,24 +295,23 @@ class ConnectorControl:
             "status": st.status.value,
             "state": st.pilot.value if st.pilot else None,
             "pilot_output": st.output,
-            "duty_pct": st.duty_pct,
+            "duty_pct": None if st.duty_pct is None else round(st.duty_pct, 4),  # the kernel PWM's grid
             "allowed_a": state.allowed_current_a(self.cfg, st),
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
             "operative": st.operative,  # False while Unavailable, or pending until the session ends
-            "measured": None if reading is None else {
-                "current_a": list(reading.current_a), "power_w": reading.power_total_w,
-                "energy_wh": reading.energy_import_wh, "stale": state.meter_missing(self.cfg, st, now)},
+            "measured": None if reading is None else p.Measured(
+                current_a=tuple(reading.current_a), power_w=reading.power_total_w,
+                energy_wh=reading.energy_import_wh, stale=state.meter_missing(self.cfg, st, now)),
             "error_code": state.error_code(self.cfg, st, now).value,
-            "session": None if session is None else {
-                "id": session.row_id, "id_tag": session.id_tag, "card_name": session.card_name,
-                "group": session.card_group, "started_at": session.started_at,
-                "energy_wh": session.energy_wh, "power_w": session.power_w,
-                "peak_power_w": session.peak_power_w},
-            "faults": [{"fault": f.value, "detail": fs.detail, "clears_by": state.clears_by(f, fs).value,
-                        "lockout": state.clears_by(f, fs) is ev.Clearance.PERSON,
-                        "retry_in_s": None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1))}
-                       for f, fs in st.faults.items()],
+            "session": None if session is None else p.SessionNow(
+                id=session.row_id or 0, id_tag=session.id_tag, card_name=session.card_name,
+                group=session.card_group, started_at=session.started_at,
+                energy_wh=session.energy_wh, power_w=session.power_w, peak_power_w=session.peak_power_w),
+            "faults": tuple(p.FaultNow(fault=f.value, detail=fs.detail, clears_by=state.clears_by(f, fs).value,
+                                       lockout=state.clears_by(f, fs) is ev.Clearance.PERSON,
+                                       retry_in_s=None if fs.retry_at is None else max(0.0, round(fs.retry_at - now, 1)))
+                            for f, fs in st.faults.items()),
             "reason": st.reason,
             "pilot_error": self.pilot_error,
             "meter_error": self.meter_error,

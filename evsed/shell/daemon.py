@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine
 
@@ -25,6 +26,7 @@ import structlog
 
 import evsed
 from evsed import dirs
+from evsed import protocol as p
 from evsed.config import Config
 from evsed.control.server import ControlServer
 from evsed.control.client import socket_path
@@ -47,6 +49,7 @@ log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
 READER_RETRY_S = (1.0, 10.0)  # first and longest wait before opening a vanished card reader again
 EXIT_RESTART = 75  # EX_TEMPFAIL: not a clean stop, so Restart=on-failure starts the daemon again
+MAX_SERVICE_STATUS = 8  # services whose status a `status` reply carries
 
 
 class StateLock:
@@ -96,7 +99,7 @@ class Daemon:
         self._reader_db: sqlite3.Connection | None = None
         self._acked: dict[str, int] = {}
         self._last_seq = 0  # the newest durable event streamed: where a service new to this charger starts
-        self._service_status: dict[str, dict[str, Any]] = {}  # what each service last said of itself
+        self._service_status: dict[str, p.ServiceState] = {}  # what each service last said of itself
         self._reader_lock = threading.Lock()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -175,19 +178,20 @@ class Daemon:
     @staticmethod
     def _recovered_event(store: Store, row: dict[str, Any], now: str) -> None:
         """A session a crash or power cut left open, closed as power_loss: the services hear of it."""
-        outbox.append(store.db, now, "session.stopped", row["connector_id"], {
-            "session": row["id"], "id_tag": row["id_tag"], "card_name": row["card_name"],
-            "group": row["card_group"], "auth_source": row["auth_source"], "started_at": row["started_at"],
-            "meter_start_wh": row["meter_start_wh"], "meter_stop_wh": row["meter_stop_wh"],
-            "energy_wh": row["energy_wh"], "peak_power_w": row["peak_power_w"], "reason": "power_loss",
-            "stopped_at": row["stopped_at"]})
+        event = p.SessionStopped(
+            at=now, connector=row["connector_id"], session=row["id"], id_tag=row["id_tag"], card_name=row["card_name"],
+            group=row["card_group"], auth_source=row["auth_source"], started_at=row["started_at"],
+            meter_start_wh=row["meter_start_wh"], meter_stop_wh=row["meter_stop_wh"], energy_wh=row["energy_wh"],
+            peak_power_w=row["peak_power_w"], reason="power_loss", stopped_at=row["stopped_at"])
+        data = {k: v for k, v in event.to_wire().items() if k not in ("seq", "at", "type", "connector")}
+        outbox.append(store.db, now, event.TYPE, event.connector, data)
 
-    def _stored(self, loop: asyncio.AbstractEventLoop, event: dict[str, Any]) -> None:
+    def _stored(self, loop: asyncio.AbstractEventLoop, event: p.Event) -> None:
         """A durable event is committed (the store's thread): stream it from the loop."""
         loop.call_soon_threadsafe(self._push, event)
 
-    def _push(self, event: dict[str, Any]) -> None:
-        self._last_seq = max(self._last_seq, int(event.get("seq") or 0))
+    def _push(self, event: p.Event) -> None:
+        self._last_seq = max(self._last_seq, event.seq or 0)
         self.server.push(event)
 
     def _live(self, event: ChargerEvent) -> None:
@@ -262,41 +266,39 @@ class Daemon:
             self.connectors[connector_id].tick()
 
     # --- the control socket's host ---------------------------------------------------------------
-    def hello(self, service: str) -> dict[str, Any]:
+    def hello(self, service: str | None) -> p.HelloReply:
         c = self.config.charger
-        return {"charger": c.id, "connectors": list(self.connectors), "phases": c.phases, "voltage_v": c.voltage_v,
-                "acked": self._acked.get(service, 0), "last_seq": self._last_seq}
+        return p.HelloReply(version=p.VERSION, charger=c.id, connectors=tuple(self.connectors), phases=c.phases,
+                            voltage_v=c.voltage_v, acked=self._acked.get(service or "", 0), last_seq=self._last_seq)
 
-    def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+    def dispatch(self, command: p.Command[Any]) -> p.Reply:
         assert self.charger is not None
-        cmd = req["cmd"]
-        if cmd == "ping":
-            return {"ok": True}
-        if cmd == "status":
-            return {**self.charger.status(), "services": dict(self._service_status),
-                    # the CLI finds this daemon's config, and shows times in its zone, from these
-                    "config": str(self.config.path.absolute()), "timezone": self.config.charger.timezone}
-        if cmd == "restart":  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
-            if set(req) != {"cmd"}:
-                raise commands.CommandError("restart: takes no fields")
+        if isinstance(command, p.Ping):
+            return p.Ok()
+        if isinstance(command, p.Status):  # the CLI finds this daemon's config, and shows times in its zone
+            return replace(self.charger.status(), services=dict(self._service_status),
+                           config=str(self.config.path.absolute()), timezone=self.config.charger.timezone)
+        if isinstance(command, p.Restart):  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
             log.warning("daemon.restart_requested")
             self.restart = True
             asyncio.get_running_loop().call_soon(self.stopping.set)
-            return {"ok": True, "exit_status": EXIT_RESTART}
-        if cmd == "sim":
-            action = req.get("action")
-            if not isinstance(action, str) or not commands.is_sim(action):
-                raise commands.CommandError(f"unknown sim action {action!r}")
-            return commands.run(self.charger, action, req, skip=frozenset({"cmd", "action"}))
-        return commands.run(self.charger, cmd, req, skip=frozenset({"cmd"}))
+            return p.RestartReply(exit_status=EXIT_RESTART)
+        return commands.run(self.charger, command)
 
-    async def backlog(self, after: int) -> list[dict[str, Any]]:
+    async def backlog(self, after: int) -> list[p.Event]:
         db = self._reader_db
         assert db is not None
+
         def read() -> list[dict[str, Any]]:
             with self._reader_lock:  # one connection, several subscribers' threads
                 return list(outbox.since(db, after))
-        return await asyncio.to_thread(read)
+        events = []
+        for stored in await asyncio.to_thread(read):
+            try:
+                events.append(p.parse_event(stored))
+            except p.WireError as exc:  # written by a release that said it otherwise: skipped, said once
+                log.error("outbox.event_unreadable", seq=stored.get("seq"), error=str(exc))
+        return events
 
     def ack(self, service: str, seq: int) -> None:
         assert self.writer is not None
@@ -304,11 +306,13 @@ class Daemon:
         self._acked[service] = max(seq, self._acked.get(service, 0))
         self.writer.submit(lambda st: outbox.ack(st.db, service, seq, at))
 
-    def service_status(self, service: str, status: dict[str, Any]) -> None:
-        self._service_status[service] = {**status, "at": utc_iso_ms(_wallclock())}
+    def service_status(self, service: str, status: p.ServiceState) -> None:
+        if service not in self._service_status and len(self._service_status) >= MAX_SERVICE_STATUS:
+            raise commands.CommandError(f"service-status: {MAX_SERVICE_STATUS} services said theirs already")
+        self._service_status[service] = replace(status, at=utc_iso_ms(_wallclock()))
 
     def add_authorizer(self, name: str, timeout_s: float,
-                       ask: Callable[[str, int], Awaitable[dict[str, Any]]]) -> Callable[[], None]:
+                       ask: Callable[[str, int], Awaitable[p.Authorized]]) -> Callable[[], None]:
         assert self.charger is not None
         return self.charger.auth.add(_SocketAuthorizer(name, ask))
 
@@ -412,7 +416,7 @@ class Daemon:
         """SIGHUP (systemctl reload): the `reload` command; a bad config is logged and the old one stays."""
         assert self.charger is not None
         try:
-            log.info("daemon.reload", **commands.run(self.charger, "reload", {}))
+            log.info("daemon.reload", **commands.run(self.charger, p.Reload()).fields_wire())
         except commands.CommandError as exc:
             log.error("daemon.reload_refused", error=str(exc))
 
@@ -433,17 +437,21 @@ class Daemon:
             log.info("store.pruned", events=events, samples=samples)
 
     # --- stop -------------------------------------------------------------------------------
-    def release_all(self) -> None:
+    def release_all(self, at_once: bool = True) -> None:
         if self.charger is not None:
             self.charger.release_all(lambda ctrl, exc: log.critical(
-                "contactor.release_failed", connector=ctrl.id, error=repr(exc)))
+                "contactor.release_failed", connector=ctrl.id, error=repr(exc)), at_once)
+
+    def _orderly(self) -> bool:
+        """A stop asked for (SIGTERM, SIGINT, a restart), no failure: a charging EV may stop first."""
+        return self.stopping.is_set() and self.fatal is None
 
     async def stop(self) -> None:
         if self.charger is not None:
             self.charger.shutdown(lambda ctrl, exc: log.critical(
                 "connector.shutdown_failed", connector=ctrl.id, error=repr(exc)))
             self.charger.auth.cancel()
-        self.release_all()
+        self.release_all(at_once=not self._orderly())
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -471,7 +479,7 @@ class Daemon:
             await self.start()
             await self.stopping.wait()
         finally:
-            self.release_all()
+            self.release_all(at_once=not self._orderly())
             await self.stop()
         return 1 if self.fatal is not None else EXIT_RESTART if self.restart else 0
 
@@ -479,14 +487,9 @@ class Daemon:
 class _SocketAuthorizer:
     """A link of the authorizer chain answered by a service over the control socket."""
 
-    def __init__(self, name: str, ask: Callable[[str, int], Awaitable[dict[str, Any]]]):
+    def __init__(self, name: str, ask: Callable[[str, int], Awaitable[p.Authorized]]):
         self.name, self._ask = name, ask
 
     async def authorize(self, id_tag: str, connector: int) -> Verdict:
         answer = await self._ask(id_tag, connector)
-        result = answer.get("result")
-        limit = answer.get("max_current_a")
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1000:
-            limit = None
-        return Verdict(result if isinstance(result, str) else "unknown", str(answer.get("reason", ""))[:200],
-                       str(answer.get("group", ""))[:64], None if limit is None else float(limit))
+        return Verdict(answer.result, answer.reason, answer.group, answer.max_current_a)

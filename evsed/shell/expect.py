@@ -45,10 +45,10 @@ def observe(world: Any, ctrl: Any, store: Any, key: str, want: Any) -> tuple[Any
     if key in ("offered_a", "duty_pct", "allowed_a"):
         return st[key], _number(st[key], want, key)
     if key == "current_a":  # what the charger's meter measured
-        got = max(st["measured"]["current_a"]) if st["measured"] and st["measured"]["current_a"] else None
+        got = max(st["measured"].current_a) if st["measured"] and st["measured"].current_a else None
         return got, _number(got, want, key)
     if key == "meter_stale":
-        got = bool(st["measured"] and st["measured"]["stale"])
+        got = bool(st["measured"] and st["measured"].stale)
         return got, got == want
     # what the hardware really does, not what was commanded
     if key == "hw_contactor":
@@ -65,21 +65,21 @@ def observe(world: Any, ctrl: Any, store: Any, key: str, want: Any) -> tuple[Any
         got = max(bench.current_a(), default=0.0)
         return got, _number(got, want, key)
     if key == "faults":
-        got = sorted(f["fault"] for f in st["faults"])
+        got = sorted(f.fault for f in st["faults"])
         return got, bool(got) if want == "any" else got == sorted(want)
     if key == "fault_detail_contains":
-        details = [f["detail"] for f in st["faults"]]
+        details = [f.detail for f in st["faults"]]
         return details, any(want.lower() in d.lower() for d in details)
     if key == "lockout":
-        got = any(f["lockout"] for f in st["faults"])
+        got = any(f.lockout for f in st["faults"])
         return got, got == want
     if key == "reason_contains":
         return st["reason"], want.lower() in st["reason"].lower()
     if key == "refused_contains":
-        got = (st["last_refusal"] or {}).get("reason", "")
+        got = st["last_refusal"].reason if st["last_refusal"] else ""
         return got, want.lower() in got.lower()
     if key == "session_energy_wh_min":
-        got = st["session"]["energy_wh"] if st["session"] else None
+        got = st["session"].energy_wh if st["session"] else None
         return got, got is not None and got >= want
     if key == "session_running":
         got = st["session"] is not None

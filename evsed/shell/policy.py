@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
+from evsed import protocol as p
 from evsed.core import events as ev
 from evsed.core import limits as lm
 from evsed.core import loadmgmt, windows
@@ -327,7 +328,7 @@ class Policy:
 
     def status(self, ctrl: ConnectorControl) -> dict[str, Any]:
         r = self.chain(ctrl)
-        return {"limit_chain": {lim.source: {"current_a": lim.current_a, "detail": lim.detail,
-                                        **({"blocked": lim.blocked} if lim.blocked else {})} for lim in r.limits},
+        return {"limit_chain": {lim.source: p.ChainLink(current_a=lim.current_a, detail=lim.detail,
+                                                       blocked=lim.blocked or None) for lim in r.limits},
                 "binding": r.binding, "offer_a": r.current_a, "not_charging": r.not_charging,
                 "mode": self.mode_of(ctrl).value, "group": self.group_of(ctrl)}

@@ -7,16 +7,19 @@ committed its sequence number is handed to `stored` (the control socket's stream
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import structlog
 
+from evsed import protocol as p
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.store import outbox
 from evsed.store.samples import SampleBatcher
 from evsed.store.sessions import InlineWriter, LiveSession, Op, Store, StoreWriter, utc_iso
 
 log = structlog.get_logger("evsed")
+ENVELOPE = ("seq", "at", "type", "connector")
 
 
 class Recorder:
@@ -24,7 +27,7 @@ class Recorder:
 
     def __init__(self, writer: StoreWriter | InlineWriter, *, clock: Callable[[], float], checkpoint_s: float,
                  sample_interval_s: float = 10.0, pricing: Callable[[str], str] = lambda group: "",
-                 stored: Callable[[dict[str, Any]], None] = lambda event: None):
+                 stored: Callable[[p.Event], None] = lambda event: None):
         self.writer, self.clock, self.checkpoint_s, self.stored = writer, clock, checkpoint_s, stored
         self.sample_interval_s, self.pricing = sample_interval_s, pricing
         self._checkpointed_at: dict[int, float] = {}  # session id -> when its last checkpoint was queued
@@ -43,6 +46,13 @@ class Recorder:
         or neither (a session stopped in its row but never told to the services would stay open
         at the CSMS for ever). A row write that fails loses only itself, not the event."""
         at, seq = utc_iso_ms(e.at), [0]
+        try:  # stored as the protocol's record says it: the stream and the outbox carry the same fields
+            record = e.wire()
+            event: p.Event | None = record
+            data = {k: v for k, v in record.to_wire().items() if k not in ENVELOPE}
+        except (ValueError, KeyError) as exc:  # a defect: the row write and the event are kept all the same
+            log.error("event.not_the_protocol", event=e.type, error=str(exc))
+            event, data = None, e.data
 
         def write(st: Store) -> None:
             if op is not None:
@@ -54,8 +64,12 @@ class Recorder:
                     log.error("store.write_failed", error=repr(exc), event=e.type)
                 finally:
                     st.db.execute("RELEASE row")
-            seq[0] = outbox.append(st.db, at, e.type, e.connector, e.data)
-        self.writer.submit(write, lambda: self.stored(e.wire(seq[0])))
+            seq[0] = outbox.append(st.db, at, e.type, e.connector, data)
+
+        def committed() -> None:
+            if event is not None:
+                self.stored(replace(event, seq=seq[0]))
+        self.writer.submit(write, committed)
 
     def _session_started(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data

@@ -1,7 +1,8 @@
-"""The safety daemon's one periodic task: the contactors' heartbeat and the systemd watchdog.
+"""The safety daemon's one periodic task: the devices' heartbeat and the systemd watchdog.
 
-Both say the same thing to something outside the process (the drop-out circuit, systemd): the
-event loop that opens the contactors still turns and is healthy. When it is not, both stop.
+Both say the same thing to something outside the process (a drop-out circuit, an OpenEVSE board's
+supervision, systemd): the event loop that opens the contactors still turns and is healthy. When
+it is not, both stop.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ log = structlog.get_logger("evsed")
 
 
 class SafetyLoop:
-    """Toggle every Heartbeat contactor each heartbeat_interval_s and feed the watchdog at half
-    its period, both only while healthy() returns "" (else the reason, logged once).
+    """Beat every Heartbeat device (contactor drop-out circuits, OpenEVSE pilots) each
+    heartbeat_interval_s and feed the watchdog at half its period, both only while healthy()
+    returns "" (else the reason, logged once).
 
     tick(now) does one round and returns when the next is due: tests drive it with explicit
     times; run() drives it on the loop. A heartbeat that raises ends the task: the daemon
     treats that as any crashed task and opens every contactor.
     """
 
-    def __init__(self, contactors: Iterable[Any], *, healthy: Callable[[], str],
+    def __init__(self, devices: Iterable[Any], *, healthy: Callable[[], str],
                  clock: Callable[[], float] = time.monotonic,
                  notify: Callable[[str], bool] = sdnotify.notify,
                  watchdog_interval_s: float | None = None):
-        self.beating = [c for c in contactors if isinstance(c, Heartbeat)]
+        self.beating = [d for d in devices if isinstance(d, Heartbeat)]
         self.healthy, self.clock, self.notify = healthy, clock, notify
         self.beat_interval_s = min((c.heartbeat_interval_s for c in self.beating), default=None)
         # late by more than this, a drop-out circuit may already have opened its relay
@@ -62,8 +64,8 @@ class SafetyLoop:
         if self.beat_interval_s is not None and now >= self.next_beat:
             if now - self.next_beat > self.late_s and self.beats:
                 log.warning("safety.heartbeat_late", late_s=round(now - self.next_beat, 3))
-            for contactor in self.beating:
-                contactor.heartbeat()
+            for device in self.beating:
+                device.heartbeat()
             self.beats += 1
             self.next_beat = now + self.beat_interval_s
         if self.watchdog_interval_s is not None and now >= self.next_feed:
@@ -82,8 +84,8 @@ class SafetyLoop:
 
 
 def for_daemon(daemon) -> SafetyLoop:
-    """The safety loop of a started Daemon: its contactors; healthy while it is not stopping and
-    every task it spawned still runs."""
+    """The safety loop of a started Daemon: its contactors and pilots; healthy while it is not
+    stopping and every task it spawned still runs."""
 
     def healthy() -> str:
         if daemon.stopping.is_set():
@@ -91,5 +93,6 @@ def for_daemon(daemon) -> SafetyLoop:
         ended = [t.get_name() for t in daemon._tasks if t.done()]
         return f"task {ended[0]} ended" if ended else ""
 
-    return SafetyLoop([c.contactor for c in daemon.connectors.values()], healthy=healthy,
+    devices = [d for c in daemon.connectors.values() for d in (c.contactor, c.pilot)]
+    return SafetyLoop(devices, healthy=healthy,
                       watchdog_interval_s=sdnotify.watchdog_interval_s())

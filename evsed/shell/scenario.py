@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evsed import config as configmod
+from evsed import protocol as p
 from evsed.shell import commands, devices
 from evsed.shell.bus import ChargerEvent
 from evsed.shell.charger import Charger
@@ -232,28 +233,29 @@ class Runner:
         """The policy's expectations (limits, binding source, mode, the site), or None for another key."""
         st = self.charger._connector_status(ctrl)
         if key == "reason_contains":  # the charger's reason: the policy's where a limit of its own pauses
-            return st["reason"], want.lower() in st["reason"].lower()
+            return st.reason, want.lower() in st.reason.lower()
         if key == "binding":
-            return st["binding"], st["binding"] == want
+            return st.binding, st.binding == want
         if key.startswith("limit_"):
-            got = st["limit_chain"].get(key[len("limit_"):], {}).get("current_a")
+            link = st.limit_chain.get(key[len("limit_"):])
+            got = link.current_a if link else None
             return got, (got is None and want == "none") or (
                 got is not None and want != "none" and abs(got - want) <= 0.15)
         if key == "mode":
-            return st["mode"], st["mode"] == want
+            return st.mode, st.mode == want
         if key.startswith("detail_"):  # detail_site = "meter silent": a source's detail or blocking reason
-            lim = st["limit_chain"].get(key[len("detail_"):], {})
-            got = lim.get("blocked") or lim.get("detail") or ""
-            return got, want.lower() in got.lower()
+            lim = st.limit_chain.get(key[len("detail_"):])
+            detail = (lim.blocked or lim.detail) if lim else ""
+            return detail, want.lower() in detail.lower()
         if key == "grid_max_a":  # the site's highest phase current must stay at or under this
             got = max(self.world.site.grid_a())
             return got, got <= want + 0.05
         if key == "learned":
-            got = (self.charger.learned or {}).get("uid")
-            return got, got == want
+            uid = self.charger.learned.uid if self.charger.learned else None
+            return uid, uid == want
         if key == "reload_contains":
-            got = getattr(self, "last_reload", "")
-            return got, want.lower() in got.lower()
+            said: str = getattr(self, "last_reload", "")
+            return said, want.lower() in said.lower()
         return None
 
     @staticmethod
@@ -311,13 +313,13 @@ class Runner:
             return
         if "profile" in args:
             args["profile"] = str(self.path.parent / args["profile"])
-        if step["do"] not in commands.COMMANDS:
-            raise ScenarioError(f"t={step.get('t')}: unknown action {step['do']!r}; "
-                                f"one of {', '.join(commands.COMMANDS)}")
+        actions = ", ".join(sorted(commands.HANDLERS_BY_NAME))
+        if step["do"] not in commands.HANDLERS_BY_NAME:
+            raise ScenarioError(f"t={step.get('t')}: unknown action {step['do']!r}; one of {actions}")
         try:
-            commands.run(self.charger, step["do"], args)
-        except commands.CommandError as exc:
-            raise ScenarioError(f"t={step.get('t')}: {exc}; actions: {', '.join(commands.COMMANDS)}") from None
+            commands.run(self.charger, p.command_named(step["do"], args))
+        except (commands.CommandError, p.WireError) as exc:
+            raise ScenarioError(f"t={step.get('t')}: {exc}; actions: {actions}") from None
 
     def _expect(self, step: dict, result: Result, verbose: bool) -> None:
         ctrl = self.ctrl(step)

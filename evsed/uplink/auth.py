@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import structlog
 
+from evsed import protocol as p
 from evsed.uplink.state import State
 from evsed.uplink.times import parse_time
 
@@ -40,17 +41,14 @@ def valid(info: Info, now: float) -> bool:
         return False
 
 
-def answer(info: Info, now: float, source: str) -> dict[str, Any]:
+def answer(request: p.AuthorizeRequest, info: Info, now: float, source: str) -> p.Authorized:
     """The daemon's authorized reply for an id tag's info."""
     if valid(info, now):
-        reply = {"result": "accept", "reason": source}
-        if "expiryDate" in info:
-            reply["valid_until"] = info["expiryDate"]
-        if info.get("parentIdTag"):
-            reply["parent_id_tag"] = info["parentIdTag"]
-        return reply
+        return p.Authorized(authorize=request.authorize, result="accept", reason=source,
+                            valid_until=info.get("expiryDate"), parent_id_tag=info.get("parentIdTag") or None)
     status = info.get("status", "Invalid")
-    return {"result": "reject", "reason": f"{source}: {'Expired' if status == 'Accepted' else status}"}
+    return p.Authorized(authorize=request.authorize, result="reject",
+                        reason=f"{source}: {'Expired' if status == 'Accepted' else status}")
 
 
 class AuthStore:
@@ -110,7 +108,7 @@ class AuthStore:
 
 
 class Authorizer:
-    """Answers the daemon's authorization requests: {"id_tag", "connector"} -> {"result", "reason", ...}."""
+    """Answers the daemon's authorization requests (AuthorizeRequest -> Authorized)."""
 
     def __init__(self, store: AuthStore, policy: AuthPolicy, clock: Callable[[], float],
                  online: Callable[[], bool], ask: Callable[[str], Awaitable[Info | None]], max_len: int):
@@ -118,21 +116,23 @@ class Authorizer:
         self.online, self.ask = online, ask   # ask: Authorize at the CSMS, None when unanswered
         self.max_len = max_len                # the version's IdToken length
 
-    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        tag = str(request.get("id_tag", ""))
+    async def __call__(self, request: p.AuthorizeRequest) -> p.Authorized:
+        tag = request.id_tag
         if not 1 <= len(tag) <= self.max_len:
-            return {"result": "reject", "reason": f"id tag is not 1-{self.max_len} characters (OCPP IdToken)"}
+            return p.Authorized(authorize=request.authorize, result="reject",
+                                reason=f"id tag is not 1-{self.max_len} characters (OCPP IdToken)")
         now = self.clock()
         entry, source = self.store.lookup(tag)
         if self.online():
             if entry is not None and self.policy.local_pre_authorize() and valid(entry, now):
-                return answer(entry, now, source)
+                return answer(request, entry, now, source)
             info = await self.ask(tag)
             if info is not None:
                 self.store.remember(tag, info)
-                return answer(info, now, "csms")
+                return answer(request, info, now, "csms")
         if entry is not None and self.policy.local_authorize_offline():
-            return answer(entry, now, f"{source} (offline)")
+            return answer(request, entry, now, f"{source} (offline)")
         if self.policy.allow_offline_unknown():
-            return {"result": "accept", "reason": "offline: AllowOfflineTxForUnknownId"}
-        return {"result": "unknown", "reason": "csms unreachable"}
+            return p.Authorized(authorize=request.authorize, result="accept",
+                                reason="offline: AllowOfflineTxForUnknownId")
+        return p.Authorized(authorize=request.authorize, result="unknown", reason="csms unreachable")

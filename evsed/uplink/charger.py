@@ -7,26 +7,28 @@ Every control-socket request the uplink makes is built here, and only here."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+import datetime as dt
+from typing import AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 import structlog
 
-from evsed.services.link import resume_after
+from evsed import protocol as p
+from evsed.services.link import LinkError, resume_after
 from evsed.uplink.state import State
 
 log = structlog.get_logger("evsed.uplink")
 REPORT_S = 5.0  # how often an unchanged uplink status is looked at again
-Event = dict[str, Any]
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+R = TypeVar("R", bound=p.Reply)
+Handler = Callable[[p.AuthorizeRequest], Awaitable[p.Authorized]]
 
 
 class DaemonLink(Protocol):
     """What the uplink uses of evsed.services.link.Link."""
 
-    hello: dict[str, Any]
+    hello: p.HelloReply
 
-    async def command(self, req: dict[str, Any]) -> dict[str, Any]: ...
-    def events(self, after: int) -> AsyncIterator[Event]: ...
+    async def command(self, command: p.Command[R]) -> R | p.Failure: ...
+    def events(self, after: int) -> AsyncIterator[p.Event]: ...
     async def ack(self, seq: int) -> None: ...
     async def authorize_with(self, name: str, timeout_s: float, handler: Handler) -> None: ...
 
@@ -34,9 +36,9 @@ class DaemonLink(Protocol):
 class EventSink(Protocol):
     """The version's mapping of the charger's events to queued messages."""
 
-    def on_event(self, event: Event) -> bool:
+    def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when made durable with its seq (live events: False)."""
-    def seed(self, connector: int, status: dict[str, Any]) -> None:
+    def seed(self, status: p.ConnectorStatus) -> None:
         """A connector as the daemon's status shows it, at the uplink's first contact."""
 
 
@@ -44,68 +46,74 @@ class Charger:
     def __init__(self, link: DaemonLink, state: State, *, phases: int, voltage_v: float):
         self.link, self.state = link, state
         hello = link.hello
-        self.connectors: list[int] = [int(c) for c in hello.get("connectors") or [1]]
-        self.phases = int(hello.get("phases") or phases)
-        self.voltage_v = float(hello.get("voltage_v") or voltage_v)
+        self.connectors: list[int] = list(hello.connectors or (1,))
+        self.phases = hello.phases or phases
+        self.voltage_v = hello.voltage_v or voltage_v
 
-    async def command(self, request: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-        """One daemon command; a failure is a reply with ok false, never an exception."""
+    async def command(self, command: p.Command[R], timeout_s: float = 10.0) -> R | p.Failure:
+        """One daemon command; a failure is a Failure reply, never an exception."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.link.command(request)
-        except (TimeoutError, OSError, ConnectionError, ValueError) as exc:
-            log.warning("ocpp.daemon_command_failed", cmd=request.get("cmd"), error=type(exc).__name__)
-            return {"ok": False, "error": f"daemon: {type(exc).__name__}"}
+                return await self.link.command(command)
+        except (TimeoutError, OSError, ConnectionError, ValueError, LinkError) as exc:
+            log.warning("ocpp.daemon_command_failed", cmd=command.LABEL, error=type(exc).__name__)
+            return p.Failure(error=f"daemon: {type(exc).__name__}")
 
     # -- the commands the CSMS's requests become ---------------------------------------------------
     async def remote_start(self, connector: int, id_tag: str) -> bool:
-        reply = await self.command({"cmd": "remote-start", "connector": connector, "id_tag": id_tag})
-        return bool(reply.get("ok"))
+        """Whether the daemon started it (it refuses, for one, a connector in use)."""
+        try:
+            command = p.RemoteStart(connector=connector, id_tag=id_tag)
+        except p.WireError:
+            return False
+        reply = await self.command(command)
+        return isinstance(reply, p.StartReply) and reply.result == "Accepted"
 
     async def remote_stop(self, connector: int, reason: str) -> bool:
         """reason: the daemon's stop reason (remote, deauthorized, other)."""
-        reply = await self.command({"cmd": "remote-stop", "connector": connector, "reason": reason})
-        return bool(reply.get("ok"))
+        reply = await self.command(p.RemoteStop(connector=connector, reason=reason))  # type: ignore[arg-type]
+        return isinstance(reply, p.StopReply) and reply.result == "Accepted"
 
     async def availability(self, connector: int, operative: bool) -> str:
         """Accepted, Scheduled (after the running session) or Rejected."""
-        reply = await self.command({"cmd": "availability", "connector": connector, "operative": operative})
-        return "Scheduled" if reply.get("scheduled") else "Accepted" if reply.get("ok") else "Rejected"
+        reply = await self.command(p.Availability(connector=connector, operative=operative))
+        return reply.result if isinstance(reply, p.AvailabilityReply) else "Rejected"
 
     async def unlock(self, connector: int) -> str:
         """Unlocked, UnlockFailed or NotSupported (no lock)."""
-        reply = await self.command({"cmd": "unlock", "connector": connector})
-        said = str(reply.get("result") or reply.get("error") or "")
-        if "NotSupported" in said:
-            return "NotSupported"
-        return "Unlocked" if reply.get("ok") else "UnlockFailed"
+        reply = await self.command(p.Unlock(connector=connector))
+        return reply.result if isinstance(reply, p.UnlockReply) else "UnlockFailed"
 
     async def reserve(self, connector: int, id_tag: str, until: str, reservation_id: int) -> str:
         """Accepted, Faulted, Occupied, Rejected or Unavailable."""
-        reply = await self.command({"cmd": "reserve", "connector": connector, "id_tag": id_tag,
-                                    "until": until, "reservation_id": reservation_id})
-        result = reply.get("result")
-        return result if isinstance(result, str) and result in (
-            "Accepted", "Faulted", "Occupied", "Rejected", "Unavailable") else "Rejected"
+        try:
+            command = p.Reserve(connector=connector, id_tag=id_tag, reservation_id=reservation_id,
+                                until=dt.datetime.fromisoformat(until.replace("Z", "+00:00")))
+        except ValueError:  # a time or an id out of the protocol's bounds
+            return "Rejected"
+        reply = await self.command(command)
+        return reply.result if isinstance(reply, p.ReserveReply) else "Rejected"
 
     async def cancel_reservation(self, reservation_id: int) -> bool:
-        reply = await self.command({"cmd": "cancel-reservation", "reservation_id": reservation_id})
-        return reply.get("result") == "Accepted"
+        try:
+            command = p.CancelReservation(reservation_id=reservation_id)
+        except p.WireError:
+            return False
+        reply = await self.command(command)
+        return isinstance(reply, p.CancelReply) and reply.result == "Accepted"
 
     async def limit(self, connector: int, current_a: float | None) -> bool:
         """The `ocpp` limit source's value for connector (0: the charger); None lifts it."""
-        reply = await self.command({"cmd": "limit", "source": "ocpp", "connector": connector,
-                                    "current_a": current_a})
-        return bool(reply.get("ok"))
+        return isinstance(await self.command(p.Limit(source="ocpp", connector=connector, current_a=current_a)), p.Ok)
 
     async def restart(self) -> bool:
         """The whole charger restarts (a hard reset): the daemon, through its service manager."""
-        return bool((await self.command({"cmd": "restart"})).get("ok"))
+        return isinstance(await self.command(p.Restart()), p.RestartReply)
 
-    async def status(self) -> dict[str, Any]:
-        """The daemon's status ({} when it cannot say)."""
-        reply = await self.command({"cmd": "status"})
-        return reply if reply.get("ok", True) else {}
+    async def status(self) -> p.StatusReply | None:
+        """The daemon's status (None when it cannot say)."""
+        reply = await self.command(p.Status())
+        return reply if isinstance(reply, p.StatusReply) else None
 
     # -- the event stream, the authorizer seat, the status report ------------------------------------
     async def follow(self, sink: EventSink, queued: Callable[[], None]) -> None:
@@ -118,11 +126,11 @@ class Charger:
             after = int(self.state.meta("seq", "0"))
             try:
                 async for event in self.link.events(after):
-                    seq = event.get("seq")
-                    if seq is not None and int(seq) <= int(self.state.meta("seq", "0")):
+                    seq = event.seq
+                    if seq is not None and seq <= int(self.state.meta("seq", "0")):
                         continue  # already queued before a restart
-                    if sink.on_event(event):
-                        await self.link.ack(int(event["seq"]))  # only once its messages are durable
+                    if sink.on_event(event) and seq is not None:
+                        await self.link.ack(seq)  # only once its messages are durable
                         queued()
                     failures = 0
             except (OSError, ConnectionError, ValueError, KeyError) as exc:
@@ -136,9 +144,8 @@ class Charger:
         start = resume_after(self.link.hello)
         reply = await self.status()
         with self.state.transaction():
-            for conn in reply.get("connectors") or []:
-                if isinstance(conn, dict) and isinstance(conn.get("id"), int):
-                    sink.seed(conn["id"], conn)
+            for conn in reply.connectors if reply is not None else ():
+                sink.seed(conn)
             self.state.set_meta("seq", start)
             self.state.set_meta("first_contact", start)  # kept: where this uplink's history begins
         log.info("ocpp.first_contact", after=start, statuses=len(self.state.statuses()))
@@ -154,12 +161,12 @@ class Charger:
             failures += 1
             await asyncio.sleep(min(30.0, 0.1 * 2 ** min(failures, 10)))
 
-    async def report(self, status: Callable[[], dict[str, Any]]) -> None:
+    async def report(self, status: Callable[[], p.ServiceState]) -> None:
         """Tell the daemon how the uplink is doing, for `evsed status`, whenever it changes."""
-        said: dict[str, Any] | None = None
+        said: p.ServiceState | None = None
         while True:
             now = status()
             if now != said:
-                reply = await self.command({"cmd": "service-status", "status": now})
-                said = now if reply.get("ok") else None
+                reply = await self.command(p.ServiceStatus(status=now))
+                said = now if isinstance(reply, p.Ok) else None
             await asyncio.sleep(REPORT_S if now == said else 1.0)

@@ -7,18 +7,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+from typing import Any
+
+from evsed import protocol as p
 
 ID_TAG = re.compile(r"^[A-Za-z0-9_:-]{1,20}$")  # an OCPP 1.6 IdToken is at most 20 characters
-MODES = ("fast", "solar", "min+solar")
 
 
 class CommandError(ValueError):
     """The browser asked for something malformed; the message says what."""
 
 
-def _connector(body: dict, hello: dict, *, any_ok: bool) -> int:
+def _connector(body: dict, hello: p.HelloReply, *, any_ok: bool) -> int:
     cid = body.get("connector")
-    known = list(hello.get("connectors") or [])
+    known = list(hello.connectors)
     if isinstance(cid, bool) or not isinstance(cid, int) or not (cid in known or (any_ok and cid == 0)):
         raise CommandError(f"connector: expected one of {known + [0] if any_ok else known}, got {cid!r}")
     return cid
@@ -31,47 +33,47 @@ def _id_tag(body: dict) -> str:
     return tag.strip().upper()
 
 
-def to_request(body: object, hello: dict, now: dt.datetime) -> dict:
-    """The control-socket request for one page action; now (UTC) dates a reservation."""
+def to_request(body: object, hello: p.HelloReply, now: dt.datetime) -> p.Command[Any]:
+    """The control-socket command for one page action; now (UTC) dates a reservation."""
     if not isinstance(body, dict):
         raise CommandError("expected a JSON object")
     action = body.get("action")
     if action == "stop":
-        return {"cmd": "remote-stop", "connector": _connector(body, hello, any_ok=False), "reason": "remote"}
+        return p.RemoteStop(connector=_connector(body, hello, any_ok=False), reason="remote")
     if action == "start":
-        return {"cmd": "remote-start", "connector": _connector(body, hello, any_ok=False), "id_tag": _id_tag(body)}
+        return p.RemoteStart(connector=_connector(body, hello, any_ok=False), id_tag=_id_tag(body))
     if action == "availability":
         operative = body.get("operative")
         if not isinstance(operative, bool):
             raise CommandError("operative: expected true or false")
-        return {"cmd": "availability", "connector": _connector(body, hello, any_ok=True), "operative": operative}
+        return p.Availability(connector=_connector(body, hello, any_ok=True), operative=operative)
     if action == "mode":
-        if body.get("mode") not in MODES:
-            raise CommandError(f"mode: expected one of {', '.join(MODES)}")
-        return {"cmd": "mode", "mode": body["mode"]}
+        mode = body.get("mode")
+        if mode not in p.MODES:
+            raise CommandError(f"mode: expected one of {', '.join(p.MODES)}")
+        return p.SetMode(mode=mode)
     if action == "reserve":
         minutes = body.get("minutes")
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 24 * 60:
             raise CommandError("minutes: expected a whole number from 1 to 1440")
-        until = (now + dt.timedelta(minutes=minutes)).astimezone(dt.timezone.utc)
-        return {"cmd": "reserve", "connector": _connector(body, hello, any_ok=True), "id_tag": _id_tag(body),
-                "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"), "reservation_id": secrets.randbelow(2**31 - 1) + 1}
+        return p.Reserve(connector=_connector(body, hello, any_ok=True), id_tag=_id_tag(body),
+                         until=now + dt.timedelta(minutes=minutes), reservation_id=secrets.randbelow(2**31 - 1) + 1)
     if action == "cancel-reservation":
         rid = body.get("reservation_id")
-        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
+        if isinstance(rid, bool) or not isinstance(rid, int) or not 0 <= rid < 2**31:
             raise CommandError("reservation_id: expected a number")
-        return {"cmd": "cancel-reservation", "reservation_id": rid}
+        return p.CancelReservation(reservation_id=rid)
     if action == "limit":  # the page's own limit source: the owner's slider
         current = body.get("current_a")
         if current is not None and (isinstance(current, bool) or not isinstance(current, (int, float))
                                     or not 0 <= current <= 80):
             raise CommandError("current_a: expected a number of amperes from 0 to 80, or null to lift the limit")
-        return {"cmd": "limit", "source": "web", "connector": _connector(body, hello, any_ok=True),
-                "current_a": current}
+        return p.Limit(source="web", connector=_connector(body, hello, any_ok=True),
+                       current_a=None if current is None else float(current))
     if action == "learn":
-        return {"cmd": "learn", "timeout_s": 60}
+        return p.Learn(timeout_s=60.0)
     if action == "learned":
-        return {"cmd": "learned"}
+        return p.Learned()
     if action == "clear-faults":
-        return {"cmd": "clear-faults", "connector": _connector(body, hello, any_ok=False)}
+        return p.ClearFaults(connector=_connector(body, hello, any_ok=False))
     raise CommandError(f"unknown action {action!r}")

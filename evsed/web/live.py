@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import structlog
 
+from evsed import protocol as p
 from evsed.web import memory, records
 from evsed.web.view import parse_time
 
@@ -28,7 +29,7 @@ STORE_RETRIES, STORE_RETRY_S = 20, 0.5  # status is fetched on every event; this
 class Live:
     def __init__(self, link, db_path: Path, tz: dt.tzinfo, *, clock: Callable[[], float] = time.time):
         self.link, self.db_path, self.tz, self.clock = link, db_path, tz, clock
-        self.status: dict | None = None
+        self.status: p.StatusReply | None = None
         self.online = False
         self.samples: dict[int, list[dict]] = {}
         self.sample_start: dict[int, dt.datetime] = {}
@@ -67,33 +68,30 @@ class Live:
         self._changed.set()
 
     # --- events from the daemon -------------------------------------------------------
-    def apply(self, event: dict) -> None:
-        kind, cid = event.get("type"), event.get("connector")
-        if kind == "session.started" and isinstance(cid, int):
+    def apply(self, event: p.Event) -> None:
+        cid = event.connector
+        if isinstance(event, p.SessionStarted):
             self.samples[cid] = []
-            self.sample_start[cid] = (parse_time(event.get("started_at")) or parse_time(event.get("at"))
+            self.sample_start[cid] = (parse_time(event.started_at) or parse_time(event.at)
                                       or dt.datetime.now(dt.timezone.utc))
             self.publish("reset", {"connector": cid})
-        elif kind == "session.sample" and isinstance(cid, int):
+        elif isinstance(event, p.SessionSample):
             point = self._point(cid, event)
             if point is not None:
                 self.publish("sample", {"connector": cid, **point})
-        elif kind == "session.stopped":
+        elif isinstance(event, p.SessionStopped):
             self._records_stale = True
-            if isinstance(event.get("session"), int):
-                self._unstored[event["session"]] = STORE_RETRIES
+            self._unstored[event.session] = STORE_RETRIES
         self.changed()
 
-    def _point(self, cid: int, event: dict) -> dict | None:
-        at = parse_time(event.get("at"))
+    def _point(self, cid: int, event: p.SessionSample) -> dict | None:
+        at = parse_time(event.at)
         start = self.sample_start.setdefault(cid, self._running_since(cid) or at or dt.datetime.now(dt.timezone.utc))
-        power = event.get("power_w")
-        currents = event.get("current_a") or []
-        if at is None or not isinstance(power, (int, float)) or not isinstance(currents, list):
-            log.warning("web.sample_malformed", connector=cid, seq=event.get("seq"))
+        if at is None:
+            log.warning("web.sample_malformed", connector=cid, at=event.at)
             return None
-        point = {"t": round((at - start).total_seconds(), 1), "p": round(float(power)),
-                 "i": [round(float(a), 2) for a in currents if isinstance(a, (int, float))]}
+        point = {"t": round((at - start).total_seconds(), 1), "p": round(event.power_w),
+                 "i": [round(a, 2) for a in event.current_a]}
         points = self.samples.setdefault(cid, [])
         points.append(point)
         if len(points) > MAX_POINTS:
@@ -102,10 +100,8 @@ class Live:
 
     def _running_since(self, cid: int) -> dt.datetime | None:
         """The running session's start from the status: a service started mid-session plots from there."""
-        for conn in (self.status or {}).get("connectors", []):
-            if conn.get("id") == cid and conn.get("session"):
-                return parse_time(conn["session"].get("started_at"))
-        return None
+        conn = self.status.connector(cid) if self.status else None
+        return parse_time(conn.session.started_at) if conn and conn.session else None
 
     async def consume(self) -> None:
         """Follow the daemon's event stream for ever, resuming after the last event seen."""
@@ -116,8 +112,8 @@ class Live:
                 async for event in self.link.events(self.last_seq or None):
                     backoff = 0.5
                     self.apply(event)
-                    seq = event.get("seq")
-                    if isinstance(seq, int) and seq > self.last_seq:
+                    seq = event.seq
+                    if seq is not None and seq > self.last_seq:
                         self.last_seq = seq
                         await self.link.ack(seq)
             except asyncio.CancelledError:
@@ -132,7 +128,7 @@ class Live:
     # --- status and records ---------------------------------------------------------
     async def refresh(self) -> None:
         try:
-            reply = await self.link.command({"cmd": "status"})
+            reply = await self.link.command(p.Status())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - shown on the page as "daemon not answering"
@@ -140,10 +136,10 @@ class Live:
                 log.warning("web.status_failed", error=repr(exc))
             self.online = False
             return
-        if reply.get("ok"):
+        if isinstance(reply, p.StatusReply):
             self.status, self.online = reply, True
         else:
-            log.warning("web.status_refused", error=reply.get("error"))
+            log.warning("web.status_refused", error=reply.error)
             self.online = False
         now = dt.datetime.fromtimestamp(self.clock(), self.tz)
         if self._records_stale or now.strftime("%Y-%m") != self._month:
@@ -176,8 +172,8 @@ class Live:
 
     def totals(self) -> dict:
         """Today's and this month's totals; running sessions count with their live energy."""
-        running = [{"started_at": c["session"].get("started_at"), "energy_wh": c["session"].get("energy_wh")}
-                   for c in (self.status or {}).get("connectors", []) if c.get("session")]
+        running = [{"started_at": c.session.started_at, "energy_wh": c.session.energy_wh}
+                   for c in (self.status.connectors if self.status else ()) if c.session]
         now = dt.datetime.fromtimestamp(self.clock(), self.tz)
         return records.totals(self.month_rows + running, now, self.tz)
 

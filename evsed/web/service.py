@@ -307,14 +307,14 @@ class WebService:
             req = to_request(body, self.link.hello, dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc))
         except (ValueError, CommandError) as exc:
             return json_response({"ok": False, "error": str(exc)}, status=400)
-        log.info("web.command", address=request.remote, **req)
+        log.info("web.command", address=request.remote, **req.to_wire())
         try:
             reply = await self.link.command(req)
         except Exception as exc:  # noqa: BLE001 - the daemon's absence is an answer to show
-            log.warning("web.command_failed", error=repr(exc), cmd=req["cmd"])
+            log.warning("web.command_failed", error=repr(exc), cmd=req.LABEL)
             return json_response({"ok": False, "error": f"the charger did not answer: {exc}"}, status=502)
         self.live.changed()
-        return json_response(reply)
+        return json_response(reply.to_wire())
 
 
 def _int_param(request: Request, name: str, low: int, high: int) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from evsed import protocol as p
 from evsed.web.i18n import ENGLISH, Messages
 
 CURRENCY_SIGN = {"EUR": "€", "GBP": "£", "USD": "$", "CHF": "CHF ", "SEK": "SEK ", "NOK": "NOK ", "DKK": "DKK "}
@@ -48,79 +49,54 @@ def source_label(source: str, msgs: Messages = ENGLISH) -> str:
     return source if text == key else text
 
 
-def limit_entries(conn: dict, msgs: Messages = ENGLISH) -> list[dict]:
-    """Every limit source with its value in A, the binding one marked (ties: the first).
-
-    `limits` maps a source to A (or to {"current_a": A, "until": ISO} when a source says how long
-    it holds); the charger/cable rating binds when no source is below allowed_a.
-    """
-    allowed = conn.get("allowed_a")
-    out = []
-    for source, value in sorted((conn.get("limits") or {}).items()):
-        current = value.get("current_a") if isinstance(value, dict) else value
-        if current is None:
-            continue
-        until = parse_time(value.get("until")) if isinstance(value, dict) else None
-        out.append({"source": source, "label": source_label(source, msgs), "current_a": float(current),
-                    "until": until, "binding": False})
-    if allowed is not None:
-        binding = next((e for e in out if e["current_a"] <= allowed), None)
-        if binding is not None:
-            binding["binding"] = True
-        else:
-            out.insert(0, {"source": "rating", "label": msgs("view.rating"), "current_a": float(allowed),
-                           "until": None, "binding": True})
+def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dict]:
+    """Every limit source with its value in A, the binding one marked (ties: the first); the
+    charger/cable rating binds when no source is below allowed_a."""
+    out: list[dict[str, Any]] = [{"source": source, "label": source_label(source, msgs), "current_a": current,
+                                  "binding": False} for source, current in sorted(conn.limits.items())]
+    binding = next((e for e in out if e["current_a"] <= conn.allowed_a), None)
+    if binding is not None:
+        binding["binding"] = True
+    else:
+        out.insert(0, {"source": "rating", "label": msgs("view.rating"), "current_a": conn.allowed_a,
+                       "binding": True})
     return out
 
 
-def _until(conn: dict, source: str, entries: list[dict]) -> dt.datetime | None:
-    entry = next((e for e in entries if e["source"] == source), None)
-    if entry and entry["until"]:
-        return entry["until"]
-    return parse_time((conn.get("limit_until") or {}).get(source))
-
-
-def fault_text(conn: dict, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
+def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
     """Which faults hold and how each clears ("RCD tripped, retry at 14:05")."""
     parts = []
-    for f in conn.get("faults") or []:
-        name = str(f.get("fault", "unknown"))
-        key = f"view.fault.{name}"
-        text = msgs(key) if msgs(key) != key else name.replace("_", " ")
-        if f.get("lockout"):
+    for f in conn.faults:
+        key = f"view.fault.{f.fault}"
+        text = msgs(key) if msgs(key) != key else f.fault.replace("_", " ")
+        if f.lockout:
             text = msgs("view.fault_lockout", fault=text)
-        elif f.get("retry_in_s") is not None:
-            text = msgs("view.fault_retry", fault=text,
-                        time=clock(now + dt.timedelta(seconds=float(f["retry_in_s"])), tz))
+        elif f.retry_in_s is not None:
+            text = msgs("view.fault_retry", fault=text, time=clock(now + dt.timedelta(seconds=f.retry_in_s), tz))
         parts.append(text)
     return msgs("view.fault", faults="; ".join(parts))
 
 
-def session_cost(session: dict) -> tuple[float, str] | None:
-    """The driver's price so far, when the daemon reports one (tariffs come with the policy work)."""
-    for key in ("price", "cost"):
-        value = session.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), str(session.get("currency", ""))
-    return None
+def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
+    """The driver's price so far, when the charger has a tariff."""
+    return None if session.price is None else (session.price, session.currency or "")
 
 
-def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> tuple[str, str]:
+def headline(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo,
+             msgs: Messages = ENGLISH) -> tuple[str, str]:
     """(the sentence a person reads, a tone for its colour: idle, busy, charging, paused, fault, off)."""
-    status = conn.get("status", "")
-    reason = conn.get("reason") or ""
-    session = conn.get("session")
-    if conn.get("faults"):
+    status, reason, session = conn.status, conn.reason, conn.session
+    if conn.faults:
         return fault_text(conn, now, tz, msgs), "fault"
-    if conn.get("pilot_error"):  # the pilot's device is gone (an unplugged adapter): nothing can charge
-        return msgs("view.pilot_unavailable", why=str(conn["pilot_error"])[:200]), "fault"
+    if conn.pilot_error:  # the pilot's device is gone (an unplugged adapter): nothing can charge
+        return msgs("view.pilot_unavailable", why=conn.pilot_error), "fault"
     if status == "Charging" and session:
-        text = msgs("view.charging", power=kw(session.get("power_w") or 0), energy=kwh(session.get("energy_wh") or 0))
+        text = msgs("view.charging", power=kw(session.power_w), energy=kwh(session.energy_wh))
         cost = session_cost(session)
         return (msgs("view.so_far_cost", text=text, cost=money(*cost)) if cost
                 else msgs("view.so_far", text=text)), "charging"
     if status == "SuspendedEVSE" and session:
-        return _paused(conn, reason, now, tz, msgs), "paused"
+        return _paused(conn, reason, msgs), "paused"
     if status == "SuspendedEV" and session:
         return msgs("view.ev_not_asking"), "paused"
     if session:
@@ -142,81 +118,66 @@ def headline(conn: dict, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLI
     return (reason[:1].upper() + reason[1:]) if reason else status, "busy"
 
 
-def _paused(conn: dict, reason: str, now: dt.datetime, tz: dt.tzinfo, msgs: Messages) -> str:
-    entries = limit_entries(conn, msgs)
-    binding = next((e for e in entries if e["binding"]), None)
+def _paused(conn: p.ConnectorStatus, reason: str, msgs: Messages) -> str:
+    binding = next((e for e in limit_entries(conn, msgs) if e["binding"]), None)
     if binding and binding["current_a"] < 6:
-        until = _until(conn, binding["source"], entries)
-        text = (msgs("view.paused_by_amps", source=binding["label"], amps=f"{binding['current_a']:g}")
-                if binding["current_a"] > 0 else msgs("view.paused_by", source=binding["label"]))
-        return msgs("view.until", text=text, time=clock(until, tz)) if until else text
+        if binding["current_a"] > 0:
+            return msgs("view.paused_by_amps", source=binding["label"], amps=f"{binding['current_a']:g}")
+        return msgs("view.paused_by", source=binding["label"])
     return msgs("view.paused_why", why=reason) if reason else msgs("view.paused")
 
 
-def measured_now(conn: dict) -> bool:
+def measured_now(conn: p.ConnectorStatus) -> bool:
     """Whether the connector's measured current is the EV's now: the contactor is closed and the
     meter's last read succeeded (a fault, a pause or a silent meter leaves a stale reading)."""
-    return (conn.get("contactor") == "closed" and not conn.get("faults") and not conn.get("meter_error")
-            and not conn.get("pilot_error"))
+    return conn.contactor == "closed" and not conn.faults and not conn.meter_error and not conn.pilot_error
 
 
-def connector_view(conn: dict, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool,
+def _hardware_a(conn: p.ConnectorStatus) -> float:
+    """The most the slider may ask: the charger's rating (the chain's hardware source)."""
+    hardware = conn.limit_chain.get("hardware")
+    return hardware.current_a if hardware is not None and hardware.current_a is not None else conn.allowed_a
+
+
+def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, show_tags: bool,
                    msgs: Messages = ENGLISH) -> dict:
     """One connector as the page renders it; card UIDs only for a logged-in host. The plot and the
     measured current only while they are the EV's now (measured_now)."""
     text, tone = headline(conn, now, tz, msgs)
-    live = measured_now(conn)
-    session = conn.get("session")
-    measured = conn.get("measured") or {}
+    session, live = conn.session, measured_now(conn)
     out: dict[str, Any] = {
-        "id": conn.get("id"), "headline": text, "tone": tone, "status": conn.get("status"),
-        "state": conn.get("state"), "reason": conn.get("reason") or "",
-        "offered_a": conn.get("offered_a"), "allowed_a": conn.get("allowed_a"),
-        "contactor": conn.get("contactor"), "current_a": (measured.get("current_a") or []) if live else [],
-        "plot": live or (tone == "paused" and not conn.get("meter_error")),
-        "unavailable_pending": conn.get("operative") is False and conn.get("status") != "Unavailable",
-        "max_a": _hardware_a(conn),
-        "web_limit_a": _limit_a((conn.get("limits") or {}).get("web")),
-        "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"],
-                    "until": clock(e["until"], tz) if e["until"] else None, "binding": e["binding"]}
-                   for e in limit_entries(conn, msgs)],
+        "id": conn.id, "headline": text, "tone": tone, "status": conn.status,
+        "state": conn.state, "reason": conn.reason,
+        "offered_a": conn.offered_a, "allowed_a": conn.allowed_a,
+        "contactor": conn.contactor, "current_a": list(conn.measured.current_a) if conn.measured and live else [],
+        "plot": live or (tone == "paused" and not conn.meter_error),
+        "unavailable_pending": not conn.operative and conn.status != "Unavailable",
+        "max_a": _hardware_a(conn), "web_limit_a": conn.limits.get("web"),
+        "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"], "until": None,
+                    "binding": e["binding"]} for e in limit_entries(conn, msgs)],
         "session": None,
     }
     if session:
-        started = parse_time(session.get("started_at"))
+        started = parse_time(session.started_at)
         cost = session_cost(session)
         out["session"] = {
-            "key": session.get("started_at"),
-            "card": session.get("card_name") or (session.get("id_tag") if show_tags else mask(session.get("id_tag"))),
+            "key": session.started_at,
+            "card": session.card_name or (session.id_tag if show_tags else mask(session.id_tag)),
             "started": clock(started, tz) if started else "",
-            "energy": kwh(session.get("energy_wh") or 0), "power": kw(session.get("power_w") or 0),
+            "energy": kwh(session.energy_wh), "power": kw(session.power_w),
             "cost": money(*cost) if cost else None,
         }
     return out
 
 
-def _limit_a(value: Any) -> float | None:
-    current = value.get("current_a") if isinstance(value, dict) else value
-    return float(current) if isinstance(current, (int, float)) and not isinstance(current, bool) else None
-
-
-def _hardware_a(conn: dict) -> float | None:
-    """The most the slider may ask: the charger's rating (the chain's hardware source)."""
-    chain = conn.get("limit_chain") or {}
-    hardware = chain.get("hardware") if isinstance(chain, dict) else None
-    return _limit_a(hardware) or _limit_a(conn.get("allowed_a"))
-
-
-def solar_view(status: dict | None) -> dict | None:
+def solar_view(status: p.StatusReply | None) -> dict | None:
     """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share, W."""
-    if not status or status.get("mode") not in ("solar", "min+solar") or not status.get("site"):
+    if status is None or status.mode not in ("solar", "min+solar") or status.site is None:
         return None
-    site_w = status["site"].get("power_w")
-    if not isinstance(site_w, (int, float)):
-        return None
-    ev_w = sum(float((c.get("session") or {}).get("power_w") or 0) for c in status.get("connectors") or [])
-    grid_w = max(0.0, float(site_w))  # import is the grid's share; export is surplus left over
-    return {"ev_w": round(ev_w), "grid_w": round(grid_w), "surplus_w": round(max(0.0, ev_w - float(site_w)))}
+    site_w = float(status.site.power_w)
+    ev_w = sum(float(c.session.power_w) for c in status.connectors if c.session)
+    grid_w = max(0.0, site_w)  # import is the grid's share; export is surplus left over
+    return {"ev_w": round(ev_w), "grid_w": round(grid_w), "surplus_w": round(max(0.0, ev_w - site_w))}
 
 
 def mask(id_tag: Any) -> str:
@@ -225,18 +186,17 @@ def mask(id_tag: Any) -> str:
     return "…" + text[-4:] if len(text) > 4 else text
 
 
-def page_view(hello: dict, status: dict | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
+def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
               *, show_tags: bool, online: bool, title: str = "", msgs: Messages = ENGLISH) -> dict:
     """The whole page's live part, in the language of msgs."""
-    connectors = (status or {}).get("connectors") or []
     return {
-        "title": title or str(hello.get("charger") or "evsed"),
+        "title": title or hello.charger or "evsed",
         "online": online and status is not None,
         "now": clock(now, tz),
-        "connectors": [connector_view(c, now, tz, show_tags=show_tags, msgs=msgs) for c in connectors],
-        "reader_error": (status or {}).get("card_reader_error"),
-        "mode": (status or {}).get("mode"),
-        "modes": (status or {}).get("modes"),
+        "connectors": [connector_view(c, now, tz, show_tags=show_tags, msgs=msgs)
+                       for c in status.connectors] if status else [],
+        "reader_error": status.card_reader_error or None if status else None,
+        "mode": status.mode if status else None,
         "solar": solar_view(status),
         "totals": totals,
     }

@@ -11,6 +11,7 @@ import structlog
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
 
+from evsed import protocol as p
 from evsed.uplink.queue import Refused
 from evsed.uplink.state import Queued, State
 from evsed.uplink.times import iso, ms
@@ -24,10 +25,6 @@ REASONS = {"ev_disconnected": "EVDisconnected", "local": "Local", "remote": "Rem
            "unlock_command": "UnlockCommand"}  # ground_fault has no 1.6 Reason: Other
 STATUSES = {"Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing",
             "Reserved", "Unavailable", "Faulted"}
-ERROR_CODES = {"ConnectorLockFailure", "EVCommunicationError", "GroundFailure", "HighTemperature",
-               "InternalError", "LocalListConflict", "NoError", "OtherError", "OverCurrentFailure",
-               "PowerMeterFailure", "PowerSwitchFailure", "ReaderFailure", "ResetFailure",
-               "UnderVoltage", "OverVoltage", "WeakSignal"}
 FAULT_CODES = {"rcd": "GroundFailure", "rcd_self_test": "GroundFailure", "overcurrent": "OverCurrentFailure",
                "welded": "PowerSwitchFailure", "contactor_mismatch": "PowerSwitchFailure",
                "diode": "EVCommunicationError", "meter": "PowerMeterFailure", "pilot": "EVCommunicationError"}
@@ -41,9 +38,12 @@ def id_tag(text: str) -> str:
     return str(text)[:20]
 
 
-def sampled_values(sample: dict, measurands: list[str], context: str) -> list[dict]:
-    """The sampledValue entries for one daemon session.sample, only the measurands asked for."""
-    out = []
+def sampled_values(sample: p.SessionSample | None, measurands: list[str], context: str,
+                   energy_wh: int | None = None) -> list[dict]:
+    """The sampledValue entries for one daemon session.sample (energy_wh: the register instead of the
+    sample's), only the measurands asked for."""
+    out: list[dict] = []
+    energy = energy_wh if energy_wh is not None else sample.energy_wh if sample is not None else None
 
     def add(measurand, value, unit, phase=None):
         entry = {"value": str(value), "context": context, "measurand": measurand, "unit": unit}
@@ -52,18 +52,20 @@ def sampled_values(sample: dict, measurands: list[str], context: str) -> list[di
         out.append(entry)
 
     for m in measurands:
-        if m == "Energy.Active.Import.Register" and sample.get("energy_wh") is not None:
-            add(m, int(sample["energy_wh"]), "Wh")
-        elif m == "Power.Active.Import" and sample.get("power_w") is not None:
-            add(m, round(float(sample["power_w"]), 1), "W")
-        elif m == "Current.Offered" and sample.get("offered_a") is not None:
-            add(m, round(float(sample["offered_a"]), 1), "A")
+        if m == "Energy.Active.Import.Register" and energy is not None:
+            add(m, energy, "Wh")
+        elif sample is None:
+            continue
+        elif m == "Power.Active.Import":
+            add(m, round(sample.power_w, 1), "W")
+        elif m == "Current.Offered":
+            add(m, round(sample.offered_a, 1), "A")
         elif m == "Current.Import":
-            for n, amps in enumerate(sample.get("current_a") or [], 1):
-                add(m, round(float(amps), 1), "A", f"L{n}")
+            for n, amps in enumerate(sample.current_a, 1):
+                add(m, round(amps, 1), "A", f"L{n}")
         elif m == "Voltage":
-            for n, volts in enumerate(sample.get("voltage_v") or [], 1):
-                add(m, round(float(volts), 1), "V", f"L{n}-N")
+            for n, volts in enumerate(sample.voltage_v, 1):
+                add(m, round(volts, 1), "V", f"L{n}-N")
     return out
 
 
@@ -73,71 +75,67 @@ class Messages:
     def __init__(self, state: State, keys: Values, clock: Callable[[], float],
                  drop: Callable[[Queued, str], None]):
         self.state, self.keys, self.clock, self.drop = state, keys, clock, drop
-        self.samples: dict[int, dict] = {}         # the newest session.sample per connector
+        self.samples: dict[int, p.SessionSample] = {}  # the newest session.sample per connector
         self.reservations: dict[int, dict] = {}    # reservation_id -> connector, id_tag
         self.stop_reasons: dict[int, str] = {}     # connector -> Reason the uplink caused
         self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
 
-    def on_event(self, event: dict) -> bool:
+    def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when it was made durable with its seq (live events: False)."""
-        kind, connector = event.get("type"), int(event.get("connector") or 0)
-        if kind == "session.sample":
+        connector = event.connector
+        if isinstance(event, p.SessionSample):
             self.samples[connector] = event
-        if event.get("seq") is None:
+        if event.seq is None:
             return False
         with self.state.transaction():
-            if kind in ("connector.status", "status"):
-                self._status(connector, event)
-            elif kind in ("fault.raised", "fault.cleared"):
+            if isinstance(event, p.StatusChanged):
+                self._status(connector, event.status, event.reason, event.at)
+            elif isinstance(event, (p.FaultRaised, p.FaultCleared)):
                 self._fault(connector, event)
-            elif kind == "session.started":
+            elif isinstance(event, p.SessionStarted):
                 self._started(connector, event)
-            elif kind == "session.stopped":
+            elif isinstance(event, p.SessionStopped):
                 self._stopped(connector, event)
-            self.state.set_meta("seq", int(event["seq"]))
-        if kind == "session.started":
-            self.on_started(connector, str(event["session"]))
-        elif kind == "session.stopped":
-            self.on_stopped(connector, str(event["session"]))
+            self.state.set_meta("seq", event.seq)
+        if isinstance(event, p.SessionStarted):
+            self.on_started(connector, str(event.session))
+        elif isinstance(event, p.SessionStopped):
+            self.on_stopped(connector, str(event.session))
         return True
 
-    def seed(self, connector: int, status: dict) -> None:
+    def seed(self, status: p.ConnectorStatus) -> None:
         """A connector as the daemon's status reports it (its latched faults, its status): what an
         uplink new to the charger starts from, queued as a StatusNotification."""
-        for fault in status.get("faults") or []:
-            if isinstance(fault, dict) and fault.get("fault"):
-                self.faults.setdefault(connector, {})[str(fault["fault"])] = str(fault.get("detail")
-                                                                                  or fault["fault"])[:50]
-        self._status(connector, {"status": status.get("status"), "reason": status.get("reason")})
+        for fault in status.faults:
+            self.faults.setdefault(status.id, {})[fault.fault] = (fault.detail or fault.fault)[:50]
+        self._status(status.id, status.status, status.reason)
 
-    def _fault(self, connector: int, event: dict) -> None:
+    def _fault(self, connector: int, event: p.FaultRaised | p.FaultCleared) -> None:
         """Faults give the error code of the connector's StatusNotification (sent when it changes)."""
         faults = self.faults.setdefault(connector, {})
-        if event["type"] == "fault.raised":
-            faults[str(event.get("fault"))] = str(event.get("detail") or event.get("fault"))[:50]
+        if isinstance(event, p.FaultRaised):
+            faults[event.fault] = (event.detail or event.fault)[:50]
         else:
-            for name in event.get("faults") or []:
-                faults.pop(str(name), None)
+            for name in event.faults:
+                faults.pop(name, None)
         before = self.state.statuses().get(connector)
         if before is not None and before[1] != self.error_code(connector):
-            self._status(connector, {"status": before[0]})
+            self._status(connector, before[0])
 
     def error_code(self, connector: int) -> str:
         for fault in self.faults.get(connector, {}):
             return FAULT_CODES.get(fault, "OtherError")
         return "NoError"
 
-    def _status(self, connector: int, event: dict) -> None:
-        status = _one_of(event.get("status"), STATUSES, "Faulted")
-        error = _one_of(event.get("error_code"), ERROR_CODES, self.error_code(connector))
+    def _status(self, connector: int, status: str, reason: str = "", at: str | None = None) -> None:
+        status = _one_of(status, STATUSES, "Faulted")
+        error = self.error_code(connector)
         faults = self.faults.get(connector)
-        info = str(event.get("info") or (next(iter(faults.values())) if faults else "")
-                   or event.get("reason") or "")[:50] or None
+        info = ((next(iter(faults.values())) if faults else "") or reason)[:50] or None
         self.state.set_status(connector, status, error, info)
-        self.state.enqueue("StatusNotification", self.status_payload(connector, status, error, info,
-                                                                     event.get("at")),
+        self.state.enqueue("StatusNotification", self.status_payload(connector, status, error, info, at),
                            connector=connector, tx=False)
 
     def status_payload(self, connector, status, error, info, at=None) -> dict:
@@ -147,10 +145,10 @@ class Messages:
             payload["info"] = info
         return payload
 
-    def _started(self, connector: int, event: dict) -> None:
-        session, tag = str(event["session"]), id_tag(event.get("id_tag") or "")
-        started_at = ms(event.get("started_at") or event.get("at")) or iso(self.clock())
-        meter = int(event.get("meter_start_wh") or 0)
+    def _started(self, connector: int, event: p.SessionStarted) -> None:
+        session, tag = str(event.session), id_tag(event.id_tag)
+        started_at = ms(event.started_at or event.at) or iso(self.clock())
+        meter = event.meter_start_wh
         self.state.open_session(connector, session, tag, started_at, meter)
         payload = {"connectorId": connector, "idTag": tag, "meterStart": meter, "timestamp": started_at}
         for rid, res in list(self.reservations.items()):
@@ -160,27 +158,27 @@ class Messages:
                 break
         self.state.enqueue("StartTransaction", payload, session=session, connector=connector)
 
-    def _stopped(self, connector: int, event: dict) -> None:
-        session = str(event["session"])
+    def _stopped(self, connector: int, event: p.SessionStopped) -> None:
+        session = str(event.session)
         opened = self.state.sessions().get(connector)
         if opened is None or opened["session"] != session:
             # started before the uplink followed the charger (its first contact): no transaction at the CSMS
             log.info("ocpp.session_before_uplink", connector=connector, session=session)
             return
-        stopped_at = ms(event.get("stopped_at") or event.get("at")) or iso(self.clock())
-        meter = int(event.get("meter_stop_wh") or 0)
-        reason = self.stop_reasons.pop(connector, None) or REASONS.get(str(event.get("reason")), "Other")
+        stopped_at = ms(event.stopped_at or event.at) or iso(self.clock())
+        meter = event.meter_stop_wh
+        reason = self.stop_reasons.pop(connector, None) or REASONS.get(event.reason, "Other")
         payload = {"meterStop": meter, "timestamp": stopped_at, "reason": reason,
                    "transactionId": 0}  # the real id is filled in when it is sent
-        if event.get("id_tag"):
-            payload["idTag"] = id_tag(event["id_tag"])
+        if event.id_tag:
+            payload["idTag"] = id_tag(event.id_tag)
         data = []
         if opened and opened["session"] == session:
             data.append({"timestamp": opened["started_at"], "sampledValue": [{
                 "value": str(opened["meter_start_wh"]), "context": "Transaction.Begin",
                 "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]})
-        end = dict(self.samples.get(connector) or {}, energy_wh=meter)
-        values = sampled_values(end, self.keys.list("StopTxnSampledData"), "Transaction.End")
+        values = sampled_values(self.samples.get(connector), self.keys.list("StopTxnSampledData"), "Transaction.End",
+                                energy_wh=meter)
         if values:
             data.append({"timestamp": stopped_at, "sampledValue": values})
         if data:
@@ -193,7 +191,7 @@ class Messages:
         """Queue a MeterValues from the newest sample (Sample.Periodic or Sample.Clock)."""
         sample = self.samples.get(connector)
         key = "MeterValuesAlignedData" if context == "Sample.Clock" else "MeterValuesSampledData"
-        values = sampled_values(sample or {}, self.keys.list(key), context)
+        values = sampled_values(sample, self.keys.list(key), context)
         if not values:
             return False
         session = self.state.sessions().get(connector)

@@ -15,6 +15,7 @@ from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection
 
+from evsed import protocol as p
 from evsed.uplink.aio import first_of
 from evsed.uplink.auth import Authorizer, AuthStore, Info
 from evsed.uplink.charger import Charger, DaemonLink
@@ -224,11 +225,11 @@ class Uplink:
         self.spawn(self._start_authorized(connector, id_tag))
 
     async def _start_authorized(self, connector: int, id_tag: str) -> None:
-        reply = await self.authorizer({"id_tag": id_tag, "connector": connector})
-        if reply["result"] == "accept":
+        reply = await self.authorizer(p.AuthorizeRequest(authorize=0, id_tag=id_tag, connector=connector))
+        if reply.result == "accept":
             await self.charger.remote_start(connector, id_tag)
         else:
-            log.info("ocpp.remote_start_refused", connector=connector, reason=reply.get("reason"))
+            log.info("ocpp.remote_start_refused", connector=connector, reason=reply.reason)
 
     async def reset(self, kind: str) -> None:
         """Soft: end the sessions and reconnect (a new boot). Hard: end them, then exit."""
@@ -315,11 +316,13 @@ class Uplink:
     async def _diagnostics_body(self) -> dict[str, Any]:
         """What an operator needs to look into a problem; no secrets (the password is not in it)."""
         known, _ = self.keys.get(None)
-        return {"uplink": self.status(), "daemon": await self.charger.status(), "configuration": known,
+        daemon = await self.charger.status()
+        return {"uplink": self.status().to_wire(), "daemon": daemon.to_wire() if daemon else None,
+                "configuration": known,
                 "queued": [{"action": q.action, "attempts": q.attempts} for q in self.state.queued()]}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> p.ServiceState:
         """What `evsed status` may show of the uplink (no secrets)."""
-        return {"connected": self.cp is not None, "booted": self.booted, "queued": self.state.count("queue"),
-                "dropped": self.sender.dropped, "malformed": self.cp.malformed if self.cp else 0,
-                "limits_a": dict(self.limits.sent)}
+        return p.ServiceState(connected=self.cp is not None, booted=self.booted, queued=self.state.count("queue"),
+                              dropped=self.sender.dropped, malformed=self.cp.malformed if self.cp else 0,
+                              limits_a={str(c): a for c, a in self.limits.sent.items()})

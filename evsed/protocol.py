@@ -1,0 +1,401 @@
+"""The control socket's contract (docs/protocol.md): every command and reply as a frozen record
+with its bounds and the roles that may send it; the events are in protocol_events, the field
+types and the bases in protocol_types. Import this module: it holds them all.
+
+Both ends build and read these records (the daemon's control host, the services, the CLI, the
+scenario runner); nothing else builds or reads the wire's dicts. Standard library only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing
+from typing import Annotated, Any, Literal, Mapping
+
+from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
+from evsed.protocol_events import Event, parse_event
+from evsed.protocol_status import *  # noqa: F403
+from evsed.protocol_status import ServiceState, StatusReply
+from evsed.protocol_types import *  # noqa: F403
+from evsed.protocol_types import (
+    ADMIN, COMMANDS, MQTT, OCPP, ROLES, SERVICES, VERSION, WEB, AnyConnector, Amps, Command, ConnectorId, Failure,
+    FilePath, IdTag, Label, Mode, Name, NoReply, Ok, Phases, Reply, Sentence, Seq, UnknownCommand, Watts,
+)
+from evsed.wire import Items, Range, Text
+from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
+from evsed.wire import describe as describe, encode_line as encode_line, largest as largest
+
+
+def parse_request(data: object) -> Command[Any]:
+    """A request line's JSON value as its command; raises WireError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise WireError("expected a JSON object")
+    cmd, action = data.get("cmd"), data.get("action")
+    if not isinstance(cmd, str):
+        raise WireError("cmd: expected a string")
+    if cmd == "sim":
+        cls = COMMANDS.get(action) if isinstance(action, str) else None
+        if cls is None or cls.CMD != "sim":
+            raise UnknownCommand(f"unknown sim action {str(action)[:40]!r}")
+    else:
+        cls = COMMANDS.get(cmd)
+        if cls is None or cls.ACTION:
+            raise UnknownCommand(f"unknown command {cmd[:40]!r}")
+    return cls.from_wire({k: v for k, v in data.items() if k not in ("cmd", "action")})
+
+
+def command_named(name: str, fields: Mapping[str, object]) -> Command[Any]:
+    """A command by its name (a cmd, or a simulator action as a scenario step says it)."""
+    cls = COMMANDS.get(name)
+    if cls is None:
+        raise UnknownCommand(f"unknown command {name!r}")
+    return cls.from_wire(dict(fields))
+
+
+# --- the connection's own commands --------------------------------------------------------------
+class HelloReply(Reply):
+    version: Annotated[int, Range(1, 1000)]
+    charger: Label
+    connectors: Annotated[tuple[ConnectorId, ...], Items(99)]
+    phases: Annotated[int, Range(1, 3)]
+    voltage_v: Annotated[float, Range(0, 1000)]
+    acked: Seq  # the last event this service acknowledged: where a restarted service resumes
+    last_seq: Seq  # the newest event: where a service new to this charger starts
+
+
+class Hello(Command[HelloReply], cmd="hello", roles=ROLES):
+    """Name the client and the protocol version it speaks."""
+
+    version: Annotated[int, Range(1, 1000)] = VERSION
+    service: Name | None = None
+
+
+class Ping(Command[Ok], cmd="ping", roles=ROLES):
+    """Is the daemon there."""
+
+
+class SubscribeReply(Reply):
+    subscribed: bool = True
+    after: Seq
+
+
+class Subscribe(Command[SubscribeReply], cmd="subscribe", roles=ROLES):
+    """Turn this connection into the event stream, from the events after `after`."""
+
+    after: Seq = 0
+
+
+class Ack(Command[NoReply], cmd="ack", roles=ROLES):
+    """Every event up to `seq` is the service's own now (not answered)."""
+
+    seq: Seq
+
+
+class ServiceStatus(Command[Ok], cmd="service-status", roles=SERVICES):
+    """A service tells how it is doing; `status` replies carry it under `services`."""
+
+    status: ServiceState
+
+
+class AuthorizerReply(Reply):
+    authorizer: Name
+
+
+class Authorizer(Command[AuthorizerReply], cmd="authorizer", roles=(ADMIN, OCPP)):
+    """Register this connection as a link of the authorizer chain."""
+
+    name: Name | None = None
+    timeout_s: Annotated[float, Range(0.1, 60)] = 5.0
+
+
+class AuthorizeRequest(Record):
+    """The daemon asks an authorizer about a card (sent, not a reply)."""
+
+    authorize: Seq
+    id_tag: IdTag
+    connector: AnyConnector
+
+
+AuthResult = Literal["accept", "reject", "unknown"]
+
+
+class Authorized(Command[NoReply], cmd="authorized", roles=(ADMIN, OCPP)):
+    """An authorizer's answer to request `authorize` (not answered)."""
+
+    authorize: Seq
+    result: AuthResult
+    reason: Sentence = ""
+    group: Label = ""
+    max_current_a: Amps | None = None
+    valid_until: Timestamp | None = None
+    parent_id_tag: IdTag | None = None
+
+
+class Status(Command[StatusReply], cmd="status", roles=ROLES):
+    """Live status of every connector (what `evsed status --json` prints)."""
+
+
+# --- the charger's commands ----------------------------------------------------------------------
+class StartReply(Reply):
+    connector: ConnectorId
+    result: Literal["Accepted", "Rejected"]
+    reason: Sentence | None = None
+
+
+class RemoteStart(Command[StartReply], cmd="remote-start", roles=(ADMIN, OCPP, WEB)):
+    """Start for `id_tag` without a card (already authorized); `result` says whether it did."""
+
+    connector: ConnectorId | None = None
+    id_tag: IdTag
+
+
+class StopReply(Reply):
+    connector: ConnectorId
+    result: Literal["Accepted", "Rejected"]
+
+
+class RemoteStop(Command[StopReply], cmd="remote-stop", roles=(ADMIN, OCPP, WEB)):
+    """End the running session; `result` Rejected when none runs."""
+
+    connector: ConnectorId | None = None
+    reason: Literal["remote", "deauthorized", "local", "other"] = "remote"
+
+
+class AvailabilityReply(Reply):
+    result: Literal["Accepted", "Scheduled"]
+
+
+class Availability(Command[AvailabilityReply], cmd="availability", roles=(ADMIN, OCPP, WEB, MQTT)):
+    """Operative or inoperative (connector 0: all); `result` Scheduled: after the running session."""
+
+    connector: AnyConnector = 0
+    operative: bool
+
+
+class ReserveReply(Reply):
+    connector: ConnectorId | None = None
+    result: Literal["Accepted", "Occupied", "Faulted", "Unavailable", "Rejected"]
+
+
+class Reserve(Command[ReserveReply], cmd="reserve", roles=(ADMIN, OCPP, WEB)):
+    """Hold a connector (0: any) for `id_tag` `until` a time (else for `for_s` seconds)."""
+
+    connector: AnyConnector = 0
+    id_tag: IdTag
+    until: dt.datetime | None = None
+    for_s: Annotated[float, Range(0, 7 * 86400)] | None = None
+    reservation_id: Annotated[int, Range(0, 2**31 - 1)] = 0
+
+    def validate(self) -> None:
+        if self.until is None and self.for_s is None:
+            raise WireError("reserve: until or for_s missing")
+
+
+class CancelReply(Reply):
+    result: Literal["Accepted", "Rejected"]
+    connector: ConnectorId | None = None
+
+
+class CancelReservation(Command[CancelReply], cmd="cancel-reservation", roles=(ADMIN, OCPP, WEB)):
+    """End a reservation, by its id (or the connector's)."""
+
+    reservation_id: Annotated[int, Range(0, 2**31 - 1)] | None = None
+    connector: ConnectorId | None = None
+
+
+class Limit(Command[Ok], cmd="limit", roles=(ADMIN, OCPP, WEB, MQTT)):
+    """One more ceiling in the limit chain, per phase in A (null: lifted), from `source`."""
+
+    source: Name
+    connector: AnyConnector = 0
+    current_a: Amps | None
+
+
+class ModeReply(Reply):
+    mode: Mode
+
+
+class SetMode(Command[ModeReply], cmd="mode", roles=(ADMIN, WEB, MQTT)):
+    """The charger's charging mode until the next mode window boundary."""
+
+    mode: Mode
+
+
+class LearnReply(Reply):
+    waiting: bool
+
+
+class Learn(Command[LearnReply], cmd="learn", roles=(ADMIN, WEB)):
+    """The next tap within `timeout_s` is read for `evsed cards learn`, not used for charging."""
+
+    timeout_s: Annotated[float, Range(1, 600)] = 60.0
+
+
+class LearnedCard(Record):
+    uid: IdTag
+    known: bool
+    name: Label
+    group: Label
+    toml: Annotated[str, Text(400, printable=False)]  # a ready-to-paste [[card]] block
+
+
+class LearnedReply(Reply):
+    waiting: bool
+    card: LearnedCard | None
+
+
+class Learned(Command[LearnedReply], cmd="learned", roles=(ADMIN, WEB)):
+    """The card the last `learn` read, or still waiting."""
+
+
+class ReloadReply(Reply):
+    result: Literal["Accepted", "Rejected"]
+    restart_needed: Annotated[tuple[Annotated[str, Text(64)], ...], Items(64)] = ()
+    reason: Sentence | None = None
+
+
+class Reload(Command[ReloadReply], cmd="reload"):
+    """Read the config file again; a running session continues."""
+
+
+class ConnectorReply(Reply):
+    connector: ConnectorId
+
+
+class ClearFaults(Command[ConnectorReply], cmd="clear-faults", roles=(ADMIN, WEB)):
+    """A person cleared latched faults after an inspection."""
+
+    connector: ConnectorId | None = None
+
+
+class RestartReply(Reply):
+    exit_status: Annotated[int, Range(0, 255)]
+
+
+class Restart(Command[RestartReply], cmd="restart", roles=(ADMIN, OCPP)):
+    """End every session (`reboot`) and exit 75 so that the service manager starts the daemon again."""
+
+
+class UnlockReply(Reply):
+    result: Literal["Unlocked", "UnlockFailed", "NotSupported"]
+
+
+class Unlock(Command[UnlockReply], cmd="unlock", roles=(ADMIN, OCPP)):
+    """Release the connector lock (NotSupported: no lock backend yet)."""
+
+    connector: ConnectorId | None = None
+
+
+# --- the simulated world (a simulator config only) ----------------------------------------------
+class Plug(Command[Ok], cmd="sim", action="plug"):
+    """Plug the simulated EV in."""
+
+    connector: ConnectorId | None = None
+
+
+class Unplug(Command[Ok], cmd="sim", action="unplug"):
+    """Unplug it."""
+
+    connector: ConnectorId | None = None
+
+
+class TapReply(Reply):
+    card: IdTag
+
+
+class Tap(Command[TapReply], cmd="sim", action="tap"):
+    """Tap a card on the simulated reader."""
+
+    card: IdTag
+    connector: ConnectorId | None = None
+
+
+class SetEv(Command[Ok], cmd="sim", action="ev"):
+    """Change the simulated EV (fields left out stay)."""
+
+    connector: ConnectorId | None = None
+    max_current_a: Annotated[float, Range(0, 80)] | None = None
+    phases: Annotated[int, Range(1, 3)] | None = None
+    wants_energy: bool | None = None
+    ventilation: bool | None = None
+    asleep: bool | None = None
+    obey_pwm: bool | None = None
+    ignore_stop: bool | None = None
+
+
+class InjectFault(Command[Ok], cmd="sim", action="fault"):
+    """Inject (or clear) a hardware fault."""
+
+    connector: ConnectorId | None = None
+    kind: Annotated[str, Text(32, min=1)]
+    clear: bool = False
+
+
+class ClearFault(Command[Ok], cmd="sim", action="clear-fault"):
+    """Clear an injected hardware fault."""
+
+    connector: ConnectorId | None = None
+    kind: Annotated[str, Text(32, min=1)]
+
+
+Volts = Annotated[float, Range(-15, 15)]
+
+
+class SetPilot(Command[Ok], cmd="sim", action="pilot"):
+    """The pilot reads exactly these volts (both), or the EV again (neither)."""
+
+    connector: ConnectorId | None = None
+    high_v: Volts | None = None
+    low_v: Volts | None = None
+
+    def validate(self) -> None:
+        if (self.high_v is None) != (self.low_v is None):
+            raise WireError("pilot: give both high_v and low_v, or neither to let the EV speak again")
+
+
+class SiteReply(Reply):
+    house_a: Phases
+    pv_w: Watts
+    grid_a: Phases
+    input: bool
+    meter: Literal["ok", "silent"]
+
+
+SiteAmps = Annotated[float, Range(-1000, 1000)]
+
+
+class SetSite(Command[SiteReply], cmd="sim", action="site"):
+    """The simulated site: house loads per phase, PV, a profile file, the control contact, the meter."""
+
+    l1_a: SiteAmps | None = None
+    l2_a: SiteAmps | None = None
+    l3_a: SiteAmps | None = None
+    pv_w: Annotated[float, Range(0, 1e6)] | None = None
+    profile: FilePath | None = None
+    input: bool | None = None
+    meter: Literal["ok", "silent"] | None = None
+
+
+class CableReply(Reply):
+    ohm: Annotated[float, Range(0, 1e6)] | None = None
+
+
+class SetCable(Command[CableReply], cmd="sim", action="cable"):
+    """The PP resistor of the simulated socket's cable (null: none plugged)."""
+
+    connector: ConnectorId | None = None
+    ohm: Annotated[float, Range(0, 1e6)] | None = None
+
+
+def parse_pushed(data: object) -> Event | AuthorizeRequest | Failure | None:
+    """What the daemon writes on a stream or authorizer connection unasked: an event, an
+    authorization request, a failure (of an ack); None for a reply that says ok."""
+    if isinstance(data, dict) and "type" in data:
+        return parse_event(data)
+    if isinstance(data, dict) and "authorize" in data:
+        return AuthorizeRequest.from_wire(data)
+    if isinstance(data, dict) and data.get("ok") is False:
+        return Failure.from_wire(data)
+    if isinstance(data, dict) and data.get("ok") is True:
+        return None
+    raise WireError(f"not a message of the protocol: {str(data)[:80]}")

@@ -1,0 +1,121 @@
+"""The records of a `status` reply: each connector as the charger sees it, the site meter, and
+what each service last said of itself (docs/protocol.md, Status).
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Annotated, Literal, Mapping
+
+from evsed.protocol_types import (
+    Amps, ConnectorId, ConnectorState, Count, FaultName, FilePath, Label, Mode, Name, Phases, PilotState, Reply,
+    Sentence, SessionId, Tag, Timestamp, Watts, Wh,
+)
+from evsed.wire import Items, Range, Record, Text
+
+
+class ServiceState(Record):
+    """What a service says of itself for `evsed status` (fixed fields: no free map)."""
+
+    connected: bool
+    booted: bool | None = None
+    queued: Count = 0
+    dropped: Count = 0
+    malformed: Count = 0
+    limits_a: Annotated[Mapping[Annotated[str, Text(2)], Amps | None], Items(100)] = field(default_factory=dict)
+    detail: Sentence = ""
+    at: Timestamp | None = None  # when the daemon heard it
+
+
+class Measured(Record):
+    current_a: Phases
+    power_w: Watts
+    energy_wh: Wh
+    stale: bool
+
+
+class SessionNow(Record):
+    id: SessionId
+    id_tag: Tag
+    card_name: Label
+    group: Label
+    started_at: Timestamp
+    energy_wh: Wh
+    power_w: Watts
+    peak_power_w: Watts
+    price: Annotated[float, Range(-1e9, 1e9)] | None = None  # the driver's price so far, major units
+    currency: Annotated[str, Text(8)] | None = None
+
+
+class FaultNow(Record):
+    fault: FaultName
+    detail: Sentence
+    clears_by: Literal["unplug", "retry", "person"]
+    lockout: bool
+    retry_in_s: Annotated[float, Range(0, 1e9)] | None
+
+
+class Refusal(Record):
+    id_tag: Tag
+    reason: Sentence
+    at: Timestamp
+    card_name: Label
+
+
+class ChainLink(Record):
+    current_a: Amps | None
+    detail: Sentence
+    blocked: Sentence | None = None
+
+
+class ConnectorStatus(Record):
+    """One connector in a `status` reply (docs/protocol.md, Status)."""
+
+    id: ConnectorId
+    status: ConnectorState
+    state: PilotState | None
+    pilot_output: Literal["pwm", "off", "f"]
+    duty_pct: Annotated[float, Range(0, 100)] | None
+    allowed_a: Amps
+    offered_a: Amps
+    contactor: Literal["open", "closed"]
+    operative: bool  # False while Unavailable, or while a change to Unavailable waits for the session's end
+    measured: Measured | None
+    error_code: Annotated[str, Text(32)]
+    session: SessionNow | None
+    faults: Annotated[tuple[FaultNow, ...], Items(8)]
+    reason: Sentence
+    pilot_error: Sentence
+    meter_error: Sentence
+    last_refusal: Refusal | None
+    limits: Annotated[Mapping[Name, Amps], Items(16)]
+    limit_chain: Annotated[Mapping[Name, ChainLink], Items(24)]
+    binding: Name
+    offer_a: Amps
+    not_charging: Sentence | None
+    mode: Mode
+    group: Label
+
+
+Zone = Annotated[str, Text(64, min=1, pattern=r"[A-Za-z0-9_+/-]+")]  # an IANA time zone: Europe/Berlin
+
+
+class SiteNow(Record):
+    current_a: Phases
+    power_w: Watts
+
+
+class StatusReply(Reply):
+    charger: Label
+    mode: Mode
+    card_reader_error: Sentence
+    site: SiteNow | None
+    connectors: Annotated[tuple[ConnectorStatus, ...], Items(8)]
+    services: Annotated[Mapping[Name, ServiceState], Items(8)] = field(default_factory=dict)
+    config: FilePath | None = None  # the daemon's config file, absolute: the CLI's fallback when none is named
+    timezone: Zone | None = None  # the charger's zone ([charger] timezone): the CLI shows times in it
+
+    def connector(self, cid: int) -> ConnectorStatus | None:
+        return next((c for c in self.connectors if c.id == cid), None)
+
+

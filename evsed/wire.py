@@ -1,0 +1,434 @@
+"""Frozen records with bounds, and their JSON form: the machinery under evsed.protocol.
+
+A record's fields say their type and bounds (`Annotated[int, Range(1, 99)]`); records check
+them when built, so a record in hand is valid, and `from_wire` refuses what does not fit.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import datetime as dt
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, TypeVar, Union, dataclass_transform
+
+R = TypeVar("R", bound="Record")
+
+
+class WireError(ValueError):
+    """A message that is not the protocol; the text names the field and what it expected."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's bounds, both included."""
+
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string's bounds. `clip`: longer text is cut, for free text the daemon says (a device's
+    error), never for a request; `printable`: no control characters (a TOML block may have lines)."""
+
+    max: int
+    min: int = 0
+    pattern: str = ""
+    clip: bool = False
+    printable: bool = True
+
+
+@dataclass(frozen=True)
+class Items:
+    """At most this many items in a list or an object."""
+
+    max: int
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- one converter per field type ---------------------------------------------------------------
+class _Conv:
+    """check(): a Python value, type-checked, bounded, normalized. decode(): the JSON value to
+    the Python one (then checked). encode(): the JSON value. largest(): the longest valid value."""
+
+    def check(self, v: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    def decode(self, v: Any, where: str) -> Any:
+        return self.check(v, where)
+
+    def encode(self, v: Any) -> Any:
+        return v
+
+    def largest(self) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class _Bool(_Conv):
+    def check(self, v: Any, where: str) -> Any:
+        if not isinstance(v, bool):
+            raise WireError(f"{where}: expected true or false, got {_show(v)}")
+        return v
+
+    def largest(self) -> Any:
+        return False
+
+    def describe(self) -> str:
+        return "bool"
+
+
+class _Number(_Conv):
+    def __init__(self, kind: type, bounds: Range):
+        self.kind, self.bounds = kind, bounds
+
+    def check(self, v: Any, where: str) -> Any:
+        lo, hi = self.bounds.lo, self.bounds.hi
+        if self.kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise WireError(f"{where}: expected {'an integer' if self.kind is int else 'a number'}, got {_show(v)}")
+        if not lo <= v <= hi:
+            raise WireError(f"{where}: expected {lo:g}..{hi:g}, got {_show(v)}")
+        return float(v) if self.kind is float and type(v) is not float else v
+
+    def largest(self) -> Any:
+        if self.kind is int:
+            return max(int(self.bounds.lo), int(self.bounds.hi), key=lambda n: len(str(n)))
+        return -abs(self.bounds.lo) / 3 if self.bounds.lo < 0 else self.bounds.hi / 3
+
+    def describe(self) -> str:
+        if self.kind is int:
+            return f"int {int(self.bounds.lo)}..{int(self.bounds.hi)}"
+        return f"number {self.bounds.lo:g}..{self.bounds.hi:g}"
+
+
+class _Str(_Conv):
+    def __init__(self, text: Text):
+        self.text = text
+        self.pattern = re.compile(text.pattern) if text.pattern else None
+
+    def check(self, v: Any, where: str) -> Any:
+        t = self.text
+        if not isinstance(v, str):
+            raise WireError(f"{where}: expected a string, got {_show(v)}")
+        if t.clip:
+            v = v[:t.max] if v.isprintable() or not t.printable else "".join(
+                c if c.isprintable() else " " for c in v[:t.max])
+        if not t.min <= len(v) <= t.max:
+            raise WireError(f"{where}: expected {t.min}..{t.max} characters, got {len(v)}")
+        if t.printable and not v.isprintable():
+            raise WireError(f"{where}: control characters in {_show(v)}")
+        if self.pattern is not None and not self.pattern.fullmatch(v):
+            raise WireError(f"{where}: expected {t.pattern}, got {_show(v)}")
+        return v
+
+    def largest(self) -> Any:
+        if self.pattern is not None:
+            return "a" * self.text.max
+        return ("\U0001F50C" if self.text.printable else "\x01") * self.text.max
+
+    def describe(self) -> str:
+        return f"string {self.text.min}..{self.text.max}" + (f" {self.text.pattern}" if self.text.pattern else "")
+
+
+class _Choice(_Conv):
+    def __init__(self, values: tuple[Any, ...]):
+        self.values = values
+
+    def check(self, v: Any, where: str) -> Any:
+        if isinstance(v, bool) or v not in self.values:
+            raise WireError(f"{where}: expected one of {', '.join(map(str, self.values))}, got {_show(v)}")
+        return v
+
+    def largest(self) -> Any:
+        return max(self.values, key=lambda c: len(str(c)))
+
+    def describe(self) -> str:
+        return " / ".join(f"`{v}`" for v in self.values)
+
+
+class _Time(_Conv):
+    """An aware datetime; ISO 8601 with its offset on the wire."""
+
+    def check(self, v: Any, where: str) -> Any:
+        if not isinstance(v, dt.datetime) or v.tzinfo is None:
+            raise WireError(f"{where}: expected a time with its UTC offset, got {_show(v)}")
+        return v
+
+    def decode(self, v: Any, where: str) -> Any:
+        if not isinstance(v, str) or len(v) > 40:
+            raise WireError(f"{where}: expected an ISO 8601 time, got {_show(v)}")
+        try:
+            when = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise WireError(f"{where}: expected an ISO 8601 time, got {_show(v)}") from None
+        return self.check(when, where)
+
+    def encode(self, v: Any) -> Any:
+        return v.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def largest(self) -> Any:
+        return dt.datetime(2099, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
+
+    def describe(self) -> str:
+        return "ISO 8601 time with offset"
+
+
+class _Optional(_Conv):
+    def __init__(self, inner: _Conv):
+        self.inner = inner
+
+    def check(self, v: Any, where: str) -> Any:
+        return None if v is None else self.inner.check(v, where)
+
+    def decode(self, v: Any, where: str) -> Any:
+        return None if v is None else self.inner.decode(v, where)
+
+    def encode(self, v: Any) -> Any:
+        return None if v is None else self.inner.encode(v)
+
+    def largest(self) -> Any:
+        return self.inner.largest()
+
+    def describe(self) -> str:
+        return self.inner.describe() + " or null"
+
+
+class _Tuple(_Conv):
+    def __init__(self, inner: _Conv, items: Items):
+        self.inner, self.max = inner, items.max
+
+    def check(self, v: Any, where: str) -> Any:
+        if not isinstance(v, (tuple, list)):
+            raise WireError(f"{where}: expected a tuple, got {_show(v)}")
+        if len(v) > self.max:
+            raise WireError(f"{where}: expected at most {self.max} items, got {len(v)}")
+        return tuple(self.inner.check(x, f"{where}[{i}]") for i, x in enumerate(v))
+
+    def decode(self, v: Any, where: str) -> Any:
+        if not isinstance(v, list):
+            raise WireError(f"{where}: expected a list, got {_show(v)}")
+        if len(v) > self.max:
+            raise WireError(f"{where}: expected at most {self.max} items, got {len(v)}")
+        return tuple(self.inner.decode(x, f"{where}[{i}]") for i, x in enumerate(v))
+
+    def encode(self, v: Any) -> Any:
+        return [self.inner.encode(x) for x in v]
+
+    def largest(self) -> Any:
+        return tuple(self.inner.largest() for _ in range(self.max))
+
+    def describe(self) -> str:
+        return f"list of at most {self.max} ({self.inner.describe()})"
+
+
+class _Map(_Conv):
+    """A JSON object of bounded string keys; a read-only mapping in Python (records stay frozen)."""
+
+    def __init__(self, key: _Str, inner: _Conv, items: Items):
+        self.key, self.inner, self.max = key, inner, items.max
+
+    def _each(self, v: Any, where: str, conv: Callable[[Any, str], Any]) -> Any:
+        if len(v) > self.max:
+            raise WireError(f"{where}: expected at most {self.max} entries, got {len(v)}")
+        return types.MappingProxyType({self.key.check(k, f"{where} key"): conv(x, f"{where}.{k}")
+                                       for k, x in v.items()})
+
+    def check(self, v: Any, where: str) -> Any:
+        if not isinstance(v, (dict, types.MappingProxyType)):
+            raise WireError(f"{where}: expected a mapping, got {_show(v)}")
+        return self._each(v, where, self.inner.check)
+
+    def decode(self, v: Any, where: str) -> Any:
+        if not isinstance(v, dict):
+            raise WireError(f"{where}: expected an object, got {_show(v)}")
+        return self._each(v, where, self.inner.decode)
+
+    def encode(self, v: Any) -> Any:
+        return {k: self.inner.encode(x) for k, x in v.items()}
+
+    def largest(self) -> Any:
+        width = self.key.text.max
+        return {f"{i:0{width}d}"[-width:]: self.inner.largest() for i in range(self.max)}
+
+    def describe(self) -> str:
+        return f"object of at most {self.max} ({self.inner.describe()})"
+
+
+class _Nested(_Conv):
+    def __init__(self, cls: type[Record]):
+        self.cls = cls
+
+    def check(self, v: Any, where: str) -> Any:
+        if not isinstance(v, self.cls):
+            raise WireError(f"{where}: expected {self.cls.__name__}, got {_show(v)}")
+        return v
+
+    def decode(self, v: Any, where: str) -> Any:
+        return self.cls.from_wire(v, where=where)
+
+    def encode(self, v: Any) -> Any:
+        return v.to_wire()
+
+    def largest(self) -> Any:
+        return largest(self.cls)
+
+    def describe(self) -> str:
+        return self.cls.__name__
+
+
+def _conv(hint: Any, owner: str) -> _Conv:
+    """The converter of one field's type hint; every string, number and list must say its bounds."""
+    bounds: list[Any] = []
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *bounds = typing.get_args(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        inner = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+        return _Optional(_conv(typing.Annotated[(inner, *bounds)] if bounds else inner, owner))
+    if origin is Literal:
+        return _Choice(args)
+    if hint is bool:
+        return _Bool()
+    if hint is dt.datetime:
+        return _Time()
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return _Nested(hint)
+    bound = bounds[0] if bounds else None
+    if hint in (int, float):
+        if not isinstance(bound, Range):
+            raise TypeError(f"{owner}: a number needs its Range")
+        return _Number(hint, bound)
+    if hint is str:
+        if not isinstance(bound, Text):
+            raise TypeError(f"{owner}: a string needs its Text bounds")
+        return _Str(bound)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(bound, Items):
+            raise TypeError(f"{owner}: a list needs its Items bound")
+        return _Tuple(_conv(args[0], owner), bound)
+    if origin in (collections.abc.Mapping, dict):
+        key = _conv(args[0], owner)
+        if not isinstance(bound, Items) or not isinstance(key, _Str):
+            raise TypeError(f"{owner}: a mapping needs bounded string keys and its Items bound")
+        return _Map(key, _conv(args[1], owner), bound)
+    raise TypeError(f"{owner}: no wire form for {hint!r}")
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    conv: _Conv
+    required: bool
+    omit_none: bool  # a field whose default is None is left out of the JSON while None
+
+
+_SPECS: dict[type, tuple[_Field, ...]] = {}
+
+
+def spec(cls: type) -> tuple[_Field, ...]:
+    """The fields of a record class with their converters (built once per class)."""
+    found = _SPECS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        found = tuple(_Field(f.name, _conv(hints[f.name], f"{cls.__name__}.{f.name}"),
+                             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                             f.default is None)
+                      for f in dataclasses.fields(cls))
+        _SPECS[cls] = found
+    return found
+
+
+# --- records -----------------------------------------------------------------------------------
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(dataclasses.field,))
+class Record:
+    """A frozen message or a part of one: each subclass is a frozen, keyword-only dataclass whose
+    fields are checked when it is built."""
+
+    STRICT: ClassVar[bool] = False  # unknown fields refused (requests), else ignored (replies, events)
+    LABEL: ClassVar[str] = ""  # how errors name it (the command, the event type)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True, kw_only=True)(cls)
+
+    def __post_init__(self) -> None:
+        where = self.LABEL or type(self).__name__
+        for f in spec(type(self)):
+            value = getattr(self, f.name)
+            checked = f.conv.check(value, f"{where}: {f.name}")
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules across fields; raises WireError."""
+
+    def fields_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in spec(type(self)):
+            value = getattr(self, f.name)
+            if value is None and f.omit_none:
+                continue
+            out[f.name] = f.conv.encode(value)
+        return out
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.fields_wire()
+
+    @classmethod
+    def from_wire(cls: type[R], data: object, *, where: str = "") -> R:
+        where = where or cls.LABEL or cls.__name__
+        if not isinstance(data, dict):
+            raise WireError(f"{where}: expected a JSON object, got {_show(data)}")
+        fields = spec(cls)
+        if cls.STRICT:
+            extra = set(data) - {f.name for f in fields}
+            if extra:
+                raise WireError(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
+        args: dict[str, Any] = {}
+        for f in fields:
+            if f.name in data:
+                args[f.name] = f.conv.decode(data[f.name], f"{where}: {f.name}")
+            elif f.required:
+                raise WireError(f"{where}: {f.name} missing")
+        return cls(**args)
+
+
+def largest(cls: type[R]) -> R:
+    """The valid record of cls with the longest JSON form: every string, list and number at its
+    bound (what a size cap must hold, and what the flood benchmark sends)."""
+    return cls(**{f.name: f.conv.largest() for f in spec(cls)})
+
+
+def describe(cls: type) -> list[tuple[str, str, bool]]:
+    """(field, its type and bounds, required) for the docs."""
+    return [(f.name, f.conv.describe(), f.required) for f in spec(cls)]
+
+
+def encode_line(message: dict[str, Any]) -> bytes:
+    """One message as one line of UTF-8 JSON."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+def decode_line(line: bytes) -> object:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise WireError("not JSON") from None
