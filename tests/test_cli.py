@@ -269,8 +269,24 @@ def test_every_option_of_every_command_has_help():
                 for sub_name, sub in action.choices.items():
                     yield from parsers(sub, f"{name} {sub_name}")
 
-    missing = [f"{name}: {action.option_strings or action.dest}" for name, p in parsers(cli.parser())
+    commands = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "probe" in commands
+    missing = [f"{name}: {action.option_strings or action.dest}" for command in commands
+               for name, p in parsers(cli.parser(command))  # each command as parsed: with its options
                for action in p._actions
                if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
                and not action.help]
     assert missing == []
+
+
+def test_version_and_help_import_no_commands_heavy_module():
+    # `evsed probe`'s options are in its own module (asyncio, the config, hal): only `evsed probe`
+    # imports it, not `evsed --version` or `evsed --help` (which listed it at 10x the cost).
+    code = ("import contextlib, io, sys; from evsed import cli\n"
+            "for argv in (['--version'], ['--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        cli.main(argv)\n"
+            "print(sorted(m for m in sys.modules if m in ('asyncio', 'evsed.cli.probe', 'evsed.config', 'hal')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert "--ports-dir" in run("probe", "--help").stdout

@@ -61,15 +61,19 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 
     def add(name: str, func: str | Command, help_: str, options: str | Options | None = None) -> None:
         """One command. `func` a function or "module:function" under evsed.cli, imported when it
-        runs; `options(subparser)` adds its options, a function or "module:function" imported only
-        when this command's parser is built (a command whose module is heavy to import)."""
+        runs; `options(subparser)` adds its options, a function, or "module:function" for a command
+        whose module is heavy to import: imported only when that command is the one parsed (the
+        whole parser, for `evsed --help` and `--version`, parses no command's options)."""
         if only is not None and name != only:
             return
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_formatter)
         sp.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
         sp.set_defaults(func=_lazy(func) if isinstance(func, str) else func)
-        if options is not None:
-            (_load(options) if isinstance(options, str) else options)(sp)
+        if isinstance(options, str):
+            if only == name:
+                _load(options)(sp)
+        elif options is not None:
+            options(sp)
 
     add("run", "run:cmd_run", "run the daemon")
     add("check", "run:cmd_check", "validate the config and open every configured device once (while the daemon "
