@@ -10,11 +10,17 @@ from evsed.cli import text, where
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, TypeVar
 
     from evsed import protocol as p
 
+    R = TypeVar("R", bound=p.Reply)
+
 EXIT_FAILURE = 1
+
+
+def _request(args: Any, command: p.Command[R]) -> R | p.Failure:
+    return where.request(args, command)
 
 
 def _fail(reply: p.Failure | p.ReloadReply) -> int:
@@ -25,7 +31,7 @@ def _fail(reply: p.Failure | p.ReloadReply) -> int:
 
 def cmd_mode(args: Any) -> int:
     from evsed import protocol as p
-    reply = where.request(args, p.SetMode(mode=args.mode))
+    reply = _request(args, p.SetMode(mode=args.mode))
     if isinstance(reply, p.Failure):
         return _fail(reply)
     print(f"mode {reply.mode}")
@@ -34,7 +40,7 @@ def cmd_mode(args: Any) -> int:
 
 def cmd_reload(args: Any) -> int:
     from evsed import protocol as p
-    reply = where.request(args, p.Reload())
+    reply = _request(args, p.Reload())
     if isinstance(reply, p.Failure) or reply.result != "Accepted":
         return _fail(reply)
     print("config reloaded; running sessions continue")
@@ -44,13 +50,13 @@ def cmd_reload(args: Any) -> int:
 def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait for the next tap on the daemon's reader; print its UID and a [[card]] block."""
     from evsed import protocol as p
-    started = where.request(args, p.Learn(timeout_s=args.timeout))
+    started = _request(args, p.Learn(timeout_s=args.timeout))
     if isinstance(started, p.Failure):
         return _fail(started)
     print(f"tap a card on the reader (waiting {args.timeout:g} s) ...", file=sys.stderr)
     while True:
         sleep(0.2)
-        reply = where.request(args, p.Learned())
+        reply = _request(args, p.Learned())
         if isinstance(reply, p.Failure):
             return _fail(reply)
         card = reply.card
