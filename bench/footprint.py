@@ -1,5 +1,5 @@
 """Resident memory, start-to-ready time and idle CPU of `evsed run` on the simulator, alone and
-with its OCPP service connected to the demo CSMS.
+with its OCPP service (1.6J, then 2.0.1) connected to the demo CSMS of its version.
 
 The figures are for a production install: `make bench` installs the project (with its `ocpp`
 extra, without the test extras) into a fresh virtual environment and passes its python as
@@ -96,7 +96,7 @@ def daemon_run(python: str, config: Path, idle_s: float) -> tuple[float, float, 
         stop(proc)
 
 
-def ocpp_run(python: str, config: Path, idle_s: float) -> tuple[float, float] | None:
+def ocpp_run(python: str, config: Path, idle_s: float, csms_module: str = "simulator.csms") -> tuple[float, float] | None:
     """(daemon RSS MB, OCPP service RSS MB) once the service is connected and idle; None
     without the ocpp package."""
     if subprocess.run([python, "-c", "import ocpp, websockets"], capture_output=True).returncode != 0:
@@ -104,7 +104,7 @@ def ocpp_run(python: str, config: Path, idle_s: float) -> tuple[float, float] | 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    csms = subprocess.Popen([python, "-m", "simulator.csms", "--port", str(port)], stdout=subprocess.PIPE,
+    csms = subprocess.Popen([python, "-m", csms_module, "--port", str(port)], stdout=subprocess.PIPE,
                             text=True, cwd=config.parent)
     daemon = None
     try:
@@ -146,6 +146,8 @@ def main() -> None:
     runs = [daemon_run(python, with_store(ROOT / "config" / "simulator.toml", tmp, f"run{i}"), args.idle_s)
             for i in range(args.runs)]
     ocpp = ocpp_run(python, with_store(ROOT / "config" / "simulator-ocpp.toml", tmp, "ocpp"), args.idle_s)
+    ocpp201 = ocpp_run(python, with_store(ROOT / "config" / "simulator-ocpp201.toml", tmp, "ocpp201"), args.idle_s,
+                       "simulator.csms201")
     ready = [r[0] for r in runs]
     print(f"evsed footprint bench, {args.runs} runs, idle {args.idle_s:g} s each (simulator config), {python}")
     print(f"  start to ready (spawn -> daemon.ready)   median {statistics.median(ready):.3f} s  max {max(ready):.3f} s"
@@ -160,6 +162,9 @@ def main() -> None:
         print("  with OCPP: not measured (the ocpp extra is not installed in this environment)")
     else:
         print(f"  with OCPP, online and idle: daemon {ocpp[0]:.1f} MB, OCPP service {ocpp[1]:.1f} MB"
+              f"  (goal <= {GOAL_RSS_OCPP_MB:g} MB a process)")
+    if ocpp201 is not None:
+        print(f"  with OCPP 2.0.1, online and idle: daemon {ocpp201[0]:.1f} MB, OCPP service {ocpp201[1]:.1f} MB"
               f"  (goal <= {GOAL_RSS_OCPP_MB:g} MB a process)")
 
 

@@ -248,6 +248,20 @@ class Learned(Command[LearnedReply], cmd="learned", roles=(ADMIN, WEB)):
     """The card the last `learn` read, or still waiting."""
 
 
+class AddCardReply(Reply):
+    result: Literal["Accepted"]
+    toml: Annotated[str, Text(400, printable=False)]  # the [[card]] table appended to the config file
+
+
+class AddCard(Command[AddCardReply], cmd="add-card", roles=(ADMIN, WEB)):
+    """Add a card to the config file (a [[card]] table after the rest, which stays as written) and
+    reload it; the card charges as soon as the file is written."""
+
+    uid: IdTag
+    name: Label
+    group: Label = ""
+
+
 class ReloadReply(Reply):
     result: Literal["Accepted", "Rejected"]
     restart_needed: Annotated[tuple[Annotated[str, Text(64)], ...], Items(64)] = ()

@@ -50,10 +50,12 @@ def parse_event(data: object) -> Event:
 
 # --- durable: kept in the outbox until every service acknowledged them ----------------------------
 class StatusChanged(Event, type="connector.status", durable=True):
-    """The OCPP 1.6 ChargePointStatus, and why for people."""
+    """The OCPP 1.6 ChargePointStatus, and why for people; `ev_connected`: the pilot reads an EV (B, C
+    or D), by which OCPP 2.0.1 tells Occupied and EVConnected (a Preparing after a tapped card has none)."""
 
     status: ConnectorState
     reason: Sentence
+    ev_connected: bool = False
 
 
 class SessionStarted(Event, type="session.started", durable=True):

@@ -24,6 +24,9 @@ class ServiceState(Record):
     malformed: Count = 0
     limits_a: Annotated[Mapping[Annotated[str, Text(2)], Amps | None], Items(100)] = field(default_factory=dict)
     detail: Sentence = ""
+    # OCPP 2.0.1 CostUpdated: the running cost of the transaction on each connector, in the CSMS's currency
+    costs: Annotated[Mapping[Annotated[str, Text(2)], Annotated[float, Range(-1e9, 1e9)]], Items(100)] = field(
+        default_factory=dict)
     at: Timestamp | None = None  # when the daemon heard it
 
 

@@ -83,6 +83,10 @@ class Station(ChargePoint):
     def on_data_transfer(self, **_):
         return call_result.DataTransfer(status="UnknownVendorId")
 
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, **_):  # the security whitepaper's; CertificateSigned is the test's to send
+        return call_result.SignCertificate(status="Accepted")
+
 
 class CentralSystem:
     """Records every CALL it receives as (identity, action, payload, unique_id), in order."""

@@ -90,6 +90,14 @@ def test_a_service_new_to_the_charger_starts_from_now_not_with_its_history(tmp_p
 
     async def scenario():
         async with charging(cfg):  # a session's events are in the outbox before the service exists
+            # the store commits them on its own thread: wait until the last of the start (the
+            # contactor's close) is streamed, as another service sees it, before the newcomer's hello
+            observer = await Link.connect(cfg.store.runtime_dir, "observer")
+            async with asyncio.timeout(10):
+                async for event in observer.events(after=0):
+                    if isinstance(event, p.ContactorClosed):
+                        break
+            await observer.close()
             link = await Link.connect(cfg.store.runtime_dir, "newcomer")
             assert link.hello.acked == 0 and link.hello.last_seq > 0
             history = link.hello.last_seq

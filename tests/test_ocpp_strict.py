@@ -60,7 +60,8 @@ def test_an_unknown_action_is_not_implemented():
 
 
 def test_a_known_action_without_support_is_not_supported():
-    assert code([2, "id-1", "CertificateSigned", {"certificateChain": "x"}]) == "NotSupported"
+    assert code([2, "id-1", "GetLog", {"logType": "DiagnosticsLog", "requestId": 1,
+                                        "log": {"remoteLocation": "http://h/"}}]) == "NotSupported"
 
 
 def test_a_missing_field_is_a_protocol_error():

@@ -309,3 +309,54 @@ def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_a
     phone.screenshot(path=str(shot), full_page=True)
     if os.environ.get("EVSED_WEB_SCREENSHOT_PHONE"):  # `make web-screenshot` refreshes docs/web-phone.png
         shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT_PHONE"])
+
+
+def test_the_owner_learns_a_card_on_the_page_and_it_lands_in_the_config_file(tmp_path):
+    """Log in, "Learn a card", tap it on the (simulated) reader, name it, pick its group, save: the
+    daemon appends it to the config file and reloads; the rules table shows it."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+
+    path = write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n')
+    cfg = config.load(path)
+
+    async def scenario():
+        daemon = Daemon(cfg, start_services=False)
+        run = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        async with async_playwright() as pw:
+            link = await Link.connect(cfg.store.runtime_dir, "web")
+            settings = parse(cfg)
+            assert settings is not None
+            service = WebService(cfg, link, settings)
+            await service.start(port=0)
+            live = asyncio.create_task(service.live.run())
+            browser = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(service.url)
+                await page.get_by_role("button", name="Log in").click()
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").last.click()
+                await expect(page.locator("#rules")).to_be_visible()
+                await page.get_by_role("button", name="Learn a card").click()
+                await expect(page.locator("#learn-status")).to_have_text("Tap the new card on the reader now.")
+                await ask(cfg, p.Tap(card="0e:0f:10:11"))
+                await expect(page.locator("#learn-uid")).to_have_text("0E0F1011")
+                await page.get_by_label("Name").fill("Dana")
+                await page.get_by_label("Group").select_option("family")
+                await page.get_by_role("button", name="Save").click()
+                await expect(page.locator("#rules-cards")).to_contain_text("Dana")
+            finally:
+                await browser.close()
+                live.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live
+                await service.stop()
+                await link.close()
+                daemon.stopping.set()
+                await run
+
+    asyncio.run(scenario())
+    assert path.read_text().endswith('[[card]]\nuid = "0E0F1011"\nname = "Dana"\ngroup = "family"\n')

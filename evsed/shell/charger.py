@@ -68,6 +68,8 @@ class Charger:
         self.learning: float | None = None  # `evsed cards learn`: the next tap is read, not used, until then
         self.learned: p.LearnedCard | None = None
         self.reservations: dict[int, int] = {}  # connector -> OCPP reservation id
+        self.offload = offload
+        self.writing_config = False  # a changed config file is being written (off the loop)
         self.reader_error = ""
         self.reading_cards = False  # a reader loop takes taps from devices.reader (the daemon)
         self.site_reading: MeterReading | None = None
@@ -125,7 +127,8 @@ class Charger:
             ctrl.start()
         self.publish("connector.status", status="Available", reason="")
         for ctrl in self.connectors.values():
-            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason)
+            ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason,
+                         ev_connected=ctrl.state.pilot in PLUGGED_STATES)
         self.policy.start()
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
@@ -171,6 +174,26 @@ class Charger:
         for ctrl in self.connectors.values():
             ctrl.tick()  # a new maximum or timing takes effect now
         return p.ReloadReply(result="Accepted", restart_needed=tuple(restart))
+
+    def save_config(self, text: str, new: Config) -> None:
+        """Write a changed config file off the loop (an SD card's fsync must not delay the safety
+        loop), then apply it as a reload does; one write at a time (the caller checks
+        writing_config). A write that fails leaves the file and the running config as they were."""
+        from evsed.config import edit
+        self.writing_config = True
+
+        def write() -> bool:
+            edit.write_atomically(new.path, text)
+            return True
+
+        def written(ok: bool) -> None:
+            self.writing_config = False
+            if not ok:
+                log.error("config.write_failed", path=str(new.path))
+                return
+            log.info("config.written", path=str(new.path))
+            self.reload(new)
+        self.offload(write, written)
 
     # --- connectors and cards ---------------------------------------------------------------
     def connector(self, cid: int | None) -> ConnectorControl:

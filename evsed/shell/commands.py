@@ -235,6 +235,33 @@ def _reload(charger: Charger, cmd: p.Reload) -> p.ReloadReply:
     return charger.reload(new)
 
 
+def _add_card(charger: Charger, cmd: p.AddCard) -> p.AddCardReply:
+    from evsed import config as configmod
+    from evsed.config import edit
+    uid, path = id_tag(cmd.uid), charger.config.path
+    if charger.writing_config:
+        raise CommandError(f"{path} is being written; try again in a moment")
+    known = charger.auth.local.card(uid)
+    if known is not None:
+        raise CommandError(f"card {uid} is already in {path}" + (f" as {known.name!r}" if known.name else ""))
+    groups = set(charger.config.policy.groups) | {c.group for c in charger.config.cards if c.group}
+    if cmd.group and cmd.group not in groups:  # a typo would make a group with no rules of its own
+        raise CommandError(f"no group named {cmd.group!r} in {path} (a [[group]] table or a card's group)")
+    block = edit.card_block(uid, cmd.name, cmd.group)
+    why = edit.writable(path)
+    if why is not None:
+        raise CommandError(f"cannot add the card: {why}; add this to {path} by hand and reload:\n{block}")
+    try:
+        text = edit.with_card(path.read_text(encoding="utf-8"), block)
+        new = configmod.parse(text, path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
+    except configmod.ConfigError as exc:
+        raise CommandError(f"the card would make the config invalid, nothing written: {exc}") from None
+    charger.save_config(text, new)
+    return p.AddCardReply(result="Accepted", toml=block)
+
+
 def _unlock(charger: Charger, cmd: p.Unlock) -> p.UnlockReply:
     charger.connector(cmd.connector)
     return p.UnlockReply(result="NotSupported")  # no connector lock backend yet: a tethered cable needs none
@@ -246,6 +273,6 @@ HANDLERS: dict[type[p.Command[Any]], Handler] = {
     p.ClearFaults: _clear_faults, p.RemoteStart: _remote_start, p.RemoteStop: _remote_stop,
     p.Availability: _availability, p.Reserve: _reserve, p.CancelReservation: _cancel_reservation,
     p.Limit: _limit, p.SetMode: _mode, p.Unlock: _unlock, p.Learn: _learn, p.Learned: _learned,
-    p.Reload: _reload,
+    p.Reload: _reload, p.AddCard: _add_card,
 }
 HANDLERS_BY_NAME = {cls.ACTION or cls.CMD: cls for cls in HANDLERS}  # as a scenario step names them

@@ -251,7 +251,8 @@ class ConnectorControl:
         elif isinstance(a, ev.FaultsCleared):
             self.publish("fault.cleared", faults=[f.value for f in a.faults])
         elif isinstance(a, ev.StatusChanged):
-            self.publish("connector.status", status=a.status.value, reason=a.reason)
+            self.publish("connector.status", status=a.status.value, reason=a.reason,
+                         ev_connected=self.state.pilot in state.PLUGGED_STATES)
 
     def _start_session(self, a: ev.StartSession) -> None:
         energy = self.last_reading.energy_import_wh if self.last_reading else 0

@@ -42,9 +42,13 @@ class Connection:
     """One websocket at a time; run() keeps one open for ever, handing each to online()."""
 
     def __init__(self, settings: Settings, subprotocol: str, *, password: Callable[[], str],
-                 ping_interval_s: Callable[[], int], rng: Callable[[], float] = random.random):
+                 ping_interval_s: Callable[[], int], rng: Callable[[], float] = random.random,
+                 tls: Callable[[], ssl.SSLContext] | None = None,
+                 refused: Callable[[BaseException], None] = lambda exc: None):
         self.settings, self.subprotocol, self.rng = settings, subprotocol, rng
         self.password, self.ping_interval_s = password, ping_interval_s
+        self.tls = tls            # a wss connection's context (installed certificates), else the configured files
+        self.refused = refused    # hears why a connection could not be made (a security event)
         self.attempts = 0      # connections tried
         self.connections = 0   # websockets opened
 
@@ -67,6 +71,8 @@ class Connection:
             except (OSError, ConnectionError, asyncio.TimeoutError, websockets.exceptions.WebSocketException,
                     OCPPError) as exc:
                 log.info("ocpp.disconnected", error=f"{type(exc).__name__}: {exc}"[:200])
+                if ws is None:
+                    self.refused(exc)
             finally:
                 if ws is not None:  # also when cancelled: a service that stops is going away, not failing
                     await ws.close(CloseCode.GOING_AWAY, "going away")
@@ -81,7 +87,9 @@ class Connection:
             token = base64.b64encode(f"{s.identity}:{self.password()}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
         context = None
-        if s.url.startswith("wss"):
+        if s.url.startswith("wss") and self.tls is not None:
+            context = self.tls()
+        elif s.url.startswith("wss"):
             context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
             if s.security_profile == 3:
                 context.load_cert_chain(str(s.cert_file), str(s.key_file))

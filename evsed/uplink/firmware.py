@@ -41,6 +41,7 @@ class Firmware:
         self.status = "Installing" if self.pending() else "Idle"  # what TriggerMessage reports
         self._task: asyncio.Task[None] | None = None
         self._bad_status = ""
+        self.failure = ""  # why the last InstallationFailed: "signature" (missing or not by the key), or ""
 
     def pending(self) -> bool:
         """A request was spooled whose outcome has not been reported."""
@@ -51,13 +52,18 @@ class Firmware:
         self.status = status
         await self.notify(status)
 
-    def start(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int) -> None:
+    def start(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int,
+              signature: bytes | None = None) -> None:
         """A new UpdateFirmware replaces one still downloading."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = self.spawn(self.update(location, retrieve_date, retries, retry_interval_s))
+        self._task = self.spawn(self.update(location, retrieve_date, retries, retry_interval_s, signature))
 
-    async def update(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int) -> None:
+    async def update(self, location: str, retrieve_date: str, retries: int, retry_interval_s: int,
+                     signature: bytes | None = None) -> None:
+        """signature: the release's detached signature as the request carried it (2.0.1); without
+        one it is fetched from the location with ".sig" appended (1.6)."""
+        self.failure = ""
         try:
             wait = parse_time(retrieve_date) - self.clock()
         except ValueError:
@@ -81,7 +87,7 @@ class Firmware:
             self.status = "Idle"
             return
         try:
-            await self._spool(folder, location, wheel, key, max(1, retries), retry_interval_s)
+            await self._spool(folder, location, wheel, key, max(1, retries), retry_interval_s, signature)
         except OSError as exc:  # the state directory is full or gone: nothing was requested
             log.warning("ocpp.firmware_not_spooled", wheel=wheel, error=f"{type(exc).__name__}: {exc}"[:200])
             await self._send("InstallationFailed")
@@ -91,17 +97,20 @@ class Firmware:
             self.status = "Idle"
 
     async def _spool(self, folder: spoolmod.Spool, location: str, wheel: str, key, retries: int,
-                     retry_interval_s: int) -> None:
+                     retry_interval_s: int, inline: bytes | None) -> None:
         await self._send("Downloading")
         if not await self._download(folder, location, wheel, spoolmod.MAX_WHEEL_BYTES, retries, retry_interval_s):
             await self._send("DownloadFailed")
             return
         await self._send("Downloaded")
         signature = signature_location(location)
-        if not await self._download(folder, signature, wheel + ".sig", spoolmod.MAX_SIGNATURE_BYTES, retries,
-                                    retry_interval_s):
+        if inline is not None and len(inline) <= spoolmod.MAX_SIGNATURE_BYTES:
+            await asyncio.to_thread(folder.write, wheel + ".sig", inline, 0o640)
+        elif not await self._download(folder, signature, wheel + ".sig", spoolmod.MAX_SIGNATURE_BYTES, retries,
+                                      retry_interval_s):
             log.warning("ocpp.firmware_signature_missing", wheel=wheel, signature=signature[:200])
             folder.remove(wheel)
+            self.failure = "signature"
             await self._send("InstallationFailed")
             return
         try:
@@ -110,6 +119,7 @@ class Firmware:
             log.warning("ocpp.firmware_signature_invalid", wheel=wheel, error=str(exc)[:300])
             folder.remove(wheel)
             folder.remove(wheel + ".sig")
+            self.failure = "signature"
             await self._send("InstallationFailed")
             return
         request = spoolmod.Request(spoolmod.new_id(), wheel, location[:512], iso(self.clock()))

@@ -1,5 +1,5 @@
 """`evsed service ocpp`: the OCPP uplink beside the safety daemon, in the version its [ocpp] table
-names (each version an adapter package on the shared core: v16/ ...). serve() runs it until cancelled."""
+names (each version an adapter package on the shared core: v16/, v201/). serve() runs it until cancelled."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from evsed.uplink import settings as settings_mod
 from evsed.uplink.charger import DaemonLink
 from evsed.uplink.connection import EXIT_HARD_RESET, HardReset
 
-ADAPTERS = {"1.6": "evsed.uplink.v16.uplink"}  # [ocpp] version -> the module with its Uplink
+ADAPTERS = {"1.6": "evsed.uplink.v16.uplink", "2.0.1": "evsed.uplink.v201.uplink"}  # version -> its Uplink
 
 
 class Adapter(Protocol):

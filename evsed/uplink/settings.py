@@ -75,7 +75,7 @@ def parse(config: Config, read_secrets: bool = True) -> Settings:
     the uplink's own user is checked for its mode, not read."""
     t = config.sections["ocpp"].table()
     t.get("enabled", bool, True)  # read by the daemon: false, and `evsed run` does not start the uplink
-    version = t.get("version", str, "1.6", choices=("1.6",))
+    version = t.get("version", str, "1.6", choices=tuple(FIRST_VALUES))
     url = t.get("url", str)
     scheme = urlsplit(url).scheme
     if scheme not in ("ws", "wss") or not urlsplit(url).hostname:
@@ -125,27 +125,15 @@ def parse(config: Config, read_secrets: bool = True) -> Settings:
     return settings
 
 
-KEY_TABLES = {"1.6": "evsed.uplink.v16.keys"}  # each version's adapter owns its key table
+# each version's adapter reads its own table of first values ([ocpp.keys] for 1.6, [ocpp.variables] for 2.0.1)
+FIRST_VALUES = {"1.6": "evsed.uplink.v16.keys", "2.0.1": "evsed.uplink.v201.variables"}
 
 
 def _keys(t: Table, version: str) -> dict[str, str]:
-    """[ocpp.keys]: first values of OCPP configuration keys (a CSMS's change persists over them)."""
-    keys: Any = importlib.import_module(KEY_TABLES[version])
-
-    sub = t.table("keys")
-    if sub is None:
-        return {}
-    out: dict[str, str] = {}
-    for name, spec in keys.KEYS.items():
-        if name in sub.data and not spec.secret:
-            kind = {"bool": bool, "int": int}.get(spec.kind, str)
-            value = sub.get(name, kind)
-            problem = keys.check(spec, keys.to_text(value))
-            if problem:
-                raise sub.error(name, problem)
-            out[name] = keys.to_text(value)
-    sub.done()
-    return out
+    """The first values of the version's configuration (a CSMS's change persists over them)."""
+    module: Any = importlib.import_module(FIRST_VALUES[version])
+    values: dict[str, str] = module.first_values(t)
+    return values
 
 
 def _path(t: Table, base: Path, key: str, *, must_exist=False, secret=False) -> Path | None:

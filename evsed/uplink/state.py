@@ -87,6 +87,20 @@ class State:
         self.set_meta(key, value)
         return value
 
+    def claim(self, version: str) -> int:
+        """Make the file this OCPP version's: a queue another version left (the [ocpp] version
+        changed) is dropped, never sent in a protocol it is not; how many messages that was."""
+        were = self.meta("version")
+        dropped = 0
+        if were and were != version:
+            with self.transaction():
+                dropped = self.count("queue")
+                self.db.execute("DELETE FROM queue")
+                self.set_meta("version", version)
+        elif not were:
+            self.set_meta("version", version)
+        return dropped
+
     # configuration keys
     def keys(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT key, value FROM keys"))

@@ -74,6 +74,13 @@ def to_request(body: object, hello: p.HelloReply, now: dt.datetime) -> p.Command
         return p.Learn(timeout_s=60.0)
     if action == "learned":
         return p.Learned()
+    if action == "add-card":  # the card the page learned: a name and a group for the config file
+        name, group = body.get("name"), body.get("group", "")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 40 or not name.isprintable():
+            raise CommandError("name: expected 1 to 40 printable characters")
+        if not isinstance(group, str) or len(group) > 64 or not group.isprintable():
+            raise CommandError("group: expected a group's name")
+        return p.AddCard(uid=_id_tag({"id_tag": body.get("uid")}), name=name.strip(), group=group)
     if action == "clear-faults":
         return p.ClearFaults(connector=_connector(body, hello, any_ok=False))
     raise CommandError(f"unknown action {action!r}")

@@ -21,7 +21,9 @@ def rules_view(config: Config) -> dict[str, Any]:
         "cards": [{"uid": c.uid, "name": c.name, "group": c.group, "enabled": c.enabled,
                    "expires": c.expires.isoformat() if c.expires else None} for c in config.cards],
         "groups": [{"name": g.name, "max_current_a": g.max_current_a, "mode": g.mode, "stop_by": g.stop_by}
-                   for g in policy.groups.values()],
+                   for g in policy.groups.values()]
+                  + [{"name": name, "max_current_a": None, "mode": None, "stop_by": "card"}  # named by cards only
+                     for name in sorted({c.group for c in config.cards if c.group} - set(policy.groups))],
         "windows": [{"name": w.name, "days": [calendar.day_abbr[d].lower() for d in sorted(w.days)], "start": _hhmm(w.start_min),
                      "end": _hhmm(w.end_min), "action": w.action.value, "max_current_a": w.max_current_a,
                      "groups": sorted(w.groups)} for w in policy.schedule.windows],

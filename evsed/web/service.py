@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from evsed import config as configmod
 from evsed.config import Config
 from evsed.errors import StartError
 from evsed.web import auth, charts, i18n, memory, records, settings as web_settings
@@ -236,7 +237,12 @@ class WebService:
         """The cards (with UIDs), groups and windows in force: for the logged-in owner only."""
         if self._nonce(request) is None:
             return json_response({"ok": False, "error": "log in first"}, status=401)
-        return json_response(rules_view(self.config))
+        try:  # the file as it is now: a card learned on this page was written after this service started
+            current = await asyncio.to_thread(configmod.load, self.config.path)
+        except (configmod.ConfigError, OSError) as exc:
+            log.warning("web.config_unreadable", error=str(exc)[:300])
+            current = self.config
+        return json_response(rules_view(current))
 
     async def usage_svg(self, request: Request) -> Response:
         month, since, until = self._month(request)

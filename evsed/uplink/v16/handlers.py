@@ -21,6 +21,7 @@ from evsed.uplink.v16.framing import StrictChargePoint
 from evsed.uplink.v16.keys import Values
 from evsed.uplink.v16.messages import id_tag_info
 from evsed.uplink.v16.profiles import Profiles
+from evsed.uplink.v16.security import SecurityCommands
 
 log = structlog.get_logger("evsed.uplink")
 TRIGGERS = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
@@ -66,7 +67,7 @@ class Ports:
     firmware: Firmware
 
 
-class CentralCommands(StrictChargePoint):
+class CentralCommands(SecurityCommands, StrictChargePoint):
     def __init__(self, id: str, connection: Any, ports: Ports, response_timeout: float = 30):
         super().__init__(id, connection, response_timeout)
         self.ports = ports

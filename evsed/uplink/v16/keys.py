@@ -7,6 +7,8 @@ import builtins
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from evsed.config import Table
+
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import",
               "Voltage", "Current.Offered")  # what the daemon's samples carry
 PROFILES = "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"
@@ -71,6 +73,24 @@ KEYS: dict[str, Key] = {
     "AuthorizationKey": Key("str", "", secret=True, reboot=True),
     "SecurityProfile": Key("int", "0", readonly=True),  # set in [ocpp] security_profile
 }
+
+
+def first_values(t: Table) -> dict[str, str]:
+    """[ocpp.keys]: first values of OCPP configuration keys, checked like ChangeConfiguration."""
+    sub = t.table("keys")
+    if sub is None:
+        return {}
+    out: dict[str, str] = {}
+    for name, spec in KEYS.items():
+        if name in sub.data and not spec.secret:
+            kind = {"bool": bool, "int": int}.get(spec.kind, str)
+            value = sub.get(name, kind)
+            problem = check(spec, to_text(value))
+            if problem:
+                raise sub.error(name, problem)
+            out[name] = to_text(value)
+    sub.done()
+    return out
 
 
 def to_text(value: object) -> str:

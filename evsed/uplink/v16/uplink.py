@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 from evsed import protocol as p
 from evsed.uplink.aio import first_of
 from evsed.uplink.auth import Authorizer, AuthStore, Info
+from evsed.uplink.certificates import Certificates
 from evsed.uplink.charger import Charger, DaemonLink
 from evsed.uplink.connection import Connection, HardReset, Reconnect, boot, heartbeat
 from evsed.uplink.diagnostics import Diagnostics
@@ -43,6 +44,8 @@ class Uplink:
         self.settings, self.clock = settings, clock
         self.password = settings.password
         self.state = State(settings.state_file)
+        if self.state.claim("1.6"):
+            log.warning("ocpp.queue_of_another_version_dropped")
         self.charger = Charger(link, self.state, phases=settings.phases, voltage_v=settings.voltage_v)
         fixed = {"NumberOfConnectors": str(len(self.charger.connectors)),
                  "ConnectionTimeOut": str(int(auth_timeout_s)), "SecurityProfile": str(settings.security_profile)}
@@ -63,8 +66,11 @@ class Uplink:
         self.firmware = Firmware(self.state, clock, spool_dir=settings.spool, key_file=settings.update_key_file,
                                  notify=self._firmware_status, outcome=self._firmware_outcome,
                                  queued=self.sender.wake.set, spawn=self.spawn)
+        self.certificates = Certificates(settings.state_file.parent / "ocpp-certs", settings.identity)
         self.connection = Connection(settings, SUBPROTOCOL, password=lambda: self.password,
-                                     ping_interval_s=lambda: keys.int("WebSocketPingInterval"), rng=rng)
+                                     ping_interval_s=lambda: keys.int("WebSocketPingInterval"), rng=rng,
+                                     tls=lambda: self.certificates.tls(settings.ca_file, settings.cert_file,
+                                                                       settings.key_file, settings.security_profile == 3))
         self.ports = Ports(self.charger, self, keys, self.auth, self.profiles, self.diagnostics, self.firmware)
         self.cp: CentralCommands | None = None
         self.booted = False                          # BootNotification Accepted on this connection
@@ -271,6 +277,13 @@ class Uplink:
                 self.state.enqueue("StatusNotification", self.messages.status_payload(c, status, error, info),
                                    connector=c, tx=False)
         self.sender.wake.set()
+
+    async def sign_certificate(self) -> None:
+        """ExtendedTriggerMessage SignChargePointCertificate: a new key and its signing request; the
+        CSMS answers with CertificateSigned (the security whitepaper, as 2.0.1's A02)."""
+        if self.cp is None or not self.booted:
+            return
+        await self._notify(call.SignCertificate(csr=self.certificates.request(self.settings.vendor)))
 
     def change_password(self, value: str) -> str:
         """ChangeConfiguration AuthorizationKey: the new password goes to password_file (0600)."""

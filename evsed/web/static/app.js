@@ -287,10 +287,15 @@
   }
 
   // --- the cards, groups and windows in force; learning a card ---------------------------
-  async function loadRules() {
-    const r = await fetch("/api/rules");
-    if (!r.ok) return;
-    const rules = await r.json();
+  async function loadRules(expect) {
+    let rules = null;
+    for (let k = 0; k < 20; k++) {  // a saved card: the daemon writes the file a moment after it answers
+      const r = await fetch("/api/rules");
+      if (!r.ok) return;
+      rules = await r.json();
+      if (!expect || rules.cards.some((c) => c.uid === expect)) break;
+      await new Promise((done) => setTimeout(done, 300));
+    }
     table($("#rules-cards"), [[t("page.name")], [t("page.uid")], [t("page.group")]],
       rules.cards.map((c) => [c.name, c.uid, c.group]));
     table($("#rules-groups"), [[t("page.name")], [t("js.col.amps"), true]],
@@ -371,13 +376,14 @@
     $("#learn-btn").addEventListener("click", learn);
     $("#learn").addEventListener("submit", async (e) => {
       e.preventDefault();
-      const reply = await post("/api/command", { action: "add-card", uid: $("#learn-uid").textContent,
+      const uid = $("#learn-uid").textContent;
+      const reply = await post("/api/command", { action: "add-card", uid,
         name: e.target.card_name.value, group: e.target.card_group.value });
       if (!reply.ok) { toast(reply.error || t("js.refused", { why: reply.result })); return; }
       $("#learn-form").hidden = true;
       e.target.reset();
       toast(t("js.card_saved"));
-      loadRules();
+      loadRules(uid);
     });
   }
 

@@ -1,0 +1,110 @@
+"""OCPP 2.0.1 provisioning against a 2.0.1 CSMS on the real websocket: BootNotification with its
+reason, Pending and Rejected, each EVSE's status after the boot, the device model read and written
+(GetVariables, SetVariables, persisted), and a base report paged over NotifyReport."""
+
+from __future__ import annotations
+
+from ocpp.v201 import call
+
+from evsed.uplink.state import State
+from simulator.csms201 import CentralSystem201
+from test_ocpp201_fakes import running
+from test_ocpp_fakes import FakeLink, aio, booted, until
+
+
+@aio
+async def test_boot_says_power_up_then_every_evse_status_and_the_startup_security_event(tmp_path):
+    csms = CentralSystem201()
+    link = FakeLink(connectors=(1, 2))
+    link.emit("connector.status", connector=1, status="Available", ev_connected=False)
+    link.emit("connector.status", connector=2, status="Preparing", ev_connected=True)
+    async with running(csms, tmp_path, link=link) as (uplink, _):
+        await booted(csms, uplink)
+        await csms.wait_for(lambda: len(csms.actions("StatusNotification")) >= 2
+                            and csms.actions("SecurityEventNotification"))
+    (_, boot), = csms.actions("BootNotification")
+    assert boot["reason"] == "PowerUp" and boot["chargingStation"]["vendorName"] == "evsed"
+    statuses = {p["evseId"]: p["connectorStatus"] for _, p in csms.actions("StatusNotification")}
+    assert statuses == {1: "Available", 2: "Occupied"}
+    assert csms.actions("SecurityEventNotification")[0][1]["type"] == "StartupOfTheDevice"
+    assert csms.problems == []
+
+
+@aio
+async def test_pending_and_rejected_boots_are_retried_and_nothing_else_is_sent_before_accepted(tmp_path):
+    csms = CentralSystem201(boot=[("Pending", 1), ("Rejected", 1)])
+    async with running(csms, tmp_path) as (uplink, _):
+        await csms.wait_for(lambda: len(csms.actions("BootNotification")) == 3, timeout=10)
+        await until(lambda: uplink.booted, what="accepted")
+        await csms.wait_for(lambda: csms.actions("StatusNotification"))
+    actions = [a for a, _ in csms.actions()]
+    assert actions[:3] == ["BootNotification"] * 3
+
+
+@aio
+async def test_the_csms_reads_and_writes_variables_and_a_write_persists(tmp_path):
+    csms = CentralSystem201()
+    async with running(csms, tmp_path) as (uplink, _):
+        await booted(csms, uplink)
+        got = await csms.call("CP1", call.GetVariables(get_variable_data=[
+            {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "TxStartPoint"}},
+            {"component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "AvailabilityState"}},
+            {"component": {"name": "Nope"}, "variable": {"name": "X"}}]))
+        results = [(r["attribute_status"], r.get("attribute_value")) for r in got.get_variable_result]
+        assert results == [("Accepted", "300"), ("Accepted", "PowerPathClosed"), ("Accepted", "Available"),
+                           ("UnknownComponent", None)]
+        written = await csms.call("CP1", call.SetVariables(set_variable_data=[
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "TxStartPoint"}, "attribute_value": "EVConnected"},
+            {"component": {"name": "SecurityCtrlr"}, "variable": {"name": "Identity"}, "attribute_value": "x"},
+            {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "WebSocketPingInterval"},
+             "attribute_value": "30"}]))
+        assert [r["attribute_status"] for r in written.set_variable_result] == ["Accepted", "Rejected", "RebootRequired"]
+    state = State(tmp_path / "ocpp.sqlite")
+    try:
+        assert state.keys()["TxCtrlr/TxStartPoint"] == "EVConnected"
+    finally:
+        state.close()
+    assert csms.problems == []
+
+
+@aio
+async def test_a_full_base_report_arrives_in_pages_by_seq_no(tmp_path):
+    csms = CentralSystem201()
+    async with running(csms, tmp_path, link=FakeLink(connectors=(1, 2, 3, 4))) as (uplink, _):
+        await booted(csms, uplink)
+        total = len(uplink.model.base_report("FullInventory"))
+        assert total > 100  # more than ItemsPerMessageGetReport
+        answer = await csms.call("CP1", call.GetBaseReport(request_id=7, report_base="FullInventory"))
+        assert answer.status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("NotifyReport") and csms.actions("NotifyReport")[-1][1]["tbc"] is False)
+    pages = [p for _, p in csms.actions("NotifyReport")]
+    assert [p["seqNo"] for p in pages] == list(range(len(pages))) and len(pages) == -(-total // 100)
+    assert sum(len(p["reportData"]) for p in pages) == total
+    assert all(p["tbc"] for p in pages[:-1]) and all(p["requestId"] == 7 for p in pages)
+    names = {(d["component"]["name"], d["variable"]["name"]) for p in pages for d in p["reportData"]}
+    assert ("TxCtrlr", "TxStopPoint") in names and ("Connector", "ConnectorType") in names
+    assert csms.problems == []
+
+
+@aio
+async def test_a_pending_station_answers_reports_and_variables_and_boots_when_triggered(tmp_path):
+    # CitrineOS's onboarding: Pending, a full report, its variables set, then TriggerMessage BootNotification.
+    csms = CentralSystem201(boot=[("Pending", 300)])
+    async with running(csms, tmp_path) as (uplink, _):
+        await csms.wait_for(lambda: csms.actions("BootNotification") and "CP1" in csms.stations)
+        assert (await csms.call("CP1", call.GetBaseReport(request_id=1, report_base="FullInventory"))).status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("NotifyReport") and csms.actions("NotifyReport")[-1][1]["tbc"] is False)
+        written = await csms.call("CP1", call.SetVariables(set_variable_data=[{
+            "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}, "attribute_value": "120"}]))
+        assert written.set_variable_result[0]["attribute_status"] == "Accepted"
+        assert not uplink.booted
+        trigger = await csms.call("CP1", call.TriggerMessage(requested_message="BootNotification"))
+        assert trigger.status == "Accepted"
+        await until(lambda: uplink.booted, what="accepted")
+        await csms.wait_for(lambda: csms.actions("StatusNotification"))
+    actions = [a for a, _ in csms.actions()]
+    accepted = actions.index("BootNotification", 1)
+    assert set(actions[:accepted]) == {"BootNotification", "NotifyReport"}  # nothing else while Pending
+    assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"
+    assert csms.problems == []
