@@ -19,19 +19,23 @@ EXIT_USAGE = 2
 
 def add_commands(add: Callable[..., None]) -> None:
     """Register install, uninstall and update; `add(name, func, help, options)`."""
-    add("install", cmd_install, "install evsed as a systemd service: users, units, config, enable", _install_options)
+    add("install", cmd_install, "install evsed as a systemd service: users, units, config, enable",
+        "ops:install_options")
     add("uninstall", cmd_uninstall, "stop and remove the service; keeps the sessions database and config",
         lambda sp: sp.add_argument("--root", default="/", help="act inside this directory (default: /)"))
     add("update", cmd_update, "install a signed release beside the running one and switch to it between "
         "sessions; switch back if it does not start or fails in its probation", _update_options)
 
 
-def _install_options(sp: argparse.ArgumentParser) -> None:
+def install_options(sp: argparse.ArgumentParser) -> None:
+    """`evsed install`'s options: built only when it is the command parsed (the examples are named
+    by evsed.ops.install, which imports the config)."""
+    from evsed.ops import install
     sp.add_argument("--root", default="/", help="act inside this directory; user and systemctl commands are "
                     "printed, not run (default: /)")
     sp.add_argument("--config-example", metavar="NAME",
                     help="the example config to start from when /etc/evsed/evsed.toml does not exist yet "
-                    "(openevse-sdm120-tcp, pi-gpio-sdm630-rc522, simulator, simulator-ocpp)")
+                    f"({', '.join(install.example_names())})")
 
 
 def _update_options(sp: argparse.ArgumentParser) -> None:
