@@ -194,17 +194,55 @@ async def test_trigger_message_sends_what_was_asked(tmp_path):
         plug(link)  # no session: the reading comes from the daemon's status (as evcc reads a meter)
         link.replies["status"] = pr.status(pr.connector(id=1, offered_a=0.0, measured=p.Measured(
             current_a=(0.0,), power_w=10.0, energy_wh=777, stale=False)))
-        for message in ("StatusNotification", "MeterValues", "Heartbeat", "BootNotification"):
-            answer = await csms.call("CP1", call.TriggerMessage(requested_message=message, evse={"id": 1}))
+        for message in ("StatusNotification", "MeterValues", "Heartbeat"):
+            answer = await csms.call("CP1", call.TriggerMessage(requested_message=message,
+                                                                evse={"id": 1, "connector_id": 1}))
             assert answer.status == "Accepted", message
         bad = await csms.call("CP1", call.TriggerMessage(requested_message="SignV2GCertificate"))
         assert bad.status == "NotImplemented"
-        await csms.wait_for(lambda: csms.actions("MeterValues") and len(csms.actions("BootNotification")) == 2
-                            and csms.actions("Heartbeat"))
+        await csms.wait_for(lambda: csms.actions("MeterValues") and csms.actions("Heartbeat"))
     (_, meter), = csms.actions("MeterValues")
     assert meter["evseId"] == 1 and meter["meterValue"][0]["sampledValue"][0]["value"] == 777
     assert meter["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
-    assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"
+    assert csms.problems == []
+
+
+@aio
+async def test_trigger_message_refuses_what_it_would_not_send(tmp_path):
+    # F06.FR.17: no second boot once accepted; F06.FR.12: a StatusNotification names its EVSE and
+    # connector; a TransactionEvent needs a transaction (an Accepted trigger is followed by its message).
+    csms = CentralSystem201()
+    async with running(csms, tmp_path, link=FakeLink(connectors=(1, 2))) as (uplink, link):
+        await booted(csms, uplink)
+        answers = {}
+        for name, message, evse in (("boot", "BootNotification", None), ("status", "StatusNotification", None),
+                                    ("status-evse", "StatusNotification", {"id": 1}),
+                                    ("status-connector-2", "StatusNotification", {"id": 1, "connector_id": 2}),
+                                    ("tx-evse", "TransactionEvent", {"id": 1}), ("tx", "TransactionEvent", None)):
+            answer = await csms.call("CP1", call.TriggerMessage(requested_message=message, evse=evse))
+            answers[name] = answer.status
+        heartbeat = await csms.call("CP1", call.TriggerMessage(requested_message="Heartbeat"))
+        assert heartbeat.status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("Heartbeat"))
+    assert set(answers.values()) == {"Rejected"}, answers
+    assert len(csms.actions("BootNotification")) == 1
+    assert csms.problems == []
+
+
+@aio
+async def test_a_triggered_transaction_event_is_sent_without_a_meter_sample(tmp_path):
+    csms = CentralSystem201()
+    async with running(csms, tmp_path) as (uplink, link):
+        await booted(csms, uplink)
+        plug(link)
+        start(link)
+        link.emit("contactor.closed", offered_a=16.0)
+        await until(lambda: uplink.transactions() == {1: "tx-1"}, what="a transaction")
+        answer = await csms.call("CP1", call.TriggerMessage(requested_message="TransactionEvent", evse={"id": 1}))
+        assert answer.status == "Accepted"
+        await csms.wait_for(lambda: any(p["triggerReason"] == "Trigger" for p in events(csms)))
+    (triggered,) = [p for p in events(csms) if p["triggerReason"] == "Trigger"]
+    assert triggered["eventType"] == "Updated" and triggered["transactionInfo"]["transactionId"] == "tx-1"
     assert csms.problems == []
 
 

@@ -4,6 +4,8 @@ reason, Pending and Rejected, each EVSE's status after the boot, the device mode
 
 from __future__ import annotations
 
+import pytest
+from ocpp.exceptions import SecurityError
 from ocpp.v201 import call
 
 from evsed.uplink.state import State
@@ -108,3 +110,39 @@ async def test_a_pending_station_answers_reports_and_variables_and_boots_when_tr
     assert set(actions[:accepted]) == {"BootNotification", "NotifyReport"}  # nothing else while Pending
     assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"
     assert csms.problems == []
+
+
+@aio
+async def test_a_pending_station_refuses_remote_start_and_stop_but_sends_a_triggered_heartbeat(tmp_path):
+    # B02: a Pending station is configured, not used; what a TriggerMessage asks for it may send (B02.FR.02).
+    csms = CentralSystem201(boot=[("Pending", 300)])
+    async with running(csms, tmp_path) as (uplink, link):
+        await until(lambda: uplink.registration() == "Pending", what="pending")
+        token = {"id_token": "ab-12-cd", "type": "Central"}
+        started = await csms.call("CP1", call.RequestStartTransaction(id_token=token, remote_start_id=1, evse_id=1))
+        stopped = await csms.call("CP1", call.RequestStopTransaction(transaction_id="tx-1"))
+        heartbeat = await csms.call("CP1", call.TriggerMessage(requested_message="Heartbeat"))
+        await csms.wait_for(lambda: csms.actions("Heartbeat"))
+        assert not uplink.booted
+    assert (started.status, stopped.status, heartbeat.status) == ("Rejected", "Rejected", "Accepted")
+    assert link.sent("remote-start") == [] and link.sent("remote-stop") == []
+
+
+@aio
+async def test_a_rejected_station_answers_nothing_but_a_triggered_boot(tmp_path):
+    # B03: a Rejected station sends nothing until its next boot; the CSMS may only trigger that boot.
+    csms = CentralSystem201(boot=[("Rejected", 300)])
+    async with running(csms, tmp_path) as (uplink, link):
+        await until(lambda: uplink.registration() == "Rejected", what="rejected")
+        token = {"id_token": "ab-12-cd", "type": "Central"}
+        with pytest.raises(SecurityError):
+            await csms.call("CP1", call.RequestStartTransaction(id_token=token, remote_start_id=1, evse_id=1))
+        with pytest.raises(SecurityError):
+            await csms.call("CP1", call.GetVariables(get_variable_data=[
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}]))
+        heartbeat = await csms.call("CP1", call.TriggerMessage(requested_message="Heartbeat"))
+        boot = await csms.call("CP1", call.TriggerMessage(requested_message="BootNotification"))
+        await until(lambda: uplink.booted, what="accepted")
+    assert (heartbeat.status, boot.status) == ("Rejected", "Accepted")
+    assert link.sent("remote-start") == [] and csms.actions("Heartbeat") == []
+    assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"

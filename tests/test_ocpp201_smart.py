@@ -18,6 +18,11 @@ def profile(pid: int, purpose: str, limit: float, stack: int = 0, **extra) -> di
                  "charging_schedule_period": [{"start_period": 0, "limit": limit}]}], **extra}
 
 
+def absolute(body: dict, start: str = "2020-01-01T00:00:00Z") -> dict:
+    schedule = {**body["charging_schedule"][0], "start_schedule": start}
+    return {**body, "charging_profile_kind": "Absolute", "charging_schedule": [schedule]}
+
+
 def limits(link) -> list[tuple[int, float | None]]:
     return [(c.connector, c.current_a) for c in link.sent("limit")]
 
@@ -31,8 +36,8 @@ async def test_a_default_profile_and_a_station_maximum_set_the_ocpp_limit_source
             1, "TxDefaultProfile", 10.0)))
         assert default.status == "Accepted"
         await link.wait_for(lambda: (1, 10.0) in limits(link))
-        station = await csms.call("CP1", call.SetChargingProfile(evse_id=0, charging_profile=profile(
-            2, "ChargingStationMaxProfile", 8.0)))
+        station = await csms.call("CP1", call.SetChargingProfile(evse_id=0, charging_profile=absolute(profile(
+            2, "ChargingStationMaxProfile", 8.0))))
         assert station.status == "Accepted"
         await link.wait_for(lambda: (0, 8.0) in limits(link))
         composite = await csms.call("CP1", call.GetCompositeSchedule(duration=600, evse_id=1, charging_rate_unit="A"))
@@ -64,6 +69,38 @@ async def test_profiles_the_2_0_1_rules_refuse_are_rejected_with_a_reason(tmp_pa
             8, "TxDefaultProfile", 12.0, stack=1)))
         assert (first.status, twin.status) == ("Accepted", "Rejected")  # same stack level and purpose
         assert uplink.state.count("profiles") == 1
+
+
+@aio
+async def test_profiles_the_k01_schedule_rules_refuse_are_rejected(tmp_path):
+    csms = CentralSystem201()
+    async with running(csms, tmp_path) as (uplink, link):
+        await booted(csms, uplink)
+        one_phase = {"start_period": 0, "limit": 10.0, "number_phases": 1, "phase_to_use": 1}
+        three_phase = {"start_period": 0, "limit": 10.0, "number_phases": 3, "phase_to_use": 1}
+        cases = [(0, profile(1, "ChargingStationMaxProfile", 10.0)),   # Relative (K01.FR.38)
+                 (1, absolute(profile(2, "TxDefaultProfile", 10.0, stack=1)) | {  # Relative with a start (K01.FR.41)
+                     "charging_profile_kind": "Relative"}),
+                 (1, profile(3, "TxDefaultProfile", 10.0, stack=2) | {"charging_schedule": [{  # no phase switching (K01.FR.20)
+                     "id": 1, "charging_rate_unit": "A", "charging_schedule_period": [one_phase]}]}),
+                 (1, profile(4, "TxDefaultProfile", 10.0, stack=3) | {"charging_schedule": [{  # phaseToUse of 3 (K01.FR.19)
+                     "id": 1, "charging_rate_unit": "A", "charging_schedule_period": [three_phase]}]})]
+        answers = []
+        for evse, body in cases:
+            answer = await csms.call("CP1", call.SetChargingProfile(evse_id=evse, charging_profile=body))
+            answers.append(answer.status)
+        link.emit("connector.status", status="Preparing", ev_connected=True)
+        link.emit("session.started", session=1, id_tag="04A1B2C3", meter_start_wh=0,
+                  started_at="2026-11-28T16:20:00.000Z")
+        link.emit("contactor.closed", offered_a=16.0)
+        await until(lambda: uplink.transactions() == {1: "tx-1"}, what="a transaction")
+        first = await csms.call("CP1", call.SetChargingProfile(evse_id=1, charging_profile=profile(
+            5, "TxProfile", 6.0, stack=2, transaction_id="tx-1")))
+        twin = await csms.call("CP1", call.SetChargingProfile(evse_id=1, charging_profile=profile(
+            6, "TxProfile", 8.0, stack=2, transaction_id="tx-1")))  # same stackLevel, same transaction (K01.FR.39)
+    assert answers == ["Rejected"] * len(cases)
+    assert (first.status, twin.status) == ("Accepted", "Rejected")
+    assert (1, 8.0) not in limits(link)
 
 
 @aio

@@ -139,9 +139,15 @@ class StrictChargePoint(ChargePoint):  # type: ignore[misc, unused-ignore]  # th
         await self._send(json.dumps([4, unique_id, rejected.code, rejected.description, {}],
                                     separators=(",", ":")))
 
+    def refused(self, action: str, payload: dict[str, Any]) -> CallRejected | None:
+        """A CALL the station answers with this CALLERROR whatever it holds (None: routed)."""
+        return None
+
     async def _call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
         if action not in ACTIONS:
             return await self._error(unique_id, CallRejected("NotImplemented", f"unknown action {action[:40]}"))
+        if (refused := self.refused(action, payload)) is not None:
+            return await self._error(unique_id, refused)
         handlers = self.route_map.get(action)
         if handlers is None or "_on_action" not in handlers:
             return await self._error(unique_id, CallRejected("NotSupported", f"{action} is not supported"))

@@ -39,6 +39,7 @@ class Daemon(Protocol):
 class Station(Protocol):
     """What the handlers ask of the station's own state and behaviour (the 2.0.1 uplink)."""
 
+    def registration(self) -> str: ...
     def free_evse(self) -> int | None: ...
     def transactions(self) -> dict[int, str]: ...
     def authorized(self, evse: int) -> bool: ...
@@ -90,6 +91,16 @@ class CentralCommands(StrictChargePoint):
 
     def _evse_ok(self, evse: int | None) -> bool:
         return evse is None or evse in self.ports.daemon.connectors
+
+    def refused(self, action: str, payload: Payload) -> CallRejected | None:
+        """A Rejected station answers the CSMS nothing but a TriggerMessage (for its boot, B03)."""
+        if self.ports.station.registration() == "Rejected" and action != Action.trigger_message:
+            return CallRejected("SecurityError", "the CSMS rejected this station's BootNotification")
+        return None
+
+    def _accepted(self) -> bool:
+        """Whether the CSMS accepted the station's boot: before, it is configured, not used (B02)."""
+        return self.ports.station.registration() == "Accepted"
 
     # -- device model (B05-B08) -----------------------------------------------------------------
     @on(Action.get_variables)
@@ -144,7 +155,7 @@ class CentralCommands(StrictChargePoint):
         ports, token = self.ports, p["idToken"]
         profile = p.get("chargingProfile")
         evse = p.get("evseId") or ports.station.free_evse()
-        if evse is None or not self._evse_ok(evse) or (
+        if not self._accepted() or evse is None or not self._evse_ok(evse) or (
                 profile is not None and profile["chargingProfilePurpose"] != "TxProfile"):
             return {"status": "Rejected"}
         running = ports.station.transactions().get(evse)
@@ -164,7 +175,7 @@ class CentralCommands(StrictChargePoint):
     @on(Action.request_stop_transaction)
     async def on_request_stop(self, p: Payload) -> Payload:
         for evse, tid in self.ports.station.transactions().items():
-            if tid == p["transactionId"]:
+            if tid == p["transactionId"] and self._accepted():
                 ok = await self.ports.daemon.remote_stop(evse, "remote")
                 return {"status": "Accepted" if ok else "Rejected"}
         return {"status": "Rejected"}
@@ -218,18 +229,32 @@ class CentralCommands(StrictChargePoint):
 
     @on(Action.trigger_message)
     def on_trigger_message(self, p: Payload) -> Payload:
-        message, evse = p["requestedMessage"], (p.get("evse") or {}).get("id")
-        if message not in TRIGGERS:
+        if p["requestedMessage"] not in TRIGGERS:
             return {"status": "NotImplemented"}
-        if not self._evse_ok(evse):
-            return {"status": "Rejected"}
-        return {"status": "Accepted"}
+        return {"status": "Accepted" if self._triggered(p) else "Rejected"}
+
+    def _triggered(self, p: Payload) -> bool:
+        """Whether the message a TriggerMessage asks for will be sent (F06): an accepted station
+        boots no more (F06.FR.17), a StatusNotification names its EVSE and connector (F06.FR.12),
+        a TransactionEvent needs a transaction there."""
+        message, evse = p["requestedMessage"], p.get("evse") or {}
+        station, evse_id = self.ports.station, evse.get("id")
+        if not self._evse_ok(evse_id) or evse.get("connectorId") not in (None, 1):
+            return False
+        if message == "BootNotification":
+            return station.registration() != "Accepted"
+        if station.registration() == "Rejected":  # nothing but its boot (B03)
+            return False
+        if message == "StatusNotification":
+            return evse_id is not None and evse.get("connectorId") is not None
+        if message == "TransactionEvent":
+            return any(evse_id in (None, e) for e in station.transactions())
+        return True
 
     @after(Action.trigger_message)
     async def after_trigger_message(self, p: Payload) -> None:
-        message, evse = p["requestedMessage"], (p.get("evse") or {}).get("id")
-        if message in TRIGGERS and self._evse_ok(evse):
-            await self.ports.station.trigger(message, evse)
+        if p["requestedMessage"] in TRIGGERS and self._triggered(p):
+            await self.ports.station.trigger(p["requestedMessage"], (p.get("evse") or {}).get("id"))
 
     @on(Action.data_transfer)
     def on_data_transfer(self, p: Payload) -> Payload:

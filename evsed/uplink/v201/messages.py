@@ -201,11 +201,12 @@ class Messages:
         return ms(at) or iso(self.clock())
 
     # -- meter values ------------------------------------------------------------------------------
-    def meter_values(self, evse_id: int, context: str, reading: dict[str, Any] | None = None) -> bool:
+    def meter_values(self, evse_id: int, context: str, reading: dict[str, Any] | None = None,
+                     always: bool = False) -> bool:
         """Queue the meter values due (Sample.Periodic, Sample.Clock, Trigger) for an EVSE: a
-        TransactionEvent of its open transaction, else (clock-aligned while idle, or a trigger) a
-        MeterValues. reading: a meter reading in session.sample's form for an EVSE without a
-        session (the daemon's status). False when nothing was queued."""
+        TransactionEvent of its open transaction (always: even without values), else (clock-aligned
+        while idle, or a trigger) a MeterValues. reading: a meter reading in session.sample's form
+        for an EVSE without a session (the daemon's status). False when nothing was queued."""
         m, evse = self.model, self.evse(evse_id)
         sample = self.samples.get(evse_id) or reading  # between sessions: the daemon's last reading
         if context == "Sample.Periodic":
@@ -218,7 +219,7 @@ class Messages:
         values = transactions.sampled(sample, energy, measurands, context)
         at = iso(self.clock())
         with self.state.transaction():
-            after, payload = transactions.meter_update(evse, at, trigger, values, not self.online())
+            after, payload = transactions.meter_update(evse, at, trigger, values, not self.online(), always)
             if payload is not None:
                 self.state.enqueue("TransactionEvent", payload, session=evse.session, connector=evse_id)
                 self._put(evse_id, after)

@@ -20,8 +20,8 @@ ORIGINAL = "_v201"  # the profile as the CSMS sent it, kept in the neutral body 
 
 
 def check(profile: Body, evse: int, evses: list[int], transaction_id: str | None, max_stack: int,
-          max_periods: int) -> str | None:
-    """None when SetChargingProfile may install profile on evse, else why not (Rejected)."""
+          max_periods: int, phase_switching: bool = False) -> str | None:
+    """None when SetChargingProfile may install profile on evse, else why not (Rejected; K01)."""
     purpose = profile["chargingProfilePurpose"]
     if purpose not in PURPOSES:
         return f"{purpose} is not supported"
@@ -39,8 +39,15 @@ def check(profile: Body, evse: int, evses: list[int], transaction_id: str | None
     starts = [p["startPeriod"] for p in periods]
     if starts[0] != 0 or starts != sorted(set(starts)):
         return "periods must start at 0 and increase"
+    for period in periods:
+        if "phaseToUse" in period and period.get("numberPhases", 3) != 1:
+            return "phaseToUse needs numberPhases 1"  # K01.FR.19
+        if "phaseToUse" in period and not phase_switching:
+            return "phaseToUse without ACPhaseSwitchingSupported"  # K01.FR.20
     if purpose == "ChargingStationMaxProfile" and evse != 0:
         return "ChargingStationMaxProfile belongs on evseId 0"
+    if purpose == "ChargingStationMaxProfile" and profile["chargingProfileKind"] == "Relative":
+        return "a ChargingStationMaxProfile cannot be Relative"  # K01.FR.38
     if purpose == "TxProfile":
         if evse == 0 or transaction_id is None:
             return "TxProfile needs a transaction on the EVSE"
@@ -51,6 +58,8 @@ def check(profile: Body, evse: int, evses: list[int], transaction_id: str | None
         return "a Recurring profile needs recurrencyKind and startSchedule"
     if profile["chargingProfileKind"] == "Absolute" and "startSchedule" not in schedule:
         return "an Absolute profile needs startSchedule"
+    if profile["chargingProfileKind"] == "Relative" and "startSchedule" in schedule:
+        return "a Relative profile has no startSchedule"  # K01.FR.41
     try:
         for key in ("validFrom", "validTo"):
             if key in profile:
@@ -84,13 +93,13 @@ class Profiles:
         """SetChargingProfile: None when installed, else why it was rejected."""
         why = check(profile, evse, self.limits.connectors, self.transaction_of(evse) if evse else None,
                     self.model.int("SmartChargingCtrlr", "ProfileStackLevel"),
-                    self.model.int("SmartChargingCtrlr", "PeriodsPerSchedule"))
+                    self.model.int("SmartChargingCtrlr", "PeriodsPerSchedule"),
+                    self.model.bool("SmartChargingCtrlr", "ACPhaseSwitchingSupported"))
         body = neutral(profile) if why is None else {}
-        if why is None:
+        if why is None:  # K01.FR.06; K01.FR.39 for a TxProfile (those on an EVSE are its transaction's)
             for pid, (where, other, _) in self.limits.by_id().items():
                 if pid != profile["id"] and where == evse and other["stackLevel"] == body["stackLevel"] \
-                        and other["chargingProfilePurpose"] == body["chargingProfilePurpose"] \
-                        and body["chargingProfilePurpose"] != "TxProfile":
+                        and other["chargingProfilePurpose"] == body["chargingProfilePurpose"]:
                     why = f"profile {pid} has this stackLevel and purpose on the EVSE"
             replaced = self.limits.replaced_by(evse, body)
             if why is None and len(self.limits.by_id()) - len(replaced) >= MAX_PROFILES:

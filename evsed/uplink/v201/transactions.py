@@ -164,17 +164,20 @@ def step(before: Evse, event: Mapping[str, Any], ctx: Context) -> tuple[Evse, li
     return after, out
 
 
-def meter_update(evse: Evse, at: str, trigger: str, values: list[dict[str, Any]], offline: bool
-                 ) -> tuple[Evse, dict[str, Any] | None]:
+def meter_update(evse: Evse, at: str, trigger: str, values: list[dict[str, Any]], offline: bool,
+                 always: bool = False) -> tuple[Evse, dict[str, Any] | None]:
     """TransactionEvent Updated with meter values (MeterValuePeriodic, MeterValueClock, Trigger) of
-    the open transaction; None without one."""
+    the open transaction; None without one, or without values unless always (a TriggerMessage
+    TransactionEvent it accepted)."""
     tx = evse.tx
-    if tx is None or not values:
+    if tx is None or not (values or always):
         return evse, None
     at = max(at, tx.last_at)
-    payload = {"eventType": "Updated", "timestamp": at, "triggerReason": trigger, "seqNo": tx.seq_no,
-               "transactionInfo": {"transactionId": tx.transaction_id, "chargingState": evse.charging_state()},
-               "meterValue": [{"timestamp": at, "sampledValue": values}]}
+    payload: dict[str, Any] = {
+        "eventType": "Updated", "timestamp": at, "triggerReason": trigger, "seqNo": tx.seq_no,
+        "transactionInfo": {"transactionId": tx.transaction_id, "chargingState": evse.charging_state()}}
+    if values:
+        payload["meterValue"] = [{"timestamp": at, "sampledValue": values}]
     if offline:
         payload["offline"] = True
     return replace(evse, tx=replace(tx, seq_no=tx.seq_no + 1, charging_state=evse.charging_state(), last_at=at)), payload

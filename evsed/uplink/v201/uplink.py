@@ -84,6 +84,7 @@ class Uplink:
         self.ports = Ports(charger, self, model, self.auth, self.profiles, self.certificates)
         self.cp: CentralCommands | None = None
         self.booted = False                          # BootNotification Accepted on this connection
+        self._registration = ""                      # the last BootNotification status on this connection
         self.retime = asyncio.Event()                # meter value intervals or transactions changed
         self.rebeat = asyncio.Event()                # HeartbeatInterval changed
         self.boot_now = asyncio.Event()
@@ -148,7 +149,7 @@ class Uplink:
         try:
             await first_of(cp.start(), self._booted(cp), self._until_reconnect())
         finally:
-            self.cp, self.booted = None, False
+            self.cp, self.booted, self._registration = None, False, ""
 
     async def _until_reconnect(self) -> None:
         await self._reconnect.wait()
@@ -178,20 +179,20 @@ class Uplink:
             return "FirmwareUpdate"
         return self.state.meta("v201.boot_reason") or "PowerUp"
 
-    async def _boot_once(self, cp: CentralCommands, reason: str | None = None) -> tuple[str, int]:
+    async def _boot_once(self, cp: CentralCommands) -> tuple[str, int]:
         s = self.settings
         station: Payload = {"model": s.model, "vendorName": s.vendor}
         if s.serial_number:
             station["serialNumber"] = s.serial_number[:25]
         if s.firmware_version:
             station["firmwareVersion"] = s.firmware_version[:50]
-        if reason is None and self._triggered:
-            self._triggered, reason = False, "Triggered"
-        answer = await self._call_once(cp, "BootNotification",
-                                       {"chargingStation": station, "reason": reason or self._boot_reason()})
+        reason = "Triggered" if self._triggered else self._boot_reason()
+        self._triggered = False
+        answer = await self._call_once(cp, "BootNotification", {"chargingStation": station, "reason": reason})
         if answer is None:
             return "Unanswered", 0
-        return str(answer.get("status")), int(answer.get("interval") or 0)
+        self._registration = str(answer.get("status"))
+        return self._registration, int(answer.get("interval") or 0)
 
     def _boot_accepted(self, interval: int) -> None:
         if interval > 0:
@@ -258,6 +259,10 @@ class Uplink:
         self.idle.set()
 
     # -- the Station the handlers see -----------------------------------------------------------------
+    def registration(self) -> str:
+        """The CSMS's answer to the last BootNotification on this connection ("" before one)."""
+        return self._registration
+
     def free_evse(self) -> int | None:
         for evse in self.charger.connectors:
             if self.messages.evse(evse).status in ("Available", "Preparing") and not self.authorized(evse):
@@ -331,14 +336,10 @@ class Uplink:
 
     async def trigger(self, message: str, evse: int | None) -> None:
         cp = self.cp
-        if message == "BootNotification":
-            self._triggered = True  # the boot it starts says Triggered (a Pending one waits for it)
+        if message == "BootNotification":  # only before the boot is accepted (F06.FR.17)
+            self._triggered = True  # the boot it starts says Triggered
             self.boot_now.set()
-            if self.booted and cp is not None:
-                status, interval = await self._boot_once(cp)
-                if status == "Accepted":
-                    self._boot_accepted(interval)
-        elif message == "Heartbeat" and self.booted and cp is not None:
+        elif message == "Heartbeat" and cp is not None:  # also while Pending (B02.FR.02)
             await self._call_once(cp, "Heartbeat", {})
         elif message == "LogStatusNotification":
             await self.transfers.log_status(self.transfers.diagnostics.status)
@@ -351,7 +352,7 @@ class Uplink:
         elif message == "TransactionEvent":
             for e in ([evse] if evse else self.charger.connectors):
                 if self.messages.evse(e).tx is not None:
-                    self.messages.meter_values(e, "Trigger")
+                    self.messages.meter_values(e, "Trigger", always=True)
         elif message == "StatusNotification":
             with self.state.transaction():
                 for e, payload in zip(self.charger.connectors, self.messages.statuses()):
