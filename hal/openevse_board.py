@@ -36,7 +36,8 @@ from hal.rapi import (STATE_A, STATE_B, STATE_C, STATE_D, BoardState, Frame, Rap
 #   the relay is closed while the core does not allow it (open() called, or longer than
 #   relay_grace_s), the board is disabled ($FD, opens at once) and then held without an offer.
 # - open() is a forced open ($FD, at once); open(at_once=False) lets the EV stop first: asleep
-#   ($FS) the board opens when the EV leaves C, or after its own 3 s, and is forced only after that.
+#   ($FS) the board opens when the EV leaves C, or after its own 3 s, and is forced only after that
+#   (a release waits for that: the board is not left to itself with the relay closed).
 # - The board runs its own recovery from a fault (GFCI: retry after 5 min, reset on unplug); a
 #   $FS/$FE then would hide the latch and re-trip it at once (Gfi.cpp), so none is sent.
 # - Boot lock (BOOTLOCK builds): after every boot the board waits for $SB; it gets one after the
@@ -87,6 +88,8 @@ class Board:
         self._reopened_at = 0.0  # when the port came back: a state from before is not the board's now
         self.firmware = Firmware(self)  # its auth lock, boot lock and heartbeat supervision
         self._ev_stop_by: float | None = None  # a soft open waits for the board's own open until then
+        self._let_go = threading.Event()  # clear while a soft open waits (set by the worker's round)
+        self._let_go.set()
         self._errors: dict[str, str] = {}  # step -> the last error it logged
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -119,6 +122,7 @@ class Board:
                     self._hold_open = True  # do not wait for the EV
                 elif self._ev_stop_by is None:
                     self._ev_stop_by = time.monotonic() + SLEEP_OPENS_S + self.relay_grace_s
+                    self._let_go.clear()
         self._jobs.put(_WAKE)
 
     def pulse(self) -> None:
@@ -168,20 +172,30 @@ class Board:
         self.users -= 1
         if self.users > 0 or self.closed:
             return
+        self._see_soft_open_through()
         self.closed = True
         self._stop.set()
         self._jobs.put(_WAKE)
         self._worker.join(timeout=4 * self.options["timeout_s"] + 1.0)
         state = self._state
-        # a forced open the worker had no round for goes out first; then the board is left safe:
-        # asleep, steady +12 V, the relay open once the EV lets go
-        forced = self._hold_open and state is not None and relay_closed(state)
+        # a forced open no worker round is left for goes out first (also a soft open past its limit, a
+        # relay closed without consent); then the board is left asleep, steady +12 V
+        overdue = self._ev_stop_by is not None and time.monotonic() >= self._ev_stop_by
+        unallowed = self.relay_gated and not self._allowed and self._ev_stop_by is None
+        forced = (self._hold_open or overdue or unallowed) and state is not None and relay_closed(state)
         for command in ("FD", "FS") if forced else ("FS",):
             try:
                 self.link.request(command)
             except HalError as exc:
                 log.warning("openevse.release_failed", port=self.port, command=command, error=str(exc))
         self.link.close()
+
+    def _see_soft_open_through(self) -> None:
+        """A soft open under way ends before the worker: the relay opened, or the worker forced it
+        (else a board that ignored the $FS would stay closed under load after evsed is gone)."""
+        by = self._ev_stop_by
+        if by is not None and self.link.lost is None:  # the forcing round: a poll, its $GS and $FD
+            self._let_go.wait(max(0.0, by - time.monotonic() + self.poll_interval_s + 2 * self.options["timeout_s"]))
 
     # --- the worker -------------------------------------------------------------------------------
 
@@ -273,6 +287,8 @@ class Board:
                 return "sleep", True  # the EV stops first; asleep the board opens by itself
             log.warning("openevse.relay_forced_open", port=self.port, waited_s=SLEEP_OPENS_S)
             self._hold_open = True
+        if self._ev_stop_by is None or self._hold_open or self._desired == "disable":
+            self._let_go.set()
         if closed and self.relay_gated and not self._allowed and not self._hold_open and self._desired != "disable":
             if self._unallowed_since is None:
                 self._unallowed_since = now
@@ -377,8 +393,9 @@ class Board:
             old, self._state = self._state, new
             if new.current_a is not None and new.seen_at > self._acked_at:
                 self._capacity(new.current_a)
-            if boot_locked(new):
-                self.firmware.unlock_owed = True  # rebooted, its $AB lost: waiting for $SB
+            if boot_locked(new) and not (old is not None and boot_locked(old)):  # its $AB lost: as
+                self._acked_mode = self._acked_amps = self._acked_lock = None  # after one, output before $SB
+                self.firmware.unlock_owed = True
         if old is not None and old.key() == new.key():
             return
         log.info("openevse.state", port=self.port, evse_state=f"{new.evse_state:02x}",

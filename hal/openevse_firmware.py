@@ -72,8 +72,8 @@ class Firmware:
     def unlock_boot(self) -> None:
         """$SB, owed after an $AB or while the lock flag shows: "0" unlocked, "1" refused in a fault
         (asked again next round). A bare $NK after an $AB alone: firmware without BOOTLOCK."""
-        if not self.unlock_owed:
-            return
+        if not self.unlock_owed or self.board._acked_mode is None:
+            return  # after the output is set: it boots enabled at its stored current
         state = self.board.last_state
         try:
             frame = self.board._command("SB")

@@ -2,6 +2,8 @@
 
 import datetime as dt
 
+import pytest
+
 from evsed import config as configmod
 from evsed.core import events as ev
 from evsed.shell.charger import Charger
@@ -71,11 +73,11 @@ checkpoint_s = %s
 """
 
 
-def make(tmp_path, clock, checkpoint_s=60.0, pilot=None):
-    """One connector of a Charger on plain fake devices (or the pilot given), writing inline to a
-    store in tmp_path."""
+def make(tmp_path, clock, checkpoint_s=60.0, pilot=None, contactor=None):
+    """One connector of a Charger on plain fake devices (or the pilot and contactor given), writing
+    inline to a store in tmp_path."""
     store = Store(tmp_path / "s.db")
-    pilot, contactor = pilot or Pilot(), Contactor()
+    pilot, contactor = pilot or Pilot(), contactor or Contactor()
     cfg = configmod.parse(CONFIG % checkpoint_s, tmp_path / "evsed.toml")
     devices = Devices(connectors={1: ConnectorDevices(pilot, contactor, meter=Meter())})
     charger = Charger(cfg, devices, clock=clock, wallclock=lambda: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
@@ -172,6 +174,32 @@ def test_invariant_guard_opens_a_contactor_the_core_cannot_justify(tmp_path, mon
     monkeypatch.setattr(connmod, "step", faulty_step)
     ctrl.feed(ev.LimitChanged("test", 16.0))
     assert not contactor.closed
+
+
+class SoftContactor(Contactor):
+    """A hal.SoftOpen contactor (an OpenEVSE board's): it can let the EV stop first."""
+
+    def open_when_ev_stops(self):
+        self.closed = False
+        self.commands.append("open_when_ev_stops")
+
+
+def test_a_core_that_fails_at_the_shutdown_opens_at_once(tmp_path, monkeypatch):
+    """A crash is no orderly stop: what the core would have decided is unknown."""
+    from evsed.shell import connector as connmod
+    clock = Clock()
+    ctrl, pilot, contactor, _ = make(tmp_path, clock, contactor=SoftContactor())
+    charge(ctrl, pilot, clock)
+    real_step = connmod.step
+
+    def failing_step(cfg, s, event, now):
+        if isinstance(event, ev.Shutdown):
+            raise RuntimeError("a core bug")
+        return real_step(cfg, s, event, now)
+    monkeypatch.setattr(connmod, "step", failing_step)
+    with pytest.raises(RuntimeError):
+        ctrl.shutdown()
+    assert contactor.commands[-1] == "open" and pilot.output == "off"
 
 
 def test_session_started_before_the_first_meter_reading_starts_at_that_reading(tmp_path):

@@ -15,7 +15,8 @@ from evsed.core.step import step
 from evsed.core.state import (Connector, CoreConfig, check_invariant, clears_by, meter_pause_after_s, next_deadline,
                               safety_blocker)
 from evsed.core.events import Clearance, Fault, StopReason
-from evsed.core.pilot import MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty, diode_present
+from evsed.core.pilot import (MAX_ABOVE_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty,
+                              diode_present)
 
 TAGS = ("CARD1", "CARD2", "REMOTE")
 SIM_SETTLE_S = 0.1  # the simulated contactor follows its command after this long
@@ -34,6 +35,7 @@ configs = st.builds(
     min_pause_s=st.sampled_from([0.0, 0.0, 60.0]),
     meter_timeout_s=st.sampled_from([10.0, 10.0, 6.5, 30.0]),
     card_repeat_s=st.sampled_from([2.0, 2.0, 0.0]),
+    duty_step_pct=st.sampled_from([0.0, 0.0, 1e-4, 0.1]),  # exact; a kernel PWM (1 ns); a software one (1 us)
 )
 dts = st.one_of(
     st.just(0.0),
@@ -165,7 +167,9 @@ class CoreMachine(RuleBasedStateMachine):
             if a.mode == "pwm":
                 assert a.duty_pct is not None and 10.0 <= a.duty_pct <= 97.0, a
                 assert a.current_a == current_for_duty(a.duty_pct)
-                assert a.current_a <= self.allowed() + 1e-9, (a, self.allowed())
+                assert a.current_a <= self.allowed() + MAX_ABOVE_A + 1e-9, (a, self.allowed())
+                step = self.cfg.duty_step_pct
+                assert not step or abs(a.duty_pct / step - round(a.duty_pct / step)) < 1e-6, "duty off the PWM's grid"
                 assert not self.cfg.has_meter or self.now - self.meter_at < meter_pause_after_s(self.cfg), \
                     "PWM offered without a fresh meter reading"
                 if self.mode != "pwm" and not self.closed:
@@ -206,6 +210,12 @@ class CoreMachine(RuleBasedStateMachine):
             assert safety_blocker(cfg, s, now) is None
         if was_closed and ev.FaultRaised in kinds:
             assert kinds[0] is ev.OpenContactor, "a fault opens in the same step, first"
+        opened = [a for a in actions if isinstance(a, ev.OpenContactor)]
+        if opened and not opened[0].at_once:  # the EV may stop first: only a shutdown of a healthy charge
+            assert isinstance(e, ev.Shutdown) and not self.faults and ev.FaultRaised not in kinds, e
+            assert self.last_pilot is not None and self.last_pilot[0] in (PilotState.C, PilotState.D)
+            assert now - self.last_pilot[1] < cfg.pilot_lost_s, "a soft open on a stale pilot"
+            event("soft open")
         if was_closed and isinstance(e, (ev.PilotUnreadable, ev.FaultInputChanged, ev.SelfTestResult,
                                          ev.Shutdown)) and (not getattr(e, "tripped", True) is False):
             assert not self.closed, f"{e!r} left the contactor closed"
@@ -242,7 +252,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert now - self.meter_at <= cfg.meter_timeout_s
         if self.mode == "pwm":
             assert self.session and self.allowed() >= MIN_CURRENT_A
-            assert current_for_duty(self.duty) <= self.allowed() + 1e-9
+            assert current_for_duty(self.duty) <= self.allowed() + MAX_ABOVE_A + 1e-9
         else:
             assert now - self.pwm_off_at < cfg.stop_grace_s, "closed without PWM beyond the grace"
             event("closed inside the stop grace")
@@ -386,6 +396,16 @@ class CoreMachine(RuleBasedStateMachine):
             assert not self.closed
         else:
             self.feed(ev.Tick())
+
+    @precondition(lambda self: self.closed)
+    @rule(dt=st.sampled_from([0.0, 0.05, 0.3, 1.0, 5.0]), at_deadline=st.booleans())
+    def shutdown_during_a_charge(self, dt, at_deadline):
+        """systemctl stop while the EV draws: it may stop first, unless a fault or a stale pilot
+        (also one falling due in the same step: at the core's next deadline)."""
+        due = next_deadline(self.cfg, self.s)
+        self.advance(due - self.now if at_deadline and due is not None else dt)
+        self.feed(ev.Shutdown())
+        assert not self.closed
 
     @rule(tag=st.sampled_from(TAGS), via_card=st.booleans(), state=st.sampled_from([PilotState.C, PilotState.D]))
     def plug_and_start(self, tag, via_card, state):

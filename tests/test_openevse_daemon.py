@@ -7,6 +7,7 @@ from pathlib import Path
 from evsed import protocol as p
 from evsed import config
 from evsed.shell.daemon import Daemon
+from hal import openevse_board
 from simulator.openevse_rapi import OpenEvseEmulator
 from test_daemon import ask, running, until
 from test_openevse_replug import Adapter
@@ -129,15 +130,15 @@ def test_sigterm_during_a_charge_puts_the_board_to_sleep_so_the_ev_stops_first(t
             await daemon.ready.wait()
             await charge_on_the_board(board, daemon)
             sent = len(board.commands)
+            # the EV sees the steady +12 V and opens its contacts: the board's next $GS finds it in B
+            board.before_answer["FS"] = lambda: board.before_answer.update(GS=lambda: board.set_ev("B"))
             daemon.stopping.set()  # what SIGTERM does
             assert await run == 0
             return sent
 
         sent = asyncio.run(scenario())
         assert "FD" not in board.commands[sent:] and "FS" in board.commands[sent:]
-        assert board.mode == "sleeping" and board.relay_closed  # waiting for the EV
-        board.set_ev("B")
-        assert not board.relay_closed
+        assert board.mode == "sleeping" and not board.relay_closed  # opened by the board as the EV stopped
 
 
 def test_a_task_that_fails_during_a_charge_disables_the_board_at_once(tmp_path):
@@ -159,3 +160,27 @@ def test_a_task_that_fails_during_a_charge_disables_the_board_at_once(tmp_path):
 
         sent = asyncio.run(scenario())
         assert "FD" in board.commands[sent:] and not board.relay_closed
+
+
+def test_sigterm_during_a_charge_forces_the_board_open_when_it_does_not_open_after_its_own_limit(tmp_path, monkeypatch):
+    """The stop's $FS lets the EV stop first, but a board that stays closed past its own limit
+    (it ignored the $FS, or its timer never ran) is disabled ($FD) before evsed exits: the worker
+    must not end with the soft open still waiting for the board."""
+    monkeypatch.setattr(openevse_board, "SLEEP_OPENS_S", 0.2)  # the emulator's time stands still
+    with OpenEvseEmulator(current_a=32, total_wh=5000) as board:
+        cfg = config.load(board_config(tmp_path, board.port))
+
+        async def scenario():
+            daemon = Daemon(cfg)
+            run = asyncio.create_task(daemon.run())
+            await daemon.ready.wait()
+            await charge_on_the_board(board, daemon)
+            sent = len(board.commands)
+            daemon.stopping.set()  # what SIGTERM does
+            assert await run == 0
+            return sent
+
+        sent = asyncio.run(scenario())
+        after = board.commands[sent:]
+        assert "FS" in after and "FD" in after and after.index("FS") < after.index("FD")
+        assert not board.relay_closed

@@ -77,6 +77,26 @@ def test_a_board_rebooted_unheard_is_unlocked_again_and_charges_on(emu, devices)
     until(lambda: emu.relay_closed and emu.current_a == 16, what="charging again at 16 A")
 
 
+@pytest.mark.parametrize("line", ["clean", "fs_garbled"])
+def test_a_board_rebooted_unheard_is_put_back_to_sleep_before_it_is_unlocked(emu, devices, line):
+    """It boots enabled at its stored current: unlocked as it is, it would offer to the EV waiting in
+    C and close its relay without the core's consent (until evsed forced it open). Also when the
+    $FS is lost on the line: the $SB waits for a round whose $FS went through."""
+    pilot, relay = devices("pilot"), devices("contactor")
+    until(lambda: not emu.boot_locked, what="$SB")
+    emu.set_ev("C")  # an EV waiting for a card: evsed holds the board asleep
+    rounds(emu, 2)
+    sent = len(emu.commands)
+    if line == "fs_garbled":
+        emu.garble_next.add("FS")  # a bit error: $NK, not carried out
+    emu.reboot(announce=False)  # its $AB lost: only the lock flag tells
+    until(lambda: "SB" in emu.commands[sent:] and not emu.boot_locked, what="$SB again")
+    rounds(emu, 2)
+    after = emu.commands[sent:]
+    assert "FS" in after and after.index("FS") < after.index("SB")
+    assert "FD" not in after and not emu.relay_closed  # the relay never closed, nothing to force
+
+
 def test_a_boot_locked_board_put_to_sleep_reads_as_nothing_not_as_unplugged():
     # $FS during the lock makes the state fe, but Update() has not read even the EV-connected flag:
     # read as "no EV" a charge in progress before a reboot would end as if the EV had left
@@ -199,6 +219,34 @@ def test_a_board_that_does_not_open_by_itself_is_disabled_after_its_own_limit(em
     until(lambda: "FD" in emu.commands and not emu.relay_closed, what="forced open")
 
 
+def test_a_release_during_a_soft_open_waits_for_it_and_forces_a_board_that_stays_closed(emu, devices, monkeypatch):
+    """The last device released (a stop) while the board is let go asleep: the worker does not end
+    before the relay opened, or was forced open at the board's own limit."""
+    monkeypatch.setattr(openevse_board, "SLEEP_OPENS_S", 0.2)
+    pilot, relay = devices("pilot"), devices("contactor")
+    charging(emu, pilot, relay)
+    relay.open_when_ev_stops()
+    pilot.pwm_off()
+    relay.release()
+    pilot.release()  # the board's time stands still: it never opens on its own
+    assert "FD" in emu.commands and not emu.relay_closed
+
+
+def test_a_release_with_the_relay_closed_without_consent_forces_it_open(emu, devices):
+    """The board closed its relay for the EV by itself and evsed stops before relay_grace_s is up:
+    the worker that would have forced it open is gone, so the release does (not a $FS and the
+    board's 3 s, nor nothing from a board that ignores the $FS)."""
+    pilot = devices("pilot", relay_grace_s=30.0)
+    relay = devices("contactor", relay_grace_s=30.0)
+    offer(emu, pilot, 16)
+    emu.set_ev("C")
+    until(lambda: relay.feedback_closed(), what="closed by the board")  # the core never consented
+    pilot.pwm_off()
+    relay.release()
+    pilot.release()
+    assert "FD" in emu.commands and not emu.relay_closed
+
+
 @pytest.mark.parametrize("kind", ["open", "open_when_ev_stops"])
 def test_a_forced_open_after_a_soft_one_disables_the_board_at_once(emu, devices, kind):
     pilot, relay = devices("pilot"), devices("contactor")
@@ -212,3 +260,5 @@ def test_a_forced_open_after_a_soft_one_disables_the_board_at_once(emu, devices,
     else:
         asked(pilot, "GV")
         assert "FD" not in emu.commands and emu.relay_closed
+        emu.set_ev("B")  # the EV stops: the board opens (else the release would wait for its limit)
+        until(lambda: not relay.feedback_closed(), what="the relay open")

@@ -81,8 +81,10 @@ class ConnectorControl:
         contactor's driver can (hal.SoftOpen)."""
         try:
             self.feed(ev.Shutdown())
-        finally:
-            self.release(at_once=False)
+        except BaseException:
+            self.release()  # the core or a device failed: no orderly stop, open at once
+            raise
+        self.release(at_once=False)
 
     def release(self, at_once: bool = True) -> None:
         """Open the contactor and stop PWM without asking the core: the last line of defence.
