@@ -68,6 +68,7 @@ bench: $(STAMP) mosquitto
 	$(VENV)/bin/python bench/web_history.py
 	$(VENV)/bin/python bench/mqtt.py
 	$(VENV)/bin/python bench/records.py
+	$(VENV)/bin/python bench/plans.py
 	$(VENV)/bin/python bench/failsafe_dropout.py
 	$(VENV)/bin/python bench/campaign.py --kills 200
 	$(VENV)/bin/python bench/campaign.py --load 3000

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
 from evsed.protocol_events import Event, parse_event
+from evsed.protocol_plans import *  # noqa: F403
 from evsed.protocol_status import *  # noqa: F403
 from evsed.protocol_status import ServiceState, StatusReply
 from evsed.protocol_types import *  # noqa: F403

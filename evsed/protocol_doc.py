@@ -49,7 +49,8 @@ def events() -> list[str]:
 def records() -> list[str]:
     lines = []
     for cls in (p.StatusReply, p.ConnectorStatus, p.Measured, p.SessionNow, p.FaultNow, p.Refusal, p.ChainLink,
-                p.SiteNow, p.ServiceState, p.HelloReply, p.Failure, p.AuthorizeRequest):
+                p.SiteNow, p.ServiceState, p.HelloReply, p.Failure, p.AuthorizeRequest, p.PlanNow, p.PlanSlot,
+                p.WaitingPlan, p.PricePoint, p.PriceEntry):
         lines += [f"**{cls.__name__}**: {_doc(cls)}", "", _fields(cls).replace("<br>", "; "), ""]
     return lines
 

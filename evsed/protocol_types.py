@@ -20,9 +20,9 @@ MAX_REQUEST = 64 * 1024  # one request line, in bytes
 MAX_REPLY = 512 * 1024  # one reply or event line: the largest valid status fits (tests/test_protocol.py)
 
 # --- roles ---------------------------------------------------------------------------------------
-ADMIN, OCPP, WEB, MQTT, READ = "admin", "ocpp", "web", "mqtt", "read"
-ROLES = (ADMIN, OCPP, WEB, MQTT, READ)
-SERVICES = (OCPP, WEB, MQTT)
+ADMIN, OCPP, WEB, MQTT, PRICES, READ = "admin", "ocpp", "web", "mqtt", "prices", "read"
+ROLES = (ADMIN, OCPP, WEB, MQTT, PRICES, READ)
+SERVICES = (OCPP, WEB, MQTT, PRICES)
 EVERYONE = frozenset(ROLES)
 
 # --- field types ---------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 
 # The limit sources the daemon keeps itself: no client sets them.
 DAEMON_SOURCES = frozenset({"hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar",
-                            "authorization"})
+                            "authorization", "plan"})
 
 
 # --- replies -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ def standard_chain(**over):
     parts = dict(hardware=lm.hardware(32.0), cable=lm.cable_fixed(32.0), breaker=lm.breaker(25.0),
                  window=lm.window(True, None, "no window applies"), group=lm.group("staff", None),
                  site=lm.site(None), external_cap=lm.external_cap(False, 4200.0, 3, 230.0),
-                 solar=lm.solar(None, "fast"), ocpp=lm.ocpp(None))
+                 solar=lm.solar(None, "fast"), ocpp=lm.ocpp(None), plan=lm.plan(False, ""))
     parts.update(over)
     return chain(parts[name] for name in lm.CHAIN)
 
@@ -33,6 +33,12 @@ def test_a_group_cap_binds_when_lowest():
 def test_a_window_cap_binds_when_lowest():
     r = standard_chain(window=lm.window(True, 8.0, "capped at 8 A by window 'night'"))
     assert (r.current_a, r.binding) == (8.0, "window")
+
+
+def test_a_plan_outside_its_slots_stops_charging_with_its_reason():
+    r = standard_chain(plan=lm.plan(True, "plan: waiting for 01:00, cheapest hours"))
+    assert (r.current_a, r.binding, r.not_charging) == (0.0, "plan", "plan: waiting for 01:00, cheapest hours")
+    assert standard_chain(plan=lm.plan(False, "plan: charging until 03:00, cheapest hours")).binding == "breaker"
 
 
 def test_a_forbidding_window_stops_charging_with_its_reason():

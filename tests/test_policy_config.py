@@ -151,3 +151,34 @@ def test_window_days_accept_a_wrapping_range():
     cfg = parse('[[window]]\ndays = "sat-mon"\nstart = "00:00"\nend = "24:00"\naction = "forbid"\n')
     assert cfg.policy.schedule.windows[0].days == frozenset({5, 6, 0})
     assert cfg.policy.schedule.windows[0].action is windows.Action.FORBID
+
+
+def test_a_group_carries_its_battery_and_its_default_plan():
+    cfg = parse('''
+[[group]]
+name = "fleet"
+battery_kwh = 64
+plan = { energy_kwh = 30, by = "06:30", days = ["mon-fri"] }
+''')
+    fleet = cfg.policy.group("fleet")
+    assert fleet.battery_kwh == 64
+    assert fleet.plan == config.policy_config.GroupPlan(30_000, 6 * 60 + 30, frozenset(range(5)))
+    assert cfg.policy.group("other").plan is None
+
+
+@pytest.mark.parametrize("plan, where, message", [
+    ('{ energy_kwh = 30, by = "6h30" }', ".plan] by", "expected HH:MM"),
+    ('{ energy_kwh = 30, by = "24:00" }', ".plan] by", "00:00..23:59"),
+    ('{ by = "06:30" }', ".plan] energy_kwh", "missing (required)"),
+    ('{ energy_kwh = 500, by = "06:30" }', ".plan] energy_kwh", "out of range"),
+    ('{ energy_kwh = 30, by = "06:30", days = ["someday"] }', ".plan] days", "expected day names"),
+    ('{ energy_kwh = 30, by = "06:30", soc = 80 }', ".plan] soc", "unknown key"),
+    ('"30 kWh by 06:30"', "] plan", "expected a table"),
+])
+def test_a_bad_group_plan_names_file_line_and_key(plan, where, message):
+    msg = error(f'''
+[[group]]
+name = "fleet"
+plan = {plan}
+''')
+    assert msg.startswith(f"evsed.toml:12: [group{where}") and message in msg, msg

@@ -26,6 +26,13 @@ def test_there_is_a_scenario_per_policy_rule():
         assert rule in names
 
 
+def test_there_is_a_scenario_per_plan_rule():
+    names = {p.stem for p in SCENARIOS}
+    for rule in ("plan_three_prices", "plan_dst_night", "plan_load_limit", "plan_ev_draws_less", "plan_prices_late",
+                 "plan_power_cut", "plan_solar"):
+        assert rule in names
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario_meets_every_expectation(path):
     runner = scenario.load(path)

@@ -81,14 +81,16 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
         lambda sp: sp.add_argument("--json", action="store_true", help="the report as JSON"))
     add("probe", "probe:cmd_probe", "find the serial ports, an OpenEVSE board, Modbus meters, a card reader and "
         "the GPIO pilot, and print a TOML block for them", "probe:add_options")
-    add("service", "run:cmd_service", "run one service process (ocpp, mqtt, web) beside the daemon",
-        lambda sp: sp.add_argument("name", choices=("ocpp", "mqtt", "web"), help="the service: its [section] "
-                                   "of the config"))
+    add("service", "run:cmd_service", "run one service process (ocpp, mqtt, web, prices) beside the daemon",
+        lambda sp: sp.add_argument("name", choices=("ocpp", "mqtt", "web", "prices"), help="the service: its "
+                                   "[section] of the config"))
     from evsed.cli import ops, policy, records, status  # each light to import: their work is imported when it runs
     status.add_commands(add)
     records.add_commands(add)
     policy.add_commands(add)
     ops.add_commands(add)
+    add("plan", "plan:cmd_plan", "charge an energy by a time in the cheapest hours; cancel it; show every plan",
+        "plan:add_options")
     if only is not None and only not in sub.choices:  # not a command: the whole parser says so
         return parser()
     return p

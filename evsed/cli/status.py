@@ -41,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def format_status(c: p.ConnectorStatus, tz: dt.tzinfo | str | None = None) -> str:
     """One connector's status; times in the zone tz (this machine's when None)."""
-    from evsed.cli import policy
+    from evsed.cli import plan, policy
     lines = [f"connector {c.id}: {c.status}"]
     out = c.pilot_output
     pwm = f"PWM {c.duty_pct:.1f} % = {text.amps(c.offered_a)} offered" if out == "pwm" else (
@@ -71,6 +71,7 @@ def format_status(c: p.ConnectorStatus, tz: dt.tzinfo | str | None = None) -> st
     if c.reason:
         lines.append(f"  why         {c.reason}")
     lines += policy.format_limits(c)
+    lines += plan.status_lines(c)
     return "\n".join(lines)
 
 

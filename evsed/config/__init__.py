@@ -136,13 +136,13 @@ class SimulatorConfig:
     meter_start_wh: int = 0
 
 
-SERVICE_SECTIONS = ("ocpp", "mqtt", "web")  # tables the service processes check themselves
+SERVICE_SECTIONS = ("ocpp", "mqtt", "web", "prices")  # tables the service processes check themselves
 OPS_SECTIONS = ("update",)  # tables `evsed update` checks itself (evsed/ops/update.py)
 
 
 @dataclass(frozen=True)
 class Section:
-    """A service's own table ([ocpp], [mqtt], [web]), kept raw here and checked by that service's
+    """A service's own table ([ocpp], [mqtt], [web], [prices]), kept raw here and checked by that service's
     parser through table(), so errors name file, line and key like every other table."""
 
     path: Path
@@ -172,7 +172,7 @@ class Config:
     policy: policy_config.PolicyConfig = policy_config.PolicyConfig()
 
     def services(self) -> list[str]:
-        """The services the config runs: every [ocpp], [mqtt], [web] not `enabled = false`."""
+        """The services the config runs: every [ocpp], [mqtt], [web], [prices] not `enabled = false`."""
         return [name for name, s in self.sections.items()
                 if name in SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
 

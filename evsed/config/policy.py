@@ -22,8 +22,19 @@ DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
+class GroupPlan:
+    """A group's default charging plan: energy_wh by the next by_min (minutes after local
+    midnight) that falls on one of `days` (0 = Monday), for each session that has no plan."""
+
+    energy_wh: int
+    by_min: int
+    days: frozenset[int]
+
+
+@dataclass(frozen=True)
 class Group:
-    """A card group: its windows, current cap, who may stop its sessions, and mode."""
+    """A card group: its windows, current cap, who may stop its sessions, mode, the battery size
+    of its vehicles (for plans by state of charge) and its default charging plan."""
 
     name: str
     max_current_a: float | None = None  # None: no cap of its own
@@ -31,6 +42,8 @@ class Group:
     master: bool = False  # its cards may stop a session whose group says stop_by = "master"
     free_vend_exempt: bool = False  # in free-vend mode its cards charge under their own group's rules
     mode: str | None = None  # None: the charger's mode
+    battery_kwh: float | None = None  # its vehicles' usable battery: a plan to 80 % needs it
+    plan: GroupPlan | None = None  # None: its sessions charge as they come unless given a plan
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,8 @@ def _groups(top: _Table) -> dict[str, Group]:
             raise t.error("name", f"group {name!r} is defined twice")
         cap = t.get("max_current_a", float, None, min=0, max=80)
         g = Group(name, cap, t.get("stop_by", str, "card", choices=STOP_BY), t.get("master", bool, False),
-                  t.get("free_vend_exempt", bool, False), t.get("mode", str, None, choices=MODES))
+                  t.get("free_vend_exempt", bool, False), t.get("mode", str, None, choices=MODES),
+                  t.get("battery_kwh", float, None, min=1, max=300), _group_plan(t))
         t.used.add("windows")
         names = item.get("windows", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -97,6 +111,23 @@ def _groups(top: _Table) -> dict[str, Group]:
         out[name] = g
         out[name + "\0windows"] = (index, tuple(names))  # type: ignore[assignment]  # resolved in _windows
     return out
+
+
+def _group_plan(t: _Table) -> GroupPlan | None:
+    """plan = { energy_kwh = 30, by = "06:30", days = ["mon-fri"] }"""
+    p = t.table("plan")
+    if p is None:
+        return None
+    energy = p.get("energy_kwh", float, min=0.1, max=300)
+    try:
+        by = windows.parse_hhmm(p.get("by", str, max_len=5))
+        if by >= windows.MINUTES_PER_DAY:
+            raise ValueError("expected 00:00..23:59")
+    except ValueError as exc:
+        raise p.error("by", str(exc)) from None
+    plan = GroupPlan(round(energy * 1000), by, _days(p))
+    p.done()
+    return plan
 
 
 def _days(t: _Table) -> frozenset[int]:

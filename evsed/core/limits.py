@@ -1,7 +1,7 @@
 """The limit chain: the current offered per phase is the lowest of every source's limit.
 
 One Limit per source (hardware, cable, breaker, window, group, site, external cap, solar,
-ocpp); chain() names the one that binds, so `evsed status` can say why a car gets 10 A.
+ocpp, plan); chain() names the one that binds, so `evsed status` can say why a car gets 10 A.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _safe_a(lim: Limit) -> float:
 
 
 CHAIN = ("hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar",
-         "ocpp")  # the order of sources in status, and of precedence among equal limits
+         "ocpp", "plan")  # the order of sources in status, and of precedence among equal limits
 
 
 def hardware(max_current_a: float) -> Limit:
@@ -143,3 +143,8 @@ def solar(current_a: float | None, detail: str) -> Limit:
 def ocpp(current_a: float | None) -> Limit:
     """The OCPP composite schedule's limit now (None: no profile)."""
     return Limit("ocpp", current_a, "charging profile" if current_a is not None else "")
+
+
+def plan(holds: bool, reason: str) -> Limit:
+    """A charging plan (evsed.core.plan): outside its slots it holds the EV paused, with the reason."""
+    return Limit("plan", None, reason, reason if holds else None)

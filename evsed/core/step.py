@@ -7,7 +7,7 @@ reads a clock, sleeps, logs or does I/O. Several connectors are several states.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import replace as _replace
 from typing import Any, Callable
 
 from evsed.core import events as ev
@@ -17,6 +17,14 @@ from evsed.core.state import (AUTH_LIMIT, CHARGING_STATES, TIMERS, SelfTestState
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
                               Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
                               offer_blocker, pilot_fresh, safety_blocker)
+
+
+def replace(s: Connector, **changes: Any) -> Connector:
+    """dataclasses.replace, but the same state where nothing changes: most steps (a pilot reading
+    like the last) change a field or two, and a copy of every field each time was most of a step."""
+    if all(getattr(s, k) == v for k, v in changes.items()):
+        return s
+    return _replace(s, **changes)
 
 
 Out = list[ev.Action]  # the actions a step has produced so far, in order

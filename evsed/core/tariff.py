@@ -215,7 +215,7 @@ def charge(pricing: Pricing, start: dt.datetime, stop: dt.datetime, meter_start_
             points.append(Sample(s.at, max(s.energy_wh, points[-1].energy_wh), s.power_w))
     points.append(Sample(stop, max(meter_stop_wh, points[-1].energy_wh)))
     tz = ZoneInfo(pricing.timezone)
-    edges = _edges(pricing, tz, start, stop)
+    edges = price_edges(pricing, tz, start, stop)
     minor = Fraction(10) ** pricing.decimals
     cost = Fraction(0)  # in major units x Wh / 1000 until the end
     charging = dt.timedelta()
@@ -255,7 +255,7 @@ def _seconds(td: dt.timedelta) -> Fraction:
     return Fraction(td // dt.timedelta(microseconds=1), 1_000_000)
 
 
-def _edges(pricing: Pricing, tz: ZoneInfo, start: dt.datetime, stop: dt.datetime) -> list[dt.datetime]:
+def price_edges(pricing: Pricing, tz: ZoneInfo, start: dt.datetime, stop: dt.datetime) -> list[dt.datetime]:
     """Every instant in [start, stop] where the host's price may change: each window edge on
     each local day (both readings of an ambiguous wall time) and each UTC offset change (a
     window edge inside a skipped hour takes effect at the change)."""

@@ -18,10 +18,12 @@ from evsed.config import Config
 from evsed.services.link import Link, LinkError
 
 log = structlog.get_logger("evsed")
-MODULES = {"ocpp": "evsed.uplink.service", "mqtt": "evsed.mqtt.service", "web": "evsed.web.service"}
+MODULES = {"ocpp": "evsed.uplink.service", "mqtt": "evsed.mqtt.service", "web": "evsed.web.service",
+           "prices": "evsed.services.prices"}
 
 
-SETTINGS = {"ocpp": "evsed.uplink.settings", "mqtt": "evsed.mqtt.settings", "web": "evsed.web.settings"}
+SETTINGS = {"ocpp": "evsed.uplink.settings", "mqtt": "evsed.mqtt.settings", "web": "evsed.web.settings",
+            "prices": "evsed.services.prices"}
 
 
 def check_sections(config: Config) -> None:

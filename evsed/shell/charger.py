@@ -21,6 +21,8 @@ from evsed.core import windows
 from evsed.core.events import CardPresented, StopReason, StopRequested
 from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell.auth import Chain, LocalList
+from evsed.shell.planfile import PlanFile
+from evsed.shell.plans import Plans
 from evsed.shell.policy import CallAt, Policy, kernel_clock_synced
 from evsed.shell.bus import Bus, ChargerEvent, log_event
 from evsed.shell.clocksteps import SessionClock
@@ -54,7 +56,8 @@ class Charger:
                  wallclock: Callable[[], dt.datetime], writer: StoreWriter | InlineWriter, first_session_id: int,
                  schedule: Callable[[int, float | None], None] = lambda cid, when: None,
                  offload: Offload = _inline, stored: Callable[[p.Event], None] = lambda event: None,
-                 call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced):
+                 call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced,
+                 plan_file: PlanFile | None = None):
         self.config, self.devices, self.world = config, devices, devices.world
         self.clock, self.wallclock = clock, wallclock
         self.tz = ZoneInfo(config.charger.timezone)
@@ -86,6 +89,8 @@ class Charger:
                                           lambda cid, type_, data: self.bus.publish(
                                               ChargerEvent(type_, cid, self.wallclock(), data)))
         self.bus.subscribe(self.session_clock)
+        self.plans = Plans(self, plan_file)  # plan_file None: in memory (tests, scenarios)
+        self.bus.subscribe(self.plans.event)
 
     def _local_list(self, config: Config) -> LocalList:
         return LocalList(config.cards, lambda: self.wallclock().astimezone(self.tz).date(),
@@ -130,6 +135,7 @@ class Charger:
             ctrl.publish("connector.status", status=ctrl.state.status.value, reason=ctrl.state.reason,
                          ev_connected=ctrl.state.pilot in PLUGGED_STATES)
         self.policy.start()
+        self.plans.refresh()
 
     def shutdown(self, on_error: Callable[[ConnectorControl, BaseException], None]) -> None:
         """End every session and open every contactor; one connector's failure spares the others."""
@@ -281,7 +287,8 @@ class Charger:
         return p.StatusReply(charger=self.config.charger.id, mode=cast(p.Mode, self.mode), card_reader_error=self.reader_error,
                              site=None if site is None else p.SiteNow(current_a=tuple(site.current_a),
                                                                       power_w=site.power_total_w),
-                             connectors=tuple(self._connector_status(c) for c in self.connectors.values()))
+                             connectors=tuple(self._connector_status(c) for c in self.connectors.values()),
+                             card_plans=self.plans.waiting())
 
     def _connector_status(self, ctrl: ConnectorControl) -> p.ConnectorStatus:
         """The connector's own status, with every limit source, the binding one, and the policy's
@@ -289,10 +296,11 @@ class Charger:
         st = ctrl.status()
         policy = self.policy.status(ctrl)
         st.update(policy)
-        ours = ("window", "site", "solar", "external_cap", "cable", "group")
+        ours = ("window", "site", "solar", "external_cap", "cable", "group", "plan")
         if policy["not_charging"] and policy["binding"] in ours and ctrl.state.session \
                 and (st["reason"].startswith("current limit") or not st["reason"]):
             st["reason"] = policy["not_charging"]
+        st["plan"] = self.plans.now(ctrl)
         session = st["session"]
         if session is not None and self.config.tariff is not None:
             st["session"] = self._price_so_far(session)

@@ -276,3 +276,5 @@ HANDLERS: dict[type[p.Command[Any]], Handler] = {
     p.Reload: _reload, p.AddCard: _add_card,
 }
 HANDLERS_BY_NAME = {cls.ACTION or cls.CMD: cls for cls in HANDLERS}  # as a scenario step names them
+
+import evsed.shell.plan_commands  # noqa: E402,F401 - adds the charging plans' handlers (they use the names above)

@@ -49,6 +49,8 @@ class ConnectorControl:
                            duty_step_pct=self.pilot.duty_step_pct if isinstance(self.pilot, DutyResolution) else 0.0)
         self.state = state.Connector()
         self.pilot_reads_instantly = isinstance(self.pilot, Notifying)
+        # the contactor's feedback, asked at every pilot poll: the Protocol check once (it walks the class each time)
+        self.feedback = self.contactor if isinstance(self.contactor, ContactorFeedback) else None
         self.clock, self.wallclock, self.bus = clock, wallclock, bus
         self.authorize, self.card_name, self.next_session_id = authorize, card_name, next_session_id
         self.schedule, self.offload = schedule, offload
@@ -141,8 +143,8 @@ class ConnectorControl:
         elif pilot is not None:
             self.pilot_error = ""
             self.feed(ev.PilotMeasured(pilot.high_v, pilot.low_v))
-        if isinstance(self.contactor, ContactorFeedback):
-            closed = bool(self.contactor.feedback_closed())
+        if self.feedback is not None:
+            closed = bool(self.feedback.feedback_closed())
             if closed != self._feedback:
                 self._feedback = closed
                 self.feed(ev.ContactorFeedback(closed))

@@ -39,6 +39,7 @@ from evsed.shell.charger import Charger
 from evsed.shell.connector import ConnectorControl
 from evsed.shell.devices import Devices, build
 from evsed.shell.devices import create as devices_create
+from evsed.shell.planfile import DiskFile
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
 from evsed.store import ocmf, outbox
@@ -137,7 +138,8 @@ class Daemon:
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
-            stored=lambda event: self._stored(loop, event), call_at=loop.call_at)
+            stored=lambda event: self._stored(loop, event), call_at=loop.call_at,
+            plan_file=DiskFile(self.config.store.state_dir / "plans.json"))
         charger.bus.subscribe(self._live)
         charger.start()
         for ctrl in charger.connectors.values():

@@ -242,7 +242,7 @@ class Policy:
                 c.solar_state, c.solar = loadmgmt.solar_step(
                     self.config.site.load.solar, c.solar_state, now, mode, site.power_total_w, own,
                     len(self._phases(ctrl)))
-            self._send(ctrl, "solar", c.solar.current_a)
+            self._send(ctrl, "solar", None if self.charger.plans.lifts_solar(ctrl) else c.solar.current_a)
 
     def _load(self, site: Any, now: float) -> None:
         cfg = self.config.site.load.dlm
@@ -267,6 +267,10 @@ class Policy:
             self._send(self.charger.connectors[cid], "site", offer.current_a)
         self._arm_mono(loadmgmt.next_deadline(cfg, self.dlm, now),
                        [o.until for o in offers if o.until is not None])
+
+    def send(self, ctrl: ConnectorControl, source: str, current_a: float | None) -> None:
+        """A limit from a source kept in a module of its own (evsed.shell.plans)."""
+        self._send(ctrl, source, current_a)
 
     def _send(self, ctrl: ConnectorControl, source: str, current_a: float | None) -> None:
         c = self.conns[ctrl.id]
@@ -314,11 +318,16 @@ class Policy:
                  lm.breaker(conn.breaker_a),
                  lm.window(c.window.allowed, c.window.cap_a, self._window_text(c.window)),
                  lm.group(group_name, min(group_caps) if group_caps else None), site,
-                 self._external(ctrl), lm.solar(c.solar.current_a, c.solar.reason),
-                 lm.ocpp(st.limits.get("ocpp"))]
-        known = {"window", "group", "breaker", "cable", "site", "external_cap", "solar", "ocpp", AUTH_LIMIT}
+                 self._external(ctrl), self._solar_limit(ctrl, c),
+                 lm.ocpp(st.limits.get("ocpp")), self.charger.plans.limit(ctrl)]
+        known = {"window", "group", "breaker", "cable", "site", "external_cap", "solar", "ocpp", "plan", AUTH_LIMIT}
         items += [lm.Limit(k, v, "set by command") for k, v in st.limits.items() if k not in known]
         return lm.chain(items)
+
+    def _solar_limit(self, ctrl: ConnectorControl, c: _Conn) -> lm.Limit:
+        if self.charger.plans.lifts_solar(ctrl):
+            return lm.solar(None, "steps aside in the charging plan's slot")
+        return lm.solar(c.solar.current_a, c.solar.reason)
 
     def _window_text(self, d: windows.Decision) -> str:
         if d.until_utc is None:

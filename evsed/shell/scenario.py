@@ -22,6 +22,7 @@ from evsed.shell.bus import ChargerEvent
 from evsed.shell.charger import Charger
 from evsed.shell.expect import ExpectationError, SpanCheck, observe
 from evsed.shell.connector import ConnectorControl
+from evsed.shell.planfile import MemoryFile
 from evsed.store.sessions import InlineWriter, Store
 from hal import Notifying
 
@@ -79,6 +80,7 @@ class Runner:
             raise ScenarioError(f"{path}: start: expected an offset date-time such as 2024-03-30T22:00:00+01:00")
         self.start, self.wall_offset_s, self.synced = start, 0.0, bool(data.get("clock_synced", True))
         self.store = Store(":memory:")
+        self.plan_file = MemoryFile()  # plans.json, kept across a power cut like the store
         self.deadlines: dict[int, float | None] = {}
         self.timers: list[_VirtualTimer] = []
         self._policy_polled = -math.inf
@@ -112,7 +114,7 @@ class Runner:
         charger = Charger(self.config, self.devices, clock=lambda: self.now, wallclock=self.wallclock,
                           writer=InlineWriter(self.store), first_session_id=self.store.next_session_id(),
                           schedule=self.deadlines.__setitem__, call_at=self._call_at,
-                          clock_synced=lambda: self.synced)
+                          clock_synced=lambda: self.synced, plan_file=self.plan_file)
         charger.bus.subscribe(lambda e: self.events.append((self.now, e.connector, e)))
         return charger
 
@@ -243,6 +245,8 @@ class Runner:
                 got is not None and want != "none" and abs(got - want) <= 0.15)
         if key == "mode":
             return st.mode, st.mode == want
+        if key.startswith("plan"):
+            return self._observe_plan(st.plan, key, want)
         if key.startswith("detail_"):  # detail_site = "meter silent": a source's detail or blocking reason
             lim = st.limit_chain.get(key[len("detail_"):])
             detail = (lim.blocked or lim.detail) if lim else ""
@@ -256,6 +260,23 @@ class Runner:
         if key == "reload_contains":
             said: str = getattr(self, "last_reload", "")
             return said, want.lower() in said.lower()
+        return None
+
+    def _observe_plan(self, plan: p.PlanNow | None, key: str, want: Any) -> tuple[Any, bool] | None:
+        """plan: its state (none, pending, measuring, waiting, charging, done, infeasible);
+        plan_contains: its words (it says why even when it holds nothing); plan_slots:
+        ["00:00-00:48"], its slots in the charger's local time."""
+        if key == "plan":
+            state = plan.state if plan else "none"
+            return state, state == want
+        if key == "plan_contains":
+            reason = plan.reason if plan else ""
+            return reason, want.lower() in reason.lower()
+        if key == "plan_slots":
+            hhmm = [dt.datetime.fromisoformat(t).astimezone(self.charger.tz).strftime("%H:%M")
+                    for s in (plan.slots if plan else ()) for t in (s.start, s.end)]
+            slots = [f"{a}-{b}" for a, b in zip(hhmm[::2], hhmm[1::2])]
+            return slots, slots == want
         return None
 
     @staticmethod

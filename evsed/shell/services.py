@@ -1,5 +1,5 @@
 """The service processes `evsed run` starts for a simple install: one child process per
-configured network-facing service ([ocpp], [mqtt], [web]), restarted when it exits.
+configured network-facing service ([ocpp], [mqtt], [web], [prices]), restarted when it exits.
 
 The daemon never waits on a service: they talk to it over the control socket like any
 client. Under systemd each service can instead run as its own unit (systemd/README.md).

@@ -5,7 +5,10 @@ Colours come from the page's stylesheet through classes, so the charts follow it
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Sequence
+
+from evsed import protocol as p
 
 # A narrow drawing with large type: on a 390 px phone the chart is drawn about 340 px wide, and
 # its labels stay about 10.5 px there (they were 7 px at 640 wide, 11 px type), 16 px on a desktop.
@@ -65,3 +68,57 @@ def energy_by_day(energy_wh_by_day: Sequence[int], month: str, title: str = "Ene
 def sessions_by_hour(counts: Sequence[int], month: str, title: str = "Sessions by hour of day") -> str:
     return bar_chart(counts, [f"{h:02d}" for h in range(24)], title=f"{title}, {month}",
                      unit="", label_every=4)
+
+
+def plan_chart(plan: p.PlanNow, curve: Sequence[p.PricePoint], tz: dt.tzinfo, title: str) -> str:
+    """A plan's prices from now to its departure as steps, its planned slots filled in."""
+    by = _time(plan.by)
+    steps = [(t0, min(t1, by), c.price) for c in curve
+             for t0, t1 in [(_time(c.start), _time(c.end))] if t0 is not None and t1 is not None and by is not None
+             and t0 < by and t1 > t0]
+    slots = [(t0, t1) for s in plan.slots for t0, t1 in [(_time(s.start), _time(s.end))]
+             if t0 is not None and t1 is not None]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+           f'aria-label="{escape(title)}" class="chart">', f"<title>{escape(title)}</title>",
+           f"<style>.g{{stroke:#8884;stroke-width:1}}.u{{fill:#8886}}.b{{fill:#2a9d8f}}"
+           f".t{{font:{FONT_PX}px sans-serif;fill:#888}}</style>"]
+    if not steps:
+        return "".join(out) + "</svg>"
+    lo, hi = steps[0][0], steps[-1][1]
+    bottom, top = min(0.0, *(price for _, _, price in steps)), _nice_max(max(price for _, _, price in steps))
+    plot_w, plot_h = WIDTH - PAD_LEFT - 4, HEIGHT - PAD_BOTTOM - PAD_TOP
+
+    def x(t: float) -> float:
+        return PAD_LEFT + plot_w * (t - lo) / max(1.0, hi - lo)
+
+    def y(price: float) -> float:
+        return PAD_TOP + plot_h * (top - price) / (top - bottom)
+    for frac in (0, 0.5, 1):
+        price = bottom + (top - bottom) * frac
+        out.append(f'<line class="g" x1="{PAD_LEFT}" x2="{WIDTH - 4}" y1="{y(price):.1f}" y2="{y(price):.1f}"/>')
+        out.append(f'<text class="t" x="{PAD_LEFT - 4}" y="{y(price) + 4:.1f}" text-anchor="end">{price:.2f}</text>')
+    for t0, t1, price in steps:
+        pieces = sorted({t0, t1, *(t for a, b in slots for t in (a, b) if t0 < t < t1)})
+        for a, b in zip(pieces, pieces[1:]):
+            planned = any(s0 <= a and b <= s1 for s0, s1 in slots)
+            top_y, base_y = sorted((y(price), y(0.0)))
+            out.append(f'<rect class="{"b" if planned else "u"}" x="{x(a):.1f}" y="{top_y:.1f}" '
+                       f'width="{max(0.5, x(b) - x(a)):.1f}" height="{max(0.5, base_y - top_y):.1f}"/>')
+    hours = max(1, round((hi - lo) / 3600 / 6))  # about six labels
+    t = dt.datetime.fromtimestamp(lo, tz).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    while t.timestamp() < hi:
+        out.append(f'<text class="t" x="{x(t.timestamp()):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+                   f'{t.strftime("%H:%M")}</text>')
+        t += dt.timedelta(hours=hours)
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _time(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo else None

@@ -12,6 +12,7 @@ from typing import Any
 from evsed import protocol as p
 
 ID_TAG = re.compile(r"^[A-Za-z0-9_:-]{1,20}$")  # an OCPP 1.6 IdToken is at most 20 characters
+HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class CommandError(ValueError):
@@ -70,6 +71,17 @@ def to_request(body: object, hello: p.HelloReply, now: dt.datetime) -> p.Command
             raise CommandError("current_a: expected a number of amperes from 0 to 80, or null to lift the limit")
         return p.Limit(source="web", connector=_connector(body, hello, any_ok=True),
                        current_a=None if current is None else float(current))
+    if action == "plan":  # energy by a time, in the cheapest hours (the daemon checks the rest)
+        energy = body.get("energy_kwh")
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.1 <= energy <= 300:
+            raise CommandError("energy_kwh: expected a number of kWh from 0.1 to 300")
+        by = body.get("by")
+        if not isinstance(by, str) or not HHMM.match(by):
+            raise CommandError("by: expected a time such as 07:00")
+        return p.SetPlan(connector=_connector(body, hello, any_ok=False), energy_kwh=float(energy), by=by,
+                         origin="web")
+    if action == "plan-cancel":
+        return p.CancelPlan(connector=_connector(body, hello, any_ok=False))
     if action == "learn":
         return p.Learn(timeout_s=60.0)
     if action == "learned":

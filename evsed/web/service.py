@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from evsed import config as configmod
+from evsed import protocol as p
 from evsed.config import Config
 from evsed.errors import StartError
 from evsed.web import auth, charts, i18n, memory, records, settings as web_settings
@@ -69,7 +70,8 @@ class WebService:
         for path, handler in (("/", self.index), ("/static/{name}", self.static), ("/api/view", self.view),
                               ("/events", self.events), ("/api/sessions", self.sessions_json),
                               ("/sessions.csv", self.sessions_csv), ("/api/report", self.report),
-                              ("/usage/{chart}.svg", self.usage_svg), ("/api/rules", self.rules)):
+                              ("/usage/{chart}.svg", self.usage_svg), ("/api/rules", self.rules),
+                              ("/plan/{connector}.svg", self.plan_svg)):
             self.router.add("GET", path, handler)
         for path, handler in (("/login", self.login), ("/logout", self.logout), ("/api/command", self.command)):
             self.router.add("POST", path, handler)
@@ -254,6 +256,23 @@ class WebService:
             svg = charts.sessions_by_hour(usage["sessions_by_hour"], month, msgs("page.sessions_by_hour"))
         else:
             raise HTTPError(404)
+        return Response(svg, content_type="image/svg+xml; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+    async def plan_svg(self, request: Request) -> Response:
+        """A connector's charging plan: the prices to its departure (the daemon's `plans`), its
+        planned slots filled in."""
+        cid, status = request.match["connector"], self.live.status
+        conn = status.connector(int(cid)) if status is not None and cid.isdigit() else None
+        if conn is None or conn.plan is None:
+            raise HTTPError(404)
+        try:
+            reply = await self.link.command(p.Plans())
+        except Exception as exc:  # noqa: BLE001 - the daemon's absence is an answer to show
+            raise HTTPError(502, f"the charger did not answer: {exc}") from None
+        shown = reply.plans if isinstance(reply, p.PlansReply) else ()
+        plan = next((plan for plan in shown if plan.connector == conn.id), conn.plan)  # with its first 96 slots
+        curve = reply.curve if isinstance(reply, p.PlansReply) else ()
+        svg = charts.plan_chart(plan, curve, self.tz, _messages(request)("view.plan.chart"))
         return Response(svg, content_type="image/svg+xml; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     # --- login and actions ------------------------------------------------------------

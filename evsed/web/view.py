@@ -7,6 +7,7 @@ A connector's status (docs/protocol.md `status`) becomes the sentence a person r
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from typing import Any
 
 from evsed import protocol as p
@@ -156,6 +157,7 @@ def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, 
         "limits": [{"source": e["source"], "label": e["label"], "current_a": e["current_a"], "until": None,
                     "binding": e["binding"]} for e in limit_entries(conn, msgs)],
         "session": None,
+        "plan": plan_view(conn.plan, tz, msgs),
     }
     if session:
         started = parse_time(session.started_at)
@@ -168,6 +170,25 @@ def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, 
             "cost": money(*cost) if cost else None,
         }
     return out
+
+
+def plan_view(plan: p.PlanNow | None, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> dict | None:
+    """A connector's charging plan in the page's words: what, by when, what it does now, when it
+    finishes and what it costs; `version` changes when its chart (/plan/<n>.svg) does."""
+    if plan is None:
+        return None
+    by = parse_time(plan.by)
+    by_text, energy = clock(by, tz) if by else "", kwh(plan.energy_wh)
+    first = plan.slots[0] if plan.slots else None
+    when = {"waiting": parse_time(first.start) if first else None, "charging": parse_time(first.end) if first else None,
+            "done": by, "infeasible": by}.get(plan.state)
+    words = msgs(f"view.plan.{plan.state}", energy=energy, time=clock(when, tz) if when else by_text)
+    finish = parse_time(plan.finish)
+    line = "" if finish is None or plan.cost is None else msgs(
+        "view.plan.finish", delivered=kwh(plan.delivered_wh), time=clock(finish, tz),
+        cost=money(plan.cost, plan.currency))
+    return {"text": msgs("view.plan", energy=energy, time=by_text), "state": plan.state, "words": words, "line": line,
+            "chart": plan.state != "pending", "version": f"{zlib.crc32(repr(plan.slots).encode()):08x}"}
 
 
 def solar_view(status: p.StatusReply | None) -> dict | None:

@@ -51,6 +51,12 @@
       act({ action: "limit", connector: id, current_a: parseInt(limit.current_a.value, 10) }, t("js.limit_set"));
     });
     $(".lift", node).addEventListener("click", () => act({ action: "limit", connector: id, current_a: null }, t("js.limit_lifted")));
+    $(".plan-form", node).addEventListener("submit", (e) => {
+      e.preventDefault();
+      act({ action: "plan", connector: id, energy_kwh: parseFloat(e.target.energy_kwh.value), by: e.target.by.value },
+          t("js.plan_set"));
+    });
+    $(".plan-cancel", node).addEventListener("click", () => act({ action: "plan-cancel", connector: id }, t("js.plan_cancelled")));
     showLimit();
     $("#connectors").appendChild(node);
     cards.set(id, node);
@@ -92,7 +98,22 @@
     $(".start", node).hidden = !!c.session;
     $(".clear", node).hidden = c.tone !== "fault";
     $(".actions", node).hidden = !state.me.logged_in;
+    renderPlan(node, c);
     drawPlot(c.id);
+  }
+
+  // --- the charging plan: what, by when, what it does now, its hours over the prices ---------
+  function renderPlan(node, c) {
+    const p = c.plan;
+    $(".plan", node).hidden = !p;
+    $(".plan-cancel", node).hidden = !p;
+    if (!p) return;
+    $(".plan-text", node).textContent = p.text + (p.words ? " · " + p.words : "");
+    $(".plan-line", node).textContent = p.line;
+    const img = $(".plan-chart", node);
+    img.hidden = !p.chart;
+    const src = "/plan/" + c.id + ".svg?v=" + p.version;
+    if (p.chart && img.getAttribute("src") !== src) img.setAttribute("src", src);
   }
 
   // --- the plot of the running session: power and current per phase -------------------
