@@ -1,8 +1,13 @@
 # make run: the daemon on the built-in simulator.  make test: the whole suite.
-# Each target creates the virtual environment it needs.
+# Each target creates the virtual environment it needs: make run only what running needs,
+# make test the test toolchain as well (its environment then serves make run too).
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# The demo's config and state (sessions, the signing key) stay in this checkout, as root too:
+# a real install later starts clean in /var/lib/evsed.
+DEMO := $(CURDIR)/.demo
 
 CHROMIUM := /usr/bin/chromium
 SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
@@ -13,10 +18,19 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/evsed run -c config/simulator.toml
+$(RUN_STAMP): pyproject.toml
+	@echo "make run: installing evsed and the packages it runs on into $(VENV) (once; pip shows its progress)"
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -e .
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	@mkdir -p $(DEMO)
+	@{ cat config/simulator.toml; printf '\n[store]\nstate_dir = "%s/state"  # make run: the demo keeps its sessions here\n' '$(DEMO)'; } > $(DEMO)/evsed.toml
+	@echo "make run: the daemon on the simulator, its config and sessions in $(DEMO)/; drive it from another terminal: $(VENV)/bin/evsed sim plug"
+	$(VENV)/bin/evsed run -c $(DEMO)/evsed.toml
 
 # The web page tests drive Debian's chromium (never a downloaded browser build).
 $(CHROMIUM):
@@ -56,6 +70,7 @@ bench: $(STAMP) mosquitto
 	rm -rf $(BENCH_VENV) && $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet '.[ocpp]'
 	$(VENV)/bin/python bench/footprint.py --python $(BENCH_VENV)/bin/python
+	$(VENV)/bin/python bench/cli.py --python $(BENCH_VENV)/bin/python
 	$(VENV)/bin/python bench/web.py
 	$(VENV)/bin/python bench/web_history.py
 	$(VENV)/bin/python bench/mqtt.py
@@ -73,4 +88,4 @@ web-screenshot: $(STAMP) $(CHROMIUM)
 	EVSED_WEB_SCREENSHOT=docs/web.png EVSED_WEB_SCREENSHOT_PHONE=docs/web-phone.png $(VENV)/bin/python -m pytest -q -p no:randomly tests/test_web_browser.py -k "screenshot or phone"
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(DEMO) build *.egg-info

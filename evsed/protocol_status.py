@@ -8,8 +8,8 @@ from dataclasses import field
 from typing import Annotated, Literal, Mapping
 
 from evsed.protocol_types import (
-    Amps, ConnectorId, ConnectorState, Count, FaultName, Label, Mode, Name, Phases, PilotState, Reply, Sentence,
-    SessionId, Tag, Timestamp, Watts, Wh,
+    Amps, ConnectorId, ConnectorState, Count, FaultName, FilePath, Label, Mode, Name, Phases, PilotState, Reply,
+    Sentence, SessionId, Tag, Timestamp, Watts, Wh,
 )
 from evsed.protocol_plans import CARD_PLANS, PlanNow, WaitingPlan
 from evsed.wire import Items, Range, Record, Text
@@ -102,6 +102,9 @@ class ConnectorStatus(Record):
     plan: PlanNow | None = None  # its charging plan (evsed.protocol_plans)
 
 
+Zone = Annotated[str, Text(64, min=1, pattern=r"[A-Za-z0-9_+/-]+")]  # an IANA time zone: Europe/Berlin
+
+
 class SiteNow(Record):
     current_a: Phases
     power_w: Watts
@@ -114,6 +117,8 @@ class StatusReply(Reply):
     site: SiteNow | None
     connectors: Annotated[tuple[ConnectorStatus, ...], Items(8)]
     services: Annotated[Mapping[Name, ServiceState], Items(8)] = field(default_factory=dict)
+    config: FilePath | None = None  # the daemon's config file, absolute: the CLI's fallback when none is named
+    timezone: Zone | None = None  # the charger's zone ([charger] timezone): the CLI shows times in it
     card_plans: Annotated[tuple[WaitingPlan, ...], Items(CARD_PLANS)] = ()  # plans waiting for a card's next session
 
     def connector(self, cid: int) -> ConnectorStatus | None:

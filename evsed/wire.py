@@ -6,6 +6,7 @@ them when built, so a record in hand is valid, and `from_wire` refuses what does
 
 from __future__ import annotations
 
+import _thread
 import collections.abc
 import dataclasses
 import datetime as dt
@@ -15,7 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, TypeVar, Union, dataclass_transform
+from typing import Any, Callable, ClassVar, Literal, NamedTuple, Self, TypeVar, Union, dataclass_transform
 
 R = TypeVar("R", bound="Record")
 
@@ -24,16 +25,15 @@ class WireError(ValueError):
     """A message that is not the protocol; the text names the field and what it expected."""
 
 
-@dataclass(frozen=True)
-class Range:
+# The bounds in a field's Annotated type: frozen tuples, a tenth of a dataclass's cost to declare.
+class Range(NamedTuple):
     """A number's bounds, both included."""
 
     lo: float
     hi: float
 
 
-@dataclass(frozen=True)
-class Text:
+class Text(NamedTuple):
     """A string's bounds. `clip`: longer text is cut, for free text the daemon says (a device's
     error), never for a request; `printable`: no control characters (a TOML block may have lines)."""
 
@@ -44,8 +44,7 @@ class Text:
     printable: bool = True
 
 
-@dataclass(frozen=True)
-class Items:
+class Items(NamedTuple):
     """At most this many items in a list or an object."""
 
     max: int
@@ -331,8 +330,7 @@ def _conv(hint: Any, owner: str) -> _Conv:
     raise TypeError(f"{owner}: no wire form for {hint!r}")
 
 
-@dataclass(frozen=True)
-class _Field:
+class _Field(NamedTuple):
     name: str
     conv: _Conv
     required: bool
@@ -346,6 +344,7 @@ def spec(cls: type) -> tuple[_Field, ...]:
     """The fields of a record class with their converters (built once per class)."""
     found = _SPECS.get(cls)
     if found is None:
+        _make(cls)
         hints = typing.get_type_hints(cls, include_extras=True)
         found = tuple(_Field(f.name, _conv(hints[f.name], f"{cls.__name__}.{f.name}"),
                              f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
@@ -356,17 +355,34 @@ def spec(cls: type) -> tuple[_Field, ...]:
 
 
 # --- records -----------------------------------------------------------------------------------
+_made: set[type] = set()
+_making = _thread.allocate_lock()
+
+
+def _make(cls: type) -> None:
+    """Make a record class, and the records it derives from, frozen keyword-only dataclasses: when
+    first used, not when declared. A dataclass takes 0.3-0.5 ms to make (its methods are compiled
+    from source); the protocol declares a hundred records, and `evsed status` uses ten of them."""
+    if cls in _made:
+        return
+    with _making:  # a record's first use may come from two threads at once (the store's and the loop)
+        for c in reversed(cls.__mro__):
+            if issubclass(c, Record) and c is not Record and c not in _made:
+                dataclass(frozen=True, kw_only=True)(c)
+                _made.add(c)
+
+
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(dataclasses.field,))
 class Record:
     """A frozen message or a part of one: each subclass is a frozen, keyword-only dataclass whose
-    fields are checked when it is built."""
+    fields are checked when it is built (made a dataclass when first built or described: _make)."""
 
     STRICT: ClassVar[bool] = False  # unknown fields refused (requests), else ignored (replies, events)
     LABEL: ClassVar[str] = ""  # how errors name it (the command, the event type)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dataclass(frozen=True, kw_only=True)(cls)
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        _make(cls)  # a dataclass from its first use on: the __init__ that runs next is the dataclass's
+        return object.__new__(cls)
 
     def __post_init__(self) -> None:
         where = self.LABEL or type(self).__name__

@@ -10,12 +10,10 @@ import asyncio
 from typing import Callable
 
 from hal import Meter, MeterReading, PilotReading, TryAgain, canonical_uid
+from simulator import FAULT_KINDS
 from simulator.board import Monostable, PinFile, rose_between
 from simulator.ev import SimEV
 from simulator.site import SimSite
-
-FAULT_KINDS = ("rcd", "welded", "stuck-open", "pilot-short", "pilot-lost", "meter", "diode",
-               "ev-error", "self-test")
 
 
 class SimConnector:

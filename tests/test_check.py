@@ -87,6 +87,33 @@ def test_a_typo_in_a_service_section_fails_check_with_file_line_and_key(tmp_path
     assert err.startswith(f"evsed: {path}:9: [{section}] {typo}: unknown key") and "\n" not in err
 
 
+def test_check_beside_a_running_daemon_validates_the_changed_config_and_opens_no_device(tmp_path):
+    # The daemon charges; the host adds a card and checks the file before `evsed reload`. check must
+    # not open what the daemon holds (before, it refused: "stop it first").
+    from test_daemon import charging, write_config
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            path.write_text(path.read_text() + '\n[[card]]\nuid = "0BADC0DE"\nname = "Carol"\n')
+            good = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "evsed", "check", "-c", str(path)],
+                                           capture_output=True, text=True, timeout=60)
+            path.write_text(path.read_text() + '\n[[card]]\nuid = "not hex"\n')
+            bad = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "evsed", "check", "-c", str(path)],
+                                          capture_output=True, text=True, timeout=60)
+            return good, bad, daemon.world.connector(1).contactor_closed
+
+    good, bad, still_closed = asyncio.run(scenario())
+    assert good.returncode == 0, good.stdout + good.stderr
+    lines = good.stdout.splitlines()
+    assert lines[0] == f"config {path}: valid"
+    assert lines[1].startswith("devices not opened: the running daemon (pid ") and lines[1].endswith("holds them")
+    assert lines[2].startswith("  connector 1: Charging, pilot state C, contactor closed, meter ")
+    assert still_closed
+    assert bad.returncode == 2 and "[card] uid: not a hex card UID" in bad.stderr
+
+
 def board_config(tmp_path: Path, port: str, timing: str) -> Path:
     link = f'backend = "openevse"\nport = "{port}"\n'
     path = tmp_path / "evsed.toml"

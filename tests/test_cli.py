@@ -1,6 +1,7 @@
 """The evsed command: sessions in three formats, status text, errors without tracebacks."""
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import protocol_records as pr
 from evsed import protocol as p
 from evsed import cli
+from evsed.cli import status as status_cli
 from evsed.store.sessions import LiveSession, Store
 
 ROOT = Path(__file__).parent.parent
@@ -115,7 +118,7 @@ def test_the_cli_refuses_a_squatted_runtime_directory(tmp_path, capsys, squat):
 
 
 def test_status_text_shows_why_not_charging():
-    text = cli.format_status(pr.connector(
+    text = status_cli.format_status(pr.connector(
         status="Preparing", state="B", measured=p.Measured(current_a=(0, 0, 0), power_w=0, energy_wh=12, stale=False),
         faults=(p.FaultNow(fault="rcd", detail="trip 1", clears_by="retry", lockout=False, retry_in_s=299.0),),
         last_refusal=p.Refusal(id_tag="DEADBEEF", reason="unknown card", at="2026-01-05T09:00:00+00:00",
@@ -123,13 +126,13 @@ def test_status_text_shows_why_not_charging():
         reason="card refused: unknown card"))
     assert "connector 1: Preparing" in text
     assert "state B, steady +12 V" in text and "contactor   open" in text
-    assert "fault       rcd (trip 1); retry in 299.0 s" in text
+    assert "fault       rcd (trip 1); retry in 299 s" in text
     assert "refused     card DEADBEEF: unknown card" in text
     assert "why         card refused: unknown card" in text
 
 
 def test_status_text_shows_an_unavailable_pilot_and_why():
-    text = cli.format_status(pr.connector(
+    text = status_cli.format_status(pr.connector(
         state=None, pilot_error="OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected"))
     assert "state ?, steady +12 V" in text
     assert "pilot       unavailable: OpenEVSE /dev/ttyUSB0: serial link lost: device disconnected" in text
@@ -137,5 +140,153 @@ def test_status_text_shows_an_unavailable_pilot_and_why():
 
 
 def test_status_text_shows_why_the_meter_gives_no_reading():
-    text = cli.format_status(pr.connector(meter_error="Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"))
+    text = status_cli.format_status(pr.connector(meter_error="Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s"))
     assert "  meter       no reading: Modbus /dev/ttyUSB1 unit 1: no answer within 0.5 s" in text
+
+
+# --- the CLI against a daemon on its socket --------------------------------------------------------------------
+
+async def evsed(*argv: str) -> subprocess.CompletedProcess:
+    """The `evsed` command as a process, beside a daemon running in this loop."""
+    import asyncio
+    return await asyncio.to_thread(run, *argv)
+
+
+def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_python_values(tmp_path, capsys):
+    import asyncio
+    from evsed import config
+    from evsed.services.link import Link
+    from test_daemon import charging, write_config
+    path = write_config(tmp_path)  # Europe/Amsterdam
+    cfg = config.load(path)
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            link = await Link.connect(cfg.store.runtime_dir, "ocpp")  # a service tells how it does
+            await link.command(p.ServiceStatus(status=p.ServiceState(connected=False, limits_a={"0": None, "1": 16.0})))
+            await link.close()
+            started = daemon.connectors[1].session.started_at
+            return await evsed("status", "-c", str(path)), started
+
+    proc, started = asyncio.run(scenario())
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    local = dt.datetime.fromisoformat(started).astimezone(ZoneInfo("Europe/Amsterdam"))
+    assert f"since {local:%Y-%m-%d %H:%M:%S}:" in out and "+00:00" not in out
+    assert "PWM 53.3 % = 32 A offered" in out  # 32 A asked; the duty's 0.1 % steps give 31.98
+    assert "service ocpp: connected no, queued 0, dropped 0, malformed 0, limits_a 1=16\n" in out
+    assert not any(word in out for word in ("None", "True", "False", "{", "}", "'"))
+    assert "  mode        fast, group family\n" in out
+    limits = [line for line in out.splitlines() if line.startswith("  limit")]
+    assert limits and all(line.split()[2] in ("A", "blocks") or line.split()[3] == "A" for line in limits), limits
+    assert "  no limit    breaker, window, group, site, external_cap, solar (fast mode), ocpp" in out
+
+
+def test_status_works_while_the_config_has_a_syntax_error_and_says_so(tmp_path, capsys):
+    import asyncio
+    from evsed import config
+    from test_daemon import running, write_config
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+
+    async def scenario():
+        async with running(cfg):
+            path.write_text(path.read_text() + "\n[[card]\nuid = 'half-typed'\n")  # the host is editing it
+            return await evsed("status", "-c", str(path))
+
+    proc = asyncio.run(scenario())
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err
+    assert out.startswith("connector 1: Available")
+    assert f"evsed: {path}: TOML syntax:" in err and f"looking for the daemon in {tmp_path / 'run'}" in err
+
+
+@pytest.mark.skipif(Path("/etc/evsed/evsed.toml").exists(), reason="this machine has a system config: the CLI "
+                    "processes would use it")
+def test_without_a_config_the_cli_uses_the_running_daemons_and_says_so(tmp_path, capsys, monkeypatch):
+    # `make run` runs the daemon on a config of its own; `evsed sessions` in another terminal, with
+    # no -c, reads that daemon's sessions (it used the built-in defaults, silently).
+    import asyncio
+    from evsed import config
+    from test_daemon import charging
+    monkeypatch.delenv("EVSED_CONFIG", raising=False)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))  # the default socket, for both
+    path = tmp_path / "demo.toml"
+    path.write_text((ROOT / "config" / "simulator.toml").read_text() + f'\n[store]\nstate_dir = "{tmp_path / "demo"}"\n')
+    cfg = config.load(path)
+
+    async def scenario():
+        async with charging(cfg) as daemon:
+            assert (await evsed("sim", "unplug")).returncode == 0
+            while daemon.connectors[1].session is not None:
+                await asyncio.sleep(0.01)
+            return await evsed("sessions", "--format", "json")
+
+    proc = asyncio.run(scenario())
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err
+    assert [s["card_name"] for s in json.loads(out[out.index("["):])] == ["Alice"]
+    assert f"evsed: using {path}, the running daemon's config" in err
+
+
+def test_without_a_config_or_a_daemon_the_cli_says_it_uses_built_in_defaults(tmp_path, capsys, monkeypatch):
+    from evsed import dirs
+    monkeypatch.delenv("EVSED_CONFIG", raising=False)
+    monkeypatch.setattr(dirs, "DEFAULT_PATH", tmp_path / "no-system-config.toml")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    assert cli.main(["sessions"]) == 0
+    err = capsys.readouterr().err
+    assert "no config (-c, $EVSED_CONFIG" in err and f"built-in defaults, sessions in {tmp_path / 'state'}" in err
+
+
+def test_the_system_config_means_the_services_directories_for_every_user(monkeypatch):
+    # A member of group evsed running `evsed status` reads /etc/evsed/evsed.toml: the socket is the
+    # service's /run/evsed, not the user's own runtime directory.
+    from evsed import config, dirs
+    for name in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    text = (ROOT / "config" / "simulator.toml").read_text()
+    system = config.parse(text, dirs.DEFAULT_PATH)
+    assert (system.store.state_dir, system.store.runtime_dir) == (Path("/var/lib/evsed"), Path("/run/evsed"))
+    elsewhere = config.parse(text, "/home/pi/evsed.toml")
+    assert elsewhere.store.runtime_dir != Path("/run/evsed")
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "evsed 0.1.0"
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    def parsers(p, name="evsed"):
+        yield name, p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    commands = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "probe" in commands
+    missing = [f"{name}: {action.option_strings or action.dest}" for command in commands
+               for name, p in parsers(cli.parser(command))  # each command as parsed: with its options
+               for action in p._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+               and not action.help]
+    assert missing == []
+
+
+def test_version_and_help_import_no_commands_heavy_module():
+    # `evsed probe`'s options are in its own module (asyncio, the config, hal): only `evsed probe`
+    # imports it, not `evsed --version` or `evsed --help` (which listed it at 10x the cost).
+    code = ("import contextlib, io, sys; from evsed import cli\n"
+            "for argv in (['--version'], ['--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        cli.main(argv)\n"
+            "print(sorted(m for m in sys.modules if m in ('asyncio', 'evsed.cli.probe', 'evsed.config', 'hal')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert "--ports-dir" in run("probe", "--help").stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evsed.config import dirs
+from evsed import dirs
 from evsed.control.client import socket_path
 
 NOBODY = 65534

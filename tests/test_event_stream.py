@@ -320,7 +320,8 @@ def test_requests_with_wrong_types_are_refused_and_change_nothing(tmp_path):
 
 
 def test_evsed_run_starts_a_configured_service_and_restarts_it_when_it_dies(tmp_path):
-    path = write_config(tmp_path, '[web]\nport = 0\n')
+    from test_check import free_port
+    path = write_config(tmp_path, f'[web]\nport = {free_port()}\n')  # a valid section: `run` refuses a bad one
     cfg = config.load(path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "evsed", "run", "-c", str(path)], stderr=subprocess.PIPE,

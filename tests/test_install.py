@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -40,6 +41,21 @@ def fake_etc(root: Path, *, evsed_user: bool, groups=("gpio", "spi", "dialout"),
     (root / "etc" / "group").write_text("\n".join(group) + "\n")
 
 
+PI_PACKAGES = ("mfrc522", "spidev", "evdev", "lgpio")
+
+
+@pytest.fixture(autouse=True)
+def pi_packages(tmp_path_factory, monkeypatch):
+    """The [pi] extra's packages as installed (their metadata, which is what install checks): the
+    boards are not here to import them, and these tests install configs that name them."""
+    site = tmp_path_factory.mktemp("site")
+    for name in PI_PACKAGES:
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    monkeypatch.syspath_prepend(str(site))
+
+
 def run_install(root: Path, *args: str, capsys) -> tuple[int, list[str]]:
     code = main(["install", "--root", str(root), *args])
     return code, capsys.readouterr().out.splitlines()
@@ -64,7 +80,7 @@ def test_install_on_a_fresh_pi_puts_every_file_in_place_and_says_what_it_would_r
         "/etc/systemd/system/evsed-update.service", "/etc/systemd/system/evsed-update.path", "/opt/evsed/current"}
     # The user joins the device groups this host has (no "input" here); nothing ran outside the root.
     assert ("would run: useradd --system --user-group --home-dir /var/lib/evsed --no-create-home --shell "
-            "/usr/sbin/nologin --comment evsed EV charger daemon --groups gpio,spi,dialout evsed") in out
+            "/usr/sbin/nologin --comment 'evsed EV charger daemon' --groups gpio,spi,dialout evsed") in out
     # the example runs no service: no service user
     assert [line for line in out if line.startswith("would run: useradd")] == [
         line for line in out if line.startswith("would run: useradd") and line.endswith(" evsed")]
@@ -181,7 +197,7 @@ def test_each_configured_service_gets_a_user_of_its_own_in_group_evsed_and_its_u
     assert useradds[0].endswith(" evsed")  # first: the group evsed the others join
     assert useradds[1:] == [
         "would run: useradd --system --user-group --home-dir /nonexistent --no-create-home --shell "
-        f"/usr/sbin/nologin --comment evsed {name} service --groups evsed evsed-{name}" for name in ("ocpp", "mqtt", "web")]
+        f"/usr/sbin/nologin --comment 'evsed {name} service' --groups evsed evsed-{name}" for name in ("ocpp", "mqtt", "web")]
     template = (tmp_path / "etc/systemd/system/evsed-service@.service").read_text()
     assert re.findall(r"^(User|Group|SupplementaryGroups)=(.*)$", template, re.M) == [
         ("User", "evsed-%i"), ("Group", "evsed-%i"), ("SupplementaryGroups", "evsed")]
@@ -248,7 +264,7 @@ def test_the_old_shared_user_owning_nothing_gets_only_the_note(tmp_path, capsys)
 
 def test_installing_again_changes_nothing(tmp_path, capsys):
     fake_etc(tmp_path, evsed_user=True)
-    run_install(tmp_path, capsys=capsys)
+    run_install(tmp_path, "--config-example", "simulator", capsys=capsys)
     before = snapshot(tmp_path)
     code, out = run_install(tmp_path, capsys=capsys)
     assert code == 0
@@ -272,15 +288,40 @@ def test_a_broken_host_config_stops_the_install_before_anything_changes(tmp_path
     assert files_under(tmp_path) == {"/etc/passwd", "/etc/group", "/etc/evsed/evsed.toml"}
 
 
+def test_without_a_config_or_an_example_install_names_the_examples_and_installs_nothing(tmp_path, capsys):
+    # It installed the simulator's config: a charger in a garage running on a simulated EV.
+    fake_etc(tmp_path, evsed_user=False)
+    assert main(["install", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    examples = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.toml")))
+    assert err == (f"evsed: install: there is no /etc/evsed/evsed.toml yet: name the example to start from with "
+                   f"--config-example NAME, one of {examples} (README.md, Quick start)\n")
+    assert files_under(tmp_path) == {"/etc/passwd", "/etc/group"}
+    usage = subprocess.run([sys.executable, "-m", "evsed", "install", "--help"], capture_output=True, text=True)
+    assert all(name in "".join(usage.stdout.split()) for name in examples.split(", "))  # --config-example's help
+
+
+def test_the_commands_install_prints_paste_into_a_shell_as_they_ran(tmp_path, capsys):
+    fake_etc(tmp_path, evsed_user=False)
+    host_config = tmp_path / "etc/evsed/evsed.toml"
+    host_config.parent.mkdir(parents=True)
+    host_config.write_text((ROOT / "config/simulator.toml").read_text() + ALL_SERVICES)
+    host = install.Host(tmp_path)
+    install.install(host)
+    printed = [line.removeprefix("would run: ") for line in host.did if line.startswith("would run: ")]
+    assert [shlex.split(line) for line in printed] == host.commands
+    assert "--comment 'evsed EV charger daemon'" in printed[0]
+
+
 def test_an_unknown_example_is_refused(tmp_path, capsys):
-    assert main(["install", "--root", str(tmp_path), "--config-example", "nope"]) == 1
+    assert main(["install", "--root", str(tmp_path), "--config-example", "nope"]) == 2
     examples = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.toml")))
     assert f"no example config 'nope'; one of {examples}\n" in capsys.readouterr().err
 
 
 def test_uninstall_removes_the_units_and_keeps_the_sessions_and_the_config(tmp_path, capsys):
     fake_etc(tmp_path, evsed_user=True)
-    run_install(tmp_path, capsys=capsys)
+    run_install(tmp_path, "--config-example", "simulator", capsys=capsys)
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir()
     (wants / "evsed-service@ocpp.service").symlink_to("/etc/systemd/system/evsed-service@.service")
@@ -338,6 +379,20 @@ def test_the_installed_safety_unit_verifies_and_rates_ok(tmp_path, capsys, examp
     assert exposure(units / "evsed.service") <= most
 
 
+def test_a_config_the_units_cannot_run_leaves_them_failed_instead_of_restarting(tmp_path):
+    # `evsed run` and `evsed service` exit 2 on a config error or a missing package; restarting
+    # cannot mend either, and each start logged the same error every few seconds.
+    from evsed.cli import EXIT_CONFIG
+    for unit in ("evsed.service", "evsed-service@.service"):
+        text = (ROOT / "systemd" / unit).read_text()
+        assert re.search(r"^Restart=on-failure$", text, re.M), unit
+        assert re.findall(r"^RestartPreventExitStatus=(.*)$", text, re.M) == [str(EXIT_CONFIG)], unit
+    bad = tmp_path / "evsed.toml"
+    bad.write_text("[charger]\nmax_curent_a = 16\n")
+    for argv in (["run", "-c", str(bad)], ["service", "web", "-c", str(bad)]):
+        assert subprocess.run([sys.executable, "-m", "evsed", *argv], capture_output=True).returncode == EXIT_CONFIG
+
+
 def test_the_service_units_find_the_daemons_directories_without_a_store_table(monkeypatch):
     # A config without [store]: the services (users evsed-NAME, no StateDirectory= of their own,
     # which would chown the daemon's) must still find the sessions database and the socket.
@@ -359,7 +414,7 @@ def test_the_directories_systemd_makes_for_the_units_are_the_ones_the_code_accep
     # systemd creates StateDirectory= and RuntimeDirectory= with the units' modes before evsed
     # starts; the daemon refuses a directory another user could tamper with. The two must agree,
     # and the services must be able to write where their files go (ReadWritePaths=).
-    from evsed.config import dirs
+    from evsed import dirs
     from evsed.ops import spool
     daemon = (ROOT / "systemd/evsed.service").read_text()
     template = (ROOT / "systemd/evsed-service@.service").read_text()
@@ -381,7 +436,7 @@ def test_the_directories_systemd_makes_for_the_units_are_the_ones_the_code_accep
 def test_the_service_template_verifies_and_rates_ok(tmp_path, capsys):
     root = tmp_path / "root"
     fake_etc(root, evsed_user=True)
-    run_install(root, capsys=capsys)
+    run_install(root, "--config-example", "simulator", capsys=capsys)
     units = analyzable(root, tmp_path)
     web = units / "evsed-service@web.service"
     web.write_text((units / "evsed-service@.service").read_text())
@@ -397,7 +452,7 @@ def test_the_update_units_verify_and_the_root_one_rates_ok(tmp_path, capsys):
     (pip fetches the dependencies): 2.1 OK, the rest of the sandbox as tight as the daemon's."""
     root = tmp_path / "root"
     fake_etc(root, evsed_user=True)
-    run_install(root, capsys=capsys)
+    run_install(root, "--config-example", "simulator", capsys=capsys)
     units = analyzable(root, tmp_path)
     proc = subprocess.run([ANALYZE, "verify", str(units / "evsed-update.service"), str(units / "evsed-update.path")],
                           capture_output=True, text=True, cwd=units, timeout=60)

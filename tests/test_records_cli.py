@@ -83,7 +83,7 @@ def test_report_table_has_a_header_and_money_with_the_currency(config, capsys):
 
 
 def test_export_csv_opens_cleanly_in_a_spreadsheet(config, capsys):
-    text = run(capsys, "export", "-c", str(config), "--format", "csv", "--since", "2026-01-01", "--until", "2026-02-01")
+    text = run(capsys, "export", "-c", str(config), "--format", "csv", "--since", "2026-01-01", "--until", "2026-01-31")
     assert text.startswith("id,connector,card_uid,") and "\r\n" in text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["card_name"] for r in rows] == ["Alice", "Bob"]
@@ -122,3 +122,37 @@ def test_export_times_are_right_around_every_offset_change(zone):
         iso = t.isoformat(timespec="seconds")
         assert local(iso) == t.astimezone(tz).isoformat(timespec="seconds"), iso
         t += dt.timedelta(minutes=7, seconds=13)
+
+
+def test_every_day_range_includes_its_last_day(config, capsys):
+    # sessions --until, export --until and report --to: the last day named is in (the guest's
+    # session starts 00:30 on 1 February, Amsterdam time, and is left out of January)
+    sessions = json.loads(run(capsys, "sessions", "-c", str(config), "--format", "json", "--since", "2026-01-05",
+                              "--until", "2026-01-06"))
+    exported = list(csv.DictReader(io.StringIO(run(capsys, "export", "-c", str(config), "--since", "2026-01-05",
+                                                   "--until", "2026-01-06"))))
+    (total,) = json.loads(run(capsys, "report", "-c", str(config), "--from", "2026-01-05", "--to", "2026-01-06",
+                              "--format", "json"))
+    assert [s["card_name"] for s in sessions] == [r["card_name"] for r in exported] == ["Alice", "Bob"]
+    assert total["sessions"] == 2
+
+
+def test_sessions_as_csv_and_json_carry_the_chargers_offset(config, capsys):
+    (alice,) = json.loads(run(capsys, "sessions", "-c", str(config), "--format", "json", "--until", "2026-01-05"))
+    assert (alice["started_at"], alice["stopped_at"]) == ("2026-01-05T10:00:00+01:00", "2026-01-05T11:00:00+01:00")
+    rows = list(csv.DictReader(io.StringIO(run(capsys, "sessions", "-c", str(config), "--format", "csv"))))
+    assert rows[1]["started_at"] == "2026-01-06T00:30:00+01:00"
+
+
+def test_report_by_a_list_of_keys_as_the_readme_writes_it(config, capsys):
+    rows = json.loads(run(capsys, "report", "-c", str(config), "--from", "2026-01-01", "--to", "2026-02-28",
+                          "--by", "card,day", "--format", "json"))
+    assert [(r["key"], r["name"], r["sessions"]) for r in rows] == [
+        ("04A1B2C3 2026-01-05", "Alice", 1), ("04A1B2C3 2026-02-03", "Alice", 1),
+        ("04D4E5F6 2026-01-06", "Bob", 1), ("0A0B0C0D 2026-02-01", "Guest", 1)]
+    everything = run(capsys, "report", "-c", str(config), "--month", "2026-01", "--by", "card,group,day")
+    assert everything.splitlines()[0] == "2026-01-01 to 2026-01-31, by card, group, day"
+    assert everything.splitlines()[2].split()[:4] == ["04A1B2C3", "family", "2026-01-05", "(Alice)"]
+    with pytest.raises(SystemExit):
+        cli.main(["report", "-c", str(config), "--by", "card,week"])
+    assert "expected some of card, group, day" in capsys.readouterr().err

@@ -1,14 +1,19 @@
 """`evsed check`: open every configured device once and report what it read.
 
-For installers: run it before starting the service. It never closes the contactor.
+For installers: run it before starting the service. It never closes the contactor. While the
+daemon runs it opens nothing (the daemon holds the devices): the config is checked, and the
+report shows what the daemon reads now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from evsed.config import Config
@@ -166,13 +171,73 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def daemon_pid(state_dir: Path) -> str | None:
+    """The pid of the daemon holding the state directory's lock; None when none does (or the
+    lock file cannot be read). A shared lock probe: it takes nothing from a daemon starting."""
+    try:
+        fd = os.open(state_dir / "evsed.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
+def running_report(config: Config, pid: str) -> dict[str, Any]:
+    """The report while the daemon runs: the config is valid, no device opened, and the daemon's
+    status (a p.StatusReply; None, and why, when it does not answer)."""
+    from evsed import protocol as p
+    from evsed.control import client as control
+    report: dict[str, Any] = {"config": str(config.path), "ok": True, "devices_opened": False, "daemon_pid": pid,
+                              "daemon_status": None}
+    try:
+        report["daemon_status"] = control.ask(config.store.runtime_dir, p.Status())
+    except (control.ControlError, p.DaemonError) as exc:
+        report["daemon_error"] = str(exc)
+    return report
+
+
+def running_json(report: dict[str, Any]) -> str:
+    status = report["daemon_status"]
+    return json.dumps({**report, "daemon_status": status and status.to_wire()}, indent=2, ensure_ascii=False)
+
+
+def format_running(report: dict[str, Any]) -> str:
+    lines = [f"config {report['config']}: valid",
+             f"devices not opened: the running daemon (pid {report['daemon_pid']}) holds them"]
+    status = report["daemon_status"]
+    if status is None:
+        lines.append(f"  the daemon does not answer: {report.get('daemon_error')}")
+    else:
+        for c in status.connectors:
+            m = c.measured
+            reading = (f", meter {m.power_w:.0f} W, {m.energy_wh} Wh" if m
+                       else f", meter: {c.meter_error}" if c.meter_error else "")
+            pilot = f"pilot unavailable: {c.pilot_error}" if c.pilot_error else f"pilot state {c.state}"
+            lines.append(f"  connector {c.id}: {c.status}, {pilot}, contactor {c.contactor}{reading}")
+        if status.card_reader_error:
+            lines.append(f"  card reader: unavailable: {status.card_reader_error}")
+    lines.append("apply it with `evsed reload` (running sessions continue); a change of devices needs "
+                 "`systemctl restart evsed`")
+    return "\n".join(lines)
+
+
 def main(config: Config, as_json: bool) -> int:
+    pid = daemon_pid(config.store.state_dir)
+    if pid is not None:
+        report = running_report(config, pid)
+        print(running_json(report) if as_json else format_running(report))
+        return 0
     lock: StateLock | None = StateLock(config.store.state_dir)
     assert lock is not None
     try:
-        lock.acquire()  # the daemon holds the devices while it runs
+        lock.acquire()  # keeps a daemon from starting on the devices meanwhile
     except StartError as exc:
-        print(f"evsed check: {exc}; stop it first (systemctl stop evsed)")
+        print(f"evsed check: {exc}")
         return 1
     except OSError:
         lock = None  # no writable state directory yet: nothing to collide with

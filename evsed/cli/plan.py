@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from evsed import protocol as p
 
@@ -31,9 +31,8 @@ def percent(text: str) -> float:
 
 
 def _request(args: Any, command: p.Command[R]) -> R | p.Failure:
-    from evsed.cli import _runtime_dir, load_config_if_any
-    from evsed.control import client as control
-    return control.request(_runtime_dir(load_config_if_any(args)), command)
+    from evsed.cli import where
+    return where.request(args, command)
 
 
 def _fail(reply: p.Failure) -> int:
@@ -113,8 +112,9 @@ def status_lines(c: p.ConnectorStatus) -> list[str]:
     return ["  " + line for line in format_plan(c.plan, "plan")]
 
 
-def add_commands(add: Callable[..., Any]) -> None:
-    sp = add("plan", cmd_plan, "charge an energy by a time in the cheapest hours; cancel it; show every plan")
+def add_options(sp: argparse.ArgumentParser) -> None:
+    """`evsed plan`'s options (evsed.cli registers the command; this module is imported only for it,
+    and for the plan's lines in `evsed status`)."""
     sp.add_argument("energy", nargs="?", type=energy, help="20kWh, or a target state of charge such as 80%%")
     sp.add_argument("--by", help="departure: 07:00 (the next time the charger's clock reads it) or an ISO time")
     sp.add_argument("--soc", type=percent, help="the vehicle's present state of charge, with a target such as 80%%")

@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, TypeVar
 
-from evsed import protocol as p
-from evsed.control import client as control
+from evsed.cli import text, where
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
+    from evsed import protocol as p
+
+    R = TypeVar("R", bound=p.Reply)
 
 EXIT_FAILURE = 1
-R = TypeVar("R", bound=p.Reply)
 
 
 def _request(args: Any, command: p.Command[R]) -> R | p.Failure:
-    from evsed.cli import _runtime_dir, load_config_if_any
-    return control.request(_runtime_dir(load_config_if_any(args)), command)
+    return where.request(args, command)
 
 
 def _fail(reply: p.Failure | p.ReloadReply) -> int:
+    from evsed import protocol as p
     print(f"evsed: {reply.error if isinstance(reply, p.Failure) else reply.reason}", file=sys.stderr)
     return EXIT_FAILURE
 
 
 def cmd_mode(args: Any) -> int:
+    from evsed import protocol as p
     reply = _request(args, p.SetMode(mode=args.mode))
     if isinstance(reply, p.Failure):
         return _fail(reply)
@@ -33,6 +39,7 @@ def cmd_mode(args: Any) -> int:
 
 
 def cmd_reload(args: Any) -> int:
+    from evsed import protocol as p
     reply = _request(args, p.Reload())
     if isinstance(reply, p.Failure) or reply.result != "Accepted":
         return _fail(reply)
@@ -42,6 +49,7 @@ def cmd_reload(args: Any) -> int:
 
 def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait for the next tap on the daemon's reader; print its UID and a [[card]] block."""
+    from evsed import protocol as p
     started = _request(args, p.Learn(timeout_s=args.timeout))
     if isinstance(started, p.Failure):
         return _fail(started)
@@ -68,41 +76,57 @@ def cmd_cards_learn(args: Any, sleep: Callable[[float], None] = time.sleep) -> i
 
 
 def format_limits(c: p.ConnectorStatus) -> list[str]:
-    """Every limit source's value and which one binds, for `evsed status`."""
+    """The limit sources that hold a value, which one binds, and the unset ones on one line."""
     if not c.limit_chain:
         return []
-    lines = [f"  mode        {c.mode}" + (f", group {c.group!r}" if c.group else "")]
+    lines = [f"  mode        {c.mode}" + (f", group {c.group}" if c.group else "")]
+    unset = []
     for source, lim in c.limit_chain.items():
-        value = "blocks" if lim.blocked else ("-" if lim.current_a is None else f"{lim.current_a:g} A")
-        mark = "  <- binds" if source == c.binding else ""
         detail = lim.blocked or lim.detail or ""
+        if lim.current_a is None and not lim.blocked:
+            unset.append(f"{source} ({detail})" if detail else source)
+            continue
+        value = "blocks" if lim.blocked or lim.current_a is None else text.amps(lim.current_a)
+        mark = "  <- binds" if source == c.binding else ""
         lines.append(f"  limit       {source:<13}{value:>8}  {detail}{mark}".rstrip())
+    if unset:
+        lines.append(f"  no limit    {', '.join(unset)}")
     return lines
 
 
 def sim_command(args: Any) -> p.Command[Any]:
     """`evsed sim site` and `evsed sim cable`."""
+    from evsed import protocol as p
     if args.sim_action == "site":
         fields = {key: getattr(args, key) for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter")}
         return p.SetSite(input=None if args.input is None else args.input == "on", **fields)
     return p.SetCable(connector=args.connector, ohm=args.ohm)
 
 
-def add_commands(add: Callable[..., Any], sim_sub: Any) -> None:
-    sp = add("mode", cmd_mode, "charge fast, from solar surplus only, or 6 A plus the surplus")
-    sp.add_argument("mode", choices=("fast", "solar", "min+solar"))
+def add_commands(add: Callable[..., None]) -> None:
+    """Register mode, reload and cards; `add(name, func, help, options)`."""
+    add("mode", cmd_mode, "charge fast, from solar surplus only, or 6 A plus the surplus",
+        lambda sp: sp.add_argument("mode", choices=("fast", "solar", "min+solar"), help="fast, solar or min+solar"))
     add("reload", cmd_reload, "apply the changed config file; running sessions continue")
-    sp = add("cards", lambda a: cmd_cards_learn(a), "cards: `evsed cards learn` reads the next tap")
-    sp.add_argument("action", choices=("learn",))
-    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a tap")
-    site = sim_sub.add_parser("site", help="the simulated site: house loads, PV, a profile, the contact")
-    for key, help_ in (("l1_a", "house load on L1, A"), ("l2_a", "... on L2"), ("l3_a", "... on L3"),
-                       ("pv_w", "PV production, W")):
+    add("cards", lambda a: cmd_cards_learn(a), "cards: `evsed cards learn` reads the next tap", _cards_options)
+
+
+def _cards_options(sp: Any) -> None:
+    sp.add_argument("action", choices=("learn",), help="learn: print the next tapped card's UID and a "
+                    "[[card]] block to paste into the config")
+    sp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="how long to wait for a tap "
+                    "(default 60)")
+
+
+def add_sim_actions(sim_action: Callable[..., Any]) -> None:
+    """`evsed sim site` and `evsed sim cable`."""
+    site = sim_action("site", "the simulated site: house loads, PV, a profile, the contact", connector=False)
+    for key, help_ in (("l1_a", "house load on L1, A"), ("l2_a", "house load on L2, A"),
+                       ("l3_a", "house load on L3, A"), ("pv_w", "PV production, W")):
         site.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, help=help_)
-    site.add_argument("--profile", help="CSV (t_s,l1_a,l2_a,l3_a,pv_w) or TOML [[point]] file")
+    site.add_argument("--profile", metavar="FILE", help="CSV (t_s,l1_a,l2_a,l3_a,pv_w) or TOML [[point]] file")
     site.add_argument("--input", choices=("on", "off"), help="the grid operator's control contact")
-    site.add_argument("--meter", choices=("ok", "silent"), help="make the site meter stop answering")
-    site.add_argument("--connector", type=int, default=1, help=__import__("argparse").SUPPRESS)
-    cable = sim_sub.add_parser("cable", help="the PP resistor of the simulated socket's cable (ohm)")
-    cable.add_argument("ohm", type=float)
-    cable.add_argument("--connector", type=int, default=1)
+    site.add_argument("--meter", choices=("ok", "silent"), help="make the site meter stop answering (silent)")
+    site.set_defaults(connector=1)
+    cable = sim_action("cable", "the PP resistor of the simulated socket's cable (ohm)")
+    cable.add_argument("ohm", type=float, help="the resistor in ohm (680: a 20 A cable)")

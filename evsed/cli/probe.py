@@ -237,9 +237,8 @@ def _host(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected HOST or HOST:PORT, got {text!r}") from None
 
 
-def add_command(add: Callable[..., argparse.ArgumentParser]) -> None:
-    sp = add("probe", cmd_probe, "find the serial ports, an OpenEVSE board, Modbus meters, a card reader "
-                                 "and the GPIO pilot, and print a TOML block for them")
+def add_options(sp: argparse.ArgumentParser) -> None:
+    """`evsed probe`'s options (evsed.cli registers the command)."""
     d = Options()
     sp.add_argument("--ports-dir", default=d.ports_dir, help=f"stable port names (default {BY_ID_DIR})")
     sp.add_argument("--port", action="append", default=[], help="another serial port to look at (repeatable)")
@@ -256,10 +255,10 @@ def add_command(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from evsed.cli import load_config_if_any, probe_report
+    from evsed.cli import probe_report, where
     from evsed.shell import logs
     logs.configure("critical", "text")  # the report is the output; libraries' lines would drown it
-    config = load_config_if_any(args)
+    config = where.load_if_any(args)
     opts = Options(args.ports_dir, args.port, args.tcp, args.units, args.bauds, args.parities, args.timeout,
                    args.card_timeout)
     try:

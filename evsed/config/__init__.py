@@ -19,7 +19,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evsed.config import backends, dirs
+from evsed import dirs
+from evsed.config import backends
+from evsed.errors import ConfigError
+from evsed.dirs import configured_dir, default_runtime_dir, default_state_dir, is_system
 from hal import MIN_EDGES_PER_DROPOUT
 from evsed.config import policy as policy_config
 from evsed.config import tariff as tariff_config
@@ -28,20 +31,10 @@ from evsed.core.state import CoreConfig
 from evsed.config.tomlines import beyond_limits, key_lines
 from hal import canonical_uid
 
-DEFAULT_PATH = Path("/etc/evsed/evsed.toml")
 MAX_FILE_BYTES = 32 << 20  # a config is kilobytes; this only stops a runaway file
 MAX_STR = 256  # characters in a string value unless the key says otherwise
 MAX_INT = 2**63 - 1
 UID_HEX_MAX = 20  # 10-byte ISO 14443 UIDs; OCPP's idTag is at most 20 characters
-
-
-class ConfigError(Exception):
-    """A config problem; str() is 'file:line: [table] key: message'."""
-
-    def __init__(self, path: Path | str, line: int | None, where: str, message: str):
-        self.path, self.line, self.where, self.message = str(path), line, where, message
-        loc = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +186,11 @@ class Config:
     policy: policy_config.PolicyConfig = policy_config.PolicyConfig()
     control: ControlConfig = ControlConfig()
 
+    def services(self) -> list[str]:
+        """The services the config runs: every [ocpp], [mqtt], [web], [prices] not `enabled = false`."""
+        return [name for name, s in self.sections.items()
+                if name in SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
+
     def core_config(self, connector: ConnectorConfig) -> CoreConfig:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
         t = self.timing
@@ -205,24 +203,6 @@ class Config:
             rcd_max_retries=t.rcd_max_retries, contactor_settle_s=t.contactor_settle_s,
             pilot_lost_s=t.pilot_lost_s, meter_timeout_s=t.meter_timeout_s,
             wakeup_after_s=t.wakeup_after_s, min_pause_s=t.min_pause_s, card_repeat_s=t.card_repeat_s)
-
-
-def default_state_dir() -> Path:
-    if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=, as the service user
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/evsed")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "evsed"
-
-
-def default_runtime_dir() -> Path:
-    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/run/evsed")
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "evsed" if base else Path(f"/tmp/evsed-{os.geteuid()}")
 
 
 class _Table:
@@ -632,9 +612,10 @@ def _timing(top: _Table) -> Timing:
 
 def _store(top: _Table) -> StoreConfig:
     t = top.table("store") or _Table(top.path, top.lines, {}, "store")
+    system = is_system(top.path)  # the installed service's config: its directories for every reader
     store = StoreConfig(
-        state_dir=_dir(t, "state_dir", default_state_dir),
-        runtime_dir=_dir(t, "runtime_dir", default_runtime_dir, socket=True),
+        state_dir=_dir(t, "state_dir", lambda: default_state_dir(system)),
+        runtime_dir=_dir(t, "runtime_dir", lambda: default_runtime_dir(system), socket=True),
         checkpoint_s=t.get("checkpoint_s", float, 60.0, min=1, max=3600),
         sample_interval_s=t.get("sample_interval_s", float, 10.0, min=1, max=3600),
         sample_retention_days=t.get("sample_retention_days", int, 400, min=1, max=36_500))
@@ -646,11 +627,7 @@ def _dir(t: _Table, key: str, default, socket: bool = False) -> Path:
     """A directory the daemon will use, refused here (so `check` and `run` agree) when it is a
     file, under a kernel file system, or too long for the control socket."""
     text = t.get(key, str, "", max_len=dirs.PATH_MAX)
-    if text:
-        path = Path(os.path.expanduser(text))
-        path = path if path.is_absolute() else (t.path.parent / path).resolve()
-    else:
-        path = default()
+    path = configured_dir(t.path, text) if text else default()
     problem = dirs.path_problem(path, socket=socket)
     if problem is not None:
         raise t.error(key, problem if text else f"the default {dirs._short(path)}: {problem}")

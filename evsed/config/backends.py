@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from hal import DeviceUnavailable
 
@@ -259,6 +259,19 @@ register(Backend("meter", "openevse", f"{_OPENEVSE}:meter",
                  "OpenEVSE board's ammeter: $GG current and voltage; an import register built from $GU's "
                  "session and total counters, right across board reboots and unplugs (one phase)",
                  _OPENEVSE_LINK, packages=("pyserial",)))
+
+
+# The gpiozero pin factories of the `pin_factory` option (hal/gpio.py) and the package each imports.
+PIN_FACTORY_PACKAGES = {"lgpio": "lgpio", "rpigpio": "RPi.GPIO", "pigpio": "pigpio"}
+
+
+def packages(kind: str, name: str, options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The PyPI packages a configured backend imports: those it names (less spidev where the
+    pilot's ADC is read through gpiozero), and its gpiozero pin factory's."""
+    spec = BACKENDS[(kind, name)]
+    need = [p for p in spec.packages if not (p == "spidev" and options.get("adc_driver") == "gpiozero")]
+    factory = PIN_FACTORY_PACKAGES.get(str(options.get("pin_factory", "")))
+    return (*need, factory) if factory else tuple(need)
 
 
 def backend(kind: str, name: str) -> Backend | None:

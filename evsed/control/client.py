@@ -9,11 +9,10 @@ import socket
 from pathlib import Path
 from typing import TypeVar
 
+from evsed import dirs
 from evsed import protocol as p
 
 R = TypeVar("R", bound=p.Reply)
-
-from evsed.config import dirs
 
 
 def socket_path(runtime_dir: Path) -> Path:

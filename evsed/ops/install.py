@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from evsed import config as configmod
-from evsed.config import dirs
+from evsed import dirs
 from evsed.ops import dropin, update
 
 USER = dirs.DAEMON_USER
@@ -59,12 +60,12 @@ class Host:
     def run(self, argv: list[str], check: bool = True) -> None:
         self.commands.append(argv)
         if not self.live:
-            self.did.append("would run: " + " ".join(argv))
+            self.did.append("would run: " + shlex.join(argv))  # pasteable into a shell as it is
             return
-        self.did.append("ran: " + " ".join(argv))
+        self.did.append("ran: " + shlex.join(argv))
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
-            failure = f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}"
+            failure = f"{shlex.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}"
             if check:
                 raise InstallError(failure)
             self.did.append(f"failed (carried on): {failure}")
@@ -166,26 +167,38 @@ def example_text(name: str) -> str:
     return resources.files("evsed.ops").joinpath("examples", f"{name}.toml").read_text()
 
 
-def _service_sections(cfg: configmod.Config) -> list[str]:
-    """The services the config runs: every [ocpp], [mqtt], [web], [prices] section not `enabled = false`."""
-    return [name for name, s in cfg.sections.items()
-            if name in configmod.SERVICE_SECTIONS and s.data.get("enabled", True) is not False]
-
-
 def _venv() -> Path:
     if sys.prefix == sys.base_prefix:
-        raise InstallError("evsed runs outside a virtual environment; install it into one first: "
-                           "python3 -m venv /opt/evsed/venv && /opt/evsed/venv/bin/pip install 'evsed[pi]'")
+        raise InstallError("evsed runs outside a virtual environment; install it into one first, from the "
+                           "checkout: python3 -m venv /opt/evsed/venv && /opt/evsed/venv/bin/pip install '.[web]' "
+                           "(README.md, Quick start)")
     return Path(sys.prefix)
 
 
-def install(host: Host, example: str = "simulator") -> configmod.Config:
+def _fresh_config(host: Host, example: str | None) -> str | None:
+    """The example's text when the host has no config yet (None: it has one, kept as it is). With
+    neither, say which examples there are: nothing is installed by default, not the simulator."""
+    if host.path(CONFIG).exists():
+        return None
+    if example is None:
+        raise InstallError(f"there is no {CONFIG} yet: name the example to start from with --config-example "
+                           f"NAME, one of {', '.join(example_names())} (README.md, Quick start)")
+    return example_text(example)
+
+
+def planned_config(host: Host, example: str | None) -> configmod.Config:
+    """The config install would put the units in place for: the host's, or the example's."""
+    config_path = host.path(CONFIG)
+    fresh_config = _fresh_config(host, example)
+    return configmod.parse(fresh_config, config_path) if fresh_config is not None else configmod.load(config_path)
+
+
+def install(host: Host, example: str | None = None) -> configmod.Config:
     """Install on host; returns the config the units were made for. Re-running it updates the
     units and the drop-in (after a change of devices) and keeps everything else."""
-    config_path = host.path(CONFIG)
-    fresh_config = example_text(example) if not config_path.exists() else None
+    fresh_config = _fresh_config(host, example)
     # Check the config before changing anything: the drop-in comes from its devices.
-    cfg = configmod.parse(fresh_config, config_path) if fresh_config is not None else configmod.load(config_path)
+    cfg = planned_config(host, example)
     venv = _venv()
 
     groups = [g for g in DEVICE_GROUPS if host.gid(g) is not None]
@@ -197,7 +210,7 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
         missing = [g for g in groups if USER not in host.members(g)]
         if missing:
             host.run(["usermod", "--append", "--groups", ",".join(missing), USER])
-    for name in _service_sections(cfg):
+    for name in cfg.services():
         _service_user(host, name)
     _retire_old_net_user(host, cfg)
 
@@ -221,7 +234,7 @@ def install(host: Host, example: str = "simulator") -> configmod.Config:
 
     host.run(["systemctl", "daemon-reload"])
     host.run(["systemctl", "enable", "evsed.service", *_enabled(cfg)])
-    if "ocpp" in _service_sections(cfg) and update.settings(cfg).public_key_file is None:
+    if "ocpp" in cfg.services() and update.settings(cfg).public_key_file is None:
         host.did.append(f"note: {CONFIG} has no [update] public_key_file: the OCPP uplink refuses every "
                         "UpdateFirmware until it names the key releases are signed with")
     return cfg
@@ -251,7 +264,7 @@ def _retire_old_net_user(host: Host, cfg: configmod.Config) -> None:
     old = host.uid(OLD_NET_USER)
     if old is None:
         return
-    running = _service_sections(cfg)
+    running = cfg.services()
     services = host.path(str(dirs.services_dir(Path(STATE_DIR))))  # the template's ReadWritePaths=
     moves = [("ocpp", ["--recursive"], services)] if services.is_dir() and _owns_any(old, services) else []
     for name, key in SERVICE_FILES:
@@ -276,7 +289,7 @@ def _owns_any(uid: int, top: Path) -> bool:
 
 
 def _enabled(cfg: configmod.Config) -> list[str]:
-    services = _service_sections(cfg)
+    services = cfg.services()
     return [*(f"evsed-service@{s}.service" for s in services), *([UPDATE_PATH] if "ocpp" in services else [])]
 
 

@@ -68,7 +68,7 @@ class Outcome:
 
 
 def directory(services_dir: Path) -> Path:
-    """The spool in the services' directory (evsed.config.dirs.services_dir of the state directory)."""
+    """The spool in the services' directory (evsed.dirs.services_dir of the state directory)."""
     return services_dir / "update"
 
 

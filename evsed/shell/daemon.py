@@ -22,8 +22,9 @@ from typing import Any, Callable, Coroutine
 import structlog
 
 import evsed
+from evsed import dirs
 from evsed import protocol as p
-from evsed.config import Config, dirs
+from evsed.config import Config
 from evsed.control.client import socket_path
 from evsed.control.server import ControlServer
 from evsed.core.pilot import PilotState

@@ -15,6 +15,7 @@ from evsed.config import backends
 from hal import CardReader, Closable, Contactor, DeviceUnavailable, FaultInput, HalError, Meter, Pilot
 
 CONNECTOR_KINDS = ("contactor", "pilot", "rcd", "meter")  # contactor first: `check` opens it before all else
+REGISTRY_KIND = {"site_meter": "meter", "site_input": "input"}  # configured() kinds -> backends' kinds
 
 
 @dataclass
@@ -86,7 +87,7 @@ def build_world(config: Config, clock: Callable[[], float]) -> Any:
 
 def create(kind: str, device: Device, connector_id: int, shared: dict[str, Any]) -> Any:
     """One device; a failure is DeviceUnavailable naming the connector, kind and backend."""
-    registry_kind = {"site_meter": "meter", "site_input": "input"}.get(kind, kind)
+    registry_kind = REGISTRY_KIND.get(kind, kind)
     where = f"connector {connector_id} {kind}" if connector_id else kind.replace("_", " ")
     try:
         return backends.create(registry_kind, device.backend, dict(device.options),

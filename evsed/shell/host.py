@@ -102,8 +102,9 @@ class ControlHost:
         assert self.charger is not None
         if isinstance(command, p.Ping):
             return p.Ok()
-        if isinstance(command, p.Status):
-            return replace(self.charger.status(), services=dict(self._service_status))
+        if isinstance(command, p.Status):  # the CLI finds this daemon's config, and shows times in its zone
+            return replace(self.charger.status(), services=dict(self._service_status),
+                           config=str(self.charger.config.path.absolute()), timezone=self.charger.config.charger.timezone)
         if isinstance(command, p.Restart):  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
             log.warning("daemon.restart_requested", role=role)
             self._restart()

@@ -1,4 +1,4 @@
-"""Reports (totals by card, group or local day) and the raw-data export, read from the store.
+"""Reports (totals by card, group, local day, or a combination) and the raw-data export, read from the store.
 
 Totals are summed by SQLite over the start-time index; the export streams row by row from a
 cursor, so memory stays flat however many sessions there are. Money stays integer minor
@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from typing import IO, Iterable, Iterator, Literal
+from typing import IO, Iterable, Iterator, Literal, Sequence
 
 from evsed.core.tariff import format_money
 from evsed.store.sessions import Store
@@ -20,27 +20,29 @@ REPORT_FIELDS = ("key", "name", "currency", "sessions", "energy_kwh", "hours", "
                  "revenue", "margin")
 
 
-def report(store: Store, since: str, until: str, by: str | None, tz: dt.tzinfo) -> list[dict]:
-    """Finished sessions started in [since, until) (ISO UTC), summed per `by` (None: one total)
-    and per currency. Values in display units: kWh, hours, money in major units as text."""
-    if by not in (None, *BY):
-        raise ValueError(f"by: expected one of {', '.join(BY)}, got {by!r}")
+def report(store: Store, since: str, until: str, by: str | Sequence[str] | None, tz: dt.tzinfo) -> list[dict]:
+    """Finished sessions started in [since, until) (ISO UTC), summed per `by` (None or empty: one
+    total; several: per combination, `key` their values joined by a space) and per currency.
+    Values in display units: kWh, hours, money in major units as text."""
+    keys = (by,) if isinstance(by, str) else tuple(by or ())
+    if not set(keys) <= set(BY) or len(set(keys)) != len(keys):
+        raise ValueError(f"by: expected some of {', '.join(BY)}, each once, got {','.join(keys)!r}")
     sums = ("COUNT(*), SUM(s.energy_wh), SUM(COALESCE(s.duration_s, 0)), SUM(COALESCE(s.charging_s, 0)),"
             " SUM(s.cost_minor), SUM(s.revenue_minor), MAX(s.money_decimals)")
     where = "s.stopped_at IS NOT NULL AND s.started_at >= ? AND s.started_at < ?"
     args: list = [since, until]
-    if by == "day":
+    columns = [{"card": "s.id_tag", "group": "s.card_group", "day": "d.day"}[k] for k in keys]
+    key = columns[0] if len(columns) == 1 else " || ' ' || ".join(f"COALESCE({c}, '')" for c in columns) or "'total'"
+    name = "MAX(s.card_name)" if "card" in keys else "''"
+    group = "".join(f"{c}, " for c in columns)
+    source, head = "sessions s", ""
+    if "day" in keys:
         days = _local_days(since, until, tz)
-        values = ", ".join("(?, ?, ?)" for _ in days)
-        sql = (f"WITH d(day, lo, hi) AS (VALUES {values}) SELECT d.day, '', s.currency, {sums}"
-               f" FROM d JOIN sessions s ON s.started_at >= d.lo AND s.started_at < d.hi WHERE {where}"
-               " GROUP BY d.day, s.currency ORDER BY d.day, s.currency")
+        head = f"WITH d(day, lo, hi) AS (VALUES {', '.join('(?, ?, ?)' for _ in days)}) "
+        source = "d JOIN sessions s ON s.started_at >= d.lo AND s.started_at < d.hi"
         args = [x for day in days for x in day] + args
-    else:
-        key = {"card": "s.id_tag, MAX(s.card_name)", "group": "s.card_group, ''", None: "'total', ''"}[by]
-        group = {"card": "s.id_tag, ", "group": "s.card_group, ", None: ""}[by]
-        sql = (f"SELECT {key}, s.currency, {sums} FROM sessions s WHERE {where}"
-               f" GROUP BY {group}s.currency ORDER BY 1, 3")
+    sql = (f"{head}SELECT {key}, {name}, s.currency, {sums} FROM {source} WHERE {where}"
+           f" GROUP BY {group}s.currency ORDER BY {group}s.currency")
     out = []
     for k, name, cur, n, wh, dur, chg, cost, rev, dec in store.db.execute(sql, args):
         margin = None if cost is None or rev is None else rev - cost

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from evsed import __version__
-from evsed.config import Config, Table, dirs
+from evsed import dirs
+from evsed.config import Config, Table
 from evsed.ops import spool as spoolmod
 from evsed.ops import update as updatemod
 
