@@ -127,6 +127,7 @@ async def test_availability_is_kept_across_a_hard_reset_and_a_kill_and_connector
         await csms.wait_for(lambda: statuses(csms, 0)[-1:] == ["Available"])
         await charger.sim("tap", "04A1B2C3")
         await charger.until(lambda c: c.status == "Charging", "charging once operative")
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))  # the uplink sends it after the event
     finally:
         await charger.stop()
         await csms.stop()

@@ -117,7 +117,7 @@ def test_make_run_installs_what_running_needs_and_keeps_the_demo_in_the_checkout
     # It installed the test toolchain (402 MB, 96 s, nothing shown) and, as root, kept the demo's
     # sessions and signing key in /var/lib/evsed, where a real install later found them.
     venv = tmp_path / "venv"
-    recipe = run(["make", "-n", "-B", "run", f"VENV={venv}"], cwd=ROOT).stdout.splitlines()
+    recipe = run(["make", "--no-print-directory", "-n", "-B", "run", f"VENV={venv}"], cwd=ROOT).stdout.splitlines()
     installs = [line for line in recipe if " pip install" in line]
     assert installs == [f"{venv}/bin/python -m pip install -e ."]  # no [test], and not --quiet: progress shows
     demo = ROOT / ".demo"
@@ -125,5 +125,5 @@ def test_make_run_installs_what_running_needs_and_keeps_the_demo_in_the_checkout
     assert recipe[-1] == f"{venv}/bin/evsed run -c {demo}/evsed.toml"
     assert any(line.startswith("echo ") and "once; pip shows its progress" in line for line in recipe)
     # make test still installs the test toolchain
-    test_recipe = run(["make", "-n", "-B", "test", f"VENV={venv}"], cwd=ROOT).stdout
+    test_recipe = run(["make", "--no-print-directory", "-n", "-B", "test", f"VENV={venv}"], cwd=ROOT).stdout
     assert f"{venv}/bin/python -m pip install --quiet -e '.[test]'" in test_recipe
