@@ -126,7 +126,8 @@ def test_every_path_install_puts_in_place_has_its_owner_and_mode(tmp_path, capsy
     assert made == {
         "/etc": made["/etc"],  # the test's own (fake_etc)
         "/etc/systemd": ("0755", 0, 0), "/etc/systemd/system": ("0755", 0, 0),
-        "/etc/evsed": ("0750", 0, EVSED_GID), "/etc/evsed/evsed.toml": ("0640", 0, EVSED_GID),
+        # the daemon writes a card learned on the page into its config: the directory and file are its own
+        "/etc/evsed": ("0750", EVSED_GID, EVSED_GID), "/etc/evsed/evsed.toml": ("0640", EVSED_GID, EVSED_GID),
         "/etc/systemd/system/evsed.service": unit, "/etc/systemd/system/evsed-service@.service": unit,
         "/etc/systemd/system/evsed-update.service": unit, "/etc/systemd/system/evsed-update.path": unit,
         "/etc/systemd/system/evsed.service.d": ("0755", 0, 0),
@@ -154,7 +155,7 @@ def test_install_keeps_the_hosts_config_owns_files_by_the_evsed_group_and_enable
     assert code == 0, out
     assert host_config.read_text() == text
     assert "kept /etc/evsed/evsed.toml (the host's; never overwritten)" in out
-    assert mode_owner(tmp_path / "etc/evsed") == ("0750", 0, EVSED_GID)
+    assert mode_owner(tmp_path / "etc/evsed") == ("0750", EVSED_GID, EVSED_GID)
     # the evsed user exists but is in none of the device groups yet
     assert "would run: usermod --append --groups gpio,dialout,input evsed" in out
     # [mqtt] enabled = false runs nowhere: not as a child, not as a unit, and gets no user

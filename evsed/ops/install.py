@@ -114,36 +114,45 @@ class Host:
             directory.mkdir()
             os.chmod(directory, 0o755)
 
-    def put(self, absolute: str, text: str, mode: int, group: str = "root") -> None:
+    def put(self, absolute: str, text: str, mode: int, group: str = "root", owner: str = "root") -> None:
         path = self.path(absolute)
         self.parents(path)
         old = path.read_text() if path.exists() else None
         tmp = path.with_name(path.name + ".evsed-new")
         tmp.write_text(text)
-        self._own(tmp, mode, group)
+        self._own(tmp, mode, group, owner)
         tmp.replace(path)
         if old != text:
-            self.did.append(f"{'wrote' if old is None else 'updated'} {absolute} ({mode:04o} root:{group})")
+            self.did.append(f"{'wrote' if old is None else 'updated'} {absolute} ({mode:04o} {owner}:{group})")
 
-    def mkdir(self, absolute: str, mode: int, group: str = "root") -> None:
+    def mkdir(self, absolute: str, mode: int, group: str = "root", owner: str = "root") -> None:
         path = self.path(absolute)
         made = not path.exists()
         self.parents(path)
         path.mkdir(exist_ok=True)
-        self._own(path, mode, group)
+        self._own(path, mode, group, owner)
         if made:
-            self.did.append(f"made {absolute}/ ({mode:04o} root:{group})")
+            self.did.append(f"made {absolute}/ ({mode:04o} {owner}:{group})")
 
-    def _own(self, path: Path, mode: int, group: str) -> None:
+    def own(self, absolute: str, owner: str, group: str) -> None:
+        """An existing file given to owner:group, its mode kept (the host's file)."""
+        path = self.path(absolute)
+        before = path.stat()
+        self._own(path, before.st_mode & 0o7777, group, owner)
+        if (before.st_uid, before.st_gid) != (path.stat().st_uid, path.stat().st_gid):
+            self.did.append(f"gave {absolute} to {owner}:{group} (its mode {before.st_mode & 0o7777:04o} kept)")
+
+    def _own(self, path: Path, mode: int, group: str, owner: str = "root") -> None:
         os.chmod(path, mode)
         gid = 0 if group == "root" else self.gid(group)
-        if gid is None:  # only under another root, whose group file lacks it (useradd was recorded)
-            note = f"no group {group} under {self.root}: its files keep the installer's group"
+        uid = 0 if owner == "root" else self.uid(owner)
+        if gid is None or uid is None:  # only under another root, whose files lack it (useradd was recorded)
+            note = f"no user {owner} or group {group} under {self.root}: its files keep the installer's"
             if note not in self.did:
                 self.did.append(note)
             return
         if os.geteuid() == 0:
-            os.chown(path, 0, gid, follow_symlinks=False)
+            os.chown(path, uid, gid, follow_symlinks=False)
 
     def remove(self, absolute: str) -> None:
         path = self.path(absolute)
@@ -214,11 +223,14 @@ def install(host: Host, example: str | None = None) -> configmod.Config:
         _service_user(host, name)
     _retire_old_net_user(host, cfg)
 
-    host.mkdir("/etc/evsed", 0o750, USER)
+    # The daemon's own (the services' group reads): it writes a card learned on the web page into
+    # the file (a new file beside it, renamed over it), so the directory is its too.
+    host.mkdir("/etc/evsed", 0o750, USER, owner=USER)
     if fresh_config is not None:
-        host.put(CONFIG, fresh_config, 0o640, USER)
+        host.put(CONFIG, fresh_config, 0o640, USER, owner=USER)
     else:
         host.did.append(f"kept {CONFIG} (the host's; never overwritten)")
+        host.own(CONFIG, USER, USER)
 
     current = host.path(CURRENT)
     if not current.is_symlink() and not current.exists():
