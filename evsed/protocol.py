@@ -278,8 +278,8 @@ class AddCardReply(Reply):
 
 
 class AddCard(Command[AddCardReply], cmd="add-card", roles=(ADMIN, WEB)):
-    """Add a card to the config file (a [[card]] table after the rest, which stays as written) and
-    reload it; the card charges as soon as the file is written."""
+    """Add the card last tapped for `learn` to the config file (a [[card]] table after the rest,
+    which stays as written) and reload it; the card charges as soon as the file is written."""
 
     uid: IdTag
     name: Label

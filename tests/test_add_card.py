@@ -70,10 +70,34 @@ def test_a_card_that_is_known_or_names_no_group_is_refused_and_nothing_is_writte
 
     async def scenario():
         async with running(cfg):
+            await ask(cfg, p.Learn(timeout_s=30))
+            await ask(cfg, p.Tap(card=uid))
             return await ask(cfg, p.AddCard(uid=uid, name="x", group=group))
 
     reply = asyncio.run(scenario())
     assert isinstance(reply, p.Failure) and why in reply.error
+    assert path.read_text() == before
+
+
+@pytest.mark.parametrize("tapped", [None, "0E0F1012"])
+def test_a_card_nobody_tapped_for_learn_cannot_be_added_not_even_by_the_page(tmp_path, tapped):
+    # a compromised web page must not be able to let a card of its own making charge
+    path, before = comments(tmp_path)
+    cfg = config.load(path)
+
+    async def scenario():
+        async with running(cfg):
+            link = await Link.connect(cfg.store.runtime_dir, "web")
+            try:
+                if tapped:
+                    await link.command(p.Learn(timeout_s=30))
+                    await ask(cfg, p.Tap(card=tapped))
+                return await link.command(p.AddCard(uid=NEW_CARD, name="mallory", group=""))
+            finally:
+                await link.close()
+
+    reply = asyncio.run(scenario())
+    assert isinstance(reply, p.Failure) and "not the card last tapped for learn" in reply.error
     assert path.read_text() == before
 
 
@@ -84,6 +108,8 @@ def test_a_config_the_daemon_may_not_write_is_refused_with_the_table_to_paste(tm
 
     async def scenario():
         async with running(cfg):
+            await ask(cfg, p.Learn(timeout_s=30))
+            await ask(cfg, p.Tap(card=NEW_CARD))
             path.parent.chmod(0o555)
             try:
                 return await ask(cfg, p.AddCard(uid=NEW_CARD, name="Dana", group=""))

@@ -195,3 +195,16 @@ def test_the_owners_slider_sets_the_pages_own_limit_source_and_lifts_it():
         source="web", connector=1, current_a=10.0)
     assert to_request({"action": "limit", "connector": 0, "current_a": None}, HELLO, NOW) == p.Limit(
         source="web", connector=0, current_a=None)
+
+
+def test_the_network_operators_cost_update_is_what_the_page_says_the_driver_pays():
+    """OCPP 2.0.1 CostUpdated (the uplink reports it in its service status) replaces the local
+    tariff's price so far on the page."""
+    from evsed.web.view import page_view
+    conn = charging(session=pr.session(card_name="Alice", energy_wh=12400, power_w=7200.0, price=3.10,
+                                       currency="EUR"))
+    status = pr.status(conn, services={"ocpp": p.ServiceState(connected=True, costs={"1": 4.25})})
+    view = page_view(HELLO, status, {}, NOW, AMS, show_tags=False, online=True)
+    assert view["connectors"][0]["headline"] == "Charging 7.2 kW, 12.4 kWh, €4.25 so far"
+    alone = page_view(HELLO, pr.status(conn), {}, NOW, AMS, show_tags=False, online=True)
+    assert alone["connectors"][0]["headline"] == "Charging 7.2 kW, 12.4 kWh, €3.10 so far"

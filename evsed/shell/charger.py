@@ -72,6 +72,7 @@ class Charger:
         self.mode = config.charger.mode
         self.learning: float | None = None  # `evsed cards learn`: the next tap is read, not used, until then
         self.learned: p.LearnedCard | None = None
+        self.learned_at: float | None = None  # when (monotonic) that card was tapped
         self.reservations: dict[int, int] = {}  # connector -> OCPP reservation id
         self.offload = offload
         self.writing_config = False  # a changed config file is being written (off the loop)
@@ -286,6 +287,7 @@ class Charger:
         """`evsed cards learn`: tell the UID and a [[card]] block; the tap does nothing else."""
         card = self.auth.local.card(uid)
         self.learning = None
+        self.learned_at = self.clock()
         self.learned = p.LearnedCard(uid=uid, known=card is not None, name=card.name if card else "",
                                      group=card.group if card else "",
                                      toml=f'[[card]]\nuid = "{uid}"\nname = ""\n# group = ""\n')

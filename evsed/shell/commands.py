@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 STOP_REASONS = {"remote": ev.StopReason.REMOTE, "deauthorized": ev.StopReason.DEAUTHORIZED,
                 "local": ev.StopReason.LOCAL, "other": ev.StopReason.OTHER}
+LEARNED_VALID_S = 600.0  # a card tapped for learn may be added this long after the tap
 MAX_COMMAND_SOURCES = 8  # limit sources set by commands: each is a ceiling every status reply carries
 
 
@@ -242,6 +243,12 @@ def _add_card(charger: Charger, cmd: p.AddCard) -> p.AddCardReply:
     known = charger.auth.local.card(uid)
     if known is not None:
         raise CommandError(f"card {uid} is already in {path}" + (f" as {known.name!r}" if known.name else ""))
+    # only a card tapped on the reader for `learn`, a few minutes ago: a service (the web page) can
+    # add no card it made up, so a compromised page cannot let an unknown card charge
+    learned, at = charger.learned, charger.learned_at
+    if learned is None or learned.uid != uid or at is None or charger.clock() - at > LEARNED_VALID_S:
+        raise CommandError(f"card {uid} is not the card last tapped for learn (within {LEARNED_VALID_S // 60:.0f} "
+                           "minutes): learn it on the reader first")
     groups = set(charger.config.policy.groups) | {c.group for c in charger.config.cards if c.group}
     if cmd.group and cmd.group not in groups:  # a typo would make a group with no rules of its own
         raise CommandError(f"no group named {cmd.group!r} in {path} (a [[group]] table or a card's group)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from dataclasses import replace
 from typing import Any
 
 from evsed import protocol as p
@@ -207,6 +208,16 @@ def mask(id_tag: Any) -> str:
     return "…" + text[-4:] if len(text) > 4 else text
 
 
+def _operator_cost(conn: p.ConnectorStatus, status: p.StatusReply) -> p.ConnectorStatus:
+    """A session's price as the network operator last told it (OCPP 2.0.1 CostUpdated, which the
+    uplink reports in its service status): what the driver pays, in place of the local tariff's."""
+    uplink = status.services.get("ocpp")
+    cost = uplink.costs.get(str(conn.id)) if uplink is not None else None
+    if cost is None or conn.session is None:
+        return conn
+    return replace(conn, session=replace(conn.session, price=cost))
+
+
 def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, now: dt.datetime, tz: dt.tzinfo,
               *, show_tags: bool, online: bool, title: str = "", msgs: Messages = ENGLISH) -> dict:
     """The whole page's live part, in the language of msgs."""
@@ -214,7 +225,7 @@ def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, n
         "title": title or hello.charger or "evsed",
         "online": online and status is not None,
         "now": clock(now, tz),
-        "connectors": [connector_view(c, now, tz, show_tags=show_tags, msgs=msgs)
+        "connectors": [connector_view(_operator_cost(c, status), now, tz, show_tags=show_tags, msgs=msgs)
                        for c in status.connectors] if status else [],
         "reader_error": status.card_reader_error or None if status else None,
         "mode": status.mode if status else None,
