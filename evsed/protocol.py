@@ -240,7 +240,8 @@ class ModeReply(Reply):
 
 
 class SetMode(Command[ModeReply], cmd="mode", roles=(ADMIN, WEB, MQTT)):
-    """The charger's charging mode until the next mode window boundary."""
+    """The charger's charging mode until the next mode window boundary; one it cannot follow (the solar
+    ones without a site meter: status `modes`) is refused with the reason."""
 
     mode: Mode
 

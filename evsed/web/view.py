@@ -229,6 +229,7 @@ def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, n
                        for c in status.connectors] if status else [],
         "reader_error": status.card_reader_error or None if status else None,
         "mode": status.mode if status else None,
+        "modes": list(status.modes) if status else None,  # only these are offered
         "solar": solar_view(status),
         "totals": totals,
     }
