@@ -65,8 +65,8 @@ def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dic
     return out
 
 
-def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
-    """Which faults hold and how each clears ("RCD tripped, retry at 14:05")."""
+def faults_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
+    """Which faults hold and how each clears ("RCD tripped, retry at 14:05"); MQTT's fault sensor says it too."""
     parts = []
     for f in conn.faults:
         key = f"view.fault.{f.fault}"
@@ -75,8 +75,24 @@ def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: M
             text = msgs("view.fault_lockout", fault=text)
         elif f.retry_in_s is not None:
             text = msgs("view.fault_retry", fault=text, time=clock(now + dt.timedelta(seconds=f.retry_in_s), tz))
+        elif f.clears_by == "unplug":
+            text = msgs("view.fault_unplug", fault=text)
         parts.append(text)
-    return msgs("view.fault", faults="; ".join(parts))
+    return "; ".join(parts)
+
+
+def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
+    return msgs("view.fault", faults=faults_text(conn, now, tz, msgs))
+
+
+def problem_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
+    """Why a connector cannot charge at all, or "": its latched faults, else a pilot device that is
+    gone (an unplugged adapter). The page's headline and MQTT's fault sensor."""
+    if conn.faults:
+        return faults_text(conn, now, tz, msgs)
+    if conn.pilot_error:
+        return msgs("view.pilot_unavailable", why=conn.pilot_error)
+    return ""
 
 
 def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
@@ -88,10 +104,9 @@ def headline(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo,
              msgs: Messages = ENGLISH) -> tuple[str, str]:
     """(the sentence a person reads, a tone for its colour: idle, busy, charging, paused, fault, off)."""
     status, reason, session = conn.status, conn.reason, conn.session
-    if conn.faults:
-        return fault_text(conn, now, tz, msgs), "fault"
-    if conn.pilot_error:  # the pilot's device is gone (an unplugged adapter): nothing can charge
-        return msgs("view.pilot_unavailable", why=conn.pilot_error), "fault"
+    problem = problem_text(conn, now, tz, msgs)  # a fault, or the pilot's device gone: nothing can charge
+    if problem:
+        return (fault_text(conn, now, tz, msgs) if conn.faults else problem), "fault"
     if status == "Charging" and session:
         text = msgs("view.charging", power=kw(session.power_w), energy=kwh(session.energy_wh))
         cost = session_cost(session)
