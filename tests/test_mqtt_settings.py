@@ -1,6 +1,7 @@
 """The [mqtt] table: defaults, broker URLs, the password file, and errors that name file, line and key."""
 
 import os
+import socket
 
 import pytest
 
@@ -113,3 +114,35 @@ def test_bounded_numbers():
 def test_enabled_is_a_known_key_read_by_the_daemon():
     assert parsed("enabled = false\n").base_topic == "evsed/garage"
     assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))
+
+
+def test_card_uids_stay_out_unless_asked_and_a_start_runs_under_its_own_id_tag():
+    s = parsed("")
+    assert s.card_uids is False and s.start_id_tag == "mqtt"
+    assert parsed('card_uids = true\nstart_id_tag = "04A1B2C3"\n').card_uids is True
+    err = error_for('start_id_tag = "a tag with spaces"\n')
+    assert "[mqtt] start_id_tag" in str(err) and err.line == 11
+
+
+def test_the_charger_zone_and_the_tariffs_currency_come_from_the_config():
+    s = settings.parse(config.parse(MINIMAL.replace('id = "garage"', 'id = "garage"\ntimezone = "Europe/Vienna"')
+                                    + '[tariff]\ncurrency = "CHF"\ndecimals = 2\n[mqtt]\n', "evsed.toml"))
+    assert (s.timezone, s.currency, s.currency_decimals) == ("Europe/Vienna", "CHF", 2)
+    assert parsed("").currency is None  # no tariff: no session cost sensor
+
+
+@pytest.mark.parametrize("web, url", [
+    ('bind = "0.0.0.0"\nport = 8080\n', f"http://{socket.gethostname()}:8080/"),
+    ('bind = "192.168.1.20"\nport = 80\n', "http://192.168.1.20:80/"),
+    ('bind = "fd00::20"\n', "http://[fd00::20]:8080/"),
+    ('bind = "127.0.0.1"\n', None),  # a page only this machine can open is no link for Home Assistant
+    ('bind = "0.0.0.0"\nenabled = false\n', None),
+])
+def test_the_device_links_to_the_page_as_the_network_reaches_it(web, url):
+    s = settings.parse(config.parse(MINIMAL + "[web]\n" + web + "[mqtt]\n", "evsed.toml"))
+    assert s.configuration_url == url
+
+
+def test_a_configuration_url_given_wins_and_must_be_http():
+    assert parsed('configuration_url = "https://evse.example.net/"\n').configuration_url == "https://evse.example.net/"
+    assert "[mqtt] configuration_url" in str(error_for('configuration_url = "ftp://x"\n'))
