@@ -15,7 +15,7 @@ from evsed import config
 from evsed import protocol as p
 from evsed.mqtt import service
 from evsed.services.link import Link
-from evsed.web.view import clock
+from evsed.web.faults import clock
 from evsed.store.sessions import Store
 from test_daemon import ask, running, until, write_config
 from test_mqtt_broker import broker, subscribed  # noqa: F401 - broker is a fixture

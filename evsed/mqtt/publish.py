@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from evsed import protocol as p
 from evsed.mqtt.topics import LIMIT_SOURCE, NONE, OFF, ON, PAUSE_SOURCE, PHASES, Message, Topics
-from evsed.web.view import problem_text
+from evsed.web.faults import problem_text
 
 UID_KEYS = frozenset({"id_tag", "started_by", "parent_id_tag"})  # what carries a card's UID in the protocol
 PILOT_STATES = ("A", "B", "C", "D", "E", "F")

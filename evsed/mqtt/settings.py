@@ -97,11 +97,13 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
 def _page_url(config: Config) -> str:
     """The web page's address as another machine reaches it, from [web]; "" when it has none (no page,
     or one bound to loopback only)."""
+    if "web" not in config.sections:
+        return ""
     from evsed.web import settings as web_settings  # stdlib only: h11 is the page service's own
     web = web_settings.parse(config)
-    if web is None or ipaddress.ip_address(web.bind).is_loopback:
+    address = ipaddress.ip_address(web.bind) if web is not None else None
+    if web is None or address is None or address.is_loopback:
         return ""
-    address = ipaddress.ip_address(web.bind)
     host = socket.gethostname() if address.is_unspecified else str(address)
     return f"http://{f'[{host}]' if ':' in host else host}:{web.port}/"
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from evsed import protocol as p
+from evsed.web.faults import clock, fault_text, problem_text
 from evsed.web.i18n import ENGLISH, Messages
 
 CURRENCY_SIGN = {"EUR": "€", "GBP": "£", "USD": "$", "CHF": "CHF ", "SEK": "SEK ", "NOK": "NOK ", "DKK": "DKK "}
@@ -28,10 +29,6 @@ def kwh(energy_wh: float) -> str:
 def money(amount: float, currency: str) -> str:
     sign = CURRENCY_SIGN.get(currency.upper(), currency.upper() + " " if currency else "")
     return f"{sign}{amount:.2f}"
-
-
-def clock(when: dt.datetime, tz: dt.tzinfo) -> str:
-    return when.astimezone(tz).strftime("%H:%M")
 
 
 def parse_time(text: Any) -> dt.datetime | None:
@@ -63,36 +60,6 @@ def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dic
         out.insert(0, {"source": "rating", "label": msgs("view.rating"), "current_a": conn.allowed_a,
                        "binding": True})
     return out
-
-
-def faults_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
-    """Which faults hold and how each clears ("RCD tripped, retry at 14:05"); MQTT's fault sensor says it too."""
-    parts = []
-    for f in conn.faults:
-        key = f"view.fault.{f.fault}"
-        text = msgs(key) if msgs(key) != key else f.fault.replace("_", " ")
-        if f.lockout:
-            text = msgs("view.fault_lockout", fault=text)
-        elif f.retry_in_s is not None:
-            text = msgs("view.fault_retry", fault=text, time=clock(now + dt.timedelta(seconds=f.retry_in_s), tz))
-        elif f.clears_by == "unplug":
-            text = msgs("view.fault_unplug", fault=text)
-        parts.append(text)
-    return "; ".join(parts)
-
-
-def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
-    return msgs("view.fault", faults=faults_text(conn, now, tz, msgs))
-
-
-def problem_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
-    """Why a connector cannot charge at all, or "": its latched faults, else a pilot device that is
-    gone (an unplugged adapter). The page's headline and MQTT's fault sensor."""
-    if conn.faults:
-        return faults_text(conn, now, tz, msgs)
-    if conn.pilot_error:
-        return msgs("view.pilot_unavailable", why=conn.pilot_error)
-    return ""
 
 
 def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
