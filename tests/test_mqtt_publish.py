@@ -68,8 +68,8 @@ def test_a_stale_meter_reading_is_said_stale_and_publishes_no_power_energy_or_cu
     assert published(CHARGING)["evsed/garage/connector/1/reading"][0] == "fresh"
 
 
-def test_the_binding_limit_is_the_lowest_source():
-    out = published(CHARGING)
+def test_the_binding_source_is_the_daemons():
+    out = published(connector(binding="mqtt"))
     limit = json.loads(out["evsed/garage/connector/1/limit"][0])
     assert limit == {"allowed_a": 16.0, "binding": "mqtt", "limits": {"cable": 32.0, "mqtt": 16.0}}
     assert out["evsed/garage/connector/1/allowed_a"][0] == "16.0"

@@ -52,11 +52,6 @@ def clean(value: Any, card_uids: bool = False) -> Any:
     return value
 
 
-def binding_limit(limits: dict[str, float]) -> str | None:
-    """The source whose ceiling is lowest (the one that binds), or None when no source limits."""
-    return min(limits, key=lambda k: (limits[k], k)) if limits else None
-
-
 def availability(c: p.ConnectorStatus) -> tuple[bool, bool]:
     """(available now, a change to unavailable pending): inoperative takes effect after the session."""
     running = c.session is not None
@@ -103,8 +98,7 @@ def _connector_state(topics: Topics, c: p.ConnectorStatus, now: dt.datetime, car
         Message(topic("contactor"), c.contactor),
         Message(topic("offered_a"), _number(c.offered_a, 1)),
         Message(topic("allowed_a"), _number(allowed, 1)),
-        Message(topic("limit"), _json(clean({"allowed_a": allowed, "binding": "fault" if problem else
-                                             binding_limit(limits),
+        Message(topic("limit"), _json(clean({"allowed_a": allowed, "binding": "fault" if problem else c.binding,
                                              "limits": {k: _round("_a", v) for k, v in limits.items()}}))),
         Message(topic("available"), ON if available else OFF),
         Message(topic("available_pending"), ON if pending else OFF),
