@@ -234,7 +234,7 @@ def test_no_card_uid_in_any_retained_message_but_the_cards_name_and_group(broker
 
 
 def test_start_and_stop_buttons_start_and_end_a_session(broker, tmp_path):  # noqa: F811
-    cfg = ha_config(tmp_path, broker.port)
+    cfg = ha_config(tmp_path, broker.port, 'start_card = "Alice"\n')  # a start charges on a card the config knows
 
     async def scenario():
         async with bridged(cfg) as daemon, subscribed(broker.port, f"{BASE}/#", DISCOVERY) as inbox:
@@ -251,7 +251,7 @@ def test_start_and_stop_buttons_start_and_end_a_session(broker, tmp_path):  # no
     stopped = asyncio.run(scenario())
     assert stopped["reason"] == "remote" and stopped["auth_source"] == "remote"
     (row,) = Store(cfg.store.state_dir / "sessions.db").sessions()
-    assert row["id_tag"] == "mqtt"  # [mqtt] start_id_tag's default
+    assert (row["id_tag"], row["card_name"]) == (UID, "Alice")
 
 
 def test_the_restart_button_restarts_the_daemon(broker, tmp_path):  # noqa: F811

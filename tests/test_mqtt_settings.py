@@ -116,12 +116,18 @@ def test_enabled_is_a_known_key_read_by_the_daemon():
     assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))
 
 
-def test_card_uids_stay_out_unless_asked_and_a_start_runs_under_its_own_id_tag():
+def test_card_uids_stay_out_unless_asked_and_a_start_charges_on_a_named_card():
     s = parsed("")
-    assert s.card_uids is False and s.start_id_tag == "mqtt"
-    assert parsed('card_uids = true\nstart_id_tag = "04A1B2C3"\n').card_uids is True
-    err = error_for('start_id_tag = "a tag with spaces"\n')
-    assert "[mqtt] start_id_tag" in str(err) and err.line == 11
+    assert s.card_uids is False and s.start_id_tag is None  # no start over MQTT
+    cards = ('[[card]]\nuid = "04:a1:b2:c3"\nname = "Alice"\n'
+             '[[card]]\nuid = "0A0B0C0D"\nname = "Guest"\nenabled = false\n')
+    s = settings.parse(config.parse(MINIMAL + cards + '[mqtt]\ncard_uids = true\nstart_card = "Alice"\n', "evsed.toml"))
+    assert s.card_uids is True and s.start_id_tag == "04A1B2C3" and "04A1B2C3" not in repr(s)
+    for name, why in (("Bob", "no [[card]] is named 'Bob' (named cards: 'Alice', 'Guest')"),
+                      ("Guest", "card 'Guest' is disabled")):
+        with pytest.raises(config.ConfigError) as err:
+            settings.parse(config.parse(MINIMAL + cards + f'[mqtt]\nstart_card = "{name}"\n', "evsed.toml"))
+        assert str(err.value).endswith("[mqtt] start_card: " + why)
 
 
 def test_the_charger_zone_and_the_tariffs_currency_come_from_the_config():

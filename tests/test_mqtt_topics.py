@@ -26,7 +26,7 @@ def published(messages):
     return {m.topic: (m.payload, m.retain) for m in messages}
 
 
-RULES = tp.Rules(connectors=(1,), max_a=16)
+RULES = tp.Rules(connectors=(1,), max_a=16, start_id_tag="04A1B2C3")
 
 
 @pytest.mark.parametrize("topic, payload, wanted", [
@@ -39,7 +39,7 @@ RULES = tp.Rules(connectors=(1,), max_a=16)
     ("evsed/garage/set/mode", b"min+solar", p.SetMode(mode="min+solar")),
     ("evsed/garage/set/available", b"OFF", p.Availability(connector=0, operative=False)),
     ("evsed/garage/connector/1/set/available", b"true", p.Availability(connector=1, operative=True)),
-    ("evsed/garage/connector/1/set/start", b"PRESS", p.RemoteStart(connector=1, id_tag="mqtt")),
+    ("evsed/garage/connector/1/set/start", b"PRESS", p.RemoteStart(connector=1, id_tag="04A1B2C3")),
     ("evsed/garage/connector/1/set/stop", b"PRESS", p.RemoteStop(connector=1, reason="remote")),
     ("evsed/garage/set/restart", b"press", p.Restart()),
 ])
@@ -70,6 +70,12 @@ def test_malformed_commands_are_refused_with_a_reason(topic, payload, why):
         tp.command_request(T, topic, payload, RULES)
 
 
+def test_a_start_needs_the_card_it_charges_on():
+    with pytest.raises(tp.BadCommand, match=r"set \[mqtt\] start_card"):
+        tp.command_request(T, "evsed/garage/connector/1/set/start", b"PRESS", replace(RULES, start_id_tag=None))
+    assert "c1_start" not in discovery.device_config(settings(), HELLO)["components"]
+
+
 def settings(**kw) -> MqttSettings:
     return MqttSettings(host="localhost", port=1883, tls=False, base_topic="evsed/garage", client_id="x",
                         charger_id="garage", max_current_a=16, **kw)
@@ -79,7 +85,7 @@ HELLO = p.HelloReply(version=1, charger="garage", connectors=(1,), phases=3, vol
 
 
 def test_discovery_is_one_device_with_sensors_and_controls():
-    cfg = discovery.device_config(settings(), HELLO)
+    cfg = discovery.device_config(settings(start_id_tag="04A1B2C3"), HELLO)
     assert discovery.discovery_topic(settings()) == "homeassistant/device/evsed_garage/config"
     assert cfg["device"]["identifiers"] == ["evsed_garage"] and cfg["origin"]["name"] == "evsed"
     assert cfg["availability"] == [{"topic": "evsed/garage/availability"}]

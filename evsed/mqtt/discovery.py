@@ -95,8 +95,9 @@ def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[s
             entity_category="diagnostic", state_topic=topics.connector(n, "session/card"))
         add(key + "card_group", "sensor", _name(label, "Card group"), icon="mdi:account-group-outline",
             entity_category="diagnostic", state_topic=topics.connector(n, "session/group"))
-        add(key + "start", "button", _name(label, "Start charging"), icon="mdi:play",
-            payload_press=PRESS, command_topic=topics.command("start", n))
+        if limits.start_id_tag is not None:  # [mqtt] start_card: the daemon starts only for a known card
+            add(key + "start", "button", _name(label, "Start charging"), icon="mdi:play",
+                payload_press=PRESS, command_topic=topics.command("start", n))
         add(key + "stop", "button", _name(label, "Stop charging"), icon="mdi:stop",
             payload_press=PRESS, command_topic=topics.command("stop", n))
     add("mode", "select", "Charging mode", options=[m for m in MODES if m in modes] or ["fast"],

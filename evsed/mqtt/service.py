@@ -191,9 +191,9 @@ class Bridge:
             refusal = _refusal(reply)
             if refusal is None:
                 self.refusals.pop(topic, None)
-                log.info("mqtt.command", topic=topic, request=req.to_wire())
+                log.info("mqtt.command", topic=topic, request=publish.clean(req.to_wire()))
             else:
-                self._refused("mqtt.command_refused", topic, refusal, request=req.to_wire())
+                self._refused("mqtt.command_refused", topic, refusal, request=publish.clean(req.to_wire()))
             self.refresh.set()
 
     def _refused(self, event: str, topic: str, error: str, **context: Any) -> None:

@@ -33,7 +33,8 @@ class MqttSettings:
     currency: str | None = None     # [tariff]'s: the session cost sensor's unit (no tariff: no sensor)
     currency_decimals: int = 2
     card_uids: bool = False         # publish card UIDs (id_tag) too; off: the card's name and group only
-    start_id_tag: str = "mqtt"      # the id_tag a start from MQTT (Home Assistant's Start button) runs under
+    start_id_tag: str | None = field(default=None, repr=False)  # [mqtt] start_card's UID: a start from MQTT is
+                                    # its session (never published); None: no start over MQTT
     configuration_url: str | None = None  # the page, for Home Assistant's device card
     ca_file: Path | None = None     # mqtts: the CA to trust instead of the system's
     username: str | None = None
@@ -67,9 +68,7 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     client_id = t.get("client_id", str, f"evsed-mqtt-{charger.id}")
     if not 1 <= len(client_id) <= 64:
         raise t.error("client_id", "expected 1 to 64 characters")
-    start_id_tag = t.get("start_id_tag", str, "mqtt")
-    if not re.fullmatch(r"[A-Za-z0-9_:.+-]{1,20}", start_id_tag):  # an OCPP 1.6 IdToken: at most 20
-        raise t.error("start_id_tag", f"expected 1 to 20 letters, digits or _:.+-, got {start_id_tag[:40]!r}")
+    start_id_tag = _start_card(t, config, t.get("start_card", str, ""))
     url_of_page = t.get("configuration_url", str, "") or _page_url(config)
     if url_of_page and urlsplit(url_of_page).scheme not in ("http", "https"):
         raise t.error("configuration_url", f"expected an http:// or https:// address, got {url_of_page[:80]!r}")
@@ -92,6 +91,21 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     if settings.password and not settings.username:
         raise t.error("password_file", "needs a username")
     return settings
+
+
+def _start_card(t: Table, config: Config, name: str) -> str | None:
+    """The UID of the [[card]] named `name` ("": none): the daemon starts a service's session only for a
+    card its local list accepts, and a UID does not belong in a second place of the config."""
+    if not name:
+        return None
+    cards = [c for c in config.cards if c.name == name]
+    if len(cards) != 1:
+        known = ", ".join(repr(c.name) for c in config.cards if c.name) or "none"
+        raise t.error("start_card", f"{'no' if not cards else 'more than one'} [[card]] is named {name!r} "
+                                    f"(named cards: {known})")
+    if not cards[0].enabled:
+        raise t.error("start_card", f"card {name!r} is disabled")
+    return cards[0].uid
 
 
 def _page_url(config: Config) -> str:

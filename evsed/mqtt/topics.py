@@ -37,12 +37,12 @@ class Message:
 @dataclass(frozen=True)
 class Rules:
     """What the commands may ask: the charger's connectors, the current limit's range (the same the
-    discovered number declares), and the id_tag a start from MQTT runs under."""
+    discovered number declares), and the card a start from MQTT charges on."""
 
     connectors: tuple[int, ...] = (1,)
     min_a: float = MIN_CURRENT_A
     max_a: float = 32.0
-    start_id_tag: str = "mqtt"
+    start_id_tag: str | None = None  # [mqtt] start_card's UID; None: no start over MQTT
 
 
 class Topics:
@@ -105,6 +105,8 @@ def command_request(topics: Topics, topic: str, payload: bytes, rules: Rules) ->
             raise BadCommand(f"{name} is a connector's: use <base>/connector/<n>/set/{name}")
         _press(name, text)
         if name == "start":
+            if rules.start_id_tag is None:
+                raise BadCommand("start: set [mqtt] start_card to the card a start from MQTT charges on")
             return p.RemoteStart(connector=connector, id_tag=rules.start_id_tag)
         return p.RemoteStop(connector=connector, reason="remote")
     raise BadCommand(f"unknown command {name!r}")
