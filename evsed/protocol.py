@@ -164,7 +164,7 @@ class StartReply(Reply):
     reason: Sentence | None = None
 
 
-class RemoteStart(Command[StartReply], cmd="remote-start", roles=(ADMIN, OCPP, WEB)):
+class RemoteStart(Command[StartReply], cmd="remote-start", roles=(ADMIN, OCPP, WEB, MQTT)):
     """Start for `id_tag` without a card (already authorized); `result` says whether it did."""
 
     connector: ConnectorId | None = None
@@ -176,7 +176,7 @@ class StopReply(Reply):
     result: Literal["Accepted", "Rejected"]
 
 
-class RemoteStop(Command[StopReply], cmd="remote-stop", roles=(ADMIN, OCPP, WEB)):
+class RemoteStop(Command[StopReply], cmd="remote-stop", roles=(ADMIN, OCPP, WEB, MQTT)):
     """End the running session; `result` Rejected when none runs."""
 
     connector: ConnectorId | None = None
@@ -240,7 +240,8 @@ class ModeReply(Reply):
 
 
 class SetMode(Command[ModeReply], cmd="mode", roles=(ADMIN, WEB, MQTT)):
-    """The charger's charging mode until the next mode window boundary."""
+    """The charger's charging mode until the next mode window boundary; one it cannot follow (the solar
+    ones without a site meter: status `modes`) is refused with the reason."""
 
     mode: Mode
 
@@ -310,7 +311,7 @@ class RestartReply(Reply):
     exit_status: Annotated[int, Range(0, 255)]
 
 
-class Restart(Command[RestartReply], cmd="restart", roles=(ADMIN, OCPP)):
+class Restart(Command[RestartReply], cmd="restart", roles=(ADMIN, OCPP, MQTT)):
     """End every session (`reboot`) and exit 75 so that the service manager starts the daemon again."""
 
 

@@ -120,6 +120,8 @@ class StatusReply(Reply):
     config: FilePath | None = None  # the daemon's config file, absolute: the CLI's fallback when none is named
     timezone: Zone | None = None  # the charger's zone ([charger] timezone): the CLI shows times in it
     card_plans: Annotated[tuple[WaitingPlan, ...], Items(CARD_PLANS)] = ()  # plans waiting for a card's next session
+    # the modes the charger can follow: the solar ones need a site meter (a daemon that does not say: all)
+    modes: Annotated[tuple[Mode, ...], Items(3)] = ("fast", "solar", "min+solar")
 
     def connector(self, cid: int) -> ConnectorStatus | None:
         return next((c for c in self.connectors if c.id == cid), None)

@@ -1,6 +1,7 @@
 """The [mqtt] table: defaults, broker URLs, the password file, and errors that name file, line and key."""
 
 import os
+import socket
 
 import pytest
 
@@ -113,3 +114,41 @@ def test_bounded_numbers():
 def test_enabled_is_a_known_key_read_by_the_daemon():
     assert parsed("enabled = false\n").base_topic == "evsed/garage"
     assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))
+
+
+def test_card_uids_stay_out_unless_asked_and_a_start_charges_on_a_named_card():
+    s = parsed("")
+    assert s.card_uids is False and s.start_id_tag is None  # no start over MQTT
+    cards = ('[[card]]\nuid = "04:a1:b2:c3"\nname = "Alice"\n'
+             '[[card]]\nuid = "0A0B0C0D"\nname = "Guest"\nenabled = false\n')
+    s = settings.parse(config.parse(MINIMAL + cards + '[mqtt]\ncard_uids = true\nstart_card = "Alice"\n', "evsed.toml"))
+    assert s.card_uids is True and s.start_id_tag == "04A1B2C3" and "04A1B2C3" not in repr(s)
+    for name, why in (("Bob", "no [[card]] is named 'Bob' (named cards: 'Alice', 'Guest')"),
+                      ("Guest", "card 'Guest' is disabled")):
+        with pytest.raises(config.ConfigError) as err:
+            settings.parse(config.parse(MINIMAL + cards + f'[mqtt]\nstart_card = "{name}"\n', "evsed.toml"))
+        assert str(err.value).endswith("[mqtt] start_card: " + why)
+
+
+def test_the_charger_zone_and_the_tariffs_currency_come_from_the_config():
+    s = settings.parse(config.parse(MINIMAL.replace('id = "garage"', 'id = "garage"\ntimezone = "Europe/Vienna"')
+                                    + '[tariff]\ncurrency = "CHF"\ndecimals = 2\n[mqtt]\n', "evsed.toml"))
+    assert (s.timezone, s.currency, s.currency_decimals) == ("Europe/Vienna", "CHF", 2)
+    assert parsed("").currency is None  # no tariff: no session cost sensor
+
+
+@pytest.mark.parametrize("web, url", [
+    ('bind = "0.0.0.0"\nport = 8080\n', f"http://{socket.gethostname()}:8080/"),
+    ('bind = "192.168.1.20"\nport = 80\n', "http://192.168.1.20:80/"),
+    ('bind = "fd00::20"\n', "http://[fd00::20]:8080/"),
+    ('bind = "127.0.0.1"\n', None),  # a page only this machine can open is no link for Home Assistant
+    ('bind = "0.0.0.0"\nenabled = false\n', None),
+])
+def test_the_device_links_to_the_page_as_the_network_reaches_it(web, url):
+    s = settings.parse(config.parse(MINIMAL + "[web]\n" + web + "[mqtt]\n", "evsed.toml"))
+    assert s.configuration_url == url
+
+
+def test_a_configuration_url_given_wins_and_must_be_http():
+    assert parsed('configuration_url = "https://evse.example.net/"\n').configuration_url == "https://evse.example.net/"
+    assert "[mqtt] configuration_url" in str(error_for('configuration_url = "ftp://x"\n'))

@@ -1,14 +1,15 @@
-"""What the MQTT service publishes for a status reply and an event, what a command topic asks of the daemon,
-and the Home Assistant discovery payload: pure functions, no broker."""
+"""What a command topic asks of the daemon, and the Home Assistant discovery payload: pure functions, no
+broker (test_mqtt_publish.py has what is published for a status reply and an event)."""
 
-import json
+import datetime as dt
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import protocol_records as pr
 from evsed import protocol as p
-from evsed.mqtt import discovery, topics as tp
+from evsed.mqtt import discovery, publish, topics as tp
 from evsed.mqtt.settings import MqttSettings
 
 T = tp.Topics("evsed/garage")
@@ -17,7 +18,7 @@ CHARGING = pr.status(pr.connector(
     status="Charging", state="C", contactor="closed", offered_a=16.0, allowed_a=16.0, reason="",
     measured=p.Measured(current_a=(15.9, 16.01, 15.8), power_w=10980.4, energy_wh=123456, stale=False),
     session=pr.session(card_name="Alice", started_at="2026-11-28T16:00:00Z", energy_wh=2400, power_w=10980.4,
-                            peak_power_w=11000.0),
+                       peak_power_w=11000.0),
     limits={"cable": 32.0, "mqtt": 16.0}), charger="garage", mode="solar")
 
 
@@ -25,98 +26,54 @@ def published(messages):
     return {m.topic: (m.payload, m.retain) for m in messages}
 
 
-def with_connector(**fields) -> p.StatusReply:
-    return replace(CHARGING, connectors=(replace(CHARGING.connectors[0], **fields),))
-
-
-def test_status_reply_publishes_retained_state_power_energy_and_current_per_phase():
-    out = published(tp.state_messages(T, CHARGING))
-    assert out["evsed/garage/connector/1/status"] == ("Charging", True)
-    assert out["evsed/garage/connector/1/state"] == ("C", True)
-    assert out["evsed/garage/connector/1/power_w"] == ("10980", True)
-    assert out["evsed/garage/connector/1/energy_wh"] == ("123456", True)
-    assert [out[f"evsed/garage/connector/1/current_a/{ph}"][0] for ph in ("l1", "l2", "l3")] == ["15.9", "16.0", "15.8"]
-    assert out["evsed/garage/connector/1/session/energy_wh"] == ("2400", True)
-    assert json.loads(out["evsed/garage/connector/1/session"][0])["card_name"] == "Alice"
-    assert out["evsed/garage/mode"] == ("solar", True)
-
-
-def test_a_stale_meter_reading_publishes_no_power_energy_or_current():
-    stale = with_connector(measured=replace(CHARGING.connectors[0].measured, stale=True))
-    out = published(tp.state_messages(T, stale))
-    assert not [t for t in out if t.endswith(("power_w", "/energy_wh", "l1", "l2", "l3")) and "session" not in t]
-    assert out["evsed/garage/connector/1/status"][0] == "Charging"
-
-
-def test_the_binding_limit_is_the_lowest_source():
-    out = published(tp.state_messages(T, CHARGING))
-    limit = json.loads(out["evsed/garage/connector/1/limit"][0])
-    assert limit == {"allowed_a": 16.0, "binding": "mqtt", "limits": {"cable": 32.0, "mqtt": 16.0}}
-    assert out["evsed/garage/connector/1/allowed_a"][0] == "16.0"
-    assert out["evsed/garage/current_limit_a"][0] == "16.0"
-
-
-def test_pause_and_lifted_limit_states_follow_the_limits_by_source():
-    out = published(tp.state_messages(T, with_connector(limits={"mqtt-pause": 0})))
-    assert out["evsed/garage/paused"][0] == "ON"
-    assert out["evsed/garage/current_limit_a"][0] == "None"  # Home Assistant's "unknown"
-    assert published(tp.state_messages(T, CHARGING))["evsed/garage/paused"][0] == "OFF"
-
-
-def test_an_inoperative_connector_reads_unavailable():
-    out = published(tp.state_messages(T, with_connector(status="Unavailable")))
-    assert out["evsed/garage/connector/1/available"][0] == "OFF" and out["evsed/garage/available"][0] == "OFF"
-
-
-def test_session_start_and_stop_are_events_and_the_last_session_is_retained():
-    started = pr.event("session.started", seq=7, at="2026-11-28T16:00:00.000Z", session=3)
-    out = published(tp.event_messages(T, started))
-    assert json.loads(out["evsed/garage/connector/1/session/started"][0])["seq"] == 7
-    assert out["evsed/garage/connector/1/session/started"][1] is False
-    assert out["evsed/garage/connector/1/session/energy_wh"] == ("0", True)
-    stopped = pr.event("session.stopped", seq=9, at="2026-11-28T17:00:00.000Z", session=3, energy_wh=2400)
-    out = published(tp.event_messages(T, stopped))
-    assert out["evsed/garage/connector/1/session/stopped"][1] is False
-    assert out["evsed/garage/connector/1/session/last"][1] is True
-    assert out["evsed/garage/event"][1] is False
-
-
-def test_meter_samples_are_not_events_on_mqtt():
-    sample = pr.event("session.sample", seq=None, at="2026-11-28T16:00:00.000Z", session=3, power_w=7000)
-    assert tp.event_messages(T, sample) == []
+RULES = tp.Rules(connectors=(1,), max_a=16, start_id_tag="04A1B2C3")
 
 
 @pytest.mark.parametrize("topic, payload, wanted", [
     ("evsed/garage/set/current_a", b"16", p.Limit(source="mqtt", connector=0, current_a=16.0)),
+    ("evsed/garage/set/current_a", b"6", p.Limit(source="mqtt", connector=0, current_a=6.0)),
     ("evsed/garage/set/current_a", b" none ", p.Limit(source="mqtt", connector=0, current_a=None)),
-    ("evsed/garage/connector/1/set/current_a", b"10.5",
-     p.Limit(source="mqtt", connector=1, current_a=10.5)),
+    ("evsed/garage/connector/1/set/current_a", b"10.5", p.Limit(source="mqtt", connector=1, current_a=10.5)),
     ("evsed/garage/set/pause", b"ON", p.Limit(source="mqtt-pause", connector=0, current_a=0)),
     ("evsed/garage/set/pause", b"off", p.Limit(source="mqtt-pause", connector=0, current_a=None)),
     ("evsed/garage/set/mode", b"min+solar", p.SetMode(mode="min+solar")),
     ("evsed/garage/set/available", b"OFF", p.Availability(connector=0, operative=False)),
     ("evsed/garage/connector/1/set/available", b"true", p.Availability(connector=1, operative=True)),
+    ("evsed/garage/connector/1/set/start", b"PRESS", p.RemoteStart(connector=1, id_tag="04A1B2C3")),
+    ("evsed/garage/connector/1/set/stop", b"PRESS", p.RemoteStop(connector=1, reason="remote")),
+    ("evsed/garage/set/restart", b"press", p.Restart()),
 ])
 def test_command_topics_become_control_socket_requests(topic, payload, wanted):
-    assert tp.command_request(T, topic, payload, [1]) == wanted
+    assert tp.command_request(T, topic, payload, RULES) == wanted
 
 
 @pytest.mark.parametrize("topic, payload, why", [
     ("evsed/garage/set/current_a", b"sixteen", "expected a number"),
     ("evsed/garage/set/current_a", b"nan", "out of range"),
-    ("evsed/garage/set/current_a", b"200", "out of range"),
+    ("evsed/garage/set/current_a", b"3", r"'3' out of range 6..16 A \(set/pause ON stops charging"),
+    ("evsed/garage/set/current_a", b"16.5", "out of range 6..16 A"),
+    ("evsed/garage/set/current_a", b"0", "out of range"),
     ("evsed/garage/set/pause", b"maybe", "expected ON or OFF"),
     ("evsed/garage/set/mode", b"turbo", "expected one of"),
     ("evsed/garage/set/mode", b"\xff\xfe", "not UTF-8"),
     ("evsed/garage/set/current_a", b"1" * 100, "too long"),
     ("evsed/garage/connector/2/set/pause", b"ON", "no connector 2"),
     ("evsed/garage/connector/1/set/mode", b"fast", "the charger's"),
+    ("evsed/garage/set/start", b"PRESS", "a connector's"),
+    ("evsed/garage/connector/1/set/stop", b"ON", "expected PRESS"),
+    ("evsed/garage/connector/1/set/restart", b"PRESS", "the charger's"),
     ("evsed/garage/set/reboot", b"now", "unknown command"),
     ("evsed/garage/set/a/b", b"1", "not a command topic"),
 ])
 def test_malformed_commands_are_refused_with_a_reason(topic, payload, why):
     with pytest.raises(tp.BadCommand, match=why):
-        tp.command_request(T, topic, payload, [1])
+        tp.command_request(T, topic, payload, RULES)
+
+
+def test_a_start_needs_the_card_it_charges_on():
+    with pytest.raises(tp.BadCommand, match=r"set \[mqtt\] start_card"):
+        tp.command_request(T, "evsed/garage/connector/1/set/start", b"PRESS", replace(RULES, start_id_tag=None))
+    assert "c1_start" not in discovery.device_config(settings(), HELLO)["components"]
 
 
 def settings(**kw) -> MqttSettings:
@@ -128,39 +85,101 @@ HELLO = p.HelloReply(version=1, charger="garage", connectors=(1,), phases=3, vol
 
 
 def test_discovery_is_one_device_with_sensors_and_controls():
-    cfg = discovery.device_config(settings(), HELLO)
+    cfg = discovery.device_config(settings(start_id_tag="04A1B2C3"), HELLO)
     assert discovery.discovery_topic(settings()) == "homeassistant/device/evsed_garage/config"
     assert cfg["device"]["identifiers"] == ["evsed_garage"] and cfg["origin"]["name"] == "evsed"
-    assert cfg["availability_topic"] == "evsed/garage/availability"
+    assert cfg["availability"] == [{"topic": "evsed/garage/availability"}]
     by_key = cfg["components"]
     assert {k: c["platform"] for k, c in by_key.items()} == {
-        "c1_power": "sensor", "c1_energy": "sensor", "c1_session_energy": "sensor", "c1_state": "sensor",
-        "c1_allowed_current": "sensor", "c1_current_l1": "sensor", "c1_current_l2": "sensor",
-        "c1_current_l3": "sensor", "mode": "select", "current_limit": "number", "pause": "switch",
-        "available": "switch"}
+        "c1_power": "sensor", "c1_energy": "sensor", "c1_current_l1": "sensor", "c1_current_l2": "sensor",
+        "c1_current_l3": "sensor", "c1_session_energy": "sensor", "c1_allowed_current": "sensor",
+        "c1_state": "sensor", "c1_plugged": "binary_sensor", "c1_charging": "binary_sensor",
+        "c1_problem": "binary_sensor", "c1_fault": "sensor", "c1_pilot": "sensor", "c1_card": "sensor",
+        "c1_card_group": "sensor", "c1_start": "button", "c1_stop": "button", "mode": "select",
+        "current_limit": "number", "lift_current_limit": "button", "pause": "switch", "available": "switch",
+        "available_pending": "binary_sensor", "restart": "button"}
     assert len({c["unique_id"] for c in by_key.values()}) == len(by_key)
+    assert "configuration_url" not in cfg["device"]
 
 
-def test_discovery_units_and_classes_follow_home_assistant():
+def test_discovery_units_classes_and_precision_follow_home_assistant():
     c = discovery.device_config(settings(), HELLO)["components"]
     assert (c["c1_power"]["device_class"], c["c1_power"]["unit_of_measurement"]) == ("power", "W")
     for key in ("c1_energy", "c1_session_energy"):
         assert (c[key]["device_class"], c[key]["unit_of_measurement"], c[key]["state_class"]) == \
             ("energy", "Wh", "total_increasing")
+    sensors = {k: v for k, v in c.items() if "unit_of_measurement" in v and v["platform"] == "sensor"}
+    assert {k: v["suggested_display_precision"] for k, v in sensors.items()} == {
+        "c1_power": 0, "c1_energy": 0, "c1_session_energy": 0, "c1_allowed_current": 1,
+        "c1_current_l1": 1, "c1_current_l2": 1, "c1_current_l3": 1}
     assert c["c1_state"]["device_class"] == "enum" and "Charging" in c["c1_state"]["options"]
-    assert c["mode"]["options"] == ["fast", "solar", "min+solar"]
-    assert (c["current_limit"]["min"], c["current_limit"]["max"]) == (6, 16)
+    assert (c["c1_plugged"]["device_class"], c["c1_charging"]["device_class"], c["c1_problem"]["device_class"]) \
+        == ("plug", "battery_charging", "problem")
+    assert c["c1_pilot"]["options"] == ["A", "B", "C", "D", "E", "F"]
+    assert {c[k]["entity_category"] for k in ("c1_pilot", "c1_card", "c1_card_group")} == {"diagnostic"}
+    assert (c["restart"]["device_class"], c["restart"]["entity_category"]) == ("restart", "config")
     assert c["pause"]["command_topic"] == "evsed/garage/set/pause"
 
 
-def test_discovered_topics_are_the_ones_published_and_accepted():
+def test_the_current_number_declares_the_range_set_current_a_takes_and_can_be_lifted():
     c = discovery.device_config(settings(), HELLO)["components"]
-    published_topics = set(published(tp.state_messages(T, CHARGING))) | {"evsed/garage/connector/1/session/energy_wh"}
+    number, lift = c["current_limit"], c["lift_current_limit"]
+    assert (number["min"], number["max"]) == (6, 16)
+    rules = discovery.rules(settings(), HELLO)
+    for value in (number["min"], number["max"]):
+        assert tp.command_request(T, number["command_topic"], str(value).encode(), rules).current_a == value
+    for value in (number["min"] - 0.1, number["max"] + 0.1):
+        with pytest.raises(tp.BadCommand):
+            tp.command_request(T, number["command_topic"], str(value).encode(), rules)
+    assert number["payload_reset"] == "None"  # the state topic's "lifted"
+    lifted = tp.command_request(T, lift["command_topic"], lift["payload_press"].encode(), rules)
+    assert lifted == p.Limit(source="mqtt", connector=0, current_a=None)
+
+
+def test_the_mode_select_offers_the_modes_the_charger_can_follow():
+    assert discovery.device_config(settings(), HELLO, ["fast"])["components"]["mode"]["options"] == ["fast"]
+    everything = discovery.device_config(settings(), HELLO, ["fast", "solar", "min+solar"])["components"]["mode"]
+    assert everything["options"] == ["fast", "solar", "min+solar"]
+
+
+def test_measured_sensors_are_unavailable_while_the_reading_is_stale():
+    c = discovery.device_config(settings(), HELLO)["components"]
+    for key in ("c1_power", "c1_energy", "c1_current_l1"):
+        assert c[key]["availability_mode"] == "all"
+        assert c[key]["availability"][1] == {"topic": "evsed/garage/connector/1/reading",
+                                             "payload_available": "fresh", "payload_not_available": "stale"}
+    assert "availability" not in c["c1_session_energy"]
+
+
+def test_a_tariff_adds_a_session_cost_sensor_in_its_currency():
+    c = discovery.device_config(settings(currency="CHF", currency_decimals=2), HELLO)["components"]
+    cost = c["c1_session_cost"]
+    assert (cost["device_class"], cost["unit_of_measurement"], cost["state_class"]) == ("monetary", "CHF", "total")
+    assert cost["state_topic"] == "evsed/garage/connector/1/session/cost"
+    assert "c1_session_cost" not in discovery.device_config(settings(), HELLO)["components"]
+
+
+def test_the_device_links_to_the_page():
+    cfg = discovery.device_config(settings(configuration_url="http://evse.lan:8080/"), HELLO)
+    assert cfg["device"]["configuration_url"] == "http://evse.lan:8080/"
+
+
+def test_discovered_topics_are_the_ones_published_and_accepted():
+    c = discovery.device_config(settings(currency="EUR"), HELLO)["components"]
+    charging = replace(CHARGING, connectors=(replace(CHARGING.connectors[0],
+                                                    session=replace(CHARGING.connectors[0].session, price=1.2)),))
+    now = dt.datetime(2026, 11, 28, 17, 0, tzinfo=ZoneInfo("Europe/Amsterdam"))
+    published_topics = set(published(publish.state_messages(T, charging, now)))
+    rules = discovery.rules(settings(), HELLO)
     for comp in c.values():
-        assert comp["state_topic"] in published_topics, comp
+        if "state_topic" in comp:
+            assert comp["state_topic"] in published_topics, comp
+        for extra in comp.get("availability", []):
+            assert extra["topic"] in published_topics | {"evsed/garage/availability"}
         if "command_topic" in comp:
-            sample = {"switch": b"ON", "select": b"fast", "number": b"10"}[comp["platform"]]
-            assert isinstance(tp.command_request(T, comp["command_topic"], sample, [1]), p.Command)
+            sample = {"switch": b"ON", "select": b"fast", "number": b"10"}.get(comp["platform"])
+            payload = comp.get("payload_press", "").encode() if comp["platform"] == "button" else sample
+            assert isinstance(tp.command_request(T, comp["command_topic"], payload, rules), p.Command)
 
 
 def test_a_two_connector_single_phase_charger_names_its_connectors():

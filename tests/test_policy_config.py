@@ -91,6 +91,8 @@ start = "11:00"
 end = "15:00"
 action = "mode"
 mode = "solar"
+[site.meter]
+backend = "sim"
 ''')
     assert cfg.policy.schedule.windows == () and cfg.policy.mode_windows[0].mode == "solar"
 

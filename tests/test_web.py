@@ -163,6 +163,13 @@ def test_a_lockout_says_a_person_must_clear_it():
     assert headline(c, NOW, AMS)[0] == "Fault: contactor welded, locked out until a person clears it"
 
 
+def test_a_fault_that_clears_on_unplug_says_so():
+    c = conn(status="Faulted", faults=tuple(p.FaultNow(fault=name, detail="", clears_by="unplug", lockout=False,
+                                                       retry_in_s=None) for name in ("diode", "cp_short")))
+    assert headline(c, NOW, AMS)[0] == ("Fault: EV diode check failed, clears when the EV is unplugged; "
+                                        "control pilot shorted to earth, clears when the EV is unplugged")
+
+
 def test_the_lowest_limit_source_is_marked_binding():
     entries = limit_entries(conn(allowed_a=16.0, limits={"site": 20.0, "group": 16.0}))
     assert [(e["source"], e["binding"]) for e in entries] == [("group", True), ("site", False)]

@@ -410,7 +410,21 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
     _pins_used_once(top)
     _openevse_agrees(top, config)
     _heartbeat_fits_dropout(top, config)
+    _modes_served(top, config)
     return config
+
+
+def _modes_served(top: _Table, config: Config) -> None:
+    """Every place that sets a mode ([charger], a [[group]], a mode [[window]]) names one the
+    charger can follow; the `mode` command refuses the others with the same words."""
+    served = policy_config.modes_served(config.site.meter is not None)
+    places = [("charger", top.data.get("charger"))]
+    places += [(f"{kind}[{i}]", item) for kind in ("group", "window")
+               for i, item in enumerate(top.data.get(kind) or [])]
+    for where, table in places:
+        mode = table.get("mode") if isinstance(table, dict) else None
+        if mode is not None and mode not in served:
+            raise _Table(top.path, top.lines, {}, where).error("mode", f"{mode} {policy_config.NEEDS_SITE_METER}")
 
 
 def _openevse_agrees(top: _Table, config: Config) -> None:

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from evsed.config import Device, _Table
 
 MODES = tuple(m.value for m in loadmgmt.Mode)  # fast, solar, min+solar
+NEEDS_SITE_METER = "needs a site meter ([site.meter]) to measure the surplus"
+
+
+def modes_served(has_site_meter: bool) -> tuple[str, ...]:
+    """The charging modes a charger can follow: the solar ones need a site meter (without one the
+    surplus is unknown, and the EV would charge at full current while the status says solar)."""
+    return MODES if has_site_meter else (loadmgmt.Mode.FAST.value,)
 STOP_BY = ("card", "group", "master")
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -1,18 +1,21 @@
 """Home Assistant MQTT discovery: the charger as one device, in one retained device-discovery message.
 
-Sensors per connector (power, energy, session energy, state, current per phase, allowed current) and
-charger controls (mode select, current number, pause and availability switches), all on topics.py's topics.
+Per connector the sensors, binary sensors and start/stop buttons; the charger's controls (mode select of
+the modes it can follow, current number in the range set/current_a takes, pause and availability
+switches, restart). All on topics.py's topics; README.md lists every entity.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any, Sequence
 
 from evsed import __version__
 from evsed import protocol as p
+from evsed.mqtt.publish import PILOT_STATES
 from evsed.mqtt.settings import MqttSettings
-from evsed.mqtt.topics import MODES, PHASES, Topics
+from evsed.mqtt.topics import MODES, NONE, PHASES, PRESS, Rules, Topics
 
 # OCPP 1.6 ChargePointStatus: the values of <base>/connector/<n>/status (an enum sensor in Home Assistant).
 STATUSES = ("Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing",
@@ -33,53 +36,97 @@ def discovery_topic(settings: MqttSettings) -> str:
     return f"{settings.discovery_prefix}/device/{object_id(settings.charger_id)}/config"
 
 
-def device_config(settings: MqttSettings, hello: p.HelloReply) -> dict:
-    """The device-discovery payload (Home Assistant 2024.11 or newer)."""
+def rules(settings: MqttSettings, hello: p.HelloReply) -> Rules:
+    """What the commands take: the one range the current number declares, from the charger's real limits."""
+    return Rules(connectors=hello.connectors or (1,), max_a=settings.max_current_a,
+                 start_id_tag=settings.start_id_tag)
+
+
+def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[str] = MODES) -> dict:
+    """The device-discovery payload (Home Assistant 2024.11 or newer); modes: those the charger can follow."""
     topics = Topics(settings.base_topic)
+    limits = rules(settings, hello)
     oid = object_id(settings.charger_id)
-    connectors = list(hello.connectors) or [1]
     phases = hello.phases
+    online = {"topic": topics.availability}
     components: dict[str, dict] = {}
 
-    def add(key: str, platform: str, name: str, **options) -> None:
+    def add(key: str, platform: str, name: str, **options: Any) -> None:
         components[key] = {"platform": platform, "name": name, "unique_id": f"{oid}_{key}", **options}
 
-    for n in connectors:
-        label = f"Connector {n} " if len(connectors) > 1 else ""
+    def sensor(key: str, name: str, topic: str, unit: str, device_class: str, precision: int, **options: Any) -> None:
+        add(key, "sensor", name, device_class=device_class, unit_of_measurement=unit,
+            suggested_display_precision=precision, state_topic=topic, **options)
+
+    for n in limits.connectors:
+        label = f"Connector {n} " if len(limits.connectors) > 1 else ""
         key = f"c{n}_"
-        add(key + "power", "sensor", _name(label, "Power"), device_class="power",
-            unit_of_measurement="W", state_class="measurement", state_topic=topics.connector(n, "power_w"))
-        add(key + "energy", "sensor", _name(label, "Energy"), device_class="energy",
-            unit_of_measurement="Wh", state_class="total_increasing", state_topic=topics.connector(n, "energy_wh"))
-        add(key + "session_energy", "sensor", _name(label, "Session energy"), device_class="energy",
-            unit_of_measurement="Wh", state_class="total_increasing",
-            state_topic=topics.connector(n, "session/energy_wh"))
+        # a meter reading that is stale (or missing) makes these unavailable, not an old value shown as now's
+        measured = {"availability": [online, {"topic": topics.connector(n, "reading"),
+                                              "payload_available": "fresh", "payload_not_available": "stale"}],
+                    "availability_mode": "all"}
+        sensor(key + "power", _name(label, "Power"), topics.connector(n, "power_w"), "W", "power", 0,
+               state_class="measurement", **measured)
+        sensor(key + "energy", _name(label, "Energy"), topics.connector(n, "energy_wh"), "Wh", "energy", 0,
+               state_class="total_increasing", **measured)
+        for phase in PHASES[:phases]:
+            sensor(f"{key}current_{phase}", _name(label, f"Current {phase.upper()}"),
+                   topics.connector(n, f"current_a/{phase}"), "A", "current", 1, state_class="measurement", **measured)
+        sensor(key + "session_energy", _name(label, "Session energy"), topics.connector(n, "session/energy_wh"),
+               "Wh", "energy", 0, state_class="total_increasing")
+        if settings.currency:
+            sensor(key + "session_cost", _name(label, "Session cost"), topics.connector(n, "session/cost"),
+                   settings.currency, "monetary", settings.currency_decimals, state_class="total")
+        sensor(key + "allowed_current", _name(label, "Allowed current"), topics.connector(n, "allowed_a"),
+               "A", "current", 1, state_class="measurement")
         add(key + "state", "sensor", _name(label, "State"), device_class="enum", options=list(STATUSES),
             state_topic=topics.connector(n, "status"))
-        add(key + "allowed_current", "sensor", _name(label, "Allowed current"), device_class="current",
-            unit_of_measurement="A", state_class="measurement", state_topic=topics.connector(n, "allowed_a"))
-        for phase in PHASES[:phases]:
-            add(f"{key}current_{phase}", "sensor", _name(label, f"Current {phase.upper()}"),
-                device_class="current", unit_of_measurement="A", state_class="measurement",
-                state_topic=topics.connector(n, f"current_a/{phase}"))
-    add("mode", "select", "Charging mode", options=list(MODES), icon="mdi:ev-station",
-        state_topic=topics.charger("mode"), command_topic=topics.command("mode"))
+        add(key + "plugged", "binary_sensor", _name(label, "Plugged in"), device_class="plug",
+            state_topic=topics.connector(n, "plugged"))
+        add(key + "charging", "binary_sensor", _name(label, "Charging"), device_class="battery_charging",
+            state_topic=topics.connector(n, "charging"))
+        add(key + "problem", "binary_sensor", _name(label, "Problem"), device_class="problem",
+            state_topic=topics.connector(n, "problem"))
+        add(key + "fault", "sensor", _name(label, "Fault"), icon="mdi:alert-circle-outline",
+            state_topic=topics.connector(n, "fault"))
+        add(key + "pilot", "sensor", _name(label, "Pilot state"), device_class="enum", options=list(PILOT_STATES),
+            entity_category="diagnostic", state_topic=topics.connector(n, "state"))
+        add(key + "card", "sensor", _name(label, "Card"), icon="mdi:card-account-details-outline",
+            entity_category="diagnostic", state_topic=topics.connector(n, "session/card"))
+        add(key + "card_group", "sensor", _name(label, "Card group"), icon="mdi:account-group-outline",
+            entity_category="diagnostic", state_topic=topics.connector(n, "session/group"))
+        if limits.start_id_tag is not None:  # [mqtt] start_card: the daemon starts only for a known card
+            add(key + "start", "button", _name(label, "Start charging"), icon="mdi:play",
+                payload_press=PRESS, command_topic=topics.command("start", n))
+        add(key + "stop", "button", _name(label, "Stop charging"), icon="mdi:stop",
+            payload_press=PRESS, command_topic=topics.command("stop", n))
+    add("mode", "select", "Charging mode", options=[m for m in MODES if m in modes] or ["fast"],
+        icon="mdi:ev-station", state_topic=topics.charger("mode"), command_topic=topics.command("mode"))
     add("current_limit", "number", "Current limit", device_class="current", unit_of_measurement="A",
-        min=6, max=settings.max_current_a, step=1, mode="box",
+        min=limits.min_a, max=limits.max_a, step=1, mode="box", payload_reset=NONE,
         state_topic=topics.charger("current_limit_a"), command_topic=topics.command("current_a"))
+    add("lift_current_limit", "button", "Lift current limit", icon="mdi:arrow-expand-up",
+        payload_press="none", command_topic=topics.command("current_a"))
     add("pause", "switch", "Pause", icon="mdi:pause", state_topic=topics.charger("paused"),
         command_topic=topics.command("pause"))
     add("available", "switch", "Available", entity_category="config", state_topic=topics.charger("available"),
         command_topic=topics.command("available"))
+    add("available_pending", "binary_sensor", "Unavailable after the session", icon="mdi:timer-sand",
+        entity_category="diagnostic", state_topic=topics.charger("available_pending"))
+    add("restart", "button", "Restart", device_class="restart", entity_category="config",
+        payload_press=PRESS, command_topic=topics.command("restart"))
+    device = {"identifiers": [oid], "name": settings.charger_id, "manufacturer": "evsed", "model": "EV charger",
+              "sw_version": __version__}
+    if settings.configuration_url:
+        device["configuration_url"] = settings.configuration_url
     return {
-        "device": {"identifiers": [oid], "name": settings.charger_id, "manufacturer": "evsed",
-                   "model": "EV charger", "sw_version": __version__},
+        "device": device,
         "origin": {"name": "evsed", "sw_version": __version__},
-        "availability_topic": topics.availability,
+        "availability": [online],
         "qos": 1,
         "components": components,
     }
 
 
-def discovery_payload(settings: MqttSettings, hello: p.HelloReply) -> str:
-    return json.dumps(device_config(settings, hello), separators=(",", ":"))
+def discovery_payload(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[str] = MODES) -> str:
+    return json.dumps(device_config(settings, hello, modes), separators=(",", ":"))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
-from typing import Any, AsyncIterator, Awaitable, Protocol, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 import aiomqtt
 import structlog
@@ -16,14 +18,16 @@ import structlog
 from evsed import protocol as p
 from evsed.config import Config, ConfigError
 from evsed.control.client import ControlError
+from evsed.mqtt import publish
 from evsed.mqtt import topics as tp
-from evsed.mqtt.discovery import discovery_payload, discovery_topic
+from evsed.mqtt.discovery import discovery_payload, discovery_topic, rules
 from evsed.mqtt.settings import MqttSettings, parse
 from evsed.services.link import LinkError, resume_after
 
 log = structlog.get_logger("evsed")
 R = TypeVar("R", bound=p.Reply)
 QOS = 1
+MAX_REFUSALS = 64          # command topics whose last refusal is remembered (to log it once)
 OFFLINE_TIMEOUT_S = 2.0   # the goodbye "offline" on a clean stop; the broker's will covers a crash
 LINK_ERRORS = (LinkError, OSError, EOFError, ControlError)  # the daemon went away or answered garbage
 
@@ -77,13 +81,17 @@ class Bridge:
     """One charger between the control socket and one broker."""
 
     def __init__(self, settings: MqttSettings, link: Link, tls: ssl.SSLContext | None = None,
-                 first_retry_s: float = 1.0):
+                 first_retry_s: float = 1.0, now: Callable[[], dt.datetime] | None = None):
         self.settings, self.link, self.tls = settings, link, tls
+        zone = ZoneInfo(settings.timezone)
+        self.now = now or (lambda: dt.datetime.now(zone))
         self.topics = tp.Topics(settings.base_topic)
-        self.connectors = link.hello.connectors
+        self.rules = rules(settings, link.hello)
+        self.modes: tuple[str, ...] = tp.MODES  # those the charger can follow, from its last status
         self.retained: dict[str, str] = {}  # what a broker should hold; republished after every reconnect
         self.seq = resume_after(link.hello)  # the last event published and acknowledged (new here: from now)
-        self.ignored = 0                     # malformed commands, counted
+        self.ignored = 0                     # refused commands, counted
+        self.refusals: dict[str, str] = {}   # topic -> why its last command was refused: logged once a streak
         self.refresh = asyncio.Event()
         self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)
         self.ha_status = f"{settings.discovery_prefix}/status"
@@ -119,7 +127,7 @@ class Bridge:
                 await client.subscribe(pattern, qos=QOS)
             if self.settings.discovery:
                 await client.subscribe(self.ha_status, qos=QOS)
-            self._remember(tp.state_messages(self.topics, await self._status()))
+            self._remember(self._state(await self._status()))
             await self._announce(client)
             await self._publish(client, tp.Message(self.topics.availability, "online"))
             log.info("mqtt.online", base_topic=self.settings.base_topic, after=self.seq)
@@ -134,15 +142,15 @@ class Bridge:
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Discovery and every retained state topic: after a (re)connect and Home Assistant's birth."""
         if self.settings.discovery:
-            await client.publish(discovery_topic(self.settings), discovery_payload(self.settings, self.link.hello),
-                                 qos=QOS, retain=True)
+            await client.publish(discovery_topic(self.settings),
+                                 discovery_payload(self.settings, self.link.hello, self.modes), qos=QOS, retain=True)
         for topic, payload in list(self.retained.items()):
             await client.publish(topic, payload, qos=QOS, retain=True)
 
     async def _pump_events(self, client: aiomqtt.Client) -> None:
         try:
             async for event in self.link.events(self.seq):
-                for message in tp.event_messages(self.topics, event):
+                for message in publish.event_messages(self.topics, event, card_uids=self.settings.card_uids):
                     await self._publish(client, message)
                 seq = event.seq
                 if seq is not None and seq > self.seq:
@@ -160,7 +168,7 @@ class Bridge:
                 async with asyncio.timeout(self.settings.status_interval_s):  # not wait_for: it can swallow a cancel
                     await self.refresh.wait()
             self.refresh.clear()
-            for message in tp.state_messages(self.topics, await self._status()):
+            for message in self._state(await self._status()):
                 if self.retained.get(message.topic) != message.payload:
                     await self._publish(client, message)
 
@@ -172,20 +180,36 @@ class Bridge:
                     await self._announce(client)
                 continue
             if message.retain:
-                log.warning("mqtt.command_ignored", topic=topic, error="retained: commands act once, when sent")
+                self._refused("mqtt.command_ignored", topic, "retained: commands act once, when sent")
                 continue
             try:
-                req = tp.command_request(self.topics, topic, payload, self.connectors)
+                req = tp.command_request(self.topics, topic, payload, self.rules)
             except tp.BadCommand as exc:
-                self.ignored += 1
-                log.warning("mqtt.command_ignored", topic=topic, error=str(exc), ignored=self.ignored)
+                self._refused("mqtt.command_ignored", topic, str(exc))
                 continue
             reply = await self._command(req)
-            if isinstance(reply, p.Failure):
-                log.warning("mqtt.command_refused", topic=topic, request=req.to_wire(), error=reply.error)
+            refusal = _refusal(reply)
+            if refusal is None:
+                self.refusals.pop(topic, None)
+                log.info("mqtt.command", topic=topic, request=publish.clean(req.to_wire()))
             else:
-                log.info("mqtt.command", topic=topic, request=req.to_wire())
+                self._refused("mqtt.command_refused", topic, refusal, request=publish.clean(req.to_wire()))
             self.refresh.set()
+
+    def _refused(self, event: str, topic: str, error: str, **context: Any) -> None:
+        """Count a refused command; log it once while the same command keeps being refused the same way
+        (an automation repeating a bad value must not flood the journal)."""
+        self.ignored += 1
+        if self.refusals.get(topic) != error:
+            if len(self.refusals) >= MAX_REFUSALS:  # topics are a client's to invent: keep the memory bounded
+                self.refusals.clear()
+            self.refusals[topic] = error
+            log.warning(event, topic=topic, error=error, ignored=self.ignored, **context)
+
+    def _state(self, reply: p.StatusReply) -> list[tp.Message]:
+        self.modes = reply.modes
+        return publish.state_messages(self.topics, reply, self.now(), card_uids=self.settings.card_uids,
+                                      currency_decimals=self.settings.currency_decimals)
 
     async def _status(self) -> p.StatusReply:
         reply = await self._command(p.Status())
@@ -206,6 +230,17 @@ class Bridge:
 
     def _remember(self, messages: list[tp.Message]) -> None:
         self.retained.update((m.topic, m.payload) for m in messages if m.retain)
+
+
+def _refusal(reply: p.Reply | p.Failure) -> str | None:
+    """Why the daemon did not do what a command asked (refused it, or answered Rejected), or None."""
+    if isinstance(reply, p.Failure):
+        return reply.error
+    if isinstance(reply, p.StartReply) and reply.result == "Rejected":
+        return f"start rejected: {reply.reason or 'no reason given'}"
+    if isinstance(reply, p.StopReply) and reply.result == "Rejected":
+        return "stop rejected: no session runs"
+    return None
 
 
 def _bytes(payload: Any) -> bytes:

@@ -5,8 +5,10 @@ Errors name file, line and key like every other table; the password is read from
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,14 @@ class MqttSettings:
     base_topic: str                 # every topic of this charger starts with it
     client_id: str
     charger_id: str
-    max_current_a: float            # the current number's upper end in Home Assistant
+    max_current_a: float            # the current limit's upper end: what set/current_a takes and the number declares
+    timezone: str = "UTC"           # the charger's: a fault's retry time is said in it
+    currency: str | None = None     # [tariff]'s: the session cost sensor's unit (no tariff: no sensor)
+    currency_decimals: int = 2
+    card_uids: bool = False         # publish card UIDs (id_tag) too; off: the card's name and group only
+    start_id_tag: str | None = field(default=None, repr=False)  # [mqtt] start_card's UID: a start from MQTT is
+                                    # its session (never published); None: no start over MQTT
+    configuration_url: str | None = None  # the page, for Home Assistant's device card
     ca_file: Path | None = None     # mqtts: the CA to trust instead of the system's
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -59,9 +68,18 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     client_id = t.get("client_id", str, f"evsed-mqtt-{charger.id}")
     if not 1 <= len(client_id) <= 64:
         raise t.error("client_id", "expected 1 to 64 characters")
+    start_id_tag = _start_card(t, config, t.get("start_card", str, ""))
+    url_of_page = t.get("configuration_url", str, "") or _page_url(config)
+    if url_of_page and urlsplit(url_of_page).scheme not in ("http", "https"):
+        raise t.error("configuration_url", f"expected an http:// or https:// address, got {url_of_page[:80]!r}")
+    tariff = config.tariff
     settings = MqttSettings(
         host=host, port=port, tls=tls, base_topic=base, client_id=client_id, charger_id=charger.id,
-        max_current_a=charger.max_current_a,
+        max_current_a=charger.max_current_a, timezone=charger.timezone,
+        currency=tariff.currency if tariff is not None else None,
+        currency_decimals=tariff.decimals if tariff is not None else 2,
+        card_uids=t.get("card_uids", bool, False), start_id_tag=start_id_tag,
+        configuration_url=url_of_page or None,
         ca_file=_path(config.path, ca) if ca else None,
         username=username or None,
         password=_password(t, _path(config.path, password_file), read_secrets) if password_file else None,
@@ -73,6 +91,35 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     if settings.password and not settings.username:
         raise t.error("password_file", "needs a username")
     return settings
+
+
+def _start_card(t: Table, config: Config, name: str) -> str | None:
+    """The UID of the [[card]] named `name` ("": none): the daemon starts a service's session only for a
+    card its local list accepts, and a UID does not belong in a second place of the config."""
+    if not name:
+        return None
+    cards = [c for c in config.cards if c.name == name]
+    if len(cards) != 1:
+        known = ", ".join(repr(c.name) for c in config.cards if c.name) or "none"
+        raise t.error("start_card", f"{'no' if not cards else 'more than one'} [[card]] is named {name!r} "
+                                    f"(named cards: {known})")
+    if not cards[0].enabled:
+        raise t.error("start_card", f"card {name!r} is disabled")
+    return cards[0].uid
+
+
+def _page_url(config: Config) -> str:
+    """The web page's address as another machine reaches it, from [web]; "" when it has none (no page,
+    or one bound to loopback only)."""
+    if "web" not in config.sections:
+        return ""
+    from evsed.web import settings as web_settings  # stdlib only: h11 is the page service's own
+    web = web_settings.parse(config)
+    address = ipaddress.ip_address(web.bind) if web is not None else None
+    if web is None or address is None or address.is_loopback:
+        return ""
+    host = socket.gethostname() if address.is_unspecified else str(address)
+    return f"http://{f'[{host}]' if ':' in host else host}:{web.port}/"
 
 
 def _broker(t: Table, url: str) -> tuple[str, int, bool]:

@@ -16,6 +16,7 @@ import structlog
 
 from evsed import protocol as p
 from evsed.config import SERVICE_SECTIONS, Config
+from evsed.config.policy import modes_served
 from evsed.core import tariff as tariffs
 from evsed.core import windows
 from evsed.core.events import CardPresented, SetAvailability, StopReason, StopRequested
@@ -309,9 +310,14 @@ class Charger:
         self.policy.site_sampled(reading)
 
     # --- status -----------------------------------------------------------------------------
+    def modes(self) -> tuple[p.Mode, ...]:
+        """The charging modes this charger can follow (the solar ones need a site meter)."""
+        return cast(tuple[p.Mode, ...], modes_served(self.config.site.meter is not None))
+
     def status(self) -> p.StatusReply:
         site = self.site_reading
-        return p.StatusReply(charger=self.config.charger.id, mode=cast(p.Mode, self.mode), card_reader_error=self.reader_error,
+        return p.StatusReply(charger=self.config.charger.id, mode=cast(p.Mode, self.mode), modes=self.modes(),
+                             card_reader_error=self.reader_error,
                              site=None if site is None else p.SiteNow(current_a=tuple(site.current_a),
                                                                       power_w=site.power_total_w),
                              connectors=tuple(self._connector_status(c) for c in self.connectors.values()),

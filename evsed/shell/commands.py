@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from evsed import protocol as p
+from evsed.config.policy import NEEDS_SITE_METER
 from evsed.core import events as ev
 from evsed.core.state import allowed_current_a, reservation_answer
 from hal import canonical_uid
@@ -174,6 +175,8 @@ def _limit(charger: Charger, cmd: p.Limit) -> p.Ok:
 
 
 def _mode(charger: Charger, cmd: p.SetMode) -> p.ModeReply:
+    if cmd.mode not in charger.modes():
+        raise CommandError(f"mode {cmd.mode} {NEEDS_SITE_METER}; this charger can follow: {', '.join(charger.modes())}")
     charger.mode = cmd.mode
     charger.publish("mode.changed", mode=cmd.mode)
     return p.ModeReply(mode=cmd.mode)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from evsed import protocol as p
+from evsed.web.faults import clock, fault_text, problem_text
 from evsed.web.i18n import ENGLISH, Messages
 
 CURRENCY_SIGN = {"EUR": "€", "GBP": "£", "USD": "$", "CHF": "CHF ", "SEK": "SEK ", "NOK": "NOK ", "DKK": "DKK "}
@@ -28,10 +29,6 @@ def kwh(energy_wh: float) -> str:
 def money(amount: float, currency: str) -> str:
     sign = CURRENCY_SIGN.get(currency.upper(), currency.upper() + " " if currency else "")
     return f"{sign}{amount:.2f}"
-
-
-def clock(when: dt.datetime, tz: dt.tzinfo) -> str:
-    return when.astimezone(tz).strftime("%H:%M")
 
 
 def parse_time(text: Any) -> dt.datetime | None:
@@ -65,20 +62,6 @@ def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dic
     return out
 
 
-def fault_text(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, msgs: Messages = ENGLISH) -> str:
-    """Which faults hold and how each clears ("RCD tripped, retry at 14:05")."""
-    parts = []
-    for f in conn.faults:
-        key = f"view.fault.{f.fault}"
-        text = msgs(key) if msgs(key) != key else f.fault.replace("_", " ")
-        if f.lockout:
-            text = msgs("view.fault_lockout", fault=text)
-        elif f.retry_in_s is not None:
-            text = msgs("view.fault_retry", fault=text, time=clock(now + dt.timedelta(seconds=f.retry_in_s), tz))
-        parts.append(text)
-    return msgs("view.fault", faults="; ".join(parts))
-
-
 def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
     """The driver's price so far, when the charger has a tariff."""
     return None if session.price is None else (session.price, session.currency or "")
@@ -88,10 +71,9 @@ def headline(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo,
              msgs: Messages = ENGLISH) -> tuple[str, str]:
     """(the sentence a person reads, a tone for its colour: idle, busy, charging, paused, fault, off)."""
     status, reason, session = conn.status, conn.reason, conn.session
-    if conn.faults:
-        return fault_text(conn, now, tz, msgs), "fault"
-    if conn.pilot_error:  # the pilot's device is gone (an unplugged adapter): nothing can charge
-        return msgs("view.pilot_unavailable", why=conn.pilot_error), "fault"
+    problem = problem_text(conn, now, tz, msgs)  # a fault, or the pilot's device gone: nothing can charge
+    if problem:
+        return (fault_text(conn, now, tz, msgs) if conn.faults else problem), "fault"
     if status == "Charging" and session:
         text = msgs("view.charging", power=kw(session.power_w), energy=kwh(session.energy_wh))
         cost = session_cost(session)
@@ -229,6 +211,7 @@ def page_view(hello: p.HelloReply, status: p.StatusReply | None, totals: dict, n
                        for c in status.connectors] if status else [],
         "reader_error": status.card_reader_error or None if status else None,
         "mode": status.mode if status else None,
+        "modes": list(status.modes) if status else None,  # only these are offered
         "solar": solar_view(status),
         "totals": totals,
     }
