@@ -75,8 +75,10 @@ class ControlHost:
 
     async def stop(self) -> None:
         await self.server.close(self.config.store.runtime_dir)
-        if self._reader_db is not None:
-            self._reader_db.close()
+        with self._reader_lock:  # a subscriber's backlog may be reading in a worker thread: never close under it
+            db, self._reader_db = self._reader_db, None
+            if db is not None:
+                db.close()
 
     # --- events to the subscribers ------------------------------------------------------------------
     def stored(self, loop: asyncio.AbstractEventLoop, event: p.Event) -> None:
@@ -117,12 +119,10 @@ class ControlHost:
         return commands.run(self.charger, command)
 
     async def backlog(self, after: int) -> list[p.Event]:
-        db = self._reader_db
-        assert db is not None
-
         def read() -> list[dict[str, Any]]:
             with self._reader_lock:  # one connection, several subscribers' threads
-                return list(outbox.since(db, after))
+                db = self._reader_db
+                return [] if db is None else list(outbox.since(db, after))  # None: the daemon is stopping
         events = []
         for stored in await asyncio.to_thread(read):
             try:
