@@ -102,10 +102,12 @@ SDM120 = MeterModel(
     "Eastron SDM120-Modbus Smart Energy Meter, Modbus Protocol Implementation "
     "(sdm120modbus_manual), input register table",
     4, "big", _SDM_1P, phases=1, baudrate=2400,
-    factory=UNCONFIRMED + "2400 baud, no parity. Eastron's SDM120-Modbus Protocol V2.4 was found but "
-            "its holding register page not read; secondary: TapHome's SDM120 page "
+    factory=UNCONFIRMED + "2400 baud, no parity. Eastron's SDM120Modbus Protocol Implementation V2.4 "
+            "was found but its holding register page not read; secondary: TapHome's SDM120 page "
             "(factory default 2400 bps, parity none), the SolarNetwork wiki 'SDM XXX meters' (2400 baud, "
-            "no parity), Tasmota SDM120_SPEED (default: 2400 baud), the sdm120c reader (default 2400)")
+            "no parity), Tasmota SDM120_SPEED (default: 2400 baud), the sdm120c reader (default 2400), "
+            "SDM.h of ESPEasy's SDM_Energy_Meter library (SDM120: 0 = 2400 baud, default; "
+            "40019: no parity, default)")
 
 SDM230 = MeterModel(
     "sdm230", "Eastron SDM230-Modbus (single phase)",
@@ -113,17 +115,20 @@ SDM230 = MeterModel(
     "input register table",
     4, "big", _SDM_1P, phases=1,
     factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.4 was found but "
-            "its holding register page not read; secondary: Tasmota SDM230_SPEED (default: 9600 baud)")
+            "only its first page read; secondary: Tasmota SDM230_SPEED (default: 9600 baud). The sources "
+            "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the "
+            "SDM230 the SDM120's 2400 baud default (and no parity); 9600 is kept until a page settles it")
 
 SDM630 = MeterModel(
     "sdm630", "Eastron SDM630-Modbus (three phase)",
-    "Eastron SDM630 Modbus Protocol (SDM630 register map, V1.x), input register table",
+    "Eastron SDM630Modbus Smart Meter Modbus Protocol Implementation V1.8, input register table "
+    "(section 1.2.1)",
     4, "big", _SDM_3P,
-    factory=UNCONFIRMED + "9600 baud, no parity. The SDM630-Modbus manual's own page not found; the "
-            "family's holding registers 40019 (0 = one stop bit and no parity, default) and 40029 "
-            "(2 = 9600 baud, default) are stated in the sibling Eastron SDM630MCT-ML User Manual V1.2 "
-            "p.25; secondary: TapHome's SDM630 page (9600, parity none), Tasmota SDM630_SPEED "
-            "(default: 9600 baud)")
+    factory="9600 baud, no parity: Eastron SDM630Modbus Smart Meter Modbus Protocol Implementation V1.8, "
+            "section 1.3.1, holding register 40019 p.6 (0 = one stop bit and no parity, default) and "
+            "40029 p.7 (2 = 9600 baud, default); the pages are counted from the page headers of a text "
+            "copy of that PDF, not read off the PDF. The sibling SDM630MCT-ML User Manual V1.2 p.25 gives "
+            "the same two defaults")
 
 SDM72D = MeterModel(
     "sdm72d", "Eastron SDM72D-M, first version (totals only)",
@@ -133,15 +138,17 @@ SDM72D = MeterModel(
     factory="no parity: Eastron SDM72D-M User Manual V1.1 p.3 (RS485: parity none (default)) and p.15 "
             "(holding register 40019: 0 = one stop bit and no parity, default); V1.5 p.15 the same. "
             "9600 baud: not confirmed, p.3 lists 1200-19200 bps without a default and p.15 has no baud "
-            "register; secondary: Tasmota SDM72_SPEED (default: 9600 baud)")
+            "register; secondary: Tasmota SDM72_SPEED (default: 9600 baud), SDM.h of ESPEasy's "
+            "SDM_Energy_Meter library (SDM72: 2 = 9600 baud, default)")
 
 SDM72D_V2 = MeterModel(
     "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
     "Eastron SDM72D-M-2 User Manual (sdm72dm-v2), Modbus input register table",
     4, "big", _SDM_3P,
     factory=UNCONFIRMED + "9600 baud, no parity. No SDM72D-M-2 manual page found; secondary: Tasmota "
-            "SDM72_SPEED (default: 9600 baud), and the first version's manual pages (SDM72D-M V1.1 "
-            "p.3, p.15: no parity)")
+            "SDM72_SPEED (default: 9600 baud), SDM.h of ESPEasy's SDM_Energy_Meter library "
+            "(SDM72V2: 2 = 9600 baud, default), the first version's manual pages (SDM72D-M V1.1 p.3, "
+            "p.15: no parity) and the SDM630's protocol V1.8 (same registers: 9600, no parity)")
 
 # --- ABB B series: holding registers (FC3), integers high word first ---------------------------
 # 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
