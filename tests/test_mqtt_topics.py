@@ -95,7 +95,9 @@ def test_discovery_is_one_device_with_sensors_and_controls():
         "c1_current_l3": "sensor", "c1_session_energy": "sensor", "c1_allowed_current": "sensor",
         "c1_state": "sensor", "c1_plugged": "binary_sensor", "c1_charging": "binary_sensor",
         "c1_problem": "binary_sensor", "c1_fault": "sensor", "c1_pilot": "sensor", "c1_card": "sensor",
-        "c1_card_group": "sensor", "c1_start": "button", "c1_stop": "button", "mode": "select",
+        "c1_card_group": "sensor", "c1_plan": "sensor", "c1_plan_state": "sensor",
+        "c1_plan_infeasible": "binary_sensor", "c1_plan_finish": "sensor", "c1_plan_energy": "number",
+        "c1_plan_by": "text", "c1_plan_cancel": "button", "c1_start": "button", "c1_stop": "button", "mode": "select",
         "current_limit": "number", "lift_current_limit": "button", "pause": "switch", "available": "switch",
         "available_pending": "binary_sensor", "restart": "button"}
     assert len({c["unique_id"] for c in by_key.values()}) == len(by_key)
@@ -177,9 +179,9 @@ def test_discovered_topics_are_the_ones_published_and_accepted():
         for extra in comp.get("availability", []):
             assert extra["topic"] in published_topics | {"evsed/garage/availability"}
         if "command_topic" in comp:
-            sample = {"switch": b"ON", "select": b"fast", "number": b"10"}.get(comp["platform"])
+            sample = {"switch": b"ON", "select": b"fast", "number": b"10", "text": b"07:00"}.get(comp["platform"])
             payload = comp.get("payload_press", "").encode() if comp["platform"] == "button" else sample
-            assert isinstance(tp.command_request(T, comp["command_topic"], payload, rules), p.Command)
+            assert isinstance(tp.command_request(T, comp["command_topic"], payload, rules), (p.Command, tp.PlanPart))
 
 
 def test_a_two_connector_single_phase_charger_names_its_connectors():
