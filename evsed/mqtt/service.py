@@ -181,6 +181,8 @@ class Bridge:
                 if payload == b"online":  # Home Assistant (re)started: tell it again
                     await self._announce(client)
                 continue
+            if topic == self.prices_topic and not payload:  # the retained curve cleared: the daemon keeps its own
+                continue
             if message.retain and topic != self.prices_topic:  # a retained curve is the curve: taken too
                 self._refused("mqtt.command_ignored", topic, "retained: commands act once, when sent")
                 continue
