@@ -6,6 +6,7 @@ import json
 import re
 import typing
 from dataclasses import replace
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import jinja2.sandbox
@@ -316,3 +317,24 @@ def test_every_published_departure_is_one_the_text_entity_accepts_and_no_plan_gi
         assert isinstance(json.loads(render(plan["json_attributes_template"], out[plan["json_attributes_topic"]][0])),
                           dict)
     assert shown == "07:00"
+
+
+def readme_entities() -> dict[str, str]:
+    """The README's Home Assistant entity table: name -> platform ("Current L1, L2, L3" is three names)."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text[text.index("| entity | platform |"):]
+    table = table[:table.index("\n\n")]
+    names: dict[str, str] = {}
+    for row in table.splitlines()[2:]:
+        first, platform = [cell.strip() for cell in row.strip("|").split("|")[:2]]
+        parts = first.split(", ")
+        for part in parts:  # "L2" after "Current L1" is "Current L2"
+            name = f"{parts[0].rsplit(' ', 1)[0]} {part}" if len(part) <= 2 else part
+            names[name] = platform.split(" (")[0].replace(" ", "_")
+    return names
+
+
+def test_the_readme_lists_every_discovered_entity_and_its_platform():
+    c = discovery.device_config(settings(currency="EUR", start_id_tag="04A1B2C3"), HELLO)["components"]
+    listed = readme_entities()
+    assert {comp["name"]: comp["platform"] for comp in c.values()} == listed
