@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery: the charger as one device, in one retained device-discovery message.
 
-Per connector the sensors, binary sensors and start/stop buttons; the charger's controls (mode select of
+Per connector the sensors, binary sensors, start/stop buttons and its charging plan's entities; the charger's controls (mode select of
 the modes it can follow, current number in the range set/current_a takes, pause and availability
 switches, restart). All on topics.py's topics; README.md lists every entity.
 """

@@ -189,7 +189,7 @@ def seen_plan(draft: PlanDraft, plan: p.PlanNow | None) -> PlanDraft:
     """The draft after a status: a running plan's energy and departure; once it has ended, its departure's
     clock time, so that a new energy plans for the same time of day."""
     if plan is not None:
-        return PlanDraft(round(plan.energy_wh / 1000, 1), plan.by)
+        return PlanDraft(plan.energy_wh / 1000, plan.by)
     if draft.by is not None and not HHMM.fullmatch(draft.by):
         return PlanDraft(draft.energy_kwh, departure_hhmm(draft.by))
     return draft
