@@ -69,6 +69,7 @@ class PlanDraft:
 
     energy_kwh: float | None = None
     by: str | None = None
+    planned: bool = False  # both seen in the connector's plan (not yet ended)
 
 
 class Topics:
@@ -189,10 +190,10 @@ def seen_plan(draft: PlanDraft, plan: p.PlanNow | None) -> PlanDraft:
     """The draft after a status: a running plan's energy and departure; once it has ended, its departure's
     clock time, so that a new energy plans for the same time of day."""
     if plan is not None:
-        return PlanDraft(plan.energy_wh / 1000, plan.by)
-    if draft.by is not None and not HHMM.fullmatch(draft.by):
+        return PlanDraft(plan.energy_wh / 1000, plan.by, planned=True)
+    if draft.planned and draft.by is not None:
         return PlanDraft(draft.energy_kwh, departure_hhmm(draft.by))
-    return draft
+    return draft  # a departure given over MQTT, waiting for its energy, stays as given
 
 
 def departure_hhmm(by: str) -> str:
