@@ -6,6 +6,7 @@ Standard library only, like the rest of the protocol; evsed.protocol holds these
 
 from __future__ import annotations
 
+import json as _json  # private: evsed.protocol re-exports this module's public names
 from typing import Annotated, Literal
 
 from evsed.protocol_events import Event
@@ -27,6 +28,7 @@ SLOTS_PLANS = 96  # ... and in `plans` (a day of quarter-hours)
 CARD_PLANS = 8  # plans waiting for a card's next session
 Words = Annotated[str, Text(120, clip=True)]  # a plan's reason: "plan: waiting for 01:00, cheapest hours"
 MAX_PRICES = 512  # a curve handed over (five days of quarter-hours); and `plans` shows at most this many
+PRICES_MAX_BYTES = 60 * 1024  # a curve as JSON that a service reads: the control socket takes a request of 64 KiB
 
 
 class PlanSlot(Record):
@@ -148,6 +150,21 @@ class SetPrices(Command[PricesReply], cmd="prices", roles=(ADMIN, MQTT, PRICES))
 
     prices: Annotated[tuple[PriceEntry, ...], Items(MAX_PRICES)]
     source: PriceSource = "command"
+
+
+def prices_from_json(body: bytes, source: PriceSource) -> SetPrices:
+    """The `prices` command for a curve as JSON (README, Charging plans: a list of entries, or
+    {"prices": [...]}), as the prices service reads it and the MQTT service receives it; raises
+    WireError saying why not (the daemon checks the rest: order, span, the past)."""
+    if len(body) > PRICES_MAX_BYTES:
+        raise WireError(f"more than {PRICES_MAX_BYTES // 1024} KiB")
+    try:
+        data = _json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WireError(f"not JSON: {str(exc)[:120]}") from None
+    if isinstance(data, dict) and set(data) == {"prices"}:
+        data = data["prices"]
+    return SetPrices.from_wire({"prices": data, "source": source})
 
 
 class PlanChanged(Event, type="plan.changed"):

@@ -178,3 +178,40 @@ def test_session_start_and_stop_are_events_and_the_last_session_is_retained():
 
 def test_meter_samples_are_not_events_on_mqtt():
     assert publish.event_messages(T, pr.event("session.sample", seq=None, at=AT, session=3, power_w=7000.0)) == []
+
+
+PLAN = p.PlanNow(energy_wh=20_000, by="2026-11-29T07:00:00+01:00", origin="mqtt", state="waiting",
+                 reason="plan: waiting for 01:00, cheapest hours", delivered_wh=1234,
+                 slots=(p.PlanSlot(start="2026-11-29T01:00:00+01:00", end="2026-11-29T03:30:00+01:00",
+                                   power_w=9900.4, price=0.1),),
+                 finish="2026-11-29T03:30:00+01:00", cost=2.123, currency="EUR", prices="tariff")
+
+
+def test_a_plan_is_published_whole_and_as_what_its_entities_read():
+    out = published(connector(plan=PLAN), currency_decimals=2)
+    c1 = "evsed/garage/connector/1/plan"
+    whole = json.loads(out[c1][0])
+    assert whole["energy_wh"] == 20_000 and whole["slots"][0]["power_w"] == 9900 and whole["prices"] == "tariff"
+    assert json.loads(out[f"{c1}/slots"][0]) == whole["slots"]
+    assert {k: out[f"{c1}/{k}"][0] for k in ("state", "reason", "infeasible", "energy_kwh", "by", "departure",
+                                            "finish", "cost")} == {
+        "state": "waiting", "reason": "plan: waiting for 01:00, cheapest hours", "infeasible": "OFF",
+        "energy_kwh": "20.0", "by": "2026-11-29T07:00:00+01:00", "departure": "07:00",
+        "finish": "2026-11-29T03:30:00+01:00", "cost": "2.12"}
+    assert all(retained for topic, (_, retained) in out.items() if topic.startswith(c1))
+
+
+def test_a_plan_that_cannot_finish_in_time_is_said_so():
+    infeasible = replace(PLAN, state="infeasible", shortfall_wh=4200,
+                         reason="plan: 30.0 kWh cannot be delivered by 07:00 (4.2 kWh short): charging as fast as allowed")
+    out = published(connector(plan=infeasible))
+    assert out["evsed/garage/connector/1/plan/infeasible"][0] == "ON"
+    assert "cannot be delivered by 07:00" in out["evsed/garage/connector/1/plan/reason"][0]
+    assert json.loads(out["evsed/garage/connector/1/plan"][0])["shortfall_wh"] == 4200
+
+
+def test_without_a_plan_its_topics_say_none():
+    out = published(connector(plan=None))
+    c1 = "evsed/garage/connector/1/plan"
+    assert json.loads(out[c1][0]) is None and out[f"{c1}/state"][0] == "none" and out[f"{c1}/infeasible"][0] == "OFF"
+    assert {out[f"{c1}/{k}"][0] for k in ("energy_kwh", "by", "departure", "finish", "cost")} == {"None"}

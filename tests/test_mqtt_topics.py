@@ -2,9 +2,14 @@
 broker (test_mqtt_publish.py has what is published for a status reply and an event)."""
 
 import datetime as dt
+import json
+import re
+import typing
 from dataclasses import replace
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import jinja2.sandbox
 import pytest
 
 import protocol_records as pr
@@ -95,7 +100,9 @@ def test_discovery_is_one_device_with_sensors_and_controls():
         "c1_current_l3": "sensor", "c1_session_energy": "sensor", "c1_allowed_current": "sensor",
         "c1_state": "sensor", "c1_plugged": "binary_sensor", "c1_charging": "binary_sensor",
         "c1_problem": "binary_sensor", "c1_fault": "sensor", "c1_pilot": "sensor", "c1_card": "sensor",
-        "c1_card_group": "sensor", "c1_start": "button", "c1_stop": "button", "mode": "select",
+        "c1_card_group": "sensor", "c1_plan": "sensor", "c1_plan_state": "sensor",
+        "c1_plan_infeasible": "binary_sensor", "c1_plan_finish": "sensor", "c1_plan_energy": "number",
+        "c1_plan_by": "text", "c1_plan_cancel": "button", "c1_start": "button", "c1_stop": "button", "mode": "select",
         "current_limit": "number", "lift_current_limit": "button", "pause": "switch", "available": "switch",
         "available_pending": "binary_sensor", "restart": "button"}
     assert len({c["unique_id"] for c in by_key.values()}) == len(by_key)
@@ -177,9 +184,9 @@ def test_discovered_topics_are_the_ones_published_and_accepted():
         for extra in comp.get("availability", []):
             assert extra["topic"] in published_topics | {"evsed/garage/availability"}
         if "command_topic" in comp:
-            sample = {"switch": b"ON", "select": b"fast", "number": b"10"}.get(comp["platform"])
+            sample = {"switch": b"ON", "select": b"fast", "number": b"10", "text": b"07:00"}.get(comp["platform"])
             payload = comp.get("payload_press", "").encode() if comp["platform"] == "button" else sample
-            assert isinstance(tp.command_request(T, comp["command_topic"], payload, rules), p.Command)
+            assert isinstance(tp.command_request(T, comp["command_topic"], payload, rules), (p.Command, tp.PlanPart))
 
 
 def test_a_two_connector_single_phase_charger_names_its_connectors():
@@ -196,3 +203,140 @@ def test_a_charger_id_with_odd_characters_gives_a_valid_object_id():
 def test_the_state_sensor_knows_every_status_the_core_reports():
     from evsed.core.events import ConnectorStatus
     assert set(discovery.STATUSES) == {s.value for s in ConnectorStatus}  # an unknown one makes HA log errors
+
+
+@pytest.mark.parametrize("topic, payload, wanted", [
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 20, "by": "07:00"}',
+     p.SetPlan(connector=1, energy_kwh=20, by="07:00", origin="mqtt")),
+    ("evsed/garage/connector/1/set/plan", b'{"soc_pct": 80, "soc_now_pct": 35, "by": "2026-11-29T07:00:00+01:00"}',
+     p.SetPlan(connector=1, soc_pct=80, soc_now_pct=35, by="2026-11-29T07:00:00+01:00", origin="mqtt")),
+    ("evsed/garage/connector/1/set/plan_cancel", b"PRESS", p.CancelPlan(connector=1)),
+    ("evsed/garage/connector/1/set/plan_energy_kwh", b"12.5", tp.PlanPart(1, energy_kwh=12.5)),
+    ("evsed/garage/connector/1/set/plan_by", b"06:30", tp.PlanPart(1, by="06:30")),
+    ("evsed/garage/connector/1/set/plan_by", b"2026-11-29T06:30:00Z", tp.PlanPart(1, by="2026-11-29T06:30:00Z")),
+])
+def test_plan_topics_become_plan_commands_or_parts_of_one(topic, payload, wanted):
+    assert tp.command_request(T, topic, payload, RULES) == wanted
+
+
+@pytest.mark.parametrize("topic, payload, why", [
+    ("evsed/garage/connector/1/set/plan", b"20kWh by 07:00", "expected a JSON object"),
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 20}', "an object of energy_kwh"),
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 20, "by": "07:00", "card": "04A1B2C3"}', "an object of"),
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 900, "by": "07:00"}', "energy_kwh: .*300"),
+    ("evsed/garage/connector/1/set/plan", b'{"by": "07:00"}', "give energy_kwh, or soc_pct"),
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 20, "by": "tomorrow"}', "by: expected HH:MM"),
+    ("evsed/garage/connector/1/set/plan", b'{"energy_kwh": 20, "by": "07:00"}' + b" " * 300, "too long"),
+    ("evsed/garage/set/plan", b'{"energy_kwh": 20, "by": "07:00"}', "a connector's"),
+    ("evsed/garage/connector/1/set/plan_energy_kwh", b"0", r"out of range 0.1..300 kWh"),
+    ("evsed/garage/connector/1/set/plan_energy_kwh", b"inf", "out of range"),
+    ("evsed/garage/connector/1/set/plan_energy_kwh", b"lots", "expected a number of kWh"),
+    ("evsed/garage/connector/1/set/plan_by", b"25:00", "expected HH:MM"),
+    ("evsed/garage/connector/1/set/plan_by", b"", "expected HH:MM"),
+    ("evsed/garage/connector/1/set/plan_by", b"2026-11-29T06:30", "with its offset"),
+    ("evsed/garage/connector/1/set/plan_cancel", b"ON", "expected PRESS"),
+    ("evsed/garage/connector/2/set/plan_cancel", b"PRESS", "no connector 2"),
+    ("evsed/garage/set/prices", b"[{", "prices: not JSON"),
+    ("evsed/garage/set/prices", b'[{"start": "soon", "price": 1}]', "prices: .*start"),
+    ("evsed/garage/set/prices", b"[" + b" " * p.PRICES_MAX_BYTES + b"]", "too long"),
+    ("evsed/garage/connector/1/set/prices", b"[]", "the charger's"),
+])
+def test_malformed_plans_and_prices_are_refused_with_a_reason(topic, payload, why):
+    with pytest.raises(tp.BadCommand, match=why):
+        tp.command_request(T, topic, payload, RULES)
+
+
+def test_a_price_curve_on_set_prices_is_the_prices_command_from_mqtt():
+    curve = b'{"prices": [{"start": "2026-11-29T01:00:00+01:00", "end": "2026-11-29T02:00:00+01:00", "price": 0.08}]}'
+    req = tp.command_request(T, "evsed/garage/set/prices", curve, RULES)
+    assert req == p.SetPrices(prices=(p.PriceEntry(start="2026-11-29T01:00:00+01:00", end="2026-11-29T02:00:00+01:00",
+                                                   price=0.08),), source="mqtt")
+
+
+def test_a_plan_is_set_once_its_energy_and_departure_are_both_known():
+    draft, plan = tp.complete_plan(tp.PlanPart(1, energy_kwh=20), tp.PlanDraft())
+    assert plan is None and draft == tp.PlanDraft(20, None)
+    draft, plan = tp.complete_plan(tp.PlanPart(1, by="07:00"), draft)
+    assert plan == p.SetPlan(connector=1, energy_kwh=20, by="07:00", origin="mqtt")
+    draft, plan = tp.complete_plan(tp.PlanPart(1, energy_kwh=8), draft)  # a new energy: the same departure
+    assert plan == p.SetPlan(connector=1, energy_kwh=8, by="07:00", origin="mqtt")
+
+
+def test_the_draft_follows_the_running_plan_and_keeps_its_clock_time_after_it_ends():
+    running = p.PlanNow(energy_wh=12_500, by="2026-11-30T06:30:00+01:00", origin="cli", state="waiting")
+    draft = tp.seen_plan(tp.PlanDraft(20, "07:00"), running)
+    assert (draft.energy_kwh, draft.by) == (12.5, "2026-11-30T06:30:00+01:00")  # its exact departure, days ahead
+    assert tp.seen_plan(draft, None) == tp.PlanDraft(12.5, "06:30")  # ended: the next 06:30 for a new energy
+    assert tp.seen_plan(tp.PlanDraft(), None) == tp.PlanDraft()
+    given = tp.complete_plan(tp.PlanPart(1, by="2026-11-30T06:30:00+01:00"), tp.PlanDraft())[0]
+    assert tp.seen_plan(given, None) == given  # given over MQTT, waiting for its energy: kept as given
+
+
+def test_the_plan_entities_declare_what_their_commands_take_and_what_is_published():
+    c = discovery.device_config(settings(currency="EUR", currency_decimals=2), HELLO)["components"]
+    energy, by, cancel = c["c1_plan_energy"], c["c1_plan_by"], c["c1_plan_cancel"]
+    assert (energy["device_class"], energy["unit_of_measurement"], energy["min"], energy["max"]) == \
+        ("energy", "kWh", 0.1, 300)
+    for value in (energy["min"], energy["max"]):  # the record's own bounds take what the number declares
+        p.SetPlan(connector=1, energy_kwh=value, by="07:00")
+        assert tp.command_request(T, energy["command_topic"], str(value).encode(), RULES) == \
+            tp.PlanPart(1, energy_kwh=value)
+    for value in (energy["min"] - 0.05, energy["max"] + 0.1):
+        with pytest.raises(tp.BadCommand):
+            tp.command_request(T, energy["command_topic"], str(value).encode(), RULES)
+    assert by["platform"] == "text" and by["max"] == 5
+    pattern = re.compile(by["pattern"])
+    for hhmm in ("00:00", "07:05", "23:59"):
+        assert pattern.fullmatch(hhmm) and tp.command_request(T, by["command_topic"], hhmm.encode(), RULES).by == hhmm
+    for text in ("24:00", "7:00", "07:60", "None"):
+        assert not pattern.fullmatch(text)
+    assert tp.command_request(T, cancel["command_topic"], cancel["payload_press"].encode(), RULES) == \
+        p.CancelPlan(connector=1)
+    assert c["c1_plan_state"]["options"] == ["none", *typing.get_args(p.PlanState)]
+    assert (c["c1_plan_infeasible"]["device_class"], c["c1_plan_finish"]["device_class"]) == ("problem", "timestamp")
+    cost = c["c1_plan_cost"]
+    assert (cost["device_class"], cost["unit_of_measurement"], cost["suggested_display_precision"]) == \
+        ("monetary", "EUR", 2) and "state_class" not in cost
+    assert "c1_plan_cost" not in discovery.device_config(settings(), HELLO)["components"]
+
+
+def render(template: str, value: str) -> str:
+    """A template discovery sends, rendered as Home Assistant renders it (jinja2, sandboxed)."""
+    return jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render(value=value)
+
+
+def test_every_published_departure_is_one_the_text_entity_accepts_and_no_plan_gives_no_attributes():
+    c = discovery.device_config(settings(), HELLO)["components"]
+    by, plan = c["c1_plan_by"], c["c1_plan"]
+    pattern = re.compile(by["pattern"])
+    planned = p.PlanNow(energy_wh=20_000, by="2026-11-29T07:00:00+01:00", origin="mqtt", state="pending")
+    now = dt.datetime(2026, 11, 28, 17, 0, tzinfo=ZoneInfo("Europe/Amsterdam"))
+    for plan_now in (None, planned):
+        status = replace(CHARGING, connectors=(replace(CHARGING.connectors[0], plan=plan_now),))
+        out = published(publish.state_messages(T, status, now))
+        shown = render(by["value_template"], out[by["state_topic"]][0])
+        assert pattern.fullmatch(shown) and len(shown) <= by["max"]
+        assert isinstance(json.loads(render(plan["json_attributes_template"], out[plan["json_attributes_topic"]][0])),
+                          dict)
+    assert shown == "07:00"
+
+
+def readme_entities() -> dict[str, str]:
+    """The README's Home Assistant entity table: name -> platform ("Current L1, L2, L3" is three names)."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text[text.index("| entity | platform |"):]
+    table = table[:table.index("\n\n")]
+    names: dict[str, str] = {}
+    for row in table.splitlines()[2:]:
+        first, platform = [cell.strip() for cell in row.strip("|").split("|")[:2]]
+        parts = first.split(", ")
+        for part in parts:  # "L2" after "Current L1" is "Current L2"
+            name = f"{parts[0].rsplit(' ', 1)[0]} {part}" if len(part) <= 2 else part
+            names[name] = platform.split(" (")[0].replace(" ", "_")
+    return names
+
+
+def test_the_readme_lists_every_discovered_entity_and_its_platform():
+    c = discovery.device_config(settings(currency="EUR", start_id_tag="04A1B2C3"), HELLO)["components"]
+    listed = readme_entities()
+    assert {comp["name"]: comp["platform"] for comp in c.values()} == listed

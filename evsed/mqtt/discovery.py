@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery: the charger as one device, in one retained device-discovery message.
 
-Per connector the sensors, binary sensors and start/stop buttons; the charger's controls (mode select of
+Per connector the sensors, binary sensors, start/stop buttons and its charging plan's entities; the charger's controls (mode select of
 the modes it can follow, current number in the range set/current_a takes, pause and availability
 switches, restart). All on topics.py's topics; README.md lists every entity.
 """
@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+import typing
+from typing import Any, Callable, Sequence
 
 from evsed import __version__
 from evsed import protocol as p
 from evsed.mqtt.publish import PILOT_STATES
 from evsed.mqtt.settings import MqttSettings
-from evsed.mqtt.topics import MODES, NONE, PHASES, PRESS, Rules, Topics
+from evsed.mqtt.topics import HHMM, MODES, NONE, PHASES, PLAN_MAX_KWH, PLAN_MIN_KWH, PRESS, Rules, Topics
 
 # OCPP 1.6 ChargePointStatus: the values of <base>/connector/<n>/status (an enum sensor in Home Assistant).
 STATUSES = ("Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing",
             "Reserved", "Unavailable", "Faulted")
+
+PLAN_STATES = ("none",) + typing.get_args(p.PlanState)  # <base>/connector/<n>/plan/state
+# Home Assistant's text entity has no "unknown": a connector without a plan shows an empty departure,
+# which the pattern (the departure as the daemon takes it, HH:MM) lets through.
+DEPARTURE_PATTERN = f"^({HHMM.pattern})?$"
+NO_DEPARTURE = "{{ '' if value == 'None' else value }}"
+NO_PLAN_ATTRIBUTES = "{{ '{}' if value == 'null' else value }}"  # attributes must be an object
 
 
 def object_id(charger_id: str) -> str:
@@ -95,6 +103,7 @@ def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[s
             entity_category="diagnostic", state_topic=topics.connector(n, "session/card"))
         add(key + "card_group", "sensor", _name(label, "Card group"), icon="mdi:account-group-outline",
             entity_category="diagnostic", state_topic=topics.connector(n, "session/group"))
+        _plan_entities(add, topics, label, key, n, settings)
         if limits.start_id_tag is not None:  # [mqtt] start_card: the daemon starts only for a known card
             add(key + "start", "button", _name(label, "Start charging"), icon="mdi:play",
                 payload_press=PRESS, command_topic=topics.command("start", n))
@@ -126,6 +135,35 @@ def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[s
         "qos": 1,
         "components": components,
     }
+
+
+def _plan_entities(add: Callable[..., None], topics: Topics, label: str, key: str, n: int,
+                   settings: MqttSettings) -> None:
+    """A connector's charging plan: what it does and why (the whole plan as its attributes), whether it can
+    finish, when, at what cost; its energy and departure to set (the plan is set once both are known) and
+    a button to cancel it."""
+    def topic(name: str) -> str:
+        return topics.connector(n, name)
+    add(key + "plan", "sensor", _name(label, "Plan"), icon="mdi:calendar-clock", state_topic=topic("plan/reason"),
+        json_attributes_topic=topic("plan"), json_attributes_template=NO_PLAN_ATTRIBUTES)
+    add(key + "plan_state", "sensor", _name(label, "Plan state"), device_class="enum", options=list(PLAN_STATES),
+        state_topic=topic("plan/state"))
+    add(key + "plan_infeasible", "binary_sensor", _name(label, "Plan cannot finish in time"), device_class="problem",
+        state_topic=topic("plan/infeasible"))
+    add(key + "plan_finish", "sensor", _name(label, "Plan finish"), device_class="timestamp",
+        state_topic=topic("plan/finish"))
+    if settings.currency:
+        add(key + "plan_cost", "sensor", _name(label, "Plan cost"), device_class="monetary",
+            unit_of_measurement=settings.currency, suggested_display_precision=settings.currency_decimals,
+            state_topic=topic("plan/cost"))
+    add(key + "plan_energy", "number", _name(label, "Plan energy"), device_class="energy", unit_of_measurement="kWh",
+        min=PLAN_MIN_KWH, max=PLAN_MAX_KWH, step=0.1, mode="box", payload_reset=NONE,
+        state_topic=topic("plan/energy_kwh"), command_topic=topics.command("plan_energy_kwh", n))
+    add(key + "plan_by", "text", _name(label, "Plan departure"), icon="mdi:clock-end", min=0, max=5,
+        pattern=DEPARTURE_PATTERN, value_template=NO_DEPARTURE, state_topic=topic("plan/departure"),
+        command_topic=topics.command("plan_by", n))
+    add(key + "plan_cancel", "button", _name(label, "Cancel plan"), icon="mdi:calendar-remove",
+        payload_press=PRESS, command_topic=topics.command("plan_cancel", n))
 
 
 def discovery_payload(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[str] = MODES) -> str:

@@ -12,7 +12,7 @@ import math
 from typing import Any, Callable
 
 from evsed import protocol as p
-from evsed.mqtt.topics import LIMIT_SOURCE, NONE, OFF, ON, PAUSE_SOURCE, PHASES, Message, Topics
+from evsed.mqtt.topics import LIMIT_SOURCE, NONE, OFF, ON, PAUSE_SOURCE, PHASES, Message, Topics, departure_hhmm
 from evsed.web.faults import problem_text
 
 UID_KEYS = frozenset({"id_tag", "started_by", "parent_id_tag"})  # what carries a card's UID in the protocol
@@ -122,7 +122,30 @@ def _connector_state(topics: Topics, c: p.ConnectorStatus, now: dt.datetime, car
             out.append(Message(topic("session/cost"), f"{session.price:.{decimals}f}"))
     else:
         out += [Message(topic("session/card"), NONE), Message(topic("session/group"), NONE)]
-    return out
+    return out + _plan(topic, c.plan, decimals)
+
+
+def _plan(topic: Callable[[str], str], plan: p.PlanNow | None, decimals: int) -> list[Message]:
+    """The connector's charging plan: the whole of it as JSON (its first slots, as status has them), and
+    what Home Assistant's plan entities read; `None` (unknown) for what a connector without a plan lacks."""
+    if plan is None:
+        return [Message(topic("plan"), "null"), Message(topic("plan/state"), "none"),
+                Message(topic("plan/reason"), "no plan"), Message(topic("plan/infeasible"), OFF),
+                Message(topic("plan/slots"), "[]")] + \
+            [Message(topic(f"plan/{name}"), NONE) for name in ("energy_kwh", "by", "departure", "finish", "cost")]
+    whole = clean(plan.to_wire())
+    return [
+        Message(topic("plan"), _json(whole)),
+        Message(topic("plan/state"), plan.state),
+        Message(topic("plan/reason"), plan.reason or plan.state),
+        Message(topic("plan/infeasible"), ON if plan.state == "infeasible" else OFF),
+        Message(topic("plan/slots"), _json(whole.get("slots", []))),
+        Message(topic("plan/energy_kwh"), f"{plan.energy_wh / 1000:.1f}"),
+        Message(topic("plan/by"), plan.by),
+        Message(topic("plan/departure"), departure_hhmm(plan.by)),
+        Message(topic("plan/finish"), plan.finish or NONE),
+        Message(topic("plan/cost"), NONE if plan.cost is None else f"{plan.cost:.{decimals}f}"),
+    ]
 
 
 def _card(topic: Callable[[str], str], card_name: str, group: str) -> list[Message]:

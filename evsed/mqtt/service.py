@@ -92,9 +92,11 @@ class Bridge:
         self.seq = resume_after(link.hello)  # the last event published and acknowledged (new here: from now)
         self.ignored = 0                     # refused commands, counted
         self.refusals: dict[str, str] = {}   # topic -> why its last command was refused: logged once a streak
+        self.drafts: dict[int, tp.PlanDraft] = {}  # connector -> the plan Home Assistant's entities set, by halves
         self.refresh = asyncio.Event()
         self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)
         self.ha_status = f"{settings.discovery_prefix}/status"
+        self.prices_topic = self.topics.command("prices")
 
     async def run(self) -> None:
         s = self.settings
@@ -179,22 +181,37 @@ class Bridge:
                 if payload == b"online":  # Home Assistant (re)started: tell it again
                     await self._announce(client)
                 continue
-            if message.retain:
+            if topic == self.prices_topic and not payload:  # the retained curve cleared: the daemon keeps its own
+                continue
+            if message.retain and topic != self.prices_topic:  # a retained curve is the curve: taken too
                 self._refused("mqtt.command_ignored", topic, "retained: commands act once, when sent")
                 continue
             try:
-                req = tp.command_request(self.topics, topic, payload, self.rules)
+                asked = tp.command_request(self.topics, topic, payload, self.rules)
             except tp.BadCommand as exc:
                 self._refused("mqtt.command_ignored", topic, str(exc))
+                continue
+            req = self._plan_from_part(topic, asked) if isinstance(asked, tp.PlanPart) else asked
+            if req is None:
                 continue
             reply = await self._command(req)
             refusal = _refusal(reply)
             if refusal is None:
                 self.refusals.pop(topic, None)
-                log.info("mqtt.command", topic=topic, request=publish.clean(req.to_wire()))
+                log.info("mqtt.command", topic=topic, request=_shown(req))
             else:
-                self._refused("mqtt.command_refused", topic, refusal, request=publish.clean(req.to_wire()))
+                self._refused("mqtt.command_refused", topic, refusal, request=_shown(req))
             self.refresh.set()
+
+    def _plan_from_part(self, topic: str, part: tp.PlanPart) -> p.SetPlan | None:
+        """The plan a number's energy or a text's departure completes; None while the other is unknown."""
+        draft, plan = tp.complete_plan(part, self.drafts.get(part.connector, tp.PlanDraft()))
+        self.drafts[part.connector] = draft
+        if plan is None:
+            self.refusals.pop(topic, None)
+            log.info("mqtt.plan_waiting", topic=topic, connector=part.connector, energy_kwh=draft.energy_kwh,
+                     by=draft.by, needs="plan_by" if draft.by is None else "plan_energy_kwh")
+        return plan
 
     def _refused(self, event: str, topic: str, error: str, **context: Any) -> None:
         """Count a refused command; log it once while the same command keeps being refused the same way
@@ -208,6 +225,8 @@ class Bridge:
 
     def _state(self, reply: p.StatusReply) -> list[tp.Message]:
         self.modes = reply.modes
+        for c in reply.connectors:
+            self.drafts[c.id] = tp.seen_plan(self.drafts.get(c.id, tp.PlanDraft()), c.plan)
         return publish.state_messages(self.topics, reply, self.now(), card_uids=self.settings.card_uids,
                                       currency_decimals=self.settings.currency_decimals)
 
@@ -241,6 +260,13 @@ def _refusal(reply: p.Reply | p.Failure) -> str | None:
     if isinstance(reply, p.StopReply) and reply.result == "Rejected":
         return "stop rejected: no session runs"
     return None
+
+
+def _shown(req: p.Command[Any]) -> Any:
+    """A command as the log shows it: a price curve by its size, not its hundreds of entries."""
+    if isinstance(req, p.SetPrices):
+        return {"cmd": req.CMD, "entries": len(req.prices), "start": req.prices[0].start if req.prices else None}
+    return publish.clean(req.to_wire())
 
 
 def _bytes(payload: Any) -> bytes:

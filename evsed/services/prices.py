@@ -9,7 +9,6 @@ curve in force stays. The format is evsed.core.prices' (README, Charging plans).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from evsed import protocol as p
 from evsed.config import Config, ConfigError, Section
 
 log = structlog.get_logger("evsed")
-MAX_BYTES = 60 * 1024  # the control socket takes a request of 64 KiB
+MAX_BYTES = p.PRICES_MAX_BYTES
 R = TypeVar("R", bound=p.Reply)
 
 
@@ -90,20 +89,18 @@ def read(settings: PricesSettings) -> bytes:
 
 async def hand_over(settings: PricesSettings, link: Link) -> bool:
     """Read the curve once and give it to the daemon; False when that failed (logged)."""
-    source = "file" if settings.file is not None else "url"
+    source: p.PriceSource = "file" if settings.file is not None else "url"
     where = str(settings.file) if settings.file is not None else settings.url
     try:
         body = await asyncio.to_thread(read, settings)
-        data = json.loads(body)
-    except (FetchError, ValueError, RecursionError) as exc:
+    except FetchError as exc:
         log.warning("prices.unreadable", source=where, error=str(exc)[:200])
         return False
-    if isinstance(data, dict) and set(data) == {"prices"}:
-        data = data["prices"]
     try:
-        command = p.SetPrices.from_wire({"prices": data, "source": source})
-    except p.WireError as exc:  # not entries of start, end and price at all: the daemon needs not see it
-        log.warning("prices.refused", source=where, error=str(exc)[:200])
+        command = p.prices_from_json(body, source)
+    except p.WireError as exc:  # not JSON, or not entries of start, end and price: the daemon needs not see it
+        log.warning("prices.unreadable" if str(exc).startswith("not JSON") else "prices.refused", source=where,
+                    error=str(exc)[:200])
         return False
     reply = await link.command(command)
     if isinstance(reply, p.Failure):
