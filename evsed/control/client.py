@@ -5,8 +5,8 @@ What `evsed status`, `evsed sim` and the updater use to reach the daemon.
 
 from __future__ import annotations
 
+import _socket  # socket.py's own core: socket.py adds enums that cost `evsed status` 2 ms to import
 import os
-import socket
 
 from evsed import dirs
 from evsed import protocol as p
@@ -35,7 +35,8 @@ def request(runtime_dir: os.PathLike[str] | str, command: p.Command[R], timeout_
     except dirs.DirectoryError as exc:
         raise ControlError(f"refusing the control socket: {exc}") from None
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             sock.settimeout(timeout_s)
             sock.connect(path)
             sock.sendall(p.encode_line(command.to_wire()))
@@ -45,6 +46,8 @@ def request(runtime_dir: os.PathLike[str] | str, command: p.Command[R], timeout_
                 if not chunk:
                     break
                 data += chunk
+        finally:
+            sock.close()
     except FileNotFoundError:
         raise ControlError(f"no evsed daemon is running (no socket at {path})") from None
     except ConnectionRefusedError:
