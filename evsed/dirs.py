@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STATE_DIR_MODE = 0o750  # the daemon's alone to write; group evsed (the services) reads sessions.db
 SERVICES_DIR = "services"  # the one directory under it the services write: the OCPP queue, the update spool
@@ -34,51 +37,82 @@ PATH_MAX = 4095
 VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")  # kernel file systems: no place for a database or a socket
 
 
-DEFAULT_PATH = Path("/etc/evsed/evsed.toml")
-SYSTEM_STATE_DIR = Path("/var/lib/evsed")
-SYSTEM_RUNTIME_DIR = Path("/run/evsed")
+# The system's paths; as Path objects (DEFAULT_PATH, SYSTEM_STATE_DIR, SYSTEM_RUNTIME_DIR) when
+# first asked: the socket commands (`evsed status`) find the daemon with strings and os.path alone,
+# without the 3 ms of importing pathlib.
+DEFAULT_CONFIG = "/etc/evsed/evsed.toml"
+_SYSTEM_PATHS = {"DEFAULT_PATH": DEFAULT_CONFIG, "SYSTEM_STATE_DIR": "/var/lib/evsed",
+                 "SYSTEM_RUNTIME_DIR": "/run/evsed"}
+if TYPE_CHECKING:
+    DEFAULT_PATH: Path
+    SYSTEM_STATE_DIR: Path
+    SYSTEM_RUNTIME_DIR: Path
 
 
-def is_system(config_path: Path | str) -> bool:
+def __getattr__(name: str) -> Path:
+    if name not in _SYSTEM_PATHS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pathlib import Path
+    path = Path(_SYSTEM_PATHS[name])
+    globals()[name] = path
+    return path
+
+
+def is_system(config_path: os.PathLike[str] | str) -> bool:
     """Whether the config is the installed service's."""
-    return Path(config_path).absolute() == DEFAULT_PATH
+    return os.path.abspath(config_path) == DEFAULT_CONFIG
 
 
 def default_state_dir(system: bool = False) -> Path:
+    from pathlib import Path
     if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=, as the service user
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     if system or os.geteuid() == 0:
-        return SYSTEM_STATE_DIR
+        return Path(_SYSTEM_PATHS["SYSTEM_STATE_DIR"])
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "evsed"
 
 
 def default_runtime_dir(system: bool = False) -> Path:
+    from pathlib import Path
+    return Path(runtime_dir_text(system))
+
+
+def runtime_dir_text(system: bool = False) -> str:
+    """default_runtime_dir() as a string (the socket commands work without pathlib)."""
     if os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
     if system or os.geteuid() == 0:
-        return SYSTEM_RUNTIME_DIR
+        return _SYSTEM_PATHS["SYSTEM_RUNTIME_DIR"]
     base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "evsed" if base else Path(f"/tmp/evsed-{os.geteuid()}")
+    return os.path.join(base, "evsed") if base else f"/tmp/evsed-{os.geteuid()}"
 
 
-def configured_dir(config_path: Path, text: str) -> Path:
+def configured_dir(config_path: os.PathLike[str] | str, text: str) -> Path:
     """A [store] directory as the config writes it: ~ expanded, relative to the config's folder."""
-    path = Path(os.path.expanduser(text))
-    return path if path.is_absolute() else (config_path.parent / path).resolve()
+    from pathlib import Path
+    return Path(configured_dir_text(config_path, text))
 
 
-def peek_runtime_dir(config_path: Path) -> tuple[Path, str | None]:
+def configured_dir_text(config_path: os.PathLike[str] | str, text: str) -> str:
+    path = os.path.expanduser(text)
+    if os.path.isabs(path):
+        return path
+    return os.path.realpath(os.path.join(os.path.dirname(config_path), path))
+
+
+def peek_runtime_dir(config_path: str) -> tuple[str, str | None]:
     """The control socket's directory the config names, without checking the rest of the file,
     and a problem to tell (None: the file was read). A file with a TOML syntax error is still
     searched for `runtime_dir` under [store]; one that cannot be read gives the default."""
     system = is_system(config_path)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        with open(config_path, encoding="utf-8") as file:
+            text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
-        return default_runtime_dir(system), f"{config_path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+        return runtime_dir_text(system), f"{config_path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
     if "runtime_dir" not in text:  # the common case, told without parsing the file
-        return default_runtime_dir(system), None
+        return runtime_dir_text(system), None
     import tomllib
     problem = None
     try:
@@ -88,8 +122,8 @@ def peek_runtime_dir(config_path: Path) -> tuple[Path, str | None]:
         problem = f"{config_path}: TOML syntax: {exc}"
         value = _scan_store_key(text, "runtime_dir")
     if isinstance(value, str) and value:
-        return configured_dir(config_path, value), problem
-    return default_runtime_dir(system), problem
+        return configured_dir_text(config_path, value), problem
+    return runtime_dir_text(system), problem
 
 
 def _scan_store_key(text: str, key: str) -> str | None:
@@ -177,7 +211,7 @@ def ensure_dir(path: Path, mode: int) -> Path:
     return path
 
 
-def check_runtime_dir(path: Path) -> None:
+def check_runtime_dir(path: os.PathLike[str] | str) -> None:
     """Refuse (DirectoryError) a runtime directory a client must not trust: one whose socket
     another user may have planted. It must be owned by this user, root, or DAEMON_USER (a
     system daemon's), by the same checks the daemon makes on it; a missing one passes (no daemon).
@@ -199,6 +233,7 @@ def _trusted_uids() -> set[int]:
 
 def services_dir(state_dir: Path) -> Path:
     """Where the network services keep their own files, beside the daemon's (which they only read)."""
+    from pathlib import Path
     return Path(state_dir) / SERVICES_DIR
 
 
@@ -224,7 +259,7 @@ def ensure_services_dir(state_dir: Path) -> Path:
     return path
 
 
-def _check_owned(path: Path, owners: set[int] | None = None) -> None:
+def _check_owned(path: os.PathLike[str] | str, owners: set[int] | None = None) -> None:
     """Refuse `path` unless this user (or one of `owners`) owns it and no one else may write it."""
     uid = os.geteuid()
     allowed = owners or {uid}
@@ -247,17 +282,17 @@ def _check_owned(path: Path, owners: set[int] | None = None) -> None:
                              f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it")
 
 
-def _check_parent(path: Path) -> None:
-    parent = path.parent
+def _check_parent(path: os.PathLike[str] | str) -> None:
+    parent = os.path.dirname(os.path.normpath(path)) or "."
     try:
         st = os.stat(parent)
     except OSError as exc:
         raise DirectoryError(f"cannot check {_short(parent)}: {exc.strerror or exc}") from None
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise DirectoryError(f"{_short(parent)} is writable by others without the sticky bit: "
-                             f"anyone could swap {path.name} in it")
+                             f"anyone could swap {os.path.basename(os.path.normpath(path))} in it")
 
 
-def _short(path: Path | str, limit: int = 120) -> str:
+def _short(path: os.PathLike[str] | str, limit: int = 120) -> str:
     text = str(path)
     return text if len(text) <= limit else text[:limit - 3] + "..."

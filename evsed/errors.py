@@ -5,7 +5,7 @@ Standard library only: the CLI catches them without importing what raises them.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 
 class StartError(Exception):
@@ -15,7 +15,7 @@ class StartError(Exception):
 class ConfigError(Exception):
     """A config problem; str() is 'file:line: [table] key: message'."""
 
-    def __init__(self, path: Path | str, line: int | None, where: str, message: str):
+    def __init__(self, path: os.PathLike[str] | str, line: int | None, where: str, message: str):
         self.path, self.line, self.where, self.message = str(path), line, where, message
         loc = f"{self.path}:{line}" if line else self.path
         super().__init__(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")

@@ -4,7 +4,6 @@ what each service last said of itself (docs/protocol.md, Status).
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Annotated, Literal, Mapping
 
 from evsed.protocol_types import (
@@ -12,7 +11,7 @@ from evsed.protocol_types import (
     Sentence, SessionId, Tag, Timestamp, Watts, Wh,
 )
 from evsed.protocol_plans import CARD_PLANS, PlanNow, WaitingPlan
-from evsed.wire import Items, Range, Record, Text
+from evsed.wire import Items, Range, Record, Text, field
 
 
 class ServiceState(Record):

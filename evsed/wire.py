@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import _thread
 import collections.abc
-import dataclasses
 import datetime as dt
 import json
 import math
 import re
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, NamedTuple, Self, TypeVar, Union, dataclass_transform
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, NamedTuple, TypeVar, Union, dataclass_transform
 
 R = TypeVar("R", bound="Record")
+T = TypeVar("T")
 
 
 class WireError(ValueError):
@@ -330,59 +329,148 @@ def _conv(hint: Any, owner: str) -> _Conv:
     raise TypeError(f"{owner}: no wire form for {hint!r}")
 
 
+class _Factory(NamedTuple):
+    """A default made anew for each record: what `field(default_factory=...)` puts in a record's body."""
+
+    factory: Callable[[], Any]
+
+
+def field(*, default_factory: Callable[[], T]) -> T:
+    """A field's default made anew for each record (a mapping's `{}`), as dataclasses.field says it:
+    the records do without the dataclasses module (a third of `evsed status`) until asked (_as_dataclass)."""
+    return typing.cast(T, _Factory(default_factory))
+
+
+_MISSING: Any = object()  # a required field's default
+
+
 class _Field(NamedTuple):
     name: str
     conv: _Conv
     required: bool
     omit_none: bool  # a field whose default is None is left out of the JSON while None
+    default: Any  # _MISSING when required or made by factory
+    factory: Callable[[], Any] | None
 
 
 _SPECS: dict[type, tuple[_Field, ...]] = {}
 
 
 def spec(cls: type) -> tuple[_Field, ...]:
-    """The fields of a record class with their converters (built once per class)."""
+    """The fields of a record class with their converters (built once per class): its annotations
+    and those of the records it derives from, bases first, as a dataclass orders them."""
     found = _SPECS.get(cls)
     if found is None:
-        _make(cls)
-        hints = typing.get_type_hints(cls, include_extras=True)
-        found = tuple(_Field(f.name, _conv(hints[f.name], f"{cls.__name__}.{f.name}"),
-                             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-                             f.default is None)
-                      for f in dataclasses.fields(cls))
-        _SPECS[cls] = found
+        fields = []
+        for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+            if hint is ClassVar or typing.get_origin(hint) is ClassVar:
+                continue
+            declared = next(c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {}))
+            if not issubclass(declared, Record):
+                raise TypeError(f"{cls.__name__}.{name}: a field of {declared.__name__}, not a record")
+            if declared is not cls:  # the base's default (gone from its body once it is a dataclass)
+                fields.append(next(f for f in spec(declared) if f.name == name))
+                continue
+            default = getattr(cls, name, _MISSING)
+            factory = default.factory if isinstance(default, _Factory) else None
+            if factory is not None:
+                default = _MISSING
+            fields.append(_Field(name, _conv(hint, f"{cls.__name__}.{name}"), default is _MISSING and factory is None,
+                                 default is None, default, factory))
+        found = _SPECS[cls] = tuple(fields)
     return found
 
 
 # --- records -----------------------------------------------------------------------------------
-_made: set[type] = set()
-_making = _thread.allocate_lock()
+class _AsDataclass:
+    """`__dataclass_fields__` of a record class: asked for (dataclasses.replace, fields, asdict),
+    it makes the class, and the records it derives from, keyword-only dataclasses that keep
+    Record's methods (frozen, checked). Until then no record needs the dataclasses module, which
+    costs `evsed status` a third of its time to import (it imports inspect)."""
+
+    def __get__(self, obj: object, cls: type) -> Any:
+        if cls is Record:
+            raise AttributeError("Record is not a dataclass; its subclasses are")
+        found = _DATACLASS_FIELDS.get(cls)
+        if found is None:
+            _as_dataclass(cls)
+            found = _DATACLASS_FIELDS[cls]
+        return found
 
 
-def _make(cls: type) -> None:
-    """Make a record class, and the records it derives from, frozen keyword-only dataclasses: when
-    first used, not when declared. A dataclass takes 0.3-0.5 ms to make (its methods are compiled
-    from source); the protocol declares a hundred records, and `evsed status` uses ten of them."""
-    if cls in _made:
-        return
-    with _making:  # a record's first use may come from two threads at once (the store's and the loop)
+_DATACLASS_FIELDS: dict[type, Any] = {}
+_making = _thread.RLock()  # a class may first be asked for from two threads (the store's and the loop)
+
+
+def _as_dataclass(cls: type) -> None:
+    import dataclasses
+    with _making:
         for c in reversed(cls.__mro__):
-            if issubclass(c, Record) and c is not Record and c not in _made:
-                dataclass(frozen=True, kw_only=True)(c)
-                _made.add(c)
+            if issubclass(c, Record) and c is not Record and c not in _DATACLASS_FIELDS:
+                for f in spec(c):  # built first: the spec keeps the factories the dataclass takes away
+                    if f.factory is not None and isinstance(c.__dict__.get(f.name), _Factory):
+                        setattr(c, f.name, dataclasses.field(default_factory=f.factory))
+                # The fields alone: Record's methods stay, for this class and its subclasses
+                dataclasses.dataclass(init=False, repr=False, eq=False, match_args=False, kw_only=True)(c)
+                # and each class's fields come through Record's descriptor (a made base's must not
+                # answer for a subclass not yet made)
+                _DATACLASS_FIELDS[c] = c.__dict__["__dataclass_fields__"]
+                delattr(c, "__dataclass_fields__")
 
 
-@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(dataclasses.field,))
+def _values(record: Record) -> tuple[Any, ...]:
+    return tuple(getattr(record, f.name) for f in spec(type(record)))
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
 class Record:
-    """A frozen message or a part of one: each subclass is a frozen, keyword-only dataclass whose
-    fields are checked when it is built (made a dataclass when first built or described: _make)."""
+    """A frozen message or a part of one: each subclass is a frozen, keyword-only record whose
+    fields are checked when it is built. It behaves as a frozen keyword-only dataclass (its
+    methods are Record's, the same for every subclass), and dataclasses.replace and fields take
+    it (_AsDataclass)."""
 
     STRICT: ClassVar[bool] = False  # unknown fields refused (requests), else ignored (replies, events)
     LABEL: ClassVar[str] = ""  # how errors name it (the command, the event type)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        _make(cls)  # a dataclass from its first use on: the __init__ that runs next is the dataclass's
-        return object.__new__(cls)
+    if not TYPE_CHECKING:  # what the type checker takes from dataclass_transform
+        __dataclass_fields__ = _AsDataclass()
+
+        def __init__(self, **kwargs: Any) -> None:
+            cls, taken = type(self), 0
+            for f in spec(cls):
+                if f.name in kwargs:
+                    value, taken = kwargs[f.name], taken + 1
+                elif f.factory is not None:
+                    value = f.factory()
+                elif f.required:
+                    raise TypeError(f"{cls.__qualname__}.__init__() missing required keyword-only argument: "
+                                    f"{f.name!r}")
+                else:
+                    value = f.default
+                object.__setattr__(self, f.name, value)
+            if taken != len(kwargs):
+                names = {f.name for f in spec(cls)}
+                unknown = ", ".join(repr(k) for k in kwargs if k not in names)
+                raise TypeError(f"{cls.__qualname__}.__init__() got an unexpected keyword argument {unknown}")
+            self.__post_init__()
+
+        def __eq__(self, other: object) -> bool:
+            if other.__class__ is self.__class__:
+                return _values(self) == _values(other)
+            return NotImplemented
+
+        def __hash__(self) -> int:
+            return hash(_values(self))
+
+        def __repr__(self) -> str:
+            fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in spec(type(self)))
+            return f"{type(self).__qualname__}({fields})"
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            raise AttributeError(f"cannot assign to field {name!r}")
+
+        def __delattr__(self, name: str) -> None:
+            raise AttributeError(f"cannot delete field {name!r}")
 
     def __post_init__(self) -> None:
         where = self.LABEL or type(self).__name__

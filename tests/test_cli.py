@@ -182,6 +182,45 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
     assert "  no limit    breaker, window, group, site, external_cap, solar (fast mode), ocpp" in out
 
 
+# What `evsed status` must not import: each costs it milliseconds beside the interpreter's own start
+# (bench/cli.py; DESIGN.md: a CLI command within 3x of it). dataclasses brings inspect and ast.
+# (tomllib only for a config that names [store] runtime_dir, zoneinfo only to show a session's times)
+STATUS_NEVER_IMPORTS = ("dataclasses", "inspect", "pathlib", "asyncio", "sqlite3", "evsed.config",
+                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator.hardware", "structlog")
+
+
+def test_status_imports_none_of_the_heavy_modules(tmp_path):
+    # Against a charging daemon, so that every line of status is shown: the session and its times,
+    # a service's state, the limits, the plan. The typed protocol reads the reply, as everywhere.
+    import asyncio
+    from evsed import config
+    from evsed.services.link import Link
+    from test_daemon import charging, write_config
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    code = ("import sys; before = set(sys.modules)\n"  # a dev install's path hook imports pathlib itself
+            "import contextlib, io; from evsed import cli\n"
+            "for argv in (['status', '-c', sys.argv[1]], ['status', '--json', '-c', sys.argv[1]]):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        assert cli.main(argv) == 0\n"
+            "    assert 'connector 1' in out.getvalue() or '\"connectors\"' in out.getvalue()\n"
+            "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in sys.argv[2:] or m in sys.argv[2:]))")
+
+    async def scenario():
+        async with charging(cfg):
+            link = await Link.connect(cfg.store.runtime_dir, "ocpp")
+            await link.command(p.ServiceStatus(status=p.ServiceState(connected=True, limits_a={"1": 16.0})))
+            await link.close()
+            return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(path),
+                                                            *STATUS_NEVER_IMPORTS],
+                                           capture_output=True, text=True, timeout=60)
+
+    proc = asyncio.run(scenario())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_status_works_while_the_config_has_a_syntax_error_and_says_so(tmp_path, capsys):
     import asyncio
     from evsed import config
@@ -282,7 +321,8 @@ def test_every_option_of_every_command_has_help():
 def test_version_and_help_import_no_commands_heavy_module():
     # `evsed probe`'s options are in its own module (asyncio, the config, hal): only `evsed probe`
     # imports it, not `evsed --version` or `evsed --help` (which listed it at 10x the cost).
-    code = ("import contextlib, io, sys; from evsed import cli\n"
+    code = ("import sys; before = set(sys.modules)\n"  # a dev install's path hook imports pathlib itself
+            "import contextlib, io; from evsed import cli\n"
             "for argv in (['--version'], ['--help']):\n"
             "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
             "        cli.main(argv)\n"

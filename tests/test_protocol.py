@@ -117,3 +117,43 @@ def test_any_request_either_reads_as_a_valid_record_or_is_refused_with_a_wire_er
     assert again == command
     for value in command.to_wire().values():
         assert not (isinstance(value, float) and not math.isfinite(value))
+
+
+def test_records_are_frozen_keyword_only_values_that_dataclasses_replace_takes():
+    # Records do without the dataclasses module (evsed status must not import it) and become
+    # dataclasses only when asked (dataclasses.replace). In a fresh interpreter: replacing a field of
+    # one event makes Event a dataclass first; another event type, not yet made, keeps its own fields,
+    # and a record reads, compares and hashes the same before and after its class is made.
+    import subprocess
+    import sys
+    code = """
+import dataclasses, sys
+from evsed import protocol as p
+closed = p.ContactorClosed(at="2026-01-01T00:00:00Z", connector=1, offered_a=16.0)
+status = p.StatusChanged(at="2026-01-01T00:00:00Z", status="Charging", reason="")
+text, key = repr(status), hash(status)
+assert dataclasses.replace(closed, seq=7).seq == 7
+assert [f.name for f in dataclasses.fields(status)] == ["seq", "at", "connector", "status", "reason", "ev_connected"]
+moved = dataclasses.replace(status, connector=2)
+assert (moved.connector, moved.status) == (2, "Charging") and moved != status
+again = p.StatusChanged(at="2026-01-01T00:00:00Z", status="Charging", reason="")
+assert repr(again) == text and hash(again) == key and again == status
+state = dataclasses.replace(p.ServiceState(connected=True), detail="x")
+assert dict(state.limits_a) == {} and state.limits_a is not p.ServiceState(connected=True).limits_a
+for bad in (lambda: setattr(status, "reason", "x"), lambda: p.StatusChanged(status="Charging", reason="")):
+    try:
+        bad()
+    except (AttributeError, TypeError):
+        pass
+    else:
+        raise AssertionError("a record took a change or missed a field")
+try:
+    dataclasses.replace(status, status="Parked")
+except p.WireError:
+    pass
+else:
+    raise AssertionError("replace skipped the bounds")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "ok", proc.stderr

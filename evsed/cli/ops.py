@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from evsed.cli import where
 
@@ -39,6 +38,7 @@ def install_options(sp: argparse.ArgumentParser) -> None:
 
 
 def _update_options(sp: argparse.ArgumentParser) -> None:
+    from pathlib import Path  # here: registering these commands must not cost `evsed status` the import
     sp.add_argument("wheel", type=Path, nargs="?", help="the release: an evsed wheel file")
     sp.add_argument("--signature", type=Path,
                     help="its signature (raw or base64) by the key named in [update] public_key_file")
@@ -55,6 +55,8 @@ def _update_options(sp: argparse.ArgumentParser) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from evsed.cli import extras, run
+    from pathlib import Path
+
     from evsed.ops import install
     host = install.Host(Path(args.root))
     try:
@@ -106,6 +108,8 @@ def _offer(missing) -> bool:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from evsed.ops import install
     host = install.Host(Path(args.root))
     try:
@@ -148,6 +152,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         if args.spool is None:
             updater.update(args.wheel, args.signature, args.wait or 0.0)
             return 0
+        from pathlib import Path
+
         from evsed import dirs
         spool = Path(args.spool) if args.spool else spoolmod.directory(dirs.services_dir(cfg.store.state_dir))
         outcome = updater.run_spool(spool, update.SPOOL_WAIT_S if args.wait is None else args.wait)

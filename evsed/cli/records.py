@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from evsed import dirs
 from evsed.cli import text, where
@@ -15,6 +14,7 @@ from evsed.cli import text, where
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
     import datetime as dt  # imported where used: registering these commands must not cost `evsed status` 1 ms
+    from pathlib import Path
     from typing import Any, Callable
 
 EXIT_FAILURE = 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from evsed.cli import text, where
 from simulator import FAULT_KINDS
@@ -108,6 +107,8 @@ def _reply(reply: R | p.Failure, message: Callable[[R], str]) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.sim_action == "scenario":
+        from pathlib import Path
+
         from evsed.shell import logs
         from evsed.shell.scenario import run_files
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
