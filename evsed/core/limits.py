@@ -125,7 +125,7 @@ def window(allowed: bool, cap_a: float | None, reason: str) -> Limit:
     """The time-of-use decision (evsed.core.windows.Decision fields)."""
     if not allowed:
         return Limit("window", None, reason, reason)
-    return Limit("window", cap_a, reason if cap_a is not None else "")
+    return Limit("window", cap_a, reason)  # also when it sets none: "no window applies", "clock not synchronized"
 
 
 def group(name: str | None, max_current_a: float | None) -> Limit:
