@@ -179,7 +179,7 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
     assert "  mode        fast, group family\n" in out
     limits = [line for line in out.splitlines() if line.startswith("  limit")]
     assert limits and all(line.split()[2] in ("A", "blocks") or line.split()[3] == "A" for line in limits), limits
-    assert "  no limit" not in out  # the chain lists the sources that set a limit or say why not
+    assert "  no limit    window (" in out  # the chain lists the sources that set a limit or say why not
 
 
 def test_status_works_while_the_config_has_a_syntax_error_and_says_so(tmp_path, capsys):
