@@ -115,7 +115,7 @@ def test_each_limit_source_is_one_roles(tmp_path, role, source, own):
                     else await as_role(daemon, cfg, role))
             reply = await link.command(p.Limit(source=source, current_a=10.0))
             await link.close()
-            return reply, {k: lim.current_a for k, lim in daemon.connectors[1].state.limits.items()}
+            return reply, {k: lim.current_a for k, lim in daemon.connectors[1].state.limits.items() if lim.current_a is not None}
 
     reply, limits = asyncio.run(scenario())
     if own:
@@ -255,7 +255,7 @@ def test_a_service_under_its_own_unit_gets_its_role_from_its_users_uid(tmp_path)
             os.chmod(cfg.store.runtime_dir / "control.sock", 0o666)  # nobody is not in this test's group
             said = [p.Ping().reply(p.decode_line((await asyncio.to_thread(as_nobody, s)).encode()))
                     for s in ("web", "ocpp")]
-            return said, {k: lim.current_a for k, lim in daemon.connectors[1].state.limits.items()}
+            return said, {k: lim.current_a for k, lim in daemon.connectors[1].state.limits.items() if lim.current_a is not None}
 
     try:
         said, limits = asyncio.run(scenario())
