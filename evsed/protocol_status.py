@@ -66,9 +66,13 @@ class Refusal(Record):
 
 
 class ChainLink(Record):
-    current_a: Amps | None
+    """One source of a connector's limit chain, as the daemon's core holds it."""
+
+    source: Name
+    current_a: Amps | None  # A per phase; None: the source sets no ceiling now
     detail: Sentence
-    blocked: Sentence | None = None
+    blocked: Sentence | None = None  # why the source forbids charging outright
+    binding: bool = False  # this source decides the offer (exactly one link binds)
 
 
 class ConnectorStatus(Record):
@@ -91,14 +95,32 @@ class ConnectorStatus(Record):
     pilot_error: Sentence
     meter_error: Sentence
     last_refusal: Refusal | None
-    limits: Annotated[Mapping[Name, Amps], Items(16)]
-    limit_chain: Annotated[Mapping[Name, ChainLink], Items(24)]
-    binding: Name
+    limit_chain: Annotated[tuple[ChainLink, ...], Items(24)]
     offer_a: Amps
     not_charging: Sentence | None
     mode: Mode
     group: Label
     plan: PlanNow | None = None  # its charging plan (evsed.protocol_plans)
+
+    def link(self, source: str) -> ChainLink | None:
+        """The chain's link of source (None: the source is not in the chain)."""
+        return next((link for link in self.limit_chain if link.source == source), None)
+
+    @property
+    def binding(self) -> str:
+        """The source that decides the offer ("" in a chain that names none)."""
+        return next((link.source for link in self.limit_chain if link.binding), "")
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """source -> A of every source that sets a ceiling now (a blocking one: 0 A)."""
+        out: dict[str, float] = {}
+        for link in self.limit_chain:
+            if link.blocked is not None:
+                out[link.source] = 0.0
+            elif link.current_a is not None:
+                out[link.source] = link.current_a
+        return out
 
 
 Zone = Annotated[str, Text(64, min=1, pattern=r"[A-Za-z0-9_+/-]+")]  # an IANA time zone: Europe/Berlin

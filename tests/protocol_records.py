@@ -8,11 +8,23 @@ from evsed import protocol as p
 IDLE = p.ConnectorStatus(
     id=1, status="Available", state="A", pilot_output="off", duty_pct=None, allowed_a=32.0, offered_a=0.0,
     contactor="open", operative=True, measured=None, error_code="NoError", session=None, faults=(), reason="no EV",
-    pilot_error="", meter_error="", last_refusal=None, limits={}, limit_chain={}, binding="hardware",
+    pilot_error="", meter_error="", last_refusal=None,
+    limit_chain=(p.ChainLink(source="hardware", current_a=32.0, detail="charger rating", binding=True),),
     offer_a=32.0, not_charging=None, mode="fast", group="")
 
 
+def chain(limits: dict, binding: str | None = None) -> tuple[p.ChainLink, ...]:
+    """A status's limit chain: the 32 A hardware link, then limits (source -> A) in their order;
+    binding: the source marked (default: the lowest, the first among equals)."""
+    values = {"hardware": 32.0, **limits}
+    binding = binding or min(values, key=lambda s: values[s])
+    return tuple(p.ChainLink(source=s, current_a=a, detail="", binding=s == binding) for s, a in values.items())
+
+
 def connector(**fields) -> p.ConnectorStatus:
+    """IDLE changed by fields; limits= (source -> A) and binding= build its limit_chain."""
+    if "limits" in fields or "binding" in fields:
+        fields["limit_chain"] = chain(fields.pop("limits", {}), fields.pop("binding", None))
     return replace(IDLE, **fields)
 
 

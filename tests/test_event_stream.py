@@ -216,7 +216,7 @@ def test_an_authorizer_on_the_socket_accepts_a_card_with_a_session_limit(tmp_pat
 
     asked, status, refusal = asyncio.run(scenario())
     assert [a.id_tag for a in asked] == ["CAFE0001", "DEADBEEF"]  # Alice's card never leaves the charger
-    assert status.allowed_a == 10 and status.limits == {"authorization": 10}
+    assert status.allowed_a == 10 and status.limits["authorization"] == 10 and status.binding == "authorization"
     assert 9.9 <= status.offered_a <= 10  # duty rounds down: never more than allowed
     assert status.session.group == "fleet"
     assert refusal.reason == "unknown card"  # every link said unknown: the default rule refuses

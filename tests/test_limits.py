@@ -12,6 +12,7 @@ from evsed.core.limits import Limit, chain
 def standard_chain(**over):
     parts = dict(hardware=lm.hardware(32.0), cable=lm.cable_fixed(32.0), breaker=lm.breaker(25.0),
                  window=lm.window(True, None, "no window applies"), group=lm.group("staff", None),
+                 authorization=lm.authorization("staff", None),
                  site=lm.site(None), external_cap=lm.external_cap(False, 4200.0, 3, 230.0),
                  solar=lm.solar(None, "fast"), ocpp=lm.ocpp(None), plan=lm.plan(False, ""))
     parts.update(over)

@@ -14,12 +14,13 @@ AMS = ZoneInfo("Europe/Amsterdam")
 NOW = dt.datetime(2026, 11, 28, 14, 0, tzinfo=AMS)
 AT = "2026-11-28T13:00:00Z"
 
-CONNECTOR = pr.connector(
+CONNECTOR_FIELDS = dict(
     status="Charging", state="C", contactor="closed", offered_a=16.0, allowed_a=16.0, reason="",
     measured=p.Measured(current_a=(15.9, 16.01, 15.8), power_w=10980.4, energy_wh=123456, stale=False),
     session=pr.session(id=3, card_name="Alice", group="family", started_at="2026-11-28T16:00:00Z", energy_wh=2400,
                        power_w=10980.4, peak_power_w=11000.0),
     limits={"cable": 32.0, "mqtt": 16.0})
+CONNECTOR = pr.connector(**CONNECTOR_FIELDS)
 CHARGING = pr.status(CONNECTOR, charger="garage", mode="solar")
 
 
@@ -69,15 +70,15 @@ def test_a_stale_meter_reading_is_said_stale_and_publishes_no_power_energy_or_cu
 
 
 def test_the_binding_source_is_the_daemons():
-    out = published(connector(binding="mqtt"))
+    out = published(pr.status(pr.connector(**{**CONNECTOR_FIELDS, "binding": "mqtt"})))
     limit = json.loads(out["evsed/garage/connector/1/limit"][0])
-    assert limit == {"allowed_a": 16.0, "binding": "mqtt", "limits": {"cable": 32.0, "mqtt": 16.0}}
+    assert limit == {"allowed_a": 16.0, "binding": "mqtt", "limits": {"hardware": 32.0, "cable": 32.0, "mqtt": 16.0}}
     assert out["evsed/garage/connector/1/allowed_a"][0] == "16.0"
     assert out["evsed/garage/current_limit_a"][0] == "16.0"
 
 
 def test_pause_and_lifted_limit_states_follow_the_limits_by_source():
-    out = published(connector(limits={"mqtt-pause": 0}))
+    out = published(pr.status(pr.connector(**{**CONNECTOR_FIELDS, "limits": {"mqtt-pause": 0}})))
     assert out["evsed/garage/paused"][0] == "ON"
     assert out["evsed/garage/current_limit_a"][0] == "None"  # Home Assistant's "unknown"
     assert published(CHARGING)["evsed/garage/paused"][0] == "OFF"

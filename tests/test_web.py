@@ -170,14 +170,19 @@ def test_a_fault_that_clears_on_unplug_says_so():
                                         "control pilot shorted to earth, clears when the EV is unplugged")
 
 
-def test_the_lowest_limit_source_is_marked_binding():
+def test_the_limits_table_is_the_daemons_chain_with_its_binding_mark():
     entries = limit_entries(conn(allowed_a=16.0, limits={"site": 20.0, "group": 16.0}))
-    assert [(e["source"], e["binding"]) for e in entries] == [("group", True), ("site", False)]
+    assert [(e["source"], e["binding"]) for e in entries] == [("hardware", False), ("site", False), ("group", True)]
 
 
-def test_the_rating_binds_when_no_source_is_lower():
+def test_the_page_marks_the_source_the_daemon_names_even_among_equals():
+    entries = limit_entries(conn(allowed_a=16.0, limits={"window": 16.0, "site": 16.0}, binding="window"))
+    assert [e["source"] for e in entries if e["binding"]] == ["window"]
+
+
+def test_the_charger_rating_binds_when_no_source_is_lower():
     entries = limit_entries(conn(allowed_a=32.0, limits={"site": 40.0}))
-    assert entries[0]["source"] == "rating" and entries[0]["binding"]
+    assert entries[0]["source"] == "hardware" and entries[0]["binding"] and entries[0]["label"] == "charger rating"
 
 
 def test_anonymous_viewers_see_card_names_but_not_whole_uids():

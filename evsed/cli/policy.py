@@ -81,13 +81,14 @@ def format_limits(c: p.ConnectorStatus) -> list[str]:
         return []
     lines = [f"  mode        {c.mode}" + (f", group {c.group}" if c.group else "")]
     unset = []
-    for source, lim in c.limit_chain.items():
+    for lim in c.limit_chain:
+        source = lim.source
         detail = lim.blocked or lim.detail or ""
         if lim.current_a is None and not lim.blocked:
             unset.append(f"{source} ({detail})" if detail else source)
             continue
         value = "blocks" if lim.blocked or lim.current_a is None else text.amps(lim.current_a)
-        mark = "  <- binds" if source == c.binding else ""
+        mark = "  <- binds" if lim.binding else ""
         lines.append(f"  limit       {source:<13}{value:>8}  {detail}{mark}".rstrip())
     if unset:
         lines.append(f"  no limit    {', '.join(unset)}")

@@ -195,7 +195,7 @@ class Config:
         """The core's view; has_meter and has_feedback follow the devices actually built."""
         t = self.timing
         return CoreConfig(
-            max_current_a=min(self.charger.max_current_a, connector.cable_a),
+            max_current_a=self.charger.max_current_a, cable_a=None if connector.socket else connector.cable_a,
             ventilation=self.charger.ventilation, free_vend=self.charger.free_vend,
             free_vend_id_tag=self.charger.free_vend_id_tag,
             auth_timeout_s=t.auth_timeout_s, stop_grace_s=t.stop_grace_s,

@@ -157,10 +157,14 @@ class StopRequested:
 
 @dataclass(frozen=True, slots=True)
 class LimitChanged:
-    """A current ceiling from one source (window, load, ocpp...); None lifts it."""
+    """A current ceiling from one source (window, load, ocpp...); None lifts it. detail says why
+    (a source with a detail stays listed in the chain while it sets no ceiling); blocked: the
+    source forbids charging outright, with the reason."""
 
     source: str
     current_a: float | None
+    detail: str = ""
+    blocked: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The limit chain: the current offered per phase is the lowest of every source's limit.
 
 One Limit per source (hardware, cable, breaker, window, group, site, external cap, solar,
-ocpp, plan); chain() names the one that binds, so `evsed status` can say why a car gets 10 A.
+ocpp, plan, and any set by a command); chain() names the one that binds. The core keeps each
+connector's chain (evsed.core.state.limit_chain): its offer and every reader take it from there.
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ class Limit:
 @dataclass(frozen=True, slots=True)
 class ChainResult:
     """The offer (A per phase, >= 6; 0 when not charging), the source that binds, why it
-    cannot charge (None: it can), and every source's limit as given."""
+    cannot charge (None: it can), every source's limit as given, and the lowest ceiling
+    (allowed_a, A per phase: 0 under a blocking source; the offer when it is 6 A or more)."""
 
     current_a: float
     binding: str
     not_charging: str | None
     limits: tuple[Limit, ...]
+    allowed_a: float = 0.0
+
+    def ceilings(self) -> dict[str, float]:
+        """source -> A of every source that sets a ceiling (a blocking one: 0 A)."""
+        return {lim.source: 0.0 if lim.blocked is not None else _safe_a(lim) for lim in self.limits
+                if lim.blocked is not None or lim.current_a is not None}
 
 
 def chain(limits: Iterable[Limit]) -> ChainResult:
@@ -51,17 +59,17 @@ def chain(limits: Iterable[Limit]) -> ChainResult:
     limits = tuple(limits)
     for lim in limits:
         if lim.blocked is not None:
-            return ChainResult(0.0, lim.source, lim.blocked, limits)
+            return ChainResult(0.0, lim.source, lim.blocked, limits, 0.0)
     setting = [lim for lim in limits if lim.current_a is not None]
     if not setting:
-        return ChainResult(0.0, "", "no source sets a limit", limits)
+        return ChainResult(0.0, "", "no source sets a limit", limits, 0.0)
     low = min(setting, key=_safe_a)  # min() keeps the first of equals
     current_a = _safe_a(low)
     if current_a < MIN_CURRENT_A:
         why = f"{low.source} allows {current_a:.1f} A, under {MIN_CURRENT_A:g} A"
         return ChainResult(0.0, low.source, f"{why} ({low.detail})" if low.detail else why,
-                           limits)
-    return ChainResult(current_a, low.source, None, limits)
+                           limits, current_a)
+    return ChainResult(current_a, low.source, None, limits, current_a)
 
 
 def _safe_a(lim: Limit) -> float:
@@ -70,8 +78,15 @@ def _safe_a(lim: Limit) -> float:
     return 0.0 if a is None or math.isnan(a) or a < 0 else a
 
 
-CHAIN = ("hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar",
+CHAIN = ("hardware", "cable", "breaker", "window", "group", "authorization", "site", "external_cap", "solar",
          "ocpp", "plan")  # the order of sources in status, and of precedence among equal limits
+AUTHORIZATION = "authorization"  # the per-session ceiling that came with the authorization (its group's cap)
+
+
+def ordered(limits: Iterable[Limit]) -> tuple[Limit, ...]:
+    """Limits in CHAIN order; sources set by commands (web, mqtt, ...) after, by name."""
+    return tuple(sorted(limits, key=lambda lim: (CHAIN.index(lim.source), "") if lim.source in CHAIN
+                        else (len(CHAIN), lim.source)))
 
 
 def hardware(max_current_a: float) -> Limit:
@@ -110,12 +125,19 @@ def window(allowed: bool, cap_a: float | None, reason: str) -> Limit:
     """The time-of-use decision (evsed.core.windows.Decision fields)."""
     if not allowed:
         return Limit("window", None, reason, reason)
-    return Limit("window", cap_a, reason if cap_a is not None else "")
+    return Limit("window", cap_a, reason)  # also when it sets none: "no window applies", "clock not synchronized"
 
 
 def group(name: str | None, max_current_a: float | None) -> Limit:
-    """The session's card group cap (None: the group has none)."""
+    """The free-vend group's cap (None: the group has none)."""
     return Limit("group", max_current_a, f"group {name!r}" if max_current_a is not None else "")
+
+
+def authorization(group_name: str, max_current_a: float | None) -> Limit:
+    """The ceiling a card's authorization brings (its group's cap), from the session's first second."""
+    if max_current_a is None:
+        return Limit(AUTHORIZATION, None)
+    return Limit(AUTHORIZATION, max_current_a, f"card group {group_name!r}" if group_name else "with the authorization")
 
 
 def site(current_a: float | None, detail: str = "dynamic load management") -> Limit:

@@ -12,10 +12,10 @@ from typing import Callable
 from dataclasses import dataclass, field
 
 from evsed.core import events as ev
+from evsed.core import limits as lm
 from evsed.core.events import ChargePointErrorCode, Clearance, ConnectorStatus, Fault, PilotOutput
 from evsed.core.pilot import MIN_CURRENT_A, PilotState
 
-AUTH_LIMIT = "authorization"  # the limit source of a per-session ceiling that came with the authorization
 CHARGING_STATES = (PilotState.C, PilotState.D)
 PLUGGED_STATES = (PilotState.B, PilotState.C, PilotState.D)
 RCD_TRIPS_FORGOTTEN_S = 86_400.0  # a day without an RCD trip starts the retry count afresh
@@ -40,7 +40,8 @@ class SelfTestState(str, enum.Enum):
 class CoreConfig:
     """What the core needs to know of the charger. Times in seconds, currents in A."""
 
-    max_current_a: float = 32.0  # hardware: min of the charger rating and the cable
+    max_current_a: float = 32.0  # hardware: the charger's rating
+    cable_a: float | None = None  # a tethered cable's rating (None: a socket, whose PP the policy reads)
     ventilation: bool = False  # state D (ventilation required) may charge
     free_vend: bool = False  # every plugged EV is authorized
     free_vend_id_tag: str = "FREEVEND"
@@ -100,7 +101,7 @@ class Connector:
     rcd_tripped: bool = False
     rcd_trips: int = 0
     rcd_tripped_at: float = -math.inf
-    limits: dict[str, float] = field(default_factory=dict)  # source -> A; replaced, never mutated
+    limits: dict[str, lm.Limit] = field(default_factory=dict)  # source -> its limit; replaced, never mutated
     meter_ok_at: float | None = None
     meter_error: str = ""
     overcurrent_since: float | None = None
@@ -120,9 +121,14 @@ class Connector:
     last_card: tuple[str, float] | None = None  # the last UID read and when: repeats are one tap
 
 
-def allowed_current_a(cfg: CoreConfig, s: Connector) -> float:
-    """The minimum of the hardware maximum and every current ceiling, in A."""
-    return float(min([cfg.max_current_a, *s.limits.values()]))
+def limit_chain(cfg: CoreConfig, s: Connector) -> lm.ChainResult:
+    """The connector's limit chain: the hardware's own links and every source's, in CHAIN order.
+    Its current_a is what the core offers (A per phase); status, the web page, MQTT and the
+    uplink read this same value."""
+    own = [lm.hardware(cfg.max_current_a)]
+    if cfg.cable_a is not None:
+        own.append(lm.cable_fixed(cfg.cable_a))
+    return lm.chain(lm.ordered([*own, *s.limits.values()]))
 
 
 def clears_by(fault: Fault, fs: FaultState) -> Clearance:
@@ -214,8 +220,9 @@ def offer_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
         return "waiting for a card" if s.pilot in PLUGGED_STATES else "no EV"
     if meter_missing(cfg, s, now):  # an OpenEVSE board closes its relay by itself under PWM
         return "meter not responding" + (f": {s.meter_error}" if s.meter_error else "")
-    if allowed_current_a(cfg, s) < MIN_CURRENT_A:
-        return f"current limit {allowed_current_a(cfg, s):g} A is below 6 A"
+    chain = limit_chain(cfg, s)
+    if chain.not_charging is not None:
+        return chain.not_charging
     if now < s.paused_until:
         return "paused after a current limit"
     if s.wakeup_until is not None:
@@ -251,7 +258,7 @@ def check_invariant(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     why = safety_blocker(cfg, s, now)
     if why is not None:
         return why
-    offering = s.output is PilotOutput.PWM and s.session and allowed_current_a(cfg, s) >= MIN_CURRENT_A
+    offering = s.output is PilotOutput.PWM and s.session and limit_chain(cfg, s).current_a >= MIN_CURRENT_A
     if offering and s.duty_pct is not None and s.duty_pct >= 10.0:
         return None
     if s.stopping_since is not None and now < s.stopping_since + cfg.stop_grace_s:

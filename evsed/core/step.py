@@ -11,11 +11,12 @@ from dataclasses import replace as _replace
 from typing import Any, Callable
 
 from evsed.core import events as ev
+from evsed.core import limits as lm
 from evsed.core.events import ConnectorStatus, Fault, PilotOutput, StopReason
 from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_duty, diode_present, duty_for_current
-from evsed.core.state import (AUTH_LIMIT, CHARGING_STATES, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
+from evsed.core.state import (CHARGING_STATES, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
-                              Connector, CoreConfig, FaultState, allowed_current_a, card_repeated, clears_by, locked_out,
+                              Connector, CoreConfig, FaultState, card_repeated, limit_chain, clears_by, locked_out,
                               offer_blocker, pilot_fresh, safety_blocker)
 
 
@@ -157,14 +158,15 @@ def _on_auth(cfg: CoreConfig, s: Connector, e: ev.AuthorizationResult, now: floa
 def _authorize(cfg: CoreConfig, s: Connector, tag: str, source: str, now: float, group: str = "",
                max_current_a: float | None = None) -> Connector:
     plugged = s.pilot in PLUGGED_STATES
-    s = _on_limit(cfg, s, ev.LimitChanged(AUTH_LIMIT, max_current_a), now, [])
+    lim = lm.authorization(group, max_current_a)
+    s = _on_limit(cfg, s, ev.LimitChanged(lim.source, lim.current_a, lim.detail), now, [])
     return replace(s, id_tag=tag, auth_source=source, group=group, refusal="",
                    auth_expires_at=None if plugged else now + cfg.auth_timeout_s)
 
 
 def _drop_authorization(s: Connector, **changes: Any) -> Connector:
     """The authorization ends (used, cancelled, expired): its group and per-session ceiling with it."""
-    limits = {k: v for k, v in s.limits.items() if k != AUTH_LIMIT}
+    limits = {k: v for k, v in s.limits.items() if k != lm.AUTHORIZATION}
     return replace(s, id_tag=None, auth_expires_at=None, group="", limits=limits, **changes)
 
 
@@ -189,8 +191,11 @@ def _stop_session(s: Connector, reason: StopReason, out: Out) -> Connector:
 
 def _on_limit(cfg: CoreConfig, s: Connector, e: ev.LimitChanged, now: float, out: Out) -> Connector:
     limits = {k: v for k, v in s.limits.items() if k != e.source}
-    if e.current_a is not None:  # NaN is garbage: pause (0 A) rather than lift the ceiling
-        limits[e.source] = 0.0 if math.isnan(e.current_a) else max(0.0, e.current_a)
+    current_a = e.current_a
+    if current_a is not None:  # NaN is garbage: pause (0 A) rather than lift the ceiling
+        current_a = 0.0 if math.isnan(current_a) else max(0.0, current_a)
+    if current_a is not None or e.blocked is not None or e.detail:  # a source that says why it sets none stays listed
+        limits[e.source] = lm.Limit(e.source, current_a, e.detail, e.blocked)
     return replace(s, limits=limits)
 
 
@@ -380,7 +385,8 @@ def _start_session_if_due(cfg: CoreConfig, s: Connector, out: Out) -> Connector:
 def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connector:
     blocker = offer_blocker(cfg, s, now)
     in_grace = s.contactor_closed and safety_blocker(cfg, s, now) is None  # may stay closed
-    duty = duty_for_current(allowed_current_a(cfg, s), cfg.duty_step_pct) if blocker is None else None
+    offer_a = limit_chain(cfg, s).current_a
+    duty = duty_for_current(offer_a, cfg.duty_step_pct) if blocker is None else None
     if locked_out(s) or (not s.operative and not s.session and not in_grace):
         mode, duty, offered = PilotOutput.F, None, 0.0  # not during a stop grace: -12 V hides the EV
     elif duty is not None:  # (offer_blocker already refuses under 6 A, where there is no duty)
@@ -388,7 +394,7 @@ def _set_output(cfg: CoreConfig, s: Connector, now: float, out: Out) -> Connecto
     else:
         mode, duty, offered = PilotOutput.OFF, None, 0.0
     if (mode is PilotOutput.OFF and s.output is PilotOutput.PWM and s.session and not s.faults and cfg.min_pause_s > 0
-            and allowed_current_a(cfg, s) < MIN_CURRENT_A):
+            and offer_a < MIN_CURRENT_A):
         s = replace(s, paused_until=now + cfg.min_pause_s)
     if (mode, duty) != (s.output, s.duty_pct):
         out.append(ev.SetPilot(mode, duty, offered))

@@ -324,15 +324,9 @@ class Charger:
                              card_plans=self.plans.waiting())
 
     def _connector_status(self, ctrl: ConnectorControl) -> p.ConnectorStatus:
-        """The connector's own status, with every limit source, the binding one, and the policy's
-        reason where the core only knows that a limit is under 6 A."""
+        """The connector's own status (with the core's limit chain), its mode, group and plan."""
         st = ctrl.status()
-        policy = self.policy.status(ctrl)
-        st.update(policy)
-        ours = ("window", "site", "solar", "external_cap", "cable", "group", "plan")
-        if policy["not_charging"] and policy["binding"] in ours and ctrl.state.session \
-                and (st["reason"].startswith("current limit") or not st["reason"]):
-            st["reason"] = policy["not_charging"]
+        st.update(self.policy.status(ctrl))
         st["plan"] = self.plans.now(ctrl)
         session = st["session"]
         if session is not None and self.config.tariff is not None:

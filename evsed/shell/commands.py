@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 from evsed import protocol as p
 from evsed.config.policy import NEEDS_SITE_METER
 from evsed.core import events as ev
-from evsed.core.state import allowed_current_a, reservation_answer
+from evsed.core.state import reservation_answer
+from evsed.shell.sources import ocpp as ocpp_source
 from hal import canonical_uid
 
 if TYPE_CHECKING:
@@ -167,10 +168,11 @@ def _limit(charger: Charger, cmd: p.Limit) -> p.Ok:
         if len(others | {cmd.source}) > MAX_COMMAND_SOURCES:
             raise CommandError(f"limit: at most {MAX_COMMAND_SOURCES} sources set by commands "
                                f"({', '.join(sorted(others))}); lift one first")
+    limit = ocpp_source.limit(cmd.source, cmd.current_a)
     for ctrl in ctrls:
-        ctrl.feed(ev.LimitChanged(cmd.source, cmd.current_a))
+        ctrl.feed(ev.LimitChanged(limit.source, limit.current_a, limit.detail))
         ctrl.publish("limit.changed", source=cmd.source, current_a=cmd.current_a,
-                     allowed_a=allowed_current_a(ctrl.cfg, ctrl.state))
+                     allowed_a=ctrl.chain().allowed_a)
     return p.Ok()
 
 

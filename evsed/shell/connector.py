@@ -16,6 +16,7 @@ import structlog
 
 from evsed import protocol as p
 from evsed.core import events as ev
+from evsed.core import limits as lm
 from evsed.core import meter as judge
 from evsed.core import state
 from evsed.core.step import step
@@ -292,16 +293,21 @@ class ConnectorControl:
         return self.state.offered_a
 
     # --- status -----------------------------------------------------------------------------
+    def chain(self) -> lm.ChainResult:
+        """The core's limit chain now: the offer, the binding source, every source's limit."""
+        return state.limit_chain(self.cfg, self.state)
+
     def status(self) -> dict[str, Any]:
         st, now = self.state, self.clock()
         reading, session = self.last_reading, self.session
+        chain = self.chain()
         return {
             "id": self.id,
             "status": st.status.value,
             "state": st.pilot.value if st.pilot else None,
             "pilot_output": st.output,
             "duty_pct": None if st.duty_pct is None else round(st.duty_pct, 4),  # the kernel PWM's grid
-            "allowed_a": state.allowed_current_a(self.cfg, st),
+            "allowed_a": chain.allowed_a,
             "offered_a": round(self._offered_a(), 2),
             "contactor": "closed" if st.contactor_closed else "open",
             "operative": st.operative,  # False while Unavailable, or pending until the session ends
@@ -321,5 +327,9 @@ class ConnectorControl:
             "pilot_error": self.pilot_error,
             "meter_error": self.meter_error,
             "last_refusal": self.last_refusal,
-            "limits": dict(st.limits),
+            "limit_chain": tuple(p.ChainLink(source=lim.source, current_a=lim.current_a, detail=lim.detail,
+                                             blocked=lim.blocked, binding=lim.source == chain.binding)
+                                 for lim in chain.limits),
+            "offer_a": chain.current_a,
+            "not_charging": chain.not_charging,
         }

@@ -269,8 +269,7 @@ class Plans:
             else:
                 self.decisions[cid] = d
                 wake += [t for t in (d.next_s, now + REPLAN_S) if t is not None]
-            holds = d is not None and d.holds and not self._solar_mode(ctrl)
-            self.charger.policy.send(ctrl, SOURCE, 0.0 if holds else None)
+            self.charger.policy.send(ctrl, self.limit(ctrl))
             if (before and (before.state, before.reason)) != (d and (d.state, d.reason)):
                 ctrl.publish("plan.changed", **self.changed_event(ctrl))
         wake += [plan.departure_s for cid, plan in self.plans.items() if plan.session is None]
@@ -308,7 +307,7 @@ class Plans:
         draw; and W per A (the phases the EV draws on), for the windows' caps."""
         held = (d := self.decisions.get(ctrl.id)) is not None and d.holds
         amps = [ctrl.cfg.max_current_a]
-        for source, a in ctrl.state.limits.items():
+        for source, a in ctrl.chain().ceilings().items():
             if source in (SOURCE, "window", "solar"):
                 continue  # the plan's own, the windows by the hour, the grid stands in for the sun
             if source == "site" and held:  # paused by the plan, the EV takes no share: the last it had

@@ -1,28 +1,34 @@
 """The charger-level limit sources: time-of-use windows, group caps, the cable's PP, the
 external cap input, dynamic load management and solar surplus, fed to the connectors.
 
-Decisions come from the pure modules (evsed.core.windows, limits, loadmgmt); this module
-only gathers their inputs, sends LimitChanged on a change, and arms timers for the next one.
+Decisions come from the pure modules (evsed.core.windows, limits, loadmgmt) and each source's
+Limit from its module (evsed.shell.sources); this module gathers their inputs, sends each
+Limit to the core on a change (the core keeps the chain), and arms timers for the next one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
-from evsed import protocol as p
 from evsed.core import events as ev
 from evsed.core import limits as lm
 from evsed.core import loadmgmt, windows
-from evsed.core.state import AUTH_LIMIT, PLUGGED_STATES
 from evsed.shell.clocksteps import ClockSteps
+from evsed.shell.sources import Connected
+from evsed.shell.sources import cable as cable_source
+from evsed.shell.sources import external as external_source
+from evsed.shell.sources import group as group_source
+from evsed.shell.sources import loadmgmt as loadmgmt_source
+from evsed.shell.sources import solar as solar_source
+from evsed.shell.sources import window as window_source
 from evsed.shell.timers import WallTimers
-from hal import ContactInput, ProximityPilot
+from hal import ContactInput
 
 if TYPE_CHECKING:
     from evsed.shell.charger import Charger
@@ -70,11 +76,8 @@ class _Conn:
     """What the policy knows of one connector."""
 
     window: windows.Decision = windows.Decision(True, None, None, "no window applies")
-    cable: lm.Limit | None = None
-    site: loadmgmt.Offer | None = None
     solar: loadmgmt.SolarOffer = loadmgmt.SolarOffer(None, "fast mode")
     solar_state: loadmgmt.SolarState = loadmgmt.SolarState()
-    sent: dict[str, float | None] = field(default_factory=dict)
 
 
 class Policy:
@@ -111,8 +114,8 @@ class Policy:
         synced = self.clock_synced()
         inp = self.charger.devices.site_input
         active = bool(inp.active()) if isinstance(inp, ContactInput) else False
-        cable_changed = any(self._cable(ctrl) != self.conns[cid].cable for cid, ctrl in self.charger.connectors.items()
-                            if self.connector_config(cid).socket)
+        cable_changed = any(cable_source.limit(ctrl, ctrl.pilot) != ctrl.state.limits.get("cable")
+                            for cid, ctrl in self.charger.connectors.items() if self.connector_config(cid).socket)
         if synced != self.synced or active != self.input_active or cable_changed:
             if synced != self.synced:
                 log.info("clock.sync_changed", synchronized=synced)
@@ -148,21 +151,18 @@ class Policy:
                                         self.synced)
             if c.window.until_utc is not None:
                 next_wall.append(c.window.until_utc)
-            self._send(ctrl, "window", None if c.window.allowed and c.window.cap_a is None
-                       else (c.window.cap_a if c.window.allowed else 0.0))
-            self._send(ctrl, "group", self._group_cap(ctrl))
-            self._send(ctrl, "breaker", self.connector_config(cid).breaker_a)
-            c.cable = self._cable(ctrl)
-            pp = c.cable if self.connector_config(cid).socket else None  # a fixed cable is in the core's max
-            self._send(ctrl, "cable", None if pp is None else (0.0 if pp.blocked else pp.current_a))
-            ext = self._external(ctrl)
-            self._send(ctrl, "external_cap", ext.current_a)
+            self.send(ctrl, window_source.limit(c.window, self.charger.tz))
+            self.send(ctrl, group_source.limit(self, ctrl))
+            self.send(ctrl, lm.breaker(self.connector_config(cid).breaker_a))
+            if self.connector_config(cid).socket:  # a tethered cable is in the core's own chain
+                self.send(ctrl, cable_source.limit(ctrl, ctrl.pilot))
+            self.send(ctrl, external_source.limit(self, ctrl))
         if site is not None:
             self._solar(site, now)
         self._load(site, now)
         self._arm_wall(next_wall)
 
-    def group_of(self, ctrl: ConnectorControl) -> str:
+    def group_of(self, ctrl: Connected) -> str:
         """The group whose rules the connector's session (or authorization) follows: the card's,
         or in free vend the free-vend group unless the card's group is exempt."""
         st = ctrl.state
@@ -175,27 +175,27 @@ class Policy:
             return st.group
         return self.config.charger.free_vend_group if self.config.charger.free_vend else ""
 
-    def _group_cap(self, ctrl: ConnectorControl) -> float | None:
-        """Free vend: the free-vend group's cap (a card's comes with its authorization)."""
-        if ctrl.state.auth_source == "free_vend" or (not ctrl.state.session and self.config.charger.free_vend):
-            return self.config.policy.group(self.group_of(ctrl)).max_current_a
-        return None
+    # --- what the sources read (the Protocols of evsed.shell.sources) -------------------------
+    @property
+    def free_vend(self) -> bool:
+        return bool(self.config.charger.free_vend)
+
+    def group_cap_a(self, name: str) -> float | None:
+        return self.config.policy.group(name).max_current_a
+
+    @property
+    def cap_w(self) -> float:
+        return float(self.config.site.load.cap_kw * 1000)
+
+    @property
+    def voltage_v(self) -> float:
+        return float(self.config.charger.voltage_v)
+
+    def phases_of(self, ctrl: Connected) -> tuple[int, ...]:
+        return self._phases(self.charger.connectors[ctrl.id])
 
     def connector_config(self, cid: int):
         return next(c for c in self.config.connectors if c.id == cid)
-
-    def _cable(self, ctrl: ConnectorControl) -> lm.Limit | None:
-        conn = self.connector_config(ctrl.id)
-        if not conn.socket:
-            return lm.cable_fixed(conn.cable_a)
-        if not isinstance(ctrl.pilot, ProximityPilot) or ctrl.state.pilot not in PLUGGED_STATES:
-            return None  # no PP on this board, or nothing plugged: the charger's maximum
-        try:
-            ohm = ctrl.pilot.proximity_ohm()
-        except Exception as exc:  # noqa: BLE001 - a failed PP read blocks charging, with the reason
-            log.warning("pp.read_failed", connector=ctrl.id, error=repr(exc))
-            ohm = None
-        return lm.cable_from_pp(ohm)
 
     def _phases(self, ctrl: ConnectorControl) -> tuple[int, ...]:
         r = ctrl.last_reading
@@ -204,11 +204,6 @@ class Policy:
         if r is not None and ctrl.state.contactor_closed and len(r.current_a) >= 3:
             return loadmgmt.phases_in_use(r.current_a[:3])
         return (0, 1, 2)
-
-    def _external(self, ctrl: ConnectorControl) -> lm.Limit:
-        load = self.config.site.load
-        return lm.external_cap(self.input_active, load.cap_kw * 1000, len(self._phases(ctrl)),
-                               self.config.charger.voltage_v)
 
     def mode_of(self, ctrl: ConnectorControl) -> loadmgmt.Mode:
         group_mode = self.config.policy.group(self.group_of(ctrl)).mode
@@ -242,7 +237,7 @@ class Policy:
                 c.solar_state, c.solar = loadmgmt.solar_step(
                     self.config.site.load.solar, c.solar_state, now, mode, site.power_total_w, own,
                     len(self._phases(ctrl)))
-            self._send(ctrl, "solar", None if self.charger.plans.lifts_solar(ctrl) else c.solar.current_a)
+            self.send(ctrl, solar_source.limit(c.solar, self.charger.plans.lifts_solar(ctrl)))
 
     def _load(self, site: Any, now: float) -> None:
         cfg = self.config.site.load.dlm
@@ -251,35 +246,35 @@ class Policy:
         demands = []
         for cid, ctrl in self.charger.connectors.items():
             if not ctrl.state.session:
-                self.conns[cid].site = None
-                self._send(ctrl, "site", 0.0)  # a new session waits for its offer
+                self.send(ctrl, loadmgmt_source.limit(None))  # a new session waits for its offer
                 continue
-            others = [a for k, a in ctrl.state.limits.items() if k != "site"]
             measured = ctrl.last_reading.current_a if ctrl.last_reading is not None else ()
             measured3 = tuple((list(measured) + [0.0, 0.0, 0.0])[:3]) if ctrl.state.contactor_closed else (0.0,) * 3
-            demands.append(loadmgmt.Demand(str(cid), min([ctrl.cfg.max_current_a, *others]), self._phases(ctrl),
+            demands.append(loadmgmt.Demand(str(cid), self._room_a(ctrl), self._phases(ctrl),
                                            measured3, self.connector_config(cid).priority))  # type: ignore[arg-type]
         current = None if site is None else tuple((list(site.current_a) + [0.0, 0.0, 0.0])[:3])
         self.dlm, offers = loadmgmt.step(cfg, self.dlm, now, demands, current)
         for offer in sorted(offers, key=lambda o: o.current_a):  # lowering first, then raising
-            cid = int(offer.connector)
-            self.conns[cid].site = offer
-            self._send(self.charger.connectors[cid], "site", offer.current_a)
+            self.send(self.charger.connectors[int(offer.connector)], loadmgmt_source.limit(offer))
         self._arm_mono(loadmgmt.next_deadline(cfg, self.dlm, now),
                        [o.until for o in offers if o.until is not None])
 
-    def send(self, ctrl: ConnectorControl, source: str, current_a: float | None) -> None:
-        """A limit from a source kept in a module of its own (evsed.shell.plans)."""
-        self._send(ctrl, source, current_a)
+    @staticmethod
+    def _room_a(ctrl: ConnectorControl) -> float:
+        """What every source but load management allows the connector, A per phase."""
+        return lm.chain(lim for lim in ctrl.chain().limits if lim.source != "site").allowed_a
 
-    def _send(self, ctrl: ConnectorControl, source: str, current_a: float | None) -> None:
-        c = self.conns[ctrl.id]
-        if c.sent.get(source) == current_a:  # never sent counts as None: no limit
+    def send(self, ctrl: ConnectorControl, limit: lm.Limit) -> None:
+        """A source's limit to the core, when it differs from the one the core holds; a changed
+        ceiling is published (limit.changed)."""
+        before = ctrl.state.limits.get(limit.source, lm.Limit(limit.source, None))
+        if before == limit:
             return
-        c.sent[source] = current_a
-        ctrl.feed(ev.LimitChanged(source, current_a))
-        ctrl.publish("limit.changed", source=source, current_a=current_a,
-                     allowed_a=round(min([ctrl.cfg.max_current_a, *ctrl.state.limits.values()]), 2))
+        ctrl.feed(ev.LimitChanged(limit.source, limit.current_a, limit.detail, limit.blocked))
+        after = ctrl.state.limits.get(limit.source, lm.Limit(limit.source, None))
+        if _ceiling(after) != _ceiling(before):
+            ctrl.publish("limit.changed", source=limit.source, current_a=_ceiling(after),
+                         allowed_a=round(ctrl.chain().allowed_a, 2))
 
     # --- timers ---------------------------------------------------------------------------
     def _arm_wall(self, times: list[dt.datetime]) -> None:
@@ -305,39 +300,11 @@ class Policy:
         self.charger.session_clock.settle()
 
     # --- status ---------------------------------------------------------------------------
-    def chain(self, ctrl: ConnectorControl) -> lm.ChainResult:
-        """Every source's limit for status, in CHAIN order, and which binds."""
-        c, st, conn = self.conns[ctrl.id], ctrl.state, self.connector_config(ctrl.id)
-        group_caps = [a for a in (st.limits.get(AUTH_LIMIT), st.limits.get("group")) if a is not None]
-        group_name = self.group_of(ctrl) or None
-        site = (lm.site(None) if c.site is None and self.config.site.load.dlm is None
-                else lm.site(c.site.current_a if c.site else 0.0,
-                             c.site.reason if c.site else "no session: waiting for an offer"))
-        items = [lm.hardware(self.config.charger.max_current_a),
-                 c.cable if c.cable is not None else lm.Limit("cable", None, "socket: charger maximum"),
-                 lm.breaker(conn.breaker_a),
-                 lm.window(c.window.allowed, c.window.cap_a, self._window_text(c.window)),
-                 lm.group(group_name, min(group_caps) if group_caps else None), site,
-                 self._external(ctrl), self._solar_limit(ctrl, c),
-                 lm.ocpp(st.limits.get("ocpp")), self.charger.plans.limit(ctrl)]
-        known = {"window", "group", "breaker", "cable", "site", "external_cap", "solar", "ocpp", "plan", AUTH_LIMIT}
-        items += [lm.Limit(k, v, "set by command") for k, v in st.limits.items() if k not in known]
-        return lm.chain(items)
-
-    def _solar_limit(self, ctrl: ConnectorControl, c: _Conn) -> lm.Limit:
-        if self.charger.plans.lifts_solar(ctrl):
-            return lm.solar(None, "steps aside in the charging plan's slot")
-        return lm.solar(c.solar.current_a, c.solar.reason)
-
-    def _window_text(self, d: windows.Decision) -> str:
-        if d.until_utc is None:
-            return d.reason
-        local = d.until_utc.astimezone(self.charger.tz).strftime("%H:%M")
-        return f"paused by window until {local} ({d.reason})" if not d.allowed else f"{d.reason} until {local}"
-
     def status(self, ctrl: ConnectorControl) -> dict[str, Any]:
-        r = self.chain(ctrl)
-        return {"limit_chain": {lim.source: p.ChainLink(current_a=lim.current_a, detail=lim.detail,
-                                                       blocked=lim.blocked or None) for lim in r.limits},
-                "binding": r.binding, "offer_a": r.current_a, "not_charging": r.not_charging,
-                "mode": self.mode_of(ctrl).value, "group": self.group_of(ctrl)}
+        """The policy's part of a connector's status (the limit chain is the core's)."""
+        return {"mode": self.mode_of(ctrl).value, "group": self.group_of(ctrl)}
+
+
+def _ceiling(lim: lm.Limit) -> float | None:
+    """A limit as a ceiling in A: a blocking source's is 0 A; None: none."""
+    return 0.0 if lim.blocked is not None else lim.current_a

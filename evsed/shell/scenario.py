@@ -234,12 +234,12 @@ class Runner:
     def _observe_policy(self, ctrl: ConnectorControl, key: str, want: Any) -> tuple[Any, bool] | None:
         """The policy's expectations (limits, binding source, mode, the site), or None for another key."""
         st = self.charger._connector_status(ctrl)
-        if key == "reason_contains":  # the charger's reason: the policy's where a limit of its own pauses
+        if key == "reason_contains":  # the charger's reason: the chain's where a limit pauses
             return st.reason, want.lower() in st.reason.lower()
         if key == "binding":
             return st.binding, st.binding == want
         if key.startswith("limit_"):
-            link = st.limit_chain.get(key[len("limit_"):])
+            link = st.link(key[len("limit_"):])
             got = link.current_a if link else None
             return got, (got is None and want == "none") or (
                 got is not None and want != "none" and abs(got - want) <= 0.15)
@@ -248,7 +248,7 @@ class Runner:
         if key.startswith("plan"):
             return self._observe_plan(st.plan, key, want)
         if key.startswith("detail_"):  # detail_site = "meter silent": a source's detail or blocking reason
-            lim = st.limit_chain.get(key[len("detail_"):])
+            lim = st.link(key[len("detail_"):])
             detail = (lim.blocked or lim.detail) if lim else ""
             return detail, want.lower() in detail.lower()
         if key == "grid_max_a":  # the site's highest phase current must stay at or under this

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar, cast
 from evsed import protocol as p
 
 from evsed.config import Config, parse
+from evsed.core import limits as lm  # the daemon's own chain: the demo offers what the daemon would
 
 R = TypeVar("R", bound=p.Reply)
 
@@ -20,7 +21,9 @@ def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_CHAIN = {"hardware": p.ChainLink(current_a=32.0, detail="charger rating")}
+def _links(chain: lm.ChainResult) -> tuple[p.ChainLink, ...]:
+    return tuple(p.ChainLink(source=lim.source, current_a=lim.current_a, detail=lim.detail, blocked=lim.blocked,
+                             binding=lim.source == chain.binding) for lim in chain.limits)
 
 
 class DemoLink:
@@ -35,18 +38,23 @@ class DemoLink:
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.max_current_a = max_current_a
         self.mode: p.Mode = "fast"
+        self.limits: dict[int, dict[str, lm.Limit]] = {c: {} for c in connectors}  # the sources set by commands
         self.status = {c: self._idle(c) for c in connectors}
         self.commands: list[p.Command[Any]] = []
         self.log: list[p.Event] = []
         self.acked = 0
         self._wake = asyncio.Event()
 
+    def _chain(self, cid: int) -> lm.ChainResult:
+        return lm.chain(lm.ordered([lm.hardware(self.max_current_a), *self.limits[cid].values()]))
+
     def _idle(self, cid: int) -> p.ConnectorStatus:
+        chain = self._chain(cid)
         return p.ConnectorStatus(
-            id=cid, status="Available", state="A", pilot_output="off", duty_pct=None, allowed_a=self.max_current_a,
+            id=cid, status="Available", state="A", pilot_output="off", duty_pct=None, allowed_a=chain.allowed_a,
             offered_a=0.0, contactor="open", operative=True, measured=None, error_code="NoError", session=None, faults=(),
-            reason="no EV", pilot_error="", meter_error="", last_refusal=None, limits={}, limit_chain=_CHAIN,
-            binding="hardware", offer_a=self.max_current_a, not_charging=None, mode="fast", group="")
+            reason="no EV", pilot_error="", meter_error="", last_refusal=None, limit_chain=_links(chain),
+            offer_a=chain.current_a, not_charging=chain.not_charging, mode="fast", group="")
 
     # --- the Link interface -----------------------------------------------------------
     async def command(self, command: p.Command[R]) -> R | p.Failure:
@@ -117,7 +125,7 @@ class DemoLink:
         at = at or self.clock()
         session = len(self.log) + 1
         self._set(cid, state="C", status="Charging", reason="", pilot_output="pwm", contactor="closed",
-                  offered_a=self.status[cid].allowed_a,
+                  offered_a=self.status[cid].offer_a,
                   session=p.SessionNow(id=session, id_tag=id_tag, card_name=card_name, group="", started_at=_iso(at),
                                        energy_wh=0, power_w=0.0, peak_power_w=0.0))
         self.emit(p.SessionStarted, cid, at=at, session=session, id_tag=id_tag, card_name=card_name, group="",
@@ -147,7 +155,7 @@ class DemoLink:
                       peak_power_w=session.peak_power_w, reason=reason, stopped_at=_iso(self.clock()))
 
     def unplug(self, cid: int) -> None:
-        self.status[cid] = replace(self._idle(cid), limits=self.status[cid].limits)
+        self.status[cid] = self._idle(cid)
         self.emit(p.StatusChanged, cid, status="Available", reason="no EV")
 
     def fault(self, cid: int, fault: str = "rcd", retry_in_s: float | None = 300.0) -> None:
@@ -163,15 +171,15 @@ class DemoLink:
         self.emit(p.FaultCleared, cid, faults=faults)
 
     def limit(self, cid: int, source: str, current_a: float | None) -> None:
-        limits = dict(self.status[cid].limits)
         if current_a is None:
-            limits.pop(source, None)
+            self.limits[cid].pop(source, None)
         else:
-            limits[source] = current_a
-        allowed = min([self.max_current_a, *limits.values()])
-        offered = allowed if self.status[cid].session else 0.0
-        self._set(cid, limits=limits, allowed_a=allowed, offered_a=offered)
-        self.emit(p.LimitChanged, cid, source=source, current_a=current_a, allowed_a=allowed)
+            self.limits[cid][source] = lm.Limit(source, current_a, "set by command")
+        chain = self._chain(cid)
+        offered = chain.current_a if self.status[cid].session else 0.0
+        self._set(cid, limit_chain=_links(chain), allowed_a=chain.allowed_a, offer_a=chain.current_a,
+                  not_charging=chain.not_charging, offered_a=offered)
+        self.emit(p.LimitChanged, cid, source=source, current_a=current_a, allowed_a=chain.allowed_a)
 
 
 def demo_config(state_dir, web: str = "", timezone: str = "Europe/Amsterdam") -> Config:

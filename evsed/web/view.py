@@ -49,17 +49,11 @@ def source_label(source: str, msgs: Messages = ENGLISH) -> str:
 
 
 def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dict]:
-    """Every limit source with its value in A, the binding one marked (ties: the first); the
-    charger/cable rating binds when no source is below allowed_a."""
-    out: list[dict[str, Any]] = [{"source": source, "label": source_label(source, msgs), "current_a": current,
-                                  "binding": False} for source, current in sorted(conn.limits.items())]
-    binding = next((e for e in out if e["current_a"] <= conn.allowed_a), None)
-    if binding is not None:
-        binding["binding"] = True
-    else:
-        out.insert(0, {"source": "rating", "label": msgs("view.rating"), "current_a": conn.allowed_a,
-                       "binding": True})
-    return out
+    """The daemon's limit chain in its order: every source that sets a ceiling (a blocking one at
+    0 A), with its value in A, and the binding one marked as the daemon marks it."""
+    ceilings = conn.limits
+    return [{"source": link.source, "label": source_label(link.source, msgs), "current_a": ceilings[link.source],
+             "binding": link.binding} for link in conn.limit_chain if link.source in ceilings]
 
 
 def session_cost(session: p.SessionNow) -> tuple[float, str] | None:
@@ -119,7 +113,7 @@ def measured_now(conn: p.ConnectorStatus) -> bool:
 
 def _hardware_a(conn: p.ConnectorStatus) -> float:
     """The most the slider may ask: the charger's rating (the chain's hardware source)."""
-    hardware = conn.limit_chain.get("hardware")
+    hardware = conn.link("hardware")
     return hardware.current_a if hardware is not None and hardware.current_a is not None else conn.allowed_a
 
 
