@@ -80,9 +80,9 @@ class Recorder:
         return lambda st: st.start(s)
 
     def _session_meter_start(self, e: ChargerEvent) -> Op | None:
-        connector, d = e.connector, e.data
+        d = e.data
         start, last = d["meter_start_wh"], d.get("meter_last_wh", d["meter_start_wh"])
-        return lambda st: st.set_meter(d["session"], start, last)
+        return lambda st: st.set_meter(d["session"], start, last, d.get("rebaselined", False))
 
     def _session_sample(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
@@ -113,8 +113,3 @@ class Recorder:
         if batch is not None:
             batch.shift(d["by_s"])
         return lambda st: st.correct_times(d["session"], d["started_at"], d["stopped_at"], d["by_s"])
-
-    def _session_final_reading(self, e: ChargerEvent) -> Op | None:
-        """The first reading after the open completes a finished session's energy: rewrite its stop."""
-        connector, d = e.connector, e.data
-        return lambda st: st.set_stop_meter(d["session"], d["meter_stop_wh"])
