@@ -7,6 +7,7 @@ charging."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -207,6 +208,45 @@ async def test_a_kill_while_charging_stops_the_transaction_at_no_less_than_it_se
     (_, stop), = csms.actions("StopTransaction")
     assert stop["reason"] == "PowerLoss" and stop["meterStop"] >= max(drawn())
     assert csms.violations(killed=True) == []
+
+
+@aio
+async def test_a_kill_while_charging_closes_the_stored_session_at_no_less_than_the_csms_has(tmp_path):
+    # Issue 22: the uplink had delivered 29 Wh, the store closed the power_loss session at 0 (its
+    # checkpoint is once a minute). The uplink tells the daemon what the CSMS has taken, and the
+    # daemon makes it durable at once: here before its first minute's checkpoint.
+    import sqlite3
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    db_path = load(charger.path).store.state_dir / "sessions.db"
+
+    def stored_wh() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT meter_last_wh FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else -1
+    charger.start()
+    try:
+        await booted(csms)
+        await charger.sim("plug")
+        await charger.sim("tap", "04A1B2C3")
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+        start = csms.actions("StartTransaction")[0][1]["meterStart"]
+        drawn = lambda: [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]  # noqa: E731
+                         for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
+        await csms.wait_for(lambda: any(wh > start for wh in drawn()), timeout=20)
+        had = max(drawn())
+        await csms.wait_for(lambda: stored_wh() >= had, timeout=20)  # durable in the daemon's store
+        await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
+        charger.start()
+        await csms.wait_for(lambda: csms.actions("StopTransaction"), timeout=30)
+    finally:
+        await charger.stop()
+        await csms.stop()
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        (reason, stop_wh), = db.execute("SELECT stop_reason, meter_stop_wh FROM sessions").fetchall()
+    (_, stop), = csms.actions("StopTransaction")
+    assert reason == "power_loss" and stop_wh >= had > start
+    assert stop["meterStop"] >= stop_wh
 
 
 def test_meter_stop_is_the_stored_and_signed_final_reading_and_the_next_meter_start_follows_it(tmp_path):

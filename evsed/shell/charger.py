@@ -136,6 +136,13 @@ class Charger:
             ctrl, session = self.connectors[event.connector], event.session
             self._on_loop(lambda: ctrl.session_saved(session))
 
+    def meter_delivered(self, connector: int, session: int, energy_wh: int) -> None:
+        """The uplink delivered this reading of a running session to the CSMS: made durable at once
+        when above the last checkpoint (never above the daemon's own reading)."""
+        s = self.connectors[connector].session
+        if s is not None and s.row_id == session:
+            self.recorder.delivered(s, min(energy_wh, s.meter_last_wh), self.wallclock())
+
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1
         return sid

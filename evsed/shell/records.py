@@ -1,12 +1,15 @@
 """The store subscriber: session rows and the event outbox, written off the event loop.
 
 A session row is written at start, checkpointed about once a minute from its samples (SD
-cards wear), and completed at stop; every durable event goes to the outbox, and once it is
-committed its sequence number is handed to `stored` (the control socket's stream).
+cards wear), and at once when the uplink delivered a reading above the last checkpoint to the
+CSMS (a power cut never closes a session below what the CSMS has), and completed at stop;
+every durable event goes to the outbox, and once it is committed its sequence number is
+handed to `stored` (the control socket's stream).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -32,6 +35,7 @@ class Recorder:
         self.sample_interval_s, self.pricing = sample_interval_s, pricing
         self._checkpointed_at: dict[int, float] = {}  # session id -> when its last checkpoint was queued
         self._samples: dict[int, SampleBatcher] = {}  # session id -> its samples since the last write
+        self._durable_wh: dict[int, int] = {}  # session id -> the reading its last queued write holds
 
     def __call__(self, e: ChargerEvent) -> None:
         handler = getattr(self, "_" + e.type.replace(".", "_"), None)
@@ -77,6 +81,7 @@ class Recorder:
                         d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"], pricing=self.pricing(d["group"]))
         self._checkpointed_at[d["session"]] = self.clock()
         self._samples[d["session"]] = SampleBatcher(self.sample_interval_s)
+        self._durable_wh[d["session"]] = d["meter_start_wh"]
         return lambda st: st.start(s)
 
     def _session_meter_start(self, e: ChargerEvent) -> Op | None:
@@ -92,12 +97,25 @@ class Recorder:
         if now - self._checkpointed_at.get(d["session"], -float("inf")) < self.checkpoint_s:
             return None
         self._checkpointed_at[d["session"]] = now
+        self._durable_wh[d["session"]] = d["meter_last_wh"]
         row, samples = (d["session"], d["meter_last_wh"], d["peak_power_w"], utc_iso(e.at)), batch.take()
         return lambda st: st.checkpoint(*row, samples=samples)
+
+    def delivered(self, s: LiveSession, energy_wh: int, at: dt.datetime) -> None:
+        """A reading the uplink delivered to the CSMS: above the last checkpoint, the session is
+        checkpointed now with its reading (at least that one); the minute starts again from here."""
+        if s.row_id is None or energy_wh <= self._durable_wh.get(s.row_id, s.meter_start_wh):
+            return
+        self._checkpointed_at[s.row_id] = self.clock()
+        self._durable_wh[s.row_id] = reading = max(energy_wh, s.meter_last_wh)
+        batch = self._samples.get(s.row_id)
+        row, samples = (s.row_id, reading, s.peak_power_w, utc_iso(at)), batch.take() if batch is not None else []
+        self.writer.submit(lambda st: st.checkpoint(*row, samples=samples))
 
     def _session_stopped(self, e: ChargerEvent) -> Op | None:
         connector, d = e.connector, e.data
         self._checkpointed_at.pop(d["session"], None)
+        self._durable_wh.pop(d["session"], None)
         batch = self._samples.pop(d["session"], None)
         samples = batch.take() if batch is not None else []
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],

@@ -234,12 +234,17 @@ class Store:
                 self._complete(row_id)
 
     def recover(self, closed: Callable[[dict], None] | None = None) -> list[int]:
-        """Close sessions left open by a crash or power cut at their last checkpoint, with totals
-        and a signed document; returns their ids. closed(row) runs in each one's transaction (the
-        daemon's outbox event: a power cut keeps the close and its event, or neither)."""
+        """Close sessions left open by a crash or power cut at their best durable reading (the last
+        checkpoint, which holds what the uplink delivered to the CSMS, or a stored sample above
+        it), with totals and a signed document; returns their ids. closed(row) runs in each one's
+        transaction (the daemon's outbox event: a power cut keeps the close and its event, or neither)."""
         rows = [r[0] for r in self.db.execute("SELECT id FROM sessions WHERE stopped_at IS NULL")]
         for row_id in rows:
             with self._tx():
+                self.db.execute(
+                    "UPDATE sessions SET meter_last_wh=MAX(meter_last_wh, COALESCE("
+                    "(SELECT MAX(energy_wh) FROM samples WHERE session_id=sessions.id), 0))"
+                    " WHERE id=? AND meter_rebaselined=0", (row_id,))  # else samples hold another counter's
                 self.db.execute(
                     "UPDATE sessions SET stopped_at=MAX(updated_at, started_at), meter_stop_wh=meter_last_wh,"
                     " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss', stop_final=1"
