@@ -74,7 +74,7 @@ class Charger:
         self._stored, self._on_loop = stored, on_loop
         self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
                                  sample_interval_s=config.store.sample_interval_s, pricing=self._pricing,
-                                 stored=self._event_stored)
+                                 stored=self._event_stored, grid_share=self.grid_share)
         self.bus.subscribe(self.recorder)
         self.auth = Chain(self._local_list(config), config.authorization)
         self.mode = config.charger.mode
@@ -142,6 +142,18 @@ class Charger:
         s = self.connectors[connector].session
         if s is not None and s.row_id == session:
             self.recorder.delivered(s, min(energy_wh, s.meter_last_wh), self.wallclock())
+
+    def grid_share(self, connector: int) -> float | None:
+        """The share (0-1) of a connector's EV power that the grid supplies now, the rest being solar
+        surplus: what the site imports, up to what the EVs draw, shared by their power. None
+        without a site meter; all grid until it has read."""
+        if self.config.site.meter is None:
+            return None
+        site = self.site_reading
+        drawing = sum(max(0.0, c.session.power_w) for c in self.connectors.values() if c.session is not None)
+        if site is None or drawing <= 0:
+            return 1.0
+        return min(max(site.power_total_w, 0.0), drawing) / drawing
 
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1

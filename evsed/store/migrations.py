@@ -74,9 +74,12 @@ CREATE TABLE samples (
 
 # 2: a session whose start reading is a new meter baseline (a reset or replaced meter counted below the
 # connector's previous stop, or was found so during the session). Its energy is its own delta all the
-# same; the flag tells why the readings do not follow on from the previous session's.
+# same; the flag tells why the readings do not follow on from the previous session's. And the session's
+# energy from solar surplus and from the grid, by the site meter (NULL: no site meter).
 V2 = """
 ALTER TABLE sessions ADD COLUMN meter_rebaselined INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN solar_wh INTEGER;
+ALTER TABLE sessions ADD COLUMN grid_wh INTEGER;
 """
 
 

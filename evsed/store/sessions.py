@@ -32,7 +32,7 @@ COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_sour
            "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason",
            "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "tariff_name", "currency", "money_decimals",
            "cost_minor", "revenue_minor", "meter_id", "meter_signed_format", "meter_signed_data", "ocmf",
-           "ocmf_public_key", "meter_rebaselined")
+           "ocmf_public_key", "meter_rebaselined", "solar_wh", "grid_wh")
 SAMPLE_COLUMNS = ("session_id", "t_ms", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
 NO_PRICES = tariffs.Tariff(name="", currency="")
 
@@ -61,6 +61,8 @@ class LiveSession:
     pricing: str = ""  # tariffs.Pricing.to_json() of the tariff in force at the start; "" = none
     meter_id: str = ""  # the meter's serial, when it tells
     meter_rebaselined: bool = False  # its start is a new meter baseline (a reset or replaced meter)
+    solar_wh: int | None = None  # its energy from solar surplus and from the grid (None: no site meter)
+    grid_wh: int | None = None
 
     @property
     def energy_wh(self) -> int:
@@ -171,14 +173,17 @@ class Store:
                             (meter_start_wh, meter_last_wh, meter_last_wh, meter_start_wh, int(rebaselined), row_id))
 
     def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str,
-                   samples: Sequence[MeterSample] = ()) -> None:
-        """A running session's last reading and the samples since the last checkpoint, in one commit."""
+                   samples: Sequence[MeterSample] = (), split: tuple[int, int] | None = None) -> None:
+        """A running session's last reading and the samples since the last checkpoint, in one commit;
+        split: its energy so far from solar surplus and from the grid (None: not known)."""
+        solar, grid = split if split is not None else (None, None)
         with self._tx():
             self._insert_samples(row_id, samples)
             self.db.execute(
                 "UPDATE sessions SET meter_last_wh=?, energy_wh=MAX(0, ?-meter_start_wh),"
-                " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
-                (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
+                " peak_power_w=?, updated_at=?, solar_wh=COALESCE(?, solar_wh), grid_wh=COALESCE(?, grid_wh)"
+                " WHERE id=? AND stopped_at IS NULL",
+                (meter_last_wh, meter_last_wh, peak_power_w, when, solar, grid, row_id))
 
     def finish(self, s: LiveSession, samples: Sequence[MeterSample] = ()) -> None:
         """A finished session, whole: completes its row, or writes it anew when the start write failed."""
@@ -186,7 +191,8 @@ class Store:
         if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
             self.start(s)
         reason, when = s.stopped
-        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples)
+        split = None if s.solar_wh is None or s.grid_wh is None else (s.solar_wh, s.grid_wh)
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples, split)
 
     def add_samples(self, row_id: int, samples: Sequence[MeterSample]) -> None:
         """Samples of a session in one commit (for a caller that batches them apart from checkpoints)."""
@@ -198,10 +204,12 @@ class Store:
                             f" ({', '.join('?' * len(SAMPLE_COLUMNS))})", (s.row(row_id) for s in samples))
 
     def stop(self, row_id: int, meter_stop_wh: int, peak_power_w: float, reason: str, when: str,
-             samples: Sequence[MeterSample] = ()) -> bool:
+             samples: Sequence[MeterSample] = (), split: tuple[int, int] | None = None) -> bool:
         """Finish a session with its final reading (taken after the contactor opened), totals,
         cost, revenue and OCMF document: durable on return, and fixed: a session already
-        finished is not written again. Returns whether it wrote."""
+        finished is not written again. split: its energy from solar surplus and from the grid.
+        Returns whether it wrote."""
+        solar, grid = split if split is not None else (None, None)
         with self._tx():
             self._insert_samples(row_id, samples)
             row = self.db.execute("SELECT stopped_at FROM sessions WHERE id=?", (row_id,)).fetchone()
@@ -210,8 +218,9 @@ class Store:
             when = self._not_before_start(row_id, when)
             self.db.execute(
                 "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
-                " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=?, stop_final=1 WHERE id=?",
-                (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
+                " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=?, stop_final=1,"
+                " solar_wh=COALESCE(?, solar_wh), grid_wh=COALESCE(?, grid_wh) WHERE id=?",
+                (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, solar, grid, row_id))
             self._complete(row_id)
         return True
 
