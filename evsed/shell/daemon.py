@@ -37,6 +37,7 @@ from evsed.shell.devices import Devices, build
 from evsed.shell.devices import create as devices_create
 from evsed.shell.host import EXIT_RESTART, ControlHost
 from evsed.shell.planfile import DiskFile
+from evsed.shell.policy import kernel_clock_synced
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
 from evsed.store import ocmf, outbox
@@ -126,7 +127,8 @@ class Daemon:
         self.lock.acquire()
         db_path = self.config.store.state_dir / "sessions.db"
         store = Store(db_path, signer=ocmf.LazySigner(self.config.store.state_dir), charger_id=self.config.charger.id,
-                      timezone=self.config.charger.timezone, version=evsed.__version__)
+                      timezone=self.config.charger.timezone, version=evsed.__version__,
+                      clock_synced=kernel_clock_synced)
         now = utc_iso_ms(_wallclock())
         recovered = store.recover(lambda row: self._recovered_event(store, row, now))
         if recovered:

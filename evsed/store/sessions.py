@@ -76,9 +76,11 @@ class Store:
     """
 
     def __init__(self, path: Path | str, *, signer: ocmf.SigningKey | None = None, charger_id: str = "evsed",
-                 timezone: str = "UTC", version: str = "0"):
+                 timezone: str = "UTC", version: str = "0", clock_synced: Callable[[], bool] = lambda: False):
+        """clock_synced: whether the kernel says the clock is synchronised (OCMF time status S)."""
         self.path = Path(path)
         self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
+        self.clock_synced = clock_synced
         if str(path) != ":memory:":  # card UIDs and names: 0640 whatever the umask (-wal, -shm follow it):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640))  # the services' group reads it
             os.chmod(self.path, 0o640)
@@ -100,7 +102,7 @@ class Store:
         older daemon still writes reads with the newer columns empty."""
         self = cls.__new__(cls)
         self.path = Path(path)
-        self.signer = None
+        self.signer, self.clock_synced = None, lambda: False
         self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                   check_same_thread=False)
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
@@ -302,7 +304,8 @@ class Store:
         if self.signer is not None:
             doc_row = {**r, **values, "tariff_text": _tariff_text(pricing) if priced else ""}
             values["ocmf"] = ocmf.document(doc_row, self.signer, charger_id=self.charger_id, version=self.version,
-                                           timezone=pricing.timezone if priced else self.timezone)
+                                           timezone=pricing.timezone if priced else self.timezone,
+                                           synced=self.clock_synced())
             values["ocmf_public_key"] = self.signer.public_key_hex
         sets = ", ".join(f"{k}=?" for k in values)
         self.db.execute(f"UPDATE sessions SET {sets} WHERE id=?", (*values.values(), row_id))
