@@ -62,7 +62,7 @@ class Charger:
                  plan_file: PlanFile | None = None, inoperative: frozenset[int] = frozenset(),
                  keep_availability: Callable[[frozenset[int]], None] = lambda inoperative: None,
                  read_meter_now: Callable[[int], None] = lambda cid: None,
-                 on_loop: Callable[[Callable[[], None]], None] = lambda work: work()):
+                 on_loop: Callable[[Callable[[], None]], object] = lambda work: work()):
         """stored(event): a durable event is committed (called in the store's thread); on_loop(work)
         runs work on the charger's loop from that thread; read_meter_now(connector) asks for a
         meter reading at once (a stopped session's final one)."""
@@ -95,7 +95,7 @@ class Charger:
                 conn.id, config.core_config(conn), devices.connectors[conn.id], clock=clock, wallclock=wallclock,
                 bus=self.bus, authorize=self.auth.request, card_name=self.auth.card_name,
                 next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload,
-                read_meter_now=lambda cid=conn.id: read_meter_now(cid))
+                read_meter_now=self._meter_reader(read_meter_now, conn.id))
         self.policy = Policy(self, call_at=call_at, mono=clock, clock_synced=clock_synced)
         self.bus.subscribe(self.policy.event)
         self.session_clock = SessionClock(lambda: self.policy.synced, clock, lambda cid: self.connectors[cid].session,
@@ -120,6 +120,10 @@ class Charger:
             return None
         until = d.until_utc.astimezone(self.tz).strftime("%H:%M") if d.until_utc else "further notice"
         return f"outside the group's window until {until}"
+
+    @staticmethod
+    def _meter_reader(read_meter_now: Callable[[int], None], cid: int) -> Callable[[], None]:
+        return lambda: read_meter_now(cid)
 
     @staticmethod
     def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
