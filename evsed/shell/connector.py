@@ -72,6 +72,7 @@ class ConnectorControl:
         self._finishing: LiveSession | None = None  # stopped, its final reading still to come
         self._final_after: float | None = None  # a reading begun at or after this (the open) is the final one
         self.unsaved: dict[int, LiveSession] = {}  # stopped, its row not yet committed: status still shows it
+        self._held: list[dict[str, Any]] = []  # statuses while the stop awaits its final reading: told after it
         self._feedback: bool | None = None
 
     def publish(self, type_: str, **data: Any) -> None:
@@ -270,8 +271,11 @@ class ConnectorControl:
         elif isinstance(a, ev.FaultsCleared):
             self.publish("fault.cleared", faults=[f.value for f in a.faults])
         elif isinstance(a, ev.StatusChanged):
-            self.publish("connector.status", status=a.status.value, reason=a.reason,
-                         ev_connected=self.state.pilot in state.PLUGGED_STATES)
+            status = dict(status=a.status.value, reason=a.reason, ev_connected=self.state.pilot in state.PLUGGED_STATES)
+            if self._finishing is not None:  # a CSMS hears the transaction end before the connector's next status
+                self._held.append(status)
+            else:
+                self.publish("connector.status", **status)
 
     def _start_session(self, a: ev.StartSession) -> None:
         self._tell_finished()  # from here on, energy belongs to the new session
@@ -305,12 +309,14 @@ class ConnectorControl:
     def _tell_finished(self) -> None:
         """Publish the stopped session with its final reading (or the last one there is)."""
         s, self._finishing, self._final_after = self._finishing, None, None
-        if s is None or s.stopped is None:
-            return
-        self.publish("session.stopped", session=s.row_id, id_tag=s.id_tag, card_name=s.card_name,
-                     group=s.card_group, auth_source=s.auth_source, started_at=s.started_at,
-                     meter_start_wh=s.meter_start_wh, meter_stop_wh=s.meter_last_wh, energy_wh=s.energy_wh,
-                     peak_power_w=s.peak_power_w, reason=s.stopped[0], stopped_at=s.stopped[1])
+        held, self._held = self._held, []
+        if s is not None and s.stopped is not None:
+            self.publish("session.stopped", session=s.row_id, id_tag=s.id_tag, card_name=s.card_name,
+                         group=s.card_group, auth_source=s.auth_source, started_at=s.started_at,
+                         meter_start_wh=s.meter_start_wh, meter_stop_wh=s.meter_last_wh, energy_wh=s.energy_wh,
+                         peak_power_w=s.peak_power_w, reason=s.stopped[0], stopped_at=s.stopped[1])
+        for status in held:
+            self.publish("connector.status", **status)
 
     def session_saved(self, session_id: int) -> None:
         """The stopped session's row is committed: from now on status says it finished."""
