@@ -325,6 +325,16 @@ class Unlock(Command[UnlockReply], cmd="unlock", roles=(ADMIN, OCPP)):
     connector: ConnectorId | None = None
 
 
+class MeterDelivered(Command[Ok], cmd="meter-delivered", roles=(OCPP,)):
+    """The uplink delivered this meter reading (the import register, Wh) of session `session` to the
+    CSMS: the daemon makes it durable at once when above its last checkpoint, so a power cut never
+    closes the session below a reading the CSMS already has. Readings above the daemon's own are cut to it."""
+
+    connector: ConnectorId
+    session: SessionId
+    energy_wh: Wh
+
+
 def parse_pushed(data: object) -> Event | AuthorizeRequest | Failure | None:
     """What the daemon writes on a stream or authorizer connection unasked: an event, an
     authorization request, a failure (of an ack); None for a reply that says ok."""

@@ -72,7 +72,7 @@ class SessionStarted(Event, type="session.started", durable=True):
 
 
 class SessionStopped(Event, type="session.stopped", durable=True):
-    """A session ended, with its totals; `reason` is the OCPP 1.6 Reason in snake case (`power_loss`: found open at the next start after a crash or power cut)."""
+    """A session ended, with its totals from its final reading (the first begun after the contactor opened), the figure the store, OCMF and OCPP hold; streamed once its row is committed. `reason` is the OCPP 1.6 Reason in snake case (`power_loss`: found open at the next start after a crash or power cut)."""
 
     session: SessionId
     id_tag: Tag
@@ -166,18 +166,12 @@ class SessionSample(Event, type="session.sample"):
 
 
 class SessionMeterStart(Event, type="session.meter_start"):
-    """The session's meter start: its first reading, or a replaced meter's."""
+    """The session's meter start: its first reading, or a replaced meter's (`rebaselined`: a reset or replaced meter became a new baseline during the session)."""
 
     session: SessionId
     meter_start_wh: Wh
     meter_last_wh: Wh | None = None
-
-
-class SessionFinalReading(Event, type="session.final_reading"):
-    """The stop completed by the first reading after the open."""
-
-    session: SessionId
-    meter_stop_wh: Wh
+    rebaselined: bool = False
 
 
 class PilotStateChanged(Event, type="pilot.state_changed"):

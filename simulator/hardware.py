@@ -1,12 +1,16 @@
 """Simulated charger hardware behind the hal interfaces: pilot, contactor, RCD, meter, reader.
 
-One SimWorld holds a SimEV per connector and a clock; the meter integrates power over it. A
+One SimWorld holds a SimEV per connector and a clock; the meter integrates power over it and,
+like a real meter, keeps its counter across restarts of the daemon (in the world's meter file). A
 contactor may sit behind a heartbeat drop-out circuit, modelled here or by a separate board process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 from typing import Callable
 
 from hal import Meter, MeterReading, PilotReading, TryAgain, canonical_uid
@@ -31,7 +35,7 @@ class SimConnector:
         self.board: PinFile | None = None  # the relay modelled by a board process instead
         self.faults: set[str] = set()
         self.cable_ohm: float | None = None  # a socket's plugged cable (SimPilotWithPP)
-        self.energy_wh_exact = float(world.meter_start_wh)
+        self.energy_wh_exact = float(world.kept_wh.get(str(connector_id), world.meter_start_wh))
         self._integrated_at = world.clock()
         self._listeners: list[Callable[[], None]] = []
 
@@ -125,9 +129,14 @@ class SimWorld:
     """All simulated connectors and the card reader, on one clock (real or virtual)."""
 
     def __init__(self, clock: Callable[[], float], *, voltage_v: float = 230.0,
-                 ev_max_current_a: float = 16.0, ev_phases: int = 3, meter_start_wh: int = 0):
+                 ev_max_current_a: float = 16.0, ev_phases: int = 3, meter_start_wh: int = 0,
+                 meter_file: Path | None = None):
+        """meter_file: where the meters' counters are kept across restarts (None: they start at
+        meter_start_wh each time, as in scenarios and `evsed check`)."""
         self.clock, self.voltage_v = clock, voltage_v
         self.ev_max_current_a, self.ev_phases, self.meter_start_wh = ev_max_current_a, ev_phases, meter_start_wh
+        self.meter_file = meter_file
+        self.kept_wh: dict[str, float] = _read_counters(meter_file)
         self.connectors: dict[int, SimConnector] = {}
         self.reader = SimCardReader()
         self.site = SimSite(self)
@@ -136,6 +145,32 @@ class SimWorld:
         if connector_id not in self.connectors:
             self.connectors[connector_id] = SimConnector(self, connector_id)
         return self.connectors[connector_id]
+
+    def keep_counters(self) -> None:
+        """Write the meters' counters when a whole Wh changed (a real meter's register survives a
+        restart of the controller); atomically, so a kill leaves the old file or the new."""
+        if self.meter_file is None:
+            return
+        now = {str(cid): c.energy_wh_exact for cid, c in self.connectors.items()}
+        if {k: int(v) for k, v in now.items()} == {k: int(v) for k, v in self.kept_wh.items()}:
+            return
+        tmp = self.meter_file.with_name(self.meter_file.name + ".tmp")
+        tmp.write_text(json.dumps(now))
+        os.replace(tmp, self.meter_file)
+        self.kept_wh = now
+
+
+def _read_counters(path: Path | None) -> dict[str, float]:
+    """The counters a previous run kept ({} when none or unreadable: the meters start afresh)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and v >= 0}
 
 
 # --- the hal devices ----------------------------------------------------------------------
@@ -250,6 +285,7 @@ class SimMeter:
         if "meter" in b.faults:
             raise TryAgain("simulated meter timeout")
         b.integrate()
+        b.world.keep_counters()
         current = b.current_a()
         voltage = b.world.voltage_v
         return MeterReading(

@@ -125,9 +125,13 @@ def test_plug_tap_closes_and_unplug_stores_the_session(tmp_path):
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
     assert not contactor.closed
+    # the stop waits for its final reading, begun after the open: until then status still shows the session
+    assert store.session(1)["stopped_at"] is None and ctrl.status()["session"].id == 1
+    ctrl.meter_sampled(reading(2843, 0.0))
     (row,) = store.sessions()
-    assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (1000, 2840, 1840)
+    assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (1000, 2843, 1843)
     assert row["peak_power_w"] == 16.0 * 230 * 3 and row["stop_reason"] == "ev_disconnected"
+    assert ctrl.status()["session"] is None  # durable (inline writes): finished
 
 
 def test_meter_going_backwards_is_a_failed_read_not_a_reading(tmp_path):
@@ -218,6 +222,7 @@ def test_session_started_before_the_first_meter_reading_starts_at_that_reading(t
     ctrl.meter_sampled(reading(5300, 0.0))
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.meter_sampled(reading(5300, 0.0))  # the final reading, after the stop
     (row,) = store.sessions()
     assert (row["meter_start_wh"], row["meter_stop_wh"], row["energy_wh"]) == (5000, 5300, 300)
 
@@ -249,8 +254,9 @@ def test_a_replaced_meter_is_taken_as_the_new_baseline_after_consistent_readings
     assert ctrl.session.energy_wh == 100 + 12
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.meter_sampled(reading(32, 0.0))
     (row,) = store.sessions()
-    assert row["energy_wh"] == 112 and row["meter_stop_wh"] == 32
+    assert row["energy_wh"] == 112 and row["meter_stop_wh"] == 32 and row["meter_rebaselined"] == 1
 
 
 def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
@@ -272,25 +278,46 @@ def test_a_failed_start_write_still_records_the_finished_session(tmp_path):
     ctrl.meter_sampled(reading(1150))
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.meter_sampled(reading(1150, 0.0))
     (row,) = store.sessions()
     assert row["energy_wh"] == 150 and row["stop_reason"] == "ev_disconnected"
 
 
-def test_the_first_reading_after_the_stop_completes_the_sessions_energy(tmp_path):
+def test_the_stop_is_told_and_stored_with_the_first_reading_begun_after_the_open(tmp_path):
     clock = Clock()
     ctrl, pilot, contactor, store = make(tmp_path, clock)
+    told = []
+    ctrl.bus.subscribe(lambda e: told.append(e.data) if e.type == "session.stopped" else None)
+    asked = []
+    ctrl.read_meter_now = lambda: asked.append(clock.now)
     charge(ctrl, pilot, clock)
     clock.now += 0.9
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())  # unplugged 0.9 s in: the last sample was at the start
-    (row,) = store.sessions()
-    assert row["energy_wh"] == 0  # written at once, from the last sample
+    assert asked == [clock.now] and told == []  # a reading is asked for at once; no stop told yet
+    ctrl.meter_sampled(reading(1002, 0.0), begun_at=clock.now - 0.05)  # begun before the open: not final
+    assert told == [] and store.session(1)["stopped_at"] is None
     clock.now += 0.1
     ctrl.meter_sampled(reading(1003, 0.0))  # the meter's next answer holds the last second
-    clock.now += 1.0
-    ctrl.meter_sampled(reading(1003, 0.0))
     (row,) = store.sessions()
     assert (row["meter_stop_wh"], row["energy_wh"], row["stop_reason"]) == (1003, 3, "ev_disconnected")
+    assert [(d["meter_stop_wh"], d["energy_wh"]) for d in told] == [(1003, 3)]  # the same figure told
+    clock.now += 1.0
+    ctrl.meter_sampled(reading(1004, 0.0))
+    assert store.session(1)["meter_stop_wh"] == 1003 and len(told) == 1  # fixed once told
+
+
+def test_a_meter_that_fails_after_the_stop_ends_the_session_at_its_last_reading(tmp_path):
+    clock = Clock()
+    ctrl, pilot, contactor, store = make(tmp_path, clock)
+    charge(ctrl, pilot, clock)
+    clock.now += 60
+    ctrl.meter_sampled(reading(1150))
+    pilot.high_v = 12.0
+    ctrl.poll_inputs(ctrl.read_pilot())
+    ctrl.meter_failed("timeout")
+    (row,) = store.sessions()
+    assert (row["meter_stop_wh"], row["stop_reason"]) == (1150, "ev_disconnected")
 
 
 def test_back_to_back_sessions_do_not_share_energy(tmp_path):

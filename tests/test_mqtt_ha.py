@@ -54,8 +54,6 @@ async def charge(cfg, daemon):
     await until(lambda: daemon.connectors[1].state.contactor_closed)
 
 
-@pytest.mark.xfail(strict=True, reason="until session.stopped carries the final reading (the sharing branch): "
-                                       "then this passes, and this marker must go")
 def test_the_session_energy_published_after_a_stop_equals_the_stored_session(broker, tmp_path):  # noqa: F811
     # Readings every 2 s; the EV is unplugged once it has drawn 2 Wh more than the last reading shows,
     # so the session's final reading (after the open) is more than its last sample while charging.

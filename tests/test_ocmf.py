@@ -13,9 +13,10 @@ from evsed.store import ocmf
 from evsed.store.sessions import LiveSession, Store
 
 
-def finished(tmp_path, **kw) -> tuple[Store, dict]:
+def finished(tmp_path, synced=False, **kw) -> tuple[Store, dict]:
     signer = ocmf.Signer.load_or_create(tmp_path)
-    store = Store(tmp_path / "s.db", signer=signer, charger_id="evsed-sim", timezone="Europe/Berlin", version="0.1.0")
+    store = Store(tmp_path / "s.db", signer=signer, charger_id="evsed-sim", timezone="Europe/Berlin", version="0.1.0",
+                  clock_synced=lambda: synced)
     pricing = Tariff(name="home", prices={"family": DriverPrice("family", per_kwh=D("0.37"))}).pricing(
         "family", "Europe/Berlin")
     s = LiveSession(**{**dict(connector_id=1, id_tag="04A1B2C3", card_name="Alice", card_group="family",
@@ -24,6 +25,13 @@ def finished(tmp_path, **kw) -> tuple[Store, dict]:
     store.start(s)
     store.stop(s.row_id, 44_500, 7000.0, "ev_disconnected", "2026-10-25T07:00:00+00:00")
     return store, store.session(s.row_id)
+
+
+def test_the_time_status_is_s_while_the_kernel_says_the_clock_is_synchronised(tmp_path):
+    _, row = finished(tmp_path, synced=True)
+    doc = OCMF.from_string(row["ocmf"], strict=True)
+    assert [str(r.TM)[-1] for r in doc.payload.RD] == ["S", "S"]
+    assert doc.verify_signature(row["ocmf_public_key"]) is True
 
 
 def test_a_finished_sessions_document_verifies_with_pyocmf_and_the_printed_public_key(tmp_path):

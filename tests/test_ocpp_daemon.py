@@ -7,6 +7,7 @@ charging."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -207,3 +208,102 @@ async def test_a_kill_while_charging_stops_the_transaction_at_no_less_than_it_se
     (_, stop), = csms.actions("StopTransaction")
     assert stop["reason"] == "PowerLoss" and stop["meterStop"] >= max(drawn())
     assert csms.violations(killed=True) == []
+
+
+@aio
+async def test_a_kill_while_charging_closes_the_stored_session_at_no_less_than_the_csms_has(tmp_path):
+    # Issue 22: the uplink had delivered 29 Wh, the store closed the power_loss session at 0 (its
+    # checkpoint is once a minute). The uplink tells the daemon what the CSMS has taken, and the
+    # daemon makes it durable at once: here before its first minute's checkpoint.
+    import sqlite3
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    db_path = load(charger.path).store.state_dir / "sessions.db"
+
+    def stored_wh() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT meter_last_wh FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else -1
+    charger.start()
+    try:
+        await booted(csms)
+        await charger.sim("plug")
+        await charger.sim("tap", "04A1B2C3")
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+        start = csms.actions("StartTransaction")[0][1]["meterStart"]
+        drawn = lambda: [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]  # noqa: E731
+                         for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
+        await csms.wait_for(lambda: any(wh > start for wh in drawn()), timeout=20)
+        had = max(drawn())
+        await csms.wait_for(lambda: stored_wh() >= had, timeout=20)  # durable in the daemon's store
+        await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
+        charger.start()
+        await csms.wait_for(lambda: csms.actions("StopTransaction"), timeout=30)
+    finally:
+        await charger.stop()
+        await csms.stop()
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        (reason, stop_wh), = db.execute("SELECT stop_reason, meter_stop_wh FROM sessions").fetchall()
+    (_, stop), = csms.actions("StopTransaction")
+    assert reason == "power_loss" and stop_wh >= had > start
+    assert stop["meterStop"] >= stop_wh
+
+
+def test_meter_stop_is_the_stored_and_signed_final_reading_and_the_next_meter_start_follows_it(tmp_path):
+    # Issue 19 row 8: meterStop was 1-3 Wh below the stored session (the reading after the open came
+    # later), and the next meterStart above the previous meterStop. Readings every 2 s; each EV is
+    # unplugged once it has drawn 2 Wh more than the last reading shows, so the final reading (begun
+    # after the open) is above the last sample while charging.
+    import json
+
+    from evsed.store.sessions import Store
+    from test_daemon import ask as ask_daemon
+    from test_daemon import running, until
+
+    charger = Charger(tmp_path, 0)
+
+    async def scenario(csms: CentralSystem) -> None:
+        port = await csms.start()
+        charger.path.write_text(charger.path.read_text().replace("ws://127.0.0.1:0/", f"ws://127.0.0.1:{port}/")
+                                + "\n[timing]\nmeter_interval_s = 2\n")
+        cfg = load(charger.path)
+        try:
+            await charge_twice(cfg)
+        finally:
+            await csms.stop()
+
+    async def charge_twice(cfg) -> None:
+        async with running(cfg) as daemon:
+            await booted(csms)
+            ctrl, bench = daemon.connectors[1], daemon.world.connector(1)
+            for n in (1, 2):
+                await ask_daemon(cfg, p.Plug())
+                await ask_daemon(cfg, p.Tap(card="04A1B2C3"))
+                await csms.wait_for(lambda: len(csms.actions("StartTransaction")) == n, timeout=20)
+                await until(lambda: ctrl.last_reading is not None and ctrl.last_reading.power_total_w > 0, 10)
+                sample = ctrl.last_reading
+                await until(lambda: ctrl.last_reading is not sample, 10)  # a fresh reading: 2 s until the next
+
+                def drawn_since_the_last_reading() -> float:
+                    bench.integrate()
+                    return bench.energy_wh_exact - ctrl.last_reading.energy_import_wh
+                await until(lambda: drawn_since_the_last_reading() >= 2, 10)
+                await ask_daemon(cfg, p.Unplug())
+                await csms.wait_for(lambda: len(csms.actions("StopTransaction")) == n, timeout=20)
+                opened = ctrl.last_reading
+                await until(lambda: ctrl.last_reading is not opened, 10)  # a reading after the open, then the next EV
+
+    csms = CentralSystem()
+    asyncio.run(scenario(csms))
+    starts = [msg for _, msg in csms.actions("StartTransaction")]
+    stops = [msg for _, msg in csms.actions("StopTransaction")]
+    rows = list(Store(load(charger.path).store.state_dir / "sessions.db").sessions())
+    assert len(rows) == len(stops) == 2
+    for start, stop, row in zip(starts, stops, rows):
+        signed = json.loads(row["ocmf"].split("|")[1])
+        begin, end = signed["RD"]
+        assert start["meterStart"] == row["meter_start_wh"] == round(begin["RV"] * 1000)
+        assert stop["meterStop"] == row["meter_stop_wh"] == round(end["RV"] * 1000)
+        assert row["energy_wh"] == stop["meterStop"] - start["meterStart"] > 0
+    assert starts[1]["meterStart"] == stops[0]["meterStop"]
+    assert csms.violations() == []

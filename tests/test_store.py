@@ -107,7 +107,7 @@ def test_a_reader_of_a_database_an_older_daemon_still_writes_sees_the_new_column
 
 def test_a_new_database_may_be_written_only_by_code_of_its_version(tmp_path):
     store = Store(tmp_path / "s.db")
-    assert migrations.min_writer(store.db) == migrations.VERSION  # V1 is not additive
+    assert migrations.min_writer(store.db) == 1  # V1 is not additive; V2 (the rebaseline flag) is
 
 
 def test_a_database_from_a_newer_evsed_without_a_writer_floor_is_refused_untouched(tmp_path):
@@ -201,52 +201,70 @@ def test_a_meters_own_signature_is_kept_as_the_meter_gave_it(tmp_path):
     assert store.session(s.row_id)["meter_signed_data"] == "OCMF|{...meter...}|{...}"
 
 
-# --- no energy counted twice -------------------------------------------------------------------
+# --- a session's energy is its own meter delta -------------------------------------------------
 
-def test_a_stop_reading_is_raised_until_the_next_session_starts_then_fixed(tmp_path):
+def test_a_stopped_session_is_fixed_a_second_stop_writes_nothing(tmp_path):
     store = Store(tmp_path / "s.db")
     first = live()
     store.start(first)
-    store.stop(first.row_id, 2000, 1.0, "local", "2026-01-05T10:00:00+00:00")
-    assert store.stop(first.row_id, 2003, 1.0, "local", "2026-01-05T10:00:00+00:00")  # the next answer
-    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=2003, meter_last_wh=2003)
-    store.start(second)
-    assert not store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")  # late: refused
-    assert store.session(first.row_id)["meter_stop_wh"] == 2003
+    assert store.stop(first.row_id, 2000, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    assert not store.stop(first.row_id, 2003, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    assert store.session(first.row_id)["meter_stop_wh"] == 2000
 
 
-def test_a_start_reading_older_than_the_previous_stop_starts_at_that_stop(tmp_path):
+def test_a_start_below_the_previous_stop_is_a_new_baseline_kept_as_read_and_flagged(tmp_path):
+    # a replaced or reset meter: the start is what the meter said, never moved to the previous stop
     store = Store(tmp_path / "s.db")
     first = live()
     store.start(first)
     store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")
-    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=2000, meter_last_wh=2000)
+    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=40, meter_last_wh=40)
     store.start(second)
-    store.stop(second.row_id, 2500, 1.0, "local", "2026-01-05T11:00:00+00:00")
+    store.stop(second.row_id, 162, 1.0, "local", "2026-01-05T11:00:00+00:00")
     a, b = store.session(first.row_id), store.session(second.row_id)
-    assert a["meter_stop_wh"] <= b["meter_start_wh"]
-    assert a["energy_wh"] + b["energy_wh"] == 2500 - 1000
+    assert (b["meter_start_wh"], b["meter_stop_wh"], b["energy_wh"]) == (40, 162, 122)
+    assert (a["meter_rebaselined"], b["meter_rebaselined"]) == (0, 1)
+    assert a["energy_wh"] == 1006  # the previous session is not touched
 
 
-def test_sessions_on_one_meter_never_overlap_in_energy_whatever_the_order_of_writes():
+def test_a_start_at_or_above_the_previous_stop_is_no_new_baseline(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = live()
+    store.start(first)
+    store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=2006, meter_last_wh=2006)
+    store.start(second)
+    assert store.session(second.row_id)["meter_rebaselined"] == 0
+
+
+def test_a_first_reading_below_the_previous_stop_flags_the_session_too(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = live()
+    store.start(first)
+    store.stop(first.row_id, 2006, 1.0, "local", "2026-01-05T10:00:00+00:00")
+    second = live(started_at="2026-01-05T10:00:01+00:00", meter_start_wh=0, meter_last_wh=0)
+    store.start(second)  # before the meter first answered
+    store.set_meter(second.row_id, 15, 15)
+    row = store.session(second.row_id)
+    assert (row["meter_start_wh"], row["meter_rebaselined"]) == (15, 1)
+
+
+def test_every_session_is_its_own_meter_delta_whatever_the_readings():
     from hypothesis import given, settings, strategies as st
 
     @settings(max_examples=60, deadline=None)
-    @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30), st.booleans()), min_size=1, max_size=8))
+    @given(st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000)), min_size=1, max_size=8))
     def check(plan):
         store = Store(":memory:")
-        meter, prev = 1000, None
-        for gap, late, amend in plan:
-            start = live(meter_start_wh=meter - min(late, 50), meter_last_wh=meter - min(late, 50))
-            store.start(start)
-            if prev is not None and amend:
-                store.stop(prev, meter + late, 1.0, "local", "2026-01-05T10:00:00+00:00")  # too late
-            meter += gap
-            store.stop(start.row_id, meter, 1.0, "local", "2026-01-05T10:00:00+00:00")
-            prev = start.row_id
-        rows = list(store.sessions())
-        for a, b in zip(rows, rows[1:]):
-            assert a["meter_stop_wh"] <= b["meter_start_wh"]
+        previous_stop = None
+        for start_wh, drawn in plan:
+            s = live(meter_start_wh=start_wh, meter_last_wh=start_wh)
+            store.start(s)
+            store.stop(s.row_id, start_wh + drawn, 1.0, "local", "2026-01-05T10:00:00+00:00")
+            row = store.session(s.row_id)
+            assert (row["meter_start_wh"], row["energy_wh"]) == (start_wh, drawn)
+            assert row["meter_rebaselined"] == int(previous_stop is not None and start_wh < previous_stop)
+            previous_stop = start_wh + drawn
         store.close()
     check()
 

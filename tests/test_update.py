@@ -213,6 +213,18 @@ def test_a_release_that_fails_at_start_is_rolled_back_and_the_old_one_opens_the_
             "migrated one, with any session 0.2.0 stored, is sessions.db.from-0.2.0") in said
 
 
+def test_the_copies_of_the_database_taken_before_updates_are_pruned_to_the_last_two(site, tmp_path):
+    updater, key, service, said = site
+    finished_session(updater.cfg)
+    state = updater.cfg.store.state_dir
+    for n, version in enumerate(("0.1.5", "0.1.6", "0.1.7"), 1):  # from earlier updates, oldest first
+        (state / f"sessions.db.before-{version}").write_bytes(b"")
+        os.utime(state / f"sessions.db.before-{version}", (n * 100, n * 100))
+    updater._backup("0.2.0")
+    assert sorted(f.name for f in state.glob("sessions.db.before-*")) == [
+        "sessions.db.before-0.1.7", "sessions.db.before-0.2.0"]
+
+
 def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):
     updater, key, service, said = site
     wheel = make_wheel(tmp_path, "0.3.0", GOOD)
@@ -361,7 +373,7 @@ def test_older_code_writes_a_database_a_newer_release_migrated_additively(tmp_pa
     store.start(s := LiveSession(1, "04A1B2C3", "Alice", "", "local", "2026-01-05T09:00:00+00:00", 1000, 1000))
     store.stop(s.row_id, 2100, 7400.0, "ev_unplugged", "2026-01-05T10:00:00+00:00")
     assert migrations.version(store.db) == migrations.VERSION + 1  # not touched
-    assert migrations.min_writer(store.db) == migrations.VERSION
+    assert migrations.min_writer(store.db) == 1  # V1's floor: V2 and the newer step are additive
     assert store.db.execute("SELECT energy_wh, from_the_future FROM sessions").fetchall() == [(1100, "unset")]
     store.close()
 

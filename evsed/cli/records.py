@@ -110,7 +110,7 @@ def day_range(first: str | None, last: str | None, tz: dt.tzinfo, names: tuple[s
 
 SESSION_FIELDS = ("id", "connector_id", "id_tag", "card_name", "card_group", "started_at", "stopped_at",
                   "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason", "duration_s",
-                  "charging_s", "idle_s", "cost", "revenue", "currency")
+                  "charging_s", "idle_s", "cost", "revenue", "currency", "solar_wh", "grid_wh", "meter_rebaselined")
 
 
 def _session_row(r: dict[str, Any], tz: dt.tzinfo) -> dict[str, Any]:
@@ -204,8 +204,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def format_report(rows: list[dict[str, Any]]) -> str:
-    head = ("", "sessions", "kWh", "hours", "charging h", "cost", "revenue", "margin", "")
+    solar = any(r.get("solar_kwh") for r in rows)  # with a site meter: the kWh from solar surplus and the grid
+    head = ("", "sessions", "kWh", *(("solar kWh", "grid kWh") if solar else ()), "hours", "charging h", "cost",
+            "revenue", "margin", "")
     table = [head] + [(r["key"] + (f" ({r['name']})" if r["name"] else ""), str(r["sessions"]), r["energy_kwh"],
+                       *((r["solar_kwh"], r["grid_kwh"]) if solar else ()),
                        r["hours"], r["charging_hours"], r["cost"], r["revenue"], r["margin"], r["currency"])
                       for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]

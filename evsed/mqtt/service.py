@@ -94,6 +94,9 @@ class Bridge:
         self.refusals: dict[str, str] = {}   # topic -> why its last command was refused: logged once a streak
         self.drafts: dict[int, tp.PlanDraft] = {}  # connector -> the plan Home Assistant's entities set, by halves
         self.refresh = asyncio.Event()
+        # a status fetched and published, or an event published, whole: a status answered before a
+        # session's stop never overwrites the stop's final figure on the broker
+        self.publishing = asyncio.Lock()
         self.backoff = Backoff(first_retry_s, settings.reconnect_max_s)
         self.ha_status = f"{settings.discovery_prefix}/status"
         self.prices_topic = self.topics.command("prices")
@@ -152,8 +155,9 @@ class Bridge:
     async def _pump_events(self, client: aiomqtt.Client) -> None:
         try:
             async for event in self.link.events(self.seq):
-                for message in publish.event_messages(self.topics, event, card_uids=self.settings.card_uids):
-                    await self._publish(client, message)
+                async with self.publishing:
+                    for message in publish.event_messages(self.topics, event, card_uids=self.settings.card_uids):
+                        await self._publish(client, message)
                 seq = event.seq
                 if seq is not None and seq > self.seq:
                     await self.link.ack(seq)
@@ -170,9 +174,10 @@ class Bridge:
                 async with asyncio.timeout(self.settings.status_interval_s):  # not wait_for: it can swallow a cancel
                     await self.refresh.wait()
             self.refresh.clear()
-            for message in self._state(await self._status()):
-                if self.retained.get(message.topic) != message.payload:
-                    await self._publish(client, message)
+            async with self.publishing:
+                for message in self._state(await self._status()):
+                    if self.retained.get(message.topic) != message.payload:
+                        await self._publish(client, message)
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -38,6 +38,7 @@ from evsed.ops.release import (UpdateError, carried_extras, check_not_older, run
 
 OPT = Path("/opt/evsed")
 SPOOL_WAIT_S = 7 * 86400.0  # a spooled request waits this long for a session to end
+BACKUPS_KEPT = 2  # sessions.db.before-VERSION copies kept: the last two updates'
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,15 @@ class Updater:
             src.close()
             dst.close()
         os.chmod(backup, 0o600)  # card UIDs and names, like the database
+        self._prune_backups()
         return backup
+
+    def _prune_backups(self, keep: int = BACKUPS_KEPT) -> None:
+        """Only the newest `keep` copies taken before updates stay (an SD card is small); older go."""
+        copies = sorted(self.db.parent.glob("sessions.db.before-*"), key=lambda f: (f.stat().st_mtime_ns, f.name))
+        for old in copies[:-keep]:
+            old.unlink(missing_ok=True)
+            self.say(f"removed {old.name}: the last {keep} copies from before an update are kept")
 
     def _switch(self, target: Path) -> None:
         tmp = self.current.with_name(".current.new")

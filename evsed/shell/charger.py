@@ -60,14 +60,21 @@ class Charger:
                  offload: Offload = _inline, stored: Callable[[p.Event], None] = lambda event: None,
                  call_at: CallAt | None = None, clock_synced: Callable[[], bool] = kernel_clock_synced,
                  plan_file: PlanFile | None = None, inoperative: frozenset[int] = frozenset(),
-                 keep_availability: Callable[[frozenset[int]], None] = lambda inoperative: None):
+                 keep_availability: Callable[[frozenset[int]], None] = lambda inoperative: None,
+                 read_meter_now: Callable[[int], None] = lambda cid: None,
+                 on_loop: Callable[[Callable[[], None]], object] = lambda work: work()):
+        """stored(event): a durable event is committed (called in the store's thread); on_loop(work)
+        runs work on the charger's loop from that thread; read_meter_now(connector) asks for a
+        meter reading at once (a stopped session's final one)."""
         self.config, self.devices, self.world = config, devices, devices.world
         self.clock, self.wallclock = clock, wallclock
         self.tz = ZoneInfo(config.charger.timezone)
         self.bus = Bus()
         self.bus.subscribe(log_event)
+        self._stored, self._on_loop = stored, on_loop
         self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
-                                 sample_interval_s=config.store.sample_interval_s, pricing=self._pricing, stored=stored)
+                                 sample_interval_s=config.store.sample_interval_s, pricing=self._pricing,
+                                 stored=self._event_stored, grid_share=self.grid_share)
         self.bus.subscribe(self.recorder)
         self.auth = Chain(self._local_list(config), config.authorization)
         self.mode = config.charger.mode
@@ -87,7 +94,8 @@ class Charger:
             self.connectors[conn.id] = ConnectorControl(
                 conn.id, config.core_config(conn), devices.connectors[conn.id], clock=clock, wallclock=wallclock,
                 bus=self.bus, authorize=self.auth.request, card_name=self.auth.card_name,
-                next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload)
+                next_session_id=self._session_id, schedule=self._scheduler(schedule, conn.id), offload=offload,
+                read_meter_now=self._meter_reader(read_meter_now, conn.id))
         self.policy = Policy(self, call_at=call_at, mono=clock, clock_synced=clock_synced)
         self.bus.subscribe(self.policy.event)
         self.session_clock = SessionClock(lambda: self.policy.synced, clock, lambda cid: self.connectors[cid].session,
@@ -114,12 +122,42 @@ class Charger:
         return f"outside the group's window until {until}"
 
     @staticmethod
+    def _meter_reader(read_meter_now: Callable[[int], None], cid: int) -> Callable[[], None]:
+        return lambda: read_meter_now(cid)
+
+    @staticmethod
     def _scheduler(schedule: Callable[[int, float | None], None], cid: int) -> Callable[[float | None], None]:
         return lambda when: schedule(cid, when)
 
     def _pricing(self, group: str) -> str:
         tariff = self.config.tariff
         return tariff.pricing(group, self.config.charger.timezone).to_json() if tariff is not None else ""
+
+    def _event_stored(self, event: p.Event) -> None:
+        """A durable event is committed (the store's thread): a stopped session is now finished."""
+        self._stored(event)
+        if isinstance(event, p.SessionStopped) and event.connector in self.connectors:
+            ctrl, session = self.connectors[event.connector], event.session
+            self._on_loop(lambda: ctrl.session_saved(session))
+
+    def meter_delivered(self, connector: int, session: int, energy_wh: int) -> None:
+        """The uplink delivered this reading of a running session to the CSMS: made durable at once
+        when above the last checkpoint (never above the daemon's own reading)."""
+        s = self.connectors[connector].session
+        if s is not None and s.row_id == session:
+            self.recorder.delivered(s, min(energy_wh, s.meter_last_wh), self.wallclock())
+
+    def grid_share(self, connector: int) -> float | None:
+        """The share (0-1) of a connector's EV power that the grid supplies now, the rest being solar
+        surplus: what the site imports, up to what the EVs draw, shared by their power. None
+        without a site meter; all grid until it has read."""
+        if self.config.site.meter is None:
+            return None
+        site = self.site_reading
+        drawing = sum(max(0.0, c.session.power_w) for c in self.connectors.values() if c.session is not None)
+        if site is None or drawing <= 0:
+            return 1.0
+        return min(max(site.power_total_w, 0.0), drawing) / drawing
 
     def _session_id(self) -> int:
         sid, self._next_session_id = self._next_session_id, self._next_session_id + 1

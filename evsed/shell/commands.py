@@ -277,13 +277,18 @@ def _unlock(charger: Charger, cmd: p.Unlock) -> p.UnlockReply:
     return p.UnlockReply(result="NotSupported")  # no connector lock backend yet: a tethered cable needs none
 
 
+def _meter_delivered(charger: Charger, cmd: p.MeterDelivered) -> p.Ok:
+    charger.meter_delivered(charger.connector(cmd.connector).id, cmd.session, cmd.energy_wh)
+    return p.Ok()
+
+
 HANDLERS: dict[type[p.Command[Any]], Handler] = {
     p.Plug: _plug, p.Unplug: _unplug, p.Tap: _tap, p.SetEv: _ev, p.InjectFault: _fault, p.ClearFault: _clear_fault,
     p.SetPilot: _pilot, p.SetSite: _site, p.SetCable: _cable,
     p.ClearFaults: _clear_faults, p.RemoteStart: _remote_start, p.RemoteStop: _remote_stop,
     p.Availability: _availability, p.Reserve: _reserve, p.CancelReservation: _cancel_reservation,
     p.Limit: _limit, p.SetMode: _mode, p.Unlock: _unlock, p.Learn: _learn, p.Learned: _learned,
-    p.Reload: _reload, p.AddCard: _add_card,
+    p.Reload: _reload, p.AddCard: _add_card, p.MeterDelivered: _meter_delivered,
 }
 HANDLERS_BY_NAME = {cls.ACTION or cls.CMD: cls for cls in HANDLERS}  # as a scenario step names them
 

@@ -3,6 +3,10 @@
 Synchronous and clock-injected, so the asyncio daemon and the scenario runner (virtual
 clock) drive the same code. Contactor commands happen inside feed(), before anything slow;
 every action is published to the charger's bus only after the hardware has been told.
+
+A stopped session is told (session.stopped) with its final reading: the first meter reading
+begun after the contactor opened, asked for at once. Until its row is committed, status still
+shows it: a session is reported finished only once it is durable.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class ConnectorControl:
     def __init__(self, connector_id: int, cfg: state.CoreConfig, devices: ConnectorDevices, *,
                  clock: Callable[[], float], wallclock: Callable[[], dt.datetime], bus: Bus,
                  authorize: Authorize, card_name: Callable[[str], str], next_session_id: Callable[[], int],
-                 schedule: Callable[[float | None], None] = lambda when: None, offload: Offload = _inline):
+                 schedule: Callable[[float | None], None] = lambda when: None, offload: Offload = _inline,
+                 read_meter_now: Callable[[], None] = lambda: None):
         self.id = connector_id
         self.devices = devices
         self.pilot, self.contactor, self.rcd, self.meter = devices.pilot, devices.contactor, devices.rcd, devices.meter
@@ -54,7 +59,7 @@ class ConnectorControl:
         self.feedback = self.contactor if isinstance(self.contactor, ContactorFeedback) else None
         self.clock, self.wallclock, self.bus = clock, wallclock, bus
         self.authorize, self.card_name, self.next_session_id = authorize, card_name, next_session_id
-        self.schedule, self.offload = schedule, offload
+        self.schedule, self.offload, self.read_meter_now = schedule, offload, read_meter_now
         self.log = log.bind(connector=connector_id)
         self.session: LiveSession | None = None
         self.last_reading: MeterReading | None = None
@@ -65,7 +70,10 @@ class ConnectorControl:
         self._busy = False
         self._rcd_tripped: bool | None = None
         self._track = judge.Track()
-        self._last_session: LiveSession | None = None  # stopped, its final reading still to come
+        self._finishing: LiveSession | None = None  # stopped, its final reading still to come
+        self._final_after: float | None = None  # a reading begun at or after this (the open) is the final one
+        self.unsaved: dict[int, LiveSession] = {}  # stopped, its row not yet committed: status still shows it
+        self._held: list[dict[str, Any]] = []  # statuses while the stop awaits its final reading: told after it
         self._feedback: bool | None = None
 
     def publish(self, type_: str, **data: Any) -> None:
@@ -87,6 +95,8 @@ class ConnectorControl:
         except BaseException:
             self.release()  # the core or a device failed: no orderly stop, open at once
             raise
+        finally:
+            self._tell_finished()  # no reading comes any more: the stop is told with the last one
         self.release(at_once=False)
 
     def release(self, at_once: bool = True) -> None:
@@ -153,7 +163,9 @@ class ConnectorControl:
     def tick(self) -> None:
         self.feed(ev.Tick())
 
-    def meter_sampled(self, reading: MeterReading) -> None:
+    def meter_sampled(self, reading: MeterReading, begun_at: float | None = None) -> None:
+        """A meter reading; begun_at: when (this clock) its read began, None: now."""
+        begun = self.clock() if begun_at is None else begun_at
         sample = judge.Sample(reading.energy_import_wh, reading.power_total_w, tuple(reading.current_a))
         self._track, verdict = judge.judge(self._track, sample, self.clock())
         if not verdict.accepted:
@@ -165,13 +177,11 @@ class ConnectorControl:
             self._rebaseline(verdict.rebaseline_wh, reading)
         self.last_reading = reading
         self.meter_error = ""
-        done = self._last_session
+        done = self._finishing
         if done is not None:  # the energy drawn between the last sample and the open belongs to it
-            if reading.energy_import_wh > done.meter_last_wh:
-                done.meter_last_wh = reading.energy_import_wh
-                self.publish("session.final_reading", session=done.row_id, meter_stop_wh=done.meter_last_wh)
-            if not self.state.contactor_closed:
-                self._last_session = None
+            done.meter_last_wh = max(done.meter_last_wh, reading.energy_import_wh)
+            if self._final_after is not None and begun >= self._final_after:
+                self._tell_finished()
         self.feed(ev.MeterSampled(tuple(reading.current_a), reading.power_total_w, reading.energy_import_wh))
         s = self.session
         if s is None:
@@ -179,7 +189,8 @@ class ConnectorControl:
         if s.meter_start_unknown:  # started before the meter first answered
             s.meter_start_unknown = False
             s.meter_start_wh = s.meter_last_wh = reading.energy_import_wh
-            self.publish("session.meter_start", session=s.row_id, meter_start_wh=s.meter_start_wh)
+            self.publish("session.meter_start", session=s.row_id, meter_start_wh=s.meter_start_wh,
+                         meter_last_wh=s.meter_last_wh)
         s.meter_last_wh = max(s.meter_last_wh, reading.energy_import_wh)
         s.power_w = reading.power_total_w
         s.peak_power_w = max(s.peak_power_w, reading.power_total_w)
@@ -192,17 +203,20 @@ class ConnectorControl:
     def _rebaseline(self, offset_wh: int, reading: MeterReading) -> None:
         """A reset or replaced meter became the new baseline: a running session keeps its energy."""
         previous = self.last_reading.energy_import_wh if self.last_reading else 0
+        self._tell_finished()  # a stopped session's energy is not on the new counter: told as it stands
         s = self.session
         if s is not None:
             s.meter_start_wh += offset_wh
             s.meter_last_wh += offset_wh
+            s.meter_rebaselined = True
             self.publish("session.meter_start", session=s.row_id, meter_start_wh=s.meter_start_wh,
-                         meter_last_wh=s.meter_last_wh)
-        self._last_session = None  # a finished session's energy is not on the new counter
+                         meter_last_wh=s.meter_last_wh, rebaselined=True)
         self.publish("meter.rebaselined", previous_wh=previous, now_wh=reading.energy_import_wh)
 
     def meter_failed(self, detail: str) -> None:
         self.meter_error = detail
+        if self._final_after is not None:  # no final reading to be had: the stop is told with the last one
+            self._tell_finished()
         self.feed(ev.MeterFailed(detail))
 
     # --- the step ---------------------------------------------------------------------------
@@ -221,6 +235,8 @@ class ConnectorControl:
         if isinstance(a, ev.OpenContactor):
             self._open(a.at_once)
             self.publish("contactor.opened", reason=a.reason)
+            if self._finishing is not None and self._final_after is None:
+                self._ask_final_reading()
         elif isinstance(a, ev.CloseContactor):
             self.contactor.close()
             self.publish("contactor.closed", offered_a=round(self.state.offered_a, 2))
@@ -256,16 +272,19 @@ class ConnectorControl:
         elif isinstance(a, ev.FaultsCleared):
             self.publish("fault.cleared", faults=[f.value for f in a.faults])
         elif isinstance(a, ev.StatusChanged):
-            self.publish("connector.status", status=a.status.value, reason=a.reason,
-                         ev_connected=self.state.pilot in state.PLUGGED_STATES)
+            status = dict(status=a.status.value, reason=a.reason, ev_connected=self.state.pilot in state.PLUGGED_STATES)
+            if self._finishing is not None:  # a CSMS hears the transaction end before the connector's next status
+                self._held.append(status)
+            else:
+                self.publish("connector.status", **status)
 
     def _start_session(self, a: ev.StartSession) -> None:
+        self._tell_finished()  # from here on, energy belongs to the new session
         energy = self.last_reading.energy_import_wh if self.last_reading else 0
         s = LiveSession(self.id, a.id_tag, self.card_name(a.id_tag), self.state.group, a.auth_source,
                         utc_iso(self.wallclock()), energy, energy, row_id=self.next_session_id(),
                         meter_start_unknown=self.meter is not None and self.last_reading is None)
         self.session = s
-        self._last_session = None  # from here on, energy belongs to the new session
         self.last_refusal = None
         self.publish("session.started", session=s.row_id, id_tag=s.id_tag, card_name=s.card_name,
                      group=s.card_group, auth_source=s.auth_source, meter_start_wh=energy,
@@ -276,12 +295,33 @@ class ConnectorControl:
         if s is None:
             return
         s.stopped = (a.reason.value, utc_iso(self.wallclock()))
-        # the next reading after the contactor opened completes its energy (if it had a start)
-        self._last_session = None if s.meter_start_unknown else s
-        self.publish("session.stopped", session=s.row_id, id_tag=s.id_tag, card_name=s.card_name,
-                     group=s.card_group, auth_source=s.auth_source, started_at=s.started_at,
-                     meter_start_wh=s.meter_start_wh, meter_stop_wh=s.meter_last_wh, energy_wh=s.energy_wh,
-                     peak_power_w=s.peak_power_w, reason=a.reason.value, stopped_at=s.stopped[1])
+        self.unsaved[s.row_id or 0] = s
+        self._finishing = s
+        if self.meter is None or s.meter_start_unknown or self.meter_error:  # no final reading to wait for
+            self._tell_finished()
+        elif not self.state.contactor_closed:  # else when it opens (an EV given time to stop first)
+            self._ask_final_reading()
+
+    def _ask_final_reading(self) -> None:
+        """The contactor opened under a stopped session: the next reading begun now is its final one."""
+        self._final_after = self.clock()
+        self.read_meter_now()
+
+    def _tell_finished(self) -> None:
+        """Publish the stopped session with its final reading (or the last one there is)."""
+        s, self._finishing, self._final_after = self._finishing, None, None
+        held, self._held = self._held, []
+        if s is not None and s.stopped is not None:
+            self.publish("session.stopped", session=s.row_id, id_tag=s.id_tag, card_name=s.card_name,
+                         group=s.card_group, auth_source=s.auth_source, started_at=s.started_at,
+                         meter_start_wh=s.meter_start_wh, meter_stop_wh=s.meter_last_wh, energy_wh=s.energy_wh,
+                         peak_power_w=s.peak_power_w, reason=s.stopped[0], stopped_at=s.stopped[1])
+        for status in held:
+            self.publish("connector.status", **status)
+
+    def session_saved(self, session_id: int) -> None:
+        """The stopped session's row is committed: from now on status says it finished."""
+        self.unsaved.pop(session_id, None)
 
     def _offered_a(self) -> float:
         """What the EV is offered: the board's own figure where it sets the PWM itself (an OpenEVSE
@@ -301,6 +341,8 @@ class ConnectorControl:
         st, now = self.state, self.clock()
         reading, session = self.last_reading, self.session
         chain = self.chain()
+        if session is None and self.unsaved:  # stopped, not yet durable: not yet reported finished
+            session = next(iter(self.unsaved.values()))
         return {
             "id": self.id,
             "status": st.status.value,

@@ -37,6 +37,7 @@ from evsed.shell.devices import Devices, build
 from evsed.shell.devices import create as devices_create
 from evsed.shell.host import EXIT_RESTART, ControlHost
 from evsed.shell.planfile import DiskFile
+from evsed.shell.policy import kernel_clock_synced
 from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
 from evsed.store import ocmf, outbox
@@ -45,6 +46,7 @@ from hal import Closable, DeviceUnavailable, HalError, Meter, Notifying
 
 log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
+SIM_METERS = "simulator-meters.json"  # the simulated meters' counters, kept across restarts as a meter keeps them
 READER_RETRY_S = (1.0, 10.0)  # first and longest wait before opening a vanished card reader again
 
 
@@ -95,6 +97,7 @@ class Daemon:
         if self.services is not None:
             self.services.hand_out = self.host.server.hand_out
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._meter_wanted: dict[int, asyncio.Event] = {}  # connector -> read its meter now, not at the interval
         self._tasks: list[asyncio.Task[Any]] = []
         self.fatal: BaseException | None = None
         self.restart = False  # asked to restart: exit EXIT_RESTART so that systemd starts us again
@@ -124,7 +127,8 @@ class Daemon:
         self.lock.acquire()
         db_path = self.config.store.state_dir / "sessions.db"
         store = Store(db_path, signer=ocmf.LazySigner(self.config.store.state_dir), charger_id=self.config.charger.id,
-                      timezone=self.config.charger.timezone, version=evsed.__version__)
+                      timezone=self.config.charger.timezone, version=evsed.__version__,
+                      clock_synced=kernel_clock_synced)
         now = utc_iso_ms(_wallclock())
         recovered = store.recover(lambda row: self._recovered_event(store, row, now))
         if recovered:
@@ -132,12 +136,13 @@ class Daemon:
         first_id = store.next_session_id()
         self.host.read_positions(store.db)
         self.writer = StoreWriter(store)
-        self.devices = build(self.config, time.monotonic)
+        self.devices = build(self.config, time.monotonic, self.config.store.state_dir / SIM_METERS)
         self.wall_timers = WallTimers(_wallclock, loop.time, loop.call_at)
         self.charger = charger = Charger(
             self.config, self.devices, clock=time.monotonic, wallclock=_wallclock, writer=self.writer,
             first_session_id=first_id, schedule=self._schedule, offload=self._offload,
             stored=lambda event: self.host.stored(loop, event), call_at=loop.call_at,
+            read_meter_now=self._read_meter_now, on_loop=loop.call_soon_threadsafe,
             plan_file=DiskFile(self.config.store.state_dir / "plans.json"),
             inoperative=availability.load(self.config.store.state_dir), keep_availability=self._keep_availability)
         self.host.attach(db_path, self.writer, charger)
@@ -151,7 +156,7 @@ class Daemon:
                 self._spawn(self._poll_meter(ctrl.meter, ctrl.meter_sampled, ctrl.meter_failed, ctrl.id),
                             f"meter-{ctrl.id}")
         if self.devices.site_meter is not None:
-            self._spawn(self._poll_meter(self.devices.site_meter, charger.site_sampled,
+            self._spawn(self._poll_meter(self.devices.site_meter, lambda reading, begun: charger.site_sampled(reading),
                                          lambda detail: None, 0), "site-meter")
         if isinstance(self.devices.site_input, Notifying):
             self.devices.site_input.on_change(lambda: loop.call_soon_threadsafe(charger.policy.poll))
@@ -286,11 +291,19 @@ class Daemon:
                 ctrl.poll_inputs(await asyncio.to_thread(ctrl.read_pilot))
             await asyncio.sleep(self.pilot_interval_s(ctrl))
 
-    async def _poll_meter(self, meter: Meter, sampled: Callable[[Any], None], failed: Callable[[str], None],
+    def _read_meter_now(self, connector: int) -> None:
+        """A connector wants a reading at once (a stopped session's final one): its loop stops waiting."""
+        self._meter_wanted.setdefault(connector, asyncio.Event()).set()
+
+    async def _poll_meter(self, meter: Meter, sampled: Callable[[Any, float], None], failed: Callable[[str], None],
                           connector: int) -> None:
+        """Read every meter_interval_s, or at once when asked; sampled(reading, when its read began)."""
         failures = 0
+        wanted = self._meter_wanted.setdefault(connector, asyncio.Event())
         while not self.stopping.is_set():
             interval = self.timing.meter_interval_s
+            wanted.clear()  # a wish from here on is served by this read, or by the next one at once
+            begun = time.monotonic()
             try:
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of a stop
                 async with asyncio.timeout(max(2.0, 2 * interval)):
@@ -309,8 +322,10 @@ class Daemon:
                 if failures:
                     log.info("meter.recovered", connector=connector, after_failures=failures)
                 failures = 0
-                sampled(reading)
-            await asyncio.sleep(interval)
+                sampled(reading, begun)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await wanted.wait()
 
     async def _read_cards(self) -> None:
         """Card taps to the charger. A reader that goes away (a USB adapter unplugged) is opened

@@ -8,6 +8,7 @@ is made when any configured backend is the simulator, on the clock the caller gi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from evsed.config import Config, Device
@@ -75,14 +76,15 @@ def configured(config: Config) -> Iterator[tuple[int, str, Device]]:
         yield 0, "site_input", config.site.load.input
 
 
-def build_world(config: Config, clock: Callable[[], float]) -> Any:
-    """The simulated world, when any configured backend is the simulator (else None)."""
+def build_world(config: Config, clock: Callable[[], float], meter_file: Path | None = None) -> Any:
+    """The simulated world, when any configured backend is the simulator (else None); its meters
+    keep their counters in meter_file across restarts (the daemon's; None: they start afresh)."""
     if not any(d.backend == "sim" for _, _, d in configured(config)):
         return None
     from simulator.hardware import SimWorld
     s = config.simulator
     return SimWorld(clock, voltage_v=s.voltage_v, ev_max_current_a=s.ev_max_current_a,
-                    ev_phases=s.ev_phases, meter_start_wh=s.meter_start_wh)
+                    ev_phases=s.ev_phases, meter_start_wh=s.meter_start_wh, meter_file=meter_file)
 
 
 def create(kind: str, device: Device, connector_id: int, shared: dict[str, Any]) -> Any:
@@ -96,10 +98,10 @@ def create(kind: str, device: Device, connector_id: int, shared: dict[str, Any])
         raise DeviceUnavailable(f"{where} ({device.backend}): {exc}") from exc
 
 
-def build(config: Config, clock: Callable[[], float]) -> Devices:
+def build(config: Config, clock: Callable[[], float], sim_meter_file: Path | None = None) -> Devices:
     """Every configured device; raises DeviceUnavailable naming the first that cannot be made,
-    after releasing those already made."""
-    out = Devices(world=build_world(config, clock))
+    after releasing those already made. sim_meter_file: see build_world."""
+    out = Devices(world=build_world(config, clock, sim_meter_file))
     shared = out.shared()
     try:
         for conn in config.connectors:

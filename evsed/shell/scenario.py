@@ -85,6 +85,7 @@ class Runner:
         self.timers: list[_VirtualTimer] = []
         self._policy_polled = -math.inf
         self.dirty = False
+        self.meter_wanted = False  # a connector asked for a reading at once (a stopped session's final one)
         self.devices = devices.build(self.config, lambda: self.now)
         self.world = self.devices.world
         self.events: list[tuple[float, int, ChargerEvent]] = []  # (when, connector, event)
@@ -114,7 +115,8 @@ class Runner:
         charger = Charger(self.config, self.devices, clock=lambda: self.now, wallclock=self.wallclock,
                           writer=InlineWriter(self.store), first_session_id=self.store.next_session_id(),
                           schedule=self.deadlines.__setitem__, call_at=self._call_at,
-                          clock_synced=lambda: self.synced, plan_file=self.plan_file)
+                          clock_synced=lambda: self.synced, plan_file=self.plan_file,
+                          read_meter_now=lambda cid: setattr(self, "meter_wanted", True))
         charger.bus.subscribe(lambda e: self.events.append((self.now, e.connector, e)))
         return charger
 
@@ -148,6 +150,8 @@ class Runner:
                    for s in self.steps), default=0.0)  # the last step, or the end of the last span
         next_poll, next_meter, i = 0.0, 0.0, 0
         while True:
+            if self.meter_wanted:  # the daemon's meter loop stops waiting: read now
+                self.meter_wanted, next_meter = False, self.now
             pending = self.pending()
             pending += [x for check, _ in self.checks for x in check.times() if x > self.now]
             step_t = float(self.steps[i].get("t", 0.0)) if i < len(self.steps) else math.inf

@@ -72,6 +72,16 @@ CREATE TABLE samples (
 """
 
 
+# 2: a session whose start reading is a new meter baseline (a reset or replaced meter counted below the
+# connector's previous stop, or was found so during the session). Its energy is its own delta all the
+# same; the flag tells why the readings do not follow on from the previous session's. And the session's
+# energy from solar surplus and from the grid, by the site meter (NULL: no site meter).
+V2 = """
+ALTER TABLE sessions ADD COLUMN meter_rebaselined INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN solar_wh INTEGER;
+ALTER TABLE sessions ADD COLUMN grid_wh INTEGER;
+"""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -80,7 +90,8 @@ class Step:
 
 
 # V1 is not additive: its code counts on the backfill (stop_final, duration_s) of every stopped row.
-STEPS = (Step(V1, additive=False),)
+# V2 is additive: older code leaves the flag 0, and a 0 only says no new baseline was seen.
+STEPS = (Step(V1, additive=False), Step(V2, additive=True))
 VERSION = len(STEPS)
 
 COMPAT = "CREATE TABLE IF NOT EXISTS schema_compat (min_writer INTEGER NOT NULL)"  # one row

@@ -98,21 +98,22 @@ class Signer:
         return self._key.sign(data, ec.ECDSA(hashes.SHA256())).hex().upper()
 
 
-def _tm(iso_utc: str, tz: dt.tzinfo) -> str:
-    """OCMF time: local time with a colon-free offset, ms after a comma, then the time status.
-    U (unknown): the controller cannot prove its clock was synchronised."""
+def _tm(iso_utc: str, tz: dt.tzinfo, status: str = "U") -> str:
+    """OCMF time: local time with a colon-free offset, ms after a comma, then the time status:
+    S (synchronised) while the kernel says its clock is, else U (unknown)."""
     local = dt.datetime.fromisoformat(iso_utc).astimezone(tz)
     text = local.strftime("%Y-%m-%dT%H:%M:%S,") + f"{local.microsecond // 1000:03d}" + local.strftime("%z")
-    return text + " U"
+    return f"{text} {status}"
 
 
 def _kwh(wh: int):
     return wh / 1000  # a float prints as its shortest decimal: 12345 Wh -> 12.345, exact to the Wh
 
 
-def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC") -> dict:
-    """The OCMF payload of a finished session row (keys as in the OCMF specification)."""
-    tz = ZoneInfo(timezone)
+def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC", synced: bool = False) -> dict:
+    """The OCMF payload of a finished session row (keys as in the OCMF specification); synced:
+    the kernel says the clock is synchronised (time status S, else U)."""
+    tz, ts = ZoneInfo(timezone), "S" if synced else "U"
     tag, source = row["id_tag"], row["auth_source"]
     identified = source != "free_vend"
     ident: dict = {"IS": identified, "IL": "HEARSAY" if identified else "NONE",
@@ -130,16 +131,17 @@ def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC") 
     if tt:
         out["TT"] = tt[:250]
     out.update({"CT": "CBIDC", "CI": f"{charger_id}*{row['connector_id']}", "RD": [
-        {"TM": _tm(row["started_at"], tz), "TX": "B", "RV": _kwh(row["meter_start_wh"]), **reading},
-        {"TM": _tm(row["stopped_at"], tz), "TX": END_REASON.get(row["stop_reason"] or "", "E"),
+        {"TM": _tm(row["started_at"], tz, ts), "TX": "B", "RV": _kwh(row["meter_start_wh"]), **reading},
+        {"TM": _tm(row["stopped_at"], tz, ts), "TX": END_REASON.get(row["stop_reason"] or "", "E"),
          "RV": _kwh(row["meter_stop_wh"]), **reading}]})
     return out
 
 
-def document(row: dict, signer: SigningKey, *, charger_id: str, version: str, timezone: str = "UTC") -> str:
+def document(row: dict, signer: SigningKey, *, charger_id: str, version: str, timezone: str = "UTC",
+             synced: bool = False) -> str:
     """`OCMF|{payload}|{signature}` for a finished session row; the signature covers the
     payload's exact bytes."""
-    text = json.dumps(payload(row, charger_id=charger_id, version=version, timezone=timezone),
+    text = json.dumps(payload(row, charger_id=charger_id, version=version, timezone=timezone, synced=synced),
                       separators=(",", ":"), ensure_ascii=False)
     sig = {"SA": SIGNATURE_ALGORITHM, "SE": "hex", "SM": "application/x-der", "SD": signer.sign(text.encode())}
     return f"OCMF|{text}|{json.dumps(sig, separators=(',', ':'))}"

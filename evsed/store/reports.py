@@ -16,8 +16,8 @@ from evsed.core.tariff import format_money
 from evsed.store.sessions import Store
 
 BY = ("card", "group", "day")
-REPORT_FIELDS = ("key", "name", "currency", "sessions", "energy_kwh", "hours", "charging_hours", "cost",
-                 "revenue", "margin")
+REPORT_FIELDS = ("key", "name", "currency", "sessions", "energy_kwh", "solar_kwh", "grid_kwh", "hours",
+                 "charging_hours", "cost", "revenue", "margin")
 
 
 def report(store: Store, since: str, until: str, by: str | Sequence[str] | None, tz: dt.tzinfo) -> list[dict]:
@@ -27,8 +27,9 @@ def report(store: Store, since: str, until: str, by: str | Sequence[str] | None,
     keys = (by,) if isinstance(by, str) else tuple(by or ())
     if not set(keys) <= set(BY) or len(set(keys)) != len(keys):
         raise ValueError(f"by: expected some of {', '.join(BY)}, each once, got {','.join(keys)!r}")
-    sums = ("COUNT(*), SUM(s.energy_wh), SUM(COALESCE(s.duration_s, 0)), SUM(COALESCE(s.charging_s, 0)),"
-            " SUM(s.cost_minor), SUM(s.revenue_minor), MAX(s.money_decimals)")
+    solar, grid = (f"s.{c}" if _has(store, c) else "NULL" for c in ("solar_wh", "grid_wh"))
+    sums = (f"COUNT(*), SUM(s.energy_wh), SUM({solar}), SUM({grid}), SUM(COALESCE(s.duration_s, 0)),"
+            " SUM(COALESCE(s.charging_s, 0)), SUM(s.cost_minor), SUM(s.revenue_minor), MAX(s.money_decimals)")
     where = "s.stopped_at IS NOT NULL AND s.started_at >= ? AND s.started_at < ?"
     args: list = [since, until]
     columns = [{"card": "s.id_tag", "group": "s.card_group", "day": "d.day"}[k] for k in keys]
@@ -44,13 +45,19 @@ def report(store: Store, since: str, until: str, by: str | Sequence[str] | None,
     sql = (f"{head}SELECT {key}, {name}, s.currency, {sums} FROM {source} WHERE {where}"
            f" GROUP BY {group}s.currency ORDER BY {group}s.currency")
     out = []
-    for k, name, cur, n, wh, dur, chg, cost, rev, dec in store.db.execute(sql, args):
+    for k, name, cur, n, wh, sun, net, dur, chg, cost, rev, dec in store.db.execute(sql, args):
         margin = None if cost is None or rev is None else rev - cost
         out.append({"key": k, "name": name, "currency": cur, "sessions": n, "energy_kwh": _kwh(wh or 0),
+                    "solar_kwh": "" if sun is None else _kwh(sun), "grid_kwh": "" if net is None else _kwh(net),
                      "hours": _hours(dur), "charging_hours": _hours(chg),
                      **{f: money_text(v, dec)
                         for f, v in (("cost", cost), ("revenue", rev), ("margin", margin))}})
     return out
+
+
+def _has(store: Store, column: str) -> bool:
+    """Whether the sessions table has this column (a database an older daemon still writes may not)."""
+    return any(r[1] == column for r in store.db.execute("PRAGMA table_info(sessions)"))
 
 
 def _local_days(since: str, until: str, tz: dt.tzinfo) -> list[tuple[str, str, str]]:
@@ -80,7 +87,8 @@ def _hours(seconds: int) -> str:
 
 SESSION_EXPORT = ("id", "connector", "card_uid", "card_name", "group", "start", "stop", "duration_s", "charging_s",
                   "idle_s", "meter_start_wh", "meter_stop_wh", "energy_wh", "energy_kwh", "peak_power_w",
-                  "stop_reason", "tariff", "currency", "cost", "revenue", "margin")
+                  "stop_reason", "tariff", "currency", "cost", "revenue", "margin", "solar_wh", "grid_wh",
+                  "meter_rebaselined")
 SAMPLE_EXPORT = ("session_id", "time", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
 
 
@@ -91,7 +99,9 @@ def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.t
     most `limit`, those after session `after_id` (the order of Store.sessions)."""
     sql = ("SELECT id, connector_id, id_tag, card_name, card_group, started_at, stopped_at, duration_s, charging_s,"
            " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason, tariff_name, currency,"
-           " cost_minor, revenue_minor, money_decimals FROM sessions WHERE started_at >= ? AND started_at < ?")
+           " cost_minor, revenue_minor, money_decimals, "
+           + ", ".join(c if _has(store, c) else "NULL" for c in ("solar_wh", "grid_wh", "meter_rebaselined"))
+           + " FROM sessions WHERE started_at >= ? AND started_at < ?")
     args: list[object] = [since or "", until or "9999"]
     if card:
         sql += " AND (id_tag = ? OR card_name = ?)"
@@ -105,11 +115,11 @@ def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.t
         args.append(limit)
     local = _LocalTime(tz)
     for (i, conn, tag, name, group, start, stop, dur, chg, idle, m0, m1, wh, peak, reason, tariff, cur,
-         cost, rev, dec) in store.db.execute(sql, args):
+         cost, rev, dec, sun, net, rebaselined) in store.db.execute(sql, args):
         margin = None if cost is None or rev is None else rev - cost
         yield (i, conn, tag, name, group, local(start), local(stop), dur, chg, idle, m0, m1, wh,
                f"{wh // 1000}.{wh % 1000:03d}", round(peak), reason or "", tariff, cur,
-               money_text(cost, dec), money_text(rev, dec), money_text(margin, dec))
+               money_text(cost, dec), money_text(rev, dec), money_text(margin, dec), sun, net, rebaselined or 0)
 
 
 def export_samples(store: Store, since: str | None, until: str | None, tz: dt.tzinfo) -> Iterator[tuple]:

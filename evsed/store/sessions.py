@@ -3,9 +3,9 @@
 A session row is written at start, checkpointed with its last meter reading and the meter
 samples since the last checkpoint about once a minute (one commit: SD cards wear), and
 completed at stop with its totals, cost, revenue and signed OCMF document in one commit.
-Open rows found at start are closed with stop reason power_loss. A stop reading may be
-raised (the meter's first answer after the contactor opened) until the connector's next
-session starts; from then on it is fixed, so no energy is counted in two sessions.
+Open rows found at start are closed with stop reason power_loss. A session's energy is its
+own meter delta from its own start reading, never moved: a start below the connector's
+previous stop (a reset or replaced meter) is a new baseline, flagged meter_rebaselined.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_sour
            "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason",
            "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "tariff_name", "currency", "money_decimals",
            "cost_minor", "revenue_minor", "meter_id", "meter_signed_format", "meter_signed_data", "ocmf",
-           "ocmf_public_key")
+           "ocmf_public_key", "meter_rebaselined", "solar_wh", "grid_wh")
 SAMPLE_COLUMNS = ("session_id", "t_ms", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
-OVERLAP_LIMIT_WH = 100  # a new start below the previous stop by at most this is the same energy
 NO_PRICES = tariffs.Tariff(name="", currency="")
 
 
@@ -61,6 +60,9 @@ class LiveSession:
     stopped: tuple[str, str] | None = None  # (stop reason, stop time) once it ended
     pricing: str = ""  # tariffs.Pricing.to_json() of the tariff in force at the start; "" = none
     meter_id: str = ""  # the meter's serial, when it tells
+    meter_rebaselined: bool = False  # its start is a new meter baseline (a reset or replaced meter)
+    solar_wh: int | None = None  # its energy from solar surplus and from the grid (None: no site meter)
+    grid_wh: int | None = None
 
     @property
     def energy_wh(self) -> int:
@@ -74,9 +76,11 @@ class Store:
     """
 
     def __init__(self, path: Path | str, *, signer: ocmf.SigningKey | None = None, charger_id: str = "evsed",
-                 timezone: str = "UTC", version: str = "0"):
+                 timezone: str = "UTC", version: str = "0", clock_synced: Callable[[], bool] = lambda: False):
+        """clock_synced: whether the kernel says the clock is synchronised (OCMF time status S)."""
         self.path = Path(path)
         self.signer, self.charger_id, self.timezone, self.version = signer, charger_id, timezone, version
+        self.clock_synced = clock_synced
         if str(path) != ":memory:":  # card UIDs and names: 0640 whatever the umask (-wal, -shm follow it):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640))  # the services' group reads it
             os.chmod(self.path, 0o640)
@@ -98,7 +102,7 @@ class Store:
         older daemon still writes reads with the newer columns empty."""
         self = cls.__new__(cls)
         self.path = Path(path)
-        self.signer = None
+        self.signer, self.clock_synced = None, lambda: False
         self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                   check_same_thread=False)
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
@@ -130,43 +134,58 @@ class Store:
     # --- the writer's operations ------------------------------------------------------------
 
     def start(self, s: LiveSession) -> None:
-        """Store a new session. Earlier sessions on the connector get their stop fixed, and a start
-        reading below the previous stop (a reading older than the stop's) starts at that stop."""
+        """Store a new session as it started: its start reading is kept as read. One below the
+        connector's previous stop (a reset or replaced meter) is a new baseline, flagged so."""
         with self._tx():
-            prev = self.db.execute(
-                "SELECT id, meter_stop_wh FROM sessions WHERE connector_id=? AND stopped_at IS NOT NULL"
-                " ORDER BY id DESC LIMIT 1", (s.connector_id,)).fetchone()
-            if prev and prev[1] is not None and 0 < prev[1] - s.meter_start_wh <= OVERLAP_LIMIT_WH:
-                log.warning("session.start_raised_to_previous_stop", connector=s.connector_id,
-                            previous=prev[0], meter_start_wh=s.meter_start_wh, previous_stop_wh=prev[1])
-                s.meter_start_wh, s.meter_last_wh = prev[1], max(s.meter_last_wh, prev[1])
-            self.db.execute("UPDATE sessions SET stop_final=1 WHERE connector_id=? AND stopped_at IS NOT NULL"
-                            " AND stop_final=0", (s.connector_id,))
+            if self._below_previous_stop(s.connector_id, s.meter_start_wh, s.row_id):
+                s.meter_rebaselined = True
             p = tariffs.Pricing.from_json(s.pricing) if s.pricing else None
             cur = self.db.execute(
                 "INSERT INTO sessions (id, connector_id, id_tag, card_name, card_group, auth_source, started_at,"
-                " updated_at, meter_start_wh, meter_last_wh, tariff, tariff_name, currency, money_decimals, meter_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated_at, meter_start_wh, meter_last_wh, tariff, tariff_name, currency, money_decimals, meter_id,"
+                " meter_rebaselined) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (s.row_id, s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
                  s.started_at, s.meter_start_wh, s.meter_last_wh, s.pricing,
                  f"{p.tariff}/{p.price.name}" if p else "", p.currency if p else "",
-                 p.decimals if p else 2, s.meter_id))
+                 p.decimals if p else 2, s.meter_id, int(s.meter_rebaselined)))
         s.row_id = cur.lastrowid
 
-    def set_meter(self, row_id: int, meter_start_wh: int, meter_last_wh: int) -> None:
-        """A running session's meter values anew (first reading, or a replaced meter)."""
-        self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=?, energy_wh=MAX(0, ?-?) WHERE id=?",
-                        (meter_start_wh, meter_last_wh, meter_last_wh, meter_start_wh, row_id))
+    def _below_previous_stop(self, connector_id: int, meter_start_wh: int, row_id: int | None) -> bool:
+        """Whether a start reading is below the stop of the connector's previous session: the
+        meter was reset or replaced in between (logged; the reading is kept as read)."""
+        prev = self.db.execute(
+            "SELECT id, meter_stop_wh FROM sessions WHERE connector_id=? AND stopped_at IS NOT NULL AND id<?"
+            " ORDER BY id DESC LIMIT 1", (connector_id, row_id if row_id is not None else 2**62)).fetchone()
+        if prev is None or prev[1] is None or meter_start_wh >= prev[1]:
+            return False
+        log.warning("session.meter_rebaselined", connector=connector_id, session=row_id, previous=prev[0],
+                    meter_start_wh=meter_start_wh, previous_stop_wh=prev[1])
+        return True
+
+    def set_meter(self, row_id: int, meter_start_wh: int, meter_last_wh: int, rebaselined: bool = False) -> None:
+        """A running session's meter values anew: its first reading, or a replaced meter's
+        (rebaselined: the meter became a new baseline during the session)."""
+        with self._tx():
+            row = self.db.execute("SELECT connector_id FROM sessions WHERE id=?", (row_id,)).fetchone()
+            if row is None:
+                return
+            rebaselined = rebaselined or self._below_previous_stop(row[0], meter_start_wh, row_id)
+            self.db.execute("UPDATE sessions SET meter_start_wh=?, meter_last_wh=?, energy_wh=MAX(0, ?-?),"
+                            " meter_rebaselined=MAX(meter_rebaselined, ?) WHERE id=?",
+                            (meter_start_wh, meter_last_wh, meter_last_wh, meter_start_wh, int(rebaselined), row_id))
 
     def checkpoint(self, row_id: int, meter_last_wh: int, peak_power_w: float, when: str,
-                   samples: Sequence[MeterSample] = ()) -> None:
-        """A running session's last reading and the samples since the last checkpoint, in one commit."""
+                   samples: Sequence[MeterSample] = (), split: tuple[int, int] | None = None) -> None:
+        """A running session's last reading and the samples since the last checkpoint, in one commit;
+        split: its energy so far from solar surplus and from the grid (None: not known)."""
+        solar, grid = split if split is not None else (None, None)
         with self._tx():
             self._insert_samples(row_id, samples)
             self.db.execute(
                 "UPDATE sessions SET meter_last_wh=?, energy_wh=MAX(0, ?-meter_start_wh),"
-                " peak_power_w=?, updated_at=? WHERE id=? AND stopped_at IS NULL",
-                (meter_last_wh, meter_last_wh, peak_power_w, when, row_id))
+                " peak_power_w=?, updated_at=?, solar_wh=COALESCE(?, solar_wh), grid_wh=COALESCE(?, grid_wh)"
+                " WHERE id=? AND stopped_at IS NULL",
+                (meter_last_wh, meter_last_wh, peak_power_w, when, solar, grid, row_id))
 
     def finish(self, s: LiveSession, samples: Sequence[MeterSample] = ()) -> None:
         """A finished session, whole: completes its row, or writes it anew when the start write failed."""
@@ -174,7 +193,8 @@ class Store:
         if self.db.execute("SELECT 1 FROM sessions WHERE id=?", (s.row_id,)).fetchone() is None:
             self.start(s)
         reason, when = s.stopped
-        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples)
+        split = None if s.solar_wh is None or s.grid_wh is None else (s.solar_wh, s.grid_wh)
+        self.stop(s.row_id, s.meter_last_wh, s.peak_power_w, reason, when, samples, split)
 
     def add_samples(self, row_id: int, samples: Sequence[MeterSample]) -> None:
         """Samples of a session in one commit (for a caller that batches them apart from checkpoints)."""
@@ -186,26 +206,23 @@ class Store:
                             f" ({', '.join('?' * len(SAMPLE_COLUMNS))})", (s.row(row_id) for s in samples))
 
     def stop(self, row_id: int, meter_stop_wh: int, peak_power_w: float, reason: str, when: str,
-             samples: Sequence[MeterSample] = ()) -> bool:
-        """Finish a session with its totals, cost, revenue and OCMF document: durable on return.
-
-        Called again for a finished session, it raises the stop reading (the first reading after
-        the contactor opened), unless the stop is fixed (the connector's next session started, or
-        finalize()); returns whether it wrote.
-        """
+             samples: Sequence[MeterSample] = (), split: tuple[int, int] | None = None) -> bool:
+        """Finish a session with its final reading (taken after the contactor opened), totals,
+        cost, revenue and OCMF document: durable on return, and fixed: a session already
+        finished is not written again. split: its energy from solar surplus and from the grid.
+        Returns whether it wrote."""
+        solar, grid = split if split is not None else (None, None)
         with self._tx():
             self._insert_samples(row_id, samples)
-            row = self.db.execute("SELECT stopped_at, stop_final, meter_stop_wh FROM sessions WHERE id=?",
-                                  (row_id,)).fetchone()
-            if row is None:
-                return False
-            if row[0] is not None and (row[1] or meter_stop_wh < (row[2] or 0)):
+            row = self.db.execute("SELECT stopped_at FROM sessions WHERE id=?", (row_id,)).fetchone()
+            if row is None or row[0] is not None:
                 return False
             when = self._not_before_start(row_id, when)
             self.db.execute(
                 "UPDATE sessions SET stopped_at=?, updated_at=?, meter_last_wh=?, meter_stop_wh=?,"
-                " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=? WHERE id=?",
-                (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, row_id))
+                " energy_wh=MAX(0, ?-meter_start_wh), peak_power_w=?, stop_reason=?, stop_final=1,"
+                " solar_wh=COALESCE(?, solar_wh), grid_wh=COALESCE(?, grid_wh) WHERE id=?",
+                (when, when, meter_stop_wh, meter_stop_wh, meter_stop_wh, peak_power_w, reason, solar, grid, row_id))
             self._complete(row_id)
         return True
 
@@ -227,29 +244,18 @@ class Store:
             if stop is not None:
                 self._complete(row_id)
 
-    def finalize(self, row_id: int) -> None:
-        """Fix a finished session's stop reading: later stop() calls for it change nothing."""
-        self.db.execute("UPDATE sessions SET stop_final=1 WHERE id=? AND stopped_at IS NOT NULL", (row_id,))
-
-    def set_stop_meter(self, row_id: int, meter_stop_wh: int) -> bool:
-        """A finished session's stop reading raised by the first reading after the open, with its
-        totals anew, unless the stop is fixed (the connector's next session started)."""
-        with self._tx():
-            cur = self.db.execute(
-                "UPDATE sessions SET meter_last_wh=?, meter_stop_wh=?, energy_wh=MAX(0, ?-meter_start_wh)"
-                " WHERE id=? AND stopped_at IS NOT NULL AND stop_final=0 AND meter_stop_wh < ?",
-                (meter_stop_wh, meter_stop_wh, meter_stop_wh, row_id, meter_stop_wh))
-            if cur.rowcount:
-                self._complete(row_id)
-        return cur.rowcount > 0
-
     def recover(self, closed: Callable[[dict], None] | None = None) -> list[int]:
-        """Close sessions left open by a crash or power cut at their last checkpoint, with totals
-        and a signed document; returns their ids. closed(row) runs in each one's transaction (the
-        daemon's outbox event: a power cut keeps the close and its event, or neither)."""
+        """Close sessions left open by a crash or power cut at their best durable reading (the last
+        checkpoint, which holds what the uplink delivered to the CSMS, or a stored sample above
+        it), with totals and a signed document; returns their ids. closed(row) runs in each one's
+        transaction (the daemon's outbox event: a power cut keeps the close and its event, or neither)."""
         rows = [r[0] for r in self.db.execute("SELECT id FROM sessions WHERE stopped_at IS NULL")]
         for row_id in rows:
             with self._tx():
+                self.db.execute(
+                    "UPDATE sessions SET meter_last_wh=MAX(meter_last_wh, COALESCE("
+                    "(SELECT MAX(energy_wh) FROM samples WHERE session_id=sessions.id), 0))"
+                    " WHERE id=? AND meter_rebaselined=0", (row_id,))  # else samples hold another counter's
                 self.db.execute(
                     "UPDATE sessions SET stopped_at=MAX(updated_at, started_at), meter_stop_wh=meter_last_wh,"
                     " energy_wh=MAX(0, meter_last_wh-meter_start_wh), stop_reason='power_loss', stop_final=1"
@@ -298,7 +304,8 @@ class Store:
         if self.signer is not None:
             doc_row = {**r, **values, "tariff_text": _tariff_text(pricing) if priced else ""}
             values["ocmf"] = ocmf.document(doc_row, self.signer, charger_id=self.charger_id, version=self.version,
-                                           timezone=pricing.timezone if priced else self.timezone)
+                                           timezone=pricing.timezone if priced else self.timezone,
+                                           synced=self.clock_synced())
             values["ocmf_public_key"] = self.signer.public_key_hex
         sets = ", ".join(f"{k}=?" for k in values)
         self.db.execute(f"UPDATE sessions SET {sets} WHERE id=?", (*values.values(), row_id))

@@ -69,6 +69,8 @@ class Charger:
         self.connectors: list[int] = list(hello.connectors or (1,))
         self.phases = hello.phases or phases
         self.voltage_v = hello.voltage_v or voltage_v
+        self._delivered: dict[int, tuple[int, int]] = {}  # connector -> (session, Wh) the CSMS has, to tell
+        self._delivered_wake = asyncio.Event()
 
     async def command(self, command: p.Command[R], timeout_s: float = 10.0) -> R | p.Failure:
         """One daemon command; a failure is a Failure reply, never an exception."""
@@ -190,6 +192,28 @@ class Charger:
                 log.warning("ocpp.authorizer_lost", error=type(exc).__name__)
             failures += 1
             await asyncio.sleep(min(30.0, 0.1 * 2 ** min(failures, 10)))
+
+    def delivered(self, connector: int, session: str, energy_wh: int) -> None:
+        """The CSMS took this reading of a session's transaction: the daemon is told (the newest
+        per connector), so that a power cut never closes the session below it in the store."""
+        try:
+            self._delivered[connector] = (int(session), energy_wh)
+        except ValueError:
+            return
+        self._delivered_wake.set()
+
+    async def report_delivered(self) -> None:
+        """Tell the daemon the readings the CSMS has taken, for ever; never in a CSMS handler's way."""
+        while True:
+            await self._delivered_wake.wait()
+            self._delivered_wake.clear()
+            while self._delivered:
+                connector, (session, energy_wh) = self._delivered.popitem()
+                try:
+                    command = p.MeterDelivered(connector=connector, session=session, energy_wh=energy_wh)
+                except p.WireError:
+                    continue
+                await self.command(command)
 
     async def report(self, status: Callable[[], p.ServiceState]) -> None:
         """Tell the daemon how the uplink is doing, for `evsed status`, whenever it changes."""

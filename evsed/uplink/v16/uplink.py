@@ -55,6 +55,7 @@ class Uplink:
                              lambda: keys.int("TransactionMessageRetryInterval"))
         self.messages = Messages(self.state, keys, clock, self.sender.drop)
         self.messages.on_started, self.messages.on_stopped = self._session_started, self._session_stopped
+        self.messages.on_delivered = self.charger.delivered
         policy = AuthKeys(keys)
         self.auth = AuthStore(self.state, policy)
         self.authorizer = Authorizer(self.auth, policy, clock, lambda: self.cp is not None and self.booted,
@@ -104,7 +105,7 @@ class Uplink:
                         sampled_s=lambda: keys.int("MeterValueSampleInterval"),
                         aligned_s=lambda: keys.int("ClockAlignedDataInterval"), emit=self.messages.meter_values,
                         changed=self.retime, queued=self.sender.wake.set),
-            self.limits.run(), self.charger.report(self.status), self.firmware.watch(),
+            self.limits.run(), self.charger.report(self.status), self.charger.report_delivered(), self.firmware.watch(),
             self.connection.run(self._online), self._hard.wait())
         if self._hard.is_set():
             raise HardReset()
