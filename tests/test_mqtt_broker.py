@@ -182,6 +182,9 @@ class Inbox:
     def __init__(self, client: aiomqtt.Client):
         self.client = client
         self.latest: dict[str, aiomqtt.Message] = {}
+        # what the broker kept, as it hands it to a new subscriber (flagged retain): a later live
+        # publish of the same topic reaches a subscriber unflagged, and must not hide it
+        self.retained: dict[str, aiomqtt.Message] = {}
 
     async def wait_for(self, topic: str, payload: str | None = None) -> aiomqtt.Message:
         def fits(m):
@@ -191,6 +194,8 @@ class Inbox:
         async with asyncio.timeout(WAIT_S):
             async for message in self.client.messages:
                 self.latest[message.topic.value] = message
+                if message.retain:
+                    self.retained[message.topic.value] = message
                 if message.topic.value == topic and fits(message):
                     return message
         raise AssertionError("unreachable")

@@ -43,7 +43,7 @@ def test_a_plan_set_over_mqtt_is_the_daemons_is_retained_and_is_cancelled(broker
             async with subscribed(broker.port, f"{PLAN}/#", PLAN, "test/marker") as late:  # what the broker keeps
                 await late.client.publish("test/marker", "end", qos=1)  # delivered after the retained ones
                 await late.wait_for("test/marker")
-                retained = {t: m.payload.decode() for t, m in late.latest.items() if m.retain}
+                retained = {t: m.payload.decode() for t, m in late.retained.items()}
             cancel = c["c1_plan_cancel"]
             await inbox.client.publish(cancel["command_topic"], cancel["payload_press"], qos=1)
             await inbox.wait_for(f"{PLAN}/state", "none")
