@@ -1,6 +1,8 @@
 """Dynamic load management and solar surplus: rules by hand with explicit times, and a
 simulated site under any load profile and event order (hypothesis)."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -20,8 +22,9 @@ class Site:
         self.cfg, self.state, self.house = cfg, DlmState(), house
         self.offers = {}
 
-    def demand(self, name, max_a=32.0, phases=(0, 1, 2), priority=0):
-        draw = self.offers.get(name, 0.0)
+    def demand(self, name, max_a=32.0, phases=(0, 1, 2), priority=0, draw=None):
+        """draw: what the EV draws per phase (default: its offer)."""
+        draw = self.offers.get(name, 0.0) if draw is None else draw
         measured = tuple(draw if p in phases else 0.0 for p in range(3))
         return Demand(name, max_a, phases, measured, priority)
 
@@ -183,6 +186,96 @@ def test_a_finished_session_frees_its_share_after_the_grace():
     o = s.at(8, [s.demand("1", max_a=0.0), s.demand("2")])["2"]
     assert o.current_a == 10.0 and o.until == 30.0  # 2 started at 0: a raise waits 30 s
     assert s.at(30, [s.demand("1", max_a=0.0), s.demand("2")])["2"].current_a == 20.0
+
+
+# --- sharing by what is measured -------------------------------------------------------
+
+def test_a_new_session_waits_until_the_other_ev_is_measured_lower_not_only_for_its_grace():
+    # issue 22: connector 1's EV keeps drawing 16 A after its offer is lowered for connector 2
+    s = Site(SiteConfig(breaker_a=(16.0,) * 3, headroom_a=0.0), house=ZERO)
+    assert s.at(0, [s.demand("1")])["1"].current_a == 16.0
+    offers = s.at(10, [s.demand("1", draw=16.0), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (8.0, 0.0)
+    offers = s.at(15, [s.demand("1", draw=16.0), s.demand("2")])  # its grace is over: still 16 A
+    assert offers["2"].current_a == 0.0 and "1 to lower" in offers["2"].reason
+    offers = s.at(15.5, [s.demand("1", draw=16.0), s.demand("2")], reading=False)
+    assert offers["2"].current_a == 0.0
+    offers = s.at(16, [s.demand("1", draw=0.0), s.demand("2")])  # the core opened it (overcurrent)
+    assert offers["2"].current_a == 8.0
+
+
+def test_a_new_session_starts_at_the_grace_when_the_reading_shows_the_other_ev_lowered():
+    s = Site(SiteConfig(breaker_a=(16.0,) * 3, headroom_a=0.0), house=ZERO)
+    s.at(0, [s.demand("1")])
+    s.at(10, [s.demand("1", draw=16.0), s.demand("2")])
+    assert s.at(15, [s.demand("1", draw=8.0), s.demand("2")])["2"].current_a == 8.0
+
+
+def test_an_ev_drawing_more_than_offered_is_offered_less_by_its_excess():
+    s = Site(SiteConfig(breaker_a=(16.0,) * 3, headroom_a=0.0), house=ZERO)
+    assert s.at(0, [s.demand("1")])["1"].current_a == 16.0
+    assert s.at(10, [s.demand("1", draw=17.5)])["1"].current_a == 14.5
+
+
+SHARING = replace(CFG, raise_interval_s=30.0, draw_margin_a=1.0, reoffer_interval_s=300.0)
+
+
+def two_evs_one_drawing_6_a():
+    """Room 16 A for two EVs; EV 1 draws at most 6 A. Readings every 5 s up to `until`."""
+    s = Site(SHARING, house=(8.0, 8.0, 8.0))
+    offers = s.at(0, [s.demand("1"), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (8.0, 8.0)
+    return s
+
+
+def run(s, start, end, draw1=6.0):
+    offers = {}
+    for t in range(start, end + 1, 5):
+        offers[t] = s.at(t, [s.demand("1", draw=min(draw1, s.offers.get("1", 0.0))), s.demand("2")])
+    return offers
+
+
+def test_room_an_ev_does_not_use_goes_to_the_others_with_hysteresis():
+    s = two_evs_one_drawing_6_a()
+    offers = run(s, 5, 30)  # drawing 2 A under its offer since 5 s: not yet raise_interval_s
+    assert offers[30]["1"].current_a == 8.0 and offers[30]["2"].current_a == 8.0
+    offers = run(s, 35, 40)
+    assert offers[35]["1"].current_a == 7.0 and "drawing 6.0 A" in offers[35]["1"].reason
+    assert offers[35]["2"].current_a == 8.0  # 1 may still draw 8 A for its grace
+    assert offers[40]["2"].current_a == 9.0  # measured: 1 takes 6 A of its 7
+    offers = run(s, 45, 200)
+    assert all(o["1"].current_a == 7.0 and o["2"].current_a == 9.0 for o in offers.values())
+
+
+def test_an_ev_that_draws_up_to_its_ceiling_gets_its_fair_share_back():
+    s = two_evs_one_drawing_6_a()
+    run(s, 5, 40)
+    offers = run(s, 45, 45, draw1=7.0)  # it takes all of its 7 A: it may want more
+    assert offers[45]["2"].current_a == 8.0
+    offers = run(s, 50, 50, draw1=8.0)
+    assert offers[50]["1"].current_a == 8.0
+
+
+def test_an_ev_with_a_ceiling_is_offered_its_share_again_every_reoffer_interval():
+    s = two_evs_one_drawing_6_a()
+    run(s, 5, 330)
+    assert s.offers == {"1": 7.0, "2": 9.0}
+    assert lm.next_deadline(SHARING, s.state, 330) == 335.0
+    offers = run(s, 335, 340, draw1=32.0)  # the re-offer: now it takes what it gets
+    assert offers[335]["2"].current_a == 8.0
+    assert offers[340]["1"].current_a == 8.0
+    offers = run(s, 345, 600, draw1=32.0)
+    assert all(o["1"].current_a == 8.0 and o["2"].current_a == 8.0 for o in offers.values())
+
+
+def test_min_first_gives_every_waiting_connector_6_a_before_any_gets_more():
+    cfg = SiteConfig(share="priority", min_first=True)
+    s = Site(cfg, house=(4.0, 4.0, 4.0))
+    offers = s.at(0, [s.demand("1"), s.demand("2", priority=1)])
+    assert (offers["1"].current_a, offers["2"].current_a) == (6.0, 14.0)
+    s = Site(cfg, house=(12.0, 12.0, 12.0))  # room 12 A: both at 6
+    offers = s.at(0, [s.demand("1"), s.demand("2", priority=1), s.demand("3", priority=2)])
+    assert [offers[c].current_a for c in "321"] == [6.0, 6.0, 0.0]
 
 
 # --- any load profile, any event order --------------------------------------------------

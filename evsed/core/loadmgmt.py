@@ -19,7 +19,7 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     their grace AND a reading shows them drawing less (or opened by the core's overcurrent
     rule after the grace), and only then starts: never over the budget, even briefly.
   - Shared by what EVs draw: an EV that draws at every reading for max(grace_s,
-    raise_interval_s) more than 2 x draw_margin_a under its offer is offered what it draws
+    raise_interval_s) 2 x draw_margin_a or more under its offer is offered what it draws
     plus draw_margin_a (at least 6 A); the rest goes to the others. The ceiling goes when it
     draws within draw_margin_a / 2 of it, and every reoffer_interval_s it is offered its fair
     share again, to see whether it takes more (SmartEVSE and evcc re-offer the same way).
@@ -165,6 +165,8 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
                 sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
                              paused=True)
                 reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+            elif over := _drawing_more(shares, d):
+                reasons[d.connector] = (f"waiting for {over} to lower (as measured)", None)
             else:
                 reasons[d.connector] = (f"waiting for room: {max(t, 0.0):.1f} A of 6 A", None)
         elif t < sh.offer_a:
@@ -219,7 +221,7 @@ def _watch_draw(cfg: SiteConfig, sh: Share, now: float) -> Share:
             return replace(sh, ceiling_a=None, low_since=None)
         return sh
     settled = now >= max(sh.raised_at + cfg.grace_s, sh.committed_until)  # had time to take it
-    if not settled or drawn >= sh.offer_a - 2 * cfg.draw_margin_a:
+    if not settled or drawn > sh.offer_a - 2 * cfg.draw_margin_a + _EPS:
         return replace(sh, low_since=None)
     since = sh.low_since if sh.low_since is not None else now
     if now - since < max(cfg.grace_s, cfg.raise_interval_s):
@@ -314,22 +316,27 @@ def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, 
             return sh, ("raise held", sh.raised_at + cfg.raise_interval_s)
         if target - sh.offer_a < cfg.raise_step_a and target < d.max_a:
             return sh, ("", None)
-    fits, busy, drawing = True, [], set()
+    fits, busy = True, []
     for p in d.phases:  # what the others may be drawing on my phases: offered, lowered or measured
         others = [(n, o) for n, o in shares.items() if n != d.connector]
         if sum(_held(o, p, now) for _, o in others) + target > budget[p] + _EPS:
             fits = False
             busy += [(n, o.committed_until) for n, o in others
                      if p in o.phases and now < o.committed_until]
-            drawing |= {n for n, o in others if o.drawn_a[p] > o.offer_a + _EPS}
     if fits:
         return replace(sh, offer_a=target, raised_at=now, paused=False), ("", None)
     if busy:
         names = ", ".join(sorted({n for n, _ in busy}))
         return sh, (f"waiting for {names} to lower", max(t for _, t in busy))
-    if drawing:  # lowered for their grace, but the last reading still shows them drawing more
-        return sh, (f"waiting for {', '.join(sorted(drawing))} to lower (as measured)", None)
+    if over := _drawing_more(shares, d):  # lowered for their grace, a reading shows them drawing more
+        return sh, (f"waiting for {over} to lower (as measured)", None)
     return sh, ("waiting for room", None)
+
+
+def _drawing_more(shares: dict[str, Share], d: Demand) -> str:
+    """The others that drew more than their offers on d's phases at the last reading (names)."""
+    return ", ".join(sorted(n for n, o in shares.items() if n != d.connector
+                            and any(o.drawn_a[p] > o.offer_a + _EPS for p in d.phases)))
 
 
 def _held(sh: Share, p: int, now: float) -> float:
