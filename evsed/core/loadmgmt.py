@@ -49,6 +49,7 @@ from typing import Sequence
 from evsed.core.pilot import MIN_CURRENT_A
 
 PHASES = 3
+PHASE_DRAWN_A = 1.0  # an EV draws on a phase when it takes more than this there
 _EPS = 1e-9
 
 
@@ -194,7 +195,7 @@ def next_deadline(cfg: SiteConfig, state: DlmState, now: float) -> float | None:
     return min(future) if future else None
 
 
-def phases_in_use(measured_a: Sequence[float], threshold_a: float = 1.0) -> tuple[int, ...]:
+def phases_in_use(measured_a: Sequence[float], threshold_a: float = PHASE_DRAWN_A) -> tuple[int, ...]:
     """The phases an EV draws on (more than threshold_a), all three when none does."""
     used = tuple(p for p in range(PHASES) if measured_a[p] > threshold_a)
     return used or tuple(range(PHASES))
