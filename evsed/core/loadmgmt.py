@@ -44,7 +44,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Collection, Sequence
 
 from evsed.core.pilot import MIN_CURRENT_A
 
@@ -154,7 +154,8 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
                                             d.connector))
     sharing = [_capped(d, shares[d.connector]) for d in ranked
                if now >= shares[d.connector].paused_until]
-    targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing)
+    targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
+                       {n for n, sh in shares.items() if sh.paused})
     reasons: dict[str, tuple[str, float | None]] = {
         d.connector: ("not asking for current", None) for d in demands if d not in wanting}
     for d in ranked:  # every lowering first, so raises see the room they leave
@@ -248,16 +249,18 @@ def _less_excess(budget: list[float], shares: dict[str, Share], wanting: list[De
     return [max(0.0, a) for a in out]
 
 
-def _targets(cfg: SiteConfig, budget: list[float], ranked: list[Demand]) -> dict[str, float]:
+def _targets(cfg: SiteConfig, budget: list[float], ranked: list[Demand],
+             paused: Collection[str] = ()) -> dict[str, float]:
     """Each sharing connector's target (A, floored to 0.1), before the time rules."""
     if cfg.share == "priority":
         left, out = list(budget), {d.connector: 0.0 for d in ranked}
-        if cfg.min_first:  # 6 A each, in rank order while the room lasts; then the rest by rank
-            for d in ranked:
-                if all(left[p] >= MIN_CURRENT_A for p in d.phases):
-                    out[d.connector] = MIN_CURRENT_A
+        if cfg.min_first:  # 6 A each (a paused one: what it resumes at), in rank order while the
+            for d in ranked:  # room lasts; then the rest by rank
+                least = min(d.max_a, MIN_CURRENT_A + (cfg.resume_margin_a if d.connector in paused else 0.0))
+                if all(left[p] >= least for p in d.phases):
+                    out[d.connector] = least
                     for p in d.phases:
-                        left[p] -= MIN_CURRENT_A
+                        left[p] -= least
         for d in ranked:
             more = max(0.0, min(d.max_a - out[d.connector], *(left[p] for p in d.phases)))
             if out[d.connector] == 0 and more < MIN_CURRENT_A:
