@@ -238,14 +238,15 @@ def _capped(d: Demand, sh: Share) -> Demand:
 
 def _less_excess(budget: list[float], shares: dict[str, Share], wanting: list[Demand],
                  state: DlmState) -> list[float]:
-    """The budget less what EVs draw beyond their offers, seen at a reading after their grace:
-    the offers together then leave room for that excess."""
+    """The budget less what EVs drew beyond what they were allowed at the last reading (their
+    offer, or a lowered one's old offer in its grace): the offers together leave room for it."""
     out = list(budget)
     for d in wanting:
         sh = shares[d.connector]
-        if sh.offer_a > 0 and state.reading_at is not None and state.reading_at >= sh.committed_until:
+        if sh.offer_a > 0 and state.reading_at is not None:
+            allowed = max(sh.offer_a, sh.committed_a if state.reading_at < sh.committed_until else 0.0)
             for p in sh.phases:
-                out[p] -= max(0.0, sh.drawn_a[p] - sh.offer_a)
+                out[p] -= max(0.0, sh.drawn_a[p] - allowed)
     return [max(0.0, a) for a in out]
 
 
