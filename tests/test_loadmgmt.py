@@ -250,6 +250,7 @@ def test_room_an_ev_does_not_use_goes_to_the_others_with_hysteresis():
 def test_an_ev_that_draws_up_to_its_ceiling_gets_its_fair_share_back():
     s = two_evs_one_drawing_6_a()
     run(s, 5, 40)
+    assert s.offers == {"1": 7.0, "2": 9.0}
     offers = run(s, 45, 45, draw1=7.0)  # it takes all of its 7 A: it may want more
     assert offers[45]["2"].current_a == 8.0
     offers = run(s, 50, 50, draw1=8.0)
