@@ -20,9 +20,9 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     rule after the grace), and only then starts: never over the budget, even briefly.
   - Shared by what EVs draw: an EV that draws at every reading for max(grace_s,
     raise_interval_s) 2 x draw_margin_a or more under its offer is offered what it draws
-    plus draw_margin_a (at least 6 A); the rest goes to the others. The ceiling goes when it
-    draws within draw_margin_a / 2 of it, and every reoffer_interval_s it is offered its fair
-    share again, to see whether it takes more (SmartEVSE and evcc re-offer the same way).
+    plus draw_margin_a (at least 6 A) while another shares a phase with it; the rest goes to
+    the others. The ceiling goes when it draws within draw_margin_a / 2 of it, and every
+    reoffer_interval_s it is offered its fair share again, to see whether it takes more.
   - The site meter silent for meter_timeout_s: the budget becomes fallback_a per phase for
     all EVs together, so the EVs are at it at most meter_timeout_s + grace_s after the
     last reading. Status says so.
@@ -152,7 +152,7 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
             shares[name] = _lowered(cfg, sh, 0.0, now)
     ranked = sorted(wanting, key=lambda d: (-d.priority, shares[d.connector].offer_a == 0,
                                             d.connector))
-    sharing = [_capped(d, shares[d.connector]) for d in ranked
+    sharing = [_capped(d, shares[d.connector], wanting) for d in ranked
                if now >= shares[d.connector].paused_until]
     targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
                        {n for n, sh in shares.items() if sh.paused})
@@ -232,8 +232,12 @@ def _watch_draw(cfg: SiteConfig, sh: Share, now: float) -> Share:
                    ceiling_a=max(MIN_CURRENT_A, _floor(drawn + cfg.draw_margin_a)))
 
 
-def _capped(d: Demand, sh: Share) -> Demand:
-    return d if sh.ceiling_a is None else replace(d, max_a=min(d.max_a, sh.ceiling_a))
+def _capped(d: Demand, sh: Share, wanting: list[Demand]) -> Demand:
+    """d under its ceiling, when another connector shares a phase with it (alone, the room it
+    leaves would go to no one, and its offer stays as it was)."""
+    if sh.ceiling_a is None or not any(set(o.phases) & set(d.phases) for o in wanting if o is not d):
+        return d
+    return replace(d, max_a=min(d.max_a, sh.ceiling_a))
 
 
 def _less_excess(budget: list[float], shares: dict[str, Share], wanting: list[Demand],
