@@ -6,8 +6,8 @@ connectors; solar_step() turns export into an offer. Pure: monotonic seconds, no
 The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 on the rest):
   - room = breaker - (site current - our EVs' measured current) - headroom, at each reading;
     the EVs' offers together never get more than the room (their budget), less what an EV
-    draws beyond its offer once its grace is over (so an EV that takes a little more than it
-    is offered costs everyone, itself too, and never the breaker).
+    drew at the reading beyond what it was allowed then (its offer; a lowered one's old offer
+    in its grace): an EV that takes a little more than offered costs everyone, itself too.
   - An overload is answered at the reading that shows it: offers drop at once. A raise waits
     raise_interval_s after the last raise and must be worth raise_step_a (damping).
   - A connector whose share falls under 6 A pauses (offer 0) for min_pause_s, and resumes
@@ -142,7 +142,7 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
     for d in demands:
         sh = replace(shares.get(d.connector, Share()), phases=d.phases)
         if site_current_a is not None:
-            sh = _watch_draw(cfg, replace(sh, drawn_a=tuple(d.measured_a)), now)  # type: ignore[arg-type]
+            sh = _watch_draw(cfg, replace(sh, drawn_a=d.measured_a), now)
         if sh.ceiling_a is not None and now >= sh.ceiling_at + cfg.reoffer_interval_s:
             sh = replace(sh, ceiling_a=None, low_since=None)  # the fair share again: does it take more?
         shares[d.connector] = sh
