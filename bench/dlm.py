@@ -4,7 +4,9 @@
    meter_interval_s. At a random moment the house load jumps on L1; the time from that change
    to the pilot's lower duty is recorded. Goal: one meter period + 50 ms at most. Reference in
    the same run: the meter period itself (the wait a reading can take is uniform over it).
-2. Solar share: simulator/scenarios/solar_day.toml's profile, run through the scenario runner in
+2. A shared 16 A supply where one EV ignores its lowered offer: when the other session starts
+   and the site's highest current (simulator/scenarios/ev_ignores_lower_offer.toml, virtual clock).
+3. Solar share: simulator/scenarios/solar_day.toml's profile, run through the scenario runner in
    solar mode; the EV's energy from surplus against the most a controller could have taken from
    the same PV (evsed.core.loadmgmt.surplus_share).
 
@@ -110,6 +112,25 @@ def solar_share() -> loadmgmt.SurplusShare:
                                   ev_min_w=6 * 3 * v, ev_max_w=32 * 3 * v)
 
 
+def ignored_offer() -> tuple[float, float | None, float | None]:
+    """simulator/scenarios/ev_ignores_lower_offer.toml: the site's highest phase current at every
+    poll, when connector 1 opened and when connector 2 closed (virtual s)."""
+    r = scenario.load(ROOT / "simulator" / "scenarios" / "ev_ignores_lower_offer.toml")
+    seen = {"grid": 0.0, "opened": None, "closed": None}
+    original = r._poll
+
+    def watch():
+        original()
+        seen["grid"] = max(seen["grid"], max(r.world.site.grid_a()))
+        if seen["opened"] is None and r.now > 10 and not r.world.connector(1).contactor_closed:
+            seen["opened"] = r.now
+        if seen["closed"] is None and r.world.connector(2).contactor_closed:
+            seen["closed"] = r.now
+    r._poll = watch
+    asyncio.run(r.run(verbose=False))
+    return seen["grid"], seen["opened"], seen["closed"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cycles", type=int, default=20)
@@ -121,6 +142,9 @@ def main() -> int:
     print(f"  median {statistics.median(lat) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms; "
           f"reference: meter period {args.meter_interval * 1000:.0f} ms; goal <= {goal * 1000:.0f} ms: "
           f"{'met' if max(lat) <= goal else 'NOT met'}")
+    grid, opened, closed = ignored_offer()
+    print(f"16 A supply, connector 1's EV ignores its lowered offer (connector 2 asks at 10 s): connector 1 opened "
+          f"at {opened:g} s, connector 2 closed at {closed:g} s; site at most {grid:.1f} A (budget 16 A)")
     share = solar_share()
     print(f"solar day (simulator/scenarios/profiles/solar_day.csv, solar mode): EV took {share.ev_energy_wh} Wh, "
           f"{share.from_surplus_wh} Wh from surplus = {share.share:.1%}; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,25 @@ def test_the_site_stays_under_its_breaker_but_for_the_reaction_time_and_no_offer
     offers = [e.data["offered_a"] for _, _, e in r.events if e.type == "pilot.output" and e.data["mode"] == "pwm"]
     assert all(a >= 6.0 - 0.05 for a in offers)
     assert r.seen and offers  # the EV charged at some point: the checks saw something
+
+
+CONNECTOR = {"id": 1, "cable_a": 32, "pilot": {"backend": "sim"}, "contactor": {"backend": "sim", "feedback": True},
+             "meter": {"backend": "sim"}}
+
+
+@pytest.mark.parametrize("declared_by", ["connector", "group"])
+def test_declared_phases_let_a_one_phase_ev_start_beside_a_full_phase(tmp_path, declared_by):
+    """L2 is full: with all three phases assumed the EV waits; declared as L1 only, it starts."""
+    config: dict = {"site": {"breaker_a": 25, "headroom_a": 1, "meter": {"backend": "sim"}},
+                    "connector": [dict(CONNECTOR, phases=[1]) if declared_by == "connector" else CONNECTOR]}
+    if declared_by == "group":
+        config["group"] = [{"name": "van", "phases": [1]}]
+        config["card"] = [{"uid": "04A1B2C3", "group": "van"}]
+    steps = [{"t": 0.5, "do": "site", "l1_a": 8, "l2_a": 21, "l3_a": 8},
+             {"t": 0.6, "do": "ev", "phases": 1, "max_current_a": 32},
+             {"t": 1, "do": "plug"}, {"t": 2, "do": "tap", "card": "04A1B2C3"},
+             {"t": 2, "within": 3, "expect": {"contactor": "closed", "offered_a": 16}},
+             {"t": 6, "until": 30, "expect": {"offered_a": 16, "grid_max_a": 25}}]
+    r = scenario.Runner(tmp_path / "declared.toml", {"config": config, "step": steps})
+    result = asyncio.run(r.run(verbose=False))
+    assert result.failed == [] and len(result.passed) == 2

@@ -66,6 +66,35 @@ def test_the_local_list_says_why_it_refuses(tmp_path, uid, reason):
     assert verdict.result == "reject" and verdict.reason == reason
 
 
+EVENING = '''
+start = 2026-01-05T18:30:00+01:00
+[[config.group]]
+name = "evening"
+windows = ["evening"]
+[[config.card]]
+uid = "01010101"
+group = "evening"
+[[config.window]]
+name = "evening"
+start = "17:00"
+end = "22:00"
+action = "allow"
+[[config.window]]
+name = "peak"
+start = "18:00"
+end = "19:00"
+action = "forbid"
+'''
+
+
+def test_a_card_refused_by_a_charger_wide_forbid_window_is_told_that_window_not_its_groups(tmp_path):
+    r = runner(tmp_path, EVENING)  # 18:30: the group's window is open, the charger-wide "peak" is not
+    verdict = r.charger.auth.local.verdict("01010101")
+    assert verdict.result == "reject" and verdict.reason == "forbidden by window 'peak' until 19:00"
+    r.charger.present_card("01010101")
+    assert r.ctrls[0].state.refusal == "forbidden by window 'peak' until 19:00"
+
+
 def test_an_unknown_card_is_refused_as_unknown(tmp_path):
     r = runner(tmp_path, GROUPS)
     r.charger.present_card("0BADCAFE")

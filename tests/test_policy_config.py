@@ -144,6 +144,41 @@ def test_a_load_management_key_without_a_breaker_says_so():
     assert "headroom_a: goes with breaker_a" in error('[site]\nheadroom_a = 2\n[site.meter]\nbackend = "sim"\n')
 
 
+def test_sharing_keys_and_declared_phases():
+    cfg = config.parse(BASE.replace("[[connector]]", "[[connector]]\nphases = [2]") + '''
+[[group]]
+name = "vans"
+phases = [1, 2, 3]
+[site]
+breaker_a = 25
+min_first = true
+draw_margin_a = 0.5
+reoffer_interval_s = 600
+[site.meter]
+backend = "sim"
+''', "e.toml")
+    dlm = cfg.site.load.dlm
+    assert (dlm.min_first, dlm.draw_margin_a, dlm.reoffer_interval_s) == (True, 0.5, 600)
+    assert cfg.connectors[0].phases == (2,) and cfg.policy.group("vans").phases == (1, 2, 3)
+
+
+@pytest.mark.parametrize("phases", ["[0]", "[1, 1]", "[4]", "[]", "3", "[true]"])
+def test_declared_phases_are_a_list_of_1_to_3(phases):
+    err = error(f'[[group]]\nname = "g"\nphases = {phases}\n')
+    assert "[group] phases" in err
+
+
+def test_a_one_phase_charger_has_only_phase_1():
+    with pytest.raises(config.ConfigError) as exc:
+        config.parse(BASE.replace("[charger]", "[charger]\nphases = 1").replace("[[connector]]", "[[connector]]\nphases = [2]"),
+                     "evsed.toml")
+    assert "[connector] phases: a one-phase charger" in str(exc.value)
+
+
+def test_a_sharing_key_without_a_breaker_says_so():
+    assert "min_first: goes with breaker_a" in error('[site]\nmin_first = true\n[site.meter]\nbackend = "sim"\n')
+
+
 def test_connector_priority_and_socket():
     cfg = config.parse(BASE.replace("[[connector]]", "[[connector]]\ncable_a = 20\npriority = 3"), "e.toml")
     assert cfg.connectors[0].priority == 3 and not cfg.connectors[0].socket

@@ -54,6 +54,7 @@ class ConnectorConfig:
     socket: bool = False  # cable_a = "socket": the plugged cable's rating is read from its PP resistor
     priority: int = 0  # load management: higher first
     breaker_a: float | None = None  # the circuit breaker feeding this connector, A per phase
+    phases: tuple[int, ...] | None = None  # the phases (1 = L1) its vehicle draws on, when known
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ def build(data: dict, path: Path | str, lines: dict[str, int] | None = None) -> 
                     _simulator(top), _site(top, charger, timing), _authorization(top), tariff_config.parse(top),
                     sections=MappingProxyType(sections),
                     policy=policy_config.parse(top, charger.timezone, charger.unsynced_clock,
-                                               {c.group for c in cards if c.group}),
+                                               {c.group for c in cards if c.group}, charger.phases),
                     control=_control(top))
     top.done()
     _pins_used_once(top)
@@ -542,7 +543,8 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
             contactor=_device(_required(t, contactor, "contactor"), "contactor"),
             rcd=_device(rcd, "rcd") if rcd else None, meter=_device(meter, "meter") if meter else None,
             socket=t.data.get("cable_a", "socket") == "socket", priority=t.get("priority", int, 0, min=0, max=99),
-            breaker_a=t.get("breaker_a", float, None, min=6, max=1000))
+            breaker_a=t.get("breaker_a", float, None, min=6, max=1000),
+            phases=phase_list(t, charger.phases))
         t.done()
         if conn.id in seen:
             first = seen[conn.id]
@@ -550,6 +552,19 @@ def _connectors(top: _Table, charger: ChargerConfig) -> tuple[ConnectorConfig, .
         seen[conn.id] = t.line("id")
         out.append(conn)
     return tuple(out)
+
+
+def phase_list(t: _Table, supply_phases: int, key: str = "phases") -> tuple[int, ...] | None:
+    """A known vehicle's phases: a list of 1..3 (1 = L1), each once; only [1] on a one-phase supply."""
+    raw = t.get(key, list, None)
+    if raw is None:
+        return None
+    if not raw or len(raw) > 3 or len(set(raw)) != len(raw) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 3 for n in raw):
+        raise t.error(key, f"expected a list of phases 1..3 (1 = L1), each once, got {_echo(raw)}")
+    if supply_phases == 1 and raw != [1]:
+        raise t.error(key, "a one-phase charger ([charger] phases = 1) has only phase [1]")
+    return tuple(sorted(raw))
 
 
 def _required(parent: _Table, table: _Table | None, key: str) -> _Table:

@@ -51,6 +51,7 @@ class Group:
     mode: str | None = None  # None: the charger's mode
     battery_kwh: float | None = None  # its vehicles' usable battery: a plan to 80 % needs it
     plan: GroupPlan | None = None  # None: its sessions charge as they come unless given a plan
+    phases: tuple[int, ...] | None = None  # the phases (1 = L1) its vehicles draw on, when known
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,10 @@ class PolicyConfig:
         return self.groups.get(name or "") or Group(name or "")
 
 
-def parse(top: _Table, timezone: str, unsynced: str, card_groups: set[str]) -> PolicyConfig:
+def parse(top: _Table, timezone: str, unsynced: str, card_groups: set[str],
+          supply_phases: int = 3) -> PolicyConfig:
     """[[group]] and [[window]]; windows in the charger's time zone."""
-    groups = _groups(top)
+    groups = _groups(top, supply_phases)
     known = set(groups) | card_groups
     plain, modal = _windows(top, groups, known)
     schedule = windows.Schedule(ZoneInfo(timezone), tuple(plain), windows.UnsyncedRule(unsynced))
@@ -98,8 +100,8 @@ def _array(top: _Table, key: str) -> list[tuple[int, dict]]:
     return list(enumerate(raw))
 
 
-def _groups(top: _Table) -> dict[str, Group]:
-    from evsed.config import _Table as Table
+def _groups(top: _Table, supply_phases: int) -> dict[str, Group]:
+    from evsed.config import _Table as Table, phase_list
     out: dict[str, Group] = {}
     for index, item in _array(top, "group"):
         t = Table(top.path, top.lines, item, f"group[{index}]")
@@ -109,7 +111,8 @@ def _groups(top: _Table) -> dict[str, Group]:
         cap = t.get("max_current_a", float, None, min=0, max=80)
         g = Group(name, cap, t.get("stop_by", str, "card", choices=STOP_BY), t.get("master", bool, False),
                   t.get("free_vend_exempt", bool, False), t.get("mode", str, None, choices=MODES),
-                  t.get("battery_kwh", float, None, min=1, max=300), _group_plan(t))
+                  t.get("battery_kwh", float, None, min=1, max=300), _group_plan(t),
+                  phase_list(t, supply_phases))
         t.used.add("windows")
         names = item.get("windows", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -229,10 +232,13 @@ def parse_site(t: _Table | None, voltage_v: float, timing: Any) -> SiteLoad:
             raise_step_a=t.get("raise_step_a", float, d.raise_step_a, min=0, max=32),
             min_pause_s=t.get("min_pause_s", float, d.min_pause_s, min=0, max=3600),
             resume_margin_a=t.get("resume_margin_a", float, d.resume_margin_a, min=0, max=32),
-            share=t.get("share", str, d.share, choices=("equal", "priority")))
+            share=t.get("share", str, d.share, choices=("equal", "priority")),
+            min_first=t.get("min_first", bool, d.min_first),
+            draw_margin_a=t.get("draw_margin_a", float, d.draw_margin_a, min=0.1, max=32),
+            reoffer_interval_s=t.get("reoffer_interval_s", float, d.reoffer_interval_s, min=10, max=86400))
     else:
         for key in ("headroom_a", "fallback_a", "meter_timeout_s", "raise_interval_s", "raise_step_a",
-                    "min_pause_s", "resume_margin_a", "share"):
+                    "min_pause_s", "resume_margin_a", "share", "min_first", "draw_margin_a", "reoffer_interval_s"):
             if key in t.data:
                 raise t.error(key, "goes with breaker_a (load management is off without it)")
     solar = loadmgmt.SolarConfig(

@@ -5,23 +5,36 @@ connectors; solar_step() turns export into an offer. Pure: monotonic seconds, no
 
 The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 on the rest):
   - room = breaker - (site current - our EVs' measured current) - headroom, at each reading;
-    the EVs' offers together never get more than the room (their budget).
+    the EVs' offers together never get more than the room (their budget), less what an EV
+    drew at the reading beyond what it was allowed then (its offer; a lowered one's old offer
+    in its grace): an EV that takes a little more than offered costs everyone, itself too.
   - An overload is answered at the reading that shows it: offers drop at once. A raise waits
     raise_interval_s after the last raise and must be worth raise_step_a (damping).
   - A connector whose share falls under 6 A pauses (offer 0) for min_pause_s, and resumes
     when its share reaches 6 A plus resume_margin_a.
-  - No raise or start spends room an EV may still be using: a lowered EV may draw its old
-    offer for grace_s (IEC 61851-1 gives it 5 s; stop_grace_s when paused), so a new session
-    waits for the others' grace to end ("waiting for ... to lower", until) and only then
-    starts: never over the budget, even briefly.
+  - Room as measured: no raise or start spends room an EV may still be using. Another EV
+    holds, on each of its phases, the most of its offer, its old offer for the grace after a
+    lowering (grace_s; stop_grace_s when paused), and what it drew at the last reading. So a
+    new session waits ("waiting for ... to lower", until) until the others were lowered for
+    their grace AND a reading shows them drawing less (or opened by the core's overcurrent
+    rule after the grace), and only then starts: never over the budget, even briefly.
+  - Shared by what EVs draw: an EV that draws at every reading for max(grace_s,
+    raise_interval_s) 2 x draw_margin_a or more under its offer is offered what it draws
+    plus draw_margin_a (at least 6 A) while another shares a phase with it; the rest goes to
+    the others. The ceiling goes when it draws within draw_margin_a / 2 of it, and every
+    reoffer_interval_s it is offered its fair share again, to see whether it takes more.
   - The site meter silent for meter_timeout_s: the budget becomes fallback_a per phase for
     all EVs together, so the EVs are at it at most meter_timeout_s + grace_s after the
     last reading. Status says so.
   - Sharing: "equal" (max-min fair over the phases each EV uses; if that leaves someone
     under 6 A, the lowest-ranked of those pauses) or "priority" (by rank, each takes what it
-    can). Rank: priority, then already charging, then connector id.
-So the EVs never draw more than the budget in force at some moment of the last grace, and
-the site exceeds the breaker only when other loads rose by more than the headroom since a
+    can). With min_first, every connector that wants current first gets 6 A, in rank order
+    as far as the room goes, before any gets more. Rank: priority, then already charging,
+    then connector id.
+So the EVs never draw more than the budget in force at some moment of the last grace (an EV
+that ignores a lower offer by more than the core's overcurrent margin is opened after its
+grace; one within the margin is offered less by its excess at the next reading), and the
+site exceeds the breaker only when other loads rose by more than the headroom since a
 reading: for at most one meter period plus the grace (with the meter silent, until the
 fallback plus the grace), unless the other loads alone exceed it.
 """
@@ -31,11 +44,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Collection, Sequence
 
 from evsed.core.pilot import MIN_CURRENT_A
 
 PHASES = 3
+PHASE_DRAWN_A = 1.0  # an EV draws on a phase when it takes more than this there
 _EPS = 1e-9
 
 
@@ -54,6 +68,9 @@ class SiteConfig:
     min_pause_s: float = 120.0  # peers use 60-300 s
     resume_margin_a: float = 1.0
     share: str = "equal"  # or "priority"
+    min_first: bool = False  # every wanting connector gets 6 A before any gets more
+    draw_margin_a: float = 1.0  # an EV drawing less than offered keeps this much above its draw
+    reoffer_interval_s: float = 300.0  # ... and is offered its fair share again this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +96,10 @@ class Share:
     raised_at: float = -math.inf
     paused_until: float = -math.inf
     paused: bool = False  # by load management, not resumed since: resuming needs the margin
+    drawn_a: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per phase, at the last reading
+    low_since: float | None = None  # drawing well under its offer at every reading since then
+    ceiling_a: float | None = None  # offered at most this (what it draws plus the margin) ...
+    ceiling_at: float = -math.inf  # ... since then: until reoffer_interval_s later
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,21 +132,30 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
     """One decision at `now` (monotonic s): with a site reading (A per phase, import
     positive; the demands' measured_a taken with it), or without one (a demand changed,
     a deadline came). Returns the new state and an Offer per demand."""
+    shares = dict(state.shares)
     if site_current_a is not None:
         own = [sum(d.measured_a[p] for d in demands) for p in range(PHASES)]
         state = replace(state, room_a=room_a(cfg, site_current_a, own), reading_at=now)
+        for name, sh in shares.items():  # gone: what it still draws is among the other loads
+            shares[name] = replace(sh, drawn_a=(0.0, 0.0, 0.0))
     budget, silent = _budget(cfg, state, now)
-    shares = dict(state.shares)
     for d in demands:
-        shares[d.connector] = replace(shares.get(d.connector, Share()), phases=d.phases)
+        sh = replace(shares.get(d.connector, Share()), phases=d.phases)
+        if site_current_a is not None:
+            sh = _watch_draw(cfg, replace(sh, drawn_a=d.measured_a), now)
+        if sh.ceiling_a is not None and now >= sh.ceiling_at + cfg.reoffer_interval_s:
+            sh = replace(sh, ceiling_a=None, low_since=None)  # the fair share again: does it take more?
+        shares[d.connector] = sh
     wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A]
     for name, sh in shares.items():  # gone or wanting nothing: offer 0, keep what is committed
         if name not in {d.connector for d in wanting} and sh.offer_a > 0:
             shares[name] = _lowered(cfg, sh, 0.0, now)
     ranked = sorted(wanting, key=lambda d: (-d.priority, shares[d.connector].offer_a == 0,
                                             d.connector))
-    sharing = [d for d in ranked if now >= shares[d.connector].paused_until]
-    targets = _targets(cfg, budget, sharing)
+    sharing = [_capped(d, shares[d.connector], wanting) for d in ranked
+               if now >= shares[d.connector].paused_until]
+    targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
+                       {n for n, sh in shares.items() if sh.paused})
     reasons: dict[str, tuple[str, float | None]] = {
         d.connector: ("not asking for current", None) for d in demands if d not in wanting}
     for d in ranked:  # every lowering first, so raises see the room they leave
@@ -137,6 +167,8 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
                 sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
                              paused=True)
                 reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+            elif over := _drawing_more(shares, d):
+                reasons[d.connector] = (f"waiting for {over} to lower (as measured)", None)
             else:
                 reasons[d.connector] = (f"waiting for room: {max(t, 0.0):.1f} A of 6 A", None)
         elif t < sh.offer_a:
@@ -146,8 +178,8 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if d.connector not in reasons:
             shares[d.connector], reasons[d.connector] = _raise(
                 cfg, shares, d, targets[d.connector], budget, now)
-    offers = tuple(_offer(d.connector, shares[d.connector].offer_a, reasons.get(d.connector),
-                          silent) for d in demands)
+    offers = tuple(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg)
+                   for d in demands)
     return replace(state, shares=shares), offers
 
 
@@ -156,13 +188,15 @@ def next_deadline(cfg: SiteConfig, state: DlmState, now: float) -> float | None:
     times = [sh.paused_until for sh in state.shares.values()]
     times += [sh.committed_until for sh in state.shares.values()]
     times += [sh.raised_at + cfg.raise_interval_s for sh in state.shares.values()]
+    times += [sh.ceiling_at + cfg.reoffer_interval_s for sh in state.shares.values()
+              if sh.ceiling_a is not None]
     if state.reading_at is not None:
         times.append(state.reading_at + cfg.meter_timeout_s)
     future = [t for t in times if t > now]
     return min(future) if future else None
 
 
-def phases_in_use(measured_a: Sequence[float], threshold_a: float = 1.0) -> tuple[int, ...]:
+def phases_in_use(measured_a: Sequence[float], threshold_a: float = PHASE_DRAWN_A) -> tuple[int, ...]:
     """The phases an EV draws on (more than threshold_a), all three when none does."""
     used = tuple(p for p in range(PHASES) if measured_a[p] > threshold_a)
     return used or tuple(range(PHASES))
@@ -177,15 +211,68 @@ def _budget(cfg: SiteConfig, state: DlmState, now: float) -> tuple[list[float], 
     return [max(0.0, r) for r in state.room_a], None
 
 
-def _targets(cfg: SiteConfig, budget: list[float], ranked: list[Demand]) -> dict[str, float]:
+def _watch_draw(cfg: SiteConfig, sh: Share, now: float) -> Share:
+    """At a reading: the ceiling of an EV that draws less than it is offered, set, kept or
+    lifted (the hysteresis between 2 x draw_margin_a under the offer and draw_margin_a / 2
+    under the ceiling)."""
+    if sh.offer_a <= 0:
+        return replace(sh, low_since=None, ceiling_a=None)
+    drawn = max(sh.drawn_a[p] for p in sh.phases)
+    if sh.ceiling_a is not None:
+        if drawn > sh.ceiling_a - cfg.draw_margin_a / 2:  # it takes what it has: may want more
+            return replace(sh, ceiling_a=None, low_since=None)
+        return sh
+    settled = now >= max(sh.raised_at + cfg.grace_s, sh.committed_until)  # had time to take it
+    if not settled or drawn > sh.offer_a - 2 * cfg.draw_margin_a + _EPS:
+        return replace(sh, low_since=None)
+    since = sh.low_since if sh.low_since is not None else now
+    if now - since < max(cfg.grace_s, cfg.raise_interval_s):
+        return replace(sh, low_since=since)
+    return replace(sh, low_since=since, ceiling_at=now,
+                   ceiling_a=max(MIN_CURRENT_A, _floor(drawn + cfg.draw_margin_a)))
+
+
+def _capped(d: Demand, sh: Share, wanting: list[Demand]) -> Demand:
+    """d under its ceiling, when another connector shares a phase with it (alone, the room it
+    leaves would go to no one, and its offer stays as it was)."""
+    if sh.ceiling_a is None or not any(set(o.phases) & set(d.phases) for o in wanting if o is not d):
+        return d
+    return replace(d, max_a=min(d.max_a, sh.ceiling_a))
+
+
+def _less_excess(budget: list[float], shares: dict[str, Share], wanting: list[Demand],
+                 state: DlmState) -> list[float]:
+    """The budget less what EVs drew beyond what they were allowed at the last reading (their
+    offer, or a lowered one's old offer in its grace): the offers together leave room for it."""
+    out = list(budget)
+    for d in wanting:
+        sh = shares[d.connector]
+        if sh.offer_a > 0 and state.reading_at is not None:
+            allowed = max(sh.offer_a, sh.committed_a if state.reading_at < sh.committed_until else 0.0)
+            for p in sh.phases:
+                out[p] -= max(0.0, sh.drawn_a[p] - allowed)
+    return [max(0.0, a) for a in out]
+
+
+def _targets(cfg: SiteConfig, budget: list[float], ranked: list[Demand],
+             paused: Collection[str] = ()) -> dict[str, float]:
     """Each sharing connector's target (A, floored to 0.1), before the time rules."""
     if cfg.share == "priority":
-        left, out = list(budget), {}
+        left, out = list(budget), {d.connector: 0.0 for d in ranked}
+        if cfg.min_first:  # 6 A each (a paused one: what it resumes at), in rank order while the
+            for d in ranked:  # room lasts; then the rest by rank
+                least = min(d.max_a, MIN_CURRENT_A + (cfg.resume_margin_a if d.connector in paused else 0.0))
+                if all(left[p] >= least for p in d.phases):
+                    out[d.connector] = least
+                    for p in d.phases:
+                        left[p] -= least
         for d in ranked:
-            a = min(d.max_a, *(left[p] for p in d.phases))
-            out[d.connector] = a if a >= MIN_CURRENT_A else 0.0
+            more = max(0.0, min(d.max_a - out[d.connector], *(left[p] for p in d.phases)))
+            if out[d.connector] == 0 and more < MIN_CURRENT_A:
+                continue
+            out[d.connector] += more
             for p in d.phases:
-                left[p] -= out[d.connector]
+                left[p] -= more
         return {k: _floor(v) for k, v in out.items()}
     ranked = list(ranked)
     while True:
@@ -239,30 +326,46 @@ def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, 
         if target - sh.offer_a < cfg.raise_step_a and target < d.max_a:
             return sh, ("", None)
     fits, busy = True, []
-    for p in d.phases:  # what the others may be drawing on my phases, lowered or not
-        others = [(n, o) for n, o in shares.items() if n != d.connector and p in o.phases]
-        if sum(_drawable(o, now) for _, o in others) + target > budget[p] + _EPS:
+    for p in d.phases:  # what the others may be drawing on my phases: offered, lowered or measured
+        others = [(n, o) for n, o in shares.items() if n != d.connector]
+        if sum(_held(o, p, now) for _, o in others) + target > budget[p] + _EPS:
             fits = False
-            busy += [(n, o.committed_until) for n, o in others if now < o.committed_until]
+            busy += [(n, o.committed_until) for n, o in others
+                     if p in o.phases and now < o.committed_until]
     if fits:
         return replace(sh, offer_a=target, raised_at=now, paused=False), ("", None)
     if busy:
         names = ", ".join(sorted({n for n, _ in busy}))
         return sh, (f"waiting for {names} to lower", max(t for _, t in busy))
+    if over := _drawing_more(shares, d):  # lowered for their grace, a reading shows them drawing more
+        return sh, (f"waiting for {over} to lower (as measured)", None)
     return sh, ("waiting for room", None)
 
 
-def _drawable(sh: Share, now: float) -> float:
-    return max(sh.offer_a, sh.committed_a if now < sh.committed_until else 0.0)
+def _drawing_more(shares: dict[str, Share], d: Demand) -> str:
+    """The others that drew more than their offers on d's phases at the last reading (names)."""
+    return ", ".join(sorted(n for n, o in shares.items() if n != d.connector
+                            and any(o.drawn_a[p] > o.offer_a + _EPS for p in d.phases)))
 
 
-def _offer(name: str, current_a: float, why: tuple[str, float | None] | None,
-           silent: float | None) -> Offer:
+def _held(sh: Share, p: int, now: float) -> float:
+    """What an EV may be drawing on phase p (A): its offer, its old offer for the grace after a
+    lowering, and what the last reading showed, the most of them."""
+    offered = max(sh.offer_a, sh.committed_a if now < sh.committed_until else 0.0) if p in sh.phases else 0.0
+    return max(offered, sh.drawn_a[p])
+
+
+def _offer(name: str, sh: Share, why: tuple[str, float | None] | None, silent: float | None,
+           cfg: SiteConfig) -> Offer:
     reason, until = why if why is not None else ("", None)
-    reason = reason or f"site share {current_a:.1f} A"
+    if not reason and sh.ceiling_a is not None and sh.offer_a == sh.ceiling_a:
+        drawn = max(sh.drawn_a[p] for p in sh.phases)
+        reason, until = (f"drawing {drawn:.1f} A: offered {sh.offer_a:.1f} A until its share is "
+                         "offered again", sh.ceiling_at + cfg.reoffer_interval_s)
+    reason = reason or f"site share {sh.offer_a:.1f} A"
     if silent is not None:
         reason = f"site meter silent: fallback budget; {reason}"
-    return Offer(name, current_a, reason, until)
+    return Offer(name, sh.offer_a, reason, until)
 
 
 def _floor(current_a: float) -> float:

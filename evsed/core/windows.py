@@ -35,6 +35,7 @@ from datetime import datetime, time, timedelta, timezone, tzinfo
 MINUTES_PER_DAY = 1440
 _LOOK_BACK_DAYS = 2  # a window lasts at most a day; DST shifts a boundary by hours at most
 _LOOK_AHEAD_DAYS = 8  # a weekly schedule with no change in 7 days never changes
+OUTSIDE_ALLOWED = "outside the allowed windows"  # the reason when allow windows apply and none is open
 
 
 class Action(str, enum.Enum):
@@ -188,7 +189,7 @@ def _decide(spans: list[Span], has_allow: bool, at: datetime) -> tuple[bool, flo
             return False, None, f"forbidden by window {w.name!r}"
     allow = next((w for w in active if w.action is Action.ALLOW), None)
     if has_allow and allow is None:
-        return False, None, "outside the allowed windows"
+        return False, None, OUTSIDE_ALLOWED
     caps = [w for w in active if w.action is Action.CAP]
     if caps:
         # a cap window always has max_current_a (Window checks it); min() keeps the first of equals

@@ -119,7 +119,9 @@ class Charger:
         if d.allowed:
             return None
         until = d.until_utc.astimezone(self.tz).strftime("%H:%M") if d.until_utc else "further notice"
-        return f"outside the group's window until {until}"
+        # the rule that refused: the group's own allow windows, or a forbid window over them
+        rule = "outside the group's window" if d.reason == windows.OUTSIDE_ALLOWED else d.reason
+        return f"{rule} until {until}"
 
     @staticmethod
     def _meter_reader(read_meter_now: Callable[[int], None], cid: int) -> Callable[[], None]:

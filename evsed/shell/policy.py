@@ -78,6 +78,7 @@ class _Conn:
     window: windows.Decision = windows.Decision(True, None, None, "no window applies")
     solar: loadmgmt.SolarOffer = loadmgmt.SolarOffer(None, "fast mode")
     solar_state: loadmgmt.SolarState = loadmgmt.SolarState()
+    phases: tuple[int, ...] | None = None  # measured in this session (0 = L1): kept while paused
 
 
 class Policy:
@@ -198,12 +199,21 @@ class Policy:
         return next(c for c in self.config.connectors if c.id == cid)
 
     def _phases(self, ctrl: ConnectorControl) -> tuple[int, ...]:
-        r = ctrl.last_reading
+        """The phases (0 = L1) the connector's EV draws on. Measured once, they belong to the
+        session, also while it is paused; until then those its group or the connector declares;
+        else all three, the safe assumption."""
         if self.config.charger.phases == 1:
             return (0,)
-        if r is not None and ctrl.state.contactor_closed and len(r.current_a) >= 3:
-            return loadmgmt.phases_in_use(r.current_a[:3])
-        return (0, 1, 2)
+        c, r = self.conns[ctrl.id], ctrl.last_reading
+        if not ctrl.state.session:
+            c.phases = None
+        elif r is not None and ctrl.state.contactor_closed and len(r.current_a) >= 3 \
+                and max(r.current_a[:3]) > loadmgmt.PHASE_DRAWN_A:
+            c.phases = loadmgmt.phases_in_use(r.current_a[:3])
+        if c.phases is not None:
+            return c.phases
+        declared = self.config.policy.group(self.group_of(ctrl)).phases or self.connector_config(ctrl.id).phases
+        return tuple(n - 1 for n in declared) if declared else (0, 1, 2)
 
     def mode_of(self, ctrl: ConnectorControl) -> loadmgmt.Mode:
         group_mode = self.config.policy.group(self.group_of(ctrl)).mode
