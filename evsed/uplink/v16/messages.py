@@ -103,8 +103,6 @@ class Messages:
         self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
-        # a transaction's meter reading the CSMS has taken (connector, session, energy_wh)
-        self.on_delivered: Callable[[int, str, int], None] = lambda connector, session, energy_wh: None
 
     def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when it was made durable with its seq (live events: False)."""
@@ -274,10 +272,6 @@ class Messages:
                     self.state.set_transaction_id(session, int(result.transaction_id))
                 else:
                     self.state.forget_transaction(session)
-        if item.action == "MeterValues" and item.session is not None and item.connector is not None:
-            energy = energy_of([v for mv in payload["meterValue"] for v in mv["sampledValue"]])
-            if energy is not None:
-                self.on_delivered(item.connector, item.session, energy)
         return result
 
 
