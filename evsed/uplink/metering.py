@@ -52,20 +52,15 @@ ENERGY = "Energy.Active.Import.Register"  # either version's default measurand
 
 
 def energy_wh(meter_values: Any) -> int | None:
-    """The newest Energy.Active.Import.Register reading in Wh of a message's meterValue list, as
-    this uplink writes it in either version (1.6: the value a string, the unit "Wh" or left out;
-    2.0.1: a number, the unit in unitOfMeasure); None when it holds none."""
+    """The newest Energy.Active.Import.Register reading of a message's meterValue list as this
+    uplink writes it in either version (1.6: the value a string; 2.0.1: a number), in Wh; None
+    when it holds none."""
     found: int | None = None
     for mv in meter_values if isinstance(meter_values, list) else ():
         for v in mv.get("sampledValue", ()) if isinstance(mv, dict) else ():
-            if not isinstance(v, dict) or v.get("measurand", ENERGY) != ENERGY or v.get("phase"):
-                continue
-            unit = v.get("unit", (v.get("unitOfMeasure") or {}).get("unit", "Wh"))
-            scale = (v.get("unitOfMeasure") or {}).get("multiplier", 0)
-            try:
-                value = float(v["value"]) * 10 ** int(scale) * (1000 if unit == "kWh" else 1)
-            except (KeyError, TypeError, ValueError):
-                continue
-            if unit in ("Wh", "kWh") and value >= 0:
-                found = round(value)
+            if isinstance(v, dict) and v.get("measurand", ENERGY) == ENERGY and not v.get("phase"):
+                try:
+                    found = int(v["value"])
+                except (KeyError, TypeError, ValueError):
+                    continue
     return found

@@ -13,6 +13,7 @@ from ocpp.v16 import call
 
 from evsed import protocol as p
 from evsed.uplink.charger import Reading
+from evsed.uplink.metering import energy_wh
 from evsed.uplink.queue import Refused
 from evsed.uplink.state import Queued, State
 from evsed.uplink.times import iso, ms, parse_time
@@ -71,14 +72,6 @@ def sampled_values(reading: Reading | None, measurands: list[str], context: str,
             for n, volts in enumerate(reading.voltage_v, 1):
                 add(m, round(volts, 1), "V", f"L{n}-N")
     return out
-
-
-def energy_of(values: list[dict[str, str]]) -> int | None:
-    """The Energy.Active.Import.Register reading among sampled values (None: not among them)."""
-    for v in values:
-        if v["measurand"] == "Energy.Active.Import.Register":
-            return int(v["value"])
-    return None
 
 
 def precise(stamp: str | None, at: str | None) -> str | None:
@@ -238,7 +231,7 @@ class Messages:
         with self.state.transaction():
             if session:
                 payload["transactionId"] = 0
-                self.state.sent(connector, energy_of(values), at)
+                self.state.sent(connector, energy_wh([{"sampledValue": values}]), at)
             self.state.enqueue("MeterValues", payload, session=session["session"] if session else None,
                                connector=connector, tx=session is not None)
         return True
