@@ -60,6 +60,19 @@ class MeterReading:
     frequency_hz: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MeterIdentity:
+    """Who made a meter and which one it is: the vendor and model its backend knows it as, and
+    the serial number it reports. "" where the backend cannot tell, and problem says why when it
+    should have (the serial register did not answer); what a meter says is given as said
+    (whether it is usable is judged in evsed)."""
+
+    vendor: str = ""
+    model: str = ""
+    serial: str = ""
+    problem: str = ""
+
+
 # --- device interfaces ---------------------------------------------------------------
 
 
@@ -175,6 +188,15 @@ class Meter(Protocol):
     """An energy meter. read() may take tens of milliseconds on a bus, hence async."""
 
     async def read(self) -> MeterReading: ...
+
+
+@runtime_checkable
+class IdentifiedMeter(Protocol):
+    """Optional capability: a meter that tells its vendor, model and serial number. Asked once
+    when the meter opens (the serial may be a bus read, hence async); raises TryAgain or
+    DeviceUnavailable like read()."""
+
+    async def identity(self) -> MeterIdentity: ...
 
 
 @runtime_checkable

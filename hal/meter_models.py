@@ -38,6 +38,21 @@ class Field:
 
 
 @dataclass(frozen=True, slots=True)
+class SerialRegister:
+    """Where a model keeps its serial number: an unsigned integer (told in decimal, as printed on
+    the meter) in the model's word order, and the document that says so."""
+
+    function_code: int
+    address: int
+    type: str
+    source: str
+
+    @property
+    def count(self) -> int:
+        return TYPES[self.type][1]
+
+
+@dataclass(frozen=True, slots=True)
 class MeterModel:
     """A meter's Modbus map. word_order "big": high word first; "little": low word first.
 
@@ -47,6 +62,8 @@ class MeterModel:
     the config's baudrate and parity override them. factory: that setting in words ("9600 baud,
     no parity") and where it is stated: the manufacturer's document, version and page; where no
     such page was found, "not confirmed" and, after "secondary:", the best other sources.
+    vendor, product: the maker and the model as they name it (OCMF's MV and MM); serial: the
+    register holding its serial number, where a document gives one.
     """
 
     name: str
@@ -60,6 +77,9 @@ class MeterModel:
     baudrate: int = 9600
     parity: str = "N"
     factory: str = ""
+    vendor: str = ""
+    product: str = ""
+    serial: SerialRegister | None = None
 
     def quantities(self) -> set[str]:
         return {f.quantity for f in self.fields}
@@ -92,6 +112,14 @@ _SDM_3P = (
     + (_total("power_total_w", 0x0034, F32), _total("frequency_hz", 0x0046, F32),
        _total("energy_import_wh", 0x0048, F32, KWH)))
 
+# Every SDM model keeps its serial number in holding registers FC00h-FC01h (FC3, though the readings
+# are input registers), an unsigned 32-bit integer, high word first.
+SDM_SERIAL = SerialRegister(
+    3, 0xFC00, "uint32",
+    "holding registers FC00h-FC01h, serial number; not read off an Eastron manual page here. "
+    "Secondary: SDM.h of ESPEasy's SDM_Energy_Meter library (SDM_HOLDING_SERIAL_NUMBER 0xFC00, read "
+    "as one big-endian 32-bit integer, one constant for the SDM72, 120, 220, 230 and 630)")
+
 # Not confirmed from a manual here: the value is the one the other sources agree on (or, where
 # none states it, the usual 9600 8N1), kept until a manufacturer's page says otherwise.
 # `evsed probe` finds what a meter really answers at and writes it out.
@@ -107,7 +135,8 @@ SDM120 = MeterModel(
             "(factory default 2400 bps, parity none), the SolarNetwork wiki 'SDM XXX meters' (2400 baud, "
             "no parity), Tasmota SDM120_SPEED (default: 2400 baud), the sdm120c reader (default 2400), "
             "SDM.h of ESPEasy's SDM_Energy_Meter library (SDM120: 0 = 2400 baud, default; "
-            "40019: no parity, default)")
+            "40019: no parity, default)",
+    vendor="Eastron", product="SDM120-Modbus", serial=SDM_SERIAL)
 
 SDM230 = MeterModel(
     "sdm230", "Eastron SDM230-Modbus (single phase)",
@@ -117,7 +146,8 @@ SDM230 = MeterModel(
     factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.4 was found but "
             "only its first page read; secondary: Tasmota SDM230_SPEED (default: 9600 baud). The sources "
             "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the "
-            "SDM230 the SDM120's 2400 baud default (and no parity); 9600 is kept until a page settles it")
+            "SDM230 the SDM120's 2400 baud default (and no parity); 9600 is kept until a page settles it",
+    vendor="Eastron", product="SDM230-Modbus", serial=SDM_SERIAL)
 
 SDM630 = MeterModel(
     "sdm630", "Eastron SDM630-Modbus (three phase)",
@@ -128,7 +158,8 @@ SDM630 = MeterModel(
             "section 1.3.1, holding register 40019 p.6 (0 = one stop bit and no parity, default) and "
             "40029 p.7 (2 = 9600 baud, default); the pages are counted from the page headers of a text "
             "copy of that PDF, not read off the PDF. The sibling SDM630MCT-ML User Manual V1.2 p.25 gives "
-            "the same two defaults")
+            "the same two defaults",
+    vendor="Eastron", product="SDM630-Modbus", serial=SDM_SERIAL)
 
 SDM72D = MeterModel(
     "sdm72d", "Eastron SDM72D-M, first version (totals only)",
@@ -139,7 +170,8 @@ SDM72D = MeterModel(
             "(holding register 40019: 0 = one stop bit and no parity, default); V1.5 p.15 the same. "
             "9600 baud: not confirmed, p.3 lists 1200-19200 bps without a default and p.15 has no baud "
             "register; secondary: Tasmota SDM72_SPEED (default: 9600 baud), SDM.h of ESPEasy's "
-            "SDM_Energy_Meter library (SDM72: 2 = 9600 baud, default)")
+            "SDM_Energy_Meter library (SDM72: 2 = 9600 baud, default)",
+    vendor="Eastron", product="SDM72D-M", serial=SDM_SERIAL)
 
 SDM72D_V2 = MeterModel(
     "sdm72d-m-v2", "Eastron SDM72D-M-2 (v2, per phase values)",
@@ -148,7 +180,8 @@ SDM72D_V2 = MeterModel(
     factory=UNCONFIRMED + "9600 baud, no parity. No SDM72D-M-2 manual page found; secondary: Tasmota "
             "SDM72_SPEED (default: 9600 baud), SDM.h of ESPEasy's SDM_Energy_Meter library "
             "(SDM72V2: 2 = 9600 baud, default), the first version's manual pages (SDM72D-M V1.1 p.3, "
-            "p.15: no parity) and the SDM630's protocol V1.8 (same registers: 9600, no parity)")
+            "p.15: no parity) and the SDM630's protocol V1.8 (same registers: 9600, no parity)",
+    vendor="Eastron", product="SDM72D-M-2", serial=SDM_SERIAL)
 
 # --- ABB B series: holding registers (FC3), integers high word first ---------------------------
 # 0.1 V, 0.01 A, 0.01 W, 0.01 Hz, energy uint64 in 0.01 kWh (= 10 Wh).
@@ -170,7 +203,8 @@ ABB_B21 = MeterModel(
     3, "big",
     _phases("voltage_v", (0x5B00,), "uint32", 0.1) + _phases("current_a", (0x5B0C,), "uint32", 0.01)
     + _phases("power_w", (0x5B14,), "int32", 0.01) + _ABB_COMMON,
-    not_available_sentinels=True, phases=1, factory=_ABB_FACTORY)
+    not_available_sentinels=True, phases=1, factory=_ABB_FACTORY,
+    vendor="ABB", product="B21")
 
 _ABB_3P = (
     _phases("voltage_v", (0x5B00, 0x5B02, 0x5B04), "uint32", 0.1)
@@ -178,9 +212,11 @@ _ABB_3P = (
     + _phases("power_w", (0x5B16, 0x5B18, 0x5B1A), "int32", 0.01) + _ABB_COMMON)
 
 ABB_B23 = MeterModel("abb-b23", "ABB B23 (three phase, direct)", _ABB_SOURCE, 3, "big", _ABB_3P,
-                     not_available_sentinels=True, factory=_ABB_FACTORY)
+                     not_available_sentinels=True, factory=_ABB_FACTORY,
+    vendor="ABB", product="B23")
 ABB_B24 = MeterModel("abb-b24", "ABB B24 (three phase, CT connected)", _ABB_SOURCE, 3, "big",
-                     _ABB_3P, not_available_sentinels=True, factory=_ABB_FACTORY)
+                     _ABB_3P, not_available_sentinels=True, factory=_ABB_FACTORY,
+    vendor="ABB", product="B24")
 
 # --- Carlo Gavazzi EM340: input registers (FC4), int32 low word first --------------------------
 # 0.1 V, 0.001 A, 0.1 W, frequency int16 0.1 Hz, kWh(+) TOT in 0.1 kWh (= 100 Wh). An overflowed
@@ -198,7 +234,8 @@ EM340 = MeterModel(
        _total("energy_import_wh", 0x34, "int32", 100.0)),
     not_available_sentinels=True,
     factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. No Carlo Gavazzi EM340 manual page "
-            "found; secondary: none stating it found (evcc's cg-emt3xx uses 9600 8N1 as its own default)")
+            "found; secondary: none stating it found (evcc's cg-emt3xx uses 9600 8N1 as its own default)",
+    vendor="Carlo Gavazzi", product="EM340")
 
 # --- ORNO OR-WE-516 / OR-WE-517: holding registers (FC3), float32 high word first --------------
 # Power in kW, energy in kWh. Both models share one map (checked against mbmd's orno3p and
@@ -217,12 +254,14 @@ OR_WE_516 = MeterModel(
     "or-we-516", "ORNO OR-WE-516 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
     factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: mbmd's README "
             "(WE-516/517: by default 9600 8E1), mbmd issue #273 (a WE-516 answered only with --comset "
-            "8E1), evcc's orno template (8E1). The ya-modbus OR-WE-516 driver says odd, without a source")
+            "8E1), evcc's orno template (8E1). The ya-modbus OR-WE-516 driver says odd, without a source",
+    vendor="ORNO", product="OR-WE-516")
 OR_WE_517 = MeterModel(
     "or-we-517", "ORNO OR-WE-517 (three phase)", _ORNO_SOURCE, 3, "big", _ORNO, parity="E",
     factory=UNCONFIRMED + "9600 baud, even parity. No ORNO manual page found; secondary: TapHome's "
             "OR-WE-517 page (9600 bps, parity even), mbmd's README (9600 8E1), Tasmota's WE517 driver "
-            "(9600, SERIAL_8E1), SmartEVSE issue #231 (ORNO-517: even parity)")
+            "(9600, SERIAL_8E1), SmartEVSE issue #231 (ORNO-517: even parity)",
+    vendor="ORNO", product="OR-WE-517")
 
 # --- Schneider iEM3155: holding registers (FC3), high word first ---------------------------------
 # The document numbers registers from 1: register 3028 is address 3027. Power in kW (float). The
@@ -243,7 +282,8 @@ IEM3155 = MeterModel(
             "DOCA0005EN-04 p.51 lists 9600/19200/38400 baud and odd/even/none parity without marking the "
             "default; secondary: Tasmota's iEM3000 driver (IEM3000_SPEED 19200, 'default: 19200 baud', "
             "and 'Set meter Communication -> Parity to None': it ships with a parity), and the Modbus "
-            "serial line specification's required default, even parity")
+            "serial line specification's required default, even parity",
+    vendor="Schneider Electric", product="iEM3155")
 
 # --- Finder 7M.38: input registers (FC4), float32 high word first, energy in Wh ----------------
 # Import energy at 2752 (float, Wh): mbmd finder7m38.go, a transcription of Finder's guide and a
@@ -261,7 +301,8 @@ FINDER_7M38 = MeterModel(
        _total("energy_import_wh", 2752, F32)),
     factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. Finder's Modbus Protocol Guide "
             "(Modbus-7M24-7M38_v2_30062021) was not readable here; secondary: none stating it found "
-            "(evcc's finder-7m38 uses 9600 8N1 as its own default)")
+            "(evcc's finder-7m38 uses 9600 8N1 as its own default)",
+    vendor="Finder", product="7M.38")
 
 # --- Phoenix Contact EEM-350-D-MCB: input registers (FC4), int32 low word first ---------------
 # 0.1 V, 0.001 A, 0.1 W, energy in 0.1 kWh (= 100 Wh). Checked against SmartEVSE's meter table
@@ -278,7 +319,8 @@ EEM_350 = MeterModel(
     + (_total("power_total_w", 0x28, "int32", 0.1), _total("energy_import_wh", 0x3E, "int32", 100.0)),
     not_available_sentinels=True,
     factory=UNCONFIRMED + "9600 baud, no parity, the usual setting. No Phoenix Contact EEM-350-D-MCB "
-            "data sheet page found; secondary: none stating it found")
+            "data sheet page found; secondary: none stating it found",
+    vendor="Phoenix Contact", product="EEM-350-D-MCB")
 
 MODELS: dict[str, MeterModel] = {m.name: m for m in (
     SDM120, SDM230, SDM630, SDM72D, SDM72D_V2, ABB_B21, ABB_B23, ABB_B24, EM340,

@@ -23,7 +23,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from hal import DeviceUnavailable, HalError, MeterReading, TryAgain
+from hal import DeviceUnavailable, HalError, MeterIdentity, MeterReading, TryAgain
 from hal.meter_models import MODELS, PER_PHASE, TYPES, Field, MeterModel, blocks
 
 # First and longest waits before reconnecting a bus / asking a failing meter again. The longest
@@ -272,6 +272,26 @@ class ModbusMeter:
             energy_import_wh=energy_wh, power_total_w=values[("power_total_w", 0)],
             current_a=phases["current_a"], voltage_v=phases["voltage_v"], power_w=phases["power_w"],
             frequency_hz=frequency_hz)
+
+    async def identity(self) -> MeterIdentity:
+        """The model's vendor and product, and the serial number where the model has a register
+        for it (an unsigned integer, told in decimal). A serial that cannot be read, or reads as
+        0 or all ones (no serial set), is left out and said in problem."""
+        m, reg = self.model, self.model.serial
+        named = MeterIdentity(m.vendor, m.product)
+        if reg is None:
+            return named
+        where = f"{m.name} on {self.bus.name} unit {self.unit}: serial number register {reg.address:#06x}"
+        try:
+            async with self.bus.lock:
+                registers = await self.bus.read(reg.function_code, reg.address, reg.count, self.unit)
+        except HalError as exc:
+            return MeterIdentity(m.vendor, m.product, problem=f"{where}: {exc}")
+        words = registers if m.word_order == "big" else registers[::-1]
+        value = int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big")
+        if value in (0, (1 << 16 * reg.count) - 1):
+            return MeterIdentity(m.vendor, m.product, problem=f"{where}: reads {value:#x}, no serial")
+        return MeterIdentity(m.vendor, m.product, str(value))
 
     def release(self) -> None:
         """Give up this meter's share of the bus; the last one closes the port or socket."""

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from hal import Meter, MeterReading, PilotReading, TryAgain, canonical_uid
+from hal import Meter, MeterIdentity, MeterReading, PilotReading, TryAgain, canonical_uid
 from simulator import FAULT_KINDS
 from simulator.board import Monostable, PinFile, rose_between
 from simulator.ev import SimEV
@@ -275,10 +275,16 @@ class SimRcdWithSelfTest(SimRcd):
 
 
 class SimMeter:
-    """A three-phase meter integrating the bench's power over the world's clock."""
+    """A three-phase meter integrating the bench's power over the world's clock. It names itself
+    "evsed" "simulator", its serial number the connector's, the same on every run."""
 
     def __init__(self, bench: SimConnector):
         self.bench = bench
+
+    async def identity(self) -> MeterIdentity:
+        if "meter" in self.bench.faults:
+            raise TryAgain("simulated meter timeout")
+        return MeterIdentity("evsed", "simulator", f"SIM{self.bench.id:05d}")
 
     async def read(self) -> MeterReading:
         b = self.bench

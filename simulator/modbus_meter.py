@@ -50,13 +50,20 @@ def known_value(field: Field) -> float:
 class SimulatedMeter:
     """One unit: its model's registers, a log of the requests it answered, injectable faults."""
 
-    def __init__(self, model: MeterModel, unit: int = 1, log: list | None = None):
+    def __init__(self, model: MeterModel, unit: int = 1, log: list | None = None, serial: int | None = None):
+        """serial: the number in the model's serial register (None: the register does not exist)."""
         self.model, self.unit = model, unit
         self.log = log if log is not None else []
         self.exception: ExcCodes | None = None
         self.registers: dict[int, int] = {}
+        self.serial_registers: dict[int, int] = {}  # under the serial register's own function code
         for field in sorted(model.fields, key=lambda f: f.phase > 0):  # per phase wins a shared register
             self.set(field.quantity, field.phase, known_value(field))
+        if serial is not None and model.serial is not None:
+            reg = model.serial
+            words = [(serial >> 16 * n) & 0xFFFF for n in reversed(range(reg.count))]
+            words = words if model.word_order == "big" else words[::-1]
+            self.serial_registers = dict(zip(range(reg.address, reg.address + reg.count), words))
 
     def set(self, quantity: str, phase: int, value: float) -> None:
         for f in self.model.fields:
@@ -69,17 +76,26 @@ class SimulatedMeter:
         self.registers.update(zip(range(f.address, f.address + f.count), words))
 
     def device(self) -> SimDevice:
-        simdata = [SimData(a, values=[w], datatype=DataType.REGISTERS) for a, w in sorted(self.registers.items())]
+        every = {**self.registers, **self.serial_registers}
+        simdata = [SimData(a, values=[w], datatype=DataType.REGISTERS) for a, w in sorted(every.items())]
         return SimDevice(self.unit, simdata=simdata, action=self._action)
 
     async def _action(self, function_code, start_address, address, count, registers, _values):
         self.log.append((self.unit, function_code, address, count))
-        if function_code != self.model.function_code:
+        serial = self.model.serial
+        table = self.registers
+        if serial is not None and self.serial_registers and address in self.serial_registers:
+            if function_code != serial.function_code:
+                return ExcCodes.ILLEGAL_FUNCTION
+            table = self.serial_registers
+        elif function_code != self.model.function_code:
             return ExcCodes.ILLEGAL_FUNCTION
         if self.exception is not None:
             return self.exception
+        if any(a not in table for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
         for a in range(address, address + count):
-            registers[a - start_address] = self.registers[a]
+            registers[a - start_address] = table[a]
         return None
 
 

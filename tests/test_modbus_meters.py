@@ -18,7 +18,7 @@ from pymodbus.constants import ExcCodes
 from evsed import config
 from evsed.config import backends
 from evsed.config.backends import BackendContext
-from hal import DeviceUnavailable, Meter, TryAgain
+from hal import DeviceUnavailable, Meter, MeterIdentity, TryAgain
 from hal.meter_models import MODELS, MeterModel, blocks
 from hal.modbus import modbus_meter
 from simulator.modbus_meter import KNOWN, SimulatedMeter, null_modem, rtu_server, tcp_server
@@ -120,6 +120,63 @@ def test_reads_cover_only_mapped_registers_in_few_requests():
         mapped = {a for f in model.fields for a in range(f.address, f.address + f.count)}
         assert covered == mapped, model.name
         assert len(reads) <= 5, model.name
+
+
+# --- what a meter tells of itself (OCMF MV, MM, MS) ------------------------------------------------
+
+
+def test_every_model_names_its_vendor_and_product_and_a_serial_register_its_source():
+    for model in MODELS.values():
+        assert model.vendor and model.product, model.name
+        assert model.serial is None or (len(model.serial.source) > 20 and model.serial.type.startswith("uint"))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in MODELS.items() if m.serial is not None))
+def test_a_model_with_a_serial_register_tells_the_serial_it_reads_over_rtu(name):
+    log: list = []
+
+    async def scenario():
+        async with rtu_server(SimulatedMeter(MODELS[name], unit=7, log=log, serial=21_045_678)) as port:
+            meter = modbus_meter(options(name, port=port, unit=7, parity="N"), ctx())
+            told = await meter.identity()
+            meter.release()
+            return told
+
+    model = MODELS[name]
+    assert run(scenario()) == MeterIdentity(model.vendor, model.product, "21045678")
+    assert log == [(7, 3, 0xFC00, 2)]  # holding registers, though the readings are input registers
+
+
+def test_a_model_without_a_serial_register_tells_its_name_without_asking_the_meter():
+    log: list = []
+
+    async def scenario():
+        async with tcp_server(SimulatedMeter(MODELS["em340"], log=log)) as port:
+            meter = modbus_meter(tcp("em340", port), ctx())
+            told = await meter.identity()
+            meter.release()
+            return told
+
+    assert run(scenario()) == MeterIdentity("Carlo Gavazzi", "EM340") and log == []
+
+
+@pytest.mark.parametrize("serial, problem", [
+    (None, r"sdm120 on 127\.0\.0\.1:\d+ unit 1: serial number register 0xfc00: .*exception 2 \(illegal data address\)"),
+    (0, r"reads 0x0, no serial"),
+    (0xFFFFFFFF, r"reads 0xffffffff, no serial")])
+def test_a_serial_the_meter_lacks_or_never_set_is_left_out_saying_why(serial, problem):
+    async def scenario():
+        async with tcp_server(SimulatedMeter(MODELS["sdm120"], serial=serial)) as port:
+            meter = modbus_meter(tcp("sdm120", port), ctx())
+            told = await meter.identity()
+            reading = await meter.read()  # the meter reads on all the same
+            meter.release()
+            return told, reading
+
+    told, reading = run(scenario())
+    assert (told.vendor, told.model, told.serial) == ("Eastron", "SDM120-Modbus", "")
+    assert re.search(problem, told.problem), told.problem
+    assert reading.energy_import_wh == KNOWN["energy_import_wh"]
 
 
 # --- one RS-485 bus, two meters ------------------------------------------------------------------

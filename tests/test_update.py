@@ -220,9 +220,13 @@ def test_the_copies_of_the_database_taken_before_updates_are_pruned_to_the_last_
     for n, version in enumerate(("0.1.5", "0.1.6", "0.1.7"), 1):  # from earlier updates, oldest first
         (state / f"sessions.db.before-{version}").write_bytes(b"")
         os.utime(state / f"sessions.db.before-{version}", (n * 100, n * 100))
-    updater._backup("0.2.0")
+    wheel = make_wheel(tmp_path, "0.2.0", GOOD)
+    assert updater.update(wheel, signed(key, wheel)) == "0.2.0"
     assert sorted(f.name for f in state.glob("sessions.db.before-*")) == [
         "sessions.db.before-0.1.7", "sessions.db.before-0.2.0"]
+    assert [r["energy_wh"] for r in Store.open_readonly(state / "sessions.db.before-0.2.0").sessions()] == [7000]
+    assert ("removed sessions.db.before-0.1.5: the last 2 copies from before an update are kept" in said
+            and "removed sessions.db.before-0.1.6: the last 2 copies from before an update are kept" in said)
 
 
 def test_a_good_release_is_switched_to_and_the_old_one_kept(site, tmp_path):

@@ -39,8 +39,8 @@ def next_release(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     patch(src / "pyproject.toml", 'version = "0.1.0"', f'version = "{NEXT}"')
     patch(src / "evsed/__init__.py", '__version__ = "0.1.0"', f'__version__ = "{NEXT}"')
-    patch(src / "evsed/store/migrations.py", "Step(V2, additive=True))",
-          f"Step(V2, additive=True), Step({NEW_STEP!r}, additive=True))")
+    patch(src / "evsed/store/migrations.py", "Step(V3, additive=True))",
+          f"Step(V3, additive=True), Step({NEW_STEP!r}, additive=True))")
     dist = tmp_path_factory.mktemp("next-dist")
     build = subprocess.run([sys.executable, "-m", "build", "--wheel", "-o", str(dist), str(src)],
                            capture_output=True, text=True, timeout=300)

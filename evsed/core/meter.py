@@ -12,6 +12,13 @@ from dataclasses import dataclass
 REBASELINE_AFTER = 5  # consistent readings in a row that make a reset or replaced meter the new baseline
 MAX_PLAUSIBLE_POWER_W = 250_000.0  # 3 x 80 A x 480 V with margin: no charger meter sees more
 COARSE_STEP_WH = 200  # meters counting in 0.1 kWh (EM340, EEM-350) move in 100 Wh steps
+IDENTITY_MAX_CHARS = 64  # a meter's vendor, model or serial longer than this is no name but garbage
+
+
+def identity_text(text: str) -> bool:
+    """Whether a meter's vendor, model or serial as its backend told it is fit for a signed
+    record: 1-64 printable characters, without space around them."""
+    return 0 < len(text) <= IDENTITY_MAX_CHARS and text.isprintable() and text == text.strip()
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,8 @@ class Charger:
         self._stored, self._on_loop = stored, on_loop
         self.recorder = Recorder(writer, clock=clock, checkpoint_s=config.store.checkpoint_s,
                                  sample_interval_s=config.store.sample_interval_s, pricing=self._pricing,
-                                 stored=self._event_stored, grid_share=self.grid_share)
+                                 stored=self._event_stored, grid_share=self.grid_share,
+                                 meter_identity=lambda cid: self.connectors[cid].meter_identity)
         self.bus.subscribe(self.recorder)
         self.auth = Chain(self._local_list(config), config.authorization)
         self.mode = config.charger.mode

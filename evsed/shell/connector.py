@@ -27,8 +27,8 @@ from evsed.core.step import step
 from evsed.shell.bus import Bus, ChargerEvent
 from evsed.shell.devices import ConnectorDevices
 from evsed.store.sessions import LiveSession, utc_iso
-from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterReading, Notifying,
-                 OfferedCurrent, PilotReading, SelfTest, SoftOpen)
+from hal import (ContactorFeedback, DeviceUnavailable, DutyResolution, HalError, MeterIdentity, MeterReading,
+                 Notifying, OfferedCurrent, PilotReading, SelfTest, SoftOpen)
 
 log = structlog.get_logger("evsed")
 
@@ -63,6 +63,7 @@ class ConnectorControl:
         self.log = log.bind(connector=connector_id)
         self.session: LiveSession | None = None
         self.last_reading: MeterReading | None = None
+        self.meter_identity = MeterIdentity()  # as the meter told it when it opened (sessions keep it)
         self.last_refusal: p.Refusal | None = None
         self.pilot_error = ""  # why the pilot device is unavailable (an unplugged adapter), until it reads again
         self.meter_error = ""  # why the last meter reading failed (silent, unplugged, garbage), until one is good
@@ -212,6 +213,18 @@ class ConnectorControl:
             self.publish("session.meter_start", session=s.row_id, meter_start_wh=s.meter_start_wh,
                          meter_last_wh=s.meter_last_wh, rebaselined=True)
         self.publish("meter.rebaselined", previous_wh=previous, now_wh=reading.energy_import_wh)
+
+    def meter_identified(self, told: MeterIdentity) -> None:
+        """The meter's vendor, model and serial, asked once when it opened; a field that is
+        garbage or that the backend could not read is left out (logged here, once)."""
+        fields = {"vendor": told.vendor, "model": told.model, "serial": told.serial}
+        kept = {k: v for k, v in fields.items() if judge.identity_text(v)}
+        garbage = {k: v[:80] for k, v in fields.items() if v and k not in kept}
+        self.meter_identity = MeterIdentity(**kept)
+        if garbage or told.problem:
+            self.log.warning("meter.identity_incomplete", garbage=garbage, problem=told.problem, **kept)
+        else:
+            self.log.info("meter.identified", **kept)
 
     def meter_failed(self, detail: str) -> None:
         self.meter_error = detail

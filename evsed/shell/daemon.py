@@ -42,7 +42,7 @@ from evsed.shell.services import Services
 from evsed.shell.timers import WallTimers
 from evsed.store import ocmf, outbox
 from evsed.store.sessions import Store, StoreWriter, utc_iso
-from hal import Closable, DeviceUnavailable, HalError, Meter, Notifying
+from hal import Closable, DeviceUnavailable, HalError, IdentifiedMeter, Meter, MeterIdentity, Notifying
 
 log = structlog.get_logger("evsed")
 OUTBOX_RETENTION = dt.timedelta(days=7)
@@ -153,8 +153,8 @@ class Daemon:
                     device.on_change(lambda c=ctrl: loop.call_soon_threadsafe(self._input_changed, c))
             self._spawn(self._poll_pilot(ctrl), f"pilot-{ctrl.id}")
             if ctrl.meter is not None:
-                self._spawn(self._poll_meter(ctrl.meter, ctrl.meter_sampled, ctrl.meter_failed, ctrl.id),
-                            f"meter-{ctrl.id}")
+                self._spawn(self._poll_meter(ctrl.meter, ctrl.meter_sampled, ctrl.meter_failed, ctrl.id,
+                                             ctrl.meter_identified), f"meter-{ctrl.id}")
         if self.devices.site_meter is not None:
             self._spawn(self._poll_meter(self.devices.site_meter, lambda reading, begun: charger.site_sampled(reading),
                                          lambda detail: None, 0), "site-meter")
@@ -296,8 +296,10 @@ class Daemon:
         self._meter_wanted.setdefault(connector, asyncio.Event()).set()
 
     async def _poll_meter(self, meter: Meter, sampled: Callable[[Any, float], None], failed: Callable[[str], None],
-                          connector: int) -> None:
-        """Read every meter_interval_s, or at once when asked; sampled(reading, when its read began)."""
+                          connector: int, identified: Callable[[MeterIdentity], None] | None = None) -> None:
+        """Read every meter_interval_s, or at once when asked; sampled(reading, when its read began).
+        identified(identity): the meter's, asked once after its first good reading (a meter that
+        tells none, or is silent when asked, gives an empty one)."""
         failures = 0
         wanted = self._meter_wanted.setdefault(connector, asyncio.Event())
         while not self.stopping.is_set():
@@ -323,9 +325,23 @@ class Daemon:
                     log.info("meter.recovered", connector=connector, after_failures=failures)
                 failures = 0
                 sampled(reading, begun)
+                if identified is not None:
+                    identified(await self._identity(meter, max(2.0, 2 * interval)))
+                    identified = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await wanted.wait()
+
+    @staticmethod
+    async def _identity(meter: Meter, timeout_s: float) -> MeterIdentity:
+        """What the meter tells of itself; its failure to tell is the identity's problem."""
+        if not isinstance(meter, IdentifiedMeter):
+            return MeterIdentity()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await meter.identity()
+        except (HalError, TimeoutError) as exc:
+            return MeterIdentity(problem=str(exc) or type(exc).__name__)
 
     async def _read_cards(self) -> None:
         """Card taps to the charger. A reader that goes away (a USB adapter unplugged) is opened

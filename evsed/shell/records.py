@@ -20,6 +20,7 @@ from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.store import outbox
 from evsed.store.samples import SampleBatcher
 from evsed.store.sessions import InlineWriter, LiveSession, Op, Store, StoreWriter, utc_iso
+from hal import MeterIdentity
 
 log = structlog.get_logger("evsed")
 ENVELOPE = ("seq", "at", "type", "connector")
@@ -53,14 +54,17 @@ class Split:
 class Recorder:
     """pricing(group) is the tariff a new session of that card group runs under, as stored JSON;
     grid_share(connector) the share (0-1) of its EV's power that comes from the grid now (the
-    rest from solar surplus), None without a site meter."""
+    rest from solar surplus), None without a site meter; meter_identity(connector) its meter's
+    vendor, model and serial as told when the meter opened (a session keeps those at its start)."""
 
     def __init__(self, writer: StoreWriter | InlineWriter, *, clock: Callable[[], float], checkpoint_s: float,
                  sample_interval_s: float = 10.0, pricing: Callable[[str], str] = lambda group: "",
                  stored: Callable[[p.Event], None] = lambda event: None,
-                 grid_share: Callable[[int], float | None] = lambda connector: None):
+                 grid_share: Callable[[int], float | None] = lambda connector: None,
+                 meter_identity: Callable[[int], MeterIdentity] = lambda connector: MeterIdentity()):
         self.writer, self.clock, self.checkpoint_s, self.stored = writer, clock, checkpoint_s, stored
         self.sample_interval_s, self.pricing, self.grid_share = sample_interval_s, pricing, grid_share
+        self.meter_identity = meter_identity
         self._split: dict[int, Split] = {}  # session id -> its energy by source so far
         self._checkpointed_at: dict[int, float] = {}  # session id -> when its last checkpoint was queued
         self._samples: dict[int, SampleBatcher] = {}  # session id -> its samples since the last write
@@ -108,6 +112,7 @@ class Recorder:
         connector, d = e.connector, e.data
         s = LiveSession(connector, d["id_tag"], d["card_name"], d["group"], d["auth_source"], d["started_at"],
                         d["meter_start_wh"], d["meter_start_wh"], row_id=d["session"], pricing=self.pricing(d["group"]))
+        self._identify(s)
         self._checkpointed_at[d["session"]] = self.clock()
         self._samples[d["session"]] = SampleBatcher(self.sample_interval_s)
         self._durable_wh[d["session"]] = d["meter_start_wh"]
@@ -162,7 +167,12 @@ class Recorder:
                         d["meter_start_wh"], d["meter_stop_wh"], peak_power_w=d["peak_power_w"],
                         row_id=d["session"], stopped=(d["reason"], d["stopped_at"]), pricing=self.pricing(d["group"]),
                         solar_wh=wh[0] if wh else None, grid_wh=wh[1] if wh else None)
+        self._identify(s)
         return lambda st: st.finish(s, samples)
+
+    def _identify(self, s: LiveSession) -> None:
+        m = self.meter_identity(s.connector_id)
+        s.meter_vendor, s.meter_model, s.meter_id = m.vendor, m.model, m.serial
 
     def _session_clock_corrected(self, e: ChargerEvent) -> Op | None:
         """The wall clock stepped under a session timed on an unsynchronized clock: its start (and

@@ -82,6 +82,13 @@ ALTER TABLE sessions ADD COLUMN solar_wh INTEGER;
 ALTER TABLE sessions ADD COLUMN grid_wh INTEGER;
 """
 
+# 3: the meter's vendor and model beside its serial (meter_id), as its backend told them when the
+# meter opened (OCMF MV, MM, MS); '' where it could not tell.
+V3 = """
+ALTER TABLE sessions ADD COLUMN meter_vendor TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN meter_model TEXT NOT NULL DEFAULT '';
+"""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -91,7 +98,8 @@ class Step:
 
 # V1 is not additive: its code counts on the backfill (stop_final, duration_s) of every stopped row.
 # V2 is additive: older code leaves the flag 0, and a 0 only says no new baseline was seen.
-STEPS = (Step(V1, additive=False), Step(V2, additive=True))
+# V3 is additive: older code leaves them '', which says only that the meter did not tell.
+STEPS = (Step(V1, additive=False), Step(V2, additive=True), Step(V3, additive=True))
 VERSION = len(STEPS)
 
 COMPAT = "CREATE TABLE IF NOT EXISTS schema_compat (min_writer INTEGER NOT NULL)"  # one row

@@ -124,8 +124,9 @@ def payload(row: dict, *, charger_id: str, version: str, timezone: str = "UTC", 
         ident["ID"] = tag
     reading = {"RI": OBIS_IMPORT_WH, "RU": "kWh", "RT": "AC", "EF": "", "ST": "G"}
     out: dict[str, object] = {"FV": "1.0", "GI": "evsed", "GS": charger_id, "GV": version, "PG": f"T{row['id']}"}
-    if row.get("meter_id"):
-        out["MS"] = row["meter_id"]
+    for key, column in (("MV", "meter_vendor"), ("MM", "meter_model"), ("MS", "meter_id")):
+        if row.get(column):  # the meter's identity, where its backend told it (else the gateway's, above)
+            out[key] = row[column]
     out.update(ident)
     tt = row.get("tariff_text") or ""
     if tt:

@@ -32,7 +32,7 @@ COLUMNS = ("id", "connector_id", "id_tag", "card_name", "card_group", "auth_sour
            "stopped_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "peak_power_w", "stop_reason",
            "duration_s", "charging_s", "idle_s", "stop_final", "tariff", "tariff_name", "currency", "money_decimals",
            "cost_minor", "revenue_minor", "meter_id", "meter_signed_format", "meter_signed_data", "ocmf",
-           "ocmf_public_key", "meter_rebaselined", "solar_wh", "grid_wh")
+           "ocmf_public_key", "meter_rebaselined", "solar_wh", "grid_wh", "meter_vendor", "meter_model")
 SAMPLE_COLUMNS = ("session_id", "t_ms", "energy_wh", "power_w", "l1_a", "l2_a", "l3_a", "l1_v", "l2_v", "l3_v")
 NO_PRICES = tariffs.Tariff(name="", currency="")
 
@@ -59,7 +59,9 @@ class LiveSession:
     meter_start_unknown: bool = False  # no meter reading yet: the first one sets the start
     stopped: tuple[str, str] | None = None  # (stop reason, stop time) once it ended
     pricing: str = ""  # tariffs.Pricing.to_json() of the tariff in force at the start; "" = none
-    meter_id: str = ""  # the meter's serial, when it tells
+    meter_id: str = ""  # the meter's serial number, vendor and model, when its backend tells them
+    meter_vendor: str = ""
+    meter_model: str = ""
     meter_rebaselined: bool = False  # its start is a new meter baseline (a reset or replaced meter)
     solar_wh: int | None = None  # its energy from solar surplus and from the grid (None: no site meter)
     grid_wh: int | None = None
@@ -143,11 +145,11 @@ class Store:
             cur = self.db.execute(
                 "INSERT INTO sessions (id, connector_id, id_tag, card_name, card_group, auth_source, started_at,"
                 " updated_at, meter_start_wh, meter_last_wh, tariff, tariff_name, currency, money_decimals, meter_id,"
-                " meter_rebaselined) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " meter_vendor, meter_model, meter_rebaselined) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (s.row_id, s.connector_id, s.id_tag, s.card_name, s.card_group, s.auth_source, s.started_at,
                  s.started_at, s.meter_start_wh, s.meter_last_wh, s.pricing,
                  f"{p.tariff}/{p.price.name}" if p else "", p.currency if p else "",
-                 p.decimals if p else 2, s.meter_id, int(s.meter_rebaselined)))
+                 p.decimals if p else 2, s.meter_id, s.meter_vendor, s.meter_model, int(s.meter_rebaselined)))
         s.row_id = cur.lastrowid
 
     def _below_previous_stop(self, connector_id: int, meter_start_wh: int, row_id: int | None) -> bool:

@@ -15,7 +15,8 @@ import structlog
 
 from evsed import protocol as p
 from evsed.services.link import LinkError, resume_after
-from evsed.uplink.state import State
+from evsed.uplink.metering import energy_wh
+from evsed.uplink.state import Queued, State
 
 log = structlog.get_logger("evsed.uplink")
 REPORT_S = 5.0  # how often an unchanged uplink status is looked at again
@@ -193,11 +194,17 @@ class Charger:
             failures += 1
             await asyncio.sleep(min(30.0, 0.1 * 2 ** min(failures, 10)))
 
-    def delivered(self, connector: int, session: str, energy_wh: int) -> None:
-        """The CSMS took this reading of a session's transaction: the daemon is told (the newest
-        per connector), so that a power cut never closes the session below it in the store."""
+    def delivered(self, item: Queued) -> None:
+        """The CSMS took a queued message: when it carries a meter reading of a session's
+        transaction (1.6 MeterValues, 2.0.1 TransactionEvent), the daemon is told (the newest per
+        connector), so that a power cut never closes the session below it in the store."""
+        if item.session is None or item.connector is None:
+            return
+        reading = energy_wh(item.payload.get("meterValue"))
+        if reading is None:
+            return
         try:
-            self._delivered[connector] = (int(session), energy_wh)
+            self._delivered[item.connector] = (int(item.session), reading)
         except ValueError:
             return
         self._delivered_wake.set()

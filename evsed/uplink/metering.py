@@ -1,11 +1,12 @@
 """When meter values are due, whatever the OCPP version: every sample interval of a running
 transaction (Sample.Periodic), and on the clock every aligned interval from midnight UTC
-(Sample.Clock); the version's adapter builds and queues the message."""
+(Sample.Clock); the version's adapter builds and queues the message. And the energy reading
+a sent message carries, in either version's sampled values."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from evsed.uplink.aio import wait_event
 
@@ -45,3 +46,21 @@ async def meter_clock(clock: Callable[[], float], sessions: Callable[[], Iterabl
         changed.clear()
         timeout = min(times) - clock() if times else 3600
         await wait_event(changed, min(timeout, 3600))
+
+
+ENERGY = "Energy.Active.Import.Register"  # either version's default measurand
+
+
+def energy_wh(meter_values: Any) -> int | None:
+    """The newest Energy.Active.Import.Register reading of a message's meterValue list as this
+    uplink writes it in either version (1.6: the value a string; 2.0.1: a number), in Wh; None
+    when it holds none."""
+    found: int | None = None
+    for mv in meter_values if isinstance(meter_values, list) else ():
+        for v in mv.get("sampledValue", ()) if isinstance(mv, dict) else ():
+            if isinstance(v, dict) and v.get("measurand", ENERGY) == ENERGY and not v.get("phase"):
+                try:
+                    found = int(v["value"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return found

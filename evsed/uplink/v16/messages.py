@@ -13,6 +13,7 @@ from ocpp.v16 import call
 
 from evsed import protocol as p
 from evsed.uplink.charger import Reading
+from evsed.uplink.metering import energy_wh
 from evsed.uplink.queue import Refused
 from evsed.uplink.state import Queued, State
 from evsed.uplink.times import iso, ms, parse_time
@@ -73,14 +74,6 @@ def sampled_values(reading: Reading | None, measurands: list[str], context: str,
     return out
 
 
-def energy_of(values: list[dict[str, str]]) -> int | None:
-    """The Energy.Active.Import.Register reading among sampled values (None: not among them)."""
-    for v in values:
-        if v["measurand"] == "Energy.Active.Import.Register":
-            return int(v["value"])
-    return None
-
-
 def precise(stamp: str | None, at: str | None) -> str | None:
     """A session's start or stop time (whole seconds in the session record) with the milliseconds
     of the event that told it, when that event is from the same second; else the time as it is
@@ -103,8 +96,6 @@ class Messages:
         self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
-        # a transaction's meter reading the CSMS has taken (connector, session, energy_wh)
-        self.on_delivered: Callable[[int, str, int], None] = lambda connector, session, energy_wh: None
 
     def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when it was made durable with its seq (live events: False)."""
@@ -240,7 +231,7 @@ class Messages:
         with self.state.transaction():
             if session:
                 payload["transactionId"] = 0
-                self.state.sent(connector, energy_of(values), at)
+                self.state.sent(connector, energy_wh([{"sampledValue": values}]), at)
             self.state.enqueue("MeterValues", payload, session=session["session"] if session else None,
                                connector=connector, tx=session is not None)
         return True
@@ -274,10 +265,6 @@ class Messages:
                     self.state.set_transaction_id(session, int(result.transaction_id))
                 else:
                     self.state.forget_transaction(session)
-        if item.action == "MeterValues" and item.session is not None and item.connector is not None:
-            energy = energy_of([v for mv in payload["meterValue"] for v in mv["sampledValue"]])
-            if energy is not None:
-                self.on_delivered(item.connector, item.session, energy)
         return result
 
 

@@ -55,7 +55,6 @@ class Uplink:
                              lambda: keys.int("TransactionMessageRetryInterval"))
         self.messages = Messages(self.state, keys, clock, self.sender.drop)
         self.messages.on_started, self.messages.on_stopped = self._session_started, self._session_stopped
-        self.messages.on_delivered = self.charger.delivered
         policy = AuthKeys(keys)
         self.auth = AuthStore(self.state, policy)
         self.authorizer = Authorizer(self.auth, policy, clock, lambda: self.cp is not None and self.booted,
@@ -165,6 +164,8 @@ class Uplink:
 
     async def _deliver(self, cp: CentralCommands, item: Queued) -> None:
         result = await self.messages.deliver(cp, item)
+        if result is not None:
+            self.charger.delivered(item)
         if result is not None and item.action in ("StartTransaction", "StopTransaction"):
             await self._transaction_answered(item, result)
 

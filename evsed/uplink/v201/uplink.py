@@ -124,8 +124,8 @@ class Uplink:
                         aligned_s=lambda: model.int("AlignedDataCtrlr", "Interval")
                         if model.bool("AlignedDataCtrlr", "Enabled") else 0, emit=self.messages.meter_values,
                         changed=self.retime, queued=self.sender.wake.set),
-            self.limits.run(), self.charger.report(self.status), self.firmware.watch(),
-            self.connection.run(self._online), self._hard.wait())
+            self.limits.run(), self.charger.report(self.status), self.charger.report_delivered(),
+            self.firmware.watch(), self.connection.run(self._online), self._hard.wait())
         if self._hard.is_set():
             raise HardReset()
 
@@ -215,6 +215,7 @@ class Uplink:
 
     async def _deliver(self, cp: CentralCommands, item: Queued) -> None:
         answer = await self.messages.deliver(cp, item)
+        self.charger.delivered(item)
         if item.action == "TransactionEvent" and answer.get("idTokenInfo"):
             await self._transaction_answered(item, answer["idTokenInfo"])
 
