@@ -46,7 +46,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Collection, Sequence
 
-from evsed.core.pilot import MIN_CURRENT_A
+from evsed.core.pilot import MAX_ABOVE_A, MIN_CURRENT_A
 
 PHASES = 3
 PHASE_DRAWN_A = 1.0  # an EV draws on a phase when it takes more than this there
@@ -112,12 +112,13 @@ class DlmState:
 @dataclass(frozen=True, slots=True)
 class Offer:
     """A connector's site limit (0 or >= 6 A per phase), why, and when it may change by
-    itself (None: only with a reading or a demand)."""
+    itself (None: only with a reading or a demand), and whether the core must open it now."""
 
     connector: str
     current_a: float
     reason: str
     until: float | None = None
+    overcurrent: tuple[float, float] | None = None  # the core opens it now: (drawn A, offer A)
 
 
 def room_a(cfg: SiteConfig, site_current_a: Sequence[float],
@@ -156,11 +157,18 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
                if now >= shares[d.connector].paused_until]
     targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
                        {n for n, sh in shares.items() if sh.paused})
+    overdrawn = {} if site_current_a is None else _overdrawn(state, shares, demands, wanting, targets, now)
     reasons: dict[str, tuple[str, float | None]] = {
         d.connector: ("not asking for current", None) for d in demands if d not in wanting}
     for d in ranked:  # every lowering first, so raises see the room they leave
         sh, t = shares[d.connector], targets.get(d.connector, 0.0)
-        if now < sh.paused_until:
+        if d.connector in overdrawn:  # the core opens it now: nothing committed beyond what it drew
+            sh = replace(sh, offer_a=0.0, committed_a=0.0, committed_until=now, low_since=None,
+                         ceiling_a=None)
+            drawn_a, offer_a = overdrawn[d.connector]
+            reasons[d.connector] = (f"opened: EV drew {drawn_a:.1f} A over its {offer_a:.1f} A "
+                                    "offer past the grace", None)
+        elif now < sh.paused_until:
             reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
         elif t < MIN_CURRENT_A:
             if sh.offer_a > 0:
@@ -178,8 +186,8 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if d.connector not in reasons:
             shares[d.connector], reasons[d.connector] = _raise(
                 cfg, shares, d, targets[d.connector], budget, now)
-    offers = tuple(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg)
-                   for d in demands)
+    offers = tuple(replace(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg),
+                           overcurrent=overdrawn.get(d.connector)) for d in demands)
     return replace(state, shares=shares), offers
 
 
@@ -340,6 +348,29 @@ def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, 
     if over := _drawing_more(shares, d):  # lowered for their grace, a reading shows them drawing more
         return sh, (f"waiting for {over} to lower (as measured)", None)
     return sh, ("waiting for room", None)
+
+
+def _overdrawn(state: DlmState, shares: dict[str, Share], demands: Sequence[Demand],
+               wanting: list[Demand], targets: dict[str, float],
+               now: float) -> dict[str, tuple[float, float]]:
+    """At a reading: the EVs that draw more than their offer (beyond the PWM's resolution) past
+    the grace of its last lowering, on a phase where that room is needed: the site is over its
+    budget there, or another connector there is offered less than its target. name -> (the most
+    it drew on such a phase, its offer), A. IEC 61851-1: an EV follows a lower PWM within 5 s."""
+    own = [sum(d.measured_a[p] for d in demands) for p in range(PHASES)]
+    room = state.room_a if state.room_a is not None else (math.inf,) * PHASES
+    out: dict[str, tuple[float, float]] = {}
+    for d in wanting:
+        sh = shares[d.connector]
+        if sh.offer_a <= 0 or now < sh.committed_until:
+            continue
+        needed = [p for p in range(PHASES) if sh.drawn_a[p] > sh.offer_a + MAX_ABOVE_A and (
+            own[p] > room[p] + _EPS or any(
+                p in o.phases and targets.get(o.connector, 0.0) > shares[o.connector].offer_a + _EPS
+                for o in wanting if o is not d))]
+        if needed:
+            out[d.connector] = (max(sh.drawn_a[p] for p in needed), sh.offer_a)
+    return out
 
 
 def _drawing_more(shares: dict[str, Share], d: Demand) -> str:
