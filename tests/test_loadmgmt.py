@@ -595,6 +595,7 @@ def simulate(scenario, trace=None):
     state, deadline, last_reading, budgets = DlmState(), None, None, []
     offers, wanted = {n: 0.0 for n in names}, {}
     measured_phases: dict[str, tuple[int, ...]] = {}
+    over_since: list[float | None] = [None] * 3
     waiting_since: dict[str, float] = {}
     settle = cfg.min_pause_s + cfg.raise_interval_s + cfg.stop_grace_s + 3 * (cfg.grace_s + period) \
         + max(cfg.grace_s, cfg.raise_interval_s) + cfg.reoffer_interval_s
@@ -644,7 +645,11 @@ def simulate(scenario, trace=None):
         for p in range(3):
             drawn = sum(after[n] for n in names if p in cars[int(n)]["phases"])
             allowed = max(b[p] for b in window)
-            assert drawn <= allowed + 1e-6, (now, p, drawn, allowed)
+            if drawn > allowed + 1e-6:  # an EV that rose over its offer by itself: until a reading shows it
+                over_since[p] = now if over_since[p] is None else over_since[p]
+                assert now - over_since[p] < period, (now, p, drawn, allowed, over_since[p])
+            else:
+                over_since[p] = None
         # no connector starves while every wanting one could have 6 A plus the margins
         if cfg.share == "equal" or cfg.min_first:
             want = [n for n in names if plugged[n]]

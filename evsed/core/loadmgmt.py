@@ -16,8 +16,12 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     holds, on each of its phases, the most of its offer, its old offer for the grace after a
     lowering (grace_s; stop_grace_s when paused), and what it drew at the last reading. So a
     new session waits ("waiting for ... to lower", until) until the others were lowered for
-    their grace AND a reading shows them drawing less (or opened by the core's overcurrent
-    rule after the grace), and only then starts: never over the budget, even briefly.
+    their grace AND a reading shows them drawing less (or opened, below), and only then
+    starts: never over the budget, even briefly.
+  - An EV that draws more than it may (its offer; in a lowering's grace, the old offer), on a
+    phase where the site is over its budget or another connector waits for room, is opened at
+    the reading that shows it (Offer.overcurrent: the core raises its overcurrent fault), however
+    small the excess: the core's own overcurrent margin (2 A or 10 %) does not cover the site.
   - Shared by what EVs draw: an EV that draws at every reading for max(grace_s,
     raise_interval_s) 2 x draw_margin_a or more under its offer is offered what it draws
     plus draw_margin_a (at least 6 A) while another shares a phase with it; the rest goes to
@@ -31,12 +35,12 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     can). With min_first, every connector that wants current first gets 6 A, in rank order
     as far as the room goes, before any gets more. Rank: priority, then already charging,
     then connector id.
-So the EVs never draw more than the budget in force at some moment of the last grace (an EV
-that ignores a lower offer by more than the core's overcurrent margin is opened after its
-grace; one within the margin is offered less by its excess at the next reading), and the
-site exceeds the breaker only when other loads rose by more than the headroom since a
-reading: for at most one meter period plus the grace (with the meter silent, until the
-fallback plus the grace), unless the other loads alone exceed it.
+So the EVs draw more than the budget in force at some moment of the last grace plus a meter
+period (the stop grace, if longer) only while an EV rises over its offer by itself, until the
+next reading opens it; an EV that ignores a lowering, by however little, is opened at the first
+reading past its grace. The site exceeds the breaker only when other loads rose by more than
+the headroom since a reading: for at most one meter period plus the grace (with the meter
+silent, until the fallback plus the grace), unless the other loads alone exceed it.
 """
 
 from __future__ import annotations
@@ -353,23 +357,25 @@ def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, 
 def _overdrawn(state: DlmState, shares: dict[str, Share], demands: Sequence[Demand],
                wanting: list[Demand], targets: dict[str, float],
                now: float) -> dict[str, tuple[float, float]]:
-    """At a reading: the EVs that draw more than their offer (beyond the PWM's resolution) past
-    the grace of its last lowering, on a phase where that room is needed: the site is over its
-    budget there, or another connector there is offered less than its target. name -> (the most
-    it drew on such a phase, its offer), A. IEC 61851-1: an EV follows a lower PWM within 5 s."""
+    """At a reading: the EVs that draw more than they may (beyond the PWM's resolution: their
+    offer, or in the grace of a lowering the old offer) on a phase where that room is needed:
+    the site is over its budget there, or another connector there is offered less than its
+    target. name -> (the most it drew on such a phase, what it may draw), A. IEC 61851-1: an EV
+    follows a lower PWM within 5 s."""
     own = [sum(d.measured_a[p] for d in demands) for p in range(PHASES)]
     room = state.room_a if state.room_a is not None else (math.inf,) * PHASES
     out: dict[str, tuple[float, float]] = {}
     for d in wanting:
         sh = shares[d.connector]
-        if sh.offer_a <= 0 or now < sh.committed_until:
+        if sh.offer_a <= 0:
             continue
-        needed = [p for p in range(PHASES) if sh.drawn_a[p] > sh.offer_a + MAX_ABOVE_A and (
+        allowed = max(sh.offer_a, sh.committed_a if now < sh.committed_until else 0.0)
+        needed = [p for p in range(PHASES) if sh.drawn_a[p] > allowed + MAX_ABOVE_A and (
             own[p] > room[p] + _EPS or any(
                 p in o.phases and targets.get(o.connector, 0.0) > shares[o.connector].offer_a + _EPS
                 for o in wanting if o is not d))]
         if needed:
-            out[d.connector] = (max(sh.drawn_a[p] for p in needed), sh.offer_a)
+            out[d.connector] = (max(sh.drawn_a[p] for p in needed), allowed)
     return out
 
 
