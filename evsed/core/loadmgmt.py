@@ -80,13 +80,15 @@ class SiteConfig:
 @dataclass(frozen=True, slots=True)
 class Demand:
     """One connector's wish. max_a: its chain limit without the site (under 6 A: it wants
-    nothing). phases: those its EV draws on, all the connector's until measured."""
+    nothing). phases: those its EV draws on, all the connector's until measured. faulted: the
+    core holds its contactor open (it wants nothing, and its EV can draw nothing meanwhile)."""
 
     connector: str
     max_a: float
     phases: tuple[int, ...] = (0, 1, 2)
     measured_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
     priority: int = 0
+    faulted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,11 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if sh.ceiling_a is not None and now >= sh.ceiling_at + cfg.reoffer_interval_s:
             sh = replace(sh, ceiling_a=None, low_since=None)  # the fair share again: does it take more?
         shares[d.connector] = sh
-    wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A]
+    wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A and not d.faulted]
+    for d in demands:  # opened by the core: nothing to commit to
+        if d.faulted:
+            shares[d.connector] = replace(shares[d.connector], offer_a=0.0, committed_a=0.0,
+                                          committed_until=min(now, shares[d.connector].committed_until))
     for name, sh in shares.items():  # gone or wanting nothing: offer 0, keep what is committed
         if name not in {d.connector for d in wanting} and sh.offer_a > 0:
             shares[name] = _lowered(cfg, sh, 0.0, now)

@@ -260,9 +260,8 @@ class Policy:
                 continue
             measured = ctrl.last_reading.current_a if ctrl.last_reading is not None else ()
             measured3 = tuple((list(measured) + [0.0, 0.0, 0.0])[:3]) if ctrl.state.contactor_closed else (0.0,) * 3
-            wants = 0.0 if ctrl.state.faults else self._room_a(ctrl)  # faulted: its share to the others
-            demands.append(loadmgmt.Demand(str(cid), wants, self._phases(ctrl),
-                                           measured3, self.connector_config(cid).priority))  # type: ignore[arg-type]
+            demands.append(loadmgmt.Demand(str(cid), self._room_a(ctrl), self._phases(ctrl), measured3,  # type: ignore[arg-type]
+                                           self.connector_config(cid).priority, bool(ctrl.state.faults)))
         current = None if site is None else tuple((list(site.current_a) + [0.0, 0.0, 0.0])[:3])
         self.dlm, offers = loadmgmt.step(cfg, self.dlm, now, demands, current)
         for offer in offers:  # an EV over its offer where the room is needed: the core opens it first
