@@ -240,7 +240,7 @@ def test_an_ev_that_ignores_a_lowering_within_the_overcurrent_margin_is_opened_a
 
 
 def test_a_faulted_connector_leaves_its_share_to_the_others_at_once():
-    s = Site(SiteConfig(breaker_a=(16.0,) * 3, headroom_a=0.0), house=ZERO)
+    s = Site(SiteConfig(breaker_a=(16.0,) * 3, headroom_a=0.0, raise_interval_s=0.0), house=ZERO)
     s.at(0, [s.demand("1"), s.demand("2")])
     faulted = replace(s.demand("1", draw=0.0), faulted=True)  # the core opened it
     offers = s.at(10, [faulted, s.demand("2")])
