@@ -330,6 +330,61 @@ def test_min_first_gives_every_waiting_connector_6_a_before_any_gets_more():
     assert [offers[c].current_a for c in "321"] == [6.0, 6.0, 0.0]
 
 
+# --- taking turns when there is not room for everyone at 6 A ---------------------------
+
+TURNS = SiteConfig(breaker_a=(10.0,) * 3, headroom_a=0.0, raise_interval_s=0.0, min_pause_s=60.0,
+                   stop_grace_s=6.0, rotate_s=600.0)
+
+
+def test_with_room_for_one_two_connectors_take_turns_of_rotate_s():
+    s = Site(TURNS, house=ZERO)
+    assert s.at(0, [s.demand("1")])["1"].current_a == 10.0
+    offers = s.at(10, [s.demand("1"), s.demand("2")])
+    assert (offers["1"].current_a, offers["2"].current_a) == (10.0, 0.0)
+    assert lm.next_deadline(TURNS, s.state, 590) == 600.0  # its turn ends then
+    offers = s.at(600, [s.demand("1"), s.demand("2")])
+    assert offers["1"].current_a == 0.0 and "its turn is over" in offers["1"].reason
+    assert offers["2"].current_a == 0.0 and "waiting for 1 to lower" in offers["2"].reason
+    assert s.at(606, [s.demand("1"), s.demand("2")])["2"].current_a == 10.0  # its stop grace over, measured
+    assert s.at(1205, [s.demand("1"), s.demand("2")])["1"].current_a == 0.0
+    offers = s.at(1206, [s.demand("1"), s.demand("2")])
+    assert offers["2"].current_a == 0.0 and "its turn is over" in offers["2"].reason
+    assert s.at(1212, [s.demand("1"), s.demand("2")])["1"].current_a == 10.0
+
+
+def test_turns_go_round_the_longest_turn_giving_way_to_the_longest_wait():
+    s = Site(replace(TURNS, breaker_a=(13.0,) * 3), house=ZERO)  # room for two at 6.5 A
+    every = lambda: [s.demand("3"), s.demand("2"), s.demand("1")]  # noqa: E731
+    s.at(0, [s.demand("3"), s.demand("2")])
+    offers = s.at(10, every())
+    assert [offers[c].current_a for c in "321"] == [6.5, 6.5, 0.0]
+    offers = s.at(600, every())  # 2 and 3 had 600 s: one gives way
+    assert [offers[c].current_a for c in "32"] == [0.0, 6.5] and "its turn is over" in offers["3"].reason
+    assert s.at(606, every())["1"].current_a == 6.5
+    offers = s.at(660, every())  # 3's pause is over: 2, charging since 0, gives way
+    assert [offers[c].current_a for c in "21"] == [0.0, 6.5] and "its turn is over" in offers["2"].reason
+    assert s.at(666, every())["3"].current_a == 6.5
+    offers = s.at(1206, every())  # 1's turn is over; 2 has waited since 660
+    assert [offers[c].current_a for c in "31"] == [6.5, 0.0]
+    assert s.at(1212, every())["2"].current_a == 6.5
+
+
+def test_without_turns_the_waiting_connector_waits_while_the_others_charge():
+    s = Site(replace(TURNS, rotate_s=0.0), house=ZERO)
+    s.at(0, [s.demand("1")])
+    for t in (10, 600, 606, 5000):
+        offers = s.at(t, [s.demand("1"), s.demand("2")])
+        assert (offers["1"].current_a, offers["2"].current_a) == (10.0, 0.0)
+
+
+def test_a_higher_priority_connector_does_not_give_its_turn_to_a_lower_one():
+    s = Site(TURNS, house=ZERO)
+    s.at(0, [s.demand("1", priority=1)])
+    for t in (10, 600, 606, 5000):
+        offers = s.at(t, [s.demand("1", priority=1), s.demand("2")])
+        assert (offers["1"].current_a, offers["2"].current_a) == (10.0, 0.0)
+
+
 # --- any load profile, any event order --------------------------------------------------
 
 TICK = 0.5

@@ -48,7 +48,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from evsed.core.pilot import MAX_ABOVE_A, MIN_CURRENT_A
 
@@ -75,6 +75,7 @@ class SiteConfig:
     min_first: bool = False  # every wanting connector gets 6 A before any gets more
     draw_margin_a: float = 1.0  # an EV drawing less than offered keeps this much above its draw
     reoffer_interval_s: float = 300.0  # ... and is offered its fair share again this often
+    rotate_s: float = 1800.0  # "equal": a turn's length while another waits for 6 A (0: no turns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class Share:
     low_since: float | None = None  # drawing well under its offer at every reading since then
     ceiling_a: float | None = None  # offered at most this (what it draws plus the margin) ...
     ceiling_at: float = -math.inf  # ... since then: until reoffer_interval_s later
+    turn_since: float | None = None  # offered current since then (its turn), None: offered 0 ...
+    waiting_since: float | None = None  # ... wanting current since then
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +164,7 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
     for name, sh in shares.items():  # gone or wanting nothing: offer 0, keep what is committed
         if name not in {d.connector for d in wanting} and sh.offer_a > 0:
             shares[name] = _lowered(cfg, sh, 0.0, now)
-    ranked = sorted(wanting, key=lambda d: (-d.priority, shares[d.connector].offer_a == 0,
-                                            d.connector))
+    ranked = sorted(wanting, key=_rank(cfg, shares, wanting, now))
     sharing = [_capped(d, shares[d.connector], wanting) for d in ranked
                if now >= shares[d.connector].paused_until]
     targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
@@ -182,9 +184,11 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
             reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
         elif t < MIN_CURRENT_A:
             if sh.offer_a > 0:
+                over = _turn_over(cfg, sh, now)
                 sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
-                             paused=True)
-                reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+                             paused=not over)  # after its turn: back at its next turn, no margin
+                reasons[d.connector] = ("paused: its turn is over, another connector's begins" if over
+                                        else "paused: under 6 A available", sh.paused_until)
             elif over := _drawing_more(shares, d):
                 reasons[d.connector] = (f"waiting for {over} to lower (as measured)", None)
             else:
@@ -196,6 +200,14 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if d.connector not in reasons:
             shares[d.connector], reasons[d.connector] = _raise(
                 cfg, shares, d, targets[d.connector], budget, now)
+    for d in demands:  # turns: since when each has been offered current, or waited for it
+        sh = shares[d.connector]
+        if sh.offer_a > 0:
+            shares[d.connector] = replace(sh, waiting_since=None, turn_since=(
+                sh.turn_since if sh.turn_since is not None else now))
+        else:
+            shares[d.connector] = replace(sh, turn_since=None, waiting_since=(
+                None if d not in wanting else sh.waiting_since if sh.waiting_since is not None else now))
     offers = tuple(replace(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg),
                            overcurrent=overdrawn.get(d.connector)) for d in demands)
     return replace(state, shares=shares), offers
@@ -208,6 +220,8 @@ def next_deadline(cfg: SiteConfig, state: DlmState, now: float) -> float | None:
     times += [sh.raised_at + cfg.raise_interval_s for sh in state.shares.values()]
     times += [sh.ceiling_at + cfg.reoffer_interval_s for sh in state.shares.values()
               if sh.ceiling_a is not None]
+    if cfg.rotate_s > 0 and any(sh.waiting_since is not None for sh in state.shares.values()):
+        times += [sh.turn_since + cfg.rotate_s for sh in state.shares.values() if sh.turn_since is not None]
     if state.reading_at is not None:
         times.append(state.reading_at + cfg.meter_timeout_s)
     future = [t for t in times if t > now]
@@ -248,6 +262,31 @@ def _watch_draw(cfg: SiteConfig, sh: Share, now: float) -> Share:
         return replace(sh, low_since=since)
     return replace(sh, low_since=since, ceiling_at=now,
                    ceiling_a=max(MIN_CURRENT_A, _floor(drawn + cfg.draw_margin_a)))
+
+
+def _rank(cfg: SiteConfig, shares: dict[str, Share], wanting: list[Demand],
+          now: float) -> Callable[[Demand], tuple[int, int, float, str]]:
+    """The order in which connectors get current: priority; then under "equal" (rotate_s > 0),
+    while another of the same priority waits, those in their turn, the waiting (the longest
+    first), and those whose turn is over (the longest last); else those offered current first;
+    then connector id. _targets() takes current from the last-ranked first."""
+    waiting = {d.priority for d in wanting if shares[d.connector].offer_a == 0
+               and now >= shares[d.connector].paused_until}
+
+    def key(d: Demand) -> tuple[int, int, float, str]:
+        sh = shares[d.connector]
+        if sh.offer_a == 0:
+            since = sh.waiting_since if sh.waiting_since is not None else now
+            return -d.priority, 1, since if d.priority in waiting else 0.0, d.connector
+        if d.priority in waiting and _turn_over(cfg, sh, now) and sh.turn_since is not None:
+            return -d.priority, 2, -sh.turn_since, d.connector  # the longest turn gives way first
+        return -d.priority, 0, 0.0, d.connector
+    return key
+
+
+def _turn_over(cfg: SiteConfig, sh: Share, now: float) -> bool:
+    return (cfg.share == "equal" and cfg.rotate_s > 0 and sh.turn_since is not None
+            and now >= sh.turn_since + cfg.rotate_s)
 
 
 def _capped(d: Demand, sh: Share, wanting: list[Demand]) -> Demand:
