@@ -184,10 +184,10 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
             reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
         elif t < MIN_CURRENT_A:
             if sh.offer_a > 0:
-                over = _turn_over(cfg, sh, now)
+                turn_over = _turn_over(cfg, sh, now)
                 sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
-                             paused=not over)  # after its turn: back at its next turn, no margin
-                reasons[d.connector] = ("paused: its turn is over, another connector's begins" if over
+                             paused=not turn_over)  # after its turn: back at its next turn, no margin
+                reasons[d.connector] = ("paused: its turn is over, another connector's begins" if turn_over
                                         else "paused: under 6 A available", sh.paused_until)
             elif over := _drawing_more(shares, d):
                 reasons[d.connector] = (f"waiting for {over} to lower (as measured)", None)
