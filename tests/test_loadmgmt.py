@@ -4,7 +4,7 @@ simulated site under any load profile and event order (hypothesis)."""
 from dataclasses import replace
 
 import pytest
-from hypothesis import Phase, given, settings, strategies as st
+from hypothesis import Phase, assume, given, settings, strategies as st
 
 from evsed.core import loadmgmt as lm
 from evsed.core.loadmgmt import Demand, DlmState, Mode, SiteConfig, SolarConfig, SolarState
@@ -383,6 +383,49 @@ def test_a_higher_priority_connector_does_not_give_its_turn_to_a_lower_one():
     for t in (10, 600, 606, 5000):
         offers = s.at(t, [s.demand("1", priority=1), s.demand("2")])
         assert (offers["1"].current_a, offers["2"].current_a) == (10.0, 0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 4), room=st.sampled_from([6.0, 8.0, 12.0, 13.0, 18.0]),
+       rotate_s=st.sampled_from([60.0, 180.0]), min_pause_s=st.sampled_from([10.0, 60.0]),
+       period=st.sampled_from([1.0, 2.0]), plugs=st.lists(st.integers(0, 300), min_size=4, max_size=4),
+       late=st.booleans())
+def test_with_turns_no_connector_waits_longer_than_the_others_turns(n, room, rotate_s, min_pause_s,
+                                                                    period, plugs, late):
+    """Not room for all at 6 A, every EV wanting current all along (following a lower offer at
+    once, or at the end of its grace): each connector waits at most one turn of each other one
+    (plus the stop grace and a reading each) before it is offered current."""
+    assume(room < 6.0 * n)
+    cfg = SiteConfig(breaker_a=(room,) * 3, headroom_a=0.0, raise_interval_s=0.0, min_pause_s=min_pause_s,
+                     rotate_s=rotate_s, grace_s=5.0, stop_grace_s=6.0)
+    names = [str(i) for i in range(n)]
+    state, offers, history = DlmState(), {c: 0.0 for c in names}, {c: [(0.0, 0.0)] for c in names}
+    waiting_since: dict[str, float] = {}
+    bound = (n - 1) * (rotate_s + cfg.stop_grace_s + 2 * period) + min_pause_s + cfg.stop_grace_s + 2 * period
+    t = 0.0
+    while t < max(plugs) + (n + 2) * (rotate_s + min_pause_s + 20.0):
+        plugged = {c: t >= plugs[int(c)] for c in names}
+
+        def draw(c):
+            if not plugged[c] or not late:
+                return offers[c] if plugged[c] else 0.0
+            grace = cfg.stop_grace_s if offers[c] == 0 else cfg.grace_s
+            return max([o for at, o in history[c] if at > t - grace] + [history[c][-1][1]])
+        demands = [Demand(c, 32.0 if plugged[c] else 0.0, (0, 1, 2), (draw(c),) * 3) for c in names]
+        site = [sum(d.measured_a[p] for d in demands) for p in range(3)]
+        assert max(site) <= room + 1e-6 or late
+        state, out = lm.step(cfg, state, t, demands, site)
+        for o in out:
+            if o.current_a != offers[o.connector]:
+                history[o.connector].append((t, o.current_a))
+            offers[o.connector] = o.current_a
+        for c in names:
+            if plugged[c] and offers[c] == 0:
+                waiting_since.setdefault(c, t)
+                assert t - waiting_since[c] <= bound, (c, t, waiting_since[c], offers)
+            else:
+                waiting_since.pop(c, None)
+        t += period
 
 
 # --- any load profile, any event order --------------------------------------------------
