@@ -35,6 +35,9 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     can). With min_first, every connector that wants current first gets 6 A, in rank order
     as far as the room goes, before any gets more. Rank: priority, then already charging,
     then connector id.
+  - Turns ("equal", rotate_s > 0): while a connector waits for 6 A, one of its priority that
+    has been offered current for rotate_s gives way (the longest turn first, paused for
+    min_pause_s but resuming without resume_margin_a), and the longest-waiting one ranks first.
 So the EVs draw more than the budget in force at some moment of the last grace plus a meter
 period (the stop grace, if longer) only while an EV rises over its offer by itself, until the
 next reading opens it; an EV that ignores a lowering, by however little, is opened at the first
