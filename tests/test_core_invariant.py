@@ -336,6 +336,14 @@ class CoreMachine(RuleBasedStateMachine):
         a = self.s.offered_a * factor if self.physical or math.isnan(factor) else 0.0
         self.feed(ev.MeterSampled((a, a, a), a * 690.0, 1000))
 
+    @rule(drawn=st.sampled_from([6.5, 16.0, 33.0]), dt=dts)
+    def load_management_overcurrent(self, drawn, dt):
+        self.advance(dt)
+        was_closed = self.closed
+        self.feed(ev.OvercurrentDetected(drawn, 6.0))
+        if was_closed:  # opened at once, with the fault that says why
+            assert not self.closed and Fault.OVERCURRENT in self.faults
+
     @rule(dt=dts)
     def meter_fails(self, dt):
         self.advance(dt)

@@ -371,6 +371,24 @@ def test_overcurrent_only_after_grace():
     assert r.s.output == "off"
 
 
+def test_load_management_s_overcurrent_opens_at_once_with_a_reason_people_can_read():
+    r = Rig(max_current_a=32.0)
+    r.charge(0.0, current_a=16.0)
+    r.run(0.2, 10.0)
+    actions = r.at(10.0, ev.OvercurrentDetected(16.0, 15.0))  # within the core's own 2 A margin
+    assert isinstance(actions[0], ev.OpenContactor) and actions[0].at_once
+    raised = [a for a in actions if isinstance(a, ev.FaultRaised)]
+    assert raised and raised[0].fault is Fault.OVERCURRENT and not raised[0].lockout
+    assert raised[0].detail == "EV drew 16.0 A over its 15.0 A offer past the grace (load management)"
+    assert r.s.status is ConnectorStatus.FAULTED and r.s.reason == "fault: overcurrent"
+
+
+def test_load_management_s_overcurrent_on_an_open_contactor_raises_nothing():
+    r = Rig(max_current_a=32.0)
+    assert r.at(1.0, ev.OvercurrentDetected(16.0, 15.0)) == []
+    assert not r.s.faults
+
+
 def test_ev_that_follows_the_lower_offer_is_not_flagged():
     r = Rig(max_current_a=32.0)
     r.charge(0.0, current_a=31.0)

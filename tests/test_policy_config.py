@@ -175,6 +175,14 @@ def test_a_one_phase_charger_has_only_phase_1():
     assert "[connector] phases: a one-phase charger" in str(exc.value)
 
 
+def test_turns_last_rotate_s_by_default_30_min_and_0_turns_them_off():
+    site = '[site]\nbreaker_a = 25\n{}[site.meter]\nbackend = "sim"\n'
+    assert config.parse(BASE + site.format(""), "e.toml").site.load.dlm.rotate_s == 1800
+    assert config.parse(BASE + site.format("rotate_s = 0\n"), "e.toml").site.load.dlm.rotate_s == 0
+    assert "[site] rotate_s" in error(site.format("rotate_s = -1\n"))
+    assert "rotate_s: goes with breaker_a" in error('[site]\nrotate_s = 600\n[site.meter]\nbackend = "sim"\n')
+
+
 def test_a_sharing_key_without_a_breaker_says_so():
     assert "min_first: goes with breaker_a" in error('[site]\nmin_first = true\n[site.meter]\nbackend = "sim"\n')
 

@@ -23,7 +23,7 @@ def test_there_is_a_scenario_per_policy_rule():
     names = {p.stem for p in SCENARIOS}
     for rule in ("night_window", "dst_spring", "dst_autumn", "overload", "site_meter_loss", "two_connectors",
                  "cap_14a", "solar_day", "pp_socket", "group_stop", "free_vend_stop", "reload", "cards_learn", "one_phase_pause",
-                 "ev_ignores_lower_offer", "shared_by_draw"):
+                 "ev_ignores_lower_offer", "ev_ignores_small_lowering", "shared_by_draw"):
         assert rule in names
 
 

@@ -235,10 +235,12 @@ def parse_site(t: _Table | None, voltage_v: float, timing: Any) -> SiteLoad:
             share=t.get("share", str, d.share, choices=("equal", "priority")),
             min_first=t.get("min_first", bool, d.min_first),
             draw_margin_a=t.get("draw_margin_a", float, d.draw_margin_a, min=0.1, max=32),
-            reoffer_interval_s=t.get("reoffer_interval_s", float, d.reoffer_interval_s, min=10, max=86400))
+            reoffer_interval_s=t.get("reoffer_interval_s", float, d.reoffer_interval_s, min=10, max=86400),
+            rotate_s=t.get("rotate_s", float, d.rotate_s, min=0, max=86400))
     else:
         for key in ("headroom_a", "fallback_a", "meter_timeout_s", "raise_interval_s", "raise_step_a",
-                    "min_pause_s", "resume_margin_a", "share", "min_first", "draw_margin_a", "reoffer_interval_s"):
+                    "min_pause_s", "resume_margin_a", "share", "min_first", "draw_margin_a", "reoffer_interval_s",
+                    "rotate_s"):
             if key in t.data:
                 raise t.error(key, "goes with breaker_a (load management is off without it)")
     solar = loadmgmt.SolarConfig(

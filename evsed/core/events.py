@@ -177,6 +177,17 @@ class MeterSampled:
 
 
 @dataclass(frozen=True, slots=True)
+class OvercurrentDetected:
+    """Load management (evsed.core.loadmgmt) saw the EV draw more than its offer past the grace
+    of the offer's last lowering while the site was over its budget, or another connector waited
+    for that room (IEC 61851-1: an EV follows a lower PWM within 5 s; the EVSE may open when it
+    does not). The core raises an overcurrent fault: the contactor opens at once. A per phase."""
+
+    drawn_a: float
+    offered_a: float
+
+
+@dataclass(frozen=True, slots=True)
 class MeterFailed:
     """A meter read failed or returned garbage (timeout, NaN, energy going backwards)."""
 
@@ -240,7 +251,7 @@ class Shutdown:
 
 Event = (
     PilotMeasured | PilotUnreadable | CardPresented | AuthorizationResult | RemoteStart
-    | StopRequested | LimitChanged | MeterSampled | MeterFailed | FaultInputChanged
+    | StopRequested | LimitChanged | MeterSampled | OvercurrentDetected | MeterFailed | FaultInputChanged
     | SelfTestResult | ContactorFeedback | SetAvailability | Reserve | CancelReservation
     | ClearFaults | Tick | Shutdown
 )

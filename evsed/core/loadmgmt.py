@@ -16,8 +16,12 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     holds, on each of its phases, the most of its offer, its old offer for the grace after a
     lowering (grace_s; stop_grace_s when paused), and what it drew at the last reading. So a
     new session waits ("waiting for ... to lower", until) until the others were lowered for
-    their grace AND a reading shows them drawing less (or opened by the core's overcurrent
-    rule after the grace), and only then starts: never over the budget, even briefly.
+    their grace AND a reading shows them drawing less (or opened, below), and only then
+    starts: never over the budget, even briefly.
+  - An EV that draws more than it may (its offer; in a lowering's grace, the old offer), on a
+    phase where the site is over its budget or another connector waits for room, is opened at
+    the reading that shows it (Offer.overcurrent: the core raises its overcurrent fault), however
+    small the excess: the core's own overcurrent margin (2 A or 10 %) does not cover the site.
   - Shared by what EVs draw: an EV that draws at every reading for max(grace_s,
     raise_interval_s) 2 x draw_margin_a or more under its offer is offered what it draws
     plus draw_margin_a (at least 6 A) while another shares a phase with it; the rest goes to
@@ -31,12 +35,15 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     can). With min_first, every connector that wants current first gets 6 A, in rank order
     as far as the room goes, before any gets more. Rank: priority, then already charging,
     then connector id.
-So the EVs never draw more than the budget in force at some moment of the last grace (an EV
-that ignores a lower offer by more than the core's overcurrent margin is opened after its
-grace; one within the margin is offered less by its excess at the next reading), and the
-site exceeds the breaker only when other loads rose by more than the headroom since a
-reading: for at most one meter period plus the grace (with the meter silent, until the
-fallback plus the grace), unless the other loads alone exceed it.
+  - Turns ("equal", rotate_s > 0): while a connector waits for 6 A, one of its priority that
+    has been offered current for rotate_s gives way (the longest turn first, paused for
+    min_pause_s but resuming without resume_margin_a), and the longest-waiting one ranks first.
+So the EVs draw more than the budget in force at some moment of the last grace plus a meter
+period (the stop grace, if longer) only while an EV rises over its offer by itself, until the
+next reading opens it; an EV that ignores a lowering, by however little, is opened at the first
+reading past its grace. The site exceeds the breaker only when other loads rose by more than
+the headroom since a reading: for at most one meter period plus the grace (with the meter
+silent, until the fallback plus the grace), unless the other loads alone exceed it.
 """
 
 from __future__ import annotations
@@ -44,9 +51,9 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
-from evsed.core.pilot import MIN_CURRENT_A
+from evsed.core.pilot import MAX_ABOVE_A, MIN_CURRENT_A
 
 PHASES = 3
 PHASE_DRAWN_A = 1.0  # an EV draws on a phase when it takes more than this there
@@ -71,18 +78,21 @@ class SiteConfig:
     min_first: bool = False  # every wanting connector gets 6 A before any gets more
     draw_margin_a: float = 1.0  # an EV drawing less than offered keeps this much above its draw
     reoffer_interval_s: float = 300.0  # ... and is offered its fair share again this often
+    rotate_s: float = 1800.0  # "equal": a turn's length while another waits for 6 A (0: no turns)
 
 
 @dataclass(frozen=True, slots=True)
 class Demand:
     """One connector's wish. max_a: its chain limit without the site (under 6 A: it wants
-    nothing). phases: those its EV draws on, all the connector's until measured."""
+    nothing). phases: those its EV draws on, all the connector's until measured. faulted: the
+    core holds its contactor open (it wants nothing, and its EV can draw nothing meanwhile)."""
 
     connector: str
     max_a: float
     phases: tuple[int, ...] = (0, 1, 2)
     measured_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
     priority: int = 0
+    faulted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,8 @@ class Share:
     low_since: float | None = None  # drawing well under its offer at every reading since then
     ceiling_a: float | None = None  # offered at most this (what it draws plus the margin) ...
     ceiling_at: float = -math.inf  # ... since then: until reoffer_interval_s later
+    turn_since: float | None = None  # offered current since then (its turn), None: offered 0 ...
+    waiting_since: float | None = None  # ... wanting current since then
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +124,13 @@ class DlmState:
 @dataclass(frozen=True, slots=True)
 class Offer:
     """A connector's site limit (0 or >= 6 A per phase), why, and when it may change by
-    itself (None: only with a reading or a demand)."""
+    itself (None: only with a reading or a demand), and whether the core must open it now."""
 
     connector: str
     current_a: float
     reason: str
     until: float | None = None
+    overcurrent: tuple[float, float] | None = None  # the core opens it now: (drawn A, offer A)
 
 
 def room_a(cfg: SiteConfig, site_current_a: Sequence[float],
@@ -146,27 +159,39 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if sh.ceiling_a is not None and now >= sh.ceiling_at + cfg.reoffer_interval_s:
             sh = replace(sh, ceiling_a=None, low_since=None)  # the fair share again: does it take more?
         shares[d.connector] = sh
-    wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A]
+    wanting = [d for d in demands if d.max_a >= MIN_CURRENT_A and not d.faulted]
+    for d in demands:  # opened by the core: nothing to commit to
+        if d.faulted:
+            shares[d.connector] = replace(shares[d.connector], offer_a=0.0, committed_a=0.0,
+                                          committed_until=min(now, shares[d.connector].committed_until))
     for name, sh in shares.items():  # gone or wanting nothing: offer 0, keep what is committed
         if name not in {d.connector for d in wanting} and sh.offer_a > 0:
             shares[name] = _lowered(cfg, sh, 0.0, now)
-    ranked = sorted(wanting, key=lambda d: (-d.priority, shares[d.connector].offer_a == 0,
-                                            d.connector))
+    ranked = sorted(wanting, key=_rank(cfg, shares, wanting, now))
     sharing = [_capped(d, shares[d.connector], wanting) for d in ranked
                if now >= shares[d.connector].paused_until]
     targets = _targets(cfg, _less_excess(budget, shares, wanting, state), sharing,
                        {n for n, sh in shares.items() if sh.paused})
+    overdrawn = {} if site_current_a is None else _overdrawn(state, shares, demands, wanting, targets, now)
     reasons: dict[str, tuple[str, float | None]] = {
         d.connector: ("not asking for current", None) for d in demands if d not in wanting}
     for d in ranked:  # every lowering first, so raises see the room they leave
         sh, t = shares[d.connector], targets.get(d.connector, 0.0)
-        if now < sh.paused_until:
+        if d.connector in overdrawn:  # the core opens it now: nothing committed beyond what it drew
+            sh = replace(sh, offer_a=0.0, committed_a=0.0, committed_until=now, low_since=None,
+                         ceiling_a=None)
+            drawn_a, offer_a = overdrawn[d.connector]
+            reasons[d.connector] = (f"opened: EV drew {drawn_a:.1f} A over its {offer_a:.1f} A "
+                                    "offer past the grace", None)
+        elif now < sh.paused_until:
             reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
         elif t < MIN_CURRENT_A:
             if sh.offer_a > 0:
+                turn_over = _turn_over(cfg, sh, now)
                 sh = replace(_lowered(cfg, sh, 0.0, now), paused_until=now + cfg.min_pause_s,
-                             paused=True)
-                reasons[d.connector] = ("paused: under 6 A available", sh.paused_until)
+                             paused=not turn_over)  # after its turn: back at its next turn, no margin
+                reasons[d.connector] = ("paused: its turn is over, another connector's begins" if turn_over
+                                        else "paused: under 6 A available", sh.paused_until)
             elif over := _drawing_more(shares, d):
                 reasons[d.connector] = (f"waiting for {over} to lower (as measured)", None)
             else:
@@ -178,8 +203,16 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
         if d.connector not in reasons:
             shares[d.connector], reasons[d.connector] = _raise(
                 cfg, shares, d, targets[d.connector], budget, now)
-    offers = tuple(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg)
-                   for d in demands)
+    for d in demands:  # turns: since when each has been offered current, or waited for it
+        sh = shares[d.connector]
+        if sh.offer_a > 0:
+            shares[d.connector] = replace(sh, waiting_since=None, turn_since=(
+                sh.turn_since if sh.turn_since is not None else now))
+        else:
+            shares[d.connector] = replace(sh, turn_since=None, waiting_since=(
+                None if d not in wanting else sh.waiting_since if sh.waiting_since is not None else now))
+    offers = tuple(replace(_offer(d.connector, shares[d.connector], reasons.get(d.connector), silent, cfg),
+                           overcurrent=overdrawn.get(d.connector)) for d in demands)
     return replace(state, shares=shares), offers
 
 
@@ -190,6 +223,8 @@ def next_deadline(cfg: SiteConfig, state: DlmState, now: float) -> float | None:
     times += [sh.raised_at + cfg.raise_interval_s for sh in state.shares.values()]
     times += [sh.ceiling_at + cfg.reoffer_interval_s for sh in state.shares.values()
               if sh.ceiling_a is not None]
+    if cfg.rotate_s > 0 and any(sh.waiting_since is not None for sh in state.shares.values()):
+        times += [sh.turn_since + cfg.rotate_s for sh in state.shares.values() if sh.turn_since is not None]
     if state.reading_at is not None:
         times.append(state.reading_at + cfg.meter_timeout_s)
     future = [t for t in times if t > now]
@@ -230,6 +265,31 @@ def _watch_draw(cfg: SiteConfig, sh: Share, now: float) -> Share:
         return replace(sh, low_since=since)
     return replace(sh, low_since=since, ceiling_at=now,
                    ceiling_a=max(MIN_CURRENT_A, _floor(drawn + cfg.draw_margin_a)))
+
+
+def _rank(cfg: SiteConfig, shares: dict[str, Share], wanting: list[Demand],
+          now: float) -> Callable[[Demand], tuple[int, int, float, str]]:
+    """The order in which connectors get current: priority; then under "equal" (rotate_s > 0),
+    while another of the same priority waits, those in their turn, the waiting (the longest
+    first), and those whose turn is over (the longest last); else those offered current first;
+    then connector id. _targets() takes current from the last-ranked first."""
+    waiting = {d.priority for d in wanting if shares[d.connector].offer_a == 0
+               and now >= shares[d.connector].paused_until}
+
+    def key(d: Demand) -> tuple[int, int, float, str]:
+        sh = shares[d.connector]
+        if sh.offer_a == 0:
+            since = sh.waiting_since if sh.waiting_since is not None else now
+            return -d.priority, 1, since if d.priority in waiting else 0.0, d.connector
+        if d.priority in waiting and _turn_over(cfg, sh, now) and sh.turn_since is not None:
+            return -d.priority, 2, -sh.turn_since, d.connector  # the longest turn gives way first
+        return -d.priority, 0, 0.0, d.connector
+    return key
+
+
+def _turn_over(cfg: SiteConfig, sh: Share, now: float) -> bool:
+    return (cfg.share == "equal" and cfg.rotate_s > 0 and sh.turn_since is not None
+            and now >= sh.turn_since + cfg.rotate_s)
 
 
 def _capped(d: Demand, sh: Share, wanting: list[Demand]) -> Demand:
@@ -340,6 +400,31 @@ def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, 
     if over := _drawing_more(shares, d):  # lowered for their grace, a reading shows them drawing more
         return sh, (f"waiting for {over} to lower (as measured)", None)
     return sh, ("waiting for room", None)
+
+
+def _overdrawn(state: DlmState, shares: dict[str, Share], demands: Sequence[Demand],
+               wanting: list[Demand], targets: dict[str, float],
+               now: float) -> dict[str, tuple[float, float]]:
+    """At a reading: the EVs that draw more than they may (beyond the PWM's resolution: their
+    offer, or in the grace of a lowering the old offer) on a phase where that room is needed:
+    the site is over its budget there, or another connector there is offered less than its
+    target. name -> (the most it drew on such a phase, what it may draw), A. IEC 61851-1: an EV
+    follows a lower PWM within 5 s."""
+    own = [sum(d.measured_a[p] for d in demands) for p in range(PHASES)]
+    room = state.room_a if state.room_a is not None else (math.inf,) * PHASES
+    out: dict[str, tuple[float, float]] = {}
+    for d in wanting:
+        sh = shares[d.connector]
+        if sh.offer_a <= 0:
+            continue
+        allowed = max(sh.offer_a, sh.committed_a if now < sh.committed_until else 0.0)
+        needed = [p for p in range(PHASES) if sh.drawn_a[p] > allowed + MAX_ABOVE_A and (
+            own[p] > room[p] + _EPS or any(
+                p in o.phases and targets.get(o.connector, 0.0) > shares[o.connector].offer_a + _EPS
+                for o in wanting if o is not d))]
+        if needed:
+            out[d.connector] = (max(sh.drawn_a[p] for p in needed), allowed)
+    return out
 
 
 def _drawing_more(shares: dict[str, Share], d: Demand) -> str:

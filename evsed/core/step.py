@@ -211,6 +211,15 @@ def _on_meter(cfg: CoreConfig, s: Connector, e: ev.MeterSampled, now: float, out
     return replace(s, overcurrent_since=None)
 
 
+def _on_overcurrent_detected(cfg: CoreConfig, s: Connector, e: ev.OvercurrentDetected, now: float,
+                             out: Out) -> Connector:
+    if not s.contactor_closed or Fault.OVERCURRENT in s.faults:
+        return s  # already open: nothing to stop
+    return _raise(replace(s, overcurrent_since=None), Fault.OVERCURRENT, None, now, out,
+                  f"EV drew {e.drawn_a:.1f} A over its {e.offered_a:.1f} A offer past the grace "
+                  "(load management)")
+
+
 def _on_meter_failed(cfg: CoreConfig, s: Connector, e: ev.MeterFailed, now: float, out: Out) -> Connector:
     return replace(s, meter_error=e.detail)
 
@@ -277,6 +286,7 @@ _HANDLERS: dict[type, Handler] = {
     ev.StopRequested: _on_stop,
     ev.LimitChanged: _on_limit,
     ev.MeterSampled: _on_meter,
+    ev.OvercurrentDetected: _on_overcurrent_detected,
     ev.MeterFailed: _on_meter_failed,
     ev.FaultInputChanged: _on_fault_input,
     ev.SelfTestResult: _on_self_test,

@@ -260,10 +260,13 @@ class Policy:
                 continue
             measured = ctrl.last_reading.current_a if ctrl.last_reading is not None else ()
             measured3 = tuple((list(measured) + [0.0, 0.0, 0.0])[:3]) if ctrl.state.contactor_closed else (0.0,) * 3
-            demands.append(loadmgmt.Demand(str(cid), self._room_a(ctrl), self._phases(ctrl),
-                                           measured3, self.connector_config(cid).priority))  # type: ignore[arg-type]
+            demands.append(loadmgmt.Demand(str(cid), self._room_a(ctrl), self._phases(ctrl), measured3,  # type: ignore[arg-type]
+                                           self.connector_config(cid).priority, bool(ctrl.state.faults)))
         current = None if site is None else tuple((list(site.current_a) + [0.0, 0.0, 0.0])[:3])
         self.dlm, offers = loadmgmt.step(cfg, self.dlm, now, demands, current)
+        for offer in offers:  # an EV over its offer where the room is needed: the core opens it first
+            if offer.overcurrent is not None:
+                self.charger.connectors[int(offer.connector)].feed(ev.OvercurrentDetected(*offer.overcurrent))
         for offer in sorted(offers, key=lambda o: o.current_a):  # lowering first, then raising
             self.send(self.charger.connectors[int(offer.connector)], loadmgmt_source.limit(offer))
         self._arm_mono(loadmgmt.next_deadline(cfg, self.dlm, now),
