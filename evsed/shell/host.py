@@ -114,6 +114,9 @@ class ControlHost:
             log.warning("daemon.restart_requested", role=role)
             self._restart()
             return p.RestartReply(exit_status=EXIT_RESTART)
+        unsimulated = commands.unsimulated(self.charger, command)
+        if unsimulated is not None:  # `sim` only on a simulator config: refused as a role's command is
+            raise Refused(unsimulated)
         if isinstance(command, p.RemoteStart) and role not in (p.ADMIN, p.OCPP):
             # the web page starts only for a card the host's own list accepts: no unknown card charges
             verdict = self.charger.auth.local.verdict(commands.id_tag(command.id_tag))
