@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from evsed import config
 from evsed import protocol as p
@@ -195,6 +196,27 @@ def test_the_mqtt_role_restarts_the_daemon_only_when_the_hosts_config_grants_it(
         assert said == p.Failure(error=said.error, code="refused", role="mqtt", cmd="restart")
         assert "unless the host grants it" in said.error
         assert alive == p.Ok() and not restarting and status != 75
+
+
+def test_a_refusal_is_logged_once_per_client(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        with capture_logs() as logs:
+            async with running(cfg) as daemon:
+                first, second = await as_role(daemon, cfg, p.WEB), await as_role(daemon, cfg, p.READ)
+                said = [await first.command(p.Restart()), await first.command(p.Reload()),
+                        await first.command(p.Restart()), await second.command(p.Reload()),
+                        await second.command(p.Limit(source="web", current_a=10.0))]
+                await first.close()
+                await second.close()
+        return said, [e for e in logs if e["event"] == "control.refused"]
+
+    said, refused = asyncio.run(scenario())
+    assert [(s.code, s.role, s.cmd) for s in said] == [
+        ("refused", "web", "restart"), ("refused", "web", "reload"), ("refused", "web", "restart"),
+        ("refused", "read", "reload"), ("refused", "read", "limit")]
+    assert [(e["role"], e["cmd"]) for e in refused] == [("web", "restart"), ("read", "reload")]
 
 
 def test_a_service_speaks_only_for_its_own_role(tmp_path):
