@@ -47,11 +47,13 @@ def parse_request(data: object) -> Command[Any]:
     return cls.from_wire({k: v for k, v in data.items() if k not in ("cmd", "action")})
 
 
-def refusal(role: str, command: Command[Any]) -> str | None:
-    """Why `role` may not send `command` (None: it may): the roles the command names, the limit
-    sources each role owns, and the `ocpp` authorizer seat that only the uplink takes."""
-    if role not in command.ROLES:
-        return f"{command.LABEL} is not the {role} role's to send"
+def refusal(role: str, command: Command[Any], granted: frozenset[str] = frozenset()) -> str | None:
+    """Why `role` may not send `command` (None: it may): the roles the command names (and those it
+    lets the host grant it to: `granted`, the commands the daemon's config grants this role), the
+    limit sources each role owns, and the `ocpp` authorizer seat that only the uplink takes."""
+    if role not in command.ROLES and not (role in command.GRANTABLE and command.LABEL in granted):
+        unless = " unless the host grants it" if role in command.GRANTABLE else ""
+        return f"{command.LABEL} is not the {role} role's to send{unless}"
     if isinstance(command, Limit):
         if command.source in DAEMON_SOURCES:
             return f"limit source {command.source} is the daemon's own"
@@ -311,8 +313,10 @@ class RestartReply(Reply):
     exit_status: Annotated[int, Range(0, 255)]
 
 
-class Restart(Command[RestartReply], cmd="restart", roles=(ADMIN, OCPP, MQTT)):
-    """End every session (`reboot`) and exit 75 so that the service manager starts the daemon again."""
+class Restart(Command[RestartReply], cmd="restart", roles=(ADMIN, OCPP), grantable=(MQTT,)):
+    """End every session (`reboot`) and exit 75 so that the service manager starts the daemon again.
+    The administrator's, and the uplink's (a hard reset); the MQTT service's only when the host grants
+    it (`[mqtt] restart_button = true`: Home Assistant's restart button)."""
 
 
 class UnlockReply(Reply):

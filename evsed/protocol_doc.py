@@ -29,7 +29,8 @@ def commands() -> list[str]:
     for name in sorted(p.COMMANDS, key=lambda n: (p.COMMANDS[n].CMD == "sim", n)):
         cls = p.COMMANDS[name]
         label = f"`sim` `{cls.ACTION}`" if cls.ACTION else f"`{cls.CMD}`"
-        roles = ", ".join(r for r in p.ROLES if r in cls.ROLES)
+        roles = ", ".join([r for r in p.ROLES if r in cls.ROLES]
+                          + [f"{r} (granted)" for r in p.ROLES if r in cls.GRANTABLE])
         reply = "none" if cls.REPLY is p.NoReply else ", ".join(f"`{n}`" for n, _, _ in p.describe(cls.REPLY)) or "`ok`"
         lines.append(f"| {label} | {roles} | {_fields(cls)} | {reply} | {_doc(cls)} |")
     return lines

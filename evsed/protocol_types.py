@@ -105,20 +105,22 @@ R = TypeVar("R", bound=Reply)
 
 
 class Command(Record, Generic[R]):
-    """A request: `cmd` names it (and `action`, a simulator action); ROLES may send it."""
+    """A request: `cmd` names it (and `action`, a simulator action); ROLES may send it, and GRANTABLE
+    too once the host grants it to them in the daemon's config (never by a service's say)."""
 
     STRICT = True
     CMD: ClassVar[str] = ""
     ACTION: ClassVar[str] = ""
     ROLES: ClassVar[frozenset[str]] = frozenset({ADMIN})
+    GRANTABLE: ClassVar[frozenset[str]] = frozenset()
     REPLY: ClassVar[type[Reply]] = Ok
 
     def __init_subclass__(cls, cmd: str = "", action: str = "", roles: tuple[str, ...] = (ADMIN,),
-                          **kwargs: Any) -> None:
+                          grantable: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not cmd:
             return  # an intermediate base
-        cls.CMD, cls.ACTION, cls.ROLES = cmd, action, frozenset(roles)
+        cls.CMD, cls.ACTION, cls.ROLES, cls.GRANTABLE = cmd, action, frozenset(roles), frozenset(grantable)
         cls.LABEL = f"sim {action}" if action else cmd
         base = next(b for b in getattr(cls, "__orig_bases__", ()) if typing.get_origin(b) is Command)
         cls.REPLY = typing.get_args(base)[0]

@@ -252,8 +252,29 @@ def test_start_and_stop_buttons_start_and_end_a_session(broker, tmp_path):  # no
     assert (row["id_tag"], row["card_name"]) == (UID, "Alice")
 
 
-def test_the_restart_button_restarts_the_daemon(broker, tmp_path):  # noqa: F811
+def test_without_the_hosts_grant_no_restart_button_is_discovered_and_a_press_restarts_nothing(broker, tmp_path):  # noqa: F811
     cfg = ha_config(tmp_path, broker.port)
+
+    async def scenario():
+        with capture_logs() as logs:
+            async with bridged(cfg) as daemon, subscribed(broker.port, DISCOVERY, f"{BASE}/#") as inbox:
+                components = json.loads((await inbox.wait_for(DISCOVERY)).payload)["components"]
+                await inbox.client.publish(f"{BASE}/set/restart", "PRESS", qos=1)
+                await inbox.client.publish(f"{BASE}/set/pause", "ON", qos=1)  # after the press, in order
+                await inbox.wait_for(f"{BASE}/paused", "ON")
+                alive = await ask(cfg, p.Ping())
+                restarting = daemon.stopping.is_set() or daemon.restart
+        return components, logs, alive, restarting
+
+    components, logs, alive, restarting = asyncio.run(scenario())
+    assert "restart" not in components and "pause" in components
+    assert alive == p.Ok() and not restarting
+    (ignored,) = [e for e in logs if e["event"] == "mqtt.command_ignored"]
+    assert ignored["topic"] == f"{BASE}/set/restart" and "restart_button = true" in ignored["error"]
+
+
+def test_with_the_hosts_grant_the_restart_button_restarts_the_daemon(broker, tmp_path):  # noqa: F811
+    cfg = ha_config(tmp_path, broker.port, "restart_button = true\n")
 
     async def scenario():
         async with bridged(cfg) as daemon, subscribed(broker.port, DISCOVERY) as inbox:

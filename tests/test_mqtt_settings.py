@@ -116,6 +116,17 @@ def test_enabled_is_a_known_key_read_by_the_daemon():
     assert "[mqtt] enabled: expected a boolean" in str(error_for('enabled = "no"\n'))
 
 
+def test_the_restart_button_is_the_hosts_grant_which_the_daemons_own_config_reads():
+    cfg = config.parse(MINIMAL + "[mqtt]\n", "evsed.toml")
+    assert settings.parse(cfg).restart_button is False and cfg.control.granted("mqtt") == frozenset()
+    cfg = config.parse(MINIMAL + "[mqtt]\nrestart_button = true\n", "evsed.toml")
+    assert settings.parse(cfg).restart_button is True and cfg.control.granted("mqtt") == {"restart"}
+    assert cfg.control.granted("web") == frozenset()
+    with pytest.raises(config.ConfigError) as err:  # the daemon refuses it at start, not only the service
+        config.parse(MINIMAL + '[mqtt]\nrestart_button = "yes"\n', "evsed.toml")
+    assert "[mqtt] restart_button: expected a boolean" in str(err.value)
+
+
 def test_card_uids_stay_out_unless_asked_and_a_start_charges_on_a_named_card():
     s = parsed("")
     assert s.card_uids is False and s.start_id_tag is None  # no start over MQTT

@@ -31,7 +31,7 @@ def published(messages):
     return {m.topic: (m.payload, m.retain) for m in messages}
 
 
-RULES = tp.Rules(connectors=(1,), max_a=16, start_id_tag="04A1B2C3")
+RULES = tp.Rules(connectors=(1,), max_a=16, start_id_tag="04A1B2C3", restart=True)
 
 
 @pytest.mark.parametrize("topic, payload, wanted", [
@@ -81,6 +81,13 @@ def test_a_start_needs_the_card_it_charges_on():
     assert "c1_start" not in discovery.device_config(settings(), HELLO)["components"]
 
 
+def test_a_restart_needs_the_hosts_grant():
+    with pytest.raises(tp.BadCommand, match=r"\[mqtt\] restart_button = true"):
+        tp.command_request(T, "evsed/garage/set/restart", b"PRESS", replace(RULES, restart=False))
+    assert "restart" not in discovery.device_config(settings(), HELLO)["components"]
+    assert "restart" in discovery.device_config(settings(restart_button=True), HELLO)["components"]
+
+
 def settings(**kw) -> MqttSettings:
     return MqttSettings(host="localhost", port=1883, tls=False, base_topic="evsed/garage", client_id="x",
                         charger_id="garage", max_current_a=16, **kw)
@@ -90,7 +97,7 @@ HELLO = p.HelloReply(version=1, charger="garage", connectors=(1,), phases=3, vol
 
 
 def test_discovery_is_one_device_with_sensors_and_controls():
-    cfg = discovery.device_config(settings(start_id_tag="04A1B2C3"), HELLO)
+    cfg = discovery.device_config(settings(start_id_tag="04A1B2C3", restart_button=True), HELLO)
     assert discovery.discovery_topic(settings()) == "homeassistant/device/evsed_garage/config"
     assert cfg["device"]["identifiers"] == ["evsed_garage"] and cfg["origin"]["name"] == "evsed"
     assert cfg["availability"] == [{"topic": "evsed/garage/availability"}]
@@ -110,7 +117,7 @@ def test_discovery_is_one_device_with_sensors_and_controls():
 
 
 def test_discovery_units_classes_and_precision_follow_home_assistant():
-    c = discovery.device_config(settings(), HELLO)["components"]
+    c = discovery.device_config(settings(restart_button=True), HELLO)["components"]
     assert (c["c1_power"]["device_class"], c["c1_power"]["unit_of_measurement"]) == ("power", "W")
     for key in ("c1_energy", "c1_session_energy"):
         assert (c[key]["device_class"], c[key]["unit_of_measurement"], c[key]["state_class"]) == \
@@ -337,6 +344,6 @@ def readme_entities() -> dict[str, str]:
 
 
 def test_the_readme_lists_every_discovered_entity_and_its_platform():
-    c = discovery.device_config(settings(currency="EUR", start_id_tag="04A1B2C3"), HELLO)["components"]
+    c = discovery.device_config(settings(currency="EUR", start_id_tag="04A1B2C3", restart_button=True), HELLO)["components"]
     listed = readme_entities()
     assert {comp["name"]: comp["platform"] for comp in c.values()} == listed

@@ -3,6 +3,7 @@
 import asyncio
 from pathlib import Path
 
+import pytest
 
 from evsed import protocol as p
 from evsed import config
@@ -184,3 +185,34 @@ def test_sigterm_during_a_charge_forces_the_board_open_when_it_does_not_open_aft
         after = board.commands[sent:]
         assert "FS" in after and "FD" in after and after.index("FS") < after.index("FD")
         assert not board.relay_closed
+
+
+@pytest.mark.parametrize("reader", ["sim", None])
+def test_sim_actions_for_the_ev_are_refused_on_a_board_and_change_nothing(tmp_path, reader):
+    """`sim` only where the simulator is: with the board's pilot (and a simulated card reader, or
+    none at all) `sim plug` is a typed refusal naming the role and the command, and nothing moves."""
+    with OpenEvseEmulator(current_a=32, total_wh=5000) as board:
+        path = board_config(tmp_path, board.port)
+        if reader is None:
+            path.write_text(path.read_text().replace('[rfid]\nbackend = "sim"\n', ""))
+        cfg = config.load(path)
+
+        async def scenario():
+            async with running(cfg) as daemon:
+                ctrl = daemon.connectors[1]
+                await until(lambda: ctrl.last_reading is not None and board.mode == "sleeping")
+                before = (await ask(cfg, p.Status())).connectors
+                sent = len(board.commands)
+                plug, ev = await ask(cfg, p.Plug()), await ask(cfg, p.SetEv(connector=1, max_current_a=16))
+                after = (await ask(cfg, p.Status())).connectors
+                phantom = daemon.world is not None and 1 in daemon.world.connectors
+                alive = await ask(cfg, p.Ping())
+                return plug, ev, before, after, phantom, alive, board.commands[sent:]
+
+        plug, ev, before, after, phantom, alive, commands = asyncio.run(scenario())
+    assert plug == p.Failure(error=plug.error, code="refused", role="admin", cmd="sim plug")
+    assert ev == p.Failure(error=ev.error, code="refused", role="admin", cmd="sim ev")
+    assert ("no simulated hardware" if reader is None else "pilot is real hardware (openevse)") in plug.error
+    assert [(c.state, c.status, c.session) for c in after] == [(c.state, c.status, c.session) for c in before]
+    assert not phantom and alive == p.Ok() and board.mode == "sleeping"
+    assert not [c for c in commands if c.startswith(("FE", "SC"))]  # nobody enabled the board or offered current

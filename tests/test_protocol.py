@@ -157,3 +157,11 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_every_protocol_module_is_held_to_the_standard_library_by_the_import_contract():
+    import tomllib
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (stdlib_only,) = [c for c in contracts if c.get("source_modules", [""])[0] == "evsed.protocol"]
+    modules = {f"evsed.{path.stem}" for path in (ROOT / "evsed").glob("protocol*.py")} | {"evsed.wire"}
+    assert modules <= set(stdlib_only["source_modules"]), modules - set(stdlib_only["source_modules"])

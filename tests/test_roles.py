@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from evsed import config
 from evsed import protocol as p
@@ -166,6 +167,56 @@ def test_the_uplink_may_restart_the_daemon_and_the_web_page_may_not(tmp_path):
     refused, running_on, done, status = asyncio.run(scenario())
     assert refused == p.Failure(error=refused.error, code="refused", role="web", cmd="restart") and running_on
     assert done == p.RestartReply(exit_status=75) and status == 75
+
+
+@pytest.mark.parametrize("granted", [False, True])
+def test_the_mqtt_role_restarts_the_daemon_only_when_the_hosts_config_grants_it(tmp_path, granted):
+    # enabled = false: the daemon starts no MQTT service child; the grant is read all the same
+    cfg = config.load(write_config(tmp_path, "[mqtt]\nenabled = false\n" + ("restart_button = true\n" if granted else "")))
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            mqtt = await as_role(daemon, cfg, p.MQTT)
+            web = await as_role(daemon, cfg, p.WEB)  # the grant is MQTT's alone
+            web_said = await web.command(p.Restart())
+            said = await mqtt.command(p.Restart())
+            if granted:
+                await daemon.stopping.wait()
+            alive = None if granted else await mqtt.command(p.Ping())
+            restarting = daemon.restart
+            await mqtt.close()
+            await web.close()
+        return web_said, said, alive, restarting, daemon.exit_status
+
+    web_said, said, alive, restarting, status = asyncio.run(scenario())
+    assert web_said == p.Failure(error=web_said.error, code="refused", role="web", cmd="restart")
+    if granted:
+        assert said == p.RestartReply(exit_status=75) and restarting and status == 75
+    else:
+        assert said == p.Failure(error=said.error, code="refused", role="mqtt", cmd="restart")
+        assert "unless the host grants it" in said.error
+        assert alive == p.Ok() and not restarting and status != 75
+
+
+def test_a_refusal_is_logged_once_per_client(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        with capture_logs() as logs:
+            async with running(cfg) as daemon:
+                first, second = await as_role(daemon, cfg, p.WEB), await as_role(daemon, cfg, p.READ)
+                said = [await first.command(p.Restart()), await first.command(p.Reload()),
+                        await first.command(p.Restart()), await second.command(p.Reload()),
+                        await second.command(p.Limit(source="web", current_a=10.0))]
+                await first.close()
+                await second.close()
+        return said, [e for e in logs if e["event"] == "control.refused"]
+
+    said, refused = asyncio.run(scenario())
+    assert [(s.code, s.role, s.cmd) for s in said] == [
+        ("refused", "web", "restart"), ("refused", "web", "reload"), ("refused", "web", "restart"),
+        ("refused", "read", "reload"), ("refused", "read", "limit")]
+    assert [(e["role"], e["cmd"]) for e in refused] == [("web", "restart"), ("read", "reload")]
 
 
 def test_a_service_speaks_only_for_its_own_role(tmp_path):

@@ -126,15 +126,21 @@ class AuthConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     """The users the network services run as: `evsed run` as root starts each as its own, and a
-    service under its own unit connecting as that user gets that service's role on the socket."""
+    service under its own unit connecting as that user gets that service's role on the socket;
+    and what the host grants a service beyond its role (the daemon reads it here, never from the service)."""
 
     ocpp_user: str = dirs.service_user("ocpp")
     web_user: str = dirs.service_user("web")
     mqtt_user: str = dirs.service_user("mqtt")
     prices_user: str = dirs.service_user("prices")
+    mqtt_restart: bool = False  # [mqtt] restart_button: the MQTT service may restart the daemon
 
     def user(self, service: str) -> str:
         return str(getattr(self, f"{service}_user"))
+
+    def granted(self, role: str) -> frozenset[str]:
+        """The commands granted to `role` beyond its own (evsed.protocol says which may be granted)."""
+        return frozenset({"restart"}) if role == "mqtt" and self.mqtt_restart else frozenset()
 
 
 @dataclass(frozen=True)
@@ -692,7 +698,9 @@ def _control(top: _Table) -> ControlConfig:
         if user in ("root", "0", dirs.DAEMON_USER):
             raise t.error(key, f"{user!r}: a network service never runs as root or as the daemon's user")
     t.done()
-    return ControlConfig(**users)
+    mqtt = top.table("mqtt")  # the MQTT service checks the rest of its table; the grant is the daemon's to read
+    restart = mqtt.get("restart_button", bool, False) if mqtt is not None else False
+    return ControlConfig(**users, mqtt_restart=restart)
 
 
 def _log(top: _Table) -> LogConfig:

@@ -152,7 +152,7 @@ class Connection:
             return p.Failure(error=str(exc), code="unknown")
         except p.WireError as exc:  # a malformed request: an error for its sender
             return p.Failure(error=str(exc), code="invalid")
-        why = p.refusal(self.role, command)
+        why = p.refusal(self.role, command, self.server.roles.granted.get(self.role, frozenset()))
         if why is not None:
             return self.refuse(command, why)
         try:

@@ -12,7 +12,7 @@ import pwd
 import socket
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from evsed import protocol as p
@@ -25,10 +25,11 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 @dataclass(frozen=True)
 class Roles:
-    """The role of a peer's uid."""
+    """The role of a peer's uid, and the commands the host's config grants a role beyond its own."""
 
     admin_uids: frozenset[int]
     by_uid: Mapping[int, str]  # a service's user -> its role
+    granted: Mapping[str, frozenset[str]] = field(default_factory=dict)  # role -> commands (protocol GRANTABLE)
 
     def of(self, uid: int | None) -> str:
         if uid is None:
@@ -38,9 +39,10 @@ class Roles:
         return self.by_uid.get(uid, p.READ)
 
 
-def resolve(users: Mapping[str, str], admin_uids: frozenset[int]) -> tuple[Roles, list[str]]:
-    """Roles from the config's users per service (a name, or a uid in digits); also the users
-    that do not exist (their service, if it connects by uid, reads only)."""
+def resolve(users: Mapping[str, str], admin_uids: frozenset[int],
+            granted: Mapping[str, frozenset[str]] | None = None) -> tuple[Roles, list[str]]:
+    """Roles from the config's users per service (a name, or a uid in digits) and its grants; also
+    the users that do not exist (their service, if it connects by uid, reads only)."""
     by_uid: dict[int, str] = {}
     missing = []
     for role, user in users.items():
@@ -49,7 +51,7 @@ def resolve(users: Mapping[str, str], admin_uids: frozenset[int]) -> tuple[Roles
             missing.append(user)
         elif uid not in admin_uids:  # root or the daemon's own user stays the administrator
             by_uid[uid] = role
-    return Roles(admin_uids, by_uid), missing
+    return Roles(admin_uids, by_uid, dict(granted or {})), missing
 
 
 def user_uid(user: str) -> int | None:

@@ -2,7 +2,7 @@
 
 Per connector the sensors, binary sensors, start/stop buttons and its charging plan's entities; the charger's controls (mode select of
 the modes it can follow, current number in the range set/current_a takes, pause and availability
-switches, restart). All on topics.py's topics; README.md lists every entity.
+switches, and restart when the host grants it). All on topics.py's topics; README.md lists every entity.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def discovery_topic(settings: MqttSettings) -> str:
 def rules(settings: MqttSettings, hello: p.HelloReply) -> Rules:
     """What the commands take: the one range the current number declares, from the charger's real limits."""
     return Rules(connectors=hello.connectors or (1,), max_a=settings.max_current_a,
-                 start_id_tag=settings.start_id_tag)
+                 start_id_tag=settings.start_id_tag, restart=settings.restart_button)
 
 
 def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[str] = MODES) -> dict:
@@ -122,8 +122,9 @@ def device_config(settings: MqttSettings, hello: p.HelloReply, modes: Sequence[s
         command_topic=topics.command("available"))
     add("available_pending", "binary_sensor", "Unavailable after the session", icon="mdi:timer-sand",
         entity_category="diagnostic", state_topic=topics.charger("available_pending"))
-    add("restart", "button", "Restart", device_class="restart", entity_category="config",
-        payload_press=PRESS, command_topic=topics.command("restart"))
+    if limits.restart:  # [mqtt] restart_button: the host granted it; else the daemon would refuse it
+        add("restart", "button", "Restart", device_class="restart", entity_category="config",
+            payload_press=PRESS, command_topic=topics.command("restart"))
     device = {"identifiers": [oid], "name": settings.charger_id, "manufacturer": "evsed", "model": "EV charger",
               "sw_version": __version__}
     if settings.configuration_url:

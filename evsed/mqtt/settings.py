@@ -36,6 +36,7 @@ class MqttSettings:
     start_id_tag: str | None = field(default=None, repr=False)  # [mqtt] start_card's UID: a start from MQTT is
                                     # its session (never published); None: no start over MQTT
     configuration_url: str | None = None  # the page, for Home Assistant's device card
+    restart_button: bool = False    # the host granted the MQTT service the daemon's restart: the button is discovered
     ca_file: Path | None = None     # mqtts: the CA to trust instead of the system's
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -69,6 +70,7 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
     if not 1 <= len(client_id) <= 64:
         raise t.error("client_id", "expected 1 to 64 characters")
     start_id_tag = _start_card(t, config, t.get("start_card", str, ""))
+    t.get("restart_button", bool, False)  # the host's grant: the config reads it for the daemon (ControlConfig)
     url_of_page = t.get("configuration_url", str, "") or _page_url(config)
     if url_of_page and urlsplit(url_of_page).scheme not in ("http", "https"):
         raise t.error("configuration_url", f"expected an http:// or https:// address, got {url_of_page[:80]!r}")
@@ -80,6 +82,7 @@ def parse(config: Config, read_secrets: bool = True) -> MqttSettings:
         currency_decimals=tariff.decimals if tariff is not None else 2,
         card_uids=t.get("card_uids", bool, False), start_id_tag=start_id_tag,
         configuration_url=url_of_page or None,
+        restart_button=config.control.mqtt_restart,  # the daemon's own reading of the grant, which it enforces
         ca_file=_path(config.path, ca) if ca else None,
         username=username or None,
         password=_password(t, _path(config.path, password_file), read_secrets) if password_file else None,

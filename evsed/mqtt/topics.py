@@ -45,12 +45,14 @@ class Message:
 @dataclass(frozen=True)
 class Rules:
     """What the commands may ask: the charger's connectors, the current limit's range (the same the
-    discovered number declares), and the card a start from MQTT charges on."""
+    discovered number declares), the card a start from MQTT charges on, and whether the host granted
+    the restart."""
 
     connectors: tuple[int, ...] = (1,)
     min_a: float = MIN_CURRENT_A
     max_a: float = 32.0
     start_id_tag: str | None = None  # [mqtt] start_card's UID; None: no start over MQTT
+    restart: bool = False  # [mqtt] restart_button; the daemon refuses the restart without it anyway
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ def command_request(topics: Topics, topic: str, payload: bytes, rules: Rules) ->
             raise BadCommand(f"{name} is the charger's: use <base>/set/{name}")
         if name == "restart":
             _press(name, text)
+            if not rules.restart:
+                raise BadCommand("restart: the host grants it to MQTT with [mqtt] restart_button = true")
             return p.Restart()
         if text.lower() not in MODES:
             raise BadCommand(f"mode: expected one of {', '.join(MODES)}, got {text!r}")

@@ -48,14 +48,36 @@ def run(charger: Charger, command: p.Command[Any]) -> p.Reply:
     handler = HANDLERS.get(type(command))
     if handler is None:
         raise CommandError(f"{command.LABEL}: not a command of the charger")
-    if command.CMD == "sim" and charger.world is None:
-        raise CommandError("this daemon runs no simulated hardware")
+    why = unsimulated(charger, command)
+    if why is not None:
+        raise CommandError(why)
     try:
         return handler(charger, command)
     except ValueError as exc:  # a connector that does not exist, a simulator setting it lacks
         if isinstance(exc, CommandError):
             raise
         raise CommandError(f"{command.LABEL}: {exc}") from None
+
+
+CONNECTOR_SIM = (p.Plug, p.Unplug, p.SetEv, p.InjectFault, p.ClearFault, p.SetPilot, p.SetCable)  # the EV at a pilot
+
+
+def unsimulated(charger: Charger, command: p.Command[Any]) -> str | None:
+    """Why a `sim` action cannot drive this daemon's hardware (None: it can, or it is no `sim`): a
+    simulator config only, and the EV's actions only at a simulated pilot, a tap only on a simulated
+    reader; on real hardware they would answer ok and change nothing."""
+    if command.CMD != "sim":
+        return None
+    if charger.world is None:
+        return "this daemon runs no simulated hardware"
+    if isinstance(command, CONNECTOR_SIM):
+        cid = command.connector or charger.config.connectors[0].id
+        conn = next((c for c in charger.config.connectors if c.id == cid), None)  # None: the handler says so
+        if conn is not None and conn.pilot.backend != "sim":
+            return f"connector {conn.id}'s pilot is real hardware ({conn.pilot.backend}), not the simulator's"
+    if isinstance(command, p.Tap) and charger.config.rfid is not None and charger.config.rfid.backend != "sim":
+        return f"the card reader is real hardware ({charger.config.rfid.backend}), not the simulator's"
+    return None
 
 
 # --- the commands ------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ EXIT_RESTART = 75  # EX_TEMPFAIL: not a clean stop, so Restart=on-failure starts
 
 
 def config_roles(config: Config) -> rolesmod.Roles:
-    """Root and this process's user are the administrator; each service's user (`[control]`) its role."""
+    """Root and this process's user are the administrator; each service's user (`[control]`) its role,
+    with what the host grants it beyond that role (`[mqtt] restart_button`)."""
     users = {role: config.control.user(role) for role in p.SERVICES}
-    roles, missing = rolesmod.resolve(users, frozenset({0, os.geteuid()}))
+    granted = {role: config.control.granted(role) for role in p.SERVICES if config.control.granted(role)}
+    roles, missing = rolesmod.resolve(users, frozenset({0, os.geteuid()}), granted)
     if missing:
         log.info("control.no_such_users", users=missing, note="their services, if run as units, read only")
     return roles
@@ -107,10 +109,14 @@ class ControlHost:
         if isinstance(command, p.Status):  # the CLI finds this daemon's config, and shows times in its zone
             return replace(self.charger.status(), services=dict(self._service_status),
                            config=str(self.charger.config.path.absolute()), timezone=self.charger.config.charger.timezone)
-        if isinstance(command, p.Restart):  # an OCPP hard reset: sessions end as `reboot`, the service manager starts us again
+        if isinstance(command, p.Restart):  # a hard reset (or the button the host granted MQTT): sessions end as `reboot`,
+            # the service manager starts us again
             log.warning("daemon.restart_requested", role=role)
             self._restart()
             return p.RestartReply(exit_status=EXIT_RESTART)
+        unsimulated = commands.unsimulated(self.charger, command)
+        if unsimulated is not None:  # `sim` only on a simulator config: refused as a role's command is
+            raise Refused(unsimulated)
         if isinstance(command, p.RemoteStart) and role not in (p.ADMIN, p.OCPP):
             # the web page starts only for a card the host's own list accepts: no unknown card charges
             verdict = self.charger.auth.local.verdict(commands.id_tag(command.id_tag))
