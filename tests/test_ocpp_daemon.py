@@ -30,8 +30,8 @@ IDENTITY = "evsed-sim"
 class Charger:
     """The daemon (with its uplink) on the simulator, stopped, killed and started again as systemd would."""
 
-    def __init__(self, tmp_path: Path, port: int):
-        text = (ROOT / "config" / "simulator-ocpp.toml").read_text()
+    def __init__(self, tmp_path: Path, port: int, config: str = "simulator-ocpp.toml"):
+        text = (ROOT / "config" / config).read_text()
         text = text.replace('url = "ws://127.0.0.1:9000/"', f'url = "ws://127.0.0.1:{port}/"')
         text = text.replace("MeterValueSampleInterval = 10", "MeterValueSampleInterval = 1")
         text = text.replace("reconnect_min_s = 1\nreconnect_max_s = 60", "reconnect_min_s = 0.1\nreconnect_max_s = 0.5")
