@@ -167,10 +167,13 @@ class StartReply(Reply):
 
 
 class RemoteStart(Command[StartReply], cmd="remote-start", roles=(ADMIN, OCPP, WEB, MQTT)):
-    """Start for `id_tag` without a card (already authorized); `result` says whether it did."""
+    """Start for `id_tag` without a card (already authorized); `result` says whether it did. With
+    `check`, start nothing: `result` says whether it would now (the uplink asks this before it
+    answers a CSMS Accepted and authorizes the tag first), `reason` why not."""
 
     connector: ConnectorId | None = None
     id_tag: IdTag
+    check: bool = False
 
 
 class StopReply(Reply):

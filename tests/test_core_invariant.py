@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from evsed.core import events as ev
 from evsed.core.step import step
 from evsed.core.state import (Connector, CoreConfig, check_invariant, clears_by, meter_pause_after_s, next_deadline,
-                              safety_blocker)
+                              remote_start_refusal, safety_blocker)
 from evsed.core.events import Clearance, Fault, StopReason
 from evsed.core.pilot import (MAX_ABOVE_A, MIN_CURRENT_A, NOMINAL_V, PilotState, classify, current_for_duty,
                               diode_present)
@@ -318,7 +318,25 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(tag=st.sampled_from(TAGS), dt=dts)
     def remote_start(self, tag, dt):
         self.advance(dt)
-        self.feed(ev.RemoteStart(tag))
+        self.remote_start_as_predicted(tag)
+
+    def remote_start_as_predicted(self, tag) -> None:
+        """remote_start_refusal (what the uplink asks before it answers a CSMS) is the step's own
+        outcome: when it says no, nothing starts and the step refuses for that reason; when it
+        says yes, the connector is authorized for the tag (the daemon's Accepted)."""
+        before = self.s
+        refusal = remote_start_refusal(before, tag)
+        actions = self.feed(ev.RemoteStart(tag))
+        refused = [a for a in actions if isinstance(a, ev.CardRefused)]
+        if refusal:
+            assert refused == [ev.CardRefused(tag, refusal)]
+            assert self.s.session <= before.session  # no session began
+            assert self.s.id_tag != tag or before.id_tag == tag  # and no authorization for it
+            event(f"remote start refused: {refusal}")
+        else:
+            assert refused == []
+            assert self.s.id_tag == tag and self.s.auth_source == "remote"
+            event("remote start accepted")
 
     @rule(reason=st.sampled_from(list(StopReason)), dt=dts)
     def stop(self, reason, dt):
@@ -426,7 +444,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.feed(ev.CardPresented(tag))
             self.feed(ev.AuthorizationResult(tag, True))
         else:
-            self.feed(ev.RemoteStart(tag))
+            self.remote_start_as_predicted(tag)
         self.advance(0.05)
         high = NOMINAL_V[state]
         self.feed(ev.PilotMeasured(-12.0 if self.mode == "f" else high,

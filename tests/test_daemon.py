@@ -317,3 +317,24 @@ async def until_async(predicate, timeout_s: float = 5.0):
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
         await asyncio.sleep(0.02)
+
+
+def test_a_remote_start_check_says_whether_it_would_start_and_starts_nothing(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+
+    async def scenario():
+        async with running(cfg) as daemon:
+            ctrl = daemon.connectors[1]
+            would = await ask(cfg, p.RemoteStart(connector=1, id_tag="ab-12-cd", check=True))
+            assert would == p.StartReply(connector=1, result="Accepted")
+            assert ctrl.state.id_tag is None
+            await ask(cfg, p.Availability(connector=1, operative=False))
+            refused = await ask(cfg, p.RemoteStart(connector=1, id_tag="ab-12-cd", check=True))
+            assert refused == p.StartReply(connector=1, result="Rejected", reason="connector unavailable")
+            assert ctrl.state.refusal == ""  # only asked: no refusal shown
+            await ask(cfg, p.Availability(connector=1, operative=True))
+            started = await ask(cfg, p.RemoteStart(connector=1, id_tag="ab-12-cd"))
+            assert started.result == "Accepted" and ctrl.state.id_tag == "ab-12-cd"
+            again = await ask(cfg, p.RemoteStart(connector=1, id_tag="ab-12-cd", check=True))
+            assert again.result == "Accepted"  # an authorization not yet used is replaced, as the step does
+    asyncio.run(scenario())

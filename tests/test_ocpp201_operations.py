@@ -72,8 +72,9 @@ async def test_request_start_with_authorize_remote_start_authorizes_first(tmp_pa
             answer = await csms.call("CP1", call.RequestStartTransaction(
                 id_token={"id_token": tag, "type": "ISO14443"}, remote_start_id=n, evse_id=1))
             assert answer.status == "Accepted"
-        await link.wait_for(lambda: link.sent("remote-start"))
-        assert [c.id_tag for c in link.sent("remote-start")] == ["04A1B2C3"]
+        await link.wait_for(lambda: [c for c in link.sent("remote-start") if not c.check])
+        assert [(c.id_tag, c.check) for c in link.sent("remote-start")] == [  # asked first, started once authorized
+            ("0BAD", True), ("04A1B2C3", True), ("04A1B2C3", False)]
         assert [p["idToken"]["idToken"] for _, p in csms.actions("Authorize")] == ["0BAD", "04A1B2C3"]
 
 

@@ -1,10 +1,12 @@
 """OCPP 2.0.1 transactions against a 2.0.1 CSMS on the real websocket: a full session's
 TransactionEvents, the durable queue across an offline period and across kill -9 (exactly once,
-in order, the station's transaction id kept), MessageAttempts, and a deauthorizing answer."""
+in order, the station's transaction id kept), MessageAttempts, and a deauthorizing answer; and
+RequestStartTransaction through the real daemon, Rejected where the daemon will not start it."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -13,6 +15,8 @@ import textwrap
 from pathlib import Path
 
 from evsed import protocol as p
+from ocpp.v201 import call
+
 from simulator.csms201 import CentralSystem201
 from test_ocpp201_fakes import running
 from test_ocpp_fakes import FakeLink, aio, booted, until
@@ -240,4 +244,49 @@ async def test_a_transaction_cut_by_kill_9_ends_later_with_its_own_id_and_the_ne
     assert [p["eventType"] for p in events] == ["Started", "Updated", "Ended"]
     assert events[-1]["transactionInfo"]["transactionId"] == before[0]["transactionInfo"]["transactionId"]
     assert events[-1]["seqNo"] == 2 and events[-1]["transactionInfo"]["stoppedReason"] == "PowerLoss"
+    assert csms.problems == []
+
+
+@aio
+async def test_with_authorize_remote_start_request_start_is_rejected_where_the_daemon_will_not_start(tmp_path):
+    # Issue 19 row 1 for 2.0.1: with AuthCtrlr.AuthorizeRemoteStart it was Accepted before the daemon was asked
+    from test_ocpp_daemon import Charger
+    csms = CentralSystem201()
+    charger = Charger(tmp_path, await csms.start(), "simulator-ocpp201.toml")
+    charger.start()
+    station = "evsed-sim"
+
+    async def request_start(tag: str, n: int) -> str:
+        token = {"id_token": tag, "type": "Central"}
+        return (await csms.call(station, call.RequestStartTransaction(id_token=token, remote_start_id=n,
+                                                                      evse_id=1))).status
+
+    def started() -> list[dict]:
+        return [p for _, p in csms.actions("TransactionEvent") if p["eventType"] == "Started"]
+    try:
+        await csms.wait_for(lambda: station in csms.stations and csms.actions("StatusNotification"), timeout=20)
+        key = {"component": {"name": "AuthCtrlr"}, "variable": {"name": "AuthorizeRemoteStart"}, "attribute_value": "true"}
+        written = await csms.call(station, call.SetVariables(set_variable_data=[key]))
+        assert written.set_variable_result[0]["attribute_status"] == "Accepted"
+        reserve = call.ReserveNow(id=7, expiry_date_time=(dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10))
+                                  .isoformat(), id_token={"id_token": "0RESERVED", "type": "Central"}, evse_id=1)
+        assert (await csms.call(station, reserve)).status == "Accepted"
+        assert await request_start("ab-12-cd", 1) == "Rejected"  # reserved for another token
+        assert (await csms.call(station, call.CancelReservation(reservation_id=7))).status == "Accepted"
+        inoperative = call.ChangeAvailability(operational_status="Inoperative", evse={"id": 1})
+        assert (await csms.call(station, inoperative)).status == "Accepted"
+        assert await request_start("ab-12-cd", 2) == "Rejected"  # unavailable
+        operative = call.ChangeAvailability(operational_status="Operative", evse={"id": 1})
+        assert (await csms.call(station, operative)).status == "Accepted"
+        await charger.sim("plug")
+        assert await request_start("ab-12-cd", 3) == "Accepted"  # free: authorized, then started
+        await csms.wait_for(started, timeout=20)
+        await charger.until(lambda c: c.status == "Charging", "charging")
+        assert await request_start("0BEEF", 4) == "Rejected"  # in use
+    finally:
+        await charger.stop()
+        await csms.stop()
+    assert [p["idToken"]["idToken"] for _, p in csms.actions("Authorize")] == ["ab-12-cd"]  # only the one it started
+    (begin,) = started()
+    assert begin["idToken"]["idToken"] == "ab-12-cd"
     assert csms.problems == []

@@ -30,8 +30,8 @@ IDENTITY = "evsed-sim"
 class Charger:
     """The daemon (with its uplink) on the simulator, stopped, killed and started again as systemd would."""
 
-    def __init__(self, tmp_path: Path, port: int):
-        text = (ROOT / "config" / "simulator-ocpp.toml").read_text()
+    def __init__(self, tmp_path: Path, port: int, config: str = "simulator-ocpp.toml"):
+        text = (ROOT / "config" / config).read_text()
         text = text.replace('url = "ws://127.0.0.1:9000/"', f'url = "ws://127.0.0.1:{port}/"')
         text = text.replace("MeterValueSampleInterval = 10", "MeterValueSampleInterval = 1")
         text = text.replace("reconnect_min_s = 1\nreconnect_max_s = 60", "reconnect_min_s = 0.1\nreconnect_max_s = 0.5")
@@ -161,6 +161,71 @@ async def test_remote_start_keeps_the_csms_id_tag_and_is_rejected_when_the_daemo
     (_, start), = csms.actions("StartTransaction")
     (_, stop), = csms.actions("StopTransaction")
     assert start["idTag"] == "ab-12-cd" and stop["idTag"] == "ab-12-cd"
+    assert csms.violations() == []
+
+
+def in_minutes(minutes: float) -> str:
+    import datetime as dt
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=minutes)).isoformat()
+
+
+@aio
+async def test_remote_start_on_a_connector_reserved_for_another_tag_is_rejected(tmp_path):
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted(csms)
+        reserve = call.ReserveNow(connector_id=1, expiry_date=in_minutes(10), id_tag="0RESERVED", reservation_id=7)
+        assert (await csms.call(IDENTITY, reserve)).status == "Accepted"
+        other = await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag="ab-12-cd", connector_id=1))
+        assert other.status == "Rejected"
+        await charger.sim("plug")
+        own = await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag="0RESERVED", connector_id=1))
+        assert own.status == "Accepted"
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+    finally:
+        await charger.stop()
+        await csms.stop()
+    (_, start), = csms.actions("StartTransaction")
+    assert start["idTag"] == "0RESERVED" and start["reservationId"] == 7
+    assert csms.violations() == []
+
+
+@aio
+async def test_with_authorize_remote_tx_requests_remote_start_is_rejected_where_the_daemon_will_not_start(tmp_path):
+    # Issue 19 row 1 with the key on: it was answered Accepted before the daemon was asked
+    csms = CentralSystem()
+    charger = Charger(tmp_path, await csms.start())
+    charger.start()
+
+    async def remote_start(tag: str) -> str:
+        return (await csms.call(IDENTITY, call.RemoteStartTransaction(id_tag=tag, connector_id=1))).status
+    try:
+        await booted(csms)
+        key = call.ChangeConfiguration(key="AuthorizeRemoteTxRequests", value="true")
+        assert (await csms.call(IDENTITY, key)).status == "Accepted"
+        reserve = call.ReserveNow(connector_id=1, expiry_date=in_minutes(10), id_tag="0RESERVED", reservation_id=7)
+        assert (await csms.call(IDENTITY, reserve)).status == "Accepted"
+        assert await remote_start("ab-12-cd") == "Rejected"  # reserved for another tag
+        assert (await csms.call(IDENTITY, call.CancelReservation(reservation_id=7))).status == "Accepted"
+        inoperative = call.ChangeAvailability(connector_id=1, type="Inoperative")
+        assert (await csms.call(IDENTITY, inoperative)).status == "Accepted"
+        assert await remote_start("ab-12-cd") == "Rejected"  # unavailable
+        operative = call.ChangeAvailability(connector_id=1, type="Operative")
+        assert (await csms.call(IDENTITY, operative)).status == "Accepted"
+        await charger.sim("plug")
+        assert await remote_start("ab-12-cd") == "Accepted"  # free: authorized, then started
+        await csms.wait_for(lambda: csms.actions("StartTransaction"))
+        await charger.until(lambda c: c.status == "Charging", "charging")
+        assert await remote_start("0BEEF") == "Rejected"  # in use
+        assert await remote_start("ab-12-cd") == "Rejected"  # in use, by this very tag
+    finally:
+        await charger.stop()
+        await csms.stop()
+    assert [msg["idTag"] for _, msg in csms.actions("Authorize")] == ["ab-12-cd"]  # only the one it started
+    (_, start), = csms.actions("StartTransaction")
+    assert start["idTag"] == "ab-12-cd"
     assert csms.violations() == []
 
 

@@ -59,8 +59,9 @@ async def test_remote_start_with_authorize_remote_tx_requests_authorizes_first(t
         assert (await csms.call("CP1", call.RemoteStartTransaction(id_tag="0BAD", connector_id=1))).status == "Accepted"
         await csms.wait_for(lambda: csms.actions("Authorize"))
         assert (await csms.call("CP1", call.RemoteStartTransaction(id_tag="04A1B2C3", connector_id=1))).status == "Accepted"
-        await link.wait_for(lambda: link.sent("remote-start"))
-        assert [c.id_tag for c in link.sent("remote-start")] == ["04A1B2C3"]
+        await link.wait_for(lambda: [c for c in link.sent("remote-start") if not c.check])
+        assert [(c.id_tag, c.check) for c in link.sent("remote-start")] == [  # asked first, started once authorized
+            ("0BAD", True), ("04A1B2C3", True), ("04A1B2C3", False)]
 
 
 @aio

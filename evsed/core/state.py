@@ -230,6 +230,26 @@ def offer_blocker(cfg: CoreConfig, s: Connector, now: float) -> str | None:
     return None
 
 
+def start_refusal(s: Connector, id_tag: str) -> str:
+    """Why an authorization for id_tag may not begin on this connector now ("": it may)."""
+    if not s.operative:
+        return "connector unavailable"
+    if locked_out(s):
+        return "charger locked out by a fault"
+    if s.reservation is not None and s.reservation[0] != id_tag:
+        return "connector reserved"
+    return ""
+
+
+def remote_start_refusal(s: Connector, id_tag: str) -> str:
+    """Why a remote start for id_tag (already accepted) would not start on this connector now ("":
+    it would). The one answer the RemoteStart step gives and the uplink asks before it answers a
+    CSMS Accepted (OCPP 1.6 RemoteStartTransaction, 2.0.1 RequestStartTransaction)."""
+    if s.session:
+        return "connector in use"
+    return start_refusal(s, id_tag)
+
+
 def reservation_answer(s: Connector) -> str:
     """What a reservation of this connector would get now, in OCPP's words."""
     if s.faults:

@@ -17,7 +17,8 @@ from evsed.core.pilot import MIN_CURRENT_A, PilotState, classify, current_for_du
 from evsed.core.state import (CHARGING_STATES, TIMERS, SelfTestState, DIODE_FAILURES_TO_FAULT, DIODE_SETTLE_S, PILOT_INVALID_S, PLUGGED_STATES,
                               RCD_TRIPS_FORGOTTEN_S, SELF_TEST_TIMEOUT_S,
                               Connector, CoreConfig, FaultState, card_repeated, limit_chain, clears_by, locked_out,
-                              offer_blocker, pilot_fresh, safety_blocker)
+                              offer_blocker, pilot_fresh, remote_start_refusal, safety_blocker,
+                              start_refusal)
 
 
 def replace(s: Connector, **changes: Any) -> Connector:
@@ -119,23 +120,13 @@ def _on_card(cfg: CoreConfig, s: Connector, e: ev.CardPresented, now: float, out
         return _refuse(s, tag, "connector in use by another card", out)
     if s.id_tag == tag:  # tapped again before plugging in: cancel
         return _drop_authorization(s, refusal="")
-    refusal = _start_refusal(s, tag)
+    refusal = start_refusal(s, tag)
     if refusal:
         return _refuse(s, tag, refusal, out)
     if cfg.free_vend:
         return _authorize(cfg, s, tag, "free_vend", now)
     out.append(ev.RequestAuthorization(tag))
     return replace(s, pending_tag=tag, refusal="")
-
-
-def _start_refusal(s: Connector, tag: str) -> str:
-    if not s.operative:
-        return "connector unavailable"
-    if locked_out(s):
-        return "charger locked out by a fault"
-    if s.reservation is not None and s.reservation[0] != tag:
-        return "connector reserved"
-    return ""
 
 
 def _refuse(s: Connector, tag: str, reason: str, out: Out) -> Connector:
@@ -149,7 +140,7 @@ def _on_auth(cfg: CoreConfig, s: Connector, e: ev.AuthorizationResult, now: floa
     s = replace(s, pending_tag=None)
     if not e.accepted:
         return _refuse(s, e.id_tag, e.reason or "not authorized", out)
-    refusal = _start_refusal(s, e.id_tag)  # reserved, unavailable or locked out meanwhile
+    refusal = start_refusal(s, e.id_tag)  # reserved, unavailable or locked out meanwhile
     if refusal:
         return _refuse(s, e.id_tag, refusal, out)
     return _authorize(cfg, s, e.id_tag, e.source, now, e.group, e.max_current_a)
@@ -171,9 +162,7 @@ def _drop_authorization(s: Connector, **changes: Any) -> Connector:
 
 
 def _on_remote_start(cfg: CoreConfig, s: Connector, e: ev.RemoteStart, now: float, out: Out) -> Connector:
-    if s.session:
-        return _refuse(s, e.id_tag, "connector in use", out)
-    refusal = _start_refusal(s, e.id_tag)
+    refusal = remote_start_refusal(s, e.id_tag)
     return _refuse(s, e.id_tag, refusal, out) if refusal else _authorize(cfg, s, e.id_tag, "remote", now)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 from evsed import protocol as p
 from evsed.config.policy import NEEDS_SITE_METER
 from evsed.core import events as ev
-from evsed.core.state import reservation_answer
+from evsed.core.state import remote_start_refusal, reservation_answer
 from evsed.shell.sources import ocpp as ocpp_source
 from hal import canonical_uid
 
@@ -133,10 +133,10 @@ def _remote_start(charger: Charger, cmd: p.RemoteStart) -> p.StartReply:
     """The id tag as given: a CSMS's idToken goes back in its StartTransaction unchanged (only a
     card the reader reads is canonical hex)."""
     ctrl, tag = charger.connector(cmd.connector), cmd.id_tag
-    ctrl.feed(ev.RemoteStart(tag))
-    accepted = ctrl.state.id_tag == tag
-    return p.StartReply(connector=ctrl.id, result="Accepted" if accepted else "Rejected",
-                        reason=None if accepted else ctrl.state.refusal)
+    refusal = remote_start_refusal(ctrl.state, tag)  # the step's own outcome (tests/test_core_invariant.py)
+    if not cmd.check:
+        ctrl.feed(ev.RemoteStart(tag))
+    return p.StartReply(connector=ctrl.id, result="Rejected" if refusal else "Accepted", reason=refusal or None)
 
 
 def _remote_stop(charger: Charger, cmd: p.RemoteStop) -> p.StopReply:

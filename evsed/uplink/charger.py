@@ -83,14 +83,25 @@ class Charger:
             return p.Failure(error=f"daemon: {type(exc).__name__}")
 
     # -- the commands the CSMS's requests become ---------------------------------------------------
-    async def remote_start(self, connector: int, id_tag: str) -> bool:
-        """Whether the daemon started it (it refuses, for one, a connector in use)."""
+    async def remote_start(self, connector: int, id_tag: str, check: bool = False) -> bool:
+        """Whether the daemon started it (it refuses a connector in use, unavailable or reserved for
+        another tag); check: whether it would now, starting nothing."""
         try:
-            command = p.RemoteStart(connector=connector, id_tag=id_tag)
+            command = p.RemoteStart(connector=connector, id_tag=id_tag, check=check)
         except p.WireError:
             return False
         reply = await self.command(command)
         return isinstance(reply, p.StartReply) and reply.result == "Accepted"
+
+    async def start_authorized(self, authorize: Handler, connector: int, id_tag: str) -> None:
+        """A remote start the CSMS was answered Accepted for, with its authorize-first key on
+        (1.6 AuthorizeRemoteTxRequests, 2.0.1 AuthorizeRemoteStart): the tag is authorized like a
+        card (list, cache, then the CSMS), then the daemon starts it."""
+        reply = await authorize(p.AuthorizeRequest(authorize=0, id_tag=id_tag, connector=connector))
+        if reply.result != "accept":
+            log.info("ocpp.remote_start_refused", connector=connector, reason=reply.reason)
+        elif not await self.remote_start(connector, id_tag):  # taken meanwhile (a card, a reservation)
+            log.warning("ocpp.remote_start_not_started", connector=connector)
 
     async def remote_stop(self, connector: int, reason: str) -> bool:
         """reason: the daemon's stop reason (remote, deauthorized, other)."""

@@ -32,7 +32,7 @@ class Daemon(Protocol):
 
     connectors: list[int]
 
-    async def remote_start(self, connector: int, id_tag: str) -> bool: ...
+    async def remote_start(self, connector: int, id_tag: str, check: bool = False) -> bool: ...
     async def remote_stop(self, connector: int, reason: str) -> bool: ...
     async def availability(self, connector: int, operative: bool) -> str: ...
     async def unlock(self, connector: int) -> str: ...
@@ -83,9 +83,12 @@ class CentralCommands(SecurityCommands, StrictChargePoint):
         connector = connector_id if connector_id is not None else p.station.free_connector()
         if connector is None or connector not in p.daemon.connectors:
             return call_result.RemoteStartTransaction(status="Rejected")
+        authorize_first = p.keys.bool("AuthorizeRemoteTxRequests")
+        if authorize_first and not await p.daemon.remote_start(connector, id_tag, check=True):
+            return call_result.RemoteStartTransaction(status="Rejected")  # §5.11: it will not start
         if charging_profile:
             p.profiles.pending[connector] = snake_to_camel_case(charging_profile)
-        if p.keys.bool("AuthorizeRemoteTxRequests"):
+        if authorize_first:  # Accepted now; the tag is authorized, then started (no outbound call awaited here)
             p.station.start_authorized(connector, id_tag)
             return call_result.RemoteStartTransaction(status="Accepted")
         started = await p.daemon.remote_start(connector, id_tag)

@@ -234,14 +234,7 @@ class Uplink:
             self.messages.reservations[reservation_id] = {"connector": connector, "id_tag": id_tag}
 
     def start_authorized(self, connector: int, id_tag: str) -> None:
-        self.spawn(self._start_authorized(connector, id_tag))
-
-    async def _start_authorized(self, connector: int, id_tag: str) -> None:
-        reply = await self.authorizer(p.AuthorizeRequest(authorize=0, id_tag=id_tag, connector=connector))
-        if reply.result == "accept":
-            await self.charger.remote_start(connector, id_tag)
-        else:
-            log.info("ocpp.remote_start_refused", connector=connector, reason=reply.reason)
+        self.spawn(self.charger.start_authorized(self.authorizer, connector, id_tag))
 
     async def reset(self, kind: str) -> None:
         """Soft: end the sessions and reconnect (a new boot). Hard: end them, then exit."""

@@ -28,7 +28,7 @@ class Daemon(Protocol):
 
     connectors: list[int]
 
-    async def remote_start(self, connector: int, id_tag: str) -> bool: ...
+    async def remote_start(self, connector: int, id_tag: str, check: bool = False) -> bool: ...
     async def remote_stop(self, connector: int, reason: str) -> bool: ...
     async def availability(self, connector: int, operative: bool) -> str: ...
     async def unlock(self, connector: int) -> str: ...
@@ -161,12 +161,16 @@ class CentralCommands(StrictChargePoint):
         running = ports.station.transactions().get(evse)
         if ports.station.authorized(evse):
             return {"status": "Rejected", **({"transactionId": running} if running else {})}
-        ports.station.remote_start(evse, p["remoteStartId"], token, profile)
-        if ports.model.bool("AuthCtrlr", "AuthorizeRemoteStart"):
-            ports.station.start_authorized(evse, token)
-            accepted = True
-        else:
-            accepted = await ports.daemon.remote_start(evse, token["idToken"])
+        authorize_first = ports.model.bool("AuthCtrlr", "AuthorizeRemoteStart")
+        # Rejected when the daemon will not start it, whether it is asked to start now or only after
+        # the token is authorized (then Accepted first: no outbound call is awaited here)
+        accepted = not authorize_first or await ports.daemon.remote_start(evse, token["idToken"], check=True)
+        if accepted:
+            ports.station.remote_start(evse, p["remoteStartId"], token, profile)
+            if authorize_first:
+                ports.station.start_authorized(evse, token)
+            else:
+                accepted = await ports.daemon.remote_start(evse, token["idToken"])
         reply: Payload = {"status": "Accepted" if accepted else "Rejected"}
         if running:
             reply["transactionId"] = running

@@ -282,14 +282,7 @@ class Uplink:
             self.profiles.pending[evse] = profile
 
     def start_authorized(self, evse: int, id_token: Payload) -> None:
-        self.spawn(self._start_authorized(evse, id_token["idToken"]))
-
-    async def _start_authorized(self, evse: int, tag: str) -> None:
-        reply = await self.authorizer(p.AuthorizeRequest(authorize=0, id_tag=tag, connector=evse))
-        if reply.result == "accept":
-            await self.charger.remote_start(evse, tag)
-        else:
-            log.info("ocpp.remote_start_refused", evse=evse, reason=reply.reason)
+        self.spawn(self.charger.start_authorized(self.authorizer, evse, id_token["idToken"]))
 
     def stop_reason(self, evse: int, reason: str) -> None:
         self.messages.stop_reasons[evse] = reason
