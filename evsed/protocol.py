@@ -22,7 +22,7 @@ from evsed.protocol_types import *  # noqa: F403
 from evsed.protocol_types import (
     ADMIN, COMMANDS, DAEMON_SOURCES, MQTT, OCPP, READ, ROLES, SERVICE_SOURCES, SERVICES, VERSION, WEB,
     AnyConnector, Amps, Command, ConnectorId, Failure, IdTag, Label, Mode, Name, NoReply, Ok, Reply, Sentence,
-    Seq, UnknownCommand,
+    LastStop, Seq, Timestamp, UnknownCommand,
 )
 from evsed.wire import Items, Range, Text
 from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
@@ -85,6 +85,8 @@ class HelloReply(Reply):
     voltage_v: Annotated[float, Range(0, 1000)]
     acked: Seq  # the last event this service acknowledged: where a restarted service resumes
     last_seq: Seq  # the newest event: where a service new to this charger starts
+    started_at: Timestamp = ""  # when this run of the daemon started: a daemon restart, not a service's own
+    last_stop: LastStop = "clean"  # how the daemon's run before this one ended
 
 
 class Hello(Command[HelloReply], cmd="hello", roles=ROLES):

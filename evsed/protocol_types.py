@@ -50,6 +50,9 @@ ConnectorState = Literal["Available", "Preparing", "Charging", "SuspendedEV", "S
 StopReason = Literal["ev_disconnected", "local", "remote", "deauthorized", "emergency_stop", "ground_fault",
                      "power_loss", "reboot", "other"]
 FaultName = Annotated[str, Text(32)]
+# How the daemon's previous run ended: an orderly stop (or none before), a stop on its own fatal error,
+# killed while the machine stayed up (watchdog, kill -9), or gone with the machine (power cut, hard reset).
+LastStop = Literal["clean", "error", "killed", "power_loss"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 
 # The limit sources the daemon keeps itself: no client sets them.

@@ -4,13 +4,25 @@ reason, Pending and Rejected, each EVSE's status after the boot, the device mode
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from ocpp.exceptions import SecurityError
 from ocpp.v201 import call
 
+from evsed import config
+from evsed import protocol as p
+from evsed.control import client as control
+from evsed.shell import last_stop
 from evsed.uplink.state import State
 from simulator.csms201 import CentralSystem201
 from test_ocpp201_fakes import running
+from test_daemon import start_process, write_config
 from test_ocpp_fakes import FakeLink, aio, booted, until
 
 
@@ -146,3 +158,95 @@ async def test_a_rejected_station_answers_nothing_but_a_triggered_boot(tmp_path)
     assert (heartbeat.status, boot.status) == ("Rejected", "Accepted")
     assert link.sent("remote-start") == [] and csms.actions("Heartbeat") == []
     assert csms.actions("BootNotification")[1][1]["reason"] == "Triggered"
+
+
+def hellos_across_a_kill_and_an_orderly_stop(tmp_path) -> tuple[p.HelloReply, p.HelloReply]:
+    """A real daemon on the simulator killed with SIGKILL, started again and stopped with SIGTERM,
+    started again: the two later runs' hellos over the control socket."""
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    hellos = []
+    proc = start_process(path)
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+        proc.stderr.close()
+        proc = start_process(path)
+        hellos.append(control.ask(cfg.store.runtime_dir, p.Hello()))
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    return hellos[0], hellos[1]
+
+
+async def boot_reason_with(hello: p.HelloReply, tmp_path) -> str:
+    csms = CentralSystem201()
+    link = FakeLink()
+    link.hello = hello  # the daemon's own reply record, as the real Link would hand it over
+    async with running(csms, tmp_path, link=link) as (uplink, _):
+        await booted(csms, uplink)
+    (_, boot), = csms.actions("BootNotification")
+    return boot["reason"]
+
+
+def test_a_daemon_killed_while_the_machine_stays_up_boots_as_watchdog_an_orderly_stop_as_power_up(tmp_path):
+    killed, stopped = hellos_across_a_kill_and_an_orderly_stop(tmp_path)
+    assert (killed.last_stop, stopped.last_stop) == ("killed", "clean")
+    assert killed.started_at < stopped.started_at
+    assert asyncio.run(boot_reason_with(killed, tmp_path / "a")) == "Watchdog"
+    assert asyncio.run(boot_reason_with(stopped, tmp_path / "b")) == "PowerUp"
+
+
+def test_how_the_daemons_last_run_ended_is_read_from_its_marker_and_the_kernels_boot_id(tmp_path):
+    assert last_stop.judge(None, "boot-1") == "clean"
+    assert last_stop.judge({"boot_id": "boot-1", "stopped": ""}, "boot-1") == "killed"
+    assert last_stop.judge({"boot_id": "boot-0", "stopped": ""}, "boot-1") == "power_loss"  # or a hard reset
+    assert last_stop.judge({}, "boot-1") == "power_loss"  # torn by the cut itself
+    assert last_stop.judge({"boot_id": "boot-1", "stopped": "error"}, "boot-1") == "error"
+    assert last_stop.begin(tmp_path, "t1") == "clean"
+    last_stop.end(tmp_path, error=True)  # a stop on the daemon's own fatal error
+    assert last_stop.begin(tmp_path, "t2") == "error"
+    last_stop.end(tmp_path, error=False)
+    assert last_stop.begin(tmp_path, "t3") == "clean"
+    assert last_stop.begin(tmp_path, "t4") == ("killed" if last_stop.boot_id() else "power_loss")
+
+
+@aio
+async def test_a_daemon_run_after_a_fatal_error_boots_as_application_reset_once(tmp_path):
+    csms = CentralSystem201()
+    link = FakeLink()
+    link.hello = p.HelloReply(version=1, charger="evsed", connectors=(1,), phases=3, voltage_v=230, acked=0,
+                              last_seq=0, started_at="2026-11-28T16:20:00.000Z", last_stop="error")
+    async with running(csms, tmp_path, link=link) as (uplink, _):
+        await booted(csms, uplink)
+    again = CentralSystem201()
+    async with running(again, tmp_path, link=link) as (uplink, _):  # the service again, the same daemon run
+        await booted(again, uplink)
+    assert [b["reason"] for c in (csms, again) for _, b in c.actions("BootNotification")] == [
+        "ApplicationReset", "PowerUp"]
+
+
+@aio
+async def test_an_uplink_killed_under_a_running_daemon_boots_as_watchdog_when_the_daemon_starts_it_again(tmp_path):
+    from test_ocpp201_transactions_live import CUT
+    csms = CentralSystem201()
+    port = await csms.start()
+    state = tmp_path / "ocpp.sqlite"
+    code = CUT.format(tests=str(Path(__file__).parent), port=port, state=str(state))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        while (line := await asyncio.to_thread(child.stdout.readline)) and line.strip() != "delivered":
+            pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    async with running(csms, tmp_path, port=port) as (uplink, _):
+        await csms.wait_for(lambda: len(csms.actions("BootNotification")) == 2)
+    again = CentralSystem201()
+    async with running(again, tmp_path) as (uplink, _):  # after an orderly stop
+        await booted(again, uplink)
+    assert [b["reason"] for c in (csms, again) for _, b in c.actions("BootNotification")] == [
+        "PowerUp", "Watchdog", "PowerUp"]

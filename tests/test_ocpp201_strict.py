@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,26 @@ def test_an_unknown_action_is_not_implemented_and_a_known_one_without_support_no
     assert code([2, "id-1", "MakeCoffee", {}]) == "NotImplemented"
     assert code([2, "id-1", "SetDisplayMessage", {"message": {"id": 1, "priority": "InFront", "message": {
         "format": "ASCII", "content": "hi"}}}]) == "NotSupported"
+
+
+def readme_section(start: str, end: str) -> str:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def test_the_calls_the_readme_tells_citrineos_users_are_missing_are_those_refused_not_supported():
+    """The README's 2.0.1 section names every action the station has no handler for, and the
+    paragraph for CitrineOS users lists as NotSupported exactly those the CSMS's CALLs get so."""
+    from ocpp.v201.enums import Action
+    section = readme_section("## The OCPP 2.0.1 uplink", "## Roaming")
+    lacks = readme_section("**What a CitrineOS user still lacks.**", "Never sent:")
+    routed = {getattr(f, "_on_action") for f in vars(CentralCommands).values() if hasattr(f, "_on_action")}
+    unrouted = {a.value for a in Action} - {a.value for a in routed}
+    assert not [name for name in sorted(unrouted) if not re.search(rf"\b{name}\b", section)]
+    refused = {name for name in re.findall(r"\b[A-Z][A-Za-z0-9]+\b", lacks) if name in {a.value for a in Action}}
+    assert refused <= unrouted and len(refused) >= 9
+    assert {name: code([2, "id-1", name, {}]) for name in sorted(refused)} == dict.fromkeys(sorted(refused),
+                                                                                           "NotSupported")
 
 
 def test_schema_violations_get_their_codes():

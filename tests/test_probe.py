@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from simulator.modbus_meter import KNOWN, SimulatedMeter, tcp_server
 from simulator.openevse_rapi import ECF_GFI_TEST_DISABLED, OpenEvseEmulator
 
 CARD = "13005D1DA5"
+README_BENCH = "/tmp/evsed-bench"  # the directory the README's example names
 QUICK = dict(units=[1, 2, 3], bauds=[9600], parities=["N"], timeout_s=0.1)  # a pty takes no parity
 
 
@@ -222,3 +226,40 @@ def test_the_scan_is_bounded_and_tries_a_parity_the_port_refuses_only_once():
         "2400 8N1, unit 1 (1 of 2)", "2400 8N1, unit 2 (2 of 2)"]  # a pty takes no parity: E once
     (refused,) = scan.problems
     assert refused.startswith(f"Modbus RTU port {port}: cannot be set to 9600 baud, parity E")
+
+
+def readme_probe_example() -> tuple[list[str], list[str], str]:
+    """The README's bench command, its probe command and the output it shows for them."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    at = text.index("## First contact with the hardware")
+    bench_args = re.search(r"`python -m simulator\.bringup ([^`]+)`", text[at:]).group(1)
+    start = text.index("```\n$ evsed probe ", at) + len("```\n$ ")
+    command, _, shown = text[start:text.index("\n```", start)].partition("\n")
+    return shlex.split(bench_args), shlex.split(command), shown + "\n"
+
+
+def test_the_readmes_probe_output_is_what_the_probe_prints_on_the_emulated_bench(tmp_path):
+    """The README's bench and probe commands run as written (only the directory moved), and the
+    probe's standard output is the README's block, /dev/pts numbers aside."""
+    bench_args, command, shown = readme_probe_example()
+    here = str(tmp_path / "evsed-bench")
+    moved = [here if arg == README_BENCH else arg for arg in bench_args]
+    env = {k: v for k, v in os.environ.items() if k != "EVSED_CONFIG"}
+    served = subprocess.Popen([sys.executable, "-m", "simulator.bringup", *moved], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        for line in served.stdout:  # the bench is up when it names the probe command
+            if line.startswith("evsed probe"):
+                break
+        assert command[0] == "evsed"
+        argv = [sys.executable, "-m", "evsed"] + [here if arg == README_BENCH else arg for arg in command[1:]]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    finally:
+        served.terminate()
+        served.wait(10)
+        served.stdout.close()
+    assert out.returncode == 0, out.stderr
+
+    def normal(text: str) -> str:
+        return re.sub(r"/dev/pts/\d+", "/dev/pts/N", text.replace(here, README_BENCH))
+    assert normal(out.stdout).rstrip() == normal(shown).rstrip(), "the probe now prints:\n" + normal(out.stdout)

@@ -29,7 +29,7 @@ from evsed.control.client import socket_path
 from evsed.control.server import ControlServer
 from evsed.core.pilot import PilotState
 from evsed.errors import StartError
-from evsed.shell import availability, commands, safety_loop
+from evsed.shell import availability, commands, last_stop, safety_loop
 from evsed.shell.bus import utc_iso_ms
 from evsed.shell.charger import Charger
 from evsed.shell.connector import ConnectorControl
@@ -102,6 +102,7 @@ class Daemon:
         self.fatal: BaseException | None = None
         self.restart = False  # asked to restart: exit EXIT_RESTART so that systemd starts us again
         self.ready = asyncio.Event()
+        self._marked = False  # this run's marker written: stop() says how it ended
 
     @property
     def server(self) -> ControlServer:
@@ -125,6 +126,11 @@ class Daemon:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         self.lock.acquire()
+        self.host.started_at = utc_iso_ms(_wallclock())
+        self.host.last_stop = last_stop.begin(self.config.store.state_dir, self.host.started_at)
+        self._marked = True
+        if self.host.last_stop != "clean":
+            log.warning("daemon.last_stop_unclean", last_stop=self.host.last_stop)
         db_path = self.config.store.state_dir / "sessions.db"
         store = Store(db_path, signer=ocmf.LazySigner(self.config.store.state_dir), charger_id=self.config.charger.id,
                       timezone=self.config.charger.timezone, version=evsed.__version__,
@@ -444,6 +450,8 @@ class Daemon:
                 "device.release_failed", device=type(device).__name__, error=str(exc)))
         if self.writer is not None:
             self.writer.close()
+        if self._marked:
+            last_stop.end(self.config.store.state_dir, error=self.fatal is not None)
         self.lock.release()
         log.info("daemon.stopped")
 

@@ -28,6 +28,7 @@ from evsed.shell import commands
 from evsed.shell.auth import Verdict
 from evsed.shell.bus import ChargerEvent, utc_iso_ms
 from evsed.store import outbox
+from evsed.protocol_types import LastStop
 from evsed.store.sessions import StoreWriter
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class ControlHost:
         self.charger: Charger | None = None
         self._acked: dict[str, int] = {}
         self._last_seq = 0  # the newest durable event streamed: where a service new to this charger starts
+        self.started_at = ""  # this run's start and how the run before it ended, for every service's hello
+        self.last_stop: LastStop = "clean"
         self._service_status: dict[str, p.ServiceState] = {}  # what each service role last said of itself
         self._reader_db: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
@@ -100,7 +103,7 @@ class ControlHost:
         c = self.config.charger
         return p.HelloReply(version=p.VERSION, charger=c.id, connectors=tuple(n.id for n in self.config.connectors),
                             phases=c.phases, voltage_v=c.voltage_v, acked=self._acked.get(service or "", 0),
-                            last_seq=self._last_seq)
+                            last_seq=self._last_seq, started_at=self.started_at, last_stop=self.last_stop)
 
     def dispatch(self, command: p.Command[Any], role: str) -> p.Reply:
         assert self.charger is not None

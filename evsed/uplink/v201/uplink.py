@@ -42,6 +42,11 @@ from evsed.uplink.v201.variables import Station, Variable, variables
 log = structlog.get_logger("evsed.uplink")
 SUBPROTOCOL = "ocpp2.0.1"
 ID_TOKEN_LEN = 36
+# BootReasonEnumType for how the previous run ended: "rebooted due to an application error" for a
+# stop on a fatal error, "an elapsed watchdog timer" for a process killed while the machine stayed
+# up (the systemd watchdog, or a kill -9 that looks the same), a power cut or a hard reset PowerUp.
+BOOT_REASONS: dict[str, str] = {"clean": "PowerUp", "error": "ApplicationReset", "killed": "Watchdog", "power_loss": "PowerUp"}
+OWN_STOPS: dict[str, p.LastStop] = {"": "clean", "error": "error"}  # v201.running as close() left it
 
 
 class Uplink:
@@ -95,6 +100,11 @@ class Uplink:
         self._new_password = False                   # BasicAuthPassword set: reconnect after the answer
         self._triggered = False                      # a TriggerMessage asked for the next boot
         self.costs: dict[int, float] = {}            # evse -> the CSMS's last CostUpdated of its transaction
+        # how this service's own last run ended: a marker close() never cleared is a kill
+        self._own_last_stop: p.LastStop = OWN_STOPS.get(state.meta("v201.running"), "killed")
+        self._failed = False                         # run() ended on an error: close() says so
+        with state.transaction():
+            state.set_meta("v201.running", "running")
         if not state.meta("v201.started"):
             with state.transaction():
                 state.set_meta("v201.started", iso(clock()))
@@ -104,6 +114,8 @@ class Uplink:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        with self.state.transaction():
+            self.state.set_meta("v201.running", "error" if self._failed else "")
         self.state.close()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -115,17 +127,22 @@ class Uplink:
     async def run(self) -> None:
         """Until cancelled; raises HardReset after a Reset the whole charger takes."""
         model = self.model
-        await first_of(
-            self.charger.follow(self.messages, self._queued),
-            self.charger.serve_authorizer("ocpp", self.settings.authorize_timeout_s + 1, self.authorizer),
-            meter_clock(self.clock, lambda: self.messages.open_transactions(), self.charger.connectors,
-                        sampled_s=lambda: model.int("SampledDataCtrlr", "TxUpdatedInterval")
-                        if model.bool("SampledDataCtrlr", "Enabled") else 0,
-                        aligned_s=lambda: model.int("AlignedDataCtrlr", "Interval")
-                        if model.bool("AlignedDataCtrlr", "Enabled") else 0, emit=self.messages.meter_values,
-                        changed=self.retime, queued=self.sender.wake.set),
-            self.limits.run(), self.charger.report(self.status), self.charger.report_delivered(),
-            self.firmware.watch(), self.connection.run(self._online), self._hard.wait())
+        try:
+            await first_of(
+                self.charger.follow(self.messages, self._queued),
+                self.charger.serve_authorizer("ocpp", self.settings.authorize_timeout_s + 1, self.authorizer),
+                meter_clock(self.clock, lambda: self.messages.open_transactions(), self.charger.connectors,
+                            sampled_s=lambda: model.int("SampledDataCtrlr", "TxUpdatedInterval")
+                            if model.bool("SampledDataCtrlr", "Enabled") else 0,
+                            aligned_s=lambda: model.int("AlignedDataCtrlr", "Interval")
+                            if model.bool("AlignedDataCtrlr", "Enabled") else 0, emit=self.messages.meter_values,
+                            changed=self.retime, queued=self.sender.wake.set),
+                self.limits.run(), self.charger.report(self.status), self.charger.report_delivered(),
+                self.firmware.watch(),
+                self.connection.run(self._online), self._hard.wait())
+        except Exception:  # the service dies on it and the daemon starts it again
+            self._failed = True
+            raise
         if self._hard.is_set():
             raise HardReset()
 
@@ -172,12 +189,18 @@ class Uplink:
         await self._call_once(cp, "Heartbeat", {})
 
     def _boot_reason(self) -> str:
-        """FirmwareUpdate on the first boot after an update was requested, the reason a Reset left,
-        else PowerUp."""
+        """FirmwareUpdate on the first boot after an update was requested, the reason a Reset left;
+        then, once per run of the daemon, how its previous run ended; once per run of this service,
+        how its own previous run ended (the daemon restarts a service that died); else PowerUp."""
         requested = self.state.meta("firmware_requested")
         if requested and requested != self.state.meta("v201.booted_after"):
             return "FirmwareUpdate"
-        return self.state.meta("v201.boot_reason") or "PowerUp"
+        if reset := self.state.meta("v201.boot_reason"):
+            return reset
+        hello = self.charger.link.hello
+        if hello.started_at and hello.started_at != self.state.meta("v201.booted_run"):
+            return BOOT_REASONS[hello.last_stop]
+        return BOOT_REASONS[self._own_last_stop]
 
     async def _boot_once(self, cp: CentralCommands) -> tuple[str, int]:
         s = self.settings
@@ -201,6 +224,8 @@ class Uplink:
         with self.state.transaction():
             self.state.set_meta("v201.boot_reason", "")
             self.state.set_meta("v201.booted_after", self.state.meta("firmware_requested"))
+            self.state.set_meta("v201.booted_run", self.charger.link.hello.started_at)
+        self._own_last_stop = "clean"
         log.info("ocpp.boot_accepted", heartbeat_s=self.model.int("OCPPCommCtrlr", "HeartbeatInterval"))
 
     async def _call_once(self, cp: CentralCommands, action: str, payload: Payload) -> Payload | None:
