@@ -60,9 +60,11 @@ def round_reads(tmp_path, monkeypatch, count: int) -> list[int]:
             before = (await r.json())["next"]
         until = dt.date.today().isoformat()  # a filter's bound beside the page's key
         async with client.get(f"/api/sessions?before={before}&until={until}") as r:
-            assert r.status == 200 and len((await r.json())["sessions"]) == 500
+            page = [row["id"] for row in (await r.json())["sessions"]]
+        assert page == list(range(before - 1, before - 501, -1))  # the 500 before it, newest first
         async with client.get("/sessions.csv") as r:
-            assert len((await r.text()).splitlines()) == count + 1
+            lines = (await r.text()).splitlines()
+        assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(1, count + 1))  # each once, in order
     run(tmp_path, body)
     return [steps[0] for steps in reads]
 
