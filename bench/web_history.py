@@ -5,7 +5,9 @@ with 1,000, 10,000 and 100,000 stored sessions, beside references from the same 
 Sessions are one an hour back from now, so this month holds the same few hundred at every count:
 what grows is the history only. The service runs as in bench/web.py (a child set up as `evsed service
 web` is, on the demo charger); its peak over the rounds (VmHWM, reset after the start) and the time
-of a round are printed too, the round's as a ratio to the smallest count's.
+of a round are printed too, the round's as a ratio to the smallest count's. Exits 1 when over its
+target (for `make bench`): a peak above TARGET_MB at any count, or the memory after the rounds more
+than FLAT_MB above the smallest count's at a larger one.
 
 Usage: python bench/web_history.py [--counts 1000,10000,100000] [--rounds 5]
 """
@@ -25,6 +27,8 @@ from pathlib import Path
 from web import reference_rss, rss_mb
 
 HERE = Path(__file__).parent
+TARGET_MB = 35.0
+FLAT_MB = 1.0  # about three times what two runs of the same count differ by
 PAGE = ("", "api/view", "api/report", "usage/day.svg", "usage/hour.svg", "api/sessions")
 
 
@@ -115,10 +119,18 @@ def main() -> None:
         ratio = r["round_s"] / results[counts[0]]["round_s"]
         print(f"{count:16,d} " + " ".join(f"{r[n]:13.1f} MB" for n in names)
               + f" {r['csv_mb']:8.1f} {ratio:7.1f}x")
+    after = f"after {args.rounds} rounds"
     first, last = results[counts[0]], results[counts[-1]]
-    print(f"web service RSS after {args.rounds} rounds: {first[f'after {args.rounds} rounds']:.1f} MB with "
-          f"{counts[0]:,} sessions, {last[f'after {args.rounds} rounds']:.1f} MB with {counts[-1]:,}; peak "
-          f"{first['peak']:.1f} -> {last['peak']:.1f} MB (target: flat, at most 35 MB)")
+    print(f"web service RSS {after}: {first[after]:.1f} MB with {counts[0]:,} sessions, {last[after]:.1f} MB with "
+          f"{counts[-1]:,}; peak {first['peak']:.1f} -> {last['peak']:.1f} MB "
+          f"(target: flat within {FLAT_MB:g} MB, at most {TARGET_MB:g} MB)")
+    over = [f"{count:,} sessions: peak {r['peak']:.1f} MB above {TARGET_MB:g} MB"
+            for count, r in results.items() if r["peak"] > TARGET_MB]
+    over += [f"{count:,} sessions: {r[after]:.1f} MB {after}, {r[after] - first[after]:.1f} MB above "
+             f"{counts[0]:,} sessions' (at most {FLAT_MB:g})"
+             for count, r in results.items() if r[after] - first[after] > FLAT_MB]
+    if over:
+        sys.exit("over target: " + "; ".join(over))
 
 
 if __name__ == "__main__":

@@ -101,14 +101,16 @@ def export_sessions(store: Store, since: str | None, until: str | None, tz: dt.t
            " idle_s, meter_start_wh, meter_stop_wh, energy_wh, peak_power_w, stop_reason, tariff_name, currency,"
            " cost_minor, revenue_minor, money_decimals, "
            + ", ".join(c if _has(store, c) else "NULL" for c in ("solar_wh", "grid_wh", "meter_rebaselined"))
-           + " FROM sessions WHERE started_at >= ? AND started_at < ?")
-    args: list[object] = [since or "", until or "9999"]
+           + " FROM sessions")
+    window = store.window(since, until, after_id)
+    if window is None:
+        return
+    where, args = window
     if card:
-        sql += " AND (id_tag = ? OR card_name = ?)"
+        where.append("(id_tag = ? OR card_name = ?)")
         args += [card, card]
-    if after_id is not None:
-        sql += " AND (started_at, id) > (SELECT started_at, id FROM sessions WHERE id = ?)"
-        args.append(after_id)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY started_at, id"
     if limit is not None:
         sql += " LIMIT ?"

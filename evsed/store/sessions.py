@@ -328,18 +328,10 @@ class Store:
                  newest_first: bool = False, after_id: int | None = None, limit: int | None = None) -> Iterator[dict]:
         """Sessions oldest first (or newest first), filtered by start time (ISO, UTC) and card uid
         or name; a page of them: at most `limit`, those after session `after_id` in that order."""
-        where: list[str] = []
-        args: list[object] = []
-        if after_id is not None:  # by the index on started_at (and id): a page costs its rows alone
-            where.append(f"(started_at, id) {'<' if newest_first else '>'} "
-                         "(SELECT started_at, id FROM sessions WHERE id = ?)")
-            args.append(after_id)
-        if since:
-            where.append("started_at >= ?")
-            args.append(since)
-        if until:
-            where.append("started_at < ?")
-            args.append(until)
+        window = self.window(since, until, after_id, newest_first)
+        if window is None:
+            return
+        where, args = window
         if card:
             where.append("(id_tag = ? OR card_name = ?)")
             args += [card, card]
@@ -352,6 +344,27 @@ class Store:
             args.append(limit)
         for row in self.db.execute(sql, args):
             yield dict(zip(COLUMNS, row))
+
+    def window(self, since: str | None, until: str | None, after_id: int | None,
+               newest_first: bool = False) -> tuple[list[str], list[object]] | None:
+        """The WHERE terms (and their arguments) for sessions started in [since, until) (ISO UTC)
+        that follow session after_id in the order (started_at, id), or its reverse; None when there
+        is no session after_id. One bound a side: given two (a start time and the page's key),
+        SQLite walks the started_at index from the one it picks, and from `since` a page of the
+        export cost every session before it (all pages: the history squared)."""
+        lower = ("started_at >= ?", [since]) if since else None
+        upper = ("started_at < ?", [until]) if until else None
+        if after_id is not None:
+            key = self.db.execute("SELECT started_at, id FROM sessions WHERE id = ?", (after_id,)).fetchone()
+            if key is None:
+                return None
+            # the key's own bound wins unless the window's is beyond it (which then holds it)
+            if newest_first and (until is None or key[0] < until):
+                upper = ("(started_at, id) < (?, ?)", list(key))
+            elif not newest_first and (since is None or key[0] >= since):
+                lower = ("(started_at, id) > (?, ?)", list(key))
+        terms = [t for t in (lower, upper) if t is not None]
+        return [sql for sql, _ in terms], [a for _, args in terms for a in args]
 
 
 Op = Callable[["Store"], object]  # what an op returns is not used
