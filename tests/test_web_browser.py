@@ -287,6 +287,7 @@ def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_a
     _charge(server, minutes=20)
     phone.goto(server.url)
     expect(phone.locator("[data-connector='1'] .headline")).to_contain_text("Lädt mit")  # German, from the locale
+    expect(phone.locator("[data-connector='1'] .badge")).to_have_text("Lädt · Zustand C")  # the status too, not "Charging"
     phone.get_by_role("button", name="Anmelden").click()
     phone.get_by_label("Passwort").fill(PASSWORD)
     phone.get_by_role("button", name="Anmelden").last.click()

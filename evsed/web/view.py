@@ -48,6 +48,13 @@ def source_label(source: str, msgs: Messages = ENGLISH) -> str:
     return source if text == key else text
 
 
+def status_label(status: str, msgs: Messages = ENGLISH) -> str:
+    """A connector's status (OCPP's name: SuspendedEVSE) in the page's language; as given when unknown."""
+    key = f"view.status.{status}"
+    text = msgs(key)
+    return status if text == key else text
+
+
 def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dict]:
     """The daemon's limit chain in its order: every source that sets a ceiling (a blocking one at
     0 A), with its value in A, and the binding one marked as the daemon marks it."""
@@ -125,6 +132,7 @@ def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, 
     session, live = conn.session, measured_now(conn)
     out: dict[str, Any] = {
         "id": conn.id, "headline": text, "tone": tone, "status": conn.status,
+        "status_text": status_label(conn.status, msgs),
         "state": conn.state, "reason": conn.reason,
         "offered_a": conn.offered_a, "allowed_a": conn.allowed_a,
         "contactor": conn.contactor, "current_a": list(conn.measured.current_a) if conn.measured and live else [],

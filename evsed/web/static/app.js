@@ -67,7 +67,7 @@
     const node = card(c.id);
     node.className = "connector " + c.tone;
     $(".headline", node).textContent = c.headline;
-    $(".badge", node).textContent = [c.status, c.state ? t("js.state", { state: c.state }) : ""].filter(Boolean).join(" · ");
+    $(".badge", node).textContent = [c.status_text, c.state ? t("js.state", { state: c.state }) : ""].filter(Boolean).join(" · ");
     const bits = [];
     if (c.session) {
       bits.push(c.session.card ? t("js.card") + " " + c.session.card : t("js.session_word"));
