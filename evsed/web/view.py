@@ -177,12 +177,15 @@ def plan_view(plan: p.PlanNow | None, tz: dt.tzinfo, msgs: Messages = ENGLISH) -
 
 
 def solar_view(status: p.StatusReply | None) -> dict | None:
-    """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share, W."""
+    """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share of it, W.
+    The site meter sees the house, the sun and the EVs together: what it imports, up to what the EVs
+    draw, is the grid's share, as the daemon splits a session's energy (Charger.grid_share); the
+    surplus is what the sun gives beyond the house (the EVs' draw less the import)."""
     if status is None or status.mode not in ("solar", "min+solar") or status.site is None:
         return None
     site_w = float(status.site.power_w)
-    ev_w = sum(float(c.session.power_w) for c in status.connectors if c.session)
-    grid_w = max(0.0, site_w)  # import is the grid's share; export is surplus left over
+    ev_w = sum(max(0.0, float(c.session.power_w)) for c in status.connectors if c.session)
+    grid_w = min(max(0.0, site_w), ev_w)
     return {"ev_w": round(ev_w), "grid_w": round(grid_w), "surplus_w": round(max(0.0, ev_w - site_w))}
 
 
