@@ -31,13 +31,48 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct horse"
 PASSWORD_HASH = hash_password(PASSWORD, "pbkdf2")
+# the rules in force the owner's page shows: cards, groups, time windows, and a site meter for solar
+RULES = """
+[[card]]
+uid = "04A1B2C3"
+name = "Alice"
+group = "family"
+[[card]]
+uid = "04D4E5F6"
+name = "Bob"
+group = "family"
+[[card]]
+uid = "0A0B0C0D"
+name = "Visitor"
+group = "guests"
+[[group]]
+name = "family"
+[[group]]
+name = "guests"
+max_current_a = 10
+[[window]]
+name = "evening peak"
+days = "mon-fri"
+start = "17:00"
+end = "20:00"
+action = "forbid"
+groups = ["guests"]
+[[window]]
+name = "midday sun"
+start = "11:00"
+end = "15:00"
+action = "mode"
+mode = "min+solar"
+[site.meter]
+backend = "sim"
+"""
 
 
 class Server:
     """The web service on its own event loop thread, with the demo charger behind it."""
 
     def __init__(self, state_dir: Path):
-        self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"')
+        self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"', extra=RULES)
         self.loop = asyncio.new_event_loop()
         self.link: DemoLink
         self.service: WebService
@@ -188,14 +223,35 @@ def test_logged_in_person_stops_a_session(server, page):
     assert p.RemoteStop(connector=1, reason="remote") in server.link.commands
 
 
+def _log_in(page, button: str = "Log in", password: str = "Password", done: str = "Log out") -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=button).click()
+    page.get_by_label(password).fill(PASSWORD)
+    page.get_by_role("button", name=button).last.click()
+    expect(page.get_by_role("button", name=done)).to_be_visible()
+
+
 def test_charging_page_screenshot(server, page, tmp_path):
+    """Logged in, in min+solar with a site meter: the controls, the solar view and the rules in force."""
     from playwright.sync_api import expect
 
     _charge(server, minutes=45)
-    server.call(server.link.limit, 1, "site", 24)
+    server.link.mode = "min+solar"
+    server.call(server.link.limit, 1, "solar", 13)
+    server.call(server.link.limit, 1, "web", 20)
+    server.call(server.link.site, 900.0, 5200.0)  # the house 0.9 kW, the sun 5.2 kW
     page.goto(server.url)
+    _log_in(page)
     expect(page.locator("[data-connector='1'] .headline")).to_have_text(
         re.compile(r"^Charging \d+\.\d kW, \d+\.\d kWh, €\d+\.\d\d so far$"))
+    expect(page.locator("#mode")).to_have_value("min+solar")
+    expect(page.locator("#solar")).to_be_visible()
+    expect(page.locator("#solar-surplus")).to_have_text("4.3 kW")  # the sun less the house
+    expect(page.get_by_role("button", name="Stop charging")).to_be_visible()
+    expect(page.locator("[data-connector='1'] .limit-value")).to_have_text("20 A")
+    expect(page.locator("#rules-cards tr")).to_have_count(4)  # header and three cards
+    expect(page.locator("#rules-windows tr")).to_have_count(3)
     expect(page.locator("#sessions tr")).to_have_count(4)  # header and the three past sessions (the demo stores none)
     expect(page.locator("#report tr")).to_have_count(4)
     page.wait_for_function("document.querySelector('#usage-day').complete && "
@@ -288,12 +344,11 @@ def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_a
     phone.goto(server.url)
     expect(phone.locator("[data-connector='1'] .headline")).to_contain_text("Lädt mit")  # German, from the locale
     expect(phone.locator("[data-connector='1'] .badge")).to_have_text("Lädt · Zustand C")  # the status too, not "Charging"
-    phone.get_by_role("button", name="Anmelden").click()
-    phone.get_by_label("Passwort").fill(PASSWORD)
-    phone.get_by_role("button", name="Anmelden").last.click()
-    expect(phone.get_by_role("button", name="Abmelden")).to_be_visible()
+    _log_in(phone, "Anmelden", "Passwort", "Abmelden")
     expect(phone.locator("[data-connector='1'] .reserve")).to_be_visible()  # the row that made it scroll sideways
     expect(phone.locator("#rules")).to_be_visible()
+    for table, rows in (("#rules-cards", 4), ("#rules-groups", 3), ("#rules-windows", 3)):  # and their headers
+        expect(phone.locator(f"{table} tr")).to_have_count(rows)
     expect(phone.locator("#sessions tr")).to_have_count(4)
     phone.wait_for_function("document.querySelector('#usage-day').complete")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
