@@ -251,7 +251,8 @@ def test_charging_page_screenshot(server, page, tmp_path):
     expect(page.get_by_role("button", name="Stop charging")).to_be_visible()
     expect(page.locator("[data-connector='1'] .limit-value")).to_have_text("20 A")
     expect(page.locator("#rules-cards tr")).to_have_count(4)  # header and three cards
-    expect(page.locator("#rules-windows tr")).to_have_count(3)
+    expect(page.locator("#rules-windows tr")).to_have_count(3)  # header, the forbid and the mode window
+    expect(page.locator("#rules-windows tr").nth(2)).to_contain_text("mode min+solar")
     expect(page.locator("#sessions tr")).to_have_count(4)  # header and the three past sessions (the demo stores none)
     expect(page.locator("#report tr")).to_have_count(4)
     page.wait_for_function("document.querySelector('#usage-day').complete && "

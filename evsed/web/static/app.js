@@ -324,7 +324,7 @@
     table($("#rules-windows"), [[t("page.name")], [t("js.col.days")], [t("js.col.from")], [t("js.col.to")],
       [t("js.col.action")], [t("js.col.amps"), true], [t("js.col.group"), false, "opt"]],
       rules.windows.map((w) => [w.name, w.days.join(" "), w.start, w.end === w.start ? t("js.all_day") : w.end,
-        w.action, w.max_current_a === null ? "" : w.max_current_a, w.groups.join(" ")]));
+        w.mode ? w.action + " " + t("page.mode." + w.mode) : w.action, w.max_current_a === null ? "" : w.max_current_a, w.groups.join(" ")]));
     $("#learn-group").replaceChildren(new Option("–", ""), ...rules.groups.map((g) => new Option(g.name, g.name)));
   }
 
