@@ -423,3 +423,46 @@ def test_the_owner_learns_a_card_on_the_page_and_it_lands_in_the_config_file(tmp
 
     asyncio.run(scenario())
     assert path.read_text().endswith('[[card]]\nuid = "0E0F1011"\nname = "Dana"\ngroup = "family"\n')
+
+
+def test_the_owner_picks_min_solar_on_the_page_and_it_shows_the_surplus_the_ev_and_the_grids_share(tmp_path):
+    """The daemon on the simulator with a site meter: the house draws 1380 W, the sun gives 3000 W.
+    The owner picks min+solar in the page's select: the EV takes 6 A (4140 W), 1620 W of it surplus,
+    2520 W from the grid, as the daemon's status has them; back in fast mode the solar view goes."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+    from test_web_controls import SITE_METER, web_on_daemon
+
+    cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n' + SITE_METER))
+
+    async def scenario():
+        async with web_on_daemon(cfg) as (daemon, service), async_playwright() as pw:
+            await ask(cfg, p.SetSite(l1_a=2, l2_a=2, l3_a=2, pv_w=3000))
+            await ask(cfg, p.Plug())
+            await ask(cfg, p.Tap(card="04A1B2C3"))
+            browser = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(service.url)
+                await expect(page.locator("[data-connector='1'] .headline")).to_contain_text("Charging")
+                await expect(page.locator("#solar")).to_be_hidden()  # fast mode
+                await page.get_by_role("button", name="Log in").click()
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").last.click()
+                await page.get_by_label("Mode").select_option("min+solar")
+                await expect(page.locator("#solar")).to_be_visible()
+                await expect(page.locator("#solar-ev")).to_have_text("4.1 kW", timeout=15_000)
+                await expect(page.locator("#solar-surplus")).to_have_text("1.6 kW")
+                await expect(page.locator("#solar-grid")).to_have_text("2.5 kW")
+                assert daemon.charger.mode == "min+solar"
+                status = await ask(cfg, p.Status())
+                assert status.connectors[0].session.power_w == 4140 and round(status.site.power_w) == 2520
+
+                await page.get_by_label("Mode").select_option("fast")
+                await expect(page.locator("#solar")).to_be_hidden()
+                assert daemon.charger.mode == "fast"
+            finally:
+                await browser.close()
+
+    asyncio.run(scenario())
