@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import pytest
 from aiohttp import ClientSession, CookieJar
 
+import protocol_records as pr
 from evsed import config
 from evsed import protocol as p
 from evsed.services.link import Link
 from evsed.shell.daemon import Daemon
 from evsed.web import service as service_module
+from evsed.web.view import solar_view
 from evsed.web.settings import hash_password, parse
 from tests.test_daemon import ask, until, write_config
 
@@ -188,3 +191,19 @@ def test_in_a_solar_mode_the_page_shows_the_surplus_the_ev_and_the_grids_share_a
             await until(lambda: service.live.status is not None and service.live.status.mode == "fast")
             assert (await page_view(service))["solar"] is None
     asyncio.run(main())
+
+
+SITE = p.SiteNow(current_a=(0.0, 0.0, 0.0), power_w=0.0)
+
+
+@pytest.mark.parametrize("mode, site_w, draws, solar", [
+    ("solar", -2000.0, (), {"ev_w": 0, "grid_w": 0, "surplus_w": 2000}),  # exporting, no EV: all surplus
+    ("min+solar", 1000.0, (4140.0, 2000.0), {"ev_w": 6140, "grid_w": 1000, "surplus_w": 5140}),  # two EVs
+    ("min+solar", 9000.0, (4140.0,), {"ev_w": 4140, "grid_w": 4140, "surplus_w": 0}),  # the house takes the rest
+    ("fast", -2000.0, (4140.0,), None),
+])
+def test_the_solar_view_splits_what_the_evs_take_between_the_surplus_and_the_grid(mode, site_w, draws, solar):
+    conns = tuple(pr.connector(id=n + 1, status="Charging", session=pr.session(id=n + 1, power_w=w))
+                  for n, w in enumerate(draws)) or (pr.connector(),)
+    assert solar_view(pr.status(*conns, mode=mode, site=replace(SITE, power_w=site_w))) == solar
+    assert solar_view(pr.status(*conns, mode=mode, site=None)) is None  # the site meter not read yet
