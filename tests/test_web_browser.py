@@ -31,13 +31,48 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct horse"
 PASSWORD_HASH = hash_password(PASSWORD, "pbkdf2")
+# the rules in force the owner's page shows: cards, groups, time windows, and a site meter for solar
+RULES = """
+[[card]]
+uid = "04A1B2C3"
+name = "Alice"
+group = "family"
+[[card]]
+uid = "04D4E5F6"
+name = "Bob"
+group = "family"
+[[card]]
+uid = "0A0B0C0D"
+name = "Visitor"
+group = "guests"
+[[group]]
+name = "family"
+[[group]]
+name = "guests"
+max_current_a = 10
+[[window]]
+name = "evening peak"
+days = "mon-fri"
+start = "17:00"
+end = "20:00"
+action = "forbid"
+groups = ["guests"]
+[[window]]
+name = "midday sun"
+start = "11:00"
+end = "15:00"
+action = "mode"
+mode = "min+solar"
+[site.meter]
+backend = "sim"
+"""
 
 
 class Server:
     """The web service on its own event loop thread, with the demo charger behind it."""
 
     def __init__(self, state_dir: Path):
-        self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"')
+        self.config = demo_config(state_dir, f'password_hash = "{PASSWORD_HASH}"', extra=RULES)
         self.loop = asyncio.new_event_loop()
         self.link: DemoLink
         self.service: WebService
@@ -188,20 +223,48 @@ def test_logged_in_person_stops_a_session(server, page):
     assert p.RemoteStop(connector=1, reason="remote") in server.link.commands
 
 
+def _log_in(page, button: str = "Log in", password: str = "Password", done: str = "Log out") -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=button).click()
+    page.get_by_label(password).fill(PASSWORD)
+    page.get_by_role("button", name=button).last.click()
+    expect(page.get_by_role("button", name=done)).to_be_visible()
+
+
+def _screenshot(page, path: Path) -> None:
+    """The whole page, without the passing "Logged in" notice over it."""
+    page.evaluate("document.querySelector('#toast').hidden = true")
+    page.screenshot(path=str(path), full_page=True)
+
+
 def test_charging_page_screenshot(server, page, tmp_path):
+    """Logged in, in min+solar with a site meter: the controls, the solar view and the rules in force."""
     from playwright.sync_api import expect
 
     _charge(server, minutes=45)
-    server.call(server.link.limit, 1, "site", 24)
+    server.link.mode = "min+solar"
+    server.call(server.link.limit, 1, "solar", 13)
+    server.call(server.link.limit, 1, "web", 20)
+    server.call(server.link.site, 900.0, 5200.0)  # the house 0.9 kW, the sun 5.2 kW
     page.goto(server.url)
+    _log_in(page)
     expect(page.locator("[data-connector='1'] .headline")).to_have_text(
         re.compile(r"^Charging \d+\.\d kW, \d+\.\d kWh, €\d+\.\d\d so far$"))
+    expect(page.locator("#mode")).to_have_value("min+solar")
+    expect(page.locator("#solar")).to_be_visible()
+    expect(page.locator("#solar-surplus")).to_have_text("4.3 kW")  # the sun less the house
+    expect(page.get_by_role("button", name="Stop charging")).to_be_visible()
+    expect(page.locator("[data-connector='1'] .limit-value")).to_have_text("20 A")
+    expect(page.locator("#rules-cards tr")).to_have_count(4)  # header and three cards
+    expect(page.locator("#rules-windows tr")).to_have_count(3)  # header, the forbid and the mode window
+    expect(page.locator("#rules-windows tr").nth(2)).to_contain_text("mode min+solar")
     expect(page.locator("#sessions tr")).to_have_count(4)  # header and the three past sessions (the demo stores none)
     expect(page.locator("#report tr")).to_have_count(4)
     page.wait_for_function("document.querySelector('#usage-day').complete && "
                            "document.querySelector('#usage-hour').complete")
     shot = tmp_path / "web-charging.png"
-    page.screenshot(path=str(shot), full_page=True)
+    _screenshot(page, shot)
     assert shot.stat().st_size > 10_000
     if os.environ.get("EVSED_WEB_SCREENSHOT"):  # `make web-screenshot` refreshes docs/web.png
         shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT"])
@@ -287,12 +350,12 @@ def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_a
     _charge(server, minutes=20)
     phone.goto(server.url)
     expect(phone.locator("[data-connector='1'] .headline")).to_contain_text("Lädt mit")  # German, from the locale
-    phone.get_by_role("button", name="Anmelden").click()
-    phone.get_by_label("Passwort").fill(PASSWORD)
-    phone.get_by_role("button", name="Anmelden").last.click()
-    expect(phone.get_by_role("button", name="Abmelden")).to_be_visible()
+    expect(phone.locator("[data-connector='1'] .badge")).to_have_text("Lädt · Zustand C")  # the status too, not "Charging"
+    _log_in(phone, "Anmelden", "Passwort", "Abmelden")
     expect(phone.locator("[data-connector='1'] .reserve")).to_be_visible()  # the row that made it scroll sideways
     expect(phone.locator("#rules")).to_be_visible()
+    for table, rows in (("#rules-cards", 4), ("#rules-groups", 3), ("#rules-windows", 3)):  # and their headers
+        expect(phone.locator(f"{table} tr")).to_have_count(rows)
     expect(phone.locator("#sessions tr")).to_have_count(4)
     phone.wait_for_function("document.querySelector('#usage-day').complete")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
@@ -306,7 +369,7 @@ def test_on_a_phone_nothing_is_wider_than_the_screen_and_the_records_keep_card_a
     for field in phone.locator("input:visible, select:visible").all():  # every input has a label
         assert field.evaluate("e => e.labels.length > 0 || !!e.getAttribute('aria-label')")
     shot = tmp_path / "web-phone.png"
-    phone.screenshot(path=str(shot), full_page=True)
+    _screenshot(phone, shot)
     if os.environ.get("EVSED_WEB_SCREENSHOT_PHONE"):  # `make web-screenshot` refreshes docs/web-phone.png
         shutil.copy(shot, os.environ["EVSED_WEB_SCREENSHOT_PHONE"])
 
@@ -360,3 +423,46 @@ def test_the_owner_learns_a_card_on_the_page_and_it_lands_in_the_config_file(tmp
 
     asyncio.run(scenario())
     assert path.read_text().endswith('[[card]]\nuid = "0E0F1011"\nname = "Dana"\ngroup = "family"\n')
+
+
+def test_the_owner_picks_min_solar_on_the_page_and_it_shows_the_surplus_the_ev_and_the_grids_share(tmp_path):
+    """The daemon on the simulator with a site meter: the house draws 1380 W, the sun gives 3000 W.
+    The owner picks min+solar in the page's select: the EV takes 6 A (4140 W), 1620 W of it surplus,
+    2520 W from the grid, as the daemon's status has them; back in fast mode the solar view goes."""
+    _need_browser()
+    from playwright.async_api import async_playwright, expect
+    from test_web_controls import SITE_METER, web_on_daemon
+
+    cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n' + SITE_METER))
+
+    async def scenario():
+        async with web_on_daemon(cfg) as (daemon, service), async_playwright() as pw:
+            await ask(cfg, p.SetSite(l1_a=2, l2_a=2, l3_a=2, pv_w=3000))
+            await ask(cfg, p.Plug())
+            await ask(cfg, p.Tap(card="04A1B2C3"))
+            browser = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(service.url)
+                await expect(page.locator("[data-connector='1'] .headline")).to_contain_text("Charging")
+                await expect(page.locator("#solar")).to_be_hidden()  # fast mode
+                await page.get_by_role("button", name="Log in").click()
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").last.click()
+                await page.get_by_label("Mode").select_option("min+solar")
+                await expect(page.locator("#solar")).to_be_visible()
+                await expect(page.locator("#solar-ev")).to_have_text("4.1 kW", timeout=15_000)
+                await expect(page.locator("#solar-surplus")).to_have_text("1.6 kW")
+                await expect(page.locator("#solar-grid")).to_have_text("2.5 kW")
+                assert daemon.charger.mode == "min+solar"
+                status = await ask(cfg, p.Status())
+                assert status.connectors[0].session.power_w == 4140 and round(status.site.power_w) == 2520
+
+                await page.get_by_label("Mode").select_option("fast")
+                await expect(page.locator("#solar")).to_be_hidden()
+                assert daemon.charger.mode == "fast"
+            finally:
+                await browser.close()
+
+    asyncio.run(scenario())

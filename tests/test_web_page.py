@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import typing
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from evsed.store.sessions import LiveSession, Store
 from evsed.web import i18n
 from evsed.web.commands import to_request
 from evsed.web.demo import DemoLink
-from evsed.web.view import connector_view
+from evsed.protocol_types import ConnectorState
+from evsed.web.view import connector_view, status_label
 from test_web_service import login, run
 
 UIDS = ("04A1B2C3", "04D4E5F6")
@@ -84,6 +86,32 @@ def test_the_page_and_its_sentences_come_in_german_for_a_german_browser(tmp_path
         assert view["connectors"][0]["headline"].startswith("Fehler: FI-Schutzschalter ausgelöst, neuer Versuch um ")
         async with client.get("/") as r:  # no preference: English
             assert '<html lang="en">' in await r.text()
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_every_connector_status_has_a_word_in_every_language(lang):
+    msgs = i18n.Messages(lang)
+    for status in typing.get_args(ConnectorState):
+        word = status_label(status, msgs)
+        assert word and word != f"view.status.{status}" and "{" not in word, (lang, status)
+        assert lang == "en" or word != status_label(status), f"{lang}.toml: view.status.{status} is the English word"
+
+
+def test_the_connector_badge_says_its_status_in_the_pages_language(tmp_path):
+    async def body(service, client, link):
+        link.plug(1)
+        link.start(1, "04A1B2C3", "Alice")
+        await service.live.refresh()
+        for lang, word in (("de", "Lädt"), ("nl", "Laadt"), ("fr", "En charge"), ("en", "Charging")):
+            async with client.get("/api/view", headers={"Accept-Language": lang}) as r:
+                (conn,) = (await r.json())["view"]["connectors"]
+            assert (conn["status"], conn["status_text"]) == ("Charging", word), lang
+        link.stop(1)
+        await service.live.refresh()
+        async with client.get("/api/view", headers={"Accept-Language": "de"}) as r:
+            (conn,) = (await r.json())["view"]["connectors"]
+        assert (conn["status"], conn["status_text"]) == ("Finishing", "Abschluss")
     run(tmp_path, body)
 
 

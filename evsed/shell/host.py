@@ -124,7 +124,8 @@ class ControlHost:
             # the web page starts only for a card the host's own list accepts: no unknown card charges
             verdict = self.charger.auth.local.verdict(commands.id_tag(command.id_tag))
             if verdict.result != "accept":
-                raise Refused(f"card {command.id_tag} is not one the local list accepts ({verdict.reason})")
+                raise Refused(f"card {command.id_tag} is not one the local list accepts "
+                              f"({verdict.reason or 'unknown card'})")
         return commands.run(self.charger, command)
 
     async def backlog(self, after: int) -> list[p.Event]:

@@ -38,6 +38,7 @@ class DemoLink:
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.max_current_a = max_current_a
         self.mode: p.Mode = "fast"
+        self.site_now: p.SiteNow | None = None  # the site meter's last reading (site(): a house and the sun)
         self.limits: dict[int, dict[str, lm.Limit]] = {c: {} for c in connectors}  # the sources set by commands
         self.status = {c: self._idle(c) for c in connectors}
         self.commands: list[p.Command[Any]] = []
@@ -64,7 +65,7 @@ class DemoLink:
     def _run(self, c: p.Command[Any]) -> p.Reply | p.Failure:
         cid = getattr(c, "connector", None) or 0
         if isinstance(c, p.Status):
-            return p.StatusReply(charger=self.hello.charger, mode=self.mode, card_reader_error="", site=None,
+            return p.StatusReply(charger=self.hello.charger, mode=self.mode, card_reader_error="", site=self.site_now,
                                  connectors=tuple(self.status.values()))
         if isinstance(c, p.RemoteStop) and cid in self.status and self.status[cid].session:
             self.stop(cid, c.reason)
@@ -170,6 +171,14 @@ class DemoLink:
                   reason="no EV")
         self.emit(p.FaultCleared, cid, faults=faults)
 
+    def site(self, house_w: float, pv_w: float) -> None:
+        """A site meter at the grid connection that sees the house, the sun and the EVs' draw now
+        (import positive), spread evenly over the phases."""
+        power_w = house_w - pv_w + sum(max(0.0, c.session.power_w) for c in self.status.values() if c.session)
+        current = round(power_w / self.hello.phases / self.hello.voltage_v, 2)
+        self.site_now = p.SiteNow(current_a=(current,) * self.hello.phases, power_w=power_w)
+        self.emit(p.SiteSample, 0, current_a=self.site_now.current_a, power_w=power_w)
+
     def limit(self, cid: int, source: str, current_a: float | None) -> None:
         if current_a is None:
             self.limits[cid].pop(source, None)
@@ -182,8 +191,9 @@ class DemoLink:
         self.emit(p.LimitChanged, cid, source=source, current_a=current_a, allowed_a=chain.allowed_a)
 
 
-def demo_config(state_dir, web: str = "", timezone: str = "Europe/Amsterdam") -> Config:
-    """A config with one simulated connector and a [web] section (web: its extra TOML lines)."""
+def demo_config(state_dir, web: str = "", timezone: str = "Europe/Amsterdam", extra: str = "") -> Config:
+    """A config with one simulated connector and a [web] section (web: its extra TOML lines; extra:
+    more tables after it, such as cards, groups, windows and a site meter)."""
     return parse(f"""
 [charger]
 id = "demo"
@@ -198,4 +208,5 @@ state_dir = "{state_dir}"
 runtime_dir = "{state_dir}/run"
 [web]
 {web}
+{extra}
 """, f"{state_dir}/evsed.toml")

@@ -24,7 +24,13 @@ def rules_view(config: Config) -> dict[str, Any]:
                    for g in policy.groups.values()]
                   + [{"name": name, "max_current_a": None, "mode": None, "stop_by": "card"}  # named by cards only
                      for name in sorted({c.group for c in config.cards if c.group} - set(policy.groups))],
-        "windows": [{"name": w.name, "days": [calendar.day_abbr[d].lower() for d in sorted(w.days)], "start": _hhmm(w.start_min),
-                     "end": _hhmm(w.end_min), "action": w.action.value, "max_current_a": w.max_current_a,
-                     "groups": sorted(w.groups)} for w in policy.schedule.windows],
+        "windows": [_window(w, w.action.value) for w in policy.schedule.windows]
+                   + [_window(m.window, "mode", m.mode) for m in policy.mode_windows],  # those that switch the mode
     }
+
+
+def _window(w: Any, action: str, mode: str | None = None) -> dict[str, Any]:
+    """One window (the core's windows.Window, which the web may not import) as the table shows it."""
+    return {"name": w.name, "days": [calendar.day_abbr[d].lower() for d in sorted(w.days)], "start": _hhmm(w.start_min),
+            "end": _hhmm(w.end_min), "action": action, "mode": mode, "max_current_a": w.max_current_a,
+            "groups": sorted(w.groups)}

@@ -48,6 +48,13 @@ def source_label(source: str, msgs: Messages = ENGLISH) -> str:
     return source if text == key else text
 
 
+def status_label(status: str, msgs: Messages = ENGLISH) -> str:
+    """A connector's status (OCPP's name: SuspendedEVSE) in the page's language; as given when unknown."""
+    key = f"view.status.{status}"
+    text = msgs(key)
+    return status if text == key else text
+
+
 def limit_entries(conn: p.ConnectorStatus, msgs: Messages = ENGLISH) -> list[dict]:
     """The daemon's limit chain in its order: every source that sets a ceiling (a blocking one at
     0 A), with its value in A, and the binding one marked as the daemon marks it."""
@@ -125,6 +132,7 @@ def connector_view(conn: p.ConnectorStatus, now: dt.datetime, tz: dt.tzinfo, *, 
     session, live = conn.session, measured_now(conn)
     out: dict[str, Any] = {
         "id": conn.id, "headline": text, "tone": tone, "status": conn.status,
+        "status_text": status_label(conn.status, msgs),
         "state": conn.state, "reason": conn.reason,
         "offered_a": conn.offered_a, "allowed_a": conn.allowed_a,
         "contactor": conn.contactor, "current_a": list(conn.measured.current_a) if conn.measured and live else [],
@@ -169,12 +177,15 @@ def plan_view(plan: p.PlanNow | None, tz: dt.tzinfo, msgs: Messages = ENGLISH) -
 
 
 def solar_view(status: p.StatusReply | None) -> dict | None:
-    """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share, W."""
+    """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share of it, W.
+    The site meter sees the house, the sun and the EVs together: what it imports, up to what the EVs
+    draw, is the grid's share, as the daemon splits a session's energy (Charger.grid_share); the
+    surplus is what the sun gives beyond the house (the EVs' draw less the import)."""
     if status is None or status.mode not in ("solar", "min+solar") or status.site is None:
         return None
     site_w = float(status.site.power_w)
-    ev_w = sum(float(c.session.power_w) for c in status.connectors if c.session)
-    grid_w = max(0.0, site_w)  # import is the grid's share; export is surplus left over
+    ev_w = sum(max(0.0, float(c.session.power_w)) for c in status.connectors if c.session)
+    grid_w = min(max(0.0, site_w), ev_w)
     return {"ev_w": round(ev_w), "grid_w": round(grid_w), "surplus_w": round(max(0.0, ev_w - site_w))}
 
 

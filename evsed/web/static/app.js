@@ -67,7 +67,7 @@
     const node = card(c.id);
     node.className = "connector " + c.tone;
     $(".headline", node).textContent = c.headline;
-    $(".badge", node).textContent = [c.status, c.state ? t("js.state", { state: c.state }) : ""].filter(Boolean).join(" · ");
+    $(".badge", node).textContent = [c.status_text, c.state ? t("js.state", { state: c.state }) : ""].filter(Boolean).join(" · ");
     const bits = [];
     if (c.session) {
       bits.push(c.session.card ? t("js.card") + " " + c.session.card : t("js.session_word"));
@@ -324,7 +324,7 @@
     table($("#rules-windows"), [[t("page.name")], [t("js.col.days")], [t("js.col.from")], [t("js.col.to")],
       [t("js.col.action")], [t("js.col.amps"), true], [t("js.col.group"), false, "opt"]],
       rules.windows.map((w) => [w.name, w.days.join(" "), w.start, w.end === w.start ? t("js.all_day") : w.end,
-        w.action, w.max_current_a === null ? "" : w.max_current_a, w.groups.join(" ")]));
+        w.mode ? w.action + " " + t("page.mode." + w.mode) : w.action, w.max_current_a === null ? "" : w.max_current_a, w.groups.join(" ")]));
     $("#learn-group").replaceChildren(new Option("–", ""), ...rules.groups.map((g) => new Option(g.name, g.name)));
   }
 
