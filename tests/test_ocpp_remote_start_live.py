@@ -59,14 +59,36 @@ async def test_the_started_event_carries_the_remote_start_id_whichever_tx_start_
     assert csms.problems == []
 
 
+PROFILE_201_6A = {"id": 31, "stack_level": 0, "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
+                  "charging_schedule": [{"id": 1, "charging_rate_unit": "A",
+                                         "charging_schedule_period": [{"start_period": 0, "limit": 6.0}]}]}
+
+
+@aio
+async def test_the_tx_profile_of_a_request_start_limits_its_session_before_power_path_closed_opens_it(tmp_path):
+    csms = CentralSystem201()
+    charger = charger201(tmp_path, await csms.start())
+    charger.start()
+    try:
+        await booted201(csms)
+        asked = call.RequestStartTransaction(id_token={"id_token": "ab-12-cd", "type": "Central"}, remote_start_id=41,
+                                             evse_id=1, charging_profile=PROFILE_201_6A)
+        assert (await csms.call(IDENTITY, asked)).status == "Accepted"
+        await charger.sim("plug")
+        charging = await charger.until(lambda c: c.status == "Charging" and c.offered_a == 6.0, "charging at 6 A")
+    finally:
+        await charger.stop()
+        await csms.stop()
+    assert charging.offered_a == 6.0
+    assert csms.problems == []
+
+
 @aio
 async def test_a_refused_request_start_leaves_its_id_and_tx_profile_to_no_card_session(tmp_path):
     csms = CentralSystem201()
     charger = charger201(tmp_path, await csms.start())
     charger.start()
-    profile = {"id": 31, "stack_level": 0, "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
-               "charging_schedule": [{"id": 1, "charging_rate_unit": "A",
-                                      "charging_schedule_period": [{"start_period": 0, "limit": 6.0}]}]}
+    profile = PROFILE_201_6A
     try:
         await booted201(csms)
         reserve = call.ReserveNow(id=7, expiry_date_time=in_minutes(10),
