@@ -93,15 +93,18 @@ class Charger:
         reply = await self.command(command)
         return isinstance(reply, p.StartReply) and reply.result == "Accepted"
 
-    async def start_authorized(self, authorize: Handler, connector: int, id_tag: str) -> None:
+    async def start_authorized(self, authorize: Handler, connector: int, id_tag: str) -> bool:
         """A remote start the CSMS was answered Accepted for, with its authorize-first key on
         (1.6 AuthorizeRemoteTxRequests, 2.0.1 AuthorizeRemoteStart): the tag is authorized like a
-        card (list, cache, then the CSMS), then the daemon starts it."""
+        card (list, cache, then the CSMS), then the daemon starts it. Whether it did."""
         reply = await authorize(p.AuthorizeRequest(authorize=0, id_tag=id_tag, connector=connector))
         if reply.result != "accept":
             log.info("ocpp.remote_start_refused", connector=connector, reason=reply.reason)
-        elif not await self.remote_start(connector, id_tag):  # taken meanwhile (a card, a reservation)
+            return False
+        if not await self.remote_start(connector, id_tag):  # taken meanwhile (a card, a reservation)
             log.warning("ocpp.remote_start_not_started", connector=connector)
+            return False
+        return True
 
     async def remote_stop(self, connector: int, reason: str) -> bool:
         """reason: the daemon's stop reason (remote, deauthorized, other)."""

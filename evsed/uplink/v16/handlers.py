@@ -86,12 +86,14 @@ class CentralCommands(SecurityCommands, StrictChargePoint):
         authorize_first = p.keys.bool("AuthorizeRemoteTxRequests")
         if authorize_first and not await p.daemon.remote_start(connector, id_tag, check=True):
             return call_result.RemoteStartTransaction(status="Rejected")  # §5.11: it will not start
-        if charging_profile:
-            p.profiles.pending[connector] = snake_to_camel_case(charging_profile)
+        waiting = p.profiles.remote_start(connector, id_tag, snake_to_camel_case(charging_profile)) \
+            if charging_profile else None
         if authorize_first:  # Accepted now; the tag is authorized, then started (no outbound call awaited here)
             p.station.start_authorized(connector, id_tag)
             return call_result.RemoteStartTransaction(status="Accepted")
         started = await p.daemon.remote_start(connector, id_tag)
+        if not started and waiting is not None:
+            p.profiles.remote_start_over(connector, waiting)
         return call_result.RemoteStartTransaction(status="Accepted" if started else "Rejected")
 
     @on(Action.remote_stop_transaction)

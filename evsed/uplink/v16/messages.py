@@ -96,6 +96,7 @@ class Messages:
         self.faults: dict[int, dict[str, str]] = {}  # connector -> latched fault -> detail
         self.on_started: Callable[[int, str], None] = lambda connector, session: None
         self.on_stopped: Callable[[int, str], None] = lambda connector, session: None
+        self.on_available: Callable[[int], None] = lambda connector: None  # no authorization waits on it
 
     def on_event(self, event: p.Event) -> bool:
         """Apply one event; True when it was made durable with its seq (live events: False)."""
@@ -118,6 +119,8 @@ class Messages:
             self.on_started(connector, str(event.session))
         elif isinstance(event, p.SessionStopped):
             self.on_stopped(connector, str(event.session))
+        elif isinstance(event, p.StatusChanged) and event.status == "Available":
+            self.on_available(connector)
         return True
 
     def seed(self, status: p.ConnectorStatus) -> None:

@@ -52,7 +52,7 @@ def check(body: Body, connector: int, connectors: int, session: str | None,
 class Profiles:
     def __init__(self, limits: ChargingLimits, keys: Values, transaction_id: Callable[[str], int | None]):
         self.limits, self.keys, self.transaction_id = limits, keys, transaction_id
-        self.pending: dict[int, Body] = {}  # connector -> the TxProfile of a RemoteStartTransaction
+        self.pending: dict[int, tuple[str, Body]] = {}  # connector -> a RemoteStartTransaction's id tag, TxProfile
 
     def install(self, connector: int, body: Body) -> str:
         """SetChargingProfile: Accepted or Rejected (why is logged)."""
@@ -83,11 +83,25 @@ class Profiles:
     def composite(self, connector: int, duration_s: int, unit: str) -> Body:
         return self.limits.composite(connector, duration_s, unit)
 
-    def session_started(self, connector: int) -> None:
-        """The transaction a RemoteStartTransaction asked for began: its TxProfile applies."""
-        body = self.pending.pop(connector, None)
-        if body is not None:
-            self.install(connector, body)
+    def remote_start(self, connector: int, id_tag: str, body: Body) -> tuple[str, Body]:
+        """A RemoteStartTransaction going to the daemon: its TxProfile waits for its transaction."""
+        self.pending[connector] = waiting = (id_tag, body)
+        return waiting
+
+    def remote_start_over(self, connector: int, waiting: tuple[str, Body] | None = None) -> None:
+        """A remote start that will not start (refused, its tag not authorized, its authorization
+        expired): its TxProfile is dropped, not left for the connector's next transaction (None:
+        whichever waits)."""
+        if connector in self.pending and waiting in (None, self.pending[connector]):
+            log.info("ocpp.remote_profile_dropped", connector=connector,
+                     profile=self.pending.pop(connector)[1].get("chargingProfileId"))
+
+    def session_started(self, connector: int, id_tag: str | None) -> None:
+        """A transaction began: the TxProfile of the RemoteStartTransaction that asked for it
+        applies; another tag's (a card that took the connector first) drops it."""
+        waiting = self.pending.pop(connector, None)
+        if waiting is not None and id_tag is not None and waiting[0].lower() == id_tag.lower():  # CiString
+            self.install(connector, waiting[1])
         self.limits.changed.set()
 
     def session_stopped(self, session: str) -> None:

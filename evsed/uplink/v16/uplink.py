@@ -63,6 +63,7 @@ class Uplink:
                                      voltage_v=self.charger.voltage_v, max_current_a=settings.max_current_a,
                                      send_limit=self.charger.limit)
         self.profiles = Profiles(self.limits, keys, self.state.transaction_id)
+        self.messages.on_available = self.profiles.remote_start_over  # a remote start's authorization expired
         self.diagnostics = Diagnostics(settings.identity, clock, self._diagnostics_body, self._diagnostics_status)
         self.firmware = Firmware(self.state, clock, spool_dir=settings.spool, key_file=settings.update_key_file,
                                  notify=self._firmware_status, outcome=self._firmware_outcome,
@@ -198,7 +199,7 @@ class Uplink:
 
     # -- what the charger's events start -------------------------------------------------------
     def _session_started(self, connector: int, session: str) -> None:
-        self.profiles.session_started(connector)
+        self.profiles.session_started(connector, self.state.sessions().get(connector, {}).get("id_tag"))
         self.retime.set()
 
     def _session_stopped(self, connector: int, session: str) -> None:
@@ -234,7 +235,12 @@ class Uplink:
             self.messages.reservations[reservation_id] = {"connector": connector, "id_tag": id_tag}
 
     def start_authorized(self, connector: int, id_tag: str) -> None:
-        self.spawn(self.charger.start_authorized(self.authorizer, connector, id_tag))
+        waiting = self.profiles.pending.get(connector)  # this remote start's TxProfile, if it brought one
+
+        async def start() -> None:
+            if not await self.charger.start_authorized(self.authorizer, connector, id_tag) and waiting is not None:
+                self.profiles.remote_start_over(connector, waiting)
+        self.spawn(start())
 
     async def reset(self, kind: str) -> None:
         """Soft: end the sessions and reconnect (a new boot). Hard: end them, then exit."""

@@ -70,6 +70,7 @@ class Messages:
         self._next_id = ""                                # the id the next transaction gets
         self.on_started: Callable[[int, str], None] = lambda evse, session: None
         self.on_stopped: Callable[[int, str], None] = lambda evse, session: None
+        self.on_remote_over: Callable[[int], None] = lambda evse: None  # a remote start that will not start
 
     # -- the EVSEs' persisted state ---------------------------------------------------------------
     def evse(self, evse_id: int) -> Evse:
@@ -89,10 +90,20 @@ class Messages:
         return out
 
     def remote_start(self, evse_id: int, remote_start_id: int, id_token: dict[str, Any]) -> None:
-        """A RequestStartTransaction the daemon took: its id goes with the transaction it starts."""
+        """A RequestStartTransaction going to the daemon: its id waits for the first TransactionEvent
+        of the transaction it starts, whichever TxStartPoint opens it (F02.FR.01)."""
         self.state.set_meta(f"v201.remote.{evse_id}", json.dumps([remote_start_id, id_token["idToken"],
                                                                    id_token["type"]]))
         self.id_types[id_token["idToken"]] = id_token["type"]
+
+    def remote_start_over(self, evse_id: int, remote_start_id: int | None = None) -> bool:
+        """A RequestStartTransaction that will not start a transaction waits no more (None: whichever
+        waits); True when one did."""
+        waiting = self.state.meta(f"v201.remote.{evse_id}")
+        if not waiting or remote_start_id not in (None, json.loads(waiting)[0]):
+            return False
+        self.state.set_meta(f"v201.remote.{evse_id}", "")
+        return True
 
     # -- events --------------------------------------------------------------------------------------
     def on_event(self, event: p.Event) -> bool:
@@ -146,11 +157,10 @@ class Messages:
             self.state.open_session(evse_id, str(event.get("session")), str(event.get("id_tag") or ""),
                                     event.get("started_at") or self._at(event.get("at")),
                                     int(event.get("meter_start_wh") or 0))
-            if ctx.remote_start_id is not None:
-                self.state.set_meta(f"v201.remote.{evse_id}", "")
         elif event["type"] == "session.stopped":
             self.state.close_session(evse_id)
             self.stop_reasons.pop(evse_id, None)
+        self._remote_taken(evse_id, event, after, ctx, payloads)
         for payload in payloads:
             self.state.enqueue("TransactionEvent", payload, session=after.session or before.session,
                                connector=evse_id)
@@ -158,17 +168,33 @@ class Messages:
                      trigger=payload["triggerReason"], seq_no=payload["seqNo"])
         self._put(evse_id, after)
 
+    def _remote_taken(self, evse_id: int, event: dict[str, Any], after: Evse, ctx: Context,
+                      payloads: list[dict[str, Any]]) -> None:
+        """The waiting remote start ends with the TransactionEvent that carries its id; or without
+        one, when another token's session starts, the session ends, or the EVSE is Available again
+        (its authorization expired unused)."""
+        if any("remoteStartId" in payload["transactionInfo"] for payload in payloads):
+            self.remote_start_over(evse_id)
+        elif ((event["type"] == "session.started" and ctx.remote_start_id is None)
+              or event["type"] == "session.stopped"
+              or (event["type"] == "connector.status" and after.status == "Available")):
+            if self.remote_start_over(evse_id):
+                log.info("ocpp.remote_start_over", evse=evse_id, event=event["type"])
+                self.on_remote_over(evse_id)
+
     def _context(self, evse_id: int, event: dict[str, Any], before: Evse) -> Context:
         m = self.model
         remote_id, id_type = None, None
         tag = str(event.get("id_tag") or "")
+        waiting = self.state.meta(f"v201.remote.{evse_id}")
         if event["type"] == "session.started":
-            waiting = self.state.meta(f"v201.remote.{evse_id}")
             id_type = self.id_types.get(tag)
-            if waiting:
-                rid, remote_tag, remote_type = json.loads(waiting)
-                if remote_tag == tag:  # kept across a restart with the type the CSMS gave
-                    remote_id, id_type = int(rid), remote_type
+        if waiting:
+            rid, remote_tag, remote_type = json.loads(waiting)
+            if event["type"] != "session.started":  # the EVSE's authorization is the remote start's
+                remote_id = int(rid)
+            elif remote_tag == tag:  # kept across a restart with the type the CSMS gave
+                remote_id, id_type = int(rid), remote_type
         reservation = None
         for rid, res in list(self.reservations.items()):
             if event["type"] == "session.started" and res["id_token"] == tag and res["evse"] in (None, evse_id):

@@ -89,9 +89,14 @@ class Profiles:
         self.limits, self.model, self.transaction_of = limits, model, transaction_of
         self.pending: dict[int, Body] = {}  # evse -> the TxProfile of a RequestStartTransaction
 
-    def install(self, evse: int, profile: Body) -> str | None:
-        """SetChargingProfile: None when installed, else why it was rejected."""
-        why = check(profile, evse, self.limits.connectors, self.transaction_of(evse) if evse else None,
+    def install(self, evse: int, profile: Body, started: bool = False) -> str | None:
+        """SetChargingProfile: None when installed, else why it was rejected. started: the TxProfile
+        of a RequestStartTransaction whose session began, before a later TxStartPoint opens its
+        transaction (it limits the session from its start)."""
+        transaction = self.transaction_of(evse) if evse else None
+        if started and transaction is None:
+            transaction = ""
+        why = check(profile, evse, self.limits.connectors, transaction,
                     self.model.int("SmartChargingCtrlr", "ProfileStackLevel"),
                     self.model.int("SmartChargingCtrlr", "PeriodsPerSchedule"),
                     self.model.bool("SmartChargingCtrlr", "ACPhaseSwitchingSupported"))
@@ -152,7 +157,7 @@ class Profiles:
         """The transaction a RequestStartTransaction asked for began: its TxProfile applies."""
         profile = self.pending.pop(evse, None)
         if profile is not None:
-            self.install(evse, profile)
+            self.install(evse, profile, started=True)
         self.limits.changed.set()
 
     def session_stopped(self, session: str) -> None:

@@ -83,7 +83,7 @@ class Context:
     sample: Mapping[str, Any] | None = None   # the newest session.sample of the EVSE
     started_measurands: tuple[str, ...] = ("Energy.Active.Import.Register",)
     ended_measurands: tuple[str, ...] = ("Energy.Active.Import.Register",)
-    remote_start_id: int | None = None  # a RequestStartTransaction waiting for its session
+    remote_start_id: int | None = None  # a RequestStartTransaction waiting for its transaction's first event
     reservation_id: int | None = None   # the reservation the session's id tag used
     id_type: str | None = None          # the type the CSMS gave the session's id tag (RequestStart, list)
     stop_reason: str | None = None      # a reason the uplink caused (a Reset), over the daemon's
@@ -146,12 +146,13 @@ def step(before: Evse, event: Mapping[str, Any], ctx: Context) -> tuple[Evse, li
             payload["meterValue"] = [{"timestamp": at, "sampledValue": values}]
         return _sent(after, tx, payload), [payload]
     if after.authorized and tx.id_token is None and after.id_tag is not None:
-        payload = _event("Updated", at, _trigger("Authorized", ctx), tx, after, ctx)
+        remote = ctx.remote_start_id if tx.remote_start_id is None else None
+        payload = _event("Updated", at, "Authorized" if remote is None else "RemoteStart", tx, after, ctx)
         if ctx.reservation_id is not None:
             payload["reservationId"] = ctx.reservation_id
-        if ctx.remote_start_id is not None and tx.remote_start_id is None:
-            tx = replace(tx, remote_start_id=ctx.remote_start_id)
-            payload["transactionInfo"]["remoteStartId"] = ctx.remote_start_id
+        if remote is not None:
+            tx = replace(tx, remote_start_id=remote)
+            payload["transactionInfo"]["remoteStartId"] = remote
         return _sent(after, tx, payload), [payload]
     if before.authorized and not after.authorized:  # the authorization ended, the transaction goes on
         reason = ctx.stop_reason or str(event.get("reason"))
@@ -225,9 +226,11 @@ def _int(value: object) -> int | None:
 
 
 def _trigger(point: str, ctx: Context) -> str:
-    if point == "Authorized":
-        return "RemoteStart" if ctx.remote_start_id is not None else "Authorized"
-    return {"EVConnected": "CablePluggedIn"}.get(point, "ChargingStateChanged")
+    """The triggerReason of a Started reached at point: RemoteStart when it carries the remoteStartId
+    of the RequestStartTransaction it follows (F02.FR.01), whichever TxStartPoint it reached."""
+    if ctx.remote_start_id is not None:
+        return "RemoteStart"
+    return {"Authorized": "Authorized", "EVConnected": "CablePluggedIn"}.get(point, "ChargingStateChanged")
 
 
 def _event(kind: str, at: str, trigger: str, tx: Tx, evse: Evse, ctx: Context) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Uplink:
                              lambda: model.int("OCPPCommCtrlr", "MessageAttemptInterval", "TransactionEvent"))
         self.messages = Messages(state, model, clock, charger.connectors, lambda: self.booted, new_id)
         self.messages.on_started, self.messages.on_stopped = self._session_started, self._session_stopped
+        self.messages.on_remote_over = self._remote_over
         live.messages = self.messages
         policy = AuthVariables(model)
         self.auth = AuthStore(state, policy)
@@ -278,6 +279,10 @@ class Uplink:
         self.profiles.session_started(evse)
         self.retime.set()
 
+    def _remote_over(self, evse: int) -> None:
+        """A RequestStartTransaction's authorization ended unused: its TxProfile goes with it."""
+        self.profiles.pending.pop(evse, None)
+
     def _session_stopped(self, evse: int, session: str) -> None:
         self.profiles.session_stopped(session)
         self.costs.pop(evse, None)
@@ -302,12 +307,22 @@ class Uplink:
         return self.messages.evse(evse).authorized
 
     def remote_start(self, evse: int, remote_start_id: int, id_token: Payload, profile: Payload | None) -> None:
+        """A RequestStartTransaction going to the daemon: its id and TxProfile wait for its transaction."""
         self.messages.remote_start(evse, remote_start_id, id_token)
         if profile is not None:
             self.profiles.pending[evse] = profile
 
-    def start_authorized(self, evse: int, id_token: Payload) -> None:
-        self.spawn(self.charger.start_authorized(self.authorizer, evse, id_token["idToken"]))
+    def remote_start_over(self, evse: int, remote_start_id: int) -> None:
+        """That RequestStartTransaction will not start (the daemon refused it, its token is not
+        authorized): neither its id nor its TxProfile waits for the EVSE's next transaction."""
+        if self.messages.remote_start_over(evse, remote_start_id):
+            self._remote_over(evse)
+
+    def start_authorized(self, evse: int, remote_start_id: int, id_token: Payload) -> None:
+        async def start() -> None:
+            if not await self.charger.start_authorized(self.authorizer, evse, id_token["idToken"]):
+                self.remote_start_over(evse, remote_start_id)
+        self.spawn(start())
 
     def stop_reason(self, evse: int, reason: str) -> None:
         self.messages.stop_reasons[evse] = reason
