@@ -298,6 +298,14 @@ def test_version():
     assert proc.returncode == 0 and proc.stdout.strip() == "evsed 0.1.0"
 
 
+def test_version_is_answered_before_any_parser_or_command_module_is_imported():
+    code = ("import sys; from evsed import cli\n"
+            "assert cli.main(['--version']) == 0\n"
+            "print(sorted(m for m in sys.modules if m == 'argparse' or m.startswith('evsed.cli.')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines() == ["evsed 0.1.0", "[]"]
+
+
 def test_every_option_of_every_command_has_help():
     import argparse
 

@@ -6,8 +6,6 @@ Config errors and missing packages exit with status 2 and say what to do; no tra
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 
@@ -19,6 +17,7 @@ CONFIG_HELP = "config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
+    import argparse
     from typing import Callable
     Command = Callable[[argparse.Namespace], int]
     Options = Callable[[argparse.ArgumentParser], object]
@@ -33,6 +32,7 @@ def _lazy(target: str) -> Command:
 
 
 def _load(target: str) -> Callable[..., int]:
+    import importlib
     module, _, name = target.partition(":")
     func: Callable[..., int] = getattr(importlib.import_module(f"evsed.cli.{module}"), name)
     return func
@@ -41,6 +41,7 @@ def _load(target: str) -> Callable[..., int]:
 def _formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's help layout at the terminal's width, as argparse finds it, without the 2 ms of
     importing shutil (and bz2, lzma) that argparse spends on it for every command."""
+    import argparse
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
@@ -54,6 +55,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 def parser(only: str | None = None) -> argparse.ArgumentParser:
     """The `evsed` parser; with `only`, just that command's options are built (a command's parser
     costs about a millisecond: all of them, more than the interpreter's start)."""
+    import argparse
     p = argparse.ArgumentParser(prog="evsed", description="Controller daemon for a stand-alone EV charger.",
                                 formatter_class=_formatter)
     p.add_argument("--version", action="version", version=f"evsed {__version__}")
@@ -106,6 +108,9 @@ def _daemon_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before any parser is built: it needs none (argparse is 2 ms)
+        print(f"evsed {__version__}")
+        return 0
     args = parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     try:
         code: int = args.func(args)
