@@ -8,9 +8,8 @@ scenario runner); nothing else builds or reads the wire's dicts. Standard librar
 
 from __future__ import annotations
 
-import datetime as dt
 import typing
-from typing import Annotated, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 
 from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
 from evsed.protocol_events import Event, parse_event
@@ -27,6 +26,9 @@ from evsed.protocol_types import (
 from evsed.wire import Items, Range, Text
 from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
 from evsed.wire import describe as describe, encode_line as encode_line, largest as largest
+
+if TYPE_CHECKING:
+    import datetime as dt  # wire reads `dt` in a field's type when the record is first built (1 ms of a CLI command)
 
 
 def parse_request(data: object) -> Command[Any]:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import _thread
 import collections.abc
-import datetime as dt
 import json
 import math
 import re
+import sys
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, NamedTuple, TypeVar, Union, dataclass_transform
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, TypeVar, Union, dataclass_transform
+
+if TYPE_CHECKING:
+    import datetime as dt  # imported when a record has a time field (_Names): 1 ms of `evsed status`
 
 R = TypeVar("R", bound="Record")
 T = TypeVar("T")
@@ -24,29 +27,66 @@ class WireError(ValueError):
     """A message that is not the protocol; the text names the field and what it expected."""
 
 
-# The bounds in a field's Annotated type: frozen tuples, a tenth of a dataclass's cost to declare.
-class Range(NamedTuple):
+# The bounds in a field's Annotated type: plain frozen tuples (hashable, as Annotated needs), each
+# declared at a fraction of a NamedTuple's cost (collections.namedtuple compiles code for each class).
+class Range(tuple[float, float]):
     """A number's bounds, both included."""
 
-    lo: float
-    hi: float
+    __slots__ = ()
+
+    def __new__(cls, lo: float, hi: float) -> Range:
+        return tuple.__new__(cls, (lo, hi))
+
+    @property
+    def lo(self) -> float:
+        return self[0]
+
+    @property
+    def hi(self) -> float:
+        return self[1]
 
 
-class Text(NamedTuple):
+class Text(tuple[int, int, str, bool, bool]):
     """A string's bounds. `clip`: longer text is cut, for free text the daemon says (a device's
     error), never for a request; `printable`: no control characters (a TOML block may have lines)."""
 
-    max: int
-    min: int = 0
-    pattern: str = ""
-    clip: bool = False
-    printable: bool = True
+    __slots__ = ()
+
+    def __new__(cls, max: int, min: int = 0, pattern: str = "", clip: bool = False, printable: bool = True) -> Text:
+        return tuple.__new__(cls, (max, min, pattern, clip, printable))
+
+    @property
+    def max(self) -> int:
+        return self[0]
+
+    @property
+    def min(self) -> int:
+        return self[1]
+
+    @property
+    def pattern(self) -> str:
+        return self[2]
+
+    @property
+    def clip(self) -> bool:
+        return self[3]
+
+    @property
+    def printable(self) -> bool:
+        return self[4]
 
 
-class Items(NamedTuple):
+class Items(tuple[int]):
     """At most this many items in a list or an object."""
 
-    max: int
+    __slots__ = ()
+
+    def __new__(cls, max: int) -> Items:
+        return tuple.__new__(cls, (max,))
+
+    @property
+    def max(self) -> int:
+        return self[0]
 
 
 def _show(value: object) -> str:
@@ -163,12 +203,18 @@ class _Choice(_Conv):
 class _Time(_Conv):
     """An aware datetime; ISO 8601 with its offset on the wire."""
 
+    def __init__(self) -> None:
+        import datetime as dt  # imported already: the field's type is datetime's
+        self.dt = dt
+
     def check(self, v: Any, where: str) -> Any:
+        dt = self.dt
         if not isinstance(v, dt.datetime) or v.tzinfo is None:
             raise WireError(f"{where}: expected a time with its UTC offset, got {_show(v)}")
         return v
 
     def decode(self, v: Any, where: str) -> Any:
+        dt = self.dt
         if not isinstance(v, str) or len(v) > 40:
             raise WireError(f"{where}: expected an ISO 8601 time, got {_show(v)}")
         try:
@@ -178,9 +224,10 @@ class _Time(_Conv):
         return self.check(when, where)
 
     def encode(self, v: Any) -> Any:
-        return v.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return v.astimezone(self.dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def largest(self) -> Any:
+        dt = self.dt
         return dt.datetime(2099, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
 
     def describe(self) -> str:
@@ -304,7 +351,7 @@ def _conv(hint: Any, owner: str) -> _Conv:
         return _Choice(args)
     if hint is bool:
         return _Bool()
-    if hint is dt.datetime:
+    if "datetime" in sys.modules and hint is sys.modules["datetime"].datetime:  # no time field before it
         return _Time()
     if isinstance(hint, type) and issubclass(hint, Record):
         return _Nested(hint)
@@ -329,10 +376,13 @@ def _conv(hint: Any, owner: str) -> _Conv:
     raise TypeError(f"{owner}: no wire form for {hint!r}")
 
 
-class _Factory(NamedTuple):
+class _Factory:
     """A default made anew for each record: what `field(default_factory=...)` puts in a record's body."""
 
-    factory: Callable[[], Any]
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
 
 
 def field(*, default_factory: Callable[[], T]) -> T:
@@ -344,13 +394,52 @@ def field(*, default_factory: Callable[[], T]) -> T:
 _MISSING: Any = object()  # a required field's default
 
 
-class _Field(NamedTuple):
-    name: str
-    conv: _Conv
-    required: bool
-    omit_none: bool  # a field whose default is None is left out of the JSON while None
-    default: Any  # _MISSING when required or made by factory
-    factory: Callable[[], Any] | None
+class _Field:
+    """One field of a record class: `omit_none`: a field whose default is None is left out of the
+    JSON while None; `default` is _MISSING when required or made by `factory`."""
+
+    __slots__ = ("name", "conv", "required", "omit_none", "default", "factory")
+
+    def __init__(self, name: str, conv: _Conv, required: bool, omit_none: bool, default: Any,
+                 factory: Callable[[], Any] | None):
+        self.name, self.conv, self.required, self.omit_none = name, conv, required, omit_none
+        self.default, self.factory = default, factory
+
+
+class _Names(dict[str, Any]):
+    """The names a record's annotations are read in: its module's, then `dt`, the datetime module,
+    imported only for a record with a time field (so a module may import it for type checkers only)."""
+
+    def __init__(self, module: dict[str, Any]):
+        super().__init__()
+        self.module = module
+
+    def __missing__(self, name: str) -> Any:
+        if name in self.module:
+            return self.module[name]
+        if name == "dt":
+            import datetime
+            return datetime
+        raise KeyError(name)
+
+
+def _hints(cls: type) -> dict[str, tuple[type, Any]]:
+    """name -> (the class that declares it, its annotation) over cls and its bases, bases first
+    (as a dataclass orders fields; a name declared again keeps its place, with the last type)."""
+    found: dict[str, tuple[type, Any]] = {}
+    for c in reversed(cls.__mro__):
+        for name, hint in c.__dict__.get("__annotations__", {}).items():
+            found[name] = (c, hint)
+    return found
+
+
+def _evaluate(cls: type, hint: Any) -> Any:
+    """An annotation as the type it names: what typing.get_type_hints(include_extras=True) gives
+    for a record's field, at a third of its cost (a string evaluated once, no ForwardRef)."""
+    if not isinstance(hint, str):
+        return hint
+    module = sys.modules[cls.__module__].__dict__
+    return eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
 
 
 _SPECS: dict[type, tuple[_Field, ...]] = {}
@@ -361,16 +450,16 @@ def spec(cls: type) -> tuple[_Field, ...]:
     and those of the records it derives from, bases first, as a dataclass orders them."""
     found = _SPECS.get(cls)
     if found is None:
-        fields = []
-        for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        fields: list[_Field] = []
+        for name, (declared, hint) in _hints(cls).items():
+            if declared is not cls and issubclass(declared, Record) and declared is not Record:
+                fields.extend(f for f in spec(declared) if f.name == name)  # the base's default (gone
+                continue  # from its body once it is a dataclass) and its converter
+            hint = _evaluate(declared, hint)
             if hint is ClassVar or typing.get_origin(hint) is ClassVar:
                 continue
-            declared = next(c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {}))
             if not issubclass(declared, Record):
                 raise TypeError(f"{cls.__name__}.{name}: a field of {declared.__name__}, not a record")
-            if declared is not cls:  # the base's default (gone from its body once it is a dataclass)
-                fields.append(next(f for f in spec(declared) if f.name == name))
-                continue
             default = getattr(cls, name, _MISSING)
             factory = default.factory if isinstance(default, _Factory) else None
             if factory is not None:
