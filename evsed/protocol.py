@@ -16,7 +16,7 @@ from evsed.protocol_events import Event, parse_event
 from evsed.protocol_plans import *  # noqa: F403
 from evsed.protocol_sim import *  # noqa: F403
 from evsed.protocol_status import *  # noqa: F403
-from evsed.protocol_status import ServiceState, StatusReply
+from evsed.protocol_status import ServiceState
 from evsed.protocol_types import *  # noqa: F403
 from evsed.protocol_types import (
     ADMIN, COMMANDS, DAEMON_SOURCES, MQTT, OCPP, READ, ROLES, SERVICE_SOURCES, SERVICES, VERSION, WEB,
@@ -153,10 +153,6 @@ class Authorized(Command[NoReply], cmd="authorized", roles=(ADMIN, OCPP)):
     max_current_a: Amps | None = None
     valid_until: Timestamp | None = None
     parent_id_tag: IdTag | None = None
-
-
-class Status(Command[StatusReply], cmd="status", roles=ROLES):
-    """Live status of every connector (what `evsed status --json` prints)."""
 
 
 # --- the charger's commands ----------------------------------------------------------------------

@@ -185,8 +185,10 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
 # What `evsed status` must not import: each costs it milliseconds beside the interpreter's own start
 # (bench/cli.py; DESIGN.md: a CLI command within 3x of it). dataclasses brings inspect and ast.
 # (tomllib only for a config that names [store] runtime_dir, zoneinfo only to show a session's times)
+# Of the protocol, only the status command's own module (and the types and plans it names).
 STATUS_NEVER_IMPORTS = ("dataclasses", "inspect", "pathlib", "asyncio", "sqlite3", "evsed.config",
-                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator.hardware", "structlog")
+                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator.hardware", "structlog",
+                        "evsed.protocol", "evsed.protocol_events", "evsed.protocol_sim")
 
 
 def test_status_imports_none_of_the_heavy_modules(tmp_path):

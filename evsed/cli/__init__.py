@@ -101,9 +101,10 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 def _daemon_errors() -> tuple[type[Exception], ...]:
     """No daemon, or it refused (a Failure), or a value out of the protocol's bounds: said in one
     line. Imported here, not at the top: `evsed --version` and the records commands never need them."""
-    from evsed import protocol as p
     from evsed.control.client import ControlError
-    return ControlError, p.DaemonError, p.WireError
+    from evsed.protocol_types import DaemonError
+    from evsed.wire import WireError
+    return ControlError, DaemonError, WireError
 
 
 def main(argv: list[str] | None = None) -> int:
