@@ -8,8 +8,7 @@ scenario runner); nothing else builds or reads the wire's dicts. Standard librar
 
 from __future__ import annotations
 
-import typing
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
 
 from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
 from evsed.protocol_events import Event, parse_event
@@ -23,12 +22,14 @@ from evsed.protocol_types import (
     AnyConnector, Amps, Command, ConnectorId, Failure, IdTag, Label, Mode, Name, NoReply, Ok, Reply, Sentence,
     Seq, UnknownCommand,
 )
-from evsed.wire import Items, Range, Text
+from evsed.wire import Annotated, Items, Literal, Range, Text
 from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
-from evsed.wire import describe as describe, encode_line as encode_line, largest as largest
+from evsed.wire import choices as choices, describe as describe, encode_line as encode_line, largest as largest
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (wire says why)
 if TYPE_CHECKING:
     import datetime as dt  # wire reads `dt` in a field's type when the record is first built (1 ms of a CLI command)
+    from typing import Any
 
 
 def parse_request(data: object) -> Command[Any]:

@@ -8,12 +8,11 @@ Standard library only, like the rest of the protocol; evsed.protocol holds these
 from __future__ import annotations
 
 import json as _json  # private: evsed.protocol re-exports this module's public names
-from typing import Annotated, Literal
 
 from evsed.protocol_types import (
     ADMIN, MQTT, PRICES, ROLES, WEB, Command, ConnectorId, IdTag, Reply, Sentence, Tag, Watts, Wh,
 )
-from evsed.wire import Items, Range, Record, Text, WireError
+from evsed.wire import Annotated, Items, Literal, Range, Record, Text, WireError
 
 PlanState = Literal["pending", "measuring", "waiting", "charging", "done", "infeasible"]
 Origin = Literal["cli", "mqtt", "web", "group", "scenario", "command"]

@@ -5,14 +5,14 @@ module of the protocol (with the types and the plans it names), not the whole of
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Mapping
+from collections.abc import Mapping
 
 from evsed.protocol_types import (
     ROLES, Amps, Command, ConnectorId, ConnectorState, Count, FaultName, FilePath, Label, Mode, Name, Phases, PilotState, Reply,
     Sentence, SessionId, Tag, Timestamp, Watts, Wh,
 )
 from evsed.protocol_plans import CARD_PLANS, PlanNow, WaitingPlan
-from evsed.wire import Items, Range, Record, Text, field
+from evsed.wire import Annotated, Items, Literal, Range, Record, Text, field
 
 
 class ServiceState(Record):

@@ -2,6 +2,8 @@
 
 A record's fields say their type and bounds (`Annotated[int, Range(1, 99)]`); records check
 them when built, so a record in hand is valid, and `from_wire` refuses what does not fit.
+The protocol takes Annotated, Literal, ClassVar, Generic and TypeVar from here: typing's for the
+type checker, this module's own at run time (typing costs `evsed status` 4 ms to import).
 """
 
 from __future__ import annotations
@@ -13,18 +15,121 @@ import math
 import re
 import sys
 import types
-import typing
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, TypeVar, Union, dataclass_transform
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import datetime as dt  # imported when a record has a time field (_Names): 1 ms of `evsed status`
+    from typing import Annotated as Annotated, ClassVar as ClassVar, Generic as Generic, Literal as Literal
+    from typing import Any, Callable, TypeVar as TypeVar, cast as cast, dataclass_transform
 
-R = TypeVar("R", bound="Record")
-T = TypeVar("T")
+    R = TypeVar("R", bound="Record")
+    T = TypeVar("T")
 
 
 class WireError(ValueError):
     """A message that is not the protocol; the text names the field and what it expected."""
+
+
+# --- the type forms at run time -----------------------------------------------------------------
+class _Form:
+    """`Annotated[...]`, `Literal[...]`, `ClassVar[...]`: what subscribing one makes (`make`)."""
+
+    def __init__(self, name: str, make: Callable[[tuple[Any, ...]], Any]):
+        self.name, self.make = name, make
+
+    def __getitem__(self, args: Any) -> Any:
+        return self.make(args if isinstance(args, tuple) else (args,))
+
+    def __repr__(self) -> str:
+        return f"evsed.wire.{self.name}"
+
+
+class _Type:
+    """A field type wire makes: `X | None` of it is a _Union, as of typing's forms."""
+
+    def __or__(self, other: Any) -> _Union:
+        return _Union((self, other))
+
+    def __ror__(self, other: Any) -> _Union:
+        return _Union((other, self))
+
+
+class _Annotated(_Type):
+    """`Annotated[type, bound, ...]`; nested ones are flattened, inner bounds first, as typing does."""
+
+    type: Any
+    bounds: tuple[Any, ...]
+
+    def __init__(self, args: tuple[Any, ...]):
+        inner: Any = args[0]
+        bounds: tuple[Any, ...] = args[1:]
+        if isinstance(inner, _Annotated):
+            inner, bounds = inner.type, (*inner.bounds, *bounds)
+        self.type, self.bounds = inner, bounds
+
+    def __repr__(self) -> str:
+        return f"Annotated[{self.type!r}, {', '.join(map(repr, self.bounds))}]"
+
+
+class _Literal(_Type):
+    def __init__(self, values: tuple[Any, ...]):
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"Literal{list(self.values)!r}"
+
+
+class _Union(_Type):
+    def __init__(self, args: tuple[Any, ...]):
+        self.args = tuple(type(None) if a is None else a for a in args)
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.args))
+
+
+class _Parameterized:
+    """`Command[StatusReply]` as a base: the class derives from Command, and its __orig_bases__
+    keep the argument (args_of)."""
+
+    def __init__(self, origin: type, args: tuple[Any, ...]):
+        self.origin, self.args = origin, args
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return (self.origin,)
+
+
+if not TYPE_CHECKING:
+    Annotated = _Form("Annotated", _Annotated)
+    Literal = _Form("Literal", _Literal)
+    ClassVar = _Form("ClassVar", lambda args: ClassVar)  # a class constant, not a field
+
+    class Generic:
+        """A generic base: `Generic[R]` derives from it, `Command[StatusReply]` from Command."""
+
+        def __class_getitem__(cls, args: Any) -> _Parameterized:
+            return _Parameterized(cls, args if isinstance(args, tuple) else (args,))
+
+    def TypeVar(name: str, *constraints: Any, bound: Any = None) -> str:  # noqa: N802 - typing's name
+        return name
+
+    def cast(typ: Any, value: Any) -> Any:
+        return value
+
+    def dataclass_transform(**kwargs: Any) -> Callable[[type], type]:
+        return lambda cls: cls
+
+
+def args_of(cls: type, origin: type) -> tuple[Any, ...]:
+    """The arguments of `origin[...]` among cls's bases (`Command[StatusReply]`: (StatusReply,))."""
+    return next(b.args for b in cls.__dict__.get("__orig_bases__", ())
+                if isinstance(b, _Parameterized) and b.origin is origin)
+
+
+def choices(form: Any) -> tuple[Any, ...]:
+    """The values of a `Literal[...]` type: `choices(Mode)` is ("fast", "solar", "min+solar")."""
+    if not isinstance(form, _Literal):
+        raise TypeError(f"{form!r}: not a Literal of evsed.wire")
+    return form.values
 
 
 # The bounds in a field's Annotated type: plain frozen tuples (hashable, as Annotated needs), each
@@ -339,16 +444,18 @@ class _Nested(_Conv):
 
 def _conv(hint: Any, owner: str) -> _Conv:
     """The converter of one field's type hint; every string, number and list must say its bounds."""
-    bounds: list[Any] = []
-    if typing.get_origin(hint) is typing.Annotated:
-        hint, *bounds = typing.get_args(hint)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType) and type(None) in args:
+    bounds: tuple[Any, ...] = ()
+    if isinstance(hint, _Annotated):
+        hint, bounds = hint.type, hint.bounds
+    if isinstance(hint, (_Union, types.UnionType)):
+        args = hint.args if isinstance(hint, _Union) else hint.__args__
         rest = [a for a in args if a is not type(None)]
-        inner = rest[0] if len(rest) == 1 else Union[tuple(rest)]
-        return _Optional(_conv(typing.Annotated[(inner, *bounds)] if bounds else inner, owner))
-    if origin is Literal:
-        return _Choice(args)
+        if len(rest) != 1 or len(args) != 2:
+            raise TypeError(f"{owner}: a union must be one type or None, got {hint!r}")
+        inner = rest[0]
+        return _Optional(_conv(_Annotated((inner, *bounds)) if bounds else inner, owner))
+    if isinstance(hint, _Literal):
+        return _Choice(hint.values)
     if hint is bool:
         return _Bool()
     if "datetime" in sys.modules and hint is sys.modules["datetime"].datetime:  # no time field before it
@@ -364,6 +471,9 @@ def _conv(hint: Any, owner: str) -> _Conv:
         if not isinstance(bound, Text):
             raise TypeError(f"{owner}: a string needs its Text bounds")
         return _Str(bound)
+    origin, args = getattr(hint, "__origin__", None), getattr(hint, "__args__", ())
+    if not isinstance(hint, types.GenericAlias):  # tuple[...], Mapping[...] (collections.abc's) only
+        origin = None
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(bound, Items):
             raise TypeError(f"{owner}: a list needs its Items bound")
@@ -373,7 +483,8 @@ def _conv(hint: Any, owner: str) -> _Conv:
         if not isinstance(bound, Items) or not isinstance(key, _Str):
             raise TypeError(f"{owner}: a mapping needs bounded string keys and its Items bound")
         return _Map(key, _conv(args[1], owner), bound)
-    raise TypeError(f"{owner}: no wire form for {hint!r}")
+    raise TypeError(f"{owner}: no wire form for {hint!r} (Annotated and Literal come from evsed.wire, "
+                    "Mapping from collections.abc)")
 
 
 class _Factory:
@@ -388,7 +499,7 @@ class _Factory:
 def field(*, default_factory: Callable[[], T]) -> T:
     """A field's default made anew for each record (a mapping's `{}`), as dataclasses.field says it:
     the records do without the dataclasses module (a third of `evsed status`) until asked (_as_dataclass)."""
-    return typing.cast(T, _Factory(default_factory))
+    return cast("T", _Factory(default_factory))
 
 
 _MISSING: Any = object()  # a required field's default
@@ -406,7 +517,7 @@ class _Field:
         self.default, self.factory = default, factory
 
 
-class _Names(dict[str, Any]):
+class _Names(dict[str, object]):
     """The names a record's annotations are read in: its module's, then `dt`, the datetime module,
     imported only for a record with a time field (so a module may import it for type checkers only)."""
 
@@ -456,7 +567,7 @@ def spec(cls: type) -> tuple[_Field, ...]:
                 fields.extend(f for f in spec(declared) if f.name == name)  # the base's default (gone
                 continue  # from its body once it is a dataclass) and its converter
             hint = _evaluate(declared, hint)
-            if hint is ClassVar or typing.get_origin(hint) is ClassVar:
+            if hint is ClassVar:
                 continue
             if not issubclass(declared, Record):
                 raise TypeError(f"{cls.__name__}.{name}: a field of {declared.__name__}, not a record")
@@ -499,8 +610,15 @@ def _as_dataclass(cls: type) -> None:
                 for f in spec(c):  # built first: the spec keeps the factories the dataclass takes away
                     if f.factory is not None and isinstance(c.__dict__.get(f.name), _Factory):
                         setattr(c, f.name, dataclasses.field(default_factory=f.factory))
-                # The fields alone: Record's methods stay, for this class and its subclasses
-                dataclasses.dataclass(init=False, repr=False, eq=False, match_args=False, kw_only=True)(c)
+                # The fields alone: Record's methods stay, for this class and its subclasses; its
+                # class constants (ClassVar: wire's, which dataclasses does not know) are not fields
+                annotations = c.__dict__.get("__annotations__", {})
+                names = {f.name for f in spec(c)}
+                c.__annotations__ = {k: v for k, v in annotations.items() if k in names}
+                try:
+                    dataclasses.dataclass(init=False, repr=False, eq=False, match_args=False, kw_only=True)(c)
+                finally:
+                    c.__annotations__ = annotations
                 # and each class's fields come through Record's descriptor (a made base's must not
                 # answer for a subclass not yet made)
                 _DATACLASS_FIELDS[c] = c.__dict__["__dataclass_fields__"]
