@@ -185,10 +185,12 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
 # What `evsed status` must not import: each costs it milliseconds beside the interpreter's own start
 # (bench/cli.py; DESIGN.md: a CLI command within 3x of it). dataclasses brings inspect and ast.
 # (tomllib only for a config that names [store] runtime_dir, zoneinfo only to show a session's times)
-# Of the protocol, only the status command's own module (and the types and plans it names).
+# Of the protocol, only the status command's own module (and the types and plans it names: without
+# typing, which comes here with tomllib only); of the CLI, only the modules status shows with.
 STATUS_NEVER_IMPORTS = ("dataclasses", "inspect", "pathlib", "asyncio", "sqlite3", "evsed.config",
-                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator.hardware", "structlog",
-                        "evsed.protocol", "evsed.protocol_events", "evsed.protocol_sim")
+                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator", "structlog",
+                        "evsed.protocol", "evsed.protocol_events", "evsed.protocol_sim",
+                        "evsed.cli.ops", "evsed.cli.records")
 
 
 def test_status_imports_none_of_the_heavy_modules(tmp_path):
@@ -306,6 +308,18 @@ def test_version_is_answered_before_any_parser_or_command_module_is_imported():
             "print(sorted(m for m in sys.modules if m == 'argparse' or m.startswith('evsed.cli.')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines() == ["evsed 0.1.0", "[]"]
+
+
+def test_each_command_module_registers_the_commands_the_parser_imports_it_for():
+    import argparse
+    import importlib
+    for module, names in cli.COMMAND_MODULES.items():
+        registered = []
+        importlib.import_module(f"evsed.cli.{module}").add_commands(lambda name, *rest: registered.append(name))
+        assert tuple(registered) == names, module
+        for name in names:  # a command's parser alone has it, and only it
+            commands = next(a for a in cli.parser(name)._actions if isinstance(a, argparse._SubParsersAction))
+            assert list(commands.choices) == [name]
 
 
 def test_every_option_of_every_command_has_help():

@@ -8,7 +8,6 @@ import json
 import sys
 
 from evsed.cli import text, where
-from simulator import FAULT_KINDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
@@ -193,6 +192,7 @@ def _sim_options(sim: argparse.ArgumentParser) -> None:
                         ("obey-pwm", "no: the EV keeps drawing its first offer after the PWM changes")):
         evp.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=yes_no, metavar="yes|no", help=help_)
     fault = sim_action("fault", "inject (or --clear) a hardware fault")
+    from simulator import FAULT_KINDS  # `evsed sim` only
     fault.add_argument("kind", choices=FAULT_KINDS, help="one of: " + ", ".join(FAULT_KINDS))
     fault.add_argument("--clear", action="store_true", help="clear the fault instead")
     scenario = sim_action("scenario", "run scenario files on a virtual clock (no daemon needed)", connector=False)
