@@ -11,7 +11,6 @@ from __future__ import annotations
 import _thread
 import collections.abc
 import json
-import math
 import re
 import sys
 import types
@@ -241,8 +240,8 @@ class _Number(_Conv):
         lo, hi = self.bounds.lo, self.bounds.hi
         if self.kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool)
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:  # finite: inf - inf and nan - nan are nan (math.isfinite, without math's 0.2 ms to import)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or v - v == 0)
         if not ok:
             raise WireError(f"{where}: expected {'an integer' if self.kind is int else 'a number'}, got {_show(v)}")
         if not lo <= v <= hi:

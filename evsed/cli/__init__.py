@@ -10,7 +10,6 @@ import os
 import sys
 
 from evsed import __version__
-from evsed.errors import ConfigError
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
 CONFIG_HELP = "config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)"
@@ -106,6 +105,12 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _config_error() -> type[Exception]:
+    """Imported when an exception gets this far, as below."""
+    from evsed.errors import ConfigError
+    return ConfigError
+
+
 def _daemon_errors() -> tuple[type[Exception], ...]:
     """No daemon, or it refused (a Failure), or a value out of the protocol's bounds: said in one
     line. Imported here, not at the top: `evsed --version` and the records commands never need them."""
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except _config_error() as exc:  # evaluated only when an exception gets this far
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
