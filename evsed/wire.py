@@ -544,12 +544,21 @@ def _hints(cls: type) -> dict[str, tuple[type, Any]]:
 
 
 def _evaluate(cls: type, hint: Any) -> Any:
-    """An annotation as the type it names: what typing.get_type_hints(include_extras=True) gives
-    for a record's field, at a third of its cost (a string evaluated once, no ForwardRef)."""
+    """An annotation as the type it names, as typing.get_type_hints(include_extras=True) gives it
+    for a record's field: each annotation of a module evaluated once (`Sentence`, `Amps | None`
+    recur: the first status reply a CLI reads builds 20 records' fields)."""
     if not isinstance(hint, str):
         return hint
-    module = sys.modules[cls.__module__].__dict__
-    return eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
+    key = (cls.__module__, hint)
+    found = _TYPES.get(key, _MISSING)
+    if found is _MISSING:
+        module = sys.modules[cls.__module__].__dict__
+        found = _TYPES[key] = eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
+    return found
+
+
+_TYPES: dict[tuple[str, str], Any] = {}  # (module, annotation) -> the type it names
+_CONVS: dict[tuple[str, str], _Conv] = {}  # ... -> its converter (they hold no state of a record)
 
 
 _SPECS: dict[type, tuple[_Field, ...]] = {}
@@ -565,7 +574,7 @@ def spec(cls: type) -> tuple[_Field, ...]:
             if declared is not cls and issubclass(declared, Record) and declared is not Record:
                 fields.extend(f for f in spec(declared) if f.name == name)  # the base's default (gone
                 continue  # from its body once it is a dataclass) and its converter
-            hint = _evaluate(declared, hint)
+            text, hint = hint, _evaluate(declared, hint)
             if hint is ClassVar:
                 continue
             if not issubclass(declared, Record):
@@ -574,8 +583,14 @@ def spec(cls: type) -> tuple[_Field, ...]:
             factory = default.factory if isinstance(default, _Factory) else None
             if factory is not None:
                 default = _MISSING
-            fields.append(_Field(name, _conv(hint, f"{cls.__name__}.{name}"), default is _MISSING and factory is None,
-                                 default is None, default, factory))
+            key = (declared.__module__, text) if isinstance(text, str) else None
+            conv = _CONVS.get(key) if key else None
+            if conv is None:
+                conv = _conv(hint, f"{cls.__name__}.{name}")
+                if key:
+                    _CONVS[key] = conv
+            fields.append(_Field(name, conv, default is _MISSING and factory is None, default is None, default,
+                                 factory))
         found = _SPECS[cls] = tuple(fields)
     return found
 
