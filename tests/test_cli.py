@@ -225,6 +225,28 @@ def test_status_imports_none_of_the_heavy_modules(tmp_path):
     assert proc.stdout.strip() == "[]"
 
 
+def test_sim_commands_send_the_simulators_records_without_the_whole_protocol(tmp_path):
+    import asyncio
+    from evsed import config
+    from test_daemon import running, write_config
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    code = ("import sys; from evsed import cli\n"
+            "for argv in (['sim', 'plug'], ['sim', 'tap', '04A1B2C3'], ['sim', 'unplug']):\n"
+            "    assert cli.main([*argv, '-c', sys.argv[1]]) == 0\n"
+            "print(sorted(m for m in sys.modules if m in ('evsed.protocol', 'evsed.protocol_events', "
+            "'simulator.hardware')))")
+
+    async def scenario():
+        async with running(cfg):
+            return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(path)],
+                                           capture_output=True, text=True, timeout=60)
+
+    proc = asyncio.run(scenario())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["ok", "ok: card 04A1B2C3", "ok", "[]"]
+
+
 def test_status_works_while_the_config_has_a_syntax_error_and_says_so(tmp_path, capsys):
     import asyncio
     from evsed import config

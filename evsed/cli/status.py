@@ -96,8 +96,8 @@ def cmd_clear_faults(args: argparse.Namespace) -> int:
 
 def _reply(reply: R | p.Failure, message: Callable[[R], str]) -> int:
     """The message of a reply, or the daemon's error on stderr and exit status 1."""
-    from evsed import protocol as p
-    if isinstance(reply, p.Failure):
+    from evsed.protocol_types import Failure
+    if isinstance(reply, Failure):
         print(f"evsed: {reply.error}", file=sys.stderr)
         return EXIT_FAILURE
     print(message(reply))
@@ -112,25 +112,25 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from evsed.shell.scenario import run_files
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
         return run_files([Path(f) for f in args.files], verbose=not args.quiet)
-    from evsed import protocol as p
+    from evsed import protocol_sim as ps  # the simulator's commands, not the whole protocol (2 ms)
     from evsed.cli import policy
     command: p.Command[Any]
     if args.sim_action == "tap":
-        command = p.Tap(card=args.card, connector=args.connector)
+        command = ps.Tap(card=args.card, connector=args.connector)
     elif args.sim_action == "ev":
-        command = p.SetEv(connector=args.connector, **{
+        command = ps.SetEv(connector=args.connector, **{
             key: getattr(args, key) for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy",
                                                 "ignore_stop", "obey_pwm")})
     elif args.sim_action == "fault":
-        command = p.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
+        command = ps.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
     elif args.sim_action == "plug":
-        command = p.Plug(connector=args.connector)
+        command = ps.Plug(connector=args.connector)
     elif args.sim_action == "unplug":
-        command = p.Unplug(connector=args.connector)
+        command = ps.Unplug(connector=args.connector)
     else:
         command = policy.sim_command(args)
     reply = where.request(args, command)
-    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, p.TapReply) else ""))
+    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, ps.TapReply) else ""))
 
 
 def duration_s(value: str) -> float:
