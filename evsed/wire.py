@@ -553,7 +553,10 @@ def _evaluate(cls: type, hint: Any) -> Any:
     found = _TYPES.get(key, _MISSING)
     if found is _MISSING:
         module = sys.modules[cls.__module__].__dict__
-        found = _TYPES[key] = eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
+        if hint.isidentifier() and hint in module:  # most are a name (`Sentence`): no code to compile
+            found = _TYPES[key] = module[hint]
+        else:
+            found = _TYPES[key] = eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
     return found
 
 
