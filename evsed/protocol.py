@@ -8,25 +8,28 @@ scenario runner); nothing else builds or reads the wire's dicts. Standard librar
 
 from __future__ import annotations
 
-import datetime as dt
-import typing
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
 
 from evsed.protocol_events import *  # noqa: F403 - one module holds the whole contract
 from evsed.protocol_events import Event, parse_event
 from evsed.protocol_plans import *  # noqa: F403
 from evsed.protocol_sim import *  # noqa: F403
 from evsed.protocol_status import *  # noqa: F403
-from evsed.protocol_status import ServiceState, StatusReply
+from evsed.protocol_status import ServiceState
 from evsed.protocol_types import *  # noqa: F403
 from evsed.protocol_types import (
     ADMIN, COMMANDS, DAEMON_SOURCES, MQTT, OCPP, READ, ROLES, SERVICE_SOURCES, SERVICES, VERSION, WEB,
     AnyConnector, Amps, Command, ConnectorId, Failure, IdTag, Label, Mode, Name, NoReply, Ok, Reply, Sentence,
     LastStop, Seq, Timestamp, UnknownCommand,
 )
-from evsed.wire import Items, Range, Text
+from evsed.wire import Annotated, Items, Literal, Range, Text
 from evsed.wire import Record as Record, WireError as WireError, decode_line as decode_line  # the whole contract here
-from evsed.wire import describe as describe, encode_line as encode_line, largest as largest
+from evsed.wire import choices as choices, describe as describe, encode_line as encode_line, largest as largest
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (wire says why)
+if TYPE_CHECKING:
+    import datetime as dt  # wire reads `dt` in a field's type when the record is first built (1 ms of a CLI command)
+    from typing import Any
 
 
 def parse_request(data: object) -> Command[Any]:
@@ -155,10 +158,6 @@ class Authorized(Command[NoReply], cmd="authorized", roles=(ADMIN, OCPP)):
     max_current_a: Amps | None = None
     valid_until: Timestamp | None = None
     parent_id_tag: IdTag | None = None
-
-
-class Status(Command[StatusReply], cmd="status", roles=ROLES):
-    """Live status of every connector (what `evsed status --json` prints)."""
 
 
 # --- the charger's commands ----------------------------------------------------------------------

@@ -4,13 +4,16 @@ one record per type, which says whether it is durable (kept in the outbox with a
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
-
+from evsed.protocol_plans import Currency, Money, Time
 from evsed.protocol_types import (
     Amps, AnyConnector, ConnectorState, FaultName, FilePath, IdTag, Label, Mode, Name, Phases, PilotState,
     Sentence, Seq, SessionId, StopReason, Tag, Timestamp, Watts, Wh,
 )
-from evsed.wire import Items, Range, Record, Text, WireError
+from evsed.wire import Annotated, ClassVar, Items, Literal, Range, Record, Text, WireError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Event(Record):
@@ -237,3 +240,16 @@ class ConfigReloaded(Event, type="config.reloaded"):
     """The config file was read again."""
 
     path: FilePath
+
+
+class PlanChanged(Event, type="plan.changed"):
+    """A connector's plan changed what it does (`state` none: it ended), and why."""
+
+    state: Literal["none", "pending", "measuring", "waiting", "charging", "done", "infeasible"]
+    reason: Sentence = ""
+    energy_wh: Wh | None = None
+    delivered_wh: Wh | None = None
+    by: Time | None = None
+    finish: Time | None = None
+    cost: Money | None = None
+    currency: Currency | None = None

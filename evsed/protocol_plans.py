@@ -1,5 +1,6 @@
 """The charging plans on the control socket (docs/protocol.md, Plans): a plan as status shows it,
-the commands that set, cancel and show plans and hand the daemon a price curve, and plan.changed.
+the commands that set, cancel and show plans and hand the daemon a price curve (plan.changed is
+with the other events, so that `evsed status` reads a plan without importing them).
 
 Standard library only, like the rest of the protocol; evsed.protocol holds these records too.
 """
@@ -7,13 +8,11 @@ Standard library only, like the rest of the protocol; evsed.protocol holds these
 from __future__ import annotations
 
 import json as _json  # private: evsed.protocol re-exports this module's public names
-from typing import Annotated, Literal
 
-from evsed.protocol_events import Event
 from evsed.protocol_types import (
     ADMIN, MQTT, PRICES, ROLES, WEB, Command, ConnectorId, IdTag, Reply, Sentence, Tag, Watts, Wh,
 )
-from evsed.wire import Items, Range, Record, Text, WireError
+from evsed.wire import Annotated, Items, Literal, Range, Record, Text, WireError
 
 PlanState = Literal["pending", "measuring", "waiting", "charging", "done", "infeasible"]
 Origin = Literal["cli", "mqtt", "web", "group", "scenario", "command"]
@@ -165,16 +164,3 @@ def prices_from_json(body: bytes, source: PriceSource) -> SetPrices:
     if isinstance(data, dict) and set(data) == {"prices"}:
         data = data["prices"]
     return SetPrices.from_wire({"prices": data, "source": source})
-
-
-class PlanChanged(Event, type="plan.changed"):
-    """A connector's plan changed what it does (`state` none: it ended), and why."""
-
-    state: Literal["none", "pending", "measuring", "waiting", "charging", "done", "infeasible"]
-    reason: Sentence = ""
-    energy_wh: Wh | None = None
-    delivered_wh: Wh | None = None
-    by: Time | None = None
-    finish: Time | None = None
-    cost: Money | None = None
-    currency: Currency | None = None

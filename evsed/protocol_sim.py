@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from evsed.protocol_types import Command, ConnectorId, FilePath, IdTag, Ok, Phases, Reply, Watts
-from evsed.wire import Range, Text, WireError
+from evsed.wire import Annotated, Literal, Range, Text, WireError
 
 class Plug(Command[Ok], cmd="sim", action="plug"):
     """Plug the simulated EV in."""

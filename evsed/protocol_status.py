@@ -1,17 +1,18 @@
-"""The records of a `status` reply: each connector as the charger sees it, the site meter, and
-what each service last said of itself (docs/protocol.md, Status).
+"""The `status` command and its reply: each connector as the charger sees it, the site meter, and
+what each service last said of itself (docs/protocol.md, Status). `evsed status` needs only this
+module of the protocol (with the types and the plans it names), not the whole of evsed.protocol.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Mapping
+from collections.abc import Mapping
 
 from evsed.protocol_types import (
-    Amps, ConnectorId, ConnectorState, Count, FaultName, FilePath, Label, Mode, Name, Phases, PilotState, Reply,
+    ROLES, Amps, Command, ConnectorId, ConnectorState, Count, FaultName, FilePath, Label, Mode, Name, Phases, PilotState, Reply,
     Sentence, SessionId, Tag, Timestamp, Watts, Wh,
 )
 from evsed.protocol_plans import CARD_PLANS, PlanNow, WaitingPlan
-from evsed.wire import Items, Range, Record, Text, field
+from evsed.wire import Annotated, Items, Literal, Range, Record, Text, field
 
 
 class ServiceState(Record):
@@ -148,3 +149,5 @@ class StatusReply(Reply):
         return next((c for c in self.connectors if c.id == cid), None)
 
 
+class Status(Command[StatusReply], cmd="status", roles=ROLES):
+    """Live status of every connector (what `evsed status --json` prints)."""

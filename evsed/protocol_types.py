@@ -6,10 +6,13 @@ Standard library only, like the rest of the protocol.
 
 from __future__ import annotations
 
-import typing
-from typing import Annotated, Any, ClassVar, Generic, Literal, Mapping, TypeVar
+from evsed.wire import (
+    Annotated, ClassVar, Generic, Items, Literal, Range, Record, Text, TypeVar, WireError, args_of, cast, choices,
+)
 
-from evsed.wire import Items, Range, Record, Text, WireError
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (wire says why)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class UnknownCommand(WireError):
@@ -53,7 +56,7 @@ FaultName = Annotated[str, Text(32)]
 # How the daemon's previous run ended: an orderly stop (or none before), a stop on its own fatal error,
 # killed while the machine stayed up (watchdog, kill -9), or gone with the machine (power cut, hard reset).
 LastStop = Literal["clean", "error", "killed", "power_loss"]
-MODES: tuple[str, ...] = typing.get_args(Mode)
+MODES: tuple[str, ...] = choices(Mode)
 
 # The limit sources the daemon keeps itself: no client sets them.
 DAEMON_SOURCES = frozenset({"hardware", "cable", "breaker", "window", "group", "site", "external_cap", "solar",
@@ -125,8 +128,7 @@ class Command(Record, Generic[R]):
             return  # an intermediate base
         cls.CMD, cls.ACTION, cls.ROLES, cls.GRANTABLE = cmd, action, frozenset(roles), frozenset(grantable)
         cls.LABEL = f"sim {action}" if action else cmd
-        base = next(b for b in getattr(cls, "__orig_bases__", ()) if typing.get_origin(b) is Command)
-        cls.REPLY = typing.get_args(base)[0]
+        cls.REPLY = args_of(cls, Command)[0]
         COMMANDS[action or cmd] = cls
 
     def to_wire(self) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class Command(Record, Generic[R]):
             return Failure.from_wire(data)
         if not isinstance(data, dict) or data.get("ok") is not True:
             raise WireError(f"{self.LABEL}: not a reply: {str(data)[:80]}")
-        return typing.cast(R, self.REPLY.from_wire(data, where=f"{self.LABEL} reply"))
+        return cast("R", self.REPLY.from_wire(data, where=f"{self.LABEL} reply"))
 
 
 COMMANDS: dict[str, type[Command[Any]]] = {}  # by name: the cmd, or a simulator action

@@ -2,51 +2,195 @@
 
 A record's fields say their type and bounds (`Annotated[int, Range(1, 99)]`); records check
 them when built, so a record in hand is valid, and `from_wire` refuses what does not fit.
+The protocol takes Annotated, Literal, ClassVar, Generic and TypeVar from here: typing's for the
+type checker, this module's own at run time (typing costs `evsed status` 4 ms to import).
 """
 
 from __future__ import annotations
 
 import _thread
 import collections.abc
-import datetime as dt
 import json
-import math
 import re
+import sys
 import types
-import typing
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, NamedTuple, TypeVar, Union, dataclass_transform
 
-R = TypeVar("R", bound="Record")
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import datetime as dt  # imported when a record has a time field (_Names): 1 ms of `evsed status`
+    from typing import Annotated as Annotated, ClassVar as ClassVar, Generic as Generic, Literal as Literal
+    from typing import Any, Callable, TypeVar as TypeVar, cast as cast, dataclass_transform
+
+    R = TypeVar("R", bound="Record")
+    T = TypeVar("T")
 
 
 class WireError(ValueError):
     """A message that is not the protocol; the text names the field and what it expected."""
 
 
-# The bounds in a field's Annotated type: frozen tuples, a tenth of a dataclass's cost to declare.
-class Range(NamedTuple):
+# --- the type forms at run time -----------------------------------------------------------------
+class _Form:
+    """`Annotated[...]`, `Literal[...]`, `ClassVar[...]`: what subscribing one makes (`make`)."""
+
+    def __init__(self, name: str, make: Callable[[tuple[Any, ...]], Any]):
+        self.name, self.make = name, make
+
+    def __getitem__(self, args: Any) -> Any:
+        return self.make(args if isinstance(args, tuple) else (args,))
+
+    def __repr__(self) -> str:
+        return f"evsed.wire.{self.name}"
+
+
+class _Type:
+    """A field type wire makes: `X | None` of it is a _Union, as of typing's forms."""
+
+    def __or__(self, other: Any) -> _Union:
+        return _Union((self, other))
+
+    def __ror__(self, other: Any) -> _Union:
+        return _Union((other, self))
+
+
+class _Annotated(_Type):
+    """`Annotated[type, bound, ...]`; nested ones are flattened, inner bounds first, as typing does."""
+
+    type: Any
+    bounds: tuple[Any, ...]
+
+    def __init__(self, args: tuple[Any, ...]):
+        inner: Any = args[0]
+        bounds: tuple[Any, ...] = args[1:]
+        if isinstance(inner, _Annotated):
+            inner, bounds = inner.type, (*inner.bounds, *bounds)
+        self.type, self.bounds = inner, bounds
+
+    def __repr__(self) -> str:
+        return f"Annotated[{self.type!r}, {', '.join(map(repr, self.bounds))}]"
+
+
+class _Literal(_Type):
+    def __init__(self, values: tuple[Any, ...]):
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"Literal{list(self.values)!r}"
+
+
+class _Union(_Type):
+    def __init__(self, args: tuple[Any, ...]):
+        self.args = tuple(type(None) if a is None else a for a in args)
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.args))
+
+
+class _Parameterized:
+    """`Command[StatusReply]` as a base: the class derives from Command, and its __orig_bases__
+    keep the argument (args_of)."""
+
+    def __init__(self, origin: type, args: tuple[Any, ...]):
+        self.origin, self.args = origin, args
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return (self.origin,)
+
+
+if not TYPE_CHECKING:
+    Annotated = _Form("Annotated", _Annotated)
+    Literal = _Form("Literal", _Literal)
+    ClassVar = _Form("ClassVar", lambda args: ClassVar)  # a class constant, not a field
+
+    class Generic:
+        """A generic base: `Generic[R]` derives from it, `Command[StatusReply]` from Command."""
+
+        def __class_getitem__(cls, args: Any) -> _Parameterized:
+            return _Parameterized(cls, args if isinstance(args, tuple) else (args,))
+
+    def TypeVar(name: str, *constraints: Any, bound: Any = None) -> str:  # noqa: N802 - typing's name
+        return name
+
+    def cast(typ: Any, value: Any) -> Any:
+        return value
+
+    def dataclass_transform(**kwargs: Any) -> Callable[[type], type]:
+        return lambda cls: cls
+
+
+def args_of(cls: type, origin: type) -> tuple[Any, ...]:
+    """The arguments of `origin[...]` among cls's bases (`Command[StatusReply]`: (StatusReply,))."""
+    return next(b.args for b in cls.__dict__.get("__orig_bases__", ())
+                if isinstance(b, _Parameterized) and b.origin is origin)
+
+
+def choices(form: Any) -> tuple[Any, ...]:
+    """The values of a `Literal[...]` type: `choices(Mode)` is ("fast", "solar", "min+solar")."""
+    if not isinstance(form, _Literal):
+        raise TypeError(f"{form!r}: not a Literal of evsed.wire")
+    return form.values
+
+
+# The bounds in a field's Annotated type: plain frozen tuples (hashable, as Annotated needs), each
+# declared at a fraction of a NamedTuple's cost (collections.namedtuple compiles code for each class).
+class Range(tuple[float, float]):
     """A number's bounds, both included."""
 
-    lo: float
-    hi: float
+    __slots__ = ()
+
+    def __new__(cls, lo: float, hi: float) -> Range:
+        return tuple.__new__(cls, (lo, hi))
+
+    @property
+    def lo(self) -> float:
+        return self[0]
+
+    @property
+    def hi(self) -> float:
+        return self[1]
 
 
-class Text(NamedTuple):
+class Text(tuple[int, int, str, bool, bool]):
     """A string's bounds. `clip`: longer text is cut, for free text the daemon says (a device's
     error), never for a request; `printable`: no control characters (a TOML block may have lines)."""
 
-    max: int
-    min: int = 0
-    pattern: str = ""
-    clip: bool = False
-    printable: bool = True
+    __slots__ = ()
+
+    def __new__(cls, max: int, min: int = 0, pattern: str = "", clip: bool = False, printable: bool = True) -> Text:
+        return tuple.__new__(cls, (max, min, pattern, clip, printable))
+
+    @property
+    def max(self) -> int:
+        return self[0]
+
+    @property
+    def min(self) -> int:
+        return self[1]
+
+    @property
+    def pattern(self) -> str:
+        return self[2]
+
+    @property
+    def clip(self) -> bool:
+        return self[3]
+
+    @property
+    def printable(self) -> bool:
+        return self[4]
 
 
-class Items(NamedTuple):
+class Items(tuple[int]):
     """At most this many items in a list or an object."""
 
-    max: int
+    __slots__ = ()
+
+    def __new__(cls, max: int) -> Items:
+        return tuple.__new__(cls, (max,))
+
+    @property
+    def max(self) -> int:
+        return self[0]
 
 
 def _show(value: object) -> str:
@@ -96,8 +240,8 @@ class _Number(_Conv):
         lo, hi = self.bounds.lo, self.bounds.hi
         if self.kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool)
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:  # finite: inf - inf and nan - nan are nan (math.isfinite, without math's 0.2 ms to import)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or v - v == 0)
         if not ok:
             raise WireError(f"{where}: expected {'an integer' if self.kind is int else 'a number'}, got {_show(v)}")
         if not lo <= v <= hi:
@@ -163,12 +307,18 @@ class _Choice(_Conv):
 class _Time(_Conv):
     """An aware datetime; ISO 8601 with its offset on the wire."""
 
+    def __init__(self) -> None:
+        import datetime as dt  # imported already: the field's type is datetime's
+        self.dt = dt
+
     def check(self, v: Any, where: str) -> Any:
+        dt = self.dt
         if not isinstance(v, dt.datetime) or v.tzinfo is None:
             raise WireError(f"{where}: expected a time with its UTC offset, got {_show(v)}")
         return v
 
     def decode(self, v: Any, where: str) -> Any:
+        dt = self.dt
         if not isinstance(v, str) or len(v) > 40:
             raise WireError(f"{where}: expected an ISO 8601 time, got {_show(v)}")
         try:
@@ -178,9 +328,10 @@ class _Time(_Conv):
         return self.check(when, where)
 
     def encode(self, v: Any) -> Any:
-        return v.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return v.astimezone(self.dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def largest(self) -> Any:
+        dt = self.dt
         return dt.datetime(2099, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
 
     def describe(self) -> str:
@@ -292,19 +443,21 @@ class _Nested(_Conv):
 
 def _conv(hint: Any, owner: str) -> _Conv:
     """The converter of one field's type hint; every string, number and list must say its bounds."""
-    bounds: list[Any] = []
-    if typing.get_origin(hint) is typing.Annotated:
-        hint, *bounds = typing.get_args(hint)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType) and type(None) in args:
+    bounds: tuple[Any, ...] = ()
+    if isinstance(hint, _Annotated):
+        hint, bounds = hint.type, hint.bounds
+    if isinstance(hint, (_Union, types.UnionType)):
+        args = hint.args if isinstance(hint, _Union) else hint.__args__
         rest = [a for a in args if a is not type(None)]
-        inner = rest[0] if len(rest) == 1 else Union[tuple(rest)]
-        return _Optional(_conv(typing.Annotated[(inner, *bounds)] if bounds else inner, owner))
-    if origin is Literal:
-        return _Choice(args)
+        if len(rest) != 1 or len(args) != 2:
+            raise TypeError(f"{owner}: a union must be one type or None, got {hint!r}")
+        inner = rest[0]
+        return _Optional(_conv(_Annotated((inner, *bounds)) if bounds else inner, owner))
+    if isinstance(hint, _Literal):
+        return _Choice(hint.values)
     if hint is bool:
         return _Bool()
-    if hint is dt.datetime:
+    if "datetime" in sys.modules and hint is sys.modules["datetime"].datetime:  # no time field before it
         return _Time()
     if isinstance(hint, type) and issubclass(hint, Record):
         return _Nested(hint)
@@ -317,6 +470,9 @@ def _conv(hint: Any, owner: str) -> _Conv:
         if not isinstance(bound, Text):
             raise TypeError(f"{owner}: a string needs its Text bounds")
         return _Str(bound)
+    origin, args = getattr(hint, "__origin__", None), getattr(hint, "__args__", ())
+    if not isinstance(hint, types.GenericAlias):  # tuple[...], Mapping[...] (collections.abc's) only
+        origin = None
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(bound, Items):
             raise TypeError(f"{owner}: a list needs its Items bound")
@@ -326,31 +482,86 @@ def _conv(hint: Any, owner: str) -> _Conv:
         if not isinstance(bound, Items) or not isinstance(key, _Str):
             raise TypeError(f"{owner}: a mapping needs bounded string keys and its Items bound")
         return _Map(key, _conv(args[1], owner), bound)
-    raise TypeError(f"{owner}: no wire form for {hint!r}")
+    raise TypeError(f"{owner}: no wire form for {hint!r} (Annotated and Literal come from evsed.wire, "
+                    "Mapping from collections.abc)")
 
 
-class _Factory(NamedTuple):
+class _Factory:
     """A default made anew for each record: what `field(default_factory=...)` puts in a record's body."""
 
-    factory: Callable[[], Any]
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
 
 
 def field(*, default_factory: Callable[[], T]) -> T:
     """A field's default made anew for each record (a mapping's `{}`), as dataclasses.field says it:
     the records do without the dataclasses module (a third of `evsed status`) until asked (_as_dataclass)."""
-    return typing.cast(T, _Factory(default_factory))
+    return cast("T", _Factory(default_factory))
 
 
 _MISSING: Any = object()  # a required field's default
 
 
-class _Field(NamedTuple):
-    name: str
-    conv: _Conv
-    required: bool
-    omit_none: bool  # a field whose default is None is left out of the JSON while None
-    default: Any  # _MISSING when required or made by factory
-    factory: Callable[[], Any] | None
+class _Field:
+    """One field of a record class: `omit_none`: a field whose default is None is left out of the
+    JSON while None; `default` is _MISSING when required or made by `factory`."""
+
+    __slots__ = ("name", "conv", "required", "omit_none", "default", "factory")
+
+    def __init__(self, name: str, conv: _Conv, required: bool, omit_none: bool, default: Any,
+                 factory: Callable[[], Any] | None):
+        self.name, self.conv, self.required, self.omit_none = name, conv, required, omit_none
+        self.default, self.factory = default, factory
+
+
+class _Names(dict[str, object]):
+    """The names a record's annotations are read in: its module's, then `dt`, the datetime module,
+    imported only for a record with a time field (so a module may import it for type checkers only)."""
+
+    def __init__(self, module: dict[str, Any]):
+        super().__init__()
+        self.module = module
+
+    def __missing__(self, name: str) -> Any:
+        if name in self.module:
+            return self.module[name]
+        if name == "dt":
+            import datetime
+            return datetime
+        raise KeyError(name)
+
+
+def _hints(cls: type) -> dict[str, tuple[type, Any]]:
+    """name -> (the class that declares it, its annotation) over cls and its bases, bases first
+    (as a dataclass orders fields; a name declared again keeps its place, with the last type)."""
+    found: dict[str, tuple[type, Any]] = {}
+    for c in reversed(cls.__mro__):
+        for name, hint in c.__dict__.get("__annotations__", {}).items():
+            found[name] = (c, hint)
+    return found
+
+
+def _evaluate(cls: type, hint: Any) -> Any:
+    """An annotation as the type it names, as typing.get_type_hints(include_extras=True) gives it
+    for a record's field: each annotation of a module evaluated once (`Sentence`, `Amps | None`
+    recur: the first status reply a CLI reads builds 20 records' fields)."""
+    if not isinstance(hint, str):
+        return hint
+    key = (cls.__module__, hint)
+    found = _TYPES.get(key, _MISSING)
+    if found is _MISSING:
+        module = sys.modules[cls.__module__].__dict__
+        if hint.isidentifier() and hint in module:  # most are a name (`Sentence`): no code to compile
+            found = _TYPES[key] = module[hint]
+        else:
+            found = _TYPES[key] = eval(hint, module, _Names(module))  # noqa: S307 - the class's own source text
+    return found
+
+
+_TYPES: dict[tuple[str, str], Any] = {}  # (module, annotation) -> the type it names
+_CONVS: dict[tuple[str, str], _Conv] = {}  # ... -> its converter (they hold no state of a record)
 
 
 _SPECS: dict[type, tuple[_Field, ...]] = {}
@@ -361,22 +572,28 @@ def spec(cls: type) -> tuple[_Field, ...]:
     and those of the records it derives from, bases first, as a dataclass orders them."""
     found = _SPECS.get(cls)
     if found is None:
-        fields = []
-        for name, hint in typing.get_type_hints(cls, include_extras=True).items():
-            if hint is ClassVar or typing.get_origin(hint) is ClassVar:
+        fields: list[_Field] = []
+        for name, (declared, hint) in _hints(cls).items():
+            if declared is not cls and issubclass(declared, Record) and declared is not Record:
+                fields.extend(f for f in spec(declared) if f.name == name)  # the base's default (gone
+                continue  # from its body once it is a dataclass) and its converter
+            text, hint = hint, _evaluate(declared, hint)
+            if hint is ClassVar:
                 continue
-            declared = next(c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {}))
             if not issubclass(declared, Record):
                 raise TypeError(f"{cls.__name__}.{name}: a field of {declared.__name__}, not a record")
-            if declared is not cls:  # the base's default (gone from its body once it is a dataclass)
-                fields.append(next(f for f in spec(declared) if f.name == name))
-                continue
             default = getattr(cls, name, _MISSING)
             factory = default.factory if isinstance(default, _Factory) else None
             if factory is not None:
                 default = _MISSING
-            fields.append(_Field(name, _conv(hint, f"{cls.__name__}.{name}"), default is _MISSING and factory is None,
-                                 default is None, default, factory))
+            key = (declared.__module__, text) if isinstance(text, str) else None
+            conv = _CONVS.get(key) if key else None
+            if conv is None:
+                conv = _conv(hint, f"{cls.__name__}.{name}")
+                if key:
+                    _CONVS[key] = conv
+            fields.append(_Field(name, conv, default is _MISSING and factory is None, default is None, default,
+                                 factory))
         found = _SPECS[cls] = tuple(fields)
     return found
 
@@ -410,8 +627,15 @@ def _as_dataclass(cls: type) -> None:
                 for f in spec(c):  # built first: the spec keeps the factories the dataclass takes away
                     if f.factory is not None and isinstance(c.__dict__.get(f.name), _Factory):
                         setattr(c, f.name, dataclasses.field(default_factory=f.factory))
-                # The fields alone: Record's methods stay, for this class and its subclasses
-                dataclasses.dataclass(init=False, repr=False, eq=False, match_args=False, kw_only=True)(c)
+                # The fields alone: Record's methods stay, for this class and its subclasses; its
+                # class constants (ClassVar: wire's, which dataclasses does not know) are not fields
+                annotations = c.__dict__.get("__annotations__", {})
+                names = {f.name for f in spec(c)}
+                c.__annotations__ = {k: v for k, v in annotations.items() if k in names}
+                try:
+                    dataclasses.dataclass(init=False, repr=False, eq=False, match_args=False, kw_only=True)(c)
+                finally:
+                    c.__annotations__ = annotations
                 # and each class's fields come through Record's descriptor (a made base's must not
                 # answer for a subclass not yet made)
                 _DATACLASS_FIELDS[c] = c.__dict__["__dataclass_fields__"]

@@ -185,8 +185,12 @@ def test_status_shows_local_times_the_offer_as_offered_no_unset_limits_and_no_py
 # What `evsed status` must not import: each costs it milliseconds beside the interpreter's own start
 # (bench/cli.py; DESIGN.md: a CLI command within 3x of it). dataclasses brings inspect and ast.
 # (tomllib only for a config that names [store] runtime_dir, zoneinfo only to show a session's times)
+# Of the protocol, only the status command's own module (and the types and plans it names: without
+# typing, which comes here with tomllib only); of the CLI, only the modules status shows with.
 STATUS_NEVER_IMPORTS = ("dataclasses", "inspect", "pathlib", "asyncio", "sqlite3", "evsed.config",
-                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator.hardware", "structlog")
+                        "evsed.shell", "evsed.store", "evsed.core", "hal", "simulator", "structlog",
+                        "evsed.protocol", "evsed.protocol_events", "evsed.protocol_sim",
+                        "evsed.cli.ops", "evsed.cli.records")
 
 
 def test_status_imports_none_of_the_heavy_modules(tmp_path):
@@ -219,6 +223,28 @@ def test_status_imports_none_of_the_heavy_modules(tmp_path):
     proc = asyncio.run(scenario())
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_sim_commands_send_the_simulators_records_without_the_whole_protocol(tmp_path):
+    import asyncio
+    from evsed import config
+    from test_daemon import running, write_config
+    path = write_config(tmp_path)
+    cfg = config.load(path)
+    code = ("import sys; from evsed import cli\n"
+            "for argv in (['sim', 'plug'], ['sim', 'tap', '04A1B2C3'], ['sim', 'unplug']):\n"
+            "    assert cli.main([*argv, '-c', sys.argv[1]]) == 0\n"
+            "print(sorted(m for m in sys.modules if m in ('evsed.protocol', 'evsed.protocol_events', "
+            "'simulator.hardware')))")
+
+    async def scenario():
+        async with running(cfg):
+            return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(path)],
+                                           capture_output=True, text=True, timeout=60)
+
+    proc = asyncio.run(scenario())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["ok", "ok: card 04A1B2C3", "ok", "[]"]
 
 
 def test_status_works_while_the_config_has_a_syntax_error_and_says_so(tmp_path, capsys):
@@ -296,6 +322,26 @@ def test_the_system_config_means_the_services_directories_for_every_user(monkeyp
 def test_version():
     proc = run("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == "evsed 0.1.0"
+
+
+def test_version_is_answered_before_any_parser_or_command_module_is_imported():
+    code = ("import sys; from evsed import cli\n"
+            "assert cli.main(['--version']) == 0\n"
+            "print(sorted(m for m in sys.modules if m == 'argparse' or m.startswith('evsed.cli.')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines() == ["evsed 0.1.0", "[]"]
+
+
+def test_each_command_module_registers_the_commands_the_parser_imports_it_for():
+    import argparse
+    import importlib
+    for module, names in cli.COMMAND_MODULES.items():
+        registered = []
+        importlib.import_module(f"evsed.cli.{module}").add_commands(lambda name, *rest: registered.append(name))
+        assert tuple(registered) == names, module
+        for name in names:  # a command's parser alone has it, and only it
+            commands = next(a for a in cli.parser(name)._actions if isinstance(a, argparse._SubParsersAction))
+            assert list(commands.choices) == [name]
 
 
 def test_every_option_of_every_command_has_help():

@@ -4,7 +4,6 @@ broker (test_mqtt_publish.py has what is published for a status reply and an eve
 import datetime as dt
 import json
 import re
-import typing
 from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -299,7 +298,7 @@ def test_the_plan_entities_declare_what_their_commands_take_and_what_is_publishe
         assert not pattern.fullmatch(text)
     assert tp.command_request(T, cancel["command_topic"], cancel["payload_press"].encode(), RULES) == \
         p.CancelPlan(connector=1)
-    assert c["c1_plan_state"]["options"] == ["none", *typing.get_args(p.PlanState)]
+    assert c["c1_plan_state"]["options"] == ["none", *p.choices(p.PlanState)]
     assert (c["c1_plan_infeasible"]["device_class"], c["c1_plan_finish"]["device_class"]) == ("problem", "timestamp")
     cost = c["c1_plan_cost"]
     assert (cost["device_class"], cost["unit_of_measurement"], cost["suggested_display_precision"]) == \

@@ -47,6 +47,21 @@ def test_the_largest_valid_event_fits_the_cap_and_reads_back(kind):
     assert p.parse_event(p.decode_line(line)) == event
 
 
+def test_a_status_reply_is_read_with_its_own_module_alone_and_without_typing():
+    # The CLI's `evsed status` reads it so (typing costs it 4 ms to import): the largest valid
+    # reply, so that every field's converter reads it; the same record as the whole protocol reads.
+    import subprocess
+    import sys
+    reply = p.largest(p.StatusReply)
+    code = ("import sys; from evsed import wire; from evsed.protocol_status import Status\n"
+            "reply = Status().reply(wire.decode_line(sys.stdin.buffer.read()))\n"
+            "print(repr(reply)); print(sorted(m for m in sys.modules if m in ('typing', 'evsed.protocol')))")
+    proc = subprocess.run([sys.executable, "-c", code], input=p.encode_line(reply.to_wire()), capture_output=True,
+                          check=True)
+    shown, imported = proc.stdout.decode().splitlines()
+    assert (shown, imported) == (repr(reply), "[]")
+
+
 def test_a_field_without_bounds_cannot_be_declared():
     class Loose(p.Record):
         text: str

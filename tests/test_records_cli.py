@@ -156,3 +156,18 @@ def test_report_by_a_list_of_keys_as_the_readme_writes_it(config, capsys):
     with pytest.raises(SystemExit):
         cli.main(["report", "-c", str(config), "--by", "card,week"])
     assert "expected some of card, group, day" in capsys.readouterr().err
+
+
+def test_the_record_commands_read_the_store_without_structlog_or_asyncio(config):
+    # structlog imports asyncio: 70 ms of `evsed sessions` (bench/cli.py); the store logs through it
+    # only when it has a line to log.
+    import subprocess
+    import sys
+    code = ("import contextlib, io, sys; from evsed import cli\n"
+            "for argv in (['sessions'], ['report', '--month', '2026-01', '--by', 'group'], ['export', '--format', 'csv']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        assert cli.main([*argv, '-c', sys.argv[1]]) == 0\n"
+            "    assert 'Alice' in out.getvalue() or 'family' in out.getvalue(), argv\n"
+            "print(sorted(m for m in ('structlog', 'asyncio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stderr

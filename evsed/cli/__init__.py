@@ -6,20 +6,18 @@ Config errors and missing packages exit with status 2 and say what to do; no tra
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 
 from evsed import __version__
-from evsed.errors import ConfigError
 
 EXIT_FAILURE, EXIT_CONFIG = 1, 2
 CONFIG_HELP = "config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
-    from typing import Callable
+    import argparse
+    from typing import Any, Callable
     Command = Callable[[argparse.Namespace], int]
     Options = Callable[[argparse.ArgumentParser], object]
 
@@ -34,13 +32,26 @@ def _lazy(target: str) -> Command:
 
 def _load(target: str) -> Callable[..., int]:
     module, _, name = target.partition(":")
-    func: Callable[..., int] = getattr(importlib.import_module(f"evsed.cli.{module}"), name)
+    func: Callable[..., int] = getattr(_module(module), name)
     return func
+
+
+# The modules that register commands of their own (add_commands) and the commands each registers:
+# a command's parser imports only its module (each costs `evsed status` a few tenths of a ms).
+COMMAND_MODULES = {"status": ("status", "reserve", "clear-faults", "sim"), "records": ("sessions", "report", "export"),
+                   "policy": ("mode", "reload", "cards"), "ops": ("install", "uninstall", "update")}
+
+
+def _module(name: str) -> Any:
+    """evsed.cli.`name`, imported (by the import statement's own function: importlib costs 0.1 ms)."""
+    __import__(f"evsed.cli.{name}")
+    return sys.modules[f"evsed.cli.{name}"]
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's help layout at the terminal's width, as argparse finds it, without the 2 ms of
     importing shutil (and bz2, lzma) that argparse spends on it for every command."""
+    import argparse
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
@@ -54,6 +65,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 def parser(only: str | None = None) -> argparse.ArgumentParser:
     """The `evsed` parser; with `only`, just that command's options are built (a command's parser
     costs about a millisecond: all of them, more than the interpreter's start)."""
+    import argparse
     p = argparse.ArgumentParser(prog="evsed", description="Controller daemon for a stand-alone EV charger.",
                                 formatter_class=_formatter)
     p.add_argument("--version", action="version", version=f"evsed {__version__}")
@@ -84,11 +96,9 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     add("service", "run:cmd_service", "run one service process (ocpp, mqtt, web, prices) beside the daemon",
         lambda sp: sp.add_argument("name", choices=("ocpp", "mqtt", "web", "prices"), help="the service: its "
                                    "[section] of the config"))
-    from evsed.cli import ops, policy, records, status  # each light to import: their work is imported when it runs
-    status.add_commands(add)
-    records.add_commands(add)
-    policy.add_commands(add)
-    ops.add_commands(add)
+    for module, names in COMMAND_MODULES.items():  # each light to import: their work is imported when it runs
+        if only is None or only in names:
+            _module(module).add_commands(add)
     add("plan", "plan:cmd_plan", "charge an energy by a time in the cheapest hours; cancel it; show every plan",
         "plan:add_options")
     if only is not None and only not in sub.choices:  # not a command: the whole parser says so
@@ -96,21 +106,31 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _config_error() -> type[Exception]:
+    """Imported when an exception gets this far, as below."""
+    from evsed.errors import ConfigError
+    return ConfigError
+
+
 def _daemon_errors() -> tuple[type[Exception], ...]:
     """No daemon, or it refused (a Failure), or a value out of the protocol's bounds: said in one
     line. Imported here, not at the top: `evsed --version` and the records commands never need them."""
-    from evsed import protocol as p
     from evsed.control.client import ControlError
-    return ControlError, p.DaemonError, p.WireError
+    from evsed.protocol_types import DaemonError
+    from evsed.wire import WireError
+    return ControlError, DaemonError, WireError
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before any parser is built: it needs none (argparse is 2 ms)
+        print(f"evsed {__version__}")
+        return 0
     args = parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except _config_error() as exc:  # evaluated only when an exception gets this far
         print(f"evsed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, TypeVar
 
-from evsed import protocol as p
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from evsed import protocol as p
+
+    R = TypeVar("R", bound=p.Reply)
 
 EXIT_FAILURE = 1
-R = TypeVar("R", bound=p.Reply)
 
 
 def energy(text: str) -> tuple[str, float]:
@@ -41,6 +45,7 @@ def _fail(reply: p.Failure) -> int:
 
 
 def cmd_plan(args: Any) -> int:
+    from evsed import protocol as p  # here: `evsed status` shows plans without the whole protocol (2 ms)
     card, connector = args.card, None if args.card else args.connector
     if args.cancel:
         cancelled = _request(args, p.CancelPlan(connector=connector, card=card))

@@ -97,7 +97,7 @@ def format_limits(c: p.ConnectorStatus) -> list[str]:
 
 def sim_command(args: Any) -> p.Command[Any]:
     """`evsed sim site` and `evsed sim cable`."""
-    from evsed import protocol as p
+    from evsed import protocol_sim as p
     if args.sim_action == "site":
         fields = {key: getattr(args, key) for key in ("l1_a", "l2_a", "l3_a", "pv_w", "profile", "meter")}
         return p.SetSite(input=None if args.input is None else args.input == "on", **fields)

@@ -8,7 +8,6 @@ import json
 import sys
 
 from evsed.cli import text, where
-from simulator import FAULT_KINDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms of `evsed status`)
 if TYPE_CHECKING:
@@ -24,8 +23,8 @@ CONFIG_HELP = "config file (default: $EVSED_CONFIG, else /etc/evsed/evsed.toml)"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from evsed import protocol as p
-    reply = where.ask(args, p.Status())
+    from evsed.protocol_status import Status  # not the whole protocol (2 ms)
+    reply = where.ask(args, Status())
     if args.json:
         print(json.dumps(reply.to_wire(), indent=2, ensure_ascii=False))
         return 0
@@ -97,8 +96,8 @@ def cmd_clear_faults(args: argparse.Namespace) -> int:
 
 def _reply(reply: R | p.Failure, message: Callable[[R], str]) -> int:
     """The message of a reply, or the daemon's error on stderr and exit status 1."""
-    from evsed import protocol as p
-    if isinstance(reply, p.Failure):
+    from evsed.protocol_types import Failure
+    if isinstance(reply, Failure):
         print(f"evsed: {reply.error}", file=sys.stderr)
         return EXIT_FAILURE
     print(message(reply))
@@ -113,25 +112,25 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from evsed.shell.scenario import run_files
         logs.configure("critical", "text")  # the expectations are the report; the log would drown them
         return run_files([Path(f) for f in args.files], verbose=not args.quiet)
-    from evsed import protocol as p
+    from evsed import protocol_sim as ps  # the simulator's commands, not the whole protocol (2 ms)
     from evsed.cli import policy
     command: p.Command[Any]
     if args.sim_action == "tap":
-        command = p.Tap(card=args.card, connector=args.connector)
+        command = ps.Tap(card=args.card, connector=args.connector)
     elif args.sim_action == "ev":
-        command = p.SetEv(connector=args.connector, **{
+        command = ps.SetEv(connector=args.connector, **{
             key: getattr(args, key) for key in ("max_current_a", "phases", "ventilation", "asleep", "wants_energy",
                                                 "ignore_stop", "obey_pwm")})
     elif args.sim_action == "fault":
-        command = p.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
+        command = ps.InjectFault(connector=args.connector, kind=args.kind, clear=args.clear)
     elif args.sim_action == "plug":
-        command = p.Plug(connector=args.connector)
+        command = ps.Plug(connector=args.connector)
     elif args.sim_action == "unplug":
-        command = p.Unplug(connector=args.connector)
+        command = ps.Unplug(connector=args.connector)
     else:
         command = policy.sim_command(args)
     reply = where.request(args, command)
-    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, p.TapReply) else ""))
+    return _reply(reply, lambda r: "ok" + (f": card {r.card}" if isinstance(r, ps.TapReply) else ""))
 
 
 def duration_s(value: str) -> float:
@@ -193,6 +192,7 @@ def _sim_options(sim: argparse.ArgumentParser) -> None:
                         ("obey-pwm", "no: the EV keeps drawing its first offer after the PWM changes")):
         evp.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=yes_no, metavar="yes|no", help=help_)
     fault = sim_action("fault", "inject (or --clear) a hardware fault")
+    from simulator import FAULT_KINDS  # `evsed sim` only
     fault.add_argument("kind", choices=FAULT_KINDS, help="one of: " + ", ".join(FAULT_KINDS))
     fault.add_argument("--clear", action="store_true", help="clear the fault instead")
     scenario = sim_action("scenario", "run scenario files on a virtual clock (no daemon needed)", connector=False)

@@ -1,6 +1,7 @@
 """The client side of the control socket: one command, its typed reply (evsed.protocol).
 
-What `evsed status`, `evsed sim` and the updater use to reach the daemon.
+What `evsed status`, `evsed sim` and the updater use to reach the daemon. It imports only the
+protocol's bases, so `evsed status` loads no more of the protocol than its own command and reply.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import _socket  # socket.py's own core: socket.py adds enums that cost `evsed st
 import os
 
 from evsed import dirs
-from evsed import protocol as p
+from evsed import protocol_types as p
+from evsed import wire
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ def request(runtime_dir: os.PathLike[str] | str, command: p.Command[R], timeout_
         try:
             sock.settimeout(timeout_s)
             sock.connect(path)
-            sock.sendall(p.encode_line(command.to_wire()))
+            sock.sendall(wire.encode_line(command.to_wire()))
             data = b""
             while not data.endswith(b"\n") and len(data) <= p.MAX_REPLY:
                 chunk = sock.recv(65536)
@@ -57,8 +59,8 @@ def request(runtime_dir: os.PathLike[str] | str, command: p.Command[R], timeout_
     except (OSError, TimeoutError) as exc:
         raise ControlError(f"control socket {path}: {exc}") from None
     try:
-        return command.reply(p.decode_line(data))
-    except p.WireError as exc:
+        return command.reply(wire.decode_line(data))
+    except wire.WireError as exc:
         raise ControlError(f"garbled reply from {path}: {exc}") from None
 
 

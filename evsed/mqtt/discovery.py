@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 from typing import Any, Callable, Sequence
 
 from evsed import __version__
@@ -22,7 +21,7 @@ from evsed.mqtt.topics import HHMM, MODES, NONE, PHASES, PLAN_MAX_KWH, PLAN_MIN_
 STATUSES = ("Available", "Preparing", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing",
             "Reserved", "Unavailable", "Faulted")
 
-PLAN_STATES = ("none",) + typing.get_args(p.PlanState)  # <base>/connector/<n>/plan/state
+PLAN_STATES = ("none",) + p.choices(p.PlanState)  # <base>/connector/<n>/plan/state
 # Home Assistant's text entity has no "unknown": a connector without a plan shows an empty departure,
 # which the pattern (the departure as the daemon takes it, HH:MM) lets through.
 DEPARTURE_PATTERN = f"^({HHMM.pattern})?$"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import typing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ log = structlog.get_logger("evsed")
 VERSION = 1
 MAX_BYTES = 1 << 20  # the plans are a few hundred bytes and a week's quarter-hourly prices ~100 kB
 MAX_CARD_PLANS = p.CARD_PLANS  # plans waiting for a card's next session: as many as status shows
-ORIGINS: tuple[str, ...] = typing.get_args(p.Origin)
+ORIGINS: tuple[str, ...] = p.choices(p.Origin)
 
 
 @dataclass(frozen=True, slots=True)
