@@ -99,9 +99,9 @@ def test_a_start_for_a_card_the_local_list_does_not_accept_is_refused_with_the_r
     async def main():
         async with web_on_daemon(cfg) as (daemon, service), owner(service) as post:
             await ask(cfg, p.Plug())
-            status, reply = await post({"action": "start", "connector": 1, "id_tag": tag})
-            assert reply["ok"] is False
-            assert reply["error"] == f"refused: card {tag} is not one the local list accepts ({why})"
+            status, answer = await post({"action": "start", "connector": 1, "id_tag": tag})
+            assert answer["ok"] is False
+            assert answer["error"] == f"refused: card {tag} is not one the local list accepts ({why})"
             assert daemon.connectors[1].session is None
     asyncio.run(main())
 

@@ -270,7 +270,7 @@ def _refusal(reply: p.Reply | p.Failure) -> str | None:
 def _shown(req: p.Command[Any]) -> Any:
     """A command as the log shows it: a price curve by its size, not its hundreds of entries."""
     if isinstance(req, p.SetPrices):
-        return {"cmd": req.CMD, "entries": len(req.prices), "start": req.prices[0].start if req.prices else None}
+        return {"command": req.CMD, "entries": len(req.prices), "start": req.prices[0].start if req.prices else None}
     return publish.clean(req.to_wire())
 
 

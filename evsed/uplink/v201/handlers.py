@@ -173,10 +173,10 @@ class CentralCommands(StrictChargePoint):
             elif not await ports.daemon.remote_start(evse, token["idToken"]):
                 accepted = False
                 ports.station.remote_start_over(evse, p["remoteStartId"])
-        reply: Payload = {"status": "Accepted" if accepted else "Rejected"}
+        answer: Payload = {"status": "Accepted" if accepted else "Rejected"}
         if running:
-            reply["transactionId"] = running
-        return reply
+            answer["transactionId"] = running
+        return answer
 
     @on(Action.request_stop_transaction)
     async def on_request_stop(self, p: Payload) -> Payload:
@@ -189,10 +189,10 @@ class CentralCommands(StrictChargePoint):
     @on(Action.get_transaction_status)
     def on_get_transaction_status(self, p: Payload) -> Payload:
         tid = p.get("transactionId")
-        reply: Payload = {"messagesInQueue": self.ports.station.queued_for(tid)}
+        answer: Payload = {"messagesInQueue": self.ports.station.queued_for(tid)}
         if tid is not None:
-            reply["ongoingIndicator"] = tid in self.ports.station.transactions().values()
-        return reply
+            answer["ongoingIndicator"] = tid in self.ports.station.transactions().values()
+        return answer
 
     @on(Action.cost_updated)
     def on_cost_updated(self, p: Payload) -> Payload:
