@@ -6,7 +6,6 @@ above the last sample taken while charging."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 
@@ -14,26 +13,16 @@ from aiohttp import ClientSession
 
 from evsed import config
 from evsed import protocol as p
-from evsed.services.link import Link
-from evsed.shell.daemon import Daemon
 from evsed.store.sessions import Store
-from evsed.web import service as service_module
-from evsed.web.settings import hash_password, parse
 from tests.test_daemon import ask, until, write_config
+from tests.test_web_controls import WEB, web_on_daemon
 
 
 def test_the_pages_sessions_and_csv_give_the_stored_final_energy_not_the_last_sample(tmp_path):
-    web = f'[web]\npassword_hash = "{hash_password("s3cret", "pbkdf2")}"\n'
-    cfg = config.load(write_config(tmp_path, "[timing]\nmeter_interval_s = 2\n" + web))
+    cfg = config.load(write_config(tmp_path, "[timing]\nmeter_interval_s = 2\n" + WEB))
 
     async def main():
-        daemon = Daemon(cfg, start_services=False)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        link = await Link.connect(cfg.store.runtime_dir, "web")
-        service = service_module.WebService(cfg, link, parse(cfg))
-        await service.start(port=0)
-        try:
+        async with web_on_daemon(cfg) as (daemon, service):
             ctrl, bench = daemon.connectors[1], daemon.world.connector(1)
             await ask(cfg, p.Plug())
             await ask(cfg, p.Tap(card="04A1B2C3"))
@@ -56,11 +45,6 @@ def test_the_pages_sessions_and_csv_give_the_stored_final_energy_not_the_last_sa
                 async with anonymous.get("/sessions.csv") as r:
                     (row_csv,) = list(csv.DictReader(io.StringIO(await r.text())))
             return last_sample_wh, shown, row_csv
-        finally:
-            await service.stop()
-            await link.close()
-            daemon.stopping.set()
-            await run
 
     last_sample_wh, shown, row_csv = asyncio.run(main())
     (stored,) = Store(cfg.store.state_dir / "sessions.db").sessions()
