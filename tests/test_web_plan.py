@@ -4,7 +4,6 @@ the owner sets and cancels a plan, the page says it in its language and draws it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -13,13 +12,12 @@ from aiohttp import ClientSession, CookieJar
 
 from evsed import config
 from evsed import protocol as p
-from evsed.services.link import Link
-from evsed.shell.daemon import Daemon
 from evsed.web import commands, i18n, view
 from evsed.web import service as service_module
-from evsed.web.settings import hash_password, parse
+from evsed.web.settings import hash_password
 from tests.test_daemon import ask, until, write_config
 from tests.test_plans import cheap_hour_later
+from tests.test_web_controls import web_on_daemon
 
 PASSWORD = "s3cret"
 
@@ -34,14 +32,7 @@ def test_the_owner_plans_on_the_page_and_every_reader_sees_the_plan_and_its_hour
     cfg = config.load(write_config(tmp_path, cheap_hour_later() + web))
 
     async def main():
-        daemon = Daemon(cfg, start_services=False)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        link = await Link.connect(cfg.store.runtime_dir, "web")
-        service = service_module.WebService(cfg, link, parse(cfg))
-        await service.start(port=0)
-        live = asyncio.create_task(service.live.run())
-        try:
+        async with web_on_daemon(cfg) as (daemon, service):
             await ask(cfg, p.Plug())
             await ask(cfg, p.Tap(card="04A1B2C3"))
             await until(lambda: daemon.connectors[1].session is not None)
@@ -72,14 +63,6 @@ def test_the_owner_plans_on_the_page_and_every_reader_sees_the_plan_and_its_hour
                                        json={"action": "plan-cancel", "connector": 1}) as r:
                     assert r.status == 200
             assert daemon.charger.plans.plans == {}
-        finally:
-            live.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await live
-            await service.stop()
-            await link.close()
-            daemon.stopping.set()
-            await run
     asyncio.run(main())
 
 
