@@ -141,10 +141,12 @@ SDM230 = MeterModel(
     "Eastron SDM230-Modbus, Modbus Protocol Implementation (SDM230-register), "
     "input register table",
     4, "big", _SDM_1P, phases=1,
-    factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.4 was found but "
-            "only its first page read; secondary: Tasmota SDM230_SPEED (default: 9600 baud). The sources "
-            "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the "
-            "SDM230 the SDM120's 2400 baud default (and no parity); 9600 is kept until a page settles it",
+    factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.2 and V1.4 were "
+            "found but only their first pages read; secondary: Tasmota's SDM230 driver (SDM230_SPEED 9600, "
+            "'default SDM230 Modbus baudrate', citing Eastron Europe's Correct_SDM230_Protocol). The sources "
+            "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the SDM230 the "
+            "SDM120's 2400 baud default (and no parity), a default Eastron's own pages confirm for the "
+            "SDM120 only; 9600 is kept until a page settles it",
     vendor="Eastron", product="SDM230-Modbus", serial=SDM_SERIAL)
 
 SDM630 = MeterModel(
