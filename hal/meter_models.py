@@ -127,15 +127,13 @@ UNCONFIRMED = "factory serial setting not confirmed from the manual (no page fou
 
 SDM120 = MeterModel(
     "sdm120", "Eastron SDM120-Modbus (single phase)",
-    "Eastron SDM120-Modbus Smart Energy Meter, Modbus Protocol Implementation "
-    "(sdm120modbus_manual), input register table",
+    "Eastron SDM120Modbus Smart Meter Modbus Protocol Implementation V2.4, input register table (p.6)",
     4, "big", _SDM_1P, phases=1, baudrate=2400,
-    factory=UNCONFIRMED + "2400 baud, no parity. Eastron's SDM120Modbus Protocol Implementation V2.4 "
-            "was found but its holding register page not read; secondary: TapHome's SDM120 page "
-            "(factory default 2400 bps, parity none), the SolarNetwork wiki 'SDM XXX meters' (2400 baud, "
-            "no parity), Tasmota SDM120_SPEED (default: 2400 baud), the sdm120c reader (default 2400), "
-            "SDM.h of ESPEasy's SDM_Energy_Meter library (SDM120: 0 = 2400 baud, default; "
-            "40019: no parity, default)",
+    factory="2400 baud, no parity: Eastron SDM120Modbus Smart Meter Modbus Protocol Implementation V2.4 "
+            "p.7, holding register 40019 (0 = one stop bit and no parity, default) and 40029 "
+            "(0 = 2400 baud, default); the MID sibling's Eastron SDM120M User Manual V2.9 agrees: p.3 "
+            "(baud rate default 2400), p.5-6 (set-up screens: 2400 bps, parity none) and p.10 (the same "
+            "two registers); PDF pages, which are the printed ones in the protocol",
     vendor="Eastron", product="SDM120-Modbus", serial=SDM_SERIAL)
 
 SDM230 = MeterModel(
@@ -143,10 +141,12 @@ SDM230 = MeterModel(
     "Eastron SDM230-Modbus, Modbus Protocol Implementation (SDM230-register), "
     "input register table",
     4, "big", _SDM_1P, phases=1,
-    factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.4 was found but "
-            "only its first page read; secondary: Tasmota SDM230_SPEED (default: 9600 baud). The sources "
-            "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the "
-            "SDM230 the SDM120's 2400 baud default (and no parity); 9600 is kept until a page settles it",
+    factory=UNCONFIRMED + "9600 baud, no parity. Eastron's SDM230Modbus Protocol V1.2 and V1.4 were "
+            "found but only their first pages read; secondary: Tasmota's SDM230 driver (SDM230_SPEED 9600, "
+            "'default SDM230 Modbus baudrate', citing Eastron Europe's Correct_SDM230_Protocol). The sources "
+            "disagree on the baud rate: SDM.h of ESPEasy's SDM_Energy_Meter library gives the SDM230 the "
+            "SDM120's 2400 baud default (and no parity), a default Eastron's own pages confirm for the "
+            "SDM120 only; 9600 is kept until a page settles it",
     vendor="Eastron", product="SDM230-Modbus", serial=SDM_SERIAL)
 
 SDM630 = MeterModel(

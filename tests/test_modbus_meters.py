@@ -387,7 +387,7 @@ def test_iem3155_energy_comes_from_the_64_bit_wh_counter():
     ("or-we-516", 9600, "E"), ("or-we-517", 9600, "E"),  # a WE-516 seen answering only at 8E1 (mbmd #273)
     ("sdm72d", 9600, "N"),  # SDM72D-M User Manual V1.1 p.3 and p.15, V1.5 p.15: no parity, not even
     ("sdm630", 9600, "N"),  # SDM630Modbus Protocol V1.8 section 1.3.1: registers 40019 and 40029
-    ("sdm120", 2400, "N"),  # the SDM120 ships at 2400 baud
+    ("sdm120", 2400, "N"),  # SDM120Modbus Protocol V2.4 p.7: registers 40019 and 40029
     ("iem3155", 19200, "E"),  # Tasmota's iEM3000 driver: 19200 baud, and the parity must be set to none
 ])
 def test_serial_line_defaults_to_the_models_factory_setting(name, baudrate, parity):
@@ -430,7 +430,7 @@ def test_the_readme_names_a_manual_page_only_where_the_model_does():
                    for names, where in row.findall(readme) for name in names.split(", ")}
     assert unconfirmed == {m.name: "not confirmed" in m.factory for m in MODELS.values()}
     # both the baud rate and the parity stated on a manufacturer's page
-    assert {name for name, no in unconfirmed.items() if not no} == {"sdm630"}
+    assert {name for name, no in unconfirmed.items() if not no} == {"sdm120", "sdm630"}
 
 
 def test_a_port_that_refuses_the_line_setting_is_unavailable_naming_it():
