@@ -193,7 +193,7 @@ def test_in_a_solar_mode_the_page_shows_the_surplus_the_ev_and_the_grids_share_a
     asyncio.run(main())
 
 
-SITE = p.SiteNow(current_a=(0.0, 0.0, 0.0), power_w=0.0)
+SITE = p.SiteNow(current_a=(0.0, 0.0, 0.0), power_w=0.0, stale=False)
 
 
 @pytest.mark.parametrize("mode, site_w, draws, solar", [
