@@ -72,6 +72,7 @@ def test_a_silent_site_meter_never_lets_load_management_start_a_waiting_ev(tmp_p
     async def scenario():
         async with running(cfg) as daemon:
             await ask(cfg, p.SetSite(l1_a=22.0, l2_a=22.0, l3_a=22.0))  # 2 A of room: under 6 A
+            await _until_status(cfg, lambda st: st.site is not None and st.site.current_a[0] == 22.0)
             await ask(cfg, p.Plug())
             await ask(cfg, p.Tap(card="04A1B2C3"))
             waiting = await _until_status(cfg, lambda st: "waiting for room" in _site_detail(st))
