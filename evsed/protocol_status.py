@@ -128,8 +128,11 @@ Zone = Annotated[str, Text(64, min=1, pattern=r"[A-Za-z0-9_+/-]+")]  # an IANA t
 
 
 class SiteNow(Record):
+    """The site meter's last reading; stale: no good one for its meter timeout, so it is not now's."""
+
     current_a: Phases
     power_w: Watts
+    stale: bool
 
 
 class StatusReply(Reply):

@@ -121,9 +121,34 @@ def test_a_silent_site_meter_falls_back_after_the_timeout_and_says_so():
     assert o.current_a == 6.0 and "silent" in o.reason
 
 
-def test_without_any_reading_the_fallback_applies():
+def test_without_any_reading_no_session_starts_until_the_first_one():
     s = Site()
-    assert s.at(0, [s.demand("1")], reading=False)["1"].current_a == 6.0
+    o = s.at(0, [s.demand("1")], reading=False)["1"]
+    assert o.current_a == 0.0 and "silent" in o.reason
+    assert s.at(1, [s.demand("1")])["1"].current_a == 14.0
+
+
+def test_a_silent_site_meter_never_starts_a_waiting_session():
+    s = Site(house=(22.0, 22.0, 22.0))  # room 2 A: waiting
+    assert s.at(0, [s.demand("1")])["1"].current_a == 0.0
+    for t in (10, 11, 500):  # the fallback (6 A) would fit an EV, but the meter has not shown it
+        assert s.at(t, [s.demand("1")], reading=False)["1"].current_a == 0.0
+
+
+def test_a_silent_site_meter_never_resumes_a_paused_session():
+    s = Site()
+    s.at(0, [s.demand("1")])
+    s.house = (22.0, 22.0, 22.0)
+    assert s.at(1, [s.demand("1")])["1"].current_a == 0.0  # paused by the overload
+    for t in (11, 121, 200):  # past the timeout, then past the minimum pause too
+        assert s.at(t, [s.demand("1")], reading=False)["1"].current_a == 0.0
+    assert "no raise" in s.at(201, [s.demand("1")], reading=False)["1"].reason
+
+
+def test_a_silent_site_meter_never_raises_a_low_offer_to_the_fallback():
+    s = Site(SiteConfig(fallback_a=16.0), house=(16.0, 16.0, 16.0))
+    assert s.at(0, [s.demand("1")])["1"].current_a == 8.0
+    assert s.at(100, [s.demand("1")], reading=False)["1"].current_a == 8.0  # past raise_interval_s too
 
 
 def test_two_sessions_share_equally():
@@ -571,6 +596,12 @@ def test_solar_short_keeps_6_a_until_the_stop_delay_then_stops():
     assert o.current_a == 6.0
     st1, o = solar(st1, 300, Mode.SOLAR, -3.0, own_a=6.0)
     assert o.current_a == 0.0 and not st1.charging and "stopped" in o.reason
+
+
+def test_a_silent_site_meter_assumes_no_surplus():
+    assert lm.solar_silent(Mode.SOLAR).current_a == 0.0
+    assert lm.solar_silent(Mode.MIN_SOLAR).current_a == 6.0
+    assert lm.solar_silent(Mode.FAST).current_a is None
 
 
 def test_solar_may_import_the_grid_allowance():

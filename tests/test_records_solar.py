@@ -30,7 +30,8 @@ def site(power_w):
     return MeterReading(energy_import_wh=0, power_total_w=power_w, current_a=(0.0, 0.0, 0.0))
 
 
-def a_sunny_then_cloudy_session(tmp_path, extra=SITE):
+def a_sunny_then_cloudy_session(tmp_path, extra=SITE, site_silent=False):
+    """site_silent: the site meter answers only at the start (its reading is stale by the next)."""
     clock = Clock()
     charger, ctrl, pilot, store = make(tmp_path, clock, extra)
     charge(ctrl, pilot, clock)  # starts at 1000 Wh
@@ -39,10 +40,14 @@ def a_sunny_then_cloudy_session(tmp_path, extra=SITE):
     if extra:  # the site exports 2 kW on top: all the EV's power is surplus
         charger.site_sampled(site(-2000.0))
     clock.now += 360
+    if extra and not site_silent:  # the site meter reads on, as it does every meter period
+        charger.site_sampled(site(-2000.0))
     ctrl.meter_sampled(reading(2104))  # 1104 Wh in the sun
-    if extra:  # clouds: the grid gives 3040 W of the 11040
+    if extra and not site_silent:  # clouds: the grid gives 3040 W of the 11040
         charger.site_sampled(site(EV_W - 8000.0))
     clock.now += 360
+    if extra and not site_silent:
+        charger.site_sampled(site(EV_W - 8000.0))
     ctrl.meter_sampled(reading(3208))  # 1104 Wh more, 304 of them from the grid
     pilot.high_v = 12.0
     ctrl.poll_inputs(ctrl.read_pilot())
@@ -71,3 +76,9 @@ def test_without_a_site_meter_the_split_is_unknown_not_zero(tmp_path):
     store = a_sunny_then_cloudy_session(tmp_path, extra="")
     (row,) = store.sessions()
     assert row["energy_wh"] == 2208 and (row["solar_wh"], row["grid_wh"]) == (None, None)
+
+
+def test_a_stale_site_reading_counts_the_energy_as_grid(tmp_path):
+    store = a_sunny_then_cloudy_session(tmp_path, site_silent=True)  # the sunny reading is 360 s old
+    (row,) = store.sessions()
+    assert (row["energy_wh"], row["solar_wh"], row["grid_wh"]) == (2208, 0, 2208)

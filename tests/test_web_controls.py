@@ -193,7 +193,7 @@ def test_in_a_solar_mode_the_page_shows_the_surplus_the_ev_and_the_grids_share_a
     asyncio.run(main())
 
 
-SITE = p.SiteNow(current_a=(0.0, 0.0, 0.0), power_w=0.0)
+SITE = p.SiteNow(current_a=(0.0, 0.0, 0.0), power_w=0.0, stale=False)
 
 
 @pytest.mark.parametrize("mode, site_w, draws, solar", [
@@ -207,3 +207,10 @@ def test_the_solar_view_splits_what_the_evs_take_between_the_surplus_and_the_gri
                   for n, w in enumerate(draws)) or (pr.connector(),)
     assert solar_view(pr.status(*conns, mode=mode, site=replace(SITE, power_w=site_w))) == solar
     assert solar_view(pr.status(*conns, mode=mode, site=None)) is None  # the site meter not read yet
+
+
+def test_a_stale_site_reading_shows_no_solar_view():
+    conns = (pr.connector(id=1, status="Charging", session=pr.session(id=1, power_w=4140.0)),)
+    fresh = pr.status(*conns, mode="solar", site=replace(SITE, power_w=-3000.0))
+    assert solar_view(fresh) is not None
+    assert solar_view(replace(fresh, site=replace(fresh.site, stale=True))) is None  # an old export is not now's

@@ -70,6 +70,9 @@ class SiteLoad:
     solar: loadmgmt.SolarConfig = loadmgmt.SolarConfig()
     input: Device | None = None  # [site.input]: a digital input (ripple control, §14a EnWG)
     cap_kw: float = 4.2  # power cap while the input is active (§14a: 4.2 kW)
+    # no good site reading this long: it is stale (status, solar, the grid share ignore it); with load
+    # management its meter_timeout_s, else [timing] meter_timeout_s
+    meter_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -252,4 +255,5 @@ def parse_site(t: _Table | None, voltage_v: float, timing: Any) -> SiteLoad:
     if inp is not None:
         cap_kw = inp.get("cap_kw", float, cap_kw, min=0, max=1000)
         device = _device(inp, "input")
-    return SiteLoad(dlm, solar, device, cap_kw)
+    return SiteLoad(dlm, solar, device, cap_kw,
+                    dlm.meter_timeout_s if dlm is not None else timing.meter_timeout_s)

@@ -27,9 +27,10 @@ The rules of step(), per phase (0..2, L1..L3; a one-phase supply has breaker 0 o
     plus draw_margin_a (at least 6 A) while another shares a phase with it; the rest goes to
     the others. The ceiling goes when it draws within draw_margin_a / 2 of it, and every
     reoffer_interval_s it is offered its fair share again, to see whether it takes more.
-  - The site meter silent for meter_timeout_s: the budget becomes fallback_a per phase for
-    all EVs together, so the EVs are at it at most meter_timeout_s + grace_s after the
-    last reading. Status says so.
+  - The site meter silent for meter_timeout_s (or not read yet): the budget becomes fallback_a
+    per phase for all EVs together, so the EVs are at it at most meter_timeout_s + grace_s
+    after the last reading. The fallback only lowers: no offer rises and no session starts
+    until a reading shows the room. Status says so.
   - Sharing: "equal" (max-min fair over the phases each EV uses; if that leaves someone
     under 6 A, the lowest-ranked of those pauses) or "priority" (by rank, each takes what it
     can). With min_first, every connector that wants current first gets 6 A, in rank order
@@ -66,7 +67,7 @@ class SiteConfig:
 
     breaker_a: tuple[float, float, float] = (25.0, 25.0, 25.0)  # main fuse; 0: no such phase
     headroom_a: float = 1.0
-    fallback_a: float = 6.0  # all EVs together, per phase, while the site meter is silent
+    fallback_a: float = 6.0  # all EVs together, per phase, while the site meter is silent (lowers only)
     meter_timeout_s: float = 10.0
     grace_s: float = 5.0  # an EV's time to follow a lower offer (the core's current grace)
     stop_grace_s: float = 6.0  # ... and to stop for a pause (the core's stop grace)
@@ -202,7 +203,7 @@ def step(cfg: SiteConfig, state: DlmState, now: float, demands: Sequence[Demand]
     for d in ranked:
         if d.connector not in reasons:
             shares[d.connector], reasons[d.connector] = _raise(
-                cfg, shares, d, targets[d.connector], budget, now)
+                cfg, shares, d, targets[d.connector], budget, now, silent is not None)
     for d in demands:  # turns: since when each has been offered current, or waited for it
         sh = shares[d.connector]
         if sh.offer_a > 0:
@@ -237,10 +238,15 @@ def phases_in_use(measured_a: Sequence[float], threshold_a: float = PHASE_DRAWN_
     return used or tuple(range(PHASES))
 
 
+def meter_silent(reading_at: float | None, now: float, timeout_s: float) -> bool:
+    """The site meter's last good reading (monotonic s; None: none yet) is too old to use at
+    `now`: load management falls back, solar assumes no surplus, status marks it stale."""
+    return reading_at is None or now - reading_at >= timeout_s
+
+
 def _budget(cfg: SiteConfig, state: DlmState, now: float) -> tuple[list[float], float | None]:
     """The room our EVs may use per phase, and since when the meter is silent (None: not)."""
-    if state.room_a is None or state.reading_at is None \
-            or now - state.reading_at >= cfg.meter_timeout_s:
+    if state.room_a is None or meter_silent(state.reading_at, now, cfg.meter_timeout_s):
         since = state.reading_at if state.reading_at is not None else -math.inf
         return [min(cfg.fallback_a, max(0.0, b - cfg.headroom_a)) for b in cfg.breaker_a], since
     return [max(0.0, r) for r in state.room_a], None
@@ -371,11 +377,13 @@ def _lowered(cfg: SiteConfig, sh: Share, new_a: float, now: float) -> Share:
 
 
 def _raise(cfg: SiteConfig, shares: dict[str, Share], d: Demand, target: float, budget: list[float],
-           now: float) -> tuple[Share, tuple[str, float | None]]:
+           now: float, silent: bool) -> tuple[Share, tuple[str, float | None]]:
     """The time rules for a start or a raise: (the connector's Share, (reason, until))."""
     sh = shares[d.connector]
     if target <= sh.offer_a:
         return sh, ("", None)
+    if silent:  # the fallback is a ceiling, not room known to be free: only a reading shows that
+        return sh, (f"no raise without a reading (offer {sh.offer_a:.1f} A)", None)
     starting = sh.offer_a == 0
     if sh.paused and target < min(d.max_a, MIN_CURRENT_A + cfg.resume_margin_a):
         return sh, (f"waiting for room: {target:.1f} A of "
@@ -494,6 +502,16 @@ def surplus_a(cfg: SolarConfig, grid_power_w: float, own_power_w: float, phases:
     """The current per phase the EV could draw from export alone: what it draws now plus
     what goes to the grid (grid_power_w: import positive, export negative)."""
     return (own_power_w - grid_power_w) / (cfg.voltage_v * phases)
+
+
+def solar_silent(mode: Mode) -> SolarOffer:
+    """The solar limit while the site meter is silent (loadmgmt.meter_silent): no surplus is
+    known, so none is assumed: "solar" pauses, "min+solar" keeps its 6 A."""
+    if mode is Mode.FAST:
+        return SolarOffer(None, "fast mode")
+    if mode is Mode.MIN_SOLAR:
+        return SolarOffer(MIN_CURRENT_A, "min+solar: site meter silent, no surplus known")
+    return SolarOffer(0.0, "site meter silent: no surplus known")
 
 
 def solar_step(cfg: SolarConfig, state: SolarState, now: float, mode: Mode,

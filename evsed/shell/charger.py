@@ -18,7 +18,7 @@ from evsed import protocol as p
 from evsed.config import SERVICE_SECTIONS, Config
 from evsed.config.policy import modes_served
 from evsed.core import tariff as tariffs
-from evsed.core import windows
+from evsed.core import loadmgmt, windows
 from evsed.core.events import CardPresented, SetAvailability, StopReason, StopRequested
 from evsed.core.state import PLUGGED_STATES, card_repeated
 from evsed.shell import availability
@@ -89,6 +89,7 @@ class Charger:
         self.reader_error = ""
         self.reading_cards = False  # a reader loop takes taps from devices.reader (the daemon)
         self.site_reading: MeterReading | None = None
+        self.site_read_at: float | None = None  # when (monotonic) site_reading was taken
         self._next_session_id = first_session_id
         self.connectors: dict[int, ConnectorControl] = {}
         for conn in config.connectors:
@@ -153,12 +154,12 @@ class Charger:
     def grid_share(self, connector: int) -> float | None:
         """The share (0-1) of a connector's EV power that the grid supplies now, the rest being solar
         surplus: what the site imports, up to what the EVs draw, shared by their power. None
-        without a site meter; all grid until it has read."""
+        without a site meter; all grid until it has read, and while its reading is stale."""
         if self.config.site.meter is None:
             return None
         site = self.site_reading
         drawing = sum(max(0.0, c.session.power_w) for c in self.connectors.values() if c.session is not None)
-        if site is None or drawing <= 0:
+        if site is None or self.site_stale() or drawing <= 0:
             return 1.0
         return min(max(site.power_total_w, 0.0), drawing) / drawing
 
@@ -346,7 +347,7 @@ class Charger:
         return uid
 
     def site_sampled(self, reading: MeterReading) -> None:
-        self.site_reading = reading
+        self.site_reading, self.site_read_at = reading, self.clock()
         self.publish("site.sample", current_a=list(reading.current_a), power_w=reading.power_total_w)
         self.policy.site_sampled(reading)
 
@@ -355,12 +356,17 @@ class Charger:
         """The charging modes this charger can follow (the solar ones need a site meter)."""
         return cast(tuple[p.Mode, ...], modes_served(self.config.site.meter is not None))
 
+    def site_stale(self) -> bool:
+        """The site meter's last reading is too old to be shown or used as now's (none: stale)."""
+        return loadmgmt.meter_silent(self.site_read_at, self.clock(), self.config.site.load.meter_timeout_s)
+
     def status(self) -> p.StatusReply:
         site = self.site_reading
         return p.StatusReply(charger=self.config.charger.id, mode=cast(p.Mode, self.mode), modes=self.modes(),
                              card_reader_error=self.reader_error,
                              site=None if site is None else p.SiteNow(current_a=tuple(site.current_a),
-                                                                      power_w=site.power_total_w),
+                                                                      power_w=site.power_total_w,
+                                                                      stale=self.site_stale()),
                              connectors=tuple(self._connector_status(c) for c in self.connectors.values()),
                              card_plans=self.plans.waiting())
 

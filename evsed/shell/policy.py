@@ -95,6 +95,7 @@ class Policy:
         self._deadline: Any = None
         self._busy = self._again = False
         self.input_active = False
+        self.site_since = mono()  # the site meter's silence counts from here until its first reading
 
     @property
     def config(self):
@@ -160,7 +161,10 @@ class Policy:
             self.send(ctrl, external_source.limit(self, ctrl))
         if site is not None:
             self._solar(site, now)
-        self._load(site, now)
+        elif self._site_silent(now):
+            self._solar_silent()
+        silent_at = self._site_silent_at()
+        self._arm_mono(self._load(site, now) + [silent_at if silent_at is not None and silent_at > now else None])
         self._arm_wall(next_wall)
 
     def group_of(self, ctrl: Connected) -> str:
@@ -249,10 +253,29 @@ class Policy:
                     len(self._phases(ctrl)))
             self.send(ctrl, solar_source.limit(c.solar, self.charger.plans.lifts_solar(ctrl)))
 
-    def _load(self, site: Any, now: float) -> None:
+    def _site_silent_at(self) -> float | None:
+        """When (monotonic s) the site meter's reading goes stale (None: no site meter)."""
+        if self.config.site.meter is None:
+            return None
+        at = self.charger.site_read_at
+        return (at if at is not None else self.site_since) + self.config.site.load.meter_timeout_s
+
+    def _site_silent(self, now: float) -> bool:
+        at = self._site_silent_at()
+        return at is not None and now >= at
+
+    def _solar_silent(self) -> None:
+        """No surplus is known while the site meter is silent: solar assumes none (loadmgmt.solar_silent)."""
+        for cid, ctrl in self.charger.connectors.items():
+            c = self.conns[cid]
+            c.solar_state, c.solar = loadmgmt.SolarState(), loadmgmt.solar_silent(self.mode_of(ctrl))
+            self.send(ctrl, solar_source.limit(c.solar, self.charger.plans.lifts_solar(ctrl)))
+
+    def _load(self, site: Any, now: float) -> list[float | None]:
+        """Load management's offers now; the times (monotonic s) it wants to decide again."""
         cfg = self.config.site.load.dlm
         if cfg is None:
-            return
+            return []
         demands = []
         for cid, ctrl in self.charger.connectors.items():
             if not ctrl.state.session:
@@ -269,8 +292,7 @@ class Policy:
                 self.charger.connectors[int(offer.connector)].feed(ev.OvercurrentDetected(*offer.overcurrent))
         for offer in sorted(offers, key=lambda o: o.current_a):  # lowering first, then raising
             self.send(self.charger.connectors[int(offer.connector)], loadmgmt_source.limit(offer))
-        self._arm_mono(loadmgmt.next_deadline(cfg, self.dlm, now),
-                       [o.until for o in offers if o.until is not None])
+        return [loadmgmt.next_deadline(cfg, self.dlm, now), *(o.until for o in offers)]
 
     @staticmethod
     def _room_a(ctrl: ConnectorControl) -> float:
@@ -294,10 +316,10 @@ class Policy:
         if self.timers is not None:
             self.timers.set("windows", min(times) if times else None, self.refresh)
 
-    def _arm_mono(self, deadline: float | None, more: list[float]) -> None:
+    def _arm_mono(self, times: list[float | None]) -> None:
         if self.call_at is None:
             return
-        due = [t for t in [deadline, *more] if t is not None]
+        due = [t for t in times if t is not None]
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

@@ -176,7 +176,7 @@ class DemoLink:
         (import positive), spread evenly over the phases."""
         power_w = house_w - pv_w + sum(max(0.0, c.session.power_w) for c in self.status.values() if c.session)
         current = round(power_w / self.hello.phases / self.hello.voltage_v, 2)
-        self.site_now = p.SiteNow(current_a=(current,) * self.hello.phases, power_w=power_w)
+        self.site_now = p.SiteNow(current_a=(current,) * self.hello.phases, power_w=power_w, stale=False)
         self.emit(p.SiteSample, 0, current_a=self.site_now.current_a, power_w=power_w)
 
     def limit(self, cid: int, source: str, current_a: float | None) -> None:

@@ -180,8 +180,9 @@ def solar_view(status: p.StatusReply | None) -> dict | None:
     """In a solar mode with a site meter: the surplus, what the EVs take and the grid's share of it, W.
     The site meter sees the house, the sun and the EVs together: what it imports, up to what the EVs
     draw, is the grid's share, as the daemon splits a session's energy (Charger.grid_share); the
-    surplus is what the sun gives beyond the house (the EVs' draw less the import)."""
-    if status is None or status.mode not in ("solar", "min+solar") or status.site is None:
+    surplus is what the sun gives beyond the house (the EVs' draw less the import). None from a stale
+    reading: an old import is not shown as now's."""
+    if status is None or status.mode not in ("solar", "min+solar") or status.site is None or status.site.stale:
         return None
     site_w = float(status.site.power_w)
     ev_w = sum(max(0.0, float(c.session.power_w)) for c in status.connectors if c.session)
