@@ -18,13 +18,12 @@ import pytest
 from evsed import protocol as p
 from evsed import config
 from evsed.core.tariff import DriverPrice, Tariff
-from evsed.services.link import Link
 from evsed.store.sessions import LiveSession, Store
 from evsed.web.demo import DemoLink, demo_config
 from evsed.web.settings import hash_password, parse
 from evsed.web.service import WebService
-from evsed.shell.daemon import Daemon
 from test_daemon import ask, write_config
+from test_web_controls import web_on_daemon
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -279,16 +278,7 @@ def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
     cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n'))
 
     async def scenario():
-        daemon = Daemon(cfg, start_services=False)  # this test runs the web service itself
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        async with async_playwright() as pw:
-            link = await Link.connect(cfg.store.runtime_dir, "web")
-            settings = parse(cfg)
-            assert settings is not None
-            service = WebService(cfg, link, settings)
-            await service.start(port=0)
-            live = asyncio.create_task(service.live.run())
+        async with web_on_daemon(cfg) as (daemon, service), async_playwright() as pw:
             browser = await pw.chromium.launch_persistent_context(
                 str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
             try:
@@ -316,13 +306,6 @@ def test_page_follows_the_real_daemon_and_stops_its_session(tmp_path):
                 assert await page.evaluate("window.notReloaded") is True
             finally:
                 await browser.close()
-                live.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await live
-                await service.stop()
-                await link.close()
-                daemon.stopping.set()
-                await run
 
     asyncio.run(scenario())
 
@@ -384,16 +367,7 @@ def test_the_owner_learns_a_card_on_the_page_and_it_lands_in_the_config_file(tmp
     cfg = config.load(path)
 
     async def scenario():
-        daemon = Daemon(cfg, start_services=False)
-        run = asyncio.create_task(daemon.run())
-        await daemon.ready.wait()
-        async with async_playwright() as pw:
-            link = await Link.connect(cfg.store.runtime_dir, "web")
-            settings = parse(cfg)
-            assert settings is not None
-            service = WebService(cfg, link, settings)
-            await service.start(port=0)
-            live = asyncio.create_task(service.live.run())
+        async with web_on_daemon(cfg) as (daemon, service), async_playwright() as pw:
             browser = await pw.chromium.launch_persistent_context(
                 str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
             try:
@@ -413,13 +387,6 @@ def test_the_owner_learns_a_card_on_the_page_and_it_lands_in_the_config_file(tmp
                 await expect(page.locator("#rules-cards")).to_contain_text("Dana")
             finally:
                 await browser.close()
-                live.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await live
-                await service.stop()
-                await link.close()
-                daemon.stopping.set()
-                await run
 
     asyncio.run(scenario())
     assert path.read_text().endswith('[[card]]\nuid = "0E0F1011"\nname = "Dana"\ngroup = "family"\n')
@@ -431,7 +398,7 @@ def test_the_owner_picks_min_solar_on_the_page_and_it_shows_the_surplus_the_ev_a
     2520 W from the grid, as the daemon's status has them; back in fast mode the solar view goes."""
     _need_browser()
     from playwright.async_api import async_playwright, expect
-    from test_web_controls import SITE_METER, web_on_daemon
+    from test_web_controls import SITE_METER
 
     cfg = config.load(write_config(tmp_path, f'\n[web]\npassword_hash = "{PASSWORD_HASH}"\n' + SITE_METER))
 
