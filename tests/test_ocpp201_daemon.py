@@ -70,6 +70,23 @@ async def booted(csms: CentralSystem201) -> None:
     await csms.wait_for(lambda: csms.actions("BootNotification") and csms.actions("StatusNotification"), timeout=30)
 
 
+def updated_wh(csms: CentralSystem201) -> list[int]:
+    """The energy register of every TransactionEvent Updated the CSMS took, in order."""
+    return [wh for e in events(csms, "Updated") for wh in energy(e)]
+
+
+async def charging_past_its_start(charger: Charger201, csms: CentralSystem201) -> int:
+    """Plug and tap on a booted station; wait until an Updated event carries energy above the
+    session's stored start reading, which it returns."""
+    await booted(csms)
+    await charger.sim("plug")
+    await charger.sim("tap", "04A1B2C3")
+    await csms.wait_for(lambda: events(csms, "Started"), timeout=20)
+    start = charger.row()["meter_start_wh"]
+    await csms.wait_for(lambda: any(wh > start for wh in updated_wh(csms)), timeout=20)
+    return start
+
+
 @aio
 async def test_a_kill_while_charging_closes_the_session_at_no_less_than_the_csms_took_in_transaction_events(tmp_path):
     # The 1.6 uplink told the daemon each reading the CSMS had taken (meter-delivered); the 2.0.1 one
@@ -79,14 +96,8 @@ async def test_a_kill_while_charging_closes_the_session_at_no_less_than_the_csms
     charger = Charger201(tmp_path, await csms.start())
     charger.start()
     try:
-        await booted(csms)
-        await charger.sim("plug")
-        await charger.sim("tap", "04A1B2C3")
-        await csms.wait_for(lambda: events(csms, "Started"), timeout=20)
-        start = charger.row()["meter_start_wh"]
-        updated = lambda: [wh for e in events(csms, "Updated") for wh in energy(e)]  # noqa: E731
-        await csms.wait_for(lambda: any(wh > start for wh in updated()), timeout=20)
-        had = max(updated())
+        start = await charging_past_its_start(charger, csms)
+        had = max(updated_wh(csms))
         await csms.wait_for(lambda: charger.row()["meter_last_wh"] >= had, timeout=20)  # before its minute
         await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
         charger.start()
@@ -110,12 +121,7 @@ async def test_the_ended_event_carries_the_stored_and_signed_final_reading(tmp_p
     charger = Charger201(tmp_path, await csms.start())
     charger.start()
     try:
-        await booted(csms)
-        await charger.sim("plug")
-        await charger.sim("tap", "04A1B2C3")
-        await csms.wait_for(lambda: events(csms, "Started"), timeout=20)
-        start = charger.row()["meter_start_wh"]
-        await csms.wait_for(lambda: any(wh > start for e in events(csms, "Updated") for wh in energy(e)), timeout=20)
+        await charging_past_its_start(charger, csms)
         await charger.sim("unplug")
         await csms.wait_for(lambda: events(csms, "Ended"), timeout=20)
         await csms.wait_for(lambda: (charger.row() or {}).get("ocmf"), timeout=20)
