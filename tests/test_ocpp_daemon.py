@@ -250,20 +250,31 @@ async def test_trigger_meter_values_on_an_idle_connector_sends_what_its_meter_re
     assert int(values["Energy.Active.Import.Register"]["value"]) >= reading
 
 
+def sent_wh(csms: CentralSystem) -> list[int]:
+    """The energy register of every MeterValues the CSMS took, in order."""
+    return [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]
+            for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
+
+
+async def charging_past_its_start(charger: Charger, csms: CentralSystem) -> int:
+    """Plug and tap on a booted charge point; wait until a MeterValues carries energy above
+    meterStart, which it returns."""
+    await booted(csms)
+    await charger.sim("plug")
+    await charger.sim("tap", "04A1B2C3")
+    await csms.wait_for(lambda: csms.actions("StartTransaction"))
+    start = csms.actions("StartTransaction")[0][1]["meterStart"]
+    await csms.wait_for(lambda: any(wh > start for wh in sent_wh(csms)), timeout=20)
+    return int(start)
+
+
 @aio
 async def test_a_kill_while_charging_stops_the_transaction_at_no_less_than_it_sent(tmp_path):
     csms = CentralSystem()
     charger = Charger(tmp_path, await csms.start())
     charger.start()
     try:
-        await booted(csms)
-        await charger.sim("plug")
-        await charger.sim("tap", "04A1B2C3")
-        await csms.wait_for(lambda: csms.actions("StartTransaction"))
-        start = csms.actions("StartTransaction")[0][1]["meterStart"]
-        drawn = lambda: [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]  # noqa: E731
-                         for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
-        await csms.wait_for(lambda: any(wh > start for wh in drawn()), timeout=20)
+        await charging_past_its_start(charger, csms)
         await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
         charger.start()
         await csms.wait_for(lambda: csms.actions("StopTransaction"), timeout=30)
@@ -271,7 +282,7 @@ async def test_a_kill_while_charging_stops_the_transaction_at_no_less_than_it_se
         await charger.stop()
         await csms.stop()
     (_, stop), = csms.actions("StopTransaction")
-    assert stop["reason"] == "PowerLoss" and stop["meterStop"] >= max(drawn())
+    assert stop["reason"] == "PowerLoss" and stop["meterStop"] >= max(sent_wh(csms))
     assert csms.violations(killed=True) == []
 
 
@@ -291,15 +302,8 @@ async def test_a_kill_while_charging_closes_the_stored_session_at_no_less_than_t
         return row[0] if row else -1
     charger.start()
     try:
-        await booted(csms)
-        await charger.sim("plug")
-        await charger.sim("tap", "04A1B2C3")
-        await csms.wait_for(lambda: csms.actions("StartTransaction"))
-        start = csms.actions("StartTransaction")[0][1]["meterStart"]
-        drawn = lambda: [int(v["value"]) for _, msg in csms.actions("MeterValues") for mv in msg["meterValue"]  # noqa: E731
-                         for v in mv["sampledValue"] if v["measurand"] == "Energy.Active.Import.Register"]
-        await csms.wait_for(lambda: any(wh > start for wh in drawn()), timeout=20)
-        had = max(drawn())
+        start = await charging_past_its_start(charger, csms)
+        had = max(sent_wh(csms))
         await csms.wait_for(lambda: stored_wh() >= had, timeout=20)  # durable in the daemon's store
         await charger.stop(signal.SIGKILL)  # the daemon and its uplink at once: a power cut
         charger.start()
