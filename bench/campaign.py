@@ -237,6 +237,10 @@ class Campaign:
                     return
             if ocpp and self.csms is not None and not self.csms.online:
                 plan = "csms_offline_queued"
+                # a session begun before the uplink first followed the charger is never the CSMS's:
+                # none would be queued for it
+                assert self.ocpp is not None
+                self.wait(lambda: self.ocpp.first_contact() is not None, "the uplink's first contact")
             phase = self.session(plan, waits[2], waits[3])
         finally:
             self.kill(proc, phase)

@@ -98,12 +98,40 @@ def ms(text: str) -> str:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000).isoformat(timespec="milliseconds")
 
 
+class Second(str):
+    """A whole-second time told by an event from a later second: its milliseconds are lost, and the
+    uplink's time may lie anywhere in that second (a stop told after its final reading is sent no
+    earlier than a reading already sent: row 11's rule)."""
+
+    def holds(self, stamp: str) -> bool:
+        start = dt.datetime.fromisoformat(self)
+        return start <= dt.datetime.fromisoformat(stamp) < start + dt.timedelta(seconds=1)
+
+
 def precise(stamp: str, at: str) -> str:
     """A session's start or stop time as the uplink sends it: the session record's whole second
-    with the milliseconds of the event that told it, when the event is from that second."""
+    with the milliseconds of the event that told it, when the event is from that second; a Second
+    when it is from a later one."""
     whole, told = dt.datetime.fromisoformat(ms(stamp)), dt.datetime.fromisoformat(ms(at))
-    return ms(at) if whole.microsecond == 0 and dt.timedelta(0) <= told - whole < dt.timedelta(seconds=1) \
-        else ms(stamp)
+    if whole.microsecond != 0:
+        return ms(stamp)
+    return ms(at) if dt.timedelta(0) <= told - whole < dt.timedelta(seconds=1) else Second(ms(stamp))
+
+
+def reconcile(expected: Counter, have: Counter) -> tuple[Counter, Counter, dict]:
+    """What expected lacks and what have has beyond it, a message key whose time lies in the second
+    of an expected Second counting as that key; and each such message key's expected key."""
+    missing, extra, alias = expected - have, have - expected, {}
+    for key in list(missing.elements()):
+        when = key[-1]
+        if not isinstance(when, Second):
+            continue
+        found = next((k for k in extra if k[:-1] == key[:-1] and when.holds(k[-1])), None)
+        if found is not None:
+            missing[key] -= 1
+            extra[found] -= 1
+            alias[found] = key
+    return +missing, +extra, alias
 
 
 def event_key(kind: str, data: dict) -> tuple:
@@ -252,9 +280,11 @@ class OcppAudit:
             if action in TX:
                 messages.setdefault(uid, (action, payload))
         have = Counter(message_key(a, p) for a, p in messages.values())
-        short = {k: n - have[k] for k, n in expected.items() if have[k] < n}
+        short, _, _ = reconcile(expected, have)
         if short:
-            raise Failure(f"session events the uplink acknowledged have no message queued or sent: {short}")
+            near = sorted(k for k in have if k[0] in {m[0] for m in short} and k not in expected)
+            raise Failure(f"session events the uplink acknowledged have no message queued or sent: {dict(short)}; "
+                          f"messages of that kind no event asked for: {near}")
 
     def final(self, csms: Csms) -> dict:
         """The CSMS online and the queue drained: every finished session reached the CSMS as exactly
@@ -267,8 +297,8 @@ class OcppAudit:
         events = self.session_events()
         expected = Counter(event_key(kind, data) for _, kind, data in events)
         got = Counter(message_key(a, p) for a, p in first.values() if a in TX)
-        if got != expected:
-            missing, extra = expected - got, got - expected
+        missing, extra, alias = reconcile(expected, got)
+        if missing or extra:
             raise Failure(f"transaction messages at the CSMS differ: missing {dict(missing)}, extra {dict(extra)}")
         sessions_of: dict[tuple, set] = {}
         for _, kind, data in events:
@@ -277,8 +307,10 @@ class OcppAudit:
             if action != "StopTransaction":
                 continue
             start = transactions.get(payload["transactionId"])
-            if start is None or not (sessions_of[message_key("StartTransaction", start)]
-                                     & sessions_of[message_key(action, payload)]):
+            start_key = message_key("StartTransaction", start) if start else None
+            stop_key = message_key(action, payload)
+            if start is None or not (sessions_of[alias.get(start_key, start_key)]
+                                     & sessions_of[alias.get(stop_key, stop_key)]):
                 raise Failure(f"StopTransaction {payload} names transaction {payload['transactionId']}, "
                               f"given to another session's start: {start}")
         for uid, n in times.items():
